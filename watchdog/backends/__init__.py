@@ -1,0 +1,3 @@
+"""GPU backends: where readings come from. Only `backends.nvml` imports pynvml."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Detectors: pure functions from history windows to findings."""
+
+from __future__ import annotations

@@ -1,0 +1,208 @@
+"""What vramwatch measures and what it concludes: the value objects every other module passes around.
+
+Read this first. A *backend* (NVML, the simulator, a recorded trace) produces a `Reading`: raw device memory
+and raw per-process GPU memory, keyed by the GPU's UUID. *Attribution* turns each raw pid into a
+`ProcessSample` with an identity that survives pid reuse (pid + start time), a tree root, a user and a
+container. The *sampler* folds both into a `Snapshot`, appends it to the bounded history, and the
+*detectors* turn history windows into `Finding`s.
+
+Conventions: bytes are `int` with a `_bytes` suffix; `t` is monotonic seconds (durations, windows);
+wall-clock time appears only for display and traces (`wall_time`, `start_time`); a value that could not be
+read is `None`, never 0 (0 is a real measurement) and never a string sentinel.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Severity(enum.Enum):
+    """How urgent a finding is; `critical` means the card fills within minutes or already has."""
+
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    """One GPU (or one MIG GPU instance) at one tick, as the driver reports it.
+
+    `uuid` is the stable key: indices change with `CUDA_VISIBLE_DEVICES` and across reboots, UUIDs do not.
+    A MIG instance has its own UUID (`MIG-...`) and names its physical GPU in `parent_uuid`.
+    `up` is False when the GPU stopped answering (`GpuIsLost`); the memory fields are then None.
+    """
+
+    index: int
+    uuid: str
+    name: str
+    total_bytes: int | None
+    used_bytes: int | None
+    free_bytes: int | None
+    reserved_bytes: int | None = None  # driver/firmware reservation; NVML memory v2 only
+    pci_bus_id: str | None = None
+    parent_uuid: str | None = None  # set on MIG GPU instances
+    up: bool = True
+    error: str | None = None  # why `up` is False, for logs and `status`
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessUsage:
+    """A raw NVML process entry: a host pid using `used_bytes` of one GPU (None: the driver would not say)."""
+
+    gpu_uuid: str
+    pid: int
+    used_bytes: int | None
+    kinds: frozenset[str] = frozenset({"compute"})  # subset of compute / graphics / mps
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessMeta:
+    """What the operating system knows about a pid, looked up once per process identity.
+
+    Any field may be None: the process may have exited between the NVML call and the lookup, or belong to a
+    user the daemon may not inspect. `cmdline` is kept for the advisor and is never exported as a label.
+    """
+
+    pid: int
+    start_time: float | None  # wall-clock epoch seconds (psutil create_time); with pid, the identity
+    name: str | None = None
+    user: str | None = None
+    ppid: int | None = None
+    root_pid: int | None = None  # the launcher (accelerate / torchrun / the shell's child) or the pid itself
+    root_name: str | None = None
+    root_start_time: float | None = None
+    container_id: str | None = None
+    pod_uid: str | None = None
+    cmdline: tuple[str, ...] | None = None
+    status: str | None = None  # psutil status: running, sleeping, stopped, zombie, ...
+    cwd: str | None = None  # where relative config paths in cmdline resolve
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessKey:
+    """The identity of a process: pids are reused, so pid alone would merge two runs' histories."""
+
+    pid: int
+    start_time: float | None
+
+    def __str__(self) -> str:
+        return f"{self.pid}@{self.start_time:.2f}" if self.start_time is not None else str(self.pid)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSample:
+    """One process on one GPU at one tick: the NVML figure joined with what the OS says about the pid."""
+
+    gpu_uuid: str
+    used_bytes: int | None
+    meta: ProcessMeta
+    kinds: frozenset[str] = frozenset({"compute"})
+
+    @property
+    def pid(self) -> int:
+        return self.meta.pid
+
+    @property
+    def key(self) -> ProcessKey:
+        return ProcessKey(self.meta.pid, self.meta.start_time)
+
+    @property
+    def tree_key(self) -> ProcessKey:
+        """The launcher's identity: `accelerate launch` / `torchrun` workers share their launcher's tree."""
+        if self.meta.root_pid is None:
+            return self.key
+        return ProcessKey(self.meta.root_pid, self.meta.root_start_time)
+
+
+@dataclass(frozen=True, slots=True)
+class TorchStats:
+    """In-process allocator figures that the agent reports for one pid and device (see the agent issue)."""
+
+    pid: int
+    device: int
+    allocated_bytes: int | None = None
+    reserved_bytes: int | None = None
+    active_bytes: int | None = None
+    inactive_split_bytes: int | None = None
+    requested_bytes: int | None = None
+    num_alloc_retries: int | None = None
+    num_ooms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a backend returns for one tick, before attribution.
+
+    `t` is set only by backends that replay a recording (the recorded monotonic time); live backends leave
+    it None and the sampler stamps the reading with its own clock.
+    """
+
+    gpus: tuple[GpuSample, ...]
+    processes: tuple[ProcessUsage, ...]
+    t: float | None = None
+    wall_time: float | None = None
+    torch: tuple[TorchStats, ...] = ()
+    meta: tuple[ProcessMeta, ...] = ()  # replayed traces carry the process metadata they recorded
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything known at one tick: the unit the exporter serves, the history stores and traces record.
+
+    `processes_visible` is False when NVML's host pids cannot be resolved in this pid namespace (a container
+    without `hostPID`): the per-process figures are then withheld rather than shown against wrong pids.
+    """
+
+    t: float
+    wall_time: float
+    gpus: tuple[GpuSample, ...]
+    processes: tuple[ProcessSample, ...]
+    processes_visible: bool = True
+    torch: tuple[TorchStats, ...] = ()
+
+    def processes_on(self, gpu_uuid: str) -> tuple[ProcessSample, ...]:
+        return tuple(p for p in self.processes if p.gpu_uuid == gpu_uuid)
+
+    def gpu(self, uuid: str) -> GpuSample | None:
+        return next((g for g in self.gpus if g.uuid == uuid), None)
+
+    def unattributed_bytes(self, gpu_uuid: str) -> int | None:
+        """Device memory no listed process accounts for, so that processes + unattributed == used.
+
+        Includes the driver's own use and processes NVML reports with unknown memory. Never negative: on
+        some drivers the per-process sums briefly exceed `used` between two reads.
+        """
+        gpu = self.gpu(gpu_uuid)
+        if gpu is None or gpu.used_bytes is None:
+            return None
+        known = sum(p.used_bytes for p in self.processes_on(gpu_uuid) if p.used_bytes is not None)
+        return max(0, gpu.used_bytes - known)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A conclusion a detector drew from history, raised once and cleared once (see detectors.lifecycle).
+
+    `kind` is one of: growth, oom_forecast, pressure, contention, probable_oom, stale_holder, stable,
+    fragmentation. `eta_seconds` is the forecast time until the card is full, when there is one.
+    `numbers` holds the figures behind the message (bytes, rates, shares), for webhooks and JSON output.
+    `advice` is filled in by the advisor after detection, in the trainer's own words.
+    """
+
+    kind: str
+    severity: Severity
+    gpu_uuid: str | None
+    message: str
+    t: float
+    process: ProcessKey | None = None
+    process_name: str | None = None
+    eta_seconds: float | None = None
+    confidence: float | None = None  # 0..1
+    numbers: dict[str, float | int | str | None] = field(default_factory=dict)
+    advice: tuple[str, ...] = ()
+
+    @property
+    def subject(self) -> tuple[str, str | None, ProcessKey | None]:
+        """What the finding is about; two findings with the same subject are the same ongoing condition."""
+        return (self.kind, self.gpu_uuid, self.process)
