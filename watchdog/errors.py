@@ -12,7 +12,15 @@ class ConfigError(VramwatchError):
 
 
 class BackendUnavailable(VramwatchError):
-    """The GPU library cannot be used at all (no driver, no libnvidia-ml, version mismatch)."""
+    """The GPU library cannot be used at all (no driver, no libnvidia-ml, version mismatch).
+
+    `reason` tells a machine with no NVIDIA stack at all (`library_not_found`: the simulator may stand in)
+    from a GPU host whose driver is not usable right now (`driver_not_loaded`, `mismatch`, `other`: retry).
+    """
+
+    def __init__(self, message: str, reason: str = "other") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class TraceError(VramwatchError):

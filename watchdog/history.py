@@ -45,7 +45,7 @@ EMPTY = Window((), ())
 class Series:
     """A ring buffer of (t, value) with a fixed capacity; the oldest point is overwritten first."""
 
-    __slots__ = ("_t", "_v", "_head", "_size", "capacity")
+    __slots__ = ("_head", "_size", "_t", "_v", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import Finding
+from .model import Finding, ProcessMeta, Reading
 
 
 @dataclass
@@ -40,3 +40,47 @@ class RecordingNotifier:
 
     def notify(self, finding: Finding, *, cleared: bool = False) -> None:
         self.events.append((finding, cleared))
+
+
+@dataclass
+class StaticInspector:
+    """A ProcessInspector over a fixed table of ProcessMeta; unknown pids come back with only their pid."""
+
+    table: dict[int, ProcessMeta] = field(default_factory=dict)
+    visible: bool = True
+
+    def inspect(self, pid: int) -> ProcessMeta:
+        return self.table.get(pid, ProcessMeta(pid=pid, start_time=None))
+
+    def pid_namespace_matches(self) -> bool:
+        return self.visible
+
+
+@dataclass
+class ScriptedBackend:
+    """A Backend that returns the readings it was given, one per read, then repeats the last one.
+
+    An entry that is an exception instance is raised instead, to script a lost library mid-run.
+    """
+
+    readings: list[Reading | Exception]
+    meta: dict[int, ProcessMeta] = field(default_factory=dict)
+    kind: str = "simulated"
+    reads: int = 0
+    closed: bool = False
+
+    def read(self) -> Reading:
+        item = self.readings[min(self.reads, len(self.readings) - 1)]
+        self.reads += 1
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def inspector(self) -> StaticInspector:
+        return StaticInspector(self.meta)
+
+    def describe(self) -> dict[str, str]:
+        return {"backend": self.kind, "driver_version": "test", "nvml_version": "test", "host": "test"}
+
+    def close(self) -> None:
+        self.closed = True

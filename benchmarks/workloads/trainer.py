@@ -1,0 +1,252 @@
+"""A real, small PyTorch training loop whose GPU memory follows a chosen scenario, for the watchdog's ground truth.
+
+The model is a stack of Linear+GELU layers trained with AdamW on random data (real forward/backward, so the
+caching allocator behaves as in training). Its sizes scale with `--budget-gib` (the memory the run is meant
+to have: run `ballast.py --leave-gib B` first to make the card that small), so every scenario keeps its shape
+on any card:
+
+- warm-up: the batch ramps up over the first `--warmup-steps` steps (the allocator's cache grows), and the
+  first optimizer step allocates AdamW's state;
+- every `--val-every` steps a "validation" phase keeps every layer's features of a batch (~8% of the budget),
+  every `--sample-every` steps a "sample images" phase allocates images (~5%): both temporary, so the cache
+  grows at the first of each and memory is flat afterwards.
+
+Modes (`--mode`):
+  healthy        warm-up, then flat (~55-60% of the budget as NVML sees it)
+  fast_leak      healthy + keeps `--leak-mb-per-s` (default 150 MB/s) of tensors alive each step until a real OOM
+  slow_leak      the same at a few MB/s (default 4 MB/s)
+  stepwise_leak  keeps each sampling phase's images alive: a staircase, one step per sampling phase
+  plateau        grows at `--leak-mb-per-s` until ~`--plateau-frac` (93%) of the budget, then stays (no phases)
+  spike_oom      the first step's batch needs more than the budget (and than the free memory): OOM at step 1
+  fragment       variable-size activations slightly larger every step, with small long-lived tensors carved
+                 out of the freed blocks: reserved-but-unallocated memory grows until an OOM that is all
+                 fragmentation. Run it again with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to compare.
+
+Events (JSON lines): ready, step (every step, with the allocator's figures), phase, oom (exit code 3), exit.
+`--plan` prints the sizes and exits without touching the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from _common import GIB, MIB, alloc_conf, emit, pace, run
+from torch import nn
+
+MODES = ("healthy", "fast_leak", "slow_leak", "stepwise_leak", "plateau", "spike_oom", "fragment")
+DEFAULT_LEAK_MB_PER_S = {"fast_leak": 150.0, "slow_leak": 4.0, "plateau": 150.0}
+
+# Shares of the budget; AdamW in fp32 costs 4x the parameters (weights, grads, two moments).
+PARAM_SHARE = 0.06
+ACTIVATION_SHARE = 0.16
+VALIDATION_SHARE = 0.08
+SAMPLE_SHARE = 0.05
+SPIKE_FACTOR = 1.3
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", choices=MODES, default="healthy")
+    p.add_argument("--steps", type=int, default=600, help="steps to run (a leak usually OOMs first)")
+    p.add_argument("--step-seconds", type=float, default=0.5, help="each step starts this long after the last")
+    p.add_argument("--budget-gib", type=float, default=24.0, help="the memory this run is meant to have (GiB)")
+    p.add_argument("--warmup-steps", type=int, default=5)
+    p.add_argument("--val-every", type=int, default=50)
+    p.add_argument("--sample-every", type=int, default=100)
+    p.add_argument("--leak-mb-per-s", type=float, default=None, help="leak rate (MB = 1e6 bytes per second)")
+    p.add_argument("--plateau-frac", type=float, default=0.93, help="plateau mode: where growth stops")
+    p.add_argument("--context-gib", type=float, default=0.5, help="assumed CUDA context size when unknown")
+    p.add_argument("--enforce-budget", action="store_true", help="also cap PyTorch at the budget (per-process)")
+    p.add_argument("--device", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plan", action="store_true", help="print the sizes and exit")
+    args = p.parse_args(argv)
+    if args.leak_mb_per_s is None:
+        args.leak_mb_per_s = DEFAULT_LEAK_MB_PER_S.get(args.mode, 0.0)
+    return args
+
+
+class Plan:
+    """Sizes derived from the budget: width, depth, batch, phase sizes, fragmentation block sizes."""
+
+    def __init__(self, budget_bytes: int, mode: str) -> None:
+        self.budget = budget_bytes
+        small = mode == "fragment"  # the fragmentation pattern, not the model, should fill that budget
+        b = budget_bytes * (0.25 if small else 1.0)
+        self.width = 4096 if b >= 16 * GIB else 2048 if b >= 4 * GIB else 1024 if b >= GIB // 2 else 256
+        per_layer = self.width * self.width * 4
+        self.layers = max(2, round(b * PARAM_SHARE / per_layer))
+        # Each layer saves its input and GELU's input for backward: 8 bytes per element of width.
+        self.batch = max(8, int(b * ACTIVATION_SHARE / (8 * self.width * self.layers)))
+        self.val_rows = max(8, int(b * VALIDATION_SHARE / (4 * self.width * self.layers)))
+        self.sample_bytes = int(b * SAMPLE_SHARE)
+        self.param_bytes = self.layers * (per_layer + 4 * self.width)
+        # fragment mode: each step carves 8 pieces of B/256 (+2 MiB per step) out of one fresh segment.
+        self.frag_piece = max(12 * MIB, budget_bytes // 256 // (2 * MIB) * (2 * MIB))
+        self.frag_pieces = 8
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "budget_bytes": self.budget,
+            "width": self.width,
+            "layers": self.layers,
+            "batch": self.batch,
+            "param_bytes": self.param_bytes,
+            "adamw_total_bytes": 4 * self.param_bytes,
+            "activation_bytes": 8 * self.width * self.layers * self.batch,
+            "validation_bytes": 4 * self.width * self.layers * self.val_rows,
+            "sample_bytes": self.sample_bytes,
+            "fragment_piece_bytes": self.frag_piece,
+            "fragment_pieces": self.frag_pieces,
+        }
+
+
+def build(plan: Plan) -> tuple[nn.Module, torch.optim.Optimizer]:
+    layers: list[nn.Module] = []
+    for _ in range(plan.layers):
+        layers += [nn.Linear(plan.width, plan.width), nn.GELU()]
+    model = nn.Sequential(*layers).cuda()
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, rows: int, width: int) -> float:
+    x = torch.randn(rows, width, device="cuda")
+    loss = model(x).pow(2).mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def validation(model: nn.Module, rows: int, width: int) -> int:
+    """Keep every layer's features of one batch, as a metrics pass that collects embeddings does."""
+    h = torch.randn(rows, width, device="cuda")
+    kept = []
+    for layer in model:
+        h = layer(h)
+        if isinstance(layer, nn.Linear):
+            kept.append(h)
+    torch.cuda.synchronize()
+    return sum(t.numel() * t.element_size() for t in kept)
+
+
+@torch.no_grad()
+def sample_images(model: nn.Module, nbytes: int, width: int) -> torch.Tensor:
+    """ "Decode" a few images: a float tensor of `nbytes` computed from the model's output."""
+    side = 512
+    count = max(1, nbytes // (3 * side * side * 4))
+    z = model(torch.randn(count, width, device="cuda")).mean(dim=1)
+    return torch.sigmoid(torch.randn(count, 3, side, side, device="cuda") + z.view(-1, 1, 1, 1))
+
+
+def context_bytes(plan: Plan, free_at_start: int, default_gib: float) -> int:
+    """The CUDA context's size if the card was ballasted to the budget (free = budget - context), else a guess."""
+    guess = plan.budget - free_at_start
+    return guess if 0 < guess < 4 * GIB else int(default_gib * GIB)
+
+
+def main(args: argparse.Namespace) -> int:
+    budget = int(args.budget_gib * GIB)
+    plan = Plan(budget, args.mode)
+    if args.plan:
+        emit("plan", mode=args.mode, **plan.as_dict())
+        return 0
+    torch.manual_seed(args.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True  # speed only: memory is the same
+    torch.cuda.set_device(args.device)
+    torch.zeros(1, device="cuda")
+    free_at_start, total = torch.cuda.mem_get_info()
+    if args.enforce_budget:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total))
+    ctx = context_bytes(plan, free_at_start, args.context_gib)
+    model, opt = build(plan)
+    emit(
+        "ready",
+        mode=args.mode,
+        steps=args.steps,
+        step_seconds=args.step_seconds,
+        leak_bytes_per_second=int(args.leak_mb_per_s * 1e6),
+        free_at_start_bytes=free_at_start,
+        total_bytes=total,
+        context_estimate_bytes=ctx,
+        alloc_conf=alloc_conf(),
+        **plan.as_dict(),
+    )
+
+    leaked: list[torch.Tensor] = []
+    leaked_bytes = 0
+    kept: list[torch.Tensor] = []
+    kept_bytes = 0
+    leak_per_step = int(args.leak_mb_per_s * 1e6 * args.step_seconds)
+    phases = args.mode != "plateau"
+    for step in range(1, args.steps + 1):
+        started = time.monotonic()
+        rows = plan.batch
+        if step <= args.warmup_steps:
+            rows = max(8, plan.batch * step // args.warmup_steps)
+        if args.mode == "spike_oom" and step == 1:
+            # Needs more than the budget and more than the card has free, so it OOMs on any card.
+            need = SPIKE_FACTOR * max(budget, free_at_start)
+            rows = math.ceil(need / (8 * plan.width * plan.layers))
+        phase = "train"
+        loss = train_step(model, opt, rows, plan.width)
+
+        if args.mode == "fragment":
+            phase = "fragment"
+            # Pieces grow by 2 MiB a step, so no piece fits a hole an earlier step left. One fresh segment is
+            # cudaMalloc'ed and returned to the cache, the pieces are carved from it back to back, and every
+            # other piece lives on: the freed ones become holes between live pieces, which the allocator can
+            # neither reuse (too small) nor release (the segment is in use). Reserved-but-unallocated memory
+            # grows by half a segment each step until cudaMalloc fails: an OOM made of holes.
+            piece = plan.frag_piece + (step - 1) * 2 * MIB
+            segment = torch.empty(piece * plan.frag_pieces, dtype=torch.uint8, device="cuda")
+            del segment
+            pieces = [torch.empty(piece, dtype=torch.uint8, device="cuda") for _ in range(plan.frag_pieces)]
+            kept += pieces[::2]
+            kept_bytes += piece * len(pieces[::2])
+            del pieces
+        if phases and args.val_every and step % args.val_every == 0:
+            emit("phase", step=step, phase="validation", bytes=validation(model, plan.val_rows, plan.width))
+            phase = "validation"
+        if phases and args.sample_every and step % args.sample_every == 0:
+            images = sample_images(model, plan.sample_bytes, plan.width)
+            emit("phase", step=step, phase="sample_images", bytes=images.numel() * images.element_size())
+            phase = "sample_images"
+            if args.mode == "stepwise_leak":
+                leaked.append(images)  # the previews are kept in a list "for the report"
+                leaked_bytes += images.numel() * images.element_size()
+            del images
+
+        grow = leak_per_step if args.mode in ("fast_leak", "slow_leak", "plateau") else 0
+        if args.mode == "plateau":
+            room = int(args.plateau_frac * budget) - ctx - torch.cuda.memory_reserved()
+            grow = max(0, min(grow, room)) // (2 * MIB) * (2 * MIB)
+        if grow:
+            leaked.append(torch.full((grow // 4,), float(step), device="cuda"))  # e.g. per-step losses kept
+            leaked_bytes += grow // 4 * 4
+
+        torch.cuda.synchronize()
+        emit(
+            "step",
+            step=step,
+            phase=phase,
+            rows=rows,
+            loss=loss,
+            leaked_bytes=leaked_bytes,
+            kept_bytes=kept_bytes,
+            allocated_bytes=torch.cuda.memory_allocated(),
+            reserved_bytes=torch.cuda.memory_reserved(),
+            inactive_split_bytes=torch.cuda.memory_stats().get("inactive_split_bytes.all.current"),
+            seconds=time.monotonic() - started,
+        )
+        pace(started, args.step_seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    run(lambda: main(arguments), torch, arguments.device)

@@ -1,0 +1,213 @@
+"""Findings as Alertmanager alerts: label/annotation shape, and a real Alertmanager accepting, listing and
+resolving them (Debian's prometheus-alertmanager; the slow tests skip where it is not installed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from vramwatch.actions.alertmanager import AlertmanagerNotifier
+from vramwatch.actions.queue import DeliveryQueue
+from vramwatch.model import Finding, ProcessKey, ProcessMeta, Severity
+
+BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+KEY = ProcessKey(777, 1_700_000_000.0)
+META = ProcessMeta(pid=777, start_time=1_700_000_000.0, name="python3", user="bob")
+
+
+class ShiftedClock:
+    """Real wall time (Alertmanager compares endsAt with its own clock); monotonic time moved by hand."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def wall(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+def finding(clock: ShiftedClock, **overrides: object) -> Finding:
+    base: dict[str, object] = {
+        "kind": "oom_forecast",
+        "severity": Severity.CRITICAL,
+        "gpu_uuid": "GPU-aaaa",
+        "message": "GPU 1 fills in about 2 minutes",
+        "t": clock.monotonic() - 5.0,
+        "process": KEY,
+        "process_name": "python3",
+        "eta_seconds": 120.0,
+        "numbers": {"gpu_index": 1, "free_bytes": 512 * 2**20},
+        "advice": ("Set --gradient_checkpointing",),
+    }
+    base.update(overrides)
+    return Finding(**base)  # type: ignore[arg-type]
+
+
+def make(url: str, clock: ShiftedClock, **kwargs: object) -> AlertmanagerNotifier:
+    return AlertmanagerNotifier(
+        url, host="gpu-box-2", lookup=lambda key: META, clock=clock,
+        queue=DeliveryQueue("am", backoff_seconds=0.01, max_attempts=3), **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def parse(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def test_labels_identify_and_annotations_describe() -> None:
+    """Labels hold the stable identity (name, severity, host, GPU, process, user, kind); figures go in
+    annotations; endsAt lies four re-send periods ahead."""
+    clock = ShiftedClock()
+    n = make("http://127.0.0.1:9/", clock, resend_seconds=30, extra_labels={"cluster": "lab"})
+    try:
+        now = time.time()
+        alert = n.alert(finding(clock), starts_at=now - 5, ends_at=now + 120)
+        assert alert["labels"] == {
+            "cluster": "lab", "alertname": "VramwatchOomForecast", "severity": "critical", "instance": "gpu-box-2",
+            "kind": "oom_forecast", "uuid": "GPU-aaaa", "gpu": "1", "pid": "777", "user": "bob", "process": "python3",
+        }  # fmt: skip
+        notes = alert["annotations"]
+        assert isinstance(notes, dict)
+        assert notes["summary"] == "GPU 1 fills in about 2 minutes"
+        assert notes["advice"] == "Set --gradient_checkpointing"
+        assert notes["eta_seconds"] == "120"
+        assert "free_bytes=536870912" in notes["description"]
+        assert all(isinstance(v, str) for v in [*alert["labels"].values(), *notes.values()])  # type: ignore[union-attr]
+    finally:
+        n.close(0.5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _get_alerts(base: str) -> list[dict[str, object]]:
+    with urllib.request.urlopen(f"{base}/api/v2/alerts", timeout=5) as response:  # noqa: S310 - test URL
+        alerts: list[dict[str, object]] = json.load(response)
+        return alerts
+
+
+@pytest.fixture(scope="module")
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if BINARY is None:
+        pytest.skip("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
+    work: Path = tmp_path_factory.mktemp("alertmanager")
+    config = work / "alertmanager.yml"
+    config.write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with (work / "log").open("w") as log_file:
+        proc = subprocess.Popen(
+            [BINARY, f"--config.file={config}", f"--storage.path={work / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+            stdout=subprocess.DEVNULL, stderr=log_file,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/-/ready", timeout=1):  # noqa: S310 - test URL
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"alertmanager did not start: {(work / 'log').read_text()[-2000:]}")
+                time.sleep(0.05)
+        yield base
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _ours(base: str, name: str = "VramwatchOomForecast") -> list[dict[str, object]]:
+    return [a for a in _get_alerts(base) if a["labels"]["alertname"] == name]  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_a_real_alertmanager_lists_then_resolves_the_alert(alertmanager: str) -> None:
+    """POST /api/v2/alerts is accepted; GET lists the alert with our labels; the cleared finding resolves it."""
+    clock = ShiftedClock()
+    n = make(alertmanager, clock, resend_seconds=60)
+    try:
+        f = finding(clock)
+        n.notify(f)
+        assert _wait(lambda: len(_ours(alertmanager)) == 1)
+        (alert,) = _ours(alertmanager)
+        assert alert["labels"] == {
+            "alertname": "VramwatchOomForecast", "severity": "critical", "instance": "gpu-box-2",
+            "kind": "oom_forecast", "uuid": "GPU-aaaa", "gpu": "1", "pid": "777", "user": "bob", "process": "python3",
+        }  # fmt: skip
+        assert alert["annotations"]["summary"] == "GPU 1 fills in about 2 minutes"  # type: ignore[index]
+        assert alert["status"]["state"] == "active"  # type: ignore[index]
+        assert parse(str(alert["endsAt"])) - time.time() == pytest.approx(240, abs=5)
+        assert parse(str(alert["startsAt"])) == pytest.approx(time.time() - 5, abs=2)
+
+        n.notify(f, cleared=True)
+        assert _wait(lambda: _ours(alertmanager) == [])
+        # Alertmanager applies a POST before answering it: the worker counts it a moment after the GET sees it.
+        assert _wait(lambda: dict(n.counts()) == {"sent": 2, "failed": 0, "dropped": 0})
+    finally:
+        n.close(2.0)
+
+
+@pytest.mark.slow
+def test_active_alerts_are_resent_every_period_with_a_fixed_start(alertmanager: str) -> None:
+    """tick() re-posts active alerts once per resend period: Alertmanager's updatedAt moves, startsAt does not."""
+    clock = ShiftedClock()
+    n = make(alertmanager, clock, resend_seconds=30)
+    try:
+        f = finding(clock, kind="growth", severity=Severity.WARNING, message="growing")
+        n.notify(f)
+        assert _wait(lambda: len(_ours(alertmanager, "VramwatchGrowth")) == 1)
+        first = _ours(alertmanager, "VramwatchGrowth")[0]
+        n.tick()  # not due yet
+        time.sleep(0.05)
+        assert n.counts()["sent"] == 1
+        clock.sleep(31)
+        n.tick()
+        assert _wait(lambda: n.counts()["sent"] == 2)
+        again = _ours(alertmanager, "VramwatchGrowth")[0]
+        assert again["startsAt"] == first["startsAt"]
+        assert parse(str(again["updatedAt"])) > parse(str(first["updatedAt"]))
+        n.notify(f, cleared=True)
+        assert _wait(lambda: _ours(alertmanager, "VramwatchGrowth") == [])
+        assert n.active_count() == 0
+    finally:
+        n.close(2.0)
+
+
+def test_an_unreachable_alertmanager_counts_failures() -> None:
+    """Connection refused: the notify returns at once and the delivery ends as failed."""
+    clock = ShiftedClock()
+    n = make(f"http://127.0.0.1:{_free_port()}", clock)
+    try:
+        t0 = time.perf_counter()
+        n.notify(finding(clock))
+        assert time.perf_counter() - t0 < 0.05
+        assert _wait(lambda: n.counts()["failed"] == 1)
+    finally:
+        n.close(1.0)
+
+
+def _wait(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()

@@ -1,0 +1,132 @@
+"""The [policy] section: safe defaults, a full config, and errors that name the key."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import pytest
+import tomllib
+from vramwatch.actions.policy import DEFAULT_ACT_ON_KINDS, Policy, parse_policy, parse_signal
+from vramwatch.errors import ConfigError
+from vramwatch.model import ProcessMeta, Severity
+
+FULL = """
+[policy]
+dry_run = true
+cooldown_seconds = 120
+recheck = false
+act_on_kinds = ["oom_forecast"]
+
+[policy.actions]
+warning = ["log", "notify"]
+critical = ["notify", "signal", "hook", "kill"]
+
+[policy.targets]
+users = ["alice"]
+cmdline = ["train_network\\\\.py"]
+attached = true
+
+[policy.signal]
+allow_stop = true
+adapters = ["agent", "simpletuner"]
+fallback_signal = "USR1"
+match = { "my_trainer\\\\.py" = "agent" }
+
+[policy.kill]
+prefer = ["ipykernel_launcher"]
+avoid = ["train_network"]
+grace_seconds = 5
+
+[[policy.hooks]]
+argv = ["/usr/local/bin/page-me", "--gpu"]
+timeout_seconds = 10
+on_resolved = true
+env = { TEAM = "ml" }
+"""
+
+
+def test_default_policy_only_notifies() -> None:
+    """No [policy]: notify for both severities, nothing intrusive, nothing targeted, not dry-run."""
+    policy = parse_policy(None)
+    assert policy == Policy()
+    assert policy.actions_for(Severity.WARNING) == {"notify"}
+    assert policy.actions_for(Severity.CRITICAL) == {"notify"}
+    assert not policy.targets.configured
+    assert policy.act_on_kinds == DEFAULT_ACT_ON_KINDS
+    assert policy.hooks == ()
+
+
+def test_a_full_policy_parses() -> None:
+    """Every key of a complete [policy] table lands in the value object."""
+    policy = parse_policy(tomllib.loads(FULL)["policy"])
+    assert policy.dry_run
+    assert not policy.recheck
+    assert policy.cooldown_seconds == 120.0
+    assert policy.warning == {"log", "notify"}
+    assert policy.critical == {"notify", "signal", "hook", "kill"}
+    assert policy.act_on_kinds == {"oom_forecast"}
+    assert policy.signal.allow_stop
+    assert policy.signal.fallback_signal == signal.SIGUSR1
+    assert policy.signal.adapters == ("agent", "simpletuner")
+    ((pattern, name),) = policy.signal.overrides
+    assert pattern.pattern == r"my_trainer\.py"
+    assert name == "agent"
+    assert policy.kill.grace_seconds == 5.0
+    (hook,) = policy.hooks
+    assert hook.argv == ("/usr/local/bin/page-me", "--gpu")
+    assert hook.on_resolved
+    assert hook.timeout_seconds == 10.0
+    assert hook.env == (("TEAM", "ml"),)
+
+
+def test_targets_and_kill_eligibility() -> None:
+    """Targets match by user, cmdline regex or attachment; kill victims must match prefer and not avoid."""
+    policy = parse_policy(tomllib.loads(FULL)["policy"])
+    notebook = ProcessMeta(pid=1, start_time=1.0, user="carol", cmdline=("python", "-m", "ipykernel_launcher"))
+    training = ProcessMeta(pid=2, start_time=1.0, user="bob", cmdline=("python", "train_network.py"))
+    both = ProcessMeta(pid=3, start_time=1.0, user="dave", cmdline=("ipykernel_launcher", "train_network"))
+    assert policy.targets.match(training) == r"cmdline /train_network\.py/"
+    assert policy.targets.match(ProcessMeta(pid=9, start_time=1.0, user="alice")) == "user alice"
+    assert policy.targets.match(notebook) is None
+    assert policy.targets.match(notebook, frozenset({1})) == "attached"
+    assert policy.kill.eligible(notebook)
+    assert not policy.kill.eligible(training)
+    assert not policy.kill.eligible(both)  # avoid wins over prefer
+    assert not policy.kill.eligible(ProcessMeta(pid=4, start_time=1.0))  # unreadable cmdline: never a victim
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"dryrun": True}, r"\[policy\]: unknown key 'dryrun'"),
+        ({"dry_run": "yes"}, r"\[policy\] dry_run: expected true or false, got 'yes'"),
+        ({"cooldown_seconds": -1}, r"\[policy\] cooldown_seconds: expected a number >= 0"),
+        ({"actions": {"critical": ["explode"]}}, r"\[policy.actions\] critical: expected a list of log, notify"),
+        ({"actions": {"fatal": ["log"]}}, r"\[policy.actions\]: unknown key 'fatal'"),
+        ({"actions": "notify"}, r"\[policy.actions\]: expected a table"),
+        ({"targets": {"cmdline": ["(unclosed"]}}, r"\[policy.targets\] cmdline: invalid regular expression"),
+        ({"targets": {"users": "alice"}}, r"\[policy.targets\] users: expected a list of non-empty strings"),
+        ({"signal": {"fallback_signal": "SIGKILL"}}, r"SIGKILL cannot be caught"),
+        ({"signal": {"fallback_signal": "SIGNOPE"}}, r"fallback_signal: expected a signal name"),
+        ({"signal": {"adapters": ["kohya"]}}, r"\[policy.signal\] adapters: expected names from agent"),
+        ({"signal": {"match": {"x": "nope"}}}, r"\[policy.signal\] match.'x': expected one of agent"),
+        ({"actions": {"critical": ["signal"]}}, r"\[policy.targets\] names no process"),
+        ({"actions": {"critical": ["kill"]}, "targets": {"users": ["a"]}}, r"\[policy.kill\] prefer names no"),
+        ({"actions": {"critical": ["hook"]}}, r"no \[\[policy.hooks\]\] is configured"),
+        ({"hooks": [{"argv": []}]}, r"\[\[policy.hooks\]\] #1 argv: expected a non-empty list"),
+        ({"hooks": [{"timeout_seconds": 3}]}, r"\[\[policy.hooks\]\] #1: argv is required"),
+        ({"hooks": [{"argv": ["x"], "env": {"A": 1}}]}, r"#1 env: expected a table of string values"),
+        ({"hooks": {"argv": ["x"]}}, r"\[\[policy.hooks\]\]: expected an array of tables"),
+    ],
+)
+def test_bad_policies_name_the_key(table: dict[str, Any], message: str) -> None:
+    """Each mistake is a ConfigError that says which key and what was expected."""
+    with pytest.raises(ConfigError, match=message):
+        parse_policy(table)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("SIGUSR2", signal.SIGUSR2), ("usr1", signal.SIGUSR1), (15, 15)])
+def test_parse_signal_accepts_names_and_numbers(value: object, expected: int) -> None:
+    """Signals are given as SIGNAME, NAME (any case) or a number."""
+    assert parse_signal(value, where="x") == expected

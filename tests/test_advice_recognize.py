@@ -1,0 +1,477 @@
+"""Trainer recognition: from command lines, process trees, config files and the environment to settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from vramwatch.advice import TrainerSettings, recognize
+from vramwatch.advice.argv import parse_flags, split_invocation
+from vramwatch.advice.configfile import MAX_CONFIG_BYTES, parse_env_file, read_text_file
+from vramwatch.advice.recognize import filter_env
+
+DATA = Path(__file__).parent / "data" / "advice"
+
+
+def _no_files(_path: Path) -> str | None:
+    return None
+
+
+# (id, argv, cwd below DATA or None, tree argvs, env, expected trainer, expected script)
+RECOGNITION = [
+    (
+        "kohya-flux-accelerate",
+        ["/venv/bin/python", "-u", "flux_train_network.py", "--config_file", "flux_lora.toml"],
+        "kohya",
+        [["accelerate", "launch", "--mixed_precision", "bf16", "flux_train_network.py", "--config_file", "x"]],
+        None,
+        "kohya",
+        "flux_train_network.py",
+    ),
+    (
+        "kohya-sdxl-path",
+        ["python", "sd-scripts/sdxl_train_network.py", "--train_batch_size", "2"],
+        None,
+        [],
+        None,
+        "kohya",
+        "sdxl_train_network.py",
+    ),
+    ("kohya-sd3", ["python", "sd3_train_network.py"], None, [], None, "kohya", "sd3_train_network.py"),
+    ("kohya-flux-full", ["python3.11", "flux_train.py"], None, [], None, "kohya", "flux_train.py"),
+    ("kohya-sd1", ["accelerate", "launch", "train_network.py"], None, [], None, "kohya", "train_network.py"),
+    (
+        "diffusers-flux",
+        ["accelerate", "launch", "train_dreambooth_lora_flux.py", "--use_8bit_adam"],
+        None,
+        [],
+        None,
+        "diffusers",
+        "train_dreambooth_lora_flux.py",
+    ),
+    (
+        "diffusers-sdxl",
+        ["python", "examples/dreambooth/train_dreambooth_lora_sdxl.py"],
+        None,
+        [],
+        None,
+        "diffusers",
+        "train_dreambooth_lora_sdxl.py",
+    ),
+    (
+        "diffusers-t2i-lora",
+        ["python", "train_text_to_image_lora.py"],
+        None,
+        [],
+        None,
+        "diffusers",
+        "train_text_to_image_lora.py",
+    ),
+    (
+        "ai-toolkit",
+        ["python", "run.py", "config/flux_lora_24gb.yaml"],
+        "ai-toolkit",
+        [],
+        None,
+        "ai-toolkit",
+        "run.py",
+    ),
+    (
+        "onetrainer",
+        ["python", "scripts/train.py", "--config-path", "flux_lora.json"],
+        "onetrainer",
+        [],
+        None,
+        "onetrainer",
+        "train.py",
+    ),
+    (
+        "simpletuner-json",
+        ["python", "train.py"],
+        "simpletuner_json",
+        [["bash", "train.sh"]],
+        {"SIMPLETUNER_CONFIG_BACKEND": "json"},
+        "simpletuner",
+        "train.py",
+    ),
+    (
+        "simpletuner-env",
+        ["python", "train.py"],
+        "simpletuner_env",
+        [],
+        {"SIMPLETUNER_CONFIG_BACKEND": "env"},
+        "simpletuner",
+        "train.py",
+    ),
+    (
+        "transformers",
+        ["python", "run_clm.py", "--per_device_train_batch_size", "8", "--output_dir", "out"],
+        None,
+        [],
+        None,
+        "transformers",
+        "run_clm.py",
+    ),
+    ("trl-module", ["python", "-m", "trl.scripts.sft"], None, [], None, "transformers", "trl.scripts.sft"),
+    ("lightning-module", ["python", "-m", "lightning", "run", "model"], None, [], None, "lightning", "lightning"),
+    (
+        "lightning-cli",
+        ["python", "main.py", "fit", "--trainer.precision", "bf16-mixed"],
+        None,
+        [],
+        None,
+        "lightning",
+        "main.py",
+    ),
+    ("plain-pytorch", ["python", "my_train.py", "--batch-size", "16"], None, [], None, "pytorch", "my_train.py"),
+    ("not-python", ["/usr/bin/Xorg", ":0"], None, [], None, "unknown", None),
+    ("empty-argv", [], None, [], None, "unknown", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "cwd", "tree", "env", "expected"),
+    [pytest.param(*case[1:5], case[5:], id=case[0]) for case in RECOGNITION],
+)
+def test_trainer_recognised_from_realistic_command_lines(
+    argv: list[str],
+    cwd: str | None,
+    tree: list[list[str]],
+    env: dict[str, str] | None,
+    expected: tuple[str, str | None],
+) -> None:
+    """Each trainer is told apart by its script name, launcher, flags, directory or config layout."""
+    settings = recognize(argv, cwd=str(DATA / cwd) if cwd else None, tree_argvs=tree, env=env)
+    assert (settings.trainer, settings.script) == expected
+
+
+def test_spawned_worker_is_recognised_from_its_launcher() -> None:
+    """A `python -c spawn_main` worker has no script; the launcher in the tree names the trainer and flags."""
+    settings = recognize(
+        ["python", "-c", "from multiprocessing.spawn import spawn_main; spawn_main()"],
+        tree_argvs=[["accelerate", "launch", "--num_processes", "2", "train_network.py", "--train_batch_size", "3"]],
+        read_file=_no_files,
+    )
+    assert (settings.trainer, settings.batch_size) == ("kohya", 3)
+
+
+def test_kohya_settings_from_flags_with_defaults_from_its_source() -> None:
+    """Flags are read; absent flags take sd-scripts' own defaults, marked as such."""
+    settings = recognize(
+        [
+            *("python", "flux_train_network.py", "--train_batch_size", "4", "--resolution", "1024,768"),
+            *("--mixed_precision", "no", "--optimizer_type", "AdamW", "--network_dim=32", "--sdpa", "--fp8_base"),
+        ],
+        read_file=_no_files,
+    )
+    assert settings.batch_size == 4
+    assert settings.resolution == (1024, 768)
+    assert settings.mixed_precision == "no"
+    assert settings.optimizer == "AdamW"
+    assert settings.network_dim == 32
+    assert settings.attention == "sdpa"
+    assert settings.fp8_base is True
+    assert settings.gradient_checkpointing is False
+    assert settings.grad_accum == 1
+    assert settings.model_family == "flux"
+    checkpointing = settings.source_of("gradient_checkpointing")
+    assert checkpointing is not None
+    assert checkpointing.kind == "default"
+    batch = settings.source_of("batch_size")
+    assert batch is not None
+    assert (batch.kind, batch.detail) == ("flag", "--train_batch_size")
+
+
+def test_kohya_use_8bit_adam_counts_as_8bit_optimizer() -> None:
+    """The legacy `--use_8bit_adam` switch means AdamW8bit in sd-scripts' get_optimizer()."""
+    settings = recognize(["python", "train_network.py", "--use_8bit_adam"], read_file=_no_files)
+    assert settings.optimizer == "AdamW8bit"
+    assert settings.optimizer_8bit is True
+
+
+def test_kohya_config_file_and_dataset_config_with_their_precedence() -> None:
+    """--config_file values apply unless the command line overrides; [[datasets]] wins for resolution/batch."""
+    settings = recognize(
+        ["python", "flux_train_network.py", "--config_file", "flux_lora", "--gradient_checkpointing"],
+        cwd=str(DATA / "kohya"),
+        tree_argvs=[["accelerate", "launch", "--mixed_precision", "bf16", "flux_train_network.py"]],
+    )
+    assert settings.mixed_precision == "bf16"
+    assert settings.gradient_checkpointing is True
+    assert settings.network_dim == 64
+    assert settings.attention == "sdpa"
+    assert settings.cache_latents is True
+    assert settings.grad_accum == 2
+    # The dataset config overrides both train_batch_size = 2 in the config file and [general].
+    assert settings.batch_size == 4
+    assert settings.resolution == (1024, 1024)
+    resolution = settings.source_of("resolution")
+    assert resolution is not None
+    assert resolution.kind == "dataset_config"
+    assert resolution.file is not None
+    assert Path(resolution.file).name == "dataset.toml"
+    assert [Path(p).name for p in settings.config_files] == ["flux_lora.toml", "dataset.toml"]
+
+
+def test_kohya_ignores_accelerate_mixed_precision_and_says_so() -> None:
+    """sd-scripts passes its own --mixed_precision (default no) to Accelerator: the launcher's bf16 is moot."""
+    settings = recognize(
+        ["python", "flux_train_network.py", "--train_batch_size", "1"],
+        tree_argvs=[["accelerate", "launch", "--mixed_precision", "bf16", "flux_train_network.py"]],
+        read_file=_no_files,
+    )
+    assert settings.mixed_precision == "no"
+    assert any("accelerate launch --mixed_precision bf16" in note for note in settings.notes)
+
+
+def test_kohya_resumability_read_from_config() -> None:
+    """--save_state with a save interval makes a kohya run resumable."""
+    resumable = recognize(["python", "train_network.py", "--config_file", "resumable.toml"], cwd=str(DATA / "kohya"))
+    plain = recognize(["python", "train_network.py"], read_file=_no_files)
+    assert (resumable.resumable, plain.resumable) == (True, False)
+
+
+def test_diffusers_flags_and_launcher_precision() -> None:
+    """diffusers: --use_8bit_adam, --rank; mixed precision falls back to accelerate launch's option."""
+    settings = recognize(
+        [
+            *("python", "train_dreambooth_lora_flux.py", "--use_8bit_adam", "--rank", "32", "--resolution", "1024"),
+            *("--train_batch_size", "1", "--gradient_checkpointing"),
+        ],
+        tree_argvs=[["accelerate", "launch", "--mixed_precision=fp16", "train_dreambooth_lora_flux.py"]],
+        read_file=_no_files,
+    )
+    assert settings.optimizer == "AdamW8bit"
+    assert settings.network_dim == 32
+    assert settings.resolution == (1024, 1024)
+    assert settings.gradient_checkpointing is True
+    assert settings.mixed_precision == "fp16"
+    precision = settings.source_of("mixed_precision")
+    assert precision is not None
+    assert precision.kind == "launcher"
+
+
+def test_diffusers_precision_unknown_without_flag_or_launcher() -> None:
+    """Without any precision source, accelerate's own config decides, which vramwatch does not read."""
+    settings = recognize(["python", "train_dreambooth_lora_sdxl.py"], read_file=_no_files)
+    assert settings.mixed_precision is None
+
+
+def test_ai_toolkit_settings_from_yaml() -> None:
+    """ai-toolkit: train/model/network/datasets of config.process[0]; the largest of several resolutions."""
+    settings = recognize(["python", "run.py", "flux_lora_24gb"], cwd=str(DATA / "ai-toolkit"))
+    assert settings.trainer == "ai-toolkit"
+    assert settings.batch_size == 2
+    assert settings.gradient_checkpointing is False
+    assert settings.resolution == (1024, 1024)
+    assert settings.mixed_precision == "bf16"
+    assert settings.optimizer == "adamw"
+    assert settings.fp8_base is False
+    assert settings.network_dim == 32
+    assert settings.cache_latents is True
+    assert settings.model_family == "flux"
+
+
+def test_onetrainer_settings_from_json() -> None:
+    """OneTrainer: enum spellings (OFF, FLOAT_32, SDP, ADAMW) are normalised."""
+    settings = recognize(
+        ["python", "scripts/train.py", "--config-path", "flux_lora.json"], cwd=str(DATA / "onetrainer")
+    )
+    assert settings.batch_size == 2
+    assert settings.gradient_checkpointing is False
+    assert settings.resolution == (1024, 1024)
+    assert settings.mixed_precision == "no"
+    assert settings.attention == "sdpa"
+    assert settings.optimizer == "ADAMW"
+    assert settings.network_dim == 64
+    assert settings.fp8_base is False
+    assert settings.offloading is False
+    assert settings.model_family == "flux"
+
+
+@pytest.mark.parametrize(
+    ("folder", "env", "expected"),
+    [
+        pytest.param(
+            "simpletuner_json",
+            {"SIMPLETUNER_CONFIG_BACKEND": "json"},
+            {"config_format": "json", "batch_size": 4, "mixed_precision": "bf16", "fp8_base": False, "network_dim": 16},
+            id="json",
+        ),
+        pytest.param(
+            "simpletuner_env",
+            {"SIMPLETUNER_CONFIG_BACKEND": "env"},
+            {
+                "config_format": "env",
+                "batch_size": 2,
+                "gradient_checkpointing": True,
+                "fp8_base": True,
+                "network_dim": 64,
+            },
+            id="env",
+        ),
+        pytest.param(
+            "simpletuner_toml",
+            {"SIMPLETUNER_LOG_LEVEL": "INFO"},
+            {"config_format": "toml", "batch_size": 1, "mixed_precision": "no", "optimizer": "bnb-adamw8bit"},
+            id="toml-probed",
+        ),
+    ],
+)
+def test_simpletuner_settings_from_each_config_backend(
+    folder: str, env: dict[str, str], expected: dict[str, object]
+) -> None:
+    """SimpleTuner's config.json (keys with or without `--`), config.env and config.toml are all read."""
+    settings = recognize(["python", "train.py"], cwd=str(DATA / folder), env=env)
+    assert settings.trainer == "simpletuner"
+    assert {key: getattr(settings, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "cwd"),
+    [
+        pytest.param(["python", "flux_train_network.py", "--config_file", "broken.toml"], "broken", id="kohya-toml"),
+        pytest.param(["python", "run.py", "../broken/broken.yaml"], "ai-toolkit", id="ai-toolkit-yaml"),
+        pytest.param(["python", "scripts/train.py", "--config-path", "broken.json"], "broken", id="onetrainer-json"),
+        pytest.param(["python", "scripts/train.py", "--config-path", "truncated.json"], "broken", id="truncated"),
+        pytest.param(["python", "flux_train_network.py", "--config_file", "missing.toml"], "broken", id="missing"),
+        pytest.param(["python", "flux_train_network.py", "--config_file", "cfg.toml"], None, id="relative-no-cwd"),
+    ],
+)
+def test_broken_or_missing_config_means_unknown_not_crash(argv: list[str], cwd: str | None) -> None:
+    """A config that cannot be read leaves its settings unknown (None, no guessed default) and says why."""
+    settings = recognize(argv, cwd=str(DATA / cwd) if cwd else None)
+    assert settings.batch_size is None
+    assert settings.gradient_checkpointing is None
+    assert settings.mixed_precision is None
+    assert any("unknown" in note for note in settings.notes)
+
+
+def test_unreadable_dataset_config_makes_resolution_unknown() -> None:
+    """The dataset TOML overrides --resolution, so when it cannot be read the flag's value is not trusted."""
+    settings = recognize(
+        ["python", "flux_train_network.py", "--resolution", "512", "--dataset_config", "gone.toml"],
+        cwd="/nonexistent",
+    )
+    assert settings.resolution is None
+    assert settings.batch_size is None
+
+
+def test_environment_is_filtered_to_the_allow_list() -> None:
+    """Only allocator, accelerate precision and SIMPLETUNER_* variables are kept; secrets never are."""
+    env = {
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+        "HF_TOKEN": "hf_abcdefghijklmnopqrstuvwxyz0123456789",
+        "WANDB_API_KEY": "secret",
+        "SIMPLETUNER_ENV": "default",
+        "PATH": "/usr/bin",
+    }
+    assert filter_env(env) == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "SIMPLETUNER_ENV": "default"}
+    settings = recognize(["python", "train_network.py"], env=env, read_file=_no_files)
+    assert "hf_" not in repr(settings)
+    assert "secret" not in repr(settings)
+    assert settings.alloc_expandable is True
+
+
+@pytest.mark.parametrize(
+    ("env", "expandable", "max_split", "var"),
+    [
+        pytest.param(None, None, None, None, id="env-unknown"),
+        pytest.param({}, False, False, None, id="env-read-unset"),
+        pytest.param(
+            {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}, False, True, "PYTORCH_CUDA_ALLOC_CONF", id="max-split"
+        ),
+        pytest.param(
+            {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, True, False, "PYTORCH_ALLOC_CONF", id="new-name"
+        ),
+        pytest.param(
+            {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"},
+            False,
+            False,
+            "PYTORCH_CUDA_ALLOC_CONF",
+            id="false",
+        ),
+    ],
+)
+def test_allocator_configuration_read_from_either_variable(
+    env: dict[str, str] | None, expandable: bool | None, max_split: bool | None, var: str | None
+) -> None:
+    """Both allocator variable names are read; an unreadable environment stays unknown rather than 'unset'."""
+    settings = recognize(["python", "x.py"], env=env, read_file=_no_files)
+    assert (settings.alloc_expandable, settings.alloc_max_split, settings.alloc_conf_var) == (
+        expandable,
+        max_split,
+        var,
+    )
+
+
+def test_unrecognised_process_has_unknown_settings() -> None:
+    """Nothing is guessed for a process that is not a recognised trainer."""
+    settings = recognize(["/usr/bin/Xorg", ":0"], read_file=_no_files)
+    assert settings == TrainerSettings(trainer="unknown", script=None)
+
+
+def test_split_invocation_finds_script_after_launcher_options() -> None:
+    """Launcher options (with values) are not mistaken for the script or its flags."""
+    inv = split_invocation(
+        ["accelerate", "launch", "--config_file", "acc.yaml", "--num_processes", "2", "train.py", "--lr", "1e-4"]
+    )
+    assert (inv.launcher, inv.script, inv.args) == ("accelerate", "train.py", ("--lr", "1e-4"))
+    assert inv.launcher_args == ("--config_file", "acc.yaml", "--num_processes", "2")
+
+
+def test_parse_flags_follows_argparse_conventions() -> None:
+    """--k v, --k=v, bare switches, nargs lists, negative numbers as values, last occurrence wins."""
+    flags, positionals = parse_flags(
+        ["cfg.yaml", "--a", "1", "--b=2", "--switch", "--list", "x=1", "y=2", "--neg", "-3", "--a", "5"]
+    )
+    assert positionals == ("cfg.yaml",)
+    assert flags == {"a": ("5",), "b": ("2",), "switch": (), "list": ("x=1", "y=2"), "neg": ("-3",)}
+
+
+def test_read_text_file_refuses_large_and_special_files(tmp_path: Path) -> None:
+    """Config reads are bounded: oversized files and non-regular files read as None, not an error."""
+    small = tmp_path / "ok.toml"
+    small.write_text("a = 1\n")
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    assert read_text_file(small) == "a = 1\n"
+    assert read_text_file(big) is None
+    assert read_text_file(binary) is None
+    assert read_text_file(tmp_path) is None
+    assert read_text_file(tmp_path / "missing.toml") is None
+
+
+def test_env_file_parsing_handles_export_quotes_and_append() -> None:
+    """config.env lines: comments skipped, `export` and quotes stripped, `+=` appends."""
+    parsed = parse_env_file('# c\nexport A="1"\nB=two\nC+="--x=1"\nC+="--y=2"\nnot a line\n')
+    assert parsed == {"A": "1", "B": "two", "C": "--x=1 --y=2"}
+
+
+def test_parse_errors_name_the_line_not_the_content() -> None:
+    """A broken config's note gives a line number, never the file's text (it may not be the user's file)."""
+    settings = recognize(["python", "run.py", "../broken/broken.yaml"], cwd=str(DATA / "ai-toolkit"))
+    assert any("broken.yaml: cannot parse YAML (line" in note for note in settings.notes)
+    assert not any("batch_size" in note for note in settings.notes)
+
+
+def test_pseudo_files_are_never_read_as_configs() -> None:
+    """/proc, /sys and /dev paths named as configs are refused (another process's environ is not a config)."""
+    assert read_text_file(Path("/proc/self/environ")) is None
+    assert read_text_file(Path("/dev/null")) is None
+
+
+def test_accelerate_own_config_file_is_not_the_trainers() -> None:
+    """`accelerate launch --config_file acc.yaml script.py --config_file cfg.toml`: only the second is kohya's."""
+    settings = recognize(
+        [
+            *("accelerate", "launch", "--config_file", "accelerate.yaml", "--mixed_precision", "bf16"),
+            *("flux_train_network.py", "--config_file", "flux_lora.toml"),
+        ],
+        cwd=str(DATA / "kohya"),
+    )
+    assert [Path(p).name for p in settings.config_files] == ["flux_lora.toml", "dataset.toml"]
+    assert settings.mixed_precision == "bf16"
+    assert settings.network_dim == 64

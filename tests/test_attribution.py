@@ -1,0 +1,123 @@
+"""Attribution: identity, tree root, user and container of the pids NVML reports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from vramwatch.attribution import PsutilInspector, display_name, parse_cgroup
+
+CID = "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("text", "container", "pod"),
+    [
+        ("0::/user.slice/user-1000.slice/session-3.scope\n", None, None),
+        (f"0::/system.slice/docker-{CID}.scope\n", CID, None),
+        (f"12:memory:/docker/{CID}\n", CID, None),
+        (
+            "0::/kubepods.slice/kubepods-burstable.slice/"
+            "kubepods-burstable-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice/"
+            f"cri-containerd-{CID}.scope\n",
+            CID,
+            "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d",
+        ),
+        (
+            f"11:pids:/kubepods/besteffort/pod1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d/{CID}\n",
+            CID,
+            "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d",
+        ),
+        (f"0::/machine.slice/libpod-{CID}.scope/container\n", CID, None),
+    ],
+)
+def test_parse_cgroup(text: str, container: str | None, pod: str | None) -> None:
+    """Container ids and pod UIDs are read from docker, containerd, CRI-O, podman and k8s cgroup paths."""
+    assert parse_cgroup(text) == (container, pod)
+
+
+@pytest.mark.parametrize(
+    ("name", "cmdline", "expected"),
+    [
+        ("python3", ("python3", "flux_train_network.py", "--lr", "1e-4"), "flux_train_network.py"),
+        ("python3", ("python3", "-u", "/home/a/sd-scripts/train_network.py"), "train_network.py"),
+        ("python", ("python", "-m", "torch.distributed.run", "x.py"), "torch.distributed.run"),
+        ("python3", ("python3",), "python3"),
+        ("accelerate", ("/usr/bin/python3", "/usr/bin/accelerate", "launch"), "accelerate"),
+        (None, None, None),
+    ],
+)
+def test_display_name(name: str | None, cmdline: tuple[str, ...] | None, expected: str | None) -> None:
+    """Python trainers are named after the script or module they run, never after argument values."""
+    assert display_name(name, cmdline) == expected
+
+
+def test_inspects_a_real_child_with_identity_user_and_tree(tmp_path: Path) -> None:
+    """A live child is resolved with its start time, user, parent and a tree root that includes its launcher."""
+    proc_root = tmp_path / "proc"
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess,sys; subprocess.run([sys.executable,'-c','import time; time.sleep(30)'])",
+        ]
+    )
+    try:
+        for _ in range(100):
+            kids = psutil.Process(launcher.pid).children()
+            if kids:
+                break
+            time.sleep(0.05)
+        child = kids[0].pid
+        (proc_root / str(child)).mkdir(parents=True)
+        (proc_root / str(child) / "cgroup").write_text(f"0::/system.slice/docker-{CID}.scope\n")
+        meta = PsutilInspector(proc_root=proc_root).inspect(child)
+        assert meta.start_time == psutil.Process(child).create_time()
+        assert meta.user == psutil.Process().username()
+        assert meta.ppid == launcher.pid
+        assert meta.container_id == CID
+        assert meta.cmdline is not None
+        # The launcher is not a session boundary, so the tree root is one of the child's ancestors.
+        assert meta.root_pid in {p.pid for p in psutil.Process(child).parents()}
+    finally:
+        launcher.kill()
+        launcher.wait()
+        for k in psutil.Process().children(recursive=True):
+            k.kill()
+
+
+def test_vanished_pid_is_reported_not_raised() -> None:
+    """A pid that exits between NVML and the lookup comes back with its pid and no identity, without error."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    meta = PsutilInspector().inspect(p.pid)
+    assert meta.pid == p.pid
+    assert meta.start_time is None
+
+
+def test_pid_reuse_is_a_new_identity() -> None:
+    """The cache is keyed by start time: a recycled pid gets a fresh lookup, not the dead process's name."""
+    clock = [0.0]
+    insp = PsutilInspector(monotonic=lambda: clock[0])
+    me = insp.inspect(os.getpid())
+    # Forge a cached entry for this pid with another start time, as if an earlier process had held it.
+    from dataclasses import replace
+
+    insp._cache[os.getpid()] = (replace(me, start_time=1.0, name="old-run"), 0.0)
+    again = insp.inspect(os.getpid())
+    assert again.name != "old-run"
+    assert again.start_time == me.start_time
+
+
+def test_foreign_pid_namespace_is_detected(tmp_path: Path) -> None:
+    """A /proc/self/ns/pid whose inode is not the initial namespace's means NVML pids are not visible here."""
+    ns = tmp_path / "self" / "ns"
+    ns.mkdir(parents=True)
+    (ns / "pid").write_text("")
+    assert PsutilInspector(proc_root=tmp_path).pid_namespace_matches() is False
+    assert PsutilInspector(proc_root=tmp_path, host_pids=True).pid_namespace_matches() is True

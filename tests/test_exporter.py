@@ -1,0 +1,141 @@
+"""Exporter: series built fresh from the latest snapshot on the daemon's own registry."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from builders import GIB, UUID0, make_snapshot
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from vramwatch.errors import VramwatchError
+from vramwatch.exporter import ExportState, make_registry, parse_listen
+from vramwatch.model import Finding, GpuSample, ProcessKey, Severity, Snapshot
+from vramwatch.sampler import TickStats
+
+
+def _state(snap: Snapshot | None, **kw: object) -> ExportState:
+    return ExportState(snapshot=snap, backend={"backend": "simulated"}, stats=TickStats(), up=True, **kw)  # type: ignore[arg-type]
+
+
+def test_gpu_and_process_series_carry_the_snapshot_values() -> None:
+    """Each GPU and process figure of the snapshot is exported under its documented name and labels."""
+    snap = make_snapshot(1.0, {10: 3 * GIB, 11: 1 * GIB})
+    reg = make_registry(lambda: _state(snap))
+    labels = {"gpu": "0", "uuid": UUID0, "name": "Test RTX 4090"}
+    used = 4 * GIB + 300 * 1024**2
+    assert reg.get_sample_value("vramwatch_gpu_memory_used_bytes", labels) == used
+    assert reg.get_sample_value("vramwatch_gpu_memory_total_bytes", labels) == 24 * GIB
+    assert reg.get_sample_value("vramwatch_gpu_unattributed_memory_bytes", labels) == 300 * 1024**2
+    assert reg.get_sample_value("vramwatch_gpu_processes", labels) == 2
+    plabels = {"gpu": "0", "uuid": UUID0, "pid": "10", "process": "p10", "user": "", "container": ""}
+    assert reg.get_sample_value("vramwatch_process_gpu_memory_bytes", plabels) == 3 * GIB
+
+
+def test_exited_process_disappears_at_the_next_scrape() -> None:
+    """No stale series: a pid absent from the latest snapshot is absent from the next scrape."""
+    state = {"s": _state(make_snapshot(1.0, {10: GIB, 11: GIB}))}
+    reg = make_registry(lambda: state["s"])
+    assert b'pid="11"' in generate_latest(reg)
+    state["s"] = _state(make_snapshot(2.0, {10: GIB}))
+    text = generate_latest(reg)
+    assert b'pid="11"' not in text
+    assert b'pid="10"' in text
+
+
+def test_per_process_series_can_be_switched_off() -> None:
+    """process_metrics=False leaves only GPU-level series (for fleets that fear cardinality)."""
+    reg = make_registry(lambda: _state(make_snapshot(1.0, {10: GIB}), process_metrics=False))
+    text = generate_latest(reg).decode()
+    assert "vramwatch_process_gpu_memory_bytes" not in text
+    assert "vramwatch_gpu_memory_used_bytes" in text
+
+
+def test_nothing_lands_in_the_global_registry() -> None:
+    """Building our registry registers nothing in prometheus-client's global REGISTRY."""
+    before = set(REGISTRY._names_to_collectors)
+    make_registry(lambda: _state(None))
+    assert set(REGISTRY._names_to_collectors) == before
+
+
+def test_command_lines_never_become_labels() -> None:
+    """A secret in a command line does not appear anywhere in the exposition."""
+    from dataclasses import replace
+
+    snap = make_snapshot(1.0, {10: GIB})
+    p = snap.processes[0]
+    secret = replace(p, meta=replace(p.meta, cmdline=("python", "train.py", "--hf_token", "hf_SECRET")))
+    reg = make_registry(lambda: _state(replace(snap, processes=(secret,))))
+    assert b"hf_SECRET" not in generate_latest(reg)
+
+
+def test_lost_gpu_is_up_zero_without_memory_series() -> None:
+    """A GPU that stopped answering exports gpu_up 0 and no made-up memory figures."""
+    lost = GpuSample(1, "GPU-lost", "Test", None, None, None, up=False, error="gpu_lost")
+    snap = make_snapshot(1.0, {10: GIB})
+    from dataclasses import replace
+
+    reg = make_registry(lambda: _state(replace(snap, gpus=(*snap.gpus, lost))))
+    assert reg.get_sample_value("vramwatch_gpu_up", {"gpu": "1", "uuid": "GPU-lost", "name": "Test"}) == 0
+    assert (
+        reg.get_sample_value("vramwatch_gpu_memory_used_bytes", {"gpu": "1", "uuid": "GPU-lost", "name": "Test"})
+        is None
+    )
+
+
+def test_forecast_growth_and_findings_are_exported() -> None:
+    """Growth rates, the OOM forecast and active findings appear with their labels."""
+    snap = make_snapshot(1.0, {10: GIB})
+    f = Finding("oom_forecast", Severity.CRITICAL, UUID0, "full soon", 1.0, ProcessKey(10, 110.0))
+    reg = make_registry(
+        lambda: _state(
+            snap,
+            gpu_growth={UUID0: 1.5e8},
+            oom_eta={UUID0: 90.0},
+            process_growth={(ProcessKey(10, 110.0), UUID0): 1.5e8},
+            active=(f,),
+            findings_raised={("oom_forecast", "critical"): 1},
+        )
+    )
+    g = {"gpu": "0", "uuid": UUID0, "name": "Test RTX 4090"}
+    assert reg.get_sample_value("vramwatch_gpu_oom_eta_seconds", g) == 90.0
+    assert reg.get_sample_value("vramwatch_gpu_memory_growth_bytes_per_second", g) == 1.5e8
+    assert (
+        reg.get_sample_value("vramwatch_findings_active", {"kind": "oom_forecast", "severity": "critical", "gpu": "0"})
+        == 1
+    )
+    assert reg.get_sample_value("vramwatch_findings_total", {"kind": "oom_forecast", "severity": "critical"}) == 1
+
+
+def test_exposition_parses_with_prometheus_client() -> None:
+    """The whole exposition parses, and every family is vramwatch_-prefixed."""
+    reg = make_registry(lambda: _state(make_snapshot(1.0, {10: GIB})))
+    fams = list(text_string_to_metric_families(generate_latest(reg).decode()))
+    assert fams
+    assert all(f.name.startswith("vramwatch_") for f in fams)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+def test_promtool_check_metrics_is_silent() -> None:
+    """`promtool check metrics` finds nothing to complain about in a full exposition."""
+    snap = make_snapshot(1.0, {10: GIB})
+    f = Finding("growth", Severity.WARNING, UUID0, "grows", 1.0)
+    reg = make_registry(lambda: _state(snap, gpu_growth={UUID0: 1e6}, oom_eta={UUID0: 500.0}, active=(f,)))
+    res = subprocess.run(["promtool", "check", "metrics"], input=generate_latest(reg), capture_output=True, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip() == b""
+    assert res.stderr.strip() == b""
+
+
+@pytest.mark.parametrize("bad", ["9783", "localhost", "host:port", "1.2.3.4:70000", ":0x10"])
+def test_listen_rejects_malformed_addresses(bad: str) -> None:
+    """A malformed --listen is a clear error naming the expected form."""
+    with pytest.raises(VramwatchError, match="HOST:PORT"):
+        parse_listen(bad)
+
+
+def test_listen_accepts_ipv6_and_defaults_host() -> None:
+    """[::1]:9783 and :9783 are understood."""
+    assert parse_listen("[::1]:9783") == ("::1", 9783)
+    assert parse_listen(":9783") == ("127.0.0.1", 9783)

@@ -1,0 +1,101 @@
+"""Sampler: readings become snapshots in history, on monotonic deadlines that never stack."""
+
+from __future__ import annotations
+
+import threading
+
+from builders import GIB, UUID0, gpu
+from vramwatch.errors import BackendUnavailable
+from vramwatch.history import History
+from vramwatch.model import ProcessMeta, ProcessUsage, Reading
+from vramwatch.sampler import Sampler, run_every, snapshot_from_reading
+from vramwatch.testing import FakeClock, ScriptedBackend, StaticInspector
+
+
+def _reading(used: int) -> Reading:
+    return Reading(gpus=(gpu(used=used + GIB),), processes=(ProcessUsage(UUID0, 4242, used),))
+
+
+def test_tick_attributes_pids_and_records_history() -> None:
+    """A tick joins NVML's pid with the inspector's identity and appends it to history at the clock's time."""
+    clock = FakeClock(now=50.0)
+    meta = {4242: ProcessMeta(4242, 123.0, name="train.py", user="alice")}
+    backend = ScriptedBackend([_reading(2 * GIB)], meta=meta)
+    history = History()
+    snap = Sampler(backend, history, clock).tick()
+    assert snap is not None
+    assert snap.t == 50.0
+    assert snap.processes[0].meta.user == "alice"
+    assert history.gpu_window(UUID0).v == (3.0 * GIB,)
+
+
+def test_library_failure_is_counted_not_raised() -> None:
+    """A backend that raises BackendUnavailable yields no snapshot, an error count, and up=False."""
+    backend = ScriptedBackend([BackendUnavailable("gone")])
+    s = Sampler(backend, History(), FakeClock())
+    assert s.tick() is None
+    assert s.stats.errors == {"library": 1}
+    assert s.stats.up is False
+
+
+def test_invisible_pids_are_not_looked_up() -> None:
+    """In a foreign pid namespace the host pid is kept but no name or user is invented for it."""
+    insp = StaticInspector({4242: ProcessMeta(4242, 1.0, name="WRONG")}, visible=False)
+    snap = snapshot_from_reading(_reading(GIB), insp, t=1.0, wall=2.0, visible=False)
+    assert snap.processes_visible is False
+    assert snap.processes[0].meta.name is None
+    assert snap.processes[0].used_bytes == GIB
+
+
+def test_recorded_metadata_and_time_win_over_live_lookups() -> None:
+    """A replayed reading keeps its recorded time and process metadata."""
+    r = Reading(
+        gpus=(gpu(used=GIB),),
+        processes=(ProcessUsage(UUID0, 7, GIB),),
+        t=12.5,
+        wall_time=99.0,
+        meta=(ProcessMeta(7, 5.0, name="recorded"),),
+    )
+    snap = snapshot_from_reading(r, StaticInspector(), t=1.0, wall=2.0)
+    assert (snap.t, snap.wall_time, snap.processes[0].meta.name) == (12.5, 99.0, "recorded")
+
+
+def test_run_every_keeps_deadlines_without_drift() -> None:
+    """Steps run at start + k*interval even though each step itself takes time."""
+    clock, stop, times = FakeClock(now=0.0), threading.Event(), []
+
+    def step() -> None:
+        times.append(clock.now)
+        clock.advance(0.3)  # the tick's own cost must not push later ticks back
+        if len(times) == 5:
+            stop.set()
+
+    run_every(1.0, step, clock, stop, wait=lambda s: (clock.sleep(s), stop.is_set())[1])
+    assert times == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_run_every_skips_overrun_slots_instead_of_stacking() -> None:
+    """A step that takes 2.5 intervals is reported and the next step waits for the next future slot."""
+    clock, stop, times, overruns = FakeClock(now=0.0), threading.Event(), [], []
+
+    def step() -> None:
+        times.append(clock.now)
+        clock.advance(2.5 if len(times) == 2 else 0.1)
+        if len(times) == 4:
+            stop.set()
+
+    run_every(1.0, step, clock, stop, on_overrun=overruns.append, wait=lambda s: (clock.sleep(s), stop.is_set())[1])
+    assert times == [0.0, 1.0, 4.0, 5.0]
+    assert overruns == [2]
+
+
+def test_stop_event_ends_the_loop_during_the_wait() -> None:
+    """Setting stop wakes the loop immediately rather than after the interval."""
+    stop = threading.Event()
+    calls = []
+    timer = threading.Timer(0.05, stop.set)
+    timer.start()
+    from vramwatch.clock import SystemClock
+
+    run_every(30.0, lambda: calls.append(1), SystemClock(), stop)
+    assert calls == [1]

@@ -1,0 +1,169 @@
+"""The `[notify]` section: which destinations findings go to, built into Notifier objects.
+
+```toml
+[[notify.webhook]]              # any number; Slack/Mattermost incoming webhooks work as they are
+url_env = "VRAMWATCH_SLACK_URL" # or url = "https://..."; a Slack URL is a secret: prefer the environment
+hmac_secret_env = "VRAMWATCH_WEBHOOK_SECRET"   # or hmac_secret_file = "/etc/vramwatch/webhook.key"
+include_cmdline = false         # true: add the (redacted) command line to the payload
+timeout_seconds = 5
+max_attempts = 4
+queue_size = 256
+
+[[notify.alertmanager]]
+url = "http://127.0.0.1:9093"   # base URL; findings go to /api/v2/alerts
+resend_seconds = 60             # re-send active alerts this often (endsAt = now + 4 x this)
+labels = { cluster = "lab" }    # extra labels on every alert
+
+[notify.apprise]                # needs: pip install 'vramwatch-daemon[apprise]'
+urls_env = "VRAMWATCH_APPRISE_URLS"  # whitespace-separated; or urls = ["tgram://...", ...]
+```
+
+With no destination at all, findings are logged (the `notify` action's default).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..typing import Clock, Notifier
+from ._table import TableReader
+from .alertmanager import AlertmanagerNotifier, check_label_names
+from .apprise_notifier import AppriseNotifier
+from .payload import ProcessLookup
+from .queue import DeliveryQueue
+from .transport import check_url
+from .webhook import WebhookNotifier
+
+_WEBHOOK_KEYS = (
+    "url", "url_env", "hmac_secret_env", "hmac_secret_file", "include_cmdline", "timeout_seconds", "max_attempts",
+    "queue_size",
+)  # fmt: skip
+_AM_KEYS = (
+    "url",
+    "url_env",
+    "resend_seconds",
+    "timeout_seconds",
+    "labels",
+    "generator_url",
+    "max_attempts",
+    "queue_size",
+)
+
+
+def _from_env(reader: TableReader, environ: Mapping[str, str], env_key: str) -> str | None:
+    """The value of the environment variable named by `env_key`, if that key is set; ConfigError if empty."""
+    var = reader.table.get(env_key)
+    if var is None:
+        return None
+    if not isinstance(var, str) or not var:
+        raise reader.error(env_key, "the name of an environment variable", var)
+    if not environ.get(var):
+        raise ConfigError(f"{reader.where} {env_key}: the environment variable {var} is not set")
+    return environ[var]
+
+
+def _secret_from(reader: TableReader, environ: Mapping[str, str], *, value_key: str, env_key: str) -> str | None:
+    from_env = _from_env(reader, environ, env_key)
+    if from_env is not None:
+        return from_env
+    value = reader.table.get(value_key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise reader.error(value_key, "a non-empty string", value)
+    return value
+
+
+def _queue(reader: TableReader, name: str) -> DeliveryQueue:
+    attempts = int(reader.number("max_attempts", 4, minimum=1))
+    size = int(reader.number("queue_size", 256, minimum=1))
+    return DeliveryQueue(name, maxsize=size, max_attempts=attempts)
+
+
+def _url(reader: TableReader, environ: Mapping[str, str]) -> str:
+    url = _secret_from(reader, environ, value_key="url", env_key="url_env")
+    if url is None:
+        raise ConfigError(f"{reader.where}: url (or url_env) is required")
+    return check_url(url, key=f"{reader.where} url")
+
+
+def build_notifiers(
+    section: Mapping[str, Any] | None,
+    *,
+    lookup: ProcessLookup | None = None,
+    clock: Clock | None = None,
+    host: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[Notifier]:
+    """The notifiers a `[notify]` table asks for (empty: the dispatcher then logs); ConfigError on bad input."""
+    env = os.environ if environ is None else environ
+    top = TableReader(section or {}, "[notify]", ("webhook", "alertmanager", "apprise"))
+    notifiers: list[Notifier] = []
+    for kind in ("webhook", "alertmanager"):
+        entries = top.table.get(kind, [])
+        if isinstance(entries, Mapping):
+            entries = [entries]
+        if not isinstance(entries, list):
+            raise ConfigError(f"[[notify.{kind}]]: expected an array of tables, got {entries!r}")
+        for index, table in enumerate(entries):
+            where = f"[[notify.{kind}]] #{index + 1}"
+            if kind == "webhook":
+                notifiers.append(_webhook(TableReader(table, where, _WEBHOOK_KEYS), env, lookup, clock, host))
+            else:
+                notifiers.append(_alertmanager(TableReader(table, where, _AM_KEYS), env, lookup, clock, host))
+    if "apprise" in top.table:
+        reader = TableReader(top.table["apprise"], "[notify.apprise]", ("urls", "urls_env"))
+        var = reader.table.get("urls_env")
+        if var is not None:
+            text = _secret_from(reader, env, value_key="urls", env_key="urls_env") or ""
+            urls: tuple[str, ...] = tuple(text.split())
+        else:
+            urls = reader.strings("urls")
+        notifiers.append(AppriseNotifier(urls, host=host, lookup=lookup))
+    return notifiers
+
+
+def _webhook(
+    reader: TableReader, env: Mapping[str, str], lookup: ProcessLookup | None, clock: Clock | None, host: str | None
+) -> WebhookNotifier:
+    url = _url(reader, env)
+    secret: bytes | None = None
+    if "hmac_secret_env" in reader.table and "hmac_secret_file" in reader.table:
+        raise ConfigError(f"{reader.where}: set hmac_secret_env or hmac_secret_file, not both")
+    text = _from_env(reader, env, "hmac_secret_env")
+    if text is not None:
+        secret = text.encode()
+    elif (path := reader.table.get("hmac_secret_file")) is not None:
+        if not isinstance(path, str):
+            raise reader.error("hmac_secret_file", "a file path", path)
+        try:
+            secret = Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"{reader.where} hmac_secret_file: cannot read {path}: {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"{reader.where} hmac_secret_file: {path} is empty")
+    return WebhookNotifier(
+        url, hmac_secret=secret, include_cmdline=reader.boolean("include_cmdline", False),
+        timeout=reader.number("timeout_seconds", 5.0, minimum=0.001), host=host, lookup=lookup, clock=clock,
+        queue=_queue(reader, "webhook"),
+    )  # fmt: skip
+
+
+def _alertmanager(
+    reader: TableReader, env: Mapping[str, str], lookup: ProcessLookup | None, clock: Clock | None, host: str | None
+) -> AlertmanagerNotifier:
+    url = _url(reader, env)
+    labels = reader.table.get("labels", {})
+    if not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values()):
+        raise reader.error("labels", "a table of string values", labels)
+    check_label_names(labels)
+    generator = reader.table.get("generator_url")
+    if generator is not None and not isinstance(generator, str):
+        raise reader.error("generator_url", "a URL", generator)
+    return AlertmanagerNotifier(
+        url, resend_seconds=reader.number("resend_seconds", 60.0, minimum=1.0),
+        timeout=reader.number("timeout_seconds", 5.0, minimum=0.001), host=host, lookup=lookup, clock=clock,
+        generator_url=generator, extra_labels=dict(labels), queue=_queue(reader, "alertmanager"),
+    )  # fmt: skip

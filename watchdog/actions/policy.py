@@ -1,0 +1,239 @@
+"""What vramwatch may do about a finding: the `[policy]` section, validated, as a frozen value.
+
+The default does nothing intrusive: every finding is *notified* (a log line, or the configured webhook,
+Alertmanager, Apprise), and no process is signalled, killed or handed to a hook until the config says so.
+Acting on a process needs three things configured: an action for the finding's severity (`[policy.actions]`),
+the finding's kind in `act_on_kinds`, and the process named by `[policy.targets]` (its user, a regex over its
+command line, or its being attached to the agent). Kills additionally need the victim's command line to
+match `[policy.kill] prefer` and not `avoid`. Every intrusive action is preceded by a re-check that the
+finding still holds, is skipped in `dry_run` (and logged as what it would have done), and is followed by a
+`cooldown_seconds` during which the same process is not acted on again.
+
+Bad config is rejected when loading, naming the key and what was expected:
+`[policy] actions.critical: expected a list of log, notify, signal, hook, kill, got ['explode']`. Unknown keys
+are errors too: a misspelt `dry_run` must not silently leave the daemon armed.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from ..model import ProcessMeta, Severity
+from ._table import TableReader
+from .adapters import ADAPTER_NAMES
+
+ACTIONS = ("log", "notify", "signal", "hook", "kill")
+#: Kinds that may trigger signal/hook/kill by default: the ones that say "memory is about to run out".
+DEFAULT_ACT_ON_KINDS = frozenset({"oom_forecast", "growth", "pressure"})
+_UNSENDABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+NOTIFY_ONLY = frozenset({"notify"})
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """Which processes may be signalled or killed: any one selector that matches is enough."""
+
+    users: frozenset[str] = frozenset()
+    cmdline: tuple[re.Pattern[str], ...] = ()
+    attached: bool = False
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.users or self.cmdline or self.attached)
+
+    def match(self, meta: ProcessMeta, attached_pids: frozenset[int] = frozenset()) -> str | None:
+        """Why the policy names this process (`user alice`, `cmdline /train/`, `attached`), or None."""
+        if meta.user is not None and meta.user in self.users:
+            return f"user {meta.user}"
+        line = " ".join(meta.cmdline or ())
+        for pattern in self.cmdline:
+            if line and pattern.search(line):
+                return f"cmdline /{pattern.pattern}/"
+        if self.attached and meta.pid in attached_pids:
+            return "attached"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalPolicy:
+    """How a process is asked to save (`[policy.signal]`)."""
+
+    force: bool = False  # send even to a process that does not catch the signal (its default action ends it)
+    allow_stop: bool = False  # allow adapters that save and then end the run (OneTrainer, transformers JIT...)
+    adapters: tuple[str, ...] = ADAPTER_NAMES
+    fallback_signal: int | None = None  # for a process no adapter recognises (only if it catches it)
+    overrides: tuple[tuple[re.Pattern[str], str], ...] = ()  # cmdline regex -> adapter, checked first
+
+
+@dataclass(frozen=True, slots=True)
+class KillPolicy:
+    """Who may be killed on a shared box (`[policy.kill]`): prefer-matching, never avoid-matching."""
+
+    prefer: tuple[re.Pattern[str], ...] = ()
+    avoid: tuple[re.Pattern[str], ...] = ()
+    grace_seconds: float = 10.0
+
+    def eligible(self, meta: ProcessMeta) -> bool:
+        line = " ".join(meta.cmdline or ())
+        if not line:
+            return False  # a process whose command line we cannot read is never a victim
+        return any(p.search(line) for p in self.prefer) and not any(p.search(line) for p in self.avoid)
+
+
+@dataclass(frozen=True, slots=True)
+class HookCommand:
+    """A command run with the finding in its environment (`[[policy.hooks]]`); argv, never a shell."""
+
+    argv: tuple[str, ...]
+    timeout_seconds: float = 30.0
+    on_resolved: bool = False
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    warning: frozenset[str] = NOTIFY_ONLY
+    critical: frozenset[str] = NOTIFY_ONLY
+    dry_run: bool = False
+    cooldown_seconds: float = 300.0
+    recheck: bool = True
+    identity_tolerance_seconds: float = 1.0
+    act_on_kinds: frozenset[str] = DEFAULT_ACT_ON_KINDS
+    targets: Targets = field(default_factory=Targets)
+    signal: SignalPolicy = field(default_factory=SignalPolicy)
+    kill: KillPolicy = field(default_factory=KillPolicy)
+    hooks: tuple[HookCommand, ...] = ()
+
+    def actions_for(self, severity: Severity) -> frozenset[str]:
+        return self.critical if severity is Severity.CRITICAL else self.warning
+
+
+def parse_signal(value: object, *, where: str) -> int:
+    """`"SIGUSR1"`, `"USR1"` or `10` -> 10; SIGKILL and SIGSTOP are refused (they cannot be caught)."""
+    bad = ConfigError(f"{where}: expected a signal name such as SIGUSR1, got {value!r}")
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            signum = signal.Signals(value)
+        elif isinstance(value, str):
+            name = value.upper()
+            signum = signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+        else:
+            raise bad
+    except (KeyError, ValueError):
+        raise bad from None
+    if signum in _UNSENDABLE:
+        raise ConfigError(f"{where}: {signum.name} cannot be caught, so it cannot ask a trainer to save")
+    return int(signum)
+
+
+def _actions(reader: TableReader, key: str, default: frozenset[str]) -> frozenset[str]:
+    if key not in reader.table:
+        return default
+    names = reader.table[key]
+    if isinstance(names, str) or not isinstance(names, list) or not all(n in ACTIONS for n in names):
+        raise reader.error(key, f"a list of {', '.join(ACTIONS)}", names)
+    return frozenset(names)
+
+
+def _hooks(value: object) -> tuple[HookCommand, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"[[policy.hooks]]: expected an array of tables, got {value!r}")
+    hooks = []
+    for index, table in enumerate(value):
+        reader = TableReader(table, f"[[policy.hooks]] #{index + 1}", ("argv", "timeout_seconds", "on_resolved", "env"))
+        if "argv" not in reader.table:
+            raise ConfigError(f"{reader.where}: argv is required (a list: program, then its arguments)")
+        argv = reader.strings("argv")
+        if not argv:
+            raise reader.error("argv", "a non-empty list (program, then its arguments)", [])
+        env = reader.table.get("env", {})
+        if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise reader.error("env", "a table of string values", env)
+        hooks.append(
+            HookCommand(
+                argv=argv,
+                timeout_seconds=reader.number("timeout_seconds", 30.0, minimum=0.001),
+                on_resolved=reader.boolean("on_resolved", False),
+                env=tuple(sorted(env.items())),
+            )
+        )
+    return tuple(hooks)
+
+
+def parse_policy(section: Mapping[str, Any] | None) -> Policy:
+    """The Policy of a `[policy]` table (as parsed from TOML); ConfigError naming the key on bad input."""
+    top = TableReader(
+        section or {},
+        "[policy]",
+        ("dry_run", "cooldown_seconds", "recheck", "identity_tolerance_seconds", "act_on_kinds", "actions",
+         "targets", "signal", "kill", "hooks"),
+    )  # fmt: skip
+    actions = top.sub("actions", ("warning", "critical"))
+    targets = top.sub("targets", ("users", "cmdline", "attached"))
+    sig = top.sub("signal", ("force", "allow_stop", "adapters", "fallback_signal", "match"))
+    kill = top.sub("kill", ("prefer", "avoid", "grace_seconds"))
+
+    adapters = sig.strings("adapters", ADAPTER_NAMES)
+    for name in adapters:
+        if name not in ADAPTER_NAMES:
+            raise sig.error("adapters", f"names from {', '.join(ADAPTER_NAMES)}", name)
+    match = sig.table.get("match", {})
+    if not isinstance(match, Mapping):
+        raise sig.error("match", "a table of regex = adapter name", match)
+    overrides = []
+    for pattern, name in match.items():
+        if name not in ADAPTER_NAMES:
+            raise sig.error(f"match.{pattern!r}", f"one of {', '.join(ADAPTER_NAMES)}", name)
+        overrides.append((sig.regex(f"match.{pattern!r}", pattern), name))
+    fallback = sig.table.get("fallback_signal")
+
+    policy = Policy(
+        warning=_actions(actions, "warning", NOTIFY_ONLY),
+        critical=_actions(actions, "critical", NOTIFY_ONLY),
+        dry_run=top.boolean("dry_run", False),
+        cooldown_seconds=top.number("cooldown_seconds", 300.0),
+        recheck=top.boolean("recheck", True),
+        identity_tolerance_seconds=top.number("identity_tolerance_seconds", 1.0, minimum=0.001),
+        act_on_kinds=frozenset(top.strings("act_on_kinds", sorted(DEFAULT_ACT_ON_KINDS))),
+        targets=Targets(
+            users=frozenset(targets.strings("users")),
+            cmdline=targets.regexes("cmdline"),
+            attached=targets.boolean("attached", False),
+        ),
+        signal=SignalPolicy(
+            force=sig.boolean("force", False),
+            allow_stop=sig.boolean("allow_stop", False),
+            adapters=adapters,
+            fallback_signal=None
+            if fallback is None
+            else parse_signal(fallback, where="[policy.signal] fallback_signal"),
+            overrides=tuple(overrides),
+        ),
+        kill=KillPolicy(
+            prefer=kill.regexes("prefer"),
+            avoid=kill.regexes("avoid"),
+            grace_seconds=kill.number("grace_seconds", 10.0),
+        ),
+        hooks=_hooks(top.table.get("hooks", [])),
+    )
+    _check_consistent(policy)
+    return policy
+
+
+def _check_consistent(policy: Policy) -> None:
+    """Refuse a policy that asks for an action it can never take: it would look armed and do nothing."""
+    wanted = policy.warning | policy.critical
+    if wanted & {"signal", "kill"} and not policy.targets.configured:
+        raise ConfigError(
+            "[policy] actions ask to signal or kill, but [policy.targets] names no process "
+            "(set users, cmdline or attached)"
+        )
+    if "kill" in wanted and not policy.kill.prefer:
+        raise ConfigError("[policy] actions ask to kill, but [policy.kill] prefer names no process to kill")
+    if "hook" in wanted and not policy.hooks:
+        raise ConfigError("[policy] actions ask to run a hook, but no [[policy.hooks]] is configured")

@@ -1,0 +1,180 @@
+"""Taking a command line apart: which launcher, which training script, which flags.
+
+A training process looks like `python -u flux_train_network.py --train_batch_size 4 ...`, and its launcher
+like `accelerate launch --mixed_precision bf16 --num_processes 2 flux_train_network.py ...` or
+`torchrun --nproc_per_node 8 train.py ...`. `split_invocation` finds the script (the first `.py`/`.sh`
+argument, or the module after `-m`) and separates the launcher's options from the script's own.
+
+`parse_flags` reads the script's options the way argparse does for these trainers: `--name value`,
+`--name=value`, a bare `--name` switch, several values for `nargs="*"` options, and the last occurrence of a
+flag wins. It never raises: a command line is data from another user's process.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
+
+# Modules that are launchers: the real script follows them.
+_LAUNCHER_MODULES = frozenset(
+    {
+        "accelerate.commands.launch",
+        "accelerate.commands.accelerate_cli",
+        "torch.distributed.run",
+        "torch.distributed.launch",
+        "deepspeed.launcher.runner",
+    }
+)
+_PYTHON = re.compile(r"^python(\d+(\.\d+)?)?[mw]?(\.exe)?$")
+_NEGATIVE_NUMBER = re.compile(r"^-\d")
+_TRUE = frozenset({"1", "true", "yes", "on", "y"})
+_FALSE = frozenset({"0", "false", "no", "off", "n", "none"})
+
+Flags = Mapping[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """A command line split into launcher, script and the script's own arguments."""
+
+    launcher: str | None  # python, accelerate, torchrun, deepspeed, bash, or None
+    launcher_args: tuple[str, ...]
+    script: str | None  # as written: "sd-scripts/flux_train_network.py"
+    module: str | None  # for `python -m pkg.mod`
+    args: tuple[str, ...]
+
+    @property
+    def script_name(self) -> str | None:
+        """The script's file name, or the module name, for display and trainer detection."""
+        if self.script is not None:
+            return PurePath(self.script).name
+        return self.module
+
+
+def _launcher_of(first: str) -> str | None:
+    name = PurePath(first).name.lower()
+    if _PYTHON.match(name):
+        return "python"
+    if name in {"accelerate", "torchrun", "deepspeed", "bash", "sh"}:
+        return name
+    return None
+
+
+def split_invocation(argv: Sequence[str]) -> Invocation:
+    """Find the training script in `argv`; everything before it is the launcher's business."""
+    tokens = [str(t) for t in argv]
+    if not tokens:
+        return Invocation(None, (), None, None, ())
+    first = tokens[0]
+    if first.lower().endswith(".py"):
+        return Invocation(None, (), first, None, tuple(tokens[1:]))
+    launcher = _launcher_of(first)
+    i = 1
+    if launcher == "accelerate" and len(tokens) > 1 and tokens[1] == "launch":
+        i = 2
+    start = i
+    while i < len(tokens):
+        word = tokens[i]
+        if word == "-m" and i + 1 < len(tokens):
+            module = tokens[i + 1]
+            if module in _LAUNCHER_MODULES:
+                launcher = module.split(".")[0] if module.startswith("accelerate") else "torchrun"
+                if launcher == "accelerate" and i + 2 < len(tokens) and tokens[i + 2] == "launch":
+                    i += 1
+                i += 2
+                continue
+            return Invocation(launcher, tuple(tokens[start:i]), None, module, tuple(tokens[i + 2 :]))
+        if word == "-c":
+            # python -c "code": no script to read (multiprocessing workers look like this).
+            return Invocation(launcher, tuple(tokens[start:]), None, None, ())
+        if not word.startswith("-") and word.lower().endswith((".py", ".sh")):
+            return Invocation(launcher, tuple(tokens[start:i]), word, None, tuple(tokens[i + 1 :]))
+        i += 1
+    return Invocation(launcher, tuple(tokens[start:]), None, None, ())
+
+
+def _is_flag(word: str) -> bool:
+    return word.startswith("-") and len(word) > 1 and not _NEGATIVE_NUMBER.match(word)
+
+
+def parse_flags(args: Sequence[str]) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
+    """Return ({flag name without dashes: its values}, positional arguments before the first flag)."""
+    flags: dict[str, tuple[str, ...]] = {}
+    positionals: list[str] = []
+    i = 0
+    seen_flag = False
+    while i < len(args):
+        word = args[i]
+        if word == "--":
+            break
+        if not _is_flag(word):
+            if not seen_flag:
+                positionals.append(word)
+            i += 1
+            continue
+        seen_flag = True
+        name, eq, inline = word.lstrip("-").partition("=")
+        if eq:
+            flags[name] = (inline,)
+            i += 1
+            continue
+        values: list[str] = []
+        i += 1
+        while i < len(args) and not _is_flag(args[i]) and args[i] != "--":
+            values.append(args[i])
+            i += 1
+        flags[name] = tuple(values)
+    return flags, tuple(positionals)
+
+
+def flag_text(flags: Flags, *names: str) -> tuple[str, str] | None:
+    """(name, value) of the first of `names` given with a value; a bare switch has value ""."""
+    for name in names:
+        if name in flags:
+            values = flags[name]
+            return name, (values[-1] if values else "")
+    return None
+
+
+def to_bool(text: object) -> bool | None:
+    """Read a boolean as trainers write it (True, "true", 1, "yes"); None when it is not one."""
+    if isinstance(text, bool):
+        return text
+    if isinstance(text, int | float):
+        return bool(text)
+    if isinstance(text, str):
+        lowered = text.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+    return None
+
+
+def to_int(text: object) -> int | None:
+    """Read a positive count ("4", 4, 4.0); None for anything else, including bool and 0 or less."""
+    if isinstance(text, bool):
+        return None
+    if isinstance(text, int):
+        return text if text > 0 else None
+    if isinstance(text, float) and text.is_integer():
+        return int(text) if text > 0 else None
+    if isinstance(text, str):
+        try:
+            value = int(text.strip())
+        except ValueError:
+            return None
+        return value if value > 0 else None
+    return None
+
+
+def flag_switch(flags: Flags, name: str) -> bool | None:
+    """A store_true flag: True if given bare or with a true value, False if given false, None if absent."""
+    if name not in flags:
+        return None
+    values = flags[name]
+    if not values:
+        return True
+    return to_bool(values[-1])

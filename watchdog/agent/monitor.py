@@ -1,0 +1,276 @@
+"""The built-in check of `vramwatch run` when no daemon watches: agent reports in, warnings to stderr out.
+
+Deliberately small (the daemon's detectors and advisor do the full job): per process and device it keeps
+the last two minutes of samples and
+- raises the fragmentation finding (`detectors.fragmentation`) once per episode;
+- says once when allocated memory grows (a leak: tensors kept alive), as opposed to caching;
+- sends a pressure notice to the process when its headroom (free on the device plus its own cached but
+  unallocated memory) falls under `pressure_headroom_share` of what it can use, so that registered
+  callbacks (the Lightning / transformers adapters) save a checkpoint while there is still time; re-armed
+  once headroom recovers;
+- prints the OOM post-mortem: what was asked, what PyTorch held, how much of it was unusable cache.
+
+Every conclusion is also written as a JSON line to `events` when given (the GPU proof scripts read it).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from ..agentlink import AgentDevice, AgentReport, OomEvent
+from ..detectors.fragmentation import FragmentationConfig, GrowthConfig, classify_growth, detect_fragmentation
+
+SendPressure = Callable[[int, str, str], bool]  # (pid, level, reason) -> sent
+
+
+DEFAULT_PRESSURE_HEADROOM_SHARE = 0.10
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    """Thresholds of the built-in check; headroom shares are of what the process can use."""
+
+    history_seconds: float = 120.0
+    pressure_headroom_share: float = DEFAULT_PRESSURE_HEADROOM_SHARE
+    pressure_rearm_share: float = 0.20
+    fragmentation: FragmentationConfig = field(default_factory=FragmentationConfig)
+    growth: GrowthConfig = field(default_factory=GrowthConfig)
+
+
+@dataclass(slots=True)
+class _Track:
+    samples: deque[tuple[float, AgentDevice]] = field(default_factory=deque)
+    fragmentation: str | None = None  # severity already reported in this episode
+    leak_reported: bool = False
+    pressure_sent: bool = False
+
+
+def _size(n: int | float | None) -> str:
+    if n is None:
+        return "?"
+    if abs(n) >= 1 << 30:
+        return f"{n / (1 << 30):.2f} GiB"
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _fragmented(oom: OomEvent) -> bool:
+    """At an OOM the allocator has already returned every whole cached segment, so what is still reserved
+    but unallocated sits in pieces: if it plus the device's free memory would have held the request, the
+    request failed for want of a contiguous block, not of memory."""
+    slack = oom.reserved_unallocated_bytes
+    if slack is None or not slack:
+        return False
+    if oom.requested_bytes is not None:
+        return slack + (oom.device_free_bytes or 0) >= oom.requested_bytes
+    return oom.reserved_bytes is not None and slack >= 0.25 * oom.reserved_bytes
+
+
+def format_oom(oom: OomEvent) -> list[str]:
+    """The post-mortem of one OOM, as lines for a terminal."""
+    where = f"cuda:{oom.device}" + (f" ({oom.gpu_uuid})" if oom.gpu_uuid else "")
+    lines = [
+        f"pid {oom.pid} ran out of GPU memory on {where}: asked for {_size(oom.requested_bytes)}"
+        + (f" with {_size(oom.device_free_bytes)} free on the device" if oom.device_free_bytes is not None else "")
+        + ("" if oom.observed else " (seen from the OOM counter, state a moment later)")
+    ]
+    slack = oom.reserved_unallocated_bytes
+    lines.append(
+        f"  PyTorch held {_size(oom.reserved_bytes)}: {_size(oom.allocated_bytes)} in tensors, "
+        f"{_size(slack)} reserved but unallocated"
+        + (f" ({_size(oom.inactive_split_bytes)} in split blocks)" if oom.inactive_split_bytes else "")
+    )
+    if _fragmented(oom):
+        lines.append(
+            "  the cache held enough memory, in pieces too small for the request: fragmentation; "
+            "try PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
+        )
+    else:
+        lines.append("  the tensors themselves fill the memory: lower the batch size or resolution, or offload")
+    if oom.snapshot_path:
+        lines.append(f"  memory snapshot: {oom.snapshot_path} (open it at https://pytorch.org/memory_viz)")
+    return lines
+
+
+class RunMonitor:
+    """Consumes AgentReports (call `on_report` from the listener thread); thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        out: TextIO,
+        send_pressure: SendPressure | None = None,
+        events: TextIO | None = None,
+        config: MonitorConfig | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._out = out
+        self._send_pressure = send_pressure
+        self._events = events
+        self.config = config or MonitorConfig()
+        self._wall = wall
+        self._tracks: dict[tuple[int, int], _Track] = {}
+        self._lock = threading.Lock()
+        self.ooms: list[OomEvent] = []
+
+    def set_pressure_sender(self, send_pressure: SendPressure | None) -> None:
+        """Where pressure notices go (the listener, once bound)."""
+        self._send_pressure = send_pressure
+
+    def on_report(self, report: AgentReport) -> None:
+        with self._lock:
+            if report.kind == "hello":
+                self._event({"event": "hello", "pid": report.pid, "t": report.t, "torch": report.torch_version})
+            elif report.kind == "stats":
+                for device in report.devices:
+                    self._on_stats(report, device)
+            elif report.kind == "oom" and report.oom is not None:
+                self._on_oom(report.t, report.oom)
+
+    def _say(self, lines: list[str]) -> None:
+        for line in lines:
+            print(f"vramwatch: {line}", file=self._out, flush=True)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        if self._events is not None:
+            event["wall"] = self._wall()
+            self._events.write(json.dumps(event) + "\n")
+            self._events.flush()
+
+    def _on_stats(self, report: AgentReport, device: AgentDevice) -> None:
+        stats = device.stats
+        key = (report.pid, stats.device)
+        track = self._tracks.setdefault(key, _Track())
+        track.samples.append((report.t, device))
+        while track.samples and report.t - track.samples[0][0] > self.config.history_seconds:
+            track.samples.popleft()
+        self._event(
+            {
+                "event": "stats",
+                "pid": report.pid,
+                "device": stats.device,
+                "t": report.t,
+                "allocated_bytes": stats.allocated_bytes,
+                "reserved_bytes": stats.reserved_bytes,
+                "inactive_split_bytes": stats.inactive_split_bytes,
+                "num_alloc_retries": stats.num_alloc_retries,
+                "num_ooms": stats.num_ooms,
+                "free_bytes": device.free_bytes,
+                "sample_seconds": report.sample_seconds,
+            }
+        )
+        usable = device.usable_bytes or device.total_bytes
+        times = [t for t, _ in track.samples]
+        window = [d.stats for _, d in track.samples]
+        if usable:
+            self._check_fragmentation(report, device, track, times, usable)
+            self._check_pressure(report, device, track, usable)
+        if not track.leak_reported:
+            verdict = classify_growth(
+                times, [s.allocated_bytes for s in window], [s.reserved_bytes for s in window], self.config.growth
+            )
+            if verdict == "leak":
+                track.leak_reported = True
+                span = times[-1] - times[0]
+                first, last = window[0].allocated_bytes or 0, stats.allocated_bytes or 0
+                self._say(
+                    [
+                        f"pid {report.pid} on cuda:{stats.device}: allocated memory grew {_size(last - first)} "
+                        f"in {span:.0f} s: tensors are being kept alive (a leak), not allocator caching"
+                    ]
+                )
+                self._event(
+                    {"event": "growth", "class": "leak", "pid": report.pid, "device": stats.device, "t": report.t}
+                )
+
+    def _check_fragmentation(
+        self, report: AgentReport, device: AgentDevice, track: _Track, times: list[float], usable: int
+    ) -> None:
+        finding = detect_fragmentation(
+            [d.stats for _, d in track.samples],
+            times,
+            usable,
+            self.config.fragmentation,
+            gpu_uuid=device.gpu_uuid,
+        )
+        if finding is None:
+            track.fragmentation = None
+            return
+        if track.fragmentation in {finding.severity.value, "critical"}:
+            return
+        track.fragmentation = finding.severity.value
+        self._say(
+            [
+                f"{finding.severity.value}: fragmentation in pid {report.pid} on cuda:{device.stats.device}: "
+                f"{finding.message}",
+                "  try PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (PyTorch's remedy for fragmentation)",
+            ]
+        )
+        self._event(
+            {
+                "event": "finding",
+                "kind": finding.kind,
+                "severity": finding.severity.value,
+                "pid": report.pid,
+                "device": device.stats.device,
+                "t": finding.t,
+                "numbers": finding.numbers,
+            }
+        )
+
+    def _check_pressure(self, report: AgentReport, device: AgentDevice, track: _Track, usable: int) -> None:
+        stats = device.stats
+        if device.free_bytes is None or stats.reserved_bytes is None or stats.allocated_bytes is None:
+            return
+        headroom = device.free_bytes + max(0, stats.reserved_bytes - stats.allocated_bytes)
+        share = headroom / usable
+        if track.pressure_sent:
+            if share > self.config.pressure_rearm_share:
+                track.pressure_sent = False
+            return
+        if share >= self.config.pressure_headroom_share or self._send_pressure is None:
+            return
+        level = "critical" if share < self.config.pressure_headroom_share / 2 else "warning"
+        reason = f"{_size(headroom)} of {_size(usable)} left on cuda:{stats.device}"
+        sent = self._send_pressure(report.pid, level, reason)
+        track.pressure_sent = True
+        self._say(
+            [f"memory pressure in pid {report.pid}: {reason}; " + ("notified it" if sent else "could not notify it")]
+        )
+        self._event(
+            {
+                "event": "pressure",
+                "pid": report.pid,
+                "device": stats.device,
+                "t": report.t,
+                "level": level,
+                "headroom_bytes": headroom,
+                "usable_bytes": usable,
+                "sent": sent,
+            }
+        )
+
+    def _on_oom(self, t: float, oom: OomEvent) -> None:
+        self.ooms.append(oom)
+        self._say(format_oom(oom))
+        self._event(
+            {
+                "event": "oom",
+                "pid": oom.pid,
+                "device": oom.device,
+                "t": t,
+                "observed": oom.observed,
+                "requested_bytes": oom.requested_bytes,
+                "allocated_bytes": oom.allocated_bytes,
+                "reserved_bytes": oom.reserved_bytes,
+                "reserved_unallocated_bytes": oom.reserved_unallocated_bytes,
+                "inactive_split_bytes": oom.inactive_split_bytes,
+                "device_free_bytes": oom.device_free_bytes,
+                "snapshot": oom.snapshot_path,
+            }
+        )

@@ -1,0 +1,224 @@
+"""`vramwatch run -- <command...>`: run a training command with the agent in every Python process it starts.
+
+How the agent gets in: this folder's `_site/` goes first on PYTHONPATH, so each interpreter the command
+starts (the launcher, `accelerate launch` / `torchrun` workers, spawned processes) imports our
+`sitecustomize`, which chains the one that would have run and starts the agent (see
+`_site/sitecustomize.py`). Configuration travels in environment variables (`protocol.ENV_*`).
+
+Where reports go: to a private listener this runner binds in a 0o700 temporary directory, always (so the
+user gets warnings on stderr with no daemon running), and to the daemon's socket as well (`socket_path`,
+or the default paths: an agent drops datagrams nobody listens to). The private listener's reports feed
+`monitor.RunMonitor` (warnings, pressure notices, OOM post-mortem) and an optional `on_report` hook.
+
+The command's stdio, exit status and signals pass through unchanged:
+- stdin/stdout/stderr are inherited, never piped;
+- the return code is the child's, or 128 + N when a signal N killed it, as shells report it;
+- Ctrl-C / Ctrl-\\ : the terminal sends SIGINT / SIGQUIT to the whole foreground process group, child
+  included; the runner ignores them (it must outlive the child to report its end) and does not forward
+  them, which would deliver them twice. When the runner is not in a terminal's foreground group (a
+  script, `kill -INT <runner>`), it forwards them;
+- SIGTERM, SIGHUP, SIGUSR1, SIGUSR2 are forwarded to the child (a `kill` of the runner reaches the
+  trainer; SIGUSR2 is also the agent's pressure signal).
+The handlers are Python handlers, not SIG_IGN, so the child starts with default dispositions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from ..agentlink import AgentListener, AgentReport
+from ..errors import ConfigError
+from . import protocol
+from .monitor import DEFAULT_PRESSURE_HEADROOM_SHARE, MonitorConfig, RunMonitor
+
+SITE_DIR = Path(__file__).resolve().parent / "_site"
+
+_FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+_TERMINAL = (signal.SIGINT, signal.SIGQUIT)
+
+
+def agent_environment(
+    base: Mapping[str, str],
+    targets: Sequence[str],
+    *,
+    snapshot_dir: Path | None = None,
+    empty_cache_on_pressure: bool = False,
+) -> dict[str, str]:
+    """The child's environment: `base` plus our sitecustomize first on PYTHONPATH and the agent's settings."""
+    env = dict(base)
+    existing = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.fspath(SITE_DIR) + (os.pathsep + existing if existing else "")
+    env[protocol.ENV_AGENT] = "1"
+    env[protocol.ENV_SOCKET] = os.pathsep.join(dict.fromkeys(targets))
+    if snapshot_dir is not None:
+        env[protocol.ENV_SNAPSHOT_DIR] = os.fspath(snapshot_dir.resolve())
+    if empty_cache_on_pressure:
+        env[protocol.ENV_EMPTY_CACHE_ON_PRESSURE] = "1"
+    return env
+
+
+def _foreground_of_a_terminal() -> bool:
+    """True when this process is in its terminal's foreground group, which then got the key's signal too."""
+    for fd in (0, 1, 2):
+        try:
+            return os.tcgetpgrp(fd) == os.getpgrp()
+        except OSError:
+            continue
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _passing_signals(child: Callable[[], subprocess.Popen[bytes] | None]) -> Iterator[None]:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        proc = child()
+        if proc is None or proc.returncode is not None:
+            return
+        if signum in _TERMINAL and _foreground_of_a_terminal():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signum)
+
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (*_TERMINAL, *_FORWARDED):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def _private_socket_dir() -> Path:
+    directory = Path(tempfile.mkdtemp(prefix="vramwatch-run-"))
+    if len(os.fspath(directory / "agent.sock")) > 100:  # sun_path holds 108 bytes
+        directory.rmdir()
+        directory = Path(tempfile.mkdtemp(prefix="vramwatch-run-", dir="/tmp"))
+    return directory
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    snapshot_dir: Path | None = None,
+    socket_path: Path | None = None,
+    on_report: Callable[[AgentReport], None] | None = None,
+    builtin_checks: bool = True,
+    empty_cache_on_pressure: bool = False,
+    events_path: Path | None = None,
+    stderr: TextIO | None = None,
+    env: Mapping[str, str] | None = None,
+    monitor_config: MonitorConfig | None = None,
+) -> int:
+    """Run `argv` with the agent loaded; return its exit status (128 + N if killed by signal N).
+
+    `socket_path`: the daemon's socket to report to as well (default: the standard paths).
+    `snapshot_dir`: record allocator history and dump a memory_viz snapshot there on OOM.
+    `on_report`: called (in the listener thread) with every report of the private listener.
+    `events_path`: the built-in check's conclusions as JSON lines.
+    """
+    if not argv:
+        raise ConfigError("vramwatch run: no command given (usage: vramwatch run -- python train.py ...)")
+    out = stderr if stderr is not None else sys.stderr
+    base = os.environ if env is None else env
+    if snapshot_dir is not None:
+        snapshot_dir.mkdir(parents=True, exist_ok=True)
+    private_dir = _private_socket_dir()
+    events: TextIO | None = None
+    listener: AgentListener | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        if events_path is not None:
+            events = events_path.open("a", encoding="utf-8")
+        monitor = RunMonitor(out=out, events=events, config=monitor_config) if builtin_checks else None
+
+        def deliver(report: AgentReport) -> None:
+            if monitor is not None:
+                monitor.on_report(report)
+            if on_report is not None:
+                on_report(report)
+
+        listener = AgentListener(private_dir / "agent.sock", on_report=deliver, mode=0o600)
+        listener.start()
+        if monitor is not None:
+            bound = listener
+
+            def send_pressure(pid: int, level: str, reason: str) -> bool:
+                return bound.send_pressure(pid, level=level, reason=reason, allow_signal=True)
+
+            monitor.set_pressure_sender(send_pressure)
+
+        daemon_targets = [os.fspath(socket_path)] if socket_path is not None else list(protocol.agent_targets(base))
+        child_env = agent_environment(
+            base,
+            [os.fspath(listener.path), *daemon_targets],
+            snapshot_dir=snapshot_dir,
+            empty_cache_on_pressure=empty_cache_on_pressure,
+        )
+        with _passing_signals(lambda: proc):
+            try:
+                proc = subprocess.Popen(list(argv), env=child_env)
+            except FileNotFoundError:
+                print(f"vramwatch: command not found: {argv[0]}", file=out)
+                return 127
+            except PermissionError:
+                print(f"vramwatch: permission denied: {argv[0]}", file=out)
+                return 126
+            returncode = proc.wait()
+        return 128 - returncode if returncode < 0 else returncode
+    finally:
+        if listener is not None:
+            listener.stop()
+        if events is not None:
+            events.close()
+        shutil.rmtree(private_dir, ignore_errors=True)
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """`python -m vramwatch.agent.runner [options] -- command...`, until the CLI's `vramwatch run` is wired."""
+    parser = argparse.ArgumentParser(prog="python -m vramwatch.agent.runner")
+    parser.add_argument("--snapshot", type=Path, help="dump a memory_viz snapshot here on OOM")
+    parser.add_argument("--socket", type=Path, help="the daemon's agent socket (default: the standard paths)")
+    parser.add_argument("--events", type=Path, help="append the built-in check's conclusions here (JSON lines)")
+    parser.add_argument("--empty-cache-on-pressure", action="store_true")
+    parser.add_argument("--pressure-headroom", type=float, default=DEFAULT_PRESSURE_HEADROOM_SHARE)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    ns = parser.parse_args(args)
+    command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
+    try:
+        return run_command(
+            command,
+            snapshot_dir=ns.snapshot,
+            socket_path=ns.socket,
+            events_path=ns.events,
+            empty_cache_on_pressure=ns.empty_cache_on_pressure,
+            monitor_config=MonitorConfig(
+                pressure_headroom_share=ns.pressure_headroom, pressure_rearm_share=2 * ns.pressure_headroom
+            ),
+        )
+    except ConfigError as exc:
+        print(f"vramwatch: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

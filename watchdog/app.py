@@ -1,0 +1,256 @@
+"""The commands as plain functions: the click layer in `cli.py` only parses options and calls these.
+
+Each returns an exit code and writes through the `out`/`err` callables it is given, so tests call them
+directly with a fake clock and backend, and the CLI tests check parsing only.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .backends import banner, open_backend
+from .backends.replay import ReplayBackend
+from .clock import SystemClock
+from .config import Config, dataclass_from_table
+from .daemon import Daemon, Pipeline
+from .detectors import DetectorConfig
+from .errors import BackendUnavailable, VramwatchError
+from .history import History
+from .model import Finding, Snapshot
+from .render import snapshot_to_json, status_table
+from .sampler import Sampler, run_every
+from .testing import FakeClock
+from .trace import open_trace_writer
+from .typing import Backend, Clock
+
+Echo = Callable[[str], None]
+log = structlog.get_logger("vramwatch")
+
+
+def detector_config(cfg: Config) -> DetectorConfig:
+    return dataclass_from_table(  # type: ignore[no-any-return]
+        DetectorConfig, cfg.section("detectors"), f"{cfg.source or 'config'}: [detectors]"
+    )
+
+
+def _open(cfg: Config, clock: Clock, *, require_gpu: bool, loop: bool = False) -> tuple[Backend, bool]:
+    """The configured backend and whether it is the no-driver fallback to the simulator."""
+    d = cfg.daemon
+    backend = open_backend(
+        simulate=d.simulate,
+        replay=d.replay,
+        seed=d.seed,
+        clock=clock,
+        host_pids=d.host_pids,
+        require_gpu=require_gpu,
+        replay_loop=loop,
+    )
+    fallback = d.simulate is None and d.replay is None and backend.kind == "simulated"
+    return backend, fallback
+
+
+def serve(
+    cfg: Config,
+    *,
+    out: Echo,
+    require_gpu: bool = False,
+    clock: Clock | None = None,
+    reload_config: Callable[[], Config] | None = None,
+    stop: threading.Event | None = None,
+    ready: Callable[[Daemon], None] | None = None,
+) -> int:
+    """`vramwatch serve`: run the daemon until SIGTERM/SIGINT. A missing driver is retried, not fatal."""
+    clock = clock or SystemClock()
+    first: list[Backend] = []
+    try:
+        backend, fallback = _open(cfg, clock, require_gpu=require_gpu, loop=True)
+        first.append(backend)
+        out(banner(backend, fallback=fallback))
+        recorded = getattr(backend, "interval_seconds", None)
+        if backend.kind == "replay" and recorded:
+            # A replay is served at the pace it was recorded, looping, so dashboards see it as it happened.
+            cfg = replace(cfg, daemon=replace(cfg.daemon, interval=float(recorded)))
+    except BackendUnavailable as exc:
+        out(f"vramwatch: {exc}; serving vramwatch_up 0 and retrying with backoff")
+
+    def factory() -> Backend:
+        if first:
+            return first.pop()
+        return _open(cfg, clock, require_gpu=True, loop=True)[0]
+
+    daemon = Daemon(cfg, factory, clock=clock, detector_config=detector_config(cfg), reload_config=reload_config)
+    if stop is not None:
+        daemon.stop_event = stop
+    port = daemon.start_server()
+    host = cfg.daemon.listen.rpartition(":")[0] or "127.0.0.1"
+    out(f"vramwatch: serving http://{host}:{port}/metrics every {cfg.daemon.interval:g}s (Ctrl-C to stop)")
+    if ready is not None:
+        ready(daemon)
+    else:
+        daemon.install_signal_handlers()
+    daemon.run()
+    return 0
+
+
+def status(cfg: Config, *, out: Echo, as_json: bool = False, clock: Clock | None = None) -> int:
+    """`vramwatch status`: one snapshot as a table (or JSON)."""
+    clock = clock or SystemClock()
+    try:
+        backend, fallback = _open(cfg, clock, require_gpu=False)
+    except BackendUnavailable as exc:
+        raise VramwatchError(str(exc)) from exc
+    try:
+        history = History(window_seconds=60, interval_seconds=cfg.daemon.interval)
+        pipeline = Pipeline(backend, history, clock, detector_config(cfg))
+        snap, _, _ = pipeline.step()
+        if snap is None:
+            raise VramwatchError("the GPU library stopped answering during the read")
+        if as_json:
+            doc: dict[str, Any] = {"backend": backend.kind, **snapshot_to_json(snap)}
+            out(json.dumps(doc))
+        else:
+            out(banner(backend, fallback=fallback))
+            out(status_table(snap))
+    finally:
+        backend.close()
+    return 0
+
+
+def scenarios(out: Echo) -> int:
+    from .backends.simulated import SCENARIOS
+
+    for name, sc in SCENARIOS.items():
+        out(f"{name:<16} {getattr(sc, 'description', '')}")
+    return 0
+
+
+def config_path(path: str | None) -> Path | None:
+    return Path(path) if path else None
+
+
+def finding_to_json(f: Finding, snap: Snapshot | None, *, event: str = "raised") -> dict[str, Any]:
+    """A finding as the JSON line `replay --json`, `attach --json` and webhooks share (no command lines)."""
+    index = None
+    if snap is not None and f.gpu_uuid is not None:
+        g = snap.gpu(f.gpu_uuid)
+        index = g.index if g else None
+    return {
+        "event": event,
+        "t": f.t,
+        "kind": f.kind,
+        "severity": f.severity.value,
+        "gpu": index,
+        "gpu_uuid": f.gpu_uuid,
+        "pid": f.process.pid if f.process else None,
+        "start_time": f.process.start_time if f.process else None,
+        "process": f.process_name,
+        "eta_seconds": f.eta_seconds,
+        "confidence": f.confidence,
+        "message": f.message,
+        "numbers": f.numbers,
+        "advice": list(f.advice),
+    }
+
+
+def record(
+    cfg: Config,
+    path: Path,
+    *,
+    out: Echo,
+    duration: float | None = None,
+    cmdline: bool = True,
+    clock: Clock | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """`vramwatch record FILE`: write what the sampler sees, one JSON line per tick, until stopped or `duration`."""
+    clock = clock or SystemClock()
+    backend, fallback = _open(cfg, clock, require_gpu=False)
+    stop = stop or threading.Event()
+    out(banner(backend, fallback=fallback))
+    sampler = Sampler(backend, History(window_seconds=60, interval_seconds=cfg.daemon.interval), clock)
+    started = clock.monotonic()
+    ticks = 0
+    with open_trace_writer(path, backend, cfg.daemon.interval) as writer:
+
+        def step() -> None:
+            nonlocal ticks
+            snap = sampler.tick()
+            if snap is not None:
+                try:
+                    writer.write(snap, cmdline=cmdline)
+                    if ticks % 10 == 9:
+                        writer.flush()  # a killed recorder loses at most ten seconds; per-tick flushes bloat gzip
+                except OSError as exc:
+                    stop.set()
+                    raise VramwatchError(f"{path}: cannot write the trace: {exc.strerror or exc}") from exc
+                ticks += 1
+            if duration is not None and clock.monotonic() - started >= duration:
+                stop.set()
+
+        _stop_on_signals(stop)
+        try:
+            run_every(cfg.daemon.interval, step, clock, stop)
+        finally:
+            backend.close()
+    out(f"vramwatch: recorded {ticks} ticks to {path}")
+    return 0
+
+
+def replay(
+    cfg: Config,
+    path: Path,
+    *,
+    out: Echo,
+    err: Echo,
+    as_json: bool = False,
+    enrich: Callable[[Finding, Snapshot], Finding] | None = None,
+) -> int:
+    """`vramwatch replay FILE`: run the detectors over a trace at full speed and print the findings."""
+    bad: list[tuple[int, str]] = []
+
+    def on_error(lineno: int, message: str) -> None:
+        bad.append((lineno, message))
+        err(f"vramwatch: {path}:{lineno}: skipped: {message}")
+
+    backend = ReplayBackend(path, on_error=on_error)
+    pipeline = Pipeline(backend, History(window_seconds=cfg.daemon.history_seconds), FakeClock(), detector_config(cfg),
+                        enrich=enrich)  # fmt: skip
+    if not as_json:
+        out(banner(backend))
+    ticks = raised_count = 0
+    snap: Snapshot | None = None
+    while True:
+        try:
+            snap, raised, cleared = pipeline.step()
+        except EOFError:
+            break
+        ticks += 1
+        for f in raised:
+            raised_count += 1
+            if as_json:
+                out(json.dumps(finding_to_json(f, snap)))
+            else:
+                where = f" pid {f.process.pid}" if f.process else ""
+                out(f"t={f.t:10.1f}  {f.severity.value.upper():8} {f.kind:<14}{where}: {f.message}")
+                for line in f.advice:
+                    out(f"    -> {line}")
+        for f in cleared:
+            if as_json:
+                out(json.dumps(finding_to_json(f, snap, event="cleared")))
+    err(f"vramwatch: replayed {ticks} ticks, {raised_count} findings, {len(bad)} malformed lines skipped")
+    return 0
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be installed from the main thread (tests call us from others)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())

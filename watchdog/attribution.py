@@ -1,0 +1,185 @@
+"""Who holds the memory: NVML host pids -> process identity, tree root, user and container.
+
+NVML gives only a pid and a byte count. A pid is not an identity (pids are reused, and a training run
+restarted in a loop often gets the same pid back), so every process is keyed by (pid, start time). The
+lookups (name, user, command line, tree root, cgroup) happen once per identity and are cached; each tick only
+re-reads the start time, which is one small /proc read, and refreshes the status every `refresh_seconds`
+(the stale-holder detector needs to see a process become stopped or a zombie).
+
+Any lookup may fail: the process exits between the NVML call and ours, or belongs to a user we may not
+inspect. Then the fields we could not read are None and the process is still counted with its memory.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TypeVar
+
+import psutil
+
+from .model import ProcessMeta
+
+#: Inode of the initial pid namespace (PROC_PID_INIT_INO in the kernel): a daemon whose own pid
+#: namespace has another inode runs in a container that does not share the host's pids, and NVML's host pids
+#: would name the wrong processes (or none) here.
+PROC_PID_INIT_INO = 0xEFFFFFFC
+
+# Where a process tree stops: above these is the user's session or the init system, not the training job.
+# `accelerate launch` / `torchrun` workers therefore group under their launcher, whose parent is a shell.
+_SESSION_BOUNDARY = frozenset(
+    {
+        "systemd", "init", "sshd", "login", "bash", "zsh", "sh", "dash", "fish", "tmux", "tmux: server",
+        "screen", "SCREEN", "su", "sudo", "containerd-shim", "containerd-shim-runc-v2", "conmon", "tini",
+        "docker-init", "dumb-init", "slurmstepd", "supervisord", "jupyter-lab", "jupyter-notebook", "code",
+        "node", "nohup", "runuser", "cron", "srun", "sbatch", "vramwatch",
+    }
+)  # fmt: skip
+_MAX_TREE_DEPTH = 32
+
+# Container ids as container runtimes write them into cgroup paths (v1 and v2, docker, containerd, CRI-O,
+# podman): a 64-hex id, optionally prefixed by the runtime's name.
+_CONTAINER_RE = re.compile(r"(?:docker|cri-containerd|crio|libpod|containerd)?[-/]?([0-9a-f]{64})(?:\.scope)?")
+# Kubernetes puts the pod UID in the cgroup path, with dashes (cgroupfs driver) or underscores (systemd driver).
+_POD_RE = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+
+
+def parse_cgroup(text: str) -> tuple[str | None, str | None]:
+    """(container id, pod UID) from the text of /proc/<pid>/cgroup; None where the path names none."""
+    container = pod = None
+    for line in text.splitlines():
+        path = line.rsplit(":", 1)[-1]
+        if pod is None and (m := _POD_RE.search(path)):
+            pod = m.group(1).replace("_", "-")
+        if container is None:
+            for segment in reversed(path.split("/")):
+                if (m := _CONTAINER_RE.fullmatch(segment)) or (m := _CONTAINER_RE.search(segment)):
+                    container = m.group(1)
+                    break
+    return container, pod
+
+
+def display_name(name: str | None, cmdline: tuple[str, ...] | None) -> str | None:
+    """A short name people recognise: the script or module a Python interpreter runs, else the executable.
+
+    Every trainer shows up as `python3` otherwise. Only a basename is taken from the command line, never an
+    argument value, so nothing secret reaches a metric label this way.
+    """
+    if name and name.startswith("python") and cmdline and len(cmdline) > 1:
+        args = list(cmdline[1:])
+        while args and args[0].startswith("-") and args[0] != "-m":
+            args.pop(0)  # interpreter flags such as -u or -X dev
+        if len(args) >= 2 and args[0] == "-m":
+            return args[1][:64]
+        if args and not args[0].startswith("-"):
+            return Path(args[0]).name[:64] or name
+    return name
+
+
+class PsutilInspector:
+    """The real ProcessInspector: psutil plus /proc reads, cached per process identity.
+
+    `proc_root` is injectable so tests read a checked-in fixture tree for the cgroup files.
+    """
+
+    def __init__(
+        self,
+        *,
+        proc_root: Path = Path("/proc"),
+        refresh_seconds: float = 10.0,
+        host_pids: bool | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.proc_root = proc_root
+        self.refresh_seconds = refresh_seconds
+        self._host_pids = host_pids
+        self._monotonic = monotonic
+        self._cache: dict[int, tuple[ProcessMeta, float]] = {}
+
+    def pid_namespace_matches(self) -> bool:
+        if self._host_pids is None:
+            try:
+                self._host_pids = (self.proc_root / "self" / "ns" / "pid").stat().st_ino == PROC_PID_INIT_INO
+            except OSError:
+                self._host_pids = True  # cannot tell (no /proc/self/ns): trust the pids rather than hide them
+        return self._host_pids
+
+    def inspect(self, pid: int) -> ProcessMeta:
+        try:
+            proc = psutil.Process(pid)
+            start = proc.create_time()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            self._cache.pop(pid, None)
+            return ProcessMeta(pid=pid, start_time=None, status="gone")
+        except psutil.Error:
+            return ProcessMeta(pid=pid, start_time=None)
+        now = self._monotonic()
+        cached = self._cache.get(pid)
+        if cached is not None and cached[0].start_time == start:
+            meta, fetched = cached
+            if now - fetched < self.refresh_seconds:
+                return meta
+            meta = replace(meta, status=_safe(proc.status), ppid=_safe(proc.ppid))
+        else:
+            meta = self._lookup(proc, pid, start)
+        self._cache[pid] = (meta, now)
+        return meta
+
+    def forget_except(self, live: set[int]) -> None:
+        """Drop cached identities of pids no longer on any GPU, so the cache stays as small as the GPU list."""
+        for pid in [p for p in self._cache if p not in live]:
+            del self._cache[pid]
+
+    def _lookup(self, proc: psutil.Process, pid: int, start: float) -> ProcessMeta:
+        cmdline = _safe(proc.cmdline)
+        name = _safe(proc.name)
+        root = self._tree_root(proc)
+        container, pod = self._cgroup(pid)
+        return ProcessMeta(
+            pid=pid,
+            start_time=start,
+            name=display_name(name, tuple(cmdline) if cmdline else None),
+            user=_safe(proc.username),
+            ppid=_safe(proc.ppid),
+            root_pid=root[0] if root else None,
+            root_name=root[1] if root else None,
+            root_start_time=root[2] if root else None,
+            container_id=container,
+            pod_uid=pod,
+            cmdline=tuple(cmdline) if cmdline else None,
+            status=_safe(proc.status),
+            cwd=_safe(proc.cwd),
+        )
+
+    def _tree_root(self, proc: psutil.Process) -> tuple[int, str | None, float | None] | None:
+        """The topmost ancestor that still belongs to the job (below the shell, init or container shim)."""
+        root = proc
+        try:
+            for _ in range(_MAX_TREE_DEPTH):
+                parent = root.parent()
+                if parent is None or parent.pid <= 1 or parent.name() in _SESSION_BOUNDARY:
+                    break
+                root = parent
+            name = root.name()
+            return root.pid, display_name(name, tuple(_safe(root.cmdline) or ())), root.create_time()
+        except psutil.Error:
+            return (root.pid, None, None) if root is not proc else None
+
+    def _cgroup(self, pid: int) -> tuple[str | None, str | None]:
+        try:
+            return parse_cgroup((self.proc_root / str(pid) / "cgroup").read_text())
+        except OSError:
+            return None, None
+
+
+T = TypeVar("T")
+
+
+def _safe(fn: Callable[[], T]) -> T | None:
+    try:
+        return fn()
+    except (psutil.Error, OSError):
+        return None

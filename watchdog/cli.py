@@ -1,0 +1,156 @@
+"""The `vramwatch` command: click parses, `app` does the work.
+
+structlog is configured here, once, before any command runs. Errors that are the user's to fix (a bad
+config, a busy port, no driver) are printed as one line and exit 2; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import app, logs
+from ._version import __version__
+from .config import Config, load
+from .errors import VramwatchError
+
+
+def _load(ctx: click.Context, overrides: dict[str, Any]) -> Config:
+    path = ctx.obj.get("config") if ctx.obj else None
+    return load(Path(path) if path else None, overrides)
+
+
+def _run(fn: Callable[[], int]) -> None:
+    try:
+        code = fn()
+    except VramwatchError as exc:
+        click.echo(f"vramwatch: error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code)
+
+
+def _echo(line: str) -> None:
+    click.echo(line)
+
+
+_simulate = click.option(
+    "--simulate",
+    metavar="SCENARIO",
+    help="Watch a simulated GPU running SCENARIO instead of the real ones (see `vramwatch scenarios`).",
+)
+_seed = click.option("--seed", type=int, help="Seed of the simulated scenario (same seed, same run).")
+_interval = click.option("--interval", type=float, help="Seconds between samples [default: 1].")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vramwatch")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    envvar="VRAMWATCH_CONFIG",
+    help="TOML config file (options below override it).",
+)
+@click.option("--log-format", type=click.Choice(["auto", "console", "json"]), help="Log format [default: auto].")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, log_format: str | None) -> None:
+    """vramwatch: a live GPU-memory watchdog for people who train models."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+    try:
+        cfg = load(Path(config) if config else None, {"log_format": log_format})
+        logs.configure(cfg.daemon.log_format, cfg.daemon.log_level)
+    except VramwatchError as exc:
+        click.echo(f"vramwatch: error: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.command()
+@_simulate
+@_seed
+@_interval
+@click.option("--listen", metavar="HOST:PORT", help="Where /metrics is served [default: 127.0.0.1:9783].")
+@click.option("--replay", metavar="FILE", type=click.Path(exists=True, dir_okay=False), help="Serve a recorded trace.")
+@click.option("--no-process-metrics", is_flag=True, help="Export GPU-level series only (fleets fearing cardinality).")
+@click.option("--require-gpu", is_flag=True, help="Never fall back to the simulator when no NVIDIA driver is found.")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    simulate: str | None,
+    seed: int | None,
+    interval: float | None,
+    listen: str | None,
+    replay: str | None,
+    no_process_metrics: bool,
+    require_gpu: bool,
+) -> None:
+    """Run the daemon: sample every second, detect, export Prometheus metrics."""
+    overrides = {
+        "simulate": simulate,
+        "seed": seed,
+        "interval": interval,
+        "listen": listen,
+        "replay": replay,
+        "process_metrics": False if no_process_metrics else None,
+    }
+    _run(
+        lambda: app.serve(
+            _load(ctx, overrides), out=_echo, require_gpu=require_gpu, reload_config=lambda: _load(ctx, overrides)
+        )
+    )
+
+
+@main.command()
+@_simulate
+@_seed
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def status(ctx: click.Context, simulate: str | None, seed: int | None, as_json: bool) -> None:
+    """Show the GPUs and the processes using them, once."""
+    _run(lambda: app.status(_load(ctx, {"simulate": simulate, "seed": seed}), out=_echo, as_json=as_json))
+
+
+@main.command()
+def scenarios() -> None:
+    """List the simulated scenarios."""
+    _run(lambda: app.scenarios(_echo))
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, writable=True))
+@click.option("--duration", type=float, metavar="SECONDS", help="Stop after this long [default: until Ctrl-C].")
+@_simulate
+@_seed
+@_interval
+@click.option("--no-cmdline", is_flag=True, help="Leave command lines out of the trace (they are redacted anyway).")
+@click.pass_context
+def record(
+    ctx: click.Context,
+    file: str,
+    duration: float | None,
+    simulate: str | None,
+    seed: int | None,
+    interval: float | None,
+    no_cmdline: bool,
+) -> None:
+    """Record what the sampler sees to FILE (JSON Lines; .gz compresses), for replay and bug reports."""
+    cfg = _load(ctx, {"simulate": simulate, "seed": seed, "interval": interval})
+    _run(lambda: app.record(cfg, Path(file), out=_echo, duration=duration, cmdline=not no_cmdline))
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per finding on stdout.")
+@click.pass_context
+def replay(ctx: click.Context, file: str, as_json: bool) -> None:
+    """Run the detectors over a recorded trace at full speed and print the findings."""
+    _run(
+        lambda: app.replay(
+            _load(ctx, {}), Path(file), out=_echo, err=lambda s: click.echo(s, err=True), as_json=as_json
+        )
+    )

@@ -1,0 +1,201 @@
+"""Configuration: one TOML file, `VRAMWATCH_*` environment variables, and command-line options.
+
+Precedence, lowest first: built-in defaults, the config file, the environment, the command line. Every
+daemon option has all three forms (`[daemon] interval = 1.0`, `VRAMWATCH_INTERVAL=1`, `--interval 1`). An invalid
+value is rejected with where it came from, the key and what was expected, e.g.
+`/etc/vramwatch/vramwatch.toml: [daemon] interval: expected a number > 0, got 'fast'`.
+Sections other than [daemon] (detectors, policy, notify, agent) are validated by the modules that own them;
+here they are only checked to be tables, and unknown sections are an error (a typo must not pass silently).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+SECTIONS = ("daemon", "detectors", "policy", "notify", "agent")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Options of `vramwatch serve` (section [daemon])."""
+
+    listen: str = "127.0.0.1:9783"
+    interval: float = 1.0
+    history_seconds: float = 3600.0
+    process_metrics: bool = True
+    simulate: str | None = None
+    seed: int = 0
+    replay: str | None = None
+    log_format: str = "auto"  # auto: pretty on a TTY, JSON otherwise
+    log_level: str = "info"
+    host_pids: str = "auto"  # auto | yes | no: whether NVML's host pids can be resolved here
+    record: str | None = None  # also write a trace of what is sampled to this file
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration: the daemon's options plus the raw tables of the other sections."""
+
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    source: str | None = None
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        return self.sections.get(name, {})
+
+
+def _positive(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        raise ValueError("a number > 0")
+    return float(v)
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        return v.lower() in {"1", "true", "yes", "on"}
+    raise ValueError("true or false")
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError("a non-empty string")
+    return v
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError("an integer")  # noqa: TRY004 - caught and turned into a ConfigError naming the key
+    return v
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in options:
+            raise ValueError("one of " + ", ".join(options))
+        return str(v)
+
+    return check
+
+
+_VALIDATORS: dict[str, Callable[[Any], Any]] = {
+    "listen": _str,
+    "interval": _positive,
+    "history_seconds": _positive,
+    "process_metrics": _bool,
+    "simulate": _str,
+    "seed": _int,
+    "replay": _str,
+    "log_format": _choice("auto", "console", "json"),
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "host_pids": _choice("auto", "yes", "no"),
+    "record": _str,
+}
+_FROM_ENV: dict[str, Callable[[str], Any]] = {"interval": float, "history_seconds": float, "seed": int}
+
+
+def _apply(base: DaemonConfig, values: Mapping[str, Any], where: str) -> DaemonConfig:
+    known = {f.name for f in fields(DaemonConfig)}
+    changes: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        try:
+            changes[key] = _VALIDATORS[key](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{where} {key}: expected {exc}, got {raw!r}") from None
+    return replace(base, **changes)
+
+
+def load_file(path: Path) -> tuple[DaemonConfig, dict[str, Mapping[str, Any]]]:
+    """Parse and validate a TOML config file; every error names the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for name, table in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+    daemon = _apply(DaemonConfig(), data.get("daemon", {}), f"{path}: [daemon]")
+    return daemon, {k: v for k, v in data.items() if k != "daemon"}
+
+
+def from_env(base: DaemonConfig, environ: Mapping[str, str]) -> DaemonConfig:
+    """Apply `VRAMWATCH_<OPTION>` variables (upper-case option names)."""
+    values: dict[str, Any] = {}
+    for f in fields(DaemonConfig):
+        raw = environ.get("VRAMWATCH_" + f.name.upper())
+        if raw is None:
+            continue
+        try:
+            values[f.name] = _FROM_ENV.get(f.name, str)(raw)
+        except ValueError:
+            raise ConfigError(f"environment VRAMWATCH_{f.name.upper()}: expected a number, got {raw!r}") from None
+    return _apply(base, values, "environment VRAMWATCH_*:")
+
+
+def load(
+    path: Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Defaults < file < environment < `overrides` (the command line's explicitly given options)."""
+    env = os.environ if environ is None else environ
+    if path is None and env.get("VRAMWATCH_CONFIG"):
+        path = Path(env["VRAMWATCH_CONFIG"])
+    daemon, sections = load_file(path) if path is not None else (DaemonConfig(), {})
+    daemon = from_env(daemon, env)
+    if overrides:
+        daemon = _apply(daemon, {k: v for k, v in overrides.items() if v is not None}, "command line:")
+    return Config(daemon=daemon, sections=sections, source=str(path) if path else None)
+
+
+def dataclass_from_table(cls: type[Any], table: Mapping[str, Any], where: str) -> Any:
+    """Build a frozen config dataclass from a TOML table, checking each key and type against the defaults.
+
+    Used for sections owned by other modules ([detectors], ...), so that their dataclass is the one schema:
+    a key that is not a field, or a value whose type differs from the field's default, is a ConfigError.
+    """
+    defaults = cls()
+    known = {f.name for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, given in table.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        raw = given
+        current = getattr(defaults, key)
+        expected: type[Any] = type(current)
+        if isinstance(current, bool):
+            ok = isinstance(raw, bool)
+        elif isinstance(current, (int, float)):
+            ok = isinstance(raw, (int, float)) and not isinstance(raw, bool)
+            raw = expected(raw) if ok else raw
+        elif current is None:
+            ok = True
+        elif isinstance(current, tuple) and isinstance(raw, list):
+            ok, raw = True, tuple(raw)
+        else:
+            ok = isinstance(raw, expected)
+        if not ok:
+            raise ConfigError(f"{where} {key}: expected {expected.__name__}, got {raw!r}")
+        values[key] = raw
+    return replace(defaults, **values)

@@ -1,0 +1,299 @@
+"""The daemon loop: sample, detect, act, publish — once a second, on one thread.
+
+One `step()` is the whole pipeline of a tick:
+
+    backend.read() -> attribution -> History -> detectors.analyze() -> FindingTracker (raise once, clear once)
+        -> advice attached to new findings -> notifiers / actions -> ExportState published for /metrics
+
+Everything slow or fallible sits behind a seam that cannot stall the tick: notifiers queue and deliver on
+their own thread, hooks run in their own process, the HTTP server answers scrapes from the last published
+(immutable) state. A backend that disappears (driver unloaded, NVML gone) is reopened with backoff while
+`vramwatch_up` reads 0; a lost GPU is marked down by the backend and the others are still served.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from .clock import SystemClock
+from .config import Config
+from .detectors import Analysis, DetectorConfig, FindingTracker, analyze
+from .errors import BackendUnavailable, VramwatchError
+from .exporter import ExportState, MetricsServer, make_registry
+from .history import History
+from .model import Finding, Snapshot
+from .sampler import Sampler, TickStats, run_every
+from .typing import Backend, Clock, Notifier
+
+log = structlog.get_logger("vramwatch.daemon")
+
+BackendFactory = Callable[[], Backend]
+
+
+@dataclass
+class Backoff:
+    """Exponential retry delays (1 s doubling to `cap`), reset after a success."""
+
+    cap: float = 60.0
+    delay: float = 1.0
+    next_at: float = 0.0
+
+    def failed(self, now: float) -> float:
+        wait = self.delay
+        self.next_at = now + wait
+        self.delay = min(self.cap, self.delay * 2)
+        return wait
+
+    def reset(self) -> None:
+        self.delay, self.next_at = 1.0, 0.0
+
+
+@dataclass
+class Pipeline:
+    """Sampling plus detection: what `serve`, `replay`, `record` and `attach` share.
+
+    Keeps no state of its own besides the history and the finding tracker; `step()` returns the snapshot and
+    the findings raised and cleared at this tick.
+    """
+
+    backend: Backend
+    history: History
+    clock: Clock
+    detector_config: DetectorConfig = field(default_factory=DetectorConfig)
+    enrich: Callable[[Finding, Snapshot], Finding] | None = None
+
+    def __post_init__(self) -> None:
+        self.sampler = Sampler(self.backend, self.history, self.clock)
+        self.tracker = FindingTracker(self.detector_config)
+        self.analysis: Analysis | None = None
+
+    def step(self) -> tuple[Snapshot | None, list[Finding], list[Finding]]:
+        snap = self.sampler.tick()
+        if snap is None:
+            return None, [], []
+        self.analysis = analyze(self.history, self.detector_config)
+        raised, cleared = self.tracker.update(self.analysis)
+        if self.enrich is not None:
+            raised = [self.enrich(f, snap) for f in raised]
+        return snap, raised, cleared
+
+
+class Daemon:
+    """`vramwatch serve`: the pipeline on a 1 Hz loop, the metrics server, notifiers, signals, reload."""
+
+    def __init__(
+        self,
+        config: Config,
+        open_backend: BackendFactory,
+        *,
+        clock: Clock | None = None,
+        notifiers: Sequence[Notifier] = (),
+        detector_config: DetectorConfig | None = None,
+        on_tick: Callable[[Snapshot], None] | None = None,
+        reload_config: Callable[[], Config] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self._open_backend = open_backend
+        self.notifiers = list(notifiers)
+        self.detector_config = detector_config or DetectorConfig()
+        self.on_tick = on_tick
+        self._reload_config = reload_config
+        d = config.daemon
+        self.history = History(window_seconds=d.history_seconds, interval_seconds=d.interval)
+        self.pipeline: Pipeline | None = None
+        self.backend_info: dict[str, str] = {}
+        self.stop_event = threading.Event()
+        self.reload_requested = threading.Event()
+        self._backoff = Backoff()
+        self._findings_raised: dict[tuple[str, str], int] = {}
+        self._idle_stats = TickStats()
+        self._state = ExportState(snapshot=None, backend={}, stats=self._idle_stats, up=False)
+        self.registry = make_registry(lambda: self._state)
+        self.server: MetricsServer | None = None
+        self._sigint_count = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def start_server(self) -> int:
+        """Bind the metrics server (raises VramwatchError with a clear message if the port is taken)."""
+        self.server = MetricsServer(self.config.daemon.listen, self.registry, self.healthy)
+        self.server.start()
+        return self.server.port
+
+    def run(self) -> None:
+        """Tick until `stop_event` is set (SIGTERM/SIGINT), then shut down cleanly."""
+        try:
+            run_every(
+                self.config.daemon.interval,
+                self.step,
+                self.clock,
+                self.stop_event,
+                on_overrun=self._overrun,
+            )
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.pipeline is not None:
+            self.pipeline.backend.close()
+        for n in self.notifiers:
+            closer = getattr(n, "close", None)
+            if closer is not None:
+                closer()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop at the next wake-up (within a second); a second SIGINT forces exit; SIGHUP reloads."""
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002 - signal handler signature
+        if signum == signal.SIGINT:
+            self._sigint_count += 1
+            if self._sigint_count > 1:
+                raise KeyboardInterrupt  # the user insists: leave now, without the graceful path
+        self.stop_event.set()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002 - signal handler signature
+        self.reload_requested.set()
+
+    def healthy(self) -> bool:
+        """True while the sampler completed a tick within three intervals (the /healthz and watchdog rule)."""
+        stats = self.pipeline.sampler.stats if self.pipeline else None
+        if stats is None or stats.last_tick_monotonic is None:
+            return False
+        return self.clock.monotonic() - stats.last_tick_monotonic < 3 * self.config.daemon.interval + 1
+
+    # -- one tick ----------------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self._reload()
+        pipeline = self._ensure_backend()
+        if pipeline is None:
+            self._publish(None, up=False)
+            return
+        try:
+            snap, raised, cleared = pipeline.step()
+        except Exception:
+            # A bug in one tick must not end the watchdog: log it with the traceback, count it, carry on.
+            log.exception("tick_failed")
+            pipeline.sampler.stats.count_error("process")
+            return
+        if snap is None:  # the library went away mid-run: reopen it with backoff
+            pipeline.backend.close()
+            self.pipeline = None
+            self._backoff.failed(self.clock.monotonic())
+            self._publish(None, up=False)
+            return
+        for f in raised:
+            key = (f.kind, f.severity.value)
+            self._findings_raised[key] = self._findings_raised.get(key, 0) + 1
+            log.warning(
+                "finding",
+                kind=f.kind,
+                severity=f.severity.value,
+                gpu=f.gpu_uuid,
+                pid=f.process.pid if f.process else None,
+                eta_seconds=f.eta_seconds,
+                message=f.message,
+            )
+        for f in cleared:
+            log.info("finding_cleared", kind=f.kind, gpu=f.gpu_uuid, pid=f.process.pid if f.process else None)
+        for n in self.notifiers:
+            for f in raised:
+                n.notify(f)
+            for f in cleared:
+                n.notify(f, cleared=True)
+        self._publish(snap, up=True)
+        if self.on_tick is not None:
+            self.on_tick(snap)
+
+    def _overrun(self, skipped: int) -> None:
+        if self.pipeline is not None:
+            self.pipeline.sampler.stats.overruns += 1
+        log.warning("tick_overrun", skipped_ticks=skipped)
+
+    def _ensure_backend(self) -> Pipeline | None:
+        if self.pipeline is not None:
+            return self.pipeline
+        now = self.clock.monotonic()
+        if now < self._backoff.next_at:
+            return None
+        try:
+            backend = self._open_backend()
+        except BackendUnavailable as exc:
+            wait = self._backoff.failed(now)
+            log.error("backend_unavailable", error=str(exc), retry_in_seconds=wait)
+            return None
+        self._backoff.reset()
+        self.backend_info = {"backend": backend.kind, **backend.describe()}
+        self.pipeline = Pipeline(backend, self.history, self.clock, self.detector_config)
+        log.info("backend_ready", **self.backend_info)
+        return self.pipeline
+
+    def _publish(self, snap: Snapshot | None, *, up: bool) -> None:
+        p = self.pipeline
+        analysis = p.analysis if p else None
+        self._state = ExportState(
+            snapshot=snap if snap is not None else self._state.snapshot if up else None,
+            backend=self.backend_info,
+            stats=p.sampler.stats if p else self._idle_stats,
+            up=up,
+            process_metrics=self.config.daemon.process_metrics,
+            gpu_growth={k: r.bytes_per_second for k, r in analysis.gpu_growth.items()} if analysis else {},
+            process_growth={k: r.bytes_per_second for k, r in analysis.process_growth.items()} if analysis else {},
+            oom_eta={k: v[0] for k, v in analysis.oom_eta.items()} if analysis else {},
+            active=tuple(p.tracker.active()) if p else (),
+            findings_raised=dict(self._findings_raised),
+            notifications=_notification_counts(self.notifiers),
+        )
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config and apply what can change live; history and findings are kept."""
+        if self._reload_config is None:
+            return
+        try:
+            new = self._reload_config()
+        except VramwatchError as exc:
+            log.error("reload_failed", error=str(exc), kept="previous configuration")
+            return
+        old = self.config.daemon
+        for key in ("listen", "interval", "history_seconds", "simulate", "replay", "seed"):
+            if getattr(new.daemon, key) != getattr(old, key):
+                log.warning(
+                    "reload_needs_restart", key=key, running=getattr(old, key), configured=getattr(new.daemon, key)
+                )
+        from dataclasses import replace
+
+        self.config = replace(
+            new,
+            daemon=replace(
+                new.daemon,
+                **{k: getattr(old, k) for k in ("listen", "interval", "history_seconds", "simulate", "replay", "seed")},
+            ),
+        )
+        log.info("reloaded", source=new.source)
+
+
+def _notification_counts(notifiers: Sequence[Any]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for n in notifiers:
+        counts = getattr(n, "counts", None)
+        if counts is None:
+            continue
+        for k, v in counts().items():
+            total[k] = total.get(k, 0) + v
+    return total

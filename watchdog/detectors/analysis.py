@@ -1,0 +1,237 @@
+"""`analyze`: one pure pass from the history to everything the detectors conclude at its newest tick.
+
+No clock, no I/O, no state: the same history always gives the same `Analysis`. What should be *notified*
+(raise once, clear once) is decided afterwards by `FindingTracker` (lifecycle.py).
+
+Per GPU that answered at the newest tick (a lost GPU is skipped; its series simply has a gap):
+growth rate of the device and of each visible process, growth findings per process tree (or for the device
+when no tree explains it), the time-to-OOM forecast, pressure, contention, probable OOM of processes that
+just vanished, stale holders, and stability verdicts of trees that have plateaued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ..history import History, Track
+from ..model import Finding, GpuSample, ProcessKey, ProcessSample, Snapshot
+from . import _format as fmt
+from ._context import GpuContext
+from ._series import View, view
+from .config import DetectorConfig
+from .contention import detect_contention
+from .crash import detect_probable_oom
+from .forecast import detect_oom_forecast
+from .growth import Profile, Rate, profile
+from .leak import growth_finding
+from .pressure import detect_pressure
+from .stability import verdict
+from .stale import detect_stale
+
+DEFAULT_CONFIG = DetectorConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """What the detectors conclude at tick `t` (0.0 and empty when the history holds no tick yet).
+
+    `findings` are the conditions true at this tick, before hysteresis. `oom_eta` holds (eta seconds,
+    confidence) only for GPUs that grow sustainably. `verdicts` are informational ("stable at ...").
+    """
+
+    t: float
+    findings: tuple[Finding, ...] = ()
+    gpu_growth: Mapping[str, Rate] = field(default_factory=lambda: MappingProxyType({}))
+    process_growth: Mapping[tuple[ProcessKey, str], Rate] = field(default_factory=lambda: MappingProxyType({}))
+    oom_eta: Mapping[str, tuple[float, float]] = field(default_factory=lambda: MappingProxyType({}))
+    verdicts: Mapping[tuple[ProcessKey, str], str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def analyze(history: History, config: DetectorConfig = DEFAULT_CONFIG) -> Analysis:
+    """Run every detector on `history` as of its newest snapshot."""
+    snap = history.latest
+    if snap is None:
+        return Analysis(t=0.0)
+    out = _Collector()
+    vanished = _vanished(history, snap.t, config)
+    for gpu in snap.gpus:
+        if not gpu.up or gpu.used_bytes is None:
+            continue
+        ctx = _context(history, snap, gpu)
+        _analyze_gpu(ctx, history, vanished.get(gpu.uuid, []), config, out)
+    return Analysis(
+        t=snap.t,
+        findings=tuple(out.findings),
+        gpu_growth=MappingProxyType(out.gpu_growth),
+        process_growth=MappingProxyType(out.process_growth),
+        oom_eta=MappingProxyType(out.oom_eta),
+        verdicts=MappingProxyType(out.verdicts),
+    )
+
+
+@dataclass(slots=True)
+class _Collector:
+    findings: list[Finding] = field(default_factory=list)
+    gpu_growth: dict[str, Rate] = field(default_factory=dict)
+    process_growth: dict[tuple[ProcessKey, str], Rate] = field(default_factory=dict)
+    oom_eta: dict[str, tuple[float, float]] = field(default_factory=dict)
+    verdicts: dict[tuple[ProcessKey, str], str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Tree:
+    key: ProcessKey
+    members: list[ProcessSample]
+    held_bytes: int = 0
+
+
+def _context(history: History, snap: Snapshot, gpu: GpuSample) -> GpuContext:
+    total = gpu.total_bytes if gpu.total_bytes is not None else history.gpu_total.get(gpu.uuid)
+    visible = snap.processes_visible
+    return GpuContext(
+        gpu=gpu,
+        now=snap.t,
+        total_bytes=total,
+        used_bytes=gpu.used_bytes,
+        free_bytes=gpu.free_bytes,
+        used=view(history.gpu_used.get(gpu.uuid)),
+        free=view(history.gpu_free.get(gpu.uuid)),
+        processes=tuple(p for p in snap.processes_on(gpu.uuid) if p.used_bytes is not None) if visible else (),
+        visible=visible,
+    )
+
+
+def _vanished(history: History, now: float, config: DetectorConfig) -> dict[str, list[tuple[ProcessKey, Track]]]:
+    """Process tracks per GPU last seen before `now` but within `crash_hold_seconds`."""
+    out: dict[str, list[tuple[ProcessKey, Track]]] = {}
+    for (key, uuid), track in history.processes.items():
+        if 0 < now - track.last_seen <= config.crash_hold_seconds:
+            out.setdefault(uuid, []).append((key, track))
+    return out
+
+
+def _analyze_gpu(
+    ctx: GpuContext,
+    history: History,
+    vanished: list[tuple[ProcessKey, Track]],
+    config: DetectorConfig,
+    out: _Collector,
+) -> None:
+    # Per process: the growth rate (metrics), with every horizon.
+    profiles: dict[ProcessKey, tuple[View, Profile]] = {}
+    for p in ctx.processes:
+        track = history.processes.get((p.key, ctx.uuid))
+        if track is None:
+            continue
+        series = view(track.series)
+        prof = profile(series, config)
+        profiles[p.key] = (series, prof)
+        rate = prof.rate(config)
+        if rate is not None:
+            out.process_growth[(p.key, ctx.uuid)] = rate
+
+    # Per tree: the leak claim (past warm-up, long horizons) or, failing that, a stability verdict.
+    trees: dict[ProcessKey, _Tree] = {}
+    for p in ctx.processes:
+        tree = trees.setdefault(p.tree_key, _Tree(p.tree_key, []))
+        tree.members.append(p)
+        tree.held_bytes += p.used_bytes or 0
+    growing: list[tuple[float, str]] = []
+    for tree in trees.values():
+        track = history.trees.get((tree.key, ctx.uuid))
+        if track is None:
+            continue
+        series = view(track.series)
+        cutoff = track.first_seen + config.warmup_seconds
+        grown = _tree_profile(tree, series, cutoff, profiles, config)
+        best = grown.best(config.growth_min_horizon_seconds)
+        meta = tree.members[0].meta
+        members = len(tree.members)
+        if best is not None:
+            finding = growth_finding(ctx, best, config, key=tree.key, meta=meta, members=members)
+            if finding is not None:
+                out.findings.append(finding)
+                growing.append((best.rise_bytes / max(best.span_seconds, 1e-9), _label(tree)))
+                continue
+        text = verdict(
+            ctx,
+            key=tree.key,
+            meta=meta,
+            members=members,
+            held_bytes=tree.held_bytes,
+            series=series,
+            first_seen=track.first_seen,
+            config=config,
+        )
+        if text is not None:
+            out.verdicts[(tree.key, ctx.uuid)] = text
+
+    # The device: its rate, the forecast, and a growth finding when no tree explains the growth.
+    device = profile(ctx.used, config, min_horizon=config.forecast_min_horizon_seconds)
+    rate = device.rate(config, config.forecast_min_horizon_seconds)
+    if rate is not None:
+        out.gpu_growth[ctx.uuid] = rate
+    warming = any(_warming(history.trees.get((key, ctx.uuid)), ctx.now, config) for key in trees)
+    eta, finding = detect_oom_forecast(ctx, device, warming=warming, grower=_grower(ctx, trees, out), config=config)
+    if eta is not None:
+        out.oom_eta[ctx.uuid] = eta
+    if finding is not None:
+        out.findings.append(finding)
+    if not growing and ctx.used:
+        starts = [tr.first_seen for key in trees if (tr := history.trees.get((key, ctx.uuid))) is not None]
+        cutoff = max([ctx.used.t[0], *starts]) + config.warmup_seconds
+        best = profile(ctx.used, config, start=cutoff, min_horizon=config.growth_min_horizon_seconds).best()
+        if best is not None and (finding := growth_finding(ctx, best, config)) is not None:
+            out.findings.append(finding)
+
+    largest = max(trees.values(), key=lambda tr: tr.held_bytes, default=None)
+    top_holder = None if largest is None else f"{_label(largest)} with {fmt.gib(largest.held_bytes)} GiB"
+    if (finding := detect_pressure(ctx, top_holder=top_holder, config=config)) is not None:
+        out.findings.append(finding)
+    out.findings.extend(detect_contention(ctx, history, config))
+    out.findings.extend(detect_probable_oom(ctx, vanished, config))
+    out.findings.extend(detect_stale(ctx, history, config))
+
+
+def _warming(track: Track | None, now: float, config: DetectorConfig) -> bool:
+    """Young and never flat for `settle_seconds` since it appeared: still loading, most likely."""
+    if track is None or now - track.first_seen >= config.forecast_warmup_seconds:
+        return False
+    series = view(track.series)
+    start = low = high = None
+    for t, v in zip(series.t, series.v, strict=True):
+        if start is None or low is None or high is None or max(high, v) - min(low, v) > config.noise_bytes:
+            start, low, high = t, v, v
+        else:
+            low, high = min(low, v), max(high, v)
+        if t - start >= config.settle_seconds:
+            return False
+    return True
+
+
+def _tree_profile(
+    tree: _Tree, series: View, cutoff: float, profiles: dict[ProcessKey, tuple[View, Profile]], config: DetectorConfig
+) -> Profile:
+    """The tree's growth profile, reusing its only process's when the two series are the same points."""
+    if len(tree.members) == 1 and len(series) and series.t[0] >= cutoff:
+        own = profiles.get(tree.members[0].key)
+        if own is not None and own[0].t == series.t and own[0].v == series.v:
+            return own[1].restrict(config.growth_min_horizon_seconds)
+    return profile(series, config, start=cutoff, min_horizon=config.growth_min_horizon_seconds)
+
+
+def _label(tree: _Tree) -> str:
+    return fmt.process_label(tree.members[0].meta, tree.key, tree=True, members=len(tree.members))
+
+
+def _grower(ctx: GpuContext, trees: dict[ProcessKey, _Tree], out: _Collector) -> str | None:
+    """The tree growing fastest on this GPU right now (sum of its processes' sustained rates), if any."""
+    best: tuple[float, _Tree] | None = None
+    for tree in trees.values():
+        rates = [out.process_growth.get((p.key, ctx.uuid)) for p in tree.members]
+        total = sum(r.bytes_per_second for r in rates if r is not None and r.sustained and r.bytes_per_second > 0)
+        if total > 0 and (best is None or total > best[0]):
+            best = (total, tree)
+    return None if best is None else _label(best[1])

@@ -1,0 +1,263 @@
+"""Every threshold and window the detectors use, in one frozen value with documented defaults.
+
+The defaults aim at zero findings on healthy runs (warm-up bumps, sawtooth, a plateau at 92 % of the card)
+while still warning a fast leak (~150 MB/s into 24 GiB) a minute ahead and a slow one (a few MB/s) many
+minutes ahead. docs/detection.md explains each choice; everything here can be overridden.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ..errors import ConfigError
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+KINDS = (
+    "growth",
+    "oom_forecast",
+    "pressure",
+    "contention",
+    "probable_oom",
+    "stale_holder",
+    "fragmentation",
+)
+
+
+def _enter_ticks() -> Mapping[str, int]:
+    # Events (a contender arrives, a process vanishes) are raised on the tick they are seen; conditions that a
+    # single odd sample could fake wait a few ticks.
+    return MappingProxyType(
+        {
+            "growth": 5,
+            "oom_forecast": 2,
+            "pressure": 3,
+            "contention": 1,
+            "probable_oom": 1,
+            "stale_holder": 5,
+            "fragmentation": 5,
+        }
+    )
+
+
+def _exit_ticks() -> Mapping[str, int]:
+    return MappingProxyType(
+        {
+            "growth": 30,
+            "oom_forecast": 15,
+            "pressure": 10,
+            "contention": 10,
+            "probable_oom": 1,
+            "stale_holder": 10,
+            "fragmentation": 30,
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    """Thresholds and windows of every detector; seconds are monotonic seconds, sizes bytes."""
+
+    # --- robust growth rate (growth.py) -------------------------------------------------------------------
+    #: Windows over which growth is tested, shortest first. Short ones catch fast leaks, long ones leaks that
+    #: step once per epoch. A window is used once the history covers `min_coverage` of it.
+    horizons_seconds: tuple[float, ...] = (20.0, 30.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 3600.0)
+    #: Each window is cut into this many equal sub-windows; growth is *sustained* only if every one of them
+    #: rises. Warm-up has a few bumps; a leak keeps rising in all of them.
+    subwindows: int = 5
+    #: Points of the floor sampled per sub-window (for the Theil-Sen slope and the confidence).
+    buckets_per_subwindow: int = 2
+    min_coverage: float = 0.8
+    #: Rises smaller than this are allocator noise (PyTorch reserves in 2 MiB and 20 MiB segments).
+    noise_bytes: int = 8 * MIB
+    #: A window must rise at least this much in total to count as growth.
+    min_rise_bytes: int = 128 * MIB
+    #: Each sub-window must carry at least this share of the window's rise ...
+    min_subwindow_share: float = 0.02
+    #: ... and none more than this share: one big step is warm-up, not a leak.
+    max_subwindow_share: float = 0.5
+    #: Window of the rate reported for series that are not growing (metrics show it with low confidence).
+    rate_report_seconds: float = 600.0
+
+    # --- growth findings (per process tree and per device) ------------------------------------------------
+    #: The first seconds of a process's life (model load, first steps) never count towards a leak.
+    warmup_seconds: float = 120.0
+    #: A leak is claimed only from windows at least this long.
+    growth_min_horizon_seconds: float = 240.0
+    growth_min_rate_bytes_per_second: float = 50_000.0
+    #: A growth finding carries an ETA when the card would be full within this time.
+    growth_eta_max_seconds: float = 86_400.0
+
+    # --- time to OOM (forecast.py) ------------------------------------------------------------------------
+    #: A fast leak (~150 MB/s into 24 GiB) leaves ~90 s from its start to the OOM: 20 s of rise in each
+    #: 4-s part of the window is trusted, which leaves a minute of warning.
+    forecast_min_horizon_seconds: float = 20.0
+    forecast_warning_eta_seconds: float = 600.0
+    forecast_critical_eta_seconds: float = 120.0
+    #: Critical as well when the card is growing and less than this share of it is free.
+    forecast_critical_free_fraction: float = 0.05
+    #: While a process on the GPU is younger than this and has not yet settled (stayed flat for
+    #: `settle_seconds`), the GPU is *warming*: model loading and quantisation look like a leak for a minute
+    #: or two, so only critical forecasts are raised, from windows of at least
+    #: `forecast_warmup_min_horizon_seconds`.
+    forecast_warmup_seconds: float = 180.0
+    forecast_warmup_min_horizon_seconds: float = 30.0
+    settle_seconds: float = 15.0
+    #: Growth that slows down geometrically (each part of the window rising no more than the previous, the
+    #: last part at most this share of the first) is projected to its plateau; when the plateau fits in the
+    #: card, there is no OOM to forecast (bucketed resolutions filling the allocator's cache).
+    saturation_slowdown: float = 0.7
+    #: The card is "full" this much before free reaches zero: the allocation that fails is never tiny.
+    oom_margin_bytes: int = 256 * MIB
+
+    # --- pressure (pressure.py) ---------------------------------------------------------------------------
+    #: Warning when free < min(fraction x total, bytes): 3 % of a 24 GiB card, at most 2 GiB on big cards.
+    pressure_free_fraction: float = 0.03
+    pressure_free_bytes: int = 2 * GIB
+    #: Once under the threshold within `pressure_hold_seconds`, the condition holds until free exceeds
+    #: threshold x this factor (value hysteresis, computed from history, so still a pure function).
+    pressure_exit_factor: float = 1.5
+    pressure_hold_seconds: float = 60.0
+
+    # --- contention (contention.py) -----------------------------------------------------------------------
+    #: A contender must have taken at least this much ...
+    contention_min_bytes: int = 256 * MIB
+    #: ... and at least this share of the room that was free before it arrived.
+    contention_room_fraction: float = 0.25
+    #: The run it hurts holds at least this much and was there this long before the contender arrived.
+    contention_incumbent_min_bytes: int = 1 * GIB
+    contention_incumbent_seconds: float = 60.0
+    #: How long after its arrival a contender is still reported.
+    contention_hold_seconds: float = 600.0
+    #: ... and leave less than this share of the card free: two runs that both fit are not contending.
+    contention_max_free_fraction: float = 0.10
+    #: Seconds before the arrival over which "the room before" is measured.
+    contention_before_seconds: float = 30.0
+    contention_critical_free_fraction: float = 0.05
+
+    # --- probable OOM / crash (crash.py) ------------------------------------------------------------------
+    #: A process that vanished while free < this share of the card and the card had just risen ...
+    crash_free_fraction: float = 0.10
+    crash_rise_seconds: float = 60.0
+    #: ... (or while the card was forecast to fill) is a probable OOM, reported for this long after.
+    crash_hold_seconds: float = 30.0
+    crash_min_bytes: int = 256 * MIB
+
+    # --- stale holders (stale.py) -------------------------------------------------------------------------
+    stale_min_bytes: int = 256 * MIB
+    stale_statuses: frozenset[str] = frozenset({"zombie", "stopped", "tracing-stop", "dead"})
+    #: Report workers whose launcher is gone (reparented to pid 1).
+    stale_orphans: bool = True
+    #: Report a process whose memory has not moved by a byte-noise for this long. Off by default: a healthy
+    #: training run or an inference server is flat for hours, and memory alone cannot tell idle from busy.
+    stale_idle_seconds: float | None = None
+
+    # --- stability verdicts (stability.py) ----------------------------------------------------------------
+    stable_min_seconds: float = 300.0
+
+    # --- lifecycle (lifecycle.py) -------------------------------------------------------------------------
+    #: Consecutive ticks a condition must hold before it is raised, per kind.
+    enter_ticks: Mapping[str, int] = field(default_factory=_enter_ticks)
+    #: Consecutive ticks a condition must be absent before it is cleared, per kind.
+    exit_ticks: Mapping[str, int] = field(default_factory=_exit_ticks)
+    default_enter_ticks: int = 3
+    default_exit_ticks: int = 10
+    #: After a subject is cleared it is not raised again at the same or lower severity for this long.
+    cooldown_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        # Config files give lists and tables; keep the value immutable, and per-kind tables partial.
+        object.__setattr__(self, "stale_statuses", frozenset(self.stale_statuses))
+        object.__setattr__(self, "enter_ticks", MappingProxyType({**_enter_ticks(), **self.enter_ticks}))
+        object.__setattr__(self, "exit_ticks", MappingProxyType({**_exit_ticks(), **self.exit_ticks}))
+        object.__setattr__(self, "horizons_seconds", tuple(float(h) for h in self.horizons_seconds))
+        problems: list[str] = []
+        if not self.horizons_seconds or any(not (h > 0 and math.isfinite(h)) for h in self.horizons_seconds):
+            problems.append("horizons_seconds must be positive, finite seconds")
+        elif list(self.horizons_seconds) != sorted(set(self.horizons_seconds)):
+            problems.append("horizons_seconds must be strictly increasing")
+        if self.subwindows < 2:
+            problems.append("subwindows must be at least 2")
+        if self.buckets_per_subwindow < 1:
+            problems.append("buckets_per_subwindow must be at least 1")
+        for name in (
+            "min_coverage",
+            "min_subwindow_share",
+            "max_subwindow_share",
+            "contention_room_fraction",
+            "saturation_slowdown",
+            "contention_max_free_fraction",
+        ):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                problems.append(f"{name} must be in (0, 1], got {value!r}")
+        for name in (
+            "pressure_free_fraction",
+            "forecast_critical_free_fraction",
+            "crash_free_fraction",
+            "contention_critical_free_fraction",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {value!r}")
+        if self.pressure_exit_factor < 1.0:
+            problems.append("pressure_exit_factor must be >= 1")
+        if self.forecast_critical_eta_seconds > self.forecast_warning_eta_seconds:
+            problems.append("forecast_critical_eta_seconds must not exceed forecast_warning_eta_seconds")
+        for name in (
+            "noise_bytes",
+            "min_rise_bytes",
+            "oom_margin_bytes",
+            "pressure_free_bytes",
+            "contention_min_bytes",
+            "contention_incumbent_min_bytes",
+            "crash_min_bytes",
+            "stale_min_bytes",
+        ):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative")
+        for name in (
+            "rate_report_seconds",
+            "warmup_seconds",
+            "growth_min_horizon_seconds",
+            "growth_min_rate_bytes_per_second",
+            "growth_eta_max_seconds",
+            "forecast_min_horizon_seconds",
+            "forecast_warning_eta_seconds",
+            "forecast_critical_eta_seconds",
+            "forecast_warmup_seconds",
+            "forecast_warmup_min_horizon_seconds",
+            "settle_seconds",
+            "pressure_hold_seconds",
+            "contention_incumbent_seconds",
+            "contention_hold_seconds",
+            "contention_before_seconds",
+            "crash_rise_seconds",
+            "crash_hold_seconds",
+            "stable_min_seconds",
+            "cooldown_seconds",
+        ):
+            if not getattr(self, name) >= 0:
+                problems.append(f"{name} must not be negative")
+        if self.stale_idle_seconds is not None and not self.stale_idle_seconds > 0:
+            problems.append("stale_idle_seconds must be positive or None")
+        ticks = [*self.enter_ticks.items(), *self.exit_ticks.items()]
+        ticks += [("default_enter_ticks", self.default_enter_ticks), ("default_exit_ticks", self.default_exit_ticks)]
+        problems += [f"ticks for {kind!r} must be at least 1, got {n!r}" for kind, n in ticks if n < 1]
+        if problems:
+            raise ConfigError("invalid detector config: " + "; ".join(problems))
+
+    @property
+    def buckets(self) -> int:
+        """Points of the floor per window, minus one."""
+        return self.subwindows * self.buckets_per_subwindow
+
+    def enter_after(self, kind: str) -> int:
+        return self.enter_ticks.get(kind, self.default_enter_ticks)
+
+    def exit_after(self, kind: str) -> int:
+        return self.exit_ticks.get(kind, self.default_exit_ticks)

@@ -1,0 +1,83 @@
+"""Time to OOM: when the card's memory keeps growing, how long until it is full, and how sure are we.
+
+eta = (free - oom_margin) / growth rate, from the device's *sustained* growth (see growth.py): a single
+step or warm-up never yields a forecast. The rate is the steepest sustained one over horizons from 20 s:
+a fast leak (~150 MB/s into 24 GiB) leaves about 90 s from its start to the OOM, so a rate is trusted after
+20 s of rise in every 4-s part of the window, which leaves a minute of warning.
+
+Model loading and on-GPU quantisation look exactly like a fast leak for a minute or two. While the GPU is
+*warming* (a process on it is younger than `forecast_warmup_seconds` and has not yet stayed flat for
+`settle_seconds`), only a critical forecast (full within `forecast_critical_eta_seconds`, or less than
+`forecast_critical_free_fraction` free) is raised, from windows of at least 30 s.
+
+Growth that slows down geometrically (a cache filling up with bucketed resolutions) is projected to its
+plateau; when that plateau fits in the card there is nothing to forecast. Growth that is linear until it
+stops short of the card cannot be told from a leak before it stops: such a run is forecast, and the finding
+clears once it has been flat for the exit ticks.
+"""
+
+from __future__ import annotations
+
+from ..model import Finding, Severity
+from . import _format as fmt
+from ._context import GpuContext
+from .config import DetectorConfig
+from .growth import Profile, Rate
+
+
+def eta_seconds(free_bytes: int, rate: Rate, config: DetectorConfig) -> float | None:
+    """Seconds until free memory is down to `oom_margin_bytes` at `rate` (None when not growing)."""
+    if not rate.sustained or rate.bytes_per_second <= 0:
+        return None
+    return max(0.0, free_bytes - config.oom_margin_bytes) / rate.bytes_per_second
+
+
+def detect_oom_forecast(
+    ctx: GpuContext, device: Profile, *, warming: bool, grower: str | None, config: DetectorConfig
+) -> tuple[tuple[float, float] | None, Finding | None]:
+    """The (eta, confidence) of this GPU when it grows, and an `oom_forecast` finding when it is soon."""
+    min_horizon = config.forecast_warmup_min_horizon_seconds if warming else config.forecast_min_horizon_seconds
+    best = device.best(min_horizon)
+    if best is None or ctx.free_bytes is None:
+        return None, None
+    rate = best.rate()
+    eta = eta_seconds(ctx.free_bytes, rate, config)
+    if eta is None:
+        return None, None
+    longest = device.longest_sustained(min_horizon)
+    remaining = None if longest is None else longest.remaining_if_saturating(config)
+    if remaining is not None and remaining < ctx.free_bytes - config.oom_margin_bytes:
+        return None, None  # slowing down towards a plateau that fits
+    forecast = (eta, rate.confidence)
+    low_free = ctx.total_bytes is not None and ctx.free_bytes < config.forecast_critical_free_fraction * ctx.total_bytes
+    if eta <= config.forecast_critical_eta_seconds or low_free:
+        severity = Severity.CRITICAL
+    elif eta <= config.forecast_warning_eta_seconds and not warming:
+        severity = Severity.WARNING
+    else:
+        return forecast, None
+    when = "now" if eta < 1 else f"in ~{fmt.duration(eta)}"
+    subject = grower if grower is not None else fmt.gpu_label(ctx.gpu)
+    on = f" on {fmt.gpu_label(ctx.gpu)}" if grower is not None else ""
+    message = (
+        f"{subject} grows {fmt.rate(rate.bytes_per_second)}{on}; the card is full {when} "
+        f"({fmt.gib(ctx.used_bytes)} of {fmt.gib(ctx.total_bytes)} GiB used)"
+    )
+    finding = Finding(
+        kind="oom_forecast",
+        severity=severity,
+        gpu_uuid=ctx.uuid,
+        message=message,
+        t=ctx.now,
+        eta_seconds=round(eta, 1),
+        confidence=rate.confidence,
+        numbers={
+            "rate_bytes_per_second": round(rate.bytes_per_second, 1),
+            "window_seconds": rate.window_seconds,
+            "free_bytes": ctx.free_bytes,
+            "used_bytes": ctx.used_bytes,
+            "total_bytes": ctx.total_bytes,
+            "grower": grower,
+        },
+    )
+    return forecast, finding

@@ -1,0 +1,205 @@
+"""Fragmentation of PyTorch's caching allocator, and leak versus caching, from the agent's figures.
+
+NVML sees a trainer's *reserved* memory: what the caching allocator took from CUDA. Inside it, the agent
+reports *allocated* (what tensors use) and *inactive split* bytes (free pieces of segments that also hold
+live tensors: cached, yet unusable for a request larger than the piece, and not returnable to CUDA by
+`empty_cache()`). Reading them together:
+
+- allocated rises: tensors are being kept alive, a **leak** (or a growing working set);
+- reserved rises while allocated stays flat: **caching** (the pool grew to the peak of a step), or
+  fragmentation when the cached memory comes in pieces that do not fit the next request;
+- **fragmentation** proper: much of the card is reserved but unallocated, most of that sits in split
+  blocks and stays there (the minimum over several samples, so a sample taken mid-step does not count),
+  and the pool fills most of what the process can use. It becomes critical when `num_alloc_retries` rises
+  (a cudaMalloc failed, the allocator freed its whole cache and retried: slow steps, and the last stop
+  before an OOM) while the unallocated share stays large. PyTorch's own OOM message gives the remedy:
+  `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`. With expandable segments PyTorch does not count
+  inactive split bytes at all, so only the retry rule can fire there.
+
+`total_bytes` is the memory the process can use: the card's total when it is alone, or (better) its
+reserved memory plus the device's free memory when others hold part of the card. Pure functions: no I/O.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from ..model import Finding, ProcessKey, Severity, TorchStats
+
+MIB = 1 << 20
+
+GrowthClass = Literal["leak", "caching", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentationConfig:
+    """Thresholds of `detect_fragmentation`; shares are of `total_bytes` unless named otherwise."""
+
+    window_seconds: float = 60.0  # how far back a rise of num_alloc_retries / num_ooms counts
+    sustain_seconds: float = 3.0  # the split blocks must stay over this long...
+    min_samples: int = 3  # ...across at least this many samples
+    min_slack_bytes: int = 256 * MIB  # reserved - allocated, in bytes...
+    min_slack_share: float = 0.10  # ...and as a share of what the process can use
+    min_split_share: float = 0.05  # inactive split bytes, at every sample of the sustain period
+    min_split_of_slack: float = 0.5  # the unallocated memory is mostly split blocks, not whole segments
+    min_reserved_share: float = 0.5  # the pool fills at least this much: fragmentation only matters near full
+
+
+@dataclass(frozen=True, slots=True)
+class GrowthConfig:
+    """Thresholds of `classify_growth`."""
+
+    min_samples: int = 5
+    min_span_seconds: float = 10.0
+    min_rise_bytes: int = 64 * MIB  # growth over the window, by the Theil-Sen slope
+    max_points: int = 48  # subsample: Theil-Sen is quadratic in points
+
+
+def theil_sen(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Median of pairwise slopes: a line through noisy points that one outlier or step cannot tilt."""
+    slopes = [(ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(len(xs)) for j in range(i + 1, len(xs)) if xs[j] > xs[i]]
+    return statistics.median(slopes) if slopes else 0.0
+
+
+def _subsample(points: list[tuple[float, float]], limit: int) -> list[tuple[float, float]]:
+    if len(points) <= limit:
+        return points
+    step = (len(points) - 1) / (limit - 1)
+    return [points[round(k * step)] for k in range(limit)]
+
+
+def classify_growth(
+    times: Sequence[float],
+    allocated: Sequence[int | None],
+    reserved: Sequence[int | None],
+    config: GrowthConfig = GrowthConfig(),
+) -> GrowthClass:
+    """ "leak" when allocated memory rises, "caching" when only reserved does, "unknown" otherwise.
+
+    Time-ordered samples of one process on one device; None values are skipped. "unknown" also covers
+    too short a window and nothing growing at all.
+    """
+    if not (len(times) == len(allocated) == len(reserved)):
+        raise ValueError("times, allocated and reserved must have the same length")
+    alloc = [(t, float(a)) for t, a in zip(times, allocated, strict=True) if a is not None]
+    pool = [(t, float(r)) for t, r in zip(times, reserved, strict=True) if r is not None]
+    if len(alloc) < config.min_samples or alloc[-1][0] - alloc[0][0] < config.min_span_seconds:
+        return "unknown"
+    span = alloc[-1][0] - alloc[0][0]
+    a = _subsample(alloc, config.max_points)
+    if theil_sen([p[0] for p in a], [p[1] for p in a]) * span >= config.min_rise_bytes:
+        return "leak"
+    if len(pool) >= config.min_samples and pool[-1][0] - pool[0][0] >= config.min_span_seconds:
+        r = _subsample(pool, config.max_points)
+        if theil_sen([p[0] for p in r], [p[1] for p in r]) * (pool[-1][0] - pool[0][0]) >= config.min_rise_bytes:
+            return "caching"
+    return "unknown"
+
+
+def _rise(values: Sequence[int | None]) -> int:
+    known = [v for v in values if v is not None]
+    return known[-1] - known[0] if len(known) >= 2 else 0
+
+
+def _sustain_set(times: Sequence[float], config: FragmentationConfig) -> int | None:
+    """How many latest samples cover the sustain period (None: not enough history yet)."""
+    now = times[-1]
+    for k in range(1, len(times) + 1):
+        if now - times[-k] >= config.sustain_seconds:
+            return k if k >= config.min_samples else None
+    return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def detect_fragmentation(
+    stats_window: Sequence[TorchStats],
+    times: Sequence[float],
+    total_bytes: int,
+    config: FragmentationConfig = FragmentationConfig(),
+    *,
+    gpu_uuid: str | None = None,
+    process: ProcessKey | None = None,
+    process_name: str | None = None,
+) -> Finding | None:
+    """A "fragmentation" finding for one process on one device, or None.
+
+    `stats_window` and `times` (monotonic seconds) are time-ordered samples of that pid and device;
+    `total_bytes` is what the process can use (see the module docstring).
+    """
+    if len(stats_window) != len(times):
+        raise ValueError("stats_window and times must have the same length")
+    if not stats_window or total_bytes <= 0:
+        return None
+    latest = stats_window[-1]
+    if latest.allocated_bytes is None or latest.reserved_bytes is None:
+        return None
+    now = times[-1]
+    slack = max(0, latest.reserved_bytes - latest.allocated_bytes)
+    if slack < config.min_slack_bytes or slack < config.min_slack_share * total_bytes:
+        return None
+
+    recent = [s for s, t in zip(stats_window, times, strict=True) if t >= now - config.window_seconds]
+    retries = _rise([s.num_alloc_retries for s in recent])
+    ooms = _rise([s.num_ooms for s in recent])
+    split = latest.inactive_split_bytes
+
+    k = _sustain_set(times, config)
+    sustained_split: int | None = None
+    if k is not None:
+        splits = [s.inactive_split_bytes for s in stats_window[-k:]]
+        sustained_split = None if any(v is None for v in splits) else min(v for v in splits if v is not None)
+    split_held = (
+        sustained_split is not None
+        and split is not None
+        and sustained_split >= config.min_split_share * total_bytes
+        and split >= config.min_split_of_slack * slack
+    )
+    near_full = latest.reserved_bytes >= config.min_reserved_share * total_bytes
+
+    if retries > 0 or ooms > 0:
+        severity = Severity.CRITICAL
+    elif split_held and near_full:
+        severity = Severity.WARNING
+    else:
+        return None
+
+    share = slack / total_bytes
+    parts = [
+        f"PyTorch holds {_gib(slack)} reserved but unallocated ({share:.0%} of the {_gib(total_bytes)} it can use)"
+    ]
+    if split is not None and split > 0:
+        parts.append(f"{_gib(split)} of it in split blocks that larger requests cannot use")
+    if retries > 0:
+        parts.append(
+            f"the allocator had to free its cache and retry {retries} time(s) in the last {config.window_seconds:.0f} s"
+        )
+    if ooms > 0:
+        parts.append(f"{ooms} out-of-memory error(s) in the last {config.window_seconds:.0f} s")
+    return Finding(
+        kind="fragmentation",
+        severity=severity,
+        gpu_uuid=gpu_uuid,
+        message="; ".join(parts),
+        t=now,
+        process=process if process is not None else ProcessKey(latest.pid, None),
+        process_name=process_name,
+        confidence=min(1.0, split / slack) if split is not None and slack else None,
+        numbers={
+            "device": latest.device,
+            "allocated_bytes": latest.allocated_bytes,
+            "reserved_bytes": latest.reserved_bytes,
+            "reserved_unallocated_bytes": slack,
+            "inactive_split_bytes": split,
+            "sustained_inactive_split_bytes": sustained_split,
+            "total_bytes": total_bytes,
+            "reserved_unallocated_share": round(share, 4),
+            "alloc_retries_in_window": retries,
+            "ooms_in_window": ooms,
+        },
+    )

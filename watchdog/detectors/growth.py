@@ -1,0 +1,223 @@
+"""Robust growth rate of one memory series: is it *leaking*, and how fast?
+
+NVML shows a PyTorch process as its CUDA context plus what the caching allocator has reserved. Reserved
+memory rises in steps (2 MiB and 20 MiB segments, bigger ones for big tensors), rarely falls, and is flat
+once a run has warmed up. So the estimator works on the **floor** of the series: at a time t, the least the
+process held at any point from t to now (a suffix minimum). The floor ignores spikes and the teeth of a
+sawtooth, and only rises when memory was taken and never given back.
+
+One window (a *horizon*) is cut into `subwindows` equal parts. Growth is **sustained** only when the floor
+rose in every part, by a meaningful share of the total and by no more than `max_subwindow_share` in any one
+of them: warm-up is a few bumps (first step, first validation, first sample images) and fails this test; a
+leak keeps rising in all parts. Horizons from 30 s to an hour are tried, so a leak that steps once per epoch
+is caught at the horizon where every part holds a step. The rate is the Theil-Sen slope (median of pairwise
+slopes) of the floor sampled `buckets` times across the window: robust to a step or an outlier.
+
+Cost: one pass of C-level `min()` over the series plus O(horizons x buckets) Python work, and one
+O(buckets^2) Theil-Sen per reported rate. Single-sample dips (a bad read) are ignored by the floor.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+from ._series import View
+from .config import DetectorConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A growth rate with how much to trust it.
+
+    `confidence` is in [0, 1]: how evenly and continuously the floor rose across the window. `sustained` is
+    True only when growth passed the sub-window test (a leak-like rise, not warm-up).
+    """
+
+    bytes_per_second: float
+    confidence: float
+    window_seconds: float
+    points: int
+    sustained: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """The growth test of one horizon."""
+
+    horizon_seconds: float
+    span_seconds: float
+    points: int
+    rise_bytes: float
+    sustained: bool
+    confidence: float
+    xs: tuple[float, ...]  # sample times of the floor
+    ys: tuple[float, ...]  # floor values (non-decreasing)
+    parts: tuple[float, ...]  # the rise of each sub-window, oldest first
+
+    @property
+    def bytes_per_second(self) -> float:
+        return theil_sen(self.xs, self.ys)
+
+    def rate(self) -> Rate:
+        return Rate(self.bytes_per_second, self.confidence, self.span_seconds, self.points, self.sustained)
+
+    def remaining_if_saturating(self, config: DetectorConfig) -> float | None:
+        """The rise still to come if this growth is slowing geometrically towards a plateau, else None.
+
+        Saturating means every part rose no more than the one before (within `noise_bytes`) and the last
+        part at most `saturation_slowdown` of the first: a leak rises evenly, a cache filling up slows down.
+        The remaining rise is the geometric tail of the parts.
+        """
+        p = self.parts
+        if len(p) < 3 or p[0] <= 0 or p[-1] <= 0:
+            return None
+        if any(b > a + config.noise_bytes for a, b in pairwise(p)):
+            return None
+        slowdown = p[-1] / p[0]
+        if slowdown > config.saturation_slowdown:
+            return None
+        ratio = float(slowdown ** (1.0 / (len(p) - 1)))
+        return p[-1] * ratio / (1.0 - ratio)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """The fits of one series, shortest horizon first (only the reported one when growth is impossible)."""
+
+    fits: tuple[Fit, ...]
+
+    def best(self, min_horizon: float = 0.0) -> Fit | None:
+        """The sustained fit of the steepest rise among horizons >= `min_horizon` (None if none is)."""
+        sustained = [f for f in self.fits if f.sustained and f.horizon_seconds >= min_horizon]
+        if not sustained:
+            return None
+        # Ranked by mean rise rate (cheap); Theil-Sen is computed for the chosen fit only.
+        return max(
+            sustained, key=lambda f: (f.rise_bytes / f.span_seconds if f.span_seconds else 0.0, -f.horizon_seconds)
+        )
+
+    def rate(self, config: DetectorConfig, min_horizon: float = 0.0) -> Rate | None:
+        """The growth rate to report: the best sustained fit, else the fit nearest `rate_report_seconds`."""
+        best = self.best(min_horizon)
+        if best is not None:
+            return best.rate()
+        chosen = _report_choice([f.horizon_seconds for f in self.fits if f.horizon_seconds >= min_horizon], config)
+        return next((f.rate() for f in self.fits if f.horizon_seconds == chosen), None)
+
+    def restrict(self, min_horizon: float) -> Profile:
+        return Profile(tuple(f for f in self.fits if f.horizon_seconds >= min_horizon))
+
+    def longest_sustained(self, min_horizon: float = 0.0) -> Fit | None:
+        return next((f for f in reversed(self.fits) if f.sustained and f.horizon_seconds >= min_horizon), None)
+
+
+def _report_choice(horizons: Sequence[float], config: DetectorConfig) -> float | None:
+    """The horizon whose rate is shown when nothing grows: the longest not beyond `rate_report_seconds`."""
+    if not horizons:
+        return None
+    within = [h for h in horizons if h <= config.rate_report_seconds]
+    return within[-1] if within else horizons[0]
+
+
+def theil_sen(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Median of the slopes of all pairs with distinct x: a line fit that one step or outlier cannot tilt."""
+    n = len(xs)
+    slopes = sorted((ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(n) for j in range(i + 1, n) if xs[j] > xs[i])
+    if not slopes:
+        return 0.0
+    mid = len(slopes) // 2
+    return slopes[mid] if len(slopes) % 2 else (slopes[mid - 1] + slopes[mid]) / 2
+
+
+def _suffix_floors(v: array[float], indexes: Iterable[int], noise_bytes: float) -> dict[int, float]:
+    """floor(i) = the least of v[i:], ignoring single-sample dips, for each index asked.
+
+    One right-to-left sweep: each segment between two asked indexes is scanned once by C-level `min()`.
+    """
+    floors: dict[int, float] = {}
+    right, floor = len(v), float("inf")
+    for i in sorted(set(indexes), reverse=True):
+        if i < right:
+            floor = min(floor, _segment_floor(v, i, right, noise_bytes))
+            right = i
+        floors[i] = floor
+    return floors
+
+
+def _segment_floor(v: array[float], i: int, j: int, noise_bytes: float) -> float:
+    seg = v[i:j]
+    low = min(seg)
+    if j - i < 2:
+        return low
+    k = i + seg.index(low)
+    neighbours = [v[x] for x in (k - 1, k + 1) if 0 <= x < len(v)]
+    if all(x - low > noise_bytes for x in neighbours):
+        # A single-sample dip (a bad read, or a trough too short to matter): take the next lowest point.
+        rest = [min(part) for part in (v[i:k], v[k + 1 : j]) if part]
+        return min(rest)
+    return low
+
+
+def profile(view: View, config: DetectorConfig, *, start: float | None = None, min_horizon: float = 0.0) -> Profile:
+    """Test every horizon of `config` (>= `min_horizon`) on the points of `view` at or after `start`."""
+    if start is not None:
+        view = view.since(start)
+    t, v = view.t, view.v
+    if len(t) < 3:
+        return Profile(())
+    now, first = t[-1], t[0]
+    windows: list[tuple[float, float]] = []  # (horizon, start of its points)
+    for h in config.horizons_seconds:
+        if h < min_horizon:
+            continue
+        a = max(now - h, first)
+        if now - a < config.min_coverage * h:
+            break
+        windows.append((h, a))
+        if a == first:
+            break  # longer horizons would see the same points
+    if not windows:
+        return Profile(())
+    # Most series do not grow: when even the whole window cannot rise by `min_rise_bytes`, no horizon can be
+    # sustained, and only the reported rate is computed (the floor never exceeds the newest samples).
+    if max(v[-2:]) - min(v[bisect_left(t, windows[-1][1]) :]) < config.min_rise_bytes:
+        chosen = _report_choice([h for h, _ in windows], config)
+        windows = [w for w in windows if w[0] == chosen]
+    k = config.buckets
+    grids: list[tuple[float, float, list[int]]] = []
+    for h, a in windows:
+        span = now - a
+        step = span / k
+        idx = [bisect_left(t, a + j * step) for j in range(k)]
+        # The last point is the floor of the final half bucket: "now", robust to one odd newest sample.
+        idx.append(max(idx[-1], min(len(t) - 1, bisect_left(t, now - step / 2))))
+        grids.append((h, span, idx))
+    floors = _suffix_floors(v, (i for _, _, idx in grids for i in idx), config.noise_bytes)
+    return Profile(tuple(_fit(h, span, idx, t, floors=floors, config=config) for h, span, idx in grids))
+
+
+def _fit(
+    h: float, span: float, idx: list[int], t: array[float], *, floors: dict[int, float], config: DetectorConfig
+) -> Fit:
+    n = len(t)
+    xs = [t[i] for i in idx]
+    ys = [floors[i] for i in idx]
+    rise = ys[-1] - ys[0]
+    b = config.buckets_per_subwindow
+    parts = [ys[(s + 1) * b] - ys[s * b] for s in range(config.subwindows)]
+    need = max(float(config.noise_bytes), config.min_subwindow_share * rise)
+    rising = sum(1 for p in parts if p >= need)
+    top_share = max(parts) / rise if rise > 0 else 1.0
+    steps = [ys[j + 1] - ys[j] for j in range(len(ys) - 1)]
+    fine = sum(1 for s in steps if s > config.noise_bytes) / len(steps)
+    m = config.subwindows
+    evenness = min(1.0, max(0.0, 1.0 - (top_share - 1.0 / m) / (1.0 - 1.0 / m)))
+    confidence = (rising / m) * (0.5 * evenness + 0.5 * fine)
+    if rise < config.min_rise_bytes:
+        confidence *= max(0.0, rise) / config.min_rise_bytes
+    sustained = rise >= config.min_rise_bytes and rising == m and top_share <= config.max_subwindow_share
+    return Fit(h, span, n - idx[0], rise, sustained, round(confidence, 4), tuple(xs), tuple(ys), tuple(parts))

@@ -1,0 +1,81 @@
+"""Stability verdicts: "this run has plateaued" — an answer, not a problem, so not a Finding.
+
+A tree is stable when it is past warm-up, does not grow, and its floor (the least it held from then on) has
+stayed within `noise_bytes` of today's for at least `stable_min_seconds`. The verdict says for how long and
+how much headroom the card has: the number a person tuning batch size wants.
+"""
+
+from __future__ import annotations
+
+from ..model import ProcessKey, ProcessMeta
+from . import _format as fmt
+from ._context import GpuContext
+from ._series import View
+from .config import DetectorConfig
+
+
+def flat_seconds(series: View, config: DetectorConfig, *, not_before: float) -> float:
+    """How long the floor has stayed within `noise_bytes` of its current value (0 when it just rose).
+
+    Probes suffix minima at doubling lengths, then bisects: a few C-level `min()` calls, never a Python loop
+    over the points.
+    """
+    t = series.t
+    if len(t) < 3:
+        return 0.0
+    now = t[-1]
+    # The floor now: the least of the last 30 s, so the teeth of a sawtooth do not count as "just rose".
+    level = _floor_since(series, now - 30.0)
+    floor_ok = level - config.noise_bytes
+    longest = now - max(not_before, t[0])
+    if longest <= 0:
+        return 0.0
+    good, bad = 0.0, None
+    probe = min(config.stable_min_seconds, longest)
+    while True:
+        if _floor_since(series, now - probe) >= floor_ok:
+            good = probe
+            if probe >= longest:
+                break
+            probe = min(probe * 2, longest)
+        else:
+            bad = probe
+            break
+    if bad is not None:
+        for _ in range(5):
+            mid = (good + bad) / 2
+            if _floor_since(series, now - mid) >= floor_ok:
+                good = mid
+            else:
+                bad = mid
+    return good
+
+
+def _floor_since(series: View, t0: float) -> float:
+    low = series.min_between(t0, series.t[-1] + 1.0)
+    return float("inf") if low is None else low
+
+
+def verdict(
+    ctx: GpuContext,
+    *,
+    key: ProcessKey,
+    meta: ProcessMeta | None,
+    members: int,
+    held_bytes: int,
+    series: View,
+    first_seen: float,
+    config: DetectorConfig,
+) -> str | None:
+    """ "python (pid 4242, alice) stable at 20.1 GiB for 12 min; GPU 0 at 21.3 of 24.0 GiB, 2.7 GiB headroom"."""
+    settled = first_seen + config.warmup_seconds
+    if ctx.now - settled < config.stable_min_seconds:
+        return None
+    flat = flat_seconds(series, config, not_before=settled)
+    if flat < config.stable_min_seconds:
+        return None
+    return (
+        f"{fmt.process_label(meta, key, tree=True, members=members)} stable at {fmt.gib(held_bytes)} GiB for "
+        f"{fmt.duration(flat)}; {fmt.gpu_label(ctx.gpu)} at {fmt.gib(ctx.used_bytes)} of "
+        f"{fmt.gib(ctx.total_bytes)} GiB, {fmt.gib(ctx.free_bytes)} GiB headroom"
+    )

@@ -1,0 +1,336 @@
+"""Prometheus exposition: a custom Collector over the latest published state, on the daemon's own registry.
+
+Every scrape builds the metric families fresh from the one `ExportState` the daemon published last. Nothing
+is kept between scrapes, so a process that exited is simply absent from the next scrape (no `.remove()`
+bookkeeping, no stale series), and nothing lands in prometheus-client's global REGISTRY. Names and labels are
+documented in docs/metrics.md; command lines and environment values are never labels.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ._version import __version__
+from .errors import VramwatchError
+from .model import Finding, GpuSample, ProcessKey, ProcessSample, Snapshot
+from .sampler import TICK_BUCKETS, TickStats
+
+Rows = list[tuple[tuple[str, ...], float]]
+
+GPU_LABELS = ("gpu", "uuid", "name")
+PROC_LABELS = ("gpu", "uuid", "pid", "process", "user", "container")
+TORCH_LABELS = ("gpu", "pid", "process")
+
+
+@dataclass(frozen=True)
+class ExportState:
+    """What one scrape shows: published by the daemon after each tick, replaced whole (never mutated)."""
+
+    snapshot: Snapshot | None
+    backend: Mapping[str, str]
+    stats: TickStats
+    up: bool
+    process_metrics: bool = True
+    gpu_growth: Mapping[str, float] = field(default_factory=dict)  # uuid -> bytes/s
+    process_growth: Mapping[tuple[ProcessKey, str], float] = field(default_factory=dict)
+    oom_eta: Mapping[str, float] = field(default_factory=dict)  # uuid -> seconds
+    active: tuple[Finding, ...] = ()
+    findings_raised: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    notifications: Mapping[str, int] = field(default_factory=dict)
+
+
+def gpu_label(g: GpuSample) -> str:
+    """The `gpu` label: the NVML index, or `<index>/<uuid suffix>` for a MIG instance sharing its parent's index."""
+    return f"{g.index}/{g.uuid[-8:]}" if g.parent_uuid else str(g.index)
+
+
+class SnapshotCollector(Collector):
+    """Builds every vramwatch_* family from `state()` at scrape time."""
+
+    def __init__(self, state: Callable[[], ExportState]) -> None:
+        self._state = state
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # unchecked collector: names vary with what the snapshot holds
+
+    def collect(self) -> Iterator[Metric]:
+        st = self._state()
+        yield _gauge("vramwatch_up", "1 when the GPU library answered at the last tick", [((), 1.0 if st.up else 0.0)])
+        info = GaugeMetricFamily(
+            "vramwatch_build_info",
+            "vramwatch version and the backend it reads (backend=simulated marks fake data)",
+            labels=["version", "backend", "driver_version", "nvml_version"],
+        )
+        info.add_metric(
+            [
+                __version__,
+                st.backend.get("backend", ""),
+                st.backend.get("driver_version", ""),
+                st.backend.get("nvml_version", ""),
+            ],
+            1.0,
+        )
+        yield info
+        yield from self._sampler(st.stats)
+        snap = st.snapshot
+        if snap is not None:
+            yield from self._gpus(st, snap)
+            yield _gauge(
+                "vramwatch_processes_visible",
+                "0 when the daemon cannot see the host's pids (container without the host pid namespace)",
+                [((), 1.0 if snap.processes_visible else 0.0)],
+            )
+            if st.process_metrics:
+                yield from self._processes(st, snap)
+        yield from self._findings(st)
+        notif = CounterMetricFamily(
+            "vramwatch_notifications", "Webhook and Alertmanager deliveries by result", labels=["result"]
+        )
+        for result in ("sent", "failed", "dropped"):
+            notif.add_metric([result], float(st.notifications.get(result, 0)))
+        yield notif
+
+    def _sampler(self, stats: TickStats) -> Iterator[Metric]:
+        hist = HistogramMetricFamily("vramwatch_sampler_tick_seconds", "Time one sampler tick took", unit="")
+        cumulative, buckets = 0, []
+        for le, count in zip(TICK_BUCKETS, stats.bucket_counts, strict=True):
+            cumulative += count
+            buckets.append((_fmt_le(le), float(cumulative)))
+        buckets.append(("+Inf", float(stats.ticks)))
+        hist.add_metric([], buckets, sum_value=stats.duration_sum)
+        yield hist
+        yield CounterMetricFamily("vramwatch_sampler_ticks", "Sampler ticks completed", value=float(stats.ticks))
+        yield CounterMetricFamily(
+            "vramwatch_sampler_overruns", "Ticks that took longer than the interval", value=float(stats.overruns)
+        )
+        errors = CounterMetricFamily("vramwatch_sampler_errors", "Failed reads by kind", labels=["kind"])
+        for kind in ("library", "gpu_lost", "process"):
+            errors.add_metric([kind], float(stats.errors.get(kind, 0)))
+        yield errors
+        if stats.last_tick_wall is not None:
+            yield _gauge(
+                "vramwatch_sampler_last_tick_timestamp_seconds",
+                "Wall time of the last completed tick",
+                [((), stats.last_tick_wall)],
+            )
+
+    def _gpus(self, st: ExportState, snap: Snapshot) -> Iterator[Metric]:
+        up: Rows = []
+        total: Rows = []
+        used: Rows = []
+        free: Rows = []
+        reserved: Rows = []
+        ratio: Rows = []
+        unattributed: Rows = []
+        nproc: Rows = []
+        growth: Rows = []
+        eta: Rows = []
+        counts: dict[str, int] = {}
+        for p in snap.processes:
+            counts[p.gpu_uuid] = counts.get(p.gpu_uuid, 0) + 1
+        for g in snap.gpus:
+            labels: tuple[str, ...] = (gpu_label(g), g.uuid, g.name)
+            up.append((labels, 1.0 if g.up else 0.0))
+            if not g.up:
+                continue
+            _add(total, labels, g.total_bytes)
+            _add(used, labels, g.used_bytes)
+            _add(free, labels, g.free_bytes)
+            _add(reserved, labels, g.reserved_bytes)
+            if g.used_bytes is not None and g.total_bytes:
+                ratio.append((labels, g.used_bytes / g.total_bytes))
+            _add(unattributed, labels, snap.unattributed_bytes(g.uuid))
+            nproc.append((labels, float(counts.get(g.uuid, 0))))
+            _add(growth, labels, st.gpu_growth.get(g.uuid))
+            _add(eta, labels, st.oom_eta.get(g.uuid))
+        yield _gauge("vramwatch_gpu_up", "0 when the GPU stopped answering", up, GPU_LABELS)
+        yield _gauge("vramwatch_gpu_memory_total_bytes", "Total device memory", total, GPU_LABELS)
+        yield _gauge("vramwatch_gpu_memory_used_bytes", "Used device memory, as nvidia-smi shows it", used, GPU_LABELS)
+        yield _gauge("vramwatch_gpu_memory_free_bytes", "Free device memory", free, GPU_LABELS)
+        yield _gauge(
+            "vramwatch_gpu_memory_reserved_bytes", "Device memory reserved by the driver", reserved, GPU_LABELS
+        )
+        yield _gauge("vramwatch_gpu_memory_used_ratio", "Used / total device memory", ratio, GPU_LABELS)
+        yield _gauge(
+            "vramwatch_gpu_unattributed_memory_bytes",
+            "Used memory that no listed process accounts for",
+            unattributed,
+            GPU_LABELS,
+        )
+        yield _gauge("vramwatch_gpu_processes", "Processes NVML lists on the GPU", nproc, GPU_LABELS)
+        yield _gauge(
+            "vramwatch_gpu_memory_growth_bytes_per_second",
+            "Robust growth rate of used device memory",
+            growth,
+            GPU_LABELS,
+        )
+        yield _gauge(
+            "vramwatch_gpu_oom_eta_seconds",
+            "Forecast seconds until the card is full (absent: not growing)",
+            eta,
+            GPU_LABELS,
+        )
+
+    def _processes(self, st: ExportState, snap: Snapshot) -> Iterator[Metric]:
+        index = {g.uuid: gpu_label(g) for g in snap.gpus}
+        mem: Rows = []
+        growth: Rows = []
+        for p in snap.processes:
+            labels = _proc_labels(p, index)
+            _add(mem, labels, p.used_bytes)
+            _add(growth, labels, st.process_growth.get((p.key, p.gpu_uuid)))
+        yield _gauge("vramwatch_process_gpu_memory_bytes", "GPU memory of one process", mem, PROC_LABELS)
+        yield _gauge(
+            "vramwatch_process_gpu_memory_growth_bytes_per_second",
+            "Robust growth rate of one process's GPU memory",
+            growth,
+            PROC_LABELS,
+        )
+        if snap.torch:
+            names = {p.pid: p.meta.name or "" for p in snap.processes}
+            by_index = {str(g.index): g for g in snap.gpus}
+            alloc: Rows = []
+            resv: Rows = []
+            split: Rows = []
+            retries: Rows = []
+            ooms: Rows = []
+            for ts in snap.torch:
+                gpu = by_index.get(str(ts.device))
+                labels = (gpu_label(gpu) if gpu else str(ts.device), str(ts.pid), names.get(ts.pid, ""))
+                _add(alloc, labels, ts.allocated_bytes)
+                _add(resv, labels, ts.reserved_bytes)
+                _add(split, labels, ts.inactive_split_bytes)
+                _add(retries, labels, ts.num_alloc_retries)
+                _add(ooms, labels, ts.num_ooms)
+            yield _gauge("vramwatch_torch_allocated_bytes", "Bytes allocated by PyTorch tensors", alloc, TORCH_LABELS)
+            yield _gauge("vramwatch_torch_reserved_bytes", "Bytes held by PyTorch's caching allocator", resv,
+                         TORCH_LABELS)  # fmt: skip
+            yield _gauge(
+                "vramwatch_torch_inactive_split_bytes", "Reserved but unusable split blocks", split, TORCH_LABELS
+            )
+            yield _counter(
+                "vramwatch_torch_alloc_retries", "Allocations that freed the cache and retried", retries, TORCH_LABELS
+            )
+            yield _counter("vramwatch_torch_ooms", "Out-of-memory errors PyTorch raised", ooms, TORCH_LABELS)
+
+    def _findings(self, st: ExportState) -> Iterator[Metric]:
+        active: dict[tuple[str, str, str], int] = {}
+        gpus = {g.uuid: gpu_label(g) for g in st.snapshot.gpus} if st.snapshot else {}
+        for f in st.active:
+            key = (f.kind, f.severity.value, gpus.get(f.gpu_uuid or "", ""))
+            active[key] = active.get(key, 0) + 1
+        yield _gauge(
+            "vramwatch_findings_active",
+            "Findings currently raised",
+            [(tuple(k), float(v)) for k, v in sorted(active.items())],
+            ("kind", "severity", "gpu"),
+        )
+        yield _counter(
+            "vramwatch_findings",
+            "Findings raised since start",
+            [(tuple(k), float(v)) for k, v in sorted(st.findings_raised.items())],
+            ("kind", "severity"),
+        )
+
+
+def _proc_labels(p: ProcessSample, index: Mapping[str, str]) -> tuple[str, ...]:
+    m = p.meta
+    return (index.get(p.gpu_uuid, ""), p.gpu_uuid, str(m.pid), m.name or "", m.user or "", m.container_id or "")
+
+
+def _add(rows: Rows, labels: tuple[str, ...], value: float | None) -> None:
+    if value is not None:
+        rows.append((labels, float(value)))
+
+
+def _gauge(name: str, doc: str, rows: Rows, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+    fam = GaugeMetricFamily(name, doc, labels=list(labels))
+    for lv, v in rows:
+        fam.add_metric(list(lv), v)
+    return fam
+
+
+def _counter(name: str, doc: str, rows: Rows, labels: tuple[str, ...]) -> CounterMetricFamily:
+    fam = CounterMetricFamily(name, doc, labels=list(labels))
+    for lv, v in rows:
+        fam.add_metric(list(lv), v)
+    return fam
+
+
+def _fmt_le(le: float) -> str:
+    return repr(le)
+
+
+def make_registry(state: Callable[[], ExportState]) -> CollectorRegistry:
+    """A fresh registry holding only our collector (no process/platform collectors, no global REGISTRY)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(state))
+    return registry
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes every few seconds would drown the daemon's own log
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` -> (host, port); raises VramwatchError with the expected form."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise VramwatchError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:9783")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class MetricsServer:
+    """Serves /metrics from the registry and /healthz (200 while the sampler ticked recently, else 503)."""
+
+    def __init__(self, listen: str, registry: CollectorRegistry, healthy: Callable[[], bool]) -> None:
+        host, port = parse_listen(listen)
+        metrics_app = make_wsgi_app(registry)
+
+        def app(environ: dict[str, Any], start_response: Any) -> Any:
+            if environ.get("PATH_INFO") == "/healthz":
+                ok = healthy()
+                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"ok\n" if ok else b"sampler stalled\n"]
+            return metrics_app(environ, start_response)
+
+        server_cls: type[_Server] = _Server6 if ":" in host else _Server
+        try:
+            self.server = make_server(host, port, app, server_class=server_cls, handler_class=_QuietHandler)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise VramwatchError(
+                    f"cannot listen on {host}:{port}: the port is already in use (another vramwatch?); "
+                    "choose another with --listen HOST:PORT"
+                ) from exc
+            raise VramwatchError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        self.port = self.server.server_port
+        self._thread = threading.Thread(target=self.server.serve_forever, name="vramwatch-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,131 @@
+"""Human output: the `status` table and the numbers formatting every message shares.
+
+GiB with one decimal for memory (what people read on nvidia-smi in their heads), MB/s for rates, and
+durations as `2m05s`. JSON output goes through `snapshot_to_json` so scripts get bytes and seconds, never
+formatted strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .model import Finding, ProcessKey, Snapshot
+
+GIB = 1024**3
+
+
+def gib(n: float | None) -> str:
+    return "?" if n is None else f"{n / GIB:.1f}"
+
+
+def rate(bps: float | None) -> str:
+    if bps is None:
+        return ""
+    sign = "+" if bps >= 0 else "-"
+    return f"{sign}{abs(bps) / 1e6:.1f} MB/s"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def status_table(
+    snap: Snapshot,
+    *,
+    process_growth: Mapping[tuple[ProcessKey, str], float] | None = None,
+    gpu_growth: Mapping[str, float] | None = None,
+    oom_eta: Mapping[str, float] | None = None,
+    findings: tuple[Finding, ...] = (),
+) -> str:
+    """GPUs, each followed by its processes: memory, share of the card, user, name, trend and forecast."""
+    pg, gg, eta = process_growth or {}, gpu_growth or {}, oom_eta or {}
+    lines: list[str] = []
+    for g in snap.gpus:
+        if not g.up:
+            lines.append(f"GPU {g.index}  {g.name}  DOWN ({g.error or 'not answering'})  {g.uuid}")
+            continue
+        pct = f"{100 * g.used_bytes / g.total_bytes:.0f}%" if g.used_bytes is not None and g.total_bytes else "?"
+        head = f"GPU {g.index}  {g.name}  {gib(g.used_bytes)} / {gib(g.total_bytes)} GiB used ({pct}), "
+        head += f"{gib(g.free_bytes)} GiB free"
+        if g.uuid in gg:
+            head += f"  trend {rate(gg[g.uuid])}"
+        if g.uuid in eta:
+            head += f"  full in ~{duration(eta[g.uuid])}"
+        lines.append(head)
+        procs = sorted(snap.processes_on(g.uuid), key=lambda p: -(p.used_bytes or 0))
+        if procs:
+            lines.append(f"  {'PID':>8}  {'MEM GiB':>8}  {'CARD':>5}  {'USER':<12} {'PROCESS':<28} TREND")
+        for p in procs:
+            share = f"{100 * p.used_bytes / g.total_bytes:.0f}%" if p.used_bytes is not None and g.total_bytes else "?"
+            name = p.meta.name or "?"
+            if p.meta.root_name and p.meta.root_pid not in (None, p.pid):
+                name += f" <{p.meta.root_name}:{p.meta.root_pid}>"
+            lines.append(
+                f"  {p.pid:>8}  {gib(p.used_bytes):>8}  {share:>5}  {(p.meta.user or '?')[:12]:<12} "
+                f"{name[:28]:<28} {rate(pg.get((p.key, p.gpu_uuid)))}"
+            )
+        unatt = snap.unattributed_bytes(g.uuid)
+        if unatt:
+            lines.append(f"  {'-':>8}  {gib(unatt):>8}  {'':>5}  {'':<12} {'(driver / unattributed)':<28}")
+    if not snap.processes_visible:
+        lines.append("processes not visible: this vramwatch runs in a container without the host pid namespace;")
+        lines.append("  per-process names and users are withheld (run with hostPID: true or docker --pid=host)")
+    for f in findings:
+        lines.append(f"[{f.severity.value}] {f.message}")
+    return "\n".join(lines)
+
+
+def snapshot_to_json(
+    snap: Snapshot,
+    *,
+    process_growth: Mapping[tuple[ProcessKey, str], float] | None = None,
+    oom_eta: Mapping[str, float] | None = None,
+    gpu_growth: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """The `status --json` document: bytes and seconds, no command lines."""
+    pg, eta, gg = process_growth or {}, oom_eta or {}, gpu_growth or {}
+    return {
+        "t": snap.t,
+        "wall_time": snap.wall_time,
+        "processes_visible": snap.processes_visible,
+        "gpus": [
+            {
+                "index": g.index,
+                "uuid": g.uuid,
+                "name": g.name,
+                "up": g.up,
+                "total_bytes": g.total_bytes,
+                "used_bytes": g.used_bytes,
+                "free_bytes": g.free_bytes,
+                "reserved_bytes": g.reserved_bytes,
+                "unattributed_bytes": snap.unattributed_bytes(g.uuid),
+                "growth_bytes_per_second": gg.get(g.uuid),
+                "oom_eta_seconds": eta.get(g.uuid),
+                "processes": [
+                    {
+                        "pid": p.pid,
+                        "start_time": p.meta.start_time,
+                        "name": p.meta.name,
+                        "user": p.meta.user,
+                        "root_pid": p.meta.root_pid,
+                        "root_name": p.meta.root_name,
+                        "container": p.meta.container_id,
+                        "pod_uid": p.meta.pod_uid,
+                        "status": p.meta.status,
+                        "used_bytes": p.used_bytes,
+                        "growth_bytes_per_second": pg.get((p.key, p.gpu_uuid)),
+                    }
+                    for p in snap.processes_on(g.uuid)
+                ],
+            }
+            for g in snap.gpus
+        ],
+    }
