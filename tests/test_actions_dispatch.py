@@ -141,12 +141,13 @@ def test_default_policy_notifies_and_never_signals(spawn) -> None:
     assert child.proc.stdout.read() == ""
 
 
-def test_notify_without_destinations_logs() -> None:
-    """With no notifier configured, `notify` writes a finding_raised log line instead."""
-    d = dispatcher(None)
+def test_notify_without_destinations_logs_unless_told_not_to() -> None:
+    """With no notifier configured, `notify` writes a finding_raised log line (not with default_log=False)."""
     with structlog.testing.capture_logs() as logs:
-        d.handle([finding(kind="growth", severity=Severity.WARNING)], [])
+        dispatcher(None).handle([finding(kind="growth", severity=Severity.WARNING)], [])
+        quiet = dispatcher(None, default_log=False).handle([finding(kind="growth", severity=Severity.WARNING)], [])
     assert [(e["event"], e["kind"], e["log_level"]) for e in logs] == [("finding_raised", "growth", "warning")]
+    assert quiet[0].reason == "queued for 0 of 0 notifier(s)"
 
 
 def test_signal_goes_to_the_named_process_then_cools_down(spawn) -> None:

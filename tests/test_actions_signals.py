@@ -145,7 +145,7 @@ def test_real_processes_masks_show_who_handles_sigusr1(spawn: Spawn) -> None:
     assert signal.SIGPIPE in without.ignored
 
 
-def test_a_signal_reaches_only_the_process_that_catches_it(spawn: Spawn) -> None:
+def test_a_signal_reaches_only_the_process_that_catches_it(spawn: Spawn, pidfds: str) -> None:
     """SIGUSR1 is sent to the child that handles it (which survives); the other is left alone, alive."""
     catcher, plain = spawn(CATCHES_USR1), spawn(NO_HANDLER)
     sent = send_signal(key_of(catcher), signal.SIGUSR1)
@@ -202,7 +202,15 @@ def test_a_vanished_process_is_not_signalled(spawn: Spawn) -> None:
     assert "has exited" in result.reason
 
 
-def test_killer_terminates_and_escalates_to_sigkill(spawn: Spawn) -> None:
+@pytest.fixture(params=["pidfd", "plain kill"])
+def pidfds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with pidfds, and again as on a kernel before 5.3 (no os.pidfd_open)."""
+    if request.param == "plain kill":
+        monkeypatch.delattr("os.pidfd_open", raising=False)
+    return str(request.param)
+
+
+def test_killer_terminates_and_escalates_to_sigkill(spawn: Spawn, pidfds: str) -> None:
     """SIGTERM ends a plain child; a child that ignores SIGTERM gets SIGKILL once the grace period is over."""
     killer = Killer(grace_seconds=0.3)
     plain, stubborn = spawn(NO_HANDLER), spawn(IGNORES_TERM)

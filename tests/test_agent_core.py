@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from vramwatch.agent import protocol
 from vramwatch.agent.core import Agent, AgentConfig, PressureNotice
 from vramwatch.agentlink import AgentListener, AgentReport

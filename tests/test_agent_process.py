@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from vramwatch.agent.runner import run_command
 from vramwatch.agentlink import AgentReport
 
@@ -388,7 +387,7 @@ def test_ctrl_c_in_a_terminal_reaches_the_child_once(tmp_path: Path):
     argv = runner_argv(tmp_path, TERMINAL_CHILD)
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - becomes the runner, in a new session with this pty as its terminal
-        os.execv(argv[0], argv)
+        os.execv(argv[0], argv)  # noqa: S606
     output = b""
     try:
         deadline = time.monotonic() + 15
@@ -415,7 +414,7 @@ def test_ctrl_c_in_a_terminal_reaches_the_child_once(tmp_path: Path):
 def _in_a_pty(argv: list[str]) -> bytes:
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover
-        os.execv(argv[0], argv)
+        os.execv(argv[0], argv)  # noqa: S606
     output = b""
     try:
         while True:

@@ -9,7 +9,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from vramwatch.agent import protocol
 from vramwatch.agentlink import AgentListener, AgentReport
 from vramwatch.errors import ConfigError, VramwatchError

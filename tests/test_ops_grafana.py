@@ -1,12 +1,14 @@
 """The Grafana dashboard: well-formed, names from the metric contract, and every query answered for real.
 
 The live test starts Debian's `prometheus` (apt package `prometheus`) on a free loopback port, scraping every
-second a real `vramwatch serve --simulate leak --interval 0.2` and a second target: the daemon's own exporter
-serving a snapshot with PyTorch agent figures (the simulator has no agent). It then evaluates every query of the
-dashboard (panel targets, the annotation, the variable queries) through Prometheus's HTTP API with the template
-variables substituted, and requires each to return data. It skips, saying why, where the `prometheus` binary or
-`vramwatch serve` is missing. Grafana itself is not available here (not in Debian, PyPI or npm), so nothing renders
-the panels; the JSON is checked structurally instead.
+second two real daemons: `vramwatch serve --simulate leak --interval 0.2`, and `vramwatch serve --replay` of a
+trace of the same leak scenario that starts 40 s into the story, carries PyTorch agent figures (the simulator has
+none) and is replayed ten times faster than recorded (header `interval_seconds` 0.05 s, ticks 0.5 s apart), so
+the OOM forecast and the findings, which need a minute of leaking, appear within seconds. It then evaluates every
+query of the dashboard (panel targets, the annotation, the variable queries) through Prometheus's HTTP API with
+the template variables substituted, and requires each to return data. It skips, saying why, where the
+`prometheus` binary or `vramwatch serve` is missing. Grafana itself is not available here (not in Debian, PyPI
+or npm), so nothing renders the panels; the JSON is checked structurally instead.
 """
 
 from __future__ import annotations
@@ -171,6 +173,69 @@ def test_provisioning_files() -> None:
     assert provider["options"]["path"].startswith("/")
 
 
+def _findings_series(instance: str = "a") -> list[dict[str, str]]:
+    """A counter story at 30 s steps: a kind first seen at 150 s, one raised at 120 and 210 s, a constant, a reset."""
+    values = {
+        "growth": "_ _ _ _ _ 1 1 1 1 1 1 1",
+        "leak": "0 0 0 0 1 1 1 2 2 2 2 2",
+        "stable": "3 3 3 3 3 3 3 3 3 3 3 3",
+        "reset": "5 5 5 5 5 1 1 1 1 1 1 1",
+    }
+    return [
+        {"series": f'vramwatch_findings_total{{instance="{instance}",kind="{kind}",severity="warning"}}', "values": v}
+        for kind, v in values.items()
+    ]
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (Debian: apt-get install prometheus)"
+)
+def test_findings_annotation_marks_each_new_finding(tmp_path: Path) -> None:
+    """The annotation fires where a finding was raised, including a kind's first one (a series born at 1), never on
+    a constant counter or a daemon restart; checked with promtool on a synthetic counter story."""
+    annotation = next(a for a in load_dashboard()["annotations"]["list"] if a.get("expr"))
+    panel = next(p for p in panels(load_dashboard()) if p["title"] == "Findings raised")
+    ann = substitute(annotation["expr"], ".*", ".*")
+    bars = substitute(panel["targets"][0]["expr"], ".*", ".*").replace("offset 1s", "offset 1m")
+
+    def sample(kind: str, value: int, *, instance: bool) -> dict[str, Any]:
+        labels = f'instance="a",kind="{kind}",severity="warning"' if instance else f'kind="{kind}",severity="warning"'
+        return {"labels": "{" + labels + "}", "value": value}
+
+    cases = [
+        (ann, "150s", [sample("growth", 1, instance=True), sample("leak", 1, instance=True)]),
+        (ann, "240s", [sample("leak", 1, instance=True)]),
+        (ann, "330s", []),
+        (
+            bars,
+            "240s",
+            [sample(k, 1 if k == "leak" else 0, instance=False) for k in ("growth", "leak", "reset", "stable")],
+        ),
+    ]
+    spec = {
+        "rule_files": [],
+        "evaluation_interval": "30s",
+        "tests": [
+            {
+                "interval": "30s",
+                "input_series": _findings_series(),
+                "promql_expr_test": [
+                    {"expr": expr, "eval_time": at, "exp_samples": expected} for expr, at, expected in cases
+                ],
+            }
+        ],
+    }
+    (tmp_path / "annotation.test.yml").write_text(yaml.safe_dump(spec))
+    result = subprocess.run(
+        ["promtool", "test", "rules", str(tmp_path / "annotation.test.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # --- against a real Prometheus ---------------------------------------------------------------------------------
 
 
@@ -205,45 +270,66 @@ def wait_for(url: str, deadline: float, what: str, proc: subprocess.Popen[bytes]
 @dataclass
 class Stack:
     prometheus: str
-    exporter: str
+    exporters: tuple[str, ...]
     instance_regex: str
-    agent_metrics: str
 
 
-def agent_exporter() -> Any:
-    """The daemon's real exporter serving a snapshot with PyTorch agent figures that keep counting up."""
-    from vramwatch.exporter import ExportState, MetricsServer, make_registry
-    from vramwatch.model import GpuSample, ProcessMeta, ProcessSample, Snapshot, TorchStats
-    from vramwatch.sampler import TickStats
+def write_leak_trace(path: Path, *, start_s: float = 40.0, end_s: float = 400.0, step_s: float = 0.5) -> None:
+    """A trace (docs/trace-format.md) of the simulated leak from `start_s`, with PyTorch figures for GPU 0's jobs.
 
-    gib = 1 << 30
-    gpu = GpuSample(0, "GPU-agent-0", "Simulated RTX 4090", 24 * gib, 20 * gib, 4 * gib)
-    meta = ProcessMeta(pid=4242, start_time=1_700_000_000.0, name="python", user="alice")
-    start = time.monotonic()
+    `interval_seconds` in the header (the replay pace) is a tenth of the tick spacing `t`: the daemon's detectors
+    see the recorded times, so rates and forecasts are those of the story, told ten times faster.
+    """
+    from vramwatch.backends.simulated import SimulatedBackend
+    from vramwatch.testing import FakeClock
 
-    def state() -> ExportState:
-        n = int((time.monotonic() - start) * 2)  # counters grow twice a second
-        torch = TorchStats(
-            pid=4242,
-            device=0,
-            allocated_bytes=12 * gib,
-            reserved_bytes=18 * gib,
-            inactive_split_bytes=6 * gib,
-            num_alloc_retries=n,
-            num_ooms=n // 4,
+    clock = FakeClock()
+    backend = SimulatedBackend("leak", seed=0, clock=clock)
+    inspector = backend.inspector()
+    clock.advance(start_s)
+    first = backend.read()
+    header = {
+        "vramwatch_trace": 1,
+        "backend": "simulated",
+        "interval_seconds": step_s / 10,
+        "gpus": [{"index": g.index, "uuid": g.uuid, "name": g.name, "total_bytes": g.total_bytes} for g in first.gpus],
+    }
+    lines = [json.dumps(header)]
+    for n in range(int((end_s - start_s) / step_s)):
+        reading = backend.read()
+        gpus = [
+            {
+                "index": g.index,
+                "uuid": g.uuid,
+                "name": g.name,
+                "total_bytes": g.total_bytes,
+                "used_bytes": g.used_bytes,
+                "free_bytes": g.free_bytes,
+            }
+            for g in reading.gpus
+        ]
+        processes, torch = [], []
+        for p in reading.processes:
+            meta = inspector.inspect(p.pid)
+            processes.append(
+                {"gpu": p.gpu_uuid, "pid": p.pid, "used_bytes": p.used_bytes}
+                | {"start_time": meta.start_time, "name": meta.name, "user": meta.user}
+            )
+            if p.gpu_uuid == reading.gpus[0].uuid and p.used_bytes:
+                reserved = p.used_bytes - 500 * (1 << 20)  # less the CUDA context
+                torch.append(
+                    {"pid": p.pid, "device": 0, "allocated_bytes": reserved * 7 // 10, "reserved_bytes": reserved}
+                    | {"inactive_split_bytes": reserved // 5, "num_alloc_retries": n // 20, "num_ooms": n // 200}
+                )
+        lines.append(
+            json.dumps(
+                {"t": 5000.0 + n * step_s, "wall": 1.7e9 + n * step_s}
+                | {"gpus": gpus}
+                | {"processes": processes, "torch": torch}
+            )
         )
-        snap = Snapshot(
-            t=time.monotonic(),
-            wall_time=time.time(),
-            gpus=(gpu,),
-            processes=(ProcessSample(gpu.uuid, 19 * gib, meta),),
-            torch=(torch,),
-        )
-        return ExportState(snapshot=snap, backend={"backend": "simulated"}, stats=TickStats(), up=True)
-
-    server = MetricsServer(f"127.0.0.1:{free_port()}", make_registry(state), healthy=lambda: True)
-    server.start()
-    return server
+        clock.advance(step_s)
+    path.write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -256,63 +342,68 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if probe.returncode != 0 or "--simulate" not in probe.stdout:
         pytest.skip(f"`vramwatch serve` not available: {(probe.stderr or probe.stdout).strip()[-300:]}")
     tmp = tmp_path_factory.mktemp("grafana-live")
+    write_leak_trace(tmp / "leak.jsonl")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VRAMWATCH_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-    exporter_port = free_port()
-    exporter_log = tmp / "vramwatch.log"
-    start = time.monotonic()
-    with exporter_log.open("wb") as out:
-        exporter = subprocess.Popen(
-            [sys.executable, "-m", "vramwatch", "serve", "--simulate", "leak", "--interval", "0.2"]
-            + ["--listen", f"127.0.0.1:{exporter_port}"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=tmp,
-        )
-    agent = agent_exporter()
-    prometheus = None
+    sources = {
+        "serve --simulate leak": ["--simulate", "leak", "--interval", "0.2"],
+        "serve --replay": ["--replay", str(tmp / "leak.jsonl")],
+    }
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        exporter_url = f"http://127.0.0.1:{exporter_port}"
-        wait_for(exporter_url + "/metrics", start + 20, "vramwatch serve", exporter, exporter_log)
-        agent_url = f"http://127.0.0.1:{agent.port}"
+        ports = []
+        for i, (what, args) in enumerate(sources.items()):
+            port = free_port()
+            log = tmp / f"vramwatch-{i}.log"
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "vramwatch", "serve", *args, "--listen", f"127.0.0.1:{port}"],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=tmp,
+                )
+            procs.append(proc)
+            wait_for(f"http://127.0.0.1:{port}/metrics", time.monotonic() + 20, what, proc, log)
+            ports.append(port)
         prom_port = free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
             "scrape_configs": [
-                {
-                    "job_name": "vramwatch",
-                    "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}", f"127.0.0.1:{agent.port}"]}],
-                }
+                {"job_name": "vramwatch", "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]}
             ],
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         prom_log = tmp / "prometheus.log"
         with prom_log.open("wb") as out:
             prometheus = subprocess.Popen(
-                [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}"]
-                + [f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+                [
+                    PROMETHEUS,
+                    f"--config.file={tmp / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                    "--log.level=warn",
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=tmp,
             )
+        procs.append(prometheus)
         prom_url = f"http://127.0.0.1:{prom_port}"
         wait_for(prom_url + "/-/ready", time.monotonic() + 20, "prometheus", prometheus, prom_log)
         yield Stack(
             prometheus=prom_url,
-            exporter=exporter_url,
-            instance_regex=f"127.0.0.1:({exporter_port}|{agent.port})",
-            agent_metrics=http_get(agent_url + "/metrics")[1],
+            exporters=tuple(f"http://127.0.0.1:{p}" for p in ports),
+            instance_regex="127.0.0.1:(" + "|".join(str(p) for p in ports) + ")",
         )
     finally:
-        for proc in (prometheus, exporter):
-            if proc is not None and proc.poll() is None:
+        for proc in reversed(procs):
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        agent.stop()
 
 
 def instant_query(stack: Stack, expr: str) -> list[Any]:
@@ -360,14 +451,16 @@ def test_variable_queries_list_hosts_and_gpus(stack: Stack) -> None:
 
 @pytest.mark.slow
 def test_dashboard_metrics_exist_in_exporter_output(stack: Stack) -> None:
-    """Every vramwatch_* name the dashboard reads is exposed by the exporter (daemon or agent-figures target)."""
+    """Every vramwatch_* name the dashboard reads is exposed by the running daemons' /metrics."""
     used = metric_names(DASHBOARD.read_text())
     exposed: set[str] = set()
     deadline = time.monotonic() + LIVE_DEADLINE_S  # growth, ETA and findings appear once the leak shows
     while time.monotonic() < deadline:
-        status, body = http_get(stack.exporter + "/metrics")
-        assert status == 200
-        exposed = metric_names(body) | metric_names(stack.agent_metrics)
+        exposed = set()
+        for url in stack.exporters:
+            status, body = http_get(url + "/metrics")
+            assert status == 200
+            exposed |= metric_names(body)
         if used <= exposed:
             break
         time.sleep(1.0)

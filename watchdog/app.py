@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from .actions import ActionDispatcher, build_notifiers, parse_policy
 from .backends import banner, open_backend
 from .backends.replay import ReplayBackend
 from .clock import SystemClock
@@ -24,7 +25,7 @@ from .daemon import Daemon, Pipeline
 from .detectors import DetectorConfig
 from .errors import BackendUnavailable, VramwatchError
 from .history import History
-from .model import Finding, Snapshot
+from .model import Finding, ProcessKey, ProcessMeta, Snapshot
 from .render import snapshot_to_json, status_table
 from .sampler import Sampler, run_every
 from .testing import FakeClock
@@ -87,6 +88,7 @@ def serve(
         return _open(cfg, clock, require_gpu=True, loop=True)[0]
 
     daemon = Daemon(cfg, factory, clock=clock, detector_config=detector_config(cfg), reload_config=reload_config)
+    daemon.dispatcher = build_dispatcher(cfg, first[0] if first else None, clock, daemon.lookup, daemon.recheck)
     if stop is not None:
         daemon.stop_event = stop
     port = daemon.start_server()
@@ -98,6 +100,36 @@ def serve(
         daemon.install_signal_handlers()
     daemon.run()
     return 0
+
+
+def build_dispatcher(
+    cfg: Config,
+    backend: Backend | None,
+    clock: Clock,
+    lookup: Callable[[ProcessKey], ProcessMeta | None],
+    recheck: Callable[[Finding], bool],
+) -> ActionDispatcher:
+    """The policy and notifiers of the config; intrusive actions only ever apply to real (NVML) pids.
+
+    A simulated or replayed pid is a number in a script, and may be a real process of this machine: acting
+    on it would signal an innocent. So for those backends the policy is cut down to log and notify.
+    """
+    policy = parse_policy(dict(cfg.section("policy")))
+    if backend is None or backend.kind != "nvml":
+        safe = frozenset({"log", "notify"})
+        if (policy.warning | policy.critical) - safe:
+            log.warning("policy_actions_disabled", reason=f"backend is {backend.kind if backend else 'not open'}; "
+                        "signal, hook and kill act on real NVML processes only")  # fmt: skip
+        policy = replace(policy, warning=policy.warning & safe, critical=policy.critical & safe)
+    notifiers = build_notifiers(dict(cfg.section("notify")), lookup=lookup, clock=clock)
+    return ActionDispatcher(
+        policy,
+        notifiers,
+        recheck=recheck,
+        clock=clock,
+        inspector=backend.inspector() if backend is not None else None,
+        default_log=False,
+    )
 
 
 def status(cfg: Config, *, out: Echo, as_json: bool = False, clock: Clock | None = None) -> int:
@@ -211,7 +243,6 @@ def replay(
     out: Echo,
     err: Echo,
     as_json: bool = False,
-    enrich: Callable[[Finding, Snapshot], Finding] | None = None,
 ) -> int:
     """`vramwatch replay FILE`: run the detectors over a trace at full speed and print the findings."""
     bad: list[tuple[int, str]] = []
@@ -221,8 +252,9 @@ def replay(
         err(f"vramwatch: {path}:{lineno}: skipped: {message}")
 
     backend = ReplayBackend(path, on_error=on_error)
-    pipeline = Pipeline(backend, History(window_seconds=cfg.daemon.history_seconds), FakeClock(), detector_config(cfg),
-                        enrich=enrich)  # fmt: skip
+    # Recorded ticks carry their own time: the clock is never read, a still FakeClock documents that.
+    history = History(window_seconds=cfg.daemon.history_seconds)
+    pipeline = Pipeline(backend, history, FakeClock(), detector_config(cfg))
     if not as_json:
         out(banner(backend))
     ticks = raised_count = 0
@@ -254,3 +286,32 @@ def _stop_on_signals(stop: threading.Event) -> None:
         return  # signal handlers can only be installed from the main thread (tests call us from others)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+
+
+def advise(
+    *,
+    out: Echo,
+    pid: int | None = None,
+    cmdline: str | None = None,
+    kind: str = "oom_forecast",
+    as_json: bool = False,
+    cwd: str | None = None,
+) -> int:
+    """`vramwatch advise`: the ranked setting changes for a running pid or a command line."""
+    from .advice import advice_to_dict, advise_cmdline, advise_process, render_text
+    from .attribution import PsutilInspector
+    from .enrich import read_env, read_tree
+
+    if cmdline is not None:
+        result = advise_cmdline(cmdline, kind, cwd=cwd)
+    elif pid is not None:
+        meta = PsutilInspector().inspect(pid)
+        if meta.start_time is None:
+            raise VramwatchError(f"no process with pid {pid} (or it may not be inspected by this user)")
+        if meta.cmdline is None:
+            raise VramwatchError(f"cannot read the command line of pid {pid}: it belongs to another user")
+        result = advise_process(meta, kind, tree_argvs=read_tree(pid), env=read_env(pid))
+    else:
+        raise VramwatchError("give a pid or --cmdline")
+    out(json.dumps(advice_to_dict(result)) if as_json else render_text(result, limit=8))
+    return 0

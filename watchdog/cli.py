@@ -154,3 +154,21 @@ def replay(ctx: click.Context, file: str, as_json: bool) -> None:
             _load(ctx, {}), Path(file), out=_echo, err=lambda s: click.echo(s, err=True), as_json=as_json
         )
     )
+
+
+@main.command()
+@click.argument("pid", type=int, required=False)
+@click.option("--cmdline", metavar="'COMMAND ...'", help="Advise for this command line instead of a running pid.")
+@click.option(
+    "--kind",
+    default="oom_forecast",
+    show_default=True,
+    type=click.Choice(
+        ["oom_forecast", "pressure", "growth", "probable_oom", "spike", "fragmentation", "contention", "plateau"]
+    ),
+    help="What happened: the advice differs for a leak (growth), fragmentation or a step-1 OOM (spike).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def advise(pid: int | None, cmdline: str | None, kind: str, as_json: bool) -> None:
+    """Suggest the setting changes that fix an OOM, in the trainer's own flags (kohya, diffusers, ...)."""
+    _run(lambda: app.advise(out=_echo, pid=pid, cmdline=cmdline, kind=kind, as_json=as_json))

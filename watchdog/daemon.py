@@ -15,22 +15,23 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
 import structlog
 
+from .actions import ActionDispatcher, parse_policy
 from .clock import SystemClock
 from .config import Config
 from .detectors import Analysis, DetectorConfig, FindingTracker, analyze
+from .enrich import Enricher
 from .errors import BackendUnavailable, VramwatchError
 from .exporter import ExportState, MetricsServer, make_registry
 from .history import History
-from .model import Finding, Snapshot
+from .model import Finding, ProcessKey, ProcessMeta, Snapshot
 from .sampler import Sampler, TickStats, run_every
-from .typing import Backend, Clock, Notifier
+from .typing import Backend, Clock
 
 log = structlog.get_logger("vramwatch.daemon")
 
@@ -67,12 +68,25 @@ class Pipeline:
     history: History
     clock: Clock
     detector_config: DetectorConfig = field(default_factory=DetectorConfig)
-    enrich: Callable[[Finding, Snapshot], Finding] | None = None
+    advise: bool = True
 
     def __post_init__(self) -> None:
         self.sampler = Sampler(self.backend, self.history, self.clock)
         self.tracker = FindingTracker(self.detector_config)
         self.analysis: Analysis | None = None
+        # Live lookups (a trainer's environment, its launcher's command line) only make sense for real pids.
+        self.enrich: Callable[[Finding, Snapshot], Finding] | None = (
+            Enricher(self.history, self._growth, leaking=self._leaking, live=self.backend.kind == "nvml")
+            if self.advise
+            else None
+        )
+
+    def _leaking(self) -> set[ProcessKey]:
+        return {f.process for f in self.tracker.active() if f.kind == "growth" and f.process is not None}
+
+    def _growth(self) -> Mapping[tuple[ProcessKey, str], float]:
+        a = self.analysis
+        return {k: r.bytes_per_second for k, r in a.process_growth.items()} if a else {}
 
     def step(self) -> tuple[Snapshot | None, list[Finding], list[Finding]]:
         snap = self.sampler.tick()
@@ -94,7 +108,7 @@ class Daemon:
         open_backend: BackendFactory,
         *,
         clock: Clock | None = None,
-        notifiers: Sequence[Notifier] = (),
+        dispatcher: ActionDispatcher | None = None,
         detector_config: DetectorConfig | None = None,
         on_tick: Callable[[Snapshot], None] | None = None,
         reload_config: Callable[[], Config] | None = None,
@@ -102,7 +116,9 @@ class Daemon:
         self.config = config
         self.clock = clock or SystemClock()
         self._open_backend = open_backend
-        self.notifiers = list(notifiers)
+        # Default: the policy that only notifies, and no destination: findings are logged (below), nothing else.
+        self.dispatcher = dispatcher or ActionDispatcher(parse_policy({}), (), default_log=False)
+        self.attached: set[int] = set()  # pids whose owner asked to be acted on (`attach`)
         self.detector_config = detector_config or DetectorConfig()
         self.on_tick = on_tick
         self._reload_config = reload_config
@@ -147,10 +163,7 @@ class Daemon:
             self.server = None
         if self.pipeline is not None:
             self.pipeline.backend.close()
-        for n in self.notifiers:
-            closer = getattr(n, "close", None)
-            if closer is not None:
-                closer()
+        self.dispatcher.close()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop at the next wake-up (within a second); a second SIGINT forces exit; SIGHUP reloads."""
@@ -167,6 +180,34 @@ class Daemon:
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002 - signal handler signature
         self.reload_requested.set()
+
+    def lookup(self, key: ProcessKey) -> ProcessMeta | None:
+        """What is known of a process identity, from history (it may have exited since)."""
+        for (k, _gpu), track in self.history.processes.items():
+            if k == key:
+                return track.meta
+        return None
+
+    def recheck(self, finding: Finding) -> bool:
+        """Right before an intrusive action: read the GPU again; act only if things have not got better.
+
+        Holds when the finding's process is still on the GPU and free memory has not risen by more than 2% of
+        the card since the finding was raised. A failed read means "do not act": uncertainty never signals.
+        """
+        p = self.pipeline
+        if p is None or finding.gpu_uuid is None:
+            return False
+        try:
+            reading = p.backend.read()
+        except Exception:
+            return False
+        gpu = next((g for g in reading.gpus if g.uuid == finding.gpu_uuid), None)
+        if gpu is None or not gpu.up or gpu.free_bytes is None or not gpu.total_bytes:
+            return False
+        if finding.process is not None and finding.process.pid not in {u.pid for u in reading.processes}:
+            return False
+        was = finding.numbers.get("free_bytes")
+        return not (isinstance(was, (int, float)) and gpu.free_bytes > was + 0.02 * gpu.total_bytes)
 
     def healthy(self) -> bool:
         """True while the sampler completed a tick within three intervals (the /healthz and watchdog rule)."""
@@ -212,11 +253,12 @@ class Daemon:
             )
         for f in cleared:
             log.info("finding_cleared", kind=f.kind, gpu=f.gpu_uuid, pid=f.process.pid if f.process else None)
-        for n in self.notifiers:
-            for f in raised:
-                n.notify(f)
-            for f in cleared:
-                n.notify(f, cleared=True)
+        for result in self.dispatcher.handle(raised, cleared, frozenset(self.attached), snap.processes):
+            log.info("action", **result.log_fields())
+        for n in self.dispatcher.notifiers:
+            resend = getattr(n, "tick", None)  # Alertmanager expects firing alerts to be re-sent
+            if resend is not None:
+                resend()
         self._publish(snap, up=True)
         if self.on_tick is not None:
             self.on_tick(snap)
@@ -258,7 +300,7 @@ class Daemon:
             oom_eta={k: v[0] for k, v in analysis.oom_eta.items()} if analysis else {},
             active=tuple(p.tracker.active()) if p else (),
             findings_raised=dict(self._findings_raised),
-            notifications=_notification_counts(self.notifiers),
+            notifications=dict(self.dispatcher.notification_counts()),
         )
 
     def _reload(self) -> None:
@@ -286,14 +328,3 @@ class Daemon:
             ),
         )
         log.info("reloaded", source=new.source)
-
-
-def _notification_counts(notifiers: Sequence[Any]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for n in notifiers:
-        counts = getattr(n, "counts", None)
-        if counts is None:
-            continue
-        for k, v in counts().items():
-            total[k] = total.get(k, 0) + v
-    return total

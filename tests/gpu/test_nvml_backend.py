@@ -87,6 +87,10 @@ def test_memory_agrees_with_nvidia_smi(backend: NvmlBackend) -> None:
     else:
         pytest.fail("GPU memory never held still across two reads; is something else running on the card?")
     assert before.total_bytes is not None
+    print(
+        f"nvidia-smi used {used_mib} MiB / total {total_mib} MiB; backend used {before.used_bytes / MIB:.1f} MiB, "
+        f"total {before.total_bytes / MIB:.1f} MiB, reserved {before.reserved_bytes} (None: memory v1)"
+    )
     assert abs(before.total_bytes / MIB - total_mib) <= 1
     assert abs(before.used_bytes / MIB - used_mib) <= 1
     if before.reserved_bytes is not None:  # memory v2: total = reserved + used + free
@@ -184,6 +188,12 @@ def test_a_real_pytorch_process_is_listed_with_its_growth_and_then_forgotten(bac
         # Both blocks are multiples of the allocator's 2 MiB rounding, so each becomes one cudaMalloc of exactly
         # that size; the driver adds page-table and bookkeeping overhead, well under 64 MiB for 3 GiB. The
         # whole-GPU figure may also move with other tenants, so it gets a wider margin.
+        print(
+            f"context {context / MIB:.0f} MiB; +1 GiB -> +{(one - context) / MIB:.0f} MiB; "
+            f"+3 GiB -> +{(four - one) / MIB:.0f} MiB (GPU +{(gpu_four - gpu_one) / MIB:.0f} MiB)"
+            if gpu_one is not None and gpu_four is not None
+            else ""
+        )
         assert abs((one - context) - 1 * GIB) <= 64 * MIB
         assert abs((four - one) - 3 * GIB) <= 64 * MIB
         assert gpu_one is not None

@@ -72,11 +72,14 @@ class ActionDispatcher:
         killer: Killer | None = None,
         start_time_of: StartTimeOf = psutil_start_time,
         environ_of: EnvironOf | None = None,
+        default_log: bool = True,
     ) -> None:
         self.policy = policy
         self._log_notifier = LogNotifier()
-        # With no destination configured, "notify" means a log line: the default policy then logs findings.
-        self.notifiers: tuple[Notifier, ...] = tuple(notifiers) or (self._log_notifier,)
+        # With no destination configured, "notify" means a log line, so the default policy logs findings;
+        # `default_log=False` is for a caller that already logs every finding itself.
+        fallback: tuple[Notifier, ...] = (self._log_notifier,) if default_log else ()
+        self.notifiers: tuple[Notifier, ...] = tuple(notifiers) or fallback
         self._recheck = recheck
         self._clock: Clock = clock or SystemClock()
         self.proc_root = proc_root

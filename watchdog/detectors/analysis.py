@@ -19,7 +19,7 @@ from ..history import History, Track
 from ..model import Finding, GpuSample, ProcessKey, ProcessSample, Snapshot
 from . import _format as fmt
 from ._context import GpuContext
-from ._series import View, view
+from ._series import view
 from .config import DetectorConfig
 from .contention import detect_contention
 from .crash import detect_probable_oom
@@ -119,16 +119,14 @@ def _analyze_gpu(
     config: DetectorConfig,
     out: _Collector,
 ) -> None:
-    # Per process: the growth rate (metrics), with every horizon.
-    profiles: dict[ProcessKey, tuple[View, Profile]] = {}
+    # Per process: the growth rate the metrics show, from the last `rate_report_seconds` only (the leak claim
+    # below reads the tree's whole window).
     for p in ctx.processes:
         track = history.processes.get((p.key, ctx.uuid))
         if track is None:
             continue
-        series = view(track.series)
-        prof = profile(series, config)
-        profiles[p.key] = (series, prof)
-        rate = prof.rate(config)
+        recent = view(track.series).since(ctx.now - config.rate_report_seconds * 1.001)
+        rate = profile(recent, config).rate(config)
         if rate is not None:
             out.process_growth[(p.key, ctx.uuid)] = rate
 
@@ -145,11 +143,11 @@ def _analyze_gpu(
             continue
         series = view(track.series)
         cutoff = track.first_seen + config.warmup_seconds
-        grown = _tree_profile(tree, series, cutoff, profiles, config)
+        grown = profile(series, config, start=cutoff, min_horizon=config.growth_min_horizon_seconds, report=False)
         best = grown.best(config.growth_min_horizon_seconds)
         meta = tree.members[0].meta
         members = len(tree.members)
-        if best is not None:
+        if best is not None and not _levels_off(grown, ctx, config):
             finding = growth_finding(ctx, best, config, key=tree.key, meta=meta, members=members)
             if finding is not None:
                 out.findings.append(finding)
@@ -169,7 +167,8 @@ def _analyze_gpu(
             out.verdicts[(tree.key, ctx.uuid)] = text
 
     # The device: its rate, the forecast, and a growth finding when no tree explains the growth.
-    device = profile(ctx.used, config, min_horizon=config.forecast_min_horizon_seconds)
+    shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
+    device = profile(ctx.used, config, min_horizon=shortest)
     rate = device.rate(config, config.forecast_min_horizon_seconds)
     if rate is not None:
         out.gpu_growth[ctx.uuid] = rate
@@ -182,9 +181,12 @@ def _analyze_gpu(
     if not growing and ctx.used:
         starts = [tr.first_seen for key in trees if (tr := history.trees.get((key, ctx.uuid))) is not None]
         cutoff = max([ctx.used.t[0], *starts]) + config.warmup_seconds
-        best = profile(ctx.used, config, start=cutoff, min_horizon=config.growth_min_horizon_seconds).best()
-        if best is not None and (finding := growth_finding(ctx, best, config)) is not None:
-            out.findings.append(finding)
+        grown = profile(ctx.used, config, start=cutoff, min_horizon=config.growth_min_horizon_seconds, report=False)
+        best = grown.best()
+        if best is not None and not _levels_off(grown, ctx, config):
+            device_growth = growth_finding(ctx, best, config)
+            if device_growth is not None:
+                out.findings.append(device_growth)
 
     largest = max(trees.values(), key=lambda tr: tr.held_bytes, default=None)
     top_holder = None if largest is None else f"{_label(largest)} with {fmt.gib(largest.held_bytes)} GiB"
@@ -193,6 +195,13 @@ def _analyze_gpu(
     out.findings.extend(detect_contention(ctx, history, config))
     out.findings.extend(detect_probable_oom(ctx, vanished, config))
     out.findings.extend(detect_stale(ctx, history, config))
+
+
+def _levels_off(grown: Profile, ctx: GpuContext, config: DetectorConfig) -> bool:
+    """Growth that is slowing towards a plateau that fits the card is not a leak."""
+    if ctx.free_bytes is None:
+        return False
+    return grown.levels_off_within(ctx.free_bytes - config.oom_margin_bytes, config)
 
 
 def _warming(track: Track | None, now: float, config: DetectorConfig) -> bool:
@@ -209,17 +218,6 @@ def _warming(track: Track | None, now: float, config: DetectorConfig) -> bool:
         if t - start >= config.settle_seconds:
             return False
     return True
-
-
-def _tree_profile(
-    tree: _Tree, series: View, cutoff: float, profiles: dict[ProcessKey, tuple[View, Profile]], config: DetectorConfig
-) -> Profile:
-    """The tree's growth profile, reusing its only process's when the two series are the same points."""
-    if len(tree.members) == 1 and len(series) and series.t[0] >= cutoff:
-        own = profiles.get(tree.members[0].key)
-        if own is not None and own[0].t == series.t and own[0].v == series.v:
-            return own[1].restrict(config.growth_min_horizon_seconds)
-    return profile(series, config, start=cutoff, min_horizon=config.growth_min_horizon_seconds)
 
 
 def _label(tree: _Tree) -> str:

@@ -65,7 +65,7 @@ class DetectorConfig:
     # --- robust growth rate (growth.py) -------------------------------------------------------------------
     #: Windows over which growth is tested, shortest first. Short ones catch fast leaks, long ones leaks that
     #: step once per epoch. A window is used once the history covers `min_coverage` of it.
-    horizons_seconds: tuple[float, ...] = (20.0, 30.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 3600.0)
+    horizons_seconds: tuple[float, ...] = (15.0, 20.0, 30.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 3600.0)
     #: Each window is cut into this many equal sub-windows; growth is *sustained* only if every one of them
     #: rises. Warm-up has a few bumps; a leak keeps rising in all of them.
     subwindows: int = 5
@@ -93,19 +93,19 @@ class DetectorConfig:
     growth_eta_max_seconds: float = 86_400.0
 
     # --- time to OOM (forecast.py) ------------------------------------------------------------------------
-    #: A fast leak (~150 MB/s into 24 GiB) leaves ~90 s from its start to the OOM: 20 s of rise in each
-    #: 4-s part of the window is trusted, which leaves a minute of warning.
+    #: A fast leak (~150 MB/s into 24 GiB) can leave 80-90 s from its start to the OOM. A warning needs a
+    #: window of at least 20 s rising in every 4-s part; a critical forecast (full within
+    #: `forecast_critical_eta_seconds`) may come from 15 s, which leaves a minute of warning.
     forecast_min_horizon_seconds: float = 20.0
+    forecast_critical_min_horizon_seconds: float = 15.0
     forecast_warning_eta_seconds: float = 600.0
     forecast_critical_eta_seconds: float = 120.0
     #: Critical as well when the card is growing and less than this share of it is free.
     forecast_critical_free_fraction: float = 0.05
     #: While a process on the GPU is younger than this and has not yet settled (stayed flat for
     #: `settle_seconds`), the GPU is *warming*: model loading and quantisation look like a leak for a minute
-    #: or two, so only critical forecasts are raised, from windows of at least
-    #: `forecast_warmup_min_horizon_seconds`.
+    #: or two, so only critical forecasts are raised.
     forecast_warmup_seconds: float = 180.0
-    forecast_warmup_min_horizon_seconds: float = 30.0
     settle_seconds: float = 15.0
     #: Growth that slows down geometrically (each part of the window rising no more than the previous, the
     #: last part at most this share of the first) is projected to its plateau; when the plateau fits in the
@@ -115,9 +115,9 @@ class DetectorConfig:
     oom_margin_bytes: int = 256 * MIB
 
     # --- pressure (pressure.py) ---------------------------------------------------------------------------
-    #: Warning when free < min(fraction x total, bytes): 3 % of a 24 GiB card, at most 2 GiB on big cards.
+    #: Warning when free < min(fraction x total, bytes): 3 % of a 24 GiB card, at most 1 GiB on big cards.
     pressure_free_fraction: float = 0.03
-    pressure_free_bytes: int = 2 * GIB
+    pressure_free_bytes: int = 1 * GIB
     #: Once under the threshold within `pressure_hold_seconds`, the condition holds until free exceeds
     #: threshold x this factor (value hysteresis, computed from history, so still a pure function).
     pressure_exit_factor: float = 1.5
@@ -135,6 +135,8 @@ class DetectorConfig:
     contention_hold_seconds: float = 600.0
     #: ... and leave less than this share of the card free: two runs that both fit are not contending.
     contention_max_free_fraction: float = 0.10
+    #: Name a process of another user from the tick it appears, before it has taken anything.
+    contention_other_user: bool = True
     #: Seconds before the arrival over which "the room before" is measured.
     contention_before_seconds: float = 30.0
     contention_critical_free_fraction: float = 0.05
@@ -230,7 +232,7 @@ class DetectorConfig:
             "forecast_warning_eta_seconds",
             "forecast_critical_eta_seconds",
             "forecast_warmup_seconds",
-            "forecast_warmup_min_horizon_seconds",
+            "forecast_critical_min_horizon_seconds",
             "settle_seconds",
             "pressure_hold_seconds",
             "contention_incumbent_seconds",

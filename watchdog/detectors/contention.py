@@ -1,16 +1,18 @@
-"""Contention: another process arrives (or grows) on a GPU where a run was already working, and takes its room.
+"""Contention: another process arrives (or grows) on a GPU where a run was already working.
 
-The contender is named (pid, name, user, memory) from the tick its memory is visible, so a person sees who
-took the card before the training run fails. It must:
+The contender is named (pid, name, user, memory) so a person sees who is on the card before the training run
+fails. It belongs to another process tree than the run it concerns (workers of one `accelerate`/`torchrun`
+launch share a tree and never contend), holds at least `contention_min_bytes`, gained within the last
+`contention_hold_seconds` (new, or grown), and is reported when either:
 
-- belong to another process tree than the run it hurts (workers of one `accelerate`/`torchrun` launch share a
-  tree and never contend with each other);
-- hold at least `contention_min_bytes`, gained within the last `contention_hold_seconds` (new, or grown);
-- have taken at least `contention_room_fraction` of the room that was free just before it arrived, and left
-  less than `contention_max_free_fraction` of the card free (two runs that both fit are sharing a card, not
-  contending for it: a second user's job on a big card is not a problem until the card is nearly full).
+- it **took the room**: at least `contention_room_fraction` of what was free just before it arrived, leaving
+  less than `contention_max_free_fraction` of the card free (two runs that both fit share a card; they do not
+  contend for it until it is nearly full); critical under `contention_critical_free_fraction`; or
+- it belongs to **another user** (`contention_other_user`, on by default): reported from the tick it appears,
+  before it has taken anything, because on a shared box that is the moment to know who it is. Turn it off
+  where users share cards on purpose.
 
-The run it hurts (the incumbent) holds at least `contention_incumbent_min_bytes` and was on the GPU for
+The run it concerns (the incumbent) holds at least `contention_incumbent_min_bytes` and was on the GPU for
 `contention_incumbent_seconds` before the arrival. When vramwatch starts, no process has a "before", so
 nothing already running is ever called a contender.
 """
@@ -46,28 +48,43 @@ def detect_contention(ctx: GpuContext, history: History, config: DetectorConfig)
         if before is None:
             continue  # no "before": vramwatch was not watching yet
         taken = before - ctx.free_bytes
-        if taken < config.contention_min_bytes or ctx.free_bytes > (1 - config.contention_room_fraction) * before:
+        incumbents = _incumbents(trees, p.tree_key, arrival=arrival, history=history, ctx=ctx, config=config)
+        if not incumbents:
             continue
-        if ctx.total_bytes is not None and ctx.free_bytes > config.contention_max_free_fraction * ctx.total_bytes:
-            continue  # both fit: sharing, not contention
-        incumbent = _incumbent(trees, p.tree_key, arrival=arrival, history=history, ctx=ctx, config=config)
-        if incumbent is None:
-            continue
-        key, (held, meta, members) = incumbent
-        critical = (
-            ctx.total_bytes is not None and ctx.free_bytes < config.contention_critical_free_fraction * ctx.total_bytes
+        total = ctx.total_bytes
+        took_room = (
+            taken >= config.contention_min_bytes
+            and ctx.free_bytes <= (1 - config.contention_room_fraction) * before
+            # Both fit: sharing a card, not contending for it.
+            and (total is None or ctx.free_bytes <= config.contention_max_free_fraction * total)
         )
+        strangers = [c for c in incumbents if p.meta.user is not None and c[1][1].user not in (None, p.meta.user)]
+        if took_room:
+            key, (held, meta, members) = incumbents[0]
+        elif config.contention_other_user and strangers:
+            key, (held, meta, members) = strangers[0]
+        else:
+            continue
+        critical = took_room and total is not None and ctx.free_bytes < config.contention_critical_free_fraction * total
         victim = fmt.process_label(meta, key, tree=True, members=members)
+        who = fmt.process_label(p.meta, p.key)
+        gpu = fmt.gpu_label(ctx.gpu)
+        if took_room:
+            message = (
+                f"{who} took {fmt.gib(p.used_bytes)} GiB on {gpu} where {victim} runs; free fell from "
+                f"{fmt.gib(before)} to {fmt.gib(ctx.free_bytes)} GiB"
+            )
+        else:
+            message = (
+                f"{who} started using {gpu} where {victim} runs; it holds {fmt.gib(p.used_bytes)} GiB, "
+                f"{fmt.gib(ctx.free_bytes)} GiB free (was {fmt.gib(before)})"
+            )
         findings.append(
             Finding(
                 kind="contention",
                 severity=Severity.CRITICAL if critical else Severity.WARNING,
                 gpu_uuid=ctx.uuid,
-                message=(
-                    f"{fmt.process_label(p.meta, p.key)} took {fmt.gib(p.used_bytes)} GiB on "
-                    f"{fmt.gpu_label(ctx.gpu)} where {victim} runs; free fell from {fmt.gib(before)} to "
-                    f"{fmt.gib(ctx.free_bytes)} GiB"
-                ),
+                message=message,
                 t=ctx.now,
                 process=p.key,
                 process_name=p.meta.name,
@@ -80,6 +97,8 @@ def detect_contention(ctx: GpuContext, history: History, config: DetectorConfig)
                     "arrival_t": arrival,
                     "incumbent_pid": key.pid,
                     "incumbent_bytes": held,
+                    "incumbent_user": meta.user,
+                    "took_room": took_room,
                 },
             )
         )
@@ -99,7 +118,7 @@ def _arrival(first_seen: float, series: View, used: int, now: float, config: Det
     return next((t for t, v in zip(recent.t, recent.v, strict=True) if v >= target), None)
 
 
-def _incumbent(
+def _incumbents(
     trees: dict[ProcessKey, tuple[int, ProcessMeta, int]],
     contender_tree: ProcessKey,
     *,
@@ -107,8 +126,8 @@ def _incumbent(
     history: History,
     ctx: GpuContext,
     config: DetectorConfig,
-) -> tuple[ProcessKey, tuple[int, ProcessMeta, int]] | None:
-    """The largest other tree that was already there, holding enough, when the contender arrived."""
+) -> list[tuple[ProcessKey, tuple[int, ProcessMeta, int]]]:
+    """The other trees that were already there, holding enough, when the contender arrived; largest first."""
     candidates = []
     for key, entry in trees.items():
         if key == contender_tree or entry[0] < config.contention_incumbent_min_bytes:
@@ -116,4 +135,4 @@ def _incumbent(
         track = history.trees.get((key, ctx.uuid))
         if track is not None and track.first_seen <= arrival - config.contention_incumbent_seconds:
             candidates.append((key, entry))
-    return max(candidates, key=lambda c: c[1][0], default=None)
+    return sorted(candidates, key=lambda c: -c[1][0])

@@ -1,14 +1,16 @@
 """Time to OOM: when the card's memory keeps growing, how long until it is full, and how sure are we.
 
 eta = (free - oom_margin) / growth rate, from the device's *sustained* growth (see growth.py): a single
-step or warm-up never yields a forecast. The rate is the steepest sustained one over horizons from 20 s:
-a fast leak (~150 MB/s into 24 GiB) leaves about 90 s from its start to the OOM, so a rate is trusted after
-20 s of rise in every 4-s part of the window, which leaves a minute of warning.
+step or warm-up never yields a forecast. The rate is the steepest sustained one: a fast leak (~150 MB/s
+into 24 GiB) can leave 80-90 s from its start to the OOM, so a critical forecast (full within two minutes)
+is trusted after 15 s of rise in every 3-s part of the window, a warning after 20 s.
 
 Model loading and on-GPU quantisation look exactly like a fast leak for a minute or two. While the GPU is
 *warming* (a process on it is younger than `forecast_warmup_seconds` and has not yet stayed flat for
 `settle_seconds`), only a critical forecast (full within `forecast_critical_eta_seconds`, or less than
-`forecast_critical_free_fraction` free) is raised, from windows of at least 30 s.
+`forecast_critical_free_fraction` free) is raised. A load that lasts longer than ~15 s at a rate that
+would fill the card within two minutes is therefore forecast critical until it stops (the known price of
+warning a fast leak a minute ahead; raise `forecast_critical_min_horizon_seconds` to trade).
 
 Growth that slows down geometrically (a cache filling up with bucketed resolutions) is projected to its
 plateau; when that plateau fits in the card there is nothing to forecast. Growth that is linear until it
@@ -36,26 +38,27 @@ def detect_oom_forecast(
     ctx: GpuContext, device: Profile, *, warming: bool, grower: str | None, config: DetectorConfig
 ) -> tuple[tuple[float, float] | None, Finding | None]:
     """The (eta, confidence) of this GPU when it grows, and an `oom_forecast` finding when it is soon."""
-    min_horizon = config.forecast_warmup_min_horizon_seconds if warming else config.forecast_min_horizon_seconds
-    best = device.best(min_horizon)
+    best = device.best(min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds))
     if best is None or ctx.free_bytes is None:
         return None, None
+    if device.levels_off_within(ctx.free_bytes - config.oom_margin_bytes, config):
+        return None, None  # slowing down towards a plateau that fits
     rate = best.rate()
     eta = eta_seconds(ctx.free_bytes, rate, config)
     if eta is None:
         return None, None
-    longest = device.longest_sustained(min_horizon)
-    remaining = None if longest is None else longest.remaining_if_saturating(config)
-    if remaining is not None and remaining < ctx.free_bytes - config.oom_margin_bytes:
-        return None, None  # slowing down towards a plateau that fits
     forecast = (eta, rate.confidence)
     low_free = ctx.total_bytes is not None and ctx.free_bytes < config.forecast_critical_free_fraction * ctx.total_bytes
     if eta <= config.forecast_critical_eta_seconds or low_free:
         severity = Severity.CRITICAL
-    elif eta <= config.forecast_warning_eta_seconds and not warming:
-        severity = Severity.WARNING
     else:
-        return forecast, None
+        # A warning is not urgent: it waits for a window of `forecast_min_horizon_seconds`.
+        steady = device.best(config.forecast_min_horizon_seconds)
+        eta = None if steady is None else eta_seconds(ctx.free_bytes, steady.rate(), config)
+        if eta is None or eta > config.forecast_warning_eta_seconds or warming:
+            return forecast, None
+        severity = Severity.WARNING
+        rate = steady.rate() if steady is not None else rate
     when = "now" if eta < 1 else f"in ~{fmt.duration(eta)}"
     subject = grower if grower is not None else fmt.gpu_label(ctx.gpu)
     on = f" on {fmt.gpu_label(ctx.gpu)}" if grower is not None else ""

@@ -114,6 +114,16 @@ class Profile:
     def longest_sustained(self, min_horizon: float = 0.0) -> Fit | None:
         return next((f for f in reversed(self.fits) if f.sustained and f.horizon_seconds >= min_horizon), None)
 
+    def levels_off_within(self, room_bytes: float, config: DetectorConfig, min_horizon: float = 0.0) -> bool:
+        """True when the growth is slowing down towards a plateau less than `room_bytes` above today.
+
+        Judged on the longest sustained window (the most evidence): a cache filling up with bucketed
+        resolutions slows down and stops, a leak does not.
+        """
+        longest = self.longest_sustained(min_horizon)
+        remaining = None if longest is None else longest.remaining_if_saturating(config)
+        return remaining is not None and remaining < room_bytes
+
 
 def _report_choice(horizons: Sequence[float], config: DetectorConfig) -> float | None:
     """The horizon whose rate is shown when nothing grows: the longest not beyond `rate_report_seconds`."""
@@ -162,8 +172,14 @@ def _segment_floor(v: array[float], i: int, j: int, noise_bytes: float) -> float
     return low
 
 
-def profile(view: View, config: DetectorConfig, *, start: float | None = None, min_horizon: float = 0.0) -> Profile:
-    """Test every horizon of `config` (>= `min_horizon`) on the points of `view` at or after `start`."""
+def profile(
+    view: View, config: DetectorConfig, *, start: float | None = None, min_horizon: float = 0.0, report: bool = True
+) -> Profile:
+    """Test every horizon of `config` (>= `min_horizon`) on the points of `view` at or after `start`.
+
+    With `report=False` a series that cannot be growing gets no fit at all (callers that only want findings
+    skip the reported rate's cost).
+    """
     if start is not None:
         view = view.since(start)
     t, v = view.t, view.v
@@ -185,6 +201,8 @@ def profile(view: View, config: DetectorConfig, *, start: float | None = None, m
     # Most series do not grow: when even the whole window cannot rise by `min_rise_bytes`, no horizon can be
     # sustained, and only the reported rate is computed (the floor never exceeds the newest samples).
     if max(v[-2:]) - min(v[bisect_left(t, windows[-1][1]) :]) < config.min_rise_bytes:
+        if not report:
+            return Profile(())
         chosen = _report_choice([h for h, _ in windows], config)
         windows = [w for w in windows if w[0] == chosen]
     k = config.buckets

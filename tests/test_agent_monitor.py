@@ -1,0 +1,163 @@
+"""The built-in check of `vramwatch run`: what it prints, records and asks of the trainer."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from vramwatch.agent.monitor import MonitorConfig, RunMonitor, format_oom
+from vramwatch.agentlink import AgentDevice, AgentReport, OomEvent
+from vramwatch.model import TorchStats
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+def stats_report(
+    t: float,
+    allocated: int,
+    reserved: int,
+    *,
+    free: int,
+    split: int = 0,
+    retries: int = 0,
+    pid: int = 7,
+) -> AgentReport:
+    stats = TorchStats(
+        pid=pid,
+        device=0,
+        allocated_bytes=allocated,
+        reserved_bytes=reserved,
+        inactive_split_bytes=split,
+        num_alloc_retries=retries,
+        num_ooms=0,
+    )
+    device = AgentDevice(stats=stats, cuda_uuid="u-0", total_bytes=80 * GIB, free_bytes=free)
+    return AgentReport("stats", pid, 0, t, torch_version="2.11", devices=(device,), sample_seconds=1e-4)
+
+
+class Recorder:
+    def __init__(self, sent: bool = True) -> None:
+        self.calls: list[tuple[int, str, str]] = []
+        self.sent = sent
+
+    def __call__(self, pid: int, level: str, reason: str) -> bool:
+        self.calls.append((pid, level, reason))
+        return self.sent
+
+
+def make(config: MonitorConfig | None = None) -> tuple[RunMonitor, io.StringIO, io.StringIO, Recorder]:
+    out, events, pressure = io.StringIO(), io.StringIO(), Recorder()
+    return RunMonitor(out=out, events=events, send_pressure=pressure, config=config), out, events, pressure
+
+
+def event_kinds(events: io.StringIO) -> list[str]:
+    return [json.loads(line)["event"] for line in events.getvalue().splitlines()]
+
+
+def test_fragmentation_is_said_once_per_episode():
+    """A held fragmentation state is printed once with the remedy, not at every sample."""
+    monitor, out, events, _ = make()
+    for i in range(8):
+        monitor.on_report(stats_report(float(i), 100 * MIB, 1900 * MIB, free=100 * MIB, split=1700 * MIB))
+    text = out.getvalue()
+    assert text.count("fragmentation in pid 7") == 1
+    assert "expandable_segments:True" in text
+    findings = [json.loads(line) for line in events.getvalue().splitlines() if '"finding"' in line]
+    assert [f["severity"] for f in findings] == ["warning"]
+
+
+def test_cache_flushes_escalate_to_critical():
+    """Once the allocator starts flushing its cache, the warning escalates to critical, once."""
+    monitor, out, _, _ = make()
+    for i in range(5):
+        monitor.on_report(stats_report(float(i), 100 * MIB, 1900 * MIB, free=100 * MIB, split=1700 * MIB))
+    for i in range(5, 9):
+        monitor.on_report(stats_report(float(i), 100 * MIB, 1900 * MIB, free=100 * MIB, split=1700 * MIB, retries=i))
+    text = out.getvalue()
+    assert text.count("warning: fragmentation") == 1
+    assert text.count("critical: fragmentation") == 1
+
+
+def test_leak_is_told_apart_from_caching():
+    """Allocated memory rising is called a leak; reserved rising alone is not."""
+    monitor, out, events, _ = make()
+    for i in range(20):
+        monitor.on_report(stats_report(float(i), GIB + i * 20 * MIB, 8 * GIB, free=60 * GIB))
+    assert "a leak" in out.getvalue()
+    assert "growth" in event_kinds(events)
+
+    monitor, out, events, _ = make()
+    for i in range(20):
+        monitor.on_report(stats_report(float(i), GIB, 2 * GIB + i * 20 * MIB, free=60 * GIB))
+    assert "leak" not in out.getvalue()
+
+
+def test_pressure_is_sent_once_until_headroom_recovers():
+    """Under 10 % headroom the process is notified once; it is re-armed only after recovering past 20 %."""
+    monitor, out, _, pressure = make()
+    low = {"free": 500 * MIB}
+    monitor.on_report(stats_report(0.0, 9 * GIB, 9 * GIB + 200 * MIB, **low))
+    monitor.on_report(stats_report(1.0, 9 * GIB, 9 * GIB + 200 * MIB, **low))
+    assert [(pid, level) for pid, level, _ in pressure.calls] == [(7, "warning")]
+    assert "memory pressure in pid 7" in out.getvalue()
+    monitor.on_report(stats_report(2.0, 4 * GIB, 4 * GIB, free=5 * GIB))  # recovered (headroom 55 %)
+    monitor.on_report(stats_report(3.0, 9 * GIB, 9 * GIB + 10 * MIB, free=10 * MIB))
+    assert [level for _, level, _ in pressure.calls] == ["warning", "critical"]
+
+
+def test_no_pressure_without_device_free_figure():
+    """Without the device's free memory the headroom is unknown: nobody is notified on a guess."""
+    monitor, _, _, pressure = make()
+    report = stats_report(0.0, 9 * GIB, 9 * GIB, free=0)
+    device = report.devices[0]
+    blind = AgentReport("stats", 7, 0, 0.0, devices=(AgentDevice(device.stats, "u-0", 80 * GIB, None),))
+    monitor.on_report(blind)
+    assert pressure.calls == []
+
+
+def oom(**overrides: object) -> OomEvent:
+    values: dict[str, object] = {
+        "pid": 7,
+        "device": 0,
+        "requested_bytes": 66 * MIB,
+        "capacity_bytes": 80 * GIB,
+        "device_free_bytes": 10 * MIB,
+        "allocated_bytes": 100 * MIB,
+        "reserved_bytes": 1900 * MIB,
+        "inactive_split_bytes": 1700 * MIB,
+        "num_alloc_retries": 1,
+        "num_ooms": 1,
+        "snapshot_path": "/s/oom-7-1-cuda0.pickle",
+        "observed": True,
+        "cuda_uuid": "abc",
+    }
+    values.update(overrides)
+    return OomEvent(**values)  # type: ignore[arg-type]
+
+
+def test_oom_post_mortem_blames_fragmentation_when_the_cache_would_have_held_it():
+    """Reserved-but-unallocated memory that would have fit the request is called fragmentation."""
+    text = "\n".join(format_oom(oom()))
+    assert "ran out of GPU memory on cuda:0 (GPU-abc): asked for 66.0 MiB" in text
+    assert "1.76 GiB reserved but unallocated" in text
+    assert "expandable_segments:True" in text
+    assert "memory_viz" in text
+
+
+def test_oom_post_mortem_blames_the_tensors_when_they_fill_the_card():
+    """When the cache is small the tensors themselves are what does not fit."""
+    text = "\n".join(format_oom(oom(allocated_bytes=1890 * MIB, inactive_split_bytes=5 * MIB, snapshot_path=None)))
+    assert "tensors themselves fill the memory" in text
+    assert "expandable_segments" not in text
+    assert "memory_viz" not in text
+
+
+def test_oom_report_is_printed_and_recorded():
+    """An OOM report is printed as a post-mortem and written to the events file."""
+    monitor, out, events, _ = make()
+    monitor.on_report(AgentReport("oom", 7, 0, 5.0, oom=oom()))
+    assert "ran out of GPU memory" in out.getvalue()
+    (event,) = [json.loads(line) for line in events.getvalue().splitlines()]
+    assert event["event"] == "oom"
+    assert event["reserved_unallocated_bytes"] == 1800 * MIB

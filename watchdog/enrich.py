@@ -1,0 +1,140 @@
+"""Attach the advisor's ranked setting changes to a freshly raised finding.
+
+Which advice: a process the detectors already call leaking gets the leak advice (it is a bug; memory settings
+only delay the OOM) whatever the finding; a process that dies of OOM within two minutes of starting gets the
+step-1 advice (one step does not fit); otherwise the finding's own kind chooses.
+
+Detectors say *what* is happening; the advisor says *what to change*, in the trainer's own flags. This
+module picks the process the advice is about (the finding's own process, or for a device-wide finding the
+process growing fastest on that GPU, else the largest holder), gathers what the advisor may read about it
+(its command line, its launcher's, the allow-listed allocator variables of its environment), and maps the
+finding kind to the advice kind. It runs once per raised finding, never per tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+
+import psutil
+
+from .advice import advice_lines, advise_process, holder_of
+from .history import History
+from .model import Finding, ProcessKey, ProcessMeta, Snapshot
+
+#: Environment variables the advisor may see; every other value of a trainer's environment stays unread
+#: (environments carry tokens and keys).
+ENV_ALLOW = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "ACCELERATE_MIXED_PRECISION")
+ENV_ALLOW_PREFIX = ("SIMPLETUNER_",)
+
+#: A process that dies of OOM this soon after it appeared never reached a steady step: a step-1 spike, for
+#: which the advice is the size of one step (batch, resolution, checkpointing), not a leak hunt.
+SPIKE_SECONDS = 120.0
+
+EnvReader = Callable[[int], Mapping[str, str] | None]
+TreeReader = Callable[[int], tuple[tuple[str, ...], ...]]
+
+
+def read_env(pid: int) -> Mapping[str, str] | None:
+    """The allow-listed variables of a live process's environment, or None when it may not be read."""
+    try:
+        env = psutil.Process(pid).environ()
+    except (psutil.Error, OSError):
+        return None
+    return {k: v for k, v in env.items() if k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIX)}
+
+
+def read_tree(pid: int) -> tuple[tuple[str, ...], ...]:
+    """Command lines of a live process's ancestors, nearest first (`accelerate launch ...` sits there)."""
+    argvs = []
+    try:
+        for parent in psutil.Process(pid).parents()[:8]:
+            cmd = parent.cmdline()
+            if cmd:
+                argvs.append(tuple(cmd))
+    except (psutil.Error, OSError):
+        pass
+    return tuple(argvs)
+
+
+class Enricher:
+    """Callable `(finding, snapshot) -> finding with advice`; live lookups only when `live` is True."""
+
+    def __init__(
+        self,
+        history: History,
+        growth: Callable[[], Mapping[tuple[ProcessKey, str], float]],
+        *,
+        leaking: Callable[[], set[ProcessKey]] = set,
+        live: bool = True,
+        env_reader: EnvReader = read_env,
+        tree_reader: TreeReader = read_tree,
+        limit: int = 4,
+    ) -> None:
+        self.history = history
+        self.growth = growth
+        self.leaking = leaking
+        self.live = live
+        self.env_reader = env_reader
+        self.tree_reader = tree_reader
+        self.limit = limit
+
+    def __call__(self, finding: Finding, snap: Snapshot) -> Finding:
+        meta = self._subject(finding, snap)
+        if meta is None:
+            return finding
+        kind = self._advice_kind(finding, meta)
+        context: dict[str, object] = {}
+        g = snap.gpu(finding.gpu_uuid) if finding.gpu_uuid else None
+        if g is not None and g.total_bytes:
+            context["gpu_total_bytes"] = g.total_bytes
+        if finding.kind == "contention":
+            context["others"] = [holder_of(finding)]
+        elif finding.kind == "stale_holder":
+            context["stale"] = [holder_of(finding)]
+        try:
+            advice = advise_process(
+                meta,
+                kind,
+                tree_argvs=self.tree_reader(meta.pid) if self.live else (),
+                env=self.env_reader(meta.pid) if self.live else None,
+                context=context,
+            )
+        except Exception:  # noqa: BLE001 - advice is a bonus: a bug in it must never drop the finding
+            return finding
+        return replace(finding, advice=advice_lines(advice, limit=self.limit))
+
+    def _subject(self, finding: Finding, snap: Snapshot) -> ProcessMeta | None:
+        """The process whose settings the advice is about."""
+        if finding.kind == "contention":
+            # The finding names the newcomer; the advice is for the run it squeezes.
+            incumbent = finding.numbers.get("incumbent_pid")
+            for p in snap.processes:
+                if p.pid == incumbent and p.gpu_uuid == finding.gpu_uuid:
+                    return p.meta
+        if finding.process is not None:
+            for p in snap.processes:
+                if p.key == finding.process:
+                    return p.meta
+            track = self.history.processes.get((finding.process, finding.gpu_uuid or ""))
+            return track.meta if track else None
+        on_gpu = [p for p in snap.processes if p.gpu_uuid == finding.gpu_uuid]
+        if not on_gpu:
+            return None
+        rates = self.growth()
+        grower = max(on_gpu, key=lambda p: rates.get((p.key, p.gpu_uuid), 0.0))
+        if rates.get((grower.key, grower.gpu_uuid), 0.0) > 0:
+            return grower.meta
+        return max(on_gpu, key=lambda p: p.used_bytes or 0).meta
+
+    def _advice_kind(self, finding: Finding, meta: ProcessMeta) -> str:
+        if finding.kind in {"oom_forecast", "pressure", "probable_oom"}:
+            leaks = self.leaking()
+            if any(k.pid in (meta.pid, meta.root_pid) for k in leaks):
+                # The detectors already called this process's growth a leak: settings would only delay the OOM.
+                return "growth"
+        if finding.kind == "probable_oom" and finding.process is not None:
+            track = self.history.processes.get((finding.process, finding.gpu_uuid or ""))
+            if track is not None and track.last_seen - track.first_seen < SPIKE_SECONDS:
+                return "spike"
+        return finding.kind
