@@ -67,8 +67,9 @@ def variable_queries(dash: dict[str, Any]) -> list[tuple[str, str, str]]:
     for var in dash["templating"]["list"]:
         if var["type"] != "query":
             continue
-        m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", var["definition"])
-        assert m is not None, var["definition"]
+        assert var["query"] == var["definition"], var["name"]
+        m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", var["query"])
+        assert m is not None, var["query"]
         found.append((var["name"], m.group(1), m.group(2)))
     return found
 

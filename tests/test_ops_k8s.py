@@ -7,6 +7,8 @@ Prometheus Operator CRDs with no bundled schema: they are checked structurally h
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,12 +96,14 @@ def test_daemonset_least_privilege() -> None:
     assert {"cpu", "memory"} <= container()["resources"]["limits"].keys()
 
 
-def test_probes_hit_healthz_on_the_metrics_port() -> None:
-    """Liveness and readiness use /healthz on the named port the container listens on."""
+def test_probes_on_the_metrics_port() -> None:
+    """Liveness asks /healthz (a stalled sampler restarts the pod); readiness asks /metrics (vramwatch_up 0 stays
+    scraped while the driver is missing); both on the named port the container listens on."""
     c = container()
     port_names = {p["name"] for p in c["ports"]}
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/metrics"
     for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"]["path"] == "/healthz"
         assert c[probe]["httpGet"]["port"] in port_names
     listen = c["args"][c["args"].index("--listen") + 1]
     assert int(listen.rsplit(":", 1)[1]) == next(p["containerPort"] for p in c["ports"] if p["name"] == "metrics")
@@ -117,6 +121,22 @@ def test_config_mount_matches_argument_and_loads(tmp_path: Path) -> None:
     daemon, _ = load_file(path)
     assert daemon.log_format == "json"
     assert daemon.interval == DaemonConfig().interval
+
+
+def test_container_command_accepted_by_the_cli(tmp_path: Path) -> None:
+    """The container's command and args parse with the real CLI, reading the ConfigMap's config."""
+    c = container()
+    assert c["command"] == ["vramwatch"]
+    args = list(c["args"])
+    config = Path(args[args.index("--config") + 1])
+    local = tmp_path / config.name
+    local.write_text(load("configmap.yaml")["data"][config.name])
+    args[args.index("--config") + 1] = str(local)
+    result = subprocess.run(
+        [sys.executable, "-m", "vramwatch", *args, "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--listen" in result.stdout
 
 
 def test_service_selects_the_daemonset_pods() -> None:

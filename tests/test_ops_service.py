@@ -71,7 +71,7 @@ def test_executable_rewrites_execstart(tmp_path: Path) -> None:
     """A venv/pipx install points ExecStart at its own vramwatch, keeping the arguments."""
     install_service(tmp_path, executable=Path("/opt/venvs/vramwatch/bin/vramwatch"))
     text = (tmp_path / "etc/systemd/system" / UNIT_NAME).read_text()
-    assert "ExecStart=/opt/venvs/vramwatch/bin/vramwatch serve --config /etc/vramwatch/vramwatch.toml" in text
+    assert "ExecStart=/opt/venvs/vramwatch/bin/vramwatch --config /etc/vramwatch/vramwatch.toml serve" in text
     assert "ExecStart=/usr/bin/vramwatch" not in text
 
 

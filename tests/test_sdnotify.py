@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,3 +186,58 @@ def test_unset_environment(monkeypatch: pytest.MonkeyPatch, systemd: FakeSystemd
     assert notifier.watchdog_interval_s == 1.0
     assert notifier.watchdog() is True
     assert systemd.receive() == ["WATCHDOG=1"]
+
+
+SERVE = [sys.executable, "-m", "vramwatch", "serve"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _until(systemd: FakeSystemd, wanted: str, deadline: float) -> list[str]:
+    """Receive datagrams until one contains the line `wanted`; returns that datagram's lines."""
+    while time.monotonic() < deadline:
+        try:
+            lines = systemd.receive()
+        except TimeoutError:
+            continue
+        if wanted in lines:
+            return lines
+    pytest.fail(f"no {wanted} from the daemon in time")
+
+
+@pytest.mark.slow
+def test_serve_speaks_sd_notify(systemd: FakeSystemd, tmp_path: Path) -> None:
+    """Under a notify socket `serve` reports READY once /metrics answers, pings the watchdog from its ticks,
+    brackets a SIGHUP reload with RELOADING/READY, and says STOPPING on SIGTERM before exiting cleanly."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VRAMWATCH_")}
+    env |= {"NOTIFY_SOCKET": systemd.address, "WATCHDOG_USEC": "2000000"}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*SERVE, "--simulate", "steady", "--interval", "0.2", "--listen", f"127.0.0.1:{port}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        _until(systemd, "READY=1", time.monotonic() + 10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            assert response.status == 200
+        _until(systemd, "WATCHDOG=1", time.monotonic() + 3)
+        proc.send_signal(signal.SIGHUP)
+        reloading = _until(systemd, "RELOADING=1", time.monotonic() + 5)
+        assert any(line.startswith("MONOTONIC_USEC=") for line in reloading)
+        _until(systemd, "READY=1", time.monotonic() + 5)
+        proc.send_signal(signal.SIGTERM)
+        _until(systemd, "STOPPING=1", time.monotonic() + 5)
+        assert proc.wait(timeout=5) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -29,6 +29,7 @@ from .model import Finding, ProcessKey, ProcessMeta, Snapshot
 from .render import snapshot_to_json, status_table
 from .sampler import Sampler, run_every
 from .testing import FakeClock
+from .sdnotify import SdNotifier
 from .trace import open_trace_writer
 from .typing import Backend, Clock
 
@@ -87,7 +88,15 @@ def serve(
             return first.pop()
         return _open(cfg, clock, require_gpu=True, loop=True)[0]
 
-    daemon = Daemon(cfg, factory, clock=clock, detector_config=detector_config(cfg), reload_config=reload_config)
+    daemon = Daemon(
+        cfg,
+        factory,
+        clock=clock,
+        detector_config=detector_config(cfg),
+        reload_config=reload_config,
+        # Taken out of the environment so trainers started by hooks do not inherit systemd's socket.
+        systemd=SdNotifier.from_env(unset_environment=True),
+    )
     daemon.dispatcher = build_dispatcher(cfg, first[0] if first else None, clock, daemon.lookup, daemon.recheck)
     if stop is not None:
         daemon.stop_event = stop

@@ -172,3 +172,27 @@ def replay(ctx: click.Context, file: str, as_json: bool) -> None:
 def advise(pid: int | None, cmdline: str | None, kind: str, as_json: bool) -> None:
     """Suggest the setting changes that fix an OOM, in the trainer's own flags (kohya, diffusers, ...)."""
     _run(lambda: app.advise(out=_echo, pid=pid, cmdline=cmdline, kind=kind, as_json=as_json))
+
+
+@main.command("install-service")
+@click.option(
+    "--prefix", type=click.Path(file_okay=False), default="/", show_default=True, help="Root to install under."
+)
+@click.option("--force", is_flag=True, help="Replace a unit that differs from the packaged one (never the config).")
+def install_service(prefix: str, force: bool) -> None:
+    """Install the hardened systemd unit and a default /etc/vramwatch/vramwatch.toml."""
+
+    def go() -> int:
+        import shutil
+
+        from .service import NEXT_STEPS
+        from .service import install_service as install
+
+        exe = shutil.which("vramwatch")
+        written = install(Path(prefix), force=force, executable=Path(exe) if exe else None)
+        for p in written:
+            click.echo(f"wrote {p}")
+        click.echo(NEXT_STEPS)
+        return 0
+
+    _run(go)

@@ -31,6 +31,7 @@ from .exporter import ExportState, MetricsServer, make_registry
 from .history import History
 from .model import Finding, ProcessKey, ProcessMeta, Snapshot
 from .sampler import Sampler, TickStats, run_every
+from .sdnotify import SdNotifier
 from .typing import Backend, Clock
 
 log = structlog.get_logger("vramwatch.daemon")
@@ -112,6 +113,7 @@ class Daemon:
         detector_config: DetectorConfig | None = None,
         on_tick: Callable[[Snapshot], None] | None = None,
         reload_config: Callable[[], Config] | None = None,
+        systemd: SdNotifier | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -122,6 +124,9 @@ class Daemon:
         self.detector_config = detector_config or DetectorConfig()
         self.on_tick = on_tick
         self._reload_config = reload_config
+        self.systemd = systemd or SdNotifier(None)
+        self._last_step: float | None = None
+        self._status_line = ""
         d = config.daemon
         self.history = History(window_seconds=d.history_seconds, interval_seconds=d.interval)
         self.pipeline: Pipeline | None = None
@@ -146,6 +151,10 @@ class Daemon:
 
     def run(self) -> None:
         """Tick until `stop_event` is set (SIGTERM/SIGINT), then shut down cleanly."""
+        interval = self.config.daemon.interval
+        if self.systemd.watchdog_interval_s is not None and not self.systemd.watchdog_covers(interval):
+            log.warning("watchdog_shorter_than_interval", interval=interval, watchdog=self.systemd.watchdog_interval_s)
+        self.systemd.ready(f"serving {self.config.daemon.listen}")
         try:
             run_every(
                 self.config.daemon.interval,
@@ -155,6 +164,7 @@ class Daemon:
                 on_overrun=self._overrun,
             )
         finally:
+            self.systemd.stopping()
             self.close()
 
     def close(self) -> None:
@@ -210,15 +220,37 @@ class Daemon:
         return not (isinstance(was, (int, float)) and gpu.free_bytes > was + 0.02 * gpu.total_bytes)
 
     def healthy(self) -> bool:
-        """True while the sampler completed a tick within three intervals (the /healthz and watchdog rule)."""
-        stats = self.pipeline.sampler.stats if self.pipeline else None
-        if stats is None or stats.last_tick_monotonic is None:
+        """True while the loop completed a step within three intervals (/healthz, like the systemd watchdog).
+
+        A step that only retried a missing driver counts: the daemon is alive and says so with `vramwatch_up 0`;
+        restarting it would not bring the driver back. A step stuck in a driver call does not count.
+        """
+        if self._last_step is None:
             return False
-        return self.clock.monotonic() - stats.last_tick_monotonic < 3 * self.config.daemon.interval + 1
+        return self.clock.monotonic() - self._last_step < 3 * self.config.daemon.interval + 1
 
     # -- one tick ----------------------------------------------------------------------------------------
 
     def step(self) -> None:
+        """One tick; whatever happens in it, the loop's liveness is recorded and systemd's watchdog fed."""
+        try:
+            self._step()
+        finally:
+            self._last_step = self.clock.monotonic()
+            self.systemd.watchdog()
+            self._report_status()
+
+    def _report_status(self) -> None:
+        snap = self._state.snapshot
+        if not self._state.up or snap is None:
+            line = "GPU library unavailable; retrying"
+        else:
+            line = f"{len(snap.gpus)} GPUs, {len(snap.processes)} processes, {len(self._state.active)} findings"
+        if line != self._status_line:
+            self._status_line = line
+            self.systemd.status(line)
+
+    def _step(self) -> None:
         if self.reload_requested.is_set():
             self.reload_requested.clear()
             self._reload()
@@ -307,10 +339,12 @@ class Daemon:
         """SIGHUP: re-read the config and apply what can change live; history and findings are kept."""
         if self._reload_config is None:
             return
+        self.systemd.reloading()
         try:
             new = self._reload_config()
         except VramwatchError as exc:
             log.error("reload_failed", error=str(exc), kept="previous configuration")
+            self.systemd.ready("reload failed; previous configuration kept")
             return
         old = self.config.daemon
         for key in ("listen", "interval", "history_seconds", "simulate", "replay", "seed"):
@@ -328,3 +362,4 @@ class Daemon:
             ),
         )
         log.info("reloaded", source=new.source)
+        self.systemd.ready(f"serving {self.config.daemon.listen}; configuration reloaded")

@@ -45,7 +45,11 @@ def emit(event: str, **fields: Any) -> None:
 def start_ballast(leave_gib: float) -> subprocess.Popen[str]:
     env = dict(os.environ, VRAMWATCH_AGENT="0")
     proc = subprocess.Popen(
-        [sys.executable, "-c", BALLAST, str(leave_gib)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", BALLAST, str(leave_gib)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().split()

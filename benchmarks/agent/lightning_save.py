@@ -28,13 +28,13 @@ from vramwatch.agent.adapters import lightning_callback
 
 
 class Leaky(pl.LightningModule):
-    def __init__(self, leak_mib: int = 16, step_seconds: float = 0.1) -> None:
+    def __init__(self, leak_mib: int = 16, step_seconds: float = 0.1) -> None:  # noqa: ARG002 - saved as hparams
         super().__init__()
         self.save_hyperparameters()
         self.net = torch.nn.Linear(512, 512)
         self.kept: list[torch.Tensor] = []
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch, batch_idx):  # noqa: ARG002 - Lightning's signature
         loss = self.net(batch[0]).square().mean()
         self.kept.append(torch.empty(self.hparams.leak_mib << 20, dtype=torch.uint8, device=self.device))
         time.sleep(self.hparams.step_seconds)

@@ -24,8 +24,7 @@ import time
 
 import torch
 from _common import emit
-
-import vramwatch.agent as agent
+from vramwatch import agent
 from vramwatch.agent.core import AgentConfig
 
 

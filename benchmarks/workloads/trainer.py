@@ -7,20 +7,22 @@ on any card:
 
 - warm-up: the batch ramps up over the first `--warmup-steps` steps (the allocator's cache grows), and the
   first optimizer step allocates AdamW's state;
-- every `--val-every` steps a "validation" phase keeps every layer's features of a batch (~8% of the budget),
-  every `--sample-every` steps a "sample images" phase allocates images (~5%): both temporary, so the cache
-  grows at the first of each and memory is flat afterwards.
+- every `--val-every` steps a "validation" phase keeps every layer's features of a batch (~6% of the budget),
+  every `--sample-every` steps a "sample images" phase allocates images (~4%): both temporary, so the cache
+  may grow at the first of each (what NVML sees steps up once) and is flat afterwards.
 
 Modes (`--mode`):
-  healthy        warm-up, then flat (~55-60% of the budget as NVML sees it)
+  healthy        warm-up, then flat (roughly 55-65% of the budget as NVML sees it)
   fast_leak      healthy + keeps `--leak-mb-per-s` (default 150 MB/s) of tensors alive each step until a real OOM
   slow_leak      the same at a few MB/s (default 4 MB/s)
   stepwise_leak  keeps each sampling phase's images alive: a staircase, one step per sampling phase
   plateau        grows at `--leak-mb-per-s` until ~`--plateau-frac` (93%) of the budget, then stays (no phases)
   spike_oom      the first step's batch needs more than the budget (and than the free memory): OOM at step 1
-  fragment       variable-size activations slightly larger every step, with small long-lived tensors carved
-                 out of the freed blocks: reserved-but-unallocated memory grows until an OOM that is all
-                 fragmentation. Run it again with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to compare.
+  fragment       each step carves 8 pieces, 2 MiB larger than the last step's, out of one fresh segment and
+                 keeps every other one: the holes fit no later request and pin their segments, so reserved-
+                 but-unallocated memory grows until an OOM with about half the reserved memory in holes. Run
+                 it again with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: the holes are unmapped
+                 and the OOM comes much later, when the live pieces alone fill the card.
 
 Events (JSON lines): ready, step (every step, with the allocator's figures), phase, oom (exit code 3), exit.
 `--plan` prints the sizes and exits without touching the GPU.
@@ -40,10 +42,12 @@ MODES = ("healthy", "fast_leak", "slow_leak", "stepwise_leak", "plateau", "spike
 DEFAULT_LEAK_MB_PER_S = {"fast_leak": 150.0, "slow_leak": 4.0, "plateau": 150.0}
 
 # Shares of the budget; AdamW in fp32 costs 4x the parameters (weights, grads, two moments).
-PARAM_SHARE = 0.06
-ACTIVATION_SHARE = 0.16
-VALIDATION_SHARE = 0.08
-SAMPLE_SHARE = 0.05
+# Measured on an H200 ballasted to 24 GiB (--step-seconds 0.05): healthy reserves ~8 GiB at step 1, ~12-13 GiB
+# after the warm-up ramp (the cache keeps each ramp size's blocks) and a little more at the first sampling phase.
+PARAM_SHARE = 0.045
+ACTIVATION_SHARE = 0.12
+VALIDATION_SHARE = 0.06
+SAMPLE_SHARE = 0.04
 SPIKE_FACTOR = 1.3
 
 

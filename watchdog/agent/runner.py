@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -99,6 +100,9 @@ def _passing_signals(child: Callable[[], subprocess.Popen[bytes] | None]) -> Ite
             os.kill(proc.pid, signum)
 
     previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread: signals then keep their defaults
+        return
     for sig in (*_TERMINAL, *_FORWARDED):
         previous[sig] = signal.signal(sig, handler)
     try:

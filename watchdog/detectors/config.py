@@ -48,7 +48,7 @@ def _exit_ticks() -> Mapping[str, int]:
     return MappingProxyType(
         {
             "growth": 30,
-            "oom_forecast": 15,
+            "oom_forecast": 30,
             "pressure": 10,
             "contention": 10,
             "probable_oom": 1,
@@ -74,12 +74,17 @@ class DetectorConfig:
     min_coverage: float = 0.8
     #: Rises smaller than this are allocator noise (PyTorch reserves in 2 MiB and 20 MiB segments).
     noise_bytes: int = 8 * MIB
+    #: A lone sample below this share of both its neighbours is a bad read, not a trough.
+    outlier_fraction: float = 0.5
     #: A window must rise at least this much in total to count as growth.
     min_rise_bytes: int = 128 * MIB
     #: Each sub-window must carry at least this share of the window's rise ...
     min_subwindow_share: float = 0.02
     #: ... and none more than this share: one big step is warm-up, not a leak.
     max_subwindow_share: float = 0.5
+    #: The newest sub-window must rise at least at this share of the window's mean rate: the steps must keep
+    #: coming (growth that is dying out is warm-up ending, not a leak).
+    min_recent_share: float = 0.5
     #: Window of the rate reported for series that are not growing (metrics show it with low confidence).
     rate_report_seconds: float = 600.0
 
@@ -111,6 +116,8 @@ class DetectorConfig:
     #: last part at most this share of the first) is projected to its plateau; when the plateau fits in the
     #: card, there is no OOM to forecast (bucketed resolutions filling the allocator's cache).
     saturation_slowdown: float = 0.7
+    #: How much a part may exceed the one before and still count as slowing down (segment rounding).
+    saturation_tolerance: float = 0.25
     #: The card is "full" this much before free reaches zero: the allocation that fails is never tiny.
     oom_margin_bytes: int = 256 * MIB
 
@@ -192,6 +199,9 @@ class DetectorConfig:
             "max_subwindow_share",
             "contention_room_fraction",
             "saturation_slowdown",
+            "outlier_fraction",
+            "min_recent_share",
+            "saturation_tolerance",
             "contention_max_free_fraction",
         ):
             value = getattr(self, name)

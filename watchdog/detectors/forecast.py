@@ -38,12 +38,13 @@ def detect_oom_forecast(
     ctx: GpuContext, device: Profile, *, warming: bool, grower: str | None, config: DetectorConfig
 ) -> tuple[tuple[float, float] | None, Finding | None]:
     """The (eta, confidence) of this GPU when it grows, and an `oom_forecast` finding when it is soon."""
-    best = device.best(min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds))
+    shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
+    best = device.best(shortest, config)
     if best is None or ctx.free_bytes is None:
         return None, None
     if device.levels_off_within(ctx.free_bytes - config.oom_margin_bytes, config):
         return None, None  # slowing down towards a plateau that fits
-    rate = best.rate()
+    rate = best.rate(config)
     eta = eta_seconds(ctx.free_bytes, rate, config)
     if eta is None:
         return None, None
@@ -53,12 +54,12 @@ def detect_oom_forecast(
         severity = Severity.CRITICAL
     else:
         # A warning is not urgent: it waits for a window of `forecast_min_horizon_seconds`.
-        steady = device.best(config.forecast_min_horizon_seconds)
-        eta = None if steady is None else eta_seconds(ctx.free_bytes, steady.rate(), config)
-        if eta is None or eta > config.forecast_warning_eta_seconds or warming:
+        steady = device.best(config.forecast_min_horizon_seconds, config)
+        eta = None if steady is None else eta_seconds(ctx.free_bytes, steady.rate(config), config)
+        if steady is None or eta is None or eta > config.forecast_warning_eta_seconds or warming:
             return forecast, None
         severity = Severity.WARNING
-        rate = steady.rate() if steady is not None else rate
+        rate = steady.rate(config)
     when = "now" if eta < 1 else f"in ~{fmt.duration(eta)}"
     subject = grower if grower is not None else fmt.gpu_label(ctx.gpu)
     on = f" on {fmt.gpu_label(ctx.gpu)}" if grower is not None else ""

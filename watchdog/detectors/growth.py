@@ -8,17 +8,20 @@ sawtooth, and only rises when memory was taken and never given back.
 
 One window (a *horizon*) is cut into `subwindows` equal parts. Growth is **sustained** only when the floor
 rose in every part, by a meaningful share of the total and by no more than `max_subwindow_share` in any one
-of them: warm-up is a few bumps (first step, first validation, first sample images) and fails this test; a
-leak keeps rising in all parts. Horizons from 30 s to an hour are tried, so a leak that steps once per epoch
+of them, and the newest part rising at least `min_recent_share` of the window's mean rate: warm-up is a few
+bumps (first step, first validation, first sample images) and fails this test; a leak keeps rising in all
+parts, a cache that fills up slows down. Horizons from 30 s to an hour are tried, so a leak that steps once per epoch
 is caught at the horizon where every part holds a step. The rate is the Theil-Sen slope (median of pairwise
 slopes) of the floor sampled `buckets` times across the window: robust to a step or an outlier.
 
 Cost: one pass of C-level `min()` over the series plus O(horizons x buckets) Python work, and one
-O(buckets^2) Theil-Sen per reported rate. Single-sample dips (a bad read) are ignored by the floor.
+O(buckets^2) Theil-Sen per reported rate. A lone sample below `outlier_fraction` of both its neighbours is
+a bad read and ignored by the floor; the troughs of a sawtooth are kept (they are what the floor follows).
 """
 
 from __future__ import annotations
 
+import math
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
@@ -57,31 +60,55 @@ class Fit:
     xs: tuple[float, ...]  # sample times of the floor
     ys: tuple[float, ...]  # floor values (non-decreasing)
     parts: tuple[float, ...]  # the rise of each sub-window, oldest first
+    rising: bool = False  # every part rose (sustained, except perhaps for evenness and recency)
 
     @property
     def bytes_per_second(self) -> float:
+        """Theil-Sen slope of the whole window: the average leak rate."""
         return theil_sen(self.xs, self.ys)
 
-    def rate(self) -> Rate:
-        return Rate(self.bytes_per_second, self.confidence, self.span_seconds, self.points, self.sustained)
+    def recent_bytes_per_second(self, config: DetectorConfig) -> float:
+        """Theil-Sen slope of the newest two sub-windows: the rate now, for a forecast.
+
+        A window that starts in warm-up (a young process that loads, steps, then leaks) averages the load
+        into the slope; the newest parts carry the leak alone.
+        """
+        k = 2 * config.buckets_per_subwindow + 1
+        return theil_sen(self.xs[-k:], self.ys[-k:])
+
+    def rate(self, config: DetectorConfig | None = None) -> Rate:
+        """The fit as a Rate: the recent slope when `config` is given, else the whole window's."""
+        slope = self.bytes_per_second if config is None else self.recent_bytes_per_second(config)
+        return Rate(slope, self.confidence, self.span_seconds, self.points, self.sustained)
 
     def remaining_if_saturating(self, config: DetectorConfig) -> float | None:
         """The rise still to come if this growth is slowing geometrically towards a plateau, else None.
 
-        Saturating means every part rose no more than the one before (within `noise_bytes`) and the last
-        part at most `saturation_slowdown` of the first: a leak rises evenly, a cache filling up slows down.
-        The remaining rise is the geometric tail of the parts.
+        Saturating means every part rose no faster than the one before (within `saturation_tolerance` and
+        `noise_bytes`) and the last
+        at most `saturation_slowdown` of the first's rate: a leak rises evenly, a cache filling up slows
+        down. The rate is taken to decay exponentially; the remaining rise is the integral of that decay.
         """
-        p = self.parts
-        if len(p) < 3 or p[0] <= 0 or p[-1] <= 0:
+        b = config.buckets_per_subwindow
+        edges = [(self.xs[s * b], self.xs[min((s + 1) * b, len(self.xs) - 1)]) for s in range(len(self.parts))]
+        if len(edges) < 3 or any(x1 <= x0 for x0, x1 in edges):
             return None
-        if any(b > a + config.noise_bytes for a, b in pairwise(p)):
+        rates = [p / (x1 - x0) for p, (x0, x1) in zip(self.parts, edges, strict=True)]
+        if rates[0] <= 0 or rates[-1] <= 0:
             return None
-        slowdown = p[-1] / p[0]
-        if slowdown > config.saturation_slowdown:
+        # Segment rounding makes equal rises differ by tens of MiB: a part may exceed the one before a little.
+        slack = 1.0 + config.saturation_tolerance
+        if any(
+            r1 > r0 * slack + config.noise_bytes / (e[1] - e[0])
+            for (r0, r1), e in zip(pairwise(rates), edges[1:], strict=False)
+        ):
             return None
-        ratio = float(slowdown ** (1.0 / (len(p) - 1)))
-        return p[-1] * ratio / (1.0 - ratio)
+        if rates[-1] > config.saturation_slowdown * rates[0]:
+            return None
+        first_mid, last_mid = (edges[0][0] + edges[0][1]) / 2, (edges[-1][0] + edges[-1][1]) / 2
+        tau = (last_mid - first_mid) / math.log(rates[0] / rates[-1])
+        rate_at_end = rates[-1] * math.exp(-(edges[-1][1] - last_mid) / tau)
+        return rate_at_end * tau
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,21 +117,25 @@ class Profile:
 
     fits: tuple[Fit, ...]
 
-    def best(self, min_horizon: float = 0.0) -> Fit | None:
-        """The sustained fit of the steepest rise among horizons >= `min_horizon` (None if none is)."""
+    def best(self, min_horizon: float = 0.0, config: DetectorConfig | None = None) -> Fit | None:
+        """The sustained fit of the steepest rise among horizons >= `min_horizon` (None if none is).
+
+        Steepest by the recent slope when `config` is given (forecasts), else by the mean rise rate.
+        """
         sustained = [f for f in self.fits if f.sustained and f.horizon_seconds >= min_horizon]
         if not sustained:
             return None
-        # Ranked by mean rise rate (cheap); Theil-Sen is computed for the chosen fit only.
+        if config is not None:
+            return max(sustained, key=lambda f: (f.recent_bytes_per_second(config), -f.horizon_seconds))
         return max(
             sustained, key=lambda f: (f.rise_bytes / f.span_seconds if f.span_seconds else 0.0, -f.horizon_seconds)
         )
 
     def rate(self, config: DetectorConfig, min_horizon: float = 0.0) -> Rate | None:
-        """The growth rate to report: the best sustained fit, else the fit nearest `rate_report_seconds`."""
-        best = self.best(min_horizon)
+        """The rate now: the steepest sustained fit's recent slope, else the fit nearest `rate_report_seconds`."""
+        best = self.best(min_horizon, config)
         if best is not None:
-            return best.rate()
+            return best.rate(config)
         chosen = _report_choice([f.horizon_seconds for f in self.fits if f.horizon_seconds >= min_horizon], config)
         return next((f.rate() for f in self.fits if f.horizon_seconds == chosen), None)
 
@@ -117,10 +148,10 @@ class Profile:
     def levels_off_within(self, room_bytes: float, config: DetectorConfig, min_horizon: float = 0.0) -> bool:
         """True when the growth is slowing down towards a plateau less than `room_bytes` above today.
 
-        Judged on the longest sustained window (the most evidence): a cache filling up with bucketed
-        resolutions slows down and stops, a leak does not.
+        Judged on the longest window that rose in every part (the most evidence, the least rounding noise):
+        a cache filling up with bucketed resolutions slows down and stops, a leak does not.
         """
-        longest = self.longest_sustained(min_horizon)
+        longest = next((f for f in reversed(self.fits) if f.rising and f.horizon_seconds >= min_horizon), None)
         remaining = None if longest is None else longest.remaining_if_saturating(config)
         return remaining is not None and remaining < room_bytes
 
@@ -143,33 +174,39 @@ def theil_sen(xs: Sequence[float], ys: Sequence[float]) -> float:
     return slopes[mid] if len(slopes) % 2 else (slopes[mid - 1] + slopes[mid]) / 2
 
 
-def _suffix_floors(v: array[float], indexes: Iterable[int], noise_bytes: float) -> dict[int, float]:
-    """floor(i) = the least of v[i:], ignoring single-sample dips, for each index asked.
+def _suffix_floors(v: array[float], indexes: Iterable[int], config: DetectorConfig) -> dict[int, tuple[float, int]]:
+    """floor(i) = (the least of v[i:], ignoring bad reads, and where it is) for each index asked.
 
-    One right-to-left sweep: each segment between two asked indexes is scanned once by C-level `min()`.
+    One right-to-left sweep: each segment between two asked indexes is scanned once by C-level `min()`. The
+    position matters for the slope: a sawtooth's floor sits at a trough, not at the window's grid point.
     """
-    floors: dict[int, float] = {}
-    right, floor = len(v), float("inf")
+    floors: dict[int, tuple[float, int]] = {}
+    right = len(v)
+    floor = (float("inf"), len(v) - 1)
     for i in sorted(set(indexes), reverse=True):
         if i < right:
-            floor = min(floor, _segment_floor(v, i, right, noise_bytes))
+            here = _segment_floor(v, i, right, config.outlier_fraction)
+            floor = here if here[0] <= floor[0] else floor
             right = i
         floors[i] = floor
     return floors
 
 
-def _segment_floor(v: array[float], i: int, j: int, noise_bytes: float) -> float:
+def _segment_floor(v: array[float], i: int, j: int, outlier_fraction: float) -> tuple[float, int]:
     seg = v[i:j]
     low = min(seg)
-    if j - i < 2:
-        return low
     k = i + seg.index(low)
-    neighbours = [v[x] for x in (k - 1, k + 1) if 0 <= x < len(v)]
-    if all(x - low > noise_bytes for x in neighbours):
-        # A single-sample dip (a bad read, or a trough too short to matter): take the next lowest point.
-        rest = [min(part) for part in (v[i:k], v[k + 1 : j]) if part]
-        return min(rest)
-    return low
+    neighbours = [x for x in (k - 1, k + 1) if 0 <= x < len(v)]
+    if neighbours and all(low < outlier_fraction * v[x] for x in neighbours):
+        # A lone sample far below both neighbours is a bad read, not a trough (a sawtooth's troughs are real
+        # and kept): take the next lowest point, or the lower neighbour when the segment is that one point.
+        rest = [(min(v[a:b]), a, b) for a, b in ((i, k), (k + 1, j)) if b > a]
+        if rest:
+            value, a, b = min(rest)
+            return value, a + v[a:b].index(value)
+        x = min(neighbours, key=lambda n: v[n])
+        return v[x], x
+    return low, k
 
 
 def profile(
@@ -214,16 +251,22 @@ def profile(
         # The last point is the floor of the final half bucket: "now", robust to one odd newest sample.
         idx.append(max(idx[-1], min(len(t) - 1, bisect_left(t, now - step / 2))))
         grids.append((h, span, idx))
-    floors = _suffix_floors(v, (i for _, _, idx in grids for i in idx), config.noise_bytes)
+    floors = _suffix_floors(v, (i for _, _, idx in grids for i in idx), config)
     return Profile(tuple(_fit(h, span, idx, t, floors=floors, config=config) for h, span, idx in grids))
 
 
 def _fit(
-    h: float, span: float, idx: list[int], t: array[float], *, floors: dict[int, float], config: DetectorConfig
+    h: float,
+    span: float,
+    idx: list[int],
+    t: array[float],
+    *,
+    floors: dict[int, tuple[float, int]],
+    config: DetectorConfig,
 ) -> Fit:
     n = len(t)
-    xs = [t[i] for i in idx]
-    ys = [floors[i] for i in idx]
+    xs = [t[floors[i][1]] for i in idx]
+    ys = [floors[i][0] for i in idx]
     rise = ys[-1] - ys[0]
     b = config.buckets_per_subwindow
     parts = [ys[(s + 1) * b] - ys[s * b] for s in range(config.subwindows)]
@@ -237,5 +280,11 @@ def _fit(
     confidence = (rising / m) * (0.5 * evenness + 0.5 * fine)
     if rise < config.min_rise_bytes:
         confidence *= max(0.0, rise) / config.min_rise_bytes
-    sustained = rise >= config.min_rise_bytes and rising == m and top_share <= config.max_subwindow_share
-    return Fit(h, span, n - idx[0], rise, sustained, round(confidence, 4), tuple(xs), tuple(ys), tuple(parts))
+    # The steps must keep coming: the newest part rises at a fair share of the window's mean rate.
+    dt_last, dt_all = xs[-1] - xs[-1 - b], xs[-1] - xs[0]
+    recent = dt_last > 0 and dt_all > 0 and parts[-1] / dt_last >= config.min_recent_share * rise / dt_all
+    every_part = rise >= config.min_rise_bytes and rising == m
+    sustained = every_part and top_share <= config.max_subwindow_share and recent
+    return Fit(
+        h, span, n - idx[0], rise, sustained, round(confidence, 4), tuple(xs), tuple(ys), tuple(parts), every_part
+    )

@@ -17,8 +17,8 @@ from .config import DetectorConfig
 def flat_seconds(series: View, config: DetectorConfig, *, not_before: float) -> float:
     """How long the floor has stayed within `noise_bytes` of its current value (0 when it just rose).
 
-    Probes suffix minima at doubling lengths, then bisects: a few C-level `min()` calls, never a Python loop
-    over the points.
+    A run that has plateaued is flat over the whole window: that is checked first, with one C-level `min()`.
+    Otherwise the start of the plateau is bisected between `stable_min_seconds` and the whole window.
     """
     t = series.t
     if len(t) < 3:
@@ -30,24 +30,18 @@ def flat_seconds(series: View, config: DetectorConfig, *, not_before: float) -> 
     longest = now - max(not_before, t[0])
     if longest <= 0:
         return 0.0
-    good, bad = 0.0, None
-    probe = min(config.stable_min_seconds, longest)
-    while True:
-        if _floor_since(series, now - probe) >= floor_ok:
-            good = probe
-            if probe >= longest:
-                break
-            probe = min(probe * 2, longest)
+    if _floor_since(series, now - longest) >= floor_ok:
+        return longest
+    shortest = min(config.stable_min_seconds, longest)
+    if _floor_since(series, now - shortest) < floor_ok:
+        return 0.0
+    good, bad = shortest, longest
+    for _ in range(6):
+        mid = (good + bad) / 2
+        if _floor_since(series, now - mid) >= floor_ok:
+            good = mid
         else:
-            bad = probe
-            break
-    if bad is not None:
-        for _ in range(5):
-            mid = (good + bad) / 2
-            if _floor_since(series, now - mid) >= floor_ok:
-                good = mid
-            else:
-                bad = mid
+            bad = mid
     return good
 
 

@@ -15,7 +15,7 @@ would have without us. Kept to syntax that old interpreters parse, since it runs
 command starts.
 """
 
-# ruff: noqa: PTH100, PTH109, PTH113, PTH118, PTH120, PLC0415, S110, UP031, UP036
+# ruff: noqa: PTH100, PTH109, PTH113, PTH118, PTH120, S110, UP031, UP036
 # Runs at start-up of every interpreter the command starts, whatever its version: plain os.path (no pathlib
 # import on that hot path), %-formatting and an explicit version check are on purpose.
 

@@ -1,0 +1,180 @@
+"""The robust growth rate: floors, sub-window test, Theil-Sen, saturation; table-driven plus properties."""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vramwatch.detectors.config import DetectorConfig
+from vramwatch.detectors._series import View
+from vramwatch.detectors.growth import profile, theil_sen
+
+GIB = 1 << 30
+MIB = 1 << 20
+CONFIG = DetectorConfig()
+
+
+def series(fn: Callable[[float], float], seconds: float, step: float = 1.0, t0: float = 0.0) -> View:
+    n = int(seconds / step) + 1
+    ts = [t0 + k * step for k in range(n)]
+    return View(array("d", ts), array("d", [float(fn(t - t0)) for t in ts]))
+
+
+PROFILES: dict[str, tuple[Callable[[float], float], float, float | None]] = {
+    # name: (bytes at t, seconds, expected sustained rate in bytes/s or None for "not growing")
+    "flat": (lambda t: 10 * GIB, 1800, None),
+    "linear 150 MB/s": (lambda t: 4 * GIB + 150e6 * t, 120, 150e6),
+    "linear 3 MB/s": (lambda t: 10 * GIB + 3e6 * t, 1800, 3e6),
+    "one step": (lambda t: 10 * GIB + (t > 600) * 2 * GIB, 1800, None),
+    "warm-up steps then flat": (
+        lambda t: 8 * GIB + (t > 20) * 3 * GIB + (t > 300) * GIB + (t > 600) * 1.5 * GIB,
+        1800,
+        None,
+    ),
+    "sawtooth, flat troughs": (lambda t: 12 * GIB + (t % 7) * 300 * MIB, 1200, None),
+    "spike every 5 min": (lambda t: 12 * GIB + ((t % 300) < 10) * 2 * GIB, 1800, None),
+    "epoch leak 500 MB / 300 s": (lambda t: 8 * GIB + (t // 300) * 500e6, 3600, 500e6 / 300),
+    "sawtooth with rising troughs": (lambda t: 8 * GIB + (t % 10) * 100 * MIB + 1e6 * t, 1800, 1e6),
+}
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_profile_table(name: str) -> None:
+    """Each memory shape yields sustained growth at its true rate, or none at all."""
+    fn, seconds, expected = PROFILES[name]
+    best = profile(series(fn, seconds), CONFIG).best()
+    if expected is None:
+        assert best is None
+    else:
+        assert best is not None
+        assert best.rate().bytes_per_second == pytest.approx(expected, rel=0.25)
+        assert best.rate().confidence > 0.5
+
+
+def test_single_sample_dips_and_spikes_are_ignored() -> None:
+    """A flat series with one bad low read and one spike has no growth and a zero rate."""
+    base = series(lambda t: 10 * GIB, 1200)
+    v = array("d", base.v)
+    v[400] = 1 * GIB  # a bad read
+    v[900] = 20 * GIB  # a spike
+    prof = profile(View(base.t, v), CONFIG)
+    rate = prof.rate(CONFIG)
+    assert prof.best() is None
+    assert rate is not None
+    assert rate.bytes_per_second == 0.0
+
+
+def test_newest_bad_read_does_not_hide_a_leak() -> None:
+    """A leak whose newest sample is a bad low read is still reported as growing."""
+    leak = series(lambda t: 8 * GIB + 20e6 * t, 600)
+    v = array("d", leak.v)
+    v[-1] = 0.0
+    best = profile(View(leak.t, v), CONFIG).best()
+    assert best is not None
+    assert best.rate().bytes_per_second == pytest.approx(20e6, rel=0.1)
+
+
+def test_too_little_history_gives_no_rate() -> None:
+    """Fewer points than the shortest window covers: no rate at all, rather than a guess."""
+    assert profile(series(lambda t: 8 * GIB + 1e8 * t, 5), CONFIG).rate(CONFIG) is None
+
+
+def test_a_gap_in_a_window_blocks_sustained_growth_there() -> None:
+    """A window with a sub-window of no data (GPU down) cannot claim continuous growth."""
+    full = series(lambda t: 8 * GIB + 150e6 * t, 60)
+    keep = [k for k, t in enumerate(full.t) if not 30 <= t < 40]
+    gappy = View(array("d", [full.t[k] for k in keep]), array("d", [full.v[k] for k in keep]))
+    fits = {f.horizon_seconds: f for f in profile(gappy, CONFIG).fits}
+    assert not fits[30.0].sustained
+    assert fits[15.0].sustained  # the points after the gap still show the leak
+
+
+def test_saturating_growth_projects_its_plateau() -> None:
+    """Growth that slows geometrically predicts the rest of its rise; a linear leak predicts none."""
+    tau, goal = 150.0, 10 * GIB
+    saturating = profile(series(lambda t: 8 * GIB + goal * (1 - math.exp(-t / tau)), 400), CONFIG)
+    fit = saturating.longest_sustained()
+    assert fit is not None
+    remaining = fit.remaining_if_saturating(CONFIG)
+    assert remaining == pytest.approx(goal * math.exp(-400 / tau), rel=0.2)
+    linear = profile(series(lambda t: 8 * GIB + 20e6 * t, 400), CONFIG).longest_sustained()
+    assert linear is not None
+    assert linear.remaining_if_saturating(CONFIG) is None
+
+
+@pytest.mark.parametrize(
+    ("xs", "ys", "slope"),
+    [
+        ((0, 1, 2, 3), (0, 2, 4, 6), 2.0),
+        ((0, 1, 2, 3, 4), (0, 1, 2, 100, 4), 1.0),  # one outlier cannot tilt it
+        ((0, 0, 0), (1, 2, 3), 0.0),  # no distinct x
+        ((5,), (1,), 0.0),
+    ],
+)
+def test_theil_sen(xs: tuple[float, ...], ys: tuple[float, ...], slope: float) -> None:
+    """Theil-Sen is the median pairwise slope, robust to one outlier, zero without distinct times."""
+    assert theil_sen(xs, ys) == pytest.approx(slope)
+
+
+ticks = st.lists(st.floats(0.6, 1.4), min_size=40, max_size=400)
+
+
+@settings(max_examples=40, deadline=None)
+@given(level=st.integers(0, 80 * GIB), gaps=ticks)
+def test_constant_memory_never_grows(level: int, gaps: list[float]) -> None:
+    """Constant memory, whatever its level and however irregular the ticks, never shows growth."""
+    t = array("d", [0.0])
+    for g in gaps:
+        t.append(t[-1] + g)
+    prof = profile(View(t, array("d", [float(level)] * len(t))), CONFIG)
+    assert prof.best() is None
+    rate = prof.rate(CONFIG)
+    assert rate is None or rate.bytes_per_second == 0.0
+
+
+shapes = st.lists(
+    st.tuples(st.floats(0.6, 1.4), st.integers(-64 * MIB, 512 * MIB)), min_size=40, max_size=300
+)
+
+
+def _walk(steps: list[tuple[float, int]]) -> View:
+    """A random walk of memory on irregular ticks (as the daemon's are: ~1 s, never exactly)."""
+    t, v = array("d"), array("d")
+    now, level = 0.0, 8.0 * GIB
+    for gap, step in steps:
+        now += gap
+        level = max(0.0, level + step)
+        t.append(now)
+        v.append(level)
+    return View(t, v)
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=shapes, offset=st.integers(-4 * GIB, 40 * GIB))
+def test_adding_a_constant_does_not_change_the_rate(steps: list[tuple[float, int]], offset: int) -> None:
+    """Another process's constant memory underneath changes neither the rate nor whether it is sustained."""
+    a = _walk(steps)
+    b = View(a.t, array("d", [x + offset for x in a.v]))
+    ra, rb = profile(a, CONFIG).rate(CONFIG), profile(b, CONFIG).rate(CONFIG)
+    assert (ra is None) == (rb is None)
+    if ra is not None and rb is not None:
+        assert rb.bytes_per_second == pytest.approx(ra.bytes_per_second, abs=1.0)
+        assert rb.sustained == ra.sustained
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=shapes, shift=st.floats(-1e5, 1e6))
+def test_rate_is_invariant_to_time_shifts(steps: list[tuple[float, int]], shift: float) -> None:
+    """Where the monotonic clock started does not matter: shifted times give the same rate."""
+    a = _walk(steps)
+    b = View(array("d", [t + shift for t in a.t]), a.v)
+    ra, rb = profile(a, CONFIG).rate(CONFIG), profile(b, CONFIG).rate(CONFIG)
+    assert (ra is None) == (rb is None)
+    if ra is not None and rb is not None:
+        assert rb.bytes_per_second == pytest.approx(ra.bytes_per_second, rel=1e-6, abs=1.0)
+        assert rb.sustained == ra.sustained

@@ -1,0 +1,306 @@
+"""Whole detector pipeline (History -> analyze -> FindingTracker) on synthetic runs with known outcomes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vramwatch.detectors import DetectorConfig, analyze
+from vramwatch.detectors.testing import GIB, MIB, Card, Replay, Rig, meta, replay, ticks
+from vramwatch.history import History
+from vramwatch.model import Severity
+
+CARD = 24 * GIB
+OVERHEAD = Card().overhead_bytes
+Profile = Callable[[float], Mapping[int, int]]
+
+
+def run(fn: Profile, seconds: float, *, step: float = 1.0, rig: Rig | None = None, until_full: bool = True) -> Replay:
+    """Replay `fn` every `step` seconds; a single-card run stops at its OOM (the process's next tick)."""
+    rows = []
+    for t in ticks(0.0, seconds, step):
+        usage = fn(t)
+        if until_full and OVERHEAD + sum(usage.values()) >= CARD - 64 * MIB:
+            break
+        rows.append((t, usage))
+    return replay(rows, rig, interval_seconds=step)
+
+
+def oom_time(fn: Profile, seconds: float, step: float = 1.0) -> float:
+    return next(t for t in ticks(0.0, seconds, step) if OVERHEAD + sum(fn(t).values()) >= CARD - 64 * MIB)
+
+
+def warmup(t: float, *, bumps: tuple[tuple[float, int], ...] = ((300, GIB), (600, 3 * GIB // 2))) -> int:
+    """Weights in 8 s, first step (activations, grads, optimizer state), then validation/sampling bumps."""
+    held = 500 * MIB + int(min(t / 8, 1) * 9.5 * GIB)
+    held += (t >= 15) * 3 * GIB + (t >= 17) * GIB + (t >= 19) * 3 * GIB // 2
+    return held + sum(size for at, size in bumps if t >= at)
+
+
+def healthy(t: float) -> dict[int, int]:
+    return {4242: warmup(t)}
+
+
+def sawtooth(t: float) -> dict[int, int]:
+    return {4242: 12 * GIB + int(t % 7) * 300 * MIB}
+
+
+def fast_leak(t: float) -> dict[int, int]:
+    # ~2 min from start to OOM: 4 GiB of weights, the first step, then 150 MB/s from t = 20 s.
+    held = 500 * MIB + int(min(t / 8, 1) * 4 * GIB) + (t >= 15) * 2 * GIB
+    return {4242: held + int(max(0.0, t - 20) * 150e6)}
+
+
+def slow_leak(t: float) -> dict[int, int]:
+    return {4242: warmup(t) + int(max(0.0, t - 120) * 3e6)}
+
+
+def stepwise_leak(t: float) -> dict[int, int]:
+    return {4242: 12 * GIB + int(max(0.0, t - 120) // 90) * 700 * MIB}
+
+
+def plateau_92(t: float) -> dict[int, int]:
+    return {4242: int(min(t / 10, 1) * (0.92 * CARD - OVERHEAD))}
+
+
+def spike_at_step_1(t: float) -> dict[int, int]:
+    # The first step's peak is reserved by the caching allocator and kept: a one-off jump to 88 %, then flat.
+    return {4242: 10 * GIB if t < 20 else 21 * GIB}
+
+
+HEALTHY: dict[str, tuple[Profile, float, float]] = {
+    "warm-up with validation and sampling bumps, then flat": (healthy, 1800, 2.0),
+    "sawtooth": (sawtooth, 1200, 1.0),
+    "plateau at 92 %": (plateau_92, 3600, 5.0),
+    "spike at step 1": (spike_at_step_1, 900, 1.0),
+}
+
+
+@pytest.mark.parametrize("name", list(HEALTHY))
+def test_healthy_runs_raise_nothing(name: str) -> None:
+    """Warm-up bumps, a sawtooth, a 92 % plateau and a first-step spike raise no finding at all."""
+    fn, seconds, step = HEALTHY[name]
+    result = run(fn, seconds, step=step)
+    assert result.raised == []
+    assert result.last is not None
+    assert not result.last.oom_eta
+
+
+def test_a_healthy_run_gets_a_stability_verdict() -> None:
+    """Once flat past warm-up, the run is called stable with its size, duration and headroom."""
+    result = run(healthy, 1800, step=2.0)
+    assert result.last is not None
+    (text,) = result.last.verdicts.values()
+    assert "stable at 18.0 GiB for 20 min" in text
+    assert "GiB headroom" in text
+
+
+@pytest.mark.parametrize(
+    ("fn", "seconds", "step", "warning_lead", "critical_lead"),
+    [
+        pytest.param(fast_leak, 600, 1.0, 60, 20, id="fast leak 150 MB/s"),
+        pytest.param(slow_leak, 6000, 5.0, 300, 20, id="slow leak 3 MB/s"),
+        pytest.param(stepwise_leak, 4000, 5.0, 300, 20, id="stepwise leak 700 MiB / 90 s"),
+    ],
+)
+def test_leaks_are_warned_ahead_of_the_oom(
+    fn: Profile, seconds: float, step: float, warning_lead: float, critical_lead: float
+) -> None:
+    """Every gradual leak is warned and then called critical well before the card is full."""
+    oom = oom_time(fn, seconds, step)
+    result = run(fn, seconds, step=step)
+    first, critical = result.first(), result.first(critical=True)
+    assert first is not None
+    assert critical is not None
+    assert oom - first.t >= warning_lead
+    assert oom - critical.t >= critical_lead
+
+
+def test_fast_leak_forecast_names_the_process_and_the_eta() -> None:
+    """The fast leak's forecast carries an ETA close to the truth and a human message."""
+    oom = oom_time(fast_leak, 600)
+    result = run(fast_leak, 600)
+    finding = result.first("oom_forecast")
+    assert finding is not None
+    assert finding.eta_seconds is not None
+    assert finding.eta_seconds == pytest.approx(oom - finding.t, rel=0.3)
+    assert finding.message.startswith("python (pid 4242, alice) grows 15")
+    assert "MB/s on GPU 0; the card is full in ~" in finding.message
+    assert "of 24.0 GiB used)" in finding.message
+
+
+def test_slow_leak_is_claimed_as_growth_long_before_the_forecast() -> None:
+    """A slow leak is called a growth (a leak) early, with the process and its rate."""
+    result = run(slow_leak, 6000, step=5.0)
+    growth = result.first("growth")
+    assert growth is not None
+    assert growth.process is not None
+    assert growth.process.pid == 4242
+    assert growth.numbers["rate_bytes_per_second"] == pytest.approx(3e6, rel=0.2)
+    assert growth.t < 900
+
+
+def test_probable_oom_reported_when_a_leaking_process_vanishes() -> None:
+    """The process that vanishes from a card that was filling up is reported as a probable OOM."""
+    oom = oom_time(fast_leak, 600)
+    rows = [(t, fast_leak(t)) for t in ticks(0.0, oom - 1)] + [(t, {}) for t in ticks(oom, oom + 5)]
+    result = replay(rows)
+    crash = result.first("probable_oom")
+    assert crash is not None
+    assert crash.severity is Severity.CRITICAL
+    assert crash.t == oom
+    assert "disappeared from GPU 0" in crash.message
+
+
+def test_a_quiet_exit_on_a_plateau_is_not_an_oom() -> None:
+    """A run that ends on a flat plateau, even a full one, is not called an OOM."""
+    rows = [(t, plateau_92(t)) for t in ticks(0.0, 900)] + [(t, {}) for t in ticks(901, 960)]
+    assert replay(rows).raised == []
+
+
+def contention(t: float) -> dict[int, int]:
+    usage = {4242: 18 * GIB}
+    if t >= 600:
+        usage[777] = int(min(1.0, (t - 599) / 10) * 5 * GIB)
+    return usage
+
+
+def test_contention_names_the_newcomer_within_three_ticks() -> None:
+    """Another user's process on the trainer's GPU is named (pid, name, user, memory) within 3 ticks."""
+    rig = Rig(metas={4242: meta(4242, name="train.py"), 777: meta(777, name="jupyter", user="bob")})
+    result = run(contention, 700, rig=rig)
+    finding = result.first("contention")
+    assert finding is not None
+    assert finding.process is not None
+    assert finding.process.pid == 777
+    assert finding.t <= 600 + 3
+    assert finding.message.startswith("jupyter (pid 777, bob)")
+    assert finding.numbers["user"] == "bob"
+
+
+def test_contention_by_the_same_user_needs_the_room_taken() -> None:
+    """A same-user newcomer is contention only once it leaves less than a tenth of the card free."""
+    rig = Rig(metas={4242: meta(4242), 777: meta(777)})
+    result = run(contention, 700, rig=rig)
+    finding = result.first("contention")
+    assert finding is not None
+    assert finding.t > 600
+    assert "took" in finding.message
+    small = run(lambda t: {4242: 12 * GIB, **({777: 2 * GIB} if t >= 600 else {})}, 700, rig=rig)
+    assert small.first("contention") is None
+
+
+def test_a_zombie_holding_memory_is_a_stale_holder() -> None:
+    """A zombie process that still holds VRAM is reported as a stale holder."""
+    rig = Rig(metas={4242: meta(4242, status="zombie"), 5000: meta(5000)})
+    result = run(lambda t: {4242: 2 * GIB, 5000: 10 * GIB}, 60, rig=rig)
+    (finding,) = result.raised
+    assert finding.kind == "stale_holder"
+    assert finding.process is not None
+    assert finding.process.pid == 4242
+    assert "is zombie and still holds 2.0 GiB" in finding.message
+
+
+def test_an_orphaned_worker_is_a_stale_holder() -> None:
+    """A worker whose launcher died (now a child of init) is reported as a stale holder."""
+    worker = meta(4243, ppid=1, root_pid=4200, root_start_time=1.0, root_name="torchrun")
+    result = run(lambda t: {4243: 4 * GIB}, 30, rig=Rig(metas={4243: worker}))
+    assert [f.kind for f in result.raised] == ["stale_holder"]
+    assert "lost its launcher (pid 4200)" in result.raised[0].message
+
+
+def test_pid_reuse_starts_a_new_identity() -> None:
+    """A new process reusing a pid is not the old one grown: no growth, two separate rates."""
+    history = History()
+    old, new = meta(4242, start_time=1000.0), meta(4242, start_time=2000.0)
+    for t in ticks(0.0, 900):
+        usage: dict[int, int] = {} if 300 <= t < 305 else {4242: 8 * GIB if t < 300 else 20 * GIB}
+        history.add(Rig(metas={4242: old if t < 300 else new}).snapshot(t, usage))
+    analysis = analyze(history)
+    assert analysis.findings == ()
+    (key, _gpu), rate = next(iter(analysis.process_growth.items()))
+    assert key.start_time == 2000.0
+    assert rate.bytes_per_second == 0.0
+
+
+def test_a_lost_gpu_is_skipped_and_the_other_still_watched() -> None:
+    """A GPU that falls off the bus raises nothing; a leak on the other GPU is still found."""
+    cards = (Card("GPU-0", 0), Card("GPU-1", 1))
+    rig = Rig(cards=cards, down=lambda t, uuid: uuid == "GPU-1" and t >= 300)
+    result = run(
+        lambda t: {"GPU-0": {1: int(8 * GIB + max(0.0, t - 150) * 3e6)}, "GPU-1": {2: 12 * GIB}},
+        1200,
+        rig=rig,
+        until_full=False,
+    )
+    assert {(f.kind, f.gpu_uuid) for f in result.raised} == {("growth", "GPU-0")}
+    assert result.last is not None
+    assert "GPU-1" not in result.last.gpu_growth
+
+
+def test_hidden_pids_still_give_device_findings() -> None:
+    """Without visible pids (a container), a leak is still found on the device, with no process named."""
+    rows = [(t, slow_leak(t)) for t in ticks(0.0, 1500, 5.0)]
+    rig = Rig()
+    history, config = History(3600, 5.0), DetectorConfig()
+    kinds = set()
+    for t, usage in rows:
+        history.add(rig.snapshot(t, usage, visible=False))
+        kinds |= {(f.kind, f.process) for f in analyze(history, config).findings}
+    assert ("growth", None) in kinds
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    base=st.integers(2, 12),
+    start=st.floats(30, 300),
+    rate=st.floats(20e6, 200e6),
+    factor=st.floats(1.0, 4.0),
+)
+def test_a_steeper_leak_is_never_warned_later(base: int, start: float, rate: float, factor: float) -> None:
+    """The same run leaking faster gets its first finding no later (and none is ever missed)."""
+
+    def leak(r: float) -> Profile:
+        return lambda t: {4242: base * GIB + int(max(0.0, t - start) * r)}
+
+    def first_finding(r: float) -> float:
+        found = run(leak(r), 3000, step=2.0).first()
+        assert found is not None
+        return found.t
+
+    assert first_finding(rate * factor) <= first_finding(rate)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    bumps=st.lists(st.tuples(st.floats(20, 900), st.integers(64 * MIB, 2 * GIB)), max_size=3),
+    load_seconds=st.floats(1, 10),
+    weights=st.integers(2 * GIB, 10 * GIB),
+)
+def test_warm_up_then_flat_never_raises(
+    bumps: list[tuple[float, int]], load_seconds: float, weights: int
+) -> None:
+    """A load, up to three bumps placed anywhere (first step, validation, samples), then flat: no finding."""
+
+    def fn(t: float) -> dict[int, int]:
+        held = 500 * MIB + int(min(t / load_seconds, 1) * weights)
+        return {4242: held + sum(size for at, size in bumps if t >= at)}
+
+    assert run(fn, 1500, step=3.0).raised == []
+
+
+def test_rates_are_reported_for_metrics() -> None:
+    """analyze exposes per-GPU and per-process rates, and an ETA only while the card grows."""
+    result = run(fast_leak, 75)
+    assert result.last is not None
+    rate = result.last.gpu_growth["GPU-0"]
+    assert rate.sustained
+    assert rate.bytes_per_second == pytest.approx(150e6, rel=0.1)
+    eta, confidence = result.last.oom_eta["GPU-0"]
+    assert 0 < eta < 120
+    assert 0.5 < confidence <= 1.0
+    assert math.isclose(result.last.t, 75.0)
