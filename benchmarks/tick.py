@@ -214,6 +214,9 @@ def main() -> None:
     ap.add_argument("--daemon", type=float, default=0, metavar="SECONDS", help="also measure serve at 1 Hz")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
+    from vramwatch import logs
+
+    logs.configure("json", "error")  # findings of the simulated scenarios are not what is measured here
     res: dict[str, Any] = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus",
         "python": sys.version.split()[0],

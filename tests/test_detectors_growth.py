@@ -9,9 +9,8 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from vramwatch.detectors.config import DetectorConfig
 from vramwatch.detectors._series import View
+from vramwatch.detectors.config import DetectorConfig
 from vramwatch.detectors.growth import profile, theil_sen
 
 GIB = 1 << 30
@@ -137,9 +136,7 @@ def test_constant_memory_never_grows(level: int, gaps: list[float]) -> None:
     assert rate is None or rate.bytes_per_second == 0.0
 
 
-shapes = st.lists(
-    st.tuples(st.floats(0.6, 1.4), st.integers(-64 * MIB, 512 * MIB)), min_size=40, max_size=300
-)
+shapes = st.lists(st.tuples(st.floats(0.6, 1.4), st.integers(-64 * MIB, 512 * MIB)), min_size=40, max_size=300)
 
 
 def _walk(steps: list[tuple[float, int]]) -> View:

@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from vramwatch.detectors import DetectorConfig, analyze
 from vramwatch.detectors.testing import GIB, MIB, Card, Replay, Rig, meta, replay, ticks
 from vramwatch.history import History
@@ -281,9 +280,7 @@ def test_a_steeper_leak_is_never_warned_later(base: int, start: float, rate: flo
     load_seconds=st.floats(1, 10),
     weights=st.integers(2 * GIB, 10 * GIB),
 )
-def test_warm_up_then_flat_never_raises(
-    bumps: list[tuple[float, int]], load_seconds: float, weights: int
-) -> None:
+def test_warm_up_then_flat_never_raises(bumps: list[tuple[float, int]], load_seconds: float, weights: int) -> None:
     """A load, up to three bumps placed anywhere (first step, validation, samples), then flat: no finding."""
 
     def fn(t: float) -> dict[int, int]:

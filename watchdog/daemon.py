@@ -286,7 +286,13 @@ class Daemon:
         for f in cleared:
             log.info("finding_cleared", kind=f.kind, gpu=f.gpu_uuid, pid=f.process.pid if f.process else None)
         for result in self.dispatcher.handle(raised, cleared, frozenset(self.attached), snap.processes):
-            log.info("action", **result.log_fields())
+            # What was done (or refused for an intrusive action) is worth a line; "nothing to send" is not.
+            level = (
+                log.info
+                if result.done or result.action in {"signal", "save_now", "kill", "hook", "error"}
+                else log.debug
+            )
+            level("action", **result.log_fields())
         for n in self.dispatcher.notifiers:
             resend = getattr(n, "tick", None)  # Alertmanager expects firing alerts to be re-sent
             if resend is not None:

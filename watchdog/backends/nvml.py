@@ -297,7 +297,7 @@ class NvmlBackend:
         """The injected inspector, else psutil's: NVML's pids are host pids, which psutil resolves."""
         if self._inspector is None:
             # Imported here so that this module (and its tests) do not pull in the attribution stack.
-            from ..attribution import PsutilInspector  # noqa: PLC0415
+            from ..attribution import PsutilInspector
 
             self._inspector = PsutilInspector()
         return self._inspector

@@ -136,7 +136,7 @@ def _analyze_gpu(
         tree = trees.setdefault(p.tree_key, _Tree(p.tree_key, []))
         tree.members.append(p)
         tree.held_bytes += p.used_bytes or 0
-    growing: list[tuple[float, str]] = []
+    tree_grows = False
     for tree in trees.values():
         track = history.trees.get((tree.key, ctx.uuid))
         if track is None:
@@ -151,7 +151,7 @@ def _analyze_gpu(
             finding = growth_finding(ctx, best, config, key=tree.key, meta=meta, members=members)
             if finding is not None:
                 out.findings.append(finding)
-                growing.append((best.rise_bytes / max(best.span_seconds, 1e-9), _label(tree)))
+                tree_grows = True
                 continue
         text = verdict(
             ctx,
@@ -178,7 +178,7 @@ def _analyze_gpu(
         out.oom_eta[ctx.uuid] = eta
     if finding is not None:
         out.findings.append(finding)
-    if not growing and ctx.used:
+    if not tree_grows and ctx.used:
         starts = [tr.first_seen for key in trees if (tr := history.trees.get((key, ctx.uuid))) is not None]
         cutoff = max([ctx.used.t[0], *starts]) + config.warmup_seconds
         grown = profile(ctx.used, config, start=cutoff, min_horizon=config.growth_min_horizon_seconds, report=False)

@@ -112,9 +112,9 @@ class DetectorConfig:
     #: or two, so only critical forecasts are raised.
     forecast_warmup_seconds: float = 180.0
     settle_seconds: float = 15.0
-    #: Growth that slows down geometrically (each part of the window rising no more than the previous, the
-    #: last part at most this share of the first) is projected to its plateau; when the plateau fits in the
-    #: card, there is no OOM to forecast (bucketed resolutions filling the allocator's cache).
+    #: Growth that slows down (each part of the window rising no faster than the previous, the last at most
+    #: this share of the first's rate) is projected to its plateau; when the plateau fits in the card there
+    #: is no OOM to forecast and no leak to claim (bucketed resolutions filling the allocator's cache).
     saturation_slowdown: float = 0.7
     #: How much a part may exceed the one before and still count as slowing down (segment rounding).
     saturation_tolerance: float = 0.25
@@ -133,15 +133,15 @@ class DetectorConfig:
     # --- contention (contention.py) -----------------------------------------------------------------------
     #: A contender must have taken at least this much ...
     contention_min_bytes: int = 256 * MIB
-    #: ... and at least this share of the room that was free before it arrived.
-    contention_room_fraction: float = 0.25
+    #: ... and at least this share of the room that was free before it arrived, or enough to leave less than
+    #: `contention_max_free_fraction` of the card free: taking a little of a big card is sharing it.
+    contention_room_fraction: float = 0.5
+    contention_max_free_fraction: float = 0.10
     #: The run it hurts holds at least this much and was there this long before the contender arrived.
     contention_incumbent_min_bytes: int = 1 * GIB
-    contention_incumbent_seconds: float = 60.0
+    contention_incumbent_seconds: float = 30.0
     #: How long after its arrival a contender is still reported.
     contention_hold_seconds: float = 600.0
-    #: ... and leave less than this share of the card free: two runs that both fit are not contending.
-    contention_max_free_fraction: float = 0.10
     #: Name a process of another user from the tick it appears, before it has taken anything.
     contention_other_user: bool = True
     #: Seconds before the arrival over which "the room before" is measured.

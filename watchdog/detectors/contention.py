@@ -5,9 +5,10 @@ fails. It belongs to another process tree than the run it concerns (workers of o
 launch share a tree and never contend), holds at least `contention_min_bytes`, gained within the last
 `contention_hold_seconds` (new, or grown), and is reported when either:
 
-- it **took the room**: at least `contention_room_fraction` of what was free just before it arrived, leaving
-  less than `contention_max_free_fraction` of the card free (two runs that both fit share a card; they do not
-  contend for it until it is nearly full); critical under `contention_critical_free_fraction`; or
+- it **took the room**: at least `contention_room_fraction` (half) of what was free just before it arrived, or
+  enough to leave less than `contention_max_free_fraction` of the card free (a newcomer that takes a little
+  of a big card shares it; one that takes most of the room, or the last of it, contends for it); critical
+  under `contention_critical_free_fraction`; or
 - it belongs to **another user** (`contention_other_user`, on by default): reported from the tick it appears,
   before it has taken anything, because on a shared box that is the moment to know who it is. Turn it off
   where users share cards on purpose.
@@ -19,8 +20,10 @@ nothing already running is ever called a contender.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..history import History
-from ..model import Finding, ProcessKey, ProcessMeta, Severity
+from ..model import Finding, ProcessKey, ProcessMeta, ProcessSample, Severity
 from . import _format as fmt
 from ._context import GpuContext
 from ._series import View, view
@@ -41,81 +44,146 @@ def detect_contention(ctx: GpuContext, history: History, config: DetectorConfig)
         track = history.processes.get((p.key, ctx.uuid))
         if track is None:
             continue
-        arrival = _arrival(track.first_seen, view(track.series), p.used_bytes, ctx.now, config)
-        if arrival is None:
-            continue
-        before = ctx.free.max_between(arrival - config.contention_before_seconds, arrival)
-        if before is None:
-            continue  # no "before": vramwatch was not watching yet
-        taken = before - ctx.free_bytes
-        incumbents = _incumbents(trees, p.tree_key, arrival=arrival, history=history, ctx=ctx, config=config)
-        if not incumbents:
-            continue
-        total = ctx.total_bytes
-        took_room = (
-            taken >= config.contention_min_bytes
-            and ctx.free_bytes <= (1 - config.contention_room_fraction) * before
-            # Both fit: sharing a card, not contending for it.
-            and (total is None or ctx.free_bytes <= config.contention_max_free_fraction * total)
-        )
-        strangers = [c for c in incumbents if p.meta.user is not None and c[1][1].user not in (None, p.meta.user)]
-        if took_room:
-            key, (held, meta, members) = incumbents[0]
-        elif config.contention_other_user and strangers:
-            key, (held, meta, members) = strangers[0]
-        else:
-            continue
-        critical = took_room and total is not None and ctx.free_bytes < config.contention_critical_free_fraction * total
-        victim = fmt.process_label(meta, key, tree=True, members=members)
-        who = fmt.process_label(p.meta, p.key)
-        gpu = fmt.gpu_label(ctx.gpu)
-        if took_room:
-            message = (
-                f"{who} took {fmt.gib(p.used_bytes)} GiB on {gpu} where {victim} runs; free fell from "
-                f"{fmt.gib(before)} to {fmt.gib(ctx.free_bytes)} GiB"
-            )
-        else:
-            message = (
-                f"{who} started using {gpu} where {victim} runs; it holds {fmt.gib(p.used_bytes)} GiB, "
-                f"{fmt.gib(ctx.free_bytes)} GiB free (was {fmt.gib(before)})"
-            )
-        findings.append(
-            Finding(
-                kind="contention",
-                severity=Severity.CRITICAL if critical else Severity.WARNING,
-                gpu_uuid=ctx.uuid,
-                message=message,
-                t=ctx.now,
-                process=p.key,
-                process_name=p.meta.name,
-                numbers={
-                    "pid": p.pid,
-                    "user": p.meta.user,
-                    "used_bytes": p.used_bytes,
-                    "free_before_bytes": int(before),
-                    "free_bytes": ctx.free_bytes,
-                    "arrival_t": arrival,
-                    "incumbent_pid": key.pid,
-                    "incumbent_bytes": held,
-                    "incumbent_user": meta.user,
-                    "took_room": took_room,
-                },
-            )
-        )
+        seen = _Seen(p, p.used_bytes, ctx.free_bytes, track.first_seen, trees)
+        found = _took_the_room(seen, view(track.series), history, ctx, config)
+        if found is None:
+            found = _another_user(seen, history, ctx, config)
+        if found is not None:
+            findings.append(found)
     return findings
 
 
-def _arrival(first_seen: float, series: View, used: int, now: float, config: DetectorConfig) -> float | None:
-    """When the process took its memory: its first tick if recent, else when it grew by the minimum."""
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """A candidate contender at this tick, with the GPU's free memory and the trees on it."""
+
+    p: ProcessSample
+    used: int
+    free: int
+    first_seen: float
+    trees: dict[ProcessKey, tuple[int, ProcessMeta, int]]
+
+
+def _took_the_room(
+    seen: _Seen, series: View, history: History, ctx: GpuContext, config: DetectorConfig
+) -> Finding | None:
+    """It gained its memory recently, took a quarter of the room, and left the card nearly full."""
+    p, free = seen.p, seen.free
+    arrival = _gained_at(seen.first_seen, series, seen.used, ctx.now, config)
+    if arrival is None:
+        return None
+    before = ctx.free.max_between(arrival - config.contention_before_seconds, arrival)
+    if before is None:
+        return None  # no "before": vramwatch was not watching yet
+    total = ctx.total_bytes
+    took_most = free <= (1 - config.contention_room_fraction) * before
+    left_little = total is not None and free <= config.contention_max_free_fraction * total
+    if before - free < config.contention_min_bytes or not (took_most or left_little):
+        return None
+    incumbents = _incumbents(seen.trees, p.tree_key, arrival=arrival, history=history, ctx=ctx, config=config)
+    if not incumbents:
+        return None
+    critical = total is not None and free < config.contention_critical_free_fraction * total
+    message = (
+        f"{fmt.process_label(p.meta, p.key)} took {fmt.gib(seen.used)} GiB on {fmt.gpu_label(ctx.gpu)} "
+        f"where {_victim(incumbents[0])} runs; free fell from {fmt.gib(before)} to {fmt.gib(free)} GiB"
+    )
+    return _finding(
+        seen,
+        ctx,
+        incumbent=incumbents[0],
+        message=message,
+        before=before,
+        arrival=arrival,
+        took_room=True,
+        critical=critical,
+    )
+
+
+def _another_user(seen: _Seen, history: History, ctx: GpuContext, config: DetectorConfig) -> Finding | None:
+    """Another user's process appeared (within the hold time) where a run was working."""
+    p, first_seen = seen.p, seen.first_seen
+    if not config.contention_other_user or p.meta.user is None:
+        return None
+    if first_seen < ctx.now - config.contention_hold_seconds:
+        return None
+    before = ctx.free.max_between(first_seen - config.contention_before_seconds, first_seen)
+    if before is None:
+        return None
+    incumbents = _incumbents(seen.trees, p.tree_key, arrival=first_seen, history=history, ctx=ctx, config=config)
+    strangers = [c for c in incumbents if c[1][1].user not in (None, p.meta.user)]
+    if not strangers:
+        return None
+    message = (
+        f"{fmt.process_label(p.meta, p.key)} started using {fmt.gpu_label(ctx.gpu)} where {_victim(strangers[0])} "
+        f"runs; it holds {fmt.gib(seen.used)} GiB, {fmt.gib(seen.free)} GiB free (was {fmt.gib(before)})"
+    )
+    return _finding(
+        seen,
+        ctx,
+        incumbent=strangers[0],
+        message=message,
+        before=before,
+        arrival=first_seen,
+        took_room=False,
+        critical=False,
+    )
+
+
+def _victim(incumbent: tuple[ProcessKey, tuple[int, ProcessMeta, int]]) -> str:
+    key, (_held, meta, members) = incumbent
+    return fmt.process_label(meta, key, tree=True, members=members)
+
+
+def _finding(
+    seen: _Seen,
+    ctx: GpuContext,
+    *,
+    incumbent: tuple[ProcessKey, tuple[int, ProcessMeta, int]],
+    message: str,
+    before: float,
+    arrival: float,
+    took_room: bool,
+    critical: bool,
+) -> Finding:
+    p = seen.p
+    key, (held, meta, _members) = incumbent
+    return Finding(
+        kind="contention",
+        severity=Severity.CRITICAL if critical else Severity.WARNING,
+        gpu_uuid=ctx.uuid,
+        message=message,
+        t=ctx.now,
+        process=p.key,
+        process_name=p.meta.name,
+        numbers={
+            "pid": p.pid,
+            "user": p.meta.user,
+            "used_bytes": seen.used,
+            "free_before_bytes": int(before),
+            "free_bytes": seen.free,
+            "arrival_t": arrival,
+            "incumbent_pid": key.pid,
+            "incumbent_bytes": held,
+            "incumbent_user": meta.user,
+            "took_room": took_room,
+        },
+    )
+
+
+def _gained_at(first_seen: float, series: View, used: int, now: float, config: DetectorConfig) -> float | None:
+    """When the process took (half of) the memory it gained within the hold time; None if it gained little.
+
+    A new process gained everything it holds; its CUDA context comes first and its allocations maybe much
+    later (a notebook that loads a model after a while): the arrival that matters is the allocation.
+    """
     start = now - config.contention_hold_seconds
-    if first_seen >= start:
-        return first_seen
-    baseline = series.value_at(start)
+    baseline = 0.0 if first_seen >= start else series.value_at(start)
     if baseline is None or used - baseline < config.contention_min_bytes:
         return None
-    recent = series.since(start)
-    target = baseline + config.contention_min_bytes
-    return next((t for t, v in zip(recent.t, recent.v, strict=True) if v >= target), None)
+    half = baseline + (used - baseline) / 2
+    recent = series.since(max(start, first_seen))
+    return next((t for t, v in zip(recent.t, recent.v, strict=True) if v >= half), None)
 
 
 def _incumbents(

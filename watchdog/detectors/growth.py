@@ -60,7 +60,7 @@ class Fit:
     xs: tuple[float, ...]  # sample times of the floor
     ys: tuple[float, ...]  # floor values (non-decreasing)
     parts: tuple[float, ...]  # the rise of each sub-window, oldest first
-    rising: bool = False  # every part rose (sustained, except perhaps for evenness and recency)
+    rising: bool = False  # every part rose, none by more than `max_subwindow_share`: sustained but for recency
 
     @property
     def bytes_per_second(self) -> float:
@@ -148,8 +148,9 @@ class Profile:
     def levels_off_within(self, room_bytes: float, config: DetectorConfig, min_horizon: float = 0.0) -> bool:
         """True when the growth is slowing down towards a plateau less than `room_bytes` above today.
 
-        Judged on the longest window that rose in every part (the most evidence, the least rounding noise):
-        a cache filling up with bucketed resolutions slows down and stops, a leak does not.
+        Judged on the longest window that rose in every part with no part dominating (the most evidence,
+        the least rounding noise; a warm-up step followed by a leak is not a slowdown): a cache filling up
+        with bucketed resolutions slows down and stops, a leak does not.
         """
         longest = next((f for f in reversed(self.fits) if f.rising and f.horizon_seconds >= min_horizon), None)
         remaining = None if longest is None else longest.remaining_if_saturating(config)
@@ -283,8 +284,8 @@ def _fit(
     # The steps must keep coming: the newest part rises at a fair share of the window's mean rate.
     dt_last, dt_all = xs[-1] - xs[-1 - b], xs[-1] - xs[0]
     recent = dt_last > 0 and dt_all > 0 and parts[-1] / dt_last >= config.min_recent_share * rise / dt_all
-    every_part = rise >= config.min_rise_bytes and rising == m
-    sustained = every_part and top_share <= config.max_subwindow_share and recent
+    every_part = rise >= config.min_rise_bytes and rising == m and top_share <= config.max_subwindow_share
+    sustained = every_part and recent
     return Fit(
         h, span, n - idx[0], rise, sustained, round(confidence, 4), tuple(xs), tuple(ys), tuple(parts), every_part
     )

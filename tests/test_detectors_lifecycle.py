@@ -1,0 +1,132 @@
+"""FindingTracker: raise once, clear once, cooldown, escalation; and DetectorConfig validation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from vramwatch.detectors import Analysis, DetectorConfig, FindingTracker
+from vramwatch.errors import ConfigError
+from vramwatch.model import Finding, ProcessKey, Severity
+
+W, C = Severity.WARNING, Severity.CRITICAL
+CONFIG = DetectorConfig(
+    enter_ticks={"growth": 3, "oom_forecast": 2},
+    exit_ticks={"growth": 4, "oom_forecast": 3},
+    cooldown_seconds=100.0,
+)
+
+
+def finding(kind: str = "growth", severity: Severity = W, t: float = 0.0, pid: int = 1) -> Finding:
+    return Finding(kind, severity, "GPU-0", f"{kind} {severity.value}", t, process=ProcessKey(pid, 1.0))
+
+
+def feed(pattern: str, kind: str = "growth", config: DetectorConfig = CONFIG) -> list[str]:
+    """One tick per character: '.' absent, 'w' warning, 'c' critical; returns the events as 't:+w', 't:-'."""
+    tracker = FindingTracker(config)
+    events = []
+    for t, ch in enumerate(pattern):
+        present = {"w": [finding(kind, W, t)], "c": [finding(kind, C, t)], ".": []}[ch]
+        raised, cleared = tracker.update(Analysis(t=float(t), findings=tuple(present)))
+        events += [f"{t}:+{f.severity.value[0]}" for f in raised]
+        events += [f"{t}:-" for _ in cleared]
+    return events
+
+
+@pytest.mark.parametrize(
+    ("pattern", "events"),
+    [
+        ("www", ["2:+w"]),  # raised after enter_ticks consecutive ticks
+        ("ww.ww.ww", []),  # never three in a row: never raised
+        ("wwww...w....", ["2:+w", "11:-"]),  # a one-tick gap does not clear; four absent ticks do
+        ("wwww....wwww", ["2:+w", "7:-"]),  # back within the cooldown at the same severity: held back
+        ("wwwwccc", ["2:+w", "6:+c"]),  # escalation (critical for enter_ticks) is raised again, at critical
+        ("wwwwcwc", ["2:+w"]),  # a flicker of critical is not an escalation
+        ("wwwccc.....", ["2:+w", "5:+c", "9:-"]),  # cleared once, whatever the severity
+        ("wwwcccwwwwccc", ["2:+w", "5:+c"]),  # calming down is silent; re-escalating within cooldown too
+    ],
+)
+def test_hysteresis_table(pattern: str, events: list[str]) -> None:
+    """Each presence pattern gives exactly the raise/clear events of the hysteresis rules."""
+    assert feed(pattern) == events
+
+
+def test_cooldown_yields_to_a_higher_severity() -> None:
+    """After a warning cleared, the same subject coming back critical is raised at once."""
+    assert feed("wwww....ccc") == ["2:+w", "7:-", "10:+c"]
+
+
+def test_subject_raised_again_after_the_cooldown() -> None:
+    """A condition that persists through the cooldown is raised once the cooldown is over."""
+    config = dataclasses.replace(CONFIG, cooldown_seconds=5.0)
+    assert feed("wwww....wwwwww", config=config) == ["2:+w", "7:-", "12:+w"]
+
+
+def test_per_kind_ticks_and_defaults() -> None:
+    """Kinds have their own enter ticks; unknown kinds fall back to the defaults."""
+    assert feed("cc", kind="oom_forecast") == ["1:+c"]
+    assert feed("www", kind="made_up") == ["2:+w"]  # default_enter_ticks = 3
+
+
+def test_subjects_are_independent_and_active_lists_them() -> None:
+    """Two processes are two subjects; active() lists what is raised and not cleared."""
+    tracker = FindingTracker(CONFIG)
+    for t in range(3):
+        tracker.update(Analysis(t=float(t), findings=(finding(t=t, pid=1), finding(t=t, pid=2))))
+    assert sorted(f.process.pid for f in tracker.active() if f.process) == [1, 2]
+    for t in range(3, 8):
+        tracker.update(Analysis(t=float(t), findings=(finding(t=t, pid=2),)))
+    assert [f.process.pid for f in tracker.active() if f.process] == [2]
+
+
+def test_active_finding_is_refreshed_silently() -> None:
+    """While active, the stored finding takes each tick's numbers without a new event."""
+    tracker = FindingTracker(CONFIG)
+    for t in range(6):
+        f = dataclasses.replace(finding(t=t), numbers={"free_bytes": 100 - t})
+        raised, _ = tracker.update(Analysis(t=float(t), findings=(f,)))
+        assert raised == ([f] if t == 2 else [])
+    (active,) = tracker.active()
+    assert active.numbers["free_bytes"] == 95
+
+
+def test_tracker_memory_stays_bounded() -> None:
+    """Subjects that come and go are forgotten once cleared and cooled down."""
+    tracker = FindingTracker(dataclasses.replace(CONFIG, cooldown_seconds=1.0))
+    for t in range(500):
+        tracker.update(Analysis(t=float(t), findings=(finding(t=t, pid=t),)))
+    assert len(tracker.states) <= 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"subwindows": 1}, "subwindows"),
+        ({"horizons_seconds": (60.0, 30.0)}, "strictly increasing"),
+        ({"horizons_seconds": ()}, "horizons_seconds"),
+        ({"max_subwindow_share": 1.5}, "max_subwindow_share"),
+        ({"noise_bytes": -1}, "noise_bytes"),
+        ({"forecast_critical_eta_seconds": 900.0}, "forecast_critical_eta_seconds"),
+        ({"enter_ticks": {"growth": 0}}, "'growth'"),
+        ({"stale_idle_seconds": 0.0}, "stale_idle_seconds"),
+    ],
+)
+def test_invalid_config_is_a_config_error(changes: dict[str, object], message: str) -> None:
+    """A nonsensical threshold is refused with a message naming it."""
+    with pytest.raises(ConfigError, match=message):
+        DetectorConfig(**changes)  # type: ignore[arg-type]
+
+
+def test_config_from_a_file_is_normalised() -> None:
+    """Lists and partial tables (as TOML gives them) become immutable values merged over the defaults."""
+    config = DetectorConfig(
+        stale_statuses=["zombie"],  # type: ignore[arg-type]
+        enter_ticks={"growth": 9},
+        horizons_seconds=[30, 60],  # type: ignore[arg-type]
+    )
+    assert config.stale_statuses == frozenset({"zombie"})
+    assert config.enter_after("growth") == 9
+    assert config.enter_after("contention") == 1
+    assert config.horizons_seconds == (30.0, 60.0)
+    with pytest.raises(TypeError):
+        config.enter_ticks["growth"] = 1  # type: ignore[index]
