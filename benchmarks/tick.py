@@ -125,10 +125,10 @@ def bench_simulated(repeat: int) -> dict[str, Any]:
     from vramwatch.testing import FakeClock
 
     results: dict[str, Any] = {}
-    for scenario in ("steady", "scale"):
+    for scenario in ("steady", "scale512", "scale"):
         clock = FakeClock()
         backend = SimulatedBackend(scenario, seed=0, clock=clock)
-        daemon, tick = _daemon_for(backend, clock, prefill=900 if scenario == "steady" else 120)
+        daemon, tick = _daemon_for(backend, clock, prefill=900 if scenario == "steady" else 300)
         results[f"sim_{scenario}_tick"] = measure(tick, repeat=repeat)
         registry = make_registry(lambda d=daemon: d._state)
         body = generate_latest(registry)
@@ -213,6 +213,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2000)
     ap.add_argument("--daemon", type=float, default=0, metavar="SECONDS", help="also measure serve at 1 Hz")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--no-simulated", action="store_true", help="skip the simulator at scale (measure it elsewhere)")
     args = ap.parse_args()
     from vramwatch import logs
 
@@ -231,16 +232,25 @@ def main() -> None:
             res["machine"] += " / " + out.stdout.strip().replace("\n", "; ")
         except (OSError, subprocess.CalledProcessError):
             pass
-        res["nvml"] = bench_nvml(args.repeat)
-    res["simulated"] = bench_simulated(max(50, args.repeat // 10))
     res["daemon"] = []
+
+    def checkpoint(stage: str) -> None:
+        # Each stage prints and saves as it ends: a run cut short still leaves what it measured.
+        print(f"--- after {stage}\n{report(res)}", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2))
+
+    if not args.simulated:
+        res["nvml"] = bench_nvml(args.repeat)
+        checkpoint("nvml")
+    if not args.no_simulated:
+        res["simulated"] = bench_simulated(max(50, args.repeat // 10))
+        checkpoint("simulated")
     if args.daemon:
         if not args.simulated:
             res["daemon"].append(bench_daemon(args.daemon, None))
         res["daemon"].append(bench_daemon(args.daemon, "steady"))
-    print(report(res))
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2))
+        checkpoint("daemon")
 
 
 if __name__ == "__main__":

@@ -153,6 +153,15 @@ def test_oom_post_mortem_blames_the_tensors_when_they_fill_the_card():
     assert "memory_viz" not in text
 
 
+def test_oom_post_mortem_ignores_crumbs_of_cache():
+    """A few MiB of cache next to a full card of tensors is not fragmentation, even if they would fit."""
+    full = oom(
+        requested_bytes=16 * MIB, device_free_bytes=15 * MIB, allocated_bytes=3300 * MIB, reserved_bytes=3315 * MIB
+    )
+    text = "\n".join(format_oom(full))
+    assert "tensors themselves fill the memory" in text
+
+
 def test_oom_report_is_printed_and_recorded():
     """An OOM report is printed as a post-mortem and written to the events file."""
     monitor, out, events, _ = make()

@@ -148,13 +148,14 @@ def test_missing_command_is_127(tmp_path: Path):
 
 
 def test_a_process_without_torch_gets_no_thread_and_no_torch(run):
-    """The agent is loaded everywhere but waits for `import torch`: no thread, torch never imported."""
+    """Without `import torch` the agent is not even loaded: an import hook, no thread, torch never imported."""
     result = run(
         "import json, sys, threading, time; time.sleep(0.3); print(json.dumps({"
         "'torch': 'torch' in sys.modules, 'threads': threading.active_count(),"
-        "'agent': 'vramwatch.agent' in sys.modules or '_vramwatch_agent' in sys.modules}))"
+        "'agent': 'vramwatch.agent' in sys.modules or '_vramwatch_agent' in sys.modules,"
+        "'hook': any(type(f).__name__ == '_TorchImportHook' for f in sys.meta_path)}))"
     )
-    assert json.loads(result.out) == {"torch": False, "threads": 1, "agent": True}
+    assert json.loads(result.out) == {"torch": False, "threads": 1, "agent": False, "hook": True}
     assert result.reports == []
     assert result.returncode == 0
 
@@ -169,7 +170,7 @@ def test_reports_reach_the_runner_without_a_daemon(run):
     """With no daemon, the child's allocator figures reach the runner's private listener under its pid."""
     result = run(
         "import os, time, torch; print(os.getpid(), flush=True);"
-        f"torch.cuda._fake_set(allocated={300 * MIB}, reserved={512 * MIB}); time.sleep(0.4)"
+        f"torch.cuda._fake_set(allocated={300 * MIB}, reserved={512 * MIB}); time.sleep(0.8)"
     )
     pid = int(result.out.split()[0])
     assert result.kinds()[0] == "hello"
@@ -188,13 +189,14 @@ def test_users_sitecustomize_still_runs(run, tmp_path: Path):
     (user / "sitecustomize.py").write_text("import os\nos.environ['USER_SITECUSTOMIZE'] = 'ran'\n")
     result = run(
         "import os, sys, sitecustomize;"
-        "print(os.environ.get('USER_SITECUSTOMIZE'), sitecustomize.__file__, 'vramwatch.agent' in sys.modules)",
+        "print(os.environ.get('USER_SITECUSTOMIZE'), sitecustomize.__file__,"
+        "any(type(f).__name__ == '_TorchImportHook' for f in sys.meta_path))",
         extra_path=[user],
     )
-    flag, origin, agent = result.out.split()
+    flag, origin, hook = result.out.split()
     assert flag == "ran"
     assert Path(origin) == user / "sitecustomize.py"
-    assert agent == "True"
+    assert hook == "True"  # and ours ran too
 
 
 def test_a_broken_user_sitecustomize_is_reported_as_python_would(run, tmp_path: Path):
@@ -202,7 +204,7 @@ def test_a_broken_user_sitecustomize_is_reported_as_python_would(run, tmp_path: 
     user = tmp_path / "user_site"
     user.mkdir()
     (user / "sitecustomize.py").write_text("raise RuntimeError('user site is broken')\n")
-    result = run("import sys; print('alive', 'vramwatch.agent' in sys.modules)", extra_path=[user])
+    result = run("import sys, torch; print('alive', 'vramwatch.agent' in sys.modules)", extra_path=[user])
     assert "Error in sitecustomize" in result.err
     assert "user site is broken" in result.err
     assert result.out.split() == ["alive", "True"]
@@ -212,7 +214,7 @@ def test_oom_post_mortem_and_snapshot(run, tmp_path: Path):
     """An OOM in the child is reported with the allocator's state, printed, and a snapshot is dumped."""
     result = run(
         "import time, torch;"
-        f"torch.cuda._fake_set(allocated={100 * MIB}, reserved={900 * MIB}, split={700 * MIB}); time.sleep(0.2)\n"
+        f"torch.cuda._fake_set(allocated={100 * MIB}, reserved={900 * MIB}, split={700 * MIB}); time.sleep(0.6)\n"
         "try:\n"
         f"    torch.cuda._fake_oom({66 * MIB})\n"
         "except torch.cuda.OutOfMemoryError:\n"
@@ -319,7 +321,7 @@ def test_agent_loads_by_path_where_vramwatch_is_not_installed(run):
         pytest.skip("no second Python >= 3.10 without vramwatch on this machine")
     result = run(
         "import sys, time, torch;"
-        f"torch.cuda._fake_set(allocated={5 * MIB}, reserved={8 * MIB}); time.sleep(0.3);"
+        f"torch.cuda._fake_set(allocated={5 * MIB}, reserved={8 * MIB}); time.sleep(0.8);"
         "print('_vramwatch_agent' in sys.modules, 'vramwatch' in sys.modules)",
         python=python,
     )

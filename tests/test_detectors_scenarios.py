@@ -54,6 +54,17 @@ def fast_leak(t: float) -> dict[int, int]:
     return {4242: held + int(max(0.0, t - 20) * 150e6)}
 
 
+def trainer_leak(t: float) -> dict[int, int]:
+    """benchmarks/workloads/trainer.py --mode fast_leak: the leak starts at the first step, among warm-up bumps."""
+    held = 500 * MIB + int(min(t / 1.25, 1) * 9.6 * GIB) + (t >= 12.5) * 1.9 * GIB + (t >= 25) * 1.2 * GIB
+    return {4242: int(held + t * 150e6)}
+
+
+def trainer_staircase(t: float) -> dict[int, int]:
+    """trainer.py --mode stepwise_leak --sample-every 40: 1.2 GiB of sample images kept every 10 s."""
+    return {4242: 500 * MIB + int(min(t / 1.25, 1) * 9.6 * GIB) + int(t // 10) * 6 * GIB // 5}
+
+
 def slow_leak(t: float) -> dict[int, int]:
     return {4242: warmup(t) + int(max(0.0, t - 120) * 3e6)}
 
@@ -102,6 +113,8 @@ def test_a_healthy_run_gets_a_stability_verdict() -> None:
     ("fn", "seconds", "step", "warning_lead", "critical_lead"),
     [
         pytest.param(fast_leak, 600, 1.0, 60, 20, id="fast leak 150 MB/s"),
+        pytest.param(trainer_leak, 600, 1.0, 60, 20, id="fast leak from the first step, among warm-up bumps"),
+        pytest.param(trainer_staircase, 600, 1.0, 60, 20, id="staircase of 1.2 GiB every 10 s from the start"),
         pytest.param(slow_leak, 6000, 5.0, 300, 20, id="slow leak 3 MB/s"),
         pytest.param(stepwise_leak, 4000, 5.0, 300, 20, id="stepwise leak 700 MiB / 90 s"),
     ],

@@ -1,8 +1,9 @@
 """Bounded memory of the last hour: the windows the detectors read.
 
-Each series is a fixed-capacity ring of (t, value) in two `array('d')`, 16 bytes a point, allocated once: a
-series of one hour at 1 Hz costs 57.6 kB whatever happens, so the daemon's memory is known in advance
-(`History.capacity_bytes`). Series exist per GPU (used and free bytes), per process identity and GPU, and per
+Each series is a fixed-capacity ring of (t, value) in two `array('d')`, 16 bytes a point: it grows as points
+arrive, up to its capacity, then overwrites the oldest. A series of one hour at 1 Hz costs at most 57.6 kB, so
+the daemon's memory has a bound known in advance (`History.capacity_bytes`), and a short-lived process costs
+only what it lived. Series exist per GPU (used and free bytes), per process identity and GPU, and per
 process tree and GPU (a launcher's workers summed). A process that has exited keeps its series for
 `retain_seconds` (the crash/OOM detectors look back at it), then its memory is returned.
 """
@@ -49,8 +50,8 @@ class Series:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._t = array("d", bytes(8 * capacity))
-        self._v = array("d", bytes(8 * capacity))
+        self._t = array("d")
+        self._v = array("d")
         self._head = 0  # index of the next write
         self._size = 0
 
@@ -58,10 +59,22 @@ class Series:
         return self._size
 
     def append(self, t: float, value: float) -> None:
+        if self._size < self.capacity:  # still filling: the arrays grow, oldest first
+            self._t.append(t)
+            self._v.append(value)
+            self._size += 1
+            self._head = self._size % self.capacity
+            return
         self._t[self._head] = t
         self._v[self._head] = value
         self._head = (self._head + 1) % self.capacity
-        self._size = min(self._size + 1, self.capacity)
+
+    def arrays(self) -> tuple[array[float], array[float]]:
+        """(times, values), oldest first, as new arrays: the fast path the detectors read."""
+        if self._size < self.capacity:
+            return self._t[:], self._v[:]
+        h = self._head
+        return self._t[h:] + self._t[:h], self._v[h:] + self._v[:h]
 
     def _order(self) -> Iterator[int]:
         start = (self._head - self._size) % self.capacity
@@ -106,7 +119,7 @@ class History:
         window_seconds: float = 3600.0,
         interval_seconds: float = 1.0,
         retain_seconds: float = 600.0,
-        max_tracks: int = 2048,
+        max_tracks: int = 10_000,
     ) -> None:
         self.points = max(2, math.ceil(window_seconds / interval_seconds) + 1)
         self.retain_seconds = retain_seconds
@@ -181,12 +194,13 @@ class History:
         return tr
 
     def _evict_one(self) -> None:
+        """Make room: drop the least recently seen tenth of the tracks at once, so that a box with more
+        processes than `max_tracks` pays one sort per many arrivals rather than a scan per arrival."""
         candidates = [(tr.last_seen, 0, k) for k, tr in self.processes.items()]
         candidates += [(tr.last_seen, 1, k) for k, tr in self.trees.items()]
-        if not candidates:
-            return
-        _, which, key = min(candidates, key=lambda c: c[0])
-        (self.processes if which == 0 else self.trees).pop(key, None)
+        candidates.sort(key=lambda c: c[0])
+        for _, which, key in candidates[: max(1, len(candidates) // 10)]:
+            (self.processes if which == 0 else self.trees).pop(key, None)
 
     def _prune(self, now: float) -> None:
         for table in (self.processes, self.trees):

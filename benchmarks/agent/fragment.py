@@ -2,9 +2,10 @@
 
 The pattern is the one PyTorch's "Expandable Segments" note describes (batch N, then N+1):
 1. fill the budget with 64 MiB tensors (each its own 64 MiB cudaMalloc segment), free them all: cached;
-2. reuse each segment for a 60 MiB "activation" plus a 2 MiB tensor that stays (a pinned remainder);
-3. free the activations: every segment is now 60 MiB free + 2 MiB live + 2 MiB free, split blocks that
-   cannot be returned to CUDA while the 2 MiB tensors live; almost all reserved memory is unallocated;
+2. reuse each segment for a 60 MiB "activation" plus a 4 MiB tensor that stays: the allocator splits
+   the segment and the 4 MiB request fits its remainder exactly (best fit), one per segment;
+3. free the activations: every segment is now 60 MiB free next to 4 MiB live, a split block that cannot
+   be returned to CUDA while the small tensor lives; almost all reserved memory is unallocated;
 4. keep training lightly for `--hold-seconds` (small transient tensors): the state persists;
 5. ask for 66 MiB tensors, half as many as there were segments, one per `--step-seconds`. Together they
    need about half of the memory that is free or cached, but no cached piece is big enough.
@@ -33,7 +34,7 @@ def main() -> int:
     p.add_argument("--step-seconds", type=float, default=0.2)
     p.add_argument("--block-mib", type=int, default=64)
     p.add_argument("--act-mib", type=int, default=60)
-    p.add_argument("--pin-mib", type=int, default=2)
+    p.add_argument("--pin-mib", type=int, default=4)
     p.add_argument("--grow-mib", type=int, default=66)
     args = p.parse_args()
 
@@ -47,10 +48,11 @@ def main() -> int:
 
 def run(args: argparse.Namespace) -> int:
     emit("start", pid=os.getpid(), alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), torch=torch.__version__)
-    torch.zeros(1, device="cuda")
+    weight = torch.randn(256, 256, device="cuda")
+    (torch.randn(512, 256, device="cuda") @ weight).sum().item()  # cuBLAS takes its own memory first
     block = args.block_mib * MIB
     blocks = []
-    while torch.cuda.mem_get_info()[0] > 1.5 * block:
+    while torch.cuda.mem_get_info()[0] > 2 * block:
         try:
             blocks.append(torch.empty(block, dtype=torch.uint8, device="cuda"))
         except torch.cuda.OutOfMemoryError:
@@ -67,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
     torch.cuda.synchronize()
     emit("fragmented", **allocator_figures(torch))
 
-    weight = torch.randn(256, 256, device="cuda")
     deadline = time.monotonic() + args.hold_seconds
     while time.monotonic() < deadline:  # light training: small transient tensors only
         x = torch.randn(512, 256, device="cuda")

@@ -23,8 +23,7 @@ INTERVAL = 0.5
 
 CHILD = """
 import sys, torch
-torch.cuda.init()
-blocks = []
+blocks = [torch.zeros(1, device="cuda")]  # creates the CUDA context now: PyTorch does it lazily otherwise
 print("READY", flush=True)
 for line in sys.stdin:
     gib = int(line)
@@ -52,12 +51,14 @@ def _scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 @pytest.fixture(scope="module")
-def serve() -> Iterator[int]:
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    out = log.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "vramwatch", "serve", "--require-gpu", "--listen", f"127.0.0.1:{port}",
          "--interval", str(INTERVAL)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=out, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -68,10 +69,14 @@ def serve() -> Iterator[int]:
             time.sleep(0.2)
     else:
         proc.kill()
-        pytest.fail("serve did not come up: " + (proc.stdout.read() if proc.stdout else ""))
+        proc.wait()
+        out.close()
+        pytest.fail("serve did not come up: " + log.read_text())
     yield port
     proc.terminate()
-    assert proc.wait(5) == 0, "serve must stop cleanly on SIGTERM"
+    code = proc.wait(5)
+    out.close()
+    assert code == 0, "serve must stop cleanly on SIGTERM: " + log.read_text()
 
 
 def _pid_bytes(port: int, pid: int) -> float | None:
@@ -89,7 +94,8 @@ def test_torch_child_is_attributed_within_two_ticks_and_forgotten_after_exit(ser
         assert child.stdin is not None
         assert child.stdout.readline().strip() == "READY"
         time.sleep(3 * INTERVAL)
-        before = _pid_bytes(serve, child.pid) or 0.0  # the CUDA context alone
+        before = _pid_bytes(serve, child.pid)  # the CUDA context and one small block
+        assert before is not None, "a process holding a CUDA context must be listed"
         child.stdin.write("2\n")
         child.stdin.flush()
         assert child.stdout.readline().startswith("ALLOCATED")
@@ -112,6 +118,8 @@ def test_torch_child_is_attributed_within_two_ticks_and_forgotten_after_exit(ser
             child.stdin.write("-1\n")
             child.stdin.close()
         child.wait(30)
+        if child.stdout:
+            child.stdout.close()
     time.sleep(2 * INTERVAL + 0.2)
     assert _pid_bytes(serve, child.pid) is None, "an exited process must leave /metrics at the next scrape"
 

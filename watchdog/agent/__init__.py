@@ -21,7 +21,7 @@ from .core import Agent, AgentConfig, PressureNotice, current, on_pressure, star
 __all__ = ["Agent", "AgentConfig", "PressureNotice", "current", "on_pressure", "start", "stop"]
 
 
-def _start_from_sitecustomize() -> None:
-    """Called by `_site/sitecustomize.py` at interpreter start-up: start only where the runner asked."""
+def _start_from_sitecustomize(*, torch_importing: bool = False) -> None:
+    """Called by `_site/sitecustomize.py` (when `import torch` begins): start where the runner asked."""
     if os.environ.get(protocol.ENV_AGENT, "") in {"1", "true", "yes", "on"}:
-        start()
+        start(torch_importing=torch_importing)

@@ -6,9 +6,9 @@ cannot tell tensors from cache, a leak from caching, or see fragmentation. This 
 (the daemon's socket, or the private one of `vramwatch run`).
 
 Life of the agent in a process:
-1. `start()` (called by the runner's sitecustomize, or by the user) creates the agent. If torch is not
-   imported yet, an import watcher waits for `import torch`: a Python process that never imports torch
-   gets no thread and no signal handler at all.
+1. `start()` creates the agent: the runner's sitecustomize calls it when `import torch` begins, a user
+   at any time. If torch is not imported yet, an import watcher waits for `import torch`: a Python
+   process that never imports torch gets no thread and no signal handler at all.
 2. The thread checks once a second whether the process has initialised CUDA, reading `sys.modules`
    only: the agent never imports torch and never initialises CUDA itself.
 3. Once CUDA is up it sends `hello`, attaches the allocator's OOM observer (see `oom.py`) and from then
@@ -41,7 +41,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +126,10 @@ _PREVIOUS_SIGUSR2: Callable[[int, Any], Any] | None = None
 
 
 def _agent_version() -> str:
+    # Imported here, in the agent thread once CUDA is up: importlib.metadata costs ~20 ms to import, and
+    # this module loads during `import torch`.
+    from importlib.metadata import version
+
     try:
         return version("vramwatch-daemon")
     except Exception:  # loaded by path in an environment without vramwatch installed
@@ -446,8 +449,12 @@ def current() -> Agent | None:
     return agent if agent is not None and agent.pid == os.getpid() else None
 
 
-def start(config: AgentConfig | None = None) -> Agent:
-    """Start this process's agent (idempotent). Configuration comes from the environment by default."""
+def start(config: AgentConfig | None = None, *, torch_importing: bool = False) -> Agent:
+    """Start this process's agent (idempotent). Configuration comes from the environment by default.
+
+    `torch_importing`: called while `import torch` is under way (from an import hook): start the thread
+    now, a watcher installed at this point would miss that import.
+    """
     global _AGENT  # noqa: PLW0603 - one agent per process, by design
     with _LOCK:
         existing = current()
@@ -455,7 +462,7 @@ def start(config: AgentConfig | None = None) -> Agent:
             return existing
         agent = Agent(config if config is not None else AgentConfig.from_env())
         _AGENT = agent
-    if "torch" in sys.modules:
+    if torch_importing or "torch" in sys.modules:
         _activate(agent)
     else:
         sys.meta_path.insert(0, _TorchImportWatcher(agent))

@@ -61,14 +61,13 @@ def _size(n: int | float | None) -> str:
 
 def _fragmented(oom: OomEvent) -> bool:
     """At an OOM the allocator has already returned every whole cached segment, so what is still reserved
-    but unallocated sits in pieces: if it plus the device's free memory would have held the request, the
-    request failed for want of a contiguous block, not of memory."""
+    but unallocated sits in pieces. Fragmentation is to blame when those pieces are a real share of the
+    pool (a tenth or more) and, with the device's free memory, would have held the request: it failed for
+    want of a contiguous block, not of memory."""
     slack = oom.reserved_unallocated_bytes
-    if slack is None or not slack:
+    if slack is None or not oom.reserved_bytes or slack < 0.1 * oom.reserved_bytes:
         return False
-    if oom.requested_bytes is not None:
-        return slack + (oom.device_free_bytes or 0) >= oom.requested_bytes
-    return oom.reserved_bytes is not None and slack >= 0.25 * oom.reserved_bytes
+    return oom.requested_bytes is None or slack + (oom.device_free_bytes or 0) >= oom.requested_bytes
 
 
 def format_oom(oom: OomEvent) -> list[str]:

@@ -774,12 +774,12 @@ def _lost_gpu(w: _World) -> None:
     w.lose_gpu(1, 30.0)
 
 
-def _scale(w: _World) -> None:
+def _scale(w: _World, per_gpu: int = 512) -> None:
     clients: list[_Proc] = []
     users = [f"user{k:02d}" for k in range(16)]
     for index in range(8):
         w.add_gpu(*H100)
-        for _ in range(512):
+        for _ in range(per_gpu):
             proc = w.spawn(
                 gpu=index,
                 start_t=-w.rng.uniform(60.0, 86_400.0),
@@ -895,6 +895,12 @@ SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
                 "8 GPUs x 512 MPS clients of 10-100 MiB each, for benchmarks",
                 60.0,
                 _scale,
+            ),
+            Scenario(
+                "scale512",
+                "8 GPUs with 512 MPS clients in all (64 each), for benchmarks",
+                60.0,
+                lambda w: _scale(w, per_gpu=64),
             ),
         )
     }

@@ -221,15 +221,23 @@ def _warming(track: Track | None, now: float, config: DetectorConfig) -> bool:
 
 
 def _label(tree: _Tree) -> str:
+    """A tree with one process on this GPU is named after that process, not after whatever launched it
+    (a shell script, `timeout`, a job runner): that is the name the user recognises in nvidia-smi."""
+    if len(tree.members) == 1:
+        only = tree.members[0]
+        return fmt.process_label(only.meta, only.key)
     return fmt.process_label(tree.members[0].meta, tree.key, tree=True, members=len(tree.members))
 
 
 def _grower(ctx: GpuContext, trees: dict[ProcessKey, _Tree], out: _Collector) -> str | None:
-    """The tree growing fastest on this GPU right now (sum of its processes' sustained rates), if any."""
+    """The tree growing fastest on this GPU right now (the sum of its processes' rates), if any grows.
+
+    Called only to name the culprit of a device forecast, so a rate need not pass the sustained test.
+    """
     best: tuple[float, _Tree] | None = None
     for tree in trees.values():
         rates = [out.process_growth.get((p.key, ctx.uuid)) for p in tree.members]
-        total = sum(r.bytes_per_second for r in rates if r is not None and r.sustained and r.bytes_per_second > 0)
+        total = sum(r.bytes_per_second for r in rates if r is not None and r.bytes_per_second > 0)
         if total > 0 and (best is None or total > best[0]):
             best = (total, tree)
     return None if best is None else _label(best[1])

@@ -105,6 +105,10 @@ class DetectorConfig:
     forecast_critical_min_horizon_seconds: float = 15.0
     forecast_warning_eta_seconds: float = 600.0
     forecast_critical_eta_seconds: float = 120.0
+    #: Every part of a forecast's window must rise, the newest at a fair pace, but one part may carry this
+    #: share of the rise: a leak that starts with the run shares its first window with a warm-up step, and
+    #: waiting for a window without it costs the minute of warning.
+    forecast_max_subwindow_share: float = 0.8
     #: Critical as well when the card is growing and less than this share of it is free.
     forecast_critical_free_fraction: float = 0.05
     #: While a process on the GPU is younger than this and has not yet settled (stayed flat for
@@ -197,6 +201,7 @@ class DetectorConfig:
             "min_coverage",
             "min_subwindow_share",
             "max_subwindow_share",
+            "forecast_max_subwindow_share",
             "contention_room_fraction",
             "saturation_slowdown",
             "outlier_fraction",

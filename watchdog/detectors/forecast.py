@@ -20,6 +20,8 @@ clears once it has been flat for the exit ticks.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..model import Finding, Severity
 from . import _format as fmt
 from ._context import GpuContext
@@ -39,12 +41,13 @@ def detect_oom_forecast(
 ) -> tuple[tuple[float, float] | None, Finding | None]:
     """The (eta, confidence) of this GPU when it grows, and an `oom_forecast` finding when it is soon."""
     shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
-    best = device.best(shortest, config)
+    best = device.best(shortest, config, max_share=config.forecast_max_subwindow_share)
     if best is None or ctx.free_bytes is None:
         return None, None
     if device.levels_off_within(ctx.free_bytes - config.oom_margin_bytes, config):
         return None, None  # slowing down towards a plateau that fits
-    rate = best.rate(config)
+    # Sustained by the forecast's own test (a warm-up step allowed in the window).
+    rate = dataclasses.replace(best.rate(config), sustained=True)
     eta = eta_seconds(ctx.free_bytes, rate, config)
     if eta is None:
         return None, None
@@ -54,12 +57,14 @@ def detect_oom_forecast(
         severity = Severity.CRITICAL
     else:
         # A warning is not urgent: it waits for a window of `forecast_min_horizon_seconds`.
-        steady = device.best(config.forecast_min_horizon_seconds, config)
-        eta = None if steady is None else eta_seconds(ctx.free_bytes, steady.rate(config), config)
-        if steady is None or eta is None or eta > config.forecast_warning_eta_seconds or warming:
+        steady = device.best(config.forecast_min_horizon_seconds, config, max_share=config.forecast_max_subwindow_share)
+        if steady is None or warming:
+            return forecast, None
+        rate = dataclasses.replace(steady.rate(config), sustained=True)
+        eta = eta_seconds(ctx.free_bytes, rate, config)
+        if eta is None or eta > config.forecast_warning_eta_seconds:
             return forecast, None
         severity = Severity.WARNING
-        rate = steady.rate(config)
     when = "now" if eta < 1 else f"in ~{fmt.duration(eta)}"
     subject = grower if grower is not None else fmt.gpu_label(ctx.gpu)
     on = f" on {fmt.gpu_label(ctx.gpu)}" if grower is not None else ""

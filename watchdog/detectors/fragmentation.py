@@ -8,13 +8,14 @@ live tensors: cached, yet unusable for a request larger than the piece, and not 
 - allocated rises: tensors are being kept alive, a **leak** (or a growing working set);
 - reserved rises while allocated stays flat: **caching** (the pool grew to the peak of a step), or
   fragmentation when the cached memory comes in pieces that do not fit the next request;
-- **fragmentation** proper: much of the card is reserved but unallocated, most of that sits in split
-  blocks and stays there (the minimum over several samples, so a sample taken mid-step does not count),
-  and the pool fills most of what the process can use. It becomes critical when `num_alloc_retries` rises
-  (a cudaMalloc failed, the allocator freed its whole cache and retried: slow steps, and the last stop
-  before an OOM) while the unallocated share stays large. PyTorch's own OOM message gives the remedy:
+- **fragmentation** proper: much of the card is reserved but unallocated and most of that sits in split
+  blocks (whole cached segments would be reusable caching). A warning when the split blocks stay
+  (the minimum over several samples, so a sample taken mid-step does not count) and the pool fills most
+  of what the process can use; critical when `num_alloc_retries` or `num_ooms` rose (a cudaMalloc failed,
+  the allocator freed its whole cache and retried: slow steps, the last stop before an OOM) and the
+  unallocated memory is still mostly split blocks. PyTorch's own OOM message gives the remedy:
   `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`. With expandable segments PyTorch does not count
-  inactive split bytes at all, so only the retry rule can fire there.
+  inactive split bytes at all, so the detector stays silent there: fragmentation is what they cure.
 
 `total_bytes` is the memory the process can use: the card's total when it is alone, or (better) its
 reserved memory plus the device's free memory when others hold part of the card. Pure functions: no I/O.
@@ -22,7 +23,8 @@ reserved memory plus the device's free memory when others hold part of the card.
 
 from __future__ import annotations
 
-import statistics
+import itertools
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -50,25 +52,40 @@ class FragmentationConfig:
 
 @dataclass(frozen=True, slots=True)
 class GrowthConfig:
-    """Thresholds of `classify_growth`."""
+    """Thresholds of `classify_growth`: the floor of allocated memory must rise by `min_rise_bytes` over the
+    window, and by at least `min_part_share` of that in each of `parts` equal parts of it."""
 
     min_samples: int = 5
     min_span_seconds: float = 10.0
-    min_rise_bytes: int = 64 * MIB  # growth over the window, by the Theil-Sen slope
-    max_points: int = 48  # subsample: Theil-Sen is quadratic in points
+    min_rise_bytes: int = 64 * MIB
+    parts: int = 3
+    min_part_share: float = 0.10
 
 
-def theil_sen(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Median of pairwise slopes: a line through noisy points that one outlier or step cannot tilt."""
-    slopes = [(ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(len(xs)) for j in range(i + 1, len(xs)) if xs[j] > xs[i]]
-    return statistics.median(slopes) if slopes else 0.0
+def _floor(values: Sequence[float]) -> list[float]:
+    """Suffix minimum: at each sample, the least held from then on (spikes and mid-step samples vanish)."""
+    out = list(values)
+    for i in range(len(out) - 2, -1, -1):
+        out[i] = min(out[i], out[i + 1])
+    return out
 
 
-def _subsample(points: list[tuple[float, float]], limit: int) -> list[tuple[float, float]]:
-    if len(points) <= limit:
-        return points
-    step = (len(points) - 1) / (limit - 1)
-    return [points[round(k * step)] for k in range(limit)]
+def _floor_rise(points: list[tuple[float, float]], config: GrowthConfig, *, sustained: bool) -> float:
+    """How much the floor rose over the window; with `sustained`, 0 unless it rose in every part."""
+    if len(points) < config.min_samples or points[-1][0] - points[0][0] < config.min_span_seconds:
+        return 0.0
+    times = [t for t, _ in points]
+    floor = _floor([v for _, v in points])
+    total = floor[-1] - floor[0]
+    if total < config.min_rise_bytes or not sustained:
+        return max(0.0, total)
+    t0, span = times[0], times[-1] - times[0]
+    edges = [floor[bisect_left(times, t0 + k * span / config.parts)] for k in range(config.parts)] + [floor[-1]]
+    # Warm-up (first step, optimizer state, first validation) is one bump: it fails this test; a leak
+    # keeps taking memory in every part of the window.
+    if any(b - a < config.min_part_share * total for a, b in itertools.pairwise(edges)):
+        return 0.0
+    return total
 
 
 def classify_growth(
@@ -77,25 +94,20 @@ def classify_growth(
     reserved: Sequence[int | None],
     config: GrowthConfig = GrowthConfig(),
 ) -> GrowthClass:
-    """ "leak" when allocated memory rises, "caching" when only reserved does, "unknown" otherwise.
+    """ "leak" when allocated memory keeps rising, "caching" when only reserved memory rose, else "unknown".
 
-    Time-ordered samples of one process on one device; None values are skipped. "unknown" also covers
-    too short a window and nothing growing at all.
+    Time-ordered samples of one process on one device; None values are skipped. Allocated memory is read
+    through its floor (see `_floor`): a sample taken mid-step is high, the floor is not. "unknown" covers
+    too short a window and nothing growing.
     """
     if not (len(times) == len(allocated) == len(reserved)):
         raise ValueError("times, allocated and reserved must have the same length")
     alloc = [(t, float(a)) for t, a in zip(times, allocated, strict=True) if a is not None]
     pool = [(t, float(r)) for t, r in zip(times, reserved, strict=True) if r is not None]
-    if len(alloc) < config.min_samples or alloc[-1][0] - alloc[0][0] < config.min_span_seconds:
-        return "unknown"
-    span = alloc[-1][0] - alloc[0][0]
-    a = _subsample(alloc, config.max_points)
-    if theil_sen([p[0] for p in a], [p[1] for p in a]) * span >= config.min_rise_bytes:
+    if _floor_rise(alloc, config, sustained=True) > 0:
         return "leak"
-    if len(pool) >= config.min_samples and pool[-1][0] - pool[0][0] >= config.min_span_seconds:
-        r = _subsample(pool, config.max_points)
-        if theil_sen([p[0] for p in r], [p[1] for p in r]) * (pool[-1][0] - pool[0][0]) >= config.min_rise_bytes:
-            return "caching"
+    if _floor_rise(pool, config, sustained=False) >= config.min_rise_bytes:
+        return "caching"
     return "unknown"
 
 
@@ -154,15 +166,15 @@ def detect_fragmentation(
     if k is not None:
         splits = [s.inactive_split_bytes for s in stats_window[-k:]]
         sustained_split = None if any(v is None for v in splits) else min(v for v in splits if v is not None)
+    # Unallocated memory in whole cached segments is caching (reusable, releasable); in split blocks it is
+    # fragmentation. After an OOM unwinds, freed tensors leave whole segments: that alone is no finding.
+    split_dominant = split is not None and split >= config.min_split_of_slack * slack
     split_held = (
-        sustained_split is not None
-        and split is not None
-        and sustained_split >= config.min_split_share * total_bytes
-        and split >= config.min_split_of_slack * slack
+        split_dominant and sustained_split is not None and sustained_split >= config.min_split_share * total_bytes
     )
     near_full = latest.reserved_bytes >= config.min_reserved_share * total_bytes
 
-    if retries > 0 or ooms > 0:
+    if (retries > 0 or ooms > 0) and split_dominant:
         severity = Severity.CRITICAL
     elif split_held and near_full:
         severity = Severity.WARNING

@@ -61,24 +61,31 @@ class Fit:
     ys: tuple[float, ...]  # floor values (non-decreasing)
     parts: tuple[float, ...]  # the rise of each sub-window, oldest first
     rising: bool = False  # every part rose, none by more than `max_subwindow_share`: sustained but for recency
+    top_share: float = 1.0  # the largest part's share of the rise
+    continuous: bool = False  # every part rose and the newest kept pace: sustained but for `top_share`
+
+    def sustained_under(self, max_share: float) -> bool:
+        """Sustained with another limit on the largest part's share (forecasts accept a warm-up step)."""
+        return self.continuous and self.top_share <= max_share
 
     @property
     def bytes_per_second(self) -> float:
         """Theil-Sen slope of the whole window: the average leak rate."""
         return theil_sen(self.xs, self.ys)
 
-    def recent_bytes_per_second(self, config: DetectorConfig) -> float:
-        """Theil-Sen slope of the newest two sub-windows: the rate now, for a forecast.
+    def current_bytes_per_second(self, config: DetectorConfig) -> float:
+        """The rate now, for a forecast: the lesser of the whole window's slope and its newest two parts'.
 
         A window that starts in warm-up (a young process that loads, steps, then leaks) averages the load
-        into the slope; the newest parts carry the leak alone.
+        into the whole slope, and a warm-up step among the newest parts inflates theirs: a step can only
+        inflate a slope, so the lesser of the two is the leak's.
         """
         k = 2 * config.buckets_per_subwindow + 1
-        return theil_sen(self.xs[-k:], self.ys[-k:])
+        return min(theil_sen(self.xs, self.ys), theil_sen(self.xs[-k:], self.ys[-k:]))
 
     def rate(self, config: DetectorConfig | None = None) -> Rate:
-        """The fit as a Rate: the recent slope when `config` is given, else the whole window's."""
-        slope = self.bytes_per_second if config is None else self.recent_bytes_per_second(config)
+        """The fit as a Rate: the current slope when `config` is given, else the whole window's."""
+        slope = self.bytes_per_second if config is None else self.current_bytes_per_second(config)
         return Rate(slope, self.confidence, self.span_seconds, self.points, self.sustained)
 
     def remaining_if_saturating(self, config: DetectorConfig) -> float | None:
@@ -117,22 +124,29 @@ class Profile:
 
     fits: tuple[Fit, ...]
 
-    def best(self, min_horizon: float = 0.0, config: DetectorConfig | None = None) -> Fit | None:
+    def best(
+        self, min_horizon: float = 0.0, config: DetectorConfig | None = None, *, max_share: float | None = None
+    ) -> Fit | None:
         """The sustained fit of the steepest rise among horizons >= `min_horizon` (None if none is).
 
-        Steepest by the recent slope when `config` is given (forecasts), else by the mean rise rate.
+        Steepest by the current slope when `config` is given (forecasts), else by the mean rise rate. With
+        `max_share`, "sustained" allows the largest part that share of the rise.
         """
-        sustained = [f for f in self.fits if f.sustained and f.horizon_seconds >= min_horizon]
+        sustained = [
+            f
+            for f in self.fits
+            if (f.sustained if max_share is None else f.sustained_under(max_share)) and f.horizon_seconds >= min_horizon
+        ]
         if not sustained:
             return None
         if config is not None:
-            return max(sustained, key=lambda f: (f.recent_bytes_per_second(config), -f.horizon_seconds))
+            return max(sustained, key=lambda f: (f.current_bytes_per_second(config), -f.horizon_seconds))
         return max(
             sustained, key=lambda f: (f.rise_bytes / f.span_seconds if f.span_seconds else 0.0, -f.horizon_seconds)
         )
 
     def rate(self, config: DetectorConfig, min_horizon: float = 0.0) -> Rate | None:
-        """The rate now: the steepest sustained fit's recent slope, else the fit nearest `rate_report_seconds`."""
+        """The rate now: the steepest sustained fit's current slope, else the fit nearest `rate_report_seconds`."""
         best = self.best(min_horizon, config)
         if best is not None:
             return best.rate(config)
@@ -284,8 +298,27 @@ def _fit(
     # The steps must keep coming: the newest part rises at a fair share of the window's mean rate.
     dt_last, dt_all = xs[-1] - xs[-1 - b], xs[-1] - xs[0]
     recent = dt_last > 0 and dt_all > 0 and parts[-1] / dt_last >= config.min_recent_share * rise / dt_all
+    # For a forecast the newest part keeps pace with the others but the largest (a warm-up step, a load).
+    others = sorted(parts)[:-1]
+    dt_part = dt_all / m if dt_all > 0 else 0.0
+    keeps_pace = (
+        dt_last > 0
+        and dt_part > 0
+        and parts[-1] / dt_last >= config.min_recent_share * (sum(others) / len(others) / dt_part)
+    )
+    continuous = rise >= config.min_rise_bytes and rising == m and keeps_pace
     every_part = rise >= config.min_rise_bytes and rising == m and top_share <= config.max_subwindow_share
-    sustained = every_part and recent
     return Fit(
-        h, span, n - idx[0], rise, sustained, round(confidence, 4), tuple(xs), tuple(ys), tuple(parts), every_part
+        h,
+        span,
+        n - idx[0],
+        rise,
+        every_part and recent,
+        round(confidence, 4),
+        tuple(xs),
+        tuple(ys),
+        tuple(parts),
+        rising=every_part,
+        top_share=top_share,
+        continuous=continuous,
     )

@@ -4,10 +4,11 @@ Python's `site` module imports the first `sitecustomize` on sys.path at start-up
 (the launcher, `accelerate`/`torchrun` workers, spawned processes). This one:
 1. runs the `sitecustomize` that would have run without us (the next one on sys.path after this folder:
    a distribution's, a virtualenv's, the user's own), so nothing that already worked changes;
-2. then starts the agent if `VRAMWATCH_AGENT=1` and the interpreter is new enough. The agent comes from
-   an importable vramwatch with this same layout (so user code that imports `vramwatch.agent` shares the
-   one agent), or else is loaded by path from the folder above this one as `_vramwatch_agent` (the
-   trainer's environment need not have vramwatch installed).
+2. then, if `VRAMWATCH_AGENT=1` and the interpreter is new enough, waits for `import torch` (a finder
+   that finds nothing) and only then loads and starts the agent: a process that never imports torch pays
+   for this file alone. The agent comes from an importable vramwatch with this same layout (so user code
+   that imports `vramwatch.agent` shares the one agent), or else is loaded by path from the folder above
+   this one as `_vramwatch_agent` (the trainer's environment need not have vramwatch installed).
 
 It must never break the interpreter it runs in: an agent that fails to start prints one line and the
 program goes on; an error in the chained sitecustomize propagates, so `site` reports it exactly as it
@@ -93,17 +94,39 @@ def _load_agent() -> types.ModuleType:
 
 
 def _start_agent() -> None:
+    try:
+        _load_agent()._start_from_sitecustomize(torch_importing=True)
+    except Exception as exc:
+        sys.stderr.write("vramwatch: agent not started in pid %d: %r\n" % (os.getpid(), exc))
+
+
+class _TorchImportHook:
+    """Finds nothing; loads and starts the agent when `import torch` begins. Until then (and forever in a
+    process that never imports torch) the agent costs this one method call per new import. It stays in
+    sys.meta_path as a no-op: removing a finder while the import system walks that list skips the next."""
+
+    def __init__(self) -> None:
+        self.fired = False
+
+    def find_spec(self, name: str, _path: object = None, _target: object = None) -> None:
+        if self.fired or name != "torch":
+            return
+        self.fired = True
+        _start_agent()
+
+
+def _arm() -> None:
     if os.environ.get("VRAMWATCH_AGENT", "") not in ("1", "true", "yes", "on"):
         return
     if sys.version_info < (3, 10):
         return  # the agent's code needs 3.10; the program itself is unaffected
-    try:
-        _load_agent()._start_from_sitecustomize()
-    except Exception as exc:
-        sys.stderr.write("vramwatch: agent not started in pid %d: %r\n" % (os.getpid(), exc))
+    if "torch" in sys.modules:  # the chained sitecustomize imported it
+        _start_agent()
+    else:
+        sys.meta_path.insert(0, _TorchImportHook())
 
 
 try:
     _chain_next_sitecustomize()
 finally:
-    _start_agent()
+    _arm()
