@@ -69,7 +69,7 @@ def test_is_a_backend() -> None:
 def test_registry_lists_every_scenario_with_one_line() -> None:
     """Every scenario the brief names is registered, in order, with a one-line description."""
     expected = {"steady", "warmup", "leak", "contention", "slow_leak", "fast_leak", "stepwise_leak"}
-    expected |= {"plateau", "spike_oom", "stale", "lost_gpu", "scale"}
+    expected |= {"plateau", "spike_oom", "stale", "lost_gpu", "scale", "scale512"}
     assert set(scenario_names()) == expected
     assert scenario_names() == tuple(SCENARIOS)
     for sc in SCENARIOS.values():
