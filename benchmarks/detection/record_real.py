@@ -34,13 +34,19 @@ BUDGET_GIB = 24
 SCENARIOS: dict[str, tuple[list[str], list[str] | None, dict[str, Any]]] = {
     "healthy": (["--mode", "healthy", "--steps", "300", "--step-seconds", "0.5"], None,
                 {"healthy": True, "gradual": False}),
-    "fast_leak": (["--mode", "fast_leak", "--steps", "5000", "--step-seconds", "0.25"], None,
+    # A small model leaking ~150 MB/s from early on: about two minutes from start to OOM.
+    "fast_leak": (["--mode", "fast_leak", "--steps", "5000", "--step-seconds", "0.25", "--budget-gib", "8"], None,
                   {"healthy": False, "gradual": True}),
+    # The same leak on a model that already fills 60% of the card: barely a minute of leak before the OOM.
+    "fast_leak_late": (["--mode", "fast_leak", "--steps", "5000", "--step-seconds", "0.25"], None,
+                       {"healthy": False, "gradual": True}),
     "spike_oom": (["--mode", "spike_oom", "--steps", "50", "--step-seconds", "0.5"], None,
                   {"healthy": False, "gradual": False}),
+    # Keeps each sampling phase's images: a step every 10 s on a model scaled for 16 GiB.
     "stepwise_leak": (["--mode", "stepwise_leak", "--steps", "5000", "--step-seconds", "0.25", "--sample-every", "40",
-                       "--val-every", "1000000"], None, {"healthy": False, "gradual": True}),
-    "plateau": (["--mode", "plateau", "--steps", "520", "--step-seconds", "0.25"], None,
+                       "--val-every", "1000000", "--budget-gib", "16"], None, {"healthy": False, "gradual": True}),
+    # A healthy run sized for 34 GiB on the 24 GiB card: warm-up steps take it to ~90% of the card, then flat.
+    "plateau": (["--mode", "healthy", "--steps", "520", "--step-seconds", "0.25", "--budget-gib", "34"], None,
                 {"healthy": True, "gradual": False}),
     "contention": (["--mode", "healthy", "--steps", "480", "--step-seconds", "0.25"], ["--gib", "7.5", "--after", "45"],
                    {"healthy": False, "gradual": False}),
