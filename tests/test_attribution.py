@@ -48,6 +48,7 @@ def test_parse_cgroup(text: str, container: str | None, pod: str | None) -> None
         ("python3", ("python3", "-u", "/home/a/sd-scripts/train_network.py"), "train_network.py"),
         ("python", ("python", "-m", "torch.distributed.run", "x.py"), "torch.distributed.run"),
         ("python3", ("python3",), "python3"),
+        ("python3", ("python3", "-c", "import torch"), "python3"),
         ("accelerate", ("/usr/bin/python3", "/usr/bin/accelerate", "launch"), "accelerate"),
         (None, None, None),
     ],
@@ -57,8 +58,8 @@ def test_display_name(name: str | None, cmdline: tuple[str, ...] | None, expecte
     assert display_name(name, cmdline) == expected
 
 
-def test_inspects_a_real_child_with_identity_user_and_tree(tmp_path: Path) -> None:
-    """A live child is resolved with its start time, user, parent and a tree root that includes its launcher."""
+def test_inspects_a_real_child_with_identity_user_and_container(tmp_path: Path) -> None:
+    """A live child is resolved with its start time, user, parent and container; an unrelated parent is no root."""
     proc_root = tmp_path / "proc"
     launcher = subprocess.Popen(
         [
@@ -82,8 +83,8 @@ def test_inspects_a_real_child_with_identity_user_and_tree(tmp_path: Path) -> No
         assert meta.ppid == launcher.pid
         assert meta.container_id == CID
         assert meta.cmdline is not None
-        # The launcher is not a session boundary, so the tree root is one of the child's ancestors.
-        assert meta.root_pid in {p.pid for p in psutil.Process(child).parents()}
+        # A `python -c` parent is neither a known launcher nor the same script: the child is its own root.
+        assert meta.root_pid == child
     finally:
         launcher.kill()
         launcher.wait()
@@ -121,3 +122,32 @@ def test_foreign_pid_namespace_is_detected(tmp_path: Path) -> None:
     (ns / "pid").write_text("")
     assert PsutilInspector(proc_root=tmp_path).pid_namespace_matches() is False
     assert PsutilInspector(proc_root=tmp_path, host_pids=True).pid_namespace_matches() is True
+
+
+def _spawn_tree(tmp_path: Path, launcher_name: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A parent script named `launcher_name` that starts a worker script; returns (parent, worker pid)."""
+    worker = tmp_path / "worker.py"
+    worker.write_text("import time\ntime.sleep(30)\n")
+    parent = tmp_path / launcher_name
+    parent.write_text(f"import subprocess, sys\nsubprocess.run([sys.executable, {str(worker)!r}])\n")
+    proc = subprocess.Popen([sys.executable, str(parent)])
+    for _ in range(200):
+        kids = psutil.Process(proc.pid).children()
+        if kids:
+            return proc, kids[0].pid
+        time.sleep(0.02)
+    raise AssertionError("the worker did not start")
+
+
+@pytest.mark.parametrize(("launcher", "grouped"), [("torchrun", True), ("launch.py", True), ("job.py", False)])
+def test_workers_group_under_a_launcher_only(tmp_path: Path, launcher: str, grouped: bool) -> None:
+    """Workers of a known launcher share its tree; a process started by an unrelated script is its own root."""
+    proc, worker = _spawn_tree(tmp_path, launcher)
+    try:
+        meta = PsutilInspector().inspect(worker)
+        assert meta.root_pid == (proc.pid if grouped else worker)
+    finally:
+        for k in psutil.Process(proc.pid).children(recursive=True):
+            k.kill()
+        proc.kill()
+        proc.wait()

@@ -80,3 +80,16 @@ def test_sections_are_checked_against_their_dataclass() -> None:
         dataclass_from_table(_Section, {"enabled": 1}, "f: [s]")
     with pytest.raises(ConfigError, match="unknown key 'windw'"):
         dataclass_from_table(_Section, {"windw": 1}, "f: [s]")
+
+
+def test_detector_section_accepts_lists_and_tables() -> None:
+    """[detectors] takes TOML lists for sets and tables for per-kind ticks, and rejects a bad value there."""
+    from vramwatch.detectors import DetectorConfig
+
+    cfg = dataclass_from_table(
+        DetectorConfig, {"stale_statuses": ["zombie"], "enter_ticks": {"pressure": 5}}, "f: [detectors]"
+    )
+    assert cfg.stale_statuses == frozenset({"zombie"})
+    assert cfg.enter_ticks["pressure"] == 5
+    with pytest.raises(ConfigError, match=r"f: \[detectors\]"):
+        dataclass_from_table(DetectorConfig, {"enter_ticks": {"pressure": "many"}}, "f: [detectors]")

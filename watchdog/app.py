@@ -26,7 +26,7 @@ from .detectors import DetectorConfig
 from .errors import BackendUnavailable, VramwatchError
 from .history import History
 from .model import Finding, ProcessKey, ProcessMeta, Snapshot
-from .render import snapshot_to_json, status_table
+from .render import finding_dict, snapshot_to_json, status_table
 from .sampler import Sampler, run_every
 from .testing import FakeClock
 from .sdnotify import SdNotifier
@@ -141,28 +141,56 @@ def build_dispatcher(
     )
 
 
-def status(cfg: Config, *, out: Echo, as_json: bool = False, clock: Clock | None = None) -> int:
-    """`vramwatch status`: one snapshot as a table (or JSON)."""
-    clock = clock or SystemClock()
-    try:
-        backend, fallback = _open(cfg, clock, require_gpu=False)
-    except BackendUnavailable as exc:
-        raise VramwatchError(str(exc)) from exc
-    try:
-        history = History(window_seconds=60, interval_seconds=cfg.daemon.interval)
-        pipeline = Pipeline(backend, history, clock, detector_config(cfg))
-        snap, _, _ = pipeline.step()
-        if snap is None:
-            raise VramwatchError("the GPU library stopped answering during the read")
-        if as_json:
-            doc: dict[str, Any] = {"backend": backend.kind, **snapshot_to_json(snap)}
-            out(json.dumps(doc))
-        else:
-            out(banner(backend, fallback=fallback))
-            out(status_table(snap))
-    finally:
-        backend.close()
+def status(
+    cfg: Config,
+    *,
+    out: Echo,
+    as_json: bool = False,
+    clock: Clock | None = None,
+    daemon_url: str | None = None,
+) -> int:
+    """`vramwatch status`: a running daemon's view (with trends and forecasts), else one snapshot of our own."""
+    doc = None
+    if cfg.daemon.simulate is None and cfg.daemon.replay is None:
+        doc = fetch_daemon_status(daemon_url or f"http://{cfg.daemon.listen}")
+    if doc is not None:
+        first = f"vramwatch: from the daemon at {daemon_url or cfg.daemon.listen} (backend {doc.get('backend')})"
+    else:
+        clock = clock or SystemClock()
+        try:
+            backend, fallback = _open(cfg, clock, require_gpu=False)
+        except BackendUnavailable as exc:
+            raise VramwatchError(str(exc)) from exc
+        try:
+            pipeline = Pipeline(backend, History(window_seconds=60, interval_seconds=cfg.daemon.interval), clock,
+                                detector_config(cfg), advise=False)  # fmt: skip
+            snap, _, _ = pipeline.step()
+            if snap is None:
+                raise VramwatchError("the GPU library stopped answering during the read")
+            doc = {"backend": backend.kind, **snapshot_to_json(snap)}
+            first = banner(backend, fallback=fallback)
+        finally:
+            backend.close()
+    if as_json:
+        out(json.dumps(doc))
+    else:
+        out(first)
+        out(status_table(doc))
     return 0
+
+
+def fetch_daemon_status(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
+    """A running daemon's /status.json, or None when none answers there (then we sample ourselves)."""
+    import urllib.error
+    import urllib.request
+
+    base = url if url.startswith("http") else f"http://{url}"
+    try:
+        with urllib.request.urlopen(base.rstrip("/") + "/status.json", timeout=timeout) as r:  # noqa: S310
+            doc = json.loads(r.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("gpus") is not None else None
 
 
 def scenarios(out: Echo) -> int:
@@ -183,22 +211,7 @@ def finding_to_json(f: Finding, snap: Snapshot | None, *, event: str = "raised")
     if snap is not None and f.gpu_uuid is not None:
         g = snap.gpu(f.gpu_uuid)
         index = g.index if g else None
-    return {
-        "event": event,
-        "t": f.t,
-        "kind": f.kind,
-        "severity": f.severity.value,
-        "gpu": index,
-        "gpu_uuid": f.gpu_uuid,
-        "pid": f.process.pid if f.process else None,
-        "start_time": f.process.start_time if f.process else None,
-        "process": f.process_name,
-        "eta_seconds": f.eta_seconds,
-        "confidence": f.confidence,
-        "message": f.message,
-        "numbers": f.numbers,
-        "advice": list(f.advice),
-    }
+    return finding_dict(f, index, event=event)
 
 
 def record(

@@ -28,8 +28,14 @@ from .model import ProcessMeta
 #: would name the wrong processes (or none) here.
 PROC_PID_INIT_INO = 0xEFFFFFFC
 
-# Where a process tree stops: above these is the user's session or the init system, not the training job.
-# `accelerate launch` / `torchrun` workers therefore group under their launcher, whose parent is a shell.
+# Launchers that start one worker per GPU: their workers are one training run and group under them.
+_LAUNCHERS = frozenset(
+    {
+        "accelerate", "torchrun", "torch.distributed.run", "torch.distributed.launch", "deepspeed", "mpirun",
+        "mpiexec", "horovodrun", "lightning", "composer", "colossalai", "launch.py",
+    }
+)  # fmt: skip
+# Where the walk up a process tree stops: above these is the user's session or the init system.
 _SESSION_BOUNDARY = frozenset(
     {
         "systemd", "init", "sshd", "login", "bash", "zsh", "sh", "dash", "fish", "tmux", "tmux: server",
@@ -70,8 +76,10 @@ def display_name(name: str | None, cmdline: tuple[str, ...] | None) -> str | Non
     """
     if name and name.startswith("python") and cmdline and len(cmdline) > 1:
         args = list(cmdline[1:])
-        while args and args[0].startswith("-") and args[0] != "-m":
+        while args and args[0].startswith("-") and args[0] not in ("-m", "-c"):
             args.pop(0)  # interpreter flags such as -u or -X dev
+        if args and args[0] == "-c":
+            return name  # inline code: no script name to show
         if len(args) >= 2 and args[0] == "-m":
             return args[1][:64]
         if args and not args[0].startswith("-"):
@@ -155,16 +163,30 @@ class PsutilInspector:
         )
 
     def _tree_root(self, proc: psutil.Process) -> tuple[int, str | None, float | None] | None:
-        """The topmost ancestor that still belongs to the job (below the shell, init or container shim)."""
+        """The launcher this process is a worker of, or the process itself.
+
+        Climbing below the shell, the highest ancestor that is a known launcher (`accelerate launch`, `torchrun`,
+        `deepspeed`, `mpirun`, ...) or that runs the same script (workers forked by the trainer itself, as
+        `torch.multiprocessing.spawn` does) is the root. An unrelated parent (a job script, `timeout`, a
+        notebook) is not: two runs started by the same script are two runs, and must not hide contention
+        between them.
+        """
         root = proc
         try:
+            raw = proc.name()
+            own = display_name(raw, tuple(_safe(proc.cmdline) or ()))
+            script = own if own != raw else None  # "python3 -c ..." runs no script to match on
+            current = proc
             for _ in range(_MAX_TREE_DEPTH):
-                parent = root.parent()
+                parent = current.parent()
                 if parent is None or parent.pid <= 1 or parent.name() in _SESSION_BOUNDARY:
                     break
-                root = parent
-            name = root.name()
-            return root.pid, display_name(name, tuple(_safe(root.cmdline) or ())), root.create_time()
+                label = display_name(parent.name(), tuple(_safe(parent.cmdline) or ()))
+                if label in _LAUNCHERS or (script is not None and label == script):
+                    root = parent
+                current = parent
+            name = display_name(root.name(), tuple(_safe(root.cmdline) or ()))
+            return root.pid, name, root.create_time()
         except psutil.Error:
             return (root.pid, None, None) if root is not proc else None
 

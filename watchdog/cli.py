@@ -109,10 +109,19 @@ def serve(
 @_simulate
 @_seed
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--daemon", "daemon_url", metavar="HOST:PORT", help="Ask this daemon [default: the configured listen].")
 @click.pass_context
-def status(ctx: click.Context, simulate: str | None, seed: int | None, as_json: bool) -> None:
-    """Show the GPUs and the processes using them, once."""
-    _run(lambda: app.status(_load(ctx, {"simulate": simulate, "seed": seed}), out=_echo, as_json=as_json))
+def status(ctx: click.Context, simulate: str | None, seed: int | None, as_json: bool, daemon_url: str | None) -> None:
+    """Show the GPUs and the processes using them, once.
+
+    With a daemon running, its trends, forecasts and stability verdicts are shown next to each process;
+    without one, vramwatch samples once by itself (no trend yet).
+    """
+    _run(
+        lambda: app.status(
+            _load(ctx, {"simulate": simulate, "seed": seed}), out=_echo, as_json=as_json, daemon_url=daemon_url
+        )
+    )
 
 
 @main.command()

@@ -191,11 +191,16 @@ def dataclass_from_table(cls: type[Any], table: Mapping[str, Any], where: str) -
             raw = expected(raw) if ok else raw
         elif current is None:
             ok = True
-        elif isinstance(current, tuple) and isinstance(raw, list):
-            ok, raw = True, tuple(raw)
+        elif isinstance(current, (tuple, frozenset)) and isinstance(raw, list):
+            ok, raw = True, type(current)(raw)
+        elif isinstance(current, Mapping) and isinstance(raw, dict):
+            ok = True  # the dataclass normalises and validates its own tables
         else:
             ok = isinstance(raw, expected)
         if not ok:
             raise ConfigError(f"{where} {key}: expected {expected.__name__}, got {raw!r}")
         values[key] = raw
-    return replace(defaults, **values)
+    try:
+        return replace(defaults, **values)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None

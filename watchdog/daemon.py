@@ -13,6 +13,7 @@ their own thread, hooks run in their own process, the HTTP server answers scrape
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from .enrich import Enricher
 from .errors import BackendUnavailable, VramwatchError
 from .exporter import ExportState, MetricsServer, make_registry
 from .history import History
+from .render import finding_dict, snapshot_to_json
 from .model import Finding, ProcessKey, ProcessMeta, Snapshot
 from .sampler import Sampler, TickStats, run_every
 from .sdnotify import SdNotifier
@@ -145,7 +147,7 @@ class Daemon:
 
     def start_server(self) -> int:
         """Bind the metrics server (raises VramwatchError with a clear message if the port is taken)."""
-        self.server = MetricsServer(self.config.daemon.listen, self.registry, self.healthy)
+        self.server = MetricsServer(self.config.daemon.listen, self.registry, self.healthy, self.status_json)
         self.server.start()
         return self.server.port
 
@@ -190,6 +192,23 @@ class Daemon:
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002 - signal handler signature
         self.reload_requested.set()
+
+    def status_json(self) -> bytes:
+        """The `status --json` document of the last tick, with trends, forecasts, verdicts and findings."""
+        st = self._state
+        if st.snapshot is None:
+            return json.dumps({"up": False, "backend": st.backend.get("backend")}).encode()
+        doc = snapshot_to_json(
+            st.snapshot, process_growth=st.process_growth, oom_eta=st.oom_eta, gpu_growth=st.gpu_growth
+        )
+        doc["up"] = st.up
+        doc["backend"] = st.backend.get("backend")
+        doc["verdicts"] = [
+            {"pid": k.pid, "start_time": k.start_time, "gpu_uuid": gpu, "verdict": v}
+            for (k, gpu), v in st.verdicts.items()
+        ]
+        doc["findings"] = [finding_dict(f) for f in st.active]
+        return json.dumps(doc).encode()
 
     def lookup(self, key: ProcessKey) -> ProcessMeta | None:
         """What is known of a process identity, from history (it may have exited since)."""
@@ -338,6 +357,7 @@ class Daemon:
             oom_eta={k: v[0] for k, v in analysis.oom_eta.items()} if analysis else {},
             active=tuple(p.tracker.active()) if p else (),
             findings_raised=dict(self._findings_raised),
+            verdicts=dict(analysis.verdicts) if analysis else {},
             notifications=dict(self.dispatcher.notification_counts()),
         )
 

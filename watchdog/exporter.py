@@ -48,6 +48,7 @@ class ExportState:
     active: tuple[Finding, ...] = ()
     findings_raised: Mapping[tuple[str, str], int] = field(default_factory=dict)
     notifications: Mapping[str, int] = field(default_factory=dict)
+    verdicts: Mapping[tuple[ProcessKey, str], str] = field(default_factory=dict)
 
 
 def gpu_label(g: GpuSample) -> str:
@@ -304,15 +305,27 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class MetricsServer:
     """Serves /metrics from the registry and /healthz (200 while the sampler ticked recently, else 503)."""
 
-    def __init__(self, listen: str, registry: CollectorRegistry, healthy: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        listen: str,
+        registry: CollectorRegistry,
+        healthy: Callable[[], bool],
+        status: Callable[[], bytes] | None = None,
+    ) -> None:
         host, port = parse_listen(listen)
         metrics_app = make_wsgi_app(registry)
 
         def app(environ: dict[str, Any], start_response: Any) -> Any:
-            if environ.get("PATH_INFO") == "/healthz":
+            path = environ.get("PATH_INFO")
+            if path == "/healthz":
                 ok = healthy()
                 start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
                 return [b"ok\n" if ok else b"sampler stalled\n"]
+            if path == "/status.json" and status is not None:
+                # `vramwatch status` and `attach` read the daemon's trend and forecast from here; it is bound
+                # to the same (loopback by default) address as /metrics and carries no command lines.
+                start_response("200 OK", [("Content-Type", "application/json")])
+                return [status()]
             return metrics_app(environ, start_response)
 
         server_cls: type[_Server] = _Server6 if ":" in host else _Server

@@ -37,49 +37,47 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def status_table(
-    snap: Snapshot,
-    *,
-    process_growth: Mapping[tuple[ProcessKey, str], float] | None = None,
-    gpu_growth: Mapping[str, float] | None = None,
-    oom_eta: Mapping[str, float] | None = None,
-    findings: tuple[Finding, ...] = (),
-) -> str:
-    """GPUs, each followed by its processes: memory, share of the card, user, name, trend and forecast."""
-    pg, gg, eta = process_growth or {}, gpu_growth or {}, oom_eta or {}
+def status_table(doc: Mapping[str, Any]) -> str:
+    """GPUs, each followed by its processes: memory, share of the card, user, name, trend and forecast.
+
+    Renders the `status --json` document (from a local snapshot or a running daemon's /status.json), so the
+    table and the JSON can never disagree.
+    """
     lines: list[str] = []
-    for g in snap.gpus:
-        if not g.up:
-            lines.append(f"GPU {g.index}  {g.name}  DOWN ({g.error or 'not answering'})  {g.uuid}")
+    verdicts = {(v["pid"], v["gpu_uuid"]): v["verdict"] for v in doc.get("verdicts", [])}
+    for g in doc["gpus"]:
+        if not g["up"]:
+            lines.append(f"GPU {g['index']}  {g['name']}  DOWN  {g['uuid']}")
             continue
-        pct = f"{100 * g.used_bytes / g.total_bytes:.0f}%" if g.used_bytes is not None and g.total_bytes else "?"
-        head = f"GPU {g.index}  {g.name}  {gib(g.used_bytes)} / {gib(g.total_bytes)} GiB used ({pct}), "
-        head += f"{gib(g.free_bytes)} GiB free"
-        if g.uuid in gg:
-            head += f"  trend {rate(gg[g.uuid])}"
-        if g.uuid in eta:
-            head += f"  full in ~{duration(eta[g.uuid])}"
+        used, total = g["used_bytes"], g["total_bytes"]
+        pct = f"{100 * used / total:.0f}%" if used is not None and total else "?"
+        head = f"GPU {g['index']}  {g['name']}  {gib(used)} / {gib(total)} GiB used ({pct}), {gib(g['free_bytes'])} GiB free"
+        if g.get("growth_bytes_per_second") is not None:
+            head += f"  trend {rate(g['growth_bytes_per_second'])}"
+        if g.get("oom_eta_seconds") is not None:
+            head += f"  full in ~{duration(g['oom_eta_seconds'])}"
         lines.append(head)
-        procs = sorted(snap.processes_on(g.uuid), key=lambda p: -(p.used_bytes or 0))
+        procs = sorted(g["processes"], key=lambda p: -(p["used_bytes"] or 0))
         if procs:
             lines.append(f"  {'PID':>8}  {'MEM GiB':>8}  {'CARD':>5}  {'USER':<12} {'PROCESS':<28} TREND")
         for p in procs:
-            share = f"{100 * p.used_bytes / g.total_bytes:.0f}%" if p.used_bytes is not None and g.total_bytes else "?"
-            name = p.meta.name or "?"
-            if p.meta.root_name and p.meta.root_pid not in (None, p.pid):
-                name += f" <{p.meta.root_name}:{p.meta.root_pid}>"
+            share = f"{100 * p['used_bytes'] / total:.0f}%" if p["used_bytes"] is not None and total else "?"
+            name = p["name"] or "?"
+            if p.get("root_name") and p.get("root_pid") not in (None, p["pid"]):
+                name += f" <{p['root_name']}:{p['root_pid']}>"
+            trend = rate(p.get("growth_bytes_per_second"))
+            verdict = verdicts.get((p["pid"], g["uuid"]))
             lines.append(
-                f"  {p.pid:>8}  {gib(p.used_bytes):>8}  {share:>5}  {(p.meta.user or '?')[:12]:<12} "
-                f"{name[:28]:<28} {rate(pg.get((p.key, p.gpu_uuid)))}"
+                f"  {p['pid']:>8}  {gib(p['used_bytes']):>8}  {share:>5}  {(p['user'] or '?')[:12]:<12} "
+                f"{name[:28]:<28} {trend}{'  ' + verdict if verdict else ''}"
             )
-        unatt = snap.unattributed_bytes(g.uuid)
-        if unatt:
-            lines.append(f"  {'-':>8}  {gib(unatt):>8}  {'':>5}  {'':<12} {'(driver / unattributed)':<28}")
-    if not snap.processes_visible:
+        if g.get("unattributed_bytes"):
+            lines.append(f"  {'-':>8}  {gib(g['unattributed_bytes']):>8}  {'':>5}  {'':<12} (driver / unattributed)")
+    if not doc.get("processes_visible", True):
         lines.append("processes not visible: this vramwatch runs in a container without the host pid namespace;")
         lines.append("  per-process names and users are withheld (run with hostPID: true or docker --pid=host)")
-    for f in findings:
-        lines.append(f"[{f.severity.value}] {f.message}")
+    for f in doc.get("findings", []):
+        lines.append(f"[{f['severity']}] {f['message']}")
     return "\n".join(lines)
 
 
@@ -128,4 +126,24 @@ def snapshot_to_json(
             }
             for g in snap.gpus
         ],
+    }
+
+
+def finding_dict(f: Finding, index: int | None = None, *, event: str = "raised") -> dict[str, Any]:
+    """A finding as the JSON object that `replay --json`, `attach --json`, `/status.json` share (no cmdline)."""
+    return {
+        "event": event,
+        "t": f.t,
+        "kind": f.kind,
+        "severity": f.severity.value,
+        "gpu": index,
+        "gpu_uuid": f.gpu_uuid,
+        "pid": f.process.pid if f.process else None,
+        "start_time": f.process.start_time if f.process else None,
+        "process": f.process_name,
+        "eta_seconds": f.eta_seconds,
+        "confidence": f.confidence,
+        "message": f.message,
+        "numbers": f.numbers,
+        "advice": list(f.advice),
     }
