@@ -32,7 +32,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -449,6 +449,10 @@ class AgentListener:
                 num_alloc_retries=_int_or_none(entry, "num_alloc_retries"),
                 num_ooms=_int_or_none(entry, "num_ooms"),
             )
+            cuda_uuid = _str_or_none(entry, "cuda_uuid")
+            if cuda_uuid is not None:
+                nvml = cuda_uuid if cuda_uuid.startswith(("GPU-", "MIG-")) else f"GPU-{cuda_uuid}"
+                stats = replace(stats, gpu_uuid=nvml)
             devices.append(
                 AgentDevice(
                     stats=stats,

@@ -7,6 +7,7 @@ directly with a fake clock and backend, and the CLI tests check parsing only.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from typing import Any
 import structlog
 
 from .actions import ActionDispatcher, build_notifiers, parse_policy
+from .agent.protocol import default_socket_path
+from .agentlink import AgentListener, AgentReport
 from .backends import banner, open_backend
 from .backends.replay import ReplayBackend
 from .clock import SystemClock
@@ -97,6 +100,8 @@ def serve(
         # Taken out of the environment so trainers started by hooks do not inherit systemd's socket.
         systemd=SdNotifier.from_env(unset_environment=True),
     )
+    if first and first[0].kind == "nvml":
+        daemon.agents = open_agent_listener(daemon.on_agent_report)
     daemon.dispatcher = build_dispatcher(cfg, first[0] if first else None, clock, daemon.lookup, daemon.recheck)
     if stop is not None:
         daemon.stop_event = stop
@@ -177,6 +182,22 @@ def status(
         out(first)
         out(status_table(doc))
     return 0
+
+
+def open_agent_listener(on_report: Callable[[AgentReport], None]) -> AgentListener | None:
+    """Listen for in-process agents (`vramwatch run`); without the socket the daemon runs on, NVML only."""
+    # Under systemd (INVOCATION_ID is set for every unit) the socket lives in /run/vramwatch, the unit's
+    # RuntimeDirectory; for a user's own daemon, in $XDG_RUNTIME_DIR.
+    path = default_socket_path(system="INVOCATION_ID" in os.environ)
+    listener = AgentListener(path, on_report=on_report)
+    try:
+        listener.bind()
+        listener.start()
+    except (OSError, VramwatchError) as exc:
+        log.warning("agent_socket_unavailable", path=str(path), error=str(exc), effect="no in-process agent data")
+        return None
+    log.info("agent_socket", path=str(path))
+    return listener
 
 
 def fetch_daemon_status(url: str, timeout: float = 1.0) -> dict[str, Any] | None:

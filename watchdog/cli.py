@@ -205,3 +205,28 @@ def install_service(prefix: str, force: bool) -> None:
         return 0
 
     _run(go)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--snapshot", type=click.Path(file_okay=False), help="On OOM, dump a memory snapshot here (memory_viz).")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False), help="The daemon's agent socket.")
+@click.option("--empty-cache-on-pressure", is_flag=True, help="Call torch.cuda.empty_cache() on a pressure notice.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(snapshot: str | None, socket_path: str | None, empty_cache_on_pressure: bool, command: tuple[str, ...]) -> None:
+    """Run a training COMMAND with the in-process agent: `vramwatch run -- accelerate launch train.py ...`.
+
+    Every Python process the command starts reports PyTorch's allocator figures (allocated, reserved,
+    fragmentation, OOMs) to the daemon, or to this command itself when no daemon listens; exit code,
+    signals and output pass through unchanged.
+    """
+    from .agent.runner import run_command
+
+    argv = list(command[1:] if command and command[0] == "--" else command)
+    _run(
+        lambda: run_command(
+            argv,
+            snapshot_dir=Path(snapshot) if snapshot else None,
+            socket_path=Path(socket_path) if socket_path else None,
+            empty_cache_on_pressure=empty_cache_on_pressure,
+        )
+    )

@@ -17,12 +17,13 @@ import json
 import signal
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 
 import structlog
 
 from .actions import ActionDispatcher, parse_policy
+from .agentlink import AgentListener, AgentReport, OomEvent
 from .clock import SystemClock
 from .config import Config
 from .detectors import Analysis, DetectorConfig, FindingTracker, analyze
@@ -30,8 +31,8 @@ from .enrich import Enricher
 from .errors import BackendUnavailable, VramwatchError
 from .exporter import ExportState, MetricsServer, make_registry
 from .history import History
-from .render import finding_dict, snapshot_to_json
-from .model import Finding, ProcessKey, ProcessMeta, Snapshot
+from .model import Finding, ProcessKey, ProcessMeta, Severity, Snapshot, TorchStats
+from .render import finding_dict, gib, snapshot_to_json
 from .sampler import Sampler, TickStats, run_every
 from .sdnotify import SdNotifier
 from .typing import Backend, Clock
@@ -72,9 +73,10 @@ class Pipeline:
     clock: Clock
     detector_config: DetectorConfig = field(default_factory=DetectorConfig)
     advise: bool = True
+    torch_source: Callable[[], tuple[TorchStats, ...]] | None = None
 
     def __post_init__(self) -> None:
-        self.sampler = Sampler(self.backend, self.history, self.clock)
+        self.sampler = Sampler(self.backend, self.history, self.clock, self.torch_source)
         self.tracker = FindingTracker(self.detector_config)
         self.analysis: Analysis | None = None
         # Live lookups (a trainer's environment, its launcher's command line) only make sense for real pids.
@@ -116,6 +118,7 @@ class Daemon:
         on_tick: Callable[[Snapshot], None] | None = None,
         reload_config: Callable[[], Config] | None = None,
         systemd: SdNotifier | None = None,
+        agents: AgentListener | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -127,6 +130,11 @@ class Daemon:
         self.on_tick = on_tick
         self._reload_config = reload_config
         self.systemd = systemd or SdNotifier(None)
+        # In-process agents (`vramwatch run`): their allocator figures join the samples, their OOM reports
+        # become certain post-mortems, and they are told when memory is about to run out.
+        self.agents = agents
+        self._agent_ooms: list[OomEvent] = []
+        self._agent_lock = threading.Lock()
         self._last_step: float | None = None
         self._status_line = ""
         d = config.daemon
@@ -175,6 +183,8 @@ class Daemon:
             self.server = None
         if self.pipeline is not None:
             self.pipeline.backend.close()
+        if self.agents is not None:
+            self.agents.stop()
         self.dispatcher.close()
 
     def install_signal_handlers(self) -> None:
@@ -302,6 +312,8 @@ class Daemon:
                 eta_seconds=f.eta_seconds,
                 message=f.message,
             )
+        raised = raised + self._agent_oom_findings(snap)
+        self._notify_agents(raised, snap)
         for f in cleared:
             log.info("finding_cleared", kind=f.kind, gpu=f.gpu_uuid, pid=f.process.pid if f.process else None)
         for result in self.dispatcher.handle(raised, cleared, frozenset(self.attached), snap.processes):
@@ -319,6 +331,67 @@ class Daemon:
         self._publish(snap, up=True)
         if self.on_tick is not None:
             self.on_tick(snap)
+
+    def on_agent_report(self, report: AgentReport) -> None:
+        """Listener thread: keep OOM reports for the next tick (findings are made on the tick's thread)."""
+        if report.oom is not None:
+            with self._agent_lock:
+                self._agent_ooms.append(report.oom)
+
+    def _agent_oom_findings(self, snap: Snapshot) -> list[Finding]:
+        """An agent's OOM report is a certain post-mortem, raised at once (no hysteresis: it happened)."""
+        with self._agent_lock:
+            events, self._agent_ooms = self._agent_ooms, []
+        findings = []
+        for ev in events:
+            proc = next((p for p in snap.processes if p.pid == ev.pid), None)
+            free_cache = ev.reserved_unallocated_bytes
+            frag = free_cache is not None and ev.requested_bytes is not None and free_cache >= ev.requested_bytes
+            what = (
+                "enough memory was cached but fragmented (expandable_segments would have helped)"
+                if frag
+                else "the request did not fit"
+            )
+            f = Finding(
+                kind="oom",
+                severity=Severity.CRITICAL,
+                gpu_uuid=ev.gpu_uuid,
+                message=(
+                    f"pid {ev.pid} ran out of GPU memory: asked for {gib(ev.requested_bytes)} GiB with "
+                    f"{gib(ev.allocated_bytes)} GiB allocated and {gib(ev.reserved_bytes)} GiB reserved by PyTorch; "
+                    f"{what}" + (f"; memory snapshot: {ev.snapshot_path}" if ev.snapshot_path else "")
+                ),
+                t=snap.t,
+                process=proc.key if proc else None,
+                process_name=proc.meta.name if proc else None,
+                numbers={
+                    "requested_bytes": ev.requested_bytes,
+                    "allocated_bytes": ev.allocated_bytes,
+                    "reserved_bytes": ev.reserved_bytes,
+                    "reserved_unallocated_bytes": free_cache,
+                    "inactive_split_bytes": ev.inactive_split_bytes,
+                    "num_alloc_retries": ev.num_alloc_retries,
+                    "device_free_bytes": ev.device_free_bytes,
+                },
+            )
+            p = self.pipeline
+            if p is not None and p.enrich is not None:
+                f = p.enrich(replace(f, kind="fragmentation" if frag else "spike"), snap)
+                f = replace(f, kind="oom")
+            findings.append(f)
+        return findings
+
+    def _notify_agents(self, raised: list[Finding], snap: Snapshot) -> None:
+        """Tell the agents on a GPU that is about to fill, so their `on_pressure` callbacks can save."""
+        if self.agents is None:
+            return
+        for f in raised:
+            if f.kind not in {"oom_forecast", "pressure", "fragmentation", "growth"}:
+                continue
+            agent_pids = set(self.agents.pids())
+            for p in snap.processes_on(f.gpu_uuid or ""):
+                if p.pid in agent_pids and self.agents.send_pressure(p.pid, level=f.severity.value, reason=f.message):
+                    log.info("pressure_notice_sent", pid=p.pid, kind=f.kind, severity=f.severity.value)
 
     def _overrun(self, skipped: int) -> None:
         if self.pipeline is not None:
@@ -339,7 +412,9 @@ class Daemon:
             return None
         self._backoff.reset()
         self.backend_info = {"backend": backend.kind, **backend.describe()}
-        self.pipeline = Pipeline(backend, self.history, self.clock, self.detector_config)
+        agents = self.agents
+        source = (lambda: tuple(d.stats for d in agents.latest())) if agents is not None else None
+        self.pipeline = Pipeline(backend, self.history, self.clock, self.detector_config, torch_source=source)
         log.info("backend_ready", **self.backend_info)
         return self.pipeline
 
@@ -378,8 +453,6 @@ class Daemon:
                 log.warning(
                     "reload_needs_restart", key=key, running=getattr(old, key), configured=getattr(new.daemon, key)
                 )
-        from dataclasses import replace
-
         self.config = replace(
             new,
             daemon=replace(

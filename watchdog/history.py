@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .model import ProcessKey, ProcessMeta, Snapshot
+from .model import ProcessKey, ProcessMeta, Snapshot, TorchStats
+
+#: Agent samples kept per (pid, device): ten minutes at 1 Hz, what the fragmentation detector looks at.
+TORCH_POINTS = 600
 
 POINT_BYTES = 16  # one float64 time + one float64 value
 
@@ -131,6 +135,8 @@ class History:
         self.trees: dict[tuple[ProcessKey, str], Track] = {}
         self.latest: Snapshot | None = None
         self.previous: Snapshot | None = None
+        # (pid, device) -> recent (t, TorchStats) from in-process agents; bounded like every other series.
+        self.torch: dict[tuple[int, int], deque[tuple[float, TorchStats]]] = {}
 
     def capacity_bytes(self, gpus: int) -> int:
         """Upper bound of the series memory for `gpus` GPUs: what `--history` costs, known in advance."""
@@ -157,6 +163,11 @@ class History:
             trees[tk] = ((prev[0] if prev else 0) + p.used_bytes, p.meta)
         for tk, (total, meta) in trees.items():
             self._touch(self.trees, tk, snap.t, meta).series.append(snap.t, total)
+        for ts in snap.torch:
+            ring = self.torch.get((ts.pid, ts.device))
+            if ring is None:
+                ring = self.torch[(ts.pid, ts.device)] = deque(maxlen=TORCH_POINTS)
+            ring.append((snap.t, ts))
         self._prune(snap.t)
 
     def gpu_window(self, uuid: str, seconds: float | None = None) -> Window:
@@ -207,3 +218,5 @@ class History:
             stale = [k for k, tr in table.items() if now - tr.last_seen > self.retain_seconds]
             for k in stale:
                 del table[k]
+        for key in [k for k, ring in self.torch.items() if now - ring[-1][0] > self.retain_seconds]:
+            del self.torch[key]

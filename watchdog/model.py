@@ -128,6 +128,7 @@ class TorchStats:
     requested_bytes: int | None = None
     num_alloc_retries: int | None = None
     num_ooms: int | None = None
+    gpu_uuid: str | None = None  # NVML's uuid of `device`, to join with GpuSample; CUDA indices differ
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
 from .errors import BackendUnavailable
 from .history import History
-from .model import ProcessMeta, ProcessSample, Reading, Snapshot
+from .model import ProcessMeta, ProcessSample, Reading, Snapshot, TorchStats
 from .typing import Backend, Clock, ProcessInspector
 
 log = structlog.get_logger("vramwatch.sampler")
@@ -84,8 +84,16 @@ class TickStats:
 class Sampler:
     """Turns backend readings into snapshots in history; `tick()` never raises for a bad reading."""
 
-    def __init__(self, backend: Backend, history: History, clock: Clock) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        history: History,
+        clock: Clock,
+        torch_source: Callable[[], tuple[TorchStats, ...]] | None = None,
+    ) -> None:
         self.backend = backend
+        # In-process allocator figures from agents (`vramwatch run`), merged into live readings.
+        self.torch_source = torch_source
         self.history = history
         self.clock = clock
         self.inspector = backend.inspector()
@@ -108,6 +116,8 @@ class Sampler:
             self.stats.count_error("library")
             log.error("backend_unavailable", error=str(exc))
             return None
+        if self.torch_source is not None and not reading.torch:
+            reading = replace(reading, torch=self.torch_source())
         snap = snapshot_from_reading(reading, self.inspector, t=started, wall=self.clock.wall(), visible=self.visible)
         for g in snap.gpus:
             if not g.up:

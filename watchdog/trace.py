@@ -109,6 +109,7 @@ def _process_to_dict(
 
 def _torch_to_dict(s: TorchStats) -> dict[str, Any]:
     d: dict[str, Any] = {"pid": s.pid, "device": s.device}
+    _put(d, "gpu", s.gpu_uuid)
     for name in _TORCH_FIELDS:
         _put(d, name, getattr(s, name))
     return d
@@ -274,7 +275,9 @@ def _process_from_dict(obj: Mapping[str, Any], where: str) -> tuple[ProcessUsage
 
 def _torch_from_dict(obj: Mapping[str, Any], where: str) -> TorchStats:
     figures = {name: _int(obj, name, where) for name in _TORCH_FIELDS}
-    return TorchStats(_req_int(obj, "pid", where), _req_int(obj, "device", where), **figures)
+    return TorchStats(
+        _req_int(obj, "pid", where), _req_int(obj, "device", where), **figures, gpu_uuid=_str(obj, "gpu", where)
+    )
 
 
 def tick_from_dict(obj: Any) -> tuple[Reading, bool]:

@@ -24,6 +24,7 @@ from .config import DetectorConfig
 from .contention import detect_contention
 from .crash import detect_probable_oom
 from .forecast import detect_oom_forecast
+from .fragmentation import detect_fragmentation
 from .growth import Profile, Rate, profile
 from .leak import growth_finding
 from .pressure import detect_pressure
@@ -61,6 +62,7 @@ def analyze(history: History, config: DetectorConfig = DEFAULT_CONFIG) -> Analys
             continue
         ctx = _context(history, snap, gpu)
         _analyze_gpu(ctx, history, vanished.get(gpu.uuid, []), config, out)
+    _fragmentation(history, snap, out)
     return Analysis(
         t=snap.t,
         findings=tuple(out.findings),
@@ -85,6 +87,33 @@ class _Tree:
     key: ProcessKey
     members: list[ProcessSample]
     held_bytes: int = 0
+
+
+def _fragmentation(history: History, snap: Snapshot, out: _Collector) -> None:
+    """Agent data only: one fragmentation check per (pid, device) that reported this tick.
+
+    What the process can use is its reserved memory plus the card's free memory (not the card's total: the
+    other tenants' memory is not this process's to fragment).
+    """
+    by_pid = {(p.pid, p.gpu_uuid): p for p in snap.processes}
+    for ts in snap.torch:
+        gpu = snap.gpu(ts.gpu_uuid) if ts.gpu_uuid else None
+        if gpu is None or gpu.free_bytes is None or ts.reserved_bytes is None:
+            continue
+        ring = history.torch.get((ts.pid, ts.device))
+        if not ring:
+            continue
+        proc = by_pid.get((ts.pid, gpu.uuid))
+        finding = detect_fragmentation(
+            [s for _, s in ring],
+            [t for t, _ in ring],
+            ts.reserved_bytes + gpu.free_bytes,
+            gpu_uuid=gpu.uuid,
+            process=proc.key if proc else None,
+            process_name=proc.meta.name if proc else None,
+        )
+        if finding is not None:
+            out.findings.append(finding)
 
 
 def _context(history: History, snap: Snapshot, gpu: GpuSample) -> GpuContext:
