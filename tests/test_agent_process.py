@@ -255,11 +255,11 @@ def test_near_full_runner_sends_pressure_to_the_scripts_callback(run):
 SIGNAL_SCRIPT = """
 import os, signal, sys, threading
 def users_handler(signum, frame):
-    print("user handler", flush=True)
+    os.write(1, b"user handler\\n")  # one write each: two threads print here, print() may interleave
 signal.signal(signal.SIGUSR2, users_handler)
 import vramwatch.agent, torch
 got = threading.Event()
-vramwatch.agent.on_pressure(lambda notice: (print("pressure", notice.source, flush=True), got.set()))
+vramwatch.agent.on_pressure(lambda notice: (os.write(1, f"pressure {notice.source}\\n".encode()), got.set()))
 os.kill(os.getpid(), signal.SIGUSR2)
 sys.exit(0 if got.wait(5) else 1)
 """
@@ -268,7 +268,7 @@ sys.exit(0 if got.wait(5) else 1)
 def test_sigusr2_runs_callbacks_and_chains_the_users_handler(run):
     """SIGUSR2 is a pressure notice once torch is imported, and a handler installed before still runs."""
     result = run(SIGNAL_SCRIPT)
-    assert result.returncode == 0
+    assert result.returncode == 0, result.err
     assert sorted(result.out.splitlines()) == ["pressure signal", "user handler"]
 
 

@@ -32,7 +32,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 

@@ -31,8 +31,8 @@ from .history import History
 from .model import Finding, ProcessKey, ProcessMeta, Snapshot
 from .render import finding_dict, snapshot_to_json, status_table
 from .sampler import Sampler, run_every
-from .testing import FakeClock
 from .sdnotify import SdNotifier
+from .testing import FakeClock
 from .trace import open_trace_writer
 from .typing import Backend, Clock
 

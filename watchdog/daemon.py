@@ -324,10 +324,6 @@ class Daemon:
                 else log.debug
             )
             level("action", **result.log_fields())
-        for n in self.dispatcher.notifiers:
-            resend = getattr(n, "tick", None)  # Alertmanager expects firing alerts to be re-sent
-            if resend is not None:
-                resend()
         self._publish(snap, up=True)
         if self.on_tick is not None:
             self.on_tick(snap)

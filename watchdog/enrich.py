@@ -100,7 +100,7 @@ class Enricher:
                 env=self.env_reader(meta.pid) if self.live else None,
                 context=context,
             )
-        except Exception:  # noqa: BLE001 - advice is a bonus: a bug in it must never drop the finding
+        except Exception:
             return finding
         return replace(finding, advice=advice_lines(advice, limit=self.limit))
 

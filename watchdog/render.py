@@ -51,7 +51,8 @@ def status_table(doc: Mapping[str, Any]) -> str:
             continue
         used, total = g["used_bytes"], g["total_bytes"]
         pct = f"{100 * used / total:.0f}%" if used is not None and total else "?"
-        head = f"GPU {g['index']}  {g['name']}  {gib(used)} / {gib(total)} GiB used ({pct}), {gib(g['free_bytes'])} GiB free"
+        head = f"GPU {g['index']}  {g['name']}  {gib(used)} / {gib(total)} GiB used ({pct}), "
+        head += f"{gib(g['free_bytes'])} GiB free"
         if g.get("growth_bytes_per_second") is not None:
             head += f"  trend {rate(g['growth_bytes_per_second'])}"
         if g.get("oom_eta_seconds") is not None:

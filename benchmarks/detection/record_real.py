@@ -122,7 +122,9 @@ def record(name: str, outdir: Path) -> None:
     rec = subprocess.Popen([PY, "-m", "vramwatch", "--log-format", "json", "record", str(raw), "--interval", "1"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     time.sleep(4)  # pre-roll: the ballast alone
-    trainer = subprocess.Popen([PY, str(WORK / "trainer.py"), *trainer_args], stdout=subprocess.PIPE, text=True, env=env)
+    trainer = subprocess.Popen(
+        [PY, str(WORK / "trainer.py"), *trainer_args], stdout=subprocess.PIPE, text=True, env=env
+    )
     contender = None
     if contender_args:
         contender = subprocess.Popen(
@@ -152,10 +154,14 @@ def record(name: str, outdir: Path) -> None:
     contention = next((e for e in events if e.get("source") == "contender" and e.get("event") == "allocated"), None)
     truth = {
         "scenario": name,
-        "source": "real: " + subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True, text=True,
+        "source": "real: "
+        + subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
             check=False,
-        ).stdout.strip() + f", ballast leaving {BUDGET_GIB} GiB, rebased",  # fmt: skip
+        ).stdout.strip()
+        + f", ballast leaving {BUDGET_GIB} GiB, rebased",
         "oom_t": oom["t"] if oom else None,
         "oom_pid": oom["pid"] if oom else None,
         "trainer_pid": trainer.pid,

@@ -1,0 +1,87 @@
+"""The command line: parsing, one-line errors for bad input, and exit codes that pass through."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from vramwatch.cli import main
+
+
+def _invoke(*args: str) -> tuple[int, str, str]:
+    res = CliRunner().invoke(main, list(args))
+    return res.exit_code, res.stdout, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("status", "--simulate", "nope"), "unknown scenario"),
+        (("advise", "999999999"), "no process with pid 999999999"),
+        (("advise",), "give a pid or --cmdline"),
+        (("--config", "/nonexistent/vw.toml", "status"), "cannot read config file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], message: str) -> None:
+    """Mistakes the user can fix are one line on stderr, exit 2, no traceback."""
+    code, _, err = _invoke(*args)
+    assert code == 2
+    assert message in err.lower()
+    assert "Traceback" not in err
+
+
+def test_status_json_is_machine_readable() -> None:
+    """status --json prints one JSON document with bytes per GPU and process, never a command line."""
+    code, out, _ = _invoke("status", "--simulate", "steady", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["backend"] == "simulated"
+    assert doc["gpus"][0]["total_bytes"] == 24 * 1024**3
+    assert "cmdline" not in out
+
+
+def test_status_table_starts_with_the_simulated_banner() -> None:
+    """The first line says the GPU is simulated."""
+    code, out, _ = _invoke("status", "--simulate", "steady")
+    assert code == 0
+    assert out.splitlines()[0].startswith("vramwatch: SIMULATED GPU")
+
+
+def test_replay_reports_malformed_lines_and_goes_on(tmp_path: Path) -> None:
+    """A trace with a broken line is replayed anyway; the line number is reported."""
+    code, _, _ = _invoke("record", str(tmp_path / "t.jsonl"), "--simulate", "leak", "--interval", "0.01",
+                         "--duration", "0.3")  # fmt: skip
+    assert code == 0
+    lines = (tmp_path / "t.jsonl").read_text().splitlines()
+    lines.insert(3, "{not json")
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
+    code, _, err = _invoke("replay", str(tmp_path / "t.jsonl"), "--json")
+    assert code == 0
+    assert ":4: skipped" in err
+    assert "1 malformed lines skipped" in err
+
+
+def test_advise_cmdline_speaks_kohya() -> None:
+    """advise --cmdline ranks kohya's own flags for the field guide's failing command."""
+    cmd = "flux_train_network.py --train_batch_size 4 --resolution 1024,1024"
+    cmd += " --mixed_precision no --optimizer_type AdamW"
+    code, out, _ = _invoke("advise", "--cmdline", cmd, "--json")
+    assert code == 0
+    changes = [s["change"] for s in json.loads(out)["suggestions"]]
+    assert changes[0] == "--gradient_checkpointing"
+    assert "--optimizer_type AdamW8bit" in changes
+
+
+@pytest.mark.slow
+def test_run_passes_the_exit_code_and_output_through() -> None:
+    """`vramwatch run -- cmd` exits with the command's status and leaves its stdout untouched."""
+    res = subprocess.run(
+        [sys.executable, "-m", "vramwatch", "run", "--", sys.executable, "-c", "print('out'); raise SystemExit(7)"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert res.returncode == 7
+    assert res.stdout == "out\n"

@@ -1,0 +1,133 @@
+"""The daemon's tick: backend loss and recovery, agent data, post-mortems and the pre-action re-check."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from builders import GIB, UUID0, gpu
+from prometheus_client import generate_latest
+from vramwatch.actions import ActionDispatcher, parse_policy
+from vramwatch.agentlink import AgentReport, OomEvent
+from vramwatch.config import Config
+from vramwatch.daemon import Daemon
+from vramwatch.errors import BackendUnavailable
+from vramwatch.model import Finding, ProcessKey, ProcessMeta, ProcessUsage, Reading, Severity, TorchStats
+from vramwatch.testing import FakeClock, RecordingNotifier, ScriptedBackend
+
+META = {4242: ProcessMeta(4242, 1000.0, name="train.py", user="alice")}
+
+
+def _reading(used: int = 10 * GIB) -> Reading:
+    return Reading(gpus=(gpu(used=used + GIB),), processes=(ProcessUsage(UUID0, 4242, used),))
+
+
+def _daemon(backends: list[ScriptedBackend | Exception], clock: FakeClock) -> tuple[Daemon, RecordingNotifier]:
+    it = iter(backends)
+
+    def factory() -> ScriptedBackend:
+        b = next(it)
+        if isinstance(b, Exception):
+            raise b
+        return b
+
+    notifier = RecordingNotifier()
+    d = Daemon(Config(), factory, clock=clock)
+    d.dispatcher = ActionDispatcher(parse_policy({}), [notifier], clock=clock, default_log=False)
+    return d, notifier
+
+
+def test_missing_driver_is_retried_with_backoff_while_up_is_zero() -> None:
+    """No driver: up=0 and retries at growing intervals; once it loads, samples flow and up=1."""
+    clock = FakeClock()
+    ok = ScriptedBackend([_reading()], meta=META, kind="nvml")
+    d, _ = _daemon([BackendUnavailable("no driver", reason="driver_not_loaded")] * 2 + [ok], clock)
+    d.step()
+    assert d._state.up is False
+    clock.advance(0.5)
+    d.step()  # inside the 1 s backoff: no new attempt
+    clock.advance(1.0)
+    d.step()  # second failure: the next wait doubles to 2 s
+    clock.advance(1.0)
+    d.step()
+    assert d._state.up is False
+    clock.advance(1.5)
+    d.step()
+    assert d._state.up is True
+    assert d._state.snapshot is not None
+    assert d.healthy()
+
+
+def test_library_lost_mid_run_reopens_the_backend() -> None:
+    """A read that fails with BackendUnavailable closes that backend and opens a fresh one after backoff."""
+    clock = FakeClock()
+    first = ScriptedBackend([_reading(), BackendUnavailable("gone")], meta=META, kind="nvml")
+    second = ScriptedBackend([_reading()], meta=META, kind="nvml")
+    d, _ = _daemon([first, second], clock)
+    d.step()
+    clock.advance(1)
+    d.step()
+    assert first.closed
+    assert d._state.up is False
+    clock.advance(1.5)
+    d.step()
+    assert d._state.up is True
+    assert second.reads == 1
+
+
+def test_agent_stats_join_the_sample_and_the_metrics() -> None:
+    """Allocator figures from an agent land in the snapshot, the trace list and vramwatch_torch_* series."""
+    clock = FakeClock()
+    d, _ = _daemon([ScriptedBackend([_reading()], meta=META, kind="nvml")], clock)
+    stats = TorchStats(4242, 0, allocated_bytes=6 * GIB, reserved_bytes=9 * GIB, gpu_uuid=UUID0, num_ooms=0)
+    d.step()
+    assert d.pipeline is not None
+    d.pipeline.sampler.torch_source = lambda: (stats,)
+    clock.advance(1)
+    d.step()
+    assert d._state.snapshot is not None
+    assert d._state.snapshot.torch == (stats,)
+    body = generate_latest(d.registry).decode()
+    assert 'vramwatch_torch_allocated_bytes{gpu="0",pid="4242",process="train.py"} 6.442450944e+09' in body
+    assert len(d.history.torch[(4242, 0)]) == 1
+
+
+def test_agent_oom_report_is_one_certain_post_mortem() -> None:
+    """An agent's OOM report becomes one critical `oom` finding with the allocator's figures, sent once."""
+    clock = FakeClock()
+    d, notifier = _daemon([ScriptedBackend([_reading()], meta=META, kind="simulated")], clock)
+    d.step()
+    oom = OomEvent(
+        pid=4242, device=0, requested_bytes=GIB, capacity_bytes=24 * GIB, device_free_bytes=100, allocated_bytes=
+        20 * GIB, reserved_bytes=23 * GIB, inactive_split_bytes=2 * GIB, num_alloc_retries=3, num_ooms=1,
+        snapshot_path=None, observed=True, cuda_uuid=UUID0,
+    )  # fmt: skip
+    d.on_agent_report(AgentReport(kind="oom", pid=4242, uid=0, t=clock.now, oom=oom))
+    clock.advance(1)
+    d.step()
+    clock.advance(1)
+    d.step()
+    ooms = [f for f, cleared in notifier.events if f.kind == "oom"]
+    assert len(ooms) == 1
+    (f,) = ooms
+    assert f.severity is Severity.CRITICAL
+    assert f.process == ProcessKey(4242, 1000.0)
+    assert f.numbers["reserved_unallocated_bytes"] == 3 * GIB
+    assert "fragmented" in f.message  # 3 GiB cached but unusable for a 1 GiB request
+
+
+def test_recheck_refuses_when_memory_got_better_or_the_process_left() -> None:
+    """Right before acting: free memory that rose by more than 2% of the card, or a vanished pid, means no."""
+    clock = FakeClock()
+    backend = ScriptedBackend([_reading(20 * GIB)], meta=META, kind="nvml")
+    d, _ = _daemon([backend], clock)
+    d.step()
+    free_then = 24 * GIB - 21 * GIB
+    f = Finding("oom_forecast", Severity.CRITICAL, UUID0, "m", 1.0, ProcessKey(4242, 1000.0),
+                numbers={"free_bytes": free_then})  # fmt: skip
+    assert d.recheck(f) is True
+    backend.readings = [_reading(10 * GIB)]  # 10 GiB freed since
+    backend.reads = 0
+    assert d.recheck(f) is False
+    backend.readings = [replace(_reading(20 * GIB), processes=())]
+    backend.reads = 0
+    assert d.recheck(f) is False
