@@ -457,6 +457,6 @@ def test_finding_helpers_feed_context_and_finding_advice() -> None:
     assert advice.suggestions[0].change.startswith("python (pid 4242, bob) holds 3.0 GiB")
     lines = advice_lines(advise_cmdline(GUIDE_STORY), limit=2)
     assert lines == (
-        "1. --gradient_checkpointing (saves -60-70% activation memory; steps 20-30% slower)",
-        "2. --train_batch_size 1 --gradient_accumulation_steps 4 (saves ≈-75% activation memory (batch 4 -> 1))",
+        "1. --gradient_checkpointing  [-60-70% activation memory; steps 20-30% slower]",
+        "2. --train_batch_size 1 --gradient_accumulation_steps 4  [≈-75% activation memory (batch 4 -> 1)]",
     )

@@ -358,3 +358,41 @@ def advise(
         raise VramwatchError("give a pid or --cmdline")
     out(json.dumps(advice_to_dict(result)) if as_json else render_text(result, limit=8))
     return 0
+
+
+def attach(
+    cfg: Config,
+    pid: int,
+    *,
+    out: Echo,
+    as_json: bool = False,
+    fast_forward: bool = False,
+) -> int:
+    """`vramwatch attach PID`: watch one run live until it ends; exit 0, or 3 when it probably died of OOM."""
+    from .attach import attach as watch
+
+    clock: Clock = FakeClock() if fast_forward else SystemClock()
+    backend, fallback = _open(cfg, clock, require_gpu=False)
+    if fast_forward and backend.kind == "nvml":
+        backend.close()
+        raise VramwatchError("--fast-forward is for --simulate and --replay only")
+    if not as_json:
+        out(banner(backend, fallback=fallback))
+    history = History(window_seconds=cfg.daemon.history_seconds, interval_seconds=cfg.daemon.interval)
+    pipeline = Pipeline(backend, history, clock, detector_config(cfg))
+    dispatcher = build_dispatcher(cfg, backend, clock, lambda _k: None, lambda _f: True)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+
+    def advance(seconds: float) -> bool:
+        clock.sleep(seconds)  # a FakeClock: time moves, nothing waits
+        return stop.is_set()
+
+    wait = advance if fast_forward else None
+    try:
+        summary = watch(pid, backend, pipeline, dispatcher, clock, out=out, as_json=as_json,
+                        interval=cfg.daemon.interval, stop=stop, wait=wait)  # fmt: skip
+    finally:
+        dispatcher.close()
+        backend.close()
+    return 3 if summary["probable_oom"] else 0

@@ -230,3 +230,29 @@ def run(snapshot: str | None, socket_path: str | None, empty_cache_on_pressure: 
             empty_cache_on_pressure=empty_cache_on_pressure,
         )
     )
+
+
+@main.command()
+@click.argument("pid", type=int)
+@_simulate
+@_seed
+@click.option("--replay", metavar="FILE", type=click.Path(exists=True, dir_okay=False), help="Watch a pid in a trace.")
+@click.option("--json", "as_json", is_flag=True, help="Stream JSON lines (one per tick, then a summary).")
+@click.option("--fast-forward", is_flag=True, hidden=True, help="Simulated/replayed time, as fast as possible.")
+@click.pass_context
+def attach(
+    ctx: click.Context,
+    pid: int,
+    simulate: str | None,
+    seed: int | None,
+    replay: str | None,
+    as_json: bool,
+    fast_forward: bool,
+) -> None:
+    """Watch one training run live: its memory, trend, time to OOM, findings and advice, until it ends.
+
+    Exits 0 when the run ended normally, 3 when it probably died of out-of-memory. Attaching counts as
+    consent to the policy's actions for this pid (a save-now adapter, if the policy enables one).
+    """
+    cfg = _load(ctx, {"simulate": simulate, "seed": seed, "replay": replay})
+    _run(lambda: app.attach(cfg, pid, out=_echo, as_json=as_json, fast_forward=fast_forward))

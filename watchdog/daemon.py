@@ -41,6 +41,9 @@ log = structlog.get_logger("vramwatch.daemon")
 
 BackendFactory = Callable[[], Backend]
 
+#: A process younger than this is still warming up as far as the leak/setting advice is concerned.
+LEAK_MIN_AGE_SECONDS = 120.0
+
 
 @dataclass
 class Backoff:
@@ -81,13 +84,32 @@ class Pipeline:
         self.analysis: Analysis | None = None
         # Live lookups (a trainer's environment, its launcher's command line) only make sense for real pids.
         self.enrich: Callable[[Finding, Snapshot], Finding] | None = (
-            Enricher(self.history, self._growth, leaking=self._leaking, live=self.backend.kind == "nvml")
+            Enricher(
+                self.history, self._growth, leaking=self._leaking, steady=self._steady, live=self.backend.kind == "nvml"
+            )
             if self.advise
             else None
         )
 
+    def _steady(self) -> set[ProcessKey]:
+        a = self.analysis
+        if a is None:
+            return set()
+        return {key for (key, _gpu), r in a.process_growth.items() if r.sustained and r.bytes_per_second > 0}
+
     def _leaking(self) -> set[ProcessKey]:
-        return {f.process for f in self.tracker.active() if f.kind == "growth" and f.process is not None}
+        """Processes whose growth is a leak: a growth finding is active, or their memory has risen steadily for
+        a minute or more past their first two minutes (a fast leak fills the card before the growth finding's
+        longer windows can speak; a warm-up is younger, or not steady)."""
+        keys = {f.process for f in self.tracker.active() if f.kind == "growth" and f.process is not None}
+        a = self.analysis
+        if a is not None:
+            for (key, gpu), r in a.process_growth.items():
+                track = self.history.processes.get((key, gpu))
+                old_enough = track is not None and track.last_seen - track.first_seen >= LEAK_MIN_AGE_SECONDS
+                if r.sustained and r.bytes_per_second > 0 and r.window_seconds >= 60 and old_enough:
+                    keys.add(key)
+        return keys
 
     def _growth(self) -> Mapping[tuple[ProcessKey, str], float]:
         a = self.analysis

@@ -66,6 +66,7 @@ class Enricher:
         growth: Callable[[], Mapping[tuple[ProcessKey, str], float]],
         *,
         leaking: Callable[[], set[ProcessKey]] = set,
+        steady: Callable[[], set[ProcessKey]] = set,
         live: bool = True,
         env_reader: EnvReader = read_env,
         tree_reader: TreeReader = read_tree,
@@ -74,6 +75,7 @@ class Enricher:
         self.history = history
         self.growth = growth
         self.leaking = leaking
+        self.steady = steady
         self.live = live
         self.env_reader = env_reader
         self.tree_reader = tree_reader
@@ -102,7 +104,14 @@ class Enricher:
             )
         except Exception:
             return finding
-        return replace(finding, advice=advice_lines(advice, limit=self.limit))
+        lines = advice_lines(advice, limit=self.limit)
+        if kind != "growth" and meta.pid in {k.pid for k in self.steady()}:
+            # Young and rising steadily: a warm-up that overshoots and a leak look alike for a while.
+            lines += (
+                "if memory keeps rising after the first steps, this is a leak, not a setting: "
+                f"`vramwatch advise {meta.pid} --kind growth` says what to look for",
+            )
+        return replace(finding, advice=lines)
 
     def _subject(self, finding: Finding, snap: Snapshot) -> ProcessMeta | None:
         """The process whose settings the advice is about."""

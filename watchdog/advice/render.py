@@ -322,8 +322,8 @@ def render_text(advice: Advice, *, limit: int = 5) -> str:
 
 
 def advice_lines(advice: Advice, *, limit: int = 3) -> tuple[str, ...]:
-    """One line per top suggestion (`1. change (saves ...)`), the shape of `Finding.advice`."""
-    return tuple(f"{s.rank}. {s.change} (saves {s.expected_saving})" for s in advice.suggestions[: max(0, limit)])
+    """One line per top suggestion (`1. change  [expected effect]`), the shape of `Finding.advice`."""
+    return tuple(f"{s.rank}. {s.change}  [{s.expected_saving}]" for s in advice.suggestions[: max(0, limit)])
 
 
 def holder_of(finding: Finding) -> dict[str, object]:

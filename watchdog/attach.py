@@ -1,0 +1,233 @@
+"""`vramwatch attach <pid>`: one training run's live view, for the person at the keyboard.
+
+It samples by itself (NVML is cheap and any number of clients may read it, so a running daemon is no
+obstacle), runs the same detectors as the daemon, and shows the run's process tree memory, the card, a
+sparkline of the last minutes, the growth rate and time to OOM, findings and advice. Attaching is consent:
+the policy's actions for this pid (a save-now adapter, if the policy enables one) apply to it. When the
+process ends, a summary says how: its peak, its growth, and whether it probably died of OOM.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from .actions import ActionDispatcher
+from .daemon import Pipeline
+from .errors import VramwatchError
+from .model import Finding, Snapshot
+from .render import duration, finding_dict, gib, rate
+from .sampler import run_every
+from .typing import Backend, Clock
+
+SPARK = "▁▂▃▄▅▆▇█"
+#: How long a pid that is not (yet) on a GPU is waited for before giving up.
+WAIT_FOR_GPU_SECONDS = 600.0
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    """The last `width` values as block characters scaled between their min and max."""
+    vals = values[-width:]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    span = hi - lo or 1.0
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1)))] for v in vals)
+
+
+@dataclass
+class AttachState:
+    """What attach has seen of the run so far; becomes the closing summary."""
+
+    pid: int
+    seen_on_gpu: bool = False
+    peak_bytes: int = 0
+    first_bytes: int | None = None
+    first_t: float | None = None
+    last_t: float | None = None
+    last_bytes: int = 0
+    history: list[float] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    ended: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        span = (self.last_t - self.first_t) if self.first_t is not None and self.last_t is not None else None
+        oom = any(f.kind in {"probable_oom", "oom"} and f.process and f.process.pid == self.pid for f in self.findings)
+        return {
+            "event": "summary",
+            "pid": self.pid,
+            "ended": self.ended,
+            "probable_oom": oom,
+            "peak_bytes": self.peak_bytes,
+            "first_bytes": self.first_bytes,
+            "last_bytes": self.last_bytes,
+            "watched_seconds": span,
+            "growth_bytes_per_second": (
+                (self.last_bytes - self.first_bytes) / span if span and self.first_bytes is not None else None
+            ),
+            "findings": [finding_dict(f) for f in self.findings],
+        }
+
+
+def check_pid(pid: int, backend: Backend) -> str | None:
+    """Refuse a pid that does not exist; return a note when it belongs to another user (read-only then)."""
+    if backend.kind != "nvml":
+        return None  # simulated and replayed pids live in the backend, not on this machine
+    try:
+        proc = psutil.Process(pid)
+        owner = proc.username()
+    except psutil.NoSuchProcess:
+        raise VramwatchError(f"no process with pid {pid}") from None
+    except psutil.AccessDenied:
+        owner = None
+    me = psutil.Process().username()
+    if me not in (owner, "root"):
+        return (
+            f"pid {pid} belongs to {owner or 'another user'}: its memory is shown, but vramwatch will not act on it "
+            "(attach as that user, or as root, to let the policy signal it)"
+        )
+    return None
+
+
+def attach(
+    pid: int,
+    backend: Backend,
+    pipeline: Pipeline,
+    dispatcher: ActionDispatcher,
+    clock: Clock,
+    *,
+    out: Callable[[str], None],
+    as_json: bool = False,
+    interval: float = 1.0,
+    stop: threading.Event | None = None,
+    wait: Callable[[float], bool] | None = None,
+) -> dict[str, Any]:
+    """Watch `pid` until it ends (or `stop` is set); returns the summary it also prints."""
+    note = check_pid(pid, backend)
+    if note:
+        out(json.dumps({"event": "note", "message": note}) if as_json else f"vramwatch: {note}")
+    state = AttachState(pid)
+    stop = stop or threading.Event()
+    attached = frozenset() if note else frozenset({pid})
+    waited = 0.0
+
+    def step() -> None:
+        nonlocal waited
+        try:
+            snap, raised, cleared = pipeline.step()
+        except EOFError:  # a replay ran out
+            state.ended = "recording ended"
+            stop.set()
+            return
+        if snap is None:
+            return
+        mine = [p for p in snap.processes if pid in (p.pid, p.meta.root_pid)]
+        relevant = [
+            f for f in raised if f.gpu_uuid in {p.gpu_uuid for p in mine} or (f.process and f.process.pid == pid)
+        ]
+        state.findings.extend(relevant)
+        dispatcher.handle(raised, cleared, attached, snap.processes)
+        if not mine:
+            if state.seen_on_gpu:
+                state.ended = "probable OOM" if any(f.kind in {"probable_oom", "oom"} for f in relevant) else "exited"
+                if backend.kind == "nvml" and psutil.pid_exists(pid):
+                    state.ended = "left the GPU (still running)"
+                stop.set()
+                return
+            waited += interval
+            if backend.kind == "nvml" and not psutil.pid_exists(pid):
+                state.ended = "exited before using a GPU"
+                stop.set()
+            elif waited >= WAIT_FOR_GPU_SECONDS:
+                state.ended = "never used a GPU while watched"
+                stop.set()
+            elif waited == interval:
+                out(
+                    json.dumps({"event": "waiting", "pid": pid})
+                    if as_json
+                    else f"waiting for pid {pid} to use a GPU..."
+                )
+            return
+        state.seen_on_gpu = True
+        tree_bytes = sum(p.used_bytes or 0 for p in mine)
+        state.first_bytes = tree_bytes if state.first_bytes is None else state.first_bytes
+        state.first_t = snap.t if state.first_t is None else state.first_t
+        state.last_t, state.last_bytes = snap.t, tree_bytes
+        state.peak_bytes = max(state.peak_bytes, tree_bytes)
+        state.history.append(tree_bytes)
+        del state.history[:-600]
+        out(_render(pid, snap, mine, pipeline, relevant, state, as_json=as_json))
+
+    run_every(interval, step, clock, stop, wait=wait)
+    summary = state.summary()
+    if as_json:
+        out(json.dumps(summary))
+    else:
+        out(_summary_text(summary))
+    return summary
+
+
+def _render(
+    pid: int,
+    snap: Snapshot,
+    mine: list[Any],
+    pipeline: Pipeline,
+    new: list[Finding],
+    state: AttachState,
+    *,
+    as_json: bool,
+) -> str:
+    analysis = pipeline.analysis
+    gpus = {p.gpu_uuid for p in mine}
+    growth = sum(
+        analysis.process_growth[(p.key, p.gpu_uuid)].bytes_per_second
+        for p in mine
+        if analysis is not None and (p.key, p.gpu_uuid) in analysis.process_growth
+    )
+    eta = min((analysis.oom_eta[u][0] for u in gpus if analysis and u in analysis.oom_eta), default=None)
+    cards = [g for g in snap.gpus if g.uuid in gpus]
+    active = [f for f in pipeline.tracker.active() if f.gpu_uuid in gpus]
+    if as_json:
+        return json.dumps(
+            {
+                "event": "tick",
+                "t": snap.t,
+                "pid": pid,
+                "tree_bytes": state.last_bytes,
+                "processes": [{"pid": p.pid, "gpu_uuid": p.gpu_uuid, "used_bytes": p.used_bytes} for p in mine],
+                "gpus": [{"uuid": g.uuid, "used_bytes": g.used_bytes, "total_bytes": g.total_bytes} for g in cards],
+                "growth_bytes_per_second": growth if analysis and growth else None,
+                "oom_eta_seconds": eta,
+                "findings": [finding_dict(f) for f in new],
+            }
+        )
+    lines = [
+        f"pid {pid} ({mine[0].meta.name or '?'}): {gib(state.last_bytes)} GiB on "
+        + ", ".join(f"GPU {g.index} ({gib(g.used_bytes)}/{gib(g.total_bytes)} GiB used)" for g in cards)
+        + (f"  trend {rate(growth)}" if growth else "")
+        + (f"  full in ~{duration(eta)}" if eta is not None else ""),
+        f"  {sparkline(state.history)}  peak {gib(state.peak_bytes)} GiB",
+    ]
+    for f in new:
+        lines.append(f"  [{f.severity.value}] {f.message}")
+        lines.extend(f"      -> {a}" for a in f.advice)
+    if not new and active:
+        lines.append(f"  active: {', '.join(sorted({f.kind for f in active}))}")
+    return "\n".join(lines)
+
+
+def _summary_text(s: dict[str, Any]) -> str:
+    lines = [f"pid {s['pid']}: {s['ended'] or 'stopped watching'}"]
+    if s["peak_bytes"]:
+        lines.append(
+            f"  peak {gib(s['peak_bytes'])} GiB; from {gib(s['first_bytes'])} to {gib(s['last_bytes'])} GiB"
+            f" over {duration(s['watched_seconds'])} ({rate(s['growth_bytes_per_second'])} on average)"
+        )
+    if s["probable_oom"]:
+        lines.append("  it probably died of out-of-memory: see the findings and advice above")
+    return "\n".join(lines)
