@@ -161,7 +161,7 @@ def attach(
         state.peak_bytes = max(state.peak_bytes, tree_bytes)
         state.history.append(tree_bytes)
         del state.history[:-600]
-        out(_render(pid, snap, mine, pipeline, relevant, state, as_json=as_json))
+        out(_render(pid, snap, mine=mine, pipeline=pipeline, new=relevant, state=state, as_json=as_json))
 
     run_every(interval, step, clock, stop, wait=wait)
     summary = state.summary()
@@ -175,11 +175,11 @@ def attach(
 def _render(
     pid: int,
     snap: Snapshot,
+    *,
     mine: list[Any],
     pipeline: Pipeline,
     new: list[Finding],
     state: AttachState,
-    *,
     as_json: bool,
 ) -> str:
     analysis = pipeline.analysis
