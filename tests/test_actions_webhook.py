@@ -276,7 +276,7 @@ def test_only_http_urls_are_accepted(url: str) -> None:
         (["--hf_token=abc"], [f"--hf_token={REDACTED}"]),
         (["HF_TOKEN=abc", "OPENAI_API_KEY=x"], [f"HF_TOKEN={REDACTED}", f"OPENAI_API_KEY={REDACTED}"]),
         (["--db-password", "pw", "--x"], ["--db-password", REDACTED, "--x"]),
-        (["https://user:pw@host/repo.git"], [f"https://{REDACTED}@host/repo.git"]),
+        (["https://user:pw@host/repo.git"], [f"https://user:{REDACTED}@host/repo.git"]),
         (["--keep_tokens", "1", "--max_token_length=225"], ["--keep_tokens", "1", "--max_token_length=225"]),
         (["--token="], ["--token="]),
     ],

@@ -10,44 +10,23 @@ training command lines routinely carry tokens (`--hf_token`, `WANDB_API_KEY=...`
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 
 from ..model import Finding, ProcessKey, ProcessMeta
+from ..redact import MASK
+from ..redact import redact_cmdline as redact
 
 #: Finds what the daemon knows about a process identity (user, container, command line), or None.
 ProcessLookup = Callable[[ProcessKey], ProcessMeta | None]
 
-REDACTED = "<redacted>"
-
-# A flag or variable *name* whose value is a secret: ends in token/key/secret/password..., or contains
-# secret/password anywhere. `--keep_tokens` and `--max_token_length` (kohya) do not end in "token".
-_SECRET_NAME = re.compile(r"(token|key|secret|passwd|password|pwd|credentials?|auth|cookie)$|secret|password")
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
-
-
-def _secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name.lstrip("-").lower()))
+# One definition of "secret" for traces and payloads alike: vramwatch.redact.
+REDACTED = MASK
 
 
 def redact_cmdline(argv: Sequence[str]) -> list[str]:
-    """The command line with secret values replaced: `--token X`, `--token=X`, `NAME_KEY=X`, URL userinfo."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append(REDACTED)
-            hide_next = False
-            continue
-        clean = _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", arg)
-        name, eq, value = clean.partition("=")
-        if eq and value and _secret_name(name):
-            clean = f"{name}={REDACTED}"
-        elif not eq and clean.startswith("-") and _secret_name(clean):
-            hide_next = True
-        out.append(clean)
-    return out
+    """The command line with secret values masked (`--token X`, `--token=X`, `NAME_KEY=X`, URL credentials)."""
+    return list(redact(argv))
 
 
 def alertname(kind: str) -> str:
