@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -158,3 +159,28 @@ def test_sighup_reloads_without_losing_history(tmp_path: Path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=5)
     assert "reload_failed" in err
+
+
+def test_status_reads_a_running_daemon(leak_server: tuple[subprocess.Popen[str], int]) -> None:
+    """`status` shows the daemon's view: /status.json carries trends and the findings, never command lines."""
+    from vramwatch.app import fetch_daemon_status
+    from vramwatch.render import status_table
+
+    _, port = leak_server
+    time.sleep(0.5)
+    doc = fetch_daemon_status(f"127.0.0.1:{port}")
+    assert doc is not None
+    assert doc["backend"] == "simulated"
+    assert {"growth_bytes_per_second", "oom_eta_seconds", "processes"} <= set(doc["gpus"][0])
+    assert "findings" in doc
+    assert "verdicts" in doc
+    assert "cmdline" not in json.dumps(doc)
+    table = status_table(doc)
+    assert table.startswith("GPU 0  Simulated RTX 4090")
+
+
+def test_status_without_a_daemon_samples_by_itself() -> None:
+    """With nothing listening at the address, status falls back to its own single sample."""
+    from vramwatch.app import fetch_daemon_status
+
+    assert fetch_daemon_status(f"127.0.0.1:{_free_port()}") is None
