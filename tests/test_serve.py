@@ -184,3 +184,18 @@ def test_status_without_a_daemon_samples_by_itself() -> None:
     from vramwatch.app import fetch_daemon_status
 
     assert fetch_daemon_status(f"127.0.0.1:{_free_port()}") is None
+
+
+def test_serve_record_writes_a_replayable_trace(tmp_path: Path) -> None:
+    """serve --record writes every tick to a trace that replay reads back, and closes it on SIGTERM."""
+    from vramwatch.trace import read_trace
+
+    trace = tmp_path / "serve.jsonl"
+    proc, _ = _start("--simulate", "leak", "--interval", "0.05", "--record", str(trace))
+    time.sleep(1.0)
+    proc.terminate()
+    proc.communicate(timeout=5)
+    assert proc.returncode == 0
+    header, ticks = read_trace(trace)
+    assert header["backend"] == "simulated"
+    assert len(list(ticks)) >= 5

@@ -33,7 +33,7 @@ from .render import finding_dict, snapshot_to_json, status_table
 from .sampler import Sampler, run_every
 from .sdnotify import SdNotifier
 from .testing import FakeClock
-from .trace import open_trace_writer
+from .trace import TraceWriter, open_trace_writer
 from .typing import Backend, Clock
 
 Echo = Callable[[str], None]
@@ -102,6 +102,10 @@ def serve(
     )
     if first and first[0].kind == "nvml":
         daemon.agents = open_agent_listener(daemon.on_agent_report)
+    writer = None
+    if cfg.daemon.record and first:
+        writer = open_trace_writer(Path(cfg.daemon.record), first[0], cfg.daemon.interval)
+        daemon.on_tick = _recorder(writer, Path(cfg.daemon.record))
     daemon.dispatcher = build_dispatcher(cfg, first[0] if first else None, clock, daemon.lookup, daemon.recheck)
     if stop is not None:
         daemon.stop_event = stop
@@ -112,8 +116,31 @@ def serve(
         ready(daemon)
     else:
         daemon.install_signal_handlers()
-    daemon.run()
+    try:
+        daemon.run()
+    finally:
+        if writer is not None:
+            writer.close()
     return 0
+
+
+def _recorder(writer: TraceWriter, path: Path) -> Callable[[Snapshot], None]:
+    """`serve --record FILE`: each tick also goes to a trace; a full disk stops the recording, not the daemon."""
+    state = {"ticks": 0, "broken": False}
+
+    def write(snap: Snapshot) -> None:
+        if state["broken"]:
+            return
+        try:
+            writer.write(snap)
+            state["ticks"] += 1
+            if state["ticks"] % 10 == 0:
+                writer.flush()
+        except OSError as exc:
+            state["broken"] = True
+            log.error("record_failed", file=str(path), error=str(exc), effect="recording stopped; serving goes on")
+
+    return write
 
 
 def build_dispatcher(

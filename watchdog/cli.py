@@ -78,6 +78,7 @@ def main(ctx: click.Context, config: str | None, log_format: str | None) -> None
 @click.option("--replay", metavar="FILE", type=click.Path(exists=True, dir_okay=False), help="Serve a recorded trace.")
 @click.option("--no-process-metrics", is_flag=True, help="Export GPU-level series only (fleets fearing cardinality).")
 @click.option("--require-gpu", is_flag=True, help="Never fall back to the simulator when no NVIDIA driver is found.")
+@click.option("--record", metavar="FILE", help="Also record every tick to this trace (JSON Lines; .gz compresses).")
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -88,6 +89,7 @@ def serve(
     replay: str | None,
     no_process_metrics: bool,
     require_gpu: bool,
+    record: str | None,
 ) -> None:
     """Run the daemon: sample every second, detect, export Prometheus metrics."""
     overrides = {
@@ -97,6 +99,7 @@ def serve(
         "listen": listen,
         "replay": replay,
         "process_metrics": False if no_process_metrics else None,
+        "record": record,
     }
     _run(
         lambda: app.serve(

@@ -147,7 +147,6 @@ class Daemon:
         self._open_backend = open_backend
         # Default: the policy that only notifies, and no destination: findings are logged (below), nothing else.
         self.dispatcher = dispatcher or ActionDispatcher(parse_policy({}), (), default_log=False)
-        self.attached: set[int] = set()  # pids whose owner asked to be acted on (`attach`)
         self.detector_config = detector_config or DetectorConfig()
         self.on_tick = on_tick
         self._reload_config = reload_config
@@ -338,7 +337,8 @@ class Daemon:
         self._notify_agents(raised, snap)
         for f in cleared:
             log.info("finding_cleared", kind=f.kind, gpu=f.gpu_uuid, pid=f.process.pid if f.process else None)
-        for result in self.dispatcher.handle(raised, cleared, frozenset(self.attached), snap.processes):
+        # No pid is "attached" to the daemon: `vramwatch attach` runs its own pipeline and passes its pid there.
+        for result in self.dispatcher.handle(raised, cleared, frozenset(), snap.processes):
             # What was done (or refused for an intrusive action) is worth a line; "nothing to send" is not.
             level = (
                 log.info
