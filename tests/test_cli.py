@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,44 @@ def test_run_passes_the_exit_code_and_output_through() -> None:
     )  # fmt: skip
     assert res.returncode == 7
     assert res.stdout == "out\n"
+
+
+def _receiver(status: int) -> tuple[ThreadingHTTPServer, list[bytes]]:
+    bodies: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, bodies
+
+
+@pytest.mark.parametrize(("status", "code"), [(200, 0), (400, 1)])
+def test_notify_test_reaches_a_real_receiver(tmp_path: Path, status: int, code: int) -> None:
+    """notify --test posts a test alert (firing, then resolved) and exits 1 when the receiver refuses it."""
+    server, bodies = _receiver(status)
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text(f'[[notify.webhook]]\nurl = "http://127.0.0.1:{server.server_port}/hook"\nmax_attempts = 1\n')
+    try:
+        exit_code, out, _ = _invoke("--config", str(cfg), "notify", "--test")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert exit_code == code
+    assert ("ok" if code == 0 else "FAILED") in out
+    assert bodies
+    assert b"vramwatch notification test" in bodies[0]
+
+
+def test_notify_test_without_notifiers_says_what_to_configure() -> None:
+    """With no [notify] section, notify --test explains what to add."""
+    code, _, err = _invoke("notify", "--test")
+    assert code == 2
+    assert "no notifier is configured" in err

@@ -28,7 +28,7 @@ from .daemon import Daemon, Pipeline
 from .detectors import DetectorConfig
 from .errors import BackendUnavailable, VramwatchError
 from .history import History
-from .model import Finding, ProcessKey, ProcessMeta, Snapshot
+from .model import Finding, ProcessKey, ProcessMeta, Severity, Snapshot
 from .render import finding_dict, snapshot_to_json, status_table
 from .sampler import Sampler, run_every
 from .sdnotify import SdNotifier
@@ -423,3 +423,30 @@ def attach(
         dispatcher.close()
         backend.close()
     return 3 if summary["probable_oom"] else 0
+
+
+def notify_test(cfg: Config, *, out: Echo, timeout: float = 15.0) -> int:
+    """`vramwatch notify --test`: send one test finding through every configured notifier and report the outcome."""
+    clock = SystemClock()
+    notifiers = build_notifiers(dict(cfg.section("notify")), clock=clock)
+    if not notifiers:
+        raise VramwatchError("no notifier is configured: add [notify] webhook or alertmanager to the config file")
+    finding = Finding(
+        kind="test",
+        severity=Severity.WARNING,
+        gpu_uuid=None,
+        message="vramwatch notification test: if you read this, alerts reach you",
+        t=clock.monotonic(),
+    )
+    ok = True
+    for n in notifiers:
+        n.notify(finding)
+        n.notify(finding, cleared=True)  # Alertmanager: resolve it at once so it does not linger
+        closer = getattr(n, "close", None)
+        if closer is not None:
+            closer(timeout)  # drains the queue: the deliveries are done (or failed) when this returns
+        counts = dict(getattr(n, "counts", dict)())
+        good = counts.get("sent", 0) >= 1 and not counts.get("failed", 0)
+        ok &= good
+        out(f"{type(n).__name__}: {'ok' if good else 'FAILED'} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    return 0 if ok else 1

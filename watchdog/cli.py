@@ -259,3 +259,13 @@ def attach(
     """
     cfg = _load(ctx, {"simulate": simulate, "seed": seed, "replay": replay})
     _run(lambda: app.attach(cfg, pid, out=_echo, as_json=as_json, fast_forward=fast_forward))
+
+
+@main.command()
+@click.option(
+    "--test", "test", is_flag=True, required=True, help="Send one test alert through every configured notifier."
+)
+@click.pass_context
+def notify(ctx: click.Context, test: bool) -> None:  # noqa: ARG001 - the flag is required: it documents intent
+    """Check the alert path: `vramwatch --config FILE notify --test` (exit 1 if a delivery failed)."""
+    _run(lambda: app.notify_test(_load(ctx, {}), out=_echo))
