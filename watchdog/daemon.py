@@ -25,7 +25,7 @@ import structlog
 from .actions import ActionDispatcher, parse_policy
 from .agentlink import AgentListener, AgentReport, OomEvent
 from .clock import SystemClock
-from .config import Config
+from .config import Config, dataclass_from_table
 from .detectors import Analysis, DetectorConfig, FindingTracker, analyze
 from .enrich import Enricher
 from .errors import BackendUnavailable, VramwatchError
@@ -455,12 +455,20 @@ class Daemon:
         )
 
     def _reload(self) -> None:
-        """SIGHUP: re-read the config and apply what can change live; history and findings are kept."""
+        """SIGHUP: re-read the config and apply what can change live; history and findings are kept.
+
+        Live: `process_metrics` and the whole [detectors] section. Logged as needing a restart: the listen
+        address, interval, history length and backend; [policy] and [notify] are read at start only (a
+        half-applied action policy is worse than the old one).
+        """
         if self._reload_config is None:
             return
         self.systemd.reloading()
         try:
             new = self._reload_config()
+            detectors = dataclass_from_table(
+                DetectorConfig, new.section("detectors"), f"{new.source or 'config'}: [detectors]"
+            )
         except VramwatchError as exc:
             log.error("reload_failed", error=str(exc), kept="previous configuration")
             self.systemd.ready("reload failed; previous configuration kept")
@@ -478,5 +486,8 @@ class Daemon:
                 **{k: getattr(old, k) for k in ("listen", "interval", "history_seconds", "simulate", "replay", "seed")},
             ),
         )
+        self.detector_config = detectors
+        if self.pipeline is not None:
+            self.pipeline.detector_config = detectors
         log.info("reloaded", source=new.source)
         self.systemd.ready(f"serving {self.config.daemon.listen}; configuration reloaded")
