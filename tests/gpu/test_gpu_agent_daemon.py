@@ -1,0 +1,70 @@
+"""On a real GPU: `vramwatch run` reports PyTorch's allocator figures to a running `vramwatch serve`.
+
+Run on a GPU host with PyTorch: `python -m pytest -m gpu tests/gpu`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+pytest.importorskip("torch")
+
+CHILD = """
+import sys, time, torch
+x = torch.empty(512 * 1024**2, dtype=torch.uint8, device="cuda")
+torch.cuda.synchronize()
+print("ALLOCATED", flush=True)
+time.sleep(8)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_agent_figures_reach_the_daemon_metrics(tmp_path: Path) -> None:
+    """A torch child under `vramwatch run` shows up in serve's vramwatch_torch_allocated_bytes with its pid."""
+    port = _free_port()
+    env = {**os.environ, "VRAMWATCH_SOCKET": str(tmp_path / "agent.sock")}
+    log = (tmp_path / "serve.log").open("w")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "vramwatch", "serve", "--require-gpu", "--interval", "0.5", "--listen",
+         f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            if (tmp_path / "agent.sock").exists():
+                break
+            time.sleep(0.1)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "vramwatch", "run", "--", sys.executable, "-c", CHILD],
+            stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ALLOCATED"
+        deadline = time.monotonic() + 6
+        found = []
+        while time.monotonic() < deadline and not found:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            found = [line for line in body.splitlines() if line.startswith("vramwatch_torch_allocated_bytes{")]
+            time.sleep(0.5)
+        assert found, "no agent figures in /metrics"
+        value = max(float(line.rsplit(" ", 1)[1]) for line in found)
+        assert value >= 512 * 1024**2
+        child.wait(30)
+        child.stdout.close()
+    finally:
+        serve.terminate()
+        serve.wait(10)
+        log.close()
