@@ -314,3 +314,50 @@ def test_rates_are_reported_for_metrics() -> None:
     assert 0 < eta < 120
     assert 0.5 < confidence <= 1.0
     assert math.isclose(result.last.t, 75.0)
+
+
+BALLAST = 777
+
+
+def _ballast_card() -> Rig:
+    """An 80 GB card with a ballast leaving 24 GiB, as the GPU recordings are made (the card is not rebased)."""
+    return Rig(
+        cards=(Card(total_bytes=80 * GIB),),
+        metas={BALLAST: meta(BALLAST, name="ballast.py"), 4242: meta(4242, name="train.py"),
+               5151: meta(5151, name="notebook", user="alice")},
+    )  # fmt: skip
+
+
+def _with_ballast(fn: Callable[[float], dict[int, int]]) -> Callable[[float], dict[int, int]]:
+    return lambda t: {BALLAST: 56 * GIB, **fn(t)}
+
+
+def test_a_leak_next_to_a_static_ballast_is_not_contention() -> None:
+    """A trainer started just after a ballast and leaking later is a leak: the ballast is no run it squeezes."""
+
+    def leak(t: float) -> dict[int, int]:
+        if t < 4:
+            return {}
+        return {4242: int(min(12 * GIB, (t - 4) * GIB)) + int(max(0.0, t - 60) * 150e6)}
+
+    rows = [(t, _with_ballast(leak)(t)) for t in ticks(0.0, 150.0)]
+    result = replay(rows, _ballast_card())
+    assert result.first("contention") is None
+    assert result.first("oom_forecast") is not None
+
+
+def test_a_contender_next_to_a_ballast_names_the_run_not_the_ballast() -> None:
+    """When a newcomer squeezes a trainer on a ballasted card, the victim named is the trainer."""
+
+    def usage(t: float) -> dict[int, int]:
+        out = {4242: int(min(16 * GIB, (t + 1) * GIB))} if t < 60 else {4242: 16 * GIB + (256 * MIB if t > 90 else 0)}
+        if t >= 200:
+            out[5151] = int(min(1.0, (t - 199) / 5) * 7 * GIB)
+        return out
+
+    rows = [(t, _with_ballast(usage)(t)) for t in ticks(0.0, 260.0)]
+    finding = replay(rows, _ballast_card()).first("contention")
+    assert finding is not None
+    assert finding.process is not None
+    assert finding.process.pid == 5151
+    assert finding.numbers["incumbent_pid"] == 4242

@@ -144,6 +144,10 @@ class DetectorConfig:
     #: The run it hurts holds at least this much and was there this long before the contender arrived.
     contention_incumbent_min_bytes: int = 1 * GIB
     contention_incumbent_seconds: float = 30.0
+    #: A holder whose memory never moved (beyond `noise_bytes`) once this many seconds past its first sight is
+    #: a static holder (a ballast, a model server that loaded once), not a run a newcomer can squeeze: the
+    #: caching allocator already reserved whatever it uses, so nobody can take "its" room.
+    contention_static_after_seconds: float = 10.0
     #: How long after its arrival a contender is still reported.
     contention_hold_seconds: float = 600.0
     #: Name a process of another user from the tick it appears, before it has taken anything.
@@ -251,6 +255,7 @@ class DetectorConfig:
             "settle_seconds",
             "pressure_hold_seconds",
             "contention_incumbent_seconds",
+            "contention_static_after_seconds",
             "contention_hold_seconds",
             "contention_before_seconds",
             "crash_rise_seconds",

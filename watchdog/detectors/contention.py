@@ -13,8 +13,11 @@ launch share a tree and never contend), holds at least `contention_min_bytes`, g
   before it has taken anything, because on a shared box that is the moment to know who it is. Turn it off
   where users share cards on purpose.
 
-The run it concerns (the incumbent) holds at least `contention_incumbent_min_bytes` and was on the GPU for
-`contention_incumbent_seconds` before the arrival. When vramwatch starts, no process has a "before", so
+The run it concerns (the incumbent) holds at least `contention_incumbent_min_bytes`, was on the GPU for
+`contention_incumbent_seconds` before the arrival, and is not a static holder: a process whose memory never
+moved after its first `contention_static_after_seconds` (a ballast, a server that loaded once) has already
+reserved all it uses, so a newcomer cannot take its room; a training run moves (warm-up, validation,
+sampling). When vramwatch starts, no process has a "before", so
 nothing already running is ever called a contender.
 """
 
@@ -80,7 +83,8 @@ def _took_the_room(
     left_little = total is not None and free <= config.contention_max_free_fraction * total
     if before - free < config.contention_min_bytes or not (took_most or left_little):
         return None
-    incumbents = _incumbents(seen.trees, p.tree_key, arrival=arrival, history=history, ctx=ctx, config=config)
+    incumbents = _incumbents(seen.trees, p.tree_key, arrival=arrival, entrance=_entrance(seen, series, config),
+                             history=history, ctx=ctx, config=config)  # fmt: skip
     if not incumbents:
         return None
     critical = total is not None and free < config.contention_critical_free_fraction * total
@@ -110,7 +114,9 @@ def _another_user(seen: _Seen, history: History, ctx: GpuContext, config: Detect
     before = ctx.free.max_between(first_seen - config.contention_before_seconds, first_seen)
     if before is None:
         return None
-    incumbents = _incumbents(seen.trees, p.tree_key, arrival=first_seen, history=history, ctx=ctx, config=config)
+    incumbents = _incumbents(
+        seen.trees, p.tree_key, arrival=first_seen, entrance=first_seen, history=history, ctx=ctx, config=config
+    )
     strangers = [c for c in incumbents if c[1][1].user not in (None, p.meta.user)]
     if not strangers:
         return None
@@ -191,16 +197,42 @@ def _incumbents(
     contender_tree: ProcessKey,
     *,
     arrival: float,
+    entrance: float,
     history: History,
     ctx: GpuContext,
     config: DetectorConfig,
 ) -> list[tuple[ProcessKey, tuple[int, ProcessMeta, int]]]:
-    """The other trees that were already there, holding enough, when the contender arrived; largest first."""
+    """The other trees that were already there, holding enough, when the contender came in; runs first.
+
+    "Came in" is the contender's entrance (when it first held `contention_incumbent_min_bytes`, past a bare
+    CUDA context), not its latest growth: a trainer started a few seconds after a ballast and leaking later
+    is a leak, not contention with the ballast.
+    """
     candidates = []
     for key, entry in trees.items():
         if key == contender_tree or entry[0] < config.contention_incumbent_min_bytes:
             continue
         track = history.trees.get((key, ctx.uuid))
-        if track is not None and track.first_seen <= arrival - config.contention_incumbent_seconds:
-            candidates.append((key, entry))
-    return sorted(candidates, key=lambda c: -c[1][0])
+        settled = config.contention_incumbent_seconds
+        if track is None or track.first_seen > min(arrival, entrance) - settled:
+            continue  # not there before the newcomer came in: they started together, neither squeezes the other
+        static = _static(view(track.series).since(track.first_seen + config.contention_static_after_seconds),
+                         arrival, config)  # fmt: skip
+        candidates.append((static, key, entry))
+    # A run that moves is named before a static holder (a ballast, a server that loaded once) of any size.
+    candidates.sort(key=lambda c: (c[0], -c[2][0]))
+    return [(key, entry) for _static_holder, key, entry in candidates]
+
+
+def _entrance(seen: _Seen, series: View, config: DetectorConfig) -> float:
+    """When the contender first held more than a bare CUDA context (`contention_incumbent_min_bytes`)."""
+    return next(
+        (t for t, v in zip(series.t, series.v, strict=True) if v >= config.contention_incumbent_min_bytes),
+        seen.first_seen,
+    )
+
+
+def _static(settled: View, arrival: float, config: DetectorConfig) -> bool:
+    """Flat from shortly after it appeared until the arrival: a holder, not a working run (see config)."""
+    values = [v for t, v in zip(settled.t, settled.v, strict=True) if t <= arrival]
+    return bool(values) and max(values) - min(values) <= config.noise_bytes
