@@ -361,3 +361,17 @@ def test_a_contender_next_to_a_ballast_names_the_run_not_the_ballast() -> None:
     assert finding.process is not None
     assert finding.process.pid == 5151
     assert finding.numbers["incumbent_pid"] == 4242
+
+
+def test_a_plateau_with_a_slow_drift_on_a_ballasted_card_is_not_critical() -> None:
+    """Under 5% of a big card free but full only in hours: no critical forecast (the run's headroom is fine)."""
+
+    def plateau(t: float) -> dict[int, int]:
+        if t < 4:
+            return {}
+        warm = int(min(22 * GIB, (t - 4) * 2 * GIB))
+        return {4242: warm + int(max(0.0, t - 30) * 0.2e6)}  # 0.2 MB/s of drift once warm
+
+    rows = [(t, _with_ballast(plateau)(t)) for t in ticks(0.0, 1200.0)]
+    result = replay(rows, _ballast_card())
+    assert [f for f in result.raised if f.kind == "oom_forecast"] == []

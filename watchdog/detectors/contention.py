@@ -117,7 +117,11 @@ def _another_user(seen: _Seen, history: History, ctx: GpuContext, config: Detect
     incumbents = _incumbents(
         seen.trees, p.tree_key, arrival=first_seen, entrance=first_seen, history=history, ctx=ctx, config=config
     )
-    strangers = [c for c in incumbents if c[1][1].user not in (None, p.meta.user)]
+    # Only runs that move: another user's process starting next to a static holder (a ballast, a server that
+    # loaded once) takes nobody's room.
+    strangers = [
+        c for c in incumbents if c[1][1].user not in (None, p.meta.user) and not _holder(c[0], history, ctx, config)
+    ]
     if not strangers:
         return None
     message = (
@@ -222,6 +226,18 @@ def _incumbents(
     # A run that moves is named before a static holder (a ballast, a server that loaded once) of any size.
     candidates.sort(key=lambda c: (c[0], -c[2][0]))
     return [(key, entry) for _static_holder, key, entry in candidates]
+
+
+def _holder(key: ProcessKey, history: History, ctx: GpuContext, config: DetectorConfig) -> bool:
+    """A static holder we saw arrive (see `_static`).
+
+    One that was already there when vramwatch started may be a run on its plateau (its warm-up unseen), so
+    it keeps the benefit of the doubt.
+    """
+    track = history.trees.get((key, ctx.uuid))
+    if track is None or not len(ctx.used) or track.first_seen <= ctx.used.t[0] + 2.0:
+        return False
+    return _static(view(track.series).since(track.first_seen + config.contention_static_after_seconds), ctx.now, config)
 
 
 def _entrance(seen: _Seen, series: View, config: DetectorConfig) -> float:

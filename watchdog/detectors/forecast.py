@@ -52,7 +52,14 @@ def detect_oom_forecast(
     if eta is None:
         return None, None
     forecast = (eta, rate.confidence)
-    low_free = ctx.total_bytes is not None and ctx.free_bytes < config.forecast_critical_free_fraction * ctx.total_bytes
+    # Under 5 % free is critical only while the forecast is within the warning horizon: a drift of a few
+    # hundred kB/s on a full plateau (the card reads "full in 2 hours") is not an emergency, and on a card
+    # shared with a big static holder 5 % of the card can be more than the run's whole headroom.
+    low_free = (
+        ctx.total_bytes is not None
+        and ctx.free_bytes < config.forecast_critical_free_fraction * ctx.total_bytes
+        and eta <= config.forecast_warning_eta_seconds
+    )
     if eta <= config.forecast_critical_eta_seconds or low_free:
         severity = Severity.CRITICAL
     else:
