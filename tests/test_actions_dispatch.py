@@ -17,7 +17,7 @@ import structlog
 from vramwatch.actions.dispatch import ActionDispatcher
 from vramwatch.actions.policy import parse_policy
 from vramwatch.model import Finding, ProcessKey, ProcessMeta, ProcessSample, Severity
-from vramwatch.testing import FakeClock, RecordingNotifier
+from vramwatch.testing import FakeClock, RecordingNotifier, StaticInspector
 
 CATCHER = """
 import signal, sys, time
@@ -51,20 +51,6 @@ class Child:
     def alive(self, settle: float = 0.15) -> bool:
         time.sleep(settle)
         return self.proc.poll() is None
-
-
-@dataclass
-class Inspector:
-    """A ProcessInspector over the children this test started."""
-
-    table: dict[int, ProcessMeta] = field(default_factory=dict)
-    visible: bool = True
-
-    def inspect(self, pid: int) -> ProcessMeta:
-        return self.table.get(pid, ProcessMeta(pid=pid, start_time=None))
-
-    def pid_namespace_matches(self) -> bool:
-        return self.visible
 
 
 @pytest.fixture
@@ -117,7 +103,7 @@ SIGNAL_POLICY: dict[str, Any] = {
 
 
 def dispatcher(policy: Mapping[str, Any] | None, *children: Child, **kwargs: Any) -> ActionDispatcher:
-    inspector = kwargs.pop("inspector", Inspector({c.meta.pid: c.meta for c in children}))
+    inspector = kwargs.pop("inspector", StaticInspector({c.meta.pid: c.meta for c in children}))
     return ActionDispatcher(
         parse_policy(policy), kwargs.pop("notifiers", ()), inspector=inspector,
         clock=kwargs.pop("clock", FakeClock()), environ_of=lambda pid: {}, **kwargs,
@@ -270,7 +256,7 @@ def test_kill_spares_the_avoided_job_and_the_one_just_signalled(spawn) -> None:
 def test_no_signal_or_kill_without_the_host_pid_namespace(spawn) -> None:
     """When the daemon cannot see host pids, pids from NVML name nobody here: nothing is signalled."""
     child = spawn(CATCHER, "vw-marker")
-    inspector = Inspector({child.meta.pid: child.meta}, visible=False)
+    inspector = StaticInspector({child.meta.pid: child.meta}, visible=False)
     result = dispatcher(SIGNAL_POLICY, child, inspector=inspector).handle([finding(child)], [])[-1]
     assert not result.done
     assert "host pids" in result.reason
@@ -312,7 +298,7 @@ def test_a_failing_step_becomes_an_error_result(spawn) -> None:
     """An exception inside a step (here the inspector) is reported as an `error` result, not raised."""
     child = spawn(CATCHER, "vw-marker")
 
-    class Broken(Inspector):
+    class Broken(StaticInspector):
         def pid_namespace_matches(self) -> bool:
             raise RuntimeError("no /proc")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from builders import GIB, UUID0, gpu
 from vramwatch.errors import BackendUnavailable
@@ -97,5 +98,7 @@ def test_stop_event_ends_the_loop_during_the_wait() -> None:
     timer.start()
     from vramwatch.clock import SystemClock
 
+    t0 = time.monotonic()
     run_every(30.0, lambda: calls.append(1), SystemClock(), stop)
     assert calls == [1]
+    assert time.monotonic() - t0 < 1.0, "the wait must end when stop is set, not after the 30 s interval"

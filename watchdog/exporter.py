@@ -107,7 +107,7 @@ class SnapshotCollector(Collector):
         cumulative, buckets = 0, []
         for le, count in zip(TICK_BUCKETS, stats.bucket_counts, strict=True):
             cumulative += count
-            buckets.append((_fmt_le(le), float(cumulative)))
+            buckets.append((repr(le), float(cumulative)))
         buckets.append(("+Inf", float(stats.ticks)))
         hist.add_metric([], buckets, sum_value=stats.duration_sum)
         yield hist
@@ -267,10 +267,6 @@ def _counter(name: str, doc: str, rows: Rows, labels: tuple[str, ...]) -> Counte
     for lv, v in rows:
         fam.add_metric(list(lv), v)
     return fam
-
-
-def _fmt_le(le: float) -> str:
-    return repr(le)
 
 
 def make_registry(state: Callable[[], ExportState]) -> CollectorRegistry:
