@@ -11,23 +11,38 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
-from .actions import ActionDispatcher
+from .actions import ActionResult
 from .daemon import Pipeline
 from .errors import VramwatchError
-from .model import Finding, Snapshot
+from .model import Finding, ProcessSample, Snapshot
 from .render import duration, finding_dict, gib, rate
 from .sampler import run_every
 from .typing import Backend, Clock
 
+
+class Acts(Protocol):
+    """What attach needs of the action layer (`ActionDispatcher`): act on a tick's findings, say what was done."""
+
+    def handle(
+        self,
+        raised: Iterable[Finding],
+        cleared: Iterable[Finding],
+        attached: frozenset[int] = ...,
+        processes: Sequence[ProcessSample] = ...,
+    ) -> list[ActionResult]: ...
+
+
 SPARK = "▁▂▃▄▅▆▇█"
 #: How long a pid that is not (yet) on a GPU is waited for before giving up.
 WAIT_FOR_GPU_SECONDS = 600.0
+#: How long a pid that left the GPU may take to exit before it is called "left the GPU (still running)".
+EXIT_GRACE_SECONDS = 10.0
 
 
 def sparkline(values: list[float], width: int = 40) -> str:
@@ -53,11 +68,15 @@ class AttachState:
     last_bytes: int = 0
     history: list[float] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    actions: list[ActionResult] = field(default_factory=list)
     ended: str | None = None
+
+    def probable_oom(self) -> bool:
+        return any(f.kind in {"probable_oom", "oom"} and f.process and f.process.pid == self.pid for f in self.findings)
 
     def summary(self) -> dict[str, Any]:
         span = (self.last_t - self.first_t) if self.first_t is not None and self.last_t is not None else None
-        oom = any(f.kind in {"probable_oom", "oom"} and f.process and f.process.pid == self.pid for f in self.findings)
+        oom = self.probable_oom()
         return {
             "event": "summary",
             "pid": self.pid,
@@ -71,7 +90,16 @@ class AttachState:
                 (self.last_bytes - self.first_bytes) / span if span and self.first_bytes is not None else None
             ),
             "findings": [finding_dict(f) for f in self.findings],
+            "actions": [r.log_fields() for r in self.actions],
         }
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie: a trainer whose parent has not reaped it yet has ended all the same."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def check_pid(pid: int, backend: Backend) -> str | None:
@@ -98,7 +126,7 @@ def attach(
     pid: int,
     backend: Backend,
     pipeline: Pipeline,
-    dispatcher: ActionDispatcher,
+    dispatcher: Acts,
     clock: Clock,
     *,
     out: Callable[[str], None],
@@ -115,9 +143,10 @@ def attach(
     stop = stop or threading.Event()
     attached = frozenset() if note else frozenset({pid})
     waited = 0.0
+    gone_for = 0.0
 
     def step() -> None:
-        nonlocal waited
+        nonlocal waited, gone_for
         try:
             snap, raised, cleared = pipeline.step()
         except EOFError:  # a replay ran out
@@ -131,16 +160,29 @@ def attach(
             f for f in raised if f.gpu_uuid in {p.gpu_uuid for p in mine} or (f.process and f.process.pid == pid)
         ]
         state.findings.extend(relevant)
-        dispatcher.handle(raised, cleared, attached, snap.processes)
+        results = dispatcher.handle(raised, cleared, attached, snap.processes)
+        # The person at the keyboard must see what was done to their run (a save-now signal), and what
+        # was refused and why; notifications and log lines are not news to them.
+        acted = [r for r in results if r.action not in {"notify", "log"} and not _post_mortem_refusal(r)]
+        state.actions.extend(acted)
+        for r in acted:
+            out(json.dumps({"event": "action", "t": snap.t, **r.log_fields()}) if as_json else _action_text(r))
         if not mine:
             if state.seen_on_gpu:
-                state.ended = "probable OOM" if any(f.kind in {"probable_oom", "oom"} for f in relevant) else "exited"
-                if backend.kind == "nvml" and psutil.pid_exists(pid):
+                gone_for += interval
+                alive = backend.kind == "nvml" and _running(pid)
+                if alive and gone_for < EXIT_GRACE_SECONDS:
+                    return  # its CUDA context goes first: a process dying of OOM is still writing its traceback
+                oom = any(
+                    f.kind in {"probable_oom", "oom"} and f.process and f.process.pid == pid for f in state.findings
+                )
+                state.ended = "probable OOM" if oom else "exited"
+                if alive:
                     state.ended = "left the GPU (still running)"
                 stop.set()
                 return
             waited += interval
-            if backend.kind == "nvml" and not psutil.pid_exists(pid):
+            if backend.kind == "nvml" and not _running(pid):
                 state.ended = "exited before using a GPU"
                 stop.set()
             elif waited >= WAIT_FOR_GPU_SECONDS:
@@ -154,6 +196,7 @@ def attach(
                 )
             return
         state.seen_on_gpu = True
+        gone_for = 0.0
         tree_bytes = sum(p.used_bytes or 0 for p in mine)
         state.first_bytes = tree_bytes if state.first_bytes is None else state.first_bytes
         state.first_t = snap.t if state.first_t is None else state.first_t
@@ -221,12 +264,33 @@ def _render(
     return "\n".join(lines)
 
 
+def _post_mortem_refusal(r: ActionResult) -> bool:
+    # Nothing can be done for a run that already died; "not acting on probable_oom" is not news.
+    return not r.done and not r.dry_run and r.kind in {"probable_oom", "oom"}
+
+
+def _action_text(r: ActionResult) -> str:
+    what = " ".join(x for x in (r.action, r.adapter and f"({r.adapter})", r.signal) if x)
+    pid = f" pid {r.process.pid}" if r.process else ""
+    verdict = "done" if r.done else ("dry-run" if r.dry_run else "not done")
+    return f"  action {what}{pid}: {verdict}: {r.reason}"
+
+
 def _summary_text(s: dict[str, Any]) -> str:
     lines = [f"pid {s['pid']}: {s['ended'] or 'stopped watching'}"]
     if s["peak_bytes"]:
         lines.append(
             f"  peak {gib(s['peak_bytes'])} GiB; from {gib(s['first_bytes'])} to {gib(s['last_bytes'])} GiB"
             f" over {duration(s['watched_seconds'])} ({rate(s['growth_bytes_per_second'])} on average)"
+        )
+    done = [a for a in s.get("actions", []) if a.get("done")]
+    if done:
+        lines.append(
+            "  acted: "
+            + "; ".join(
+                f"{a['action']} {a.get('adapter') or a.get('signal') or ''}".strip() + f" to pid {a.get('pid')}"
+                for a in done
+            )
         )
     if s["probable_oom"]:
         lines.append("  it probably died of out-of-memory: see the findings and advice above")
