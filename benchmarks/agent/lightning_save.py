@@ -46,14 +46,16 @@ class Leaky(pl.LightningModule):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--budget-gib", type=float, default=3.0)
+    p.add_argument("--budget-gib", type=float, default=3.0, help="GiB left free by its own ballast (0: no ballast)")
+    p.add_argument("--leak-mib", type=int, default=16, help="MiB kept alive each step")
+    p.add_argument("--step-seconds", type=float, default=0.1)
     p.add_argument("--dir", default=None, help="where checkpoints go (default: a temporary directory)")
     args = p.parse_args()
     out_dir = args.dir or tempfile.mkdtemp(prefix="vramwatch-lightning-")
-    ballast = start_ballast(args.budget_gib)
+    ballast = start_ballast(args.budget_gib) if args.budget_gib > 0 else None
     try:
         emit("start", pid=os.getpid(), lightning=pl.__version__, module=pl.__name__)
-        model = Leaky()
+        model = Leaky(args.leak_mib, args.step_seconds)
         data = torch.utils.data.TensorDataset(torch.randn(1_000_000, 512))
         loader = torch.utils.data.DataLoader(data, batch_size=64)
         callback = lightning_callback(out_dir, module=pl.__name__)
@@ -84,7 +86,8 @@ def main() -> int:
         ok = oom and bool(loaded) and all(c["weights_match"] for c in loaded)
         return 0 if ok else 1
     finally:
-        stop_ballast(ballast)
+        if ballast is not None:
+            stop_ballast(ballast)
 
 
 if __name__ == "__main__":

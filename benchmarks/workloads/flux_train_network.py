@@ -8,11 +8,16 @@ that command line whose GPU memory responds to the flags the way a Flux LoRA run
 - `--gradient_checkpointing` (torch.utils.checkpoint, for real) keeps only each block's input;
 - the frozen base model sits in fp32; only LoRA weights (`--network_dim`) train, with AdamW or AdamW8bit.
 
-Sized for a 24 GiB card (scale with the non-kohya `--budget-gib`): the defaults (batch 1, 1024x1024, fp32, no
-checkpointing) fit during the warm-up steps, which run on smaller aspect-ratio buckets, and outgrow the budget
-at full resolution (a real torch.cuda.OutOfMemoryError, exit code 3); `--mixed_precision bf16` fits at batch 1
-but not at batch 2; `--gradient_checkpointing --train_batch_size 1 --resolution 512,512` fits with room to
-spare. `--leak` keeps each step's final hidden state on the GPU (a logging bug) so memory grows until OOM.
+Sized for a 24 GiB card (scale with the non-kohya `--budget-gib`), around the field guide's story ("training
+starts fine, runs a few steps, then stops"): the guide's flags (`--train_batch_size 4 --resolution 1024,1024
+--mixed_precision no`, no `--gradient_checkpointing`) need ~1.05x the budget at full resolution. The dataset is
+bucketed by aspect ratio and the batches come smallest first (`RAMP`: 512x512 up to 1024x1024 in 64-px steps,
+one bucket a step), so the run climbs for about 15 steps and dies of a real torch.cuda.OutOfMemoryError (exit
+code 3) when its largest buckets arrive; the caching allocator keeps the smaller buckets' blocks until a
+cudaMalloc fails, so the card looks full to NVML before the OOM. A run whose biggest batch comes first dies at
+step 1: nothing can warn of that, only the post-mortem. `--gradient_checkpointing --train_batch_size 1
+--resolution 512,512 --mixed_precision bf16` fits with most of the card to spare. `--leak` keeps each step's
+final hidden state on the GPU (a logging bug), so memory grows by that much a step until OOM.
 Unknown flags (e.g. `--pretrained_model_name_or_path`, `--network_module`) are accepted and ignored.
 Events are JSON lines on stdout (ready, step, save, oom, exit); `--plan` prints the size estimate and exits.
 """
@@ -32,8 +37,12 @@ from torch.utils.checkpoint import checkpoint
 
 LATENT_CHANNELS = 16  # Flux's VAE latent
 WIDTH = 768
-BLOCKS_PER_24_GIB = 64  # the defaults (fp32, batch 1) then need ~1.3x a 24 GiB budget at full resolution
-WARMUP_BUCKETS = (0.5, 0.625, 0.75, 0.75)  # side scale of the first steps' buckets, then 1.0
+# The guide's flags (fp32, batch 4, no checkpointing) keep 40 B x WIDTH x tokens x 4 per block: 1.875 GiB at
+# 1024x1024. 13 blocks need 24.4 GiB of activations at full resolution: just over a 24 GiB card.
+BLOCKS_PER_24_GIB = 13
+# Side sizes of the first steps' buckets, in 16ths of --resolution (width, height): the batches come smallest
+# first, each a little larger than the one before, then every step is at full resolution.
+RAMP = tuple((8 + (i + 1) // 2, 8 + i // 2) for i in range(17))
 # Bytes each block saves per token and per unit of width, for backward (see Block.forward).
 SAVED_PER_TOKEN = {"no": 40, "fp16": 22, "bf16": 22}
 
@@ -178,9 +187,9 @@ def main(args: argparse.Namespace, ignored: list[str]) -> int:
     kept: list[torch.Tensor] = []
     for step in range(1, args.max_train_steps + 1):
         started = time.monotonic()
-        scale = WARMUP_BUCKETS[step - 1] if step <= len(WARMUP_BUCKETS) else 1.0
-        w = max(64, int(width * scale) // 64 * 64)
-        h = max(64, int(height * scale) // 64 * 64)
+        sw, sh = RAMP[step - 1] if step <= len(RAMP) else (16, 16)
+        w = max(64, width * sw // 16 // 64 * 64)
+        h = max(64, height * sh // 16 // 64 * 64)
         tokens = (w // 8) * (h // 8)
         latents = torch.randn(args.train_batch_size, tokens, LATENT_CHANNELS, device="cuda")
         noise = torch.randn_like(latents)
