@@ -126,6 +126,7 @@ class _Quiet:
 
 
 def _watch_a_real_pid_that_leaves_the_gpu(exit_after_ticks: int | None) -> dict[str, object]:
+    import os
     import subprocess
     import sys
 
@@ -150,7 +151,10 @@ def _watch_a_real_pid_that_leaves_the_gpu(exit_after_ticks: int | None) -> dict[
             nonlocal ticks
             ticks += 1
             if exit_after_ticks is not None and ticks == exit_after_ticks:
-                child.kill()  # not reaped: a zombie until `finally`, as under a parent that waits later
+                child.kill()
+                # Wait for it to die without reaping it: a zombie until `finally`, as under a parent that
+                # waits later.
+                os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
             clock.sleep(seconds)
             return False
 
