@@ -63,23 +63,30 @@ def test_sparkline_scales_between_min_and_max() -> None:
 
 
 class _SavesOnCritical:
-    """A dispatcher fake: 'asks' the attached pid to save on each critical finding, as a policy would."""
+    """A dispatcher fake: 'asks' the attached run to save on each critical finding, as an agent policy would
+    (the real dispatcher's results: a `signal` per process, through the `agent` adapter)."""
 
     def __init__(self) -> None:
-        self.calls: list[frozenset[int]] = []
+        self.calls: list[tuple[frozenset[int], list[int]]] = []
 
     def handle(self, raised, cleared, attached=frozenset(), processes=()):  # type: ignore[no-untyped-def]
         from vramwatch.actions import ActionResult
         from vramwatch.model import Severity
 
-        self.calls.append(attached)
-        return [
-            ActionResult("save_now", True, "SIGUSR2 sent", f.process, f.kind, signal="SIGUSR2", adapter="agent")
-            if f.kind != "probable_oom"
-            else ActionResult("signal", False, "kind probable_oom is not in [policy] act_on_kinds", f.process, f.kind)
-            for f in raised
-            if f.severity is Severity.CRITICAL
-        ] + [ActionResult("notify", True, "queued", f.process, f.kind) for f in raised]
+        self.calls.append((attached, [p.pid for p in processes]))
+        out = []
+        for f in raised:
+            out.append(ActionResult("notify", True, "queued", f.process, f.kind))
+            if f.severity is not Severity.CRITICAL:
+                continue
+            if f.kind == "probable_oom":
+                out.append(ActionResult("signal", False, "kind probable_oom is not in [policy] act_on_kinds",
+                                        f.process, f.kind))  # fmt: skip
+                continue
+            for key in [f.process] if f.process else [p.key for p in processes if p.pid in attached]:
+                out.append(ActionResult("signal", True, f"sent SIGUSR2 to pid {key.pid}", key, f.kind,
+                                        signal="SIGUSR2", adapter="agent"))  # fmt: skip
+        return out
 
 
 def test_attach_shows_what_it_did_to_the_run_and_sums_it_up() -> None:
@@ -105,17 +112,88 @@ def test_attach_shows_what_it_did_to_the_run_and_sums_it_up() -> None:
     events = [json.loads(line) for line in lines]
     actions = [e for e in events if e["event"] == "action"]
     assert actions, "the save-now action is shown when it happens"
-    assert actions[0]["action"] == "save_now"
+    assert actions[0]["action"] == "signal"
     assert actions[0]["adapter"] == "agent"
+    assert actions[0]["pid"] == pid
     assert all(e["action"] != "notify" for e in actions), "notifications are not news to the person attached"
     assert all(e["kind"] != "probable_oom" for e in actions), "nothing to say about not acting on a dead run"
     assert summary["ended"] == "probable OOM"
     ticks = [e for e in events if e["event"] == "tick"]
     first_critical = min(f["t"] for e in ticks for f in e["findings"] if f["severity"] == "critical")
     assert actions[0]["t"] == first_critical
-    assert {a["action"] for a in summary["actions"]} == {"save_now"}
+    assert {a["action"] for a in summary["actions"]} == {"signal"}
+    assert summary["actions"][0]["t"] == first_critical
     assert acts.calls
-    assert all(c == frozenset({pid}) for c in acts.calls), "attaching is consent for that pid only"
+    assert all(att == frozenset({pid}) for att, _ in acts.calls), "attaching is consent for that pid only"
+    assert all(set(pids) <= {pid} for _, pids in acts.calls), "only the run's own processes are offered"
+    ticks_at = [i for i, e in enumerate(events) if e["event"] == "tick" and e["findings"]]
+    assert events.index(actions[0]) > ticks_at[0], "the finding is shown before what was done about it"
+
+
+def test_attach_in_text_mode_prints_the_action_under_its_finding_and_in_the_summary() -> None:
+    """Text mode: the action line follows the finding that caused it; the summary lists what was done."""
+    from vramwatch.attach import attach
+    from vramwatch.backends.simulated import SimulatedBackend
+    from vramwatch.daemon import Pipeline
+    from vramwatch.history import History
+    from vramwatch.testing import FakeClock
+
+    pid = _leaker()
+    clock = FakeClock()
+    backend = SimulatedBackend("fast_leak", clock=clock)
+    pipeline = Pipeline(backend, History(window_seconds=3600, interval_seconds=1.0), clock)
+    lines: list[str] = []
+
+    def advance(seconds: float) -> bool:
+        clock.sleep(seconds)
+        return False
+
+    attach(pid, backend, pipeline, _SavesOnCritical(), clock, out=lines.append, wait=advance)
+    text = "\n".join(lines)
+    critical = text.index("[critical]")
+    action = text.index(f"  action signal (agent) SIGUSR2 pid {pid}: done: sent SIGUSR2 to pid {pid}")
+    assert critical < action
+    assert f"acted: signal SIGUSR2 (agent) to pid {pid}" in lines[-1]
+    assert "probably died of out-of-memory" in lines[-1]
+    assert "not in [policy] act_on_kinds" not in text, "refusals about a dead run are noise"
+
+
+def test_attach_never_acts_on_other_processes_even_when_the_policy_names_them() -> None:
+    """A real dispatcher whose policy also targets the newcomer's user: attach acts on the attached run only."""
+    from vramwatch.actions import ActionDispatcher, parse_policy
+    from vramwatch.attach import attach
+    from vramwatch.backends.simulated import SimulatedBackend
+    from vramwatch.daemon import Pipeline
+    from vramwatch.history import History
+    from vramwatch.testing import FakeClock
+
+    truth = ground_truth("contention")["processes"]
+    trainer = next(p["pid"] for p in truth if p["role"] == "trainer" and p["user"] == "alice")
+    intruder = next(p["pid"] for p in truth if p["role"] == "intruder")
+    policy = parse_policy({
+        "dry_run": True,
+        "act_on_kinds": ["contention", "oom_forecast", "pressure", "growth"],
+        "actions": {"warning": ["signal"], "critical": ["signal"]},
+        "targets": {"users": ["alice", "bob"], "attached": True},
+    })  # fmt: skip
+    clock = FakeClock()
+    backend = SimulatedBackend("contention", clock=clock)
+    pipeline = Pipeline(backend, History(window_seconds=3600, interval_seconds=1.0), clock)
+    dispatcher = ActionDispatcher(policy, [], clock=clock, default_log=False)
+    lines: list[str] = []
+
+    def advance(seconds: float) -> bool:
+        clock.sleep(seconds)
+        return False
+
+    summary = attach(trainer, backend, pipeline, dispatcher, clock, out=lines.append, as_json=True, wait=advance)
+    events = [json.loads(line) for line in lines]
+    shown = [f for e in events if e["event"] == "tick" for f in e["findings"]]
+    assert any(f["kind"] == "contention" and f["pid"] == intruder for f in shown), "the newcomer is named"
+    acted = [e for e in events if e["event"] == "action"]
+    assert acted, "the run's own findings were acted on (dry-run)"
+    assert {a["pid"] for a in acted} == {trainer}
+    assert {a["pid"] for a in summary["actions"]} == {trainer}
 
 
 class _Quiet:

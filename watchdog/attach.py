@@ -11,36 +11,25 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import psutil
 
 from .actions import ActionResult
 from .daemon import Pipeline
 from .errors import VramwatchError
-from .model import Finding, ProcessSample, Snapshot
+from .model import Finding, Snapshot
 from .render import duration, finding_dict, gib, rate
 from .sampler import run_every
-from .typing import Backend, Clock
-
-
-class Acts(Protocol):
-    """What attach needs of the action layer (`ActionDispatcher`): act on a tick's findings, say what was done."""
-
-    def handle(
-        self,
-        raised: Iterable[Finding],
-        cleared: Iterable[Finding],
-        attached: frozenset[int] = ...,
-        processes: Sequence[ProcessSample] = ...,
-    ) -> list[ActionResult]: ...
-
+from .typing import ActionHandler, Backend, Clock
 
 SPARK = "▁▂▃▄▅▆▇█"
 #: How long a pid that is not (yet) on a GPU is waited for before giving up.
 WAIT_FOR_GPU_SECONDS = 600.0
+#: Findings that say a process died (NVML's probable OOM, the agent's certain one).
+POST_MORTEM_KINDS = frozenset({"probable_oom", "oom"})
 #: How long a pid that left the GPU may take to exit before it is called "left the GPU (still running)".
 EXIT_GRACE_SECONDS = 10.0
 
@@ -68,11 +57,11 @@ class AttachState:
     last_bytes: int = 0
     history: list[float] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    actions: list[ActionResult] = field(default_factory=list)
+    actions: list[tuple[float, ActionResult]] = field(default_factory=list)  # (t, what was done)
     ended: str | None = None
 
     def probable_oom(self) -> bool:
-        return any(f.kind in {"probable_oom", "oom"} and f.process and f.process.pid == self.pid for f in self.findings)
+        return any(f.kind in POST_MORTEM_KINDS and f.process and f.process.pid == self.pid for f in self.findings)
 
     def summary(self) -> dict[str, Any]:
         span = (self.last_t - self.first_t) if self.first_t is not None and self.last_t is not None else None
@@ -90,7 +79,7 @@ class AttachState:
                 (self.last_bytes - self.first_bytes) / span if span and self.first_bytes is not None else None
             ),
             "findings": [finding_dict(f) for f in self.findings],
-            "actions": [r.log_fields() for r in self.actions],
+            "actions": [{"t": t, **r.log_fields()} for t, r in self.actions],
         }
 
 
@@ -98,6 +87,8 @@ def _running(pid: int) -> bool:
     """Alive and not a zombie: a trainer whose parent has not reaped it yet has ended all the same."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.AccessDenied:  # /proc mounted with hidepid: it exists, we may not look
+        return True
     except psutil.Error:
         return False
 
@@ -126,7 +117,7 @@ def attach(
     pid: int,
     backend: Backend,
     pipeline: Pipeline,
-    dispatcher: Acts,
+    dispatcher: ActionHandler,
     clock: Clock,
     *,
     out: Callable[[str], None],
@@ -141,7 +132,7 @@ def attach(
         out(json.dumps({"event": "note", "message": note}) if as_json else f"vramwatch: {note}")
     state = AttachState(pid)
     stop = stop or threading.Event()
-    attached = frozenset() if note else frozenset({pid})
+    attached = frozenset({pid})
     waited = 0.0
     gone_for = 0.0
 
@@ -156,55 +147,55 @@ def attach(
         if snap is None:
             return
         mine = [p for p in snap.processes if pid in (p.pid, p.meta.root_pid)]
-        relevant = [
-            f for f in raised if f.gpu_uuid in {p.gpu_uuid for p in mine} or (f.process and f.process.pid == pid)
-        ]
+        tree = {p.pid for p in mine} | {pid}
+        gpus = {p.gpu_uuid for p in mine}
+        relevant = [f for f in raised if f.gpu_uuid in gpus or (f.process and f.process.pid == pid)]
         state.findings.extend(relevant)
-        results = dispatcher.handle(raised, cleared, attached, snap.processes)
+        if mine:
+            state.seen_on_gpu = True
+            gone_for = 0.0
+            tree_bytes = sum(p.used_bytes or 0 for p in mine)
+            state.first_bytes = tree_bytes if state.first_bytes is None else state.first_bytes
+            state.first_t = snap.t if state.first_t is None else state.first_t
+            state.last_t, state.last_bytes = snap.t, tree_bytes
+            state.peak_bytes = max(state.peak_bytes, tree_bytes)
+            state.history.append(tree_bytes)
+            del state.history[:-600]
+            out(_render(pid, snap, mine=mine, pipeline=pipeline, new=relevant, state=state, as_json=as_json))
+        # Attach acts for this run only: on findings about its tree, or about its GPU with no process named,
+        # and then only among its own processes. Other people's findings are shown, never acted on from here.
+        ours = [f for f in relevant if f.process is None or f.process.pid in tree]
+        ours_cleared = [f for f in cleared if (f.process.pid in tree if f.process else f.gpu_uuid in gpus)]
+        # Another user's run (see check_pid) is only watched: the note promised that nothing is done to it.
+        results = [] if note else dispatcher.handle(ours, ours_cleared, attached, mine)
         # The person at the keyboard must see what was done to their run (a save-now signal), and what
         # was refused and why; notifications and log lines are not news to them.
         acted = [r for r in results if r.action not in {"notify", "log"} and not _post_mortem_refusal(r)]
-        state.actions.extend(acted)
+        state.actions.extend((snap.t, r) for r in acted)
         for r in acted:
             out(json.dumps({"event": "action", "t": snap.t, **r.log_fields()}) if as_json else _action_text(r))
-        if not mine:
-            if state.seen_on_gpu:
-                gone_for += interval
-                alive = backend.kind == "nvml" and _running(pid)
-                if alive and gone_for < EXIT_GRACE_SECONDS:
-                    return  # its CUDA context goes first: a process dying of OOM is still writing its traceback
-                oom = any(
-                    f.kind in {"probable_oom", "oom"} and f.process and f.process.pid == pid for f in state.findings
-                )
-                state.ended = "probable OOM" if oom else "exited"
-                if alive:
-                    state.ended = "left the GPU (still running)"
-                stop.set()
-                return
-            waited += interval
-            if backend.kind == "nvml" and not _running(pid):
-                state.ended = "exited before using a GPU"
-                stop.set()
-            elif waited >= WAIT_FOR_GPU_SECONDS:
-                state.ended = "never used a GPU while watched"
-                stop.set()
-            elif waited == interval:
-                out(
-                    json.dumps({"event": "waiting", "pid": pid})
-                    if as_json
-                    else f"waiting for pid {pid} to use a GPU..."
-                )
+        if mine:
             return
-        state.seen_on_gpu = True
-        gone_for = 0.0
-        tree_bytes = sum(p.used_bytes or 0 for p in mine)
-        state.first_bytes = tree_bytes if state.first_bytes is None else state.first_bytes
-        state.first_t = snap.t if state.first_t is None else state.first_t
-        state.last_t, state.last_bytes = snap.t, tree_bytes
-        state.peak_bytes = max(state.peak_bytes, tree_bytes)
-        state.history.append(tree_bytes)
-        del state.history[:-600]
-        out(_render(pid, snap, mine=mine, pipeline=pipeline, new=relevant, state=state, as_json=as_json))
+        if state.seen_on_gpu:
+            gone_for += interval
+            alive = backend.kind == "nvml" and _running(pid)
+            if alive and gone_for < EXIT_GRACE_SECONDS and not state.probable_oom():
+                return  # its CUDA context goes first: a process dying of OOM is still writing its traceback
+            if state.probable_oom():
+                state.ended = "probable OOM" + (" (the process is still running)" if alive else "")
+            else:
+                state.ended = "left the GPU (still running)" if alive else "exited"
+            stop.set()
+            return
+        waited += interval
+        if backend.kind == "nvml" and not _running(pid):
+            state.ended = "exited before using a GPU"
+            stop.set()
+        elif waited >= WAIT_FOR_GPU_SECONDS:
+            state.ended = "never used a GPU while watched"
+            stop.set()
+        elif waited == interval:
+            out(json.dumps({"event": "waiting", "pid": pid}) if as_json else f"waiting for pid {pid} to use a GPU...")
 
     run_every(interval, step, clock, stop, wait=wait)
     summary = state.summary()
@@ -265,8 +256,8 @@ def _render(
 
 
 def _post_mortem_refusal(r: ActionResult) -> bool:
-    # Nothing can be done for a run that already died; "not acting on probable_oom" is not news.
-    return not r.done and not r.dry_run and r.kind in {"probable_oom", "oom"}
+    # Nothing can be done for a run that already died; "not signalling after a probable_oom" is not news.
+    return r.action in {"signal", "kill", "hook"} and not r.done and not r.dry_run and r.kind in POST_MORTEM_KINDS
 
 
 def _action_text(r: ActionResult) -> str:
@@ -274,6 +265,12 @@ def _action_text(r: ActionResult) -> str:
     pid = f" pid {r.process.pid}" if r.process else ""
     verdict = "done" if r.done else ("dry-run" if r.dry_run else "not done")
     return f"  action {what}{pid}: {verdict}: {r.reason}"
+
+
+def _done_text(a: dict[str, Any]) -> str:
+    how = " ".join(x for x in (a.get("signal"), a.get("adapter") and f"({a['adapter']})") if x)
+    to = f" to pid {a['pid']}" if a.get("pid") is not None else ""
+    return f"{a['action']}{' ' + how if how else ''}{to}"
 
 
 def _summary_text(s: dict[str, Any]) -> str:
@@ -285,13 +282,7 @@ def _summary_text(s: dict[str, Any]) -> str:
         )
     done = [a for a in s.get("actions", []) if a.get("done")]
     if done:
-        lines.append(
-            "  acted: "
-            + "; ".join(
-                f"{a['action']} {a.get('adapter') or a.get('signal') or ''}".strip() + f" to pid {a.get('pid')}"
-                for a in done
-            )
-        )
+        lines.append("  acted: " + "; ".join(_done_text(a) for a in done))
     if s["probable_oom"]:
         lines.append("  it probably died of out-of-memory: see the findings and advice above")
     return "\n".join(lines)

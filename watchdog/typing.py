@@ -6,9 +6,13 @@ Production code gets the real implementation (NVML, the OS clock, psutil); tests
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from .model import Finding, ProcessMeta, Reading
+from .model import Finding, ProcessMeta, ProcessSample, Reading
+
+if TYPE_CHECKING:
+    from .actions.result import ActionResult
 
 
 class Clock(Protocol):
@@ -64,3 +68,16 @@ class Notifier(Protocol):
 
     def notify(self, finding: Finding, *, cleared: bool = False) -> None:
         """Deliver or enqueue; must never block the sampler and never raise."""
+
+
+class ActionHandler(Protocol):
+    """The action layer as its callers see it (`vramwatch.actions.ActionDispatcher`): act on a tick's findings
+    per the policy and say what was done, or why not. Never raises."""
+
+    def handle(
+        self,
+        raised: Iterable[Finding],
+        cleared: Iterable[Finding],
+        attached: frozenset[int] = ...,
+        processes: Sequence[ProcessSample] = ...,
+    ) -> list[ActionResult]: ...
