@@ -22,6 +22,8 @@ not part of the CI suite. On a host without vramwatch installed, `. benchmarks/g
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gzip
 import json
 import os
 import signal
@@ -62,40 +64,64 @@ def _lines(text: str) -> list[dict[str, Any]]:
     return out
 
 
-def _wait_event(proc: subprocess.Popen[str], event: str, timeout: float = 180) -> dict[str, Any]:
-    assert proc.stdout is not None
+def _read(path: Path) -> str:
+    """A run's file, or its gzipped copy (the evidence kept in benchmarks/results/ is compressed)."""
+    if path.exists():
+        return path.read_text()
+    return gzip.decompress(path.with_name(path.name + ".gz").read_bytes()).decode()
+
+
+def _wait_event(path: Path, proc: subprocess.Popen[bytes], event: str, timeout: float = 180) -> dict[str, Any]:
+    """The first `event` a process writes to its JSON-lines file (every process writes to a file, not a pipe:
+    nothing buffered is lost, and nothing blocks past `timeout`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        for ev in _lines(line):
+        for ev in _lines(path.read_text() if path.exists() else ""):
             if ev.get("event") == event:
                 return ev
-    raise RuntimeError(f"{proc.args} never said {event!r}")
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise RuntimeError(f"{proc.args} never said {event!r} (see {path})")
 
 
-def _ballast(env: dict[str, str]) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    proc = subprocess.Popen([PY, str(WORK / "ballast.py"), "--leave-gib", "24"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    return proc, _wait_event(proc, "ready")
+def _spawn(
+    stack: contextlib.ExitStack, argv: list[str], out: Path, stderr: Path | None = None, stdin: int | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `argv` with stdout to `out` (stderr too, unless given its own file); stopped when `stack` closes."""
+    stdout = stack.enter_context(out.open("wb"))
+    err = stack.enter_context(stderr.open("wb")) if stderr else subprocess.STDOUT
+    proc = subprocess.Popen(argv, stdout=stdout, stderr=err, stdin=stdin,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    stack.callback(_stop, proc)
+    return proc
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
 
 
-def _attach(pid: int, out: Path, name: str, env: dict[str, str], config: Path | None = None) -> subprocess.Popen[str]:
+def _ballast(stack: contextlib.ExitStack, out: Path) -> dict[str, Any]:
+    """A ballast leaving 24 GiB, held until `stack` closes; its `ready` event."""
+    path = out / "ballast.jsonl"
+    proc = _spawn(stack, [PY, str(WORK / "ballast.py"), "--leave-gib", "24"], path, stdin=subprocess.PIPE)
+    return _wait_event(path, proc, "ready")
+
+
+def _attach(
+    stack: contextlib.ExitStack, pid: int, out: Path, name: str, config: Path | None = None
+) -> subprocess.Popen[bytes]:
     cmd = [PY, "-m", "vramwatch", "--log-format", "json"]
     if config is not None:
         cmd += ["--config", str(config)]
-    return subprocess.Popen([*cmd, "attach", str(pid), "--json"], stdout=subprocess.PIPE,
-                            stderr=(out / f"{name}.attach.log").open("w"), text=True, env=env)  # fmt: skip
+    return _spawn(stack, [*cmd, "attach", str(pid), "--json"], out / f"{name}.attach.jsonl",
+                  stderr=out / f"{name}.attach.log")  # fmt: skip
 
 
 def _findings(events: list[dict[str, Any]], before: float | None) -> list[dict[str, Any]]:
@@ -110,31 +136,22 @@ def _brief(f: dict[str, Any], oom: dict[str, Any] | None) -> dict[str, Any]:
 
 def run_kohya(flags: list[str], out: Path, name: str, step_seconds: float) -> None:
     """A kohya-style run under a 24 GiB budget, with attach watching it; leaves its files in `out`."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    ballast, ready = _ballast(env)
-    try:
-        log = (out / f"{name}.trainer.jsonl").open("w")
-        trainer = subprocess.Popen(
-            [PY, str(WORK / "flux_train_network.py"), *flags, "--max_train_steps", "20000",
-             "--step-seconds", str(step_seconds)],
-            stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
-        )  # fmt: skip
-        attach = _attach(trainer.pid, out, name, env)
-        stdout, _ = attach.communicate(timeout=590)
+    with contextlib.ExitStack() as stack:
+        ready = _ballast(stack, out)
+        trainer = _spawn(stack, [PY, str(WORK / "flux_train_network.py"), *flags, "--max_train_steps", "20000",
+                                 "--step-seconds", str(step_seconds)], out / f"{name}.trainer.jsonl")  # fmt: skip
+        attach = _attach(stack, trainer.pid, out, name)
+        attach.wait(590)
         trainer.wait(60)
-        log.close()
-    finally:
-        _stop(ballast)
-    (out / f"{name}.attach.jsonl").write_text(stdout)
     run = {"flags": flags, "ballast": ready, "trainer_exit": trainer.returncode, "attach_exit": attach.returncode}
     (out / f"{name}.run.json").write_text(json.dumps(run))
 
 
 def kohya_report(out: Path, name: str) -> dict[str, Any]:
     """What attach said about a kohya-style run, against the trainer's own events (same monotonic clock)."""
-    run = json.loads((out / f"{name}.run.json").read_text())
-    events = _lines((out / f"{name}.attach.jsonl").read_text())
-    trainer_events = _lines((out / f"{name}.trainer.jsonl").read_text())
+    run = json.loads(_read(out / f"{name}.run.json"))
+    events = _lines(_read(out / f"{name}.attach.jsonl"))
+    trainer_events = _lines(_read(out / f"{name}.trainer.jsonl"))
     oom = next((e for e in trainer_events if e.get("event") == "oom"), None)
     start = next((e["t"] for e in trainer_events if e.get("event") == "ready"), None)
     before = _findings(events, oom["t"] if oom else None)
@@ -153,31 +170,35 @@ def kohya_report(out: Path, name: str) -> dict[str, Any]:
         "findings_before_oom": [_brief(f, oom) for f in before],
         "first_advice": first["advice"] if first else None,
         "advice_by_kind": {f["kind"]: f["advice"] for f in reversed(before) if f["advice"]},
+        "post_mortem": [
+            {
+                "after_oom_seconds": f["t"] - oom["t"] if oom else None,
+                "kind": f["kind"],
+                "message": f["message"],
+                "advice": f["advice"],
+            }
+            for f in (events[-1].get("findings", []) if events and events[-1].get("event") == "summary" else [])
+            if f["kind"] in {"probable_oom", "oom"}
+        ],
         "summary": {k: v for k, v in events[-1].items() if k != "findings"} if events else None,
     }
 
 
 def run_save_now(out: Path) -> None:
     """A leaking Lightning run under the agent, watched by attach with a policy that may ask it to save."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     config = out / "save_now.policy.toml"
     config.write_text(SAVE_POLICY)
-    ballast, _ = _ballast(env)
-    try:
-        trainer = subprocess.Popen(
-            [PY, "-m", "vramwatch.agent.runner", "--pressure-headroom", "0", "--", PY,
-             str(HERE / "agent" / "lightning_save.py"), "--budget-gib", "0", "--dir", str(out / "ckpt"),
-             "--leak-mib", "16", "--step-seconds", "0.1"],
-            stdout=subprocess.PIPE, stderr=(out / "save_now.trainer.err").open("w"), text=True, env=env,
-        )  # fmt: skip
-        start = _wait_event(trainer, "start")
-        attach = _attach(int(start["pid"]), out, "save_now", env, config)
-        rest, _ = trainer.communicate(timeout=400)
-        stdout, _ = attach.communicate(timeout=60)
-    finally:
-        _stop(ballast)
-    (out / "save_now.trainer.jsonl").write_text(json.dumps(start) + "\n" + rest)
-    (out / "save_now.attach.jsonl").write_text(stdout)
+    with contextlib.ExitStack() as stack:
+        _ballast(stack, out)
+        path = out / "save_now.trainer.jsonl"
+        trainer = _spawn(stack, [PY, "-m", "vramwatch.agent.runner", "--pressure-headroom", "0", "--", PY,
+                                 str(HERE / "agent" / "lightning_save.py"), "--budget-gib", "0",
+                                 "--dir", str(out / "ckpt"), "--leak-mib", "16", "--step-seconds", "0.1"],
+                         path, stderr=out / "save_now.trainer.err")  # fmt: skip
+        start = _wait_event(path, trainer, "start")
+        attach = _attach(stack, int(start["pid"]), out, "save_now", config)
+        trainer.wait(400)
+        attach.wait(60)
 
 
 def save_now_report(out: Path) -> dict[str, Any]:
@@ -186,12 +207,13 @@ def save_now_report(out: Path) -> dict[str, Any]:
     The trainer's events carry wall time only (Lightning's process), so lead times are on attach's clock:
     from its first action to the last tick the run was seen on the GPU (the probable-OOM finding's figure).
     """
-    events = _lines((out / "save_now.attach.jsonl").read_text())
-    trainer_events = _lines((out / "save_now.trainer.jsonl").read_text())
+    events = _lines(_read(out / "save_now.attach.jsonl"))
+    trainer_events = _lines(_read(out / "save_now.trainer.jsonl"))
     start = next((e for e in trainer_events if e.get("event") == "start"), {})
     fit_end = next((e for e in trainer_events if e.get("event") == "fit_end"), {})
     loaded = next((e for e in trainer_events if e.get("event") == "loaded"), {})
     actions = [e for e in events if e.get("event") == "action"]
+    done = [a for a in actions if a.get("done")]
     # A post-mortem is raised once the run has left the GPU: it is in the summary, not in a tick.
     found = events[-1].get("findings", []) if events and events[-1].get("event") == "summary" else []
     last_seen = next((f["numbers"].get("last_seen_t") for f in found if f["kind"] == "probable_oom"), None)
@@ -202,7 +224,7 @@ def save_now_report(out: Path) -> dict[str, Any]:
         "oom_at_step": fit_end.get("steps"),
         "checkpoints": loaded.get("checkpoints", []),
         "actions": actions,
-        "first_action_before_oom_seconds": (last_seen - actions[0]["t"]) if actions and last_seen else None,
+        "first_action_before_oom_seconds": (last_seen - done[0]["t"]) if done and last_seen else None,
         "findings": [(f["kind"], f["severity"], f["message"]) for f in found],
         "summary": {k: v for k, v in events[-1].items() if k != "findings"} if events else None,
     }

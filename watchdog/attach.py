@@ -179,7 +179,7 @@ def attach(
         if state.seen_on_gpu:
             gone_for += interval
             alive = backend.kind == "nvml" and _running(pid)
-            if alive and gone_for < EXIT_GRACE_SECONDS and not state.probable_oom():
+            if alive and gone_for < EXIT_GRACE_SECONDS:
                 return  # its CUDA context goes first: a process dying of OOM is still writing its traceback
             if state.probable_oom():
                 state.ended = "probable OOM" + (" (the process is still running)" if alive else "")

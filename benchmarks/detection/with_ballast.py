@@ -6,7 +6,9 @@
 `record_real.py` removes the ballast process and its bytes so that a trace reads as a 24 GiB card. This
 undoes that for every `real_*` trace whose truth file records `ballast_bytes`: the card's total and used
 memory grow by the ballast's (constant) bytes and a `ballast.py` process holding them is listed on every
-tick under a pid the trace does not use. Truth files and workload events are copied unchanged.
+tick under a pid the trace does not use. Truth files and workload events are copied unchanged. The
+recordings are of one GPU, as `record_real.py` makes them; on several, the bytes go back on each (as the
+rebase took them) and the process is listed on the first.
 """
 
 from __future__ import annotations
