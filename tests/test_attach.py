@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from vramwatch.attach import sparkline
 from vramwatch.backends.simulated import ground_truth
 from vramwatch.cli import main
+from vramwatch.typing import ActionHandler
 
 
 def _leaker() -> int:
@@ -89,26 +91,34 @@ class _SavesOnCritical:
         return out
 
 
-def test_attach_shows_what_it_did_to_the_run_and_sums_it_up() -> None:
-    """Attach consents for its pid, prints each save-now action as it happens, and lists it in the summary."""
+def _attach_simulated(
+    scenario: str, pid: int, dispatcher: ActionHandler, *, as_json: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """Attach to `pid` in a simulated scenario at full speed; the summary and every line printed."""
     from vramwatch.attach import attach
     from vramwatch.backends.simulated import SimulatedBackend
     from vramwatch.daemon import Pipeline
     from vramwatch.history import History
     from vramwatch.testing import FakeClock
 
-    pid = _leaker()
     clock = FakeClock()
-    backend = SimulatedBackend("fast_leak", clock=clock)
+    backend = SimulatedBackend(scenario, clock=clock)
     pipeline = Pipeline(backend, History(window_seconds=3600, interval_seconds=1.0), clock)
-    acts = _SavesOnCritical()
     lines: list[str] = []
 
     def advance(seconds: float) -> bool:
         clock.sleep(seconds)
         return False
 
-    summary = attach(pid, backend, pipeline, acts, clock, out=lines.append, as_json=True, wait=advance)
+    summary = attach(pid, backend, pipeline, dispatcher, clock, out=lines.append, as_json=as_json, wait=advance)
+    return summary, lines
+
+
+def test_attach_shows_what_it_did_to_the_run_and_sums_it_up() -> None:
+    """Attach consents for its pid, prints each save-now action as it happens, and lists it in the summary."""
+    pid = _leaker()
+    acts = _SavesOnCritical()
+    summary, lines = _attach_simulated("fast_leak", pid, acts, as_json=True)
     events = [json.loads(line) for line in lines]
     actions = [e for e in events if e["event"] == "action"]
     assert actions, "the save-now action is shown when it happens"
@@ -132,23 +142,8 @@ def test_attach_shows_what_it_did_to_the_run_and_sums_it_up() -> None:
 
 def test_attach_in_text_mode_prints_the_action_under_its_finding_and_in_the_summary() -> None:
     """Text mode: the action line follows the finding that caused it; the summary lists what was done."""
-    from vramwatch.attach import attach
-    from vramwatch.backends.simulated import SimulatedBackend
-    from vramwatch.daemon import Pipeline
-    from vramwatch.history import History
-    from vramwatch.testing import FakeClock
-
     pid = _leaker()
-    clock = FakeClock()
-    backend = SimulatedBackend("fast_leak", clock=clock)
-    pipeline = Pipeline(backend, History(window_seconds=3600, interval_seconds=1.0), clock)
-    lines: list[str] = []
-
-    def advance(seconds: float) -> bool:
-        clock.sleep(seconds)
-        return False
-
-    attach(pid, backend, pipeline, _SavesOnCritical(), clock, out=lines.append, wait=advance)
+    _, lines = _attach_simulated("fast_leak", pid, _SavesOnCritical(), as_json=False)
     text = "\n".join(lines)
     critical = text.index("[critical]")
     action = text.index(f"  action signal (agent) SIGUSR2 pid {pid}: done: sent SIGUSR2 to pid {pid}")
@@ -161,10 +156,6 @@ def test_attach_in_text_mode_prints_the_action_under_its_finding_and_in_the_summ
 def test_attach_never_acts_on_other_processes_even_when_the_policy_names_them() -> None:
     """A real dispatcher whose policy also targets the newcomer's user: attach acts on the attached run only."""
     from vramwatch.actions import ActionDispatcher, parse_policy
-    from vramwatch.attach import attach
-    from vramwatch.backends.simulated import SimulatedBackend
-    from vramwatch.daemon import Pipeline
-    from vramwatch.history import History
     from vramwatch.testing import FakeClock
 
     truth = ground_truth("contention")["processes"]
@@ -176,17 +167,8 @@ def test_attach_never_acts_on_other_processes_even_when_the_policy_names_them() 
         "actions": {"warning": ["signal"], "critical": ["signal"]},
         "targets": {"users": ["alice", "bob"], "attached": True},
     })  # fmt: skip
-    clock = FakeClock()
-    backend = SimulatedBackend("contention", clock=clock)
-    pipeline = Pipeline(backend, History(window_seconds=3600, interval_seconds=1.0), clock)
-    dispatcher = ActionDispatcher(policy, [], clock=clock, default_log=False)
-    lines: list[str] = []
-
-    def advance(seconds: float) -> bool:
-        clock.sleep(seconds)
-        return False
-
-    summary = attach(trainer, backend, pipeline, dispatcher, clock, out=lines.append, as_json=True, wait=advance)
+    dispatcher = ActionDispatcher(policy, [], clock=FakeClock(), default_log=False)
+    summary, lines = _attach_simulated("contention", trainer, dispatcher, as_json=True)
     events = [json.loads(line) for line in lines]
     shown = [f for e in events if e["event"] == "tick" for f in e["findings"]]
     assert any(f["kind"] == "contention" and f["pid"] == intruder for f in shown), "the newcomer is named"
