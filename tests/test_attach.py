@@ -185,7 +185,11 @@ class _Quiet:
         return []
 
 
-def _watch_a_real_pid_that_leaves_the_gpu(exit_after_ticks: int | None, *, full: bool = False) -> dict[str, object]:
+def _watch_a_real_pid(
+    exit_after_ticks: int | None, *, full: bool = False, on_gpu: bool = True
+) -> tuple[dict[str, Any], int]:
+    """Attach to a real child process that NVML (scripted) shows on the GPU for three ticks, then not (or
+    never, with `on_gpu=False`); it is killed, unreaped, after `exit_after_ticks`. The summary and the ticks."""
     import os
     import subprocess
     import sys
@@ -205,7 +209,7 @@ def _watch_a_real_pid_that_leaves_the_gpu(exit_after_ticks: int | None, *, full:
         meta = {child.pid: ProcessMeta(child.pid, 1000.0, name="train.py", user="me")}
         # A run that fills the card in a step and vanishes: the shape of an OOM (see detectors/crash.py).
         start = Reading(gpus=(gpu(used=GIB),), processes=(ProcessUsage(UUID0, child.pid, GIB // 2),))
-        backend = ScriptedBackend([start, on, on, off], meta=meta, kind="nvml")
+        backend = ScriptedBackend([start, on, on, off] if on_gpu else [off], meta=meta, kind="nvml")
         clock = FakeClock()
         pipeline = Pipeline(backend, History(window_seconds=600, interval_seconds=1.0), clock, advise=False)
         ticks = 0
@@ -221,7 +225,7 @@ def _watch_a_real_pid_that_leaves_the_gpu(exit_after_ticks: int | None, *, full:
             clock.sleep(seconds)
             return False
 
-        return attach(child.pid, backend, pipeline, _Quiet(), clock, out=lambda _s: None, wait=advance)
+        return attach(child.pid, backend, pipeline, _Quiet(), clock, out=lambda _s: None, wait=advance), ticks
     finally:
         child.kill()
         child.wait()
@@ -229,57 +233,27 @@ def _watch_a_real_pid_that_leaves_the_gpu(exit_after_ticks: int | None, *, full:
 
 def test_a_run_that_exits_soon_after_leaving_the_gpu_has_exited() -> None:
     """A pid that leaves the GPU and dies a few ticks later (writing its OOM traceback) has exited, zombie or not."""
-    summary = _watch_a_real_pid_that_leaves_the_gpu(exit_after_ticks=6)
+    summary, _ = _watch_a_real_pid(exit_after_ticks=6)
     assert summary["ended"] == "exited"
 
 
 def test_a_run_still_alive_long_after_leaving_the_gpu_is_said_to_be_running() -> None:
     """A pid still alive after the grace period left the GPU but goes on (e.g. it moved its work to the CPU)."""
-    summary = _watch_a_real_pid_that_leaves_the_gpu(exit_after_ticks=None)
+    summary, _ = _watch_a_real_pid(exit_after_ticks=None)
     assert summary["ended"] == "left the GPU (still running)"
 
 
 def test_a_probable_oom_is_said_even_when_the_process_outlives_its_memory() -> None:
     """A run gone from a nearly full card is a probable OOM; if it is still alive after the grace, that is said too."""
-    summary = _watch_a_real_pid_that_leaves_the_gpu(exit_after_ticks=None, full=True)
+    summary, _ = _watch_a_real_pid(exit_after_ticks=None, full=True)
     assert summary["probable_oom"] is True
     assert summary["ended"] == "probable OOM (the process is still running)"
-    summary = _watch_a_real_pid_that_leaves_the_gpu(exit_after_ticks=6, full=True)
+    summary, _ = _watch_a_real_pid(exit_after_ticks=6, full=True)
     assert summary["ended"] == "probable OOM"
 
 
 def test_a_pid_that_dies_before_using_a_gpu_ends_the_watch_even_as_a_zombie() -> None:
     """A pid that exits before it ever touched a GPU (unreaped by its parent) ends the wait at once."""
-    import os
-    import subprocess
-    import sys
-
-    from builders import GIB, gpu
-    from vramwatch.attach import attach
-    from vramwatch.daemon import Pipeline
-    from vramwatch.history import History
-    from vramwatch.model import Reading
-    from vramwatch.testing import FakeClock, ScriptedBackend
-
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        backend = ScriptedBackend([Reading(gpus=(gpu(used=GIB),), processes=())], kind="nvml")
-        clock = FakeClock()
-        pipeline = Pipeline(backend, History(window_seconds=600, interval_seconds=1.0), clock, advise=False)
-        ticks = 0
-
-        def advance(seconds: float) -> bool:
-            nonlocal ticks
-            ticks += 1
-            if ticks == 3:
-                child.kill()
-                os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped: a zombie
-            clock.sleep(seconds)
-            return False
-
-        summary = attach(child.pid, backend, pipeline, _Quiet(), clock, out=lambda _s: None, wait=advance)
-        assert summary["ended"] == "exited before using a GPU"
-        assert ticks < 10, "the watch ends on the first tick after the death, not after the 10-minute wait"
-    finally:
-        child.kill()
-        child.wait()
+    summary, ticks = _watch_a_real_pid(exit_after_ticks=3, on_gpu=False)
+    assert summary["ended"] == "exited before using a GPU"
+    assert ticks < 10, "the watch ends on the first tick after the death, not after the 10-minute wait"
