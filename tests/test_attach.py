@@ -146,7 +146,7 @@ def test_attach_in_text_mode_prints_the_action_under_its_finding_and_in_the_summ
     _, lines = _attach_simulated("fast_leak", pid, _SavesOnCritical(), as_json=False)
     text = "\n".join(lines)
     critical = text.index("[critical]")
-    action = text.index(f"  action signal (agent) SIGUSR2 pid {pid}: done: sent SIGUSR2 to pid {pid}")
+    action = text.index(f"  action signal SIGUSR2 (agent) to pid {pid}: done: sent SIGUSR2 to pid {pid}")
     assert critical < action
     assert f"acted: signal SIGUSR2 (agent) to pid {pid}" in lines[-1]
     assert "probably died of out-of-memory" in lines[-1]

@@ -261,16 +261,15 @@ def _post_mortem_refusal(r: ActionResult) -> bool:
 
 
 def _action_text(r: ActionResult) -> str:
-    what = " ".join(x for x in (r.action, r.adapter and f"({r.adapter})", r.signal) if x)
-    pid = f" pid {r.process.pid}" if r.process else ""
     verdict = "done" if r.done else ("dry-run" if r.dry_run else "not done")
-    return f"  action {what}{pid}: {verdict}: {r.reason}"
+    return f"  action {_what(r.log_fields())}: {verdict}: {r.reason}"
 
 
-def _done_text(a: dict[str, Any]) -> str:
-    how = " ".join(x for x in (a.get("signal"), a.get("adapter") and f"({a['adapter']})") if x)
-    to = f" to pid {a['pid']}" if a.get("pid") is not None else ""
-    return f"{a['action']}{' ' + how if how else ''}{to}"
+def _what(fields: dict[str, Any]) -> str:
+    """'signal SIGUSR2 (agent) to pid 4242' from an action's log fields (live, or in the summary)."""
+    how = [fields.get("signal"), f"({fields['adapter']})" if fields.get("adapter") else None]
+    to = f"to pid {fields['pid']}" if fields.get("pid") is not None else None
+    return " ".join(x for x in (fields["action"], *how, to) if x)
 
 
 def _summary_text(s: dict[str, Any]) -> str:
@@ -282,7 +281,7 @@ def _summary_text(s: dict[str, Any]) -> str:
         )
     done = [a for a in s.get("actions", []) if a.get("done")]
     if done:
-        lines.append("  acted: " + "; ".join(_done_text(a) for a in done))
+        lines.append("  acted: " + "; ".join(_what(a) for a in done))
     if s["probable_oom"]:
         lines.append("  it probably died of out-of-memory: see the findings and advice above")
     return "\n".join(lines)
