@@ -151,3 +151,33 @@ def test_workers_group_under_a_launcher_only(tmp_path: Path, launcher: str, grou
             k.kill()
         proc.kill()
         proc.wait()
+
+
+def _stat_line(pid: int, state: str, start_ticks: int, wait_status: int) -> str:
+    """A /proc/<pid>/stat line (52 fields; the command name holds a space and a parenthesis, as they may)."""
+    fields = [state, *["0"] * 18, str(start_ticks), *["0"] * 29, str(wait_status)]
+    return f"{pid} (py thon) x) " + " ".join(fields) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "expected"),
+    [("Z", 0, (0, None)), ("Z", 3 << 8, (3, None)), ("Z", 9, (None, 9)), ("S", 0, None)],
+)
+def test_exit_status_of_an_unreaped_zombie(
+    tmp_path: Path, state: str, status: int, expected: tuple[int | None, int | None] | None
+) -> None:
+    """A zombie's wait status gives its exit code or signal; a live process gives none."""
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    start = psutil.boot_time() + 1234.0
+    (tmp_path / "4242").mkdir()
+    (tmp_path / "4242" / "stat").write_text(_stat_line(4242, state, int(1234 * ticks_per_s), status))
+    found = PsutilInspector(proc_root=tmp_path).exit_status(4242, start)
+    assert (None if found is None else (found.exit_code, found.signal)) == expected
+
+
+def test_exit_status_ignores_a_reused_pid(tmp_path: Path) -> None:
+    """A zombie with another start time is another process: its status says nothing of the one that left."""
+    (tmp_path / "4242").mkdir()
+    (tmp_path / "4242" / "stat").write_text(_stat_line(4242, "Z", 100, 0))
+    assert PsutilInspector(proc_root=tmp_path).exit_status(4242, psutil.boot_time() + 5000.0) is None
+    assert PsutilInspector(proc_root=tmp_path).exit_status(4243, None) is None

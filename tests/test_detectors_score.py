@@ -39,7 +39,11 @@ def test_leads_are_measured_before_the_oom(score: ModuleType) -> None:
     run.baseline = [score.Event(180.0, "baseline", "warning")]
     row, targets = score.score(run, 3)
     assert (row["lead_warning_s"], row["lead_critical_s"], row["baseline_lead_s"]) == (100.0, 50.0, 20.0)
-    assert [(t.name, t.passed) for t in targets] == [("warned ahead", True), ("critical ahead", True)]
+    assert [(t.name, t.passed) for t in targets] == [
+        ("warned ahead", True),
+        ("critical ahead", True),
+        ("no false finding", True),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -54,7 +58,8 @@ def test_required_lead_by_name_then_by_rate(score: ModuleType, scenario: str, ra
 
 
 def test_healthy_and_contention_targets(score: ModuleType) -> None:
-    """Any finding fails a healthy run; a contender counts only when it names the right pid in time."""
+    """Any finding fails a healthy run; a contender counts only when it names the right pid in time, and
+    naming the wrong pid is a false finding."""
     healthy = score.Run("h", score.Truth("warmup", "simulated", healthy=True))
     healthy.ours = [score.Event(10.0, "pressure", "warning")]
     assert [t.passed for t in score.score(healthy, 3)[1]] == [False]
@@ -63,7 +68,8 @@ def test_healthy_and_contention_targets(score: ModuleType) -> None:
     run.ours = [score.Event(61.0, "contention", "warning", pid=8), score.Event(64.0, "contention", "warning", pid=7)]
     row, targets = score.score(run, 3)
     assert row["contention_ticks"] == 4
-    assert [t.passed for t in targets] == [False]
+    assert [(t.name, t.passed) for t in targets] == [("contender named", False), ("no false finding", False)]
+    assert row["false"] == 1  # the finding that named pid 8, the wrong process
 
 
 def test_gpu_monitor_rule_alerts_on_30_percent_in_10_minutes(score: ModuleType) -> None:

@@ -8,7 +8,7 @@ import time
 from builders import GIB, UUID0, gpu
 from vramwatch.errors import BackendUnavailable
 from vramwatch.history import History
-from vramwatch.model import ProcessMeta, ProcessUsage, Reading
+from vramwatch.model import ProcessExit, ProcessMeta, ProcessUsage, Reading
 from vramwatch.sampler import Sampler, run_every, snapshot_from_reading
 from vramwatch.testing import FakeClock, ScriptedBackend, StaticInspector
 
@@ -102,3 +102,18 @@ def test_stop_event_ends_the_loop_during_the_wait() -> None:
     run_every(30.0, lambda: calls.append(1), SystemClock(), stop)
     assert calls == [1]
     assert time.monotonic() - t0 < 1.0, "the wait must end when stop is set, not after the 30 s interval"
+
+
+def test_a_process_that_left_as_a_zombie_leaves_its_exit_status() -> None:
+    """When a pid leaves NVML's list and the system still shows how it ended, the tick records it."""
+    meta = {4242: ProcessMeta(4242, 123.0, name="train.py")}
+    gone = Reading(gpus=(gpu(used=GIB),), processes=())
+    exits = {4242: ProcessExit(4242, 123.0, 0)}
+    backend = ScriptedBackend([_reading(2 * GIB), gone], meta=meta, exits=exits)
+    history = History()
+    sampler = Sampler(backend, history, FakeClock(now=50.0))
+    assert sampler.tick() is not None
+    snap = sampler.tick()
+    assert snap is not None
+    assert snap.exits == (ProcessExit(4242, 123.0, 0),)
+    assert history.exits[ProcessExit(4242, 123.0, 0).key][1].clean

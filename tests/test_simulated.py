@@ -308,11 +308,13 @@ def test_lost_gpu_goes_down_at_30_seconds() -> None:
 
 
 def test_contention_another_user_takes_the_room() -> None:
-    """At 60 s another user's process appears on the trainer's GPU and grows; the trainer then OOMs."""
+    """At 60 s another user's process appears and loads for 40 s; contention is dated when it took half the room."""
     truth = ground_truth("contention", seed=0)
     contention = next(e for e in truth["events"] if e["kind"] == "contention")
+    start = next(e for e in truth["events"] if e["kind"] == "start" and e["pid"] == contention["pid"])
     oom = next(e for e in truth["events"] if e["kind"] == "oom")
-    assert contention["t"] == 60.0
+    assert start["t"] == 60.0
+    assert contention["t"] == 60.0 + 2.0 + 40.0 / 2
     assert oom["gpu"] == contention["gpu"]
     assert oom["pid"] != contention["pid"]
     assert oom["t"] > contention["t"]

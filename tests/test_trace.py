@@ -16,7 +16,16 @@ from hypothesis import strategies as st
 from vramwatch.backends.replay import ReplayBackend
 from vramwatch.backends.simulated import SimulatedBackend
 from vramwatch.errors import TraceError
-from vramwatch.model import GpuSample, ProcessMeta, ProcessSample, ProcessUsage, Reading, Snapshot, TorchStats
+from vramwatch.model import (
+    GpuSample,
+    ProcessExit,
+    ProcessMeta,
+    ProcessSample,
+    ProcessUsage,
+    Reading,
+    Snapshot,
+    TorchStats,
+)
 from vramwatch.redact import redact_cmdline
 from vramwatch.testing import FakeClock
 from vramwatch.trace import (
@@ -83,6 +92,7 @@ def expected_reading(s: Snapshot, *, cmdline: bool = True) -> Reading:
         wall_time=s.wall_time,
         torch=s.torch,
         meta=tuple(metas.values()),
+        exits=s.exits,
     )
 
 
@@ -165,6 +175,15 @@ def snapshot_strategy(draw: st.DrawFn) -> Snapshot:
         )
         for _ in range(draw(st.integers(0, 2)))
     )
+    exits = tuple(
+        ProcessExit(
+            pid=draw(st.integers(1, 2**22)),
+            start_time=draw(st.none() | finite),
+            exit_code=draw(st.none() | st.integers(0, 255)),
+            signal=draw(st.none() | st.integers(1, 64)),
+        )
+        for _ in range(draw(st.integers(0, 2)))
+    )
     return Snapshot(
         t=draw(finite),
         wall_time=draw(finite),
@@ -172,6 +191,7 @@ def snapshot_strategy(draw: st.DrawFn) -> Snapshot:
         processes=tuple(processes),
         processes_visible=draw(st.booleans()),
         torch=torch,
+        exits=exits,
     )
 
 

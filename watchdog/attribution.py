@@ -12,6 +12,7 @@ inspect. Then the fields we could not read are None and the process is still cou
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import TypeVar
 
 import psutil
 
-from .model import ProcessMeta
+from .model import ProcessExit, ProcessMeta
 
 #: Inode of the initial pid namespace (PROC_PID_INIT_INO in the kernel): a daemon whose own pid
 #: namespace has another inode runs in a container that does not share the host's pids, and NVML's host pids
@@ -135,6 +136,25 @@ class PsutilInspector:
             meta = self._lookup(proc, pid, start)
         self._cache[pid] = (meta, now)
         return meta
+
+    def exit_status(self, pid: int, start_time: float | None) -> ProcessExit | None:
+        """The exit status of `pid` if it is an unreaped zombie of that identity (else None: reaped, or alive).
+
+        `/proc/<pid>/stat` keeps a zombie's wait status (field 52, Linux 3.5+) until its parent reaps it.
+        """
+        try:
+            text = (self.proc_root / str(pid) / "stat").read_text()
+            fields = text[text.rindex(")") + 2 :].split()
+            state, start_ticks, status = fields[0], int(fields[19]), int(fields[49])
+        except (OSError, ValueError, IndexError):
+            return None
+        if state != "Z":
+            return None
+        started = psutil.boot_time() + start_ticks / os.sysconf("SC_CLK_TCK")
+        if start_time is not None and abs(started - start_time) > 1.0:
+            return None  # the pid was reused: not the process that left
+        signal = status & 0x7F
+        return ProcessExit(pid, start_time, None if signal else (status >> 8) & 0xFF, signal or None)
 
     def forget_except(self, live: set[int]) -> None:
         """Drop cached identities of pids no longer on any GPU, so the cache stays as small as the GPU list."""

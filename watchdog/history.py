@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .model import ProcessKey, ProcessMeta, Snapshot, TorchStats
+from .model import ProcessExit, ProcessKey, ProcessMeta, Snapshot, TorchStats
 
 #: Agent samples kept per (pid, device): ten minutes at 1 Hz, what the fragmentation detector looks at.
 TORCH_POINTS = 600
@@ -137,6 +137,8 @@ class History:
         self.previous: Snapshot | None = None
         # (pid, device) -> recent (t, TorchStats) from in-process agents; bounded like every other series.
         self.torch: dict[tuple[int, int], deque[tuple[float, TorchStats]]] = {}
+        # How processes that left ended, where the system could tell (kept as long as their tracks).
+        self.exits: dict[ProcessKey, tuple[float, ProcessExit]] = {}
 
     def capacity_bytes(self, gpus: int) -> int:
         """Upper bound of the series memory for `gpus` GPUs: what `--history` costs, known in advance."""
@@ -163,6 +165,8 @@ class History:
             trees[tk] = ((prev[0] if prev else 0) + p.used_bytes, p.meta)
         for tk, (total, meta) in trees.items():
             self._touch(self.trees, tk, snap.t, meta).series.append(snap.t, total)
+        for ex in snap.exits:
+            self.exits[ex.key] = (snap.t, ex)
         for ts in snap.torch:
             ring = self.torch.get((ts.pid, ts.device))
             if ring is None:
@@ -220,3 +224,5 @@ class History:
                 del table[k]
         for key in [k for k, ring in self.torch.items() if now - ring[-1][0] > self.retain_seconds]:
             del self.torch[key]
+        for pk in [k for k, (t, _) in self.exits.items() if now - t > self.retain_seconds]:
+            del self.exits[pk]

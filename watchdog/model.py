@@ -132,6 +132,28 @@ class TorchStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessExit:
+    """How a process that just left the GPUs ended, when the system could still tell.
+
+    Only an unreaped (zombie) process still shows its exit status (`/proc/<pid>/stat`); most are reaped within
+    milliseconds, so this is evidence when present and nothing when absent. `exit_code` 0 is a normal end.
+    """
+
+    pid: int
+    start_time: float | None
+    exit_code: int | None  # the status passed to exit(), None when a signal ended it
+    signal: int | None = None  # the signal that ended it (9: SIGKILL, e.g. the kernel's OOM killer)
+
+    @property
+    def key(self) -> ProcessKey:
+        return ProcessKey(self.pid, self.start_time)
+
+    @property
+    def clean(self) -> bool:
+        return self.exit_code == 0 and self.signal is None
+
+
+@dataclass(frozen=True, slots=True)
 class Reading:
     """What a backend returns for one tick, before attribution.
 
@@ -145,6 +167,7 @@ class Reading:
     wall_time: float | None = None
     torch: tuple[TorchStats, ...] = ()
     meta: tuple[ProcessMeta, ...] = ()  # replayed traces carry the process metadata they recorded
+    exits: tuple[ProcessExit, ...] = ()  # replayed traces carry the exits they recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +184,7 @@ class Snapshot:
     processes: tuple[ProcessSample, ...]
     processes_visible: bool = True
     torch: tuple[TorchStats, ...] = ()
+    exits: tuple[ProcessExit, ...] = ()  # processes that left the GPUs at this tick, where their end is known
 
     def processes_on(self, gpu_uuid: str) -> tuple[ProcessSample, ...]:
         return tuple(p for p in self.processes if p.gpu_uuid == gpu_uuid)

@@ -16,7 +16,7 @@ import structlog
 
 from .errors import BackendUnavailable
 from .history import History
-from .model import ProcessMeta, ProcessSample, Reading, Snapshot, TorchStats
+from .model import ProcessExit, ProcessMeta, ProcessSample, Reading, Snapshot, TorchStats
 from .typing import Backend, Clock, ProcessInspector
 
 log = structlog.get_logger("vramwatch.sampler")
@@ -54,6 +54,7 @@ def snapshot_from_reading(
         processes=tuple(processes),
         processes_visible=visible,
         torch=reading.torch,
+        exits=reading.exits,
     )
 
 
@@ -119,6 +120,8 @@ class Sampler:
         if self.torch_source is not None and not reading.torch:
             reading = replace(reading, torch=self.torch_source())
         snap = snapshot_from_reading(reading, self.inspector, t=started, wall=self.clock.wall(), visible=self.visible)
+        if self.visible and not snap.exits:
+            snap = replace(snap, exits=self._exits(snap))
         for g in snap.gpus:
             if not g.up:
                 self.stats.count_error("gpu_lost")
@@ -132,6 +135,17 @@ class Sampler:
         self.stats.last_tick_monotonic = self.clock.monotonic()
         self.stats.observe(self.stats.last_tick_monotonic - started)
         return snap
+
+    def _exits(self, snap: Snapshot) -> tuple[ProcessExit, ...]:
+        """How the processes that left the GPUs since the last tick ended, where the system still says."""
+        exit_status = getattr(self.inspector, "exit_status", None)
+        previous = self.history.latest
+        if exit_status is None or previous is None:
+            return ()
+        now = {p.key for p in snap.processes}
+        gone = {p.key for p in previous.processes} - now
+        found = (exit_status(key.pid, key.start_time) for key in gone)
+        return tuple(e for e in found if e is not None)
 
 
 def run_every(

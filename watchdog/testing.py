@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import Finding, ProcessMeta, Reading
+from .model import Finding, ProcessExit, ProcessMeta, Reading
 
 
 @dataclass
@@ -48,9 +48,14 @@ class StaticInspector:
 
     table: dict[int, ProcessMeta] = field(default_factory=dict)
     visible: bool = True
+    exits: dict[int, ProcessExit] = field(default_factory=dict)  # pid -> how it ended (as a zombie shows it)
 
     def inspect(self, pid: int) -> ProcessMeta:
         return self.table.get(pid, ProcessMeta(pid=pid, start_time=None))
+
+    def exit_status(self, pid: int, start_time: float | None) -> ProcessExit | None:
+        found = self.exits.get(pid)
+        return found if found is not None and found.start_time == start_time else None
 
     def pid_namespace_matches(self) -> bool:
         return self.visible
@@ -65,6 +70,7 @@ class ScriptedBackend:
 
     readings: list[Reading | Exception]
     meta: dict[int, ProcessMeta] = field(default_factory=dict)
+    exits: dict[int, ProcessExit] = field(default_factory=dict)
     kind: str = "simulated"
     reads: int = 0
     closed: bool = False
@@ -77,7 +83,7 @@ class ScriptedBackend:
         return item
 
     def inspector(self) -> StaticInspector:
-        return StaticInspector(self.meta)
+        return StaticInspector(self.meta, exits=self.exits)
 
     def describe(self) -> dict[str, str]:
         return {"backend": self.kind, "driver_version": "test", "nvml_version": "test", "host": "test"}

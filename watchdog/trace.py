@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from ._version import __version__
 from .errors import TraceError
-from .model import GpuSample, ProcessMeta, ProcessUsage, Reading, Snapshot, TorchStats
+from .model import GpuSample, ProcessExit, ProcessMeta, ProcessUsage, Reading, Snapshot, TorchStats
 from .redact import redact_cmdline
 from .typing import Backend
 
@@ -129,6 +129,11 @@ def snapshot_to_dict(snapshot: Snapshot, *, cmdline: bool = True) -> dict[str, A
         d["processes_visible"] = False
     if snapshot.torch:
         d["torch"] = [_torch_to_dict(s) for s in snapshot.torch]
+    if snapshot.exits:
+        d["exits"] = [
+            {"pid": e.pid, "start_time": e.start_time, "exit_code": e.exit_code, "signal": e.signal}
+            for e in snapshot.exits
+        ]
     return d
 
 
@@ -301,8 +306,22 @@ def tick_from_dict(obj: Any) -> tuple[Reading, bool]:
     torch = tuple(
         _torch_from_dict(_obj(s, f"torch[{i}]"), f"torch[{i}]") for i, s in enumerate(_list(tick, "torch", "tick"))
     )
-    reading = Reading(gpus=gpus, processes=tuple(usages), t=t, wall_time=wall, torch=torch, meta=tuple(metas.values()))
+    exits = tuple(
+        _exit_from_dict(_obj(e, f"exits[{i}]"), f"exits[{i}]") for i, e in enumerate(_list(tick, "exits", "tick"))
+    )
+    reading = Reading(
+        gpus=gpus, processes=tuple(usages), t=t, wall_time=wall, torch=torch, meta=tuple(metas.values()), exits=exits
+    )
     return reading, visible
+
+
+def _exit_from_dict(obj: Mapping[str, Any], where: str) -> ProcessExit:
+    return ProcessExit(
+        pid=_req_int(obj, "pid", where),
+        start_time=_float(obj, "start_time", where),
+        exit_code=_nullable_int(obj, "exit_code", where),
+        signal=_nullable_int(obj, "signal", where),
+    )
 
 
 def reading_from_dict(obj: Any) -> Reading:

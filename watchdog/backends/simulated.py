@@ -390,7 +390,11 @@ class _World:
         if proc.start_t >= 0:
             self.event(proc.start_t, "start", pid=proc.pid, start_time=proc.meta.start_time, gpu=gpu.uuid)
             if proc.record["role"] == "intruder":
-                self.event(proc.start_t, "contention", pid=proc.pid, start_time=proc.meta.start_time, gpu=gpu.uuid)
+                # Contention starts when the room is gone, not when the intruder's bare context appears: a
+                # notebook that loads over 40 s has taken half of what it takes halfway through its ramp.
+                d = proc.demand
+                taken = proc.start_t + (d.ramp_from + d.ramp_seconds / 2 if d is not None and d.ramp_bytes else 0.0)
+                self.event(taken, "contention", pid=proc.pid, start_time=proc.meta.start_time, gpu=gpu.uuid)
         if gpu.lost:
             self._end(proc, s, "gpu_lost")
             return

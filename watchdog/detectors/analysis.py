@@ -217,12 +217,10 @@ def _analyze_gpu(
             if device_growth is not None:
                 out.findings.append(device_growth)
 
-    largest = max(trees.values(), key=lambda tr: tr.held_bytes, default=None)
-    top_holder = None if largest is None else f"{_label(largest)} with {fmt.gib(largest.held_bytes)} GiB"
-    if (finding := detect_pressure(ctx, top_holder=top_holder, config=config)) is not None:
+    if (finding := detect_pressure(ctx, culprit=_culprit(ctx, history, trees, out, config), config=config)) is not None:
         out.findings.append(finding)
     out.findings.extend(detect_contention(ctx, history, config))
-    out.findings.extend(detect_probable_oom(ctx, vanished, config))
+    out.findings.extend(detect_probable_oom(ctx, vanished, config, exits={k: e for k, (_, e) in history.exits.items()}))
     out.findings.extend(detect_stale(ctx, history, config))
 
 
@@ -256,6 +254,43 @@ def _label(tree: _Tree) -> str:
         only = tree.members[0]
         return fmt.process_label(only.meta, only.key)
     return fmt.process_label(tree.members[0].meta, tree.key, tree=True, members=len(tree.members))
+
+
+def _culprit(
+    ctx: GpuContext, history: History, trees: dict[ProcessKey, _Tree], out: _Collector, config: DetectorConfig
+) -> str | None:
+    """Who a pressure finding names: the tree filling the card, else the one that just took the most, else the
+    largest holder.
+
+    On a card shared with a big static holder (a server, a ballast) the largest holder is rarely the one to
+    look at: the run that keeps taking memory is (a sustained rise), or the newcomer that took the last of it.
+    """
+    best: tuple[float, _Tree] | None = None
+    for tree in trees.values():
+        rates = [out.process_growth.get((p.key, ctx.uuid)) for p in tree.members]
+        total = sum(r.bytes_per_second for r in rates if r is not None and r.sustained and r.bytes_per_second > 0)
+        if total > 0 and (best is None or total > best[0]):
+            best = (total, tree)
+    if best is not None:
+        return f"{_label(best[1])} is filling it ({fmt.gib(best[1].held_bytes)} GiB and growing)"
+    took: tuple[float, _Tree] | None = None
+    for tree in trees.values():
+        track = history.trees.get((tree.key, ctx.uuid))
+        if track is None:
+            continue
+        since = ctx.now - config.pressure_hold_seconds
+        low = view(track.series).min_between(since, ctx.now + 1.0)
+        gained = tree.held_bytes if low is None or track.first_seen > since else tree.held_bytes - low
+        if gained >= config.min_rise_bytes and (took is None or gained > took[0]):
+            took = (gained, tree)
+    if took is not None:
+        return (
+            f"{_label(took[1])} took {fmt.gib(took[0])} GiB of it within {fmt.duration(config.pressure_hold_seconds)}"
+        )
+    largest = max(trees.values(), key=lambda tr: tr.held_bytes, default=None)
+    return (
+        None if largest is None else f"the largest holder is {_label(largest)} with {fmt.gib(largest.held_bytes)} GiB"
+    )
 
 
 def _grower(ctx: GpuContext, trees: dict[ProcessKey, _Tree], out: _Collector) -> str | None:

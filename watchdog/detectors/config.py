@@ -135,32 +135,43 @@ class DetectorConfig:
     pressure_hold_seconds: float = 60.0
 
     # --- contention (contention.py) -----------------------------------------------------------------------
-    #: A contender must have taken at least this much ...
+    #: A newcomer must have taken at least this much (from the card's free memory, and in its own growth).
     contention_min_bytes: int = 256 * MIB
-    #: ... and at least this share of the room that was free before it arrived, or enough to leave less than
-    #: `contention_max_free_fraction` of the card free: taking a little of a big card is sharing it.
-    contention_room_fraction: float = 0.5
-    contention_max_free_fraction: float = 0.10
-    #: The run it hurts holds at least this much and was there this long before the contender arrived.
+    #: The run it squeezes holds at least this much and was on the GPU this long before the newcomer came in.
     contention_incumbent_min_bytes: int = 1 * GIB
-    contention_incumbent_seconds: float = 30.0
-    #: A holder whose memory never moved (beyond `noise_bytes`) once this many seconds past its first sight is
-    #: a static holder (a ballast, a model server that loaded once), not a run a newcomer can squeeze: the
-    #: caching allocator already reserved whatever it uses, so nobody can take "its" room.
-    contention_static_after_seconds: float = 10.0
-    #: How long after its arrival a contender is still reported.
+    contention_incumbent_seconds: float = 10.0
+    #: An incumbent whose memory did not move (beyond `noise_bytes`) in this many seconds before the newcomer
+    #: came in is a static holder (a server that loaded once, a notebook, a run on its plateau): the caching
+    #: allocator already holds what it uses, so nobody can take "its" room.
+    contention_static_seconds: float = 60.0
+    #: A moving run needs its own recent peak (over this many seconds) minus what it holds now: a newcomer that
+    #: leaves less free is named, critical (the run's next peak cannot fit).
+    contention_need_seconds: float = 300.0
+    #: A run watched for less than this has not shown what it needs yet (flat or not): a newcomer that takes at least
+    #: `contention_room_fraction` of the free room and leaves less than `contention_young_headroom` x what the
+    #: young run holds is named (warning).
+    contention_young_seconds: float = 90.0
+    contention_room_fraction: float = 0.5
+    contention_young_headroom: float = 0.5
+    #: How long after its entrance a contender is still reported.
     contention_hold_seconds: float = 600.0
-    #: Name a process of another user from the tick it appears, before it has taken anything.
-    contention_other_user: bool = True
+    #: What a newcomer takes within this long of its entrance is its arrival; what it takes later is growth.
+    contention_arrival_seconds: float = 60.0
+    #: Also name another user's process from the tick it appears next to a moving run, before it took anything.
+    #: Off by default: where users share cards on purpose it names every normal arrival.
+    contention_other_user: bool = False
     #: Seconds before the arrival over which "the room before" is measured.
     contention_before_seconds: float = 30.0
-    contention_critical_free_fraction: float = 0.05
 
     # --- probable OOM / crash (crash.py) ------------------------------------------------------------------
-    #: A process that vanished while free < this share of the card and the card had just risen ...
-    crash_free_fraction: float = 0.10
+    #: A vanished process whose own memory was still growing steadily and, at that rate, would have used the
+    #: card's last free memory within this many seconds of its last sight ran out of it ...
+    crash_eta_seconds: float = 15.0
+    #: ... or whose own memory rose by `min_rise_bytes` within `crash_rise_seconds`, up to its last sight,
+    #: leaving the card less than this free (or the pressure threshold, if larger).
+    crash_ceiling_bytes: int = 512 * MIB
     crash_rise_seconds: float = 60.0
-    #: ... (or while the card was forecast to fill) is a probable OOM, reported for this long after.
+    #: Reported for this long after the process vanished.
     crash_hold_seconds: float = 30.0
     crash_min_bytes: int = 256 * MIB
 
@@ -207,11 +218,11 @@ class DetectorConfig:
             "max_subwindow_share",
             "forecast_max_subwindow_share",
             "contention_room_fraction",
+            "contention_young_headroom",
             "saturation_slowdown",
             "outlier_fraction",
             "min_recent_share",
             "saturation_tolerance",
-            "contention_max_free_fraction",
         ):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
@@ -219,8 +230,6 @@ class DetectorConfig:
         for name in (
             "pressure_free_fraction",
             "forecast_critical_free_fraction",
-            "crash_free_fraction",
-            "contention_critical_free_fraction",
         ):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -237,6 +246,7 @@ class DetectorConfig:
             "contention_min_bytes",
             "contention_incumbent_min_bytes",
             "crash_min_bytes",
+            "crash_ceiling_bytes",
             "stale_min_bytes",
         ):
             if getattr(self, name) < 0:
@@ -255,10 +265,14 @@ class DetectorConfig:
             "settle_seconds",
             "pressure_hold_seconds",
             "contention_incumbent_seconds",
-            "contention_static_after_seconds",
+            "contention_static_seconds",
+            "contention_need_seconds",
+            "contention_young_seconds",
             "contention_hold_seconds",
+            "contention_arrival_seconds",
             "contention_before_seconds",
             "crash_rise_seconds",
+            "crash_eta_seconds",
             "crash_hold_seconds",
             "stable_min_seconds",
             "cooldown_seconds",

@@ -1,24 +1,35 @@
-"""Contention: another process arrives (or grows) on a GPU where a run was already working.
+"""Contention: a newcomer on a GPU leaves a run that was already working less room than it needs.
 
-The contender is named (pid, name, user, memory) so a person sees who is on the card before the training run
-fails. It belongs to another process tree than the run it concerns (workers of one `accelerate`/`torchrun`
-launch share a tree and never contend), holds at least `contention_min_bytes`, gained within the last
-`contention_hold_seconds` (new, or grown), and is reported when either:
+A finding names the newcomer (pid, name, user, memory) so a person sees who is on the card before the run
+fails. The physics decides who can be squeezed:
 
-- it **took the room**: at least `contention_room_fraction` (half) of what was free just before it arrived, or
-  enough to leave less than `contention_max_free_fraction` of the card free (a newcomer that takes a little
-  of a big card shares it; one that takes most of the room, or the last of it, contends for it); critical
-  under `contention_critical_free_fraction`; or
-- it belongs to **another user** (`contention_other_user`, on by default): reported from the tick it appears,
-  before it has taken anything, because on a shared box that is the moment to know who it is. Turn it off
-  where users share cards on purpose.
+- **A holder whose memory does not move cannot be squeezed.** The caching allocator keeps what a run has
+  reserved; a model server that loaded once, a notebook, a ballast, or a run on its plateau already holds
+  all it uses, so a newcomer takes nobody's room from it. An incumbent is *moving* when its memory varied by
+  more than `noise_bytes` in the `contention_static_seconds` before the newcomer came in.
+- **A moving run needs the room of its own recent peaks.** A run that frees and re-takes memory (bucketed
+  shapes, `empty_cache()`, validation that comes and goes) needs `peak - now` free to take its next peak,
+  whatever the card's size. A newcomer that leaves less than that is named, **critical**: the run's next
+  peak cannot fit.
+- **A young run has not shown its needs yet.** A run watched for less than `contention_young_seconds` when
+  the newcomer came in (loading, first steps, first validation; or simply one vramwatch has not watched long,
+  as after a restart), flat or not, may still need more. A newcomer that takes at least
+  `contention_room_fraction` of the room that was free *and* leaves less than `contention_young_headroom` of
+  what the young run holds is named, as a warning: what the run needs next is unknown, and the room it could
+  have grown into is gone.
 
-The run it concerns (the incumbent) holds at least `contention_incumbent_min_bytes`, was on the GPU for
-`contention_incumbent_seconds` before the arrival, and is not a static holder: a process whose memory never
-moved after its first `contention_static_after_seconds` (a ballast, a server that loaded once) has already
-reserved all it uses, so a newcomer cannot take its room; a training run moves (warm-up, validation,
-sampling). When vramwatch starts, no process has a "before", so
-nothing already running is ever called a contender.
+Only a newcomer is ever named: it belongs to another process tree than the incumbent (workers of one
+`accelerate`/`torchrun` launch never contend), came in (held more than a bare CUDA context) within
+`contention_hold_seconds`, took at least `contention_min_bytes` within `contention_arrival_seconds` of
+coming in, and came in at least `contention_incumbent_seconds` after the incumbent appeared (two runs that
+start together squeeze nobody). What a newcomer takes later is growth, judged by the growth and forecast
+detectors: the room it leaves is counted as if it had stopped there, so a run that leaks next to another is
+a leak, not a newcomer. When vramwatch starts, nothing has a "before", so nothing already running is called
+a contender. Card-size fractions are deliberately not used: on a card shared with
+a big static holder, 10 % of the card can be more than the whole room of a run.
+
+`contention_other_user` (off by default) also names another user's process from the tick it appears next
+to a moving run, before it took anything: useful where users must not share cards, noise where they do.
 """
 
 from __future__ import annotations
@@ -36,10 +47,11 @@ from .config import DetectorConfig
 def detect_contention(ctx: GpuContext, history: History, config: DetectorConfig) -> list[Finding]:
     if not ctx.visible or ctx.free_bytes is None:
         return []
-    trees: dict[ProcessKey, tuple[int, ProcessMeta, int]] = {}
+    trees: dict[ProcessKey, _Tree] = {}
     for p in ctx.processes:
-        held, _, members = trees.get(p.tree_key, (0, p.meta, 0))
-        trees[p.tree_key] = (held + (p.used_bytes or 0), p.meta, members + 1)
+        tree = trees.get(p.tree_key)
+        held = (p.used_bytes or 0) + (tree.held if tree else 0)
+        trees[p.tree_key] = _Tree(p.tree_key, held, p.meta, (tree.members if tree else 0) + 1)
     findings: list[Finding] = []
     for p in ctx.processes:
         if p.used_bytes is None or p.used_bytes < config.contention_min_bytes:
@@ -48,116 +60,114 @@ def detect_contention(ctx: GpuContext, history: History, config: DetectorConfig)
         if track is None:
             continue
         seen = _Seen(p, p.used_bytes, ctx.free_bytes, track.first_seen, trees)
-        found = _took_the_room(seen, view(track.series), history, ctx, config)
+        series = view(track.series)
+        found = _took_the_room(seen, series, history, ctx, config)
         if found is None:
-            found = _another_user(seen, history, ctx, config)
+            found = _another_user(seen, series, history, ctx, config)
         if found is not None:
             findings.append(found)
     return findings
 
 
 @dataclass(frozen=True, slots=True)
+class _Tree:
+    """A process tree on this GPU at this tick: what it holds, who it is, how many processes."""
+
+    key: ProcessKey
+    held: int
+    meta: ProcessMeta
+    members: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Seen:
-    """A candidate contender at this tick, with the GPU's free memory and the trees on it."""
+    """A candidate newcomer at this tick, with the GPU's free memory and the trees on it."""
 
     p: ProcessSample
     used: int
     free: int
     first_seen: float
-    trees: dict[ProcessKey, tuple[int, ProcessMeta, int]]
+    trees: dict[ProcessKey, _Tree]
+
+
+@dataclass(frozen=True, slots=True)
+class _Incumbent:
+    """A moving run that was there before the newcomer, with the room it has shown it needs."""
+
+    tree: _Tree
+    first_seen: float
+    need_bytes: int  # its recent peak minus what it holds now
 
 
 def _took_the_room(
     seen: _Seen, series: View, history: History, ctx: GpuContext, config: DetectorConfig
 ) -> Finding | None:
-    """It gained its memory recently, took a quarter of the room, and left the card nearly full."""
-    p, free = seen.p, seen.free
-    arrival = _gained_at(seen.first_seen, series, seen.used, ctx.now, config)
-    if arrival is None:
+    """It gained its memory recently and left a moving run less room than that run needs."""
+    entrance = _entrance(seen, series, config)
+    came = _gained_at(seen, series, now=ctx.now, entrance=entrance, config=config)
+    if came is None:
         return None
+    arrival, settled = came
     before = ctx.free.max_between(arrival - config.contention_before_seconds, arrival)
-    if before is None:
-        return None  # no "before": vramwatch was not watching yet
-    total = ctx.total_bytes
-    took_most = free <= (1 - config.contention_room_fraction) * before
-    left_little = total is not None and free <= config.contention_max_free_fraction * total
-    if before - free < config.contention_min_bytes or not (took_most or left_little):
-        return None
-    incumbents = _incumbents(seen.trees, p.tree_key, arrival=arrival, entrance=_entrance(seen, series, config),
-                             history=history, ctx=ctx, config=config)  # fmt: skip
-    if not incumbents:
-        return None
-    critical = total is not None and free < config.contention_critical_free_fraction * total
-    message = (
-        f"{fmt.process_label(p.meta, p.key)} took {fmt.gib(seen.used)} GiB on {fmt.gpu_label(ctx.gpu)} "
-        f"where {_victim(incumbents[0])} runs; free fell from {fmt.gib(before)} to {fmt.gib(free)} GiB"
-    )
-    return _finding(
-        seen,
-        ctx,
-        incumbent=incumbents[0],
-        message=message,
-        before=before,
-        arrival=arrival,
-        took_room=True,
-        critical=critical,
-    )
+    free = seen.free + max(0, seen.used - int(settled))  # the room it left on arriving; later growth is growth
+    if before is None or before - free < config.contention_min_bytes:
+        return None  # no "before" (vramwatch was not watching yet), or it took nothing from the card
+    for inc in _incumbents(seen, entrance, history, ctx, config):
+        squeezed = free < inc.need_bytes
+        young = (
+            entrance - inc.first_seen < config.contention_young_seconds
+            and free <= (1 - config.contention_room_fraction) * before
+            and free < config.contention_young_headroom * inc.tree.held
+        )
+        if not (squeezed or young):
+            continue
+        if squeezed:
+            why = f"it needs {fmt.gib(inc.need_bytes)} GiB more at its peaks"
+        else:
+            why = f"it came {fmt.duration(entrance - inc.first_seen)} before and has not shown all it needs yet"
+        message = (
+            f"{fmt.process_label(seen.p.meta, seen.p.key)} took {fmt.gib(seen.used)} GiB on {fmt.gpu_label(ctx.gpu)} "
+            f"where {_victim(inc.tree)} runs; free fell from {fmt.gib(before)} to {fmt.gib(seen.free)} GiB ({why})"
+        )
+        return _finding(seen, ctx, inc, message=message, before=before, arrival=arrival, critical=squeezed)
+    return None
 
 
-def _another_user(seen: _Seen, history: History, ctx: GpuContext, config: DetectorConfig) -> Finding | None:
-    """Another user's process appeared (within the hold time) where a run was working."""
-    p, first_seen = seen.p, seen.first_seen
+def _another_user(
+    seen: _Seen, series: View, history: History, ctx: GpuContext, config: DetectorConfig
+) -> Finding | None:
+    """Another user's process appeared (within the hold time) where a moving run was working (opt-in)."""
+    p = seen.p
     if not config.contention_other_user or p.meta.user is None:
         return None
-    if first_seen < ctx.now - config.contention_hold_seconds:
+    if seen.first_seen < ctx.now - config.contention_hold_seconds:
         return None
-    before = ctx.free.max_between(first_seen - config.contention_before_seconds, first_seen)
+    before = ctx.free.max_between(seen.first_seen - config.contention_before_seconds, seen.first_seen)
     if before is None:
         return None
-    incumbents = _incumbents(
-        seen.trees, p.tree_key, arrival=first_seen, entrance=first_seen, history=history, ctx=ctx, config=config
-    )
-    # Only runs that move: another user's process starting next to a static holder (a ballast, a server that
-    # loaded once) takes nobody's room.
+    entrance = _entrance(seen, series, config)
     strangers = [
-        c for c in incumbents if c[1][1].user not in (None, p.meta.user) and not _holder(c[0], history, ctx, config)
+        inc
+        for inc in _incumbents(seen, entrance, history, ctx, config)
+        if inc.tree.meta.user not in (None, p.meta.user)
     ]
     if not strangers:
         return None
     message = (
-        f"{fmt.process_label(p.meta, p.key)} started using {fmt.gpu_label(ctx.gpu)} where {_victim(strangers[0])} "
+        f"{fmt.process_label(p.meta, p.key)} started using {fmt.gpu_label(ctx.gpu)} where {_victim(strangers[0].tree)} "
         f"runs; it holds {fmt.gib(seen.used)} GiB, {fmt.gib(seen.free)} GiB free (was {fmt.gib(before)})"
     )
-    return _finding(
-        seen,
-        ctx,
-        incumbent=strangers[0],
-        message=message,
-        before=before,
-        arrival=first_seen,
-        took_room=False,
-        critical=False,
-    )
+    return _finding(seen, ctx, strangers[0], message=message, before=before, arrival=seen.first_seen, critical=False)
 
 
-def _victim(incumbent: tuple[ProcessKey, tuple[int, ProcessMeta, int]]) -> str:
-    key, (_held, meta, members) = incumbent
-    return fmt.process_label(meta, key, tree=True, members=members)
+def _victim(tree: _Tree) -> str:
+    return fmt.process_label(tree.meta, tree.key, tree=True, members=tree.members)
 
 
 def _finding(
-    seen: _Seen,
-    ctx: GpuContext,
-    *,
-    incumbent: tuple[ProcessKey, tuple[int, ProcessMeta, int]],
-    message: str,
-    before: float,
-    arrival: float,
-    took_room: bool,
-    critical: bool,
+    seen: _Seen, ctx: GpuContext, inc: _Incumbent, *, message: str, before: float, arrival: float, critical: bool
 ) -> Finding:
     p = seen.p
-    key, (held, meta, _members) = incumbent
     return Finding(
         kind="contention",
         severity=Severity.CRITICAL if critical else Severity.WARNING,
@@ -173,82 +183,70 @@ def _finding(
             "free_before_bytes": int(before),
             "free_bytes": seen.free,
             "arrival_t": arrival,
-            "incumbent_pid": key.pid,
-            "incumbent_bytes": held,
-            "incumbent_user": meta.user,
-            "took_room": took_room,
+            "incumbent_pid": inc.tree.key.pid,
+            "incumbent_bytes": inc.tree.held,
+            "incumbent_user": inc.tree.meta.user,
+            "incumbent_need_bytes": inc.need_bytes,
         },
     )
 
 
-def _gained_at(first_seen: float, series: View, used: int, now: float, config: DetectorConfig) -> float | None:
-    """When the process took (half of) the memory it gained within the hold time; None if it gained little.
+def _gained_at(
+    seen: _Seen, series: View, *, now: float, entrance: float, config: DetectorConfig
+) -> tuple[float, float] | None:
+    """(When the newcomer took half of what it gained on coming in, what it held then); None if it came in
+    long ago or took little.
 
     A new process gained everything it holds; its CUDA context comes first and its allocations maybe much
-    later (a notebook that loads a model after a while): the arrival that matters is the allocation.
+    later (a notebook that loads a model after a while): the arrival that matters is the allocation. What it
+    takes more than `contention_arrival_seconds` after its entrance is growth (a leak, a warm-up), judged by
+    the growth and forecast detectors, not an arrival.
     """
+    first_seen, used = seen.first_seen, seen.used
     start = now - config.contention_hold_seconds
-    baseline = 0.0 if first_seen >= start else series.value_at(start)
-    if baseline is None or used - baseline < config.contention_min_bytes:
+    if entrance < start:
         return None
-    half = baseline + (used - baseline) / 2
+    baseline = 0.0 if first_seen >= start else series.value_at(start)
+    settled = series.max_between(entrance, entrance + config.contention_arrival_seconds)
+    if baseline is None or settled is None or min(used, settled) - baseline < config.contention_min_bytes:
+        return None
+    half = baseline + (settled - baseline) / 2
     recent = series.since(max(start, first_seen))
-    return next((t for t, v in zip(recent.t, recent.v, strict=True) if v >= half), None)
+    arrival = next((t for t, v in zip(recent.t, recent.v, strict=True) if v >= half), None)
+    return None if arrival is None else (arrival, settled)
 
 
 def _incumbents(
-    trees: dict[ProcessKey, tuple[int, ProcessMeta, int]],
-    contender_tree: ProcessKey,
-    *,
-    arrival: float,
-    entrance: float,
-    history: History,
-    ctx: GpuContext,
-    config: DetectorConfig,
-) -> list[tuple[ProcessKey, tuple[int, ProcessMeta, int]]]:
-    """The other trees that were already there, holding enough, when the contender came in; runs first.
+    seen: _Seen, entrance: float, history: History, ctx: GpuContext, config: DetectorConfig
+) -> list[_Incumbent]:
+    """The other trees that were there before the newcomer came in, hold enough, and could be squeezed.
 
-    "Came in" is the contender's entrance (when it first held `contention_incumbent_min_bytes`, past a bare
-    CUDA context), not its latest growth: a trainer started a few seconds after a ballast and leaking later
-    is a leak, not contention with the ballast.
+    A tree watched for less than `contention_young_seconds` is young (its needs are unknown, flat or not); an
+    older one that did not move in the `contention_static_seconds` before the newcomer came in is static and
+    left out. Neediest first.
     """
-    candidates = []
-    for key, entry in trees.items():
-        if key == contender_tree or entry[0] < config.contention_incumbent_min_bytes:
+    out = []
+    for key, tree in seen.trees.items():
+        if key == seen.p.tree_key or tree.held < config.contention_incumbent_min_bytes:
             continue
         track = history.trees.get((key, ctx.uuid))
-        settled = config.contention_incumbent_seconds
-        if track is None or track.first_seen > min(arrival, entrance) - settled:
+        if track is None or track.first_seen > entrance - config.contention_incumbent_seconds:
             continue  # not there before the newcomer came in: they started together, neither squeezes the other
-        static = _static(view(track.series).since(track.first_seen + config.contention_static_after_seconds),
-                         arrival, config)  # fmt: skip
-        candidates.append((static, key, entry))
-    # A run that moves is named before a static holder (a ballast, a server that loaded once) of any size.
-    candidates.sort(key=lambda c: (c[0], -c[2][0]))
-    return [(key, entry) for _static_holder, key, entry in candidates]
-
-
-def _holder(key: ProcessKey, history: History, ctx: GpuContext, config: DetectorConfig) -> bool:
-    """A static holder we saw arrive (see `_static`).
-
-    One that was already there when vramwatch started may be a run on its plateau (its warm-up unseen), so
-    it keeps the benefit of the doubt.
-    """
-    track = history.trees.get((key, ctx.uuid))
-    if track is None or not len(ctx.used) or track.first_seen <= ctx.used.t[0] + 2.0:
-        return False
-    return _static(view(track.series).since(track.first_seen + config.contention_static_after_seconds), ctx.now, config)
+        series = view(track.series)
+        young = entrance - track.first_seen < config.contention_young_seconds
+        lookback = series.since(entrance - config.contention_static_seconds).before(entrance)
+        if not young and (len(lookback) < 2 or max(lookback.v) - min(lookback.v) <= config.noise_bytes):
+            continue  # static: it already holds all it uses
+        peak = series.max_between(entrance - config.contention_need_seconds, ctx.now + 1.0)
+        need = 0 if peak is None else max(0, int(peak) - tree.held)
+        out.append(_Incumbent(tree, track.first_seen, need))
+    out.sort(key=lambda inc: (-inc.need_bytes, -inc.tree.held))
+    return out
 
 
 def _entrance(seen: _Seen, series: View, config: DetectorConfig) -> float:
-    """When the contender first held more than a bare CUDA context (`contention_incumbent_min_bytes`)."""
+    """When the newcomer first held more than a bare CUDA context (`contention_incumbent_min_bytes`)."""
     return next(
         (t for t, v in zip(series.t, series.v, strict=True) if v >= config.contention_incumbent_min_bytes),
         seen.first_seen,
     )
-
-
-def _static(settled: View, arrival: float, config: DetectorConfig) -> bool:
-    """Flat from shortly after it appeared until the arrival: a holder, not a working run (see config)."""
-    values = [v for t, v in zip(settled.t, settled.v, strict=True) if t <= arrival]
-    return bool(values) and max(values) - min(values) <= config.noise_bytes

@@ -1,66 +1,86 @@
-"""Probable OOM: a process vanished from a GPU that was full, or filling up, when it was last seen.
+"""Probable OOM: a process vanished from a GPU, and its *own* memory says it ran into the card's ceiling.
 
-NVML does not say why a process left. A normal end of training also makes it vanish, so the evidence is the
-card around the process's last tick: free under `crash_free_fraction` of the card *and* the card had just
-risen by `min_rise_bytes` within `crash_rise_seconds` (a spike that did not fit), or the card was growing
-sustainably and forecast to be full within `forecast_warning_eta_seconds` (a leak that ran out). A run that
-ends quietly on a flat plateau, however full, is not reported. The finding holds for `crash_hold_seconds`
-after the process vanished and carries its last known numbers. A GPU that stopped answering is skipped: its
+NVML does not say why a process left, and a normal end of training makes it vanish just the same, often on a
+full card (a plateau at 95 % is a well-tuned run) or right after someone else took the room. The card's state
+alone is therefore no evidence. What a process that died of out-of-memory leaves behind in its own series:
+
+- **a leak that ran out**: its own memory was still growing steadily (a sustained rise by the growth test,
+  over at least `forecast_critical_min_horizon_seconds`) and, at that rate, the card's free memory at its
+  last sight was gone within `crash_eta_seconds`;
+- **a rise into the ceiling**: its own memory rose by at least `min_rise_bytes` within `crash_rise_seconds`,
+  its last sight was that peak, and the card had less than `crash_ceiling_bytes` (or the pressure threshold,
+  whichever is larger) free then.
+
+Either is a critical `probable_oom`, and so is a process that the system saw end with a failure (an
+unreaped zombie's exit status or signal) on a card with no room left; one seen to exit with status 0 never
+is. A process whose own memory was flat, falling, or that left room behind
+it ended for another reason as far as NVML can tell: nothing is raised (a request that did not fit at all,
+a sampling spike of 10 GiB on a card with 4 GiB free, never shows in NVML: only the in-process agent of
+`vramwatch run` sees that one, as a certain `oom`). The finding holds for `crash_hold_seconds` after the
+process vanished and carries its last known numbers. A GPU that stopped answering is skipped: its
 processes vanish for another reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 from ..history import Track
-from ..model import Finding, ProcessKey, Severity
+from ..model import Finding, ProcessExit, ProcessKey, Severity
 from . import _format as fmt
 from ._context import GpuContext
+from ._series import view
 from .config import DetectorConfig
 from .forecast import eta_seconds
 from .growth import profile
+from .pressure import pressure_threshold
 
 
 def detect_probable_oom(
-    ctx: GpuContext, vanished: list[tuple[ProcessKey, Track]], config: DetectorConfig
+    ctx: GpuContext,
+    vanished: list[tuple[ProcessKey, Track]],
+    config: DetectorConfig,
+    *,
+    exits: Mapping[ProcessKey, ProcessExit] | None = None,
 ) -> list[Finding]:
-    """One critical `probable_oom` per process that vanished from this GPU under memory pressure."""
+    """One critical `probable_oom` per process that vanished from this GPU with its own memory in the ceiling.
+
+    `exits` holds how processes ended where the system could tell (a zombie's exit status): a clean exit is
+    never an OOM; a failed one on a card with no room left is one even when the series shows no rise.
+    """
     if not ctx.visible:
         return []
     findings = []
     for key, track in vanished:
         last = track.series.last()
-        if last is None or last[1] < config.crash_min_bytes:
+        ended = (exits or {}).get(key)
+        if last is None or last[1] < config.crash_min_bytes or (ended is not None and ended.clean):
             continue
         t_last, held = last
         free_then = ctx.free.value_at(t_last)
         used_then = ctx.used.value_at(t_last)
         if free_then is None or used_then is None:
             continue
-        low = ctx.used.min_between(t_last - config.crash_rise_seconds, t_last + 1e-6)
-        rose = low is not None and used_then - low >= config.min_rise_bytes
-        near_full = ctx.total_bytes is not None and free_then <= config.crash_free_fraction * ctx.total_bytes
-        rate = profile(ctx.used.before(t_last), config, min_horizon=config.forecast_min_horizon_seconds).rate(
-            config, config.forecast_min_horizon_seconds
-        )
-        eta = eta_seconds(int(free_then), rate, config) if rate is not None else None
-        filling = eta is not None and eta <= config.forecast_warning_eta_seconds
-        if not ((near_full and rose) or filling):
+        why = _evidence(track, held=held, free_then=int(free_then), ctx=ctx, config=config)
+        if why is None and ended is not None and free_then <= _ceiling(ctx, config):
+            status = f"signal {ended.signal}" if ended.signal else f"exit status {ended.exit_code}"
+            why = f"with {status} while the card had no room left"
+        if why is None:
             continue
-        why = f"growing {fmt.rate(rate.bytes_per_second)}" if filling and rate is not None else "after a rise"
         findings.append(
             Finding(
                 kind="probable_oom",
                 severity=Severity.CRITICAL,
                 gpu_uuid=ctx.uuid,
                 message=(
-                    f"{fmt.process_label(track.meta, key)} disappeared from {fmt.gpu_label(ctx.gpu)} while the card "
-                    f"was nearly full ({fmt.gib(used_then)} of {fmt.gib(ctx.total_bytes)} GiB used, {why}): "
+                    f"{fmt.process_label(track.meta, key)} disappeared from {fmt.gpu_label(ctx.gpu)} {why} "
+                    f"({fmt.gib(used_then)} of {fmt.gib(ctx.total_bytes)} GiB used, {fmt.gib(free_then)} GiB free): "
                     f"probable out-of-memory crash; it held {fmt.gib(held)} GiB"
                 ),
                 t=ctx.now,
                 process=key,
                 process_name=None if track.meta is None else track.meta.name,
-                confidence=rate.confidence if filling and rate is not None else None,
                 numbers={
                     "pid": key.pid,
                     "user": None if track.meta is None else track.meta.user,
@@ -73,3 +93,35 @@ def detect_probable_oom(
             )
         )
     return findings
+
+
+def _evidence(track: Track, *, held: float, free_then: int, ctx: GpuContext, config: DetectorConfig) -> str | None:
+    """Why this process's own series says it ran out of memory, or None when it does not."""
+    own = view(track.series)
+    t_last = own.now
+    grown = profile(own, config, min_horizon=config.forecast_critical_min_horizon_seconds, report=False)
+    best = grown.best(
+        config.forecast_critical_min_horizon_seconds, config, max_share=config.forecast_max_subwindow_share
+    )
+    if best is not None:
+        rate = dataclasses.replace(best.rate(config), sustained=True)  # by the forecast's own test, as forecast.py
+        eta = eta_seconds(free_then, rate, config)
+        if eta is not None and eta <= config.crash_eta_seconds:
+            return f"while still growing {fmt.rate(rate.bytes_per_second)} into the last of the card"
+    low = own.min_between(t_last - config.crash_rise_seconds, t_last + 1e-6)
+    top = own.max_between(t_last - config.crash_rise_seconds, t_last + 1e-6)
+    ceiling = _ceiling(ctx, config)
+    if (
+        low is not None
+        and top is not None
+        and held - low >= config.min_rise_bytes
+        and held >= top - config.noise_bytes
+        and free_then <= ceiling
+    ):
+        return f"right after its own memory rose by {fmt.gib(held - low)} GiB to the card's limit"
+    return None
+
+
+def _ceiling(ctx: GpuContext, config: DetectorConfig) -> float:
+    """Free memory under which the card had no room left for another allocation of any size that matters."""
+    return max(config.crash_ceiling_bytes, pressure_threshold(ctx.total_bytes, config) if ctx.total_bytes else 0)

@@ -12,6 +12,10 @@ Model loading and on-GPU quantisation look exactly like a fast leak for a minute
 would fill the card within two minutes is therefore forecast critical until it stops (the known price of
 warning a fast leak a minute ahead; raise `forecast_critical_min_horizon_seconds` to trade).
 
+A run that frees and re-takes memory (bucketed shapes with `empty_cache()`; a cache a failed cudaMalloc
+flushed) is judged on its peaks, not its floor: while its peaks do not rise in every part of the window, its
+troughs filling in during warm-up is no forecast (see `growth.retakes_without_rising`).
+
 Growth that slows down geometrically (a cache filling up with bucketed resolutions) is projected to its
 plateau; when that plateau fits in the card there is nothing to forecast. Growth that is linear until it
 stops short of the card cannot be told from a leak before it stops: such a run is forecast, and the finding
@@ -26,7 +30,7 @@ from ..model import Finding, Severity
 from . import _format as fmt
 from ._context import GpuContext
 from .config import DetectorConfig
-from .growth import Profile, Rate
+from .growth import Profile, Rate, retakes_without_rising
 
 
 def eta_seconds(free_bytes: int, rate: Rate, config: DetectorConfig) -> float | None:
@@ -46,6 +50,8 @@ def detect_oom_forecast(
         return None, None
     if device.levels_off_within(ctx.free_bytes - config.oom_margin_bytes, config):
         return None, None  # slowing down towards a plateau that fits
+    if retakes_without_rising(ctx.used, best.xs[0], config):
+        return None, None  # a sawtooth whose troughs fill in: its peaks, what fills the card, do not rise
     # Sustained by the forecast's own test (a warm-up step allowed in the window).
     rate = dataclasses.replace(best.rate(config), sustained=True)
     eta = eta_seconds(ctx.free_bytes, rate, config)

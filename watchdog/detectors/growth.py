@@ -26,7 +26,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import accumulate, pairwise
 
 from ._series import View
 from .config import DetectorConfig
@@ -322,3 +322,28 @@ def _fit(
         top_share=top_share,
         continuous=continuous,
     )
+
+
+def retakes_without_rising(view: View, start: float, config: DetectorConfig) -> bool:
+    """True when the series frees and re-takes memory in [start, now] while its peaks do not keep rising.
+
+    The floor of a run that frees and re-takes memory (bucketed shapes with `empty_cache()`, a cache that a
+    failed cudaMalloc flushed) rises whenever its troughs fill in, which is warm-up, not the card filling: what
+    fills the card is the peaks. Such a window counts as growth only if its ceiling (the running maximum) rose
+    by more than `noise_bytes` in every sub-window, the newest included. A series that never drops by more
+    than `min_rise_bytes` (and a quarter of its rise) below its running maximum is judged on its floor alone.
+    """
+    w = view.since(start)
+    if len(w) < 3:
+        return False
+    ceiling = list(accumulate(w.v, max))
+    drop = max(c - v for c, v in zip(ceiling, w.v, strict=True))
+    if drop < max(float(config.min_rise_bytes), 0.25 * (ceiling[-1] - w.v[0])):
+        return False
+    m = config.subwindows
+    t0, span = w.t[0], w.t[-1] - w.t[0]
+    if span <= 0:
+        return True
+    edges = [bisect_left(w.t, t0 + span * s / m) for s in range(1, m)] + [len(w) - 1]
+    tops = [ceiling[0]] + [ceiling[min(i, len(w) - 1)] for i in edges]
+    return any(b - a <= config.noise_bytes for a, b in pairwise(tops))

@@ -23,8 +23,11 @@ def pressure_threshold(total_bytes: int, config: DetectorConfig) -> float:
     return min(config.pressure_free_fraction * total_bytes, float(config.pressure_free_bytes))
 
 
-def detect_pressure(ctx: GpuContext, *, top_holder: str | None, config: DetectorConfig) -> Finding | None:
-    """A `pressure` warning while free memory is under the threshold (with hysteresis)."""
+def detect_pressure(ctx: GpuContext, *, culprit: str | None, config: DetectorConfig) -> Finding | None:
+    """A `pressure` warning while free memory is under the threshold (with hysteresis).
+
+    `culprit` is the clause naming who to look at (the tree filling the card, else the largest holder).
+    """
     if ctx.free_bytes is None or not ctx.total_bytes:
         return None
     threshold = pressure_threshold(ctx.total_bytes, config)
@@ -35,7 +38,7 @@ def detect_pressure(ctx: GpuContext, *, top_holder: str | None, config: Detector
         if recent_low is None or recent_low >= threshold:
             return None
     share = ctx.free_bytes / ctx.total_bytes
-    holder = f"; the largest holder is {top_holder}" if top_holder else ""
+    holder = f"; {culprit}" if culprit else ""
     return Finding(
         kind="pressure",
         severity=Severity.WARNING,
@@ -50,6 +53,6 @@ def detect_pressure(ctx: GpuContext, *, top_holder: str | None, config: Detector
             "total_bytes": ctx.total_bytes,
             "used_bytes": ctx.used_bytes,
             "threshold_bytes": int(threshold),
-            "top_holder": top_holder,
+            "culprit": culprit,
         },
     )
