@@ -12,12 +12,12 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
-import tomllib
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from vramwatch.actions import ActionDispatcher, parse_policy
+from vramwatch.config import tomllib
 from vramwatch.detectors import DetectorConfig, FindingTracker, analyze
 from vramwatch.history import History
 from vramwatch.model import Snapshot
@@ -81,7 +81,7 @@ def test_no_false_critical_finding_and_no_mistaken_signal(score: ModuleType, nam
         (),
         inspector=StaticInspector(metas),
         start_time_of=lambda pid: metas[pid].start_time if pid in metas else None,
-        environ_of=lambda pid: {},  # noqa: ARG005
+        environ_of=lambda _pid: {},
         default_log=False,
     )
     signalled, false_critical = [], []
