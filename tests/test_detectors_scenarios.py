@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from vramwatch.detectors import DetectorConfig, FindingTracker, analyze
-from vramwatch.detectors.testing import GIB, MIB, Card, Replay, Rig, meta, replay, ticks
+from vramwatch.detectors.testing import GIB, MIB, WALL0, Card, Replay, Rig, meta, replay, ticks
 from vramwatch.history import History
 from vramwatch.model import ProcessExit, Severity
 
@@ -224,7 +224,7 @@ def test_a_young_run_that_loses_most_of_its_room_is_named() -> None:
             out[555] = int(0.82 * (24 * GIB - OVERHEAD - 9 * GIB))
         return out
 
-    rig = Rig(metas={4242: meta(4242, name="train.py"), 555: meta(555, name="server", user="bob")})
+    rig = Rig(metas={4242: meta(4242, name="train.py", start_time=WALL0), 555: meta(555, name="server", user="bob")})
     result = run(usage, 120, rig=rig, until_full=False)
     finding = result.first("contention")
     assert finding is not None
@@ -536,3 +536,15 @@ def test_a_leak_that_came_in_next_to_a_moving_run_is_a_leak_not_a_newcomer() -> 
     result = run(usage, 600, rig=rig)
     assert result.first("contention") is None
     assert result.first("oom_forecast") is not None
+
+
+def test_after_a_restart_an_old_server_is_not_a_young_run() -> None:
+    """Right after vramwatch starts, a server that loaded an hour ago is old: a newcomer next to it is no contention."""
+
+    def usage(t: float) -> dict[int, int]:
+        return {555: 12 * GIB, **({4242: int(min(1.0, (t - 30) / 5) * 9 * GIB)} if t >= 30 else {})}
+
+    rig = Rig(
+        metas={555: meta(555, name="server", user="bob"), 4242: meta(4242, name="train.py", start_time=WALL0 + 30)}
+    )
+    assert run(usage, 200, rig=rig, until_full=False).first("contention") is None

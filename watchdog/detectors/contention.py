@@ -11,9 +11,8 @@ fails. The physics decides who can be squeezed:
   shapes, `empty_cache()`, validation that comes and goes) needs `peak - now` free to take its next peak,
   whatever the card's size. A newcomer that leaves less than that is named, **critical**: the run's next
   peak cannot fit.
-- **A young run has not shown its needs yet.** A run watched for less than `contention_young_seconds` when
-  the newcomer came in (loading, first steps, first validation; or simply one vramwatch has not watched long,
-  as after a restart), flat or not, may still need more. A newcomer that takes at least
+- **A young run has not shown its needs yet.** A run younger than `contention_young_seconds` when the
+  newcomer came in (loading, first steps, first validation), flat or not, may still need more. A newcomer that takes at least
   `contention_room_fraction` of the room that was free *and* leaves less than `contention_young_headroom` of
   what the young run holds is named, as a warning: what the run needs next is unknown, and the room it could
   have grown into is gone.
@@ -92,10 +91,10 @@ class _Seen:
 
 @dataclass(frozen=True, slots=True)
 class _Incumbent:
-    """A moving run that was there before the newcomer, with the room it has shown it needs."""
+    """A run that was there before the newcomer and could be squeezed, with the room it has shown it needs."""
 
     tree: _Tree
-    first_seen: float
+    age_seconds: float  # how old it was when the newcomer came in
     need_bytes: int  # its recent peak minus what it holds now
 
 
@@ -115,7 +114,7 @@ def _took_the_room(
     for inc in _incumbents(seen, entrance, history, ctx, config):
         squeezed = free < inc.need_bytes
         young = (
-            entrance - inc.first_seen < config.contention_young_seconds
+            inc.age_seconds < config.contention_young_seconds
             and free <= (1 - config.contention_room_fraction) * before
             and free < config.contention_young_headroom * inc.tree.held
         )
@@ -124,7 +123,7 @@ def _took_the_room(
         if squeezed:
             why = f"it needs {fmt.gib(inc.need_bytes)} GiB more at its peaks"
         else:
-            why = f"it came {fmt.duration(entrance - inc.first_seen)} before and has not shown all it needs yet"
+            why = f"it started {fmt.duration(inc.age_seconds)} before and has not shown all it needs yet"
         message = (
             f"{fmt.process_label(seen.p.meta, seen.p.key)} took {fmt.gib(seen.used)} GiB on {fmt.gpu_label(ctx.gpu)} "
             f"where {_victim(inc.tree)} runs; free fell from {fmt.gib(before)} to {fmt.gib(seen.free)} GiB ({why})"
@@ -221,8 +220,8 @@ def _incumbents(
 ) -> list[_Incumbent]:
     """The other trees that were there before the newcomer came in, hold enough, and could be squeezed.
 
-    A tree watched for less than `contention_young_seconds` is young (its needs are unknown, flat or not); an
-    older one that did not move in the `contention_static_seconds` before the newcomer came in is static and
+    A tree younger than `contention_young_seconds` is young (its needs are unknown, flat or not); an older
+    one that did not move in the `contention_static_seconds` before the newcomer came in is static and
     left out. Neediest first.
     """
     out = []
@@ -233,15 +232,28 @@ def _incumbents(
         if track is None or track.first_seen > entrance - config.contention_incumbent_seconds:
             continue  # not there before the newcomer came in: they started together, neither squeezes the other
         series = view(track.series)
-        young = entrance - track.first_seen < config.contention_young_seconds
+        young = _age_at(tree, entrance, track.first_seen, history, ctx) < config.contention_young_seconds
         lookback = series.since(entrance - config.contention_static_seconds).before(entrance)
         if not young and (len(lookback) < 2 or max(lookback.v) - min(lookback.v) <= config.noise_bytes):
             continue  # static: it already holds all it uses
         peak = series.max_between(entrance - config.contention_need_seconds, ctx.now + 1.0)
         need = 0 if peak is None else max(0, int(peak) - tree.held)
-        out.append(_Incumbent(tree, track.first_seen, need))
+        out.append(_Incumbent(tree, _age_at(tree, entrance, track.first_seen, history, ctx), need))
     out.sort(key=lambda inc: (-inc.need_bytes, -inc.tree.held))
     return out
+
+
+def _age_at(tree: _Tree, t: float, first_seen: float, history: History, ctx: GpuContext) -> float:
+    """How old the tree was at monotonic `t`: from its (launcher's) start time, else from when it was first seen.
+
+    Its own age, not how long vramwatch has watched it: after a daemon restart a server that loaded an hour
+    ago is not young.
+    """
+    started = tree.meta.root_start_time if tree.meta.root_start_time is not None else tree.meta.start_time
+    latest = history.latest
+    if started is None or latest is None:
+        return t - first_seen
+    return latest.wall_time - (ctx.now - t) - started
 
 
 def _entrance(seen: _Seen, series: View, config: DetectorConfig) -> float:

@@ -48,18 +48,18 @@ def meta(
     ppid: int | None = None,
     status: str | None = "running",
 ) -> ProcessMeta:
-    """Process metadata with a start time derived from the pid unless given (pid reuse: give another)."""
+    """Process metadata; unless given, the process started an hour before the scenario's t = 0 (give another
+    start time for a young process, or for pid reuse)."""
+    started = WALL0 - 3600.0 if start_time is None else start_time
     return ProcessMeta(
         pid=pid,
-        start_time=WALL0 + pid if start_time is None else start_time,
+        start_time=started,
         name=name,
         user=user,
         ppid=ppid,
         root_pid=root_pid if root_pid is not None else pid,
         root_name=root_name if root_name is not None else name,
-        root_start_time=root_start_time
-        if root_start_time is not None
-        else (WALL0 + pid if start_time is None else start_time),
+        root_start_time=root_start_time if root_start_time is not None else started,
         status=status,
     )
 
