@@ -147,9 +147,9 @@ class DetectorConfig:
     #: A moving run needs its own recent peak (over this many seconds) minus what it holds now: a newcomer that
     #: leaves less free is named, critical (the run's next peak cannot fit).
     contention_need_seconds: float = 300.0
-    #: A run younger than this (by its start time) has not shown what it needs yet (flat or not): a newcomer that takes at least
-    #: `contention_room_fraction` of the free room and leaves less than `contention_young_headroom` x what the
-    #: young run holds is named (warning).
+    #: A run younger than this (by its start time) has not shown what it needs yet (flat or not): a newcomer
+    #: that takes at least `contention_room_fraction` of the free room and leaves less than
+    #: `contention_young_headroom` x what the young run holds is named (warning).
     contention_young_seconds: float = 120.0
     contention_room_fraction: float = 0.5
     contention_young_headroom: float = 0.5

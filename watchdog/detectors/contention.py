@@ -12,10 +12,10 @@ fails. The physics decides who can be squeezed:
   whatever the card's size. A newcomer that leaves less than that is named, **critical**: the run's next
   peak cannot fit.
 - **A young run has not shown its needs yet.** A run younger than `contention_young_seconds` when the
-  newcomer came in (loading, first steps, first validation), flat or not, may still need more. A newcomer that takes at least
-  `contention_room_fraction` of the room that was free *and* leaves less than `contention_young_headroom` of
-  what the young run holds is named, as a warning: what the run needs next is unknown, and the room it could
-  have grown into is gone.
+  newcomer came in (loading, first steps, first validation), flat or not, may still need more. A newcomer
+  that takes at least `contention_room_fraction` of the room that was free *and* leaves less than
+  `contention_young_headroom` of what the young run holds is named, as a warning: what the run needs next
+  is unknown, and the room it could have grown into is gone.
 
 Only a newcomer is ever named: it belongs to another process tree than the incumbent (workers of one
 `accelerate`/`torchrun` launch never contend), came in (held more than a bare CUDA context) within
