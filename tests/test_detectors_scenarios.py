@@ -466,7 +466,7 @@ def test_an_exit_status_seen_on_a_zombie_decides(code: int | None, signal: int |
     history, config = History(), DetectorConfig()
     tracker, found = FindingTracker(config), []
     for t in ticks(0.0, 110.0):
-        usage = {4242: 23 * GIB} if t < 100 else {}  # flat on a full card, then gone
+        usage = {4242: 23 * GIB + 400 * MIB} if t < 100 else {}  # flat on a full card (0.3 GiB free), then gone
         snap = rig.snapshot(t, usage)
         if t == 100.0:
             snap = dataclasses.replace(snap, exits=(ProcessExit(4242, meta(4242).start_time, code, signal),))
@@ -548,3 +548,21 @@ def test_after_a_restart_an_old_server_is_not_a_young_run() -> None:
         metas={555: meta(555, name="server", user="bob"), 4242: meta(4242, name="train.py", start_time=WALL0 + 30)}
     )
     assert run(usage, 200, rig=rig, until_full=False).first("contention") is None
+
+
+@pytest.mark.parametrize(("code", "raised"), [(3, True), (0, False), (None, False)])
+def test_a_failed_exit_right_after_the_cache_was_given_back_is_a_probable_oom(code: int | None, raised: bool) -> None:
+    """A sample batch that never fit leaves only the cache PyTorch gives back before raising; with a failing
+    exit status seen, that is an OOM even on a card with room left (real H200 trace: exit 3, 1.69 -> 1.22 GiB)."""
+    rig = Rig()
+    ended = None if code is None else ProcessExit(4242, meta(4242).start_time, code)
+    history, config = History(), DetectorConfig()
+    tracker, found = FindingTracker(config), []
+    for t in ticks(0.0, 70.0):
+        usage = {4242: 2 * GIB if t < 59 else 1536 * MIB} if t < 60 else {}
+        snap = rig.snapshot(t, usage)
+        if t == 60.0 and ended is not None:
+            snap = dataclasses.replace(snap, exits=(ended,))
+        history.add(snap)
+        found += tracker.update(analyze(history, config))[0]
+    assert [f.kind for f in found] == (["probable_oom"] if raised else [])

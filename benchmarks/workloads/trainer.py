@@ -18,11 +18,21 @@ Modes (`--mode`):
   stepwise_leak  keeps each sampling phase's images alive: a staircase, one step per sampling phase
   plateau        grows at `--leak-mb-per-s` until ~`--plateau-frac` (93%) of the budget, then stays (no phases)
   spike_oom      the first step's batch needs more than the budget (and than the free memory): OOM at step 1
+  sawtooth       healthy (no leak), but each step's batch comes from 4 buckets (0.35x-1x of a batch twice the
+                 plan's, seeded) and torch.cuda.empty_cache() runs after every step: what NVML sees jumps up and
+                 down from step to step (on a 24 GiB budget roughly 7-11 GiB) instead of settling
   fragment       each step carves 8 pieces, 2 MiB larger than the last step's, out of one fresh segment and
                  keeps every other one: the holes fit no later request and pin their segments, so reserved-
                  but-unallocated memory grows until an OOM with about half the reserved memory in holes. Run
                  it again with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: the holes are unmapped
                  and the OOM comes much later, when the live pieces alone fill the card.
+
+Other knobs: `--accum N` (gradient accumulation: N micro-batches of backward per optimizer step),
+`--val-hold-seconds S` (keep each validation phase's tensors alive S seconds, so a 1 Hz sampler sees the
+spike), `--end-in-validation` (after the last step, one more validation phase with its hold, then exit 0
+while still holding it), `--sample-gib G` (the sampling phase's size: more than is free makes a real OOM at
+the first sampling phase), `--stop-at T` (end after the step during which CLOCK_MONOTONIC passes T, so a
+driver can end a run at a planned time whatever its start-up took).
 
 Events (JSON lines): ready, step (every step, with the allocator's figures), phase, oom (exit code 3), exit.
 `--plan` prints the sizes and exits without touching the GPU.
@@ -32,13 +42,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import time
 
 import torch
 from _common import GIB, MIB, alloc_conf, emit, pace, run
 from torch import nn
 
-MODES = ("healthy", "fast_leak", "slow_leak", "stepwise_leak", "plateau", "spike_oom", "fragment")
+MODES = ("healthy", "fast_leak", "slow_leak", "stepwise_leak", "plateau", "spike_oom", "fragment", "sawtooth")
 DEFAULT_LEAK_MB_PER_S = {"fast_leak": 150.0, "slow_leak": 4.0, "plateau": 150.0}
 
 # Shares of the budget; AdamW in fp32 costs 4x the parameters (weights, grads, two moments).
@@ -49,6 +60,11 @@ ACTIVATION_SHARE = 0.12
 VALIDATION_SHARE = 0.06
 SAMPLE_SHARE = 0.04
 SPIKE_FACTOR = 1.3
+# sawtooth: each step's rows are one of these fractions of SAWTOOTH_SCALE x plan.batch. Twice the batch so
+# that the swing (activations of the largest bucket less the smallest's, ~0.16 x budget) is a few GiB, as
+# with aspect-ratio buckets; the peak (~0.47 x budget with the context) stays under a healthy run's.
+SAWTOOTH_BUCKETS = (0.35, 0.55, 0.75, 1.0)
+SAWTOOTH_SCALE = 2.0
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +78,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-every", type=int, default=100)
     p.add_argument("--leak-mb-per-s", type=float, default=None, help="leak rate (MB = 1e6 bytes per second)")
     p.add_argument("--plateau-frac", type=float, default=0.93, help="plateau mode: where growth stops")
+    p.add_argument("--accum", type=int, default=1, help="micro-batches (backward passes) per optimizer step")
+    p.add_argument("--val-hold-seconds", type=float, default=0.0, help="keep validation tensors alive this long")
+    p.add_argument("--end-in-validation", action="store_true", help="then one more validation phase, exit 0 in it")
+    p.add_argument("--sample-gib", type=float, default=None, help="size of the sampling phase (GiB)")
+    p.add_argument("--stop-at", type=float, default=None, help="stop once time.monotonic() passes this value")
     p.add_argument("--context-gib", type=float, default=0.5, help="assumed CUDA context size when unknown")
     p.add_argument("--enforce-budget", action="store_true", help="also cap PyTorch at the budget (per-process)")
     p.add_argument("--device", type=int, default=0)
@@ -70,13 +91,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.leak_mb_per_s is None:
         args.leak_mb_per_s = DEFAULT_LEAK_MB_PER_S.get(args.mode, 0.0)
+    if args.accum < 1:
+        p.error("--accum must be at least 1")
     return args
 
 
 class Plan:
     """Sizes derived from the budget: width, depth, batch, phase sizes, fragmentation block sizes."""
 
-    def __init__(self, budget_bytes: int, mode: str) -> None:
+    def __init__(self, budget_bytes: int, mode: str, sample_gib: float | None = None) -> None:
         self.budget = budget_bytes
         small = mode == "fragment"  # the fragmentation pattern, not the model, should fill that budget
         b = budget_bytes * (0.25 if small else 1.0)
@@ -86,7 +109,8 @@ class Plan:
         # Each layer saves its input and GELU's input for backward: 8 bytes per element of width.
         self.batch = max(8, int(b * ACTIVATION_SHARE / (8 * self.width * self.layers)))
         self.val_rows = max(8, int(b * VALIDATION_SHARE / (4 * self.width * self.layers)))
-        self.sample_bytes = int(b * SAMPLE_SHARE)
+        self.sample_bytes = int(b * SAMPLE_SHARE) if sample_gib is None else int(sample_gib * GIB)
+        self.sawtooth_rows = [max(8, int(f * SAWTOOTH_SCALE * self.batch)) for f in SAWTOOTH_BUCKETS]
         self.param_bytes = self.layers * (per_layer + 4 * self.width)
         # fragment mode: each step carves 8 pieces of B/256 (+2 MiB per step) out of one fresh segment.
         self.frag_piece = max(12 * MIB, budget_bytes // 256 // (2 * MIB) * (2 * MIB))
@@ -105,6 +129,8 @@ class Plan:
             "sample_bytes": self.sample_bytes,
             "fragment_piece_bytes": self.frag_piece,
             "fragment_pieces": self.frag_pieces,
+            "sawtooth_rows": self.sawtooth_rows,
+            "sawtooth_activation_bytes": [8 * self.width * self.layers * r for r in self.sawtooth_rows],
         }
 
 
@@ -116,18 +142,23 @@ def build(plan: Plan) -> tuple[nn.Module, torch.optim.Optimizer]:
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, rows: int, width: int) -> float:
-    x = torch.randn(rows, width, device="cuda")
-    loss = model(x).pow(2).mean()
-    loss.backward()
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, rows: int, width: int, accum: int = 1) -> float:
+    """One optimizer step over `accum` micro-batches of `rows` (gradients add up; activations do not)."""
+    total = 0.0
+    for _ in range(accum):
+        x = torch.randn(rows, width, device="cuda")
+        loss = model(x).pow(2).mean() / accum
+        loss.backward()
+        total += float(loss.detach())
+        del x, loss
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    return total
 
 
 @torch.no_grad()
-def validation(model: nn.Module, rows: int, width: int) -> int:
-    """Keep every layer's features of one batch, as a metrics pass that collects embeddings does."""
+def validation(model: nn.Module, rows: int, width: int) -> list[torch.Tensor]:
+    """Every layer's features of one batch, kept as a metrics pass that collects embeddings keeps them."""
     h = torch.randn(rows, width, device="cuda")
     kept = []
     for layer in model:
@@ -135,7 +166,18 @@ def validation(model: nn.Module, rows: int, width: int) -> int:
         if isinstance(layer, nn.Linear):
             kept.append(h)
     torch.cuda.synchronize()
-    return sum(t.numel() * t.element_size() for t in kept)
+    return kept
+
+
+def validation_phase(model: nn.Module, plan: Plan, step: int, hold: float, **extra: object) -> list[torch.Tensor]:
+    """Run a validation phase, report it, and hold its tensors `hold` seconds (a 1 Hz sampler sees the spike)."""
+    kept = validation(model, plan.val_rows, plan.width)
+    fields: dict[str, object] = {"hold_seconds": hold} if hold > 0 else {}
+    emit("phase", step=step, phase="validation", bytes=sum(t.numel() * t.element_size() for t in kept),
+         **fields, **extra)  # fmt: skip
+    if hold > 0:
+        time.sleep(hold)
+    return kept
 
 
 @torch.no_grad()
@@ -155,7 +197,7 @@ def context_bytes(plan: Plan, free_at_start: int, default_gib: float) -> int:
 
 def main(args: argparse.Namespace) -> int:
     budget = int(args.budget_gib * GIB)
-    plan = Plan(budget, args.mode)
+    plan = Plan(budget, args.mode, args.sample_gib)
     if args.plan:
         emit("plan", mode=args.mode, **plan.as_dict())
         return 0
@@ -177,6 +219,10 @@ def main(args: argparse.Namespace) -> int:
         free_at_start_bytes=free_at_start,
         total_bytes=total,
         context_estimate_bytes=ctx,
+        accum=args.accum,
+        val_hold_seconds=args.val_hold_seconds,
+        end_in_validation=args.end_in_validation,
+        stop_at=args.stop_at,
         alloc_conf=alloc_conf(),
         **plan.as_dict(),
     )
@@ -187,17 +233,23 @@ def main(args: argparse.Namespace) -> int:
     kept_bytes = 0
     leak_per_step = int(args.leak_mb_per_s * 1e6 * args.step_seconds)
     phases = args.mode != "plateau"
+    buckets = random.Random(args.seed)
+    done = 0  # steps completed
     for step in range(1, args.steps + 1):
         started = time.monotonic()
+        if args.stop_at is not None and started >= args.stop_at:
+            break
         rows = plan.batch
-        if step <= args.warmup_steps:
+        if args.mode == "sawtooth":
+            rows = buckets.choice(plan.sawtooth_rows)
+        elif step <= args.warmup_steps:
             rows = max(8, plan.batch * step // args.warmup_steps)
         if args.mode == "spike_oom" and step == 1:
             # Needs more than the budget and more than the card has free, so it OOMs on any card.
             need = SPIKE_FACTOR * max(budget, free_at_start)
             rows = math.ceil(need / (8 * plan.width * plan.layers))
         phase = "train"
-        loss = train_step(model, opt, rows, plan.width)
+        loss = train_step(model, opt, rows, plan.width, args.accum)
 
         if args.mode == "fragment":
             phase = "fragment"
@@ -214,7 +266,7 @@ def main(args: argparse.Namespace) -> int:
             kept_bytes += piece * len(pieces[::2])
             del pieces
         if phases and args.val_every and step % args.val_every == 0:
-            emit("phase", step=step, phase="validation", bytes=validation(model, plan.val_rows, plan.width))
+            validation_phase(model, plan, step, args.val_hold_seconds)  # freed (to the cache) once it returns
             phase = "validation"
         if phases and args.sample_every and step % args.sample_every == 0:
             images = sample_images(model, plan.sample_bytes, plan.width)
@@ -247,7 +299,16 @@ def main(args: argparse.Namespace) -> int:
             inactive_split_bytes=torch.cuda.memory_stats().get("inactive_split_bytes.all.current"),
             seconds=time.monotonic() - started,
         )
+        done = step
         pace(started, args.step_seconds)
+        if args.mode == "sawtooth":
+            # The cache goes back to the driver after every step: the next bucket's blocks are cudaMalloc'ed
+            # afresh, so NVML sees this step's size until the next one (a sawtooth, not a plateau).
+            torch.cuda.empty_cache()
+    if args.end_in_validation:
+        # Exit 0 while the phase's tensors are still held: the spike is the last state a sampler sees.
+        held = validation_phase(model, plan, done, args.val_hold_seconds, final=True)
+        emit("stopping", reason="end_in_validation", held_bytes=sum(t.numel() * t.element_size() for t in held))
     return 0
 
 

@@ -652,13 +652,14 @@ def _contention(w: _World) -> None:
     base = w.vary(16 * GiB)
     w.spawn(
         gpu=0,
-        start_t=-20.0,
+        start_t=-2.0,
         name="python",
         user="alice",
         cmdline=_KOHYA_FLUX,
-        # A run in its first minutes, on its plateau; its first sample images (at t=150 s) need 1.5 GiB more
-        # than training did. Only a young run's room can be taken: an old flat one already holds all it uses.
-        demand=Demand(steps=((5, base),), spikes=((170, 300, 15, w.vary(1.5 * GiB)),)),
+        # A run in its first minutes (vramwatch saw it load), on its plateau; its first sample images (at
+        # t=150 s) need 1.5 GiB more than training did. Only a young run's room can be taken: an old flat one,
+        # or one never seen to move, already holds all it uses.
+        demand=Demand(steps=((5, base),), spikes=((152, 300, 15, w.vary(1.5 * GiB)),)),
         cwd="/home/alice/sd-scripts",
     )
     # Another user's notebook loads a model into the room the trainer's sampling needs.

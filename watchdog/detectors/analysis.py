@@ -25,7 +25,7 @@ from .contention import detect_contention
 from .crash import detect_probable_oom
 from .forecast import detect_oom_forecast
 from .fragmentation import detect_fragmentation
-from .growth import Profile, Rate, profile
+from .growth import Profile, Rate, profile, retakes_without_rising
 from .leak import growth_finding
 from .pressure import detect_pressure
 from .stability import verdict
@@ -202,7 +202,14 @@ def _analyze_gpu(
     if rate is not None:
         out.gpu_growth[ctx.uuid] = rate
     warming = any(_warming(history.trees.get((key, ctx.uuid)), ctx.now, config) for key in trees)
-    eta, finding = detect_oom_forecast(ctx, device, warming=warming, grower=_grower(ctx, trees, out), config=config)
+    culprits = _sustained_growers(ctx, history, trees, device, config) if ctx.visible and trees else None
+    if culprits == []:
+        # The card rose, but no process on it rises steadily: runs arriving and warming up one after the other
+        # (each a load, then flat or a sawtooth) add up to a slope that is nobody's leak.
+        eta, finding = None, None
+    else:
+        grower = _label(culprits[0]) if culprits else _grower(ctx, trees, out)
+        eta, finding = detect_oom_forecast(ctx, device, warming=warming, grower=grower, config=config)
     if eta is not None:
         out.oom_eta[ctx.uuid] = eta
     if finding is not None:
@@ -222,6 +229,35 @@ def _analyze_gpu(
     out.findings.extend(detect_contention(ctx, history, config))
     out.findings.extend(detect_probable_oom(ctx, vanished, config, exits={k: e for k, (_, e) in history.exits.items()}))
     out.findings.extend(detect_stale(ctx, history, config))
+
+
+def _sustained_growers(
+    ctx: GpuContext, history: History, trees: dict[ProcessKey, _Tree], device: Profile, config: DetectorConfig
+) -> list[_Tree]:
+    """The trees whose own memory rises steadily over the device forecast's horizons, fastest first.
+
+    Only asked when the device itself has a sustained rise (rare), so its cost is off the common path. Each
+    tree passes the forecast's own test, and a tree that frees and re-takes memory must raise its peaks.
+    """
+    shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
+    if device.best(shortest, config, max_share=config.forecast_max_subwindow_share) is None:
+        return list(trees.values())  # nothing to forecast anyway: do not spend the per-tree fits
+    found: list[tuple[float, _Tree]] = []
+    for tree in trees.values():
+        track = history.trees.get((tree.key, ctx.uuid))
+        if track is None:
+            continue
+        series = view(track.series)
+        best = profile(series, config, min_horizon=shortest, report=False).best(
+            shortest, config, max_share=config.forecast_max_subwindow_share
+        )
+        if best is None or retakes_without_rising(series, best.xs[0], config):
+            continue
+        rate = best.current_bytes_per_second(config)
+        if rate > 0:
+            found.append((rate, tree))
+    found.sort(key=lambda rt: -rt[0])
+    return [tree for _, tree in found]
 
 
 def _levels_off(grown: Profile, ctx: GpuContext, config: DetectorConfig) -> bool:

@@ -153,22 +153,19 @@ class DetectorConfig:
     contention_young_seconds: float = 120.0
     contention_room_fraction: float = 0.5
     contention_young_headroom: float = 0.5
-    #: How long after its entrance a contender is still reported.
-    contention_hold_seconds: float = 600.0
-    #: What a newcomer takes within this long of its entrance is its arrival; what it takes later is growth.
+    #: A newcomer is judged for this long after it came in (first held `contention_incumbent_min_bytes`): what
+    #: it takes later is growth, and what others take later is theirs.
     contention_arrival_seconds: float = 60.0
     #: Also name another user's process from the tick it appears next to a moving run, before it took anything.
     #: Off by default: where users share cards on purpose it names every normal arrival.
     contention_other_user: bool = False
-    #: Seconds before the arrival over which "the room before" is measured.
-    contention_before_seconds: float = 30.0
 
     # --- probable OOM / crash (crash.py) ------------------------------------------------------------------
     #: A vanished process whose own memory was still growing steadily and, at that rate, would have used the
     #: card's last free memory within this many seconds of its last sight ran out of it ...
     crash_eta_seconds: float = 15.0
     #: ... or whose own memory rose by `min_rise_bytes` within `crash_rise_seconds`, up to its last sight,
-    #: leaving the card less than this free (or the pressure threshold, if larger).
+    #: leaving the card less than this free.
     crash_ceiling_bytes: int = 512 * MIB
     crash_rise_seconds: float = 60.0
     #: Reported for this long after the process vanished.
@@ -268,9 +265,7 @@ class DetectorConfig:
             "contention_static_seconds",
             "contention_need_seconds",
             "contention_young_seconds",
-            "contention_hold_seconds",
             "contention_arrival_seconds",
-            "contention_before_seconds",
             "crash_rise_seconds",
             "crash_eta_seconds",
             "crash_hold_seconds",

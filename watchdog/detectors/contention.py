@@ -12,20 +12,20 @@ fails. The physics decides who can be squeezed:
   whatever the card's size. A newcomer that leaves less than that is named, **critical**: the run's next
   peak cannot fit.
 - **A young run has not shown its needs yet.** A run younger than `contention_young_seconds` when the
-  newcomer came in (loading, first steps, first validation), flat or not, may still need more. A newcomer
+  newcomer came in (loading, first steps, first validation), flat for a few seconds or not, may still need
+  more; one that appeared at its full size and never moved (a ballast) is a static holder all the same. A newcomer
   that takes at least `contention_room_fraction` of the room that was free *and* leaves less than
   `contention_young_headroom` of what the young run holds is named, as a warning: what the run needs next
   is unknown, and the room it could have grown into is gone.
 
-Only a newcomer is ever named: it belongs to another process tree than the incumbent (workers of one
-`accelerate`/`torchrun` launch never contend), came in (held more than a bare CUDA context) within
-`contention_hold_seconds`, took at least `contention_min_bytes` within `contention_arrival_seconds` of
-coming in, and came in at least `contention_incumbent_seconds` after the incumbent appeared (two runs that
-start together squeeze nobody). What a newcomer takes later is growth, judged by the growth and forecast
-detectors: the room it leaves is counted as if it had stopped there, so a run that leaks next to another is
-a leak, not a newcomer. When vramwatch starts, nothing has a "before", so nothing already running is called
-a contender. Card-size fractions are deliberately not used: on a card shared with
-a big static holder, 10 % of the card can be more than the whole room of a run.
+Only a newcomer is ever named, and on its arrival: another process tree than the incumbent (workers of one
+`accelerate`/`torchrun` launch never contend) that came in (first held more than a bare CUDA context) at
+least `contention_incumbent_seconds` after the incumbent appeared (two runs that start together squeeze
+nobody), holds at least `contention_min_bytes`, and is judged for `contention_arrival_seconds` after it came
+in. What it takes later is growth, judged by the growth and forecast detectors (a run that leaks next to
+another is a leak, not a newcomer), and what others take later is theirs. When vramwatch starts, nothing has
+a "before", so nothing already running is called a contender. Card-size fractions are deliberately not used:
+on a card shared with a big static holder, 10 % of the card can be more than the whole room of a run.
 
 `contention_other_user` (off by default) also names another user's process from the tick it appears next
 to a moving run, before it took anything: useful where users must not share cards, noise where they do.
@@ -101,16 +101,23 @@ class _Incumbent:
 def _took_the_room(
     seen: _Seen, series: View, history: History, ctx: GpuContext, config: DetectorConfig
 ) -> Finding | None:
-    """It gained its memory recently and left a moving run less room than that run needs."""
+    """On its arrival, it left a moving run less room than that run needs, or took most of a young run's."""
     entrance = _entrance(seen, series, config)
-    came = _gained_at(seen, series, now=ctx.now, entrance=entrance, config=config)
-    if came is None:
+    if not _arriving(seen, entrance, ctx, config):
         return None
-    arrival, settled = came
-    before = ctx.free.max_between(arrival - config.contention_before_seconds, arrival)
-    free = seen.free + max(0, seen.used - int(settled))  # the room it left on arriving; later growth is growth
-    if before is None or before - free < config.contention_min_bytes:
-        return None  # no "before" (vramwatch was not watching yet), or it took nothing from the card
+    # What trees that came in after it took is theirs: count it as free, as it was when this one arrived.
+    later = sum(
+        tree.held
+        for key, tree in seen.trees.items()
+        if key != seen.p.tree_key
+        and (track := history.trees.get((key, ctx.uuid))) is not None
+        and track.first_seen > entrance
+    )
+    free = seen.free + later
+    before = free + seen.used  # the room it found: what was free then plus what it took
+    if seen.used < config.contention_min_bytes:
+        return None
+    arrival = next((t for t, v in zip(series.t, series.v, strict=True) if v >= seen.used / 2), entrance)
     for inc in _incumbents(seen, entrance, history, ctx, config):
         squeezed = free < inc.need_bytes
         young = (
@@ -126,7 +133,7 @@ def _took_the_room(
             why = f"it started {fmt.duration(inc.age_seconds)} before and has not shown all it needs yet"
         message = (
             f"{fmt.process_label(seen.p.meta, seen.p.key)} took {fmt.gib(seen.used)} GiB on {fmt.gpu_label(ctx.gpu)} "
-            f"where {_victim(inc.tree)} runs; free fell from {fmt.gib(before)} to {fmt.gib(seen.free)} GiB ({why})"
+            f"where {_victim(inc.tree)} runs; free fell from {fmt.gib(before)} to {fmt.gib(free)} GiB ({why})"
         )
         return _finding(seen, ctx, inc, message=message, before=before, arrival=arrival, critical=squeezed)
     return None
@@ -135,16 +142,14 @@ def _took_the_room(
 def _another_user(
     seen: _Seen, series: View, history: History, ctx: GpuContext, config: DetectorConfig
 ) -> Finding | None:
-    """Another user's process appeared (within the hold time) where a moving run was working (opt-in)."""
+    """Another user's process arrived where a moving or young run was working (opt-in)."""
     p = seen.p
     if not config.contention_other_user or p.meta.user is None:
         return None
-    if seen.first_seen < ctx.now - config.contention_hold_seconds:
-        return None
-    before = ctx.free.max_between(seen.first_seen - config.contention_before_seconds, seen.first_seen)
-    if before is None:
-        return None
     entrance = _entrance(seen, series, config)
+    if not _arriving(seen, entrance, ctx, config):
+        return None
+    before = seen.free + seen.used
     strangers = [
         inc
         for inc in _incumbents(seen, entrance, history, ctx, config)
@@ -157,6 +162,16 @@ def _another_user(
         f"runs; it holds {fmt.gib(seen.used)} GiB, {fmt.gib(seen.free)} GiB free (was {fmt.gib(before)})"
     )
     return _finding(seen, ctx, strangers[0], message=message, before=before, arrival=seen.first_seen, critical=False)
+
+
+def _arriving(seen: _Seen, entrance: float, ctx: GpuContext, config: DetectorConfig) -> bool:
+    """Within `contention_arrival_seconds` of coming in, and vramwatch watched the card before it came.
+
+    A newcomer is judged on its arrival: what it takes later is growth (the growth and forecast detectors'),
+    and what others take later is theirs.
+    """
+    watched_before = bool(len(ctx.used)) and ctx.used.t[0] < seen.first_seen
+    return watched_before and ctx.now <= entrance + config.contention_arrival_seconds
 
 
 def _victim(tree: _Tree) -> str:
@@ -190,39 +205,15 @@ def _finding(
     )
 
 
-def _gained_at(
-    seen: _Seen, series: View, *, now: float, entrance: float, config: DetectorConfig
-) -> tuple[float, float] | None:
-    """(When the newcomer took half of what it gained on coming in, what it held then); None if it came in
-    long ago or took little.
-
-    A new process gained everything it holds; its CUDA context comes first and its allocations maybe much
-    later (a notebook that loads a model after a while): the arrival that matters is the allocation. What it
-    takes more than `contention_arrival_seconds` after its entrance is growth (a leak, a warm-up), judged by
-    the growth and forecast detectors, not an arrival.
-    """
-    first_seen, used = seen.first_seen, seen.used
-    start = now - config.contention_hold_seconds
-    if entrance < start:
-        return None
-    baseline = 0.0 if first_seen >= start else series.value_at(start)
-    settled = series.max_between(entrance, entrance + config.contention_arrival_seconds)
-    if baseline is None or settled is None or min(used, settled) - baseline < config.contention_min_bytes:
-        return None
-    half = baseline + (settled - baseline) / 2
-    recent = series.since(max(start, first_seen))
-    arrival = next((t for t, v in zip(recent.t, recent.v, strict=True) if v >= half), None)
-    return None if arrival is None else (arrival, settled)
-
-
 def _incumbents(
     seen: _Seen, entrance: float, history: History, ctx: GpuContext, config: DetectorConfig
 ) -> list[_Incumbent]:
     """The other trees that were there before the newcomer came in, hold enough, and could be squeezed.
 
-    A tree younger than `contention_young_seconds` is young (its needs are unknown, flat or not); an older
-    one that did not move in the `contention_static_seconds` before the newcomer came in is static and
-    left out. Neediest first.
+    A tree never seen to move is static, whatever its age; one younger than `contention_young_seconds` is
+    young (its needs are unknown, even if flat for a few seconds); an older one that did not move in the
+    `contention_static_seconds` before the newcomer came in is static. Static trees are left out. Neediest
+    first.
     """
     out = []
     for key, tree in seen.trees.items():
@@ -232,8 +223,11 @@ def _incumbents(
         if track is None or track.first_seen > entrance - config.contention_incumbent_seconds:
             continue  # not there before the newcomer came in: they started together, neither squeezes the other
         series = view(track.series)
+        seen_before = series.before(entrance)
+        if len(seen_before) < 2 or max(seen_before.v) - min(seen_before.v) <= config.noise_bytes:
+            continue  # never seen to move (a ballast, a server loaded before we watched): it holds all it uses
         young = _age_at(tree, entrance, track.first_seen, history, ctx) < config.contention_young_seconds
-        lookback = series.since(entrance - config.contention_static_seconds).before(entrance)
+        lookback = seen_before.since(entrance - config.contention_static_seconds)
         if not young and (len(lookback) < 2 or max(lookback.v) - min(lookback.v) <= config.noise_bytes):
             continue  # static: it already holds all it uses
         peak = series.max_between(entrance - config.contention_need_seconds, ctx.now + 1.0)

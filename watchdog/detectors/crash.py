@@ -8,15 +8,16 @@ alone is therefore no evidence. What a process that died of out-of-memory leaves
   over at least `forecast_critical_min_horizon_seconds`) and, at that rate, the card's free memory at its
   last sight was gone within `crash_eta_seconds`;
 - **a rise into the ceiling**: its own memory rose by at least `min_rise_bytes` within `crash_rise_seconds`,
-  its last sight was that peak, and the card had less than `crash_ceiling_bytes` (or the pressure threshold,
-  whichever is larger) free then.
+  its last sight was that peak, and the card had less than `crash_ceiling_bytes` free then.
 
 Either is a critical `probable_oom`, and so is a process that the system saw end with a failure (an
-unreaped zombie's exit status or signal) on a card with no room left; one seen to exit with status 0 never
-is. A process whose own memory was flat, falling, or that left room behind
-it ended for another reason as far as NVML can tell: nothing is raised (a request that did not fit at all,
-a sampling spike of 10 GiB on a card with 4 GiB free, never shows in NVML: only the in-process agent of
-`vramwatch run` sees that one, as a certain `oom`). The finding holds for `crash_hold_seconds` after the
+unreaped zombie's exit status or signal) on a card with no room left, or right after its own memory fell by
+`min_rise_bytes` (PyTorch's allocator gives its whole cache back when a cudaMalloc fails, then retries once
+before raising the OOM); one seen to exit with status 0 never is. A process whose own memory was flat or
+that left room behind it, with no exit status seen, ended for another reason as far as NVML can tell:
+nothing is raised. A request that did not fit at all (a 10 GiB sample-image batch on a card with 4 GiB free)
+leaves no trace in NVML but the cache it gives back; with no exit status to go with it, only the in-process
+agent of `vramwatch run` sees it, as a certain `oom`. The finding holds for `crash_hold_seconds` after the
 process vanished and carries its last known numbers. A GPU that stopped answering is skipped: its
 processes vanish for another reason.
 """
@@ -34,7 +35,6 @@ from ._series import view
 from .config import DetectorConfig
 from .forecast import eta_seconds
 from .growth import profile
-from .pressure import pressure_threshold
 
 
 def detect_probable_oom(
@@ -62,10 +62,9 @@ def detect_probable_oom(
         used_then = ctx.used.value_at(t_last)
         if free_then is None or used_then is None:
             continue
-        why = _evidence(track, held=held, free_then=int(free_then), ctx=ctx, config=config)
-        if why is None and ended is not None and free_then <= _ceiling(ctx, config):
-            status = f"signal {ended.signal}" if ended.signal else f"exit status {ended.exit_code}"
-            why = f"with {status} while the card had no room left"
+        why = _evidence(track, held=held, free_then=int(free_then), config=config)
+        if why is None and ended is not None:
+            why = _failed_exit(track, ended, held=held, free_then=int(free_then), config=config)
         if why is None:
             continue
         findings.append(
@@ -95,7 +94,7 @@ def detect_probable_oom(
     return findings
 
 
-def _evidence(track: Track, *, held: float, free_then: int, ctx: GpuContext, config: DetectorConfig) -> str | None:
+def _evidence(track: Track, *, held: float, free_then: int, config: DetectorConfig) -> str | None:
     """Why this process's own series says it ran out of memory, or None when it does not."""
     own = view(track.series)
     t_last = own.now
@@ -110,7 +109,7 @@ def _evidence(track: Track, *, held: float, free_then: int, ctx: GpuContext, con
             return f"while still growing {fmt.rate(rate.bytes_per_second)} into the last of the card"
     low = own.min_between(t_last - config.crash_rise_seconds, t_last + 1e-6)
     top = own.max_between(t_last - config.crash_rise_seconds, t_last + 1e-6)
-    ceiling = _ceiling(ctx, config)
+    ceiling = config.crash_ceiling_bytes
     if (
         low is not None
         and top is not None
@@ -122,6 +121,19 @@ def _evidence(track: Track, *, held: float, free_then: int, ctx: GpuContext, con
     return None
 
 
-def _ceiling(ctx: GpuContext, config: DetectorConfig) -> float:
-    """Free memory under which the card had no room left for another allocation of any size that matters."""
-    return max(config.crash_ceiling_bytes, pressure_threshold(ctx.total_bytes, config) if ctx.total_bytes else 0)
+def _failed_exit(
+    track: Track, ended: ProcessExit, *, held: float, free_then: int, config: DetectorConfig
+) -> str | None:
+    """A failing exit status is an OOM's when the card had no room left, or when the process's own memory fell
+    just before it ended: PyTorch's allocator frees its whole cache when a cudaMalloc fails, then retries."""
+    status = f"signal {ended.signal}" if ended.signal else f"exit status {ended.exit_code}"
+    if free_then <= config.crash_ceiling_bytes:
+        return f"with {status} while the card had no room left"
+    own = view(track.series)
+    top = own.max_between(own.now - config.crash_rise_seconds, own.now + 1e-6)
+    if top is not None and held <= top - config.min_rise_bytes:
+        return (
+            f"with {status} right after its memory fell from {fmt.gib(top)} GiB "
+            f"(a failed allocation makes PyTorch give its cache back)"
+        )
+    return None
