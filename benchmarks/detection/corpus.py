@@ -1081,8 +1081,12 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated scenarios (added to the positional ones)")
     ap.add_argument("--dry-run", action="store_true", help="stand-ins and the simulator: no GPU, no torch")
     ap.add_argument("--speed", type=float, default=1.0, help="dry run only: compress time this many times")
-    ap.add_argument("--settle", type=float, default=BALLAST_SETTLE_S,
-                    help=f"seconds the ballast ages before the first scenario [default: {BALLAST_SETTLE_S:g}]")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=BALLAST_SETTLE_S,
+        help=f"seconds the ballast ages before the first scenario [default: {BALLAST_SETTLE_S:g}]",
+    )
     args = ap.parse_args()
     wanted = [*args.scenarios, *(s.strip() for s in args.only.split(",") if s.strip())] or list(TIMELINES)
     unknown = [s for s in wanted if s not in TIMELINES]
