@@ -15,12 +15,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from vramwatch.agent.runner import run_command
 from vramwatch.agentlink import AgentReport
+from vramwatch.attribution import PsutilInspector
+from vramwatch.model import ProcessExit
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -116,6 +119,7 @@ def run(fake_torch: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]):
     def go(script: str, *, python: str = sys.executable, extra_path: list[Path] | None = None, **kwargs) -> Run:
         reports: list[AgentReport] = []
         stderr = io.StringIO()
+        kwargs.setdefault("exit_status_seconds", 0.0)  # the zombie window has its own test
         rc = run_command(
             [python, "-c", script],
             socket_path=tmp_path / "no-daemon.sock",
@@ -465,3 +469,30 @@ def test_runner_module_entry_point(tmp_path: Path):
     assert rc == 3
     assert events.exists()
     assert shutil.which(sys.executable) or Path(sys.executable).exists()
+
+
+def test_the_finished_child_is_left_for_a_daemon_to_read_its_exit_status(tmp_path: Path) -> None:
+    """`vramwatch run` leaves its ended child unreaped for a moment: /proc shows the exit status (a clean end
+    is never called an OOM), then the runner reaps it and returns the same code."""
+    seen: list[ProcessExit] = []
+    pid_file = tmp_path / "pid"
+
+    def watch() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not seen:
+            if pid_file.exists() and pid_file.read_text().strip():
+                pid = int(pid_file.read_text())
+                found = PsutilInspector().exit_status(pid, None)
+                if found is not None:
+                    seen.append(found)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    script = f"import os, sys; open({str(pid_file)!r}, 'w').write(str(os.getpid())); sys.exit(3)"
+    err = io.StringIO()
+    rc = run_command([sys.executable, "-c", script], stderr=err, socket_path=tmp_path / "x.sock",
+                     builtin_checks=False, exit_status_seconds=1.0)  # fmt: skip
+    watcher.join()
+    assert rc == 3
+    assert [(e.exit_code, e.signal) for e in seen] == [(3, None)]

@@ -19,6 +19,9 @@ The command's stdio, exit status and signals pass through unchanged:
   script, `kill -INT <runner>`), it forwards them;
 - SIGTERM, SIGHUP, SIGUSR1, SIGUSR2 are forwarded to the child (a `kill` of the runner reaches the
   trainer; SIGUSR2 is also the agent's pressure signal).
+- The finished child is left unreaped for `exit_status_seconds` (2.5 s: two 1 Hz ticks), so that a
+  watching daemon reads its exit status in `/proc/<pid>/stat`: NVML cannot tell a run that ended normally on
+  a full card from one that ran out of memory; its exit status can (a clean exit is never a `probable_oom`).
 The handlers are Python handlers, not SIG_IGN, so the child starts with default dispositions.
 """
 
@@ -47,6 +50,9 @@ SITE_DIR = Path(__file__).resolve().parent / "_site"
 
 _FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 _TERMINAL = (signal.SIGINT, signal.SIGQUIT)
+
+#: How long a finished child stays unreaped (a zombie whose exit status a daemon's next ticks can read).
+EXIT_STATUS_VISIBLE_SECONDS = 2.5
 
 
 def agent_environment(
@@ -132,6 +138,7 @@ def run_command(
     stderr: TextIO | None = None,
     env: Mapping[str, str] | None = None,
     monitor_config: MonitorConfig | None = None,
+    exit_status_seconds: float = EXIT_STATUS_VISIBLE_SECONDS,
 ) -> int:
     """Run `argv` with the agent loaded; return its exit status (128 + N if killed by signal N).
 
@@ -187,7 +194,7 @@ def run_command(
             except PermissionError:
                 print(f"vramwatch: permission denied: {argv[0]}", file=out)
                 return 126
-            returncode = proc.wait()
+            returncode = _wait_leaving_status(proc, exit_status_seconds)
         return 128 - returncode if returncode < 0 else returncode
     finally:
         if listener is not None:
@@ -195,6 +202,15 @@ def run_command(
         if events is not None:
             events.close()
         shutil.rmtree(private_dir, ignore_errors=True)
+
+
+def _wait_leaving_status(proc: subprocess.Popen[bytes], seconds: float) -> int:
+    """Wait for the child to end, leave it a zombie for `seconds`, then reap it and return its return code."""
+    if seconds > 0:
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped: /proc still shows it
+            threading.Event().wait(seconds)
+    return proc.wait()
 
 
 def main(args: Sequence[str] | None = None) -> int:
