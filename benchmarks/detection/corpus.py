@@ -818,50 +818,40 @@ def shared_day(sc: Scenario) -> None:
     sc.trainer("run2", "sawtooth", 6, tenant="bob", stop_at=560)
     sc.until(420)
     sc.trainer("run3", "healthy", 6, val_every=300, val_hold_seconds=1.0, stop_at=780)
-    sc.until(597)
-    # The leak rate is set from the free memory so that L's OOM lands near t=730, before run3 ends (780):
-    # 60 MB/s would take until ~t=850-900 on this card (the scenario must end by 960).
-    free = sc.free_bytes()
-    room = max(GIB, free - (0.63 * 5 + CONTEXT_GIB) * GIB)
-    rate = round(min(300.0, max(30.0, room / 1e6 / 125)), 1)
-    sc.sizing["L"] = {"free_bytes": free, "room_bytes": int(room), "leak_mb_per_s": rate, "target_oom_rel_t": 730}
-    sc.say(f"L sized: free {free / GIB:.2f} GiB -> --leak-mb-per-s {rate}")
-    sc.until(600)
-    leak = sc.trainer("L", "fast_leak", 5, watched=True, leak_mb_per_s=rate)
-
-    def end() -> float:
-        gone = sc.rel(leak.oom_t or leak.end_t)
-        return 960.0 if gone is None else min(960.0, max(900.0, gone + 20))
-
-    sc.wait_for(lambda: sc.now() >= end(), 400)
-    if leak.alive():
-        sc.notes.append("L did not run out of memory by t=960: stopped")
+    # L's OOM near t=730, before run3 ends (780): 60 MB/s would take until ~t=850-900 (the day ends by 960).
+    _leak_until_oom(sc, start=600, oom_at=730, end=(900, 960), linger=20)
 
 
 def shared_afternoon(sc: Scenario) -> None:
-    """`shared_day` compressed into four minutes (what a short GPU lease allows): a notebook, two users' runs
-    starting and ending beside it, then a leak that runs out."""
+    """`shared_day` compressed into four and a half minutes (what a short GPU lease allows): a notebook, two
+    users' runs starting and ending beside it, then a leak that runs out."""
     sc.start("N", "contender", {"gib": 3.0, "ramp_seconds": 3.0}, tenant="bob")
     sc.until(10)
     sc.trainer("run1", "healthy", 7, stop_at=110)
     sc.until(60)
     sc.trainer("run2", "sawtooth", 6, tenant="bob", stop_at=150)
-    sc.until(117)
+    _leak_until_oom(sc, start=120, oom_at=235, end=(245, 290), linger=12)
+
+
+def _leak_until_oom(sc: Scenario, *, start: float, oom_at: float, end: tuple[float, float], linger: float) -> None:
+    """Start the leaking run L at `start`, its rate set from the free memory then so that its OOM lands near
+    `oom_at` (~10 s of its life are warm-up); end the scenario `linger` s after it, within `end`."""
+    sc.until(start - 3)
     free = sc.free_bytes()
     room = max(GIB, free - (0.63 * 5 + CONTEXT_GIB) * GIB)
-    rate = round(min(300.0, max(30.0, room / 1e6 / 105)), 1)  # its OOM near t=235
-    sc.sizing["L"] = {"free_bytes": free, "room_bytes": int(room), "leak_mb_per_s": rate, "target_oom_rel_t": 235}
+    rate = round(min(300.0, max(30.0, room / 1e6 / (oom_at - start - 10))), 1)
+    sc.sizing["L"] = {"free_bytes": free, "room_bytes": int(room), "leak_mb_per_s": rate, "target_oom_rel_t": oom_at}
     sc.say(f"L sized: free {free / GIB:.2f} GiB -> --leak-mb-per-s {rate}")
-    sc.until(120)
+    sc.until(start)
     leak = sc.trainer("L", "fast_leak", 5, watched=True, leak_mb_per_s=rate)
 
-    def end() -> float:
+    def until() -> float:
         gone = sc.rel(leak.oom_t or leak.end_t)
-        return 290.0 if gone is None else min(290.0, max(245.0, gone + 12))
+        return end[1] if gone is None else min(end[1], max(end[0], gone + linger))
 
-    sc.wait_for(lambda: sc.now() >= end(), 200)
+    sc.wait_for(lambda: sc.now() >= until(), end[1] - start + 40)
     if leak.alive():
-        sc.notes.append("L did not run out of memory by t=290: stopped")
+        sc.notes.append(f"L did not run out of memory by t={end[1]:g}: stopped")
 
 
 TIMELINES: dict[str, Callable[[Scenario], None]] = {
