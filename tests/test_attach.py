@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -257,3 +258,24 @@ def test_a_pid_that_dies_before_using_a_gpu_ends_the_watch_even_as_a_zombie() ->
     summary, ticks = _watch_a_real_pid(exit_after_ticks=3, on_gpu=False)
     assert summary["ended"] == "exited before using a GPU"
     assert ticks < 10, "the watch ends on the first tick after the death, not after the 10-minute wait"
+
+
+TRACES = Path(__file__).resolve().parents[1] / "benchmarks" / "detection" / "traces"
+
+
+@pytest.mark.parametrize(
+    ("trace", "role", "code", "oom"),
+    [("real_young_incumbent", "R", 0, False), ("real_exits_and_ooms", "W", 0, False),
+     ("real_shared_afternoon", "L", 3, True)],
+)  # fmt: skip
+def test_attach_on_real_recordings_tells_an_exit_from_an_oom(trace: str, role: str, code: int, oom: bool) -> None:
+    """On the H200 corpus: a run ending normally (on a nearly full card, or inside its own validation spike)
+    exits 0 with no OOM claimed; the leak that ran out is a probable OOM (exit 3)."""
+    truth = json.loads((TRACES / f"{trace}.truth.json").read_text())
+    pid = next(p["pid"] for p in truth["processes"] if p["role"] == role)
+    replay = str(TRACES / f"{trace}.jsonl.gz")
+    res = CliRunner().invoke(main, ["attach", str(pid), "--replay", replay, "--fast-forward", "--json"])
+    assert res.exit_code == code, res.output
+    summary = json.loads(res.stdout.splitlines()[-1])
+    assert summary["probable_oom"] is oom
+    assert summary["ended"] == ("probable OOM" if oom else "exited")

@@ -19,6 +19,7 @@ import psutil
 
 from .actions import ActionResult
 from .daemon import Pipeline
+from .detectors.pressure import pressure_threshold
 from .errors import VramwatchError
 from .model import Finding, Snapshot
 from .render import duration, finding_dict, gib, rate
@@ -59,6 +60,10 @@ class AttachState:
     findings: list[Finding] = field(default_factory=list)
     actions: list[tuple[float, ActionResult]] = field(default_factory=list)  # (t, what was done)
     ended: str | None = None
+    last_free_bytes: int | None = None  # the card's free memory at the run's last tick on it
+    left_nearly_full: bool = False  # ... under the pressure threshold
+    exit_code: int | None = None  # as /proc showed it before the process was reaped, when it did
+    exit_signal: int | None = None
 
     def probable_oom(self) -> bool:
         return any(f.kind in POST_MORTEM_KINDS and f.process and f.process.pid == self.pid for f in self.findings)
@@ -78,6 +83,10 @@ class AttachState:
             "growth_bytes_per_second": (
                 (self.last_bytes - self.first_bytes) / span if span and self.first_bytes is not None else None
             ),
+            "exit_code": self.exit_code,
+            "exit_signal": self.exit_signal,
+            "last_free_bytes": self.last_free_bytes,
+            "left_nearly_full": self.left_nearly_full,
             "findings": [finding_dict(f) for f in self.findings],
             "actions": [{"t": t, **r.log_fields()} for t, r in self.actions],
         }
@@ -159,6 +168,12 @@ def attach(
             state.first_t = snap.t if state.first_t is None else state.first_t
             state.last_t, state.last_bytes = snap.t, tree_bytes
             state.peak_bytes = max(state.peak_bytes, tree_bytes)
+            frees = [g for g in snap.gpus if g.uuid in gpus and g.free_bytes is not None and g.total_bytes]
+            low = min(frees, key=lambda g: g.free_bytes or 0, default=None)
+            state.last_free_bytes = None if low is None else low.free_bytes
+            state.left_nearly_full = low is not None and (low.free_bytes or 0) < pressure_threshold(
+                low.total_bytes or 0, pipeline.detector_config
+            )
             state.history.append(tree_bytes)
             del state.history[:-600]
             out(_render(pid, snap, mine=mine, pipeline=pipeline, new=relevant, state=state, as_json=as_json))
@@ -176,6 +191,9 @@ def attach(
             out(json.dumps({"event": "action", "t": snap.t, **r.log_fields()}) if as_json else _action_text(r))
         if mine:
             return
+        for ex in snap.exits:
+            if ex.pid == pid:
+                state.exit_code, state.exit_signal = ex.exit_code, ex.signal
         if state.seen_on_gpu:
             gone_for += interval
             alive = backend.kind == "nvml" and _running(pid)
@@ -282,6 +300,15 @@ def _summary_text(s: dict[str, Any]) -> str:
     done = [a for a in s.get("actions", []) if a.get("done")]
     if done:
         lines.append("  acted: " + "; ".join(_what(a) for a in done))
+    if s["exit_code"] is not None or s["exit_signal"] is not None:
+        how = f"signal {s['exit_signal']}" if s["exit_signal"] else f"status {s['exit_code']}"
+        lines.append(f"  it exited with {how}")
     if s["probable_oom"]:
         lines.append("  it probably died of out-of-memory: see the findings and advice above")
+    elif s["ended"] == "exited" and s["left_nearly_full"]:
+        # What is known, no more: a run that ends on a full card is most often a run that ended.
+        lines.append(
+            f"  it left while the card was nearly full ({gib(s['last_free_bytes'])} GiB free); nothing says it ran "
+            "out of memory (its own memory did not run into the limit)"
+        )
     return "\n".join(lines)
