@@ -566,3 +566,45 @@ def test_a_failed_exit_right_after_the_cache_was_given_back_is_a_probable_oom(co
         history.add(snap)
         found += tracker.update(analyze(history, config))[0]
     assert [f.kind for f in found] == (["probable_oom"] if raised else [])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    holder=st.integers(1, 16),
+    newcomer=st.integers(1, 12),
+    at=st.floats(30, 400),
+    old=st.booleans(),
+)
+def test_a_flat_holder_is_never_squeezed(holder: int, newcomer: int, at: float, old: bool) -> None:
+    """Whatever the sizes and timing, a holder that loaded once and stays flat is never critically squeezed,
+    and is named at all only while it is young (under 2 minutes old: its needs are not known yet)."""
+    card = 24 * GIB - OVERHEAD
+
+    def usage(t: float) -> dict[int, int]:
+        out = {555: int(min(1.0, t / 3) * holder * GIB)}
+        if t >= at:
+            out[4242] = min(card - out[555], int(min(1.0, (t - at) / 5) * newcomer * GIB))
+        return out
+
+    start = WALL0 - 3600.0 if old else WALL0
+    rig = Rig(metas={555: meta(555, name="server", user="bob", start_time=start),
+                     4242: meta(4242, name="train.py", start_time=WALL0 + at)})  # fmt: skip
+    found = run(usage, at + 90, rig=rig, step=2.0, until_full=False).first("contention")
+    assert found is None or (not old and found.severity is Severity.WARNING)
+
+
+@settings(max_examples=25, deadline=None)
+@given(held=st.integers(1, 23), rise=st.integers(0, 4), end=st.floats(30, 300))
+def test_a_clean_exit_is_never_a_probable_oom(held: int, rise: int, end: float) -> None:
+    """Whatever the run's last moments looked like, an exit status of 0 seen on its zombie is never an OOM."""
+    history, config = History(), DetectorConfig()
+    tracker, found = FindingTracker(config), []
+    rig = Rig()
+    for t in ticks(0.0, end + 10):
+        top = min(24 * GIB - OVERHEAD, held * GIB + (t > end - 5) * rise * GIB)
+        snap = rig.snapshot(t, {4242: top} if t < end else {})
+        if t >= end and not snap.processes and not found and t - end < 1:
+            snap = dataclasses.replace(snap, exits=(ProcessExit(4242, meta(4242).start_time, 0),))
+        history.add(snap)
+        found += [f for f in tracker.update(analyze(history, config))[0] if f.kind == "probable_oom"]
+    assert found == []
