@@ -224,7 +224,8 @@ def _analyze_gpu(
             if device_growth is not None:
                 out.findings.append(device_growth)
 
-    if (finding := detect_pressure(ctx, culprit=_culprit(ctx, history, trees, out, config), config=config)) is not None:
+    finding = detect_pressure(ctx, culprit=lambda: _culprit(ctx, history, trees, out, config), config=config)
+    if finding is not None:
         out.findings.append(finding)
     out.findings.extend(detect_contention(ctx, history, config))
     out.findings.extend(detect_probable_oom(ctx, vanished, config, exits={k: e for k, (_, e) in history.exits.items()}))

@@ -102,8 +102,8 @@ def _took_the_room(
     seen: _Seen, series: View, history: History, ctx: GpuContext, config: DetectorConfig
 ) -> Finding | None:
     """On its arrival, it left a moving run less room than that run needs, or took most of a young run's."""
-    entrance = _entrance(seen, series, config)
-    if not _arriving(seen, entrance, ctx, config):
+    entrance = _arriving(seen, series, ctx, config)
+    if entrance is None:
         return None
     # What trees that came in after it took is theirs: count it as free, as it was when this one arrived.
     later = sum(
@@ -146,8 +146,8 @@ def _another_user(
     p = seen.p
     if not config.contention_other_user or p.meta.user is None:
         return None
-    entrance = _entrance(seen, series, config)
-    if not _arriving(seen, entrance, ctx, config):
+    entrance = _arriving(seen, series, ctx, config)
+    if entrance is None:
         return None
     before = seen.free + seen.used
     strangers = [
@@ -164,14 +164,26 @@ def _another_user(
     return _finding(seen, ctx, strangers[0], message=message, before=before, arrival=seen.first_seen, critical=False)
 
 
-def _arriving(seen: _Seen, entrance: float, ctx: GpuContext, config: DetectorConfig) -> bool:
-    """Within `contention_arrival_seconds` of coming in, and vramwatch watched the card before it came.
+def _arriving(seen: _Seen, series: View, ctx: GpuContext, config: DetectorConfig) -> float | None:
+    """When the newcomer came in (first held more than a bare CUDA context, `contention_incumbent_min_bytes`),
+    if that was within `contention_arrival_seconds` and vramwatch watched the card before it came; else None.
 
     A newcomer is judged on its arrival: what it takes later is growth (the growth and forecast detectors'),
-    and what others take later is theirs.
+    and what others take later is theirs. Runs on every process at every tick, so it looks only at the
+    arrival window: one C-level max over the older points tells a process that came in long ago.
     """
-    watched_before = bool(len(ctx.used)) and ctx.used.t[0] < seen.first_seen
-    return watched_before and ctx.now <= entrance + config.contention_arrival_seconds
+    if not len(ctx.used) or ctx.used.t[0] >= seen.first_seen:
+        return None  # no "before": vramwatch was not watching yet
+    cut = ctx.now - config.contention_arrival_seconds
+    earlier = series.max_between(seen.first_seen, cut)
+    if earlier is not None and earlier >= config.contention_incumbent_min_bytes:
+        return None  # it came in before the window
+    recent = series.since(cut)
+    entrance = next(
+        (t for t, v in zip(recent.t, recent.v, strict=True) if v >= config.contention_incumbent_min_bytes),
+        seen.first_seen,
+    )
+    return entrance if entrance >= cut else None
 
 
 def _victim(tree: _Tree) -> str:
@@ -248,11 +260,3 @@ def _age_at(tree: _Tree, t: float, first_seen: float, history: History, ctx: Gpu
     if started is None or latest is None:
         return t - first_seen
     return latest.wall_time - (ctx.now - t) - started
-
-
-def _entrance(seen: _Seen, series: View, config: DetectorConfig) -> float:
-    """When the newcomer first held more than a bare CUDA context (`contention_incumbent_min_bytes`)."""
-    return next(
-        (t for t, v in zip(series.t, series.v, strict=True) if v >= config.contention_incumbent_min_bytes),
-        seen.first_seen,
-    )

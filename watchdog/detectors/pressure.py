@@ -13,6 +13,8 @@ threshold times `pressure_exit_factor`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..model import Finding, Severity
 from . import _format as fmt
 from ._context import GpuContext
@@ -23,10 +25,11 @@ def pressure_threshold(total_bytes: int, config: DetectorConfig) -> float:
     return min(config.pressure_free_fraction * total_bytes, float(config.pressure_free_bytes))
 
 
-def detect_pressure(ctx: GpuContext, *, culprit: str | None, config: DetectorConfig) -> Finding | None:
+def detect_pressure(ctx: GpuContext, *, culprit: Callable[[], str | None], config: DetectorConfig) -> Finding | None:
     """A `pressure` warning while free memory is under the threshold (with hysteresis).
 
-    `culprit` is the clause naming who to look at (the tree filling the card, else the largest holder).
+    `culprit` gives the clause naming who to look at (the tree filling the card, else the newcomer, else the
+    largest holder); it is asked only when the finding is made, off the common path of a tick.
     """
     if ctx.free_bytes is None or not ctx.total_bytes:
         return None
@@ -38,7 +41,8 @@ def detect_pressure(ctx: GpuContext, *, culprit: str | None, config: DetectorCon
         if recent_low is None or recent_low >= threshold:
             return None
     share = ctx.free_bytes / ctx.total_bytes
-    holder = f"; {culprit}" if culprit else ""
+    who = culprit()
+    holder = f"; {who}" if who else ""
     return Finding(
         kind="pressure",
         severity=Severity.WARNING,
@@ -53,6 +57,6 @@ def detect_pressure(ctx: GpuContext, *, culprit: str | None, config: DetectorCon
             "total_bytes": ctx.total_bytes,
             "used_bytes": ctx.used_bytes,
             "threshold_bytes": int(threshold),
-            "culprit": culprit,
+            "culprit": who,
         },
     )
