@@ -113,6 +113,7 @@ def test_agent_oom_report_is_one_certain_post_mortem() -> None:
     assert f.process == ProcessKey(4242, 1000.0)
     assert f.numbers["reserved_unallocated_bytes"] == 3 * GIB
     assert "fragmented" in f.message  # 3 GiB cached but unusable for a 1 GiB request
+    assert f.numbers["fragmented"] is True  # the one rule (detectors/oom.py) that `vramwatch run` tells too
 
 
 def test_recheck_refuses_when_memory_got_better_or_the_process_left() -> None:

@@ -11,6 +11,7 @@ from vramwatch.detectors.fragmentation import (
     classify_growth,
     detect_fragmentation,
 )
+from vramwatch.detectors.oom import fragmented_at_oom
 from vramwatch.model import ProcessKey, Severity, TorchStats
 
 GIB = 1 << 30
@@ -183,3 +184,46 @@ def test_no_split_no_flush_no_finding(samples: list[tuple[int, int, int]]):
         for a, r, s in samples
     ]
     assert detect_fragmentation(stats, [float(i) for i in range(len(stats))], TOTAL) is None
+
+
+@pytest.mark.parametrize(
+    ("requested", "reserved", "allocated", "free", "fragmented"),
+    [
+        (1 * GIB, 23 * GIB, 20 * GIB, 0, True),  # 3 GiB cached in pieces, a 1 GiB request failed
+        (4 * GIB, 23 * GIB, 20 * GIB, 2 * GIB, True),  # the pieces plus the device's free would have held it
+        (8 * GIB, 23 * GIB, 20 * GIB, 2 * GIB, False),  # not enough memory at all: the request did not fit
+        (1 * GIB, 23 * GIB, 22 * GIB, 0, False),  # 1 GiB of slack is under a tenth of the pool: not to blame
+        (None, 23 * GIB, 20 * GIB, None, True),  # request unknown: a real share of the pool in pieces
+        (1 * GIB, None, 20 * GIB, 0, False),  # figures missing: no claim
+    ],
+)
+def test_one_rule_says_whether_fragmentation_caused_an_oom(
+    requested: int | None, reserved: int | None, allocated: int | None, free: int | None, fragmented: bool
+) -> None:
+    """Fragmentation is to blame when the cached pieces are a real share of the pool and, with the device's free
+    memory, would have held the request."""
+    got = fragmented_at_oom(
+        requested_bytes=requested, reserved_bytes=reserved, allocated_bytes=allocated, device_free_bytes=free
+    )
+    assert got is fragmented
+
+
+@given(
+    requested=st.integers(1, 64 * GIB),
+    reserved=st.integers(1, 64 * GIB),
+    allocated=st.integers(0, 64 * GIB),
+    free=st.integers(0, 64 * GIB),
+)
+def test_serve_and_run_agree_about_every_oom(requested: int, reserved: int, allocated: int, free: int) -> None:
+    """`vramwatch run`'s monitor and the daemon's `oom` finding give the same verdict on the same OOM."""
+    from vramwatch.agent.monitor import _fragmented
+    from vramwatch.agentlink import OomEvent
+    from vramwatch.detectors.oom import oom_finding
+
+    ev = OomEvent(pid=1, device=0, requested_bytes=requested, capacity_bytes=None, device_free_bytes=free,
+                  allocated_bytes=allocated, reserved_bytes=reserved, inactive_split_bytes=None,
+                  num_alloc_retries=None, num_ooms=1, snapshot_path=None, observed=True)  # fmt: skip
+    finding = oom_finding(pid=1, gpu_uuid=None, t=0.0, process=None, process_name=None, requested_bytes=requested,
+                          allocated_bytes=allocated, reserved_bytes=reserved, inactive_split_bytes=None,
+                          num_alloc_retries=None, device_free_bytes=free)  # fmt: skip
+    assert finding.numbers["fragmented"] is _fragmented(ev)

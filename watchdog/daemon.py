@@ -27,12 +27,13 @@ from .agentlink import AgentListener, AgentReport, OomEvent
 from .clock import SystemClock
 from .config import Config, dataclass_from_table
 from .detectors import Analysis, DetectorConfig, FindingTracker, analyze
+from .detectors.oom import oom_finding
 from .enrich import Enricher
 from .errors import BackendUnavailable, VramwatchError
 from .exporter import ExportState, MetricsServer, make_registry
 from .history import History
-from .model import Finding, ProcessKey, ProcessMeta, Severity, Snapshot, TorchStats
-from .render import finding_dict, gib, snapshot_to_json
+from .model import Finding, ProcessKey, ProcessMeta, Snapshot, TorchStats
+from .render import finding_dict, snapshot_to_json
 from .sampler import Sampler, TickStats, run_every
 from .sdnotify import SdNotifier
 from .typing import Backend, Clock
@@ -363,40 +364,22 @@ class Daemon:
         findings = []
         for ev in events:
             proc = next((p for p in snap.processes if p.pid == ev.pid), None)
-            free_cache = ev.reserved_unallocated_bytes
-            frag = free_cache is not None and ev.requested_bytes is not None and free_cache >= ev.requested_bytes
-            what = (
-                "enough memory was cached but fragmented (expandable_segments would have helped)"
-                if frag
-                else "the request did not fit"
-            )
-            f = Finding(
-                kind="oom",
-                severity=Severity.CRITICAL,
+            f = oom_finding(
+                pid=ev.pid,
                 gpu_uuid=ev.gpu_uuid,
-                message=(
-                    f"pid {ev.pid} ran out of GPU memory: asked for {gib(ev.requested_bytes)} GiB with "
-                    f"{gib(ev.allocated_bytes)} GiB allocated and {gib(ev.reserved_bytes)} GiB reserved by PyTorch; "
-                    f"{what}" + (f"; memory snapshot: {ev.snapshot_path}" if ev.snapshot_path else "")
-                ),
                 t=snap.t,
                 process=proc.key if proc else None,
                 process_name=proc.meta.name if proc else None,
-                numbers={
-                    "requested_bytes": ev.requested_bytes,
-                    "allocated_bytes": ev.allocated_bytes,
-                    "reserved_bytes": ev.reserved_bytes,
-                    "reserved_unallocated_bytes": free_cache,
-                    "inactive_split_bytes": ev.inactive_split_bytes,
-                    "num_alloc_retries": ev.num_alloc_retries,
-                    "device_free_bytes": ev.device_free_bytes,
-                },
+                requested_bytes=ev.requested_bytes,
+                allocated_bytes=ev.allocated_bytes,
+                reserved_bytes=ev.reserved_bytes,
+                inactive_split_bytes=ev.inactive_split_bytes,
+                num_alloc_retries=ev.num_alloc_retries,
+                device_free_bytes=ev.device_free_bytes,
+                snapshot_path=ev.snapshot_path,
             )
             p = self.pipeline
-            if p is not None and p.enrich is not None:
-                f = p.enrich(replace(f, kind="fragmentation" if frag else "spike"), snap)
-                f = replace(f, kind="oom")
-            findings.append(f)
+            findings.append(p.enrich(f, snap) if p is not None and p.enrich is not None else f)
         return findings
 
     def _notify_agents(self, raised: list[Finding], snap: Snapshot) -> None:

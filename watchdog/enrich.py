@@ -137,6 +137,10 @@ class Enricher:
         return max(on_gpu, key=lambda p: p.used_bytes or 0).meta
 
     def _advice_kind(self, finding: Finding, meta: ProcessMeta) -> str:
+        """Which situation's advice fits: the advice table's key, chosen from the finding (never relabelled)."""
+        if finding.kind == "oom":
+            # The agent's certain OOM: its own fragmentation verdict (detectors/oom.py) picks the remedy.
+            return "fragmentation" if finding.numbers.get("fragmented") else "spike"
         if finding.kind in {"oom_forecast", "pressure", "probable_oom"}:
             leaks = self.leaking()
             if any(k.pid in (meta.pid, meta.root_pid) for k in leaks):

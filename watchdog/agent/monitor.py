@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from ..agentlink import AgentDevice, AgentReport, OomEvent
 from ..detectors.fragmentation import FragmentationConfig, GrowthConfig, classify_growth, detect_fragmentation
+from ..detectors.oom import fragmented_at_oom
 
 SendPressure = Callable[[int, str, str], bool]  # (pid, level, reason) -> sent
 
@@ -60,14 +61,13 @@ def _size(n: int | float | None) -> str:
 
 
 def _fragmented(oom: OomEvent) -> bool:
-    """At an OOM the allocator has already returned every whole cached segment, so what is still reserved
-    but unallocated sits in pieces. Fragmentation is to blame when those pieces are a real share of the
-    pool (a tenth or more) and, with the device's free memory, would have held the request: it failed for
-    want of a contiguous block, not of memory."""
-    slack = oom.reserved_unallocated_bytes
-    if slack is None or not oom.reserved_bytes or slack < 0.1 * oom.reserved_bytes:
-        return False
-    return oom.requested_bytes is None or slack + (oom.device_free_bytes or 0) >= oom.requested_bytes
+    """The daemon's rule, so that `vramwatch run` and `serve` never disagree about the same OOM."""
+    return fragmented_at_oom(
+        requested_bytes=oom.requested_bytes,
+        reserved_bytes=oom.reserved_bytes,
+        allocated_bytes=oom.allocated_bytes,
+        device_free_bytes=oom.device_free_bytes,
+    )
 
 
 def format_oom(oom: OomEvent) -> list[str]:
