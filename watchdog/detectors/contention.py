@@ -115,9 +115,8 @@ def _took_the_room(
     )
     free = seen.free + later
     before = free + seen.used  # the room it found: what was free then plus what it took
-    if seen.used < config.contention_min_bytes:
-        return None
-    arrival = next((t for t, v in zip(series.t, series.v, strict=True) if v >= seen.used / 2), entrance)
+    recent = series.since(entrance - config.contention_arrival_seconds)
+    arrival = next((t for t, v in zip(recent.t, recent.v, strict=True) if v >= seen.used / 2), entrance)
     for inc in _incumbents(seen, entrance, history, ctx, config):
         squeezed = free < inc.need_bytes
         young = (
@@ -238,13 +237,14 @@ def _incumbents(
         seen_before = series.before(entrance)
         if len(seen_before) < 2 or max(seen_before.v) - min(seen_before.v) <= config.noise_bytes:
             continue  # never seen to move (a ballast, a server loaded before we watched): it holds all it uses
-        young = _age_at(tree, entrance, track.first_seen, history, ctx) < config.contention_young_seconds
+        age = _age_at(tree, entrance, track.first_seen, history, ctx)
         lookback = seen_before.since(entrance - config.contention_static_seconds)
-        if not young and (len(lookback) < 2 or max(lookback.v) - min(lookback.v) <= config.noise_bytes):
+        flat = len(lookback) < 2 or max(lookback.v) - min(lookback.v) <= config.noise_bytes
+        if flat and age >= config.contention_young_seconds:
             continue  # static: it already holds all it uses
         peak = series.max_between(entrance - config.contention_need_seconds, ctx.now + 1.0)
         need = 0 if peak is None else max(0, int(peak) - tree.held)
-        out.append(_Incumbent(tree, _age_at(tree, entrance, track.first_seen, history, ctx), need))
+        out.append(_Incumbent(tree, age, need))
     out.sort(key=lambda inc: (-inc.need_bytes, -inc.tree.held))
     return out
 
