@@ -234,15 +234,16 @@ def _analyze_gpu(
 
 def _sustained_growers(
     ctx: GpuContext, history: History, trees: dict[ProcessKey, _Tree], device: Profile, config: DetectorConfig
-) -> list[_Tree]:
-    """The trees whose own memory rises steadily over the device forecast's horizons, fastest first.
+) -> list[_Tree] | None:
+    """The trees whose own memory rises steadily over the device forecast's horizons, fastest first; None when
+    the device itself does not rise steadily (nothing to forecast: the per-tree fits are not spent).
 
     Only asked when the device itself has a sustained rise (rare), so its cost is off the common path. Each
     tree passes the forecast's own test, and a tree that frees and re-takes memory must raise its peaks.
     """
     shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
     if device.best(shortest, config, max_share=config.forecast_max_subwindow_share) is None:
-        return list(trees.values())  # nothing to forecast anyway: do not spend the per-tree fits
+        return None
     found: list[tuple[float, _Tree]] = []
     for tree in trees.values():
         track = history.trees.get((tree.key, ctx.uuid))
