@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from vramwatch.advice import TrainerSettings, recognize
-from vramwatch.advice.argv import parse_flags, split_invocation
+from vramwatch.advice.argv import parse_flags, split_invocation, to_bool
 from vramwatch.advice.configfile import MAX_CONFIG_BYTES, parse_env_file, read_text_file
 from vramwatch.advice.recognize import filter_env
 
@@ -475,3 +477,47 @@ def test_accelerate_own_config_file_is_not_the_trainers() -> None:
     assert [Path(p).name for p in settings.config_files] == ["flux_lora.toml", "dataset.toml"]
     assert settings.mixed_precision == "bf16"
     assert settings.network_dim == 64
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        # The README's own example: a trailing "..." after the last flag's value.
+        "accelerate launch flux_train_network.py --train_batch_size 4 --gradient_checkpointing ...",
+        # A positional word (a config or dataset file) right after a flag's value, and after a bare switch.
+        "python flux_train_network.py --train_batch_size 4 config.toml --gradient_checkpointing dataset.toml",
+        # torchrun with its own options first, then the script's flags and a trailing positional.
+        "torchrun --nproc_per_node 2 train_dreambooth_lora_flux.py --train_batch_size 4 --gradient_checkpointing "
+        "--resolution 1024 out/",
+        # accelerate with a config file and a module launcher.
+        "python -m accelerate.commands.launch --config_file acc.yaml train_dreambooth_lora_flux.py "
+        "--gradient_checkpointing extra --train_batch_size=4 trailing words",
+    ],
+)
+def test_flags_are_kept_whatever_positional_words_surround_them(argv: str) -> None:
+    """A flag's value is the word right after it: trailing positionals, config files and "..." never hide it."""
+    settings = recognize(argv.split(), read_file=_no_files)
+    assert settings.batch_size == 4
+    assert settings.gradient_checkpointing is True
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    # Not a boolean word: `--gradient_checkpointing no` really does turn the switch off.
+    words=st.lists(
+        st.from_regex(r"[a-z][a-z0-9_./]{0,12}", fullmatch=True).filter(lambda w: to_bool(w) is None), max_size=3
+    ),
+    where=st.integers(0, 2),
+)
+def test_positional_words_anywhere_never_change_a_flag(words: list[str], where: int) -> None:
+    """Positional words before, between or after the flags leave the batch size and the switch as given."""
+    flags = [["--train_batch_size", "4"], ["--gradient_checkpointing"], ["--resolution", "512,512"]]
+    argv = ["python", "flux_train_network.py"]
+    for i, flag in enumerate(flags):
+        argv += flag
+        if i == where:
+            argv += words
+    settings = recognize(argv, read_file=_no_files)
+    assert settings.batch_size == 4
+    assert settings.gradient_checkpointing is True
+    assert settings.resolution == (512, 512)

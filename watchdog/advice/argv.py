@@ -7,7 +7,8 @@ argument, or the module after `-m`) and separates the launcher's options from th
 
 `parse_flags` reads the script's options the way argparse does for these trainers: `--name value`,
 `--name=value`, a bare `--name` switch, several values for `nargs="*"` options, and the last occurrence of a
-flag wins. It never raises: a command line is data from another user's process.
+flag wins; a single-valued flag's value is the word right after it (`value_of`), whatever positional words
+follow. It never raises: a command line is data from another user's process.
 """
 
 from __future__ import annotations
@@ -129,12 +130,22 @@ def parse_flags(args: Sequence[str]) -> tuple[dict[str, tuple[str, ...]], tuple[
     return flags, tuple(positionals)
 
 
+def value_of(values: Sequence[str]) -> str | bool:
+    """A flag's value as argparse reads a single-valued option: the word right after it (True for a bare switch).
+
+    Words after that one are the command's positional arguments (`train.py --train_batch_size 4 config.toml`,
+    a trailing `...` in an example), not the flag's: taking the last word would read "config.toml" as the batch
+    size and lose the flag. The few list-valued options (`nargs="*"`) are read from `parse_flags` directly.
+    """
+    return values[0] if values else True
+
+
 def flag_text(flags: Flags, *names: str) -> tuple[str, str] | None:
     """(name, value) of the first of `names` given with a value; a bare switch has value ""."""
     for name in names:
         if name in flags:
-            values = flags[name]
-            return name, (values[-1] if values else "")
+            value = value_of(flags[name])
+            return name, ("" if value is True else str(value))
     return None
 
 
@@ -174,7 +185,8 @@ def flag_switch(flags: Flags, name: str) -> bool | None:
     """A store_true flag: True if given bare or with a true value, False if given false, None if absent."""
     if name not in flags:
         return None
-    values = flags[name]
-    if not values:
+    value = value_of(flags[name])
+    if value is True:
         return True
-    return to_bool(values[-1])
+    meant = to_bool(value)
+    return True if meant is None else meant  # `--switch config.toml`: a bare switch, then a positional word

@@ -27,7 +27,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from . import settings as s
-from .argv import Flags, Invocation, flag_switch, flag_text, parse_flags, to_bool, to_int
+from .argv import Flags, Invocation, flag_switch, flag_text, parse_flags, to_bool, to_int, value_of
 from .configfile import ReadFile, load_mapping, lookup
 
 
@@ -220,11 +220,12 @@ def kohya(inv: Invocation, ctx: Context, b: Builder) -> None:
                 config = _flatten_kohya_config(data)
                 config_name = str(path)
 
-    def get(name: str) -> tuple[Any, str, str, str | None] | None:
-        """(value, kind, detail, file) with the command line first, as argparse applies it."""
+    def get(name: str, *, switch: bool = False) -> tuple[Any, str, str, str | None] | None:
+        """(value, kind, detail, file) with the command line first, as argparse applies it; a `switch`
+        (store_true) flag followed by a positional word is a bare switch."""
         if name in flags:
-            values = flags[name]
-            return (values[-1] if values else True), s.FROM_FLAG, f"--{name}", None
+            value = flag_switch(flags, name) if switch else value_of(flags[name])
+            return value, s.FROM_FLAG, f"--{name}", None
         if name in config:
             return config[name], s.FROM_CONFIG, f"{PurePath(config_name or '').name}: {name}", config_name
         return None
@@ -238,27 +239,29 @@ def kohya(inv: Invocation, ctx: Context, b: Builder) -> None:
     put("grad_accum", "gradient_accumulation_steps", to_int)
     put("resolution", "resolution", resolution_pair)
     put("mixed_precision", "mixed_precision", precision)
-    put("gradient_checkpointing", "gradient_checkpointing", to_bool)
+    got = get("gradient_checkpointing", switch=True)
+    if got is not None:
+        b.set("gradient_checkpointing", to_bool(got[0]), got[1], got[2], got[3])
     put("optimizer", "optimizer_type", lambda v: str(v) if v not in (None, "", True) else None)
     for name, optimizer in (("use_8bit_adam", "AdamW8bit"), ("use_lion_optimizer", "Lion")):
-        got = get(name)
+        got = get(name, switch=True)
         if got is not None and to_bool(got[0]):
             b.set("optimizer", optimizer, got[1], got[2], got[3])
     for name, attention in (("mem_eff_attn", "mem_eff"), ("sdpa", "sdpa"), ("xformers", "xformers")):
-        got = get(name)
+        got = get(name, switch=True)
         if got is not None and to_bool(got[0]):
             b.set("attention", attention, got[1], got[2], got[3])
     for name in ("fp8_base", "fp8_base_unet"):
-        got = get(name)
+        got = get(name, switch=True)
         if got is not None and to_bool(got[0]):
             b.set("fp8_base", True, got[1], got[2], got[3])
     put("blocks_to_swap", "blocks_to_swap", lambda v: 0 if v in (0, "0") else to_int(v))
     for name in ("cache_latents", "cache_latents_to_disk"):
-        got = get(name)
+        got = get(name, switch=True)
         if got is not None and to_bool(got[0]):
             b.set("cache_latents", True, got[1], got[2], got[3])
     for name in ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"):
-        got = get(name)
+        got = get(name, switch=True)
         if got is not None and to_bool(got[0]):
             b.set("cache_text_encoder_outputs", True, got[1], got[2], got[3])
     put("network_dim", "network_dim", to_int)
@@ -612,7 +615,7 @@ def simpletuner(inv: Invocation, ctx: Context, b: Builder) -> None:
         if fmt == "env":
             options = {_SIMPLETUNER_ENV[k]: v for k, v in data.items() if k in _SIMPLETUNER_ENV}
             extra, _ = parse_flags(str(data.get("TRAINER_EXTRA_ARGS", "")).split())
-            options.update({k: (v[-1] if v else True) for k, v in extra.items()})
+            options.update({k: value_of(v) for k, v in extra.items()})
         else:
             # json_file.normalize_args: the leading "--" is optional.
             options = {str(k).lstrip("-"): v for k, v in data.items()}
@@ -623,7 +626,7 @@ def simpletuner(inv: Invocation, ctx: Context, b: Builder) -> None:
             b.config_failed = True
             b.notes.append("settings unknown: no SimpleTuner config/config.{json,toml,env} found under the process cwd")
             return
-        options = {k: (v[-1] if v else True) for k, v in flags.items()}
+        options = {k: value_of(v) for k, v in flags.items()}
         b.values["config_format"] = "cmd"
         kind, file, name = s.FROM_FLAG, None, "command line"
 
