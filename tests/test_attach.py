@@ -279,3 +279,12 @@ def test_attach_on_real_recordings_tells_an_exit_from_an_oom(trace: str, role: s
     summary = json.loads(res.stdout.splitlines()[-1])
     assert summary["probable_oom"] is oom
     assert summary["ended"] == ("probable OOM" if oom else "exited")
+
+
+@pytest.mark.parametrize("pid", ["0", "-1", "100000000000000000000", "abc"])
+def test_attach_refuses_a_pid_that_cannot_exist(pid: str) -> None:
+    """A typo'd pid is one clear usage error (exit 2), never a ten-minute wait or a traceback."""
+    res = CliRunner().invoke(main, ["attach", "--", pid])
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
+    assert "PID" in res.output

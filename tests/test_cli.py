@@ -23,7 +23,8 @@ def _invoke(*args: str) -> tuple[int, str, str]:
     ("args", "message"),
     [
         (("status", "--simulate", "nope"), "unknown scenario"),
-        (("advise", "999999999"), "no process with pid 999999999"),
+        (("advise", "4194000"), "no process with pid 4194000"),
+        (("advise", "999999999"), "is not in the range"),
         (("advise",), "give a pid or --cmdline"),
         (("--config", "/nonexistent/vw.toml", "status"), "cannot read config file"),
     ],

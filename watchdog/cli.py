@@ -45,6 +45,8 @@ _simulate = click.option(
 )
 _seed = click.option("--seed", type=int, help="Seed of the simulated scenario (same seed, same run).")
 _interval = click.option("--interval", type=float, help="Seconds between samples [default: 1].")
+#: A process id as Linux hands them out (pid_max is at most 2^22): 0, -1 or 10^20 are typos, refused at once.
+PID = click.IntRange(1, 1 << 22)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -169,7 +171,7 @@ def replay(ctx: click.Context, file: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("pid", type=int, required=False)
+@click.argument("pid", type=PID, required=False)
 @click.option("--cmdline", metavar="'COMMAND ...'", help="Advise for this command line instead of a running pid.")
 @click.option(
     "--kind",
@@ -236,7 +238,7 @@ def run(snapshot: str | None, socket_path: str | None, empty_cache_on_pressure: 
 
 
 @main.command()
-@click.argument("pid", type=int)
+@click.argument("pid", type=PID)
 @_simulate
 @_seed
 @click.option("--replay", metavar="FILE", type=click.Path(exists=True, dir_okay=False), help="Watch a pid in a trace.")
