@@ -129,3 +129,15 @@ def test_notify_test_without_notifiers_says_what_to_configure() -> None:
     code, _, err = _invoke("notify", "--test")
     assert code == 2
     assert "no notifier is configured" in err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e-9", "0.001"])
+@pytest.mark.parametrize("command", ["record", "serve"])
+def test_a_bad_interval_is_one_line_and_exit_2(command: str, value: str, tmp_path: Path) -> None:
+    """--interval 0, -1, nan, inf or 1e-9 is refused with one line naming it: no traceback, nothing started."""
+    args = [command, *([str(tmp_path / "t.jsonl")] if command == "record" else []), f"--interval={value}"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
+    assert "interval" in res.stderr
+    assert not (tmp_path / "t.jsonl").exists()

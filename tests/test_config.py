@@ -29,8 +29,8 @@ def test_precedence_file_env_cli(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[daemon]\ninterval = "fast"\n', r"\[daemon\] interval: expected a number > 0, got 'fast'"),
-        ("[daemon]\ninterval = -1\n", r"interval: expected a number > 0"),
+        ('[daemon]\ninterval = "fast"\n', r"\[daemon\] interval: expected a finite number > 0, got 'fast'"),
+        ("[daemon]\ninterval = -1\n", r"interval: expected a finite number > 0"),
         ("[daemon]\nlisen = 1\n", r"unknown key 'lisen'"),
         ("[deamon]\n", r"unknown section \[deamon\]"),
         ("[daemon\n", r"not valid TOML"),

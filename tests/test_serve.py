@@ -121,7 +121,7 @@ def test_invalid_config_is_rejected_with_file_and_key(tmp_path: Path) -> None:
     )  # fmt: skip
     assert res.returncode == 2
     assert str(cfg) in res.stderr
-    assert "interval: expected a number" in res.stderr
+    assert "interval: expected a finite number" in res.stderr
 
 
 def test_sighup_reloads_without_losing_history(tmp_path: Path) -> None:

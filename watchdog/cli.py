@@ -21,6 +21,8 @@ from .errors import VramwatchError
 
 
 def _load(ctx: click.Context, overrides: dict[str, Any]) -> Config:
+    """The config with the command line's overrides; raises ConfigError (call it inside `_run`, which makes that
+    one line and exit 2, or from a reload, which keeps the old config)."""
     path = ctx.obj.get("config") if ctx.obj else None
     return load(Path(path) if path else None, overrides)
 
@@ -153,8 +155,8 @@ def record(
     no_cmdline: bool,
 ) -> None:
     """Record what the sampler sees to FILE (JSON Lines; .gz compresses), for replay and bug reports."""
-    cfg = _load(ctx, {"simulate": simulate, "seed": seed, "interval": interval})
-    _run(lambda: app.record(cfg, Path(file), out=_echo, duration=duration, cmdline=not no_cmdline))
+    overrides = {"simulate": simulate, "seed": seed, "interval": interval}
+    _run(lambda: app.record(_load(ctx, overrides), Path(file), out=_echo, duration=duration, cmdline=not no_cmdline))
 
 
 @main.command()
@@ -259,8 +261,8 @@ def attach(
     Exits 0 when the run ended normally, 3 when it probably died of out-of-memory. Attaching counts as
     consent to the policy's actions for this pid (a save-now adapter, if the policy enables one).
     """
-    cfg = _load(ctx, {"simulate": simulate, "seed": seed, "replay": replay})
-    _run(lambda: app.attach(cfg, pid, out=_echo, as_json=as_json, fast_forward=fast_forward))
+    overrides = {"simulate": simulate, "seed": seed, "replay": replay}
+    _run(lambda: app.attach(_load(ctx, overrides), pid, out=_echo, as_json=as_json, fast_forward=fast_forward))
 
 
 @main.command()

@@ -3,13 +3,14 @@
 Precedence, lowest first: built-in defaults, the config file, the environment, the command line. Every
 daemon option has all three forms (`[daemon] interval = 1.0`, `VRAMWATCH_INTERVAL=1`, `--interval 1`). An invalid
 value is rejected with where it came from, the key and what was expected, e.g.
-`/etc/vramwatch/vramwatch.toml: [daemon] interval: expected a number > 0, got 'fast'`.
+`/etc/vramwatch/vramwatch.toml: [daemon] interval: expected a finite number > 0, got 'fast'`.
 Sections other than [daemon] (detectors, policy, notify, agent) are validated by the modules that own them;
 here they are only checked to be tables, and unknown sections are an error (a typo must not pass silently).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -57,9 +58,20 @@ class Config:
 
 
 def _positive(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-        raise ValueError("a number > 0")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
+        raise ValueError("a finite number > 0")
     return float(v)
+
+
+#: Faster than 100 Hz only floods the log with overruns: NVML and attribution take about a millisecond a tick.
+MIN_INTERVAL_SECONDS = 0.01
+
+
+def _interval(v: Any) -> float:
+    seconds = _positive(v)
+    if seconds < MIN_INTERVAL_SECONDS:
+        raise ValueError(f"at least {MIN_INTERVAL_SECONDS} seconds")
+    return seconds
 
 
 def _bool(v: Any) -> bool:
@@ -93,7 +105,7 @@ def _choice(*options: str) -> Callable[[Any], str]:
 
 _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "listen": _str,
-    "interval": _positive,
+    "interval": _interval,
     "history_seconds": _positive,
     "process_metrics": _bool,
     "simulate": _str,
