@@ -141,3 +141,34 @@ def test_a_bad_interval_is_one_line_and_exit_2(command: str, value: str, tmp_pat
     assert "Traceback" not in res.output
     assert "interval" in res.stderr
     assert not (tmp_path / "t.jsonl").exists()
+
+
+def test_record_never_overwrites_a_trace_without_force(tmp_path: Path) -> None:
+    """An existing recording is kept (exit 2, one line) unless --force says to overwrite it."""
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("keep me\n")
+    args = ["record", str(trace), "--simulate", "leak", "--interval", "0.01", "--duration", "0.05"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2
+    assert "--force" in res.stderr
+    assert trace.read_text() == "keep me\n"
+    res = CliRunner().invoke(main, [*args, "--force"])
+    assert res.exit_code == 0, res.output
+    assert trace.read_text() != "keep me\n"
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """A config file in another encoding names the file and says why, without a traceback."""
+    cfg = tmp_path / "vw.toml"
+    cfg.write_bytes(b"\xff\xfe[daemon]\n")
+    res = CliRunner().invoke(main, ["--config", str(cfg), "status", "--simulate", "steady"])
+    assert res.exit_code == 2
+    assert "not a UTF-8 text file" in res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_notify_without_a_notifier_names_the_right_syntax() -> None:
+    """The message gives the table syntax the config really uses ([[notify.webhook]])."""
+    res = CliRunner().invoke(main, ["notify", "--test"])
+    assert res.exit_code == 2
+    assert "[[notify.webhook]]" in res.stderr

@@ -88,12 +88,14 @@ def test_healthz_reports_a_ticking_sampler(leak_server: tuple[subprocess.Popen[s
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_within_a_second(leak_server: tuple[subprocess.Popen[str], int], sig: int) -> None:
-    """SIGTERM and SIGINT stop serve cleanly (exit 0) within a second, even with a long interval."""
+    """SIGTERM and SIGINT stop serve cleanly (exit 0) within a second, even with a long interval, and it says so."""
     proc, _ = leak_server
     t0 = time.monotonic()
     proc.send_signal(sig)
     assert proc.wait(5) == 0
     assert time.monotonic() - t0 < 1.0
+    assert proc.stdout is not None
+    assert "vramwatch: stopped after" in proc.stdout.read()
 
 
 def test_port_in_use_is_a_clear_error() -> None:

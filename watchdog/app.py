@@ -121,6 +121,8 @@ def serve(
     finally:
         if writer is not None:
             writer.close()
+    ticks = daemon.pipeline.sampler.stats.ticks if daemon.pipeline is not None else 0
+    out(f"vramwatch: stopped after {ticks} ticks" + (f"; trace written to {cfg.daemon.record}" if writer else ""))
     return 0
 
 
@@ -269,10 +271,17 @@ def record(
     out: Echo,
     duration: float | None = None,
     cmdline: bool = True,
+    force: bool = False,
     clock: Clock | None = None,
     stop: threading.Event | None = None,
 ) -> int:
-    """`vramwatch record FILE`: write what the sampler sees, one JSON line per tick, until stopped or `duration`."""
+    """`vramwatch record FILE`: write what the sampler sees, one JSON line per tick, until stopped or `duration`.
+
+    An existing FILE is a recording someone may need (the one attached to a bug report): it is never
+    overwritten unless `force`.
+    """
+    if path.exists() and not force:
+        raise VramwatchError(f"{path} exists: give another file name, or --force to overwrite it")
     clock = clock or SystemClock()
     backend, fallback = _open(cfg, clock, require_gpu=False)
     stop = stop or threading.Event()
@@ -430,7 +439,10 @@ def notify_test(cfg: Config, *, out: Echo, timeout: float = 15.0) -> int:
     clock = SystemClock()
     notifiers = build_notifiers(dict(cfg.section("notify")), clock=clock)
     if not notifiers:
-        raise VramwatchError("no notifier is configured: add [notify] webhook or alertmanager to the config file")
+        raise VramwatchError(
+            "no notifier is configured: add a [[notify.webhook]] (url = ...) or [[notify.alertmanager]] table to "
+            "the config file given with --config (see docs/actions.md)"
+        )
     finding = Finding(
         kind="test",
         severity=Severity.WARNING,

@@ -144,6 +144,7 @@ def scenarios() -> None:
 @_seed
 @_interval
 @click.option("--no-cmdline", is_flag=True, help="Leave command lines out of the trace (they are redacted anyway).")
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
 @click.pass_context
 def record(
     ctx: click.Context,
@@ -153,10 +154,15 @@ def record(
     seed: int | None,
     interval: float | None,
     no_cmdline: bool,
+    force: bool,
 ) -> None:
     """Record what the sampler sees to FILE (JSON Lines; .gz compresses), for replay and bug reports."""
     overrides = {"simulate": simulate, "seed": seed, "interval": interval}
-    _run(lambda: app.record(_load(ctx, overrides), Path(file), out=_echo, duration=duration, cmdline=not no_cmdline))
+    _run(
+        lambda: app.record(
+            _load(ctx, overrides), Path(file), out=_echo, duration=duration, cmdline=not no_cmdline, force=force
+        )
+    )
 
 
 @main.command()
