@@ -172,3 +172,22 @@ def test_notify_without_a_notifier_names_the_right_syntax() -> None:
     res = CliRunner().invoke(main, ["notify", "--test"])
     assert res.exit_code == 2
     assert "[[notify.webhook]]" in res.stderr
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_global_options_work_before_or_after_the_subcommand(where: str, tmp_path: Path) -> None:
+    """--config (and the log options) read the same whether given before the subcommand or after it."""
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text('[daemon]\ninterval = "often"\n')  # invalid on purpose: proof that the file was read
+    opts = ["--config", str(cfg), "--log-level", "debug", "-q"]
+    args = [*opts, "status", "--simulate", "steady"] if where == "before" else ["status", "--simulate", "steady", *opts]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2
+    assert f"{cfg}: [daemon] interval" in res.stderr
+
+
+def test_an_unknown_log_level_is_a_usage_error() -> None:
+    """A log level outside debug/info/warning/error is refused by the parser, before anything runs."""
+    res = CliRunner().invoke(main, ["status", "--log-level", "chatty"])
+    assert res.exit_code == 2
+    assert "chatty" in res.output

@@ -51,27 +51,69 @@ _interval = click.option("--interval", type=float, help="Seconds between samples
 PID = click.IntRange(1, 1 << 22)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="vramwatch")
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False),
-    envvar="VRAMWATCH_CONFIG",
-    help="TOML config file (options below override it).",
-)
-@click.option("--log-format", type=click.Choice(["auto", "console", "json"]), help="Log format [default: auto].")
-@click.pass_context
-def main(ctx: click.Context, config: str | None, log_format: str | None) -> None:
-    """vramwatch: a live GPU-memory watchdog for people who train models."""
-    ctx.ensure_object(dict)
-    ctx.obj["config"] = config
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A global option given before or after the subcommand: kept on the root context, logging set up again."""
+    if value is None or value is False:
+        return value
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    root.obj[param.name] = value
+    _configure_logs(root)
+    return value
+
+
+def _configure_logs(root: click.Context) -> None:
+    """structlog, once per change of the global options: the config file's choice, overridden by the flags."""
+    obj = root.obj or {}
+    level = obj.get("log_level") or ("debug" if obj.get("verbose") else "warning" if obj.get("quiet") else None)
     try:
-        cfg = load(Path(config) if config else None, {"log_format": log_format})
+        cfg = load(Path(obj["config"]) if obj.get("config") else None, {"log_format": obj.get("log_format"),
+                                                                         "log_level": level})  # fmt: skip
         logs.configure(cfg.daemon.log_format, cfg.daemon.log_level)
     except VramwatchError as exc:
         click.echo(f"vramwatch: error: {exc}", err=True)
         sys.exit(2)
+
+
+def _global_options(*, envvar: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--config, --log-format, --log-level, -v and -q, accepted before the subcommand and after it alike."""
+    options = [
+        click.option("--config", "config", type=click.Path(dir_okay=False), envvar=envvar, expose_value=False,
+                     callback=_remember, help="TOML config file (options override it)."),
+        click.option("--log-format", "log_format", type=click.Choice(["auto", "console", "json"]), expose_value=False,
+                     callback=_remember, help="Log format [default: auto: pretty on a terminal, JSON otherwise]."),
+        click.option("--log-level", "log_level", type=click.Choice(["debug", "info", "warning", "error"]),
+                     expose_value=False, callback=_remember, help="Log level [default: info]."),
+        click.option("-v", "--verbose", "verbose", is_flag=True, expose_value=False, callback=_remember,
+                     help="Log level debug."),
+        click.option("-q", "--quiet", "quiet", is_flag=True, expose_value=False, callback=_remember,
+                     help="Log level warning."),
+    ]  # fmt: skip
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
+class _Group(click.Group):
+    """Every subcommand takes the global options too (`vramwatch status --config f` works)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _global_options()(cmd)
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vramwatch")
+@_global_options(envvar="VRAMWATCH_CONFIG")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """vramwatch: a live GPU-memory watchdog for people who train models."""
+    ctx.ensure_object(dict)
+    _configure_logs(ctx)
 
 
 @main.command()
