@@ -132,3 +132,37 @@ def test_recheck_refuses_when_memory_got_better_or_the_process_left() -> None:
     backend.readings = [replace(_reading(20 * GIB), processes=())]
     backend.reads = 0
     assert d.recheck(f) is False
+
+
+def test_a_replay_that_ends_says_so_once_and_keeps_its_last_tick() -> None:
+    """serve --replay at the end of its recording: one `replay_ended` line, no failing ticks, the last state kept."""
+    from structlog.testing import capture_logs
+
+    clock = FakeClock()
+    backend = ScriptedBackend([_reading(), EOFError("end of trace")], meta=META)
+    d, _ = _daemon([backend], clock)
+    with capture_logs() as logs:
+        for _ in range(4):
+            d.step()
+            clock.advance(1)
+    events = [e["event"] for e in logs]
+    assert events.count("replay_ended") == 1
+    assert "tick_failed" not in events
+    assert backend.reads == 2
+    assert d._state.snapshot is not None
+
+
+def test_a_finding_in_the_log_carries_its_advice() -> None:
+    """The daemon's log line of a raised finding has the advice, so a log reader knows what to change."""
+    from structlog.testing import capture_logs
+
+    clock = FakeClock()
+    d, _ = _daemon([ScriptedBackend([_reading()], meta=META)], clock)
+    d.step()
+    assert d.pipeline is not None
+    finding = Finding("pressure", Severity.WARNING, UUID0, "m", clock.now, advice=("--gradient_checkpointing",))
+    d.pipeline.step = lambda: (d._state.snapshot, [finding], [])  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        d.step()
+    (line,) = [e for e in logs if e["event"] == "finding"]
+    assert line["advice"] == ["--gradient_checkpointing"]

@@ -172,6 +172,7 @@ class Daemon:
         self.registry = make_registry(lambda: self._state)
         self.server: MetricsServer | None = None
         self._sigint_count = 0
+        self._replay_ended = False
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -309,8 +310,15 @@ class Daemon:
         if pipeline is None:
             self._publish(None, up=False)
             return
+        if self._replay_ended:
+            return
         try:
             snap, raised, cleared = pipeline.step()
+        except EOFError:
+            # A recording played to its end: say it once, and keep serving its last tick for dashboards.
+            self._replay_ended = True
+            log.warning("replay_ended", effect="serving the last tick of the recording; stop with Ctrl-C")
+            return
         except Exception:
             # A bug in one tick must not end the watchdog: log it with the traceback, count it, carry on.
             log.exception("tick_failed")
@@ -333,6 +341,7 @@ class Daemon:
                 pid=f.process.pid if f.process else None,
                 eta_seconds=f.eta_seconds,
                 message=f.message,
+                advice=list(f.advice),  # what to change, in the trainer's words: the log alone must say it
             )
         raised = raised + self._agent_oom_findings(snap)
         self._notify_agents(raised, snap)
