@@ -288,3 +288,18 @@ def test_attach_refuses_a_pid_that_cannot_exist(pid: str) -> None:
     assert res.exit_code == 2
     assert "Traceback" not in res.output
     assert "PID" in res.output
+
+
+@pytest.mark.parametrize(
+    ("eta", "free", "text"),
+    [
+        (0.3, 0.4 * 1024**3, "at its limit (0.4 GiB free)"),
+        (0.0, None, "at its limit"),
+        (75.0, 5 * 1024**3, "full in ~1m15s"),
+    ],
+)
+def test_a_forecast_under_a_second_reads_at_its_limit_not_full_in_0s(eta: float, free: float | None, text: str) -> None:
+    """Free memory left within the margin reads "at its limit (0.4 GiB free)", never "full in ~0s"."""
+    from vramwatch.render import eta_text
+
+    assert eta_text(eta, free) == text

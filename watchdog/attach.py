@@ -22,7 +22,7 @@ from .daemon import Pipeline
 from .detectors.pressure import pressure_threshold
 from .errors import VramwatchError
 from .model import Finding, Snapshot
-from .render import duration, finding_dict, gib, rate
+from .render import duration, eta_text, finding_dict, gib, rate
 from .sampler import run_every
 from .typing import ActionHandler, Backend, Clock
 
@@ -258,11 +258,12 @@ def _render(
                 "findings": [finding_dict(f) for f in new],
             }
         )
+    free = min((g.free_bytes for g in cards if g.free_bytes is not None), default=None)
     lines = [
         f"pid {pid} ({mine[0].meta.name or '?'}): {gib(state.last_bytes)} GiB on "
         + ", ".join(f"GPU {g.index} ({gib(g.used_bytes)}/{gib(g.total_bytes)} GiB used)" for g in cards)
         + (f"  trend {rate(growth)}" if growth else "")
-        + (f"  full in ~{duration(eta)}" if eta is not None else ""),
+        + (f"  {eta_text(eta, free)}" if eta is not None else ""),
         f"  {sparkline(state.history)}  peak {gib(state.peak_bytes)} GiB",
     ]
     for f in new:

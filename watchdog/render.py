@@ -37,6 +37,14 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def eta_text(eta_seconds: float, free_bytes: float | None = None) -> str:
+    """The forecast in words. Under a second is "at its limit": the card counts as full a margin before free
+    reaches zero (the allocation that fails is never tiny), so "full in ~0s" with 0.4 GiB free misleads."""
+    if eta_seconds < 1:
+        return "at its limit" + (f" ({gib(free_bytes)} GiB free)" if free_bytes is not None else "")
+    return f"full in ~{duration(eta_seconds)}"
+
+
 def status_table(doc: Mapping[str, Any]) -> str:
     """GPUs, each followed by its processes: memory, share of the card, user, name, trend and forecast.
 
@@ -56,7 +64,7 @@ def status_table(doc: Mapping[str, Any]) -> str:
         if g.get("growth_bytes_per_second") is not None:
             head += f"  trend {rate(g['growth_bytes_per_second'])}"
         if g.get("oom_eta_seconds") is not None:
-            head += f"  full in ~{duration(g['oom_eta_seconds'])}"
+            head += f"  {eta_text(g['oom_eta_seconds'], g['free_bytes'])}"
         lines.append(head)
         procs = sorted(g["processes"], key=lambda p: -(p["used_bytes"] or 0))
         if procs:
