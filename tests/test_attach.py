@@ -41,11 +41,32 @@ def test_attach_follows_a_leak_to_its_oom_and_exits_3() -> None:
 
 def test_attach_to_a_pid_that_never_uses_a_gpu_gives_up_with_a_reason() -> None:
     """A pid that never shows up on a GPU is waited for, said so, and given up on after the wait."""
-    res = CliRunner().invoke(main, ["attach", "4", "--simulate", "steady", "--fast-forward", "--json"])
-    assert res.exit_code == 0
-    events = [json.loads(line) for line in res.stdout.splitlines()]
-    assert events[0] == {"event": "waiting", "pid": 4}
-    assert events[-1]["ended"] == "never used a GPU while watched"
+    from vramwatch.attach import attach
+    from vramwatch.daemon import Pipeline
+    from vramwatch.history import History
+    from vramwatch.model import GpuSample, Reading
+    from vramwatch.testing import FakeClock, ScriptedBackend
+
+    clock = FakeClock()
+    card = GpuSample(0, "GPU-0", "x", 24 * 1024**3, 1024**3, 23 * 1024**3)
+    backend = ScriptedBackend([Reading(gpus=(card,), processes=())])  # a card on which pid 4 never appears
+    pipeline = Pipeline(backend, History(window_seconds=3600, interval_seconds=1.0), clock, advise=False)
+    lines: list[str] = []
+
+    def advance(seconds: float) -> bool:
+        clock.sleep(seconds)
+        return False
+
+    summary = attach(4, backend, pipeline, _NoActions(), clock, out=lines.append, as_json=True, wait=advance)
+    assert json.loads(lines[0]) == {"event": "waiting", "pid": 4}
+    assert summary["ended"] == "never used a GPU while watched"
+
+
+class _NoActions:
+    """An action handler that does nothing (this watch has nothing to act on)."""
+
+    def handle(self, *_args: Any, **_kwargs: Any) -> list[Any]:
+        return []
 
 
 def test_attach_to_a_missing_pid_on_a_real_host_is_a_clear_error() -> None:
@@ -303,3 +324,15 @@ def test_a_forecast_under_a_second_reads_at_its_limit_not_full_in_0s(eta: float,
     from vramwatch.render import eta_text
 
     assert eta_text(eta, free) == text
+
+
+def test_attach_to_a_pid_the_simulation_never_runs_is_a_clear_error() -> None:
+    """On the simulated card, a pid that is not in the scenario is refused at once with the pids that are."""
+    res = CliRunner().invoke(main, ["attach", "4242", "--simulate", "leak", "--fast-forward"])
+    assert res.exit_code == 2
+    assert "never runs in the simulated scenario 'leak'" in res.stderr
+    assert str(_leaker_of("leak")) in res.stderr
+
+
+def _leaker_of(scenario: str) -> int:
+    return next(int(p["pid"]) for p in ground_truth(scenario)["processes"] if p.get("behaviour") == "leak")

@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 
 from .actions import ActionResult
+from .backends.simulated import SimulatedBackend, ground_truth
 from .daemon import Pipeline
 from .detectors.pressure import pressure_threshold
 from .errors import VramwatchError
@@ -104,8 +105,18 @@ def _running(pid: int) -> bool:
 
 def check_pid(pid: int, backend: Backend) -> str | None:
     """Refuse a pid that does not exist; return a note when it belongs to another user (read-only then)."""
+    if isinstance(backend, SimulatedBackend):
+        # Simulated pids live in the scenario: one that never runs in it would be waited for in vain.
+        story = ground_truth(backend.scenario.name, seed=backend.seed)
+        pids = sorted({int(p["pid"]) for p in story["processes"]})
+        if pid not in pids:
+            raise VramwatchError(
+                f"pid {pid} never runs in the simulated scenario {backend.scenario.name!r}; its pids: "
+                + ", ".join(map(str, pids))
+            )
+        return None
     if backend.kind != "nvml":
-        return None  # simulated and replayed pids live in the backend, not on this machine
+        return None  # replayed pids live in the recording, not on this machine
     try:
         proc = psutil.Process(pid)
         owner = proc.username()
