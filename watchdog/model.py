@@ -209,8 +209,8 @@ class Snapshot:
 class Finding:
     """A conclusion a detector drew from history, raised once and cleared once (see detectors.lifecycle).
 
-    `kind` is one of: growth, oom_forecast, pressure, contention, probable_oom, stale_holder, stable,
-    fragmentation. `eta_seconds` is the forecast time until the card is full, when there is one.
+    `kind` is one of: growth, oom_forecast, pressure, contention, probable_oom, stale_holder, fragmentation,
+    oom (the agent's certain one). `eta_seconds` is the forecast time until the card is full, when there is one.
     `numbers` holds the figures behind the message (bytes, rates, shares), for webhooks and JSON output.
     `advice` is filled in by the advisor after detection, in the trainer's own words.
     """
