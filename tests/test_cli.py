@@ -191,3 +191,15 @@ def test_an_unknown_log_level_is_a_usage_error() -> None:
     res = CliRunner().invoke(main, ["status", "--log-level", "chatty"])
     assert res.exit_code == 2
     assert "chatty" in res.output
+
+
+def test_advise_on_the_simulated_card_needs_no_gpu() -> None:
+    """`advise --simulate SCENARIO` advises the scenario's misbehaving trainer, and says it is simulated."""
+    res = CliRunner().invoke(main, ["advise", "--simulate", "contention"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("vramwatch: SIMULATED: pid ")
+    assert "kohya-ss sd-scripts" in res.stdout
+    assert "--train_batch_size 1 --gradient_accumulation_steps 4" in res.stdout  # in the trainer's own flags
+    bad = CliRunner().invoke(main, ["advise", "4242", "--simulate", "leak"])
+    assert bad.exit_code == 2
+    assert "never runs in the simulated scenario 'leak'" in bad.stderr

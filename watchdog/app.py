@@ -375,13 +375,21 @@ def advise(
     kind: str = "oom_forecast",
     as_json: bool = False,
     cwd: str | None = None,
+    simulate: str | None = None,
+    seed: int | None = None,
 ) -> int:
-    """`vramwatch advise`: the ranked setting changes for a running pid or a command line."""
+    """`vramwatch advise`: the ranked setting changes for a running pid, a command line, or a trainer of a
+    simulated scenario (its pid, or by default the one whose memory misbehaves)."""
     from .advice import advice_to_dict, advise_cmdline, advise_process, render_text
     from .attribution import PsutilInspector
     from .enrich import read_env, read_tree
 
-    if cmdline is not None:
+    if simulate is not None:
+        meta = _simulated_trainer(simulate, seed or 0, pid)
+        if not as_json:
+            out(f"vramwatch: SIMULATED: pid {meta.pid} of the scenario {simulate!r} (no real process is read)")
+        result = advise_process(meta, kind)
+    elif cmdline is not None:
         result = advise_cmdline(cmdline, kind, cwd=cwd)
     elif pid is not None:
         meta = PsutilInspector().inspect(pid)
@@ -394,6 +402,22 @@ def advise(
         raise VramwatchError("give a pid or --cmdline")
     out(json.dumps(advice_to_dict(result)) if as_json else render_text(result, limit=8))
     return 0
+
+
+def _simulated_trainer(scenario: str, seed: int, pid: int | None) -> ProcessMeta:
+    """What the simulator says of `pid` (default: its misbehaving trainer, else its first trainer)."""
+    from .backends.simulated import SimulatedBackend, ground_truth
+
+    story = ground_truth(scenario, seed=seed)
+    procs = story["processes"]
+    if pid is None:
+        trainers = [p for p in procs if p.get("role") == "trainer"] or procs
+        if not trainers:
+            raise VramwatchError(f"the simulated scenario {scenario!r} runs no process to advise")
+        pid = int(next((p for p in trainers if p.get("behaviour") not in (None, "flat", "idle")), trainers[0])["pid"])
+    elif pid not in {int(p["pid"]) for p in procs}:
+        raise VramwatchError(f"pid {pid} never runs in the simulated scenario {scenario!r}")
+    return SimulatedBackend(scenario, seed=seed, clock=FakeClock()).inspector().inspect(pid)
 
 
 def attach(

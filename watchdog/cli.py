@@ -233,9 +233,17 @@ def replay(ctx: click.Context, file: str, as_json: bool) -> None:
     help="What happened: the advice differs for a leak (growth), fragmentation or a step-1 OOM (spike).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def advise(pid: int | None, cmdline: str | None, kind: str, as_json: bool) -> None:
+@_simulate
+@_seed
+def advise(
+    pid: int | None, cmdline: str | None, kind: str, as_json: bool, simulate: str | None, seed: int | None
+) -> None:
     """Suggest the setting changes that fix an OOM, in the trainer's own flags (kohya, diffusers, ...)."""
-    _run(lambda: app.advise(out=_echo, pid=pid, cmdline=cmdline, kind=kind, as_json=as_json))
+    _run(
+        lambda: app.advise(
+            out=_echo, pid=pid, cmdline=cmdline, kind=kind, as_json=as_json, simulate=simulate, seed=seed
+        )
+    )
 
 
 @main.command("install-service")
