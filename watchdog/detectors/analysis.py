@@ -228,7 +228,9 @@ def _analyze_gpu(
     if finding is not None:
         out.findings.append(finding)
     out.findings.extend(detect_contention(ctx, history, config))
-    out.findings.extend(detect_probable_oom(ctx, vanished, config, exits={k: e for k, (_, e) in history.exits.items()}))
+    if vanished:  # most ticks nobody left: no exit table to build
+        exits = {k: e for k, (_, e) in history.exits.items()}
+        out.findings.extend(detect_probable_oom(ctx, vanished, config, exits=exits))
     out.findings.extend(detect_stale(ctx, history, config))
 
 
