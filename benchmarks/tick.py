@@ -1,8 +1,12 @@
 """Cost of one vramwatch tick against the alternatives, measured in one run on one machine.
 
-    python benchmarks/tick.py                 # on a GPU host: NVML tick vs raw NVML, nvidia-smi, nvitop
-    python benchmarks/tick.py --simulated     # anywhere: the simulator at scale (8 GPUs x 512 processes)
-    python benchmarks/tick.py --daemon 60     # also: `vramwatch serve` at 1 Hz for 60 s, CPU share and RSS
+    python benchmarks/tick.py --procs 1,4,16,64   # on a GPU host: starts that many CUDA processes, and per count
+                                                  # measures raw NVML, vramwatch's tick and scrape, nvitop
+    python benchmarks/tick.py --host-procs        # anywhere: host processes behind a scripted NVML
+    python benchmarks/tick.py --simulated         # anywhere: the simulator at scale (8 GPUs x 64 and x 512)
+    python benchmarks/tick.py --daemon 60         # also: `vramwatch serve` at 1 Hz for 60 s, CPU share and RSS
+
+Each tick is measured with an hour of history behind it (`--prefill`), since the detectors' cost grows with it.
 
 Every figure is a median over repeated runs (with p90), and each alternative is reported as a ratio against
 vramwatch's full tick measured in the same process, so the machine's speed cancels out. Results go to stdout
@@ -64,80 +68,207 @@ def _daemon_for(backend: Any, clock: Any, prefill: int = 900) -> tuple[Any, Call
     return d, tick
 
 
-def bench_nvml(repeat: int) -> dict[str, Any]:
-    import pynvml  # the baseline: raw NVML calls with no attribution, history or export
+# A CUDA process with a small context that holds still (a server between requests), or that frees and
+# re-takes memory every half second (a sawtooth trainer: its series is never flat).
+_CUDA_CHILD = """
+import sys, time, torch
+x = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
+torch.cuda.synchronize()
+print("ready", flush=True)
+saw = sys.argv[1] == "saw"
+while True:
+    time.sleep(0.5)
+    if saw:
+        y = torch.empty((256 + int(time.time() * 7) % 512) << 20, dtype=torch.uint8, device="cuda")
+        del y
+        torch.cuda.empty_cache()
+"""
+_HOST_CHILD = "import time; print('ready', flush=True); time.sleep(3600)"
+
+
+class Pool:
+    """Child processes started on demand and kept until `close()`: the tenants of the card being measured."""
+
+    def __init__(self, source: str, saw_every: int = 0) -> None:
+        self.source, self.saw_every = source, saw_every
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def grow(self, n: int) -> None:
+        start = len(self.procs)
+        for i in range(start, n):
+            mode = "saw" if self.saw_every and i % self.saw_every == self.saw_every - 1 else "still"
+            self.procs.append(
+                subprocess.Popen([sys.executable, "-c", self.source, mode], stdout=subprocess.PIPE, text=True)
+            )
+        for p in self.procs[start:]:
+            if p.stdout is None or p.stdout.readline().strip() != "ready":
+                raise SystemExit(f"a child process did not start (exit {p.poll()})")
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+
+
+def _fake_nvml(pool: Pool) -> Any:
+    """The test suite's scriptable pynvml, listing the pool's real host processes as one GPU's tenants: the
+    whole tick (attribution through /proc included) but the driver's own cost, on any machine."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import fake_pynvml as fk
+
+    gpu = fk.gpu(0, total=141 * fk.GiB, used=0)
+    nv = fk.FakeNvml([gpu])
+
+    def refresh() -> None:
+        gpu.compute = [fk.FakeProcess(p.pid, 512 * fk.MiB) for p in pool.procs]
+        gpu.used = 512 * fk.MiB * len(pool.procs)
+
+    nv.refresh = refresh  # type: ignore[attr-defined]
+    return nv
+
+
+def bench_procs(counts: list[int], repeat: int, *, host: bool, saw_every: int, prefill: int) -> dict[str, Any]:
+    """Per process count: raw NVML, vramwatch's tick and scrape, and the peers, measured back to back.
+
+    Like for like, a peer gathers what a vramwatch tick does: each GPU's memory, its processes with their GPU
+    memory, and who owns them. Full-snapshot figures (every device attribute, every host attribute) are
+    reported apart and labelled: they do more work, so they are not a comparison of the same job.
+    """
+    from prometheus_client import generate_latest
     from vramwatch.backends.nvml import NvmlBackend
     from vramwatch.exporter import make_registry
-
-    results: dict[str, Any] = {}
     from vramwatch.testing import FakeClock
 
-    backend = NvmlBackend()
-    daemon, tick = _daemon_for(backend, FakeClock())
-    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    pool = Pool(_HOST_CHILD if host else _CUDA_CHILD, 0 if host else saw_every)
+    rows: list[dict[str, Any]] = []
+    try:
+        nv: Any = None
+        if host:
+            nv = _fake_nvml(pool)
+        else:
+            import pynvml
 
-    def raw() -> None:
-        for h in handles:
-            pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)
-            pynvml.nvmlDeviceGetComputeRunningProcesses(h)
-            pynvml.nvmlDeviceGetGraphicsRunningProcesses(h)
+            nv = pynvml
+        for n in counts:
+            pool.grow(n)
+            if host:
+                nv.refresh()
+            backend = NvmlBackend(nvml=nv)
+            handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
+            deadline = time.monotonic() + 60
+            mine = {p.pid for p in pool.procs}
+            while not host and time.monotonic() < deadline:  # the driver lists a context once it is made
+                listed = {int(p.pid) for h in handles for p in nv.nvmlDeviceGetComputeRunningProcesses(h)}
+                if mine <= listed:
+                    break
+                time.sleep(0.2)
+            listed = sum(len(nv.nvmlDeviceGetComputeRunningProcesses(h)) for h in handles)
 
-    results["vramwatch_tick"] = measure(tick, repeat=repeat)
-    results["raw_nvml"] = measure(raw, repeat=repeat)
-    registry = make_registry(lambda: daemon._state)
-    from prometheus_client import generate_latest
+            def raw(handles: list[Any] = handles) -> None:
+                for h in handles:
+                    nv.nvmlDeviceGetMemoryInfo(h, version=nv.nvmlMemory_v2)
+                    nv.nvmlDeviceGetComputeRunningProcesses(h)
+                    nv.nvmlDeviceGetGraphicsRunningProcesses(h)
 
-    results["scrape"] = measure(lambda: generate_latest(registry), repeat=repeat)
-    if shutil.which("nvidia-smi"):
-        cmd = [
-            "nvidia-smi",
-            "--query-compute-apps=pid,used_memory",
-            "--format=csv,noheader",
-        ]
-        cmd_gpu = ["nvidia-smi", "--query-gpu=index,memory.used,memory.total", "--format=csv,noheader"]
+            row: dict[str, Any] = {"processes": n, "listed": listed}
+            row["raw_nvml"] = measure(raw, repeat=repeat)
+            daemon, tick = _daemon_for(backend, FakeClock(), prefill=prefill)
+            row["vramwatch_tick"] = measure(tick, repeat=repeat)
+            registry = make_registry(lambda d=daemon: d._state)
+            row["vramwatch_scrape"] = measure(lambda r=registry: generate_latest(r), repeat=max(20, repeat // 10))
+            if not host:
+                row.update(_peers(repeat))
+            rows.append(row)
+            backend.close()
+            print(f"  {n} processes: {_row_text(row)}", flush=True)
+    finally:
+        pool.close()
+    return {"rows": rows, "fit": {k: _fit(rows, k) for k in rows[0] if isinstance(rows[0][k], dict)}, "host": host}
 
-        def smi() -> None:
-            subprocess.run(cmd_gpu, capture_output=True, check=True)
-            subprocess.run(cmd, capture_output=True, check=True)
 
-        results["nvidia_smi_2_calls"] = measure(smi, repeat=max(10, repeat // 20), warmup=1)
+def _peers(repeat: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     try:
         from nvitop import Device, GpuProcess
-
-        devices = Device.all()
-
-        def nvitop_snapshot() -> None:
-            for dev in devices:
-                dev.as_snapshot()
-                GpuProcess.take_snapshots(dev.processes().values(), failsafe=True)
-
-        results["nvitop_snapshot"] = measure(nvitop_snapshot, repeat=repeat)
     except ImportError:
-        results["nvitop_snapshot"] = None
-    backend.close()
-    return results
+        return out
+    devices = Device.all()
+
+    def nvitop_same() -> None:
+        # What a vramwatch tick gathers: memory, the processes and their GPU memory, and their owners.
+        for dev in devices:
+            dev.memory_used()
+            dev.memory_total()
+            for proc in dev.processes().values():
+                proc.gpu_memory()
+                proc.username()
+
+    def nvitop_process_snapshots() -> None:
+        for dev in devices:
+            dev.memory_used()
+            GpuProcess.take_snapshots(dev.processes().values(), failsafe=True)
+
+    def nvitop_full() -> None:
+        for dev in devices:
+            dev.as_snapshot()
+            GpuProcess.take_snapshots(dev.processes().values(), failsafe=True)
+
+    out["nvitop_like_for_like"] = measure(nvitop_same, repeat=repeat)
+    out["full: nvitop GpuProcess.take_snapshots (every host attribute)"] = measure(
+        nvitop_process_snapshots, repeat=repeat // 4
+    )
+    out["full: nvitop Device.as_snapshot + processes"] = measure(nvitop_full, repeat=max(20, repeat // 20))
+    if shutil.which("nvidia-smi"):
+        q_gpu = ["nvidia-smi", "--query-gpu=index,memory.used,memory.total", "--format=csv,noheader"]
+        q_app = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"]
+
+        def smi() -> None:
+            subprocess.run(q_gpu, capture_output=True, check=True)
+            subprocess.run(q_app, capture_output=True, check=True)
+
+        out["full: nvidia-smi (two queries, a process each)"] = measure(smi, repeat=10, warmup=1)
+    return out
+
+
+def _fit(rows: list[dict[str, Any]], key: str) -> dict[str, float] | None:
+    """Least-squares line of the median cost against the number of processes: (fixed ms, µs per process)."""
+    pts = [(r["processes"], r[key]["median_s"]) for r in rows if isinstance(r.get(key), dict)]
+    if len(pts) < 2:
+        return None
+    mx = statistics.fmean(x for x, _ in pts)
+    my = statistics.fmean(y for _, y in pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else 0.0
+    return {"fixed_ms": (my - slope * mx) * 1e3, "per_process_us": slope * 1e6}
+
+
+def _row_text(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v['median_s'] * 1e3:.3f} ms" for k, v in row.items() if isinstance(v, dict))
 
 
 def bench_simulated(repeat: int) -> dict[str, Any]:
+    """The simulator at scale: 8 GPUs x 64 processes with an hour of history, 8 x 512 with five minutes."""
     from prometheus_client import generate_latest
     from vramwatch.backends.simulated import SimulatedBackend
     from vramwatch.exporter import make_registry
     from vramwatch.testing import FakeClock
 
     results: dict[str, Any] = {}
-    for scenario in ("steady", "scale512", "scale"):
+    for scenario, prefill in (("steady", 3600), ("scale512", 3600), ("scale", 300)):
         clock = FakeClock()
         backend = SimulatedBackend(scenario, seed=0, clock=clock)
-        daemon, tick = _daemon_for(backend, clock, prefill=900 if scenario == "steady" else 300)
-        results[f"sim_{scenario}_tick"] = measure(tick, repeat=repeat)
+        daemon, tick = _daemon_for(backend, clock, prefill=prefill)
         registry = make_registry(lambda d=daemon: d._state)
         body = generate_latest(registry)
-        results[f"sim_{scenario}_scrape"] = measure(lambda r=registry: generate_latest(r), repeat=repeat)
-        results[f"sim_{scenario}_series"] = float(body.count(b"\n") - body.count(b"\n#"))
-        results[f"sim_{scenario}_gpus_processes"] = [
-            len(daemon._state.snapshot.gpus),
-            len(daemon._state.snapshot.processes),
-        ]
+        results[scenario] = {
+            "tick": measure(tick, repeat=repeat),
+            "scrape": measure(lambda r=registry: generate_latest(r), repeat=repeat),
+            "series": float(body.count(b"\n") - body.count(b"\n#")),
+            "gpus": len(daemon._state.snapshot.gpus),
+            "processes": len(daemon._state.snapshot.processes),
+            "history_s": float(prefill),
+        }
     return results
 
 
@@ -190,14 +321,47 @@ def bench_daemon(seconds: float, simulate: str | None) -> dict[str, Any]:
 
 
 def report(res: dict[str, Any]) -> str:
-    lines = [f"machine: {res['machine']}", "", "| what | median | p90 | vs vramwatch tick |", "|---|---|---|---|"]
-    base = res.get("nvml", {}).get("vramwatch_tick") if res.get("nvml") else None
-    for group in ("nvml", "simulated"):
-        for name, m in (res.get(group) or {}).items():
-            if not isinstance(m, dict):
-                continue
-            ratio = f"{m['median_s'] / base['median_s']:.1f}x" if base and group == "nvml" else ""
-            lines.append(f"| {name} | {m['median_s'] * 1e3:.3f} ms | {m['p90_s'] * 1e3:.3f} ms | {ratio} |")
+    lines = [f"machine: {res['machine']}", f"command: {res['command']}", ""]
+    procs = res.get("procs")
+    if procs:
+        rows = procs["rows"]
+        keys = [k for k in rows[0] if isinstance(rows[0][k], dict)]
+        kind = "host processes behind a scripted NVML (no driver cost)" if procs["host"] else "CUDA processes"
+        lines += [f"median per tick, by the number of {kind} on the card (ratio: against vramwatch's tick):", ""]
+        lines += ["| processes | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for r in rows:
+            base = r["vramwatch_tick"]["median_s"]
+            cells = []
+            for k in keys:
+                m = r.get(k)
+                if not isinstance(m, dict):
+                    cells.append("-")
+                    continue
+                ratio = "" if k == "vramwatch_tick" else f" ({m['median_s'] / base:.1f}x)"
+                cells.append(f"{m['median_s'] * 1e3:.3f} ms{ratio}")
+            lines.append(f"| {r['processes']} | " + " | ".join(cells) + " |")
+        lines += ["", "| fit: cost = fixed + per process | fixed | per process |", "|---|---|---|"]
+        for k, f in procs["fit"].items():
+            if f:
+                lines.append(f"| {k} | {f['fixed_ms']:.3f} ms | {f['per_process_us']:.1f} µs |")
+        tick, nvml = procs["fit"].get("vramwatch_tick"), procs["fit"].get("raw_nvml")
+        if tick and nvml:
+            extra = tick["per_process_us"] - nvml["per_process_us"]
+            lines.append(f"\nvramwatch's marginal cost beyond NVML's own: {extra:.1f} µs per process")
+    sim = res.get("simulated")
+    if sim:
+        lines += [
+            "",
+            "| simulated | history | tick median | tick p90 | scrape median | series |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, m in sim.items():
+            lines.append(
+                f"| {m['gpus']} GPUs x {m['processes'] // max(1, m['gpus'])} processes ({name})"
+                f" | {m['history_s']:.0f} s"
+                f" | {m['tick']['median_s'] * 1e3:.2f} ms | {m['tick']['p90_s'] * 1e3:.2f} ms"
+                f" | {m['scrape']['median_s'] * 1e3:.2f} ms | {m['series']:.0f} |"
+            )
     for d in res.get("daemon", []):
         lines.append(
             f"\ndaemon ({d['backend']}, {d['seconds']:.0f} s at 1 Hz): "
@@ -209,21 +373,26 @@ def report(res: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--procs", default="1,4,16,64", help="process counts to measure, comma-separated")
+    ap.add_argument("--host-procs", action="store_true", help="host processes behind a scripted NVML (no GPU)")
+    ap.add_argument("--saw-every", type=int, default=0, metavar="K", help="every K-th CUDA process is a sawtooth")
+    ap.add_argument("--prefill", type=int, default=3600, help="ticks of history before measuring (an hour)")
     ap.add_argument("--simulated", action="store_true", help="only the simulator (no GPU needed)")
-    ap.add_argument("--repeat", type=int, default=2000)
+    ap.add_argument("--no-simulated", action="store_true", help="skip the simulator at scale")
+    ap.add_argument("--repeat", type=int, default=1000)
     ap.add_argument("--daemon", type=float, default=0, metavar="SECONDS", help="also measure serve at 1 Hz")
     ap.add_argument("--json", type=Path, help="write the results here")
-    ap.add_argument("--no-simulated", action="store_true", help="skip the simulator at scale (measure it elsewhere)")
     args = ap.parse_args()
     from vramwatch import logs
 
-    logs.configure("json", "error")  # findings of the simulated scenarios are not what is measured here
+    logs.configure("json", "error")  # findings of the measured scenarios are not what is measured here
     res: dict[str, Any] = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus",
         "python": sys.version.split()[0],
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join(["python", "benchmarks/tick.py", *sys.argv[1:]]),
+        "daemon": [],
     }
-    if not args.simulated:
+    if not args.simulated and not args.host_procs:
         try:
             out = subprocess.run(
                 ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
@@ -232,7 +401,6 @@ def main() -> None:
             res["machine"] += " / " + out.stdout.strip().replace("\n", "; ")
         except (OSError, subprocess.CalledProcessError):
             pass
-    res["daemon"] = []
 
     def checkpoint(stage: str) -> None:
         # Each stage prints and saves as it ends: a run cut short still leaves what it measured.
@@ -241,13 +409,16 @@ def main() -> None:
             args.json.write_text(json.dumps(res, indent=2))
 
     if not args.simulated:
-        res["nvml"] = bench_nvml(args.repeat)
-        checkpoint("nvml")
+        counts = [int(c) for c in args.procs.split(",") if c.strip()]
+        res["procs"] = bench_procs(
+            counts, args.repeat, host=args.host_procs, saw_every=args.saw_every, prefill=args.prefill
+        )
+        checkpoint("processes")
     if not args.no_simulated:
-        res["simulated"] = bench_simulated(max(50, args.repeat // 10))
+        res["simulated"] = bench_simulated(max(30, args.repeat // 20))
         checkpoint("simulated")
     if args.daemon:
-        if not args.simulated:
+        if not args.simulated and not args.host_procs:
             res["daemon"].append(bench_daemon(args.daemon, None))
         res["daemon"].append(bench_daemon(args.daemon, "steady"))
         checkpoint("daemon")

@@ -77,6 +77,7 @@ def test_inspects_a_real_child_with_identity_user_and_container(tmp_path: Path) 
         child = kids[0].pid
         (proc_root / str(child)).mkdir(parents=True)
         (proc_root / str(child) / "cgroup").write_text(f"0::/system.slice/docker-{CID}.scope\n")
+        (proc_root / str(child) / "stat").write_bytes(Path(f"/proc/{child}/stat").read_bytes())
         meta = PsutilInspector(proc_root=proc_root).inspect(child)
         assert meta.start_time == psutil.Process(child).create_time()
         assert meta.user == psutil.Process().username()
@@ -103,13 +104,12 @@ def test_vanished_pid_is_reported_not_raised() -> None:
 
 def test_pid_reuse_is_a_new_identity() -> None:
     """The cache is keyed by start time: a recycled pid gets a fresh lookup, not the dead process's name."""
-    clock = [0.0]
-    insp = PsutilInspector(monotonic=lambda: clock[0])
+    insp = PsutilInspector()
     me = insp.inspect(os.getpid())
     # Forge a cached entry for this pid with another start time, as if an earlier process had held it.
     from dataclasses import replace
 
-    insp._cache[os.getpid()] = (replace(me, start_time=1.0, name="old-run"), 0.0)
+    insp._cache[os.getpid()] = (replace(me, start_time=1.0, name="old-run"), 1)
     again = insp.inspect(os.getpid())
     assert again.name != "old-run"
     assert again.start_time == me.start_time
@@ -181,3 +181,40 @@ def test_exit_status_ignores_a_reused_pid(tmp_path: Path) -> None:
     (tmp_path / "4242" / "stat").write_text(_stat_line(4242, "Z", 100, 0))
     assert PsutilInspector(proc_root=tmp_path).exit_status(4242, psutil.boot_time() + 5000.0) is None
     assert PsutilInspector(proc_root=tmp_path).exit_status(4243, None) is None
+
+
+def test_status_and_parent_follow_the_process_at_every_call() -> None:
+    """A cached identity still shows a process stopped (SIGSTOP) at the next call, and running again after."""
+    import signal
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        insp = PsutilInspector()
+        first = insp.inspect(child.pid)
+        assert first.ppid == os.getpid()
+        assert first.status != "stopped"
+        child.send_signal(signal.SIGSTOP)
+        for _ in range(100):
+            if psutil.Process(child.pid).status() == psutil.STATUS_STOPPED:
+                break
+            time.sleep(0.01)
+        stopped = insp.inspect(child.pid)
+        assert stopped.status == "stopped"
+        assert stopped.start_time == first.start_time
+        assert stopped.name == first.name
+        child.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+        assert insp.inspect(child.pid).status != "stopped"
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize("name", ["python", "my proc", "a) (b", "x)"])
+def test_stat_fields_survive_any_command_name(name: str) -> None:
+    """Fields after the command name are found whatever spaces or parentheses the name holds."""
+    from vramwatch.attribution import _stat_fields
+
+    raw = f"4242 ({name}) S 1 4242 4242 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 98765 0 0".encode()
+    fields = _stat_fields(raw)
+    assert (fields[0], int(fields[1]), int(fields[19])) == (b"S", 1, 98765)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from builders import GIB, UUID0, make_snapshot
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from vramwatch.history import History, Series
 from vramwatch.model import ProcessKey
@@ -78,3 +78,68 @@ def test_capacity_bytes_is_what_the_rings_allocate() -> None:
     h = History(window_seconds=3600, interval_seconds=1.0, max_tracks=100)
     assert h.points == 3601
     assert h.capacity_bytes(gpus=2) == 16 * 3601 * (4 + 100)
+
+
+@settings(deadline=None)  # a few hundred appends and scans per example: slow on a loaded CI runner, not wrong
+@given(
+    st.lists(st.integers(0, 40), min_size=1, max_size=400),
+    st.integers(2, 80),
+    st.data(),
+)
+def test_series_staircases_answer_like_a_scan(values: list[int], capacity: int, data: st.DataObject) -> None:
+    """The least and the most since any point, read from the staircases, equal a scan of the live points."""
+    s = Series(capacity)
+    for i, v in enumerate(values):
+        s.append(float(i), float(v))
+        _t, vals, first, end = s.storage()
+        live = list(vals[first:end])
+        assert live == [float(x) for x in values[max(0, i + 1 - capacity) : i + 1]]
+        k = data.draw(st.integers(first, end - 1))
+        assert s.suffix_min(k) == min(vals[k:end])
+        assert s.suffix_max(k) == max(vals[k:end])
+
+
+@settings(deadline=None)
+@given(st.lists(st.integers(0, 50), min_size=3, max_size=200), st.integers(3, 60), st.data())
+def test_view_of_a_series_answers_like_a_view_of_its_copy(
+    values: list[int], capacity: int, data: st.DataObject
+) -> None:
+    """A View over a series (no copy) and a View over copied arrays give the same answers to every lookup."""
+    from vramwatch.detectors._series import View
+
+    s = Series(capacity)
+    for i, v in enumerate(values):
+        s.append(float(i), float(v))
+    live, copy = View.of(s), View(*s.arrays())
+    t0 = data.draw(st.floats(-5, len(values) + 5, allow_nan=False))
+    t1 = data.draw(st.floats(-5, len(values) + 5, allow_nan=False))
+    for a, b in ((live, copy), (live.since(t0), copy.since(t0)), (live.before(t1), copy.before(t1))):
+        assert list(a.t) == list(b.t)
+        assert list(a.v) == list(b.v)
+        if len(b):
+            assert (a.min(), a.max(), a.now, a.first, a.tail_max(2)) == (
+                min(b.v),
+                max(b.v),
+                b.t[-1],
+                b.t[0],
+                max(b.v[-2:]),
+            )
+    assert live.min_between(t0, t1) == copy.min_between(t0, t1)
+    assert live.max_between(t0, t1) == copy.max_between(t0, t1)
+    assert live.value_at(t0) == copy.value_at(t0)
+
+
+def test_a_view_stays_true_after_the_series_moves_on() -> None:
+    """Points appended (and old ones dropped, arrays compacted) after a View was made do not change its answers."""
+    from vramwatch.detectors._series import View
+
+    s = Series(20)
+    for i in range(20):
+        s.append(float(i), float(100 - i))
+    before = View.of(s)
+    snapshot = (list(before.t), list(before.v), before.min(), before.max())
+    for i in range(20, 200):
+        s.append(float(i), 0.0)
+    assert (list(before.t), list(before.v), before.min(), before.max()) == snapshot
+    assert View.of(s).min() == 0.0
+    assert len(s) == 20

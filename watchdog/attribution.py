@@ -2,9 +2,9 @@
 
 NVML gives only a pid and a byte count. A pid is not an identity (pids are reused, and a training run
 restarted in a loop often gets the same pid back), so every process is keyed by (pid, start time). The
-lookups (name, user, command line, tree root, cgroup) happen once per identity and are cached; each tick only
-re-reads the start time, which is one small /proc read, and refreshes the status every `refresh_seconds`
-(the stale-holder detector needs to see a process become stopped or a zombie).
+lookups (name, user, command line, tree root, cgroup) happen once per identity and are cached; each tick
+reads only `/proc/<pid>/stat`, one small file that holds the start time (the identity check), the state and
+the parent (the stale-holder detector needs to see a process become stopped, a zombie or an orphan).
 
 Any lookup may fail: the process exits between the NVML call and ours, or belongs to a user we may not
 inspect. Then the fields we could not read are None and the process is still counted with its memory.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -98,15 +97,13 @@ class PsutilInspector:
         self,
         *,
         proc_root: Path = Path("/proc"),
-        refresh_seconds: float = 10.0,
         host_pids: bool | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.proc_root = proc_root
-        self.refresh_seconds = refresh_seconds
+        self._proc = str(proc_root)  # a plain string: this path is joined for every process at every tick
         self._host_pids = host_pids
-        self._monotonic = monotonic
-        self._cache: dict[int, tuple[ProcessMeta, float]] = {}
+        # pid -> (what is known, its start time in clock ticks since boot: the identity, as /proc/<pid>/stat says)
+        self._cache: dict[int, tuple[ProcessMeta, int]] = {}
 
     def pid_namespace_matches(self) -> bool:
         if self._host_pids is None:
@@ -117,6 +114,30 @@ class PsutilInspector:
         return self._host_pids
 
     def inspect(self, pid: int) -> ProcessMeta:
+        """What is known of `pid`: looked up once per identity, then one read of `/proc/<pid>/stat` per call.
+
+        That one read is the identity check (its start time, against pid reuse) and brings the status and
+        the parent for free, so the stale-holder detector sees a stopped or orphaned process at once. The
+        slow lookups (user, command line, tree, cgroup) run only for an identity not seen before.
+        """
+        state, ppid, ticks = "", None, None
+        try:
+            with open(f"{self._proc}/{pid}/stat", "rb") as f:  # noqa: PTH123 (pathlib costs more than the read)
+                fields = _stat_fields(f.read())
+            state, ppid, ticks = fields[0].decode(), int(fields[1]), int(fields[19])
+        except (FileNotFoundError, ProcessLookupError):
+            self._cache.pop(pid, None)
+            return ProcessMeta(pid=pid, start_time=None, status="gone")
+        except (OSError, ValueError, IndexError):
+            pass  # unreadable here: psutil decides below, as for a new identity
+        cached = self._cache.get(pid)
+        if ticks is not None and cached is not None and cached[1] == ticks:
+            meta = cached[0]
+            status = _STATUS.get(state, meta.status)
+            if status != meta.status or ppid != meta.ppid:
+                meta = replace(meta, status=status, ppid=ppid)
+                self._cache[pid] = (meta, ticks)
+            return meta
         try:
             proc = psutil.Process(pid)
             start = proc.create_time()
@@ -125,16 +146,9 @@ class PsutilInspector:
             return ProcessMeta(pid=pid, start_time=None, status="gone")
         except psutil.Error:
             return ProcessMeta(pid=pid, start_time=None)
-        now = self._monotonic()
-        cached = self._cache.get(pid)
-        if cached is not None and cached[0].start_time == start:
-            meta, fetched = cached
-            if now - fetched < self.refresh_seconds:
-                return meta
-            meta = replace(meta, status=_safe(proc.status), ppid=_safe(proc.ppid))
-        else:
-            meta = self._lookup(proc, pid, start)
-        self._cache[pid] = (meta, now)
+        meta = self._lookup(proc, pid, start)
+        if ticks is not None:
+            self._cache[pid] = (meta, ticks)
         return meta
 
     def exit_status(self, pid: int, start_time: float | None) -> ProcessExit | None:
@@ -143,12 +157,11 @@ class PsutilInspector:
         `/proc/<pid>/stat` keeps a zombie's wait status (field 52, Linux 3.5+) until its parent reaps it.
         """
         try:
-            text = (self.proc_root / str(pid) / "stat").read_text()
-            fields = text[text.rindex(")") + 2 :].split()
+            fields = _stat_fields((self.proc_root / str(pid) / "stat").read_bytes())
             state, start_ticks, status = fields[0], int(fields[19]), int(fields[49])
         except (OSError, ValueError, IndexError):
             return None
-        if state != "Z":
+        if state != b"Z":
             return None
         started = psutil.boot_time() + start_ticks / os.sysconf("SC_CLK_TCK")
         if start_time is not None and abs(started - start_time) > 1.0:
@@ -218,6 +231,25 @@ class PsutilInspector:
 
 
 T = TypeVar("T")
+
+
+# psutil's names for the one-letter states of /proc/<pid>/stat (proc(5)), so a status reads the same whichever
+# path read it.
+_STATUS = {
+    "R": psutil.STATUS_RUNNING, "S": psutil.STATUS_SLEEPING, "D": psutil.STATUS_DISK_SLEEP,
+    "T": psutil.STATUS_STOPPED, "t": psutil.STATUS_TRACING_STOP, "Z": psutil.STATUS_ZOMBIE,
+    "X": psutil.STATUS_DEAD, "x": psutil.STATUS_DEAD, "K": "wake-kill", "W": psutil.STATUS_WAKING,
+    "I": psutil.STATUS_IDLE, "P": psutil.STATUS_PARKED,
+}  # fmt: skip
+
+
+def _stat_fields(raw: bytes) -> list[bytes]:
+    """The fields of /proc/<pid>/stat from the third on (state, ppid, ...; proc(5) field N is index N - 3).
+
+    The command name (field 2) is in parentheses and may itself hold spaces and parentheses: the fields that
+    follow are counted from its last closing parenthesis.
+    """
+    return raw[raw.rindex(b")") + 2 :].split()
 
 
 def _safe(fn: Callable[[], T]) -> T | None:

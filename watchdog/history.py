@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 from array import array
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .model import ProcessExit, ProcessKey, ProcessMeta, Snapshot, TorchStats
@@ -48,57 +48,99 @@ EMPTY = Window((), ())
 
 
 class Series:
-    """A ring buffer of (t, value) with a fixed capacity; the oldest point is overwritten first."""
+    """The points of one series in time order, at most `capacity` of them; the oldest are dropped first.
 
-    __slots__ = ("_head", "_size", "_t", "_v", "capacity")
+    The points live in two append-only `array('d')`; the live ones are the last `len(self)`. Once the dropped
+    prefix reaches a quarter of the capacity, the live points are copied into fresh arrays (amortised O(1) per
+    point, memory at most 1.25x the capacity). Nothing ever writes over a point already stored: a `View` can
+    keep a reference to the arrays and an index range instead of a copy, and stays true whatever is appended.
+
+    Each series also carries the staircases of its suffix minima and maxima (the monotonic stacks of the
+    points no later point undercuts, or exceeds): the least and the most a series held from any time to now
+    are a bisection away instead of a scan of the window. The detectors ask exactly that, for every process at
+    every tick (the floor since warm-up, "has it moved in ten minutes"), so the tick costs O(log n) per
+    process rather than O(n).
+    """
+
+    __slots__ = ("_base", "_lo", "_maxs", "_maxs_lo", "_mins", "_mins_lo", "_t", "_v", "appended", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._t = array("d")
         self._v = array("d")
-        self._head = 0  # index of the next write
-        self._size = 0
+        self._lo = 0  # array index of the oldest live point
+        self._base = 0  # how many points were appended before the arrays' index 0
+        self.appended = 0  # every point ever appended: a View's stamp
+        # Staircases as absolute point numbers (appended-count), oldest first; `*_lo` skips the dropped ones.
+        self._mins = array("q")
+        self._maxs = array("q")
+        self._mins_lo = 0
+        self._maxs_lo = 0
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._t) - self._lo
 
     def append(self, t: float, value: float) -> None:
-        if self._size < self.capacity:  # still filling: the arrays grow, oldest first
-            self._t.append(t)
-            self._v.append(value)
-            self._size += 1
-            self._head = self._size % self.capacity
-            return
-        self._t[self._head] = t
-        self._v[self._head] = value
-        self._head = (self._head + 1) % self.capacity
+        v = self._v
+        mins, maxs = self._mins, self._maxs
+        base = self._base
+        while len(mins) > self._mins_lo and v[mins[-1] - base] >= value:
+            mins.pop()
+        while len(maxs) > self._maxs_lo and v[maxs[-1] - base] <= value:
+            maxs.pop()
+        mins.append(self.appended)
+        maxs.append(self.appended)
+        self._t.append(t)
+        v.append(value)
+        self.appended += 1
+        if len(self._t) - self._lo > self.capacity:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        self._lo += 1
+        oldest = self._base + self._lo
+        if self._mins[self._mins_lo] < oldest:
+            self._mins_lo += 1
+        if self._maxs[self._maxs_lo] < oldest:
+            self._maxs_lo += 1
+        if self._lo >= max(16, self.capacity // 4):
+            # Fresh arrays, never a shift in place: Views over the old ones stay valid.
+            self._t, self._v = self._t[self._lo :], self._v[self._lo :]
+            self._base += self._lo
+            self._lo = 0
+            self._mins, self._mins_lo = self._mins[self._mins_lo :], 0
+            self._maxs, self._maxs_lo = self._maxs[self._maxs_lo :], 0
 
     def arrays(self) -> tuple[array[float], array[float]]:
-        """(times, values), oldest first, as new arrays: the fast path the detectors read."""
-        if self._size < self.capacity:
-            return self._t[:], self._v[:]
-        h = self._head
-        return self._t[h:] + self._t[:h], self._v[h:] + self._v[:h]
+        """(times, values), oldest first, as new arrays."""
+        return self._t[self._lo :], self._v[self._lo :]
 
-    def _order(self) -> Iterator[int]:
-        start = (self._head - self._size) % self.capacity
-        return ((start + k) % self.capacity for k in range(self._size))
+    def storage(self) -> tuple[array[float], array[float], int, int]:
+        """(times, values, first, end): the live points are `[first, end)` of the arrays, which nothing
+        overwrites. For `View`, which reads them without copying."""
+        return self._t, self._v, self._lo, len(self._t)
+
+    def suffix_min(self, i: int) -> float:
+        """The least value from array index `i` to the newest point (the floor since then)."""
+        k = bisect_left(self._mins, i + self._base, self._mins_lo)
+        return self._v[self._mins[k] - self._base]
+
+    def suffix_max(self, i: int) -> float:
+        """The largest value from array index `i` to the newest point."""
+        k = bisect_left(self._maxs, i + self._base, self._maxs_lo)
+        return self._v[self._maxs[k] - self._base]
 
     def last(self) -> tuple[float, float] | None:
-        if not self._size:
+        if len(self._t) == self._lo:
             return None
-        i = (self._head - 1) % self.capacity
-        return self._t[i], self._v[i]
+        return self._t[-1], self._v[-1]
 
     def window(self, seconds: float | None = None) -> Window:
-        """The points of the last `seconds` before the newest point (all of them when None)."""
-        if not self._size:
+        """The points of the last `seconds` before the newest point (all of them when None), as tuples."""
+        if len(self._t) == self._lo:
             return EMPTY
-        idx = list(self._order())
-        if seconds is not None:
-            newest = self._t[idx[-1]]
-            idx = [i for i in idx if self._t[i] >= newest - seconds]
-        return Window(tuple(self._t[i] for i in idx), tuple(self._v[i] for i in idx))
+        i = self._lo if seconds is None else bisect_left(self._t, self._t[-1] - seconds, self._lo)
+        return Window(tuple(self._t[i:]), tuple(self._v[i:]))
 
 
 @dataclass(slots=True)

@@ -1,65 +1,137 @@
-"""Fast, read-only access to a history series as two chronological arrays, and lookups on them.
+"""Read-only access to a history series as two chronological arrays, and lookups on them.
 
-`Series.window()` builds Python tuples point by point (about 1 ms for an hour at 1 Hz); the detectors read
-every series at every tick, so they slice the ring's arrays instead (a few microseconds, done in C). The
-arrays are copies: nothing here can change the history.
+The detectors read every series at every tick, mostly to ask "the least (or most) it held since t". A `View`
+of a history `Series` copies nothing: it keeps the series' append-only arrays and an index range, answers
+those questions from the series' suffix staircases in O(log n) while no point was appended since it was
+made, and copies its points into `t` and `v` only when a detector walks them (a fit, a young run's warm-up).
+A `View(t, v)` over plain arrays (tests, ad-hoc series) answers the same questions by scanning.
 """
 
 from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
 
 from ..history import Series
 
 
-@dataclass(frozen=True, slots=True)
 class View:
-    """A series in time order: `t` monotonic seconds, `v` values (bytes)."""
+    """A series in time order: `t` monotonic seconds, `v` values (bytes). Never changes once made."""
 
-    t: array[float]
-    v: array[float]
+    __slots__ = ("_copy", "_end", "_i", "_j", "_series", "_stamp", "_ta", "_va")
+
+    def __init__(self, t: array[float], v: array[float]) -> None:
+        self._ta, self._va = t, v
+        self._i, self._j = 0, len(t)
+        self._series: Series | None = None
+        self._stamp = 0
+        self._end = len(t)
+        self._copy: tuple[array[float], array[float]] | None = (t, v)
+
+    @classmethod
+    def of(cls, series: Series) -> View:
+        """The whole series, without copying it."""
+        t, v, first, end = series.storage()
+        out = cls.__new__(cls)
+        out._ta, out._va, out._i, out._j, out._end = t, v, first, end, end
+        out._series, out._stamp, out._copy = series, series.appended, None
+        return out
+
+    def _sub(self, i: int, j: int) -> View:
+        if i == self._i and j == self._j:
+            return self
+        out = View.__new__(View)
+        out._ta, out._va, out._i, out._j, out._end = self._ta, self._va, i, j, self._end
+        out._series, out._stamp, out._copy = self._series, self._stamp, None
+        return out
+
+    def _copied(self) -> tuple[array[float], array[float]]:
+        if self._copy is None:
+            self._copy = (self._ta[self._i : self._j], self._va[self._i : self._j])
+        return self._copy
+
+    @property
+    def t(self) -> array[float]:
+        return self._copied()[0]
+
+    @property
+    def v(self) -> array[float]:
+        return self._copied()[1]
 
     def __len__(self) -> int:
-        return len(self.t)
+        return self._j - self._i
 
     @property
     def now(self) -> float:
-        return self.t[-1]
+        """The time of the newest point (the view must not be empty)."""
+        return self._ta[self._j - 1]
+
+    @property
+    def first(self) -> float:
+        """The time of the oldest point (the view must not be empty)."""
+        return self._ta[self._i]
+
+    @property
+    def last_value(self) -> float:
+        return self._va[self._j - 1]
 
     def before(self, t_end: float) -> View:
         """The points at or before `t_end` (the series as it was then)."""
-        i = bisect_right(self.t, t_end)
-        return View(self.t[:i], self.v[:i])
+        return self._sub(self._i, bisect_right(self._ta, t_end, self._i, self._j))
 
     def since(self, t0: float) -> View:
-        i = bisect_left(self.t, t0)
-        return View(self.t[i:], self.v[i:])
+        return self._sub(bisect_left(self._ta, t0, self._i, self._j), self._j)
+
+    def between(self, t0: float, t1: float) -> View:
+        """The points with t0 <= t < t1."""
+        return self._sub(bisect_left(self._ta, t0, self._i, self._j), bisect_left(self._ta, t1, self._i, self._j))
 
     def value_at(self, t: float) -> float | None:
         """The last value at or before `t` (None when the series starts later)."""
-        i = bisect_right(self.t, t)
-        return self.v[i - 1] if i else None
+        k = bisect_right(self._ta, t, self._i, self._j)
+        return self._va[k - 1] if k > self._i else None
+
+    def min(self) -> float:
+        """The least value (the view must not be empty)."""
+        return self._lowest(self._i, self._j)
+
+    def max(self) -> float:
+        """The largest value (the view must not be empty)."""
+        return self._highest(self._i, self._j)
+
+    def tail_max(self, k: int) -> float:
+        """The largest of the newest `k` values."""
+        return max(self._va[max(self._i, self._j - k) : self._j])
 
     def max_between(self, t0: float, t1: float) -> float | None:
         """The largest value with t0 <= t < t1 (None when no point lies there)."""
-        i, j = bisect_left(self.t, t0), bisect_left(self.t, t1)
-        return max(self.v[i:j]) if j > i else None
+        i, j = bisect_left(self._ta, t0, self._i, self._j), bisect_left(self._ta, t1, self._i, self._j)
+        return self._highest(i, j) if j > i else None
 
     def min_between(self, t0: float, t1: float) -> float | None:
-        i, j = bisect_left(self.t, t0), bisect_left(self.t, t1)
-        return min(self.v[i:j]) if j > i else None
+        i, j = bisect_left(self._ta, t0, self._i, self._j), bisect_left(self._ta, t1, self._i, self._j)
+        return self._lowest(i, j) if j > i else None
+
+    def _live(self, j: int) -> Series | None:
+        # The staircases describe the series as it is now: they answer a range ending at the newest point, and
+        # only while nothing was appended since this view was made.
+        s = self._series
+        return s if s is not None and j == self._end and s.appended == self._stamp else None
+
+    def _lowest(self, i: int, j: int) -> float:
+        s = self._live(j)
+        return s.suffix_min(i) if s is not None else min(self._va[i:j])
+
+    def _highest(self, i: int, j: int) -> float:
+        s = self._live(j)
+        return s.suffix_max(i) if s is not None else max(self._va[i:j])
 
 
 EMPTY_VIEW = View(array("d"), array("d"))
 
 
 def view(series: Series | None) -> View:
-    """The whole series as arrays, oldest first.
-
-    `Series.arrays()` copies the ring in two slices, far cheaper than building tuples point by point.
-    """
+    """The whole series, oldest first, without copying it."""
     if series is None or len(series) == 0:
         return EMPTY_VIEW
-    return View(*series.arrays())
+    return View.of(series)

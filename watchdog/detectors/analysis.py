@@ -216,7 +216,7 @@ def _analyze_gpu(
         out.findings.append(finding)
     if not tree_grows and ctx.used:
         starts = [tr.first_seen for key in trees if (tr := history.trees.get((key, ctx.uuid))) is not None]
-        cutoff = max([ctx.used.t[0], *starts]) + config.warmup_seconds
+        cutoff = max([ctx.used.first, *starts]) + config.warmup_seconds
         grown = profile(ctx.used, config, start=cutoff, min_horizon=config.growth_min_horizon_seconds, report=False)
         best = grown.best()
         if best is not None and not _levels_off(grown, ctx, config):

@@ -169,17 +169,21 @@ def _arriving(seen: _Seen, series: View, ctx: GpuContext, config: DetectorConfig
 
     A newcomer is judged on its arrival: what it takes later is growth (the growth and forecast detectors'),
     and what others take later is theirs. Runs on every process at every tick, so it looks only at the
-    arrival window: one C-level max over the older points tells a process that came in long ago.
+    arrival window; a process that came in long ago is told by a lookup or two, without a scan of its past.
     """
-    if not len(ctx.used) or ctx.used.t[0] >= seen.first_seen:
+    if not len(ctx.used) or ctx.used.first >= seen.first_seen:
         return None  # no "before": vramwatch was not watching yet
     cut = ctx.now - config.contention_arrival_seconds
-    earlier = series.max_between(seen.first_seen, cut)
-    if earlier is not None and earlier >= config.contention_incumbent_min_bytes:
+    least = config.contention_incumbent_min_bytes
+    if series.since(seen.first_seen).max() < least:
+        return seen.first_seen if seen.first_seen >= cut else None  # never held more than a bare context
+    past = series.between(seen.first_seen, cut)
+    # Its last point before the window is usually enough to tell (a long-running process): no scan of its past.
+    if len(past) and (past.last_value >= least or past.max() >= least):
         return None  # it came in before the window
     recent = series.since(cut)
     entrance = next(
-        (t for t, v in zip(recent.t, recent.v, strict=True) if v >= config.contention_incumbent_min_bytes),
+        (t for t, v in zip(recent.t, recent.v, strict=True) if v >= least),
         seen.first_seen,
     )
     return entrance if entrance >= cut else None
@@ -235,11 +239,11 @@ def _incumbents(
             continue  # not there before the newcomer came in: they started together, neither squeezes the other
         series = view(track.series)
         seen_before = series.before(entrance)
-        if len(seen_before) < 2 or max(seen_before.v) - min(seen_before.v) <= config.noise_bytes:
+        if len(seen_before) < 2 or seen_before.max() - seen_before.min() <= config.noise_bytes:
             continue  # never seen to move (a ballast, a server loaded before we watched): it holds all it uses
         age = _age_at(tree, entrance, track.first_seen, history, ctx)
         lookback = seen_before.since(entrance - config.contention_static_seconds)
-        flat = len(lookback) < 2 or max(lookback.v) - min(lookback.v) <= config.noise_bytes
+        flat = len(lookback) < 2 or lookback.max() - lookback.min() <= config.noise_bytes
         if flat and age >= config.contention_young_seconds:
             continue  # static: it already holds all it uses
         peak = series.max_between(entrance - config.contention_need_seconds, ctx.now + 1.0)

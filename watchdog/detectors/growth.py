@@ -182,6 +182,8 @@ def _report_choice(horizons: Sequence[float], config: DetectorConfig) -> float |
 def theil_sen(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Median of the slopes of all pairs with distinct x: a line fit that one step or outlier cannot tilt."""
     n = len(xs)
+    if n and min(ys) == max(ys):
+        return 0.0  # a flat floor (most series, most ticks): every slope is zero, no need to sort them
     slopes = sorted((ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(n) for j in range(i + 1, n) if xs[j] > xs[i])
     if not slopes:
         return 0.0
@@ -234,10 +236,9 @@ def profile(
     """
     if start is not None:
         view = view.since(start)
-    t, v = view.t, view.v
-    if len(t) < 3:
+    if len(view) < 3:
         return Profile(())
-    now, first = t[-1], t[0]
+    now, first = view.now, view.first
     windows: list[tuple[float, float]] = []  # (horizon, start of its points)
     for h in config.horizons_seconds:
         if h < min_horizon:
@@ -251,37 +252,46 @@ def profile(
     if not windows:
         return Profile(())
     # Most series do not grow: when even the whole window cannot rise by `min_rise_bytes`, no horizon can be
-    # sustained, and only the reported rate is computed (the floor never exceeds the newest samples).
-    if max(v[-2:]) - min(v[bisect_left(t, windows[-1][1]) :]) < config.min_rise_bytes:
+    # sustained, and only the reported rate is computed (the floor never exceeds the newest samples). Both
+    # figures come from the series' staircases: no scan of the window.
+    if view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes:
         if not report:
             return Profile(())
         chosen = _report_choice([h for h, _ in windows], config)
         windows = [w for w in windows if w[0] == chosen]
-    k = config.buckets
-    grids: list[tuple[float, float, list[int]]] = []
-    for h, a in windows:
-        span = now - a
-        step = span / k
-        idx = [bisect_left(t, a + j * step) for j in range(k)]
-        # The last point is the floor of the final half bucket: "now", robust to one odd newest sample.
-        idx.append(max(idx[-1], min(len(t) - 1, bisect_left(t, now - step / 2))))
-        grids.append((h, span, idx))
+        h, a = windows[0]
+        flat = view.since(a)
+        if len(flat) >= 2 and flat.min() == flat.max():
+            # One value over the whole window (a process between allocations: the common case): that value is
+            # the floor at every grid point, and each floor sits at its grid point. Same fit, no scan.
+            t = flat.t
+            idx = _grid(t, a, now, config)
+            return Profile(
+                (_fit(h, now - a, len(t) - idx[0], [t[i] for i in idx], [flat.min()] * len(idx), config=config),)
+            )
+    t, v = view.t, view.v
+    grids = [(h, now - a, _grid(t, a, now, config)) for h, a in windows]
     floors = _suffix_floors(v, (i for _, _, idx in grids for i in idx), config)
-    return Profile(tuple(_fit(h, span, idx, t, floors=floors, config=config) for h, span, idx in grids))
+    return Profile(
+        tuple(
+            _fit(h, span, len(t) - idx[0], [t[floors[i][1]] for i in idx], [floors[i][0] for i in idx], config=config)
+            for h, span, idx in grids
+        )
+    )
 
 
-def _fit(
-    h: float,
-    span: float,
-    idx: list[int],
-    t: array[float],
-    *,
-    floors: dict[int, tuple[float, int]],
-    config: DetectorConfig,
-) -> Fit:
-    n = len(t)
-    xs = [t[floors[i][1]] for i in idx]
-    ys = [floors[i][0] for i in idx]
+def _grid(t: array[float], a: float, now: float, config: DetectorConfig) -> list[int]:
+    """Indexes into `t` of the `buckets` grid points of the window `[a, now]`, and of "now": the floor of the
+    final half bucket, robust to one odd newest sample."""
+    k = config.buckets
+    step = (now - a) / k
+    idx = [bisect_left(t, a + j * step) for j in range(k)]
+    idx.append(max(idx[-1], min(len(t) - 1, bisect_left(t, now - step / 2))))
+    return idx
+
+
+def _fit(h: float, span: float, points: int, xs: list[float], ys: list[float], *, config: DetectorConfig) -> Fit:
+    """The growth test of one horizon on its floor, sampled at times `xs` with values `ys` (non-decreasing)."""
     rise = ys[-1] - ys[0]
     b = config.buckets_per_subwindow
     parts = [ys[(s + 1) * b] - ys[s * b] for s in range(config.subwindows)]
@@ -311,7 +321,7 @@ def _fit(
     return Fit(
         h,
         span,
-        n - idx[0],
+        points,
         rise,
         every_part and recent,
         round(confidence, 4),

@@ -17,17 +17,17 @@ from .config import DetectorConfig
 def flat_seconds(series: View, config: DetectorConfig, *, not_before: float) -> float:
     """How long the floor has stayed within `noise_bytes` of its current value (0 when it just rose).
 
-    A run that has plateaued is flat over the whole window: that is checked first, with one C-level `min()`.
-    Otherwise the start of the plateau is bisected between `stable_min_seconds` and the whole window.
+    A run that has plateaued is flat over the whole window: that is checked first, with one lookup in the
+    series' staircase of suffix minima. Otherwise the start of the plateau is bisected between
+    `stable_min_seconds` and the whole window.
     """
-    t = series.t
-    if len(t) < 3:
+    if len(series) < 3:
         return 0.0
-    now = t[-1]
+    now = series.now
     # The floor now: the least of the last 30 s, so the teeth of a sawtooth do not count as "just rose".
     level = _floor_since(series, now - 30.0)
     floor_ok = level - config.noise_bytes
-    longest = now - max(not_before, t[0])
+    longest = now - max(not_before, series.first)
     if longest <= 0:
         return 0.0
     if _floor_since(series, now - longest) >= floor_ok:
@@ -46,7 +46,7 @@ def flat_seconds(series: View, config: DetectorConfig, *, not_before: float) -> 
 
 
 def _floor_since(series: View, t0: float) -> float:
-    low = series.min_between(t0, series.t[-1] + 1.0)
+    low = series.min_between(t0, series.now + 1.0)
     return float("inf") if low is None else low
 
 

@@ -71,7 +71,7 @@ def _reason(p: ProcessSample, ctx: GpuContext, history: History, config: Detecto
         if track is None or ctx.now - track.first_seen < config.stale_idle_seconds:
             return None
         recent = view(track.series).since(ctx.now - config.stale_idle_seconds)
-        covered = len(recent) >= 2 and recent.t[-1] - recent.t[0] >= config.min_coverage * config.stale_idle_seconds
-        if covered and max(recent.v) - min(recent.v) <= config.noise_bytes:
+        covered = len(recent) >= 2 and recent.now - recent.first >= config.min_coverage * config.stale_idle_seconds
+        if covered and recent.max() - recent.min() <= config.noise_bytes:
             return f"has not changed its memory for {fmt.duration(config.stale_idle_seconds)}", "idle"
     return None
