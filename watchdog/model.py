@@ -24,6 +24,32 @@ class Severity(enum.Enum):
     CRITICAL = "critical"
 
 
+class FindingKind(str, enum.Enum):
+    """What a finding is about: the one list of the kinds vramwatch's own detectors emit.
+
+    Every list that must match it (tick tables, advice keys, the CLI, the alert rules and the dashboard) is
+    derived from it or checked against it by a test. A plugin detector (see `detectors.registry`) may add a
+    kind of its own as a plain string; `Finding.kind` is therefore typed `str`, which every member is.
+    """
+
+    GROWTH = "growth"  # a process tree (or a card) whose memory keeps rising: a leak
+    OOM_FORECAST = "oom_forecast"  # the card fills within minutes at its sustained rate
+    PRESSURE = "pressure"  # almost no room left, growing or not
+    CONTENTION = "contention"  # a newcomer left a running job less room than it needs
+    PROBABLE_OOM = "probable_oom"  # a process vanished with its own memory in the ceiling
+    STALE_HOLDER = "stale_holder"  # a zombie, stopped or orphaned process still holds memory
+    FRAGMENTATION = "fragmentation"  # PyTorch's cache is in pieces (agent data)
+    OOM = "oom"  # the agent's certain out-of-memory report
+
+    # Printed, logged and exported as its bare value ("growth", not "FindingKind.GROWTH"), as StrEnum does
+    # from Python 3.11; vramwatch still runs on 3.10.
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, format_spec: str) -> str:
+        return format(str(self.value), format_spec)
+
+
 @dataclass(frozen=True, slots=True)
 class GpuSample:
     """One GPU (or one MIG GPU instance) at one tick, as the driver reports it.
@@ -250,8 +276,8 @@ class Snapshot:
 class Finding:
     """A conclusion a detector drew from history, raised once and cleared once (see detectors.lifecycle).
 
-    `kind` is one of: growth, oom_forecast, pressure, contention, probable_oom, stale_holder, fragmentation,
-    oom (the agent's certain one). `eta_seconds` is the forecast time until the card is full, when there is one.
+    `kind` is a `FindingKind` (or a plugin detector's own kind). `eta_seconds` is the forecast time until the
+    card is full, when there is one.
     `numbers` holds the figures behind the message (bytes, rates, shares), for webhooks and JSON output.
     `advice` is filled in by the advisor after detection, in the trainer's own words.
     """
