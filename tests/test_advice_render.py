@@ -20,7 +20,7 @@ from vramwatch.advice import (
     recognize,
     render_text,
 )
-from vramwatch.advice.rules import FINDING_KINDS
+from vramwatch.advice.rules import ADVICE_KINDS
 from vramwatch.errors import ConfigError
 from vramwatch.model import Finding, ProcessKey, ProcessMeta, Severity
 
@@ -277,7 +277,7 @@ def test_unreadable_settings_are_suggested_lower_and_flagged() -> None:
 
 def test_unknown_finding_kind_is_a_clear_error() -> None:
     """A kind vramwatch does not produce is a ConfigError listing the valid ones."""
-    with pytest.raises(ConfigError, match="unknown finding kind 'oops'"):
+    with pytest.raises(ConfigError, match="unknown advice kind 'oops'"):
         advise(TrainerSettings(), "oops")
 
 
@@ -421,7 +421,7 @@ _holders = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(
     settings_=_settings,
-    kind=st.sampled_from(sorted(FINDING_KINDS)),
+    kind=st.sampled_from(sorted(ADVICE_KINDS)),
     torch_version=st.none() | st.sampled_from(["2.0.1", "2.1.0", "2.5.1+cu124"]),
     others=_holders,
 )

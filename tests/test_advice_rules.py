@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from vramwatch.advice import TrainerSettings, parse_rules
-from vramwatch.advice.rules import FINDING_KINDS, default_rules, factor, match, version_tuple
+from vramwatch.advice.rules import ADVICE_KINDS, default_rules, factor, match, version_tuple
 from vramwatch.errors import ConfigError
 
 SETTINGS_KINDS = ("oom_forecast", "pressure", "probable_oom", "spike", "plateau")
@@ -32,7 +32,7 @@ def test_shipped_rules_load_and_every_rule_is_sourced() -> None:
     assert len(book.rules) >= 15
     for rule in book.rules:
         assert rule.source.strip()
-        assert rule.kinds <= FINDING_KINDS
+        assert rule.kinds <= ADVICE_KINDS
         assert rule.why.strip()
         assert rule.saving.strip()
 
@@ -69,7 +69,7 @@ def test_growth_rules_are_bug_hunting_not_memory_settings() -> None:
     [
         pytest.param('setting = "batch_size"', 'setting = "batchsize"', "unknown setting 'batchsize'", id="setting"),
         pytest.param('op = "gt"', 'op = "bigger"', "unknown op 'bigger'", id="op"),
-        pytest.param('kinds = ["pressure"]', 'kinds = ["oom"]', "unknown finding kinds", id="kind"),
+        pytest.param('kinds = ["pressure"]', 'kinds = ["oom"]', "unknown advice kinds", id="kind"),
         pytest.param("weight = 10", "weight = -1", "'weight' must be a positive number", id="weight"),
         pytest.param('kohya = "--x"', 'kohyaa = "--x"', "syntax key 'kohyaa'", id="trainer"),
         pytest.param('source = "src"', "", "'source' must be a non-empty string", id="source"),

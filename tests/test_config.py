@@ -84,12 +84,10 @@ def test_sections_are_checked_against_their_dataclass() -> None:
 
 def test_detector_section_accepts_lists_and_tables() -> None:
     """[detectors] takes TOML lists for sets and tables for per-kind ticks, and rejects a bad value there."""
-    from vramwatch.detectors import DetectorConfig
+    from vramwatch.detectors import config_from_table, settings, stale
 
-    cfg = dataclass_from_table(
-        DetectorConfig, {"stale_statuses": ["zombie"], "enter_ticks": {"pressure": 5}}, "f: [detectors]"
-    )
-    assert cfg.stale_statuses == frozenset({"zombie"})
+    cfg = config_from_table({"stale_statuses": ["zombie"], "enter_ticks": {"pressure": 5}}, "f: [detectors]")
+    assert settings(cfg, stale.DETECTOR).stale_statuses == frozenset({"zombie"})
     assert cfg.enter_ticks["pressure"] == 5
     with pytest.raises(ConfigError, match=r"f: \[detectors\]"):
-        dataclass_from_table(DetectorConfig, {"enter_ticks": {"pressure": "many"}}, "f: [detectors]")
+        config_from_table({"enter_ticks": {"pressure": "many"}}, "f: [detectors]")

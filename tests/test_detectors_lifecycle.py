@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from vramwatch.detectors import Analysis, DetectorConfig, FindingTracker
+from vramwatch.detectors import Analysis, DetectorConfig, FindingTracker, config_from_table, settings, stale
+from vramwatch.detectors.registry import raise_after
 from vramwatch.errors import ConfigError
 from vramwatch.model import Finding, ProcessKey, Severity
 
@@ -112,21 +113,19 @@ def test_tracker_memory_stays_bounded() -> None:
     ],
 )
 def test_invalid_config_is_a_config_error(changes: dict[str, object], message: str) -> None:
-    """A nonsensical threshold is refused with a message naming it."""
+    """A nonsensical threshold, shared or one detector's own, is refused with a message naming it."""
     with pytest.raises(ConfigError, match=message):
-        DetectorConfig(**changes)  # type: ignore[arg-type]
+        config_from_table(changes, "f: [detectors]")
 
 
 def test_config_from_a_file_is_normalised() -> None:
     """Lists and partial tables (as TOML gives them) become immutable values merged over the defaults."""
-    config = DetectorConfig(
-        stale_statuses=["zombie"],  # type: ignore[arg-type]
-        enter_ticks={"growth": 9},
-        horizons_seconds=[30, 60],  # type: ignore[arg-type]
+    config = config_from_table(
+        {"stale_statuses": ["zombie"], "enter_ticks": {"growth": 9}, "horizons_seconds": [30, 60]}, "f: [detectors]"
     )
-    assert config.stale_statuses == frozenset({"zombie"})
-    assert config.enter_after("growth") == 9
-    assert config.enter_after("contention") == 1
+    assert settings(config, stale.DETECTOR).stale_statuses == frozenset({"zombie"})
+    assert raise_after(config, "growth") == 9
+    assert raise_after(config, "contention") == 1
     assert config.horizons_seconds == (30.0, 60.0)
     with pytest.raises(TypeError):
         config.enter_ticks["growth"] = 1  # type: ignore[index]

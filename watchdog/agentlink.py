@@ -40,7 +40,7 @@ import structlog
 
 from .agent import protocol
 from .errors import ConfigError, VramwatchError
-from .model import TorchStats
+from .model import OomEvent, TorchStats, nvml_uuid
 
 log = structlog.get_logger("vramwatch.agentlink")
 
@@ -59,9 +59,7 @@ class AgentDevice:
     @property
     def gpu_uuid(self) -> str | None:
         """The uuid as NVML spells it, to join with `GpuSample.uuid`."""
-        if self.cuda_uuid is None:
-            return None
-        return self.cuda_uuid if self.cuda_uuid.startswith(("GPU-", "MIG-")) else f"GPU-{self.cuda_uuid}"
+        return nvml_uuid(self.cuda_uuid)
 
     @property
     def usable_bytes(self) -> int | None:
@@ -69,42 +67,6 @@ class AgentDevice:
         if self.stats.reserved_bytes is None or self.free_bytes is None:
             return None
         return self.stats.reserved_bytes + self.free_bytes
-
-
-@dataclass(frozen=True, slots=True)
-class OomEvent:
-    """An out-of-memory error in a trainer, with the allocator's state when it happened.
-
-    `observed` is True when the allocator's OOM observer reported it (state at the failed request);
-    False when the agent only saw `num_ooms` rise at its next sample (state of that moment).
-    """
-
-    pid: int
-    device: int
-    requested_bytes: int | None  # the size of the request that failed
-    capacity_bytes: int | None  # the device's total, or the per-process limit when one is set
-    device_free_bytes: int | None
-    allocated_bytes: int | None
-    reserved_bytes: int | None
-    inactive_split_bytes: int | None
-    num_alloc_retries: int | None
-    num_ooms: int | None
-    snapshot_path: str | None
-    observed: bool
-    cuda_uuid: str | None = None
-
-    @property
-    def gpu_uuid(self) -> str | None:
-        if self.cuda_uuid is None:
-            return None
-        return self.cuda_uuid if self.cuda_uuid.startswith(("GPU-", "MIG-")) else f"GPU-{self.cuda_uuid}"
-
-    @property
-    def reserved_unallocated_bytes(self) -> int | None:
-        """PyTorch's "reserved by PyTorch but unallocated": cached memory no tensor uses."""
-        if self.reserved_bytes is None or self.allocated_bytes is None:
-            return None
-        return max(0, self.reserved_bytes - self.allocated_bytes)
 
 
 @dataclass(frozen=True, slots=True)

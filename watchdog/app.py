@@ -23,9 +23,9 @@ from .agentlink import AgentListener, AgentReport
 from .backends import banner, open_backend
 from .backends.replay import ReplayBackend
 from .clock import SystemClock
-from .config import Config, dataclass_from_table
+from .config import Config
 from .daemon import Daemon, Pipeline
-from .detectors import DetectorConfig
+from .detectors import DetectorConfig, config_from_table
 from .errors import BackendUnavailable, VramwatchError
 from .history import History
 from .model import Finding, ProcessKey, ProcessMeta, Severity, Snapshot
@@ -41,9 +41,8 @@ log = structlog.get_logger("vramwatch")
 
 
 def detector_config(cfg: Config) -> DetectorConfig:
-    return dataclass_from_table(  # type: ignore[no-any-return]
-        DetectorConfig, cfg.section("detectors"), f"{cfg.source or 'config'}: [detectors]"
-    )
+    """`[detectors]`: the shared settings and each registered detector's own, checked."""
+    return config_from_table(cfg.section("detectors"), f"{cfg.source or 'config'}: [detectors]")
 
 
 def _open(cfg: Config, clock: Clock, *, require_gpu: bool, loop: bool = False) -> tuple[Backend, bool]:

@@ -20,9 +20,10 @@ import psutil
 from .actions import ActionResult
 from .backends.simulated import SimulatedBackend, ground_truth
 from .daemon import Pipeline
+from .detectors import pressure, settings
 from .detectors.pressure import pressure_threshold
 from .errors import VramwatchError
-from .model import Finding, Snapshot
+from .model import Finding, FindingKind, Snapshot
 from .render import duration, eta_text, finding_dict, gib, rate
 from .sampler import run_every
 from .typing import ActionHandler, Backend, Clock
@@ -31,7 +32,7 @@ SPARK = "▁▂▃▄▅▆▇█"
 #: How long a pid that is not (yet) on a GPU is waited for before giving up.
 WAIT_FOR_GPU_SECONDS = 600.0
 #: Findings that say a process died (NVML's probable OOM, the agent's certain one).
-POST_MORTEM_KINDS = frozenset({"probable_oom", "oom"})
+POST_MORTEM_KINDS = frozenset({FindingKind.PROBABLE_OOM, FindingKind.OOM})
 #: How long a pid that left the GPU may take to exit before it is called "left the GPU (still running)".
 EXIT_GRACE_SECONDS = 10.0
 
@@ -183,7 +184,7 @@ def attach(
             low = min(frees, key=lambda g: g.free_bytes or 0, default=None)
             state.last_free_bytes = None if low is None else low.free_bytes
             state.left_nearly_full = low is not None and (low.free_bytes or 0) < pressure_threshold(
-                low.total_bytes or 0, pipeline.detector_config
+                low.total_bytes or 0, settings(pipeline.detector_config, pressure.DETECTOR)
             )
             state.history.append(tree_bytes)
             del state.history[:-600]

@@ -16,6 +16,7 @@ import click
 
 from . import app, logs
 from ._version import __version__
+from .advice.rules import ADVICE_KINDS
 from .config import Config, load
 from .errors import VramwatchError
 
@@ -227,9 +228,7 @@ def replay(ctx: click.Context, file: str, as_json: bool) -> None:
     "--kind",
     default="oom_forecast",
     show_default=True,
-    type=click.Choice(
-        ["oom_forecast", "pressure", "growth", "probable_oom", "spike", "fragmentation", "contention", "plateau"]
-    ),
+    type=click.Choice(sorted(ADVICE_KINDS)),
     help="What happened: the advice differs for a leak (growth), fragmentation or a step-1 OOM (spike).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

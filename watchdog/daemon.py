@@ -1,9 +1,12 @@
-"""The daemon loop: sample, detect, act, publish — once a second, on one thread.
+"""The daemon loop: sample, analyse, track, act, publish — once a second, on one thread.
 
 One `step()` is the whole pipeline of a tick:
 
     backend.read() -> attribution -> History -> detectors.analyze() -> FindingTracker (raise once, clear once)
         -> advice attached to new findings -> notifiers / actions -> ExportState published for /metrics
+
+The loop holds no detection rule of its own: what is a finding (the agents' OOM reports included) is decided
+in `detectors/`, which advice it gets in `enrich.py`, what is done about it in `actions/`.
 
 Everything slow or fallible sits behind a seam that cannot stall the tick: notifiers queue and deliver on
 their own thread, hooks run in their own process, the HTTP server answers scrapes from the last published
@@ -16,23 +19,22 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import FrameType
 
 import structlog
 
 from .actions import ActionDispatcher, parse_policy
-from .agentlink import AgentListener, AgentReport, OomEvent
+from .agentlink import AgentListener, AgentReport
 from .clock import SystemClock
-from .config import Config, dataclass_from_table
-from .detectors import Analysis, DetectorConfig, FindingTracker, analyze
-from .detectors.oom import oom_finding
+from .config import Config
+from .detectors import Analysis, DetectorConfig, FindingTracker, analyze, config_from_table
 from .enrich import Enricher
 from .errors import BackendUnavailable, VramwatchError
 from .exporter import ExportState, MetricsServer, make_registry
 from .history import History
-from .model import Finding, ProcessKey, ProcessMeta, Snapshot, TorchStats
+from .model import Finding, FindingKind, OomEvent, ProcessKey, ProcessMeta, Snapshot, TorchStats
 from .render import finding_dict, snapshot_to_json
 from .sampler import Sampler, TickStats, run_every
 from .sdnotify import SdNotifier
@@ -42,8 +44,10 @@ log = structlog.get_logger("vramwatch.daemon")
 
 BackendFactory = Callable[[], Backend]
 
-#: A process younger than this is still warming up as far as the leak/setting advice is concerned.
-LEAK_MIN_AGE_SECONDS = 120.0
+#: The kinds that tell the agents on a GPU that memory is about to run out, so that they can save.
+PRESSURE_NOTICE_KINDS = frozenset(
+    {FindingKind.OOM_FORECAST, FindingKind.PRESSURE, FindingKind.FRAGMENTATION, FindingKind.GROWTH}
+)
 
 
 @dataclass
@@ -78,52 +82,27 @@ class Pipeline:
     detector_config: DetectorConfig = field(default_factory=DetectorConfig)
     advise: bool = True
     torch_source: Callable[[], tuple[TorchStats, ...]] | None = None
+    #: The agents' OOM reports since the last tick (drained on each call); the `oom` detector reads them.
+    oom_source: Callable[[], tuple[OomEvent, ...]] | None = None
 
     def __post_init__(self) -> None:
         self.sampler = Sampler(self.backend, self.history, self.clock, self.torch_source)
         self.tracker = FindingTracker(self.detector_config)
         self.analysis: Analysis | None = None
         # Live lookups (a trainer's environment, its launcher's command line) only make sense for real pids.
-        self.enrich: Callable[[Finding, Snapshot], Finding] | None = (
-            Enricher(
-                self.history, self._growth, leaking=self._leaking, steady=self._steady, live=self.backend.kind == "nvml"
-            )
-            if self.advise
-            else None
-        )
-
-    def _steady(self) -> set[ProcessKey]:
-        a = self.analysis
-        if a is None:
-            return set()
-        return {key for (key, _gpu), r in a.process_growth.items() if r.sustained and r.bytes_per_second > 0}
-
-    def _leaking(self) -> set[ProcessKey]:
-        """Processes whose growth is a leak: a growth finding is active, or their memory has risen steadily for
-        a minute or more past their first two minutes (a fast leak fills the card before the growth finding's
-        longer windows can speak; a warm-up is younger, or not steady)."""
-        keys = {f.process for f in self.tracker.active() if f.kind == "growth" and f.process is not None}
-        a = self.analysis
-        if a is not None:
-            for (key, gpu), r in a.process_growth.items():
-                track = self.history.processes.get((key, gpu))
-                old_enough = track is not None and track.last_seen - track.first_seen >= LEAK_MIN_AGE_SECONDS
-                if r.sustained and r.bytes_per_second > 0 and r.window_seconds >= 60 and old_enough:
-                    keys.add(key)
-        return keys
-
-    def _growth(self) -> Mapping[tuple[ProcessKey, str], float]:
-        a = self.analysis
-        return {k: r.bytes_per_second for k, r in a.process_growth.items()} if a else {}
+        self.enrich = Enricher(self.history, live=self.backend.kind == "nvml") if self.advise else None
 
     def step(self) -> tuple[Snapshot | None, list[Finding], list[Finding]]:
+        """Sample, analyse, track; advice on what is raised. Returns the snapshot and what was raised and cleared."""
         snap = self.sampler.tick()
         if snap is None:
             return None, [], []
-        self.analysis = analyze(self.history, self.detector_config)
+        ooms = self.oom_source() if self.oom_source is not None else ()
+        self.analysis = analyze(self.history, self.detector_config, ooms=ooms)
         raised, cleared = self.tracker.update(self.analysis)
-        if self.enrich is not None:
-            raised = [self.enrich(f, snap) for f in raised]
+        if self.enrich is not None and raised:
+            active = self.tracker.active()
+            raised = [self.enrich(f, snap, self.analysis, active) for f in raised]
         return snap, raised, cleared
 
 
@@ -303,6 +282,7 @@ class Daemon:
             self.systemd.status(line)
 
     def _step(self) -> None:
+        """Sample, analyse, track (the pipeline), act, publish."""
         if self.reload_requested.is_set():
             self.reload_requested.clear()
             self._reload()
@@ -330,6 +310,14 @@ class Daemon:
             self._backoff.failed(self.clock.monotonic())
             self._publish(None, up=False)
             return
+        self._log(raised, cleared)
+        self._act(raised, cleared, snap)
+        self._publish(snap, up=True)
+        if self.on_tick is not None:
+            self.on_tick(snap)
+
+    def _log(self, raised: list[Finding], cleared: list[Finding]) -> None:
+        """One line per finding raised (counted for `vramwatch_findings_total`) and per finding cleared."""
         for f in raised:
             key = (f.kind, f.severity.value)
             self._findings_raised[key] = self._findings_raised.get(key, 0) + 1
@@ -343,10 +331,12 @@ class Daemon:
                 message=f.message,
                 advice=list(f.advice),  # what to change, in the trainer's words: the log alone must say it
             )
-        raised = raised + self._agent_oom_findings(snap)
-        self._notify_agents(raised, snap)
         for f in cleared:
             log.info("finding_cleared", kind=f.kind, gpu=f.gpu_uuid, pid=f.process.pid if f.process else None)
+
+    def _act(self, raised: list[Finding], cleared: list[Finding], snap: Snapshot) -> None:
+        """Warn the agents on a filling GPU, then let the dispatcher notify and act per the policy."""
+        self._notify_agents(raised, snap)
         # No pid is "attached" to the daemon: `vramwatch attach` runs its own pipeline and passes its pid there.
         for result in self.dispatcher.handle(raised, cleared, frozenset(), snap.processes):
             # What was done (or refused for an intrusive action) is worth a line; "nothing to send" is not.
@@ -356,9 +346,6 @@ class Daemon:
                 else log.debug
             )
             level("action", **result.log_fields())
-        self._publish(snap, up=True)
-        if self.on_tick is not None:
-            self.on_tick(snap)
 
     def on_agent_report(self, report: AgentReport) -> None:
         """Listener thread: keep OOM reports for the next tick (findings are made on the tick's thread)."""
@@ -366,37 +353,18 @@ class Daemon:
             with self._agent_lock:
                 self._agent_ooms.append(report.oom)
 
-    def _agent_oom_findings(self, snap: Snapshot) -> list[Finding]:
-        """An agent's OOM report is a certain post-mortem, raised at once (no hysteresis: it happened)."""
+    def _drain_ooms(self) -> tuple[OomEvent, ...]:
+        """The OOM reports received since the last tick, for the `oom` detector (the pipeline's `oom_source`)."""
         with self._agent_lock:
             events, self._agent_ooms = self._agent_ooms, []
-        findings = []
-        for ev in events:
-            proc = next((p for p in snap.processes if p.pid == ev.pid), None)
-            f = oom_finding(
-                pid=ev.pid,
-                gpu_uuid=ev.gpu_uuid,
-                t=snap.t,
-                process=proc.key if proc else None,
-                process_name=proc.meta.name if proc else None,
-                requested_bytes=ev.requested_bytes,
-                allocated_bytes=ev.allocated_bytes,
-                reserved_bytes=ev.reserved_bytes,
-                inactive_split_bytes=ev.inactive_split_bytes,
-                num_alloc_retries=ev.num_alloc_retries,
-                device_free_bytes=ev.device_free_bytes,
-                snapshot_path=ev.snapshot_path,
-            )
-            p = self.pipeline
-            findings.append(p.enrich(f, snap) if p is not None and p.enrich is not None else f)
-        return findings
+        return tuple(events)
 
     def _notify_agents(self, raised: list[Finding], snap: Snapshot) -> None:
         """Tell the agents on a GPU that is about to fill, so their `on_pressure` callbacks can save."""
         if self.agents is None:
             return
         for f in raised:
-            if f.kind not in {"oom_forecast", "pressure", "fragmentation", "growth"}:
+            if f.kind not in PRESSURE_NOTICE_KINDS:
                 continue
             agent_pids = set(self.agents.pids())
             for p in snap.processes_on(f.gpu_uuid or ""):
@@ -424,7 +392,9 @@ class Daemon:
         self.backend_info = {"backend": backend.kind, **backend.describe()}
         agents = self.agents
         source = (lambda: tuple(d.stats for d in agents.latest())) if agents is not None else None
-        self.pipeline = Pipeline(backend, self.history, self.clock, self.detector_config, torch_source=source)
+        self.pipeline = Pipeline(
+            backend, self.history, self.clock, self.detector_config, torch_source=source, oom_source=self._drain_ooms
+        )
         log.info("backend_ready", **self.backend_info)
         return self.pipeline
 
@@ -458,9 +428,7 @@ class Daemon:
         self.systemd.reloading()
         try:
             new = self._reload_config()
-            detectors = dataclass_from_table(
-                DetectorConfig, new.section("detectors"), f"{new.source or 'config'}: [detectors]"
-            )
+            detectors = config_from_table(new.section("detectors"), f"{new.source or 'config'}: [detectors]")
         except VramwatchError as exc:
             log.error("reload_failed", error=str(exc), kept="previous configuration")
             self.systemd.ready("reload failed; previous configuration kept")

@@ -24,6 +24,32 @@ class Severity(enum.Enum):
     CRITICAL = "critical"
 
 
+class FindingKind(str, enum.Enum):
+    """What a finding is about: the one list of the kinds vramwatch's own detectors emit.
+
+    Every list that must match it (tick tables, advice keys, the CLI, the alert rules and the dashboard) is
+    derived from it or checked against it by a test. A plugin detector (see `detectors.registry`) may add a
+    kind of its own as a plain string; `Finding.kind` is therefore typed `str`, which every member is.
+    """
+
+    GROWTH = "growth"  # a process tree (or a card) whose memory keeps rising: a leak
+    OOM_FORECAST = "oom_forecast"  # the card fills within minutes at its sustained rate
+    PRESSURE = "pressure"  # almost no room left, growing or not
+    CONTENTION = "contention"  # a newcomer left a running job less room than it needs
+    PROBABLE_OOM = "probable_oom"  # a process vanished with its own memory in the ceiling
+    STALE_HOLDER = "stale_holder"  # a zombie, stopped or orphaned process still holds memory
+    FRAGMENTATION = "fragmentation"  # PyTorch's cache is in pieces (agent data)
+    OOM = "oom"  # the agent's certain out-of-memory report
+
+    # Printed, logged and exported as its bare value ("growth", not "FindingKind.GROWTH"), as StrEnum does
+    # from Python 3.11; vramwatch still runs on 3.10.
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, format_spec: str) -> str:
+        return format(str(self.value), format_spec)
+
+
 @dataclass(frozen=True, slots=True)
 class GpuSample:
     """One GPU (or one MIG GPU instance) at one tick, as the driver reports it.
@@ -131,6 +157,47 @@ class TorchStats:
     gpu_uuid: str | None = None  # NVML's uuid of `device`, to join with GpuSample; CUDA indices differ
 
 
+def nvml_uuid(cuda_uuid: str | None) -> str | None:
+    """A device's uuid as CUDA gives it (no prefix) spelt as NVML does ("GPU-..."), to join with `GpuSample.uuid`."""
+    if cuda_uuid is None:
+        return None
+    return cuda_uuid if cuda_uuid.startswith(("GPU-", "MIG-")) else f"GPU-{cuda_uuid}"
+
+
+@dataclass(frozen=True, slots=True)
+class OomEvent:
+    """An out-of-memory error in a trainer, with the allocator's state when it happened (from the agent).
+
+    `observed` is True when the allocator's OOM observer reported it (state at the failed request);
+    False when the agent only saw `num_ooms` rise at its next sample (state of that moment).
+    """
+
+    pid: int
+    device: int
+    requested_bytes: int | None  # the size of the request that failed
+    capacity_bytes: int | None  # the device's total, or the per-process limit when one is set
+    device_free_bytes: int | None
+    allocated_bytes: int | None
+    reserved_bytes: int | None
+    inactive_split_bytes: int | None
+    num_alloc_retries: int | None
+    num_ooms: int | None
+    snapshot_path: str | None
+    observed: bool
+    cuda_uuid: str | None = None
+
+    @property
+    def gpu_uuid(self) -> str | None:
+        return nvml_uuid(self.cuda_uuid)
+
+    @property
+    def reserved_unallocated_bytes(self) -> int | None:
+        """PyTorch's "reserved by PyTorch but unallocated": cached memory no tensor uses."""
+        if self.reserved_bytes is None or self.allocated_bytes is None:
+            return None
+        return max(0, self.reserved_bytes - self.allocated_bytes)
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessExit:
     """How a process that just left the GPUs ended, when the system could still tell.
@@ -209,8 +276,8 @@ class Snapshot:
 class Finding:
     """A conclusion a detector drew from history, raised once and cleared once (see detectors.lifecycle).
 
-    `kind` is one of: growth, oom_forecast, pressure, contention, probable_oom, stale_holder, fragmentation,
-    oom (the agent's certain one). `eta_seconds` is the forecast time until the card is full, when there is one.
+    `kind` is a `FindingKind` (or a plugin detector's own kind). `eta_seconds` is the forecast time until the
+    card is full, when there is one.
     `numbers` holds the figures behind the message (bytes, rates, shares), for webhooks and JSON output.
     `advice` is filled in by the advisor after detection, in the trainer's own words.
     """
@@ -231,3 +298,38 @@ class Finding:
     def subject(self) -> tuple[str, str | None, ProcessKey | None]:
         """What the finding is about; two findings with the same subject are the same ongoing condition."""
         return (self.kind, self.gpu_uuid, self.process)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What the action layer did about a finding, or why it did nothing: one value per decision, for the log.
+
+    `action` is log, notify, signal, save_now, hook, kill or error. The dispatcher never raises; every decision
+    (a notification queued, a signal withheld, a kill skipped because the pid was reused) comes back as one of
+    these. `done` is False for every refusal, and in dry-run mode for what *would* have been done (then
+    `dry_run` is True and `reason` says what). It lives here, not in `actions/`, so that the `ActionHandler`
+    seam in typing.py is described without importing the action layer it abstracts.
+    """
+
+    action: str
+    done: bool
+    reason: str
+    process: ProcessKey | None = None
+    kind: str | None = None  # the finding's kind, so a log line reads on its own
+    signal: str | None = None  # e.g. "SIGUSR1", when a signal was (or would have been) sent
+    adapter: str | None = None  # the save-now adapter that was chosen
+    dry_run: bool = False
+
+    def log_fields(self) -> dict[str, object]:
+        """Flat, JSON-friendly fields for a structlog event (absent values left out)."""
+        fields: dict[str, object] = {"action": self.action, "done": self.done, "reason": self.reason}
+        if self.process is not None:
+            fields["pid"] = self.process.pid
+            fields["start_time"] = self.process.start_time
+        for name in ("kind", "signal", "adapter"):
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = value
+        if self.dry_run:
+            fields["dry_run"] = True
+        return fields

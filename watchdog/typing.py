@@ -7,12 +7,9 @@ Production code gets the real implementation (NVML, the OS clock, psutil); tests
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from .model import Finding, ProcessMeta, ProcessSample, Reading
-
-if TYPE_CHECKING:
-    from .actions.result import ActionResult
+from .model import ActionResult, Finding, ProcessMeta, ProcessSample, Reading
 
 
 class Clock(Protocol):

@@ -16,6 +16,7 @@ See docs/actions.md.
 
 from __future__ import annotations
 
+from ..model import ActionResult
 from .adapters import ADAPTERS, SaveNowAdapter, choose_adapter, read_environ, resumability_hint
 from .alertmanager import AlertmanagerNotifier
 from .apprise_notifier import AppriseNotifier
@@ -25,7 +26,6 @@ from .log_notifier import LogNotifier
 from .notify_config import build_notifiers
 from .policy import HookCommand, KillPolicy, Policy, SignalPolicy, Targets, parse_policy
 from .queue import DeliveryError, DeliveryQueue
-from .result import ActionResult
 from .signals import Killer, ProcStatus, parse_mask, parse_status, send_signal, verify_identity
 from .webhook import WebhookNotifier, verify_signature
 

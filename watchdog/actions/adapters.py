@@ -34,8 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..model import ProcessKey, ProcessMeta
-from .result import ActionResult
+from ..model import ActionResult, ProcessKey, ProcessMeta
 from .signals import PROC, StartTimeOf, psutil_start_time, read_status, send_signal, verify_identity
 
 SIMPLETUNER_SIGNAL_FILE = "SIMPLETUNER_ACCELERATE_SIGNAL_FILE"

@@ -21,14 +21,13 @@ import psutil
 import structlog
 
 from ..clock import SystemClock
-from ..model import Finding, ProcessKey, ProcessMeta, ProcessSample
+from ..model import ActionResult, Finding, ProcessKey, ProcessMeta, ProcessSample
 from ..typing import Clock, Notifier, ProcessInspector
 from .adapters import choose_adapter, custom_adapter, read_environ, resumability_hint
 from .hooks import HookRunner
 from .log_notifier import LogNotifier
 from .policy import Policy
 from .queue import RESULTS
-from .result import ActionResult
 from .signals import PROC, Killer, StartTimeOf, psutil_start_time
 
 log = structlog.get_logger("vramwatch.actions")

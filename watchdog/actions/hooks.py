@@ -41,11 +41,10 @@ from collections.abc import Mapping, Sequence
 
 import structlog
 
-from ..model import Finding, ProcessMeta
+from ..model import ActionResult, Finding, ProcessMeta
 from .payload import clean_numbers, gpu_index
 from .policy import HookCommand
 from .queue import DeliveryError, DeliveryQueue
-from .result import ActionResult
 
 log = structlog.get_logger("vramwatch.actions")
 

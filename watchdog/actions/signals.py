@@ -32,8 +32,7 @@ from pathlib import Path
 import psutil
 import structlog
 
-from ..model import ProcessKey
-from .result import ActionResult
+from ..model import ActionResult, ProcessKey
 
 log = structlog.get_logger("vramwatch.actions")
 

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..model import Finding, ProcessMeta
 from .configfile import ReadFile, read_text_file
 from .recognize import ALLOWED_ENV, ALLOWED_ENV_PREFIX, recognize
-from .rules import FINDING_KINDS, Match, Rule, RuleBook, default_rules, match, saved_fraction, score
+from .rules import ADVICE_KINDS, Match, Rule, RuleBook, default_rules, match, saved_fraction, score
 from .settings import KOHYA, TRAINER_NAMES, TrainerSettings
 
 GIB = 1 << 30
@@ -222,10 +222,10 @@ def advise(
 
     `context` may hold `torch_version` (str), `gpu_total_bytes` (int), and for `contention` / stale holders
     `others` / `stale`: sequences of mappings with `pid`, `name`, `user`, `used_bytes`. Raises ConfigError
-    for a finding kind vramwatch does not produce.
+    for a kind no advice is written for (`rules.ADVICE_KINDS`).
     """
-    if finding_kind not in FINDING_KINDS:
-        raise ConfigError(f"unknown finding kind {finding_kind!r}; expected one of {', '.join(sorted(FINDING_KINDS))}")
+    if finding_kind not in ADVICE_KINDS:
+        raise ConfigError(f"unknown advice kind {finding_kind!r}; expected one of {', '.join(sorted(ADVICE_KINDS))}")
     book = rules or default_rules()
     ctx: Mapping[str, object] = context or {}
     candidates: list[_Candidate] = []

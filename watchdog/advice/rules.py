@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..model import FindingKind
 from .settings import TRAINERS, TrainerSettings
 
 if sys.version_info >= (3, 11):
@@ -27,18 +28,26 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-FINDING_KINDS = frozenset(
+#: The situations advice is written for: what rules.toml's `kinds` may name. They are not the finding kinds:
+#: most findings get the advice of their own kind (each detector names it, `Detector.advice`), the agent's `oom`
+#: gets `spike` or `fragmentation`, and two situations are no finding at all: `spike` (an OOM at the first
+#: step: the size of one step) and `plateau` (running near capacity, asked for by hand: `advise --kind plateau`).
+ADVICE_KINDS = frozenset(
     {
-        "oom_forecast",
-        "pressure",
-        "growth",
-        "probable_oom",
+        *(
+            k.value
+            for k in (
+                FindingKind.OOM_FORECAST,
+                FindingKind.PRESSURE,
+                FindingKind.GROWTH,
+                FindingKind.PROBABLE_OOM,
+                FindingKind.FRAGMENTATION,
+                FindingKind.CONTENTION,
+                FindingKind.STALE_HOLDER,
+            )
+        ),
         "spike",
-        "fragmentation",
-        "contention",
         "plateau",
-        "stale_holder",
-        "stable",
     }
 )
 OPS = frozenset({"eq", "ne", "gt", "ge", "lt", "le", "in", "not_in", "version_ge", "version_lt"})
@@ -146,10 +155,10 @@ def _str(table: Mapping[str, Any], key: str, where: str, required: bool = True) 
 def _kinds(table: Mapping[str, Any], where: str) -> frozenset[str]:
     kinds = table.get("kinds")
     if not isinstance(kinds, list) or not kinds or not all(isinstance(k, str) for k in kinds):
-        raise _fail(where, "'kinds' must be a non-empty list of finding kinds")
-    unknown = set(kinds) - FINDING_KINDS
+        raise _fail(where, "'kinds' must be a non-empty list of advice kinds")
+    unknown = set(kinds) - ADVICE_KINDS
     if unknown:
-        raise _fail(where, f"unknown finding kinds {sorted(unknown)}; expected some of {sorted(FINDING_KINDS)}")
+        raise _fail(where, f"unknown advice kinds {sorted(unknown)}; expected some of {sorted(ADVICE_KINDS)}")
     return frozenset(kinds)
 
 
@@ -184,10 +193,10 @@ def _rule(raw: Any, index: int) -> Rule:
         raise _fail(where, "'weight' must be a positive number")
     kind_weights = raw.get("kind_weights", {})
     if not isinstance(kind_weights, Mapping) or not all(
-        k in FINDING_KINDS and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+        k in ADVICE_KINDS and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
         for k, v in kind_weights.items()
     ):
-        raise _fail(where, "'kind_weights' must map finding kinds to positive numbers")
+        raise _fail(where, "'kind_weights' must map advice kinds to positive numbers")
     scale = raw.get("scale", "none")
     if scale not in SCALES:
         raise _fail(where, f"'scale' must be one of {sorted(SCALES)}")

@@ -36,14 +36,50 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..history import History
-from ..model import Finding, ProcessKey, ProcessMeta, ProcessSample, Severity
+from ..model import Finding, FindingKind, ProcessKey, ProcessMeta, ProcessSample, Severity
 from . import _format as fmt
 from ._context import GpuContext
 from ._series import View, view
-from .config import DetectorConfig
+from ._settings import non_negative, setting, share, validate
+from .base import Detector
+from .config import GIB, MIB
 
 
-def detect_contention(ctx: GpuContext, history: History, config: DetectorConfig) -> list[Finding]:
+@dataclass(frozen=True, slots=True)
+class ContentionConfig:
+    """Who counts as a newcomer, and which runs it can squeeze."""
+
+    #: A newcomer must have taken at least this much (from the card's free memory, and in its own growth).
+    contention_min_bytes: int = setting(256 * MIB, non_negative)
+    #: The run it squeezes holds at least this much and was on the GPU this long before the newcomer came in.
+    contention_incumbent_min_bytes: int = setting(1 * GIB, non_negative)
+    contention_incumbent_seconds: float = setting(10.0, non_negative)
+    #: An incumbent whose memory did not move (beyond `noise_bytes`) in this many seconds before the newcomer
+    #: came in is a static holder (a server that loaded once, a notebook, a run on its plateau): the caching
+    #: allocator already holds what it uses, so nobody can take "its" room.
+    contention_static_seconds: float = setting(60.0, non_negative)
+    #: A moving run needs its own recent peak (over this many seconds) minus what it holds now: a newcomer that
+    #: leaves less free is named, critical (the run's next peak cannot fit).
+    contention_need_seconds: float = setting(300.0, non_negative)
+    #: A run younger than this (by its start time) has not shown what it needs yet (flat or not): a newcomer
+    #: that takes at least `contention_room_fraction` of the free room and leaves less than
+    #: `contention_young_headroom` x what the young run holds is named (warning).
+    contention_young_seconds: float = setting(120.0, non_negative)
+    contention_room_fraction: float = setting(0.5, share)
+    contention_young_headroom: float = setting(0.5, share)
+    #: A newcomer is judged for this long after it came in (first held `contention_incumbent_min_bytes`): what
+    #: it takes later is growth, and what others take later is theirs.
+    contention_arrival_seconds: float = setting(60.0, non_negative)
+    #: Also name another user's process from the tick it appears next to a moving run, before it took anything.
+    #: Off by default: where users share cards on purpose it names every normal arrival.
+    contention_other_user: bool = False
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def detect_contention(ctx: GpuContext, config: ContentionConfig) -> list[Finding]:
+    history = ctx.history
     if not ctx.visible or ctx.free_bytes is None:
         return []
     trees: dict[ProcessKey, _Tree] = {}
@@ -99,7 +135,7 @@ class _Incumbent:
 
 
 def _took_the_room(
-    seen: _Seen, series: View, history: History, ctx: GpuContext, config: DetectorConfig
+    seen: _Seen, series: View, history: History, ctx: GpuContext, config: ContentionConfig
 ) -> Finding | None:
     """On its arrival, it left a moving run less room than that run needs, or took most of a young run's."""
     entrance = _arriving(seen, series, ctx, config)
@@ -139,7 +175,7 @@ def _took_the_room(
 
 
 def _another_user(
-    seen: _Seen, series: View, history: History, ctx: GpuContext, config: DetectorConfig
+    seen: _Seen, series: View, history: History, ctx: GpuContext, config: ContentionConfig
 ) -> Finding | None:
     """Another user's process arrived where a moving or young run was working (opt-in)."""
     p = seen.p
@@ -163,7 +199,7 @@ def _another_user(
     return _finding(seen, ctx, strangers[0], message=message, before=before, arrival=seen.first_seen, critical=False)
 
 
-def _arriving(seen: _Seen, series: View, ctx: GpuContext, config: DetectorConfig) -> float | None:
+def _arriving(seen: _Seen, series: View, ctx: GpuContext, config: ContentionConfig) -> float | None:
     """When the newcomer came in (first held more than a bare CUDA context, `contention_incumbent_min_bytes`),
     if that was within `contention_arrival_seconds` and vramwatch watched the card before it came; else None.
 
@@ -198,7 +234,7 @@ def _finding(
 ) -> Finding:
     p = seen.p
     return Finding(
-        kind="contention",
+        kind=FindingKind.CONTENTION,
         severity=Severity.CRITICAL if critical else Severity.WARNING,
         gpu_uuid=ctx.uuid,
         message=message,
@@ -221,7 +257,7 @@ def _finding(
 
 
 def _incumbents(
-    seen: _Seen, entrance: float, history: History, ctx: GpuContext, config: DetectorConfig
+    seen: _Seen, entrance: float, history: History, ctx: GpuContext, config: ContentionConfig
 ) -> list[_Incumbent]:
     """The other trees that were there before the newcomer came in, hold enough, and could be squeezed.
 
@@ -239,11 +275,11 @@ def _incumbents(
             continue  # not there before the newcomer came in: they started together, neither squeezes the other
         series = view(track.series)
         seen_before = series.before(entrance)
-        if len(seen_before) < 2 or seen_before.max() - seen_before.min() <= config.noise_bytes:
+        if len(seen_before) < 2 or seen_before.max() - seen_before.min() <= ctx.config.noise_bytes:
             continue  # never seen to move (a ballast, a server loaded before we watched): it holds all it uses
         age = _age_at(tree, entrance, track.first_seen, history, ctx)
         lookback = seen_before.since(entrance - config.contention_static_seconds)
-        flat = len(lookback) < 2 or lookback.max() - lookback.min() <= config.noise_bytes
+        flat = len(lookback) < 2 or lookback.max() - lookback.min() <= ctx.config.noise_bytes
         if flat and age >= config.contention_young_seconds:
             continue  # static: it already holds all it uses
         peak = series.max_between(entrance - config.contention_need_seconds, ctx.now + 1.0)
@@ -264,3 +300,13 @@ def _age_at(tree: _Tree, t: float, first_seen: float, history: History, ctx: Gpu
     if started is None or latest is None:
         return t - first_seen
     return latest.wall_time - (ctx.now - t) - started
+
+
+DETECTOR = Detector(
+    kind=FindingKind.CONTENTION,
+    defaults=ContentionConfig(),
+    raise_after=1,  # an event: a newcomer is named on the tick it is seen
+    clear_after=10,
+    per_gpu=detect_contention,
+    advice="contention",
+)

@@ -26,21 +26,52 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from ..history import Track
-from ..model import Finding, ProcessExit, ProcessKey, Severity
+from ..model import Finding, FindingKind, ProcessExit, ProcessKey, Severity
 from . import _format as fmt
 from ._context import GpuContext
 from ._series import view
-from .config import DetectorConfig
+from ._settings import non_negative, setting, validate
+from .base import Detector
+from .config import MIB, DetectorConfig
 from .forecast import eta_seconds
 from .growth import profile
+
+
+@dataclass(frozen=True, slots=True)
+class CrashConfig:
+    """What a vanished process's own series must show to be called an out-of-memory crash."""
+
+    #: A vanished process whose own memory was still growing steadily and, at that rate, would have used the
+    #: card's last free memory within this many seconds of its last sight ran out of it ...
+    crash_eta_seconds: float = setting(15.0, non_negative)
+    #: ... or whose own memory rose by `min_rise_bytes` within `crash_rise_seconds`, up to its last sight,
+    #: leaving the card less than this free.
+    crash_ceiling_bytes: int = setting(512 * MIB, non_negative)
+    crash_rise_seconds: float = setting(60.0, non_negative)
+    #: Reported for this long after the process vanished.
+    crash_hold_seconds: float = setting(30.0, non_negative)
+    crash_min_bytes: int = setting(256 * MIB, non_negative)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def detect(ctx: GpuContext, own: CrashConfig) -> list[Finding]:
+    """Probable OOMs of the processes that left this GPU within `crash_hold_seconds`."""
+    vanished = [(key, track) for key, track in ctx.departed if ctx.now - track.last_seen <= own.crash_hold_seconds]
+    if not vanished:  # most ticks nobody left: no exit table to build
+        return []
+    exits = {k: e for k, (_, e) in ctx.history.exits.items()}
+    return detect_probable_oom(ctx, vanished, own, exits=exits)
 
 
 def detect_probable_oom(
     ctx: GpuContext,
     vanished: list[tuple[ProcessKey, Track]],
-    config: DetectorConfig,
+    config: CrashConfig,
     *,
     exits: Mapping[ProcessKey, ProcessExit] | None = None,
 ) -> list[Finding]:
@@ -62,14 +93,14 @@ def detect_probable_oom(
         used_then = ctx.used.value_at(t_last)
         if free_then is None or used_then is None:
             continue
-        why = _evidence(track, held=held, free_then=int(free_then), config=config)
+        why = _evidence(track, held=held, free_then=int(free_then), crash=config, config=ctx.config)
         if why is None and ended is not None:
-            why = _failed_exit(track, ended, held=held, free_then=int(free_then), config=config)
+            why = _failed_exit(track, ended, held=held, free_then=int(free_then), crash=config, config=ctx.config)
         if why is None:
             continue
         findings.append(
             Finding(
-                kind="probable_oom",
+                kind=FindingKind.PROBABLE_OOM,
                 severity=Severity.CRITICAL,
                 gpu_uuid=ctx.uuid,
                 message=(
@@ -94,7 +125,7 @@ def detect_probable_oom(
     return findings
 
 
-def _evidence(track: Track, *, held: float, free_then: int, config: DetectorConfig) -> str | None:
+def _evidence(track: Track, *, held: float, free_then: int, crash: CrashConfig, config: DetectorConfig) -> str | None:
     """Why this process's own series says it ran out of memory, or None when it does not."""
     own = view(track.series)
     t_last = own.now
@@ -105,11 +136,11 @@ def _evidence(track: Track, *, held: float, free_then: int, config: DetectorConf
     if best is not None:
         rate = dataclasses.replace(best.rate(config), sustained=True)  # by the forecast's own test, as forecast.py
         eta = eta_seconds(free_then, rate, config)
-        if eta is not None and eta <= config.crash_eta_seconds:
+        if eta is not None and eta <= crash.crash_eta_seconds:
             return f"while still growing {fmt.rate(rate.bytes_per_second)} into the last of the card"
-    low = own.min_between(t_last - config.crash_rise_seconds, t_last + 1e-6)
-    top = own.max_between(t_last - config.crash_rise_seconds, t_last + 1e-6)
-    ceiling = config.crash_ceiling_bytes
+    low = own.min_between(t_last - crash.crash_rise_seconds, t_last + 1e-6)
+    top = own.max_between(t_last - crash.crash_rise_seconds, t_last + 1e-6)
+    ceiling = crash.crash_ceiling_bytes
     if (
         low is not None
         and top is not None
@@ -122,18 +153,29 @@ def _evidence(track: Track, *, held: float, free_then: int, config: DetectorConf
 
 
 def _failed_exit(
-    track: Track, ended: ProcessExit, *, held: float, free_then: int, config: DetectorConfig
+    track: Track, ended: ProcessExit, *, held: float, free_then: int, crash: CrashConfig, config: DetectorConfig
 ) -> str | None:
     """A failing exit status is an OOM's when the card had no room left, or when the process's own memory fell
     just before it ended: PyTorch's allocator frees its whole cache when a cudaMalloc fails, then retries."""
     status = f"signal {ended.signal}" if ended.signal else f"exit status {ended.exit_code}"
-    if free_then <= config.crash_ceiling_bytes:
+    if free_then <= crash.crash_ceiling_bytes:
         return f"with {status} while the card had no room left"
     own = view(track.series)
-    top = own.max_between(own.now - config.crash_rise_seconds, own.now + 1e-6)
+    top = own.max_between(own.now - crash.crash_rise_seconds, own.now + 1e-6)
     if top is not None and held <= top - config.min_rise_bytes:
         return (
             f"with {status} right after its memory fell from {fmt.gib(top)} GiB "
             f"(a failed allocation makes PyTorch give its cache back)"
         )
     return None
+
+
+DETECTOR = Detector(
+    kind=FindingKind.PROBABLE_OOM,
+    defaults=CrashConfig(),
+    # A post-mortem: raised on the tick it is seen, and held for `crash_hold_seconds` by the detector itself.
+    raise_after=1,
+    clear_after=1,
+    per_gpu=detect,
+    advice="probable_oom",
+)

@@ -25,12 +25,54 @@ clears once it has been flat for the exit ticks.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-from ..model import Finding, Severity
+from ..history import Track
+from ..model import Finding, FindingKind, Severity
 from . import _format as fmt
-from ._context import GpuContext
+from ._context import GpuContext, Tree
+from ._series import view
+from ._settings import fraction, non_negative, setting, validate
+from .base import Detector, Forecast, Observation
 from .config import DetectorConfig
-from .growth import Profile, Rate, retakes_without_rising
+from .growth import Profile, Rate, profile, retakes_without_rising
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastConfig:
+    """When a forecast is raised, and how urgent it is (its sustained-rise test is shared: DetectorConfig)."""
+
+    forecast_warning_eta_seconds: float = setting(600.0, non_negative)
+    forecast_critical_eta_seconds: float = setting(120.0, non_negative)
+    #: Critical as well when the card is growing and less than this share of it is free.
+    forecast_critical_free_fraction: float = setting(0.05, fraction)
+    #: While a process on the GPU is younger than this and has not yet settled (stayed flat for
+    #: `settle_seconds`), the GPU is *warming*: model loading and quantisation look like a leak for a minute
+    #: or two, so only critical forecasts are raised.
+    forecast_warmup_seconds: float = setting(180.0, non_negative)
+    settle_seconds: float = setting(15.0, non_negative)
+
+    def __post_init__(self) -> None:
+        late = self.forecast_critical_eta_seconds > self.forecast_warning_eta_seconds
+        validate(self, ["forecast_critical_eta_seconds must not exceed forecast_warning_eta_seconds"] if late else [])
+
+
+def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
+    """The GPU's time to OOM while it grows sustainably, and an `oom_forecast` finding when that is soon."""
+    config, history = ctx.config, ctx.history
+    warming = any(_warming(history.trees.get((key, ctx.uuid)), ctx.now, own, config) for key in ctx.trees)
+    culprits = _sustained_growers(ctx) if ctx.visible and ctx.trees else None
+    if culprits == []:
+        # The card rose, but no process on it rises steadily: runs arriving and warming up one after the other
+        # (each a load, then flat or a sawtooth) add up to a slope that is nobody's leak.
+        return
+    grower = culprits[0].label if culprits else _grower(ctx)
+    eta, finding = detect_oom_forecast(ctx, ctx.device, warming=warming, grower=grower, own=own)
+    if eta is not None:
+        yield Forecast(ctx.uuid, *eta)
+    if finding is not None:
+        yield finding
 
 
 def eta_seconds(free_bytes: int, rate: Rate, config: DetectorConfig) -> float | None:
@@ -41,9 +83,13 @@ def eta_seconds(free_bytes: int, rate: Rate, config: DetectorConfig) -> float | 
 
 
 def detect_oom_forecast(
-    ctx: GpuContext, device: Profile, *, warming: bool, grower: str | None, config: DetectorConfig
+    ctx: GpuContext, device: Profile, *, warming: bool, grower: str | None, own: ForecastConfig
 ) -> tuple[tuple[float, float] | None, Finding | None]:
-    """The (eta, confidence) of this GPU when it grows, and an `oom_forecast` finding when it is soon."""
+    """The (eta, confidence) of this GPU when it grows, and an `oom_forecast` finding when it is soon.
+
+    The sustained-rise test is the shared one (`ctx.config`); the thresholds are this detector's (`own`).
+    """
+    config = ctx.config
     shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
     best = device.best(shortest, config, max_share=config.forecast_max_subwindow_share)
     if best is None or ctx.free_bytes is None:
@@ -63,10 +109,10 @@ def detect_oom_forecast(
     # shared with a big static holder 5 % of the card can be more than the run's whole headroom.
     low_free = (
         ctx.total_bytes is not None
-        and ctx.free_bytes < config.forecast_critical_free_fraction * ctx.total_bytes
-        and eta <= config.forecast_warning_eta_seconds
+        and ctx.free_bytes < own.forecast_critical_free_fraction * ctx.total_bytes
+        and eta <= own.forecast_warning_eta_seconds
     )
-    if eta <= config.forecast_critical_eta_seconds or low_free:
+    if eta <= own.forecast_critical_eta_seconds or low_free:
         severity = Severity.CRITICAL
     else:
         # A warning is not urgent: it waits for a window of `forecast_min_horizon_seconds`.
@@ -75,7 +121,7 @@ def detect_oom_forecast(
             return forecast, None
         rate = dataclasses.replace(steady.rate(config), sustained=True)
         eta = eta_seconds(ctx.free_bytes, rate, config)
-        if eta is None or eta > config.forecast_warning_eta_seconds:
+        if eta is None or eta > own.forecast_warning_eta_seconds:
             return forecast, None
         severity = Severity.WARNING
     when = "now" if eta < 1 else f"in ~{fmt.duration(eta)}"
@@ -86,7 +132,7 @@ def detect_oom_forecast(
         f"({fmt.gib(ctx.used_bytes)} of {fmt.gib(ctx.total_bytes)} GiB used)"
     )
     finding = Finding(
-        kind="oom_forecast",
+        kind=FindingKind.OOM_FORECAST,
         severity=severity,
         gpu_uuid=ctx.uuid,
         message=message,
@@ -103,3 +149,73 @@ def detect_oom_forecast(
         },
     )
     return forecast, finding
+
+
+def _sustained_growers(ctx: GpuContext) -> list[Tree] | None:
+    """The trees whose own memory rises steadily over the device forecast's horizons, fastest first; None when
+    the device itself does not rise steadily (nothing to forecast: the per-tree fits are not spent).
+
+    Only asked when the device itself has a sustained rise (rare), so its cost is off the common path. Each
+    tree passes the forecast's own test, and a tree that frees and re-takes memory must raise its peaks.
+    """
+    config = ctx.config
+    shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
+    if ctx.device.best(shortest, config, max_share=config.forecast_max_subwindow_share) is None:
+        return None
+    found: list[tuple[float, Tree]] = []
+    for tree in ctx.trees.values():
+        track = ctx.history.trees.get((tree.key, ctx.uuid))
+        if track is None:
+            continue
+        series = view(track.series)
+        best = profile(series, config, min_horizon=shortest, report=False).best(
+            shortest, config, max_share=config.forecast_max_subwindow_share
+        )
+        if best is None or retakes_without_rising(series, best.xs[0], config):
+            continue
+        rate = best.current_bytes_per_second(config)
+        if rate > 0:
+            found.append((rate, tree))
+    found.sort(key=lambda rt: -rt[0])
+    return [tree for _, tree in found]
+
+
+def _warming(track: Track | None, now: float, own: ForecastConfig, config: DetectorConfig) -> bool:
+    """Young and never flat for `settle_seconds` since it appeared: still loading, most likely."""
+    if track is None or now - track.first_seen >= own.forecast_warmup_seconds:
+        return False
+    series = view(track.series)
+    start = low = high = None
+    for t, v in zip(series.t, series.v, strict=True):
+        if start is None or low is None or high is None or max(high, v) - min(low, v) > config.noise_bytes:
+            start, low, high = t, v, v
+        else:
+            low, high = min(low, v), max(high, v)
+        if t - start >= own.settle_seconds:
+            return False
+    return True
+
+
+def _grower(ctx: GpuContext) -> str | None:
+    """The tree growing fastest on this GPU right now (the sum of its processes' rates), if any grows.
+
+    Called only to name the culprit of a device forecast, so a rate need not pass the sustained test.
+    """
+    best: tuple[float, Tree] | None = None
+    for tree in ctx.trees.values():
+        rates = [ctx.process_growth.get(p.key) for p in tree.members]
+        total = sum(r.bytes_per_second for r in rates if r is not None and r.bytes_per_second > 0)
+        if total > 0 and (best is None or total > best[0]):
+            best = (total, tree)
+    return None if best is None else best[1].label
+
+
+DETECTOR = Detector(
+    kind=FindingKind.OOM_FORECAST,
+    defaults=ForecastConfig(),
+    # Two ticks: a forecast is already the verdict of a robust fit, and a fast leak leaves a minute or so.
+    raise_after=2,
+    clear_after=30,
+    per_gpu=detect,
+    advice="oom_forecast",
+)

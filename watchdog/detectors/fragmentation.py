@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import itertools
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ..model import Finding, ProcessKey, Severity, TorchStats
+from ..model import Finding, FindingKind, ProcessKey, Severity, TorchStats
+from ._context import Tick
+from ._settings import at_least, fraction, non_negative, setting, share, validate
+from .base import Detector
 
 MIB = 1 << 20
 
@@ -38,16 +41,24 @@ GrowthClass = Literal["leak", "caching", "unknown"]
 
 @dataclass(frozen=True, slots=True)
 class FragmentationConfig:
-    """Thresholds of `detect_fragmentation`; shares are of `total_bytes` unless named otherwise."""
+    """Thresholds of `detect_fragmentation`; shares are of `total_bytes` unless named otherwise.
 
-    window_seconds: float = 60.0  # how far back a rise of num_alloc_retries / num_ooms counts
-    sustain_seconds: float = 3.0  # the split blocks must stay over this long...
-    min_samples: int = 3  # ...across at least this many samples
-    min_slack_bytes: int = 256 * MIB  # reserved - allocated, in bytes...
-    min_slack_share: float = 0.10  # ...and as a share of what the process can use
-    min_split_share: float = 0.05  # inactive split bytes, at every sample of the sustain period
-    min_split_of_slack: float = 0.5  # the unallocated memory is mostly split blocks, not whole segments
-    min_reserved_share: float = 0.5  # the pool fills at least this much: fragmentation only matters near full
+    In `[detectors]` each key takes the prefix `fragmentation_` (`fragmentation_window_seconds = 60`).
+    """
+
+    window_seconds: float = setting(60.0, non_negative)  # how far back a rise of retries / OOMs counts
+    sustain_seconds: float = setting(3.0, non_negative)  # the split blocks must stay over this long...
+    min_samples: int = setting(3, at_least(1))  # ...across at least this many samples
+    min_slack_bytes: int = setting(256 * MIB, non_negative)  # reserved - allocated, in bytes...
+    min_slack_share: float = setting(0.10, fraction)  # ...and as a share of what the process can use
+    min_split_share: float = setting(0.05, fraction)  # inactive split bytes, at every sample of the sustain period
+    min_split_of_slack: float = setting(0.5, share)  # the unallocated memory is mostly split blocks, not whole segments
+    min_reserved_share: float = setting(
+        0.5, share
+    )  # the pool fills at least this much: fragmentation only matters near full
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +205,7 @@ def detect_fragmentation(
     if ooms > 0:
         parts.append(f"{ooms} out-of-memory error(s) in the last {config.window_seconds:.0f} s")
     return Finding(
-        kind="fragmentation",
+        kind=FindingKind.FRAGMENTATION,
         severity=severity,
         gpu_uuid=gpu_uuid,
         message="; ".join(parts),
@@ -215,3 +226,44 @@ def detect_fragmentation(
             "ooms_in_window": ooms,
         },
     )
+
+
+def detect(tick: Tick, own: FragmentationConfig) -> Iterator[Finding]:
+    """Agent data only: one fragmentation check per (pid, device) that reported this tick.
+
+    What the process can use is its reserved memory plus the card's free memory (not the card's total: the
+    other tenants' memory is not this process's to fragment).
+    """
+    snap = tick.snapshot
+    by_pid = {(p.pid, p.gpu_uuid): p for p in snap.processes}
+    for ts in snap.torch:
+        gpu = snap.gpu(ts.gpu_uuid) if ts.gpu_uuid else None
+        if gpu is None or gpu.free_bytes is None or ts.reserved_bytes is None:
+            continue
+        ring = tick.history.torch.get((ts.pid, ts.device))
+        if not ring:
+            continue
+        proc = by_pid.get((ts.pid, gpu.uuid))
+        finding = detect_fragmentation(
+            [s for _, s in ring],
+            [t for t, _ in ring],
+            ts.reserved_bytes + gpu.free_bytes,
+            own,
+            gpu_uuid=gpu.uuid,
+            process=proc.key if proc else None,
+            process_name=proc.meta.name if proc else None,
+        )
+        if finding is not None:
+            yield finding
+
+
+DETECTOR = Detector(
+    kind=FindingKind.FRAGMENTATION,
+    defaults=FragmentationConfig(),
+    # The split blocks must stay for a few samples, and a pool that stays fragmented is one condition.
+    raise_after=5,
+    clear_after=30,
+    per_tick=detect,
+    advice="fragmentation",
+    key_prefix="fragmentation_",  # `window_seconds` alone would be ambiguous in [detectors]
+)

@@ -6,22 +6,103 @@ window of at least `growth_min_horizon_seconds` (4 min by default), rising in ea
 whose warm-up steps come minutes apart has at most a few steps; a leak keeps stepping. A leak that steps
 once per epoch is caught at the horizon where every part holds a step (epochs up to ~12 min with the
 default one-hour history).
+
+A tree that does not grow gets a stability verdict instead ("stable at 20.1 GiB for 12 min", stability.py).
+Here too is what the advisor asks of growth: which processes leak (`leaking`) and which rise steadily
+(`steady`), so that no other module judges growth by its own rule.
 """
 
 from __future__ import annotations
 
-from ..model import Finding, ProcessKey, ProcessMeta, Severity
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from ..history import History
+from ..model import Finding, FindingKind, ProcessKey, ProcessMeta, Severity
 from . import _format as fmt
 from ._context import GpuContext
-from .config import DetectorConfig
+from ._series import view
+from ._settings import non_negative, setting, validate
+from .base import Detector, Observation, Verdict
 from .forecast import eta_seconds
-from .growth import Fit
+from .growth import Fit, Profile, Rate, profile
+from .stability import verdict
+
+#: A process younger than this is still warming up as far as the leak advice is concerned.
+LEAK_MIN_AGE_SECONDS = 120.0
+#: ... and its steady rise must span at least this long to be called a leak before a growth finding is raised.
+LEAK_MIN_WINDOW_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeakConfig:
+    """When a tree's (or a card's) growth is claimed as a leak."""
+
+    #: A leak is claimed only from windows at least this long.
+    growth_min_horizon_seconds: float = setting(240.0, non_negative)
+    growth_min_rate_bytes_per_second: float = setting(50_000.0, non_negative)
+    #: A growth finding carries an ETA when the card would be full within this time.
+    growth_eta_max_seconds: float = setting(86_400.0, non_negative)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
+    """Per tree: the leak claim (past warm-up, long horizons) or, failing that, a stability verdict; then the
+    device's own growth finding when no tree explains it."""
+    config, history = ctx.config, ctx.history
+    tree_grows = False
+    for tree in ctx.trees.values():
+        track = history.trees.get((tree.key, ctx.uuid))
+        if track is None:
+            continue
+        series = view(track.series)
+        cutoff = track.first_seen + config.warmup_seconds
+        grown = profile(series, config, start=cutoff, min_horizon=own.growth_min_horizon_seconds, report=False)
+        best = grown.best(own.growth_min_horizon_seconds)
+        meta = tree.members[0].meta
+        members = len(tree.members)
+        if best is not None and not _levels_off(grown, ctx):
+            finding = growth_finding(ctx, best, own, key=tree.key, meta=meta, members=members)
+            if finding is not None:
+                yield finding
+                tree_grows = True
+                continue
+        text = verdict(
+            ctx,
+            key=tree.key,
+            meta=meta,
+            members=members,
+            held_bytes=tree.held_bytes,
+            series=series,
+            first_seen=track.first_seen,
+            config=config,
+        )
+        if text is not None:
+            yield Verdict(tree.key, ctx.uuid, text)
+    if not tree_grows and ctx.used:
+        starts = [tr.first_seen for key in ctx.trees if (tr := history.trees.get((key, ctx.uuid))) is not None]
+        cutoff = max([ctx.used.first, *starts]) + config.warmup_seconds
+        grown = profile(ctx.used, config, start=cutoff, min_horizon=own.growth_min_horizon_seconds, report=False)
+        best = grown.best()
+        if best is not None and not _levels_off(grown, ctx):
+            device_growth = growth_finding(ctx, best, own)
+            if device_growth is not None:
+                yield device_growth
+
+
+def _levels_off(grown: Profile, ctx: GpuContext) -> bool:
+    """Growth that is slowing towards a plateau that fits the card is not a leak."""
+    if ctx.free_bytes is None:
+        return False
+    return grown.levels_off_within(ctx.free_bytes - ctx.config.oom_margin_bytes, ctx.config)
 
 
 def growth_finding(
     ctx: GpuContext,
     fit: Fit,
-    config: DetectorConfig,
+    config: LeakConfig,
     *,
     key: ProcessKey | None = None,
     meta: ProcessMeta | None = None,
@@ -31,7 +112,7 @@ def growth_finding(
     rate = fit.rate()
     if rate.bytes_per_second < config.growth_min_rate_bytes_per_second:
         return None
-    eta = eta_seconds(ctx.free_bytes, rate, config) if ctx.free_bytes is not None else None
+    eta = eta_seconds(ctx.free_bytes, rate, ctx.config) if ctx.free_bytes is not None else None
     if eta is not None and eta > config.growth_eta_max_seconds:
         eta = None
     gpu = fmt.gpu_label(ctx.gpu)
@@ -46,7 +127,7 @@ def growth_finding(
         f"({fmt.gib(ctx.used_bytes)} of {fmt.gib(ctx.total_bytes)} GiB used)"
     )
     return Finding(
-        kind="growth",
+        kind=FindingKind.GROWTH,
         severity=Severity.WARNING,
         gpu_uuid=ctx.uuid,
         message=message,
@@ -66,3 +147,35 @@ def growth_finding(
             "user": None if meta is None else meta.user,
         },
     )
+
+
+def steady(process_growth: Mapping[tuple[ProcessKey, str], Rate]) -> frozenset[ProcessKey]:
+    """Processes whose memory rises steadily right now (a warm-up that overshoots, or a leak: not yet told)."""
+    return frozenset(key for (key, _gpu), r in process_growth.items() if r.sustained and r.bytes_per_second > 0)
+
+
+def leaking(
+    process_growth: Mapping[tuple[ProcessKey, str], Rate], history: History, active: Iterable[Finding]
+) -> frozenset[ProcessKey]:
+    """Processes whose growth is a leak: a growth finding is active, or their memory has risen steadily for
+    `LEAK_MIN_WINDOW_SECONDS` or more past their first `LEAK_MIN_AGE_SECONDS` (a fast leak fills the card before
+    the growth finding's longer windows can speak; a warm-up is younger, or not steady)."""
+    keys = {f.process for f in active if f.kind == FindingKind.GROWTH and f.process is not None}
+    for (key, gpu), r in process_growth.items():
+        track = history.processes.get((key, gpu))
+        old_enough = track is not None and track.last_seen - track.first_seen >= LEAK_MIN_AGE_SECONDS
+        if r.sustained and r.bytes_per_second > 0 and r.window_seconds >= LEAK_MIN_WINDOW_SECONDS and old_enough:
+            keys.add(key)
+    return frozenset(keys)
+
+
+DETECTOR = Detector(
+    kind=FindingKind.GROWTH,
+    defaults=LeakConfig(),
+    # A leak claim waits a few ticks (one odd sample must not make one) and clears only after half a minute
+    # without it: a leak that pauses for an epoch boundary is still a leak.
+    raise_after=5,
+    clear_after=30,
+    per_gpu=detect,
+    advice="growth",
+)

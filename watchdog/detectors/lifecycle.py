@@ -2,8 +2,11 @@
 
 `analyze` says which conditions hold at a tick. `FindingTracker` turns that into events:
 
-- a subject (kind, GPU, process) is **raised** after its condition held for `enter_ticks[kind]` consecutive
-  ticks, and **cleared** after it was absent for `exit_ticks[kind]` consecutive ticks;
+- a subject (kind, GPU, process) is **raised** after its condition held for its detector's `raise_after`
+  consecutive ticks, and **cleared** after it was absent for its `clear_after` consecutive ticks (each
+  overridable per kind by `enter_ticks` / `exit_ticks` in `[detectors]`, see registry.py);
+- a kind whose detector declares no `clear_after` is an **event** (the agent's `oom`): each of its findings
+  is raised as it comes, and nothing is kept or cleared;
 - after a clear, the same subject is not raised again within `cooldown_seconds` unless it comes back at a
   higher severity;
 - **escalation**: an active warning whose condition is critical for `enter_ticks` ticks is raised again,
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from ..model import Finding, ProcessKey, Severity
 from .analysis import Analysis
 from .config import DetectorConfig
+from .registry import clear_after, raise_after
 
 Subject = tuple[str, str | None, ProcessKey | None]
 
@@ -55,7 +59,11 @@ class FindingTracker:
         """Fold one tick in; return the findings (raised, cleared) at this tick."""
         now = analysis.t
         seen: dict[Subject, Finding] = {}
+        events: list[Finding] = []
         for f in analysis.findings:
+            if clear_after(self.config, f.kind) is None:
+                events.append(f)  # it happened, once: no hysteresis, nothing to clear
+                continue
             other = seen.get(f.subject)
             if other is None or _RANK[f.severity] > _RANK[other.severity]:
                 seen[f.subject] = f
@@ -72,13 +80,13 @@ class FindingTracker:
             state.present = state.critical = state.calmer = 0
             if state.active is not None:
                 state.absent += 1
-                if state.absent >= self.config.exit_after(subject[0]):
+                if state.absent >= self._clear_after(subject[0]):
                     cleared.append(dataclasses.replace(state.active, t=now))
                     state.cleared_at, state.cleared_severity = now, state.active.severity
                     state.active, state.absent = None, 0
             elif not self._cooling(state, now):
                 del self.states[subject]  # nothing to remember: keeps the tracker's memory bounded
-        return raised, cleared
+        return raised + events, cleared
 
     def active(self) -> list[Finding]:
         """The findings raised and not yet cleared, oldest subject first."""
@@ -88,7 +96,7 @@ class FindingTracker:
         state.present += 1
         state.absent = 0
         state.critical = state.critical + 1 if finding.severity is Severity.CRITICAL else 0
-        enter = self.config.enter_after(finding.kind)
+        enter = raise_after(self.config, finding.kind)
         active = state.active
         if active is None:
             if state.present < enter:
@@ -115,12 +123,16 @@ class FindingTracker:
             return finding
         if active.severity is Severity.CRITICAL and finding.severity is Severity.WARNING:
             state.calmer += 1
-            if state.calmer >= self.config.exit_after(finding.kind):
+            if state.calmer >= self._clear_after(finding.kind):
                 state.active, state.calmer = finding, 0
             return None
         state.calmer = 0
         state.active = finding
         return None
+
+    def _clear_after(self, kind: str) -> int:
+        # Only conditions have a state to clear; events never get here (see `update`).
+        return clear_after(self.config, kind) or self.config.default_exit_ticks
 
     def _cooling(self, state: SubjectState, now: float) -> bool:
         return state.cleared_at is not None and now - state.cleared_at < self.config.cooldown_seconds

@@ -4,12 +4,21 @@ When a trainer runs under `vramwatch run`, its in-process agent reports an out-o
 allocator's state at the failed request. Nothing is guessed: the finding is raised at once (no hysteresis),
 by `serve` from the agent socket, and the same rule is told to the user by `vramwatch run`'s own monitor,
 so the two can never disagree about why the same OOM happened.
+
+As a detector it reads the reports that arrived since the previous tick (`Tick.ooms`): each is an event,
+raised once on the tick it arrived and never cleared. Its advice is that of an OOM at the first step (`spike`:
+the size of one step) unless fragmentation is to blame (see enrich.py).
 """
 
 from __future__ import annotations
 
-from ..model import Finding, ProcessKey, Severity
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..model import Finding, FindingKind, OomEvent, ProcessKey, Severity
 from . import _format as fmt
+from ._context import Tick
+from .base import Detector
 
 #: The pieces still cached at an OOM must be at least this share of what PyTorch reserved to be blamed.
 FRAGMENTED_MIN_SHARE = 0.1
@@ -65,7 +74,7 @@ def oom_finding(
         else "the request did not fit"
     )
     return Finding(
-        kind="oom",
+        kind=FindingKind.OOM,
         severity=Severity.CRITICAL,
         gpu_uuid=gpu_uuid,
         message=(
@@ -87,3 +96,43 @@ def oom_finding(
             "fragmented": fragmented,
         },
     )
+
+
+@dataclass(frozen=True, slots=True)
+class OomConfig:
+    """Nothing to tune: an agent's OOM report is a fact, not a threshold crossed."""
+
+
+def detect(tick: Tick, own: OomConfig) -> Iterator[Finding]:  # noqa: ARG001 - the detector signature
+    """One critical `oom` finding per report an agent sent since the previous tick."""
+    for ev in tick.ooms:
+        yield from_report(ev, tick)
+
+
+def from_report(ev: OomEvent, tick: Tick) -> Finding:
+    """The `oom` finding of one agent report, about the process as this tick's snapshot knows it."""
+    proc = next((p for p in tick.snapshot.processes if p.pid == ev.pid), None)
+    return oom_finding(
+        pid=ev.pid,
+        gpu_uuid=ev.gpu_uuid,
+        t=tick.now,
+        process=proc.key if proc else None,
+        process_name=proc.meta.name if proc else None,
+        requested_bytes=ev.requested_bytes,
+        allocated_bytes=ev.allocated_bytes,
+        reserved_bytes=ev.reserved_bytes,
+        inactive_split_bytes=ev.inactive_split_bytes,
+        num_alloc_retries=ev.num_alloc_retries,
+        device_free_bytes=ev.device_free_bytes,
+        snapshot_path=ev.snapshot_path,
+    )
+
+
+DETECTOR = Detector(
+    kind=FindingKind.OOM,
+    defaults=OomConfig(),
+    raise_after=1,
+    clear_after=None,  # it happened: raised once, at once, with nothing to clear
+    per_tick=detect,
+    advice="spike",
+)

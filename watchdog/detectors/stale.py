@@ -16,28 +16,49 @@ The status and parent come from the process metadata at this tick: attribution m
 
 from __future__ import annotations
 
-from ..history import History
-from ..model import Finding, ProcessSample, Severity
+from dataclasses import dataclass
+
+from ..model import Finding, FindingKind, ProcessSample, Severity
 from . import _format as fmt
 from ._context import GpuContext
 from ._series import view
-from .config import DetectorConfig
+from ._settings import non_negative, positive_or_none, setting, validate
+from .base import Detector
+from .config import MIB
 
 
-def detect_stale(ctx: GpuContext, history: History, config: DetectorConfig) -> list[Finding]:
+@dataclass(frozen=True, slots=True)
+class StaleConfig:
+    """Which leftover processes are worth naming."""
+
+    stale_min_bytes: int = setting(256 * MIB, non_negative)
+    stale_statuses: frozenset[str] = frozenset({"zombie", "stopped", "tracing-stop", "dead"})
+    #: Report workers whose launcher is gone (reparented to pid 1).
+    stale_orphans: bool = True
+    #: Report a process whose memory has not moved by a byte-noise for this long. Off by default: a healthy
+    #: training run or an inference server is flat for hours, and memory alone cannot tell idle from busy.
+    stale_idle_seconds: float | None = setting(None, positive_or_none)
+
+    def __post_init__(self) -> None:
+        # A config file gives a list; keep the value immutable.
+        object.__setattr__(self, "stale_statuses", frozenset(self.stale_statuses))
+        validate(self)
+
+
+def detect_stale(ctx: GpuContext, config: StaleConfig) -> list[Finding]:
     if not ctx.visible:
         return []
     findings = []
     for p in ctx.processes:
         if p.used_bytes is None or p.used_bytes < config.stale_min_bytes:
             continue
-        reason = _reason(p, ctx, history, config)
+        reason = _reason(p, ctx, config)
         if reason is None:
             continue
         why, code = reason
         findings.append(
             Finding(
-                kind="stale_holder",
+                kind=FindingKind.STALE_HOLDER,
                 severity=Severity.WARNING,
                 gpu_uuid=ctx.uuid,
                 message=(
@@ -60,18 +81,29 @@ def detect_stale(ctx: GpuContext, history: History, config: DetectorConfig) -> l
     return findings
 
 
-def _reason(p: ProcessSample, ctx: GpuContext, history: History, config: DetectorConfig) -> tuple[str, str] | None:
+def _reason(p: ProcessSample, ctx: GpuContext, config: StaleConfig) -> tuple[str, str] | None:
     meta = p.meta
     if meta.status is not None and meta.status in config.stale_statuses:
         return f"is {meta.status}", "status"
     if config.stale_orphans and meta.ppid == 1 and meta.root_pid not in (None, meta.pid, 1):
         return f"lost its launcher (pid {meta.root_pid}) and was adopted by init", "orphan"
     if config.stale_idle_seconds is not None:
-        track = history.processes.get((p.key, ctx.uuid))
+        track = ctx.history.processes.get((p.key, ctx.uuid))
         if track is None or ctx.now - track.first_seen < config.stale_idle_seconds:
             return None
         recent = view(track.series).since(ctx.now - config.stale_idle_seconds)
-        covered = len(recent) >= 2 and recent.now - recent.first >= config.min_coverage * config.stale_idle_seconds
-        if covered and recent.max() - recent.min() <= config.noise_bytes:
+        shared = ctx.config
+        covered = len(recent) >= 2 and recent.now - recent.first >= shared.min_coverage * config.stale_idle_seconds
+        if covered and recent.max() - recent.min() <= shared.noise_bytes:
             return f"has not changed its memory for {fmt.duration(config.stale_idle_seconds)}", "idle"
     return None
+
+
+DETECTOR = Detector(
+    kind=FindingKind.STALE_HOLDER,
+    defaults=StaleConfig(),
+    raise_after=5,  # a process caught mid-exit (a zombie for a tick) is not a leftover
+    clear_after=10,
+    per_gpu=detect_stale,
+    advice="stale_holder",
+)

@@ -1,0 +1,68 @@
+"""The shape of a detector: what it declares (`Detector`) and what its detect function yields.
+
+Each detector module builds one `Detector` value, `DETECTOR`; `registry.py` lists them and `analyze` runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from typing import Generic, TypeVar
+
+from ..model import Finding, ProcessKey
+from ._context import GpuContext, Tick
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """An answer that is not a problem ("stable at 20.1 GiB for 12 min"): shown by `status`, never raised."""
+
+    key: ProcessKey
+    gpu_uuid: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """A GPU's time to OOM and its confidence, for the metrics, whether or not a finding is raised on it."""
+
+    gpu_uuid: str
+    eta_seconds: float
+    confidence: float
+
+
+#: What a detect function yields: findings, and the verdicts and forecasts that the metrics and `status` show.
+Observation = Finding | Verdict | Forecast
+
+
+@dataclass(frozen=True, slots=True)
+class Detector(Generic[C]):
+    """One detector: what it is called, how it is configured and tracked, and how it detects."""
+
+    kind: str
+    #: Its settings with their defaults: an instance of its own frozen config dataclass.
+    defaults: C
+    #: Consecutive ticks its condition must hold before it is raised.
+    raise_after: int
+    #: Consecutive ticks it must be absent before it is cleared; None: an event (each finding is raised once,
+    #: as it comes, and there is nothing to clear).
+    clear_after: int | None
+    #: Exactly one of these: called for each GPU that answered, or once for the whole tick.
+    per_gpu: Callable[[GpuContext, C], Iterable[Observation]] | None = None
+    per_tick: Callable[[Tick, C], Iterable[Observation]] | None = None
+    #: The advice situation (advice/rules.toml `kinds`) its findings get; None: no advice.
+    advice: str | None = None
+    #: Prepended to its config's field names in `[detectors]`, where they would be ambiguous on their own.
+    key_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.per_gpu is None) == (self.per_tick is None):
+            raise ValueError(f"detector {self.kind!r}: give exactly one of per_gpu and per_tick")
+        if self.raise_after < 1 or (self.clear_after is not None and self.clear_after < 1):
+            raise ValueError(f"detector {self.kind!r}: raise/clear ticks must be at least 1")
+
+    def config_keys(self) -> dict[str, str]:
+        """Its `[detectors]` keys, each to the field of its config it sets."""
+        return {self.key_prefix + f.name: f.name for f in fields(self.defaults)}  # type: ignore[arg-type]

@@ -1,0 +1,136 @@
+"""The detector registry: each detector declares itself in its own file; `analyze` loops over them all.
+
+A detector is one `Detector` value (base.py) in its module (`detectors/pressure.py`'s `DETECTOR`): its finding
+kind, its own config dataclass (the fields and their ranges, next to the code that reads them), how many ticks its
+condition must hold before it is raised and be gone before it is cleared, which advice its findings get, and
+its pure detect function, called once per GPU that answered (`per_gpu`) or once per tick (`per_tick`).
+vramwatch's own detectors are listed in `BUILTIN` (in analysis order); `register` adds another one at run time,
+and from then on it is analysed, configured from `[detectors]`, tracked, exported and accepted by the CLI
+like the built-in ones (tests/test_registry.py shows a toy one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import fields
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from ..config import dataclass_from_table
+from ..errors import ConfigError
+from . import contention, crash, forecast, fragmentation, leak, oom, pressure, stale
+from .base import Detector
+from .config import DetectorConfig
+
+C = TypeVar("C")
+
+#: vramwatch's own detectors, in analysis order: within a GPU, the order findings come out in (notifications
+#: follow it). Adding one: its file in this folder with its `DETECTOR`, and its line here.
+BUILTIN: tuple[Detector[Any], ...] = (
+    leak.DETECTOR,
+    forecast.DETECTOR,
+    pressure.DETECTOR,
+    contention.DETECTOR,
+    crash.DETECTOR,
+    stale.DETECTOR,
+    fragmentation.DETECTOR,
+    oom.DETECTOR,
+)
+
+
+_all: list[Detector[Any]] = list(BUILTIN)
+# Looked up per finding on every tick by the tracker: kept in step with `_all` rather than rebuilt.
+_by_kind: dict[str, Detector[Any]] = {d.kind: d for d in BUILTIN}
+
+
+def detectors() -> tuple[Detector[Any], ...]:
+    """Every detector, vramwatch's own first, then the registered ones in the order they came."""
+    return tuple(_all)
+
+
+def by_kind() -> Mapping[str, Detector[Any]]:
+    return MappingProxyType(_by_kind)
+
+
+def register(detector: Detector[C]) -> Detector[C]:
+    """Add a detector; its kind and its `[detectors]` keys must be new (a clash would silently shadow one)."""
+    taken = {key for d in detectors() for key in d.config_keys()} | {f.name for f in fields(DetectorConfig)}
+    if detector.kind in by_kind():
+        raise ValueError(f"a detector of kind {detector.kind!r} is already registered")
+    clash = sorted(taken & set(detector.config_keys()))
+    if clash:
+        raise ValueError(f"detector {detector.kind!r}: [detectors] keys {clash} are already taken")
+    _all.append(detector)
+    _by_kind[detector.kind] = detector
+    return detector
+
+
+def unregister(kind: str) -> None:
+    """Remove a detector `register` added (tests use it to leave the registry as they found it)."""
+    if any(d.kind == kind for d in BUILTIN):
+        raise ValueError(f"{kind!r} is one of vramwatch's own detectors")
+    _all[:] = [d for d in _all if d.kind != kind]
+    _by_kind.pop(kind, None)
+
+
+@contextmanager
+def registered(detector: Detector[C]) -> Iterator[Detector[C]]:
+    """The detector, registered for the duration of a `with` block."""
+    register(detector)
+    try:
+        yield detector
+    finally:
+        unregister(detector.kind)
+
+
+def settings(config: DetectorConfig, detector: Detector[C]) -> C:
+    """The detector's own settings in `config`: what the config file gave, else its defaults."""
+    own: C = config.detectors.get(detector.kind, detector.defaults)
+    return own
+
+
+def raise_after(config: DetectorConfig, kind: str) -> int:
+    """Ticks a condition of `kind` must hold before it is raised: the config's override, else the detector's."""
+    declared = _by_kind.get(kind)
+    if kind in config.enter_ticks:
+        return config.enter_ticks[kind]
+    return declared.raise_after if declared is not None else config.default_enter_ticks
+
+
+def clear_after(config: DetectorConfig, kind: str) -> int | None:
+    """Ticks a condition of `kind` must be gone before it is cleared; None for an event (never cleared)."""
+    declared = _by_kind.get(kind)
+    if kind in config.exit_ticks:
+        return config.exit_ticks[kind]
+    return declared.clear_after if declared is not None else config.default_exit_ticks
+
+
+def config_from_table(table: Mapping[str, Any], where: str) -> DetectorConfig:
+    """`[detectors]` of a config file: each key goes to the config that owns it (shared, or one detector's).
+
+    A key nobody owns is a ConfigError naming the known keys (a typo must not pass silently); so is a value of
+    the wrong type or out of its range.
+    """
+    shared = {f.name for f in fields(DetectorConfig)} - {"detectors"}
+    owners = {key: (d, name) for d in detectors() for key, name in d.config_keys().items()}
+    mine: dict[str, Any] = {}
+    theirs: dict[str, dict[str, Any]] = {}
+    for key, value in table.items():
+        if key in shared:
+            mine[key] = value
+        elif key in owners:
+            detector, name = owners[key]
+            theirs.setdefault(detector.kind, {})[name] = value
+        else:
+            known = ", ".join(sorted(shared | set(owners)))
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
+    by = by_kind()
+    own = {kind: _own_from_table(by[kind], values, where) for kind, values in theirs.items()}
+    base: DetectorConfig = dataclass_from_table(DetectorConfig, mine, where)
+    return DetectorConfig(**{f.name: getattr(base, f.name) for f in fields(DetectorConfig)} | {"detectors": own})
+
+
+def _own_from_table(detector: Detector[Any], values: Mapping[str, Any], where: str) -> Any:
+    # The detector's own defaults are the schema: `dataclass_from_table` checks each key's type against them.
+    return dataclass_from_table(type(detector.defaults), values, where)
