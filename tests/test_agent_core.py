@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from vramwatch.agent import protocol
 from vramwatch.agent.core import Agent, AgentConfig, PressureNotice
-from vramwatch.agentlink import AgentListener, AgentReport
+from vramwatch.agenthost.link import AgentListener, AgentReport
 
 MIB = 1 << 20
 

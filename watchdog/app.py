@@ -19,7 +19,7 @@ import structlog
 
 from .actions import ActionDispatcher, build_notifiers, parse_policy
 from .agent.protocol import default_socket_path
-from .agentlink import AgentListener, AgentReport
+from .agenthost.link import AgentListener, AgentReport
 from .backends import banner, open_backend
 from .backends.replay import ReplayBackend
 from .clock import SystemClock

@@ -23,7 +23,7 @@ from types import FrameType
 import structlog
 
 from .actions import ActionDispatcher, parse_policy
-from .agentlink import AgentListener, AgentReport, OomEvent
+from .agenthost.link import AgentListener, AgentReport, OomEvent
 from .clock import SystemClock
 from .config import Config, dataclass_from_table
 from .detectors import Analysis, DetectorConfig, FindingTracker, analyze

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from ..agentlink import AgentDevice, AgentReport, OomEvent
 from ..detectors.fragmentation import FragmentationConfig, GrowthConfig, classify_growth, detect_fragmentation
 from ..detectors.oom import fragmented_at_oom
+from .link import AgentDevice, AgentReport, OomEvent
 
 SendPressure = Callable[[int, str, str], bool]  # (pid, level, reason) -> sent
 
