@@ -16,7 +16,8 @@ See docs/actions.md.
 
 from __future__ import annotations
 
-from .adapters import ADAPTERS, SaveNowAdapter, choose_adapter, read_environ, resumability_hint
+from ..environ import read_environ
+from .adapters import ADAPTERS, SaveNowAdapter, choose_adapter, resumability_hint
 from .alertmanager import AlertmanagerNotifier
 from .apprise_notifier import AppriseNotifier
 from .dispatch import ActionDispatcher, Recheck

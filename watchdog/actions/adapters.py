@@ -34,15 +34,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..agent.protocol import ENV_AGENT
 from ..model import ProcessKey, ProcessMeta
 from .result import ActionResult
 from .signals import PROC, StartTimeOf, psutil_start_time, read_status, send_signal, verify_identity
 
 SIMPLETUNER_SIGNAL_FILE = "SIMPLETUNER_ACCELERATE_SIGNAL_FILE"
 SIMPLETUNER_COUNTER = "manual_checkpoint"
-AGENT_ENV = "VRAMWATCH_AGENT"
-#: The environment variables adapters look at; nothing else is read from a process's environment.
-ADAPTER_ENV_KEYS = (AGENT_ENV, SIMPLETUNER_SIGNAL_FILE, "SLURM_JOB_ID")
 
 Detect = Callable[[ProcessMeta, Mapping[str, str]], bool]
 
@@ -69,7 +67,7 @@ class SaveNowAdapter:
         start_time_of: StartTimeOf = psutil_start_time,
         tolerance_seconds: float = 1.0,
     ) -> ActionResult:
-        """Ask `key` to save; never raises. File adapters need the target's `env` (see `read_environ`)."""
+        """Ask `key` to save; never raises. File adapters need the target's `env` (`environ.read_environ`)."""
         if self.signum is not None:
             return send_signal(
                 key, self.signum, proc_root=proc_root, dry_run=dry_run, force=force, start_time_of=start_time_of,
@@ -180,7 +178,7 @@ def _truthy_flag(args: Sequence[str], flag: str) -> bool:
 
 
 def _is_agent(_meta: ProcessMeta, env: Mapping[str, str]) -> bool:
-    return env.get(AGENT_ENV, "") not in ("", "0")
+    return env.get(ENV_AGENT, "") not in ("", "0")
 
 
 def _is_simpletuner(_meta: ProcessMeta, env: Mapping[str, str]) -> bool:
@@ -254,7 +252,7 @@ def choose_adapter(
     allowed adapter that recognises it (agent and SimpleTuner first: they save without stopping the run).
 
     `env` is the target's environment as far as the daemon may read it (None: unreadable), restricted to
-    `ADAPTER_ENV_KEYS`.
+    the allow-list of `vramwatch.environ`.
     """
     line = " ".join(_args(meta))
     for pattern, name in overrides:
@@ -264,22 +262,6 @@ def choose_adapter(
         if candidate.name in allowed and candidate.detect(meta, env or {}):
             return candidate
     return None
-
-
-def read_environ(pid: int, proc_root: Path = PROC, keys: Sequence[str] = ADAPTER_ENV_KEYS) -> dict[str, str] | None:
-    """The `keys` present in /proc/<pid>/environ; None when it cannot be read (another user's process and
-    the daemon is not root, or the pid is gone). Values are never logged: environments carry secrets."""
-    try:
-        raw = (proc_root / str(pid) / "environ").read_bytes()
-    except OSError:
-        return None
-    wanted = set(keys)
-    found: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        name, sep, value = item.partition(b"=")
-        if sep and (text := name.decode("utf-8", "replace")) in wanted:
-            found[text] = value.decode("utf-8", "replace")
-    return found
 
 
 _KOHYA_SCRIPTS = re.compile(

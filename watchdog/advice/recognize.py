@@ -19,14 +19,12 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 
+from ..environ import filter_env
 from . import settings as s
 from .argv import Invocation, parse_flags, split_invocation
 from .configfile import ReadFile, read_text_file
 from .extract import READERS, Builder, Context, load_toolkit_config
 from .settings import TrainerSettings
-
-ALLOWED_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "ACCELERATE_MIXED_PRECISION")
-ALLOWED_ENV_PREFIX = "SIMPLETUNER_"
 
 _KOHYA_SCRIPTS = frozenset(
     {
@@ -45,13 +43,6 @@ _DIFFUSERS_PATTERN = re.compile(
     r"|unconditional|amused|cogvideox|sana|flux|sd3|hidream|lumina|qwen)\w*|textual_inversion\w*)\.py$"
 )
 _LAUNCHERS = frozenset({"accelerate", "torchrun", "deepspeed"})
-
-
-def filter_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
-    """Keep only the variables the advisor may read; None stays None (environment unknown)."""
-    if env is None:
-        return None
-    return {k: str(v) for k, v in env.items() if k in ALLOWED_ENV or k.startswith(ALLOWED_ENV_PREFIX)}
 
 
 def _path_mentions(inv: Invocation, cwd: str | None, *needles: str) -> bool:
@@ -74,7 +65,7 @@ def detect(inv: Invocation, argv0: str, ctx: Context) -> str:
     if name in ("train.py", "train.sh"):
         if "config-path" in flags or _path_mentions(inv, ctx.cwd, "onetrainer"):
             return s.ONETRAINER
-        if _path_mentions(inv, ctx.cwd, "simpletuner") or any(k.startswith(ALLOWED_ENV_PREFIX) for k in ctx.env):
+        if _path_mentions(inv, ctx.cwd, "simpletuner") or any(k.startswith("SIMPLETUNER_") for k in ctx.env):
             return s.SIMPLETUNER
     if name == "run.py" and (
         _path_mentions(inv, ctx.cwd, "ai-toolkit", "ai_toolkit") or load_toolkit_config(inv, ctx)[1] is not None

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..model import Finding, ProcessMeta
 from .configfile import ReadFile, read_text_file
-from .recognize import ALLOWED_ENV, ALLOWED_ENV_PREFIX, recognize
+from .recognize import recognize
 from .rules import FINDING_KINDS, Match, Rule, RuleBook, default_rules, match, saved_fraction, score
 from .settings import KOHYA, TRAINER_NAMES, TrainerSettings
 
@@ -382,8 +382,6 @@ def advice_to_dict(advice: Advice) -> dict[str, Any]:
 
 
 __all__ = [
-    "ALLOWED_ENV",
-    "ALLOWED_ENV_PREFIX",
     "Advice",
     "Suggestion",
     "advice_lines",
