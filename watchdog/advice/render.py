@@ -21,12 +21,12 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model import Finding, ProcessMeta
+from ..units import GIB, gib
 from .configfile import ReadFile, read_text_file
 from .recognize import recognize
 from .rules import FINDING_KINDS, Match, Rule, RuleBook, default_rules, match, saved_fraction, score
 from .settings import KOHYA, TRAINER_NAMES, TrainerSettings
 
-GIB = 1 << 30
 DEFAULT_ALLOC_VAR = "PYTORCH_CUDA_ALLOC_CONF"  # honoured by every PyTorch; PYTORCH_ALLOC_CONF only by newer
 MAX_HOLDERS = 5
 
@@ -189,11 +189,11 @@ def _from_dynamic(
     out = []
     for i, holder in enumerate(_holders(context, rule.dynamic)):
         used = holder.get("used_bytes")
-        gib = f"{used / GIB:.1f}" if isinstance(used, int) and not isinstance(used, bool) else "?"
+        held = gib(used if isinstance(used, int) and not isinstance(used, bool) else None)
         variables = {
             **_variables(rule, settings, context),
             "holder": _holder_label(holder),
-            "holder_gib": gib,
+            "holder_gib": held,
             "pid": str(holder.get("pid", "?")),
         }
         # Holders are sorted by memory held; the tiny decrement keeps that order within the rule.
