@@ -94,7 +94,7 @@ def test_parse_report_reads_what_the_agent_builds():
 
 
 def test_parse_report_reads_an_oom_with_the_request_and_the_cache():
-    """An oom message parses into an OomEvent naming the failed request and the allocator's figures."""
+    """An oom message parses into the failed request and the allocator's figures at that moment."""
     data = protocol.encode(
         protocol.oom_message(
             pid=7,
@@ -109,10 +109,12 @@ def test_parse_report_reads_an_oom_with_the_request_and_the_cache():
             observed=True,
         )
     )
-    oom = protocol.parse_report(data).oom
+    report = protocol.parse_report(data)
+    assert (report.kind, report.claimed_pid) == ("oom", 7)
+    oom = report.oom
     assert oom is not None
-    assert (oom.pid, oom.device, oom.requested_bytes, oom.observed) == (7, 1, 64, True)
-    assert oom.reserved_unallocated_bytes == 20
+    assert (oom.device, oom.alloc_bytes, oom.device_free_bytes, oom.observed) == (1, 64, 8, True)
+    assert (oom.figures["allocated_bytes"], oom.figures["reserved_bytes"]) == (10, 30)
 
 
 @pytest.mark.parametrize(

@@ -279,37 +279,20 @@ class DeviceReport:
 
 
 @dataclass(frozen=True, slots=True)
-class OomEvent:
-    """An out-of-memory error in a trainer, with the allocator's state when it happened.
+class OomReport:
+    """An `oom` message: the request that failed and the allocator's figures at that moment.
 
-    `observed` is True when the allocator's OOM observer reported it (state at the failed request);
-    False when the agent only saw `num_ooms` rise at its next sample (state of that moment).
+    `observed` is True when the allocator's OOM observer sent it (state at the failed request); False when
+    the agent only saw `num_ooms` rise at its next sample (state of that moment).
     """
 
-    pid: int
     device: int
-    requested_bytes: int | None  # the size of the request that failed
+    alloc_bytes: int | None  # the size of the request that failed
     capacity_bytes: int | None  # the device's total, or the per-process limit when one is set
     device_free_bytes: int | None
-    allocated_bytes: int | None
-    reserved_bytes: int | None
-    inactive_split_bytes: int | None
-    num_alloc_retries: int | None
-    num_ooms: int | None
-    snapshot_path: str | None
+    figures: AllocatorFigures
+    snapshot: str | None  # where the agent dumped a memory snapshot
     observed: bool
-    cuda_uuid: str | None = None  # not in the datagram: the listener knows it from the process's stats
-
-    @property
-    def gpu_uuid(self) -> str | None:
-        return nvml_uuid(self.cuda_uuid)
-
-    @property
-    def reserved_unallocated_bytes(self) -> int | None:
-        """PyTorch's "reserved by PyTorch but unallocated": cached memory no tensor uses."""
-        if self.reserved_bytes is None or self.allocated_bytes is None:
-            return None
-        return max(0, self.reserved_bytes - self.allocated_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +303,7 @@ class Report:
     claimed_pid: int  # the pid the message names; only SCM_CREDENTIALS can confirm it
     torch_version: str | None = None
     devices: tuple[DeviceReport, ...] = ()  # stats
-    oom: OomEvent | None = None  # oom (its pid is the claimed one)
+    oom: OomReport | None = None  # oom
     sample_seconds: float | None = None  # what reading the allocator cost the agent for this sample
     dropped: int | None = None  # datagrams the agent could not deliver so far
     signal: bool | None = None  # the agent handles SIGUSR2 as a pressure notice; None when not said
@@ -367,23 +350,17 @@ def _device_report(entry: object) -> DeviceReport:
     )
 
 
-def _oom_event(message: Mapping[str, Any], pid: int) -> OomEvent:
+def _oom_report(message: Mapping[str, Any]) -> OomReport:
     device = _count(message, "device")
     if device is None:
         raise ProtocolError("an oom message has no device index")
-    figures = _figures(message)
-    return OomEvent(
-        pid=pid,
+    return OomReport(
         device=device,
-        requested_bytes=_count(message, "alloc_bytes"),
+        alloc_bytes=_count(message, "alloc_bytes"),
         capacity_bytes=_count(message, "capacity_bytes"),
         device_free_bytes=_count(message, "device_free_bytes"),
-        allocated_bytes=figures["allocated_bytes"],
-        reserved_bytes=figures["reserved_bytes"],
-        inactive_split_bytes=figures["inactive_split_bytes"],
-        num_alloc_retries=figures["num_alloc_retries"],
-        num_ooms=figures["num_ooms"],
-        snapshot_path=_text(message, "snapshot"),
+        figures=_figures(message),
+        snapshot=_text(message, "snapshot"),
         observed=message.get("observed") is True,
     )
 
@@ -414,7 +391,7 @@ def parse_report(data: bytes) -> Report:
         if isinstance(cost, int | float) and not isinstance(cost, bool):
             sample_seconds = float(cost)
     elif kind == "oom":
-        oom = _oom_event(message, pid)
+        oom = _oom_report(message)
     signal = message.get("signal")
     return Report(
         kind=kind,

@@ -32,14 +32,13 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from ..agent import protocol
-from ..agent.protocol import OomEvent
 from ..errors import ConfigError, VramwatchError
 from ..model import TorchStats
 
@@ -79,6 +78,60 @@ class AgentDevice:
         if self.stats.reserved_bytes is None or self.free_bytes is None:
             return None
         return self.stats.reserved_bytes + self.free_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OomEvent:
+    """An out-of-memory error in a trainer, with the allocator's state when it happened.
+
+    `observed` is True when the allocator's OOM observer reported it (state at the failed request);
+    False when the agent only saw `num_ooms` rise at its next sample (state of that moment).
+    """
+
+    pid: int
+    device: int
+    requested_bytes: int | None  # the size of the request that failed
+    capacity_bytes: int | None  # the device's total, or the per-process limit when one is set
+    device_free_bytes: int | None
+    allocated_bytes: int | None
+    reserved_bytes: int | None
+    inactive_split_bytes: int | None
+    num_alloc_retries: int | None
+    num_ooms: int | None
+    snapshot_path: str | None
+    observed: bool
+    cuda_uuid: str | None = None
+
+    @classmethod
+    def from_report(cls, pid: int, report: protocol.OomReport, cuda_uuid: str | None) -> OomEvent:
+        """An oom datagram of the kernel-verified `pid`; `cuda_uuid` is known from its stats, not sent."""
+        figures = report.figures
+        return cls(
+            pid=pid,
+            device=report.device,
+            requested_bytes=report.alloc_bytes,
+            capacity_bytes=report.capacity_bytes,
+            device_free_bytes=report.device_free_bytes,
+            allocated_bytes=figures["allocated_bytes"],
+            reserved_bytes=figures["reserved_bytes"],
+            inactive_split_bytes=figures["inactive_split_bytes"],
+            num_alloc_retries=figures["num_alloc_retries"],
+            num_ooms=figures["num_ooms"],
+            snapshot_path=report.snapshot,
+            observed=report.observed,
+            cuda_uuid=cuda_uuid,
+        )
+
+    @property
+    def gpu_uuid(self) -> str | None:
+        return protocol.nvml_uuid(self.cuda_uuid)
+
+    @property
+    def reserved_unallocated_bytes(self) -> int | None:
+        """PyTorch's "reserved by PyTorch but unallocated": cached memory no tensor uses."""
+        if self.reserved_bytes is None or self.allocated_bytes is None:
+            return None
+        return max(0, self.reserved_bytes - self.allocated_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,10 +387,10 @@ class AgentListener:
                 peer.signal = parsed.signal
             for d in devices:
                 peer.devices[d.stats.device] = d
-            oom = parsed.oom
-            if oom is not None:
-                known = peer.devices.get(oom.device)
-                oom = replace(oom, pid=pid, cuda_uuid=known.cuda_uuid if known else None)
+            oom = None
+            if parsed.oom is not None:
+                known = peer.devices.get(parsed.oom.device)
+                oom = OomEvent.from_report(pid, parsed.oom, known.cuda_uuid if known else None)
         return AgentReport(
             parsed.kind,
             pid,
