@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vramwatch import environ
-from vramwatch.actions.adapters import SIMPLETUNER_SIGNAL_FILE
+from vramwatch.advice.trainers.simpletuner import SIGNAL_FILE as SIMPLETUNER_SIGNAL_FILE
 from vramwatch.agent.protocol import ENV_AGENT
 
 

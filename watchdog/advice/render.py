@@ -25,7 +25,8 @@ from ..units import GIB, gib
 from .configfile import ReadFile, read_text_file
 from .recognize import recognize
 from .rules import FINDING_KINDS, Match, Rule, RuleBook, default_rules, match, saved_fraction, score
-from .settings import KOHYA, TRAINER_NAMES, TrainerSettings
+from .settings import TrainerSettings
+from .trainers import TRAINER_NAMES, kohya
 
 DEFAULT_ALLOC_VAR = "PYTORCH_CUDA_ALLOC_CONF"  # honoured by every PyTorch; PYTORCH_ALLOC_CONF only by newer
 MAX_HOLDERS = 5
@@ -139,7 +140,7 @@ def _from_rule(
         return None  # no verified spelling for this trainer: never invent a flag
     variables = _variables(rule, settings, context)
     change = _fill(template, variables)
-    if settings.trainer == KOHYA and source is not None and source.kind == "config" and source.file:
+    if settings.trainer == kohya.ID and source is not None and source.kind == "config" and source.file:
         change += f"  (on the command line; it overrides {PurePath(source.file).name})"
     why = _fill(rule.why, variables)
     unread = sorted({_READABLE.get(name, name.replace("_", " ")) for name in found.unknown_settings} - {""})

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from .settings import TRAINERS, TrainerSettings
+from .settings import TrainerSettings
+from .trainers import TRAINER_IDS as TRAINERS
 
 if sys.version_info >= (3, 11):
     import tomllib
