@@ -191,7 +191,7 @@ def run_save_now(out: Path) -> None:
     with contextlib.ExitStack() as stack:
         _ballast(stack, out)
         path = out / "save_now.trainer.jsonl"
-        trainer = _spawn(stack, [PY, "-m", "vramwatch.agent.runner", "--pressure-headroom", "0", "--", PY,
+        trainer = _spawn(stack, [PY, "-m", "vramwatch.agenthost.runner", "--pressure-headroom", "0", "--", PY,
                                  str(HERE / "agent" / "lightning_save.py"), "--budget-gib", "0",
                                  "--dir", str(out / "ckpt"), "--leak-mib", "16", "--step-seconds", "0.1"],
                          path, stderr=out / "save_now.trainer.err")  # fmt: skip

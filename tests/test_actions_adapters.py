@@ -18,9 +18,9 @@ from vramwatch.actions.adapters import (
     adapter,
     bump_counter,
     choose_adapter,
-    read_environ,
     resumability_hint,
 )
+from vramwatch.environ import read_environ
 from vramwatch.model import ProcessKey, ProcessMeta
 
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from vramwatch.actions.alertmanager import AlertmanagerNotifier
 from vramwatch.actions.queue import DeliveryQueue
 from vramwatch.model import Finding, ProcessKey, ProcessMeta, Severity
@@ -146,7 +147,7 @@ def test_a_real_alertmanager_lists_then_resolves_the_alert(alertmanager: str) ->
     try:
         f = finding(clock)
         n.notify(f)
-        assert _wait(lambda: len(_ours(alertmanager)) == 1)
+        assert wait_for(lambda: len(_ours(alertmanager)) == 1)
         (alert,) = _ours(alertmanager)
         assert alert["labels"] == {
             "alertname": "VramwatchOomForecast", "severity": "critical", "instance": "gpu-box-2",
@@ -158,9 +159,9 @@ def test_a_real_alertmanager_lists_then_resolves_the_alert(alertmanager: str) ->
         assert parse(str(alert["startsAt"])) == pytest.approx(time.time() - 5, abs=2)
 
         n.notify(f, cleared=True)
-        assert _wait(lambda: _ours(alertmanager) == [])
+        assert wait_for(lambda: _ours(alertmanager) == [])
         # Alertmanager applies a POST before answering it: the worker counts it a moment after the GET sees it.
-        assert _wait(lambda: dict(n.counts()) == {"sent": 2, "failed": 0, "dropped": 0})
+        assert wait_for(lambda: dict(n.counts()) == {"sent": 2, "failed": 0, "dropped": 0})
     finally:
         n.close(2.0)
 
@@ -173,19 +174,19 @@ def test_active_alerts_are_resent_every_period_with_a_fixed_start(alertmanager: 
     try:
         f = finding(clock, kind="growth", severity=Severity.WARNING, message="growing")
         n.notify(f)
-        assert _wait(lambda: len(_ours(alertmanager, "VramwatchGrowth")) == 1)
+        assert wait_for(lambda: len(_ours(alertmanager, "VramwatchGrowth")) == 1)
         first = _ours(alertmanager, "VramwatchGrowth")[0]
         n.tick()  # not due yet
         time.sleep(0.05)
         assert n.counts()["sent"] == 1
         clock.sleep(31)
         n.tick()
-        assert _wait(lambda: n.counts()["sent"] == 2)
+        assert wait_for(lambda: n.counts()["sent"] == 2)
         again = _ours(alertmanager, "VramwatchGrowth")[0]
         assert again["startsAt"] == first["startsAt"]
         assert parse(str(again["updatedAt"])) > parse(str(first["updatedAt"]))
         n.notify(f, cleared=True)
-        assert _wait(lambda: _ours(alertmanager, "VramwatchGrowth") == [])
+        assert wait_for(lambda: _ours(alertmanager, "VramwatchGrowth") == [])
         assert n.active_count() == 0
     finally:
         n.close(2.0)
@@ -199,15 +200,6 @@ def test_an_unreachable_alertmanager_counts_failures() -> None:
         t0 = time.perf_counter()
         n.notify(finding(clock))
         assert time.perf_counter() - t0 < 0.05
-        assert _wait(lambda: n.counts()["failed"] == 1)
+        assert wait_for(lambda: n.counts()["failed"] == 1)
     finally:
         n.close(1.0)
-
-
-def _wait(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()

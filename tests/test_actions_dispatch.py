@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 import pytest
 import structlog
+from conftest import Spawn
 from vramwatch.actions.dispatch import ActionDispatcher
 from vramwatch.actions.policy import parse_policy
 from vramwatch.model import Finding, ProcessKey, ProcessMeta, ProcessSample, Severity
@@ -54,25 +54,16 @@ class Child:
 
 
 @pytest.fixture
-def spawn() -> Iterator[Callable[..., Child]]:
-    children: list[subprocess.Popen[str]] = []
+def spawn(spawn: Spawn) -> Callable[..., Child]:
+    """The shared `spawn`, each child with the ProcessMeta the daemon's inspector would give it."""
 
     def start(code: str, marker: str) -> Child:
-        proc = subprocess.Popen([sys.executable, "-S", "-c", code, marker], stdout=subprocess.PIPE, text=True)
-        children.append(proc)
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
+        proc = spawn(code, marker)
         p = psutil.Process(proc.pid)
         return Child(proc, ProcessMeta(pid=proc.pid, start_time=p.create_time(), user=p.username(),
                                        name="python3", cmdline=tuple(p.cmdline())))  # fmt: skip
 
-    yield start
-    for proc in children:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(5)
-        if proc.stdout:
-            proc.stdout.close()
+    return start
 
 
 def finding(child: Child | None = None, **overrides: object) -> Finding:

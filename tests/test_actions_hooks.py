@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import wait_for
 from vramwatch.actions.hooks import HookRunner, hook_environment
 from vramwatch.actions.policy import HookCommand
 from vramwatch.model import Finding, ProcessKey, ProcessMeta, Severity
@@ -33,15 +34,6 @@ def finding(**overrides: object) -> Finding:
     }
     base.update(overrides)
     return Finding(**base)  # type: ignore[arg-type]
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_hook_sees_the_finding_in_its_environment(tmp_path: Path) -> None:

@@ -7,18 +7,10 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 from hypothesis import given
 from hypothesis import strategies as st
 from vramwatch.actions.queue import DeliveryError, DeliveryQueue, backoff_delay
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import Spawn
 from vramwatch.actions.signals import Killer, parse_mask, parse_status, read_status, send_signal, verify_identity
 from vramwatch.model import ProcessKey
 
@@ -35,30 +34,6 @@ print("ready", flush=True)
 while True:
     time.sleep(0.02)
 """
-
-Spawn = Callable[..., subprocess.Popen[str]]
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    children: list[subprocess.Popen[str]] = []
-
-    def start(code: str, *args: str) -> subprocess.Popen[str]:
-        child = subprocess.Popen(
-            [sys.executable, "-S", "-c", code, *args], stdout=subprocess.PIPE, text=True, bufsize=1
-        )
-        children.append(child)
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-        return child
-
-    yield start
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-        child.wait(5)
-        if child.stdout:
-            child.stdout.close()
 
 
 def key_of(child: subprocess.Popen[str]) -> ProcessKey:

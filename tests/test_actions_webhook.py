@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import wait_for
 from vramwatch.actions.payload import REDACTED, alertname, redact_cmdline, rfc3339
 from vramwatch.actions.queue import DeliveryQueue
 from vramwatch.actions.webhook import WebhookNotifier, verify_signature
@@ -115,15 +116,6 @@ def make(made: list[WebhookNotifier], url: str, **kwargs: object) -> WebhookNoti
     n = WebhookNotifier(url, host="gpu-box-1", lookup=lambda key: META, queue=queue, **kwargs)  # type: ignore[arg-type]
     made.append(n)
     return n
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 def test_body_carries_finding_process_advice_and_slack_text(receiver: Receiver, notifiers) -> None:

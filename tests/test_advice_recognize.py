@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from vramwatch.advice import TrainerSettings, recognize
 from vramwatch.advice.argv import parse_flags, split_invocation, to_bool
 from vramwatch.advice.configfile import MAX_CONFIG_BYTES, parse_env_file, read_text_file
-from vramwatch.advice.recognize import filter_env
+from vramwatch.environ import filter_env
 
 DATA = Path(__file__).parent / "data" / "advice"
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 from vramwatch.agent import protocol
 from vramwatch.agent.core import Agent, AgentConfig, PressureNotice
-from vramwatch.agentlink import AgentListener, AgentReport
+from vramwatch.agenthost.link import AgentListener, AgentReport
 
 MIB = 1 << 20
 
@@ -156,10 +157,6 @@ def test_stats_errors_never_escape_the_thread(listener):
     assert not agent.running
 
 
-def wait_for(event: threading.Event) -> None:
-    assert event.wait(5.0), "timed out"
-
-
 def test_pressure_datagram_runs_callbacks_in_the_agent_thread(listener):
     """A pressure notice from the listener reaches the callbacks, run in the agent thread, not the caller's."""
     link, reports = listener
@@ -177,7 +174,7 @@ def test_pressure_datagram_runs_callbacks_in_the_agent_thread(listener):
     while not reports:
         link.poll(timeout=1.0)
     assert link.send_pressure(os.getpid(), level="critical", reason="5% left")
-    wait_for(done)
+    assert wait_for(done.is_set), "timed out"
     (thread_name, notice) = seen[0]
     assert thread_name == "vramwatch-agent"
     assert (notice.level, notice.reason, notice.source) == ("critical", "5% left", "socket")
@@ -196,7 +193,7 @@ def test_signal_notice_runs_callbacks_in_the_agent_thread(tmp_path: Path):
     agent = make_agent([str(tmp_path / "none.sock")], FakeProbe(), [callback], interval_seconds=10.0)
     agent.start_thread()
     agent.notify_signal()
-    wait_for(done)
+    assert wait_for(done.is_set), "timed out"
     assert names == ["vramwatch-agent/signal"]
     agent.stop()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import json
 
-from vramwatch.agent.monitor import MonitorConfig, RunMonitor, format_oom
-from vramwatch.agentlink import AgentDevice, AgentReport, OomEvent
+from vramwatch.agenthost.link import AgentDevice, AgentReport, OomEvent
+from vramwatch.agenthost.monitor import MonitorConfig, RunMonitor, format_oom
 from vramwatch.model import TorchStats
 
 MIB = 1 << 20

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-from vramwatch.agent.runner import run_command
-from vramwatch.agentlink import AgentReport
+from vramwatch.agenthost.link import AgentReport
+from vramwatch.agenthost.runner import run_command
 from vramwatch.attribution import PsutilInspector
 from vramwatch.model import ProcessExit
 
@@ -349,7 +349,7 @@ def runner_argv(tmp_path: Path, script: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "vramwatch.agent.runner",
+        "vramwatch.agenthost.runner",
         "--socket",
         str(tmp_path / "none.sock"),
         "--",
@@ -439,7 +439,7 @@ def _in_a_pty(argv: list[str]) -> bytes:
 
 def test_the_runner_knows_when_the_terminal_already_signals_the_child():
     """In a terminal's foreground group the runner leaves Ctrl-C to the terminal; elsewhere it forwards."""
-    script = "from vramwatch.agent.runner import _foreground_of_a_terminal as f; print('foreground', f())"
+    script = "from vramwatch.agenthost.runner import _foreground_of_a_terminal as f; print('foreground', f())"
     assert b"foreground True" in _in_a_pty([sys.executable, "-c", script])
     detached = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, start_new_session=True, check=True
@@ -448,13 +448,13 @@ def test_the_runner_knows_when_the_terminal_already_signals_the_child():
 
 
 def test_runner_module_entry_point(tmp_path: Path):
-    """`python -m vramwatch.agent.runner -- cmd` runs the command and writes the events file."""
+    """`python -m vramwatch.agenthost.runner -- cmd` runs the command and writes the events file."""
     events = tmp_path / "events.jsonl"
     rc = subprocess.run(
         [
             sys.executable,
             "-m",
-            "vramwatch.agent.runner",
+            "vramwatch.agenthost.runner",
             "--socket",
             str(tmp_path / "none.sock"),
             "--events",

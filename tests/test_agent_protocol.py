@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from vramwatch.agent import protocol
+from vramwatch.model import nvml_uuid
 
 NESTED = {
     "allocated_bytes": {"all": {"current": 10, "peak": 20}},
@@ -72,3 +73,83 @@ def test_abstract_socket_targets():
     """`@name` targets are Linux abstract sockets; anything else is a path."""
     assert protocol.socket_address("@vramwatch") == "\0vramwatch"
     assert protocol.socket_address("/run/vramwatch/agent.sock") == "/run/vramwatch/agent.sock"
+
+
+def test_parse_report_reads_what_the_agent_builds():
+    """A stats message built by the agent's functions parses back into the same figures, with no socket."""
+    entry = protocol.device_entry(2, NESTED, cuda_uuid="abcd", total_bytes=80 << 30, free_bytes=1 << 30)
+    data = protocol.encode(
+        protocol.stats_message(
+            pid=7, seq=1, t=0.0, torch_version="2.11.0", devices=[entry], sample_seconds=2e-4, dropped=3, signal=True
+        )
+    )
+    report = protocol.parse_report(data)
+    assert (report.kind, report.claimed_pid, report.torch_version) == ("stats", 7, "2.11.0")
+    assert (report.sample_seconds, report.dropped, report.signal) == (2e-4, 3, True)
+    (device,) = report.devices
+    assert device.device == 2
+    assert device.figures["allocated_bytes"] == 10
+    assert device.figures["requested_bytes"] is None
+    assert set(device.figures) == {name for name, _ in protocol.STAT_FIELDS}
+    assert (device.cuda_uuid, device.total_bytes, device.free_bytes) == ("abcd", 80 << 30, 1 << 30)
+
+
+def test_parse_report_reads_an_oom_with_the_request_and_the_cache():
+    """An oom message parses into the failed request and the allocator's figures at that moment."""
+    data = protocol.encode(
+        protocol.oom_message(
+            pid=7,
+            t=0.0,
+            torch_version=None,
+            device=1,
+            alloc_bytes=64,
+            capacity_bytes=1 << 30,
+            device_free_bytes=8,
+            stats=NESTED,
+            snapshot=None,
+            observed=True,
+        )
+    )
+    report = protocol.parse_report(data)
+    assert (report.kind, report.claimed_pid) == ("oom", 7)
+    oom = report.oom
+    assert oom is not None
+    assert (oom.device, oom.alloc_bytes, oom.device_free_bytes, oom.observed) == (1, 64, 8, True)
+    assert (oom.figures["allocated_bytes"], oom.figures["reserved_bytes"]) == (10, 30)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"v": 1, "type": "pressure", "pid": 1},
+        {"v": 1, "type": "hello"},
+        {"v": 1, "type": "stats", "pid": 1, "devices": [{"allocated_bytes": 1}]},
+        {"v": 1, "type": "stats", "pid": 1, "devices": "all"},
+        {"v": 1, "type": "oom", "pid": 1},
+    ],
+    ids=["pressure", "no-pid", "device-without-index", "devices-not-a-list", "oom-without-device"],
+)
+def test_parse_report_refuses_malformed_reports(message: dict):
+    """What cannot be a report raises ProtocolError, so the listener counts it as malformed."""
+    with pytest.raises(protocol.ProtocolError):
+        protocol.parse_report(protocol.encode(message))
+
+
+def test_parse_pressure_reads_notices_and_passes_over_reports():
+    """The agent reads a pressure notice (an unknown level as a warning) and ignores other well-formed messages."""
+    notice = protocol.parse_pressure(protocol.encode(protocol.pressure_message(level="loud", reason="12 MiB left")))
+    assert notice == protocol.Pressure(level="warning", reason="12 MiB left")
+    assert protocol.parse_pressure(protocol.encode({"v": 1, "type": "hello", "pid": 1})) is None
+
+
+def test_nvml_uuid_adds_the_prefix_once() -> None:
+    """CUDA's uuid gains NVML's GPU- prefix; one that has it (or a MIG uuid) is kept."""
+    assert nvml_uuid("abcd") == "GPU-abcd"
+    assert nvml_uuid("GPU-abcd") == "GPU-abcd"
+    assert nvml_uuid("MIG-x") == "MIG-x"
+    assert nvml_uuid(None) is None
+
+
+def test_allocator_figures_name_exactly_the_stat_fields():
+    """The typed figures a report carries and the fields the agent sends are one list, in the same order."""
+    assert list(protocol.AllocatorFigures.__annotations__) == [name for name, _ in protocol.STAT_FIELDS]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from vramwatch.agent import protocol
-from vramwatch.agentlink import AgentListener, AgentReport
+from vramwatch.agenthost.link import AgentListener, AgentReport
 from vramwatch.errors import ConfigError, VramwatchError
 
 MIB = 1 << 20

@@ -316,7 +316,7 @@ def test_attach_refuses_a_pid_that_cannot_exist(pid: str) -> None:
     [
         (0.3, 0.4 * 1024**3, "at its limit (0.4 GiB free)"),
         (0.0, None, "at its limit"),
-        (75.0, 5 * 1024**3, "full in ~1m15s"),
+        (75.0, 5 * 1024**3, "full in ~75 s"),
     ],
 )
 def test_a_forecast_under_a_second_reads_at_its_limit_not_full_in_0s(eta: float, free: float | None, text: str) -> None:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from builders import GIB, UUID0, gpu
 from prometheus_client import generate_latest
 from vramwatch.actions import ActionDispatcher, parse_policy
-from vramwatch.agentlink import AgentReport, OomEvent
+from vramwatch.agenthost.link import AgentReport, OomEvent
 from vramwatch.config import Config
 from vramwatch.daemon import Daemon
 from vramwatch.errors import BackendUnavailable

@@ -216,8 +216,8 @@ def test_one_rule_says_whether_fragmentation_caused_an_oom(
 )
 def test_serve_and_run_agree_about_every_oom(requested: int, reserved: int, allocated: int, free: int) -> None:
     """`vramwatch run`'s monitor and the daemon's `oom` finding give the same verdict on the same OOM."""
-    from vramwatch.agent.monitor import _fragmented
-    from vramwatch.agentlink import OomEvent
+    from vramwatch.agenthost.link import OomEvent
+    from vramwatch.agenthost.monitor import _fragmented
     from vramwatch.detectors.oom import oom_finding
 
     ev = OomEvent(pid=1, device=0, requested_bytes=requested, capacity_bytes=None, device_free_bytes=free,

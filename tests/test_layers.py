@@ -12,30 +12,33 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "watchdog"
 
-#: Lowest first. A module belongs to the longest prefix listed (`agent.monitor` before `agent`); it may import
+#: Lowest first. A module belongs to the longest prefix listed (`agenthost.monitor` before `agenthost`); it may import
 #: from its own part and from lower layers, never from a higher one nor from another part of its own layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # 0: no vramwatch imports but each other's; the in-trainer agent is stdlib only.
-    ("_version", "errors", "clock", "redact", "logs", "agent"),
-    # 1: the value objects everything passes around.
+    # no vramwatch imports but each other's; the in-trainer agent is stdlib only.
+    ("_version", "errors", "clock", "redact", "logs", "agent", "agenthost", "environ"),
+    # the value objects everything passes around, and how their numbers read.
     ("model",),
-    # 2: seams and the simple services on the values.
+    ("units", "tables"),
+    # seams and the simple services on the values.
     ("typing", "config", "render", "testing", "attribution", "history", "service"),
-    # 3: reading the world into values, writing values out.
-    ("trace", "sdnotify", "sampler", "agentlink"),
-    # 4: the domain: backends (sources), detectors (decisions), advice (knowledge), actions (effects).
-    ("backends", "detectors", "advice", "actions"),
-    # 5: joining two domains: advice for findings; the metrics of samples and findings.
+    # reading the world into values, writing values out; the host's end of the agent's link.
+    ("trace", "sdnotify", "sampler", "agenthost.link"),
+    # the domain: backends (sources), detectors (decisions), advice (knowledge), actions (effects).
+    ("backends", "detectors", "advice"),
+    # effects; a trainer's save-now mechanism is declared beside its recognition, in `advice.trainers`.
+    ("actions",),
+    # joining two domains: advice for findings; the metrics of samples and findings.
     ("enrich", "exporter"),
-    # 6: the loop, and `vramwatch run`'s host-side monitor.
-    ("daemon", "agent.monitor"),
-    # 7: what runs the loop or the monitor.
-    ("attach", "agent.runner"),
-    # 8: the commands.
+    # the loop, and `vramwatch run`'s host-side monitor.
+    ("daemon", "agenthost.monitor"),
+    # what runs the loop or the monitor.
+    ("attach", "agenthost.runner"),
+    # the commands.
     ("app",),
-    # 9: the command line, and the package's face (`vramwatch.__version__`, the errors, the model).
+    # the command line, and the package's face (`vramwatch.__version__`, the errors, the model).
     ("cli", "__init__"),
-    # 10: `python -m vramwatch`.
+    # `python -m vramwatch`.
     ("__main__",),
 )
 
@@ -130,4 +133,4 @@ def test_the_checks_are_live() -> None:
     assert "detectors.growth" in edges["detectors.forecast"]
     assert "detectors._format" in edges["detectors.leak"]  # `from . import _format as fmt`
     assert "model" in edges["typing"]
-    assert part_of("agent.monitor") == (6, "agent.monitor")
+    assert part_of("agenthost.monitor") == (8, "agenthost.monitor")

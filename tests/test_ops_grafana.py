@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import terminate
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "grafana" / "vramwatch-dashboard.json"
@@ -257,7 +257,7 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
         return 0, ""
 
 
-def wait_for(url: str, deadline: float, what: str, proc: subprocess.Popen[bytes], log: Path) -> str:
+def wait_for_url(url: str, deadline: float, what: str, proc: subprocess.Popen[bytes], log: Path) -> str:
     while time.monotonic() < deadline:
         status, body = http_get(url, timeout=1.0)
         if status == 200:
@@ -364,7 +364,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     cwd=tmp,
                 )
             procs.append(proc)
-            wait_for(f"http://127.0.0.1:{port}/metrics", time.monotonic() + 20, what, proc, log)
+            wait_for_url(f"http://127.0.0.1:{port}/metrics", time.monotonic() + 20, what, proc, log)
             ports.append(port)
         prom_port = free_port()
         config = {
@@ -390,7 +390,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             )
         procs.append(prometheus)
         prom_url = f"http://127.0.0.1:{prom_port}"
-        wait_for(prom_url + "/-/ready", time.monotonic() + 20, "prometheus", prometheus, prom_log)
+        wait_for_url(prom_url + "/-/ready", time.monotonic() + 20, "prometheus", prometheus, prom_log)
         yield Stack(
             prometheus=prom_url,
             exporters=tuple(f"http://127.0.0.1:{p}" for p in ports),
@@ -398,13 +398,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
     finally:
         for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate(proc)
 
 
 def instant_query(stack: Stack, expr: str) -> list[Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import terminate
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "vramwatch.service"
@@ -279,9 +279,4 @@ def test_serve_runs_under_memory_deny_write_execute(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert "vramwatch_gpu_memory_used_bytes{" in body, log.read_text()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)

@@ -19,7 +19,7 @@ import structlog
 
 from .actions import ActionDispatcher, build_notifiers, parse_policy
 from .agent.protocol import default_socket_path
-from .agentlink import AgentListener, AgentReport
+from .agenthost.link import AgentListener, AgentReport
 from .backends import banner, open_backend
 from .backends.replay import ReplayBackend
 from .clock import SystemClock
@@ -381,7 +381,8 @@ def advise(
     simulated scenario (its pid, or by default the one whose memory misbehaves)."""
     from .advice import advice_to_dict, advise_cmdline, advise_process, render_text
     from .attribution import PsutilInspector
-    from .enrich import read_env, read_tree
+    from .enrich import read_tree
+    from .environ import read_environ
 
     if simulate is not None:
         meta = _simulated_trainer(simulate, seed or 0, pid)
@@ -396,7 +397,7 @@ def advise(
             raise VramwatchError(f"no process with pid {pid} (or it may not be inspected by this user)")
         if meta.cmdline is None:
             raise VramwatchError(f"cannot read the command line of pid {pid}: it belongs to another user")
-        result = advise_process(meta, kind, tree_argvs=read_tree(pid), env=read_env(pid))
+        result = advise_process(meta, kind, tree_argvs=read_tree(pid), env=read_environ(pid))
     else:
         raise VramwatchError("give a pid or --cmdline")
     out(json.dumps(advice_to_dict(result)) if as_json else render_text(result, limit=8))

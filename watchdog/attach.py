@@ -24,9 +24,10 @@ from .detectors import pressure, settings
 from .detectors.pressure import pressure_threshold
 from .errors import VramwatchError
 from .model import Finding, FindingKind, Snapshot
-from .render import duration, eta_text, finding_dict, gib, rate
+from .render import eta_text, finding_dict
 from .sampler import run_every
 from .typing import ActionHandler, Backend, Clock
+from .units import duration, gib, gpu_label, rate
 
 SPARK = "▁▂▃▄▅▆▇█"
 #: How long a pid that is not (yet) on a GPU is waited for before giving up.
@@ -273,8 +274,8 @@ def _render(
     free = min((g.free_bytes for g in cards if g.free_bytes is not None), default=None)
     lines = [
         f"pid {pid} ({mine[0].meta.name or '?'}): {gib(state.last_bytes)} GiB on "
-        + ", ".join(f"GPU {g.index} ({gib(g.used_bytes)}/{gib(g.total_bytes)} GiB used)" for g in cards)
-        + (f"  trend {rate(growth)}" if growth else "")
+        + ", ".join(f"{gpu_label(g)} ({gib(g.used_bytes)}/{gib(g.total_bytes)} GiB used)" for g in cards)
+        + (f"  trend {rate(growth, signed=True)}" if growth else "")
         + (f"  {eta_text(eta, free)}" if eta is not None else ""),
         f"  {sparkline(state.history)}  peak {gib(state.peak_bytes)} GiB",
     ]
@@ -308,7 +309,7 @@ def _summary_text(s: dict[str, Any]) -> str:
     if s["peak_bytes"]:
         lines.append(
             f"  peak {gib(s['peak_bytes'])} GiB; from {gib(s['first_bytes'])} to {gib(s['last_bytes'])} GiB"
-            f" over {duration(s['watched_seconds'])} ({rate(s['growth_bytes_per_second'])} on average)"
+            f" over {duration(s['watched_seconds'])} ({rate(s['growth_bytes_per_second'], signed=True)} on average)"
         )
     done = [a for a in s.get("actions", []) if a.get("done")]
     if done:

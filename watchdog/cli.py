@@ -281,7 +281,7 @@ def run(snapshot: str | None, socket_path: str | None, empty_cache_on_pressure: 
     fragmentation, OOMs) to the daemon, or to this command itself when no daemon listens; exit code,
     signals and output pass through unchanged.
     """
-    from .agent.runner import run_command
+    from .agenthost.runner import run_command
 
     argv = list(command[1:] if command and command[0] == "--" else command)
     _run(

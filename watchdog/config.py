@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .tables import check_keys, key_error
+from .tables import dataclass_from_table as dataclass_from_table  # noqa: PLC0414 - re-exported for section owners
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -120,15 +122,13 @@ _FROM_ENV: dict[str, Callable[[str], Any]] = {"interval": float, "history_second
 
 
 def _apply(base: DaemonConfig, values: Mapping[str, Any], where: str) -> DaemonConfig:
-    known = {f.name for f in fields(DaemonConfig)}
+    check_keys(values, where, [f.name for f in fields(DaemonConfig)])
     changes: dict[str, Any] = {}
     for key, raw in values.items():
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         try:
             changes[key] = _VALIDATORS[key](raw)
         except ValueError as exc:
-            raise ConfigError(f"{where} {key}: expected {exc}, got {raw!r}") from None
+            raise key_error(where, key, str(exc), raw) from None
     return replace(base, **changes)
 
 
@@ -181,40 +181,3 @@ def load(
     if overrides:
         daemon = _apply(daemon, {k: v for k, v in overrides.items() if v is not None}, "command line:")
     return Config(daemon=daemon, sections=sections, source=str(path) if path else None)
-
-
-def dataclass_from_table(cls: type[Any], table: Mapping[str, Any], where: str) -> Any:
-    """Build a frozen config dataclass from a TOML table, checking each key and type against the defaults.
-
-    Used for sections owned by other modules ([detectors], ...), so that their dataclass is the one schema:
-    a key that is not a field, or a value whose type differs from the field's default, is a ConfigError.
-    """
-    defaults = cls()
-    known = {f.name for f in fields(cls)}
-    values: dict[str, Any] = {}
-    for key, given in table.items():
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-        raw = given
-        current = getattr(defaults, key)
-        expected: type[Any] = type(current)
-        if isinstance(current, bool):
-            ok = isinstance(raw, bool)
-        elif isinstance(current, (int, float)):
-            ok = isinstance(raw, (int, float)) and not isinstance(raw, bool)
-            raw = expected(raw) if ok else raw
-        elif current is None:
-            ok = True
-        elif isinstance(current, (tuple, frozenset)) and isinstance(raw, list):
-            ok, raw = True, type(current)(raw)
-        elif isinstance(current, Mapping) and isinstance(raw, dict):
-            ok = True  # the dataclass normalises and validates its own tables
-        else:
-            ok = isinstance(raw, expected)
-        if not ok:
-            raise ConfigError(f"{where} {key}: expected {expected.__name__}, got {raw!r}")
-        values[key] = raw
-    try:
-        return replace(defaults, **values)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None

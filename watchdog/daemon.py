@@ -26,7 +26,7 @@ from types import FrameType
 import structlog
 
 from .actions import ActionDispatcher, parse_policy
-from .agentlink import AgentListener, AgentReport
+from .agenthost.link import AgentListener, AgentReport
 from .clock import SystemClock
 from .config import Config
 from .detectors import Analysis, DetectorConfig, FindingTracker, analyze, config_from_table

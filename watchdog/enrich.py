@@ -25,13 +25,9 @@ from .advice import advice_lines, advise_process, holder_of
 from .detectors import Analysis
 from .detectors.leak import leaking, steady
 from .detectors.registry import by_kind
+from .environ import read_environ as read_env
 from .history import History
 from .model import Finding, FindingKind, ProcessMeta, Snapshot
-
-#: Environment variables the advisor may see; every other value of a trainer's environment stays unread
-#: (environments carry tokens and keys).
-ENV_ALLOW = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "ACCELERATE_MIXED_PRECISION")
-ENV_ALLOW_PREFIX = ("SIMPLETUNER_",)
 
 #: A process that dies of OOM this soon after it appeared never reached a steady step: a step-1 spike, for
 #: which the advice is the size of one step (batch, resolution, checkpointing), not a leak hunt.
@@ -39,15 +35,6 @@ SPIKE_SECONDS = 120.0
 
 EnvReader = Callable[[int], Mapping[str, str] | None]
 TreeReader = Callable[[int], tuple[tuple[str, ...], ...]]
-
-
-def read_env(pid: int) -> Mapping[str, str] | None:
-    """The allow-listed variables of a live process's environment, or None when it may not be read."""
-    try:
-        env = psutil.Process(pid).environ()
-    except (psutil.Error, OSError):
-        return None
-    return {k: v for k, v in env.items() if k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIX)}
 
 
 def read_tree(pid: int) -> tuple[tuple[str, ...], ...]:

@@ -23,8 +23,9 @@ from prometheus_client.registry import Collector
 
 from ._version import __version__
 from .errors import VramwatchError
-from .model import Finding, GpuSample, ProcessKey, ProcessSample, Snapshot
+from .model import Finding, ProcessKey, ProcessSample, Snapshot
 from .sampler import TICK_BUCKETS, TickStats
+from .units import gpu_index_label as gpu_label  # the `gpu` label of every metric
 
 Rows = list[tuple[tuple[str, ...], float]]
 
@@ -49,11 +50,6 @@ class ExportState:
     findings_raised: Mapping[tuple[str, str], int] = field(default_factory=dict)
     notifications: Mapping[str, int] = field(default_factory=dict)
     verdicts: Mapping[tuple[ProcessKey, str], str] = field(default_factory=dict)
-
-
-def gpu_label(g: GpuSample) -> str:
-    """The `gpu` label: the NVML index, or `<index>/<uuid suffix>` for a MIG instance sharing its parent's index."""
-    return f"{g.index}/{g.uuid[-8:]}" if g.parent_uuid else str(g.index)
 
 
 class SnapshotCollector(Collector):

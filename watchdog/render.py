@@ -1,8 +1,7 @@
-"""Human output: the `status` table and the numbers formatting every message shares.
+"""Human output: the `status` table, and the JSON documents that scripts read.
 
-GiB with one decimal for memory (what people read on nvidia-smi in their heads), MB/s for rates, and
-durations as `2m05s`. JSON output goes through `snapshot_to_json` so scripts get bytes and seconds, never
-formatted strings.
+Numbers read as everywhere else (`vramwatch.units`: GiB with one decimal, MB/s, durations as a person says
+them). JSON output goes through `snapshot_to_json` so scripts get bytes and seconds, never formatted strings.
 """
 
 from __future__ import annotations
@@ -11,30 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .model import Finding, ProcessKey, Snapshot
-
-GIB = 1024**3
-
-
-def gib(n: float | None) -> str:
-    return "?" if n is None else f"{n / GIB:.1f}"
-
-
-def rate(bps: float | None) -> str:
-    if bps is None:
-        return ""
-    sign = "+" if bps >= 0 else "-"
-    return f"{sign}{abs(bps) / 1e6:.1f} MB/s"
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    s = round(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+from .units import duration, gib, rate
 
 
 def eta_text(eta_seconds: float, free_bytes: float | None = None) -> str:
@@ -62,7 +38,7 @@ def status_table(doc: Mapping[str, Any]) -> str:
         head = f"GPU {g['index']}  {g['name']}  {gib(used)} / {gib(total)} GiB used ({pct}), "
         head += f"{gib(g['free_bytes'])} GiB free"
         if g.get("growth_bytes_per_second") is not None:
-            head += f"  trend {rate(g['growth_bytes_per_second'])}"
+            head += f"  trend {rate(g['growth_bytes_per_second'], signed=True)}"
         if g.get("oom_eta_seconds") is not None:
             head += f"  {eta_text(g['oom_eta_seconds'], g['free_bytes'])}"
         lines.append(head)
@@ -74,7 +50,8 @@ def status_table(doc: Mapping[str, Any]) -> str:
             name = p["name"] or "?"
             if p.get("root_name") and p.get("root_pid") not in (None, p["pid"]):
                 name += f" <{p['root_name']}:{p['root_pid']}>"
-            trend = rate(p.get("growth_bytes_per_second"))
+            growth = p.get("growth_bytes_per_second")
+            trend = rate(growth, signed=True) if growth is not None else ""
             verdict = verdicts.get((p["pid"], g["uuid"]))
             lines.append(
                 f"  {p['pid']:>8}  {gib(p['used_bytes']):>8}  {share:>5}  {(p['user'] or '?')[:12]:<12} "

@@ -1,7 +1,7 @@
 """A leaking Lightning run that saves a checkpoint on vramwatch's pressure notice, then dies of OOM.
 
 Run under the runner:
-    python -m vramwatch.agent.runner --pressure-headroom 0.25 -- python benchmarks/agent/lightning_save.py
+    python -m vramwatch.agenthost.runner --pressure-headroom 0.25 -- python benchmarks/agent/lightning_save.py
 Each step keeps a 16 MiB tensor alive. When the runner sees the process's headroom fall under the
 threshold it sends a pressure notice; `vramwatch.agent.adapters.lightning_callback` saves a checkpoint
 at the next batch end; the run then runs out of memory. Afterwards the checkpoint is loaded back (raw and

@@ -1,7 +1,7 @@
 """What the agent costs a training step, measured in one process on one GPU.
 
 Run under the runner so that a real listener (another process) receives the datagrams:
-    python -m vramwatch.agent.runner -- python benchmarks/agent/overhead.py
+    python -m vramwatch.agenthost.runner -- python benchmarks/agent/overhead.py
 
 Three measurements, all in this process:
 1. direct costs: one agent sample (`tick`: memory_stats for each used device, cudaMemGetInfo, JSON,

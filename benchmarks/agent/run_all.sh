@@ -14,18 +14,18 @@ OUTDIR=${OUT:-$ROOT/agent-results}
 RAW=$(mktemp -d /tmp/vramwatch-agent-proofs.XXXXXX)
 mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1
-if ! "$PY" -c "import vramwatch.agent.runner" 2>/dev/null; then
+if ! "$PY" -c "import vramwatch.agenthost.runner" 2>/dev/null; then
     mkdir -p "$RAW/src" && ln -sfn "$ROOT/watchdog" "$RAW/src/vramwatch"
     export PYTHONPATH="$RAW/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
-"$PY" -c "import vramwatch.agent.runner" || { echo "vramwatch.agent.runner is not importable" >&2; exit 2; }
+"$PY" -c "import vramwatch.agenthost.runner" || { echo "vramwatch.agenthost.runner is not importable" >&2; exit 2; }
 export VRAMWATCH_SNAPSHOT_MAX_ENTRIES=${VRAMWATCH_SNAPSHOT_MAX_ENTRIES:-20000}
 BENCH=benchmarks/agent
 
 proof() {  # NAME [runner options] -- command...
     local name=$1; shift
     echo "== $name" >&2
-    "$PY" -m vramwatch.agent.runner --events "$RAW/$name.events.jsonl" "$@" >"$RAW/$name.out.jsonl" 2>"$RAW/$name.err"
+    "$PY" -m vramwatch.agenthost.runner --events "$RAW/$name.events.jsonl" "$@" >"$RAW/$name.out.jsonl" 2>"$RAW/$name.err"
     echo $? >"$RAW/$name.rc"
     echo "   exit $(cat "$RAW/$name.rc")" >&2
 }

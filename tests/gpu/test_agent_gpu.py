@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from vramwatch.agent.runner import run_command
-from vramwatch.agentlink import AgentReport
+from vramwatch.agenthost.link import AgentReport
+from vramwatch.agenthost.runner import run_command
 
 pytestmark = pytest.mark.gpu
 

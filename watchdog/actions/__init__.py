@@ -16,8 +16,9 @@ See docs/actions.md.
 
 from __future__ import annotations
 
+from ..environ import read_environ
 from ..model import ActionResult
-from .adapters import ADAPTERS, SaveNowAdapter, choose_adapter, read_environ, resumability_hint
+from .adapters import ADAPTERS, SaveNowAdapter, choose_adapter, resumability_hint
 from .alertmanager import AlertmanagerNotifier
 from .apprise_notifier import AppriseNotifier
 from .dispatch import ActionDispatcher, Recheck

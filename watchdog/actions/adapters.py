@@ -1,6 +1,8 @@
 """Asking a trainer to save *now*, in each trainer's own language: the "save-now" adapters, as data.
 
-Every mechanism below was checked against the trainer's source (see docs/actions.md for files and lines):
+Each trainer's mechanism is declared in its module in `advice/trainers/` (its `SaveNow`); this module adds
+the agent's, orders them and carries them out. Every mechanism was checked against the trainer's source
+(see docs/actions.md for files and lines):
 
 - `agent`: a process running the vramwatch agent (which sets `VRAMWATCH_AGENT` in its environment and
   installs a SIGUSR2 handler) gets SIGUSR2; the agent runs the save callback the trainer registered. Saves
@@ -30,32 +32,23 @@ import re
 import secrets
 import signal
 import stat
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ..advice.trainers import REGISTRY, SaveNow
+from ..agent.protocol import ENV_AGENT
 from ..model import ActionResult, ProcessKey, ProcessMeta
 from .signals import PROC, StartTimeOf, psutil_start_time, read_status, send_signal, verify_identity
 
-SIMPLETUNER_SIGNAL_FILE = "SIMPLETUNER_ACCELERATE_SIGNAL_FILE"
-SIMPLETUNER_COUNTER = "manual_checkpoint"
-AGENT_ENV = "VRAMWATCH_AGENT"
-#: The environment variables adapters look at; nothing else is read from a process's environment.
-ADAPTER_ENV_KEYS = (AGENT_ENV, SIMPLETUNER_SIGNAL_FILE, "SLURM_JOB_ID")
-
-Detect = Callable[[ProcessMeta, Mapping[str, str]], bool]
-
 
 @dataclass(frozen=True, slots=True)
-class SaveNowAdapter:
-    """One trainer's way to be asked to save now: a signal (`signum`) or a counter file (`signal_file_env`)."""
+class SaveNowAdapter(SaveNow):
+    """One trainer's way to be asked to save now (its `SaveNow`), and the means to carry it out."""
 
-    name: str
-    summary: str
-    stops_run: bool  # True: the trainer saves and then ends (or requeues) the run
-    detect: Detect
-    signum: int | None = None
-    signal_file_env: str | None = None
+    @classmethod
+    def of(cls, spec: SaveNow) -> SaveNowAdapter:
+        return cls(**{f.name: getattr(spec, f.name) for f in fields(SaveNow)})
 
     def trigger(
         self,
@@ -68,7 +61,7 @@ class SaveNowAdapter:
         start_time_of: StartTimeOf = psutil_start_time,
         tolerance_seconds: float = 1.0,
     ) -> ActionResult:
-        """Ask `key` to save; never raises. File adapters need the target's `env` (see `read_environ`)."""
+        """Ask `key` to save; never raises. File adapters need the target's `env` (`environ.read_environ`)."""
         if self.signum is not None:
             return send_signal(
                 key, self.signum, proc_root=proc_root, dry_run=dry_run, force=force, start_time_of=start_time_of,
@@ -92,7 +85,7 @@ class SaveNowAdapter:
         def result(done: bool, reason: str, *, dry: bool = False) -> ActionResult:
             return ActionResult("save_now", done, reason, process=key, adapter=self.name, dry_run=dry)
 
-        var = self.signal_file_env or ""
+        var, counter = self.signal_file_env or "", self.counter or ""
         path_text = env.get(var)
         if not path_text:
             return result(False, f"pid {key.pid} has no {var} in its environment; nothing to write")
@@ -103,12 +96,12 @@ class SaveNowAdapter:
         if status is None or status.uid is None:
             return result(False, f"cannot read the owner of pid {key.pid}; signal file not touched")
         if dry_run:
-            return result(False, f"dry-run: would increment {SIMPLETUNER_COUNTER} in {var}", dry=True)
+            return result(False, f"dry-run: would increment {counter} in {var}", dry=True)
         try:
-            count = bump_counter(Path(path_text), SIMPLETUNER_COUNTER, owner_uid=status.uid)
+            count = bump_counter(Path(path_text), counter, owner_uid=status.uid)
         except (OSError, ValueError, TypeError) as exc:
             return result(False, f"could not update {var} of pid {key.pid}: {exc}")
-        return result(True, f"{SIMPLETUNER_COUNTER} of pid {key.pid} raised to {count}; it saves at its next step")
+        return result(True, f"{counter} of pid {key.pid} raised to {count}; it saves at its next step")
 
 
 def bump_counter(path: Path, counter: str, *, owner_uid: int) -> int:
@@ -163,66 +156,20 @@ def _replace(dir_fd: int, name: str, data: bytes, like: os.stat_result) -> None:
         raise
 
 
-def _args(meta: ProcessMeta) -> tuple[str, ...]:
-    return meta.cmdline or ()
+def _has_agent(_meta: ProcessMeta, env: Mapping[str, str]) -> bool:
+    return env.get(ENV_AGENT, "") not in ("", "0")
 
 
-def _truthy_flag(args: Sequence[str], flag: str) -> bool:
-    """`--flag`, `--flag=true` or `--flag true` (HfArgumentParser's bool forms) present, not negated."""
-    for i, arg in enumerate(args):
-        if arg == flag:
-            nxt = args[i + 1].lower() if i + 1 < len(args) else ""
-            return nxt not in ("false", "0", "no")
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1].lower() not in ("false", "0", "no")
-    return False
-
-
-def _is_agent(_meta: ProcessMeta, env: Mapping[str, str]) -> bool:
-    return env.get(AGENT_ENV, "") not in ("", "0")
-
-
-def _is_simpletuner(_meta: ProcessMeta, env: Mapping[str, str]) -> bool:
-    return bool(env.get(SIMPLETUNER_SIGNAL_FILE))
-
-
-def _is_onetrainer(meta: ProcessMeta, _env: Mapping[str, str]) -> bool:
-    args = _args(meta)
-    runs_cli = any(a.replace("\\", "/").endswith("scripts/train.py") for a in args)
-    named = "onetrainer" in (meta.cwd or "").lower() or any("onetrainer" in a.lower() for a in args)
-    return runs_cli and named
-
-
-def _is_transformers_jit(meta: ProcessMeta, _env: Mapping[str, str]) -> bool:
-    return _truthy_flag(_args(meta), "--enable_jit_checkpoint")
-
-
-def _is_lightning_slurm(meta: ProcessMeta, env: Mapping[str, str]) -> bool:
-    return bool(env.get("SLURM_JOB_ID")) and any("lightning" in a.lower() for a in _args(meta))
-
-
-ADAPTERS: tuple[SaveNowAdapter, ...] = (
-    SaveNowAdapter(
-        "agent", "the vramwatch agent's SIGUSR2 handler runs the trainer's registered save callback",
-        stops_run=False, detect=_is_agent, signum=signal.SIGUSR2,
-    ),
-    SaveNowAdapter(
-        "simpletuner", "SimpleTuner checkpoints at its next step when manual_checkpoint in its signal file grows",
-        stops_run=False, detect=_is_simpletuner, signal_file_env=SIMPLETUNER_SIGNAL_FILE,
-    ),
-    SaveNowAdapter(
-        "onetrainer", "OneTrainer's CLI on SIGINT writes a backup and the final model (backup_before_save), then exits",
-        stops_run=True, detect=_is_onetrainer, signum=signal.SIGINT,
-    ),
-    SaveNowAdapter(
-        "transformers_jit", "transformers Trainer (enable_jit_checkpoint) on SIGTERM saves a checkpoint and stops",
-        stops_run=True, detect=_is_transformers_jit, signum=signal.SIGTERM,
-    ),
-    SaveNowAdapter(
-        "lightning_slurm", "Lightning under SLURM (auto_requeue) on SIGUSR1 saves an HPC checkpoint and requeues",
-        stops_run=True, detect=_is_lightning_slurm, signum=signal.SIGUSR1,
-    ),
+AGENT = SaveNowAdapter(
+    "agent", "the vramwatch agent's SIGUSR2 handler runs the trainer's registered save callback",
+    stops_run=False, detect=_has_agent, signum=signal.SIGUSR2,
 )  # fmt: skip
+#: In the order they are tried: the agent, then the trainers' own, those that save and go on before those
+#: that stop the run (a stable sort keeps the registry's order within each).
+ADAPTERS: tuple[SaveNowAdapter, ...] = (
+    AGENT,
+    *sorted((SaveNowAdapter.of(t.save_now) for t in REGISTRY if t.save_now is not None), key=lambda a: a.stops_run),
+)
 ADAPTER_NAMES = tuple(a.name for a in ADAPTERS)
 
 
@@ -253,9 +200,9 @@ def choose_adapter(
     allowed adapter that recognises it (agent and SimpleTuner first: they save without stopping the run).
 
     `env` is the target's environment as far as the daemon may read it (None: unreadable), restricted to
-    `ADAPTER_ENV_KEYS`.
+    the allow-list of `vramwatch.environ`.
     """
-    line = " ".join(_args(meta))
+    line = " ".join(meta.cmdline or ())
     for pattern, name in overrides:
         if pattern.search(line):
             return adapter(name)
@@ -265,37 +212,11 @@ def choose_adapter(
     return None
 
 
-def read_environ(pid: int, proc_root: Path = PROC, keys: Sequence[str] = ADAPTER_ENV_KEYS) -> dict[str, str] | None:
-    """The `keys` present in /proc/<pid>/environ; None when it cannot be read (another user's process and
-    the daemon is not root, or the pid is gone). Values are never logged: environments carry secrets."""
-    try:
-        raw = (proc_root / str(pid) / "environ").read_bytes()
-    except OSError:
-        return None
-    wanted = set(keys)
-    found: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        name, sep, value = item.partition(b"=")
-        if sep and (text := name.decode("utf-8", "replace")) in wanted:
-            found[text] = value.decode("utf-8", "replace")
-    return found
-
-
-_KOHYA_SCRIPTS = re.compile(
-    r"(^|/)(sdxl_|flux_|sd3_|lumina_|hunyuan_image_)?(train_network|train_db|fine_tune|train|train_textual_inversion)\.py$"
-)
-
-
 def resumability_hint(meta: ProcessMeta) -> str | None:
-    """For a kohya sd-scripts run that saves no resumable state: how to make the next one resumable."""
-    args = _args(meta)
-    if not any(_KOHYA_SCRIPTS.search(a.replace("\\", "/")) for a in args):
-        return None
-    if not any("sd-scripts" in a or "kohya" in a.lower() for a in (*args, meta.cwd or "")):
-        return None
-    if "--save_state" in args and any(a.startswith("--save_every_n_steps") for a in args):
-        return None
-    return (
-        "kohya sd-scripts has no save-now signal: run it with --save_every_n_steps N --save_state so a crash "
-        "loses at most N steps, and restart with --resume <output_dir>/<output_name>-step<N>-state"
-    )
+    """For a run of a trainer with no save-now mechanism (kohya sd-scripts): how to make the next one
+    resumable, from the trainer's module."""
+    for trainer in REGISTRY:
+        hint = trainer.resume_hint(meta) if trainer.resume_hint is not None else None
+        if hint is not None:
+            return hint
+    return None

@@ -21,9 +21,10 @@ import psutil
 import structlog
 
 from ..clock import SystemClock
+from ..environ import read_environ
 from ..model import ActionResult, Finding, ProcessKey, ProcessMeta, ProcessSample
 from ..typing import Clock, Notifier, ProcessInspector
-from .adapters import choose_adapter, custom_adapter, read_environ, resumability_hint
+from .adapters import choose_adapter, custom_adapter, resumability_hint
 from .hooks import HookRunner
 from .log_notifier import LogNotifier
 from .policy import Policy

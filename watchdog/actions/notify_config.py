@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..tables import TableReader
 from ..typing import Clock, Notifier
-from ._table import TableReader
 from .alertmanager import AlertmanagerNotifier, check_label_names
 from .apprise_notifier import AppriseNotifier
 from .payload import ProcessLookup

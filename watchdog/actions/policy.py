@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model import ProcessMeta, Severity
-from ._table import TableReader
+from ..tables import TableReader
 from .adapters import ADAPTER_NAMES
 
 ACTIONS = ("log", "notify", "signal", "hook", "kill")

@@ -1,8 +1,9 @@
 """The advisor: recognise the trainer behind a process and suggest the setting change in its own words.
 
 Reading order: `settings` (what is known about a run), `recognize` (from a command line and its config
-files to settings; `argv`, `configfile` and `extract` do the reading), `rules` + `rules.toml` (the
-knowledge, as data, with sources), `render` (ranked advice for a finding, as text or JSON).
+files to settings, asking each module of `trainers/`, one per trainer; `argv`, `configfile` and `extract`
+are their shared helpers), `rules` + `rules.toml` (the knowledge, as data, with sources), `render`
+(ranked advice for a finding, as text or JSON).
 """
 
 from __future__ import annotations

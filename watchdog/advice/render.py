@@ -21,12 +21,13 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model import Finding, ProcessMeta
+from ..units import GIB, gib
 from .configfile import ReadFile, read_text_file
-from .recognize import ALLOWED_ENV, ALLOWED_ENV_PREFIX, recognize
+from .recognize import recognize
 from .rules import ADVICE_KINDS, Match, Rule, RuleBook, default_rules, match, saved_fraction, score
-from .settings import KOHYA, TRAINER_NAMES, TrainerSettings
+from .settings import TrainerSettings
+from .trainers import TRAINER_NAMES, kohya
 
-GIB = 1 << 30
 DEFAULT_ALLOC_VAR = "PYTORCH_CUDA_ALLOC_CONF"  # honoured by every PyTorch; PYTORCH_ALLOC_CONF only by newer
 MAX_HOLDERS = 5
 
@@ -139,7 +140,7 @@ def _from_rule(
         return None  # no verified spelling for this trainer: never invent a flag
     variables = _variables(rule, settings, context)
     change = _fill(template, variables)
-    if settings.trainer == KOHYA and source is not None and source.kind == "config" and source.file:
+    if settings.trainer == kohya.ID and source is not None and source.kind == "config" and source.file:
         change += f"  (on the command line; it overrides {PurePath(source.file).name})"
     why = _fill(rule.why, variables)
     unread = sorted({_READABLE.get(name, name.replace("_", " ")) for name in found.unknown_settings} - {""})
@@ -189,11 +190,11 @@ def _from_dynamic(
     out = []
     for i, holder in enumerate(_holders(context, rule.dynamic)):
         used = holder.get("used_bytes")
-        gib = f"{used / GIB:.1f}" if isinstance(used, int) and not isinstance(used, bool) else "?"
+        held = gib(used if isinstance(used, int) and not isinstance(used, bool) else None)
         variables = {
             **_variables(rule, settings, context),
             "holder": _holder_label(holder),
-            "holder_gib": gib,
+            "holder_gib": held,
             "pid": str(holder.get("pid", "?")),
         }
         # Holders are sorted by memory held; the tiny decrement keeps that order within the rule.
@@ -382,8 +383,6 @@ def advice_to_dict(advice: Advice) -> dict[str, Any]:
 
 
 __all__ = [
-    "ALLOWED_ENV",
-    "ALLOWED_ENV_PREFIX",
     "Advice",
     "Suggestion",
     "advice_lines",

@@ -21,7 +21,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model import FindingKind
-from .settings import TRAINERS, TrainerSettings
+from .settings import TrainerSettings
+from .trainers import TRAINER_IDS as TRAINERS
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -19,30 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Trainer ids, as they appear in rules.toml `[rule.syntax]` tables.
-KOHYA = "kohya"
-DIFFUSERS = "diffusers"
-AI_TOOLKIT = "ai-toolkit"
-ONETRAINER = "onetrainer"
-SIMPLETUNER = "simpletuner"
-TRANSFORMERS = "transformers"
-LIGHTNING = "lightning"
-PYTORCH = "pytorch"
+#: A process no trainer module recognised (`advice/trainers/` holds the trainers and their ids).
 UNKNOWN = "unknown"
-
-TRAINERS = (KOHYA, DIFFUSERS, AI_TOOLKIT, ONETRAINER, SIMPLETUNER, TRANSFORMERS, LIGHTNING, PYTORCH, UNKNOWN)
-
-TRAINER_NAMES = {
-    KOHYA: "kohya-ss sd-scripts",
-    DIFFUSERS: "diffusers example script",
-    AI_TOOLKIT: "ostris ai-toolkit",
-    ONETRAINER: "OneTrainer",
-    SIMPLETUNER: "SimpleTuner",
-    TRANSFORMERS: "transformers Trainer",
-    LIGHTNING: "PyTorch Lightning",
-    PYTORCH: "PyTorch script",
-    UNKNOWN: "unrecognised process",
-}
 
 # Where a value came from.
 FROM_FLAG = "flag"  # the trainer's own command-line flag

@@ -35,7 +35,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -47,8 +46,6 @@ from typing import Any
 from . import protocol
 from .oom import OomRecorder
 from .probe import RealTorchProbe, TorchProbe
-
-_UCRED = struct.Struct("iII")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 
 
 def _env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -134,13 +131,6 @@ def _agent_version() -> str:
         return version("vramwatch-daemon")
     except Exception:  # loaded by path in an environment without vramwatch installed
         return "unknown"
-
-
-def _peer_uid(ancdata: list[tuple[int, int, bytes]]) -> int | None:
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
-            return int(_UCRED.unpack_from(data)[1])
-    return None
 
 
 class Agent:
@@ -384,29 +374,20 @@ class Agent:
     def _read_replies(self) -> None:
         while True:
             try:
-                data, ancdata, _flags, _addr = self._sock.recvmsg(4096, socket.CMSG_SPACE(_UCRED.size))
+                data, ancdata, _flags, _addr = self._sock.recvmsg(4096, protocol.CREDENTIALS_SPACE)
             except OSError:
                 return  # EAGAIN: drained (or closed)
-            uid = _peer_uid(ancdata)
-            if uid is None or uid not in self._trusted_uids():
+            creds = protocol.credentials(ancdata)
+            if creds is None or creds[1] not in self._trusted_uids():
                 self.counters.rejected_replies += 1
                 continue
             try:
-                message = protocol.decode(data)
+                pressure = protocol.parse_pressure(data)
             except protocol.ProtocolError:
                 self.counters.rejected_replies += 1
                 continue
-            if message["type"] == "pressure":
-                level = message.get("level")
-                reason = message.get("reason")
-                self.handle_pressure(
-                    PressureNotice(
-                        level=level if level in {"warning", "critical"} else "warning",
-                        reason=reason if isinstance(reason, str) else None,
-                        source="socket",
-                        t=self._clock(),
-                    )
-                )
+            if pressure is not None:
+                self.handle_pressure(PressureNotice(pressure.level, pressure.reason, "socket", self._clock()))
 
     def handle_pressure(self, notice: PressureNotice) -> None:
         """Run every registered callback (one failing does not stop the others), then maybe empty the cache."""

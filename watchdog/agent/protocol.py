@@ -7,7 +7,10 @@ One JSON object per Unix datagram, small (a few hundred bytes a device) and vers
 - listener -> agent: `pressure` (save a checkpoint, free the cache), sent to the address the agent's
   datagrams came from.
 
-The pid in a message is a claim; the listener checks it against the kernel's SCM_CREDENTIALS.
+Both ends use this one module: the agent builds with the `*_message` functions, the listener reads with the
+pure `parse_report` (and the agent reads a notice with `parse_pressure`), so a field is named in one place.
+The pid in a report is a claim; the listener checks it against the kernel's SCM_CREDENTIALS
+(`credentials`) before it believes it.
 
 This module runs inside the trainer's interpreter, possibly loaded by path without the rest of vramwatch
 installed there: it imports nothing but the standard library.
@@ -17,9 +20,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 VERSION = 1
 MAX_DATAGRAM_BYTES = 65536  # listeners read this much; agents keep far below it
@@ -46,6 +52,26 @@ STAT_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("num_alloc_retries", ("num_alloc_retries",)),
     ("num_ooms", ("num_ooms",)),
 )
+
+
+REPORT_TYPES = frozenset({"hello", "stats", "oom"})  # agent -> listener
+MESSAGE_TYPES = REPORT_TYPES | {"pressure"}  # and listener -> agent
+MAX_DEVICES = 64  # a stats message listing more devices than a host can have is refused
+
+UCRED = struct.Struct("iII")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+CREDENTIALS_SPACE = socket.CMSG_SPACE(UCRED.size)  # ancillary buffer for recvmsg on a SO_PASSCRED socket
+
+
+class AllocatorFigures(TypedDict):
+    """The `STAT_FIELDS` of one device as read from a datagram; None where torch or the message lacks one."""
+
+    allocated_bytes: int | None
+    reserved_bytes: int | None
+    active_bytes: int | None
+    inactive_split_bytes: int | None
+    requested_bytes: int | None
+    num_alloc_retries: int | None
+    num_ooms: int | None
 
 
 class ProtocolError(ValueError):
@@ -97,7 +123,7 @@ def decode(data: bytes) -> dict[str, Any]:
         raise ProtocolError("not a JSON object")
     if message.get("v") != VERSION:
         raise ProtocolError(f"unsupported version {message.get('v')!r}")
-    if message.get("type") not in {"hello", "stats", "oom", "pressure"}:
+    if message.get("type") not in MESSAGE_TYPES:
         raise ProtocolError(f"unknown type {message.get('type')!r}")
     return message
 
@@ -219,3 +245,168 @@ def oom_message(
 def pressure_message(*, level: str, reason: str | None) -> dict[str, Any]:
     """Listener -> agent: memory is about to run out; `level` is "warning" or "critical"."""
     return {"v": VERSION, "type": "pressure", "level": level, "reason": reason}
+
+
+# -- reading --------------------------------------------------------------------------------------------
+
+
+def credentials(ancdata: Sequence[tuple[int, int, bytes]]) -> tuple[int, int] | None:
+    """(pid, uid) of the sender from SCM_CREDENTIALS ancillary data, which the kernel writes; None if absent."""
+    for level, kind, blob in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(blob) >= UCRED.size:
+            pid, uid, _gid = UCRED.unpack_from(blob)
+            return int(pid), int(uid)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceReport:
+    """One device of a `stats` message: the allocator figures (`STAT_FIELDS`, None when unknown) and the
+    device as CUDA saw it."""
+
+    device: int
+    figures: AllocatorFigures
+    cuda_uuid: str | None = None  # CUDA's uuid of the device, without NVML's "GPU-" prefix
+    total_bytes: int | None = None  # the device's total memory
+    free_bytes: int | None = None  # free on the device (cudaMemGetInfo) at the sample
+
+
+@dataclass(frozen=True, slots=True)
+class OomReport:
+    """An `oom` message: the request that failed and the allocator's figures at that moment.
+
+    `observed` is True when the allocator's OOM observer sent it (state at the failed request); False when
+    the agent only saw `num_ooms` rise at its next sample (state of that moment).
+    """
+
+    device: int
+    alloc_bytes: int | None  # the size of the request that failed
+    capacity_bytes: int | None  # the device's total, or the per-process limit when one is set
+    device_free_bytes: int | None
+    figures: AllocatorFigures
+    snapshot: str | None  # where the agent dumped a memory snapshot
+    observed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One agent datagram, checked field by field: what it says, not yet whether the sender is who it claims."""
+
+    kind: str  # hello, stats or oom
+    claimed_pid: int  # the pid the message names; only SCM_CREDENTIALS can confirm it
+    torch_version: str | None = None
+    devices: tuple[DeviceReport, ...] = ()  # stats
+    oom: OomReport | None = None  # oom
+    sample_seconds: float | None = None  # what reading the allocator cost the agent for this sample
+    dropped: int | None = None  # datagrams the agent could not deliver so far
+    signal: bool | None = None  # the agent handles SIGUSR2 as a pressure notice; None when not said
+
+
+@dataclass(frozen=True, slots=True)
+class Pressure:
+    """A `pressure` notice as the agent reads it."""
+
+    level: str  # "warning" or "critical"
+    reason: str | None
+
+
+def _count(message: Mapping[str, Any], key: str) -> int | None:
+    """A byte count or counter; anything that cannot be one (negative, boolean, float) is unknown."""
+    value = message.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _text(message: Mapping[str, Any], key: str) -> str | None:
+    value = message.get(key)
+    return value if isinstance(value, str) and len(value) <= 200 else None
+
+
+def _figures(message: Mapping[str, Any]) -> AllocatorFigures:
+    # AllocatorFigures names exactly the STAT_FIELDS (a test pins it), so the comprehension builds one.
+    return cast("AllocatorFigures", {name: _count(message, name) for name, _ in STAT_FIELDS})
+
+
+def _device_report(entry: object) -> DeviceReport:
+    if not isinstance(entry, dict):
+        raise ProtocolError("a device entry is not an object")
+    device = _count(entry, "device")
+    if device is None:
+        raise ProtocolError("a device entry has no device index")
+    return DeviceReport(
+        device=device,
+        figures=_figures(entry),
+        cuda_uuid=_text(entry, "cuda_uuid"),
+        total_bytes=_count(entry, "total_bytes"),
+        free_bytes=_count(entry, "free_bytes"),
+    )
+
+
+def _oom_report(message: Mapping[str, Any]) -> OomReport:
+    device = _count(message, "device")
+    if device is None:
+        raise ProtocolError("an oom message has no device index")
+    return OomReport(
+        device=device,
+        alloc_bytes=_count(message, "alloc_bytes"),
+        capacity_bytes=_count(message, "capacity_bytes"),
+        device_free_bytes=_count(message, "device_free_bytes"),
+        figures=_figures(message),
+        snapshot=_text(message, "snapshot"),
+        observed=message.get("observed") is True,
+    )
+
+
+def parse_report(data: bytes) -> Report:
+    """Read one agent -> listener datagram; raises ProtocolError for anything but a well-formed report.
+
+    Pure: no socket, no clock. Figures that cannot be byte counts become None rather than refusing the
+    whole report; a report without a pid, a stats message whose devices are not a list of entries with a
+    device index, or an oom message without one is refused.
+    """
+    message = decode(data)
+    kind = str(message["type"])
+    if kind not in REPORT_TYPES:
+        raise ProtocolError(f"a {kind} message is not a report")
+    pid = _count(message, "pid")
+    if pid is None:
+        raise ProtocolError("a report without a pid")
+    devices: tuple[DeviceReport, ...] = ()
+    oom = None
+    sample_seconds = None
+    if kind == "stats":
+        entries = message.get("devices")
+        if not isinstance(entries, list) or len(entries) > MAX_DEVICES:
+            raise ProtocolError(f"devices is not a list of at most {MAX_DEVICES} entries")
+        devices = tuple(_device_report(entry) for entry in entries)
+        cost = message.get("sample_seconds")
+        if isinstance(cost, int | float) and not isinstance(cost, bool):
+            sample_seconds = float(cost)
+    elif kind == "oom":
+        oom = _oom_report(message)
+    signal = message.get("signal")
+    return Report(
+        kind=kind,
+        claimed_pid=pid,
+        torch_version=_text(message, "torch"),
+        devices=devices,
+        oom=oom,
+        sample_seconds=sample_seconds,
+        dropped=_count(message, "dropped") if kind == "stats" else None,
+        signal=signal if isinstance(signal, bool) else None,
+    )
+
+
+def parse_pressure(data: bytes) -> Pressure | None:
+    """Read one listener -> agent datagram: the notice, or None for a well-formed message of another type;
+    raises ProtocolError for anything malformed. An unknown level reads as "warning"."""
+    message = decode(data)
+    if message["type"] != "pressure":
+        return None
+    level = message.get("level")
+    reason = message.get("reason")
+    return Pressure(
+        level=level if level in {"warning", "critical"} else "warning",
+        reason=reason if isinstance(reason, str) else None,
+    )

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..model import Finding, FindingKind, ProcessKey, Severity, TorchStats
+from ..units import size
 from ._context import Tick
 from ._settings import at_least, fraction, non_negative, setting, share, validate
 from .base import Detector
@@ -136,10 +137,6 @@ def _sustain_set(times: Sequence[float], config: FragmentationConfig) -> int | N
     return None
 
 
-def _gib(n: float) -> str:
-    return f"{n / (1 << 30):.2f} GiB"
-
-
 def detect_fragmentation(
     stats_window: Sequence[TorchStats],
     times: Sequence[float],
@@ -194,10 +191,10 @@ def detect_fragmentation(
 
     share = slack / total_bytes
     parts = [
-        f"PyTorch holds {_gib(slack)} reserved but unallocated ({share:.0%} of the {_gib(total_bytes)} it can use)"
+        f"PyTorch holds {size(slack)} reserved but unallocated ({share:.0%} of the {size(total_bytes)} it can use)"
     ]
     if split is not None and split > 0:
-        parts.append(f"{_gib(split)} of it in split blocks that larger requests cannot use")
+        parts.append(f"{size(split)} of it in split blocks that larger requests cannot use")
     if retries > 0:
         parts.append(
             f"the allocator had to free its cache and retry {retries} time(s) in the last {config.window_seconds:.0f} s"

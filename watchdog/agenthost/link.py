@@ -1,9 +1,10 @@
 """The daemon's end of the agent link: a Unix datagram socket that trainers' agents report to.
 
 Agents (see `vramwatch.agent`) send small JSON datagrams: `hello`, `stats` every second, `oom` with the
-allocator's state at an out-of-memory error. `AgentListener` turns them into `AgentReport`s carrying
-`vramwatch.model.TorchStats` and `OomEvent`s, hands each to `on_report`, keeps the latest figures per
-process and device for the sampler (`latest()`), and can send a `pressure` notice back (`send_pressure`).
+allocator's state at an out-of-memory error. `AgentListener` reads each with `protocol.parse_report`,
+checks the sender, and turns it into an `AgentReport` carrying `vramwatch.model.TorchStats` and
+`OomEvent`s, hands each to `on_report`, keeps the latest figures per process and device for the sampler
+(`latest()`), and can send a `pressure` notice back (`send_pressure`).
 
 Trust. The socket has SO_PASSCRED set, so the kernel attaches SCM_CREDENTIALS (pid, uid, gid of the
 sender, translated into this pid namespace) to every datagram; a process cannot forge them without
@@ -28,23 +29,22 @@ import select
 import signal
 import socket
 import stat
-import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from .agent import protocol
-from .errors import ConfigError, VramwatchError
-from .model import OomEvent, TorchStats, nvml_uuid
+from ..agent import protocol
+from ..errors import ConfigError, VramwatchError
+from ..model import OomEvent, TorchStats, nvml_uuid
+
+__all__ = ["AgentDevice", "AgentListener", "AgentReport", "ListenerCounters", "OomEvent", "oom_event"]
 
 log = structlog.get_logger("vramwatch.agentlink")
-
-_UCRED = struct.Struct("iII")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,17 @@ class AgentDevice:
     cuda_uuid: str | None = None  # CUDA's uuid of the device, without NVML's "GPU-" prefix
     total_bytes: int | None = None  # the device's total memory
     free_bytes: int | None = None  # free on the device (cudaMemGetInfo) at the sample
+
+    @classmethod
+    def from_report(cls, pid: int, entry: protocol.DeviceReport) -> AgentDevice:
+        """A device entry of a stats datagram, its figures keyed by the kernel-verified `pid`."""
+        stats = TorchStats(pid=pid, device=entry.device, gpu_uuid=nvml_uuid(entry.cuda_uuid), **entry.figures)
+        return cls(
+            stats=stats,
+            cuda_uuid=entry.cuda_uuid,
+            total_bytes=entry.total_bytes,
+            free_bytes=entry.free_bytes,
+        )
 
     @property
     def gpu_uuid(self) -> str | None:
@@ -110,18 +121,6 @@ class _Peer:
     last_seen: float
     signal: bool = False
     devices: dict[int, AgentDevice] = field(default_factory=dict)
-
-
-def _int_or_none(message: Mapping[str, Any], key: str) -> int | None:
-    value = message.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return None
-    return value
-
-
-def _str_or_none(message: Mapping[str, Any], key: str) -> str | None:
-    value = message.get(key)
-    return value if isinstance(value, str) and len(value) <= 200 else None
 
 
 class AgentListener:
@@ -259,9 +258,7 @@ class AgentListener:
         handled = 0
         while True:
             try:
-                data, ancdata, flags, address = sock.recvmsg(
-                    protocol.MAX_DATAGRAM_BYTES, socket.CMSG_SPACE(_UCRED.size)
-                )
+                data, ancdata, flags, address = sock.recvmsg(protocol.MAX_DATAGRAM_BYTES, protocol.CREDENTIALS_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -284,13 +281,6 @@ class AgentListener:
                 self._logged_callback_error = True
                 log.warning("agent_report_callback_failed", error=repr(exc))
 
-    def _credentials(self, ancdata: list[tuple[int, int, bytes]]) -> tuple[int, int] | None:
-        for level, kind, blob in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(blob) >= _UCRED.size:
-                pid, uid, _gid = _UCRED.unpack_from(blob)
-                return int(pid), int(uid)
-        return None
-
     def _innermost_pid(self, pid: int) -> int | None:
         """The pid `pid` has in its own (innermost) pid namespace, from /proc/<pid>/status NSpid."""
         try:
@@ -310,29 +300,27 @@ class AgentListener:
             self.counters.malformed += 1
             return None
         try:
-            message = protocol.decode(data)
+            parsed = protocol.parse_report(data)
         except protocol.ProtocolError:
             self.counters.malformed += 1
             return None
-        claimed = _int_or_none(message, "pid")
-        if claimed is None or message["type"] == "pressure":
-            self.counters.malformed += 1
-            return None
-        creds = self._credentials(ancdata)
+        creds = protocol.credentials(ancdata)
         if creds is None or creds[0] <= 0:
             self.counters.unverified += 1
             return None
         pid, uid = creds
+        claimed = parsed.claimed_pid
         if claimed != pid and self._innermost_pid(pid) != claimed:
             self.counters.forged += 1
             log.warning("agent_pid_mismatch", claimed_pid=claimed, sender_pid=pid, uid=uid)
             return None
-        return self._report(message, pid, uid, address)
+        return self._report(parsed, pid, uid, address)
 
-    def _report(self, message: dict[str, Any], pid: int, uid: int, address: Any) -> AgentReport | None:
+    def _report(self, parsed: protocol.Report, pid: int, uid: int, address: Any) -> AgentReport:
+        """Remember the verified sender (reply address, devices) and key the report by its kernel pid."""
         now = self._clock()
-        kind = str(message["type"])
         reply_address = address if isinstance(address, str | bytes) and address else None
+        devices = tuple(AgentDevice.from_report(pid, entry) for entry in parsed.devices)
         with self._peers_lock:
             peer = self._peers.get(pid)
             if peer is None:
@@ -341,89 +329,26 @@ class AgentListener:
             peer.uid = uid
             if reply_address is not None:
                 peer.address = reply_address
-            if isinstance(message.get("signal"), bool):
-                peer.signal = bool(message["signal"])
-        torch_version = _str_or_none(message, "torch")
-        if kind == "hello":
-            return AgentReport("hello", pid, uid, now, torch_version=torch_version, signal=peer.signal)
-        if kind == "stats":
-            devices = self._devices(message, pid)
-            if devices is None:
-                self.counters.malformed += 1
-                return None
-            with self._peers_lock:
-                for d in devices:
-                    peer.devices[d.stats.device] = d
-            cost = message.get("sample_seconds")
-            return AgentReport(
-                "stats",
-                pid,
-                uid,
-                now,
-                torch_version=torch_version,
-                devices=devices,
-                sample_seconds=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
-                dropped=_int_or_none(message, "dropped"),
-                signal=peer.signal,
-            )
-        device = _int_or_none(message, "device")
-        if device is None:
-            self.counters.malformed += 1
-            return None
-        known = peer.devices.get(device)
-        oom = OomEvent(
-            pid=pid,
-            device=device,
-            requested_bytes=_int_or_none(message, "alloc_bytes"),
-            capacity_bytes=_int_or_none(message, "capacity_bytes"),
-            device_free_bytes=_int_or_none(message, "device_free_bytes"),
-            allocated_bytes=_int_or_none(message, "allocated_bytes"),
-            reserved_bytes=_int_or_none(message, "reserved_bytes"),
-            inactive_split_bytes=_int_or_none(message, "inactive_split_bytes"),
-            num_alloc_retries=_int_or_none(message, "num_alloc_retries"),
-            num_ooms=_int_or_none(message, "num_ooms"),
-            snapshot_path=_str_or_none(message, "snapshot"),
-            observed=message.get("observed") is True,
-            cuda_uuid=known.cuda_uuid if known else None,
+            if parsed.signal is not None:
+                peer.signal = parsed.signal
+            for d in devices:
+                peer.devices[d.stats.device] = d
+            oom = None
+            if parsed.oom is not None:
+                known = peer.devices.get(parsed.oom.device)
+                oom = oom_event(pid, parsed.oom, known.cuda_uuid if known else None)
+        return AgentReport(
+            parsed.kind,
+            pid,
+            uid,
+            now,
+            torch_version=parsed.torch_version,
+            devices=devices,
+            oom=oom,
+            sample_seconds=parsed.sample_seconds,
+            dropped=parsed.dropped,
+            signal=peer.signal,
         )
-        return AgentReport("oom", pid, uid, now, torch_version=torch_version, oom=oom, signal=peer.signal)
-
-    @staticmethod
-    def _devices(message: Mapping[str, Any], pid: int) -> tuple[AgentDevice, ...] | None:
-        entries = message.get("devices")
-        if not isinstance(entries, list) or len(entries) > 64:
-            return None
-        devices = []
-        for entry in entries:
-            if not isinstance(entry, dict):
-                return None
-            device = _int_or_none(entry, "device")
-            if device is None:
-                return None
-            stats = TorchStats(
-                pid=pid,
-                device=device,
-                allocated_bytes=_int_or_none(entry, "allocated_bytes"),
-                reserved_bytes=_int_or_none(entry, "reserved_bytes"),
-                active_bytes=_int_or_none(entry, "active_bytes"),
-                inactive_split_bytes=_int_or_none(entry, "inactive_split_bytes"),
-                requested_bytes=_int_or_none(entry, "requested_bytes"),
-                num_alloc_retries=_int_or_none(entry, "num_alloc_retries"),
-                num_ooms=_int_or_none(entry, "num_ooms"),
-            )
-            cuda_uuid = _str_or_none(entry, "cuda_uuid")
-            if cuda_uuid is not None:
-                nvml = cuda_uuid if cuda_uuid.startswith(("GPU-", "MIG-")) else f"GPU-{cuda_uuid}"
-                stats = replace(stats, gpu_uuid=nvml)
-            devices.append(
-                AgentDevice(
-                    stats=stats,
-                    cuda_uuid=_str_or_none(entry, "cuda_uuid"),
-                    total_bytes=_int_or_none(entry, "total_bytes"),
-                    free_bytes=_int_or_none(entry, "free_bytes"),
-                )
-            )
-        return tuple(devices)
 
     def _expire(self) -> None:
         now = self._clock()
@@ -482,3 +407,24 @@ class AgentListener:
                 return True
         self.counters.pressure_failed += 1
         return False
+
+
+def oom_event(pid: int, report: protocol.OomReport, cuda_uuid: str | None) -> OomEvent:
+    """The host's OomEvent from an oom datagram of the kernel-verified `pid`; `cuda_uuid` is known from its
+    stats, not sent."""
+    figures = report.figures
+    return OomEvent(
+        pid=pid,
+        device=report.device,
+        requested_bytes=report.alloc_bytes,
+        capacity_bytes=report.capacity_bytes,
+        device_free_bytes=report.device_free_bytes,
+        allocated_bytes=figures["allocated_bytes"],
+        reserved_bytes=figures["reserved_bytes"],
+        inactive_split_bytes=figures["inactive_split_bytes"],
+        num_alloc_retries=figures["num_alloc_retries"],
+        num_ooms=figures["num_ooms"],
+        snapshot_path=report.snapshot,
+        observed=report.observed,
+        cuda_uuid=cuda_uuid,
+    )

@@ -1,9 +1,9 @@
 """`vramwatch run -- <command...>`: run a training command with the agent in every Python process it starts.
 
-How the agent gets in: this folder's `_site/` goes first on PYTHONPATH, so each interpreter the command
+How the agent gets in: the agent package's `_site/` goes first on PYTHONPATH, so each interpreter the command
 starts (the launcher, `accelerate launch` / `torchrun` workers, spawned processes) imports our
 `sitecustomize`, which chains the one that would have run and starts the agent (see
-`_site/sitecustomize.py`). Configuration travels in environment variables (`protocol.ENV_*`).
+`vramwatch/agent/_site/sitecustomize.py`). Configuration travels in environment variables (`protocol.ENV_*`).
 
 Where reports go: to a private listener this runner binds in a 0o700 temporary directory, always (so the
 user gets warnings on stderr with no daemon running), and to the daemon's socket as well (`socket_path`,
@@ -41,12 +41,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from ..agentlink import AgentListener, AgentReport
+from ..agent import protocol
 from ..errors import ConfigError
-from . import protocol
+from .link import AgentListener, AgentReport
 from .monitor import DEFAULT_PRESSURE_HEADROOM_SHARE, MonitorConfig, RunMonitor
 
-SITE_DIR = Path(__file__).resolve().parent / "_site"
+# The agent's bootstrap, shipped inside the agent package (it loads the agent by path from the folder above).
+SITE_DIR = Path(protocol.__file__).resolve().parent / "_site"
 
 _FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 _TERMINAL = (signal.SIGINT, signal.SIGQUIT)
@@ -214,8 +215,8 @@ def _wait_leaving_status(proc: subprocess.Popen[bytes], seconds: float) -> int:
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """`python -m vramwatch.agent.runner [options] -- command...`, until the CLI's `vramwatch run` is wired."""
-    parser = argparse.ArgumentParser(prog="python -m vramwatch.agent.runner")
+    """`python -m vramwatch.agenthost.runner [options] -- command...`, until the CLI's `vramwatch run` is wired."""
+    parser = argparse.ArgumentParser(prog="python -m vramwatch.agenthost.runner")
     parser.add_argument("--snapshot", type=Path, help="dump a memory_viz snapshot here on OOM")
     parser.add_argument("--socket", type=Path, help="the daemon's agent socket (default: the standard paths)")
     parser.add_argument("--events", type=Path, help="append the built-in check's conclusions here (JSON lines)")

@@ -23,10 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from ..agentlink import AgentDevice, AgentReport
 from ..detectors.fragmentation import FragmentationConfig, GrowthConfig, classify_growth, detect_fragmentation
 from ..detectors.oom import fragmented_at_oom
 from ..model import OomEvent
+from ..units import size
+from .link import AgentDevice, AgentReport
 
 SendPressure = Callable[[int, str, str], bool]  # (pid, level, reason) -> sent
 
@@ -53,14 +54,6 @@ class _Track:
     pressure_sent: bool = False
 
 
-def _size(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    if abs(n) >= 1 << 30:
-        return f"{n / (1 << 30):.2f} GiB"
-    return f"{n / (1 << 20):.1f} MiB"
-
-
 def _fragmented(oom: OomEvent) -> bool:
     """The daemon's rule, so that `vramwatch run` and `serve` never disagree about the same OOM."""
     return fragmented_at_oom(
@@ -75,15 +68,15 @@ def format_oom(oom: OomEvent) -> list[str]:
     """The post-mortem of one OOM, as lines for a terminal."""
     where = f"cuda:{oom.device}" + (f" ({oom.gpu_uuid})" if oom.gpu_uuid else "")
     lines = [
-        f"pid {oom.pid} ran out of GPU memory on {where}: asked for {_size(oom.requested_bytes)}"
-        + (f" with {_size(oom.device_free_bytes)} free on the device" if oom.device_free_bytes is not None else "")
+        f"pid {oom.pid} ran out of GPU memory on {where}: asked for {size(oom.requested_bytes)}"
+        + (f" with {size(oom.device_free_bytes)} free on the device" if oom.device_free_bytes is not None else "")
         + ("" if oom.observed else " (seen from the OOM counter, state a moment later)")
     ]
     slack = oom.reserved_unallocated_bytes
     lines.append(
-        f"  PyTorch held {_size(oom.reserved_bytes)}: {_size(oom.allocated_bytes)} in tensors, "
-        f"{_size(slack)} reserved but unallocated"
-        + (f" ({_size(oom.inactive_split_bytes)} in split blocks)" if oom.inactive_split_bytes else "")
+        f"  PyTorch held {size(oom.reserved_bytes)}: {size(oom.allocated_bytes)} in tensors, "
+        f"{size(slack)} reserved but unallocated"
+        + (f" ({size(oom.inactive_split_bytes)} in split blocks)" if oom.inactive_split_bytes else "")
     )
     if _fragmented(oom):
         lines.append(
@@ -180,7 +173,7 @@ class RunMonitor:
                 first, last = window[0].allocated_bytes or 0, stats.allocated_bytes or 0
                 self._say(
                     [
-                        f"pid {report.pid} on cuda:{stats.device}: allocated memory grew {_size(last - first)} "
+                        f"pid {report.pid} on cuda:{stats.device}: allocated memory grew {size(last - first)} "
                         f"in {span:.0f} s: tensors are being kept alive (a leak), not allocator caching"
                     ]
                 )
@@ -236,7 +229,7 @@ class RunMonitor:
         if share >= self.config.pressure_headroom_share or self._send_pressure is None:
             return
         level = "critical" if share < self.config.pressure_headroom_share / 2 else "warning"
-        reason = f"{_size(headroom)} of {_size(usable)} left on cuda:{stats.device}"
+        reason = f"{size(headroom)} of {size(usable)} left on cuda:{stats.device}"
         sent = self._send_pressure(report.pid, level, reason)
         track.pressure_sent = True
         self._say(

@@ -1,0 +1,49 @@
+"""What one trainer module declares: how it is recognised, how its settings are read, how it saves now."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from ...model import ProcessMeta
+from ..argv import Flags, Invocation
+from ..extract import Builder, Context
+
+#: Whether a command line runs this trainer: its invocation, argv[0], what the reader may use, its flags.
+Recognize = Callable[[Invocation, str, Context, Flags], bool]
+#: Reads the trainer's settings into the builder, following the trainer's own precedence.
+Read = Callable[[Invocation, Context, Builder], None]
+#: Whether a live process (its metadata, its allow-listed environment) can be asked to save this way.
+Detect = Callable[[ProcessMeta, Mapping[str, str]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class SaveNow:
+    """A trainer's own way to be asked to save now, checked against its source: a signal (`signum`) or a
+    counter (`counter`) in the JSON file its environment variable `signal_file_env` names."""
+
+    name: str
+    summary: str
+    stops_run: bool  # True: the trainer saves and then ends (or requeues) the run
+    detect: Detect
+    signum: int | None = None
+    signal_file_env: str | None = None
+    counter: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Trainer:
+    """One trainer, as its module in `advice/trainers/` declares it.
+
+    `order` places it in recognition: the registry asks trainers in ascending order and the first that
+    recognises a command line names it, so a trainer with a distinctive script name comes before one that
+    recognises a generic `train.py` by its marks.
+    """
+
+    id: str  # as rules.toml `[rule.syntax]` keys spell it
+    name: str  # for people: "kohya-ss sd-scripts"
+    order: int
+    recognizes: Recognize
+    read: Read
+    save_now: SaveNow | None = None
+    resume_hint: Callable[[ProcessMeta], str | None] | None = None  # for a trainer with no save-now

@@ -1,0 +1,127 @@
+"""ostris ai-toolkit: `run.py <name>` in an ai-toolkit checkout, or whose argument is an ai-toolkit job config.
+
+toolkit/config.py: `run.py <name>` looks in `<toolkit>/config/<name>[.yaml|.yml|.json]`, then at the path
+itself; settings live under `config.process[0]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import settings as s
+from ..argv import Flags, Invocation, parse_flags, to_bool, to_int
+from ..configfile import load_mapping, lookup
+from ..extract import (
+    Builder,
+    Context,
+    family_of,
+    largest_resolution,
+    path_mentions,
+    precision,
+    resolve_path,
+    script_dir,
+)
+from ._base import Trainer
+
+ID = "ai-toolkit"
+
+
+def recognizes(inv: Invocation, _argv0: str, ctx: Context, _flags: Flags) -> bool:
+    if (inv.script_name or "").lower() != "run.py":
+        return False
+    return path_mentions(inv, ctx.cwd, "ai-toolkit", "ai_toolkit") or load_toolkit_config(inv, ctx)[1] is not None
+
+
+_TOOLKIT_EXTENSIONS = (".json", ".jsonc", ".yaml", ".yml")
+
+
+def find_toolkit_config(inv: Invocation, ctx: Context) -> list[Path]:
+    """Candidate paths for `run.py <name>`, in ai-toolkit's own lookup order."""
+    _, positionals = parse_flags(inv.args)
+    if not positionals:
+        return []
+    name = positionals[0]
+    candidates: list[Path] = []
+    root = script_dir(inv, ctx.cwd)
+    if root is not None:
+        base = root / "config" / name
+        candidates.append(base)
+        candidates.extend(Path(str(base) + ext) for ext in _TOOLKIT_EXTENSIONS)
+    direct = resolve_path(name, ctx.cwd)
+    if direct is not None:
+        candidates.append(direct)
+    return candidates
+
+
+def load_toolkit_config(inv: Invocation, ctx: Context) -> tuple[Path | None, dict[str, Any] | None, str | None]:
+    """(path, job config, None) for the first candidate with ai-toolkit's `config` key; else why not."""
+    why = None
+    for path in find_toolkit_config(inv, ctx):
+        if path.suffix.lower() not in _TOOLKIT_EXTENSIONS or ctx.read_file(path) is None:
+            continue
+        data, why = load_mapping(path, ctx.read_file)
+        if data is not None and "config" in data:
+            return path, data, None
+        why = why or f"{path.name}: no 'config' section"
+    return None, None, why
+
+
+def read(inv: Invocation, ctx: Context, b: Builder) -> None:
+    """ai-toolkit: `config.process[0]` holds `train`, `model`, `network` and `datasets`."""
+    path, data, why = load_toolkit_config(inv, ctx)
+    if path is None or data is None:
+        b.config_failed = True
+        b.notes.append(f"settings unknown: {why or 'no readable ai-toolkit config named on the command line'}")
+        return
+    b.config_files.append(str(path))
+    process = lookup(data, "config.process")
+    job = process[0] if isinstance(process, list) and process and isinstance(process[0], Mapping) else None
+    if job is None:
+        b.config_failed = True
+        b.notes.append(f"settings unknown: {path.name} has no config.process[0]")
+        return
+    name = path.name
+
+    def put(setting: str, key: str, convert: Callable[[Any], Any]) -> None:
+        value = lookup(job, key)
+        if value is not None:
+            b.set(setting, convert(value), s.FROM_CONFIG, f"{name}: {key}", str(path))
+
+    put("batch_size", "train.batch_size", to_int)
+    put("grad_accum", "train.gradient_accumulation_steps", to_int)
+    put("gradient_checkpointing", "train.gradient_checkpointing", to_bool)
+    put("optimizer", "train.optimizer", str)
+    put("mixed_precision", "train.dtype", precision)
+    put("fp8_base", "model.quantize", to_bool)
+    put("network_dim", "network.linear", to_int)
+    put("network_dim", "network.rank", to_int)
+    if to_bool(lookup(job, "train.xformers")):
+        b.set("attention", "xformers", s.FROM_CONFIG, f"{name}: train.xformers", str(path))
+    if to_bool(lookup(job, "train.sdp")):
+        b.set("attention", "sdpa", s.FROM_CONFIG, f"{name}: train.sdp", str(path))
+    model_name = lookup(job, "model.name_or_path")
+    family = (
+        "flux" if to_bool(lookup(job, "model.is_flux")) else family_of(str(lookup(job, "model.arch") or model_name))
+    )
+    b.set("model_family", family, s.FROM_CONFIG, f"{name}: model", str(path))
+
+    datasets = [d for d in (job.get("datasets") or []) if isinstance(d, Mapping)]
+    if datasets:
+        sizes: list[object] = []
+        for ds in datasets:
+            res = ds.get("resolution", 512)  # DatasetConfig default
+            sizes.extend(res if isinstance(res, list) else [res])
+        b.set("resolution", largest_resolution(sizes), s.FROM_CONFIG, f"{name}: datasets[].resolution", str(path))
+        cached = [bool(to_bool(ds.get("cache_latents")) or to_bool(ds.get("cache_latents_to_disk"))) for ds in datasets]
+        b.set("cache_latents", all(cached), s.FROM_CONFIG, f"{name}: datasets[].cache_latents_to_disk", str(path))
+
+    # toolkit/config_modules.py TrainConfig / NetworkConfig defaults.
+    b.default("batch_size", 1, "ai-toolkit train.batch_size default")
+    b.default("gradient_checkpointing", True, "ai-toolkit train.gradient_checkpointing default")
+    b.default("optimizer", "adamw", "ai-toolkit train.optimizer default")
+    b.default("mixed_precision", "no", "ai-toolkit train.dtype default fp32")
+
+
+TRAINER = Trainer(ID, "ostris ai-toolkit", 50, recognizes, read)

@@ -1,0 +1,105 @@
+"""OneTrainer: `scripts/train.py --config-path X.json` (modules/util/args/TrainArgs.py), one JSON TrainConfig;
+asked to save by SIGINT, on which its CLI writes a backup and the final model, then exits."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ...model import ProcessMeta
+from .. import settings as s
+from ..argv import Flags, Invocation, flag_text, parse_flags, to_bool, to_int
+from ..configfile import lookup
+from ..extract import Builder, Context, family_of, largest_resolution, path_mentions, precision, resolve_path
+from ._base import SaveNow, Trainer
+
+ID = "onetrainer"
+
+
+def recognizes(inv: Invocation, _argv0: str, ctx: Context, flags: Flags) -> bool:
+    name = (inv.script_name or "").lower()
+    return name in ("train.py", "train.sh") and ("config-path" in flags or path_mentions(inv, ctx.cwd, "onetrainer"))
+
+
+_ONETRAINER_ATTENTION = {"SDP": "sdpa", "XFORMERS": "xformers", "FLASH": "flash", "DEFAULT": "none"}
+_QUANTIZED_DTYPES = frozenset({"FLOAT_8", "NFLOAT_4", "INT_8", "GGUF"})
+
+
+def read(inv: Invocation, ctx: Context, b: Builder) -> None:
+    """OneTrainer: one JSON config (TrainConfig) given with --config-path."""
+    flags, _ = parse_flags(inv.args)
+    given = flag_text(flags, "config-path", "config_path")
+    path = resolve_path(given[1], ctx.cwd) if given and given[1] else None
+    data = None if path is None else b.load(path, ctx.read_file, "json")
+    if data is None:
+        if path is None:
+            b.config_failed = True
+            b.notes.append("settings unknown: no readable --config-path")
+        return
+    name = path.name if path is not None else "config"  # path is set whenever data is
+
+    def put(setting: str, key: str, convert: Callable[[Any], Any]) -> None:
+        value = lookup(data, key)
+        if value is not None:
+            b.set(setting, convert(value), s.FROM_CONFIG, f"{name}: {key}", str(path))
+
+    put("batch_size", "batch_size", to_int)
+    put("grad_accum", "gradient_accumulation_steps", to_int)
+    # A bool in older configs, "ON"/"OFF"/"CPU_OFFLOADED" (GradientCheckpointingMethod) in newer ones.
+    put(
+        "gradient_checkpointing",
+        "gradient_checkpointing",
+        lambda v: to_bool(v) if not isinstance(v, str) or v.lower() in ("true", "false") else v.upper() != "OFF",
+    )
+    put("resolution", "resolution", lambda v: largest_resolution(str(v).split(",")))
+    put("mixed_precision", "train_dtype", precision)
+    put("cache_latents", "latent_caching", to_bool)
+    put("attention", "attention_mechanism", lambda v: _ONETRAINER_ATTENTION.get(str(v).upper()))
+    optimizer = data.get("optimizer")
+    optimizer_name = optimizer.get("optimizer") if isinstance(optimizer, Mapping) else optimizer
+    if isinstance(optimizer_name, str):
+        b.set("optimizer", optimizer_name, s.FROM_CONFIG, f"{name}: optimizer.optimizer", str(path))
+    fraction = lookup(data, "layer_offload_fraction")
+    if isinstance(fraction, int | float) and not isinstance(fraction, bool):
+        b.set("layer_offload_fraction", float(fraction), s.FROM_CONFIG, f"{name}: layer_offload_fraction", str(path))
+    dtypes = [
+        lookup(data, k) for k in ("weight_dtype", "transformer.weight_dtype", "unet.weight_dtype", "prior.weight_dtype")
+    ]
+    known = [str(d).upper() for d in dtypes if isinstance(d, str) and d.upper() != "NONE"]
+    if known:
+        b.set("fp8_base", any(d in _QUANTIZED_DTYPES for d in known), s.FROM_CONFIG, f"{name}: weight_dtype", str(path))
+    model_type = data.get("model_type")
+    b.set(
+        "model_family",
+        family_of(str(model_type)) if model_type else None,
+        s.FROM_CONFIG,
+        f"{name}: model_type",
+        str(path),
+    )
+    if str(data.get("training_method", "")).upper() == "LORA":
+        put("network_dim", "lora_rank", to_int)
+        b.default("network_dim", 16, "OneTrainer lora_rank default")
+
+    # modules/util/config/TrainConfig.py default_values().
+    b.default("batch_size", 1, "OneTrainer batch_size default")
+    b.default("grad_accum", 1, "OneTrainer gradient_accumulation_steps default")
+    b.default("gradient_checkpointing", True, "OneTrainer gradient_checkpointing default")
+    b.default("cache_latents", True, "OneTrainer latent_caching default")
+    b.default("optimizer", "ADAMW", "OneTrainer optimizer default")
+    b.default("mixed_precision", "fp16", "OneTrainer train_dtype default FLOAT_16")
+    b.default("resolution", (512, 512), "OneTrainer resolution default")
+
+
+def _runs_the_cli(meta: ProcessMeta, _env: Mapping[str, str]) -> bool:
+    args = meta.cmdline or ()
+    runs_cli = any(a.replace("\\", "/").endswith("scripts/train.py") for a in args)
+    named = "onetrainer" in (meta.cwd or "").lower() or any("onetrainer" in a.lower() for a in args)
+    return runs_cli and named
+
+
+SAVE_NOW = SaveNow(
+    "onetrainer", "OneTrainer's CLI on SIGINT writes a backup and the final model (backup_before_save), then exits",
+    stops_run=True, detect=_runs_the_cli, signum=signal.SIGINT,
+)  # fmt: skip
+TRAINER = Trainer(ID, "OneTrainer", 30, recognizes, read, save_now=SAVE_NOW)

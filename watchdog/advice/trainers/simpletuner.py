@@ -1,0 +1,121 @@
+"""SimpleTuner: its `simpletuner` entry point, or a `train.py` in its checkout or with `SIMPLETUNER_*` set;
+`config/[<env>/]config.{json,toml,env}` under the working directory (helpers/configuration/loader.py, backend
+chosen by `SIMPLETUNER_CONFIG_BACKEND`; JSON keys may keep their `--`), or its flags. Asked to save through
+its signal file: it checkpoints at the next step when `manual_checkpoint` there grows, and goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePath
+from typing import Any
+
+from ...model import ProcessMeta
+from .. import settings as s
+from ..argv import Flags, Invocation, parse_flags, to_bool, to_int, value_of
+from ..extract import Builder, Context, family_of, path_mentions, precision, resolution_pair
+from ._base import SaveNow, Trainer
+
+ID = "simpletuner"
+SIGNAL_FILE = "SIMPLETUNER_ACCELERATE_SIGNAL_FILE"  # the JSON file its train.py polls
+COUNTER = "manual_checkpoint"  # the key in it that asks for a checkpoint when it grows
+
+
+def recognizes(inv: Invocation, argv0: str, ctx: Context, _flags: Flags) -> bool:
+    first = PurePath(argv0).name.lower() if argv0 else ""
+    if first == "simpletuner" or (inv.module or "").startswith("simpletuner"):
+        return True
+    if (inv.script_name or "").lower() not in ("train.py", "train.sh"):
+        return False
+    return path_mentions(inv, ctx.cwd, "simpletuner") or any(k.startswith("SIMPLETUNER_") for k in ctx.env)
+
+
+# helpers/configuration/env_file.py env_to_args_map, the entries the advisor reads.
+_SIMPLETUNER_ENV = {
+    "TRAIN_BATCH_SIZE": "train_batch_size",
+    "GRADIENT_ACCUMULATION_STEPS": "gradient_accumulation_steps",
+    "USE_GRADIENT_CHECKPOINTING": "gradient_checkpointing",
+    "RESOLUTION": "resolution",
+    "MIXED_PRECISION": "mixed_precision",
+    "OPTIMIZER": "optimizer",
+    "BASE_MODEL_PRECISION": "base_model_precision",
+    "MODEL_FAMILY": "model_family",
+    "USE_XFORMERS": "enable_xformers_memory_efficient_attention",
+    "CHECKPOINTING_STEPS": "checkpointing_steps",
+}
+_SIMPLETUNER_FILES = (("json", "config.json"), ("toml", "config.toml"), ("env", "config.env"))
+
+
+def _simpletuner_config(ctx: Context, b: Builder) -> tuple[str, Path, dict[str, Any]] | None:
+    if ctx.cwd is None:
+        return None
+    env_name = ctx.env.get("SIMPLETUNER_ENVIRONMENT") or ctx.env.get("SIMPLETUNER_ENV")
+    folder = Path(ctx.cwd) / "config"
+    if env_name and env_name != "default":
+        folder = folder / env_name
+    backend = (ctx.env.get("SIMPLETUNER_CONFIG_BACKEND") or "").lower()
+    choices = [c for c in _SIMPLETUNER_FILES if not backend or c[0] == backend]
+    for fmt, filename in choices:
+        path = folder / filename
+        if ctx.read_file(path) is None:
+            continue
+        data = b.load(path, ctx.read_file, fmt)
+        if data is None:
+            return None
+        return fmt, path, data
+    return None
+
+
+def read(inv: Invocation, ctx: Context, b: Builder) -> None:
+    """SimpleTuner: `config/[<env>/]config.{json,toml,env}` under the working directory, or CLI flags."""
+    found = _simpletuner_config(ctx, b)
+    options: dict[str, Any]
+    if found is not None:
+        fmt, path, data = found
+        b.set("config_format", fmt, s.FROM_CONFIG, path.name, str(path))
+        if fmt == "env":
+            options = {_SIMPLETUNER_ENV[k]: v for k, v in data.items() if k in _SIMPLETUNER_ENV}
+            extra, _ = parse_flags(str(data.get("TRAINER_EXTRA_ARGS", "")).split())
+            options.update({k: value_of(v) for k, v in extra.items()})
+        else:
+            # json_file.normalize_args: the leading "--" is optional.
+            options = {str(k).lstrip("-"): v for k, v in data.items()}
+        kind, file, name = s.FROM_CONFIG, str(path), path.name
+    else:
+        flags, _ = parse_flags(inv.args)
+        if not flags:
+            b.config_failed = True
+            b.notes.append("settings unknown: no SimpleTuner config/config.{json,toml,env} found under the process cwd")
+            return
+        options = {k: value_of(v) for k, v in flags.items()}
+        b.values["config_format"] = "cmd"
+        kind, file, name = s.FROM_FLAG, None, "command line"
+
+    def put(setting: str, key: str, convert: Callable[[Any], Any]) -> None:
+        if key in options:
+            b.set(setting, convert(options[key]), kind, f"{name}: {key}", file)
+
+    put("batch_size", "train_batch_size", to_int)
+    put("grad_accum", "gradient_accumulation_steps", to_int)
+    put("gradient_checkpointing", "gradient_checkpointing", to_bool)
+    put("resolution", "resolution", resolution_pair)
+    put("mixed_precision", "mixed_precision", precision)
+    put("optimizer", "optimizer", str)
+    put("network_dim", "lora_rank", to_int)
+    put("model_family", "model_family", lambda v: family_of(str(v)) or str(v).lower())
+    put("fp8_base", "base_model_precision", lambda v: str(v).lower() not in ("no_change", "none", ""))
+    put("resumable", "checkpointing_steps", lambda v: to_int(v) is not None)
+    if to_bool(options.get("enable_xformers_memory_efficient_attention")):
+        b.set("attention", "xformers", kind, f"{name}: enable_xformers_memory_efficient_attention", file)
+    put("attention", "attention_mechanism", lambda v: {"diffusers": "sdpa", "xformers": "xformers"}.get(str(v).lower()))
+
+
+def _has_signal_file(_meta: ProcessMeta, env: Mapping[str, str]) -> bool:
+    return bool(env.get(SIGNAL_FILE))
+
+
+SAVE_NOW = SaveNow(
+    "simpletuner", "SimpleTuner checkpoints at its next step when manual_checkpoint in its signal file grows",
+    stops_run=False, detect=_has_signal_file, signal_file_env=SIGNAL_FILE, counter=COUNTER,
+)  # fmt: skip
+TRAINER = Trainer(ID, "SimpleTuner", 40, recognizes, read, save_now=SAVE_NOW)
