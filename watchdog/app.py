@@ -22,7 +22,7 @@ from .agent.protocol import default_socket_path
 from .agentlink import AgentListener, AgentReport
 from .backends import banner, open_backend
 from .backends.replay import ReplayBackend
-from .clock import SystemClock
+from .clock import ScaledClock, SystemClock
 from .config import Config, dataclass_from_table
 from .daemon import Daemon, Pipeline
 from .detectors import DetectorConfig
@@ -35,6 +35,7 @@ from .sdnotify import SdNotifier
 from .testing import FakeClock
 from .trace import TraceWriter, open_trace_writer
 from .typing import Backend, Clock
+from .web import LiveView
 
 Echo = Callable[[str], None]
 log = structlog.get_logger("vramwatch")
@@ -71,8 +72,16 @@ def serve(
     reload_config: Callable[[], Config] | None = None,
     stop: threading.Event | None = None,
     ready: Callable[[Daemon], None] | None = None,
+    speed: float = 1.0,
 ) -> int:
-    """`vramwatch serve`: run the daemon until SIGTERM/SIGINT. A missing driver is retried, not fatal."""
+    """`vramwatch serve`: run the daemon until SIGTERM/SIGINT. A missing driver is retried, not fatal.
+
+    Serves /metrics and the live page at `/`; `speed` plays a simulated or replayed card faster than real time.
+    """
+    if speed != 1.0:
+        if cfg.daemon.simulate is None and cfg.daemon.replay is None:
+            raise VramwatchError("--speed is for --simulate and --replay only: a real GPU runs at its own pace")
+        clock = ScaledClock(speed)
     clock = clock or SystemClock()
     first: list[Backend] = []
     try:
@@ -109,9 +118,15 @@ def serve(
     daemon.dispatcher = build_dispatcher(cfg, first[0] if first else None, clock, daemon.lookup, daemon.recheck)
     if stop is not None:
         daemon.stop_event = stop
+    if speed != 1.0:
+        daemon.wait = lambda seconds: daemon.stop_event.wait(seconds / speed)
+    live = LiveView(cfg.daemon.history_seconds, cfg.daemon.interval, lambda: daemon.state)
+    daemon.pages = live.wsgi
+    daemon.on_findings = live.observe
     port = daemon.start_server()
     host = cfg.daemon.listen.rpartition(":")[0] or "127.0.0.1"
-    out(f"vramwatch: serving http://{host}:{port}/metrics every {cfg.daemon.interval:g}s (Ctrl-C to stop)")
+    pace = f"every {cfg.daemon.interval:g}s" + (f", {speed:g}x real time" if speed != 1.0 else "")
+    out(f"vramwatch: live page at http://{host}:{port}/ (metrics at /metrics), {pace} (Ctrl-C to stop)")
     if ready is not None:
         ready(daemon)
     else:

@@ -125,6 +125,13 @@ def main(ctx: click.Context) -> None:
 @click.option("--no-process-metrics", is_flag=True, help="Export GPU-level series only (fleets fearing cardinality).")
 @click.option("--require-gpu", is_flag=True, help="Never fall back to the simulator when no NVIDIA driver is found.")
 @click.option("--record", metavar="FILE", help="Also record every tick to this trace (JSON Lines; .gz compresses).")
+@click.option(
+    "--speed",
+    type=click.FloatRange(0.1, 100),
+    default=1.0,
+    metavar="FACTOR",
+    help="Play a --simulate or --replay card FACTOR times faster than real time (a demo of a story) [default: 1].",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -136,8 +143,9 @@ def serve(
     no_process_metrics: bool,
     require_gpu: bool,
     record: str | None,
+    speed: float,
 ) -> None:
-    """Run the daemon: sample every second, detect, export Prometheus metrics."""
+    """Run the daemon: sample every second, detect, serve the live page at / and Prometheus metrics."""
     overrides = {
         "simulate": simulate,
         "seed": seed,
@@ -149,7 +157,11 @@ def serve(
     }
     _run(
         lambda: app.serve(
-            _load(ctx, overrides), out=_echo, require_gpu=require_gpu, reload_config=lambda: _load(ctx, overrides)
+            _load(ctx, overrides),
+            out=_echo,
+            require_gpu=require_gpu,
+            reload_config=lambda: _load(ctx, overrides),
+            speed=speed,
         )
     )
 
