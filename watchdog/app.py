@@ -375,6 +375,36 @@ def replay(
     return 0
 
 
+def report(cfg: Config, trace: Path, output: Path | None, *, out: Echo, err: Echo) -> int:
+    """`vramwatch report TRACE -o FILE`: the live page's picture of a recorded run, as one self-contained file."""
+    from .web.report import write_report
+
+    if output is None:
+        name = trace.name.removesuffix(".gz").removesuffix(".jsonl").removesuffix(".json")
+        output = trace.with_name(name + ".html")
+    if output.exists() and output.resolve() == trace.resolve():
+        raise VramwatchError(f"{output} is the trace itself: give the report another name with -o FILE")
+    bad = 0
+
+    def on_error(lineno: int, message: str) -> None:
+        nonlocal bad
+        bad += 1
+        err(f"vramwatch: {trace}:{lineno}: skipped: {message}")
+
+    try:
+        doc = write_report(trace, output, detector_config(cfg), history_seconds=cfg.daemon.history_seconds,
+                           on_error=on_error)  # fmt: skip
+    except OSError as exc:
+        raise VramwatchError(f"{output}: cannot write the report: {exc.strerror or exc}") from exc
+    r = doc["report"]
+    out(
+        f"vramwatch: report of {trace} ({r['ticks']} ticks, {len(doc['findings'])} findings, "
+        f"{len(doc['postmortem'])} processes left) written to {output}"
+        + (f"; {bad} malformed lines skipped" if bad else "")
+    )
+    return 0
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be installed from the main thread (tests call us from others)

@@ -233,6 +233,25 @@ def replay(ctx: click.Context, file: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("trace", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="The HTML file to write [default: TRACE's name, .html]."
+)
+@click.pass_context
+def report(ctx: click.Context, trace: str, output: str | None) -> None:
+    """Draw a recorded TRACE as one self-contained HTML file: memory per process, findings, post-mortem, advice."""
+    _run(
+        lambda: app.report(
+            _load(ctx, {}),
+            Path(trace),
+            Path(output) if output else None,
+            out=_echo,
+            err=lambda s: click.echo(s, err=True),
+        )
+    )
+
+
+@main.command()
 @click.argument("pid", type=PID, required=False)
 @click.option("--cmdline", metavar="'COMMAND ...'", help="Advise for this command line instead of a running pid.")
 @click.option(

@@ -135,6 +135,10 @@ def _verdicts(now: Now, store: PageStore) -> list[dict[str, Any]]:
             m = member.meta
             name = m.root_name if m.root_pid not in (None, m.pid) else m.name
             user = m.user
+        else:  # the run has left (a report keeps its verdict): the label it had in the columns
+            track = store.gpus.get(uuid)
+            label = next((lab for lab in track.labels.values() if lab.pid == key.pid), None) if track else None
+            name, user = (label.name, label.user) if label else (None, None)
         out.append({"pid": key.pid, "name": name, "user": user, "gpu": store.index.get(uuid), "verdict": text})
     return out
 

@@ -152,15 +152,21 @@
     const ahead = fc && n && fc.t[1] > s.t[n - 1] ? 1 : 0;
     const x = ahead ? s.t.concat([fc.t[1]]) : s.t.slice();
     const keys = Array.from(s.procs.keys());
-    const acc = new Array(n).fill(0);
+    // A tick where some process is listed gets a figure in every row (0 for those below it that are absent), so
+    // each band has both its edges; a tick where none is listed stays a gap.
     const any = new Array(n).fill(false);
+    for (const key of keys) {
+      const vals = s.procs.get(key).values;
+      for (let j = 0; j < n; j++) if (vals[j] !== null && vals[j] !== undefined) any[j] = true;
+    }
+    const acc = new Array(n).fill(0);
     const stacked = [];
     for (const key of keys) {
       const vals = s.procs.get(key).values;
       const row = new Array(n + ahead).fill(null);
       for (let j = 0; j < n; j++) {
         const v = vals[j];
-        if (v !== null && v !== undefined) { acc[j] += v; any[j] = true; }
+        if (v !== null && v !== undefined) acc[j] += v;
         row[j] = any[j] ? acc[j] : null;
       }
       stacked.push(row);
@@ -182,11 +188,24 @@
       const raw = p && di !== null && di !== undefined ? p.values[di] : null;
       return raw === null || raw === undefined ? "-" : gib(raw) + " GiB";
     };
+    // Stacked areas: the bottom process fills to the axis, each one above fills down to the one below it
+    // (uPlot's bands), so no area is painted twice. A pid reused by a restart is told apart by its start.
+    const seen = {};
+    for (const key of keys) { const w = who(s.procs.get(key)); seen[w] = (seen[w] || 0) + 1; }
     const procSeries = keys.map((key, i) => {
       const p = s.procs.get(key);
       const c = colorOf(i);
-      return { label: who(p), stroke: c, fill: c + "55", width: 1, value: rawOf(key), points: { show: false } };
+      let label = who(p);
+      if (seen[label] > 1) {
+        const j = p.values.findIndex((v) => v !== null);
+        label += j >= 0 ? " from " + clock(s.t[j]) : "";
+      }
+      return { label: label, stroke: c, fill: i === 0 ? c + "66" : undefined, width: 1, value: rawOf(key),
+               points: { show: false } };
     }).reverse();
+    const k = keys.length;
+    const bands = [];
+    for (let i = 1; i < k; i++) bands.push({ series: [k - i, k - i + 1], fill: colorOf(i) + "66" });
     const fmt = (u, v) => (v === null || v === undefined ? "-" : gib(v) + " GiB");
     const opts = {
       width: chartWidth(node),
@@ -198,6 +217,7 @@
         { label: "limit", stroke: "#c4231b", width: 1.5, dash: [8, 4], value: fmt, points: { show: false } },
         { label: "forecast", stroke: "#e06c00", width: 2, dash: [4, 4], spanGaps: true, value: fmt },
       ]),
+      bands: bands,
       legend: { live: true },
       plugins: [markersPlugin(() => marksFor(g ? g.uuid : null))],
     };
@@ -352,7 +372,7 @@
 
     const verdicts = document.getElementById("verdicts");
     document.getElementById("verdicts-section").hidden = !doc.verdicts.length;
-    replaceChildren(verdicts, doc.verdicts.map((v) => el("li", {}, who(v) + " on " + gpuName(v.gpu) + ": " + v.verdict)));
+    replaceChildren(verdicts, doc.verdicts.map((v) => el("li", {}, gpuName(v.gpu) + ": " + v.verdict)));
   }
 
   function drawHeader(doc) {
