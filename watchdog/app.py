@@ -472,9 +472,15 @@ def attach(
     out: Echo,
     as_json: bool = False,
     fast_forward: bool = False,
+    terminal: bool | None = None,
 ) -> int:
-    """`vramwatch attach PID`: watch one run live until it ends; exit 0, or 3 when it probably died of OOM."""
+    """`vramwatch attach PID`: watch one run live until it ends; exit 0, or 3 when it probably died of OOM.
+
+    On a terminal (`terminal`, by default: stdout is one) the run's state is redrawn in place and only news
+    scrolls; piped, every tick is printed as lines.
+    """
     from .attach import attach as watch
+    from .terminal import LiveBlock, is_terminal
 
     clock: Clock = FakeClock() if fast_forward else SystemClock()
     backend, fallback = _open(cfg, clock, require_gpu=False)
@@ -494,10 +500,16 @@ def attach(
         return stop.is_set()
 
     wait = advance if fast_forward else None
+    block = None
+    if not as_json and (is_terminal() if terminal is None else terminal):
+        block = LiveBlock()
+        out = block.print
     try:
         summary = watch(pid, backend, pipeline, dispatcher, clock, out=out, as_json=as_json,
-                        interval=cfg.daemon.interval, stop=stop, wait=wait)  # fmt: skip
+                        interval=cfg.daemon.interval, stop=stop, wait=wait, block=block)  # fmt: skip
     finally:
+        if block is not None:
+            block.close()
         dispatcher.close()
         backend.close()
     return 3 if summary["probable_oom"] else 0
