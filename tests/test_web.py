@@ -262,3 +262,21 @@ def test_serve_prints_the_page_url_and_its_state_fills_with_a_finding() -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+def test_the_page_files_are_package_data() -> None:
+    """Every file the page serves or a report inlines is in the package data the wheel ships."""
+    import sys
+    from pathlib import Path
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["vramwatch"]
+    assert "web/static/*" in data
+    assert "vramwatch.web" in tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    for name in [*STATIC, "page.html"]:
+        assert (root / "watchdog" / "web" / "static" / name).is_file(), name
