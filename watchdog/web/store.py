@@ -97,7 +97,8 @@ class Columns:
         self._last: dict[str, int] = {}  # column -> tick count when it last had a value
         self._count = 0
 
-    def append(self, values: Mapping[str, float]) -> None:
+    def append(self, values: Mapping[str, float]) -> bool:
+        """Add one tick; True when columns were dropped (their last value left the window)."""
         ticks = self.size if self.size < self.capacity else self.capacity
         for key in values:
             if key not in self.columns:
@@ -114,8 +115,10 @@ class Columns:
         for key in values:
             self._last[key] = self._count
         # A column whose last value has left the window holds only NaN: drop it (a process gone an hour ago).
-        for key in [k for k, n in self._last.items() if self._count - n >= self.size]:
+        gone = [k for k, n in self._last.items() if self._count - n >= self.size]
+        for key in gone:
             del self.columns[key], self._last[key]
+        return bool(gone)
 
     def ordered(self, key: str, start: int = 0) -> list[float]:
         """The column oldest first, from the `start`-th oldest tick."""
@@ -130,6 +133,7 @@ class GpuTrack:
     def __init__(self, capacity: int) -> None:
         self.columns = Columns(capacity)
         self.labels: dict[str, ProcessLabel] = {}
+        self._column: dict[tuple[int, float | None], str] = {}  # (pid, start time) -> its column (or OTHER)
         self.torch: dict[str, ProcessLabel] = {}  # pid -> label, for the "alloc:PID" and "resv:PID" columns
 
     def add(self, seq: int, snap: Snapshot, uuid: str) -> None:
@@ -140,17 +144,30 @@ class GpuTrack:
             values["used"] = float(g.used_bytes)
             if g.total_bytes is not None:
                 values["total"] = float(g.total_bytes)
-        for p in snap.processes_on(uuid):
-            if p.used_bytes is None:
+        for p in snap.processes:
+            if p.gpu_uuid != uuid or p.used_bytes is None:
                 continue
-            key = str(p.key)
-            if key not in self.labels:
-                if sum(1 for k in self.labels if k != OTHER) >= MAX_PROCESS_COLUMNS:
+            m = p.meta
+            # The column of an identity, looked up by (pid, start) without formatting a key at every tick.
+            key = self._column.get((m.pid, m.start_time))
+            if key is None:
+                key = str(p.key)
+                if len(self.labels) - (OTHER in self.labels) >= MAX_PROCESS_COLUMNS:
                     key = OTHER
                     self.labels.setdefault(OTHER, OTHER_LABEL)
                 else:
                     self.labels[key] = ProcessLabel.of(p)
+                self._column[(m.pid, m.start_time)] = key
             values[key] = values.get(key, 0.0) + p.used_bytes
+        if snap.torch:
+            self._add_torch(snap, uuid, values)
+        if self.columns.append(values):  # some columns left the window: forget their labels
+            cols = self.columns.columns
+            self.labels = {k: v for k, v in self.labels.items() if k in cols}
+            self._column = {ident: k for ident, k in self._column.items() if k in cols}
+            self.torch = {k: v for k, v in self.torch.items() if f"alloc:{k}" in cols or f"resv:{k}" in cols}
+
+    def _add_torch(self, snap: Snapshot, uuid: str, values: dict[str, float]) -> None:
         names = {p.pid: p.meta.name for p in snap.processes}
         users = {p.pid: p.meta.user for p in snap.processes}
         for ts in snap.torch:
@@ -165,10 +182,6 @@ class GpuTrack:
                 values[f"alloc:{pid}"] = float(ts.allocated_bytes)
             if ts.reserved_bytes is not None:
                 values[f"resv:{pid}"] = float(ts.reserved_bytes)
-        self.columns.append(values)
-        cols = self.columns.columns
-        self.labels = {k: v for k, v in self.labels.items() if k in cols}
-        self.torch = {k: v for k, v in self.torch.items() if f"alloc:{k}" in cols or f"resv:{k}" in cols}
 
     def first_after(self, since: int) -> int:
         """Index (oldest first) of the first tick whose sequence number is above `since`."""
@@ -196,7 +209,7 @@ class PageStore:
         self.index: dict[str, int] = {}  # uuid -> NVML index, for labels
         self.events: deque[FindingEvent] = deque(maxlen=max_events)
         self.departures: deque[Departure] = deque(maxlen=max_events)
-        self._present: dict[tuple[ProcessKey, str], _Presence] = {}
+        self._present: dict[tuple[int, float | None, str], _Presence] = {}
         self.latest: Snapshot | None = None
 
     def add(self, snap: Snapshot) -> None:
@@ -212,9 +225,9 @@ class PageStore:
         self._follow_processes(snap)
 
     def _follow_processes(self, snap: Snapshot) -> None:
-        seen: set[tuple[ProcessKey, str]] = set()
+        seen: set[tuple[int, float | None, str]] = set()
         for p in snap.processes:
-            k = (p.key, p.gpu_uuid)
+            k = (p.meta.pid, p.meta.start_time, p.gpu_uuid)  # the identity, without building a ProcessKey a tick
             seen.add(k)
             used = p.used_bytes or 0
             pres = self._present.get(k)
@@ -223,19 +236,22 @@ class PageStore:
             else:
                 pres.peak_bytes = max(pres.peak_bytes, used)
                 pres.last_bytes = used
+        if len(seen) == len(self._present):
+            return  # nobody left (every present process was seen, and every seen one is present now)
         exits = {ex.key: ex for ex in snap.exits}
         for k in [k for k in self._present if k not in seen]:
             pres = self._present.pop(k)
+            key = ProcessKey(k[0], k[1])
             self.departures.append(
                 Departure(
-                    gpu_uuid=k[1],
-                    key=k[0],
+                    gpu_uuid=k[2],
+                    key=key,
                     label=pres.label,
                     wall=snap.wall_time,
                     first_wall=pres.first_wall,
                     peak_bytes=pres.peak_bytes,
                     last_bytes=pres.last_bytes,
-                    exit=exits.get(k[0]),
+                    exit=exits.get(key),
                 )
             )
 
