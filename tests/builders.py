@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from vramwatch.model import GpuSample, ProcessMeta, ProcessSample, Snapshot
 
@@ -42,3 +43,23 @@ def make_snapshot(
         for pid, used in procs.items()
     )
     return Snapshot(t=t, wall_time=1.7e9 + t, gpus=(g,), processes=ps)
+
+
+def record_simulated(path: Path, scenario: str, seconds: int, *, seed: int = 0) -> Path:
+    """A trace of `seconds` ticks of a simulated scenario, written at full speed (a FakeClock, 1 s a tick)."""
+    from vramwatch.backends.simulated import SimulatedBackend
+    from vramwatch.history import History
+    from vramwatch.sampler import Sampler
+    from vramwatch.testing import FakeClock
+    from vramwatch.trace import open_trace_writer
+
+    clock = FakeClock()
+    backend = SimulatedBackend(scenario, seed=seed, clock=clock)
+    sampler = Sampler(backend, History(window_seconds=60), clock)
+    with open_trace_writer(path, backend, 1.0) as writer:
+        for _ in range(seconds):
+            snap = sampler.tick()
+            if snap is not None:
+                writer.write(snap)
+            clock.advance(1.0)
+    return path

@@ -336,3 +336,83 @@ def test_attach_to_a_pid_the_simulation_never_runs_is_a_clear_error() -> None:
 
 def _leaker_of(scenario: str) -> int:
     return next(int(p["pid"]) for p in ground_truth(scenario)["processes"] if p.get("behaviour") == "leak")
+
+
+def _attach_into_a_terminal(width: int = 140) -> tuple[dict[str, Any], str]:
+    """Attach to the fast leak at full speed with the view a terminal gets, drawn into a fake terminal."""
+    import io
+
+    from rich.console import Console
+    from vramwatch.attach import attach
+    from vramwatch.backends.simulated import SimulatedBackend
+    from vramwatch.daemon import Pipeline
+    from vramwatch.history import History
+    from vramwatch.terminal import LiveBlock
+    from vramwatch.testing import FakeClock
+
+    screen = io.StringIO()
+    block = LiveBlock(Console(file=screen, force_terminal=True, width=width, highlight=False))
+    clock = FakeClock()
+    backend = SimulatedBackend("fast_leak", clock=clock)
+    pipeline = Pipeline(backend, History(window_seconds=3600, interval_seconds=1.0), clock)
+
+    def advance(seconds: float) -> bool:
+        clock.sleep(seconds)
+        return False
+
+    summary = attach(_leaker(), backend, pipeline, _NoActions(), clock, out=block.print, wait=advance, block=block)
+    return summary, screen.getvalue()
+
+
+def test_on_a_terminal_the_view_is_redrawn_in_place_and_news_is_printed_once() -> None:
+    """On a terminal each tick redraws the block (cursor up, erase line); a finding and its advice print once."""
+    summary, screen = _attach_into_a_terminal()
+    assert summary["probable_oom"] is True
+    assert "\x1b[1A" in screen
+    assert "\x1b[2K" in screen
+    forecast = [line for line in screen.splitlines() if "[critical]" in line and "full in" in line]
+    assert len(forecast) == 1, "the critical forecast is news once, not a line per tick"
+    assert "-> 1." in screen, "with its advice"
+    assert screen.count("active: ") == screen.count("active: oom_forecast"), "kinds redrawn, not repeated lines"
+    assert screen.rstrip().endswith("it probably died of out-of-memory: see the findings and advice above")
+
+
+def _run_attach(*, tty: bool) -> tuple[int, str]:
+    """`vramwatch attach` on the fast leak as a real process, its stdout a pseudo-terminal or a pipe."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "vramwatch", "attach", str(_leaker()), "--simulate", "fast_leak", "--fast-forward"]
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "140"}
+    if not tty:
+        res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+        return res.returncode, res.stdout
+    main_fd, child_fd = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=child_fd, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env)
+    os.close(child_fd)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main_fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(main_fd)
+    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_attach_redraws_on_a_terminal_and_prints_plain_lines_when_piped() -> None:
+    """The same command: in place on a pseudo-terminal, plain scrolling lines (no escape codes) into a pipe."""
+    code, screen = _run_attach(tty=True)
+    assert code == 3
+    assert "\x1b[1A" in screen
+    assert "\x1b[2K" in screen
+    code, piped = _run_attach(tty=False)
+    assert code == 3
+    assert "\x1b[" not in piped
+    assert piped.count("  ▁") + piped.count("peak ") > 50, "one status per tick, as lines"

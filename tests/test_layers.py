@@ -16,12 +16,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "watchdog"
 #: from its own part and from lower layers, never from a higher one nor from another part of its own layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # no vramwatch imports but each other's; the in-trainer agent is stdlib only.
-    ("_version", "errors", "clock", "redact", "logs", "agent", "agenthost", "environ"),
+    ("_version", "errors", "redact", "logs", "agent", "agenthost", "environ"),
     # the value objects everything passes around, and how their numbers read.
     ("model",),
     ("units", "tables"),
     # seams and the simple services on the values.
     ("typing", "config", "render", "testing", "attribution", "history", "service"),
+    # the clocks (a sped-up clock wraps any `Clock`).
+    ("clock",),
     # reading the world into values, writing values out; the host's end of the agent's link.
     ("trace", "sdnotify", "sampler", "agenthost.link"),
     # the domain: backends (sources), detectors (decisions), advice (knowledge), actions (effects).
@@ -33,7 +35,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the loop, and `vramwatch run`'s host-side monitor.
     ("daemon", "agenthost.monitor"),
     # what runs the loop or the monitor.
-    ("attach", "agenthost.runner"),
+    ("attach", "agenthost.runner", "terminal"),
+    # the live page and the report: drawn from the loop's snapshots and attach's post-mortem.
+    ("web",),
     # the commands.
     ("app",),
     # the command line, and the package's face (`vramwatch.__version__`, the errors, the model).
@@ -133,4 +137,4 @@ def test_the_checks_are_live() -> None:
     assert "detectors.growth" in edges["detectors.forecast"]
     assert "detectors._format" in edges["detectors.leak"]  # `from . import _format as fmt`
     assert "model" in edges["typing"]
-    assert part_of("agenthost.monitor") == (8, "agenthost.monitor")
+    assert part_of("agenthost.monitor") == (9, "agenthost.monitor")

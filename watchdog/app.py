@@ -22,7 +22,7 @@ from .agent.protocol import default_socket_path
 from .agenthost.link import AgentListener, AgentReport
 from .backends import banner, open_backend
 from .backends.replay import ReplayBackend
-from .clock import SystemClock
+from .clock import ScaledClock, SystemClock
 from .config import Config
 from .daemon import Daemon, Pipeline
 from .detectors import DetectorConfig, config_from_table
@@ -35,6 +35,7 @@ from .sdnotify import SdNotifier
 from .testing import FakeClock
 from .trace import TraceWriter, open_trace_writer
 from .typing import Backend, Clock
+from .web import LiveView
 
 Echo = Callable[[str], None]
 log = structlog.get_logger("vramwatch")
@@ -70,8 +71,16 @@ def serve(
     reload_config: Callable[[], Config] | None = None,
     stop: threading.Event | None = None,
     ready: Callable[[Daemon], None] | None = None,
+    speed: float = 1.0,
 ) -> int:
-    """`vramwatch serve`: run the daemon until SIGTERM/SIGINT. A missing driver is retried, not fatal."""
+    """`vramwatch serve`: run the daemon until SIGTERM/SIGINT. A missing driver is retried, not fatal.
+
+    Serves /metrics and the live page at `/`; `speed` plays a simulated or replayed card faster than real time.
+    """
+    if speed != 1.0:
+        if cfg.daemon.simulate is None and cfg.daemon.replay is None:
+            raise VramwatchError("--speed is for --simulate and --replay only: a real GPU runs at its own pace")
+        clock = ScaledClock(speed)
     clock = clock or SystemClock()
     first: list[Backend] = []
     try:
@@ -108,9 +117,15 @@ def serve(
     daemon.dispatcher = build_dispatcher(cfg, first[0] if first else None, clock, daemon.lookup, daemon.recheck)
     if stop is not None:
         daemon.stop_event = stop
+    if speed != 1.0:
+        daemon.wait = lambda seconds: daemon.stop_event.wait(seconds / speed)
+    live = LiveView(cfg.daemon.history_seconds, cfg.daemon.interval, lambda: daemon.state)
+    daemon.pages = live.wsgi
+    daemon.on_findings = live.observe
     port = daemon.start_server()
     host = cfg.daemon.listen.rpartition(":")[0] or "127.0.0.1"
-    out(f"vramwatch: serving http://{host}:{port}/metrics every {cfg.daemon.interval:g}s (Ctrl-C to stop)")
+    pace = f"every {cfg.daemon.interval:g}s" + (f", {speed:g}x real time" if speed != 1.0 else "")
+    out(f"vramwatch: live page at http://{host}:{port}/ (metrics at /metrics), {pace} (Ctrl-C to stop)")
     if ready is not None:
         ready(daemon)
     else:
@@ -359,6 +374,36 @@ def replay(
     return 0
 
 
+def report(cfg: Config, trace: Path, output: Path | None, *, out: Echo, err: Echo) -> int:
+    """`vramwatch report TRACE -o FILE`: the live page's picture of a recorded run, as one self-contained file."""
+    from .web.report import write_report
+
+    if output is None:
+        name = trace.name.removesuffix(".gz").removesuffix(".jsonl").removesuffix(".json")
+        output = trace.with_name(name + ".html")
+    if output.exists() and output.resolve() == trace.resolve():
+        raise VramwatchError(f"{output} is the trace itself: give the report another name with -o FILE")
+    bad = 0
+
+    def on_error(lineno: int, message: str) -> None:
+        nonlocal bad
+        bad += 1
+        err(f"vramwatch: {trace}:{lineno}: skipped: {message}")
+
+    try:
+        doc = write_report(trace, output, detector_config(cfg), history_seconds=cfg.daemon.history_seconds,
+                           on_error=on_error)  # fmt: skip
+    except OSError as exc:
+        raise VramwatchError(f"{output}: cannot write the report: {exc.strerror or exc}") from exc
+    r = doc["report"]
+    out(
+        f"vramwatch: report of {trace} ({r['ticks']} ticks, {len(doc['findings'])} findings, "
+        f"{len(doc['postmortem'])} processes left) written to {output}"
+        + (f"; {bad} malformed lines skipped" if bad else "")
+    )
+    return 0
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be installed from the main thread (tests call us from others)
@@ -427,9 +472,15 @@ def attach(
     out: Echo,
     as_json: bool = False,
     fast_forward: bool = False,
+    terminal: bool | None = None,
 ) -> int:
-    """`vramwatch attach PID`: watch one run live until it ends; exit 0, or 3 when it probably died of OOM."""
+    """`vramwatch attach PID`: watch one run live until it ends; exit 0, or 3 when it probably died of OOM.
+
+    On a terminal (`terminal`, by default: stdout is one) the run's state is redrawn in place and only news
+    scrolls; piped, every tick is printed as lines.
+    """
     from .attach import attach as watch
+    from .terminal import LiveBlock, is_terminal
 
     clock: Clock = FakeClock() if fast_forward else SystemClock()
     backend, fallback = _open(cfg, clock, require_gpu=False)
@@ -449,10 +500,16 @@ def attach(
         return stop.is_set()
 
     wait = advance if fast_forward else None
+    block = None
+    if not as_json and (is_terminal() if terminal is None else terminal):
+        block = LiveBlock()
+        out = block.print
     try:
         summary = watch(pid, backend, pipeline, dispatcher, clock, out=out, as_json=as_json,
-                        interval=cfg.daemon.interval, stop=stop, wait=wait)  # fmt: skip
+                        interval=cfg.daemon.interval, stop=stop, wait=wait, block=block)  # fmt: skip
     finally:
+        if block is not None:
+            block.close()
         dispatcher.close()
         backend.close()
     return 3 if summary["probable_oom"] else 0

@@ -13,7 +13,7 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -36,6 +36,16 @@ WAIT_FOR_GPU_SECONDS = 600.0
 POST_MORTEM_KINDS = frozenset({FindingKind.PROBABLE_OOM, FindingKind.OOM})
 #: How long a pid that left the GPU may take to exit before it is called "left the GPU (still running)".
 EXIT_GRACE_SECONDS = 10.0
+
+
+class StatusBlock(Protocol):
+    """Where a terminal shows the run's state, redrawn in place (see `terminal.LiveBlock`); piped, there is none."""
+
+    def update(self, text: str) -> None:
+        """Replace the block with `text` (a few lines)."""
+
+    def close(self) -> None:
+        """Leave the last block on screen; what is printed next goes below it."""
 
 
 def sparkline(values: list[float], width: int = 40) -> str:
@@ -147,8 +157,13 @@ def attach(
     interval: float = 1.0,
     stop: threading.Event | None = None,
     wait: Callable[[float], bool] | None = None,
+    block: StatusBlock | None = None,
 ) -> dict[str, Any]:
-    """Watch `pid` until it ends (or `stop` is set); returns the summary it also prints."""
+    """Watch `pid` until it ends (or `stop` is set); returns the summary it also prints.
+
+    With a `block` (a terminal), the run's state is redrawn there each tick and only what is news (findings
+    with their advice, actions, the summary) goes to `out`; without one, each tick is printed as lines.
+    """
     note = check_pid(pid, backend)
     if note:
         out(json.dumps({"event": "note", "message": note}) if as_json else f"vramwatch: {note}")
@@ -189,7 +204,12 @@ def attach(
             )
             state.history.append(tree_bytes)
             del state.history[:-600]
-            out(_render(pid, snap, mine=mine, pipeline=pipeline, new=relevant, state=state, as_json=as_json))
+            if block is not None and not as_json:
+                block.update(_status_text(pid, snap, mine=mine, pipeline=pipeline, state=state, with_active=True))
+                if relevant:
+                    out(_findings_text(relevant))
+            else:
+                out(_render(pid, snap, mine=mine, pipeline=pipeline, new=relevant, state=state, as_json=as_json))
         # Attach acts for this run only: on findings about its tree, or about its GPU with no process named,
         # and then only among its own processes. Other people's findings are shown, never acted on from here.
         ours = [f for f in relevant if f.process is None or f.process.pid in tree]
@@ -228,7 +248,11 @@ def attach(
         elif waited == interval:
             out(json.dumps({"event": "waiting", "pid": pid}) if as_json else f"waiting for pid {pid} to use a GPU...")
 
-    run_every(interval, step, clock, stop, wait=wait)
+    try:
+        run_every(interval, step, clock, stop, wait=wait)
+    finally:
+        if block is not None:
+            block.close()
     summary = state.summary()
     if as_json:
         out(json.dumps(summary))
@@ -271,6 +295,23 @@ def _render(
                 "findings": [finding_dict(f) for f in new],
             }
         )
+    text = _status_text(pid, snap, mine=mine, pipeline=pipeline, state=state, with_active=not new and bool(active))
+    return text + ("\n" + _findings_text(new) if new else "")
+
+
+def _status_text(pid: int, snap: Snapshot, *, mine: list[Any], pipeline: Pipeline, state: AttachState,
+                 with_active: bool) -> str:  # fmt: skip
+    """The run's state in two lines (three `with_active`: the kinds of the findings still active)."""
+    analysis = pipeline.analysis
+    gpus = {p.gpu_uuid for p in mine}
+    growth = sum(
+        analysis.process_growth[(p.key, p.gpu_uuid)].bytes_per_second
+        for p in mine
+        if analysis is not None and (p.key, p.gpu_uuid) in analysis.process_growth
+    )
+    eta = min((analysis.oom_eta[u][0] for u in gpus if analysis and u in analysis.oom_eta), default=None)
+    cards = [g for g in snap.gpus if g.uuid in gpus]
+    active = [f for f in pipeline.tracker.active() if f.gpu_uuid in gpus]
     free = min((g.free_bytes for g in cards if g.free_bytes is not None), default=None)
     lines = [
         f"pid {pid} ({mine[0].meta.name or '?'}): {gib(state.last_bytes)} GiB on "
@@ -279,11 +320,16 @@ def _render(
         + (f"  {eta_text(eta, free)}" if eta is not None else ""),
         f"  {sparkline(state.history)}  peak {gib(state.peak_bytes)} GiB",
     ]
+    if with_active and active:
+        lines.append(f"  active: {', '.join(sorted({f.kind for f in active}))}")
+    return "\n".join(lines)
+
+
+def _findings_text(new: list[Finding]) -> str:
+    lines = []
     for f in new:
         lines.append(f"  [{f.severity.value}] {f.message}")
         lines.extend(f"      -> {a}" for a in f.advice)
-    if not new and active:
-        lines.append(f"  active: {', '.join(sorted({f.kind for f in active}))}")
     return "\n".join(lines)
 
 

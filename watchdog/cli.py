@@ -126,6 +126,13 @@ def main(ctx: click.Context) -> None:
 @click.option("--no-process-metrics", is_flag=True, help="Export GPU-level series only (fleets fearing cardinality).")
 @click.option("--require-gpu", is_flag=True, help="Never fall back to the simulator when no NVIDIA driver is found.")
 @click.option("--record", metavar="FILE", help="Also record every tick to this trace (JSON Lines; .gz compresses).")
+@click.option(
+    "--speed",
+    type=click.FloatRange(0.1, 100),
+    default=1.0,
+    metavar="FACTOR",
+    help="Play a --simulate or --replay card FACTOR times faster than real time (a demo of a story) [default: 1].",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -137,8 +144,9 @@ def serve(
     no_process_metrics: bool,
     require_gpu: bool,
     record: str | None,
+    speed: float,
 ) -> None:
-    """Run the daemon: sample every second, detect, export Prometheus metrics."""
+    """Run the daemon: sample every second, detect, serve the live page at / and Prometheus metrics."""
     overrides = {
         "simulate": simulate,
         "seed": seed,
@@ -150,7 +158,11 @@ def serve(
     }
     _run(
         lambda: app.serve(
-            _load(ctx, overrides), out=_echo, require_gpu=require_gpu, reload_config=lambda: _load(ctx, overrides)
+            _load(ctx, overrides),
+            out=_echo,
+            require_gpu=require_gpu,
+            reload_config=lambda: _load(ctx, overrides),
+            speed=speed,
         )
     )
 
@@ -217,6 +229,25 @@ def replay(ctx: click.Context, file: str, as_json: bool) -> None:
     _run(
         lambda: app.replay(
             _load(ctx, {}), Path(file), out=_echo, err=lambda s: click.echo(s, err=True), as_json=as_json
+        )
+    )
+
+
+@main.command()
+@click.argument("trace", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="The HTML file to write [default: TRACE's name, .html]."
+)
+@click.pass_context
+def report(ctx: click.Context, trace: str, output: str | None) -> None:
+    """Draw a recorded TRACE as one self-contained HTML file: memory per process, findings, post-mortem, advice."""
+    _run(
+        lambda: app.report(
+            _load(ctx, {}),
+            Path(trace),
+            Path(output) if output else None,
+            out=_echo,
+            err=lambda s: click.echo(s, err=True),
         )
     )
 

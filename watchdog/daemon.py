@@ -32,7 +32,7 @@ from .config import Config
 from .detectors import Analysis, DetectorConfig, FindingTracker, analyze, config_from_table
 from .enrich import Enricher
 from .errors import BackendUnavailable, VramwatchError
-from .exporter import ExportState, MetricsServer, make_registry
+from .exporter import ExportState, MetricsServer, Pages, make_registry
 from .history import History
 from .model import Finding, FindingKind, OomEvent, ProcessKey, ProcessMeta, Snapshot, TorchStats
 from .render import finding_dict, snapshot_to_json
@@ -150,6 +150,11 @@ class Daemon:
         self._state = ExportState(snapshot=None, backend={}, stats=self._idle_stats, up=False)
         self.registry = make_registry(lambda: self._state)
         self.server: MetricsServer | None = None
+        # The live page (`vramwatch.web`): its routes, served beside /metrics, and what it sees of each tick.
+        self.pages: Pages | None = None
+        self.on_findings: Callable[[Snapshot, list[Finding], list[Finding]], None] | None = None
+        # How the loop waits between ticks (default: on stop_event); `serve --speed` shortens the waits.
+        self.wait: Callable[[float], bool] | None = None
         self._sigint_count = 0
         self._replay_ended = False
 
@@ -157,7 +162,9 @@ class Daemon:
 
     def start_server(self) -> int:
         """Bind the metrics server (raises VramwatchError with a clear message if the port is taken)."""
-        self.server = MetricsServer(self.config.daemon.listen, self.registry, self.healthy, self.status_json)
+        self.server = MetricsServer(
+            self.config.daemon.listen, self.registry, self.healthy, self.status_json, pages=self.pages
+        )
         self.server.start()
         return self.server.port
 
@@ -174,6 +181,7 @@ class Daemon:
                 self.clock,
                 self.stop_event,
                 on_overrun=self._overrun,
+                wait=self.wait,
             )
         finally:
             self.systemd.stopping()
@@ -204,6 +212,11 @@ class Daemon:
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002 - signal handler signature
         self.reload_requested.set()
+
+    @property
+    def state(self) -> ExportState:
+        """What the last tick published (immutable; replaced whole at each tick)."""
+        return self._state
 
     def status_json(self) -> bytes:
         """The `status --json` document of the last tick, with trends, forecasts, verdicts and findings."""
@@ -313,6 +326,8 @@ class Daemon:
         self._log(raised, cleared)
         self._act(raised, cleared, snap)
         self._publish(snap, up=True)
+        if self.on_findings is not None:
+            self.on_findings(snap, raised, cleared)
         if self.on_tick is not None:
             self.on_tick(snap)
 

@@ -294,8 +294,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+#: A WSGI app that answers the paths it knows and returns None for the others (the live page's routes).
+Pages = Callable[[dict[str, Any], Any], Iterable[bytes] | None]
+
+
 class MetricsServer:
-    """Serves /metrics from the registry and /healthz (200 while the sampler ticked recently, else 503)."""
+    """Serves /metrics from the registry, /healthz (200 while the sampler ticked recently, else 503), and the
+    live page's routes when `pages` is given (`/`, `/static/...`, `/api/state`)."""
 
     def __init__(
         self,
@@ -303,6 +308,7 @@ class MetricsServer:
         registry: CollectorRegistry,
         healthy: Callable[[], bool],
         status: Callable[[], bytes] | None = None,
+        pages: Pages | None = None,
     ) -> None:
         host, port = parse_listen(listen)
         metrics_app = make_wsgi_app(registry)
@@ -318,6 +324,10 @@ class MetricsServer:
                 # to the same (loopback by default) address as /metrics and carries no command lines.
                 start_response("200 OK", [("Content-Type", "application/json")])
                 return [status()]
+            if pages is not None and path != "/metrics":
+                answer = pages(environ, start_response)
+                if answer is not None:
+                    return answer
             return metrics_app(environ, start_response)
 
         server_cls: type[_Server] = _Server6 if ":" in host else _Server
