@@ -191,7 +191,8 @@ def _peers(repeat: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         from nvitop import Device, GpuProcess
-    except ImportError:
+    except Exception as exc:  # missing, or refusing this nvidia-ml-py: the run still reports vramwatch and NVML
+        print(f"  nvitop unavailable: {exc}", flush=True)
         return out
     devices = Device.all()
 
