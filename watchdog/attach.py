@@ -271,16 +271,7 @@ def _render(
     state: AttachState,
     as_json: bool,
 ) -> str:
-    analysis = pipeline.analysis
-    gpus = {p.gpu_uuid for p in mine}
-    growth = sum(
-        analysis.process_growth[(p.key, p.gpu_uuid)].bytes_per_second
-        for p in mine
-        if analysis is not None and (p.key, p.gpu_uuid) in analysis.process_growth
-    )
-    eta = min((analysis.oom_eta[u][0] for u in gpus if analysis and u in analysis.oom_eta), default=None)
-    cards = [g for g in snap.gpus if g.uuid in gpus]
-    active = [f for f in pipeline.tracker.active() if f.gpu_uuid in gpus]
+    growth, eta, cards, active = _figures(pipeline, snap, mine)
     if as_json:
         return json.dumps(
             {
@@ -290,7 +281,7 @@ def _render(
                 "tree_bytes": state.last_bytes,
                 "processes": [{"pid": p.pid, "gpu_uuid": p.gpu_uuid, "used_bytes": p.used_bytes} for p in mine],
                 "gpus": [{"uuid": g.uuid, "used_bytes": g.used_bytes, "total_bytes": g.total_bytes} for g in cards],
-                "growth_bytes_per_second": growth if analysis and growth else None,
+                "growth_bytes_per_second": growth or None,
                 "oom_eta_seconds": eta,
                 "findings": [finding_dict(f) for f in new],
             }
@@ -299,9 +290,11 @@ def _render(
     return text + ("\n" + _findings_text(new) if new else "")
 
 
-def _status_text(pid: int, snap: Snapshot, *, mine: list[Any], pipeline: Pipeline, state: AttachState,
-                 with_active: bool) -> str:  # fmt: skip
-    """The run's state in two lines (three `with_active`: the kinds of the findings still active)."""
+def _figures(
+    pipeline: Pipeline, snap: Snapshot, mine: list[Any]
+) -> tuple[float, float | None, list[Any], list[Finding]]:
+    """The run's growth rate (summed over its processes), the soonest OOM forecast of its cards, its cards, and
+    the findings still active on them."""
     analysis = pipeline.analysis
     gpus = {p.gpu_uuid for p in mine}
     growth = sum(
@@ -312,6 +305,13 @@ def _status_text(pid: int, snap: Snapshot, *, mine: list[Any], pipeline: Pipelin
     eta = min((analysis.oom_eta[u][0] for u in gpus if analysis and u in analysis.oom_eta), default=None)
     cards = [g for g in snap.gpus if g.uuid in gpus]
     active = [f for f in pipeline.tracker.active() if f.gpu_uuid in gpus]
+    return growth, eta, cards, active
+
+
+def _status_text(pid: int, snap: Snapshot, *, mine: list[Any], pipeline: Pipeline, state: AttachState,
+                 with_active: bool) -> str:  # fmt: skip
+    """The run's state in two lines (three `with_active`: the kinds of the findings still active)."""
+    growth, eta, cards, active = _figures(pipeline, snap, mine)
     free = min((g.free_bytes for g in cards if g.free_bytes is not None), default=None)
     lines = [
         f"pid {pid} ({mine[0].meta.name or '?'}): {gib(state.last_bytes)} GiB on "
