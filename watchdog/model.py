@@ -83,6 +83,17 @@ class ProcessUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessKey:
+    """The identity of a process: pids are reused, so pid alone would merge two runs' histories."""
+
+    pid: int
+    start_time: float | None
+
+    def __str__(self) -> str:
+        return f"{self.pid}@{self.start_time:.2f}" if self.start_time is not None else str(self.pid)
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessMeta:
     """What the operating system knows about a pid, looked up once per process identity.
 
@@ -103,17 +114,15 @@ class ProcessMeta:
     cmdline: tuple[str, ...] | None = None
     status: str | None = None  # psutil status: running, sleeping, stopped, zombie, ...
     cwd: str | None = None  # where relative config paths in cmdline resolve
+    # Derived once here rather than at every lookup: each tick keys several tables by them for every process.
+    key: ProcessKey = field(init=False, repr=False, compare=False)
+    tree_key: ProcessKey = field(init=False, repr=False, compare=False)
 
-
-@dataclass(frozen=True, slots=True)
-class ProcessKey:
-    """The identity of a process: pids are reused, so pid alone would merge two runs' histories."""
-
-    pid: int
-    start_time: float | None
-
-    def __str__(self) -> str:
-        return f"{self.pid}@{self.start_time:.2f}" if self.start_time is not None else str(self.pid)
+    def __post_init__(self) -> None:
+        key = ProcessKey(self.pid, self.start_time)
+        object.__setattr__(self, "key", key)
+        tree = key if self.root_pid is None else ProcessKey(self.root_pid, self.root_start_time)
+        object.__setattr__(self, "tree_key", tree)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,14 +140,12 @@ class ProcessSample:
 
     @property
     def key(self) -> ProcessKey:
-        return ProcessKey(self.meta.pid, self.meta.start_time)
+        return self.meta.key
 
     @property
     def tree_key(self) -> ProcessKey:
         """The launcher's identity: `accelerate launch` / `torchrun` workers share their launcher's tree."""
-        if self.meta.root_pid is None:
-            return self.key
-        return ProcessKey(self.meta.root_pid, self.meta.root_start_time)
+        return self.meta.tree_key
 
 
 @dataclass(frozen=True, slots=True)
