@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import BackendUnavailable
 from ..typing import Backend, Clock
 
-DEFAULT_SCENARIO = "steady"
+DEFAULT_SCENARIO = "leak"
 
 
 def open_backend(
