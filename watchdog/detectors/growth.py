@@ -213,7 +213,12 @@ def _segment_floor(v: array[float], i: int, j: int, outlier_fraction: float) -> 
     seg = v[i:j]
     low = min(seg)
     k = i + seg.index(low)
-    neighbours = [x for x in (k - 1, k + 1) if 0 <= x < len(v)]
+    # The common case first, without building lists (this runs ~11 times per fit, for every moving series):
+    # a neighbour the point is not far below makes it a trough, not a bad read.
+    n = len(v)
+    if (k > 0 and low >= outlier_fraction * v[k - 1]) or (k + 1 < n and low >= outlier_fraction * v[k + 1]):
+        return low, k
+    neighbours = [x for x in (k - 1, k + 1) if 0 <= x < n]
     if neighbours and all(low < outlier_fraction * v[x] for x in neighbours):
         # A lone sample far below both neighbours is a bad read, not a trough (a sawtooth's troughs are real
         # and kept): take the next lowest point, or the lower neighbour when the segment is that one point.
