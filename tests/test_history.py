@@ -5,7 +5,7 @@ from __future__ import annotations
 from builders import GIB, UUID0, make_snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vramwatch.history import History, Series
+from vramwatch.history import POINT_BYTES, History, Series
 from vramwatch.model import ProcessKey
 
 
@@ -74,10 +74,10 @@ def test_tracks_are_bounded_by_max_tracks() -> None:
 
 
 def test_capacity_bytes_is_what_the_rings_allocate() -> None:
-    """The advertised bound equals 16 bytes per point for every series that can exist."""
+    """The advertised bound is POINT_BYTES per point for every series that can exist."""
     h = History(window_seconds=3600, interval_seconds=1.0, max_tracks=100)
     assert h.points == 3601
-    assert h.capacity_bytes(gpus=2) == 16 * 3601 * (4 + 100)
+    assert h.capacity_bytes(gpus=2) == POINT_BYTES * 3601 * (4 + 100)
 
 
 @settings(deadline=None)  # a few hundred appends and scans per example: slow on a loaded CI runner, not wrong
@@ -143,3 +143,13 @@ def test_a_view_stays_true_after_the_series_moves_on() -> None:
     assert (list(before.t), list(before.v), before.min(), before.max()) == snapshot
     assert View.of(s).min() == 0.0
     assert len(s) == 20
+
+
+def test_a_series_stays_within_the_bytes_its_capacity_promises() -> None:
+    """However long it runs, a rising series (the staircase's worst case) holds no more than POINT_BYTES a point."""
+    s = Series(3601)
+    for i in range(20_000):
+        s.append(float(i), float(i))
+        t, v, _first, _end = s.storage()
+        held = t.itemsize * len(t) + v.itemsize * len(v) + 8 * (len(s._mins) + len(s._maxs))
+        assert held <= POINT_BYTES * s.capacity + 16

@@ -1,11 +1,12 @@
 """Bounded memory of the last hour: the windows the detectors read.
 
-Each series is a fixed-capacity ring of (t, value) in two `array('d')`, 16 bytes a point: it grows as points
-arrive, up to its capacity, then overwrites the oldest. A series of one hour at 1 Hz costs at most 57.6 kB, so
-the daemon's memory has a bound known in advance (`History.capacity_bytes`), and a short-lived process costs
-only what it lived. Series exist per GPU (used and free bytes), per process identity and GPU, and per
-process tree and GPU (a launcher's workers summed). A process that has exited keeps its series for
-`retain_seconds` (the crash/OOM detectors look back at it), then its memory is returned.
+Each series holds at most `capacity` points (t, value) in two append-only `array('d')`, 16 bytes a point,
+plus its staircases (at most 8 bytes a point) and a dropped prefix of at most a quarter of the capacity until
+the arrays are compacted: a series of one hour at 1 Hz costs at most 108 kB, so the daemon's memory has a
+bound known in advance (`History.capacity_bytes`), and a short-lived process costs only what it lived.
+Series exist per GPU (used and free bytes), per process identity and GPU, and per process tree and GPU (a
+launcher's workers summed). A process that has exited keeps its series for `retain_seconds` (the crash/OOM
+detectors look back at it), then its memory is returned.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from .model import ProcessExit, ProcessKey, ProcessMeta, Snapshot, TorchStats
 #: Agent samples kept per (pid, device): ten minutes at 1 Hz, what the fragmentation detector looks at.
 TORCH_POINTS = 600
 
-POINT_BYTES = 16  # one float64 time + one float64 value
+#: One float64 time, one float64 value, and at most one int64 in the series' two staircases (a point is in
+#: both only while it is the newest), times 1.25 for the dropped prefix kept until the arrays are compacted.
+POINT_BYTES = 30
 
 
 @dataclass(frozen=True, slots=True)
