@@ -136,7 +136,8 @@ class GpuTrack:
         self._column: dict[tuple[int, float | None], str] = {}  # (pid, start time) -> its column (or OTHER)
         self.torch: dict[str, ProcessLabel] = {}  # pid -> label, for the "alloc:PID" and "resv:PID" columns
 
-    def add(self, seq: int, snap: Snapshot, uuid: str) -> None:
+    def add(self, seq: int, snap: Snapshot, uuid: str, processes: Iterable[ProcessSample]) -> None:
+        """One tick of this GPU; `processes` are the snapshot's processes on it."""
         g = snap.gpu(uuid)
         # A lost GPU leaves a gap (NaN), not a fake zero; its columns stay, so the chart keeps its axis.
         values: dict[str, float] = {"seq": float(seq), "t": snap.wall_time, "used": math.nan, "total": math.nan}
@@ -144,8 +145,8 @@ class GpuTrack:
             values["used"] = float(g.used_bytes)
             if g.total_bytes is not None:
                 values["total"] = float(g.total_bytes)
-        for p in snap.processes:
-            if p.gpu_uuid != uuid or p.used_bytes is None:
+        for p in processes:
+            if p.used_bytes is None:
                 continue
             m = p.meta
             # The column of an identity, looked up by (pid, start) without formatting a key at every tick.
@@ -216,12 +217,16 @@ class PageStore:
         """Fold one tick in: a point on every GPU's columns, departures of processes no longer listed."""
         self.seq += 1
         self.latest = snap
+        # One pass over the processes for all GPUs, not one per GPU (8 GPUs x 512 processes is 4,096, not 32,768).
+        on: dict[str, list[ProcessSample]] = {}
+        for p in snap.processes:
+            on.setdefault(p.gpu_uuid, []).append(p)
         for g in snap.gpus:
             self.index[g.uuid] = g.index
             track = self.gpus.get(g.uuid)
             if track is None:
                 track = self.gpus[g.uuid] = GpuTrack(self.capacity)
-            track.add(self.seq, snap, g.uuid)
+            track.add(self.seq, snap, g.uuid, on.get(g.uuid, ()))
         self._follow_processes(snap)
 
     def _follow_processes(self, snap: Snapshot) -> None:
