@@ -18,7 +18,11 @@ start)
     (setsid nohup bash -c ". benchmarks/gpu_env.sh; python3 benchmarks/detection/corpus.py /tmp/corpus $* > $LOG 2>&1; echo EXIT \$? >> $LOG" \
         > /dev/null 2>&1 < /dev/null &)
     ;;
-wait) ;;
+wait)
+    # A fresh machine (the last one was given back: more than 30 s between calls) has no recording: say so at
+    # once instead of waiting out the call's budget on nothing.
+    [ -f $LOG ] || { echo "NO RECORDING HERE: this machine is fresh (the last call's machine was given back); start again" >&2; exit 3; }
+    ;;
 *) echo "usage: lease.sh start SCENARIO [flags] | wait" >&2; exit 2 ;;
 esac
 while budget && ! grep -q '^EXIT' $LOG 2>/dev/null; do sleep 5; done
