@@ -181,6 +181,25 @@ def to_int(text: object) -> int | None:
     return None
 
 
+def to_interval(text: object) -> int | None:
+    """Read an every-N interval ("200", 200, 200.0) the way these trainers test it (`N and step % N == 0`, or
+    kohya's `<= 0 disables`): N when positive, 0 (off) for 0 or less; None for anything else, including bool."""
+    if isinstance(text, bool):
+        return None
+    if isinstance(text, float):
+        if not text.is_integer():
+            return None
+        text = int(text)
+    if isinstance(text, str):
+        try:
+            text = int(text.strip())
+        except ValueError:
+            return None
+    if isinstance(text, int):
+        return max(text, 0)
+    return None
+
+
 def flag_switch(flags: Flags, name: str) -> bool | None:
     """A store_true flag: True if given bare or with a true value, False if given false, None if absent."""
     if name not in flags:

@@ -54,6 +54,16 @@ class TrainerSettings:
     `FLOAT_8`/`NFLOAT_4`). `resumable` is whether a crash loses at most a few steps (kohya: `--save_state`
     with a save interval). `config_format` is the SimpleTuner config backend (`json`, `toml`, `env`), which
     decides how a change must be written.
+
+    The run's schedule (for "will this run fit to the end?"): `max_train_steps` is the optimizer step the run
+    ends at when the configuration fixes it in steps; `max_train_epochs` when it is given in epochs instead
+    (its steps then depend on the dataset, so `max_train_steps` stays None unless the trainer's own precedence
+    makes steps win). `sample_every_n_*` is how often sample (validation) images are generated and
+    `save_every_n_*` how often a checkpoint is written; for these intervals 0 means the trainer is known not
+    to do it on that unit (sampling off, or scheduled in the other unit or by wall-clock time), None that it
+    could not be read. `sample_at_first` is whether the trainer samples before its first step;
+    `sample_resolution` (w, h) is set only where the main config states it plainly (ai-toolkit
+    `sample.width/height`).
     """
 
     trainer: str = UNKNOWN
@@ -75,6 +85,14 @@ class TrainerSettings:
     alloc_conf: str | None = None  # PYTORCH_ALLOC_CONF / PYTORCH_CUDA_ALLOC_CONF, "" when known unset
     alloc_conf_var: str | None = None  # which of the two variables the process uses
     resumable: bool | None = None
+    max_train_steps: int | None = None
+    max_train_epochs: int | None = None
+    sample_every_n_steps: int | None = None  # 0: known not to sample on steps
+    sample_every_n_epochs: int | None = None  # 0: known not to sample on epochs
+    sample_at_first: bool | None = None
+    save_every_n_steps: int | None = None  # 0: known not to save on steps
+    save_every_n_epochs: int | None = None  # 0: known not to save on epochs
+    sample_resolution: tuple[int, int] | None = None  # (width, height); the largest when several
     config_format: str | None = None
     config_files: tuple[str, ...] = ()  # every config file read, in order
     sources: tuple[SettingSource, ...] = ()
@@ -112,6 +130,15 @@ class TrainerSettings:
         # Adaptive/schedule-free Adam variants change the learning-rate behaviour; swapping them is not a
         # memory setting, so only a plain Adam/AdamW counts.
         return "adam" in name and not any(tag in name for tag in ("prodigy", "schedule", "dadapt"))
+
+    @property
+    def samples_during_run(self) -> bool | None:
+        """Whether the run generates sample images at all (before its first step or on an interval); None when
+        any part of the sampling schedule is unknown and none of the known parts samples."""
+        parts = (self.sample_every_n_steps, self.sample_every_n_epochs, self.sample_at_first)
+        if any(bool(p) for p in parts):
+            return True
+        return None if any(p is None for p in parts) else False
 
     @property
     def alloc_expandable(self) -> bool | None:

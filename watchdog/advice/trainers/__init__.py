@@ -1,8 +1,8 @@
 """One module per trainer: how it is recognised, how its settings are read, and how it is asked to save now.
 
-Each module here declares `TRAINER = Trainer(id, name, order, recognizes, read, save_now=..., resume_hint=...)`
-(see `_base.Trainer`); this package finds them all, so adding a trainer is one module here plus its spelling
-of each change in `advice/rules.toml` (`[rule.syntax]` keys are trainer ids). The advisor asks them in
+Each module here declares `TRAINER = Trainer(id, name, order, recognizes, read, save_now=..., resume_hint=...,
+probe_argv=...)` (see `_base.Trainer`); this package finds them all, so adding a trainer is one module here plus
+its spelling of each change in `advice/rules.toml` (`[rule.syntax]` keys are trainer ids). The advisor asks them in
 `order` (`recognize.detect`); the action layer turns their `save_now` into adapters (`actions.adapters`).
 """
 
@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 
 from ..settings import UNKNOWN
-from ._base import SaveNow, Trainer
+from ._base import ProbeArgv, SaveNow, Trainer
 
 
 def _discover() -> tuple[Trainer, ...]:
@@ -39,4 +39,4 @@ def by_id(trainer_id: str) -> Trainer:
     raise KeyError(trainer_id)
 
 
-__all__ = ["REGISTRY", "TRAINER_IDS", "TRAINER_NAMES", "SaveNow", "Trainer", "by_id"]
+__all__ = ["REGISTRY", "TRAINER_IDS", "TRAINER_NAMES", "ProbeArgv", "SaveNow", "Trainer", "by_id"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ...model import ProcessMeta
 from ..argv import Flags, Invocation
 from ..extract import Builder, Context
+from ..settings import TrainerSettings
 
 #: Whether a command line runs this trainer: its invocation, argv[0], what the reader may use, its flags.
 Recognize = Callable[[Invocation, str, Context, Flags], bool]
@@ -15,6 +16,10 @@ Recognize = Callable[[Invocation, str, Context, Flags], bool]
 Read = Callable[[Invocation, Context, Builder], None]
 #: Whether a live process (its metadata, its allow-listed environment) can be asked to save this way.
 Detect = Callable[[ProcessMeta, Mapping[str, str]], bool]
+#: For the probe: given the trainer's full argv and its settings, (a new argv, notes) that brings the run's
+#: sampling phase into a short test run. Never edits files; an argv it cannot improve comes back unchanged,
+#: with a note saying why.
+ProbeArgv = Callable[[Sequence[str], TrainerSettings], tuple[tuple[str, ...], tuple[str, ...]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +52,4 @@ class Trainer:
     read: Read
     save_now: SaveNow | None = None
     resume_hint: Callable[[ProcessMeta], str | None] | None = None  # for a trainer with no save-now
+    probe_argv: ProbeArgv | None = None  # how a short test run reaches the sampling phase
