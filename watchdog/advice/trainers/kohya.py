@@ -10,13 +10,24 @@ and `--train_batch_size` (docs/config_README-en.md). sd-scripts hands its own `-
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
 from ...model import ProcessMeta
 from .. import settings as s
-from ..argv import Flags, Invocation, flag_switch, flag_text, parse_flags, to_bool, to_int, value_of
+from ..argv import (
+    Flags,
+    Invocation,
+    flag_switch,
+    flag_text,
+    parse_flags,
+    split_invocation,
+    to_bool,
+    to_int,
+    to_interval,
+    value_of,
+)
 from ..extract import Builder, Context, family_of, launcher_precision, precision, resolution_pair, resolve_path
 from ._base import Trainer
 
@@ -129,6 +140,8 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
     if save_state is not None and to_bool(save_state[0]) and any(g is not None and to_int(g[0]) for g in saves):
         b.set("resumable", True, save_state[1], "--save_state with --save_every_n_*", save_state[3])
 
+    _read_schedule(get, b)
+
     dataset = get("dataset_config")
     if dataset is not None and isinstance(dataset[0], str) and dataset[0]:
         _kohya_dataset_config(dataset[0], ctx, b)
@@ -157,6 +170,84 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
             f"`{on_launcher[1]}` on the launcher does not apply: sd-scripts passes its own "
             f"--mixed_precision ({b.values['mixed_precision']}) to Accelerator"
         )
+
+
+Got = tuple[Any, str, str, str | None]  # (value, kind, detail, file) as read() finds it
+
+
+def _read_schedule(get: Callable[..., Got | None], b: Builder) -> None:
+    """The run's length, sampling and saving, as library/train_util.py defines them (add_training_arguments,
+    verify_training_args, sample_images_common) and train_network.py applies them.
+
+    `--max_train_steps` (default 1600) is overridden by `--max_train_epochs` when that is given: the steps are
+    then computed from the dataloader's length, so they stay unknown here. `--sample_every_n_epochs`
+    overrides `--sample_every_n_steps` ("sample_every_n_steps は無視する"); a value of 0 or less disables either.
+    `--sample_at_first` samples before the first step. `--save_every_n_steps` and `--save_every_n_epochs` both
+    apply; `--save_n_epoch_ratio` replaces the epoch interval with one derived from the epoch count.
+    """
+    epochs = get("max_train_epochs")
+    if epochs is not None:
+        b.set("max_train_epochs", to_int(epochs[0]), epochs[1], epochs[2], epochs[3])
+        if to_int(epochs[0]) is None:
+            b.notes.append(f"run length unknown: {epochs[2]} is not a positive count")
+    else:
+        steps = get("max_train_steps")
+        if steps is not None:
+            b.set("max_train_steps", to_int(steps[0]), steps[1], steps[2], steps[3])
+        b.default("max_train_steps", 1600, "sd-scripts --max_train_steps default")
+
+    by_epoch = get("sample_every_n_epochs")
+    every_epochs = None if by_epoch is None else to_interval(by_epoch[0])
+    if by_epoch is not None:
+        b.set("sample_every_n_epochs", every_epochs, by_epoch[1], by_epoch[2], by_epoch[3])
+    if by_epoch is not None and every_epochs:
+        detail = f"{by_epoch[2]} overrides sample_every_n_steps"
+        b.set("sample_every_n_steps", 0, by_epoch[1], detail, by_epoch[3])
+    else:
+        by_step = get("sample_every_n_steps")
+        if by_step is not None:
+            b.set("sample_every_n_steps", to_interval(by_step[0]), by_step[1], by_step[2], by_step[3])
+    first = get("sample_at_first", switch=True)
+    if first is not None:
+        b.set("sample_at_first", to_bool(first[0]), first[1], first[2], first[3])
+
+    for name in ("save_every_n_steps", "save_every_n_epochs"):
+        got = get(name)
+        if got is not None:
+            b.set(name, to_interval(got[0]), got[1], got[2], got[3])
+    ratio = get("save_n_epoch_ratio")
+    if ratio is not None and to_int(ratio[0]) is not None:
+        b.forget("save_every_n_epochs", f"save_every_n_epochs unknown: {ratio[2]} derives it from the epoch count")
+        b.values["save_every_n_epochs"] = None  # known to be set, by a rule that needs the dataset: block the default
+
+    b.default("sample_every_n_steps", 0, "sd-scripts samples on steps only with --sample_every_n_steps")
+    b.default("sample_every_n_epochs", 0, "sd-scripts samples on epochs only with --sample_every_n_epochs")
+    b.default("sample_at_first", False, "sd-scripts --sample_at_first is off unless given")
+    b.default("save_every_n_steps", 0, "sd-scripts saves on steps only with --save_every_n_steps")
+    b.default("save_every_n_epochs", 0, "sd-scripts saves on epochs only with --save_every_n_epochs")
+
+
+def probe_argv(argv: Sequence[str], settings: s.TrainerSettings) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A kohya command line whose sampling comes before the first step (`--sample_at_first`), so that a short
+    test run meets the sampling phase's memory peak; unchanged, with a note, when the run does not sample or
+    already samples first. Adds the flag only: files are never edited."""
+    args = tuple(str(a) for a in argv)
+    inv = split_invocation(args)
+    if inv.script is None:
+        return args, ("no training script on the command line: nothing to add",)
+    flags, _ = parse_flags(inv.args)
+    if settings.sample_at_first or flag_switch(flags, "sample_at_first"):
+        return args, ("already samples before the first step (--sample_at_first)",)
+    intervals = [
+        f"every {n} {unit}"
+        for n, unit in ((settings.sample_every_n_steps, "steps"), (settings.sample_every_n_epochs, "epochs"))
+        if n
+    ]
+    prompts = flag_text(flags, "sample_prompts")
+    if not intervals and not (prompts and prompts[1]):
+        return args, ("the run does not sample (no --sample_every_n_* and no --sample_prompts): nothing to add",)
+    why = f"it samples {' and '.join(intervals)}" if intervals else "--sample_prompts is given"
+    return (*args, "--sample_at_first"), (f"added --sample_at_first: {why}; a short run now samples at step 0",)
 
 
 def _kohya_dataset_config(text: str, ctx: Context, b: Builder) -> None:
@@ -213,4 +304,4 @@ def resumability_hint(meta: ProcessMeta) -> str | None:
     )
 
 
-TRAINER = Trainer(ID, "kohya-ss sd-scripts", 10, recognizes, read, resume_hint=resumability_hint)
+TRAINER = Trainer(ID, "kohya-ss sd-scripts", 10, recognizes, read, resume_hint=resumability_hint, probe_argv=probe_argv)
