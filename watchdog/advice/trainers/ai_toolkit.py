@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import settings as s
-from ..argv import Flags, Invocation, parse_flags, to_bool, to_int
+from ..argv import Flags, Invocation, parse_flags, to_bool, to_int, to_interval
 from ..configfile import load_mapping, lookup
 from ..extract import (
     Builder,
@@ -117,11 +117,68 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
         cached = [bool(to_bool(ds.get("cache_latents")) or to_bool(ds.get("cache_latents_to_disk"))) for ds in datasets]
         b.set("cache_latents", all(cached), s.FROM_CONFIG, f"{name}: datasets[].cache_latents_to_disk", str(path))
 
+    _read_schedule(job, path, b)
+
     # toolkit/config_modules.py TrainConfig / NetworkConfig defaults.
     b.default("batch_size", 1, "ai-toolkit train.batch_size default")
     b.default("gradient_checkpointing", True, "ai-toolkit train.gradient_checkpointing default")
     b.default("optimizer", "adamw", "ai-toolkit train.optimizer default")
     b.default("mixed_precision", "no", "ai-toolkit train.dtype default fp32")
+
+
+def _read_schedule(job: Mapping[str, Any], path: Path, b: Builder) -> None:
+    """`train.steps`, `sample.*` and `save.save_every` of config.process[0], with toolkit/config_modules.py's
+    defaults (TrainConfig `steps` 1000, `skip_first_sample`/`force_first_sample`/`disable_sampling` False;
+    SampleConfig `sample_every` 100, `width`/`height` 512; SaveConfig `save_every` 1000) and
+    jobs/process/BaseSDTrainProcess.py's use of them: a baseline sample before training unless
+    `skip_first_sample` or `disable_sampling` (or a resumed run, unless `force_first_sample`), then a sample
+    and a save whenever `step % every == 0` (0 turns either off). ai-toolkit counts only steps, never epochs.
+    """
+    name, file = path.name, str(path)
+
+    def put(setting: str, key: str, convert: Callable[[Any], Any]) -> None:
+        value = lookup(job, key)
+        if value is not None:
+            b.set(setting, convert(value), s.FROM_CONFIG, f"{name}: {key}", file)
+
+    put("max_train_steps", "train.steps", to_int)
+    put("save_every_n_steps", "save.save_every", to_interval)
+    if to_bool(lookup(job, "train.disable_sampling")):
+        detail = f"{name}: train.disable_sampling"
+        b.set("sample_every_n_steps", 0, s.FROM_CONFIG, detail, file)
+        b.set("sample_at_first", False, s.FROM_CONFIG, detail, file)
+    elif isinstance(job.get("sample"), Mapping):
+        put("sample_every_n_steps", "sample.sample_every", to_interval)
+        b.default("sample_every_n_steps", 100, "ai-toolkit sample.sample_every default")
+        # `skip_first_sample` is tested first: it wins over `force_first_sample`, which only matters on resume.
+        if to_bool(lookup(job, "train.skip_first_sample")):
+            put("sample_at_first", "train.skip_first_sample", lambda v: not to_bool(v))
+        elif to_bool(lookup(job, "train.force_first_sample")):
+            put("sample_at_first", "train.force_first_sample", to_bool)
+        else:
+            b.default("sample_at_first", True, "ai-toolkit samples before training unless train.skip_first_sample")
+        b.set("sample_resolution", _sample_resolution(job["sample"]), s.FROM_CONFIG, f"{name}: sample", file)
+    else:
+        # Without a sample section ai-toolkit still runs its sampling hooks with no prompts; what that costs
+        # was not checked, so the sampling schedule stays unknown.
+        b.notes.append(f"sampling schedule unknown: {name} has no sample section")
+    b.default("max_train_steps", 1000, "ai-toolkit train.steps default")
+    b.default("save_every_n_steps", 1000, "ai-toolkit save.save_every default")
+    b.default("sample_every_n_epochs", 0, "ai-toolkit schedules by steps only")
+    b.default("save_every_n_epochs", 0, "ai-toolkit schedules by steps only")
+
+
+def _sample_resolution(sample: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The largest sample image: `sample.width/height` (512 each by default), which `samples[]` items may
+    override one by one (SampleItem)."""
+    width, height = to_int(sample.get("width", 512)), to_int(sample.get("height", 512))
+    sizes = [(width, height)]
+    items = sample.get("samples")
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, Mapping):
+            sizes.append((to_int(item.get("width", width)), to_int(item.get("height", height))))
+    known = [(w, h) for w, h in sizes if w is not None and h is not None]
+    return max(known, key=lambda wh: wh[0] * wh[1]) if known else None
 
 
 TRAINER = Trainer(ID, "ostris ai-toolkit", 50, recognizes, read)

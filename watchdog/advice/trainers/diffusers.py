@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import settings as s
-from ..argv import Flags, Invocation, flag_switch, flag_text, parse_flags, to_int
+from ..argv import Flags, Invocation, flag_switch, flag_text, parse_flags, to_int, to_interval
 from ..extract import Builder, Context, family_of, launcher_precision, precision, resolution_pair
 from ._base import Trainer
 
@@ -78,6 +78,48 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
     b.default("attention", "sdpa", "diffusers uses PyTorch SDPA attention processors on PyTorch 2")
     if "lora" in script:
         b.default("network_dim", 4, "diffusers --rank default")
+    _read_schedule(flags, script, b)
+
+
+# The schedule's defaults and rules, read from examples/dreambooth/train_dreambooth_lora_flux.py (parse_args
+# and the training loop): `--num_train_epochs` 1, overridden by `--max_train_steps` when given;
+# `--checkpointing_steps` 500 (`global_step % checkpointing_steps == 0`, steps only); validation runs at the end
+# of an epoch when `epoch % --validation_epochs == 0` (default 50, so after the first epoch too) and only with
+# `--validation_prompt`, never before the first step. Other scripts: their flags, no defaults.
+_SCHEDULE_DEFAULTS: dict[str, dict[str, int]] = {
+    "train_dreambooth_lora_flux.py": {"num_train_epochs": 1, "checkpointing_steps": 500, "validation_epochs": 50},
+}
+
+
+def _read_schedule(flags: Flags, script: str, b: Builder) -> None:
+    defaults = _SCHEDULE_DEFAULTS.get(script)
+    steps = flag_text(flags, "max_train_steps")
+    if steps is not None:
+        b.set("max_train_steps", to_int(steps[1]), s.FROM_FLAG, "--max_train_steps (overrides --num_train_epochs)")
+    if "max_train_steps" not in b.values:
+        epochs = flag_text(flags, "num_train_epochs")
+        if epochs is not None:
+            b.set("max_train_epochs", to_int(epochs[1]), s.FROM_FLAG, "--num_train_epochs")
+        elif defaults and steps is None:
+            b.default("max_train_epochs", defaults["num_train_epochs"], f"{script} --num_train_epochs default")
+
+    saves = flag_text(flags, "checkpointing_steps")
+    if saves is not None:
+        b.set("save_every_n_steps", to_interval(saves[1]), s.FROM_FLAG, "--checkpointing_steps")
+    prompt = flag_text(flags, "validation_prompt")
+    validation = flag_text(flags, "validation_epochs")
+    if validation is not None and prompt is not None:
+        b.set("sample_every_n_epochs", to_interval(validation[1]), s.FROM_FLAG, "--validation_epochs")
+    if defaults is None:
+        return
+    b.default("save_every_n_steps", defaults["checkpointing_steps"], f"{script} --checkpointing_steps default")
+    b.default("save_every_n_epochs", 0, f"{script} checkpoints on steps only")
+    b.default("sample_every_n_steps", 0, f"{script} validates at the end of an epoch, not on steps")
+    b.default("sample_at_first", False, f"{script} validates at the end of an epoch, never before the first step")
+    if prompt is None:
+        b.default("sample_every_n_epochs", 0, f"{script} validates only with --validation_prompt")
+    else:
+        b.default("sample_every_n_epochs", defaults["validation_epochs"], f"{script} --validation_epochs default")
 
 
 TRAINER = Trainer(ID, "diffusers example script", 20, recognizes, read)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ...model import ProcessMeta
 from .. import settings as s
-from ..argv import Flags, Invocation, flag_text, parse_flags, to_bool, to_int
+from ..argv import Flags, Invocation, flag_text, parse_flags, to_bool, to_int, to_interval
 from ..configfile import lookup
 from ..extract import Builder, Context, family_of, largest_resolution, path_mentions, precision, resolve_path
 from ._base import SaveNow, Trainer
@@ -81,6 +81,8 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
         put("network_dim", "lora_rank", to_int)
         b.default("network_dim", 16, "OneTrainer lora_rank default")
 
+    _read_schedule(data, name, str(path), b)
+
     # modules/util/config/TrainConfig.py default_values().
     b.default("batch_size", 1, "OneTrainer batch_size default")
     b.default("grad_accum", 1, "OneTrainer gradient_accumulation_steps default")
@@ -89,6 +91,69 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
     b.default("optimizer", "ADAMW", "OneTrainer optimizer default")
     b.default("mixed_precision", "fp16", "OneTrainer train_dtype default FLOAT_16")
     b.default("resolution", (512, 512), "OneTrainer resolution default")
+
+
+def _read_schedule(data: Mapping[str, Any], name: str, file: str, b: Builder) -> None:
+    """`epochs`, `sample_after` + `sample_after_unit` (+ `sample_skip_first`) and `save_every` +
+    `save_every_unit`, with TrainConfig.default_values() (epochs 100; sample every 10 MINUTE, skip none; save
+    every 0 NEVER) and modules/trainer/GenericTrainer.py's use of them through
+    modules/util/TimedActionMixin.py: sampling uses `start_at_zero=True` (STEP: `global_step % n == 0`, EPOCH:
+    at step 0 of every n-th epoch, so both sample before the first step unless `sample_skip_first` >= 1), saving
+    `start_at_zero=False`. Only the STEP and EPOCH units (and NEVER, ALWAYS) are mapped; SECOND/MINUTE/HOUR
+    schedules are by wall-clock time and stay unknown. The run ends after `epochs` epochs (no step limit).
+    """
+
+    def get(key: str, default: object) -> tuple[object, str, str, str | None]:
+        if key in data and data[key] is not None:
+            return data[key], s.FROM_CONFIG, f"{name}: {key}", file
+        return default, s.FROM_DEFAULT, f"OneTrainer {key} default", None
+
+    def record(setting: str, value: object, got: tuple[object, str, str, str | None]) -> None:
+        if got[1] == s.FROM_DEFAULT:
+            b.default(setting, value, got[2])
+        else:
+            b.set(setting, value, got[1], got[2], got[3])
+
+    epochs = get("epochs", 100)
+    record("max_train_epochs", to_int(epochs[0]), epochs)
+
+    every, unit = get("sample_after", 10), get("sample_after_unit", "MINUTE")
+    skip = get("sample_skip_first", 0)
+    where = unit if unit[1] != s.FROM_DEFAULT else every
+    steps, epochs_every = _per_unit(str(unit[0]).upper(), every[0])
+    if steps is None and epochs_every is None:
+        b.notes.append(f"sampling schedule unknown: OneTrainer samples every {every[0]} {unit[0]} (wall-clock time)")
+    else:
+        record("sample_every_n_steps", steps, where)
+        record("sample_every_n_epochs", epochs_every, where)
+        skipped = to_interval(skip[0])
+        if skipped is not None:
+            record("sample_at_first", bool(steps or epochs_every) and skipped == 0, skip if skipped else where)
+
+    every, unit = get("save_every", 0), get("save_every_unit", "NEVER")
+    where = unit if unit[1] != s.FROM_DEFAULT else every
+    steps, epochs_every = _per_unit(str(unit[0]).upper(), every[0])
+    if steps is None and epochs_every is None:
+        b.notes.append(f"save schedule unknown: OneTrainer saves every {every[0]} {unit[0]} (wall-clock time)")
+    else:
+        record("save_every_n_steps", steps, where)
+        record("save_every_n_epochs", epochs_every, where)
+
+
+def _per_unit(unit: str, every: object) -> tuple[int | None, int | None]:
+    """(every n steps, every n epochs) for a TimeUnit; (None, None) for wall-clock units and unreadable ones."""
+    n = to_interval(every)
+    if unit == "NEVER":
+        return 0, 0
+    if unit == "ALWAYS":
+        return 1, 0
+    if n is None:
+        return None, None
+    if unit == "STEP":
+        return n, 0
+    if unit == "EPOCH":
+        return 0, n
+    return None, None
 
 
 def _runs_the_cli(meta: ProcessMeta, _env: Mapping[str, str]) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ...model import ProcessMeta
 from .. import settings as s
-from ..argv import Flags, Invocation, parse_flags, to_bool, to_int, value_of
+from ..argv import Flags, Invocation, parse_flags, to_bool, to_int, to_interval, value_of
 from ..extract import Builder, Context, family_of, path_mentions, precision, resolution_pair
 from ._base import SaveNow, Trainer
 
@@ -42,6 +42,9 @@ _SIMPLETUNER_ENV = {
     "MODEL_FAMILY": "model_family",
     "USE_XFORMERS": "enable_xformers_memory_efficient_attention",
     "CHECKPOINTING_STEPS": "checkpointing_steps",
+    "MAX_NUM_STEPS": "max_train_steps",
+    "NUM_EPOCHS": "num_train_epochs",
+    "VALIDATION_STEPS": "validation_steps",
 }
 _SIMPLETUNER_FILES = (("json", "config.json"), ("toml", "config.toml"), ("env", "config.env"))
 
@@ -108,6 +111,18 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
     if to_bool(options.get("enable_xformers_memory_efficient_attention")):
         b.set("attention", "xformers", kind, f"{name}: enable_xformers_memory_efficient_attention", file)
     put("attention", "attention_mechanism", lambda v: {"diffusers": "sdpa", "xformers": "xformers"}.get(str(v).lower()))
+
+    # The schedule. helpers/configuration/cmd_args.py: `--max_train_steps` "overrides num_train_epochs";
+    # the trainer computes the steps from `--num_train_epochs` only when max_train_steps is unset or 0.
+    # `--validation_steps` and `--checkpointing_steps` are step intervals. Their argparse defaults differ between
+    # SimpleTuner versions, so none is assumed here.
+    steps = to_int(options.get("max_train_steps"))
+    if steps is not None:
+        put("max_train_steps", "max_train_steps", to_int)
+    else:
+        put("max_train_epochs", "num_train_epochs", to_int)
+    put("sample_every_n_steps", "validation_steps", to_interval)
+    put("save_every_n_steps", "checkpointing_steps", to_interval)
 
 
 def _has_signal_file(_meta: ProcessMeta, env: Mapping[str, str]) -> bool:
