@@ -78,6 +78,21 @@ class FakeProbe:
         self.empty_cache_calls += 1
         return True
 
+    step_hook: Callable[[object], None] | None = None
+    peaks: tuple[int, int, int, int] | None = (900 * MIB, 1024 * MIB, 300 * MIB, 512 * MIB)
+    resets = 0
+
+    def register_step_hook(self, hook: Callable[[object], None]) -> bool:
+        self.step_hook = hook
+        return True
+
+    def current_device(self) -> int | None:
+        return 0
+
+    def take_step_peaks(self, device: int) -> tuple[int, int, int, int] | None:
+        self.resets += 1
+        return self.peaks
+
 
 @pytest.fixture
 def listener(tmp_path: Path) -> Iterator[tuple[AgentListener, list[AgentReport]]]:
@@ -345,3 +360,55 @@ def test_default_targets_are_the_user_and_system_sockets():
     )
     assert protocol.default_socket_path({}, system=True) == Path("/run/vramwatch/agent.sock")
     assert protocol.default_socket_path({protocol.ENV_SOCKET: "/x.sock:/y.sock"}) == Path("/x.sock")
+
+
+def test_steps_counted_only_when_asked(listener):
+    """Without `count_steps` no optimizer hook is registered: a trainer's own peak statistics stay untouched."""
+    link, _ = listener
+    probe = FakeProbe()
+    probe.initialized = True
+    agent = make_agent([str(link.path)], probe)
+    agent.tick()
+    assert probe.step_hook is None
+    assert agent.steps is None
+    agent.stop()
+
+
+def test_steps_reported_with_their_peaks(listener):
+    """Each optimizer step of the first optimizer is one record with the peak since the step before."""
+    link, reports = listener
+    probe = FakeProbe()
+    probe.initialized = True
+    agent = make_agent([str(link.path)], probe, count_steps=True)
+    agent.tick()
+    assert probe.step_hook is not None
+    trainer_optimizer, other_optimizer = object(), object()
+    for _ in range(3):
+        probe.step_hook(trainer_optimizer)
+        probe.step_hook(other_optimizer)  # a second optimizer stepping each iteration: not a step more
+    agent.tick()
+    link.poll(timeout=1.0)
+    hello = next(r for r in reports if r.kind == "hello")
+    assert hello.kind == "hello"
+    (steps,) = [r for r in reports if r.kind == "steps"]
+    assert [(s.first_step, s.last_step) for s in steps.steps] == [(1, 1), (2, 2), (3, 3)]
+    assert {(s.pid, s.device, s.peak_allocated_bytes, s.peak_reserved_bytes) for s in steps.steps} == {
+        (os.getpid(), 0, 900 * MIB, 1024 * MIB)
+    }
+    assert probe.resets == 3
+    agent.stop()
+
+
+def test_step_hook_never_raises_into_the_trainer(listener):
+    """A torch that cannot say its peaks makes the hook count nothing, and the training step goes on."""
+    link, _ = listener
+    probe = FakeProbe()
+    probe.initialized = True
+    probe.peaks = None
+    agent = make_agent([str(link.path)], probe, count_steps=True)
+    agent.tick()
+    assert probe.step_hook is not None
+    probe.step_hook(object())
+    assert agent.steps is not None
+    assert agent.steps.steps == 0
+    agent.stop()

@@ -153,3 +153,44 @@ def test_nvml_uuid_adds_the_prefix_once() -> None:
 def test_allocator_figures_name_exactly_the_stat_fields():
     """The typed figures a report carries and the fields the agent sends are one list, in the same order."""
     assert list(protocol.AllocatorFigures.__annotations__) == [name for name, _ in protocol.STAT_FIELDS]
+
+
+def test_steps_message_round_trips():
+    """A steps message reads back entry by entry, in `STEP_FIELDS` order."""
+    data = protocol.encode(
+        protocol.steps_message(
+            pid=7, t=5.0, device=1, entries=[[1, 1, 4.0, 0.5, 10, 20, 5, 20], [2, 9, 5.0, 4.0, 11, 20, 5, 20]]
+        )
+    )
+    report = protocol.parse_report(data)
+    assert (report.kind, report.claimed_pid, report.device) == ("steps", 7, 1)
+    assert [(e.first_step, e.last_step, e.seconds, e.peak_allocated_bytes) for e in report.steps] == [
+        (1, 1, 0.5, 10),
+        (2, 9, 4.0, 11),
+    ]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        [1, 1, 4.0, 0.5, 10, 20, 5],
+        [2, 1, 4.0, 0.5, 10, 20, 5, 20],
+        [1, 1, 4.0, 0.5, -1, 20, 5, 20],
+        [1, 1, 4.0, 0.5, 1.5, 20, 5, 20],
+        "x",
+    ],
+)
+def test_malformed_step_entries_are_refused(entry):
+    """A step entry of the wrong length, steps out of order, or negative or fractional bytes refuses the message."""
+    data = protocol.encode({"v": 1, "type": "steps", "pid": 7, "t": 1.0, "device": 0, "steps": [entry]})
+    with pytest.raises(protocol.ProtocolError):
+        protocol.parse_report(data)
+
+
+def test_merge_keeps_the_largest_peak_of_each_range():
+    """Merged step entries keep their range, the sum of their durations and the largest peaks."""
+    from vramwatch.agent.steps import merge
+
+    entries = [[k, k, float(k), 1.0, 100 + (k == 3) * 50, 200, 10 * k, 200] for k in range(1, 7)]
+    merged = merge(entries, 2)
+    assert [(e[0], e[1], e[3], e[4], e[6]) for e in merged] == [(1, 3, 3.0, 150, 30), (4, 6, 3.0, 100, 60)]

@@ -164,6 +164,34 @@ class TorchStats:
     gpu_uuid: str | None = None  # NVML's uuid of `device`, to join with GpuSample; CUDA indices differ
 
 
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One optimizer step of one process (or a run of merged steps), as its agent measured it in the trainer.
+
+    The record covers the interval since the previous counted step ended: forward, backward, the optimizer
+    step and whatever the trainer did in between (sample images, validation, a save). Its peaks are
+    PyTorch's `max_memory_allocated/reserved` over that interval; `allocated_bytes`/`reserved_bytes` are
+    what stayed after the step. `t` is monotonic seconds at the end of `last_step` on the agent's clock
+    (the same CLOCK_MONOTONIC as the daemon's on one host).
+    """
+
+    pid: int
+    device: int
+    first_step: int
+    last_step: int
+    t: float
+    seconds: float
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    allocated_bytes: int
+    reserved_bytes: int
+
+    @property
+    def count(self) -> int:
+        """How many optimizer steps this record covers (more than one when the agent merged them)."""
+        return self.last_step - self.first_step + 1
+
+
 def nvml_uuid(cuda_uuid: str | None) -> str | None:
     """A device's uuid as CUDA gives it (no prefix) spelt as NVML does ("GPU-..."), to join with `GpuSample.uuid`."""
     if cuda_uuid is None:

@@ -46,6 +46,8 @@ from typing import Any
 from . import protocol
 from .oom import OomRecorder
 from .probe import RealTorchProbe, TorchProbe
+from .steps import StepCounter
+from .steps import message as steps_message
 
 
 def _env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -74,6 +76,7 @@ class AgentConfig:
     empty_cache_on_pressure: bool = False
     install_signal_handler: bool = True
     read_device_free: bool = True
+    count_steps: bool = False  # count optimizer steps and report each one's peak (see steps.py)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AgentConfig:
@@ -86,6 +89,7 @@ class AgentConfig:
             empty_cache_on_pressure=_env_flag(env, protocol.ENV_EMPTY_CACHE_ON_PRESSURE, False),
             install_signal_handler=_env_flag(env, protocol.ENV_SIGNAL, True),
             read_device_free=_env_flag(env, protocol.ENV_MEMINFO, True),
+            count_steps=_env_flag(env, protocol.ENV_STEPS, False),
         )
 
 
@@ -167,6 +171,7 @@ class Agent:
         self._oom_debt: dict[int, int] = {}  # device -> OOMs counted but not yet reported
         self._observed_seen: dict[int, int] = {}
         self.signal_handler = False
+        self.steps: StepCounter | None = None  # set once CUDA is up, when counting steps was asked for
         self.oom = OomRecorder(
             self.probe,
             self._send_message,
@@ -254,6 +259,10 @@ class Agent:
                 return
             self._cuda_ready = True
             self.oom.arm()
+            if self.config.count_steps:
+                counter = StepCounter(self.probe, self._clock)
+                if self.probe.register_step_hook(counter.on_step):
+                    self.steps = counter
             self._send_message(
                 protocol.hello_message(
                     pid=self.pid,
@@ -263,9 +272,14 @@ class Agent:
                     agent_version=_agent_version(),
                     python=".".join(str(x) for x in sys.version_info[:3]),
                     signal=self._signal_installed(),
+                    steps=self.steps is not None,
                 )
             )
         self._sample()
+        if self.steps is not None:
+            message = steps_message(self.steps, pid=self.pid, t=self._clock())
+            if message is not None:
+                self._send_message(message)
 
     def _signal_installed(self) -> bool:
         try:

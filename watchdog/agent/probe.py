@@ -15,7 +15,9 @@ The PyTorch calls used, all public except the two the memory-snapshot docs name:
   called by the allocator after releasing its lock and before raising OutOfMemoryError; it registers
   with the per-device allocators that exist, so it must run after CUDA is initialised;
 - `torch.cuda.memory._record_memory_history(max_entries=...)` and `_dump_snapshot(path)`: the pickle
-  that https://pytorch.org/memory_viz opens ("Understanding CUDA Memory Usage").
+  that https://pytorch.org/memory_viz opens ("Understanding CUDA Memory Usage");
+- step counting (`steps.py`, only when asked): `torch.optim.optimizer.register_optimizer_step_post_hook`
+  (public since PyTorch 2.0), `torch.cuda.current_device()` and `reset_peak_memory_stats(d)`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ class TorchProbe(Protocol):
     def dump_snapshot(self, path: str) -> bool: ...
 
     def empty_cache(self) -> bool: ...
+
+    def register_step_hook(self, hook: Callable[[object], None]) -> bool:
+        """Call `hook(optimizer)` after every optimizer step of the process; False when torch cannot."""
+
+    def current_device(self) -> int | None: ...
+
+    def take_step_peaks(self, device: int) -> tuple[int, int, int, int] | None:
+        """(peak allocated, peak reserved, allocated, reserved) bytes since the last call; resets the peaks."""
 
 
 class RealTorchProbe:
@@ -170,3 +180,46 @@ class RealTorchProbe:
         except Exception:
             return False
         return True
+
+    def register_step_hook(self, hook: Callable[[object], None]) -> bool:
+        optimizer = sys.modules.get("torch.optim.optimizer")
+        register = getattr(optimizer, "register_optimizer_step_post_hook", None)
+        if register is None:
+            return False
+
+        def post_hook(opt: object, _args: object, _kwargs: object) -> None:
+            hook(opt)
+
+        try:
+            register(post_hook)
+        except Exception:
+            return False
+        return True
+
+    def current_device(self) -> int | None:
+        try:
+            return int(self._cuda().current_device())
+        except Exception:
+            return None
+
+    def take_step_peaks(self, device: int) -> tuple[int, int, int, int] | None:
+        cuda = self._cuda()
+        stats = self.memory_stats(device)
+        figures = []
+        for name, kind in (
+            ("allocated_bytes", "peak"),
+            ("reserved_bytes", "peak"),
+            ("allocated_bytes", "current"),
+            ("reserved_bytes", "current"),
+        ):
+            node = stats.get(name) if isinstance(stats, Mapping) else None
+            node = node.get("all") if isinstance(node, Mapping) else None
+            value = node.get(kind) if isinstance(node, Mapping) else None
+            if isinstance(value, bool) or not isinstance(value, int):
+                return None
+            figures.append(value)
+        try:
+            cuda.reset_peak_memory_stats(device)
+        except Exception:
+            return None
+        return figures[0], figures[1], figures[2], figures[3]

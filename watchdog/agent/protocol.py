@@ -39,6 +39,7 @@ ENV_EMPTY_CACHE_ON_PRESSURE = "VRAMWATCH_EMPTY_CACHE_ON_PRESSURE"
 ENV_INTERVAL = "VRAMWATCH_AGENT_INTERVAL"  # seconds between samples (default 1)
 ENV_SIGNAL = "VRAMWATCH_AGENT_SIGNAL"  # "0": do not install the SIGUSR2 pressure handler
 ENV_MEMINFO = "VRAMWATCH_AGENT_MEMINFO"  # "0": do not call cudaMemGetInfo each sample
+ENV_STEPS = "VRAMWATCH_AGENT_STEPS"  # "1": count optimizer steps and report each one's peak (resets peak stats)
 
 SYSTEM_SOCKET = Path("/run/vramwatch/agent.sock")
 
@@ -54,9 +55,21 @@ STAT_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-REPORT_TYPES = frozenset({"hello", "stats", "oom"})  # agent -> listener
+REPORT_TYPES = frozenset({"hello", "stats", "oom", "steps"})  # agent -> listener
 MESSAGE_TYPES = REPORT_TYPES | {"pressure"}  # and listener -> agent
 MAX_DEVICES = 64  # a stats message listing more devices than a host can have is refused
+MAX_STEP_ENTRIES = 256  # a steps message carries at most this many entries (the agent merges beyond it)
+#: The fields of one entry of a `steps` message, in order (a list, not an object: 8 numbers, ~90 bytes).
+STEP_FIELDS = (
+    "first_step",
+    "last_step",
+    "t",
+    "seconds",
+    "peak_allocated_bytes",
+    "peak_reserved_bytes",
+    "allocated_bytes",
+    "reserved_bytes",
+)
 
 UCRED = struct.Struct("iII")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 CREDENTIALS_SPACE = socket.CMSG_SPACE(UCRED.size)  # ancillary buffer for recvmsg on a SO_PASSCRED socket
@@ -161,9 +174,18 @@ def device_entry(
 
 
 def hello_message(
-    *, pid: int, ppid: int, t: float, torch_version: str | None, agent_version: str, python: str, signal: bool
+    *,
+    pid: int,
+    ppid: int,
+    t: float,
+    torch_version: str | None,
+    agent_version: str,
+    python: str,
+    signal: bool,
+    steps: bool = False,
 ) -> dict[str, Any]:
-    """First message of a process once CUDA is up: who it is (never its command line)."""
+    """First message of a process once CUDA is up: who it is (never its command line), and whether it
+    counts optimizer steps."""
     return {
         "v": VERSION,
         "type": "hello",
@@ -174,6 +196,7 @@ def hello_message(
         "agent": agent_version,
         "python": python,
         "signal": signal,
+        "steps": steps,
     }
 
 
@@ -242,6 +265,17 @@ def oom_message(
     return message
 
 
+def steps_message(*, pid: int, t: float, device: int, entries: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Optimizer steps completed since the last message, each entry `STEP_FIELDS` in order.
+
+    An entry covers the interval since the previous counted step ended: the forward and backward passes,
+    the optimizer step, and whatever the trainer did in between (sample images, validation, a save). Its
+    peaks are PyTorch's `max_memory_allocated/reserved` over that interval (the agent resets them at each
+    step). An entry with `first_step < last_step` merges several steps (more than fit in one message).
+    """
+    return {"v": VERSION, "type": "steps", "pid": pid, "t": t, "device": device, "steps": [list(e) for e in entries]}
+
+
 def pressure_message(*, level: str, reason: str | None) -> dict[str, Any]:
     """Listener -> agent: memory is about to run out; `level` is "warning" or "critical"."""
     return {"v": VERSION, "type": "pressure", "level": level, "reason": reason}
@@ -289,10 +323,24 @@ class OomReport:
 
 
 @dataclass(frozen=True, slots=True)
+class StepEntry:
+    """One entry of a `steps` message (see `steps_message`)."""
+
+    first_step: int
+    last_step: int
+    t: float
+    seconds: float
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    allocated_bytes: int
+    reserved_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """One agent datagram, checked field by field: what it says, not yet whether the sender is who it claims."""
 
-    kind: str  # hello, stats or oom
+    kind: str  # hello, stats, oom or steps
     claimed_pid: int  # the pid the message names; only SCM_CREDENTIALS can confirm it
     torch_version: str | None = None
     devices: tuple[DeviceReport, ...] = ()  # stats
@@ -300,6 +348,8 @@ class Report:
     sample_seconds: float | None = None  # what reading the allocator cost the agent for this sample
     dropped: int | None = None  # datagrams the agent could not deliver so far
     signal: bool | None = None  # the agent handles SIGUSR2 as a pressure notice; None when not said
+    device: int | None = None  # steps: the device whose peaks the entries carry
+    steps: tuple[StepEntry, ...] = ()  # steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +408,17 @@ def _oom_report(message: Mapping[str, Any]) -> OomReport:
     )
 
 
+def _step_entry(entry: object) -> StepEntry:
+    if not isinstance(entry, list) or len(entry) != len(STEP_FIELDS):
+        raise ProtocolError(f"a step entry is not a list of {len(STEP_FIELDS)} numbers")
+    if any(isinstance(x, bool) or not isinstance(x, int | float) or x < 0 for x in entry):
+        raise ProtocolError("a step entry holds something other than non-negative numbers")
+    first, last, t, seconds, *counts = entry
+    if not all(isinstance(x, int) for x in (first, last, *counts)) or last < first:
+        raise ProtocolError("a step entry's steps and bytes are not integers in order")
+    return StepEntry(int(first), int(last), float(t), float(seconds), *(int(c) for c in counts))
+
+
 def parse_report(data: bytes) -> Report:
     """Read one agent -> listener datagram; raises ProtocolError for anything but a well-formed report.
 
@@ -385,6 +446,14 @@ def parse_report(data: bytes) -> Report:
             sample_seconds = float(cost)
     elif kind == "oom":
         oom = _oom_report(message)
+    steps: tuple[StepEntry, ...] = ()
+    device = None
+    if kind == "steps":
+        entries = message.get("steps")
+        device = _count(message, "device")
+        if device is None or not isinstance(entries, list) or len(entries) > MAX_STEP_ENTRIES:
+            raise ProtocolError(f"a steps message needs a device and at most {MAX_STEP_ENTRIES} entries")
+        steps = tuple(_step_entry(entry) for entry in entries)
     signal = message.get("signal")
     return Report(
         kind=kind,
@@ -395,6 +464,8 @@ def parse_report(data: bytes) -> Report:
         sample_seconds=sample_seconds,
         dropped=_count(message, "dropped") if kind == "stats" else None,
         signal=signal if isinstance(signal, bool) else None,
+        device=device,
+        steps=steps,
     )
 
 

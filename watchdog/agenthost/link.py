@@ -40,7 +40,7 @@ import structlog
 
 from ..agent import protocol
 from ..errors import ConfigError, VramwatchError
-from ..model import OomEvent, TorchStats, nvml_uuid
+from ..model import OomEvent, StepRecord, TorchStats, nvml_uuid
 
 __all__ = ["AgentDevice", "AgentListener", "AgentReport", "ListenerCounters", "OomEvent", "oom_event"]
 
@@ -82,7 +82,7 @@ class AgentDevice:
 
 @dataclass(frozen=True, slots=True)
 class AgentReport:
-    """One accepted datagram: `kind` is hello, stats or oom; `pid` is the kernel-verified pid."""
+    """One accepted datagram: `kind` is hello, stats, oom or steps; `pid` is the kernel-verified pid."""
 
     kind: str
     pid: int
@@ -94,6 +94,7 @@ class AgentReport:
     sample_seconds: float | None = None  # what reading the allocator cost the agent for this sample
     dropped: int | None = None  # datagrams the agent could not deliver so far
     signal: bool = False  # the agent handles SIGUSR2 as a pressure notice
+    steps: tuple[StepRecord, ...] = ()  # a steps report: the optimizer steps since the last one
 
     @property
     def torch_stats(self) -> tuple[TorchStats, ...]:
@@ -121,6 +122,27 @@ class _Peer:
     last_seen: float
     signal: bool = False
     devices: dict[int, AgentDevice] = field(default_factory=dict)
+
+
+def _step_records(pid: int, parsed: protocol.Report) -> tuple[StepRecord, ...]:
+    """A steps report's entries, keyed by the kernel-verified pid."""
+    if parsed.device is None:
+        return ()
+    return tuple(
+        StepRecord(
+            pid=pid,
+            device=parsed.device,
+            first_step=e.first_step,
+            last_step=e.last_step,
+            t=e.t,
+            seconds=e.seconds,
+            peak_allocated_bytes=e.peak_allocated_bytes,
+            peak_reserved_bytes=e.peak_reserved_bytes,
+            allocated_bytes=e.allocated_bytes,
+            reserved_bytes=e.reserved_bytes,
+        )
+        for e in parsed.steps
+    )
 
 
 class AgentListener:
@@ -348,6 +370,7 @@ class AgentListener:
             sample_seconds=parsed.sample_seconds,
             dropped=parsed.dropped,
             signal=peer.signal,
+            steps=_step_records(pid, parsed),
         )
 
     def _expire(self) -> None:

@@ -1,0 +1,186 @@
+"""Issue 13's proof on a real GPU: `vramwatch probe`'s verdicts against what the full runs then did.
+
+    . benchmarks/gpu_env.sh            # on a GPU host without vramwatch installed (a lent GPU)
+    python3 benchmarks/probe_gpu.py OUT [--leave-gib 24] [--only fits,sampling,...]
+
+A ballast leaves `--leave-gib` GiB of the card free (a 24 GiB card's pressure on a big one, so OOMs are real).
+For each scenario of `SCENARIOS` (the Flux LoRA stand-in `benchmarks/workloads/flux_train_network.py` at
+kohya's flags) it runs
+
+1. `vramwatch probe --json -- <command>`: the verdict, its exit code and how long the probe took;
+2. the full run under `vramwatch run --events`: where it really ended (its last step, an OOM and in which
+   phase), and what the built-in check said before that.
+
+and then the agent's step-counting overhead: the fitting command twice per order, with the agent counting
+steps and without (`VRAMWATCH_AGENT_STEPS=0`), the median step time of each from the workload's own events.
+Everything lands in OUT: per scenario the probe's JSON, the full run's workload events, the check's events
+and its stderr; `summary.json` and `summary.md` (the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+WORKLOAD = HERE / "workloads" / "flux_train_network.py"
+BALLAST = HERE / "workloads" / "ballast.py"
+PY = sys.executable
+
+# kohya's flags as the field guide's fitting settings (checkpointing, batch 1, bf16, 512 px) and variants.
+FIT = ["--gradient_checkpointing", "--train_batch_size", "1", "--resolution", "512,512", "--mixed_precision", "bf16"]
+SCENARIOS: dict[str, dict[str, Any]] = {}  # filled in below, from the workload's --plan
+
+
+def _flux(*flags: str) -> list[str]:
+    return [PY, str(WORKLOAD), "--output_dir", "/tmp/probe-gpu-out", *flags]
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def start_ballast(leave_gib: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [PY, str(BALLAST), "--leave-gib", str(leave_gib)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if '"ready"' in line:
+            print("ballast:", line.strip(), flush=True)
+            return proc
+    raise SystemExit("ballast did not start")
+
+
+def probe(name: str, command: list[str], out: Path, steps: int, max_seconds: float) -> dict[str, Any]:
+    started = time.monotonic()
+    done = subprocess.run(
+        [PY, "-m", "vramwatch", "probe", "--json", "--steps", str(steps), "--max-time", str(max_seconds), "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=max_seconds + 120,
+    )
+    (out / f"{name}.probe.stderr").write_text(done.stderr[-200_000:])
+    (out / f"{name}.probe.json").write_text(done.stdout)
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        report = {"error": "no JSON", "stdout": done.stdout[-2000:]}
+    return {"exit_code": done.returncode, "seconds": time.monotonic() - started, "report": report}
+
+
+def full_run(name: str, command: list[str], out: Path, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    events = out / f"{name}.check.jsonl"
+    events.unlink(missing_ok=True)
+    started = time.monotonic()
+    with (out / f"{name}.workload.jsonl").open("w") as wl, (out / f"{name}.run.stderr").open("w") as err:
+        try:
+            done = subprocess.run(
+                [PY, "-m", "vramwatch", "run", "--events", str(events), "--", *command],
+                stdout=wl,
+                stderr=err,
+                timeout=timeout,
+                env=env,
+            )
+            code: int | None = done.returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    workload = _json_lines(out / f"{name}.workload.jsonl")
+    check = _json_lines(events)
+    steps = [e for e in workload if e.get("event") == "step"]
+    oom = next((e for e in workload if e.get("event") == "oom"), None)
+    phases = [e for e in workload if e.get("event") == "phase"]
+    last_step = max((int(e.get("step", 0)) for e in steps), default=0)
+    end_t = oom["t"] if oom else (workload[-1]["t"] if workload else None)
+    said = [
+        e
+        for e in check
+        if e.get("event") == "step_forecast" and e.get("outcome") != "fits" and (end_t is None or e["t"] < end_t)
+    ]
+    return {
+        "exit_code": code,
+        "seconds": time.monotonic() - started,
+        "last_step": last_step,
+        "oom": None if oom is None else {k: oom.get(k) for k in ("t", "step", "phase", "tried_to_allocate_bytes")},
+        "oom_phase": next((p.get("name") for p in reversed(phases) if oom and p["t"] <= oom["t"]), None),
+        "first_warning": None
+        if not said
+        else {
+            "t_before_end": (end_t - said[0]["t"]) if end_t is not None else None,
+            "at_step": said[0]["step"],
+            "message": said[0]["message"],
+        },
+        "step_forecasts": len([e for e in check if e.get("event") == "step_forecast"]),
+        "step_seconds_median": statistics.median(
+            [b["t"] - a["t"] for a, b in zip(steps, steps[1:], strict=False)]
+        )
+        if len(steps) > 2
+        else None,
+    }
+
+
+def overhead(out: Path, command: list[str], rounds: int) -> dict[str, Any]:
+    """Median step time with and without the agent counting steps, alternating, same command."""
+    times: dict[str, list[float]] = {"steps_on": [], "steps_off": []}
+    for r in range(rounds):
+        for label in (("steps_on", "steps_off") if r % 2 == 0 else ("steps_off", "steps_on")):
+            env = dict(os.environ, VRAMWATCH_AGENT_STEPS="1" if label == "steps_on" else "0")
+            result = full_run(f"overhead-{label}-{r}", command, out, timeout=300, env=env)
+            if result["step_seconds_median"] is not None:
+                times[label].append(result["step_seconds_median"])
+    on, off = (statistics.median(times[k]) if times[k] else None for k in ("steps_on", "steps_off"))
+    return {"rounds": rounds, **times, "ratio_on_off": (on / off) if on and off else None}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--leave-gib", type=float, default=24.0)
+    ap.add_argument("--only", default="", help="comma-separated scenarios, and/or 'overhead'")
+    ap.add_argument("--overhead-rounds", type=int, default=2)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    only = {s for s in args.only.split(",") if s}
+    ballast = start_ballast(args.leave_gib)
+    summary: dict[str, Any] = {"leave_gib": args.leave_gib, "scenarios": {}}
+    try:
+        for name, sc in SCENARIOS.items():
+            if only and name not in only:
+                continue
+            print(f"== {name}: {sc['expect']}", flush=True)
+            p = probe(name, sc["command"], args.out, sc["probe_steps"], sc["probe_seconds"])
+            print(f"   probe: exit {p['exit_code']} in {p['seconds']:.0f} s: {(p['report'].get('verdict') or {}).get('message')}", flush=True)
+            f = full_run(name, sc["command"], args.out, sc["full_seconds"])
+            print(f"   full run: exit {f['exit_code']}, last step {f['last_step']}, oom {f['oom']}", flush=True)
+            summary["scenarios"][name] = {"expect": sc["expect"], "command": sc["command"][2:], "probe": p, "full": f}
+            (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if not only or "overhead" in only:
+            summary["overhead"] = overhead(args.out, OVERHEAD_COMMAND, args.overhead_rounds)
+            print("overhead:", summary["overhead"], flush=True)
+    finally:
+        if ballast.stdin:
+            ballast.stdin.close()
+        ballast.wait(timeout=30)
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+OVERHEAD_COMMAND = _flux(*FIT, "--max_train_steps", "150")
+
+if __name__ == "__main__":
+    sys.exit(main())

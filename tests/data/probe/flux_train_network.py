@@ -1,0 +1,131 @@
+"""A stand-in trainer for `vramwatch probe`'s tests, with no torch: kohya's script name and flags, and an agent
+whose allocator figures follow a memory model instead of PyTorch's.
+
+Each step peaks at --step-gib; sampling after multiples of --sample_every_n_steps (and before step 1 with
+--sample_at_first) peaks at --sample-gib; --leak-mib-per-step stays allocated after every step. The card
+holds --card-gib. A step or phase that needs more than the card raises the OOM the agent reports, then the
+script exits 3 (as the benchmark workloads do). SIGINT ends it with 130, as Python does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from vramwatch.agent.core import Agent, AgentConfig
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+class ModelProbe:
+    """The agent's TorchProbe over the memory model."""
+
+    def __init__(self, card: int) -> None:
+        self.card = card
+        self.allocated = 2 * GIB
+        self.peak = self.allocated
+        self.hook = None
+        self.observer = None
+
+    def cuda_initialized(self) -> bool:
+        return True
+
+    def torch_version(self) -> str:
+        return "0.0+model"
+
+    def device_count(self) -> int:
+        return 1
+
+    def memory_stats(self, device: int) -> dict:
+        reserved = max(self.peak, self.allocated)
+        return {
+            "allocated_bytes": {"all": {"current": self.allocated, "peak": self.peak}},
+            "reserved_bytes": {"all": {"current": reserved, "peak": reserved}},
+            "num_ooms": 0,
+        }
+
+    def device_identity(self, device: int) -> tuple[str, int]:
+        return ("model-card", self.card)
+
+    def mem_get_info(self, device: int) -> tuple[int, int]:
+        return (self.card - max(self.peak, self.allocated), self.card)
+
+    def attach_oom_observer(self, observer) -> bool:
+        self.observer = observer
+        return True
+
+    def record_history(self, max_entries: int) -> bool:
+        return False
+
+    def dump_snapshot(self, path: str) -> bool:
+        return False
+
+    def empty_cache(self) -> bool:
+        return True
+
+    def register_step_hook(self, hook) -> bool:
+        self.hook = hook
+        return True
+
+    def current_device(self) -> int:
+        return 0
+
+    def take_step_peaks(self, device: int) -> tuple[int, int, int, int]:
+        figures = (self.peak, self.peak, self.allocated, self.peak)
+        self.peak = self.allocated
+        return figures
+
+    def need(self, extra: int) -> None:
+        """Allocate `extra` on top of what stays, and free it again; the OOM of a card too small."""
+        if self.allocated + extra > self.card:
+            if self.observer is not None:
+                self.observer(0, extra, self.card, self.card - self.allocated)
+            raise MemoryError
+        self.peak = max(self.peak, self.allocated + extra)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--max_train_steps", type=int, default=1600)
+    p.add_argument("--sample_every_n_steps", type=int)
+    p.add_argument("--sample_at_first", action="store_true")
+    p.add_argument("--step-gib", type=float, default=8.0)
+    p.add_argument("--sample-gib", type=float, default=10.0)
+    p.add_argument("--leak-mib-per-step", type=float, default=0.0)
+    p.add_argument("--card-gib", type=float, default=24.0)
+    p.add_argument("--step-seconds", type=float, default=0.002)
+    args, _ = p.parse_known_args()
+    probe = ModelProbe(int(args.card_gib * GIB))
+    agent = Agent(AgentConfig.from_env(), probe=probe)
+    agent.tick()  # hello, and the step hook registered
+    step_extra = int(args.step_gib * GIB) - probe.allocated
+    sample_extra = int(args.sample_gib * GIB) - probe.allocated
+    last_tick = time.monotonic()
+    try:
+        if args.sample_at_first:
+            probe.need(sample_extra)
+        for step in range(1, args.max_train_steps + 1):
+            probe.need(step_extra)
+            probe.allocated += int(args.leak_mib_per_step * MIB)
+            probe.hook(object())
+            if args.sample_every_n_steps and step % args.sample_every_n_steps == 0:
+                probe.need(sample_extra)
+            time.sleep(args.step_seconds)
+            if time.monotonic() - last_tick >= 0.05:
+                agent.tick()
+                last_tick = time.monotonic()
+    except MemoryError:
+        agent.tick()
+        time.sleep(0.2)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    agent.tick()
+    time.sleep(0.2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

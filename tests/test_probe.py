@@ -1,0 +1,87 @@
+"""`vramwatch probe`: a real short run of a stand-in trainer (no torch: its agent's figures follow a memory model)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vramwatch.cli import main
+from vramwatch.probing import (
+    EXIT_FITS,
+    EXIT_GROWTH,
+    EXIT_PHASE,
+    EXIT_UNMEASURED,
+    ProbeConfig,
+    render_text,
+    run_probe,
+    to_json,
+)
+from vramwatch.steps import SAMPLE, Outcome
+
+TRAINER = Path(__file__).parent / "data" / "probe" / "flux_train_network.py"
+QUICK = ProbeConfig(steps=120, max_seconds=60, stop_seconds=5)
+
+
+def trainer(*flags: str) -> list[str]:
+    return [sys.executable, str(TRAINER), *flags]
+
+
+def test_a_run_that_fits_is_said_to_fit_with_its_spare() -> None:
+    """Steps at 8 GiB and sampling at 10 GiB on a 24 GiB card fit to --max_train_steps, with the spare stated."""
+    result = run_probe(trainer("--max_train_steps", "3000", "--sample_every_n_steps", "100"), QUICK)
+    assert result.exit_code == EXIT_FITS, render_text(result)
+    assert result.verdict is not None
+    assert result.verdict.outcome is Outcome.FITS
+    assert result.verdict.step == 3000
+    assert result.stopped == "measured"
+    assert result.profile is not None
+    assert [p.name for p in result.profile.phases] == [SAMPLE]
+    assert result.advice == ()
+
+
+def test_sampling_that_does_not_fit_is_named_before_it_is_reached() -> None:
+    """Sampling at 23.5 GiB on a 24 GiB card is within the allocator's margin: 'will run out at sampling'."""
+    argv = trainer("--max_train_steps", "3000", "--sample_every_n_steps", "100", "--sample-gib", "23.5")
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_PHASE, render_text(result)
+    assert result.verdict is not None
+    assert result.verdict.phase == SAMPLE
+    assert result.verdict.step == 200
+    text = "\n".join(render_text(result))
+    assert "will run out at sampling after step 200, --sample_every_n_steps 100" in text
+    assert "--w 512 --h 512" in text  # the trainer's own words for a smaller sample
+
+
+def test_growth_per_step_names_the_step() -> None:
+    """A leak of 20 MiB a step on a 24 GiB card runs out around step 780, far beyond the 120 steps measured."""
+    argv = trainer("--max_train_steps", "5000", "--leak-mib-per-step", "20")
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_GROWTH, render_text(result)
+    assert result.verdict is not None
+    assert result.verdict.step is not None
+    assert 700 < result.verdict.step < 860
+    assert result.profile is not None
+    assert result.profile.growth_bytes_per_step == pytest.approx(20 << 20, rel=0.05)
+
+
+def test_an_announced_phase_beyond_reach_is_not_assumed_to_fit() -> None:
+    """Sampling announced for step 5,000 and not brought forward is reported as not measured (exit 6)."""
+    argv = trainer("--max_train_steps", "9000", "--sample_every_n_steps", "5000")
+    result = run_probe(argv, ProbeConfig(steps=120, max_seconds=60, stop_seconds=5, bring_forward=False))
+    assert result.exit_code == EXIT_UNMEASURED, render_text(result)
+    assert "not measured yet: sampling" in "\n".join(render_text(result))
+
+
+def test_cli_prints_json_and_exits_with_the_verdicts_code(tmp_path: Path) -> None:
+    """`vramwatch probe --json` prints the report for scripts and exits with the verdict's code."""
+    argv = trainer("--max_train_steps", "5000", "--leak-mib-per-step", "20")
+    out = CliRunner().invoke(main, ["probe", "--steps", "120", "--json", "--", *argv])
+    assert out.exit_code == EXIT_GROWTH, out.output
+    report = json.loads(out.output)
+    assert report["verdict"]["outcome"] == "growth"
+    assert report["steps"]["growth_bytes_per_step"] > 0
+    assert to_json  # the same function the CLI prints

@@ -1,0 +1,200 @@
+"""The step model: training steps' peak, recurring phases, growth per step, and the forecast to the run's end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from vramwatch.model import StepRecord
+from vramwatch.steps import (
+    PEAK,
+    SAMPLE,
+    SAVE,
+    Outcome,
+    Schedule,
+    describe,
+    forecast,
+    margin,
+    profile,
+)
+from vramwatch.units import GIB, MIB
+
+Peak = Callable[[int], int]
+
+
+def run(steps: int, peak: Peak, *, after: Callable[[int], int] | None = None, seconds: float = 1.0) -> list[StepRecord]:
+    """One record per step: `peak(k)` is step k's interval peak, `after(k)` what stays allocated."""
+    stays = after or (lambda k: 4 * GIB)
+    return [
+        StepRecord(
+            pid=1,
+            device=0,
+            first_step=k,
+            last_step=k,
+            t=float(k),
+            seconds=seconds,
+            peak_allocated_bytes=peak(k),
+            peak_reserved_bytes=peak(k) + 512 * MIB,
+            allocated_bytes=stays(k),
+            reserved_bytes=peak(k) + 512 * MIB,
+        )
+        for k in range(1, steps + 1)
+    ]
+
+
+def flat(k: int) -> int:
+    return 10 * GIB
+
+
+def sampling_every(n: int, extra: int) -> Peak:
+    """Training steps at 10 GiB; the interval after each multiple of n holds a sampling phase `extra` higher."""
+    return lambda k: 10 * GIB + (extra if k > 1 and (k - 1) % n == 0 else 0)
+
+
+def test_flat_run_fits_with_its_margin() -> None:
+    """A run whose steps all peak at 10 GiB fits a 20 GiB capacity to its last step, with the spare stated."""
+    prof = profile(run(200, flat), Schedule(max_steps=3000))
+    assert prof is not None
+    assert prof.growth_bytes_per_step == 0
+    assert prof.phases == ()
+    verdict = forecast(prof, Schedule(max_steps=3000), 20 * GIB)
+    assert verdict.outcome is Outcome.FITS
+    assert verdict.step == 3000
+    assert verdict.spare_bytes == 10 * GIB
+
+
+def test_too_few_records_give_no_profile() -> None:
+    """Two steps say nothing about a run: no profile rather than a guess."""
+    assert profile(run(2, flat)) is None
+
+
+@pytest.mark.parametrize(
+    ("capacity", "outcome", "step"),
+    [
+        (20 * GIB, Outcome.FITS, 3000),  # the sampling phase (13 GiB) fits
+        (12 * GIB, Outcome.PHASE, 500),  # steps fit, the next sampling (after step 500) does not
+        (9 * GIB, Outcome.GROWTH, 261),  # the steps themselves do not fit
+    ],
+)
+def test_scheduled_sampling_phase(capacity: int, outcome: Outcome, step: int) -> None:
+    """A phase the schedule announces is found at its steps and forecast at its next occurrence."""
+    schedule = Schedule(max_steps=3000, sample_every=250, spelling=(("sample_every", "--sample_every_n_steps 250"),))
+    prof = profile(run(200, flat) + run(260, sampling_every(250, 3 * GIB))[200:], schedule)
+    assert prof is not None
+    (phase,) = prof.phases
+    assert phase.name == SAMPLE
+    assert phase.seen_after == (250,)
+    assert phase.peak_allocated_bytes == 13 * GIB
+    assert phase.period == 250
+    assert phase.period_source == "--sample_every_n_steps 250"
+    verdict = forecast(prof, schedule, capacity)
+    assert (verdict.outcome, verdict.step) == (outcome, step)
+
+
+def test_sampling_at_first_is_measured_before_step_one() -> None:
+    """With sampling before the first step, the first interval is the sampling phase's measure."""
+    schedule = Schedule(max_steps=2000, sample_every=500, sample_at_first=True)
+    records = run(100, lambda k: 14 * GIB if k == 1 else 10 * GIB)
+    prof = profile(records, schedule)
+    assert prof is not None
+    assert prof.unmeasured == ()
+    assert prof.phases[0].name == SAMPLE
+    assert prof.phases[0].peak_allocated_bytes == 14 * GIB
+    verdict = forecast(prof, schedule, 13 * GIB)
+    assert verdict.outcome is Outcome.PHASE
+    assert verdict.step == 500
+    assert verdict.phase == SAMPLE
+    assert "will run out at sampling after step 500" in describe(verdict, prof, schedule)
+
+
+def test_announced_phase_not_reached_is_unmeasured() -> None:
+    """A save the schedule announces beyond the records is named as not measured, never assumed to fit."""
+    schedule = Schedule(max_steps=3000, save_every=1000)
+    prof = profile(run(200, flat), schedule)
+    assert prof is not None
+    assert prof.unmeasured == (SAVE,)
+    verdict = forecast(prof, schedule, 20 * GIB)
+    assert verdict.outcome is Outcome.FITS
+    assert verdict.unmeasured == (SAVE,)
+    assert "not measured yet: saving" in describe(verdict, prof, schedule)
+
+
+def test_regular_peaks_without_a_schedule_are_learned() -> None:
+    """Peaks recurring every 50 steps that no setting names become a learned phase with that period."""
+    prof = profile(run(230, sampling_every(50, 4 * GIB)))
+    assert prof is not None
+    (phase,) = prof.phases
+    assert (phase.name, phase.period, phase.period_source) == (PEAK, 50, "learned")
+    assert prof.step_peak_allocated_bytes == 10 * GIB
+    verdict = forecast(prof, Schedule(max_steps=1000), 13 * GIB)
+    assert verdict.outcome is Outcome.PHASE
+    assert verdict.step == 250
+
+
+def test_irregular_buckets_count_as_training_steps() -> None:
+    """Buckets of different sizes at irregular steps are training steps: their largest is the step peak."""
+    sizes = [8, 12, 9, 8, 10, 12, 8, 9, 11, 8, 8, 12, 9, 10, 8, 11, 9, 12, 8, 8, 13, 9]
+    prof = profile(run(200, lambda k: sizes[(k * 7) % len(sizes)] * GIB))
+    assert prof is not None
+    assert prof.phases == ()
+    assert prof.step_peak_allocated_bytes == 13 * GIB
+
+
+def test_growth_per_step_names_the_step_it_runs_out() -> None:
+    """A leak of 2 MiB a step, fitted past warm-up, runs out at the step where the peak crosses the limit."""
+    leak = 2 * MIB
+    prof = profile(run(200, lambda k: 10 * GIB + leak * k, after=lambda k: 4 * GIB + leak * k))
+    assert prof is not None
+    assert prof.growth_bytes_per_step == pytest.approx(leak)
+    capacity = 16 * GIB
+    verdict = forecast(prof, Schedule(max_steps=5000), capacity)
+    limit = capacity - margin(capacity)
+    assert verdict.outcome is Outcome.GROWTH
+    assert verdict.step is not None
+    assert 10 * GIB + leak * (verdict.step - 1) <= limit < 10 * GIB + leak * verdict.step
+    assert "grows 2.0 MiB a step" in describe(verdict, prof, Schedule(max_steps=5000))
+
+
+def test_warm_up_growth_is_not_a_leak() -> None:
+    """What stays allocated rising over the first steps (optimizer state, workspaces) and then flat is no growth."""
+    prof = profile(run(200, flat, after=lambda k: 4 * GIB + min(k, 30) * 20 * MIB))
+    assert prof is not None
+    assert prof.growth_bytes_per_step == 0
+
+
+def test_merged_records_are_tagged_by_every_step_they_cover() -> None:
+    """A record merging steps 241-260 holds the sampling after step 250."""
+    schedule = Schedule(sample_every=250)
+    records = run(240, flat)
+    records.append(
+        StepRecord(1, 0, 241, 260, 260.0, 20.0, 13 * GIB, 14 * GIB, 4 * GIB, 14 * GIB),
+    )
+    prof = profile(records, schedule)
+    assert prof is not None
+    assert prof.phases[0].name == SAMPLE
+    assert prof.phases[0].seen_after == (259,)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    base=st.integers(1, 20).map(lambda g: g * GIB),
+    leak=st.integers(0, 8).map(lambda m: m * MIB),
+    capacity=st.integers(2, 40).map(lambda g: g * GIB),
+    steps=st.integers(10, 300),
+)
+def test_forecast_is_consistent(base: int, leak: int, capacity: int, steps: int) -> None:
+    """FITS never needs more than the limit; a failure step lies after the last step counted; more room never hurts."""
+    records = run(steps, lambda k: base + leak * k, after=lambda k: GIB + leak * k)
+    schedule = Schedule(max_steps=steps + 5000)
+    prof = profile(records, schedule)
+    assert prof is not None
+    verdict = forecast(prof, schedule, capacity)
+    if verdict.outcome is Outcome.FITS:
+        assert verdict.needed_bytes <= capacity - margin(capacity)
+    else:
+        assert verdict.step is not None
+        assert verdict.step > prof.step
+        roomier = forecast(prof, schedule, capacity + 8 * GIB)
+        assert roomier.outcome is Outcome.FITS or (roomier.step or 0) >= verdict.step

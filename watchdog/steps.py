@@ -1,0 +1,326 @@
+"""Will this run fit to the end? What a run's optimizer steps say about its future, in steps.
+
+The agent (`agent/steps.py`) reports every optimizer step with PyTorch's peak since the step before, so the
+interval ending at step k+1 holds whatever the trainer did after step k: kohya samples images and saves
+after the optimizer step whose number is a multiple of `--sample_every_n_steps` / `--save_every_n_steps`.
+Three things then decide whether the run reaches its last step:
+
+- the **training steps' peak**: the largest step seen (the biggest aspect-ratio bucket included);
+- **recurring phases** whose peak stands above it: sample images, saves, validation. Where the trainer's
+  configuration announces them (`Schedule`) their steps are known in advance; otherwise a peak that recurs
+  at a regular interval is learned as one (`peak`); irregular outliers are counted as training steps;
+- **growth per step**: the slope of what stays allocated after each step (a leak keeps tensors alive from
+  one step to the next; activations and caching do not stay), fitted after warm-up with Theil-Sen so that
+  one phase's step-up cannot tilt it.
+
+The forecast projects each phase's and the steps' peaks forward by the growth and compares them with the
+process's **capacity**: what it can allocate now (its reserved memory plus the card's free memory). A need
+within the fragmentation margin of the capacity counts as not fitting: the caching allocator needs that room
+to find blocks of the right sizes. All figures are allocated bytes (what tensors need); reserved peaks stay
+high after any large phase, since the allocator keeps the blocks, so they cannot tell phases apart.
+
+Pure functions of step records: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from .detectors.growth import theil_sen
+from .model import StepRecord
+from .units import MIB, size
+
+SAMPLE = "sample"
+SAVE = "save"
+PEAK = "peak"  # a recurring peak that no setting names
+
+#: A need this close to the capacity does not fit (the larger of the two).
+MARGIN_BYTES = 256 * MIB
+MARGIN_SHARE = 0.03
+#: A record's peak counts as a phase's when it stands this far above the median step (the larger of the two).
+PHASE_MIN_EXTRA_BYTES = 256 * MIB
+PHASE_MIN_EXTRA_SHARE = 0.10
+#: Growth that would add less than this over the records fitted is noise or caching, not a trend.
+GROWTH_MIN_RISE_BYTES = 32 * MIB
+#: The share of records treated as warm-up (optimizer state, cuDNN workspaces, bucket ramps) before fitting.
+WARMUP_SHARE = 0.2
+#: Theil-Sen is quadratic: fit at most this many records, evenly spaced.
+FIT_POINTS = 120
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """What the trainer's configuration says of the run's future, in optimizer steps; None where unknown.
+
+    `spelling` names each known item as the trainer spells it ("--max_train_steps 3000"), for messages.
+    """
+
+    max_steps: int | None = None
+    sample_every: int | None = None
+    sample_at_first: bool = False
+    save_every: int | None = None
+    spelling: tuple[tuple[str, str], ...] = ()
+
+    def spelled(self, item: str) -> str | None:
+        """How the configuration states `item` (max_steps, sample_every, save_every), if it was read."""
+        return dict(self.spelling).get(item)
+
+    def every(self, phase: str) -> int | None:
+        """The configured interval of a named phase."""
+        return {SAMPLE: self.sample_every, SAVE: self.save_every}.get(phase)
+
+    def phases_after(self, step: int) -> frozenset[str]:
+        """The named phases the trainer runs after optimizer step `step` (0: before the first step)."""
+        names = set()
+        if step == 0:
+            if self.sample_at_first:
+                names.add(SAMPLE)
+            return frozenset(names)
+        for name in (SAMPLE, SAVE):
+            every = self.every(name)
+            if every and step % every == 0:
+                names.add(name)
+        return frozenset(names)
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """A recurring phase between two optimizer steps, as measured."""
+
+    name: str  # SAMPLE, SAVE or PEAK
+    seen_after: tuple[int, ...]  # the steps it ran after (0: before the first)
+    period: int | None  # steps between two occurrences, when known
+    period_source: str | None  # the setting that gives it ("--sample_every_n_steps 250") or "learned"
+    peak_allocated_bytes: int  # the largest seen
+    peak_after: int  # the step after which that largest one ran
+    seconds: float  # how long its interval took, at most
+
+
+@dataclass(frozen=True, slots=True)
+class StepProfile:
+    """One process's steps so far: the training steps' peak, the phases, the growth."""
+
+    step: int  # the last step counted
+    step_peak_allocated_bytes: int  # the training steps' largest peak
+    step_peak_at: int  # the step it was measured at
+    growth_bytes_per_step: float  # 0 when nothing stays behind from step to step
+    step_seconds: float | None  # median duration of a training step
+    phases: tuple[Phase, ...]
+    unmeasured: tuple[str, ...]  # phases the schedule announces that no record holds yet
+
+
+class Outcome(str, Enum):
+    """How a forecast ends; its value is what `--json` prints."""
+
+    FITS = "fits"
+    PHASE = "phase"  # runs out in a recurring phase
+    GROWTH = "growth"  # runs out at a training step, from growth per step
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether the run fits to its end (or, with no known end, for as long as the forecast looks)."""
+
+    outcome: Outcome
+    step: int | None  # where it runs out (a phase: the step it runs after); for FITS: the last step looked at
+    phase: str | None  # the phase it runs out in
+    needed_bytes: int  # what it needs there; for FITS, the most it needs up to `step`
+    capacity_bytes: int
+    margin_bytes: int
+    end_step: int | None  # the run's last step, when the configuration says it
+    unmeasured: tuple[str, ...]
+
+    @property
+    def spare_bytes(self) -> int:
+        return self.capacity_bytes - self.needed_bytes
+
+
+def margin(capacity_bytes: int) -> int:
+    """The room the caching allocator needs beyond the peak: within it, a need does not fit."""
+    return max(MARGIN_BYTES, int(MARGIN_SHARE * capacity_bytes))
+
+
+def _tags(record: StepRecord, schedule: Schedule) -> frozenset[str]:
+    """The named phases that ran inside a record's interval: after each step before its last one."""
+    names: set[str] = set()
+    for after in range(record.first_step - 1, record.last_step):
+        names |= schedule.phases_after(after)
+    return frozenset(names)
+
+
+def _growth(records: Sequence[StepRecord]) -> float:
+    """Bytes per step that stay allocated after each step, fitted past warm-up; 0 when not a trend."""
+    fit = list(records[int(len(records) * WARMUP_SHARE) :])
+    if len(fit) < 8:
+        return 0.0
+    if len(fit) > FIT_POINTS:
+        stride = len(fit) / FIT_POINTS
+        fit = [fit[int(i * stride)] for i in range(FIT_POINTS - 1)] + [fit[-1]]
+    xs = [float(r.last_step) for r in fit]
+    ys = [float(r.allocated_bytes) for r in fit]
+    slope = theil_sen(xs, ys)
+    if slope <= 0 or slope * (xs[-1] - xs[0]) < GROWTH_MIN_RISE_BYTES:
+        return 0.0
+    return slope
+
+
+def _learned_period(steps: Sequence[int]) -> int | None:
+    """The interval of peaks that recur regularly (within one step: merged records blur a step), or None."""
+    if len(steps) < 2:
+        return None
+    gaps = [b - a for a, b in itertools.pairwise(steps)]
+    period = round(statistics.median(gaps))
+    if period < 2 or any(abs(g - period) > 1 for g in gaps):
+        return None
+    return period
+
+
+def profile(records: Sequence[StepRecord], schedule: Schedule | None = None) -> StepProfile | None:
+    """The profile of one process's steps (records in step order); None with fewer than 3 records."""
+    schedule = schedule or Schedule()
+    records = sorted(records, key=lambda r: r.last_step)
+    if len(records) < 3:
+        return None
+    tagged: dict[str, list[StepRecord]] = {}
+    plain: list[StepRecord] = []
+    for r in records:
+        tags = _tags(r, schedule)
+        for name in tags:
+            tagged.setdefault(name, []).append(r)
+        if not tags:
+            plain.append(r)
+    # The first interval also holds the start-up (loading, first allocations): not a training step.
+    training = [r for r in plain if r.first_step > 1] or plain
+    base = statistics.median(r.peak_allocated_bytes for r in training)
+    threshold = base + max(PHASE_MIN_EXTRA_BYTES, PHASE_MIN_EXTRA_SHARE * base)
+    outliers = [r for r in training if r.peak_allocated_bytes > threshold]
+    period = _learned_period([r.last_step - 1 for r in outliers])
+    if period is not None:
+        tagged[PEAK] = outliers
+        training = [r for r in training if r.peak_allocated_bytes <= threshold]
+    phases = []
+    for name, seen in sorted(tagged.items()):
+        alone = [r for r in seen if _tags(r, schedule) == {name}] or seen
+        top = max(alone, key=lambda r: r.peak_allocated_bytes)
+        every = schedule.every(name)
+        setting = {SAMPLE: "sample_every", SAVE: "save_every"}.get(name)
+        phases.append(
+            Phase(
+                name=name,
+                seen_after=tuple(r.last_step - 1 for r in seen),
+                period=every if every else period if name == PEAK else None,
+                period_source=(schedule.spelled(setting) if every and setting else None)
+                or ("learned" if name == PEAK else None),
+                peak_allocated_bytes=top.peak_allocated_bytes,
+                peak_after=top.last_step - 1,
+                seconds=max(r.seconds for r in seen),
+            )
+        )
+    announced = {n for n in (SAMPLE, SAVE) if schedule.every(n)} | ({SAMPLE} if schedule.sample_at_first else set())
+    top_step = max(training, key=lambda r: r.peak_allocated_bytes)
+    durations = [r.seconds / r.count for r in training if r.first_step > 1]
+    return StepProfile(
+        step=records[-1].last_step,
+        step_peak_allocated_bytes=top_step.peak_allocated_bytes,
+        step_peak_at=top_step.last_step,
+        growth_bytes_per_step=_growth(training),
+        step_seconds=statistics.median(durations) if durations else None,
+        phases=tuple(phases),
+        unmeasured=tuple(sorted(announced - tagged.keys())),
+    )
+
+
+def _occurrences(phase: Phase, now: int, until: int) -> list[int]:
+    """The steps after which `phase` runs next, from the step after `now` up to `until` (at most 10,000)."""
+    if phase.period is None:
+        return []
+    every = phase.period
+    if phase.name == PEAK:
+        last = max(phase.seen_after)
+        first = last + every * max(1, math.ceil((now + 1 - last) / every))
+    else:
+        first = every * (now // every + 1)
+    return list(range(first, until + 1, every))[:10_000]
+
+
+def forecast(prof: StepProfile, schedule: Schedule, capacity_bytes: int, *, horizon_steps: int = 100_000) -> Verdict:
+    """Project each phase and the training steps to the run's end and compare with what the process can use.
+
+    The end is `schedule.max_steps`; with none known, the forecast looks `horizon_steps` ahead. A phase at
+    step k needs its measured peak plus the growth since it was measured; so does a training step.
+    """
+    room = margin(capacity_bytes)
+    limit = capacity_bytes - room
+    g = prof.growth_bytes_per_step
+    end = schedule.max_steps if schedule.max_steps is not None else prof.step + horizon_steps
+    end = max(end, prof.step)
+    failures: list[tuple[int, int, str | None, int]] = []  # (step, order, phase, need)
+    most = prof.step_peak_allocated_bytes + int(g * max(0, end - prof.step_peak_at))
+    if most > limit:
+        if prof.step_peak_allocated_bytes > limit or g <= 0:
+            at = prof.step + 1
+        else:
+            at = prof.step_peak_at + math.ceil((limit - prof.step_peak_allocated_bytes) / g)
+            at = max(at, prof.step + 1)
+        need = prof.step_peak_allocated_bytes + int(g * max(0, at - prof.step_peak_at))
+        failures.append((at, 1, None, need))
+    for phase in prof.phases:
+        for k in _occurrences(phase, prof.step, end):
+            need = phase.peak_allocated_bytes + int(g * max(0, k - phase.peak_after))
+            most = max(most, need)
+            if need > limit:
+                failures.append((k, 0, phase.name, need))
+                break
+    if failures:
+        at, _, name, need = min(failures)
+        outcome = Outcome.PHASE if name is not None else Outcome.GROWTH
+        return Verdict(outcome, at, name, need, capacity_bytes, room, schedule.max_steps, prof.unmeasured)
+    return Verdict(Outcome.FITS, end, None, most, capacity_bytes, room, schedule.max_steps, prof.unmeasured)
+
+
+def describe(verdict: Verdict, prof: StepProfile, schedule: Schedule) -> str:
+    """The verdict in one sentence, with the figures that make it."""
+    cap = f"{size(verdict.capacity_bytes)} this run can use"
+    growth = (
+        f"grows {size(prof.growth_bytes_per_step)} a step; "
+        if prof.growth_bytes_per_step > 0
+        else "no growth per step; "
+    )
+    if verdict.outcome is Outcome.FITS:
+        end = verdict.step
+        where = (
+            f"to step {end:,} ({schedule.spelled('max_steps')})"
+            if schedule.max_steps is not None and schedule.spelled("max_steps")
+            else f"to step {end:,}"
+        )
+        text = (
+            f"fits {where} with {size(verdict.spare_bytes)} to spare: {growth}"
+            f"needs at most {size(verdict.needed_bytes)} of {cap}"
+        )
+    elif verdict.outcome is Outcome.PHASE:
+        phase = next(p for p in prof.phases if p.name == verdict.phase)
+        source = f", {phase.period_source}" if phase.period_source else ""
+        text = (
+            f"will run out at {_phase_words(phase.name)} after step {verdict.step:,}{source}: it needs "
+            f"{size(verdict.needed_bytes)} of {cap} ({growth}the phase peaked at {size(phase.peak_allocated_bytes)} "
+            f"after step {phase.peak_after:,}, training steps at {size(prof.step_peak_allocated_bytes)})"
+        )
+    else:
+        text = (
+            f"will run out at step {verdict.step:,}: {growth}a training step then needs {size(verdict.needed_bytes)} "
+            f"of {cap}"
+        )
+        if schedule.max_steps is not None:
+            text += f"; the run ends at step {schedule.max_steps:,}"
+    if verdict.unmeasured:
+        text += "; not measured yet: " + ", ".join(_phase_words(n) for n in verdict.unmeasured)
+    return text
+
+
+def _phase_words(name: str) -> str:
+    return {SAMPLE: "sampling", SAVE: "saving", PEAK: "a recurring peak"}.get(name, name)
