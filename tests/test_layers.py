@@ -28,6 +28,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("trace", "sdnotify", "sampler", "agenthost.link"),
     # the domain: backends (sources), detectors (decisions), advice (knowledge), actions (effects).
     ("backends", "detectors", "advice"),
+    # the step forecast: a run's optimizer steps against its schedule (uses the detectors' line fit).
+    ("steps",),
     # effects; a trainer's save-now mechanism is declared beside its recognition, in `advice.trainers`.
     ("actions",),
     # joining two domains: advice for findings; the metrics of samples and findings.
@@ -36,6 +38,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("daemon", "agenthost.monitor"),
     # what runs the loop or the monitor.
     ("attach", "agenthost.runner", "terminal"),
+    # `vramwatch probe`: a short test run under the runner, and its verdict.
+    ("probing",),
     # the live page and the report: drawn from the loop's snapshots and attach's post-mortem.
     ("web",),
     # the commands.
@@ -139,4 +143,4 @@ def test_the_checks_are_live() -> None:
     assert "detectors.growth" in edges["detectors.forecast"]
     assert "detectors._format" in edges["detectors.leak"]  # `from . import _format as fmt`
     assert "model" in edges["typing"]
-    assert part_of("agenthost.monitor") == (9, "agenthost.monitor")
+    assert part_of("agenthost.monitor") == (10, "agenthost.monitor")
