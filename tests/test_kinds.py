@@ -73,8 +73,9 @@ def test_every_advice_kind_is_used() -> None:
     """No phantom advice kind: each is named by a rule, and each is a detector's advice or a situation asked by hand."""
     used = {k for rule in default_rules().rules for k in rule.kinds}
     assert used == ADVICE_KINDS
-    # `spike` is the agent's OOM's advice (and a young probable OOM's); `plateau` is only ever asked for by hand.
-    assert ADVICE_KINDS - {d.advice for d in BUILTIN} == {"plateau"}
+    # `spike` is the agent's OOM's advice (and a young probable OOM's); `plateau` is asked for by hand and by the
+    # step forecast (`vramwatch probe` / `run`), `sampling` only by the step forecast.
+    assert ADVICE_KINDS - {d.advice for d in BUILTIN} == {"plateau", "sampling"}
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -32,7 +32,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 #: The situations advice is written for: what rules.toml's `kinds` may name. They are not the finding kinds:
 #: most findings get the advice of their own kind (each detector names it, `Detector.advice`), the agent's `oom`
 #: gets `spike` or `fragmentation`, and two situations are no finding at all: `spike` (an OOM at the first
-#: step: the size of one step) and `plateau` (running near capacity, asked for by hand: `advise --kind plateau`).
+#: step: the size of one step) and `plateau` (running near capacity, asked for by hand: `advise --kind plateau`),
+#: and `sampling`: a run whose training steps fit but whose sample images do not (`vramwatch probe`, `steps.py`).
 ADVICE_KINDS = frozenset(
     {
         *(
@@ -49,6 +50,7 @@ ADVICE_KINDS = frozenset(
         ),
         "spike",
         "plateau",
+        "sampling",
     }
 )
 OPS = frozenset({"eq", "ne", "gt", "ge", "lt", "le", "in", "not_in", "version_ge", "version_lt"})
