@@ -170,3 +170,63 @@ def test_oom_report_is_printed_and_recorded():
     (event,) = [json.loads(line) for line in events.getvalue().splitlines()]
     assert event["event"] == "oom"
     assert event["reserved_unallocated_bytes"] == 1800 * MIB
+
+
+def step_report(t: float, first: int, last: int, peak: int, *, pid: int = 7) -> AgentReport:
+    from vramwatch.model import StepRecord
+
+    records = tuple(
+        StepRecord(pid, 0, k, k, t, 0.5, peak if k == last else 8 * GIB, peak, 4 * GIB, peak)
+        for k in range(first, last + 1)
+    )
+    return AgentReport("steps", pid, 0, t, steps=records)
+
+
+def test_step_forecast_warns_once_ahead_of_a_sampling_phase_that_will_not_fit():
+    """Steps fit, the sampling measured after step 100 does not fit again: said once, critical as it is next."""
+    from vramwatch.steps import Schedule
+
+    out, events = io.StringIO(), io.StringIO()
+    pressure = Recorder()
+    monitor = RunMonitor(
+        out=out,
+        events=events,
+        send_pressure=pressure,
+        schedule=Schedule(max_steps=1000, sample_every=100),
+        advise=lambda verdict: ["try: smaller samples"],
+        config=MonitorConfig(forecast_every_seconds=0.0),
+    )
+    # 20 GiB usable (reserved + free); the first sampling peaked at 19.9 GiB: inside the allocator's margin.
+    monitor.on_report(stats_report(1.0, 4 * GIB, 10 * GIB, free=10 * GIB))
+    monitor.on_report(step_report(2.0, 1, 100, 8 * GIB))
+    monitor.on_report(step_report(3.0, 101, 101, int(19.9 * GIB)))
+    monitor.on_report(step_report(4.0, 102, 150, 8 * GIB))
+    monitor.on_report(step_report(5.0, 151, 160, 8 * GIB))
+    said = out.getvalue()
+    assert said.count("will run out at sampling after step 200") == 1, said
+    assert "critical: pid 7" in said
+    assert "try: smaller samples" in said
+    assert [c[1] for c in pressure.calls] == ["critical"]
+    forecasts = [json.loads(line) for line in events.getvalue().splitlines() if '"step_forecast"' in line]
+    assert forecasts[-1]["outcome"] == "phase"
+    assert forecasts[-1]["at_step"] == 200
+
+
+def test_step_forecast_is_silent_for_a_run_that_fits():
+    """A run whose steps and sampling fit with room says nothing, and logs its forecast as fitting."""
+    from vramwatch.steps import Schedule
+
+    out, events = io.StringIO(), io.StringIO()
+    monitor = RunMonitor(
+        out=out,
+        events=events,
+        schedule=Schedule(max_steps=1000, sample_every=100),
+        config=MonitorConfig(forecast_every_seconds=0.0),
+    )
+    monitor.on_report(stats_report(1.0, 4 * GIB, 10 * GIB, free=10 * GIB))
+    monitor.on_report(step_report(2.0, 1, 100, 8 * GIB))
+    monitor.on_report(step_report(3.0, 101, 101, 12 * GIB))
+    monitor.on_report(step_report(4.0, 102, 150, 8 * GIB))
+    assert out.getvalue() == ""
+    forecasts = [json.loads(line) for line in events.getvalue().splitlines() if '"step_forecast"' in line]
+    assert forecasts[-1]["outcome"] == "fits"

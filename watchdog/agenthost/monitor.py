@@ -8,7 +8,11 @@ the last two minutes of samples and
   unallocated memory) falls under `pressure_headroom_share` of what it can use, so that registered
   callbacks (the Lightning / transformers adapters) save a checkpoint while there is still time; re-armed
   once headroom recovers;
-- prints the OOM post-mortem: what was asked, what PyTorch held, how much of it was unusable cache.
+- prints the OOM post-mortem: what was asked, what PyTorch held, how much of it was unusable cache;
+- with the agent counting optimizer steps, forecasts in steps (`steps.py`) against the trainer's schedule:
+  says once when the run will not reach its end (a sampling phase, a save, growth per step), as a warning
+  ahead of it and as critical when the failing phase is the next one or under two minutes away (and then
+  sends the pressure notice, so that a registered callback saves before it).
 
 Every conclusion is also written as a JSON line to `events` when given (the GPU proof scripts read it).
 """
@@ -25,11 +29,14 @@ from typing import Any, TextIO
 
 from ..detectors.fragmentation import FragmentationConfig, GrowthConfig, classify_growth, detect_fragmentation
 from ..detectors.oom import fragmented_at_oom
-from ..model import OomEvent
+from ..model import OomEvent, StepRecord
+from ..steps import Outcome, Schedule, Verdict, describe, forecast, profile
 from ..units import size
 from .link import AgentDevice, AgentReport
 
 SendPressure = Callable[[int, str, str], bool]  # (pid, level, reason) -> sent
+#: The setting changes for a verdict that does not fit, in the trainer's words (the CLI binds the advisor).
+AdviseVerdict = Callable[[Verdict], list[str]]
 
 
 DEFAULT_PRESSURE_HEADROOM_SHARE = 0.10
@@ -44,6 +51,8 @@ class MonitorConfig:
     pressure_rearm_share: float = 0.20
     fragmentation: FragmentationConfig = field(default_factory=FragmentationConfig)
     growth: GrowthConfig = field(default_factory=GrowthConfig)
+    forecast_every_seconds: float = 5.0  # how often the step forecast is redone (and logged to `events`)
+    critical_seconds: float = 120.0  # a step forecast this close is critical
 
 
 @dataclass(slots=True)
@@ -52,6 +61,13 @@ class _Track:
     fragmentation: str | None = None  # severity already reported in this episode
     leak_reported: bool = False
     pressure_sent: bool = False
+
+
+@dataclass(slots=True)
+class _Steps:
+    records: list[StepRecord] = field(default_factory=list)
+    last_forecast: float | None = None
+    said: tuple[object, ...] | None = None  # the (outcome, step, phase, severity) last said
 
 
 def _fragmented(oom: OomEvent) -> bool:
@@ -101,6 +117,8 @@ class RunMonitor:
         events: TextIO | None = None,
         config: MonitorConfig | None = None,
         wall: Callable[[], float] = time.time,
+        schedule: Schedule | None = None,
+        advise: AdviseVerdict | None = None,
     ) -> None:
         self._out = out
         self._send_pressure = send_pressure
@@ -108,6 +126,11 @@ class RunMonitor:
         self.config = config or MonitorConfig()
         self._wall = wall
         self._tracks: dict[tuple[int, int], _Track] = {}
+        self.schedule = schedule or Schedule()
+        self._advise = advise
+        self._steps: dict[int, _Steps] = {}
+        self._capacity: dict[int, int] = {}  # pid -> what it can allocate now (reserved + free)
+        self.verdicts: dict[int, Verdict] = {}  # pid -> the latest step forecast
         self._lock = threading.Lock()
         self.ooms: list[OomEvent] = []
 
@@ -124,6 +147,8 @@ class RunMonitor:
                     self._on_stats(report, device)
             elif report.kind == "oom" and report.oom is not None:
                 self._on_oom(report.t, report.oom)
+            elif report.kind == "steps" and report.steps:
+                self._on_steps(report.pid, report.t, report.steps)
 
     def _say(self, lines: list[str]) -> None:
         for line in lines:
@@ -158,6 +183,8 @@ class RunMonitor:
             }
         )
         usable = device.usable_bytes or device.total_bytes
+        if device.usable_bytes is not None:
+            self._capacity[report.pid] = device.usable_bytes
         times = [t for t, _ in track.samples]
         window = [d.stats for _, d in track.samples]
         if usable:
@@ -247,6 +274,55 @@ class RunMonitor:
                 "sent": sent,
             }
         )
+
+    def _on_steps(self, pid: int, t: float, records: tuple[StepRecord, ...]) -> None:
+        track = self._steps.setdefault(pid, _Steps())
+        track.records.extend(records)
+        if track.last_forecast is not None and t - track.last_forecast < self.config.forecast_every_seconds:
+            return
+        capacity = self._capacity.get(pid)
+        prof = profile(track.records, self.schedule)
+        if capacity is None or prof is None:
+            return
+        track.last_forecast = t
+        verdict = forecast(prof, self.schedule, capacity)
+        self.verdicts[pid] = verdict
+        text = describe(verdict, prof, self.schedule)
+        self._event(
+            {
+                "event": "step_forecast",
+                "pid": pid,
+                "t": t,
+                "step": prof.step,
+                "outcome": verdict.outcome.value,
+                "at_step": verdict.step,
+                "phase": verdict.phase,
+                "needed_bytes": verdict.needed_bytes,
+                "capacity_bytes": verdict.capacity_bytes,
+                "growth_bytes_per_step": prof.growth_bytes_per_step,
+                "step_peak_allocated_bytes": prof.step_peak_allocated_bytes,
+                "phases": {p.name: p.peak_allocated_bytes for p in prof.phases},
+                "message": text,
+            }
+        )
+        if verdict.outcome is Outcome.FITS or verdict.step is None:
+            return
+        seconds = (verdict.step - prof.step) * prof.step_seconds if prof.step_seconds else None
+        next_of_its_kind = verdict.phase is not None and all(
+            (p.period or 0) >= verdict.step - prof.step for p in prof.phases if p.name == verdict.phase
+        )
+        close = seconds is not None and seconds <= self.config.critical_seconds
+        severity = "critical" if close or next_of_its_kind else "warning"
+        key = (verdict.outcome, verdict.step, verdict.phase, severity)
+        if track.said == key:
+            return
+        track.said = key
+        when = f" (in about {seconds:.0f} s)" if seconds is not None else ""
+        lines = [f"{severity}: pid {pid} at step {prof.step:,}: {text}{when}"]
+        lines += [f"  {line}" for line in (self._advise(verdict) if self._advise is not None else [])]
+        self._say(lines)
+        if severity == "critical" and self._send_pressure is not None:
+            self._send_pressure(pid, "critical", text)
 
     def _on_oom(self, t: float, oom: OomEvent) -> None:
         self.ooms.append(oom)

@@ -43,8 +43,9 @@ from typing import Any, TextIO
 
 from ..agent import protocol
 from ..errors import ConfigError
+from ..steps import Schedule
 from .link import AgentListener, AgentReport
-from .monitor import DEFAULT_PRESSURE_HEADROOM_SHARE, MonitorConfig, RunMonitor
+from .monitor import DEFAULT_PRESSURE_HEADROOM_SHARE, AdviseVerdict, MonitorConfig, RunMonitor
 
 # The agent's bootstrap, shipped inside the agent package (it loads the agent by path from the folder above).
 SITE_DIR = Path(protocol.__file__).resolve().parent / "_site"
@@ -62,6 +63,7 @@ def agent_environment(
     *,
     snapshot_dir: Path | None = None,
     empty_cache_on_pressure: bool = False,
+    count_steps: bool = False,
 ) -> dict[str, str]:
     """The child's environment: `base` plus our sitecustomize first on PYTHONPATH and the agent's settings."""
     env = dict(base)
@@ -73,6 +75,8 @@ def agent_environment(
         env[protocol.ENV_SNAPSHOT_DIR] = os.fspath(snapshot_dir.resolve())
     if empty_cache_on_pressure:
         env[protocol.ENV_EMPTY_CACHE_ON_PRESSURE] = "1"
+    if count_steps:
+        env.setdefault(protocol.ENV_STEPS, "1")  # a user's explicit VRAMWATCH_AGENT_STEPS=0 wins
     return env
 
 
@@ -140,6 +144,11 @@ def run_command(
     env: Mapping[str, str] | None = None,
     monitor_config: MonitorConfig | None = None,
     exit_status_seconds: float = EXIT_STATUS_VISIBLE_SECONDS,
+    count_steps: bool = True,
+    schedule: Schedule | None = None,
+    advise: AdviseVerdict | None = None,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    child_stdout: int | None = None,
 ) -> int:
     """Run `argv` with the agent loaded; return its exit status (128 + N if killed by signal N).
 
@@ -147,6 +156,12 @@ def run_command(
     `snapshot_dir`: record allocator history and dump a memory_viz snapshot there on OOM.
     `on_report`: called (in the listener thread) with every report of the private listener.
     `events_path`: the built-in check's conclusions as JSON lines.
+    `count_steps`: the agent counts optimizer steps (see `agent/steps.py`); `schedule`: what the trainer's
+    configuration says of its future steps (the built-in check forecasts against it); `advise`: the setting
+    changes for a forecast that does not fit.
+    `on_start`: called with the child once it runs (`vramwatch probe` stops it from another thread).
+    `child_stdout`: a file descriptor for the child's stdout instead of ours (`probe --json` keeps its own
+    stdout for the report).
     """
     if not argv:
         raise ConfigError("vramwatch run: no command given (usage: vramwatch run -- python train.py ...)")
@@ -161,7 +176,11 @@ def run_command(
     try:
         if events_path is not None:
             events = events_path.open("a", encoding="utf-8")
-        monitor = RunMonitor(out=out, events=events, config=monitor_config) if builtin_checks else None
+        monitor = (
+            RunMonitor(out=out, events=events, config=monitor_config, schedule=schedule, advise=advise)
+            if builtin_checks
+            else None
+        )
 
         def deliver(report: AgentReport) -> None:
             if monitor is not None:
@@ -185,16 +204,19 @@ def run_command(
             [os.fspath(listener.path), *daemon_targets],
             snapshot_dir=snapshot_dir,
             empty_cache_on_pressure=empty_cache_on_pressure,
+            count_steps=count_steps,
         )
         with _passing_signals(lambda: proc):
             try:
-                proc = subprocess.Popen(list(argv), env=child_env)
+                proc = subprocess.Popen(list(argv), env=child_env, stdout=child_stdout)
             except FileNotFoundError:
                 print(f"vramwatch: command not found: {argv[0]}", file=out)
                 return 127
             except PermissionError:
                 print(f"vramwatch: permission denied: {argv[0]}", file=out)
                 return 126
+            if on_start is not None:
+                on_start(proc)
             returncode = _wait_leaving_status(proc, exit_status_seconds)
         return 128 - returncode if returncode < 0 else returncode
     finally:
