@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from vramwatch.cli import main
 from vramwatch.probing import (
     EXIT_FITS,

@@ -37,6 +37,14 @@ def _run(fn: Callable[[], int]) -> None:
     sys.exit(code)
 
 
+def _stderr_fd() -> int | None:
+    """Our stderr's file descriptor, or None where it has none (a test runner's captured stream)."""
+    try:
+        return sys.stderr.fileno()
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _echo(line: str) -> None:
     click.echo(line)
 
@@ -304,25 +312,89 @@ def install_service(prefix: str, force: bool) -> None:
 @click.option("--snapshot", type=click.Path(file_okay=False), help="On OOM, dump a memory snapshot here (memory_viz).")
 @click.option("--socket", "socket_path", type=click.Path(dir_okay=False), help="The daemon's agent socket.")
 @click.option("--empty-cache-on-pressure", is_flag=True, help="Call torch.cuda.empty_cache() on a pressure notice.")
+@click.option(
+    "--events", type=click.Path(dir_okay=False), help="Append the built-in check's conclusions here (JSON lines)."
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(snapshot: str | None, socket_path: str | None, empty_cache_on_pressure: bool, command: tuple[str, ...]) -> None:
+def run(
+    snapshot: str | None,
+    socket_path: str | None,
+    empty_cache_on_pressure: bool,
+    events: str | None,
+    command: tuple[str, ...],
+) -> None:
     """Run a training COMMAND with the in-process agent: `vramwatch run -- accelerate launch train.py ...`.
 
     Every Python process the command starts reports PyTorch's allocator figures (allocated, reserved,
     fragmentation, OOMs) to the daemon, or to this command itself when no daemon listens; exit code,
-    signals and output pass through unchanged.
+    signals and output pass through unchanged. The agent counts optimizer steps, and this command says when
+    the run will not reach its end (sample images, a save, growth per step) in the trainer's own words.
     """
-    from .agenthost.runner import run_command
+    from .probing import watched_run
 
     argv = list(command[1:] if command and command[0] == "--" else command)
     _run(
-        lambda: run_command(
+        lambda: watched_run(
             argv,
             snapshot_dir=Path(snapshot) if snapshot else None,
             socket_path=Path(socket_path) if socket_path else None,
             empty_cache_on_pressure=empty_cache_on_pressure,
+            events_path=Path(events) if events else None,
         )
     )
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option(
+    "--steps", type=click.IntRange(3, None), default=200, show_default=True, help="Optimizer steps to measure."
+)
+@click.option(
+    "--max-time",
+    "max_seconds",
+    type=click.FloatRange(1, None),
+    default=1800,
+    show_default=True,
+    help="Seconds at most.",
+)
+@click.option(
+    "--reach",
+    type=click.IntRange(0, None),
+    default=1000,
+    show_default=True,
+    help="Wait for an announced phase (sampling, save) due within this many steps.",
+)
+@click.option("--no-bring-forward", is_flag=True, help="Run the command as given (no --sample_at_first added).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def probe(
+    steps: int, max_seconds: float, reach: int, no_bring_forward: bool, as_json: bool, command: tuple[str, ...]
+) -> None:
+    """Will this run fit to the end? Run COMMAND for a few hundred steps, stop it, and say.
+
+    `vramwatch probe -- accelerate launch flux_train_network.py ...` measures the training steps' peak,
+    each sampling or save phase and the growth per step, then forecasts the whole run on this card.
+    Exit codes: 0 fits, 3 ran out of memory in the probe, 4 will run out in a phase (sample images, a
+    save), 5 will run out from growth per step, 6 fits as far as measured (an announced phase was not
+    measured), 1 nothing measured, 2 usage.
+    """
+    import json as json_module
+
+    from .probing import ProbeConfig, render_text, run_probe, to_json
+
+    argv = list(command[1:] if command and command[0] == "--" else command)
+    config = ProbeConfig(steps=steps, max_seconds=max_seconds, reach_steps=reach, bring_forward=not no_bring_forward)
+
+    def go() -> int:
+        # With --json the report is the only thing on stdout: the trainer's own output goes to stderr.
+        result = run_probe(argv, config, child_stdout=_stderr_fd() if as_json else None)
+        if as_json:
+            click.echo(json_module.dumps(to_json(result), indent=2))
+        else:
+            for line in render_text(result):
+                click.echo(line)
+        return result.exit_code
+
+    _run(go)
 
 
 @main.command()

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .advice import TrainerSettings, advise, recognize
-from .advice.trainers import by_id
+from .advice.settings import UNKNOWN
+from .advice.trainers import TRAINER_NAMES, by_id
 from .agenthost.link import AgentReport
 from .agenthost.monitor import format_oom
 from .agenthost.runner import run_command
@@ -182,14 +183,12 @@ def _stop(proc: subprocess.Popen[bytes], ended: threading.Event, seconds: float)
 
 def bring_forward(argv: Sequence[str], settings: TrainerSettings) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The command with its phases brought into the test by the trainer's own settings, and what changed."""
-    trainer = None
-    with contextlib.suppress(Exception):
-        trainer = by_id(settings.trainer)
-    probe_argv = getattr(trainer, "probe_argv", None)
+    if settings.trainer == UNKNOWN:
+        return tuple(argv), ()
+    probe_argv = by_id(settings.trainer).probe_argv
     if probe_argv is None:
         return tuple(argv), ()
-    new, notes = probe_argv(argv, settings)
-    return tuple(new), tuple(notes)
+    return probe_argv(argv, settings)
 
 
 def run_probe(
@@ -383,9 +382,8 @@ def render_text(result: ProbeResult) -> list[str]:
     lines = []
     prof = result.profile
     steps = f"{prof.step:,} steps" if prof is not None else "no optimizer step measured"
-    lines.append(
-        f"vramwatch probe: {result.trainer}, {steps} in {duration(result.seconds)} ({_STOPPED[result.stopped]})"
-    )
+    name = TRAINER_NAMES.get(result.trainer, result.trainer)
+    lines.append(f"vramwatch probe: {name}, {steps} in {duration(result.seconds)} ({_STOPPED[result.stopped]})")
     lines += [f"  note: {n}" for n in result.notes]
     if prof is not None:
         growth = f"grows {size(prof.growth_bytes_per_step)} a step" if prof.growth_bytes_per_step else "no growth"
