@@ -84,3 +84,24 @@ def test_cli_prints_json_and_exits_with_the_verdicts_code(tmp_path: Path) -> Non
     assert report["verdict"]["outcome"] == "growth"
     assert report["steps"]["growth_bytes_per_step"] > 0
     assert to_json  # the same function the CLI prints
+
+
+def test_sampling_that_cannot_fit_at_all_is_told_from_a_first_step_oom() -> None:
+    """Sampling brought before step 1 runs out there; probed again as given, the steps pass: sampling is the answer."""
+    argv = trainer("--max_train_steps", "3000", "--sample_every_n_steps", "100", "--sample-gib", "30")
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_PHASE, render_text(result)
+    assert result.phase_oom == SAMPLE
+    assert "--sample_at_first" not in result.argv  # the answer comes from the run as given
+    assert "will run out at sampling (first after step 100, --sample_every_n_steps 100)" in "\n".join(
+        render_text(result)
+    )
+
+
+def test_a_save_that_runs_out_in_the_probe_is_named() -> None:
+    """A save after step 100 that needs more than the card is the phase the probe names, not the steps."""
+    argv = trainer("--max_train_steps", "3000", "--save_every_n_steps", "100", "--save-gib", "30")
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_PHASE, render_text(result)
+    assert result.phase_oom == "save"
+    assert "will run out at saving (first after step 100, --save_every_n_steps 100)" in "\n".join(render_text(result))

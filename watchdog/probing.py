@@ -38,7 +38,7 @@ from .agenthost.monitor import format_oom
 from .agenthost.runner import run_command
 from .detectors.oom import fragmented_at_oom
 from .model import OomEvent, StepRecord
-from .steps import SAMPLE, Outcome, Schedule, StepProfile, Verdict, describe, forecast, profile
+from .steps import SAMPLE, SAVE, Outcome, Schedule, StepProfile, Verdict, describe, forecast, phase_words, profile
 from .units import duration, size
 
 EXIT_FITS = 0
@@ -79,7 +79,9 @@ class ProbeResult:
     capacity_bytes: int | None
     oom: OomEvent | None
     oom_after_step: int | None  # the last step completed before the OOM
-    phase_oom: str | None = None  # the phase that ran out of memory in the probe (sampling brought forward)
+    # The phase that ran out of memory in the probe: "sample", "save", or "sample+save" when both ran after
+    # that step (the probe cannot tell which of the two it was).
+    phase_oom: str | None = None
     advice: tuple[tuple[str, str], ...] = ()  # (change in the trainer's words, expected saving)
 
     @property
@@ -240,8 +242,10 @@ def run_probe(
             result = dataclasses.replace(again, phase_oom=SAMPLE, oom=again.oom or result.oom)
         else:
             result = again
-    elif result.oom is not None and SAMPLE in schedule.phases_after(result.oom_after_step or 0):
-        result = dataclasses.replace(result, phase_oom=SAMPLE)
+    elif result.oom is not None and schedule.phases_after(result.oom_after_step or 0):
+        result = dataclasses.replace(
+            result, phase_oom="+".join(sorted(schedule.phases_after(result.oom_after_step or 0)))
+        )
     return _with_advice(result, settings, config.suggestions)
 
 
@@ -337,8 +341,8 @@ def watched_run(argv: Sequence[str], **options: Any) -> int:
 
 def _advice_kinds(result: ProbeResult) -> tuple[str, ...]:
     """The advisor's situations for a probe's answer, most specific first."""
-    if result.phase_oom == SAMPLE:
-        return ("sampling", "plateau")
+    if result.phase_oom is not None:
+        return ("sampling", "plateau") if SAMPLE in result.phase_oom.split("+") else ("plateau",)
     if result.oom is not None:
         o = result.oom
         fragmented = fragmented_at_oom(
@@ -369,6 +373,15 @@ def _with_advice(result: ProbeResult, settings: TrainerSettings, count: int) -> 
     return dataclasses.replace(result, advice=tuple(changes[:count]))
 
 
+def _first_occurrence(schedule: Schedule, phase: str) -> str:
+    """ " (first after step 50, --sample_every_n_steps 50)" for a scheduled phase, "" otherwise."""
+    name = phase.split("+", maxsplit=1)[0]
+    interval = schedule.every(name)
+    setting = {SAMPLE: "sample_every", SAVE: "save_every"}.get(name, "")
+    spelled = schedule.spelled(setting)
+    return f" (first after step {interval:,}" + (f", {spelled})" if spelled else ")") if interval else ""
+
+
 _STOPPED = {
     "measured": "stopped once measured",
     "time": "stopped at the time limit",
@@ -396,12 +409,10 @@ def render_text(result: ProbeResult) -> list[str]:
     if result.capacity_bytes is not None:
         lines.append(f"  this card: {size(result.capacity_bytes)} usable by the run (its reserved memory + free)")
     if result.phase_oom is not None and result.oom is not None:
-        interval = result.schedule.every(result.phase_oom)
-        first = f" (first after step {interval:,}, {result.schedule.spelled('sample_every')})" if interval else ""
+        first = _first_occurrence(result.schedule, result.phase_oom)
         lines.append(
-            f"verdict: will run out at {'sampling' if result.phase_oom == SAMPLE else result.phase_oom}{first}: "
-            f"in this probe it asked for {size(result.oom.requested_bytes)} with "
-            f"{size(result.oom.device_free_bytes)} free on the device"
+            f"verdict: will run out at {phase_words(result.phase_oom)}{first}: in this probe it asked for "
+            f"{size(result.oom.requested_bytes)} with {size(result.oom.device_free_bytes)} free on the device"
         )
     elif result.oom is not None:
         after = result.oom_after_step

@@ -306,7 +306,7 @@ def describe(verdict: Verdict, prof: StepProfile, schedule: Schedule) -> str:
         phase = next(p for p in prof.phases if p.name == verdict.phase)
         source = f", {phase.period_source}" if phase.period_source else ""
         text = (
-            f"will run out at {_phase_words(phase.name)} after step {verdict.step:,}{source}: it needs "
+            f"will run out at {phase_words(phase.name)} after step {verdict.step:,}{source}: it needs "
             f"{size(verdict.needed_bytes)} of {cap} ({growth}the phase peaked at {size(phase.peak_allocated_bytes)} "
             f"after step {phase.peak_after:,}, training steps at {size(prof.step_peak_allocated_bytes)})"
         )
@@ -318,9 +318,11 @@ def describe(verdict: Verdict, prof: StepProfile, schedule: Schedule) -> str:
         if schedule.max_steps is not None:
             text += f"; the run ends at step {schedule.max_steps:,}"
     if verdict.unmeasured:
-        text += "; not measured yet: " + ", ".join(_phase_words(n) for n in verdict.unmeasured)
+        text += "; not measured yet: " + ", ".join(phase_words(n) for n in verdict.unmeasured)
     return text
 
 
-def _phase_words(name: str) -> str:
-    return {SAMPLE: "sampling", SAVE: "saving", PEAK: "a recurring peak"}.get(name, name)
+def phase_words(name: str) -> str:
+    """A phase as a sentence names it: "sampling", "saving", "sampling or saving" (both after one step)."""
+    words = {SAMPLE: "sampling", SAVE: "saving", PEAK: "a recurring peak"}
+    return " or ".join(words.get(part, part) for part in name.split("+"))

@@ -174,7 +174,7 @@ class Agent:
         self.steps: StepCounter | None = None  # set once CUDA is up, when counting steps was asked for
         self.oom = OomRecorder(
             self.probe,
-            self._send_message,
+            self._send_oom,
             pid=self.pid,
             snapshot_dir=config.snapshot_dir,
             max_snapshots=config.max_snapshots,
@@ -276,10 +276,18 @@ class Agent:
                 )
             )
         self._sample()
+        self._send_steps()
+
+    def _send_steps(self) -> None:
         if self.steps is not None:
             message = steps_message(self.steps, pid=self.pid, t=self._clock())
             if message is not None:
                 self._send_message(message)
+
+    def _send_oom(self, message: dict[str, Any]) -> None:
+        """The steps completed so far go first: the listener then knows after which step the OOM came."""
+        self._send_steps()
+        self._send_message(message)
 
     def _signal_installed(self) -> bool:
         try:

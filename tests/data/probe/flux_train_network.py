@@ -2,7 +2,7 @@
 whose allocator figures follow a memory model instead of PyTorch's.
 
 Each step peaks at --step-gib; sampling after multiples of --sample_every_n_steps (and before step 1 with
---sample_at_first) peaks at --sample-gib; --leak-mib-per-step stays allocated after every step. The card
+--sample_at_first) peaks at --sample-gib, saves after multiples of --save_every_n_steps at --save-gib; --leak-mib-per-step stays allocated after every step. The card
 holds --card-gib. A step or phase that needs more than the card raises the OOM the agent reports, then the
 script exits 3 (as the benchmark workloads do). SIGINT ends it with 130, as Python does.
 """
@@ -93,6 +93,8 @@ def main() -> int:
     p.add_argument("--sample_at_first", action="store_true")
     p.add_argument("--step-gib", type=float, default=8.0)
     p.add_argument("--sample-gib", type=float, default=10.0)
+    p.add_argument("--save_every_n_steps", type=int)
+    p.add_argument("--save-gib", type=float, default=9.0)
     p.add_argument("--leak-mib-per-step", type=float, default=0.0)
     p.add_argument("--card-gib", type=float, default=24.0)
     p.add_argument("--step-seconds", type=float, default=0.002)
@@ -112,6 +114,8 @@ def main() -> int:
             probe.hook(object())
             if args.sample_every_n_steps and step % args.sample_every_n_steps == 0:
                 probe.need(sample_extra)
+            if args.save_every_n_steps and step % args.save_every_n_steps == 0:
+                probe.need(int(args.save_gib * GIB) - probe.allocated)
             time.sleep(args.step_seconds)
             if time.monotonic() - last_tick >= 0.05:
                 agent.tick()
