@@ -128,3 +128,41 @@ def test_the_oom_observer_fires_on_a_real_oom(tmp_path: Path):
         snapshot = pickle.load(f)  # noqa: S301 - our own child's file
     assert "segments" in snapshot
     assert "ran out of GPU memory" in err
+
+
+STEPS = """
+import json, os, time, torch
+model = torch.nn.Linear(1024, 1024, device="cuda")
+opt = torch.optim.AdamW(model.parameters())
+time.sleep(0.6)  # the agent registers its step hook at its first sample after CUDA initialisation
+peaks = []
+for step in range(12):
+    x = torch.randn(4096 if step % 4 == 3 else 512, 1024, device="cuda")  # every 4th step a bigger batch
+    model(x).square().mean().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    peaks.append(torch.cuda.max_memory_allocated())  # read after the agent's post-step hook reset it
+    time.sleep(0.05)
+time.sleep(0.8)
+open(os.environ["CHILD_OUT"], "w").write(json.dumps({"pid": os.getpid(), "after": torch.cuda.memory_allocated()}))
+"""
+
+
+def test_optimizer_steps_are_counted_with_their_real_peaks(tmp_path: Path):
+    """Each real optimizer step is one record; the bigger batches' steps peak higher; what stays is the model."""
+    rc, reports, out, _ = run_child(STEPS, tmp_path, count_steps=True)
+    assert rc == 0
+    facts = json.loads(out)
+    records = [s for r in reports if r.kind == "steps" and r.pid == facts["pid"] for s in r.steps]
+    assert [s.last_step for s in records] == list(range(1, 13)), [(s.first_step, s.last_step) for s in records]
+    big = [s.peak_allocated_bytes for s in records if s.last_step % 4 == 0]
+    small = [s.peak_allocated_bytes for s in records if s.last_step % 4 != 0 and s.last_step > 1]
+    assert min(big) > max(small) + 8 * MIB  # 4096 x 1024 floats of activations against 512 x 1024
+    assert records[-1].allocated_bytes == facts["after"]
+
+
+def test_steps_are_not_counted_unless_asked(tmp_path: Path):
+    """Without count_steps no step report comes, and the trainer's peak statistics are its own."""
+    rc, reports, _, _ = run_child(STEPS, tmp_path, count_steps=False)
+    assert rc == 0
+    assert not [r for r in reports if r.kind == "steps"]

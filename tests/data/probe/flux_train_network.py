@@ -2,9 +2,10 @@
 whose allocator figures follow a memory model instead of PyTorch's.
 
 Each step peaks at --step-gib; sampling after multiples of --sample_every_n_steps (and before step 1 with
---sample_at_first) peaks at --sample-gib, saves after multiples of --save_every_n_steps at --save-gib; --leak-mib-per-step stays allocated after every step. The card
-holds --card-gib. A step or phase that needs more than the card raises the OOM the agent reports, then the
-script exits 3 (as the benchmark workloads do). SIGINT ends it with 130, as Python does.
+--sample_at_first) peaks at --sample-gib; saves after multiples of --save_every_n_steps at --save-gib;
+--leak-mib-per-step stays allocated after every step. The card holds --card-gib. A step or phase that needs
+more than the card raises the OOM the agent reports, then the script exits 3 (as the benchmark workloads
+do). SIGINT ends it with 130, as Python does.
 """
 
 from __future__ import annotations
