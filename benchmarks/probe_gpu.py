@@ -218,7 +218,7 @@ def main() -> int:
                 continue
             print(f"== {name}: {sc['expect']}", flush=True)
             p = probe(name, sc["command"], args.out, sc["probe_steps"], sc["probe_seconds"])
-            verdict = (p["report"].get("verdict") or {}).get("message") or p["report"].get("phase_oom")
+            verdict = p["report"].get("message")
             print(f"   probe: exit {p['exit_code']} in {p['seconds']:.0f} s: {verdict}", flush=True)
             f = full_run(name, sc["command"], args.out, sc["full_seconds"])
             print(f"   full run: exit {f['exit_code']}, last step {f['last_step']}, oom {f['oom']}", flush=True)

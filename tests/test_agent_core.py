@@ -79,7 +79,7 @@ class FakeProbe:
         return True
 
     step_hook: Callable[[object], None] | None = None
-    peaks: tuple[int, int, int, int] | None = (900 * MIB, 1024 * MIB, 300 * MIB, 512 * MIB)
+    peaks: tuple[int, int, int, int, int] | None = (900 * MIB, 1024 * MIB, 300 * MIB, 512 * MIB, 20 * MIB)
     resets = 0
 
     def register_step_hook(self, hook: Callable[[object], None]) -> bool:
@@ -89,7 +89,7 @@ class FakeProbe:
     def current_device(self) -> int | None:
         return 0
 
-    def take_step_peaks(self, device: int) -> tuple[int, int, int, int] | None:
+    def take_step_peaks(self, device: int) -> tuple[int, int, int, int, int] | None:
         self.resets += 1
         return self.peaks
 

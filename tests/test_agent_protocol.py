@@ -159,7 +159,7 @@ def test_steps_message_round_trips():
     """A steps message reads back entry by entry, in `STEP_FIELDS` order."""
     data = protocol.encode(
         protocol.steps_message(
-            pid=7, t=5.0, device=1, entries=[[1, 1, 4.0, 0.5, 10, 20, 5, 20], [2, 9, 5.0, 4.0, 11, 20, 5, 20]]
+            pid=7, t=5.0, device=1, entries=[[1, 1, 4.0, 0.5, 10, 20, 5, 20, 1], [2, 9, 5.0, 4.0, 11, 20, 5, 20, 2]]
         )
     )
     report = protocol.parse_report(data)
@@ -173,10 +173,10 @@ def test_steps_message_round_trips():
 @pytest.mark.parametrize(
     "entry",
     [
-        [1, 1, 4.0, 0.5, 10, 20, 5],
-        [2, 1, 4.0, 0.5, 10, 20, 5, 20],
-        [1, 1, 4.0, 0.5, -1, 20, 5, 20],
-        [1, 1, 4.0, 0.5, 1.5, 20, 5, 20],
+        [1, 1, 4.0, 0.5, 10, 20, 5, 20],
+        [2, 1, 4.0, 0.5, 10, 20, 5, 20, 0],
+        [1, 1, 4.0, 0.5, -1, 20, 5, 20, 0],
+        [1, 1, 4.0, 0.5, 1.5, 20, 5, 20, 0],
         "x",
     ],
 )
@@ -191,6 +191,6 @@ def test_merge_keeps_the_largest_peak_of_each_range():
     """Merged step entries keep their range, the sum of their durations and the largest peaks."""
     from vramwatch.agent.steps import merge
 
-    entries = [[k, k, float(k), 1.0, 100 + (k == 3) * 50, 200, 10 * k, 200] for k in range(1, 7)]
+    entries = [[k, k, float(k), 1.0, 100 + (k == 3) * 50, 200, 10 * k, 200, k] for k in range(1, 7)]
     merged = merge(entries, 2)
-    assert [(e[0], e[1], e[3], e[4], e[6]) for e in merged] == [(1, 3, 3.0, 150, 30), (4, 6, 3.0, 100, 60)]
+    assert [(e[0], e[1], e[3], e[4], e[6], e[8]) for e in merged] == [(1, 3, 3.0, 150, 30, 3), (4, 6, 3.0, 100, 60, 6)]

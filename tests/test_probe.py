@@ -17,7 +17,6 @@ from vramwatch.probing import (
     ProbeConfig,
     render_text,
     run_probe,
-    to_json,
 )
 from vramwatch.steps import SAMPLE, Outcome
 
@@ -83,7 +82,8 @@ def test_cli_prints_json_and_exits_with_the_verdicts_code(tmp_path: Path) -> Non
     report = json.loads(out.output)
     assert report["verdict"]["outcome"] == "growth"
     assert report["steps"]["growth_bytes_per_step"] > 0
-    assert to_json  # the same function the CLI prints
+    assert report["message"].startswith("will run out at step ")
+    assert len(report["records"]) == report["steps"]["measured"]  # one record a step, for replay
 
 
 def test_sampling_that_cannot_fit_at_all_is_told_from_a_first_step_oom() -> None:

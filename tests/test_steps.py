@@ -198,3 +198,33 @@ def test_forecast_is_consistent(base: int, leak: int, capacity: int, steps: int)
         assert verdict.step > prof.step
         roomier = forecast(prof, schedule, capacity + 8 * GIB)
         assert roomier.outcome is Outcome.FITS or (roomier.step or 0) >= verdict.step
+
+
+def test_a_leak_that_fragments_runs_out_before_its_measured_oom() -> None:
+    """The H200 leak (benchmarks/results/probe-h200-2026-12-03): 20 MiB a step, split pieces growing ~4 MiB a
+    step; it died at step 375. Counting the fragmentation the forecast lands before that, not 40 steps after."""
+    capacity = 24_986_000_000  # 23.27 GiB: the run's reserved + free under the ballast
+    leak, split = 20 * MIB, 4 * MIB
+    records = [
+        StepRecord(
+            pid=1,
+            device=0,
+            first_step=k,
+            last_step=k,
+            t=float(k),
+            seconds=0.05,
+            peak_allocated_bytes=int(14.5 * GIB) + leak * k,
+            peak_reserved_bytes=int(14.6 * GIB) + (leak + split) * k,
+            allocated_bytes=int(14.3 * GIB) + leak * k,
+            reserved_bytes=int(14.6 * GIB) + (leak + split) * k,
+            inactive_split_bytes=30 * MIB + split * k,
+        )
+        for k in range(1, 73)
+    ]
+    prof = profile(records, Schedule(max_steps=3000))
+    assert prof is not None
+    assert prof.slack_growth_bytes_per_step == pytest.approx(split)
+    verdict = forecast(prof, Schedule(max_steps=3000), capacity)
+    assert verdict.outcome is Outcome.GROWTH
+    assert verdict.step is not None
+    assert 320 <= verdict.step < 375

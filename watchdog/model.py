@@ -185,6 +185,7 @@ class StepRecord:
     peak_reserved_bytes: int
     allocated_bytes: int
     reserved_bytes: int
+    inactive_split_bytes: int = 0  # free pieces inside the allocator's segments after the step (fragmentation)
 
     @property
     def count(self) -> int:

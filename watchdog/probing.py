@@ -82,6 +82,7 @@ class ProbeResult:
     # The phase that ran out of memory in the probe: "sample", "save", or "sample+save" when both ran after
     # that step (the probe cannot tell which of the two it was).
     phase_oom: str | None = None
+    records: tuple[StepRecord, ...] = ()  # the measured process's steps
     advice: tuple[tuple[str, str], ...] = ()  # (change in the trainer's words, expected saving)
 
     @property
@@ -317,6 +318,7 @@ def _probe_once(
         capacity_bytes=capacity,
         oom=oom,
         oom_after_step=oom_after,
+        records=tuple(records),
     )
 
 
@@ -373,6 +375,22 @@ def _with_advice(result: ProbeResult, settings: TrainerSettings, count: int) -> 
     return dataclasses.replace(result, advice=tuple(changes[:count]))
 
 
+def verdict_text(result: ProbeResult) -> str:
+    """The probe's answer in one sentence (the terminal's `verdict:` line and the JSON's `message`)."""
+    if result.phase_oom is not None and result.oom is not None:
+        first = _first_occurrence(result.schedule, result.phase_oom)
+        return (
+            f"will run out at {phase_words(result.phase_oom)}{first}: in this probe it asked for "
+            f"{size(result.oom.requested_bytes)} with {size(result.oom.device_free_bytes)} free on the device"
+        )
+    if result.oom is not None:
+        after = result.oom_after_step
+        return "out of memory during the probe" + (f", after step {after:,}" if after else "")
+    if result.verdict is not None and result.profile is not None:
+        return describe(result.verdict, result.profile, result.schedule)
+    return f"none: the command ended (status {result.exit_status}) before its steps could be measured"
+
+
 def _first_occurrence(schedule: Schedule, phase: str) -> str:
     """ " (first after step 50, --sample_every_n_steps 50)" for a scheduled phase, "" otherwise."""
     name = phase.split("+", maxsplit=1)[0]
@@ -408,22 +426,9 @@ def render_text(result: ProbeResult) -> list[str]:
             lines.append(f"  {p.name}{every}: peak {size(p.peak_allocated_bytes)}, seen after step {seen}")
     if result.capacity_bytes is not None:
         lines.append(f"  this card: {size(result.capacity_bytes)} usable by the run (its reserved memory + free)")
-    if result.phase_oom is not None and result.oom is not None:
-        first = _first_occurrence(result.schedule, result.phase_oom)
-        lines.append(
-            f"verdict: will run out at {phase_words(result.phase_oom)}{first}: in this probe it asked for "
-            f"{size(result.oom.requested_bytes)} with {size(result.oom.device_free_bytes)} free on the device"
-        )
-    elif result.oom is not None:
-        after = result.oom_after_step
-        lines.append("verdict: out of memory during the probe" + (f", after step {after:,}" if after else ""))
+    lines.append("verdict: " + verdict_text(result))
+    if result.oom is not None and result.phase_oom is None:
         lines += [f"  {line}" for line in format_oom(result.oom)]
-    elif result.verdict is not None and prof is not None:
-        lines.append("verdict: " + describe(result.verdict, prof, result.schedule))
-    else:
-        lines.append(
-            f"verdict: none: the command ended (status {result.exit_status}) before its steps could be measured"
-        )
     if result.advice:
         lines.append("setting changes, most effective first:")
         lines += [f"  {i}. {change}  ({saving})" for i, (change, saving) in enumerate(result.advice, 1)]
@@ -436,6 +441,7 @@ def to_json(result: ProbeResult) -> dict[str, Any]:
     verdict = result.verdict
     return {
         "exit_code": result.exit_code,
+        "message": verdict_text(result),
         "trainer": result.trainer,
         "argv": list(result.argv),
         "notes": list(result.notes),
@@ -481,7 +487,6 @@ def to_json(result: ProbeResult) -> dict[str, Any]:
             "margin_bytes": verdict.margin_bytes,
             "end_step": verdict.end_step,
             "unmeasured": list(verdict.unmeasured),
-            "message": describe(verdict, prof, result.schedule) if prof is not None else None,
         },
         "phase_oom": result.phase_oom,
         "oom": None
@@ -494,4 +499,19 @@ def to_json(result: ProbeResult) -> dict[str, Any]:
             "device_free_bytes": result.oom.device_free_bytes,
         },
         "advice": [{"change": c, "saving": s} for c, s in result.advice],
+        # The measured process's steps (protocol.STEP_FIELDS without the pid), for replay and evidence.
+        "records": [
+            [
+                r.first_step,
+                r.last_step,
+                r.t,
+                r.seconds,
+                r.peak_allocated_bytes,
+                r.peak_reserved_bytes,
+                r.allocated_bytes,
+                r.reserved_bytes,
+                r.inactive_split_bytes,
+            ]
+            for r in result.records
+        ],
     }

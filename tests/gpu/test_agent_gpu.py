@@ -135,21 +135,21 @@ import json, os, time, torch
 model = torch.nn.Linear(1024, 1024, device="cuda")
 opt = torch.optim.AdamW(model.parameters())
 time.sleep(0.6)  # the agent registers its step hook at its first sample after CUDA initialisation
-peaks = []
 for step in range(12):
     x = torch.randn(4096 if step % 4 == 3 else 512, 1024, device="cuda")  # every 4th step a bigger batch
     model(x).square().mean().backward()
     opt.step()
+    after = torch.cuda.memory_allocated()  # what the agent's post-step hook saw stay: before zero_grad
     opt.zero_grad(set_to_none=True)
-    peaks.append(torch.cuda.max_memory_allocated())  # read after the agent's post-step hook reset it
     time.sleep(0.05)
 time.sleep(0.8)
-open(os.environ["CHILD_OUT"], "w").write(json.dumps({"pid": os.getpid(), "after": torch.cuda.memory_allocated()}))
+open(os.environ["CHILD_OUT"], "w").write(json.dumps({"pid": os.getpid(), "after": after}))
 """
 
 
 def test_optimizer_steps_are_counted_with_their_real_peaks(tmp_path: Path):
-    """Each real optimizer step is one record; the bigger batches' steps peak higher; what stays is the model."""
+    """Each real optimizer step is one record; the bigger batches' steps peak higher; what stays is the model
+    and its optimizer state (as torch counts it right after the step)."""
     rc, reports, out, _ = run_child(STEPS, tmp_path, count_steps=True)
     assert rc == 0
     facts = json.loads(out)

@@ -61,8 +61,9 @@ class TorchProbe(Protocol):
 
     def current_device(self) -> int | None: ...
 
-    def take_step_peaks(self, device: int) -> tuple[int, int, int, int] | None:
-        """(peak allocated, peak reserved, allocated, reserved) bytes since the last call; resets the peaks."""
+    def take_step_peaks(self, device: int) -> tuple[int, int, int, int, int] | None:
+        """(peak allocated, peak reserved, allocated, reserved, inactive split) bytes since the last call, after
+        which the peaks are reset."""
 
 
 class RealTorchProbe:
@@ -202,7 +203,7 @@ class RealTorchProbe:
         except Exception:
             return None
 
-    def take_step_peaks(self, device: int) -> tuple[int, int, int, int] | None:
+    def take_step_peaks(self, device: int) -> tuple[int, int, int, int, int] | None:
         cuda = self._cuda()
         stats = self.memory_stats(device)
         figures = []
@@ -211,6 +212,7 @@ class RealTorchProbe:
             ("reserved_bytes", "peak"),
             ("allocated_bytes", "current"),
             ("reserved_bytes", "current"),
+            ("inactive_split_bytes", "current"),
         ):
             node = stats.get(name) if isinstance(stats, Mapping) else None
             node = node.get("all") if isinstance(node, Mapping) else None
@@ -222,4 +224,4 @@ class RealTorchProbe:
             cuda.reset_peak_memory_stats(device)
         except Exception:
             return None
-        return figures[0], figures[1], figures[2], figures[3]
+        return figures[0], figures[1], figures[2], figures[3], figures[4]

@@ -69,6 +69,7 @@ STEP_FIELDS = (
     "peak_reserved_bytes",
     "allocated_bytes",
     "reserved_bytes",
+    "inactive_split_bytes",
 )
 
 UCRED = struct.Struct("iII")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
@@ -334,6 +335,7 @@ class StepEntry:
     peak_reserved_bytes: int
     allocated_bytes: int
     reserved_bytes: int
+    inactive_split_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,8 +39,8 @@ class StepProbe(Protocol):
 
     def current_device(self) -> int | None: ...
 
-    def take_step_peaks(self, device: int) -> tuple[int, int, int, int] | None:
-        """(peak allocated, peak reserved, allocated, reserved) since the last call, then reset the peaks."""
+    def take_step_peaks(self, device: int) -> tuple[int, int, int, int, int] | None:
+        """(peak allocated, peak reserved, allocated, reserved, inactive split) since the last call; resets peaks."""
 
 
 def merge(entries: list[list[float]], limit: int) -> list[list[float]]:
@@ -62,6 +62,7 @@ def merge(entries: list[list[float]], limit: int) -> list[list[float]]:
                 max(e[5] for e in group),
                 last[6],
                 last[7],
+                last[8],
             ]
         )
     return merged

@@ -140,6 +140,7 @@ def _step_records(pid: int, parsed: protocol.Report) -> tuple[StepRecord, ...]:
             peak_reserved_bytes=e.peak_reserved_bytes,
             allocated_bytes=e.allocated_bytes,
             reserved_bytes=e.reserved_bytes,
+            inactive_split_bytes=e.inactive_split_bytes,
         )
         for e in parsed.steps
     )

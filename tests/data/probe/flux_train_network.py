@@ -73,8 +73,8 @@ class ModelProbe:
     def current_device(self) -> int:
         return 0
 
-    def take_step_peaks(self, device: int) -> tuple[int, int, int, int]:
-        figures = (self.peak, self.peak, self.allocated, self.peak)
+    def take_step_peaks(self, device: int) -> tuple[int, int, int, int, int]:
+        figures = (self.peak, self.peak, self.allocated, self.peak, 0)
         self.peak = self.allocated
         return figures
 
