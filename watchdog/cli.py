@@ -21,6 +21,16 @@ from .config import Config, load
 from .errors import VramwatchError
 
 
+class FilePath(click.Path):
+    """click's Path, with a NUL byte in the name refused as a usage error (os.stat raises ValueError on it)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except ValueError:
+            self.fail(f"{value!r} is not a file name (it holds a NUL byte)", param, ctx)
+
+
 def _load(ctx: click.Context, overrides: dict[str, Any]) -> Config:
     """The config with the command line's overrides; raises ConfigError (call it inside `_run`, which makes that
     one line and exit 2, or from a reload, which keeps the old config)."""
@@ -87,7 +97,7 @@ def _configure_logs(root: click.Context) -> None:
 def _global_options(*, envvar: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--config, --log-format, --log-level, -v and -q, accepted before the subcommand and after it alike."""
     options = [
-        click.option("--config", "config", type=click.Path(dir_okay=False), envvar=envvar, expose_value=False,
+        click.option("--config", "config", type=FilePath(dir_okay=False), envvar=envvar, expose_value=False,
                      callback=_remember, help="TOML config file (options override it)."),
         click.option("--log-format", "log_format", type=click.Choice(["auto", "console", "json"]), expose_value=False,
                      callback=_remember, help="Log format [default: auto: pretty on a terminal, JSON otherwise]."),
@@ -130,7 +140,7 @@ def main(ctx: click.Context) -> None:
 @_seed
 @_interval
 @click.option("--listen", metavar="HOST:PORT", help="Where /metrics is served [default: 127.0.0.1:9783].")
-@click.option("--replay", metavar="FILE", type=click.Path(exists=True, dir_okay=False), help="Serve a recorded trace.")
+@click.option("--replay", metavar="FILE", type=FilePath(exists=True, dir_okay=False), help="Serve a recorded trace.")
 @click.option("--no-process-metrics", is_flag=True, help="Export GPU-level series only (fleets fearing cardinality).")
 @click.option("--require-gpu", is_flag=True, help="Never fall back to the simulator when no NVIDIA driver is found.")
 @click.option("--record", metavar="FILE", help="Also record every tick to this trace (JSON Lines; .gz compresses).")
@@ -201,7 +211,7 @@ def scenarios() -> None:
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False, writable=True))
+@click.argument("file", type=FilePath(dir_okay=False, writable=True))
 @click.option("--duration", type=float, metavar="SECONDS", help="Stop after this long [default: until Ctrl-C].")
 @_simulate
 @_seed
@@ -229,7 +239,7 @@ def record(
 
 
 @main.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=FilePath(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per finding on stdout.")
 @click.pass_context
 def replay(ctx: click.Context, file: str, as_json: bool) -> None:
@@ -242,9 +252,9 @@ def replay(ctx: click.Context, file: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("trace", type=click.Path(exists=True, dir_okay=False))
+@click.argument("trace", type=FilePath(exists=True, dir_okay=False))
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False), help="The HTML file to write [default: TRACE's name, .html]."
+    "-o", "--output", type=FilePath(dir_okay=False), help="The HTML file to write [default: TRACE's name, .html]."
 )
 @click.pass_context
 def report(ctx: click.Context, trace: str, output: str | None) -> None:
@@ -286,7 +296,7 @@ def advise(
 
 @main.command("install-service")
 @click.option(
-    "--prefix", type=click.Path(file_okay=False), default="/", show_default=True, help="Root to install under."
+    "--prefix", type=FilePath(file_okay=False), default="/", show_default=True, help="Root to install under."
 )
 @click.option("--force", is_flag=True, help="Replace a unit that differs from the packaged one (never the config).")
 def install_service(prefix: str, force: bool) -> None:
@@ -309,11 +319,11 @@ def install_service(prefix: str, force: bool) -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--snapshot", type=click.Path(file_okay=False), help="On OOM, dump a memory snapshot here (memory_viz).")
-@click.option("--socket", "socket_path", type=click.Path(dir_okay=False), help="The daemon's agent socket.")
+@click.option("--snapshot", type=FilePath(file_okay=False), help="On OOM, dump a memory snapshot here (memory_viz).")
+@click.option("--socket", "socket_path", type=FilePath(dir_okay=False), help="The daemon's agent socket.")
 @click.option("--empty-cache-on-pressure", is_flag=True, help="Call torch.cuda.empty_cache() on a pressure notice.")
 @click.option(
-    "--events", type=click.Path(dir_okay=False), help="Append the built-in check's conclusions here (JSON lines)."
+    "--events", type=FilePath(dir_okay=False), help="Append the built-in check's conclusions here (JSON lines)."
 )
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
@@ -401,7 +411,7 @@ def probe(
 @click.argument("pid", type=PID)
 @_simulate
 @_seed
-@click.option("--replay", metavar="FILE", type=click.Path(exists=True, dir_okay=False), help="Watch a pid in a trace.")
+@click.option("--replay", metavar="FILE", type=FilePath(exists=True, dir_okay=False), help="Watch a pid in a trace.")
 @click.option("--json", "as_json", is_flag=True, help="Stream JSON lines (one per tick, then a summary).")
 @click.option("--fast-forward", is_flag=True, hidden=True, help="Simulated/replayed time, as fast as possible.")
 @click.pass_context
