@@ -175,3 +175,40 @@ def test_rate_is_invariant_to_time_shifts(steps: list[tuple[float, int]], shift:
     if ra is not None and rb is not None:
         assert rb.bytes_per_second == pytest.approx(ra.bytes_per_second, rel=1e-6, abs=1.0)
         assert rb.sustained == ra.sustained
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    st.lists(st.sampled_from([0, 1, 2, 3, 40, 41, 80, 100]), min_size=3, max_size=300),
+    st.integers(3, 400),
+    st.data(),
+)
+def test_fits_over_a_series_equal_fits_over_its_copy(values: list[int], capacity: int, data: st.DataObject) -> None:
+    """A profile read from a series' staircases (floors, their points) is the profile a scan of a copy gives,
+    to the last bit: ties, bad reads (a lone 0 between 40s), every horizon and start."""
+    from vramwatch.history import Series
+
+    config = DetectorConfig(horizons_seconds=(4.0, 8.0, 30.0, 120.0), min_rise_bytes=0, noise_bytes=0)
+    s = Series(capacity)
+    for i, v in enumerate(values):
+        s.append(float(i), float(v) * 1e6)
+    start = data.draw(st.floats(-5, len(values), allow_nan=False))
+    live, copy = View.of(s), View(*s.arrays())
+    assert profile(live, config, start=start) == profile(copy, config, start=start)
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3)), min_size=1, max_size=12))
+def test_theil_sen_of_a_floor_counts_its_zero_slopes(steps: list[tuple[int, int]]) -> None:
+    """On non-decreasing points (a floor, repeated times included) the zero-median shortcut agrees with the sort."""
+    xs, ys, x, y = [], [], 0.0, 0.0
+    for dx, dy in steps:
+        x, y = x + dx, y + dy * 1e6
+        xs.append(x)
+        ys.append(y)
+    slopes = sorted(
+        (ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(len(xs)) for j in range(i + 1, len(xs)) if xs[j] > xs[i]
+    )
+    mid = len(slopes) // 2
+    expected = 0.0 if not slopes else slopes[mid] if len(slopes) % 2 else (slopes[mid - 1] + slopes[mid]) / 2
+    assert theil_sen(xs, ys) == expected
