@@ -62,9 +62,7 @@ class Series:
     points no later point undercuts, or exceeds): the least and the most a series held from any time to now
     are a bisection away instead of a scan of the window. The detectors ask exactly that, for every process at
     every tick (the floor since warm-up, "has it moved in ten minutes"), so the tick costs O(log n) per
-    process rather than O(n). The minima keep ties (a point leaves only when a later one is strictly lower):
-    the growth fit needs *where* the floor is, the earliest point holding it, and a flat series then keeps
-    every point in its minima but none in its maxima, so the bound per point holds.
+    process rather than O(n).
     """
 
     __slots__ = ("_base", "_lo", "_maxs", "_maxs_lo", "_mins", "_mins_lo", "_t", "_v", "appended", "capacity")
@@ -89,7 +87,7 @@ class Series:
         v = self._v
         mins, maxs = self._mins, self._maxs
         base = self._base
-        while len(mins) > self._mins_lo and v[mins[-1] - base] > value:
+        while len(mins) > self._mins_lo and v[mins[-1] - base] >= value:
             mins.pop()
         while len(maxs) > self._maxs_lo and v[maxs[-1] - base] <= value:
             maxs.pop()
@@ -127,12 +125,8 @@ class Series:
 
     def suffix_min(self, i: int) -> float:
         """The least value from array index `i` to the newest point (the floor since then)."""
-        return self._v[self.suffix_argmin(i)]
-
-    def suffix_argmin(self, i: int) -> int:
-        """The array index of the earliest point holding the least value from array index `i` to the newest."""
         k = bisect_left(self._mins, i + self._base, self._mins_lo)
-        return self._mins[k] - self._base
+        return self._v[self._mins[k] - self._base]
 
     def suffix_max(self, i: int) -> float:
         """The largest value from array index `i` to the newest point."""

@@ -75,25 +75,6 @@ class View:
     def last_value(self) -> float:
         return self._va[self._j - 1]
 
-    def time_at(self, k: int) -> float:
-        """The time of the view's `k`-th point, oldest first (0 <= k < len)."""
-        return self._ta[self._i + k]
-
-    def value_of(self, k: int) -> float:
-        """The value of the view's `k`-th point, oldest first (0 <= k < len)."""
-        return self._va[self._i + k]
-
-    def index_at(self, t: float) -> int:
-        """The index of the first point at or after `t` (len when none is): `bisect_left` on `t`, uncopied."""
-        return bisect_left(self._ta, t, self._i, self._j) - self._i
-
-    def argmin_from(self, k: int) -> int | None:
-        """The index of the earliest point holding the least value from the `k`-th point to the view's end,
-        from the series' staircase; None when the view cannot answer without a scan (not over a series, cut
-        before the newest point, or the series moved on since)."""
-        s = self._live(self._j)
-        return None if s is None else s.suffix_argmin(self._i + k) - self._i
-
     def before(self, t_end: float) -> View:
         """The points at or before `t_end` (the series as it was then)."""
         return self._sub(self._i, bisect_right(self._ta, t_end, self._i, self._j))

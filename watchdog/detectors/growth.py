@@ -184,37 +184,11 @@ def theil_sen(xs: Sequence[float], ys: Sequence[float]) -> float:
     n = len(xs)
     if n and min(ys) == max(ys):
         return 0.0  # a flat floor (most series, most ticks): every slope is zero, no need to sort them
-    if _median_slope_is_zero(xs, ys):
-        return 0.0
     slopes = sorted((ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(n) for j in range(i + 1, n) if xs[j] > xs[i])
     if not slopes:
         return 0.0
     mid = len(slopes) // 2
     return slopes[mid] if len(slopes) % 2 else (slopes[mid - 1] + slopes[mid]) / 2
-
-
-def _median_slope_is_zero(xs: Sequence[float], ys: Sequence[float]) -> bool:
-    """True when more than half the slopes `theil_sen` would sort are zero, counted without computing them.
-
-    Only for a floor (xs and ys non-decreasing, as a fit samples it): then every slope is zero or positive, the
-    zeros are the pairs within a run of equal ys (less those with equal xs, which are skipped), and the median
-    is zero exactly when they are more than half. A floor that stepped once or twice in the window (a process
-    between allocations) is answered in O(n) instead of a sort of n^2/2 slopes.
-    """
-    n = len(xs)
-    if any(xs[i + 1] < xs[i] or ys[i + 1] < ys[i] for i in range(n - 1)):
-        return False
-    pairs = zeros = 0  # pairs with distinct xs; those of them with equal ys
-    x_run = y_run = xy_run = 0  # lengths of the current runs of equal x, equal y, equal (x, y)
-    for i in range(n):
-        same_x = i > 0 and xs[i] == xs[i - 1]
-        same_y = i > 0 and ys[i] == ys[i - 1]
-        x_run = x_run + 1 if same_x else 1
-        y_run = y_run + 1 if same_y else 1
-        xy_run = xy_run + 1 if same_x and same_y else 1
-        pairs += i - (x_run - 1)  # point i pairs with every earlier point but those of its x run
-        zeros += (y_run - 1) - (xy_run - 1)
-    return pairs > 0 and zeros > pairs // 2
 
 
 def _suffix_floors(v: array[float], indexes: Iterable[int], config: DetectorConfig) -> dict[int, tuple[float, int]]:
@@ -295,72 +269,29 @@ def profile(
         if len(flat) >= 2 and flat.min() == flat.max():
             # One value over the whole window (a process between allocations: the common case): that value is
             # the floor at every grid point, and each floor sits at its grid point. Same fit, no scan.
-            idx = _grid(flat, a, now, config)
-            xs = [flat.time_at(i) for i in idx]
-            return Profile((_fit(h, now - a, len(flat) - idx[0], xs, [flat.min()] * len(idx), config=config),))
-    grids = [(h, now - a, _grid(view, a, now, config)) for h, a in windows]
-    asked = {i for _, _, idx in grids for i in idx}
-    floors = _staircase_floors(view, asked, config.outlier_fraction)
-    if floors is None:
-        floors = _suffix_floors(view.v, asked, config)
+            t = flat.t
+            idx = _grid(t, a, now, config)
+            return Profile(
+                (_fit(h, now - a, len(t) - idx[0], [t[i] for i in idx], [flat.min()] * len(idx), config=config),)
+            )
+    t, v = view.t, view.v
+    grids = [(h, now - a, _grid(t, a, now, config)) for h, a in windows]
+    floors = _suffix_floors(v, (i for _, _, idx in grids for i in idx), config)
     return Profile(
         tuple(
-            _fit(
-                h,
-                span,
-                len(view) - idx[0],
-                [view.time_at(floors[i][1]) for i in idx],
-                [floors[i][0] for i in idx],
-                config=config,
-            )
+            _fit(h, span, len(t) - idx[0], [t[floors[i][1]] for i in idx], [floors[i][0] for i in idx], config=config)
             for h, span, idx in grids
         )
     )
 
 
-def _staircase_floors(
-    view: View, indexes: Iterable[int], outlier_fraction: float
-) -> dict[int, tuple[float, int]] | None:
-    """What `_suffix_floors` finds, read from the series' staircase of suffix minima instead of a scan; None
-    when the view cannot answer that way, or when a floor found is a bad read (the scan handles those).
-
-    The same answer, not an approximation: each segment the scan takes the least of starts at an asked index,
-    and its floor is the earliest least point from there on, which is what the staircase holds, as long as that
-    point is no bad read. A segment whose least point is not the floor from its start loses to the segments
-    after it whether or not that point is a bad read (with values >= 0, what replaces a bad read is no lower).
-    """
-    floors: dict[int, tuple[float, int]] = {}
-    checked: set[int] = set()  # grid points often share their floor's point: test each point once
-    for i in indexes:
-        k = view.argmin_from(i)
-        if k is None:
-            return None
-        low = view.value_of(k)
-        if k not in checked:
-            if low < 0 or _bad_read(view, k, low, outlier_fraction):
-                return None
-            checked.add(k)
-        floors[i] = (low, k)
-    return floors
-
-
-def _bad_read(view: View, k: int, low: float, outlier_fraction: float) -> bool:
-    """The `_segment_floor` test: the `k`-th point is below `outlier_fraction` of each neighbour it has."""
-    n = len(view)
-    if k > 0 and low >= outlier_fraction * view.value_of(k - 1):
-        return False
-    if k + 1 < n and low >= outlier_fraction * view.value_of(k + 1):
-        return False
-    return n > 1
-
-
-def _grid(view: View, a: float, now: float, config: DetectorConfig) -> list[int]:
-    """Indexes into `view` of the `buckets` grid points of the window `[a, now]`, and of "now": the floor of
-    the final half bucket, robust to one odd newest sample."""
+def _grid(t: array[float], a: float, now: float, config: DetectorConfig) -> list[int]:
+    """Indexes into `t` of the `buckets` grid points of the window `[a, now]`, and of "now": the floor of the
+    final half bucket, robust to one odd newest sample."""
     k = config.buckets
     step = (now - a) / k
-    idx = [view.index_at(a + j * step) for j in range(k)]
-    idx.append(max(idx[-1], min(len(view) - 1, view.index_at(now - step / 2))))
+    idx = [bisect_left(t, a + j * step) for j in range(k)]
+    idx.append(max(idx[-1], min(len(t) - 1, bisect_left(t, now - step / 2))))
     return idx
 
 
