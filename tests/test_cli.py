@@ -207,10 +207,6 @@ def test_advise_on_the_simulated_card_needs_no_gpu() -> None:
 
 def test_a_nul_byte_in_a_file_option_is_a_usage_error() -> None:
     """`--config $'\\x00'` (found by the fuzz test) exits 2 with a message, never a ValueError traceback."""
-    from click.testing import CliRunner
-
-    from vramwatch.cli import main
-
     result = CliRunner().invoke(main, ["status", "--simulate", "--simulate", "--config", "\x00"])
     assert result.exit_code == 2
     assert "not a file name (it holds a NUL byte)" in result.output
