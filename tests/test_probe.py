@@ -48,9 +48,13 @@ def test_sampling_that_does_not_fit_is_named_before_it_is_reached() -> None:
     assert result.exit_code == EXIT_PHASE, render_text(result)
     assert result.verdict is not None
     assert result.verdict.phase == SAMPLE
-    assert result.verdict.step == 200
+    assert result.profile is not None
+    step = result.verdict.step
+    assert step is not None
+    assert step % 100 == 0
+    assert step > result.profile.step  # the next sampling after the steps measured
     text = "\n".join(render_text(result))
-    assert "will run out at sampling after step 200, --sample_every_n_steps 100" in text
+    assert f"will run out at sampling after step {step:,}, --sample_every_n_steps 100" in text
     assert "--w 512 --h 512" in text  # the trainer's own words for a smaller sample
 
 
@@ -105,3 +109,58 @@ def test_a_save_that_runs_out_in_the_probe_is_named() -> None:
     assert result.exit_code == EXIT_PHASE, render_text(result)
     assert result.phase_oom == "save"
     assert "will run out at saving (first after step 100, --save_every_n_steps 100)" in "\n".join(render_text(result))
+
+
+@pytest.mark.parametrize(
+    ("change", "argv", "expected"),
+    [
+        ("--gradient_checkpointing", ["t.py", "--lr", "1"], (["t.py", "--lr", "1", "--gradient_checkpointing"], {})),
+        ("--gradient_checkpointing", ["t.py", "--gradient_checkpointing"], (["t.py", "--gradient_checkpointing"], {})),
+        (
+            "--mixed_precision bf16",
+            ["t.py", "--mixed_precision", "no", "--x"],
+            (["t.py", "--mixed_precision", "bf16", "--x"], {}),
+        ),
+        ("--mixed_precision bf16", ["t.py", "--mixed_precision=no"], (["t.py", "--mixed_precision=bf16"], {})),
+        (
+            "--train_batch_size 1 --gradient_accumulation_steps 4",
+            ["t.py", "--train_batch_size", "4"],
+            (["t.py", "--train_batch_size", "1", "--gradient_accumulation_steps", "4"], {}),
+        ),
+        (
+            "--blocks_to_swap 18  (not together with --cpu_offload_checkpointing)",
+            ["t.py"],
+            (["t.py", "--blocks_to_swap", "18"], {}),
+        ),
+        (
+            "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  (in front of the launch command)",
+            ["t.py"],
+            (["t.py"], {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
+        ),
+        ("in the --sample_prompts file, smaller images per prompt: --w 512 --h 512", ["t.py"], None),
+        ("train.gradient_checkpointing: true", ["run.py", "x.yaml"], None),
+    ],
+)
+def test_a_suggested_change_applies_to_the_command_line_or_not_at_all(change, argv, expected) -> None:
+    """Flags replace their value or are appended, a variable goes to the environment; anything else is not applied."""
+    from vramwatch.probing import applied
+
+    made = applied(argv, change)
+    assert (None if made is None else (list(made[0]), made[1])) == expected
+
+
+def test_try_measures_each_change_and_finds_the_one_that_fits() -> None:
+    """A run whose steps need 30 GiB of a 24 GiB card: tried one at a time, checkpointing (15 GiB) fits."""
+    from vramwatch.probing import EXIT_OOM, try_changes
+
+    argv = trainer("--max_train_steps", "3000", "--step-gib", "30")
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_OOM, render_text(result)
+    tried = try_changes(result, argv, 2, QUICK)
+    assert [t.change for t in tried] == ["--gradient_checkpointing", "--mixed_precision bf16"]
+    first = tried[0].result
+    assert first.exit_code == EXIT_FITS, render_text(first)
+    assert first.profile is not None
+    assert first.profile.step_peak_allocated_bytes == 15 << 30
+    text = "\n".join(render_text(result, tried))
+    assert "with `--gradient_checkpointing`: fits to step 3,000" in text

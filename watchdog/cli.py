@@ -295,9 +295,7 @@ def advise(
 
 
 @main.command("install-service")
-@click.option(
-    "--prefix", type=FilePath(file_okay=False), default="/", show_default=True, help="Root to install under."
-)
+@click.option("--prefix", type=FilePath(file_okay=False), default="/", show_default=True, help="Root to install under.")
 @click.option("--force", is_flag=True, help="Replace a unit that differs from the packaged one (never the config).")
 def install_service(prefix: str, force: bool) -> None:
     """Install the hardened systemd unit and a default /etc/vramwatch/vramwatch.toml."""
@@ -374,33 +372,50 @@ def run(
     help="Wait for an announced phase (sampling, save) due within this many steps.",
 )
 @click.option("--no-bring-forward", is_flag=True, help="Run the command as given (no --sample_at_first added).")
+@click.option(
+    "--try",
+    "tries",
+    type=click.IntRange(0, 10),
+    default=0,
+    help="Then probe again with each of the top N suggested changes applied, and report what each measured.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def probe(
-    steps: int, max_seconds: float, reach: int, no_bring_forward: bool, as_json: bool, command: tuple[str, ...]
+    steps: int,
+    max_seconds: float,
+    reach: int,
+    no_bring_forward: bool,
+    tries: int,
+    as_json: bool,
+    command: tuple[str, ...],
 ) -> None:
     """Will this run fit to the end? Run COMMAND for a few hundred steps, stop it, and say.
 
     `vramwatch probe -- accelerate launch flux_train_network.py ...` measures the training steps' peak,
     each sampling or save phase and the growth per step, then forecasts the whole run on this card.
-    Exit codes: 0 fits, 3 ran out of memory in the probe, 4 will run out in a phase (sample images, a
+    With --try N, each of the top N suggested changes that is a flag or an environment variable is applied
+    to the command, one at a time, and probed in turn: what each measured is reported. Exit codes (of the
+    command as given): 0 fits, 3 ran out of memory in the probe, 4 will run out in a phase (sample images, a
     save), 5 will run out from growth per step, 6 fits as far as measured (an announced phase was not
     measured), 1 nothing measured, 2 usage.
     """
     import json as json_module
 
-    from .probing import ProbeConfig, render_text, run_probe, to_json
+    from .probing import ProbeConfig, render_text, run_probe, to_json, try_changes
 
     argv = list(command[1:] if command and command[0] == "--" else command)
     config = ProbeConfig(steps=steps, max_seconds=max_seconds, reach_steps=reach, bring_forward=not no_bring_forward)
 
     def go() -> int:
         # With --json the report is the only thing on stdout: the trainer's own output goes to stderr.
-        result = run_probe(argv, config, child_stdout=_stderr_fd() if as_json else None)
+        child_stdout = _stderr_fd() if as_json else None
+        result = run_probe(argv, config, child_stdout=child_stdout)
+        tried = try_changes(result, argv, tries, config, child_stdout=child_stdout) if result.runs_out else []
         if as_json:
-            click.echo(json_module.dumps(to_json(result), indent=2))
+            click.echo(json_module.dumps(to_json(result, tried), indent=2))
         else:
-            for line in render_text(result):
+            for line in render_text(result, tried):
                 click.echo(line)
         return result.exit_code
 

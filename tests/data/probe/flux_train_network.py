@@ -3,7 +3,8 @@ whose allocator figures follow a memory model instead of PyTorch's.
 
 Each step peaks at --step-gib; sampling after multiples of --sample_every_n_steps (and before step 1 with
 --sample_at_first) peaks at --sample-gib; saves after multiples of --save_every_n_steps at --save-gib;
---leak-mib-per-step stays allocated after every step. The card holds --card-gib. A step or phase that needs
+--leak-mib-per-step stays allocated after every step; --gradient_checkpointing halves a step's peak and
+--mixed_precision bf16 takes 40 % off it. The card holds --card-gib. A step or phase that needs
 more than the card raises the OOM the agent reports, then the script exits 3 (as the benchmark workloads
 do). SIGINT ends it with 130, as Python does.
 """
@@ -99,11 +100,16 @@ def main() -> int:
     p.add_argument("--leak-mib-per-step", type=float, default=0.0)
     p.add_argument("--card-gib", type=float, default=24.0)
     p.add_argument("--step-seconds", type=float, default=0.002)
+    # Two of kohya's memory settings, with the effect the advice rules expect of them (roughly).
+    p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--mixed_precision", default="no")
     args, _ = p.parse_known_args()
     probe = ModelProbe(int(args.card_gib * GIB))
     agent = Agent(AgentConfig.from_env(), probe=probe)
     agent.tick()  # hello, and the step hook registered
-    step_extra = int(args.step_gib * GIB) - probe.allocated
+    step_gib = args.step_gib * (0.5 if args.gradient_checkpointing else 1.0)
+    step_gib *= 0.6 if args.mixed_precision in {"bf16", "fp16"} else 1.0
+    step_extra = int(step_gib * GIB) - probe.allocated
     sample_extra = int(args.sample_gib * GIB) - probe.allocated
     last_tick = time.monotonic()
     try:
