@@ -1,7 +1,7 @@
 """Issue 13's proof on a real GPU: `vramwatch probe`'s verdicts against what the full runs then did.
 
     . benchmarks/gpu_env.sh            # on a GPU host without vramwatch installed (a lent GPU)
-    python3 benchmarks/probe_gpu.py OUT [--leave-gib 24] [--only fits,sampling,...]
+    python3 benchmarks/probe_gpu.py OUT [--leave-gib 24] [--only try,fits,sampling,...]
 
 A ballast leaves `--leave-gib` GiB of the card free (a 24 GiB card's pressure on a big one, so OOMs are real).
 For each scenario of `SCENARIOS` (the Flux LoRA stand-in `benchmarks/workloads/flux_train_network.py` at
@@ -9,7 +9,9 @@ kohya's flags) it runs
 
 1. `vramwatch probe --json -- <command>`: the verdict, its exit code and how long the probe took;
 2. the full run under `vramwatch run --events`: where it really ended (its last step, an OOM and in which
-   phase), and what the built-in check said before that.
+   phase), and what the built-in check said before that;
+3. for `try` (the field guide's failing settings, `probe --try 3`): the full run again with the first change
+   the probe measured as fitting, to see that it really finishes.
 
 and then the agent's step-counting overhead: the fitting command twice per order, with the agent counting
 steps and without (`VRAMWATCH_AGENT_STEPS=0`), the median step time of each from the workload's own events.
@@ -49,6 +51,15 @@ def _flux(*flags: str) -> list[str]:
 # In order of what matters most if device time runs out. Each: the command, what should happen, the probe's
 # step target and time limit, and the full run's time limit.
 SCENARIOS: dict[str, dict[str, Any]] = {
+    "try": {
+        "expect": "the field guide's failing settings run out at the biggest bucket (~step 15): `probe --try 3`"
+                  " measures three changes; the full run with the first that fits then finishes",
+        # The guide's flags (batch 4, 1024 px, fp32, no checkpointing); 30 steps pass the ramp of buckets
+        # (the largest arrives at step 17) at ~2-3 s a step, what one device call allows.
+        "command": _flux("--train_batch_size", "4", "--resolution", "1024,1024", "--mixed_precision", "no",
+                         "--max_train_steps", "30"),
+        "probe_steps": 20, "probe_seconds": 100, "full_seconds": 150, "tries": 3,
+    },
     "sampling": {
         "expect": "steps fit; the 1024 px sample after step 50 does not: probe says so, full run OOMs there",
         "command": _flux(*FIT, "--mixed_precision", "no", "--base-gib", "20", "--max_train_steps", "400",
@@ -102,25 +113,16 @@ def start_ballast(leave_gib: float) -> subprocess.Popen[str]:
     raise SystemExit("ballast did not start")
 
 
-def probe(name: str, command: list[str], out: Path, steps: int, max_seconds: float) -> dict[str, Any]:
+def probe(name: str, command: list[str], out: Path, sc: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
+    steps, max_seconds, tries = sc["probe_steps"], sc["probe_seconds"], sc.get("tries", 0)
+    options = ["--json", "--steps", str(steps), "--max-time", str(max_seconds)]
+    options += ["--try", str(tries)] if tries else []
     done = subprocess.run(
-        [
-            PY,
-            "-m",
-            "vramwatch",
-            "probe",
-            "--json",
-            "--steps",
-            str(steps),
-            "--max-time",
-            str(max_seconds),
-            "--",
-            *command,
-        ],
+        [PY, "-m", "vramwatch", "probe", *options, "--", *command],
         capture_output=True,
         text=True,
-        timeout=max_seconds + 120,
+        timeout=(1 + tries) * (max_seconds + 90),  # each try is a probe of its own
         check=False,
     )
     (out / f"{name}.probe.stderr").write_text(done.stderr[-200_000:])
@@ -200,7 +202,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
     ap.add_argument("--leave-gib", type=float, default=24.0)
-    ap.add_argument("--only", default="", help="comma-separated scenarios, and/or 'overhead'")
+    ap.add_argument("--only", default="", help="comma-separated scenarios (run in this order), and/or 'overhead'")
     ap.add_argument("--overhead-rounds", type=int, default=2)
     ap.add_argument("--deadline", type=float, default=1e9, help="start nothing new after this many seconds")
     args = ap.parse_args()
@@ -210,19 +212,33 @@ def main() -> int:
     ballast = start_ballast(args.leave_gib)
     summary: dict[str, Any] = {"leave_gib": args.leave_gib, "scenarios": {}}
     try:
-        for name, sc in SCENARIOS.items():
-            if only and name not in only:
-                continue
+        order = [n for n in args.only.split(",") if n in SCENARIOS] if only else list(SCENARIOS)
+        for name in order:
+            sc = SCENARIOS[name]
             if time.monotonic() - t0 > args.deadline:
                 print(f"== {name}: skipped, past the deadline", flush=True)
                 continue
             print(f"== {name}: {sc['expect']}", flush=True)
-            p = probe(name, sc["command"], args.out, sc["probe_steps"], sc["probe_seconds"])
+            p = probe(name, sc["command"], args.out, sc)
             verdict = p["report"].get("message")
             print(f"   probe: exit {p['exit_code']} in {p['seconds']:.0f} s: {verdict}", flush=True)
+            for t in p["report"].get("tried", []):
+                print(f"   tried `{t['change']}`: exit {t['exit_code']}: {t['message']}", flush=True)
             f = full_run(name, sc["command"], args.out, sc["full_seconds"])
             print(f"   full run: exit {f['exit_code']}, last step {f['last_step']}, oom {f['oom']}", flush=True)
-            summary["scenarios"][name] = {"expect": sc["expect"], "command": sc["command"][2:], "probe": p, "full": f}
+            result = {"expect": sc["expect"], "command": sc["command"][2:], "probe": p, "full": f}
+            fixed = next((t for t in p["report"].get("tried", []) if t["exit_code"] == 0), None)
+            if fixed is not None:
+                # The proof of `--try`: the change it measured as fitting, applied to the full run.
+                env = dict(os.environ, **fixed["env"])
+                g = full_run(f"{name}-fixed", fixed["argv"], args.out, sc["full_seconds"], env=env)
+                print(
+                    f"   full run with `{fixed['change']}`: exit {g['exit_code']}, last step {g['last_step']}, "
+                    f"oom {g['oom']}",
+                    flush=True,
+                )
+                result["fixed"] = {"change": fixed["change"], "full": g}
+            summary["scenarios"][name] = result
             (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
         if (not only or "overhead" in only) and time.monotonic() - t0 < args.deadline:
             summary["overhead"] = overhead(args.out, OVERHEAD_COMMAND, args.overhead_rounds)
