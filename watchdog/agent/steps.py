@@ -23,7 +23,9 @@ What the hook sees, and so where numbering can drift from the trainer's:
 - a step the GradScaler skips (inf/nan gradients under fp16) never calls `optimizer.step()`, so no hook
   runs: it is not counted, and its interval is merged into the next counted step's (the peaks were not
   reset). Trainers that count such an iteration anyway (kohya's `global_step` rises on every sync) run
-  ahead of these numbers by the skipped steps, a handful while the scale calibrates at the start;
+  ahead of these numbers by the skipped steps, a handful while the scale calibrates at the start. (An
+  optimizer that handles the scaling itself, `_step_supports_amp_scaling` such as fused Adam, is always
+  stepped by the scaler and so always counted: its numbers stay the trainer's.)
 - a step whose peaks cannot be read (CUDA not initialised yet, a torch without the counters) is counted all
   the same; the next entry with peaks covers it (`first_step < last_step`), since its peak spans both.
 
