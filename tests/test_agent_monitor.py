@@ -196,10 +196,12 @@ def test_step_forecast_warns_once_ahead_of_a_sampling_phase_that_will_not_fit():
         advise=lambda verdict: ["try: smaller samples"],
         config=MonitorConfig(forecast_every_seconds=0.0),
     )
-    # 20 GiB usable (reserved + free); the first sampling peaked at 19.9 GiB: inside the allocator's margin.
+    # 20 GiB usable (reserved + free); the first sampling peaked at 19.9 GiB, and then another process took
+    # 1 GiB of the card: the sampling that ran cannot run again.
     monitor.on_report(stats_report(1.0, 4 * GIB, 10 * GIB, free=10 * GIB))
     monitor.on_report(step_report(2.0, 1, 100, 8 * GIB))
     monitor.on_report(step_report(3.0, 101, 101, int(19.9 * GIB)))
+    monitor.on_report(stats_report(3.5, 4 * GIB, 10 * GIB, free=9 * GIB))
     monitor.on_report(step_report(4.0, 102, 150, 8 * GIB))
     monitor.on_report(step_report(5.0, 151, 160, 8 * GIB))
     said = out.getvalue()
