@@ -352,6 +352,7 @@ class Report:
     signal: bool | None = None  # the agent handles SIGUSR2 as a pressure notice; None when not said
     device: int | None = None  # steps: the device whose peaks the entries carry
     steps: tuple[StepEntry, ...] = ()  # steps
+    counts_steps: bool | None = None  # hello: the agent counts optimizer steps; None when not said
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +458,7 @@ def parse_report(data: bytes) -> Report:
             raise ProtocolError(f"a steps message needs a device and at most {MAX_STEP_ENTRIES} entries")
         steps = tuple(_step_entry(entry) for entry in entries)
     signal = message.get("signal")
+    counts_steps = message.get("steps") if kind == "hello" else None
     return Report(
         kind=kind,
         claimed_pid=pid,
@@ -468,6 +470,7 @@ def parse_report(data: bytes) -> Report:
         signal=signal if isinstance(signal, bool) else None,
         device=device,
         steps=steps,
+        counts_steps=counts_steps if isinstance(counts_steps, bool) else None,
     )
 
 
