@@ -298,7 +298,8 @@ def _leftovers(leader: int, identities: set[tuple[int, int]], proc: Path = Path(
     found: set[tuple[int, int]] = set()
     with contextlib.suppress(OSError):
         for entry in proc.iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            # The reaped leader's pid is no longer the command's: a process holding it now is another's.
+            if not entry.name.isdigit() or int(entry.name) in (os.getpid(), leader):
                 continue
             stat = _proc_stat(int(entry.name), proc)
             if stat is not None and stat.state not in "ZX" and leader in (stat.pgrp, stat.session):
