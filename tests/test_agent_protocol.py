@@ -204,3 +204,13 @@ def test_stats_carry_the_step_hooks_errors(sent, read):
     )
     data = protocol.encode({**message, "step_errors": sent})
     assert protocol.parse_report(data).step_errors == read
+
+
+@pytest.mark.parametrize(("steps", "expected"), [(True, True), (False, False), ("yes", None)])
+def test_a_hello_says_whether_the_agent_counts_steps(steps: object, expected: bool | None) -> None:
+    """A hello's `steps` flag is read (the probe stops at once when it is off); anything but a bool is unknown."""
+    message = protocol.hello_message(
+        pid=7, ppid=1, t=0.0, torch_version="2.4", agent_version="0", python="3.11", signal=True
+    )
+    report = protocol.parse_report(protocol.encode({**message, "steps": steps}))
+    assert report.counts_steps is expected

@@ -44,6 +44,8 @@ from .units import MIB, size
 SAMPLE = "sample"
 SAVE = "save"
 PEAK = "peak"  # a recurring peak that no setting names
+#: Each named phase's interval, as the `Schedule` item (and `Schedule.spelling` key) that holds it.
+PHASE_INTERVALS: dict[str, str] = {SAMPLE: "sample_every", SAVE: "save_every"}
 
 #: A need this close to the capacity does not fit (the larger of the two).
 MARGIN_BYTES = 256 * MIB
@@ -81,7 +83,14 @@ class Schedule:
 
     def every(self, phase: str) -> int | None:
         """The configured interval of a named phase."""
-        return {SAMPLE: self.sample_every, SAVE: self.save_every}.get(phase)
+        item = PHASE_INTERVALS.get(phase)
+        value = getattr(self, item) if item is not None else None
+        return value if isinstance(value, int) else None
+
+    def spelled_every(self, phase: str) -> str | None:
+        """How the configuration states a named phase's interval ("--sample_every_n_steps 100"), if read."""
+        item = PHASE_INTERVALS.get(phase)
+        return self.spelled(item) if item is not None else None
 
     def phases_after(self, step: int) -> frozenset[str]:
         """The named phases the trainer runs after optimizer step `step` (0: before the first step)."""
@@ -90,7 +99,7 @@ class Schedule:
             if self.sample_at_first:
                 names.add(SAMPLE)
             return frozenset(names)
-        for name in (SAMPLE, SAVE):
+        for name in PHASE_INTERVALS:
             every = self.every(name)
             if every and step % every == 0:
                 names.add(name)
@@ -242,13 +251,12 @@ def profile(records: Sequence[StepRecord], schedule: Schedule | None = None) -> 
         exact = [r for r in alone if r.first_step > 1]
         top = max(exact or alone, key=lambda r: r.peak_allocated_bytes)
         every = schedule.every(name)
-        setting = {SAMPLE: "sample_every", SAVE: "save_every"}.get(name)
         phases.append(
             Phase(
                 name=name,
                 seen_after=tuple(r.last_step - 1 for r in seen),
                 period=every if every else period if name == PEAK else None,
-                period_source=(schedule.spelled(setting) if every and setting else None)
+                period_source=(schedule.spelled_every(name) if every else None)
                 or ("learned" if name == PEAK else None),
                 peak_allocated_bytes=top.peak_allocated_bytes,
                 peak_after=top.last_step - 1,
@@ -256,7 +264,7 @@ def profile(records: Sequence[StepRecord], schedule: Schedule | None = None) -> 
                 peak_is_upper_bound=top.first_step <= 1,
             )
         )
-    announced = {n for n in (SAMPLE, SAVE) if schedule.every(n)} | ({SAMPLE} if schedule.sample_at_first else set())
+    announced = {n for n in PHASE_INTERVALS if schedule.every(n)} | ({SAMPLE} if schedule.sample_at_first else set())
     if schedule.save_at_end and schedule.max_steps is not None:
         announced.add(SAVE)
     top_step = max(training, key=lambda r: r.peak_allocated_bytes)

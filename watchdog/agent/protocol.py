@@ -357,6 +357,7 @@ class Report:
     device: int | None = None  # steps: the device whose peaks the entries carry
     steps: tuple[StepEntry, ...] = ()  # steps
     step_errors: int | None = None  # stats: exceptions the step hook swallowed so far; None when not said
+    counts_steps: bool | None = None  # hello: the agent counts optimizer steps; None when not said
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,6 +463,7 @@ def parse_report(data: bytes) -> Report:
             raise ProtocolError(f"a steps message needs a device and at most {MAX_STEP_ENTRIES} entries")
         steps = tuple(_step_entry(entry) for entry in entries)
     signal = message.get("signal")
+    counts_steps = message.get("steps") if kind == "hello" else None
     return Report(
         kind=kind,
         claimed_pid=pid,
@@ -474,6 +476,7 @@ def parse_report(data: bytes) -> Report:
         device=device,
         steps=steps,
         step_errors=_count(message, "step_errors") if kind == "stats" else None,
+        counts_steps=counts_steps if isinstance(counts_steps, bool) else None,
     )
 
 

@@ -306,4 +306,16 @@ def resumability_hint(meta: ProcessMeta) -> str | None:
     )
 
 
-TRAINER = Trainer(ID, "kohya-ss sd-scripts", 10, recognizes, read, resume_hint=resumability_hint, probe_argv=probe_argv)
+TRAINER = Trainer(
+    ID,
+    "kohya-ss sd-scripts",
+    10,
+    recognizes,
+    read,
+    resume_hint=resumability_hint,
+    probe_argv=probe_argv,
+    # train_util.py: samples go to <output_dir>/sample, models and states to <output_dir>; the command line
+    # overrides --config_file, so the flag redirects a configured output_dir too.
+    output_dir_flag="--output_dir",
+    first_phase_switch="--sample_at_first",
+)
