@@ -232,3 +232,167 @@ def test_step_forecast_is_silent_for_a_run_that_fits():
     assert out.getvalue() == ""
     forecasts = [json.loads(line) for line in events.getvalue().splitlines() if '"step_forecast"' in line]
     assert forecasts[-1]["outcome"] == "fits"
+
+
+def leak_report(
+    t: float,
+    first: int,
+    last: int,
+    *,
+    per_step: int,
+    pid: int = 7,
+    device: int = 0,
+    noise: int = 0,
+    activations: int = 4 * GIB,
+) -> AgentReport:
+    """Steps whose retained memory grows `per_step` a step, give or take `noise` (a noisy leak)."""
+    import random
+
+    from vramwatch.model import StepRecord
+
+    rng = random.Random(first)  # noqa: S311 - reproducible noise, not secrets
+    records = []
+    for k in range(first, last + 1):
+        kept = 4 * GIB + per_step * k + rng.randint(-noise, noise)
+        peak = kept + activations
+        records.append(StepRecord(pid, device, k, k, t, 0.5, peak, peak + GIB, kept, kept + GIB))
+    return AgentReport("steps", pid, 0, t, steps=tuple(records))
+
+
+def forecast_monitor(**config: object) -> tuple[RunMonitor, io.StringIO, Recorder]:
+    from vramwatch.steps import Schedule
+
+    out, pressure = io.StringIO(), Recorder()
+    monitor = RunMonitor(
+        out=out,
+        send_pressure=pressure,
+        schedule=Schedule(max_steps=100_000),
+        config=MonitorConfig(forecast_every_seconds=0.0, **config),  # type: ignore[arg-type]
+    )
+    return monitor, out, pressure
+
+
+def test_a_noisy_leak_is_said_once_not_at_every_redo():
+    """The failing step of a noisy leak moves a little at each forecast; it is said once, not at each redo."""
+    monitor, out, _ = forecast_monitor()
+    monitor.on_report(stats_report(0.0, 4 * GIB, 10 * GIB, free=10 * GIB))  # 20 GiB usable
+    noisy = {"per_step": MIB, "noise": 32 * MIB, "activations": 8 * GIB}
+    monitor.on_report(leak_report(1.0, 1, 200, **noisy))  # type: ignore[arg-type]
+    for i in range(10, 50):
+        monitor.on_report(leak_report(1.0 + i, 20 * i + 1, 20 * i + 20, **noisy))  # type: ignore[arg-type]
+    said = out.getvalue()
+    assert said.count("will run out at step") == 1, said
+
+
+def test_a_forecast_said_again_when_its_failing_step_comes_much_closer():
+    """Same outcome and severity, but the failing step comes far closer (the leak sped up): said again."""
+    monitor, out, _ = forecast_monitor(critical_seconds=0.0)
+    monitor.on_report(stats_report(0.0, 4 * GIB, 10 * GIB, free=10 * GIB))
+    for i in range(20):
+        monitor.on_report(leak_report(1.0 + i, 20 * i + 1, 20 * i + 20, per_step=MIB))
+    assert out.getvalue().count("will run out at step") == 1
+    base = 4 * GIB + 400 * MIB
+    for i in range(20, 40):  # from step 401 the leak is four times as fast
+        report = leak_report(1.0 + i, 20 * i + 1, 20 * i + 20, per_step=4 * MIB)
+        shifted = tuple(
+            type(r)(
+                r.pid,
+                r.device,
+                r.first_step,
+                r.last_step,
+                r.t,
+                r.seconds,
+                base + 4 * MIB * (r.last_step - 400) + 4 * GIB,
+                r.peak_reserved_bytes,
+                base + 4 * MIB * (r.last_step - 400),
+                r.reserved_bytes,
+            )
+            for r in report.steps
+        )
+        monitor.on_report(AgentReport("steps", 7, 0, report.t, steps=shifted))
+    steps = [int(line.split("will run out at step ")[1].split(":")[0].replace(",", ""))
+             for line in out.getvalue().splitlines() if "will run out at step" in line]  # fmt: skip
+    assert len(steps) >= 2
+    assert steps == sorted(steps, reverse=True)  # each repeat is news: sooner than the last said
+
+
+def test_no_pressure_notice_when_the_failing_phase_is_a_save():
+    """A save that will not fit is said as critical, but the trainer is not asked to save: that would OOM."""
+    from vramwatch.steps import Schedule
+
+    out, pressure = io.StringIO(), Recorder()
+    monitor = RunMonitor(
+        out=out,
+        send_pressure=pressure,
+        schedule=Schedule(max_steps=1000, save_every=100),
+        config=MonitorConfig(forecast_every_seconds=0.0),
+    )
+    # The save peaked at 19.9 GiB of 20 GiB usable, then another process took 1 GiB: it cannot run again.
+    monitor.on_report(stats_report(1.0, 4 * GIB, 10 * GIB, free=10 * GIB))
+    monitor.on_report(step_report(2.0, 1, 100, 8 * GIB))
+    monitor.on_report(step_report(3.0, 101, 101, int(19.9 * GIB)))
+    monitor.on_report(stats_report(3.5, 4 * GIB, 10 * GIB, free=9 * GIB))
+    monitor.on_report(step_report(4.0, 102, 150, 8 * GIB))
+    said = out.getvalue()
+    assert "critical: pid 7" in said
+    assert "will run out at saving after step 200" in said
+    assert "not asking it to save" in said
+    assert pressure.calls == []
+
+
+def test_capacity_is_that_of_the_device_the_steps_ran_on():
+    """A process on two devices is forecast against the room of the device its steps ran on, not the last one."""
+    from vramwatch.steps import Schedule
+
+    out = io.StringIO()
+    monitor = RunMonitor(
+        out=out, schedule=Schedule(max_steps=1000, sample_every=100), config=MonitorConfig(forecast_every_seconds=0.0)
+    )
+    small = stats_report(1.0, 4 * GIB, 10 * GIB, free=10 * GIB).devices[0]  # cuda:0, 20 GiB usable
+    big_stats = TorchStats(pid=7, device=1, allocated_bytes=GIB, reserved_bytes=GIB, inactive_split_bytes=0,
+                           num_alloc_retries=0, num_ooms=0)  # fmt: skip
+    big = AgentDevice(stats=big_stats, cuda_uuid="u-1", total_bytes=80 * GIB, free_bytes=79 * GIB)
+    monitor.on_report(AgentReport("stats", 7, 0, 1.0, devices=(small, big)))
+    monitor.on_report(step_report(2.0, 1, 100, 8 * GIB))
+    monitor.on_report(step_report(3.0, 101, 101, int(19.9 * GIB)))
+    # Then another process takes 1 GiB of cuda:0: the sampling that peaked at 19.9 GiB there cannot run again.
+    smaller = stats_report(3.5, 4 * GIB, 10 * GIB, free=9 * GIB).devices[0]
+    monitor.on_report(AgentReport("stats", 7, 0, 3.5, devices=(smaller, big)))
+    monitor.on_report(step_report(4.0, 102, 150, 8 * GIB))
+    assert "will run out at sampling after step 200" in out.getvalue()
+    assert monitor.verdicts[(7, 0)].capacity_bytes == 19 * GIB
+
+
+def test_every_rank_is_forecast_and_the_worst_is_said_once():
+    """DDP ranks on one box are each forecast; the one that runs out first is said, naming the others."""
+    monitor, out, _ = forecast_monitor()
+    for pid in (7, 8):
+        monitor.on_report(stats_report(0.0, 4 * GIB, 10 * GIB, free=10 * GIB, pid=pid))
+    for i in range(20):
+        monitor.on_report(leak_report(1.0 + i, 20 * i + 1, 20 * i + 20, per_step=4 * MIB, pid=8))
+        monitor.on_report(leak_report(1.0 + i, 20 * i + 1, 20 * i + 20, per_step=2 * MIB, pid=7))
+    said = out.getvalue()
+    assert said.count("will run out at step") == 1, said
+    assert "pid 8 at step" in said
+    assert set(monitor.verdicts) == {(7, 0), (8, 0)}
+    assert monitor.verdicts[(8, 0)].step < monitor.verdicts[(7, 0)].step  # type: ignore[operator]
+
+
+def test_step_records_stay_bounded_in_a_long_run():
+    """A long run's records per process stay under the configured bound; the phases are all kept."""
+    from vramwatch.steps import Schedule
+
+    monitor = RunMonitor(
+        out=io.StringIO(),
+        schedule=Schedule(sample_every=500),
+        config=MonitorConfig(forecast_every_seconds=1e9, max_step_records=256, recent_step_records=64),
+    )
+    monitor.on_report(stats_report(0.0, 4 * GIB, 10 * GIB, free=60 * GIB))
+    for i in range(200):
+        monitor.on_report(step_report(1.0 + i, 50 * i + 1, 50 * i + 50, 8 * GIB))
+    history = monitor.step_history(7, 0)
+    assert history is not None
+    assert len(history) <= 256
+    assert history.last_step == 10_000
+    kept = {r.last_step for r in history.records}
+    assert {k + 1 for k in range(500, 10_000, 500)} <= kept  # every sampling interval is kept whole
