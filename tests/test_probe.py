@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from vramwatch.cli import main
+from vramwatch.model import StepRecord
 from vramwatch.probing import (
     EXIT_FITS,
     EXIT_GROWTH,
     EXIT_PHASE,
     EXIT_UNMEASURED,
     ProbeConfig,
+    ProbeResult,
     render_text,
     run_probe,
 )
-from vramwatch.steps import SAMPLE, Outcome
+from vramwatch.steps import SAMPLE, Outcome, Schedule, forecast, profile
 
 TRAINER = Path(__file__).parent / "data" / "probe" / "flux_train_network.py"
 QUICK = ProbeConfig(steps=120, max_seconds=60, stop_seconds=5)
@@ -455,3 +459,130 @@ def test_run_and_probe_take_a_phases_advice_from_one_decision(phase: str, kinds:
     verdict = Verdict(Outcome.PHASE, 100, phase, 1, 2, 0, None, ())
     assert advice_kinds(verdict) == kinds
     assert advice_kinds(None, phase_oom=phase) == kinds
+
+
+# A probe's answer from measured records, without running a command: the forecast's outcome -> the exit code.
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def records(
+    steps: int, peak: Callable[[int], int], *, stays: Callable[[int], int] = lambda k: 4 * GIB
+) -> list[StepRecord]:
+    """One record per step: `peak(k)` is the interval peak ending at step k, `stays(k)` what stays allocated."""
+    return [
+        StepRecord(1, 0, k, k, float(k), 0.5, peak(k), peak(k) + 512 * MIB, stays(k), peak(k) + 512 * MIB)
+        for k in range(1, steps + 1)
+    ]
+
+
+def measured(recs: Sequence[StepRecord], schedule: Schedule, capacity: int, **fields: Any) -> ProbeResult:
+    """The result of a probe that measured `recs` (all it was asked to) on a card with `capacity` usable."""
+    prof = profile(recs, schedule)
+    assert prof is not None
+    verdict = forecast(prof, schedule, capacity)
+    base: dict[str, Any] = {
+        "argv": ("flux_train_network.py",),
+        "trainer": "kohya",
+        "schedule": schedule,
+        "notes": (),
+        "seconds": 10.0,
+        "stopped": "measured",
+        "exit_status": None,
+        "pid": 1,
+        "profile": prof,
+        "verdict": verdict,
+        "capacity_bytes": capacity,
+        "oom": None,
+        "oom_after_step": None,
+        "records": tuple(recs),
+        "steps_asked": len(recs),
+        "complete": True,
+    }
+    return ProbeResult(**{**base, **fields})
+
+
+def test_every_forecast_outcome_has_an_exit_code() -> None:
+    """Each `Outcome` maps to an exit code, so a new outcome can never read as "fits" (exit 0)."""
+    from vramwatch.probing import OUTCOME_EXIT
+
+    assert set(OUTCOME_EXIT) == set(Outcome)
+    assert all(code != EXIT_FITS for outcome, code in OUTCOME_EXIT.items() if outcome is not Outcome.FITS)
+
+
+def _sampling(k: int) -> int:
+    return 12 * GIB if k > 1 and (k - 1) % 50 == 0 else 8 * GIB
+
+
+PLAIN = Schedule(max_steps=5000)
+SAMPLING = Schedule(max_steps=5000, sample_every=50)
+
+
+def _leak(k: int) -> int:
+    return 20 * MIB * k
+
+
+@pytest.mark.parametrize(
+    ("recs", "schedule", "capacity", "outcome", "code"),
+    [
+        (records(200, lambda k: 8 * GIB), PLAIN, 24 * GIB, Outcome.FITS, EXIT_FITS),
+        # The steps peaked at 8 GiB and only 7 GiB can be used now: the next step runs out, with no growth.
+        (records(200, lambda k: 8 * GIB), PLAIN, 7 * GIB, Outcome.STEP, EXIT_GROWTH),
+        (
+            records(200, lambda k: 8 * GIB + _leak(k), stays=lambda k: 4 * GIB + _leak(k)),
+            PLAIN,
+            24 * GIB,
+            Outcome.GROWTH,
+            EXIT_GROWTH,
+        ),
+        (records(200, _sampling), SAMPLING, 11 * GIB, Outcome.PHASE, EXIT_PHASE),
+    ],
+    ids=["fits", "step", "growth", "phase"],
+)
+def test_each_forecast_outcome_exits_with_its_code(
+    recs: list[StepRecord], schedule: Schedule, capacity: int, outcome: Outcome, code: int
+) -> None:
+    """The exit code follows the forecast's outcome: a flat step overflow (STEP) is exit 5, like growth."""
+    result = measured(recs, schedule, capacity)
+    assert result.verdict is not None
+    assert result.verdict.outcome is outcome
+    assert result.exit_code == code
+    assert result.runs_out is (code != EXIT_FITS)
+
+
+def test_a_flat_step_overflow_is_said_as_a_training_step_in_json_and_text() -> None:
+    """STEP reads "will run out at step N" in the message and the printed verdict, outcome "step" in the JSON."""
+    from vramwatch.probing import to_json
+
+    result = measured(records(200, lambda k: 8 * GIB), Schedule(max_steps=3000), 7 * GIB)
+    report = to_json(result)
+    assert report["exit_code"] == EXIT_GROWTH
+    assert report["verdict"]["outcome"] == "step"
+    assert report["verdict"]["step"] == 201
+    assert report["message"].startswith("will run out at step 201: a training step needs")
+    assert "verdict: will run out at step 201" in "\n".join(render_text(result))
+
+
+def test_a_flat_step_overflow_gets_the_size_of_a_step_as_advice_even_with_growth() -> None:
+    """A step whose own peak no longer fits is advised as a spike (a step's size), never as a leak."""
+    from vramwatch.probing import advice_kinds
+    from vramwatch.steps import Verdict
+
+    verdict = Verdict(Outcome.STEP, 201, None, 8 * GIB, 7 * GIB, 256 * MIB, 3000, ())
+    result = measured(records(200, lambda k: 8 * GIB, stays=lambda k: 4 * GIB + MIB * k), Schedule(), 24 * GIB)
+    assert result.profile is not None
+    assert result.profile.growth_bytes_per_step > 0
+    assert advice_kinds(verdict, result.profile) == ("spike",)
+
+
+def test_the_documented_exit_code_table_has_every_exit_code() -> None:
+    """docs/agent.md's probe exit-code table has one row for each `EXIT_*` code, and no other."""
+    import re
+
+    from vramwatch import probing
+
+    codes = {value for name, value in vars(probing).items() if name.startswith("EXIT_")}
+    doc = (Path(__file__).parents[1] / "docs" / "agent.md").read_text()
+    table = doc[doc.index("| exit code | verdict |") :].split("\n\n", maxsplit=1)[0]
+    assert {int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.MULTILINE)} == codes

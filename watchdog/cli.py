@@ -397,10 +397,10 @@ def probe(
     With --try N, each of the top N suggested changes that is a flag or an environment variable is applied
     to the command, one at a time, and probed in turn: what each measured is reported. Exit codes (of the
     command as given): 0 fits, 3 ran out of memory in the probe, 4 will run out in a phase (sample images, a
-    save), 5 will run out from growth per step, 6 fits as far as measured (an announced phase or fewer steps
-    than asked were measured), 1 crashed or nothing measured, 2 usage, 130 interrupted (Ctrl-C: the command is
-    stopped and no --try round runs). The test run's outputs go to a temporary directory where the trainer
-    has a flag for it (kohya, diffusers: --output_dir).
+    save), 5 will run out at a training step (growth per step, or a step that no longer fits), 6 fits as far
+    as measured (an announced phase or fewer steps than asked were measured), 1 crashed or nothing measured,
+    2 usage, 130 interrupted (Ctrl-C: the command is stopped and no --try round runs). The test run's
+    outputs go to a temporary directory where the trainer has a flag for it (kohya, diffusers: --output_dir).
     """
     import json as json_module
 

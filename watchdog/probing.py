@@ -73,11 +73,23 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_OOM = 3  # the probe itself ran out of GPU memory (the same code as `attach`'s OOM)
 EXIT_PHASE = 4  # will run out in a recurring phase (sample images, a save)
-EXIT_GROWTH = 5  # will run out at a training step, from growth per step
+# Will run out at a training step: from growth per step (`Outcome.GROWTH`), or because the steps' own peak,
+# with no growth, is already above what the run can use now (`Outcome.STEP`: something else took memory).
+# One code for both: a wrapper script asks "does a training step run out?", and the JSON's outcome says why.
+EXIT_GROWTH = 5
 # Fits as far as measured, but a phase the configuration announces was not measured, or fewer steps than
 # asked were (the time limit came first): the forecast reaches further than the measurement.
 EXIT_UNMEASURED = 6
 EXIT_INTERRUPTED = 130  # Ctrl-C: the command was stopped, no verdict (128 + SIGINT, as shells say it)
+
+#: The exit code of each forecast outcome, for a probe that measured what it was asked to (a fit short of that
+#: is `EXIT_UNMEASURED`). Every `Outcome` has one (a test checks): a new outcome never falls through to "fits".
+OUTCOME_EXIT: dict[Outcome, int] = {
+    Outcome.FITS: EXIT_FITS,
+    Outcome.PHASE: EXIT_PHASE,
+    Outcome.GROWTH: EXIT_GROWTH,
+    Outcome.STEP: EXIT_GROWTH,
+}
 
 #: The least time a run is given to reach its first optimizer step (loading a model, caching latents and
 #: text encoder outputs take minutes), whatever the time limit; the default is half the time limit above it.
@@ -167,11 +179,10 @@ class ProbeResult:
             return EXIT_OOM
         if self.failure is not None or self.crashed or self.verdict is None:
             return EXIT_FAILED
-        if self.verdict.outcome is Outcome.PHASE:
-            return EXIT_PHASE
-        if self.verdict.outcome is Outcome.GROWTH:
-            return EXIT_GROWTH
-        return EXIT_UNMEASURED if self.verdict.unmeasured or self.short else EXIT_FITS
+        code = OUTCOME_EXIT[self.verdict.outcome]
+        if code == EXIT_FITS and (self.verdict.unmeasured or self.short):
+            return EXIT_UNMEASURED
+        return code
 
 
 def schedule_of(settings: TrainerSettings) -> Schedule:
@@ -632,8 +643,9 @@ def advice_kinds(
     warnings (a forecast) and the probe's verdict (a forecast, or an OOM in the probe).
 
     A phase (forecast, or the phase the probe ran out in) gets its `PHASE_ADVICE`; an OOM in a training
-    step fragmentation or spike advice; running out at a step from growth, growth advice, unless the profile
-    shows no growth (a step already beyond the limit: a spike).
+    step fragmentation or spike advice; a step whose own peak no longer fits (`Outcome.STEP`) spike advice
+    (the size of one step, whatever the growth); running out at a step from growth, growth advice, unless the
+    profile shows no growth (a step already beyond the limit: a spike).
     """
     if phase_oom is not None:
         return _phase_kinds(phase_oom)
@@ -649,6 +661,8 @@ def advice_kinds(
         return ()
     if verdict.outcome is Outcome.PHASE:
         return _phase_kinds(verdict.phase or "")
+    if verdict.outcome is Outcome.STEP:
+        return ("spike",)
     if prof is not None and prof.growth_bytes_per_step <= 0:
         return ("spike",)
     return ("growth",)
