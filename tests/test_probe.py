@@ -21,6 +21,7 @@ from vramwatch.probing import (
     ProbeResult,
     render_text,
     run_probe,
+    verdict_text,
 )
 from vramwatch.steps import SAMPLE, Outcome, Schedule, forecast, profile
 
@@ -586,3 +587,55 @@ def test_the_documented_exit_code_table_has_every_exit_code() -> None:
     doc = (Path(__file__).parents[1] / "docs" / "agent.md").read_text()
     table = doc[doc.index("| exit code | verdict |") :].split("\n\n", maxsplit=1)[0]
     assert {int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.MULTILINE)} == codes
+
+
+@pytest.mark.parametrize(
+    ("argv", "save_at_end"),
+    [
+        (["python", "flux_train_network.py", "--max_train_steps", "3000"], True),  # kohya saves after its loop
+        (["python", "train_dreambooth_lora_flux.py", "--max_train_steps", "3000"], False),
+        (["python", "train.py"], False),  # unrecognised: nothing known of a save at the end
+    ],
+)
+def test_the_schedule_carries_the_trainers_save_at_the_end(argv: list[str], save_at_end: bool) -> None:
+    """`schedule_of` passes the trainer's save after its last step on, so that save is forecast."""
+    from vramwatch.advice import recognize
+    from vramwatch.probing import schedule_of
+
+    assert schedule_of(recognize(argv, cwd="/", env={})).save_at_end is save_at_end
+
+
+@pytest.mark.parametrize(
+    ("schedule", "code", "counted", "at_end"),
+    [
+        (Schedule(max_steps=3000), EXIT_FITS, [], []),
+        # kohya with no --save_every_n_steps: its only save is after step 3,000, which no probe reaches.
+        (Schedule(max_steps=3000, save_at_end=True), EXIT_FITS, [], ["save"]),
+        # A save every 1,000 steps is announced within the run and was not measured: fits as far as measured.
+        (Schedule(max_steps=3000, save_every=1000, save_at_end=True), EXIT_UNMEASURED, ["save"], []),
+        # No known end: no save at the end to forecast.
+        (Schedule(save_at_end=True), EXIT_FITS, [], []),
+    ],
+    ids=["no-save", "save-only-at-end", "save-every-1000", "no-end"],
+)
+def test_a_save_only_after_the_last_step_does_not_make_a_probe_partial(
+    schedule: Schedule, code: int, counted: list[str], at_end: list[str]
+) -> None:
+    """An unmeasured save that runs only after the last step is named, never an exit 6; a periodic one is."""
+    from vramwatch.probing import to_json
+
+    result = measured(records(200, lambda k: 8 * GIB), schedule, 24 * GIB)
+    assert result.exit_code == code
+    verdict = to_json(result)["verdict"]
+    assert (verdict["unmeasured"], verdict["unmeasured_at_end"]) == (counted, at_end)
+    if at_end:
+        assert "not measured yet: saving (only after the last step)" in verdict_text(result)
+
+
+def test_a_kohya_probe_without_periodic_saves_fits() -> None:
+    """The stand-in kohya run with no --save_every_n_steps fits (exit 0), its final save named as not measured."""
+    result = run_probe(trainer("--max_train_steps", "3000"), QUICK)
+    assert result.schedule.save_at_end
+    assert result.exit_code == EXIT_FITS, render_text(result)
+    assert result.unmeasured_at_end == ("save",)
+    assert "saving (only after the last step)" in "\n".join(render_text(result))

@@ -78,7 +78,9 @@ EXIT_PHASE = 4  # will run out in a recurring phase (sample images, a save)
 # One code for both: a wrapper script asks "does a training step run out?", and the JSON's outcome says why.
 EXIT_GROWTH = 5
 # Fits as far as measured, but a phase the configuration announces was not measured, or fewer steps than
-# asked were (the time limit came first): the forecast reaches further than the measurement.
+# asked were (the time limit came first): the forecast reaches further than the measurement. A phase that
+# runs only after the last step (kohya's final save, with no --save_every_n_steps) is not counted: no probe
+# reaches it, so it would make every such run exit 6; it is named in the message and the JSON instead.
 EXIT_UNMEASURED = 6
 EXIT_INTERRUPTED = 130  # Ctrl-C: the command was stopped, no verdict (128 + SIGINT, as shells say it)
 
@@ -165,6 +167,21 @@ class ProbeResult:
         return self.measured_steps < self.steps_asked and (end is None or self.measured_steps < end)
 
     @property
+    def unmeasured(self) -> tuple[str, ...]:
+        """The announced phases no record holds that a probe could have measured (exit 6): not those that run
+        only after the run's last step (`Schedule.only_at_end`)."""
+        if self.verdict is None:
+            return ()
+        return tuple(n for n in self.verdict.unmeasured if not self.schedule.only_at_end(n))
+
+    @property
+    def unmeasured_at_end(self) -> tuple[str, ...]:
+        """The announced phases that run only after the last step and no record holds (named, not exit 6)."""
+        if self.verdict is None:
+            return ()
+        return tuple(n for n in self.verdict.unmeasured if self.schedule.only_at_end(n))
+
+    @property
     def runs_out(self) -> bool:
         """The answer is "it will not fit" (or it did not, in the probe): changes are worth trying."""
         return self.exit_code in {EXIT_OOM, EXIT_PHASE, EXIT_GROWTH}
@@ -180,7 +197,7 @@ class ProbeResult:
         if self.failure is not None or self.crashed or self.verdict is None:
             return EXIT_FAILED
         code = OUTCOME_EXIT[self.verdict.outcome]
-        if code == EXIT_FITS and (self.verdict.unmeasured or self.short):
+        if code == EXIT_FITS and (self.unmeasured or self.short):
             return EXIT_UNMEASURED
         return code
 
@@ -189,7 +206,8 @@ def schedule_of(settings: TrainerSettings) -> Schedule:
     """The run's end, sampling and saving in optimizer steps, each spelt as its configuration states it.
 
     Intervals given in epochs stay unknown (an epoch's steps depend on the dataset's size, which the
-    advisor does not read): the forecast names those phases as not measured until it has seen them.
+    advisor does not read): the forecast names those phases as not measured until it has seen them. A trainer
+    that saves after its last step (`TrainerSettings.save_at_end`, kohya) has that save forecast at the end.
     """
     values: dict[str, int | None] = {}
     spelling: list[tuple[str, str]] = []
@@ -210,6 +228,7 @@ def schedule_of(settings: TrainerSettings) -> Schedule:
         sample_at_first=settings.sample_at_first is True,
         save_every=values["save_every"],
         spelling=tuple(spelling),
+        save_at_end=settings.save_at_end is True,
     )
 
 
@@ -869,6 +888,7 @@ def _json_verdict(result: ProbeResult) -> dict[str, Any] | None:
             "margin_bytes": None,
             "end_step": result.schedule.max_steps,
             "unmeasured": [],
+            "unmeasured_at_end": [],
         }
     verdict = result.verdict
     if verdict is None or result.exit_code not in {EXIT_FITS, EXIT_PHASE, EXIT_GROWTH, EXIT_UNMEASURED}:
@@ -881,7 +901,8 @@ def _json_verdict(result: ProbeResult) -> dict[str, Any] | None:
         "spare_bytes": verdict.spare_bytes,
         "margin_bytes": verdict.margin_bytes,
         "end_step": verdict.end_step,
-        "unmeasured": list(verdict.unmeasured),
+        "unmeasured": list(result.unmeasured),  # what makes exit 6
+        "unmeasured_at_end": list(result.unmeasured_at_end),  # runs only after the last step: named, not exit 6
     }
 
 
@@ -935,6 +956,7 @@ def to_json(result: ProbeResult, tried: Sequence[Tried] = ()) -> dict[str, Any]:
             "sample_every": result.schedule.sample_every,
             "sample_at_first": result.schedule.sample_at_first,
             "save_every": result.schedule.save_every,
+            "save_at_end": result.schedule.save_at_end,
         },
         "steps": None
         if prof is None

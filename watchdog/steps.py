@@ -92,6 +92,11 @@ class Schedule:
         item = PHASE_INTERVALS.get(phase)
         return self.spelled(item) if item is not None else None
 
+    def only_at_end(self, phase: str) -> bool:
+        """Whether the phase is announced only after the run's last step (a save at the end, none on an
+        interval): no test run short of the whole run can measure it."""
+        return phase == SAVE and self.save_at_end and self.max_steps is not None and not self.every(SAVE)
+
     def phases_after(self, step: int) -> frozenset[str]:
         """The named phases the trainer runs after optimizer step `step` (0: before the first step)."""
         names = set()
@@ -411,7 +416,10 @@ def describe(verdict: Verdict, prof: StepProfile, schedule: Schedule) -> str:
         if schedule.max_steps is not None:
             text += f"; the run ends at step {schedule.max_steps:,}"
     if verdict.unmeasured:
-        text += "; not measured yet: " + ", ".join(phase_words(n) for n in verdict.unmeasured)
+        text += "; not measured yet: " + ", ".join(
+            phase_words(n) + (" (only after the last step)" if schedule.only_at_end(n) else "")
+            for n in verdict.unmeasured
+        )
     return text
 
 
