@@ -639,3 +639,61 @@ def test_a_kohya_probe_without_periodic_saves_fits() -> None:
     assert result.exit_code == EXIT_FITS, render_text(result)
     assert result.unmeasured_at_end == ("save",)
     assert "saving (only after the last step)" in "\n".join(render_text(result))
+
+
+def _grows(k: int) -> int:
+    return 4 * GIB + MIB * k
+
+
+def _sample_first_only(k: int) -> int:
+    """Sampling before step 1 with the start-up at 12 GiB; steps at 8 GiB, growing 1 MiB a step."""
+    return 12 * GIB if k == 1 else 8 * GIB + MIB * k
+
+
+def _sample_again_after_100(k: int) -> int:
+    """As `_sample_first_only`, and the sampling after step 100 measured alone at 11 GiB."""
+    return 11 * GIB + MIB * k if k == 101 else _sample_first_only(k)
+
+
+@pytest.mark.parametrize(
+    ("peak", "every", "upper_bound", "words"),
+    [
+        (_sample_first_only, 1000, True, "may run out at sampling after step 1,000"),
+        (_sample_again_after_100, 100, False, "will run out at sampling after step 1,200"),
+    ],
+    ids=["measured-only-before-step-1", "measured-after-a-step"],
+)
+def test_the_json_says_when_a_phase_peak_is_only_an_upper_bound(
+    peak: Callable[[int], int], every: int, upper_bound: bool, words: str
+) -> None:
+    """A phase seen only before step 1 (with the start-up) is an upper bound in the JSON's phase and verdict."""
+    from vramwatch.probing import to_json
+
+    schedule = Schedule(max_steps=3000, sample_every=every, sample_at_first=True)
+    result = measured(records(200, peak, stays=_grows), schedule, int(12.5 * GIB))
+    report = to_json(result)
+    assert report["exit_code"] == EXIT_PHASE
+    assert report["verdict"]["upper_bound"] is upper_bound
+    assert [p["upper_bound"] for p in report["phases"]] == [upper_bound]
+    assert report["message"].startswith(words)
+    bound = "(an upper bound: measured only before step 1, with the start-up)"
+    assert (bound in "\n".join(render_text(result))) is upper_bound
+
+
+def test_the_json_gives_the_largest_peak_executed() -> None:
+    """`steps.executed_peak_allocated_bytes` is the largest peak of any record, start-up and phases included."""
+    from vramwatch.probing import to_json
+
+    schedule = Schedule(max_steps=3000, sample_every=1000, sample_at_first=True)
+    report = to_json(measured(records(200, _sample_first_only, stays=_grows), schedule, 24 * GIB))
+    assert report["steps"]["executed_peak_allocated_bytes"] == 12 * GIB
+    assert report["steps"]["peak_allocated_bytes"] < 12 * GIB
+
+
+def test_a_phase_that_ran_out_in_the_probe_is_no_upper_bound() -> None:
+    """A save that ran out in the probe (exit 4) is a fact: its JSON verdict says upper_bound false."""
+    from vramwatch.probing import to_json
+
+    save = run_probe(trainer("--max_train_steps", "3000", "--save_every_n_steps", "100", "--save-gib", "30"), QUICK)
+    verdict = to_json(save)["verdict"]
+    assert (verdict["phase"], verdict["upper_bound"]) == ("save", False)

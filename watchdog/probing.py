@@ -889,6 +889,7 @@ def _json_verdict(result: ProbeResult) -> dict[str, Any] | None:
             "end_step": result.schedule.max_steps,
             "unmeasured": [],
             "unmeasured_at_end": [],
+            "upper_bound": False,  # it ran out: no bound, a fact
         }
     verdict = result.verdict
     if verdict is None or result.exit_code not in {EXIT_FITS, EXIT_PHASE, EXIT_GROWTH, EXIT_UNMEASURED}:
@@ -903,6 +904,8 @@ def _json_verdict(result: ProbeResult) -> dict[str, Any] | None:
         "end_step": verdict.end_step,
         "unmeasured": list(result.unmeasured),  # what makes exit 6
         "unmeasured_at_end": list(result.unmeasured_at_end),  # runs only after the last step: named, not exit 6
+        # The failing phase was measured only before step 1, with the start-up: it may run out, not will.
+        "upper_bound": verdict.upper_bound,
     }
 
 
@@ -921,7 +924,8 @@ def render_text(result: ProbeResult, tried: Sequence[Tried] = ()) -> list[str]:
         for p in prof.phases:
             every = f" every {p.period:,} steps ({p.period_source})" if p.period else ""
             seen = ", ".join(f"{s:,}" for s in p.seen_after[:5])
-            lines.append(f"  {p.name}{every}: peak {size(p.peak_allocated_bytes)}, seen after step {seen}")
+            bound = " (an upper bound: measured only before step 1, with the start-up)" if p.peak_is_upper_bound else ""
+            lines.append(f"  {p.name}{every}: peak {size(p.peak_allocated_bytes)}{bound}, seen after step {seen}")
     if result.capacity_bytes is not None:
         lines.append(f"  this card: {size(result.capacity_bytes)} usable by the run (its reserved memory + free)")
     lines.append("verdict: " + verdict_text(result))
@@ -963,6 +967,9 @@ def to_json(result: ProbeResult, tried: Sequence[Tried] = ()) -> dict[str, Any]:
         else {
             "measured": prof.step,
             "peak_allocated_bytes": prof.step_peak_allocated_bytes,
+            # The largest peak any record executed (start-up and phases too): a need up to it fits without the
+            # allocator's margin.
+            "executed_peak_allocated_bytes": prof.executed_peak_allocated_bytes,
             "growth_bytes_per_step": prof.growth_bytes_per_step,
             "seconds_per_step": prof.step_seconds,
         },
@@ -974,6 +981,8 @@ def to_json(result: ProbeResult, tried: Sequence[Tried] = ()) -> dict[str, Any]:
                 "period": p.period,
                 "period_source": p.period_source,
                 "peak_allocated_bytes": p.peak_allocated_bytes,
+                # Measured only before step 1, together with the start-up: the phase needs at most this much.
+                "upper_bound": p.peak_is_upper_bound,
                 "seen_after": list(p.seen_after),
             }
             for p in prof.phases
