@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 from vramwatch.agenthost.link import AgentDevice, AgentReport, OomEvent
 from vramwatch.agenthost.monitor import MonitorConfig, RunMonitor, format_oom
 from vramwatch.model import TorchStats
@@ -396,3 +397,82 @@ def test_step_records_stay_bounded_in_a_long_run():
     assert history.last_step == 10_000
     kept = {r.last_step for r in history.records}
     assert {k + 1 for k in range(500, 10_000, 500)} <= kept  # every sampling interval is kept whole
+
+
+def step_errors_report(t: float, count: int | None, pid: int = 7) -> AgentReport:
+    """A stats report whose agent says its step hook has swallowed `count` exceptions so far."""
+    import dataclasses
+
+    return dataclasses.replace(stats_report(t, 4 * GIB, 10 * GIB, free=10 * GIB, pid=pid), step_errors=count)
+
+
+@pytest.mark.parametrize(
+    ("counts", "said"),
+    [
+        ([None, None], 0),  # an agent that does not count steps, or an older one
+        ([0, 0, 0], 0),
+        ([1, 2, 5], 1),  # the count grows at every stats message: still one warning
+        ([None, 3, 3, 4], 1),
+    ],
+)
+def test_a_failing_step_hook_is_said_once(counts: list[int | None], said: int) -> None:
+    """The agent's step hook errors ride on every stats message; the run's output says them once, not each tick."""
+    monitor, out, events, _ = make()
+    for i, count in enumerate(counts):
+        monitor.on_report(step_errors_report(float(i), count))
+    assert out.getvalue().count("optimizer step hook failed") == said
+    assert event_kinds(events).count("step_errors") == said
+
+
+def test_a_failing_step_hook_is_said_once_for_each_process() -> None:
+    """Two ranks whose step hooks fail are each named once."""
+    monitor, out, _, _ = make()
+    for i in range(3):
+        for pid in (7, 8):
+            monitor.on_report(step_errors_report(float(i), i + 1, pid=pid))
+    lines = [line for line in out.getvalue().splitlines() if "step hook failed" in line]
+    assert [line.split(":")[2].strip() for line in lines] == ["pid 7", "pid 8"]
+
+
+@pytest.mark.parametrize(
+    ("sample_every", "sampled_after", "severity", "upper_bound"),
+    [
+        # Sampling seen only before step 1 (with the start-up): it may run out at step 500: a warning.
+        (500, [0], "warning", True),
+        # Sampling measured after step 100 too: it will run out at step 200, the next one: critical.
+        (100, [0, 100], "critical", False),
+    ],
+    ids=["upper-bound", "measured-after-a-step"],
+)
+def test_a_forecast_on_an_upper_bound_is_a_warning_never_critical(
+    sample_every: int, sampled_after: list[int], severity: str, upper_bound: bool
+) -> None:
+    """A failing phase measured only with the start-up may run out: a warning, no pressure notice; step_forecast
+    events carry `upper_bound`."""
+    from vramwatch.steps import Schedule
+
+    out, events, pressure = io.StringIO(), io.StringIO(), Recorder()
+    monitor = RunMonitor(
+        out=out,
+        events=events,
+        send_pressure=pressure,
+        schedule=Schedule(max_steps=1000, sample_every=sample_every, sample_at_first=True),
+        config=MonitorConfig(forecast_every_seconds=0.0),
+    )
+    # The sampling peaked at 19.9 GiB of 20 GiB usable, then another process took 1 GiB.
+    monitor.on_report(stats_report(1.0, 4 * GIB, 10 * GIB, free=10 * GIB))
+    last = 0
+    for after in sampled_after:
+        if after > last:
+            monitor.on_report(step_report(2.0 + after, last + 1, after, 8 * GIB))
+        monitor.on_report(step_report(2.5 + after, after + 1, after + 1, int(19.9 * GIB)))
+        last = after + 1
+    monitor.on_report(stats_report(200.0, 4 * GIB, 10 * GIB, free=9 * GIB))
+    monitor.on_report(step_report(201.0, last + 1, 150, 8 * GIB))
+    said = out.getvalue()
+    assert f"{severity}: pid 7" in said, said
+    assert ("may run out at sampling" in said) is upper_bound
+    assert [c[1] for c in pressure.calls] == (["critical"] if severity == "critical" else [])
+    forecasts = [json.loads(line) for line in events.getvalue().splitlines() if '"step_forecast"' in line]
+    assert forecasts[-1]["outcome"] == "phase"
+    assert forecasts[-1]["upper_bound"] is upper_bound

@@ -17,7 +17,9 @@ the last two minutes of samples and
   itself a save: the save the notice asks for would be what runs out). It says it again only when that
   changes to something not said before (outcome, phase or severity) or the failing step comes more than
   10 % of the remaining steps closer than when it was said: a noisy leak moves its forecast at every redo,
-  and can flip it between a training step and a peak it learned, which is not news.
+  and can flip it between a training step and a peak it learned, which is not news. A failing phase measured
+  only with the start-up (`Verdict.upper_bound`: it may run out) is a warning, never critical;
+- says once per process when the agent's step hook fails (`step_errors`): its peaks may be missing.
 
 Every conclusion is also written as a JSON line to `events` when given (the GPU proof scripts read it).
 """
@@ -155,6 +157,7 @@ class RunMonitor:
         self._capacity: dict[tuple[int, int], int] = {}  # (pid, device) -> what it can allocate now
         self._said: dict[_SaidKey, _Said] = {}  # each thing said, as last said
         self.verdicts: dict[tuple[int, int], Verdict] = {}  # (pid, device) -> the latest step forecast
+        self._step_errors_said: set[int] = set()  # pids whose failing step hook was said
         self._lock = threading.Lock()
         self.ooms: list[OomEvent] = []
 
@@ -173,6 +176,7 @@ class RunMonitor:
             if report.kind == "hello":
                 self._event({"event": "hello", "pid": report.pid, "t": report.t, "torch": report.torch_version})
             elif report.kind == "stats":
+                self._on_step_errors(report)
                 for device in report.devices:
                     self._on_stats(report, device)
             elif report.kind == "oom" and report.oom is not None:
@@ -189,6 +193,21 @@ class RunMonitor:
             event["wall"] = self._wall()
             self._events.write(json.dumps(event) + "\n")
             self._events.flush()
+
+    def _on_step_errors(self, report: AgentReport) -> None:
+        """Say once per process that its optimizer step hook fails: every stats message carries the count so
+        far, and it only grows, so saying it at each one would repeat the same news every second."""
+        if not report.step_errors or report.pid in self._step_errors_said:
+            return
+        self._step_errors_said.add(report.pid)
+        self._say(
+            [
+                f"warning: pid {report.pid}: the agent's optimizer step hook failed ({report.step_errors} so far; "
+                "the trainer's stderr has the first error): steps are still counted, but their peaks may be "
+                "missing, so the step forecast may be late"
+            ]
+        )
+        self._event({"event": "step_errors", "pid": report.pid, "t": report.t, "count": report.step_errors})
 
     def _on_stats(self, report: AgentReport, device: AgentDevice) -> None:
         stats = device.stats
@@ -343,6 +362,7 @@ class RunMonitor:
                 "outcome": verdict.outcome.value,
                 "at_step": verdict.step,
                 "phase": verdict.phase,
+                "upper_bound": verdict.upper_bound,
                 "needed_bytes": verdict.needed_bytes,
                 "capacity_bytes": verdict.capacity_bytes,
                 "growth_bytes_per_step": prof.growth_bytes_per_step,
@@ -353,9 +373,13 @@ class RunMonitor:
         )
 
     def _severity(self, prof: StepProfile, verdict: Verdict) -> str:
-        """Critical when the failing phase is the next of its kind or the failing step is minutes away."""
+        """Critical when the failing phase is the next of its kind or the failing step is minutes away; a
+        warning at most when the failing phase was measured only with the start-up (it may run out, not will:
+        no pressure notice for a bound)."""
         if verdict.outcome is Outcome.FITS or verdict.step is None:
             return "info"
+        if verdict.upper_bound:
+            return "warning"
         seconds = (verdict.step - prof.step) * prof.step_seconds if prof.step_seconds else None
         next_of_its_kind = verdict.phase is not None and all(
             (p.period or 0) >= verdict.step - prof.step for p in prof.phases if p.name == verdict.phase
