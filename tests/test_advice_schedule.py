@@ -19,6 +19,7 @@ SCHEDULE = (
     "sample_at_first",
     "save_every_n_steps",
     "save_every_n_epochs",
+    "save_at_end",
     "sample_resolution",
 )
 UNKNOWN = dict.fromkeys(SCHEDULE)
@@ -45,6 +46,7 @@ KOHYA_DEFAULTS = {
     "sample_at_first": False,
     "save_every_n_steps": 0,
     "save_every_n_epochs": 0,
+    "save_at_end": True,  # train_network.py saves the final model after its loop, always
 }
 
 KOHYA_TOML = """

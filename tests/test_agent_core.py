@@ -80,18 +80,29 @@ class FakeProbe:
 
     step_hook: Callable[[object], None] | None = None
     peaks: tuple[int, int, int, int, int] | None = (900 * MIB, 1024 * MIB, 300 * MIB, 512 * MIB, 20 * MIB)
+    peaks_error: str | None = None  # the message of a RuntimeError raised afresh at each read
     resets = 0
+    registrations = 0
 
     def register_step_hook(self, hook: Callable[[object], None]) -> bool:
         self.step_hook = hook
+        self.registrations += 1
         return True
 
     def current_device(self) -> int | None:
         return 0
 
     def take_step_peaks(self, device: int) -> tuple[int, int, int, int, int] | None:
+        if self.peaks_error is not None:
+            # A new exception each time: re-raising one instance would chain tracebacks that keep the
+            # optimizer of the first failing step alive.
+            raise RuntimeError(self.peaks_error)
         self.resets += 1
         return self.peaks
+
+
+class FakeOptimizer:
+    """An optimizer as the step hook sees one (weak-referenceable, unlike a bare `object()`)."""
 
 
 @pytest.fixture
@@ -382,7 +393,7 @@ def test_steps_reported_with_their_peaks(listener):
     agent = make_agent([str(link.path)], probe, count_steps=True)
     agent.tick()
     assert probe.step_hook is not None
-    trainer_optimizer, other_optimizer = object(), object()
+    trainer_optimizer, other_optimizer = FakeOptimizer(), FakeOptimizer()
     for _ in range(3):
         probe.step_hook(trainer_optimizer)
         probe.step_hook(other_optimizer)  # a second optimizer stepping each iteration: not a step more
@@ -399,8 +410,8 @@ def test_steps_reported_with_their_peaks(listener):
     agent.stop()
 
 
-def test_step_hook_never_raises_into_the_trainer(listener):
-    """A torch that cannot say its peaks makes the hook count nothing, and the training step goes on."""
+def test_a_step_without_peaks_is_still_counted(listener):
+    """A torch that cannot say its peaks sends no entry, but the step counts: the numbers stay the trainer's."""
     link, _ = listener
     probe = FakeProbe()
     probe.initialized = True
@@ -408,7 +419,63 @@ def test_step_hook_never_raises_into_the_trainer(listener):
     agent = make_agent([str(link.path)], probe, count_steps=True)
     agent.tick()
     assert probe.step_hook is not None
-    probe.step_hook(object())
+    probe.step_hook(FakeOptimizer())
     assert agent.steps is not None
-    assert agent.steps.steps == 0
+    assert agent.steps.steps == 1
     agent.stop()
+
+
+def test_steps_before_cuda_is_up_are_counted(listener):
+    """The hook is registered at the first beat, before CUDA: early steps count, and the first entry spans them."""
+    link, reports = listener
+    probe = FakeProbe()
+    agent = make_agent([str(link.path)], probe, count_steps=True)
+    agent.tick()
+    assert probe.step_hook is not None
+    optimizer = FakeOptimizer()
+    probe.step_hook(optimizer)
+    probe.step_hook(optimizer)
+    assert probe.resets == 0  # no peaks asked before CUDA is up: that would initialise it
+    probe.initialized = True
+    probe.step_hook(optimizer)
+    agent.tick()
+    agent.tick()
+    link.poll(timeout=1.0)
+    assert probe.registrations == 1  # once, however many beats
+    (steps,) = [r for r in reports if r.kind == "steps"]
+    assert [(s.first_step, s.last_step) for s in steps.steps] == [(1, 3)]
+    agent.stop()
+
+
+def test_step_hook_errors_are_reported_and_said_once(listener, capsys):
+    """Exceptions the hook swallows ride on every stats message and are written to stderr once."""
+    link, reports = listener
+    probe = FakeProbe()
+    probe.initialized = True
+    probe.peaks_error = "no stats"
+    agent = make_agent([str(link.path)], probe, count_steps=True)
+    agent.tick()
+    assert probe.step_hook is not None
+    probe.step_hook(FakeOptimizer())
+    probe.step_hook(FakeOptimizer())
+    agent.tick()
+    agent.tick()
+    link.poll(timeout=1.0)
+    stats = [r for r in reports if r.kind == "stats"]
+    assert [r.step_errors for r in stats] == [0, 2, 2]
+    assert capsys.readouterr().err.count("optimizer step hook failed (RuntimeError('no stats'))") == 1
+    agent.stop()
+
+
+def test_a_stopped_agents_hook_leaves_the_peaks_alone(listener):
+    """After stop() the hook torch still holds neither counts nor resets the peaks a later agent reads."""
+    link, _ = listener
+    probe = FakeProbe()
+    probe.initialized = True
+    agent = make_agent([str(link.path)], probe, count_steps=True)
+    agent.tick()
+    hook = probe.step_hook
+    assert hook is not None
+    agent.stop()
+    hook(FakeOptimizer())
+    assert probe.resets == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 from vramwatch.agenthost.link import AgentDevice, AgentReport, OomEvent
 from vramwatch.agenthost.monitor import MonitorConfig, RunMonitor, format_oom
 from vramwatch.model import TorchStats
@@ -196,10 +197,12 @@ def test_step_forecast_warns_once_ahead_of_a_sampling_phase_that_will_not_fit():
         advise=lambda verdict: ["try: smaller samples"],
         config=MonitorConfig(forecast_every_seconds=0.0),
     )
-    # 20 GiB usable (reserved + free); the first sampling peaked at 19.9 GiB: inside the allocator's margin.
+    # 20 GiB usable (reserved + free); the first sampling peaked at 19.9 GiB, and then another process took
+    # 1 GiB of the card: the sampling that ran cannot run again.
     monitor.on_report(stats_report(1.0, 4 * GIB, 10 * GIB, free=10 * GIB))
     monitor.on_report(step_report(2.0, 1, 100, 8 * GIB))
     monitor.on_report(step_report(3.0, 101, 101, int(19.9 * GIB)))
+    monitor.on_report(stats_report(3.5, 4 * GIB, 10 * GIB, free=9 * GIB))
     monitor.on_report(step_report(4.0, 102, 150, 8 * GIB))
     monitor.on_report(step_report(5.0, 151, 160, 8 * GIB))
     said = out.getvalue()
@@ -230,3 +233,246 @@ def test_step_forecast_is_silent_for_a_run_that_fits():
     assert out.getvalue() == ""
     forecasts = [json.loads(line) for line in events.getvalue().splitlines() if '"step_forecast"' in line]
     assert forecasts[-1]["outcome"] == "fits"
+
+
+def leak_report(
+    t: float,
+    first: int,
+    last: int,
+    *,
+    per_step: int,
+    pid: int = 7,
+    device: int = 0,
+    noise: int = 0,
+    activations: int = 4 * GIB,
+) -> AgentReport:
+    """Steps whose retained memory grows `per_step` a step, give or take `noise` (a noisy leak)."""
+    import random
+
+    from vramwatch.model import StepRecord
+
+    rng = random.Random(first)  # noqa: S311 - reproducible noise, not secrets
+    records = []
+    for k in range(first, last + 1):
+        kept = 4 * GIB + per_step * k + rng.randint(-noise, noise)
+        peak = kept + activations
+        records.append(StepRecord(pid, device, k, k, t, 0.5, peak, peak + GIB, kept, kept + GIB))
+    return AgentReport("steps", pid, 0, t, steps=tuple(records))
+
+
+def forecast_monitor(**config: object) -> tuple[RunMonitor, io.StringIO, Recorder]:
+    from vramwatch.steps import Schedule
+
+    out, pressure = io.StringIO(), Recorder()
+    monitor = RunMonitor(
+        out=out,
+        send_pressure=pressure,
+        schedule=Schedule(max_steps=100_000),
+        config=MonitorConfig(forecast_every_seconds=0.0, **config),  # type: ignore[arg-type]
+    )
+    return monitor, out, pressure
+
+
+def test_a_noisy_leak_is_said_once_not_at_every_redo():
+    """The failing step of a noisy leak moves a little at each forecast; it is said once, not at each redo."""
+    monitor, out, _ = forecast_monitor()
+    monitor.on_report(stats_report(0.0, 4 * GIB, 10 * GIB, free=10 * GIB))  # 20 GiB usable
+    noisy = {"per_step": MIB, "noise": 32 * MIB, "activations": 8 * GIB}
+    monitor.on_report(leak_report(1.0, 1, 200, **noisy))  # type: ignore[arg-type]
+    for i in range(10, 50):
+        monitor.on_report(leak_report(1.0 + i, 20 * i + 1, 20 * i + 20, **noisy))  # type: ignore[arg-type]
+    said = out.getvalue()
+    assert said.count("will run out at step") == 1, said
+
+
+def test_a_forecast_said_again_when_its_failing_step_comes_much_closer():
+    """Same outcome and severity, but the failing step comes far closer (the leak sped up): said again."""
+    monitor, out, _ = forecast_monitor(critical_seconds=0.0)
+    monitor.on_report(stats_report(0.0, 4 * GIB, 10 * GIB, free=10 * GIB))
+    for i in range(20):
+        monitor.on_report(leak_report(1.0 + i, 20 * i + 1, 20 * i + 20, per_step=MIB))
+    assert out.getvalue().count("will run out at step") == 1
+    base = 4 * GIB + 400 * MIB
+    for i in range(20, 40):  # from step 401 the leak is four times as fast
+        report = leak_report(1.0 + i, 20 * i + 1, 20 * i + 20, per_step=4 * MIB)
+        shifted = tuple(
+            type(r)(
+                r.pid,
+                r.device,
+                r.first_step,
+                r.last_step,
+                r.t,
+                r.seconds,
+                base + 4 * MIB * (r.last_step - 400) + 4 * GIB,
+                r.peak_reserved_bytes,
+                base + 4 * MIB * (r.last_step - 400),
+                r.reserved_bytes,
+            )
+            for r in report.steps
+        )
+        monitor.on_report(AgentReport("steps", 7, 0, report.t, steps=shifted))
+    steps = [int(line.split("will run out at step ")[1].split(":")[0].replace(",", ""))
+             for line in out.getvalue().splitlines() if "will run out at step" in line]  # fmt: skip
+    assert len(steps) >= 2
+    assert steps == sorted(steps, reverse=True)  # each repeat is news: sooner than the last said
+
+
+def test_no_pressure_notice_when_the_failing_phase_is_a_save():
+    """A save that will not fit is said as critical, but the trainer is not asked to save: that would OOM."""
+    from vramwatch.steps import Schedule
+
+    out, pressure = io.StringIO(), Recorder()
+    monitor = RunMonitor(
+        out=out,
+        send_pressure=pressure,
+        schedule=Schedule(max_steps=1000, save_every=100),
+        config=MonitorConfig(forecast_every_seconds=0.0),
+    )
+    # The save peaked at 19.9 GiB of 20 GiB usable, then another process took 1 GiB: it cannot run again.
+    monitor.on_report(stats_report(1.0, 4 * GIB, 10 * GIB, free=10 * GIB))
+    monitor.on_report(step_report(2.0, 1, 100, 8 * GIB))
+    monitor.on_report(step_report(3.0, 101, 101, int(19.9 * GIB)))
+    monitor.on_report(stats_report(3.5, 4 * GIB, 10 * GIB, free=9 * GIB))
+    monitor.on_report(step_report(4.0, 102, 150, 8 * GIB))
+    said = out.getvalue()
+    assert "critical: pid 7" in said
+    assert "will run out at saving after step 200" in said
+    assert "not asking it to save" in said
+    assert pressure.calls == []
+
+
+def test_capacity_is_that_of_the_device_the_steps_ran_on():
+    """A process on two devices is forecast against the room of the device its steps ran on, not the last one."""
+    from vramwatch.steps import Schedule
+
+    out = io.StringIO()
+    monitor = RunMonitor(
+        out=out, schedule=Schedule(max_steps=1000, sample_every=100), config=MonitorConfig(forecast_every_seconds=0.0)
+    )
+    small = stats_report(1.0, 4 * GIB, 10 * GIB, free=10 * GIB).devices[0]  # cuda:0, 20 GiB usable
+    big_stats = TorchStats(pid=7, device=1, allocated_bytes=GIB, reserved_bytes=GIB, inactive_split_bytes=0,
+                           num_alloc_retries=0, num_ooms=0)  # fmt: skip
+    big = AgentDevice(stats=big_stats, cuda_uuid="u-1", total_bytes=80 * GIB, free_bytes=79 * GIB)
+    monitor.on_report(AgentReport("stats", 7, 0, 1.0, devices=(small, big)))
+    monitor.on_report(step_report(2.0, 1, 100, 8 * GIB))
+    monitor.on_report(step_report(3.0, 101, 101, int(19.9 * GIB)))
+    # Then another process takes 1 GiB of cuda:0: the sampling that peaked at 19.9 GiB there cannot run again.
+    smaller = stats_report(3.5, 4 * GIB, 10 * GIB, free=9 * GIB).devices[0]
+    monitor.on_report(AgentReport("stats", 7, 0, 3.5, devices=(smaller, big)))
+    monitor.on_report(step_report(4.0, 102, 150, 8 * GIB))
+    assert "will run out at sampling after step 200" in out.getvalue()
+    assert monitor.verdicts[(7, 0)].capacity_bytes == 19 * GIB
+
+
+def test_every_rank_is_forecast_and_the_worst_is_said_once():
+    """DDP ranks on one box are each forecast; the one that runs out first is said, naming the others."""
+    monitor, out, _ = forecast_monitor()
+    for pid in (7, 8):
+        monitor.on_report(stats_report(0.0, 4 * GIB, 10 * GIB, free=10 * GIB, pid=pid))
+    for i in range(20):
+        monitor.on_report(leak_report(1.0 + i, 20 * i + 1, 20 * i + 20, per_step=4 * MIB, pid=8))
+        monitor.on_report(leak_report(1.0 + i, 20 * i + 1, 20 * i + 20, per_step=2 * MIB, pid=7))
+    said = out.getvalue()
+    assert said.count("will run out at step") == 1, said
+    assert "pid 8 at step" in said
+    assert set(monitor.verdicts) == {(7, 0), (8, 0)}
+    assert monitor.verdicts[(8, 0)].step < monitor.verdicts[(7, 0)].step  # type: ignore[operator]
+
+
+def test_step_records_stay_bounded_in_a_long_run():
+    """A long run's records per process stay under the configured bound; the phases are all kept."""
+    from vramwatch.steps import Schedule
+
+    monitor = RunMonitor(
+        out=io.StringIO(),
+        schedule=Schedule(sample_every=500),
+        config=MonitorConfig(forecast_every_seconds=1e9, max_step_records=256, recent_step_records=64),
+    )
+    monitor.on_report(stats_report(0.0, 4 * GIB, 10 * GIB, free=60 * GIB))
+    for i in range(200):
+        monitor.on_report(step_report(1.0 + i, 50 * i + 1, 50 * i + 50, 8 * GIB))
+    history = monitor.step_history(7, 0)
+    assert history is not None
+    assert len(history) <= 256
+    assert history.last_step == 10_000
+    kept = {r.last_step for r in history.records}
+    assert {k + 1 for k in range(500, 10_000, 500)} <= kept  # every sampling interval is kept whole
+
+
+def step_errors_report(t: float, count: int | None, pid: int = 7) -> AgentReport:
+    """A stats report whose agent says its step hook has swallowed `count` exceptions so far."""
+    import dataclasses
+
+    return dataclasses.replace(stats_report(t, 4 * GIB, 10 * GIB, free=10 * GIB, pid=pid), step_errors=count)
+
+
+@pytest.mark.parametrize(
+    ("counts", "said"),
+    [
+        ([None, None], 0),  # an agent that does not count steps, or an older one
+        ([0, 0, 0], 0),
+        ([1, 2, 5], 1),  # the count grows at every stats message: still one warning
+        ([None, 3, 3, 4], 1),
+    ],
+)
+def test_a_failing_step_hook_is_said_once(counts: list[int | None], said: int) -> None:
+    """The agent's step hook errors ride on every stats message; the run's output says them once, not each tick."""
+    monitor, out, events, _ = make()
+    for i, count in enumerate(counts):
+        monitor.on_report(step_errors_report(float(i), count))
+    assert out.getvalue().count("optimizer step hook failed") == said
+    assert event_kinds(events).count("step_errors") == said
+
+
+def test_a_failing_step_hook_is_said_once_for_each_process() -> None:
+    """Two ranks whose step hooks fail are each named once."""
+    monitor, out, _, _ = make()
+    for i in range(3):
+        for pid in (7, 8):
+            monitor.on_report(step_errors_report(float(i), i + 1, pid=pid))
+    lines = [line for line in out.getvalue().splitlines() if "step hook failed" in line]
+    assert [line.split(":")[2].strip() for line in lines] == ["pid 7", "pid 8"]
+
+
+@pytest.mark.parametrize(
+    ("sample_every", "sampled_after", "severity", "upper_bound"),
+    [
+        # Sampling seen only before step 1 (with the start-up): it may run out at step 500: a warning.
+        (500, [0], "warning", True),
+        # Sampling measured after step 100 too: it will run out at step 200, the next one: critical.
+        (100, [0, 100], "critical", False),
+    ],
+    ids=["upper-bound", "measured-after-a-step"],
+)
+def test_a_forecast_on_an_upper_bound_is_a_warning_never_critical(
+    sample_every: int, sampled_after: list[int], severity: str, upper_bound: bool
+) -> None:
+    """A failing phase measured only with the start-up may run out: a warning, no pressure notice; step_forecast
+    events carry `upper_bound`."""
+    from vramwatch.steps import Schedule
+
+    out, events, pressure = io.StringIO(), io.StringIO(), Recorder()
+    monitor = RunMonitor(
+        out=out,
+        events=events,
+        send_pressure=pressure,
+        schedule=Schedule(max_steps=1000, sample_every=sample_every, sample_at_first=True),
+        config=MonitorConfig(forecast_every_seconds=0.0),
+    )
+    # The sampling peaked at 19.9 GiB of 20 GiB usable, then another process took 1 GiB.
+    monitor.on_report(stats_report(1.0, 4 * GIB, 10 * GIB, free=10 * GIB))
+    last = 0
+    for after in sampled_after:
+        if after > last:
+            monitor.on_report(step_report(2.0 + after, last + 1, after, 8 * GIB))
+        monitor.on_report(step_report(2.5 + after, after + 1, after + 1, int(19.9 * GIB)))
+        last = after + 1
+    monitor.on_report(stats_report(200.0, 4 * GIB, 10 * GIB, free=9 * GIB))
+    monitor.on_report(step_report(201.0, last + 1, 150, 8 * GIB))
+    said = out.getvalue()
+    assert f"{severity}: pid 7" in said, said
+    assert ("may run out at sampling" in said) is upper_bound
+    assert [c[1] for c in pressure.calls] == (["critical"] if severity == "critical" else [])
+    forecasts = [json.loads(line) for line in events.getvalue().splitlines() if '"step_forecast"' in line]
+    assert forecasts[-1]["outcome"] == "phase"
+    assert forecasts[-1]["upper_bound"] is upper_bound

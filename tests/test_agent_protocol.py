@@ -194,3 +194,23 @@ def test_merge_keeps_the_largest_peak_of_each_range():
     entries = [[k, k, float(k), 1.0, 100 + (k == 3) * 50, 200, 10 * k, 200, k] for k in range(1, 7)]
     merged = merge(entries, 2)
     assert [(e[0], e[1], e[3], e[4], e[6], e[8]) for e in merged] == [(1, 3, 3.0, 150, 30, 3), (4, 6, 3.0, 100, 60, 6)]
+
+
+@pytest.mark.parametrize(("sent", "read"), [(3, 3), (None, None), (-1, None), (True, None)])
+def test_stats_carry_the_step_hooks_errors(sent, read):
+    """A stats message says how many exceptions the step hook swallowed; anything but a count reads as unknown."""
+    message = protocol.stats_message(
+        pid=7, seq=1, t=1.0, torch_version=None, devices=[], sample_seconds=0.0, dropped=0, signal=False
+    )
+    data = protocol.encode({**message, "step_errors": sent})
+    assert protocol.parse_report(data).step_errors == read
+
+
+@pytest.mark.parametrize(("steps", "expected"), [(True, True), (False, False), ("yes", None)])
+def test_a_hello_says_whether_the_agent_counts_steps(steps: object, expected: bool | None) -> None:
+    """A hello's `steps` flag is read (the probe stops at once when it is off); anything but a bool is unknown."""
+    message = protocol.hello_message(
+        pid=7, ppid=1, t=0.0, torch_version="2.4", agent_version="0", python="3.11", signal=True
+    )
+    report = protocol.parse_report(protocol.encode({**message, "steps": steps}))
+    assert report.counts_steps is expected

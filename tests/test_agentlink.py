@@ -278,3 +278,22 @@ def test_thread_delivers_and_stop_drains(tmp_path: Path, sender: socket.socket):
     sender.sendto(protocol.encode(stats_message(os.getpid(), allocated=7 * MIB)), str(listener.path))
     listener.stop()
     assert [r.devices[0].stats.allocated_bytes for r in reports] == [300 * MIB, 7 * MIB]
+
+
+def test_steps_datagrams_are_reports_not_malformed(tmp_path: Path, sender: socket.socket):
+    """A steps datagram is accepted and decoded into step records of the kernel pid, never counted as malformed.
+
+    (Daemons from before step counting knew no `steps` type and counted each one as malformed.)
+    """
+    listener, reports = make_listener(tmp_path)
+    entries = [[k, k, float(k), 0.5, 8 << 30, 12 << 30, 4 << 30, 10 << 30, 0] for k in (1, 2, 3)]
+    message = protocol.steps_message(pid=os.getpid(), t=3.0, device=0, entries=entries)
+    sender.sendto(protocol.encode(message), str(listener.path))
+    assert listener.poll(timeout=1.0) == 1
+    assert listener.counters.malformed == 0
+    assert listener.counters.accepted == 1
+    (report,) = reports
+    assert report.kind == "steps"
+    assert [(r.pid, r.device, r.last_step) for r in report.steps] == [(os.getpid(), 0, k) for k in (1, 2, 3)]
+    assert report.steps[0].peak_allocated_bytes == 8 << 30
+    listener.stop()

@@ -416,3 +416,92 @@ def test_attach_redraws_on_a_terminal_and_prints_plain_lines_when_piped() -> Non
     assert code == 3
     assert "\x1b[" not in piped
     assert piped.count("  ▁") + piped.count("peak ") > 50, "one status per tick, as lines"
+
+
+def _watch_with_steps(figures: list[Any], *, as_json: bool) -> tuple[dict[str, Any], list[str]]:
+    """Attach to pid 4 for three ticks (then it leaves), with the agents' step figures a daemon would give."""
+    from vramwatch.attach import attach
+    from vramwatch.daemon import Pipeline
+    from vramwatch.history import History
+    from vramwatch.model import GpuSample, ProcessMeta, ProcessUsage, Reading
+    from vramwatch.testing import FakeClock, ScriptedBackend
+
+    clock = FakeClock()
+    card = GpuSample(0, "GPU-0", "x", 24 * 1024**3, 9 * 1024**3, 15 * 1024**3)
+    on = Reading(gpus=(card,), processes=(ProcessUsage("GPU-0", 4, 8 * 1024**3),))
+    off = Reading(gpus=(card,), processes=())
+    backend = ScriptedBackend([on, on, on, off], meta={4: ProcessMeta(4, 1.0, name="train.py")})
+    pipeline = Pipeline(backend, History(window_seconds=3600, interval_seconds=1.0), clock, advise=False)
+    lines: list[str] = []
+
+    def advance(seconds: float) -> bool:
+        clock.sleep(seconds)
+        return False
+
+    summary = attach(4, backend, pipeline, _NoActions(), clock, out=lines.append, as_json=as_json, wait=advance,
+                     steps=lambda: figures)  # fmt: skip
+    return summary, lines
+
+
+def _figures() -> list[Any]:
+    from vramwatch.stephistory import StepFigures
+    from vramwatch.steps import Outcome
+
+    gib = 1024**3
+    return [
+        StepFigures(4, 0, 1_200, 8 * gib, 12 * gib, 2 * 1024**2, Outcome.PHASE, 2_000, "sample", "will run out at "
+                    "sampling after step 2,000: it needs 24 GiB"),
+        StepFigures(99, 0, 50, gib, None, 0.0, Outcome.FITS, None, None, "fits"),  # another run's: not shown
+    ]  # fmt: skip
+
+
+def test_attach_shows_the_agents_step_figures_of_its_run() -> None:
+    """With an agent reporting steps, the live lines and the summary say the step, its peak, growth, the forecast."""
+    summary, lines = _watch_with_steps(_figures(), as_json=False)
+    text = "\n".join(lines)
+    assert "step 1,200 (pid 4): step peak 8.00 GiB (12.00 GiB reserved), grows 2.0 MiB a step; " in text
+    assert "will run out at sampling (step 2,000)" in text
+    assert "pid 99" not in text
+    assert [f["pid"] for f in summary["steps"]] == [4]
+    assert lines[-1].endswith("will run out at sampling after step 2,000: it needs 24 GiB")
+
+
+def test_attach_json_carries_the_step_figures() -> None:
+    """`attach --json` ticks and summary carry the step figures of the run's processes."""
+    _, lines = _watch_with_steps(_figures(), as_json=True)
+    events = [json.loads(line) for line in lines]
+    ticks = [e for e in events if e["event"] == "tick"]
+    assert ticks[-1]["steps"][0]["fail_step"] == 2_000
+    assert ticks[-1]["steps"][0]["phase"] == "sample"
+    assert events[-1]["steps"][0]["step"] == 1_200
+
+
+def test_attach_without_step_figures_shows_none() -> None:
+    """A run without the agent's steps reads as before: no step line, an empty list in JSON."""
+    summary, lines = _watch_with_steps([], as_json=False)
+    assert "step peak" not in "\n".join(lines)
+    assert summary["steps"] == []
+
+
+def test_daemon_steps_are_read_every_few_seconds_and_survive_no_daemon() -> None:
+    """The daemon's figures are fetched at most every 5 s; no daemon (or a foreign document) means no figures."""
+    from vramwatch.attach import DaemonSteps
+    from vramwatch.testing import FakeClock
+
+    clock = FakeClock()
+    docs: list[Any] = [{"steps": [_figures()[0].as_dict()]}, None, {"steps": "nonsense"}]
+    calls: list[int] = []
+
+    def fetch() -> Any:
+        calls.append(1)
+        return docs[len(calls) - 1]
+
+    source = DaemonSteps(fetch, clock)
+    assert [f.pid for f in source()] == [4]
+    clock.advance(1)
+    assert [f.pid for f in source()] == [4]  # cached
+    assert len(calls) == 1
+    clock.advance(5)
+    assert source() == ()
+    clock.advance(5)
+    assert source() == ()

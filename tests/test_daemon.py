@@ -166,3 +166,99 @@ def test_a_finding_in_the_log_carries_its_advice() -> None:
         d.step()
     (line,) = [e for e in logs if e["event"] == "finding"]
     assert line["advice"] == ["--gradient_checkpointing"]
+
+
+def _steps(pid: int, first: int, last: int, *, t: float, leak: int = 0) -> AgentReport:
+    """A steps report: 8 GiB training steps (12 GiB reserved), `leak` bytes a step staying allocated."""
+    from vramwatch.model import StepRecord
+
+    records = tuple(
+        StepRecord(pid, 0, k, k, t, 0.5, 8 * GIB + leak * k, 12 * GIB, 4 * GIB + leak * k, 10 * GIB)
+        for k in range(first, last + 1)
+    )
+    return AgentReport(kind="steps", pid=pid, uid=0, t=t, steps=records)
+
+
+def _agent_stats(pid: int, *, t: float, free: int) -> AgentReport:
+    from vramwatch.agenthost.link import AgentDevice
+
+    stats = TorchStats(pid, 0, allocated_bytes=4 * GIB, reserved_bytes=10 * GIB, gpu_uuid=UUID0)
+    device = AgentDevice(stats=stats, cuda_uuid=UUID0.removeprefix("GPU-"), total_bytes=24 * GIB, free_bytes=free)
+    return AgentReport(kind="stats", pid=pid, uid=0, t=t, devices=(device,))
+
+
+def test_agent_steps_are_kept_and_exported_with_their_forecast() -> None:
+    """The daemon keeps the agents' steps: /metrics and /status.json show the step figures and the forecast."""
+    import json
+
+    clock = FakeClock()
+    d, _ = _daemon([ScriptedBackend([_reading()], meta=META, kind="nvml")], clock)
+    d.step()
+    d.on_agent_report(_steps(4242, 1, 300, t=clock.now, leak=8 * 1024**2))
+    d.on_agent_report(_agent_stats(4242, t=clock.now, free=10 * GIB))  # 20 GiB usable
+    clock.advance(1)
+    d.step()
+    reg = d.registry
+    labels = {"gpu": "0", "pid": "4242", "process": "train.py"}
+    assert reg.get_sample_value("vramwatch_process_optimizer_steps_total", labels) == 300
+    peak = reg.get_sample_value("vramwatch_process_step_peak_bytes", {**labels, "kind": "allocated"})
+    assert peak == 8 * GIB + 8 * 1024**2 * 300
+    assert reg.get_sample_value("vramwatch_process_step_peak_bytes", {**labels, "kind": "reserved"}) == 12 * GIB
+    growth = reg.get_sample_value("vramwatch_process_step_growth_bytes", labels)
+    assert growth is not None
+    assert abs(growth - 8 * 1024**2) < 1024**2
+    fail = reg.get_sample_value("vramwatch_process_forecast_fail_step", labels)
+    assert fail is not None
+    assert 300 < fail < 2_000
+    (doc,) = json.loads(d.status_json())["steps"]
+    assert doc["pid"] == 4242
+    assert doc["outcome"] == "growth"
+    assert doc["fail_step"] == fail
+    assert "will run out at step" in doc["message"]
+
+
+def test_a_run_that_fits_has_no_fail_step_series() -> None:
+    """Without growth and with room, the forecast fits: the fail-step series is absent, the others are there."""
+    clock = FakeClock()
+    d, _ = _daemon([ScriptedBackend([_reading()], meta=META, kind="nvml")], clock)
+    d.step()
+    d.on_agent_report(_agent_stats(4242, t=clock.now, free=10 * GIB))
+    d.on_agent_report(_steps(4242, 1, 100, t=clock.now))
+    clock.advance(1)
+    d.step()
+    body = generate_latest(d.registry).decode()
+    assert "vramwatch_process_optimizer_steps_total{" in body
+    assert "vramwatch_process_forecast_fail_step{" not in body
+
+
+def test_agent_steps_expire_with_their_agent(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Steps of a process whose agent the listener no longer knows (gone quiet, expired) are dropped."""
+    from vramwatch.agenthost.link import AgentListener
+
+    clock = FakeClock()
+    d, _ = _daemon([ScriptedBackend([_reading()], meta=META, kind="nvml")], clock)
+    d.step()
+    d.on_agent_report(_steps(4242, 1, 100, t=clock.now))
+    clock.advance(1)
+    d.step()
+    assert d.state.steps
+    d.agents = AgentListener(tmp_path / "agent.sock", on_report=d.on_agent_report)  # knows no peer
+    clock.advance(1)
+    d.step()
+    assert d.state.steps == {}
+    assert d._agent_steps == {}
+
+
+def test_agent_step_histories_are_bounded() -> None:
+    """However many steps and processes report, the daemon keeps a bounded history of each, and a bounded few."""
+    from vramwatch import daemon as daemon_module
+
+    clock = FakeClock()
+    d, _ = _daemon([ScriptedBackend([_reading()], meta=META, kind="nvml")], clock)
+    for i in range(20):
+        d.on_agent_report(_steps(4242, 500 * i + 1, 500 * i + 500, t=float(i)))
+    assert len(d._agent_steps[(4242, 0)].history) <= daemon_module.STEP_RECORDS
+    for pid in range(daemon_module.STEP_PROCESSES + 10):
+        d.on_agent_report(_steps(10_000 + pid, 1, 3, t=100.0 + pid))
+    assert len(d._agent_steps) == daemon_module.STEP_PROCESSES
+    assert (10_000 + daemon_module.STEP_PROCESSES + 9, 0) in d._agent_steps  # the newest are kept

@@ -13,6 +13,8 @@ from vramwatch.errors import VramwatchError
 from vramwatch.exporter import ExportState, make_registry, parse_listen
 from vramwatch.model import Finding, GpuSample, ProcessKey, Severity, Snapshot
 from vramwatch.sampler import TickStats
+from vramwatch.stephistory import StepFigures
+from vramwatch.steps import Outcome
 
 
 def _state(snap: Snapshot | None, **kw: object) -> ExportState:
@@ -108,9 +110,31 @@ def test_forecast_growth_and_findings_are_exported() -> None:
     assert reg.get_sample_value("vramwatch_findings_total", {"kind": "oom_forecast", "severity": "critical"}) == 1
 
 
+def _step_figures() -> dict[tuple[int, int], StepFigures]:
+    fails = StepFigures(10, 0, 1_200, 8 * GIB, 12 * GIB, 2.0e6, Outcome.PHASE, 2_000, "sample", "will run out", UUID0)
+    fits = StepFigures(11, 0, 1_200, 6 * GIB, None, 0.0, Outcome.FITS, None, None, "fits", None)
+    return {(10, 0): fails, (11, 0): fits}
+
+
+def test_step_figures_are_exported_per_process() -> None:
+    """The agents' steps: last step, step peak by kind, growth a step, and the fail step only where it fails."""
+    reg = make_registry(lambda: _state(make_snapshot(1.0, {10: GIB, 11: GIB}), steps=_step_figures()))
+    ten = {"gpu": "0", "pid": "10", "process": "p10"}
+    eleven = {"gpu": "0", "pid": "11", "process": "p11"}
+    assert reg.get_sample_value("vramwatch_process_optimizer_steps_total", ten) == 1_200
+    assert reg.get_sample_value("vramwatch_process_step_peak_bytes", {**ten, "kind": "allocated"}) == 8 * GIB
+    assert reg.get_sample_value("vramwatch_process_step_peak_bytes", {**ten, "kind": "reserved"}) == 12 * GIB
+    assert reg.get_sample_value("vramwatch_process_step_peak_bytes", {**eleven, "kind": "reserved"}) is None
+    assert reg.get_sample_value("vramwatch_process_step_growth_bytes", ten) == 2.0e6
+    assert reg.get_sample_value("vramwatch_process_forecast_fail_step", ten) == 2_000
+    assert reg.get_sample_value("vramwatch_process_forecast_fail_step", eleven) is None
+    off = make_registry(lambda: _state(make_snapshot(1.0, {10: GIB}), steps=_step_figures(), process_metrics=False))
+    assert "vramwatch_process_optimizer_steps" not in generate_latest(off).decode()
+
+
 def test_exposition_parses_with_prometheus_client() -> None:
     """The whole exposition parses, and every family is vramwatch_-prefixed."""
-    reg = make_registry(lambda: _state(make_snapshot(1.0, {10: GIB})))
+    reg = make_registry(lambda: _state(make_snapshot(1.0, {10: GIB}), steps=_step_figures()))
     fams = list(text_string_to_metric_families(generate_latest(reg).decode()))
     assert fams
     assert all(f.name.startswith("vramwatch_") for f in fams)
@@ -121,7 +145,9 @@ def test_promtool_check_metrics_is_silent() -> None:
     """`promtool check metrics` finds nothing to complain about in a full exposition."""
     snap = make_snapshot(1.0, {10: GIB})
     f = Finding("growth", Severity.WARNING, UUID0, "grows", 1.0)
-    reg = make_registry(lambda: _state(snap, gpu_growth={UUID0: 1e6}, oom_eta={UUID0: 500.0}, active=(f,)))
+    reg = make_registry(
+        lambda: _state(snap, gpu_growth={UUID0: 1e6}, oom_eta={UUID0: 500.0}, active=(f,), steps=_step_figures())
+    )
     res = subprocess.run(["promtool", "check", "metrics"], input=generate_latest(reg), capture_output=True, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip() == b""

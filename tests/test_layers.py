@@ -30,6 +30,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("backends", "detectors", "advice"),
     # the step forecast: a run's optimizer steps against its schedule (uses the detectors' line fit).
     ("steps",),
+    # a process's steps in bounded memory and the figures `run`, `serve` and `attach` show of them.
+    ("stephistory",),
     # effects; a trainer's save-now mechanism is declared beside its recognition, in `advice.trainers`.
     ("actions",),
     # joining two domains: advice for findings; the metrics of samples and findings.
@@ -143,4 +145,4 @@ def test_the_checks_are_live() -> None:
     assert "detectors.growth" in edges["detectors.forecast"]
     assert "detectors._format" in edges["detectors.leak"]  # `from . import _format as fmt`
     assert "model" in edges["typing"]
-    assert part_of("agenthost.monitor") == (10, "agenthost.monitor")
+    assert part_of("agenthost.monitor") == (11, "agenthost.monitor")

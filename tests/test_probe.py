@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from vramwatch.cli import main
+from vramwatch.model import StepRecord
 from vramwatch.probing import (
     EXIT_FITS,
     EXIT_GROWTH,
     EXIT_PHASE,
     EXIT_UNMEASURED,
     ProbeConfig,
+    ProbeResult,
     render_text,
     run_probe,
+    verdict_text,
 )
-from vramwatch.steps import SAMPLE, Outcome
+from vramwatch.steps import SAMPLE, Outcome, Schedule, forecast, profile
 
 TRAINER = Path(__file__).parent / "data" / "probe" / "flux_train_network.py"
 QUICK = ProbeConfig(steps=120, max_seconds=60, stop_seconds=5)
@@ -42,8 +47,12 @@ def test_a_run_that_fits_is_said_to_fit_with_its_spare() -> None:
 
 
 def test_sampling_that_does_not_fit_is_named_before_it_is_reached() -> None:
-    """Sampling at 23.5 GiB on a 24 GiB card is within the allocator's margin: 'will run out at sampling'."""
-    argv = trainer("--max_train_steps", "3000", "--sample_every_n_steps", "100", "--sample-gib", "23.5")
+    """Sampling at 23 GiB on a 24 GiB card, growing 2 MiB a step, soon reaches the allocator's margin: 'will run out
+    at sampling'. (Sampling at a peak it has already reached, without growth, fits: it ran.)"""
+    argv = trainer(
+        *("--max_train_steps", "3000", "--sample_every_n_steps", "100"),
+        *("--sample-gib", "23", "--leak-mib-per-step", "2"),
+    )
     result = run_probe(argv, QUICK)
     assert result.exit_code == EXIT_PHASE, render_text(result)
     assert result.verdict is not None
@@ -164,3 +173,527 @@ def test_try_measures_each_change_and_finds_the_one_that_fits() -> None:
     assert first.profile.step_peak_allocated_bytes == 15 << 30
     text = "\n".join(render_text(result, tried))
     assert "with `--gradient_checkpointing`: fits to step 3,000" in text
+
+
+LAUNCHER = Path(__file__).parent / "data" / "probe" / "launcher.py"
+LONG = ProbeConfig(steps=100_000, max_seconds=60, stop_seconds=5)  # ends only by what the test does
+
+
+def gone(pid: int | None) -> bool:
+    """The process has ended (or is a zombie its parent has yet to reap)."""
+    from vramwatch.probing import _proc_stat
+
+    assert pid is not None
+    stat = _proc_stat(pid)
+    return stat is None or stat.state in "ZX"
+
+
+def test_a_crash_before_the_measurement_is_a_failure_not_a_fit() -> None:
+    """A trainer that raises at step 60 (exit 1, no OOM) is exit 1 with its status, not 'fits' from 59 steps."""
+    from vramwatch.probing import EXIT_FAILED, verdict_text
+
+    result = run_probe(trainer("--max_train_steps", "3000", "--crash-at-step", "60"), QUICK)
+    assert result.exit_code == EXIT_FAILED, render_text(result)
+    assert result.stopped == "exited"
+    assert result.exit_status == 1
+    assert f"crashed (exit status 1) after step {result.measured_steps}" in verdict_text(result)
+    assert 0 < result.measured_steps < 60  # the steps of its last moments may not have been sent
+
+
+def test_a_probe_stopped_by_the_time_limit_says_how_much_it_measured() -> None:
+    """Stopped at the time limit short of the steps asked: 'measured only K of N steps', exit 6, never 'fits'."""
+    from vramwatch.probing import verdict_text
+
+    argv = trainer("--max_train_steps", "3000", "--step-seconds", "0.02")
+    result = run_probe(argv, ProbeConfig(steps=1000, max_seconds=2, stop_seconds=5))
+    assert result.stopped == "time"
+    assert result.exit_code == EXIT_UNMEASURED, render_text(result)
+    assert f"measured only {result.measured_steps:,} of 1,000 steps" in verdict_text(result)
+    assert 0 < result.measured_steps < 1000
+
+
+def test_a_launcher_that_keeps_sigint_to_itself_still_has_its_trainer_stopped() -> None:
+    """A wrapper that ignores SIGINT and never passes it on: the whole group is signalled, the trainer ends."""
+    argv = [sys.executable, str(LAUNCHER), *trainer("--max_train_steps", "1000000", "--step-seconds", "0.005")]
+    result = run_probe(argv, QUICK)
+    assert result.stopped == "measured", render_text(result)
+    assert result.seconds < QUICK.stop_seconds + 10  # SIGINT did it: no wait for SIGTERM
+    assert gone(result.pid)
+
+
+def test_the_users_own_sample_at_first_does_not_take_the_blame_for_a_first_step_oom() -> None:
+    """With the command's own --sample_at_first, an OOM before step 1 is probed again without it: the step's."""
+    from vramwatch.probing import EXIT_OOM
+
+    argv = trainer(
+        "--max_train_steps", "3000", "--sample_every_n_steps", "100", "--sample_at_first", "--step-gib", "30"
+    )
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_OOM, render_text(result)
+    assert result.phase_oom is None
+    assert "--sample_at_first" not in result.argv
+
+
+def test_the_users_own_sample_at_first_is_blamed_when_the_steps_pass_without_it() -> None:
+    """With the command's own --sample_at_first and a sample that cannot fit, the run without it passes step 1."""
+    argv = trainer(
+        "--max_train_steps", "3000", "--sample_every_n_steps", "100", "--sample_at_first", "--sample-gib", "30"
+    )
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_PHASE, render_text(result)
+    assert result.phase_oom == SAMPLE
+
+
+def test_the_json_verdict_agrees_with_the_exit_code() -> None:
+    """An OOM in a save (exit 4) has the PHASE outcome in the JSON; an OOM in a training step (exit 3) none."""
+    from vramwatch.probing import EXIT_OOM, to_json
+
+    save = run_probe(trainer("--max_train_steps", "3000", "--save_every_n_steps", "100", "--save-gib", "30"), QUICK)
+    report = to_json(save)
+    assert report["exit_code"] == EXIT_PHASE
+    assert report["verdict"]["outcome"] == "phase"
+    assert report["verdict"]["phase"] == "save"
+    assert report["verdict"]["step"] == 100
+    step = run_probe(trainer("--max_train_steps", "3000", "--step-gib", "30"), QUICK)
+    assert to_json(step)["exit_code"] == EXIT_OOM
+    assert to_json(step)["verdict"] is None
+
+
+def test_a_re_probe_that_measures_no_step_does_not_blame_the_phase() -> None:
+    """Sampling brought forward runs out; the run as given crashes before step 1: no phase is concluded."""
+    from vramwatch.probing import EXIT_OOM
+
+    argv = trainer(
+        "--max_train_steps", "3000", "--sample_every_n_steps", "100", "--sample-gib", "30", "--crash-at-step", "1"
+    )
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_OOM, render_text(result)
+    assert result.phase_oom is None
+    assert any("unknown" in note for note in result.notes)
+
+
+def test_a_re_probe_that_runs_out_after_a_plain_step_is_a_plain_oom() -> None:
+    """The run as given passes step 1 and runs out from a leak at a step with no phase: that OOM is the answer."""
+    from vramwatch.probing import EXIT_OOM
+
+    argv = trainer(
+        "--max_train_steps", "3000", "--sample_every_n_steps", "100", "--sample-gib", "30", "--leak-mib-per-step", "200"
+    )
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_OOM, render_text(result)
+    assert result.phase_oom is None
+    assert result.oom_after_step is not None
+    assert 0 < result.oom_after_step < 100
+
+
+def test_a_trainer_that_hangs_after_its_oom_is_stopped() -> None:
+    """After an OOM report the command gets stop_seconds to end by itself, then its group is stopped."""
+    from vramwatch.probing import EXIT_OOM
+
+    argv = trainer("--max_train_steps", "3000", "--step-gib", "30", "--hang-after-oom", "30")
+    result = run_probe(argv, ProbeConfig(steps=120, max_seconds=60, stop_seconds=1))
+    assert result.exit_code == EXIT_OOM, render_text(result)
+    assert result.seconds < 15
+
+
+def test_ctrl_c_stops_the_command_and_says_the_probe_was_interrupted() -> None:
+    """A SIGINT to vramwatch during a probe stops the command's group: exit 130, 'interrupted', no verdict."""
+    import os
+    import signal
+    import threading
+
+    from vramwatch.probing import EXIT_INTERRUPTED, to_json, verdict_text
+
+    timer = threading.Timer(2.0, os.kill, args=(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        result = run_probe(trainer("--max_train_steps", "1000000", "--step-seconds", "0.005"), LONG)
+    finally:
+        timer.cancel()
+    assert result.exit_code == EXIT_INTERRUPTED, render_text(result)
+    assert "interrupted" in verdict_text(result)
+    assert to_json(result)["verdict"] is None
+    assert result.seconds < 15
+    assert gone(result.pid)
+
+
+def test_the_cli_exits_130_on_ctrl_c_and_tries_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C outside a test run (here: raised by a stand-in run_probe) prints 'interrupted' and exits 130."""
+    from vramwatch import probing
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    def no_tries(*_args: object, **_kwargs: object) -> list[object]:
+        raise AssertionError("--try must not run after an interrupt")
+
+    monkeypatch.setattr(probing, "run_probe", interrupted)
+    monkeypatch.setattr(probing, "try_changes", no_tries)
+    out = CliRunner().invoke(main, ["probe", "--try", "2", "--", "python", "train.py"])
+    assert out.exit_code == 130, out.output
+    assert "interrupted" in out.output
+
+
+def test_the_test_run_writes_into_a_temporary_directory_not_the_users(tmp_path: Path) -> None:
+    """kohya's --output_dir is pointed at a temporary directory, removed after: the user's stays untouched."""
+    users = tmp_path / "out"
+    argv = trainer("--max_train_steps", "3000", "--sample_every_n_steps", "50", "--output_dir", str(users))
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_FITS, render_text(result)
+    assert not users.exists()
+    used = result.argv[result.argv.index("--output_dir") + 1]
+    assert used != str(users)
+    assert not Path(used).exists()
+    assert any("temporary directory" in note for note in result.notes)
+
+
+def test_a_diffusers_output_dir_is_redirected_after_the_script_not_in_the_launcher() -> None:
+    """diffusers' --output_dir is replaced among the script's arguments of an `accelerate launch` command."""
+    from vramwatch.advice.trainers import by_id
+    from vramwatch.probing import redirect_output
+
+    argv = ["accelerate", "launch", "--num_processes", "1", "train_dreambooth_lora_flux.py", "--output_dir", "mine"]
+    made, _ = redirect_output(argv, by_id("diffusers"), "/tmp/probe-x")
+    assert made == (*argv[:5], "--output_dir", "/tmp/probe-x")
+
+
+def test_the_probe_counts_steps_even_when_the_environment_turns_them_off() -> None:
+    """VRAMWATCH_AGENT_STEPS=0 in the caller's environment is overridden: the probe needs the steps."""
+    import os
+
+    env = {**os.environ, "VRAMWATCH_AGENT_STEPS": "0"}
+    result = run_probe(trainer("--max_train_steps", "3000"), QUICK, env=env)
+    assert result.exit_code == EXIT_FITS, render_text(result)
+
+
+def test_an_agent_that_counts_no_steps_ends_the_probe_at_once() -> None:
+    """A hello saying step counting is off (torch without the hook) stops the probe: exit 1, and why."""
+    from vramwatch.probing import EXIT_FAILED, verdict_text
+
+    result = run_probe(trainer("--max_train_steps", "1000000", "--no-step-hook"), LONG)
+    assert result.exit_code == EXIT_FAILED, render_text(result)
+    assert result.stopped == "no_steps"
+    assert "counts no optimizer steps" in verdict_text(result)
+    assert result.seconds < 15
+
+
+def test_a_run_with_no_step_in_time_ends_the_probe() -> None:
+    """No optimizer step within the first-step limit (an optimizer the hook misses): exit 1, and why."""
+    from vramwatch.probing import EXIT_FAILED, verdict_text
+
+    config = ProbeConfig(steps=120, max_seconds=60, stop_seconds=5, first_step_seconds=2)
+    result = run_probe(trainer("--no-steps"), config)
+    assert result.exit_code == EXIT_FAILED, render_text(result)
+    assert "no optimizer step was counted" in verdict_text(result)
+    assert result.seconds < 15
+
+
+def test_the_first_step_limit_is_at_least_two_minutes_or_half_the_time_limit() -> None:
+    """By default a run gets max(120 s, half of --max-time) to reach its first optimizer step."""
+    assert ProbeConfig(max_seconds=60).no_step_seconds == 120
+    assert ProbeConfig(max_seconds=1800).no_step_seconds == 900
+
+
+@pytest.mark.parametrize(
+    ("argv", "change", "expected"),
+    [
+        (
+            ["accelerate", "launch", "--num_processes", "1", "--mixed_precision", "fp16", "train.py", "--lr", "1"],
+            "--mixed_precision bf16",
+            [
+                "accelerate",
+                "launch",
+                "--num_processes",
+                "1",
+                "--mixed_precision",
+                "fp16",
+                "train.py",
+                "--lr",
+                "1",
+                "--mixed_precision",
+                "bf16",
+            ],
+        ),
+        (
+            ["accelerate", "launch", "--mixed_precision=fp16", "t.py", "--mixed_precision=no"],
+            "--mixed_precision bf16",
+            ["accelerate", "launch", "--mixed_precision=fp16", "t.py", "--mixed_precision=bf16"],
+        ),
+        (
+            ["python", "-m", "trainer.main", "--batch_size", "4"],
+            "--batch_size 1",
+            ["python", "-m", "trainer.main", "--batch_size", "1"],
+        ),
+        (
+            ["torchrun", "--nproc_per_node", "1", "--gradient_checkpointing", "t.py"],
+            "--gradient_checkpointing",
+            ["torchrun", "--nproc_per_node", "1", "--gradient_checkpointing", "t.py", "--gradient_checkpointing"],
+        ),
+    ],
+)
+def test_a_change_applies_to_the_scripts_arguments_never_the_launchers(argv, change, expected) -> None:
+    """A launcher's own options (before the script or `-m module`) are left alone; the script's are changed."""
+    from vramwatch.probing import applied
+
+    made = applied(argv, change)
+    assert made is not None
+    assert list(made[0]) == expected
+
+
+def test_each_named_phase_has_its_advice() -> None:
+    """Every phase the schedule names has an entry in the one phase -> advice table."""
+    from vramwatch.probing import PHASE_ADVICE
+    from vramwatch.steps import PHASE_INTERVALS
+
+    assert set(PHASE_ADVICE) == set(PHASE_INTERVALS)
+
+
+@pytest.mark.parametrize(
+    ("phase", "kinds"),
+    [(SAMPLE, ("sampling", "plateau")), ("save", ("plateau",)), ("sample+save", ("sampling", "plateau"))],
+)
+def test_run_and_probe_take_a_phases_advice_from_one_decision(phase: str, kinds: tuple[str, ...]) -> None:
+    """A forecast running out in a phase and a probe that ran out in it get the same advisor situations."""
+    from vramwatch.probing import advice_kinds
+    from vramwatch.steps import Verdict
+
+    verdict = Verdict(Outcome.PHASE, 100, phase, 1, 2, 0, None, ())
+    assert advice_kinds(verdict) == kinds
+    assert advice_kinds(None, phase_oom=phase) == kinds
+
+
+# A probe's answer from measured records, without running a command: the forecast's outcome -> the exit code.
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def records(
+    steps: int, peak: Callable[[int], int], *, stays: Callable[[int], int] = lambda k: 4 * GIB
+) -> list[StepRecord]:
+    """One record per step: `peak(k)` is the interval peak ending at step k, `stays(k)` what stays allocated."""
+    return [
+        StepRecord(1, 0, k, k, float(k), 0.5, peak(k), peak(k) + 512 * MIB, stays(k), peak(k) + 512 * MIB)
+        for k in range(1, steps + 1)
+    ]
+
+
+def measured(recs: Sequence[StepRecord], schedule: Schedule, capacity: int, **fields: Any) -> ProbeResult:
+    """The result of a probe that measured `recs` (all it was asked to) on a card with `capacity` usable."""
+    prof = profile(recs, schedule)
+    assert prof is not None
+    verdict = forecast(prof, schedule, capacity)
+    base: dict[str, Any] = {
+        "argv": ("flux_train_network.py",),
+        "trainer": "kohya",
+        "schedule": schedule,
+        "notes": (),
+        "seconds": 10.0,
+        "stopped": "measured",
+        "exit_status": None,
+        "pid": 1,
+        "profile": prof,
+        "verdict": verdict,
+        "capacity_bytes": capacity,
+        "oom": None,
+        "oom_after_step": None,
+        "records": tuple(recs),
+        "steps_asked": len(recs),
+        "complete": True,
+    }
+    return ProbeResult(**{**base, **fields})
+
+
+def test_every_forecast_outcome_has_an_exit_code() -> None:
+    """Each `Outcome` maps to an exit code, so a new outcome can never read as "fits" (exit 0)."""
+    from vramwatch.probing import OUTCOME_EXIT
+
+    assert set(OUTCOME_EXIT) == set(Outcome)
+    assert all(code != EXIT_FITS for outcome, code in OUTCOME_EXIT.items() if outcome is not Outcome.FITS)
+
+
+def _sampling(k: int) -> int:
+    return 12 * GIB if k > 1 and (k - 1) % 50 == 0 else 8 * GIB
+
+
+PLAIN = Schedule(max_steps=5000)
+SAMPLING = Schedule(max_steps=5000, sample_every=50)
+
+
+def _leak(k: int) -> int:
+    return 20 * MIB * k
+
+
+@pytest.mark.parametrize(
+    ("recs", "schedule", "capacity", "outcome", "code"),
+    [
+        (records(200, lambda k: 8 * GIB), PLAIN, 24 * GIB, Outcome.FITS, EXIT_FITS),
+        # The steps peaked at 8 GiB and only 7 GiB can be used now: the next step runs out, with no growth.
+        (records(200, lambda k: 8 * GIB), PLAIN, 7 * GIB, Outcome.STEP, EXIT_GROWTH),
+        (
+            records(200, lambda k: 8 * GIB + _leak(k), stays=lambda k: 4 * GIB + _leak(k)),
+            PLAIN,
+            24 * GIB,
+            Outcome.GROWTH,
+            EXIT_GROWTH,
+        ),
+        (records(200, _sampling), SAMPLING, 11 * GIB, Outcome.PHASE, EXIT_PHASE),
+    ],
+    ids=["fits", "step", "growth", "phase"],
+)
+def test_each_forecast_outcome_exits_with_its_code(
+    recs: list[StepRecord], schedule: Schedule, capacity: int, outcome: Outcome, code: int
+) -> None:
+    """The exit code follows the forecast's outcome: a flat step overflow (STEP) is exit 5, like growth."""
+    result = measured(recs, schedule, capacity)
+    assert result.verdict is not None
+    assert result.verdict.outcome is outcome
+    assert result.exit_code == code
+    assert result.runs_out is (code != EXIT_FITS)
+
+
+def test_a_flat_step_overflow_is_said_as_a_training_step_in_json_and_text() -> None:
+    """STEP reads "will run out at step N" in the message and the printed verdict, outcome "step" in the JSON."""
+    from vramwatch.probing import to_json
+
+    result = measured(records(200, lambda k: 8 * GIB), Schedule(max_steps=3000), 7 * GIB)
+    report = to_json(result)
+    assert report["exit_code"] == EXIT_GROWTH
+    assert report["verdict"]["outcome"] == "step"
+    assert report["verdict"]["step"] == 201
+    assert report["message"].startswith("will run out at step 201: a training step needs")
+    assert "verdict: will run out at step 201" in "\n".join(render_text(result))
+
+
+def test_a_flat_step_overflow_gets_the_size_of_a_step_as_advice_even_with_growth() -> None:
+    """A step whose own peak no longer fits is advised as a spike (a step's size), never as a leak."""
+    from vramwatch.probing import advice_kinds
+    from vramwatch.steps import Verdict
+
+    verdict = Verdict(Outcome.STEP, 201, None, 8 * GIB, 7 * GIB, 256 * MIB, 3000, ())
+    result = measured(records(200, lambda k: 8 * GIB, stays=lambda k: 4 * GIB + MIB * k), Schedule(), 24 * GIB)
+    assert result.profile is not None
+    assert result.profile.growth_bytes_per_step > 0
+    assert advice_kinds(verdict, result.profile) == ("spike",)
+
+
+def test_the_documented_exit_code_table_has_every_exit_code() -> None:
+    """docs/agent.md's probe exit-code table has one row for each `EXIT_*` code, and no other."""
+    import re
+
+    from vramwatch import probing
+
+    codes = {value for name, value in vars(probing).items() if name.startswith("EXIT_")}
+    doc = (Path(__file__).parents[1] / "docs" / "agent.md").read_text()
+    table = doc[doc.index("| exit code | verdict |") :].split("\n\n", maxsplit=1)[0]
+    assert {int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.MULTILINE)} == codes
+
+
+@pytest.mark.parametrize(
+    ("argv", "save_at_end"),
+    [
+        (["python", "flux_train_network.py", "--max_train_steps", "3000"], True),  # kohya saves after its loop
+        (["python", "train_dreambooth_lora_flux.py", "--max_train_steps", "3000"], False),
+        (["python", "train.py"], False),  # unrecognised: nothing known of a save at the end
+    ],
+)
+def test_the_schedule_carries_the_trainers_save_at_the_end(argv: list[str], save_at_end: bool) -> None:
+    """`schedule_of` passes the trainer's save after its last step on, so that save is forecast."""
+    from vramwatch.advice import recognize
+    from vramwatch.probing import schedule_of
+
+    assert schedule_of(recognize(argv, cwd="/", env={})).save_at_end is save_at_end
+
+
+@pytest.mark.parametrize(
+    ("schedule", "code", "counted", "at_end"),
+    [
+        (Schedule(max_steps=3000), EXIT_FITS, [], []),
+        # kohya with no --save_every_n_steps: its only save is after step 3,000, which no probe reaches.
+        (Schedule(max_steps=3000, save_at_end=True), EXIT_FITS, [], ["save"]),
+        # A save every 1,000 steps is announced within the run and was not measured: fits as far as measured.
+        (Schedule(max_steps=3000, save_every=1000, save_at_end=True), EXIT_UNMEASURED, ["save"], []),
+        # No known end: no save at the end to forecast.
+        (Schedule(save_at_end=True), EXIT_FITS, [], []),
+    ],
+    ids=["no-save", "save-only-at-end", "save-every-1000", "no-end"],
+)
+def test_a_save_only_after_the_last_step_does_not_make_a_probe_partial(
+    schedule: Schedule, code: int, counted: list[str], at_end: list[str]
+) -> None:
+    """An unmeasured save that runs only after the last step is named, never an exit 6; a periodic one is."""
+    from vramwatch.probing import to_json
+
+    result = measured(records(200, lambda k: 8 * GIB), schedule, 24 * GIB)
+    assert result.exit_code == code
+    verdict = to_json(result)["verdict"]
+    assert (verdict["unmeasured"], verdict["unmeasured_at_end"]) == (counted, at_end)
+    if at_end:
+        assert "not measured yet: saving (only after the last step)" in verdict_text(result)
+
+
+def test_a_kohya_probe_without_periodic_saves_fits() -> None:
+    """The stand-in kohya run with no --save_every_n_steps fits (exit 0), its final save named as not measured."""
+    result = run_probe(trainer("--max_train_steps", "3000"), QUICK)
+    assert result.schedule.save_at_end
+    assert result.exit_code == EXIT_FITS, render_text(result)
+    assert result.unmeasured_at_end == ("save",)
+    assert "saving (only after the last step)" in "\n".join(render_text(result))
+
+
+def _grows(k: int) -> int:
+    return 4 * GIB + MIB * k
+
+
+def _sample_first_only(k: int) -> int:
+    """Sampling before step 1 with the start-up at 12 GiB; steps at 8 GiB, growing 1 MiB a step."""
+    return 12 * GIB if k == 1 else 8 * GIB + MIB * k
+
+
+def _sample_again_after_100(k: int) -> int:
+    """As `_sample_first_only`, and the sampling after step 100 measured alone at 11 GiB."""
+    return 11 * GIB + MIB * k if k == 101 else _sample_first_only(k)
+
+
+@pytest.mark.parametrize(
+    ("peak", "every", "upper_bound", "words"),
+    [
+        (_sample_first_only, 1000, True, "may run out at sampling after step 1,000"),
+        (_sample_again_after_100, 100, False, "will run out at sampling after step 1,200"),
+    ],
+    ids=["measured-only-before-step-1", "measured-after-a-step"],
+)
+def test_the_json_says_when_a_phase_peak_is_only_an_upper_bound(
+    peak: Callable[[int], int], every: int, upper_bound: bool, words: str
+) -> None:
+    """A phase seen only before step 1 (with the start-up) is an upper bound in the JSON's phase and verdict."""
+    from vramwatch.probing import to_json
+
+    schedule = Schedule(max_steps=3000, sample_every=every, sample_at_first=True)
+    result = measured(records(200, peak, stays=_grows), schedule, int(12.5 * GIB))
+    report = to_json(result)
+    assert report["exit_code"] == EXIT_PHASE
+    assert report["verdict"]["upper_bound"] is upper_bound
+    assert [p["upper_bound"] for p in report["phases"]] == [upper_bound]
+    assert report["message"].startswith(words)
+    bound = "(an upper bound: measured only before step 1, with the start-up)"
+    assert (bound in "\n".join(render_text(result))) is upper_bound
+
+
+def test_the_json_gives_the_largest_peak_executed() -> None:
+    """`steps.executed_peak_allocated_bytes` is the largest peak of any record, start-up and phases included."""
+    from vramwatch.probing import to_json
+
+    schedule = Schedule(max_steps=3000, sample_every=1000, sample_at_first=True)
+    report = to_json(measured(records(200, _sample_first_only, stays=_grows), schedule, 24 * GIB))
+    assert report["steps"]["executed_peak_allocated_bytes"] == 12 * GIB
+    assert report["steps"]["peak_allocated_bytes"] < 12 * GIB
+
+
+def test_a_phase_that_ran_out_in_the_probe_is_no_upper_bound() -> None:
+    """A save that ran out in the probe (exit 4) is a fact: its JSON verdict says upper_bound false."""
+    from vramwatch.probing import to_json
+
+    save = run_probe(trainer("--max_train_steps", "3000", "--save_every_n_steps", "100", "--save-gib", "30"), QUICK)
+    verdict = to_json(save)["verdict"]
+    assert (verdict["phase"], verdict["upper_bound"]) == ("save", False)

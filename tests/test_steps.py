@@ -75,7 +75,8 @@ def test_too_few_records_give_no_profile() -> None:
     [
         (20 * GIB, Outcome.FITS, 3000),  # the sampling phase (13 GiB) fits
         (12 * GIB, Outcome.PHASE, 500),  # steps fit, the next sampling (after step 500) does not
-        (9 * GIB, Outcome.GROWTH, 261),  # the steps themselves do not fit
+        # The steps themselves (10 GiB, flat) no longer fit: the next step runs out, and not from growth.
+        (9 * GIB, Outcome.STEP, 261),
     ],
 )
 def test_scheduled_sampling_phase(capacity: int, outcome: Outcome, step: int) -> None:
@@ -102,11 +103,24 @@ def test_sampling_at_first_is_measured_before_step_one() -> None:
     assert prof.unmeasured == ()
     assert prof.phases[0].name == SAMPLE
     assert prof.phases[0].peak_allocated_bytes == 14 * GIB
+    assert prof.phases[0].peak_is_upper_bound
     verdict = forecast(prof, schedule, 13 * GIB)
     assert verdict.outcome is Outcome.PHASE
     assert verdict.step == 500
     assert verdict.phase == SAMPLE
-    assert "will run out at sampling after step 500" in describe(verdict, prof, schedule)
+    assert verdict.upper_bound
+    assert "may run out at sampling after step 500" in describe(verdict, prof, schedule)
+
+
+def test_a_later_sampling_replaces_the_start_up_upper_bound() -> None:
+    """Once a sampling after a training step is measured, it is the phase's figure, not step 0's with the loading."""
+    schedule = Schedule(max_steps=2000, sample_every=100, sample_at_first=True)
+    records = run(150, lambda k: 16 * GIB if k == 1 else 13 * GIB if k == 101 else 10 * GIB)
+    prof = profile(records, schedule)
+    assert prof is not None
+    (phase,) = prof.phases
+    assert phase.seen_after == (0, 100)
+    assert (phase.peak_allocated_bytes, phase.peak_after, phase.peak_is_upper_bound) == (13 * GIB, 100, False)
 
 
 def test_announced_phase_not_reached_is_unmeasured() -> None:
@@ -192,7 +206,8 @@ def test_forecast_is_consistent(base: int, leak: int, capacity: int, steps: int)
     assert prof is not None
     verdict = forecast(prof, schedule, capacity)
     if verdict.outcome is Outcome.FITS:
-        assert verdict.needed_bytes <= capacity - margin(capacity)
+        executed = min(prof.executed_peak_allocated_bytes, capacity)
+        assert verdict.needed_bytes <= max(capacity - margin(capacity), executed)
     else:
         assert verdict.step is not None
         assert verdict.step > prof.step
@@ -228,3 +243,102 @@ def test_a_leak_that_fragments_runs_out_before_its_measured_oom() -> None:
     assert verdict.outcome is Outcome.GROWTH
     assert verdict.step is not None
     assert 320 <= verdict.step < 375
+
+
+@pytest.mark.parametrize(
+    ("spare", "outcome"),
+    [
+        (0, Outcome.FITS),  # the sampling's 13 GiB, exactly: it ran, within this capacity
+        (100 * MIB, Outcome.FITS),  # inside the margin, but already executed: it fits
+        (-1, Outcome.PHASE),  # one byte short of what the sampling took: it cannot run again
+    ],
+)
+def test_a_peak_already_executed_needs_no_margin(spare: int, outcome: Outcome) -> None:
+    """A need no larger than a peak the run has executed fits without the margin; above the capacity it does not."""
+    schedule = Schedule(max_steps=3000, sample_every=250)
+    prof = profile(run(260, sampling_every(250, 3 * GIB)), schedule)
+    assert prof is not None
+    assert prof.executed_peak_allocated_bytes == 13 * GIB
+    verdict = forecast(prof, schedule, 13 * GIB + spare)
+    assert verdict.outcome is outcome
+
+
+@settings(max_examples=60, deadline=None)
+@given(base=st.integers(1, 20).map(lambda g: g * GIB), extra=st.integers(0, 4096).map(lambda m: m * MIB))
+def test_a_flat_run_fits_any_capacity_it_has_already_used(base: int, extra: int) -> None:
+    """Without growth, a run whose capacity holds its largest executed peak fits to its end, margin or not."""
+    schedule = Schedule(max_steps=3000, sample_every=50)
+    prof = profile(run(120, lambda k: base + (extra if k > 1 and (k - 1) % 50 == 0 else 0)), schedule)
+    assert prof is not None
+    assert prof.growth_bytes_per_step == 0
+    verdict = forecast(prof, schedule, prof.executed_peak_allocated_bytes)
+    assert verdict.outcome is Outcome.FITS
+
+
+def test_a_flat_overflow_is_not_growth() -> None:
+    """Steps that no longer fit with no growth at all run out at the next step as STEP, never as GROWTH."""
+    prof = profile(run(100, flat), Schedule(max_steps=1000))
+    assert prof is not None
+    verdict = forecast(prof, Schedule(max_steps=1000), 8 * GIB)
+    assert (verdict.outcome, verdict.step) == (Outcome.STEP, 101)
+    assert "something else took memory since" in describe(verdict, prof, Schedule(max_steps=1000))
+
+
+def test_a_leak_is_growth_even_when_the_next_step_runs_out() -> None:
+    """A step peak that fitted when measured and no longer does only by the growth since is GROWTH."""
+    leak = 8 * MIB
+    prof = profile(run(200, lambda k: 10 * GIB + leak * k, after=lambda k: 4 * GIB + leak * k))
+    assert prof is not None
+    assert prof.step_peak_at == 200
+    capacity = 10 * GIB + leak * 200 + margin(12 * GIB)  # the peak at step 200 fits; step 201 does not
+    verdict = forecast(prof, Schedule(max_steps=5000), capacity)
+    assert (verdict.outcome, verdict.step) == (Outcome.GROWTH, 201)
+
+
+def test_a_phase_due_at_the_current_step_is_forecast() -> None:
+    """The sampling after the last step counted has not run yet: it is the next one forecast, not one period on."""
+    leak = 2 * MIB
+    schedule = Schedule(max_steps=1000, sample_every=100)
+    prof = profile(
+        run(200, lambda k: sampling_every(100, 3 * GIB)(k) + leak * k, after=lambda k: 4 * GIB + leak * k), schedule
+    )
+    assert prof is not None
+    assert prof.step == 200
+    (phase,) = prof.phases
+    assert (phase.peak_allocated_bytes, phase.peak_after) == (13 * GIB + leak * 101, 100)
+    # The sampling after step 100 fits; 100 steps of growth later (after step 200) it does not.
+    capacity = 13 * GIB + leak * 101 + margin(14 * GIB) + 50 * leak
+    verdict = forecast(prof, schedule, capacity)
+    assert (verdict.outcome, verdict.step, verdict.phase) == (Outcome.PHASE, 200, SAMPLE)
+
+
+@pytest.mark.parametrize(
+    ("save_at_end", "outcome", "step"),
+    [
+        (False, Outcome.FITS, 1000),  # saves after 300, 600, 900 only: the last one fits
+        (True, Outcome.PHASE, 1000),  # the save after the last step needs 100 steps more growth: it does not
+    ],
+)
+def test_the_save_at_the_end_is_forecast(save_at_end: bool, outcome: Outcome, step: int) -> None:
+    """A trainer that saves after its last step (kohya) has that save forecast at `max_steps`."""
+    leak = 2 * MIB
+    schedule = Schedule(max_steps=1000, save_every=300, save_at_end=save_at_end)
+    prof = profile(
+        run(320, lambda k: sampling_every(300, 4 * GIB)(k) + leak * k, after=lambda k: 4 * GIB + leak * k), schedule
+    )
+    assert prof is not None
+    (phase,) = prof.phases
+    assert (phase.name, phase.peak_after) == (SAVE, 300)
+    capacity = phase.peak_allocated_bytes + leak * 650 + margin(16 * GIB)  # room for the save after step 900
+    verdict = forecast(prof, schedule, capacity)
+    assert (verdict.outcome, verdict.step) == (outcome, step)
+    if save_at_end:
+        assert "saving after step 1,000 (the save at the end)" in describe(verdict, prof, schedule)
+
+
+def test_the_save_at_the_end_unmeasured_is_named() -> None:
+    """A save at the end with no save measured before it is named as not measured, never assumed to fit."""
+    schedule = Schedule(max_steps=1000, save_at_end=True)
+    prof = profile(run(100, flat), schedule)
+    assert prof is not None
+    assert prof.unmeasured == (SAVE,)

@@ -166,6 +166,21 @@ def test_stability_verdicts_are_named_by_process() -> None:
     ]
 
 
+def test_step_forecasts_are_listed_with_the_verdicts() -> None:
+    """An agent's step forecast is listed among the verdicts, by pid and name, on its GPU."""
+    from vramwatch.stephistory import StepFigures
+    from vramwatch.steps import Outcome
+
+    snap = make_snapshot(1.0, {10: 20 * GIB})
+    store = PageStore(60, 1.0)
+    store.add(snap)
+    figures = StepFigures(10, 0, 1_200, 8 * GIB, None, 0.0, Outcome.FITS, None, None, "fits to step 101,200", UUID0)
+    doc = document.build(store, _now(snap, steps={(10, 0): figures}))
+    assert doc["verdicts"] == [
+        {"pid": 10, "name": "p10", "user": None, "gpu": 0, "verdict": "pid 10 at step 1,200: fits to step 101,200"}
+    ]
+
+
 def _view(snap: Snapshot | None = None) -> LiveView:
     state = ExportState(snapshot=snap, backend={"backend": "simulated"}, stats=TickStats(), up=True)
     return LiveView(3600, 1.0, lambda: state)

@@ -479,6 +479,7 @@ def attach(
     On a terminal (`terminal`, by default: stdout is one) the run's state is redrawn in place and only news
     scrolls; piped, every tick is printed as lines.
     """
+    from .attach import DaemonSteps
     from .attach import attach as watch
     from .terminal import LiveBlock, is_terminal
 
@@ -500,13 +501,16 @@ def attach(
         return stop.is_set()
 
     wait = advance if fast_forward else None
+    # The agents report to the daemon's socket, not to us: their step figures come from its /status.json.
+    url = f"http://{cfg.daemon.listen}"
+    steps = DaemonSteps(lambda: fetch_daemon_status(url, timeout=0.5), clock) if backend.kind == "nvml" else None
     block = None
     if not as_json and (is_terminal() if terminal is None else terminal):
         block = LiveBlock()
         out = block.print
     try:
         summary = watch(pid, backend, pipeline, dispatcher, clock, out=out, as_json=as_json,
-                        interval=cfg.daemon.interval, stop=stop, wait=wait, block=block)  # fmt: skip
+                        interval=cfg.daemon.interval, stop=stop, wait=wait, block=block, steps=steps)  # fmt: skip
     finally:
         if block is not None:
             block.close()

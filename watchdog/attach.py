@@ -5,13 +5,17 @@ obstacle), runs the same detectors as the daemon, and shows the run's process tr
 sparkline of the last minutes, the growth rate and time to OOM, findings and advice. Attaching is consent:
 the policy's actions for this pid (a save-now adapter, if the policy enables one) apply to it. When the
 process ends, a summary says how: its peak, its growth, and whether it probably died of OOM.
+
+When the run's processes carry the in-process agent (`vramwatch run`) and a daemon (`vramwatch serve`) receives
+their reports, the agent's step figures are read from the daemon's `/status.json` (`steps`): the last step,
+the training steps' peak, growth per step, and whether the run fits or where it will run out.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,8 +30,10 @@ from .errors import VramwatchError
 from .model import Finding, FindingKind, Snapshot
 from .render import eta_text, finding_dict
 from .sampler import run_every
+from .stephistory import StepFigures, worst
+from .steps import phase_words
 from .typing import ActionHandler, Backend, Clock
-from .units import duration, gib, gpu_label, rate
+from .units import duration, gib, gpu_label, rate, size
 
 SPARK = "▁▂▃▄▅▆▇█"
 #: How long a pid that is not (yet) on a GPU is waited for before giving up.
@@ -36,6 +42,56 @@ WAIT_FOR_GPU_SECONDS = 600.0
 POST_MORTEM_KINDS = frozenset({FindingKind.PROBABLE_OOM, FindingKind.OOM})
 #: How long a pid that left the GPU may take to exit before it is called "left the GPU (still running)".
 EXIT_GRACE_SECONDS = 10.0
+#: How often the daemon's step figures are read again (it redoes a forecast every few seconds at most).
+STEPS_EVERY_SECONDS = 5.0
+
+#: The agents' step figures of every process that reports them (attach keeps those of its run's tree).
+StepSource = Callable[[], Sequence[StepFigures]]
+
+
+class DaemonSteps:
+    """The step figures a running daemon publishes in `/status.json`, read at most every `every` seconds.
+
+    `fetch` returns the daemon's document or None (no daemon answers): then there are no figures, and the
+    watch goes on with what it samples itself.
+    """
+
+    def __init__(
+        self, fetch: Callable[[], Mapping[str, Any] | None], clock: Clock, every: float = STEPS_EVERY_SECONDS
+    ) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._every = every
+        self._at: float | None = None
+        self._last: tuple[StepFigures, ...] = ()
+
+    def __call__(self) -> tuple[StepFigures, ...]:
+        now = self._clock.monotonic()
+        if self._at is not None and now - self._at < self._every:
+            return self._last
+        self._at = now
+        doc = self._fetch()
+        entries = doc.get("steps") if doc is not None else None
+        parsed = (StepFigures.from_dict(e) for e in entries if isinstance(e, dict)) if isinstance(entries, list) else ()
+        self._last = tuple(f for f in parsed if f is not None)
+        return self._last
+
+
+def step_line(f: StepFigures) -> str:
+    """One process's steps in a line: how far, the step peak, growth, and fits or where it runs out."""
+    reserved = f" ({size(f.step_peak_reserved_bytes)} reserved)" if f.step_peak_reserved_bytes is not None else ""
+    growth = f"grows {size(f.growth_bytes_per_step)} a step" if f.growth_bytes_per_step > 0 else "no growth a step"
+    if f.outcome is None:
+        verdict = "no forecast yet"
+    elif f.fails and f.phase is not None:
+        verdict = f"will run out at {phase_words(f.phase)} (step {f.fail_step:,})"
+    elif f.fails:
+        verdict = f"will run out at step {f.fail_step:,}"
+    else:
+        verdict = "fits"
+    return (
+        f"step {f.step:,} (pid {f.pid}): step peak {size(f.step_peak_allocated_bytes)}{reserved}, {growth}; {verdict}"
+    )
 
 
 class StatusBlock(Protocol):
@@ -77,6 +133,11 @@ class AttachState:
     left_nearly_full: bool = False  # ... under the pressure threshold
     exit_code: int | None = None  # as /proc showed it before the process was reaped, when it did
     exit_signal: int | None = None
+    steps: dict[tuple[int, int], StepFigures] = field(default_factory=dict)  # (pid, device) -> the agent's steps
+
+    def worst_steps(self) -> StepFigures | None:
+        """The step figures of the run's process that runs out first (all its ranks report)."""
+        return worst(list(self.steps.values()))
 
     def probable_oom(self) -> bool:
         return any(f.kind in POST_MORTEM_KINDS and f.process and f.process.pid == self.pid for f in self.findings)
@@ -102,6 +163,7 @@ class AttachState:
             "left_nearly_full": self.left_nearly_full,
             "findings": [finding_dict(f) for f in self.findings],
             "actions": [{"t": t, **r.log_fields()} for t, r in self.actions],
+            "steps": [f.as_dict() for _, f in sorted(self.steps.items())],
         }
 
 
@@ -158,11 +220,13 @@ def attach(
     stop: threading.Event | None = None,
     wait: Callable[[float], bool] | None = None,
     block: StatusBlock | None = None,
+    steps: StepSource | None = None,
 ) -> dict[str, Any]:
     """Watch `pid` until it ends (or `stop` is set); returns the summary it also prints.
 
     With a `block` (a terminal), the run's state is redrawn there each tick and only what is news (findings
     with their advice, actions, the summary) goes to `out`; without one, each tick is printed as lines.
+    `steps`: the agents' step figures (a daemon's, see `DaemonSteps`), shown for the run's processes.
     """
     note = check_pid(pid, backend)
     if note:
@@ -185,6 +249,8 @@ def attach(
             return
         mine = [p for p in snap.processes if pid in (p.pid, p.meta.root_pid)]
         tree = {p.pid for p in mine} | {pid}
+        if steps is not None:
+            state.steps.update({(f.pid, f.device): f for f in steps() if f.pid in tree})
         gpus = {p.gpu_uuid for p in mine}
         relevant = [f for f in raised if f.gpu_uuid in gpus or (f.process and f.process.pid == pid)]
         state.findings.extend(relevant)
@@ -284,6 +350,7 @@ def _render(
                 "growth_bytes_per_second": growth or None,
                 "oom_eta_seconds": eta,
                 "findings": [finding_dict(f) for f in new],
+                "steps": [f.as_dict() for _, f in sorted(state.steps.items())],
             }
         )
     text = _status_text(pid, snap, mine=mine, pipeline=pipeline, state=state, with_active=not new and bool(active))
@@ -320,6 +387,9 @@ def _status_text(pid: int, snap: Snapshot, *, mine: list[Any], pipeline: Pipelin
         + (f"  {eta_text(eta, free)}" if eta is not None else ""),
         f"  {sparkline(state.history)}  peak {gib(state.peak_bytes)} GiB",
     ]
+    figures = state.worst_steps()
+    if figures is not None:
+        lines.append(f"  {step_line(figures)}")
     if with_active and active:
         lines.append(f"  active: {', '.join(sorted({f.kind for f in active}))}")
     return "\n".join(lines)
@@ -357,6 +427,11 @@ def _summary_text(s: dict[str, Any]) -> str:
             f"  peak {gib(s['peak_bytes'])} GiB; from {gib(s['first_bytes'])} to {gib(s['last_bytes'])} GiB"
             f" over {duration(s['watched_seconds'])} ({rate(s['growth_bytes_per_second'], signed=True)} on average)"
         )
+    figures = worst([f for f in map(StepFigures.from_dict, s.get("steps", [])) if f is not None])
+    if figures is not None:
+        lines.append(f"  {step_line(figures)}")
+        if figures.message:
+            lines.append(f"    {figures.message}")
     done = [a for a in s.get("actions", []) if a.get("done")]
     if done:
         lines.append("  acted: " + "; ".join(_what(a) for a in done))

@@ -397,12 +397,14 @@ def probe(
     With --try N, each of the top N suggested changes that is a flag or an environment variable is applied
     to the command, one at a time, and probed in turn: what each measured is reported. Exit codes (of the
     command as given): 0 fits, 3 ran out of memory in the probe, 4 will run out in a phase (sample images, a
-    save), 5 will run out from growth per step, 6 fits as far as measured (an announced phase was not
-    measured), 1 nothing measured, 2 usage.
+    save), 5 will run out at a training step (growth per step, or a step that no longer fits), 6 fits as far
+    as measured (an announced phase or fewer steps than asked were measured), 1 crashed or nothing measured,
+    2 usage, 130 interrupted (Ctrl-C: the command is stopped and no --try round runs). The test run's
+    outputs go to a temporary directory where the trainer has a flag for it (kohya, diffusers: --output_dir).
     """
     import json as json_module
 
-    from .probing import ProbeConfig, render_text, run_probe, to_json, try_changes
+    from .probing import EXIT_INTERRUPTED, ProbeConfig, render_text, run_probe, to_json, try_changes
 
     argv = list(command[1:] if command and command[0] == "--" else command)
     config = ProbeConfig(steps=steps, max_seconds=max_seconds, reach_steps=reach, bring_forward=not no_bring_forward)
@@ -410,13 +412,23 @@ def probe(
     def go() -> int:
         # With --json the report is the only thing on stdout: the trainer's own output goes to stderr.
         child_stdout = _stderr_fd() if as_json else None
-        result = run_probe(argv, config, child_stdout=child_stdout)
-        tried = try_changes(result, argv, tries, config, child_stdout=child_stdout) if result.runs_out else []
+        try:
+            result = run_probe(argv, config, child_stdout=child_stdout)
+            tried = try_changes(result, argv, tries, config, child_stdout=child_stdout) if result.runs_out else []
+        except KeyboardInterrupt:
+            # Ctrl-C outside a test run (the runner turns one during a run into an interrupted result).
+            click.echo("vramwatch probe: interrupted", err=True)
+            return EXIT_INTERRUPTED
         if as_json:
             click.echo(json_module.dumps(to_json(result, tried), indent=2))
         else:
             for line in render_text(result, tried):
                 click.echo(line)
+        if any(t.result.exit_code == EXIT_INTERRUPTED for t in tried):
+            click.echo("vramwatch probe: interrupted during --try", err=True)
+            return EXIT_INTERRUPTED
+        if result.exit_code == EXIT_INTERRUPTED:
+            click.echo("vramwatch probe: interrupted", err=True)
         return result.exit_code
 
     _run(go)

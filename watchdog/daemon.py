@@ -26,7 +26,7 @@ from types import FrameType
 import structlog
 
 from .actions import ActionDispatcher, parse_policy
-from .agenthost.link import AgentListener, AgentReport
+from .agenthost.link import AgentDevice, AgentListener, AgentReport
 from .clock import SystemClock
 from .config import Config
 from .detectors import Analysis, DetectorConfig, FindingTracker, analyze, config_from_table
@@ -38,11 +38,33 @@ from .model import Finding, FindingKind, OomEvent, ProcessKey, ProcessMeta, Snap
 from .render import finding_dict, snapshot_to_json
 from .sampler import Sampler, TickStats, run_every
 from .sdnotify import SdNotifier
+from .stephistory import StepFigures, StepHistory, step_figures
 from .typing import Backend, Clock
 
 log = structlog.get_logger("vramwatch.daemon")
 
 BackendFactory = Callable[[], Backend]
+
+#: Bounds of the agents' step histories: per process and device (see `StepHistory`), and processes in all.
+STEP_RECORDS = 1024
+STEP_RECENT_RECORDS = 512
+STEP_PROCESSES = 256
+#: A process's step forecast is redone at most this often (a profile costs milliseconds; agents report at 1 Hz).
+STEP_FORECAST_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class _StepTrack:
+    """One agent's steps on one device as the daemon keeps them, and what it last made of them."""
+
+    history: StepHistory
+    received: float  # monotonic time of its latest records
+    capacity_bytes: int | None = None  # what the process can allocate there (reserved + free), from its stats
+    gpu_uuid: str | None = None
+    figures: StepFigures | None = None
+    figured_at: float | None = None
+    figured_updates: int = -1
+
 
 #: The kinds that tell the agents on a GPU that memory is about to run out, so that they can save.
 PRESSURE_NOTICE_KINDS = frozenset(
@@ -135,6 +157,10 @@ class Daemon:
         # become certain post-mortems, and they are told when memory is about to run out.
         self.agents = agents
         self._agent_ooms: list[OomEvent] = []
+        # The agents' optimizer steps per (pid, device): `serve` exports the step figures, `attach` shows them.
+        # The daemon does not read trainers' flags: its forecasts look 100,000 steps ahead and learn recurring
+        # peaks (`vramwatch run` forecasts against the trainer's own schedule).
+        self._agent_steps: dict[tuple[int, int], _StepTrack] = {}
         self._agent_lock = threading.Lock()
         self._last_step: float | None = None
         self._status_line = ""
@@ -233,6 +259,8 @@ class Daemon:
             for (k, gpu), v in st.verdicts.items()
         ]
         doc["findings"] = [finding_dict(f) for f in st.active]
+        # What the agents' optimizer steps say (`attach` shows it for its run); no command line in it.
+        doc["steps"] = [f.as_dict() for _, f in sorted(st.steps.items())]
         return json.dumps(doc).encode()
 
     def lookup(self, key: ProcessKey) -> ProcessMeta | None:
@@ -363,10 +391,57 @@ class Daemon:
             level("action", **result.log_fields())
 
     def on_agent_report(self, report: AgentReport) -> None:
-        """Listener thread: keep OOM reports for the next tick (findings are made on the tick's thread)."""
-        if report.oom is not None:
-            with self._agent_lock:
+        """Listener thread: keep OOM reports for the next tick (findings are made on the tick's thread), and
+        step records with the room each process has on each device for the step figures."""
+        with self._agent_lock:
+            if report.oom is not None:
                 self._agent_ooms.append(report.oom)
+            for device in report.devices:
+                track = self._agent_steps.get((report.pid, device.stats.device))
+                if track is not None:  # only processes that count steps: the others need no capacity kept
+                    track.capacity_bytes = device.usable_bytes or track.capacity_bytes
+                    track.gpu_uuid = device.gpu_uuid or track.gpu_uuid
+            for r in report.steps:
+                key = (report.pid, r.device)
+                track = self._agent_steps.get(key)
+                if track is None:
+                    history = StepHistory(max_records=STEP_RECORDS, recent=STEP_RECENT_RECORDS)
+                    track = self._agent_steps[key] = _StepTrack(history, report.t)
+                    known = self._agent_device(report.pid, r.device)
+                    if known is not None:
+                        track.capacity_bytes, track.gpu_uuid = known.usable_bytes, known.gpu_uuid
+                track.history.extend([r])
+                track.received = report.t
+            while len(self._agent_steps) > STEP_PROCESSES:
+                del self._agent_steps[min(self._agent_steps, key=lambda k: self._agent_steps[k].received)]
+
+    def _agent_device(self, pid: int, device: int) -> AgentDevice | None:
+        """The latest stats the listener holds for one process's device (a process's steps may come first)."""
+        if self.agents is None:
+            return None
+        return next(
+            (d for d in self.agents.latest(max_age_seconds=60.0) if d.stats.pid == pid and d.stats.device == device),
+            None,
+        )
+
+    def _step_figures(self) -> dict[tuple[int, int], StepFigures]:
+        """Tick thread: each agent's step figures, redone when new steps came and the last is a few seconds old;
+        the steps of a process whose agent the listener expired (gone quiet) are dropped with it."""
+        now = self.clock.monotonic()
+        live = set(self.agents.pids()) if self.agents is not None else None
+        out: dict[tuple[int, int], StepFigures] = {}
+        with self._agent_lock:
+            for key in [k for k in self._agent_steps if live is not None and k[0] not in live]:
+                del self._agent_steps[key]
+            for key, track in self._agent_steps.items():
+                due = track.figured_at is None or now - track.figured_at >= STEP_FORECAST_SECONDS
+                if due and track.figured_updates != track.history.updates:
+                    made = step_figures(track.history, track.capacity_bytes, gpu_uuid=track.gpu_uuid)
+                    track.figures = made[0] if made is not None else None
+                    track.figured_at, track.figured_updates = now, track.history.updates
+                if track.figures is not None:
+                    out[key] = track.figures
+        return out
 
     def _drain_ooms(self) -> tuple[OomEvent, ...]:
         """The OOM reports received since the last tick, for the `oom` detector (the pipeline's `oom_source`)."""
@@ -429,6 +504,7 @@ class Daemon:
             findings_raised=dict(self._findings_raised),
             verdicts=dict(analysis.verdicts) if analysis else {},
             notifications=dict(self.dispatcher.notification_counts()),
+            steps=self._step_figures(),
         )
 
     def _reload(self) -> None:

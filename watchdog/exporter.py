@@ -25,6 +25,7 @@ from ._version import __version__
 from .errors import VramwatchError
 from .model import Finding, ProcessKey, ProcessSample, Snapshot
 from .sampler import TICK_BUCKETS, TickStats
+from .stephistory import StepFigures
 from .units import gpu_index_label as gpu_label  # the `gpu` label of every metric
 
 Rows = list[tuple[tuple[str, ...], float]]
@@ -50,6 +51,7 @@ class ExportState:
     findings_raised: Mapping[tuple[str, str], int] = field(default_factory=dict)
     notifications: Mapping[str, int] = field(default_factory=dict)
     verdicts: Mapping[tuple[ProcessKey, str], str] = field(default_factory=dict)
+    steps: Mapping[tuple[int, int], StepFigures] = field(default_factory=dict)  # (pid, device) -> agent's steps
 
 
 class SnapshotCollector(Collector):
@@ -220,6 +222,48 @@ class SnapshotCollector(Collector):
                 "vramwatch_torch_alloc_retries", "Allocations that freed the cache and retried", retries, TORCH_LABELS
             )
             yield _counter("vramwatch_torch_ooms", "Out-of-memory errors PyTorch raised", ooms, TORCH_LABELS)
+        if st.steps:
+            yield from self._steps(st, snap)
+
+    def _steps(self, st: ExportState, snap: Snapshot) -> Iterator[Metric]:
+        """The agents' optimizer steps: how far, the training steps' peak, growth a step, where it runs out."""
+        names = {p.pid: p.meta.name or "" for p in snap.processes}
+        by_uuid = {g.uuid: gpu_label(g) for g in snap.gpus}
+        by_index = {str(g.index): gpu_label(g) for g in snap.gpus}
+        steps: Rows = []
+        peak: Rows = []
+        growth: Rows = []
+        fail: Rows = []
+        for (pid, device), f in sorted(st.steps.items()):
+            # The uuid the agent reported is the device as NVML knows it (CUDA's index may be remapped).
+            gpu = by_uuid.get(f.gpu_uuid or "") or by_index.get(str(device), str(device))
+            labels = (gpu, str(pid), names.get(pid, ""))
+            steps.append((labels, float(f.step)))
+            peak.append(((*labels, "allocated"), float(f.step_peak_allocated_bytes)))
+            _add(peak, (*labels, "reserved"), f.step_peak_reserved_bytes)
+            growth.append((labels, f.growth_bytes_per_step))
+            if f.fails:
+                _add(fail, labels, f.fail_step)
+        yield _counter("vramwatch_process_optimizer_steps", "Last optimizer step the agent counted", steps,
+                       TORCH_LABELS)  # fmt: skip
+        yield _gauge(
+            "vramwatch_process_step_peak_bytes",
+            "Peak of the training steps (phases such as sampling apart), allocated by tensors or reserved",
+            peak,
+            (*TORCH_LABELS, "kind"),
+        )
+        yield _gauge(
+            "vramwatch_process_step_growth_bytes",
+            "Memory that stays allocated from one optimizer step to the next, per step (0: none)",
+            growth,
+            TORCH_LABELS,
+        )
+        yield _gauge(
+            "vramwatch_process_forecast_fail_step",
+            "Optimizer step at which the run is forecast to run out of memory (absent: it fits)",
+            fail,
+            TORCH_LABELS,
+        )
 
     def _findings(self, st: ExportState) -> Iterator[Metric]:
         active: dict[tuple[str, str, str], int] = {}

@@ -1,17 +1,23 @@
 """`vramwatch probe -- <trainer command>`: will this run fit to the end? A short test run that says so.
 
 The field guide's best advice is "test 100-200 steps before the long run"; this automates it. The probe
-runs the command under the agent (`vramwatch run`, counting optimizer steps), stops it once it has seen
-`steps` optimizer steps *and* each recurring phase its configuration announces within reach (or at a time
-limit), and forecasts the whole run from what it measured (`steps.py`): the training steps' peak, each
-phase's peak, growth per step, against what the run can use on this card now.
+runs the command under the agent (`vramwatch run`, counting optimizer steps: `VRAMWATCH_AGENT_STEPS=1` is
+forced), stops it once it has seen `steps` optimizer steps *and* each recurring phase its configuration
+announces within reach (or at a time limit), and forecasts the whole run from what it measured
+(`steps.py`): the training steps' peak, each phase's peak, growth per step, against what the run can use on
+this card now.
 
 Phases far in the future are brought into the test where the trainer has a setting for it
 (`Trainer.probe_argv`: kohya's `--sample_at_first` samples before step 1), so that a run whose sample images
-at step 1,200 will not fit is told so after a few minutes, without reaching step 1,200.
+at step 1,200 will not fit is told so after a few minutes, without reaching step 1,200. The test run's
+outputs go to a temporary directory where the trainer has a flag for it (`Trainer.output_dir_flag`), removed
+afterwards: a probe never leaves sample images or checkpoints in the user's output directory.
 
-The probe stops the run with SIGINT, the trainers' own interrupt (they do not save on it), then SIGTERM
-and SIGKILL if it does not end. A probe that itself runs out of memory reports that as its answer.
+The command runs in its own session and process group (`runner.ChildGroup`): `accelerate launch` and shell
+wrappers do not pass SIGINT on, so the probe signals the whole group, SIGINT first (the trainers' own
+interrupt: they do not save on it), then SIGTERM and SIGKILL `stop_seconds` apart, and afterwards ends any
+process of the command still left (`_sweep`). A probe that itself runs out of memory reports that as its
+answer; one that crashes, counts no step, or is interrupted (Ctrl-C) says so and gives no verdict.
 
 Exit codes, for wrapper scripts: `EXIT_*` below.
 """
@@ -20,10 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,25 +41,65 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .advice import TrainerSettings, advise, recognize
+from .advice.argv import split_invocation
 from .advice.settings import UNKNOWN
-from .advice.trainers import TRAINER_NAMES, by_id
+from .advice.trainers import TRAINER_NAMES, Trainer, by_id
+from .agent import protocol
 from .agenthost.link import AgentReport
 from .agenthost.monitor import format_oom
-from .agenthost.runner import run_command
+from .agenthost.runner import ChildGroup, run_command
 from .detectors.oom import fragmented_at_oom
 from .model import OomEvent, StepRecord
-from .steps import SAMPLE, SAVE, Outcome, Schedule, StepProfile, Verdict, describe, forecast, phase_words, profile
+from .steps import (
+    SAMPLE,
+    SAVE,
+    Outcome,
+    Schedule,
+    StepProfile,
+    Verdict,
+    describe,
+    forecast,
+    phase_words,
+    profile,
+)
 from .units import duration, size
 
 SHOWN = 3  # setting changes a terminal report lists (the JSON has them all, ranked)
 
 EXIT_FITS = 0
-EXIT_FAILED = 1  # the command ended before any step was measured, or its steps could not be read
+# The command crashed (a non-zero exit that is not an OOM) before it was measured, it counted no optimizer
+# step, or it ended before any step was measured.
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_OOM = 3  # the probe itself ran out of GPU memory (the same code as `attach`'s OOM)
 EXIT_PHASE = 4  # will run out in a recurring phase (sample images, a save)
-EXIT_GROWTH = 5  # will run out at a training step, from growth per step
-EXIT_UNMEASURED = 6  # fits as far as measured, but a phase the configuration announces was not measured
+# Will run out at a training step: from growth per step (`Outcome.GROWTH`), or because the steps' own peak,
+# with no growth, is already above what the run can use now (`Outcome.STEP`: something else took memory).
+# One code for both: a wrapper script asks "does a training step run out?", and the JSON's outcome says why.
+EXIT_GROWTH = 5
+# Fits as far as measured, but a phase the configuration announces was not measured, or fewer steps than
+# asked were (the time limit came first): the forecast reaches further than the measurement. A phase that
+# runs only after the last step (kohya's final save, with no --save_every_n_steps) is not counted: no probe
+# reaches it, so it would make every such run exit 6; it is named in the message and the JSON instead.
+EXIT_UNMEASURED = 6
+EXIT_INTERRUPTED = 130  # Ctrl-C: the command was stopped, no verdict (128 + SIGINT, as shells say it)
+
+#: The exit code of each forecast outcome, for a probe that measured what it was asked to (a fit short of that
+#: is `EXIT_UNMEASURED`). Every `Outcome` has one (a test checks): a new outcome never falls through to "fits".
+OUTCOME_EXIT: dict[Outcome, int] = {
+    Outcome.FITS: EXIT_FITS,
+    Outcome.PHASE: EXIT_PHASE,
+    Outcome.GROWTH: EXIT_GROWTH,
+    Outcome.STEP: EXIT_GROWTH,
+}
+
+#: The least time a run is given to reach its first optimizer step (loading a model, caching latents and
+#: text encoder outputs take minutes), whatever the time limit; the default is half the time limit above it.
+NO_STEP_MIN_SECONDS = 120.0
+
+#: The advisor's situations for running out in each named phase, most specific first; any other phase (a
+#: learned recurring peak) is a plateau. `vramwatch run` and the probe both read it (`advice_kinds`).
+PHASE_ADVICE: dict[str, tuple[str, ...]] = {SAMPLE: ("sampling", "plateau"), SAVE: ("plateau",)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,19 +110,29 @@ class ProbeConfig:
     max_seconds: float = 1800.0  # stop at this time whatever was measured
     reach_steps: int = 1000  # wait for an announced phase whose first occurrence comes within this many steps
     bring_forward: bool = True  # let the trainer's settings bring a phase into the test (kohya --sample_at_first)
-    stop_seconds: float = 30.0  # after SIGINT before SIGTERM, and after SIGTERM before SIGKILL
+    stop_seconds: float = 30.0  # after SIGINT before SIGTERM, and after SIGTERM before SIGKILL; after an OOM
+    first_step_seconds: float | None = None  # no optimizer step by then: give up (None: `no_step_seconds`)
+
+    @property
+    def no_step_seconds(self) -> float:
+        """How long the command may run without an optimizer step: max(120 s, half the time limit)."""
+        if self.first_step_seconds is not None:
+            return self.first_step_seconds
+        return max(NO_STEP_MIN_SECONDS, self.max_seconds / 2)
 
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
     """What a probe measured and concluded."""
 
-    argv: tuple[str, ...]  # what ran (with the phases brought forward)
+    argv: tuple[str, ...]  # what ran (with the phases brought forward, the outputs redirected)
     trainer: str
     schedule: Schedule
     notes: tuple[str, ...]
     seconds: float
-    stopped: str  # "measured", "time", "exited" (the command ended by itself) or "oom"
+    # "measured", "time", "exited" (the command ended by itself), "oom", "no_steps" (steps off, or none came
+    # in time: `failure` says which) or "interrupted" (Ctrl-C)
+    stopped: str
     exit_status: int | None  # the command's own
     pid: int | None  # the process whose steps were measured
     profile: StepProfile | None
@@ -86,6 +145,41 @@ class ProbeResult:
     phase_oom: str | None = None
     records: tuple[StepRecord, ...] = ()  # the measured process's steps
     advice: tuple[tuple[str, str], ...] = ()  # (change in the trainer's words, expected saving)
+    steps_asked: int | None = None  # the optimizer steps the probe meant to measure
+    complete: bool = False  # everything asked for was measured when the command ended
+    failure: str | None = None  # why no step could be measured (the agent counts none, or none came in time)
+
+    @property
+    def measured_steps(self) -> int:
+        return self.records[-1].last_step if self.records else 0
+
+    @property
+    def crashed(self) -> bool:
+        """The command ended by itself with a non-zero status that is not an OOM, before it was measured."""
+        return self.stopped == "exited" and self.exit_status not in (None, 0) and self.oom is None and not self.complete
+
+    @property
+    def short(self) -> bool:
+        """Fewer steps measured than asked for, short of the run's own end: the forecast reaches further."""
+        if self.steps_asked is None or self.complete:
+            return False
+        end = self.schedule.max_steps
+        return self.measured_steps < self.steps_asked and (end is None or self.measured_steps < end)
+
+    @property
+    def unmeasured(self) -> tuple[str, ...]:
+        """The announced phases no record holds that a probe could have measured (exit 6): not those that run
+        only after the run's last step (`Schedule.only_at_end`)."""
+        if self.verdict is None:
+            return ()
+        return tuple(n for n in self.verdict.unmeasured if not self.schedule.only_at_end(n))
+
+    @property
+    def unmeasured_at_end(self) -> tuple[str, ...]:
+        """The announced phases that run only after the last step and no record holds (named, not exit 6)."""
+        if self.verdict is None:
+            return ()
+        return tuple(n for n in self.verdict.unmeasured if self.schedule.only_at_end(n))
 
     @property
     def runs_out(self) -> bool:
@@ -94,24 +188,26 @@ class ProbeResult:
 
     @property
     def exit_code(self) -> int:
+        if self.stopped == "interrupted":
+            return EXIT_INTERRUPTED
         if self.phase_oom is not None:
             return EXIT_PHASE
         if self.oom is not None:
             return EXIT_OOM
-        if self.verdict is None:
+        if self.failure is not None or self.crashed or self.verdict is None:
             return EXIT_FAILED
-        if self.verdict.outcome is Outcome.PHASE:
-            return EXIT_PHASE
-        if self.verdict.outcome is Outcome.GROWTH:
-            return EXIT_GROWTH
-        return EXIT_UNMEASURED if self.verdict.unmeasured else EXIT_FITS
+        code = OUTCOME_EXIT[self.verdict.outcome]
+        if code == EXIT_FITS and (self.unmeasured or self.short):
+            return EXIT_UNMEASURED
+        return code
 
 
 def schedule_of(settings: TrainerSettings) -> Schedule:
     """The run's end, sampling and saving in optimizer steps, each spelt as its configuration states it.
 
     Intervals given in epochs stay unknown (an epoch's steps depend on the dataset's size, which the
-    advisor does not read): the forecast names those phases as not measured until it has seen them.
+    advisor does not read): the forecast names those phases as not measured until it has seen them. A trainer
+    that saves after its last step (`TrainerSettings.save_at_end`, kohya) has that save forecast at the end.
     """
     values: dict[str, int | None] = {}
     spelling: list[tuple[str, str]] = []
@@ -132,6 +228,7 @@ def schedule_of(settings: TrainerSettings) -> Schedule:
         sample_at_first=settings.sample_at_first is True,
         save_every=values["save_every"],
         spelling=tuple(spelling),
+        save_at_end=settings.save_at_end is True,
     )
 
 
@@ -143,11 +240,19 @@ class _Collector:
     capacity: dict[int, int] = field(default_factory=dict)  # pid -> reserved + free at its last step
     usable: dict[int, int] = field(default_factory=dict)  # pid -> reserved + free at its last sample
     ooms: list[tuple[OomEvent, int]] = field(default_factory=list)  # (event, steps completed before it)
+    counts_steps: dict[int, bool | None] = field(default_factory=dict)  # pid -> what its hello said
+    # Every reporting process as (pid, start time): what the sweep may end after the command has ended.
+    identities: set[tuple[int, int]] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_report(self, report: AgentReport) -> None:
+        stat = _proc_stat(report.pid)  # the report's pid is the kernel's, and it is alive now
         with self.lock:
-            if report.kind == "stats":
+            if stat is not None:
+                self.identities.add((report.pid, stat.start))
+            if report.kind == "hello":
+                self.counts_steps[report.pid] = report.counts_steps
+            elif report.kind == "stats":
                 for device in report.devices:
                     if device.usable_bytes is not None:
                         self.usable[report.pid] = device.usable_bytes
@@ -167,6 +272,12 @@ class _Collector:
             pid = max(self.records, key=lambda p: self.records[p][-1].last_step)
             return pid, list(self.records[pid])
 
+    def steps_off(self) -> bool:
+        """Agents said hello and none of them counts steps: no step will ever come (torch without the hook)."""
+        with self.lock:
+            said = self.counts_steps.values()
+            return not self.records and False in said and True not in said
+
 
 def _measured(records: Sequence[StepRecord], schedule: Schedule, config: ProbeConfig) -> bool:
     """Enough steps, and every announced phase within reach seen (its record after the phase has ended)."""
@@ -182,23 +293,136 @@ def _measured(records: Sequence[StepRecord], schedule: Schedule, config: ProbeCo
     return True
 
 
-def _stop(proc: subprocess.Popen[bytes], ended: threading.Event, seconds: float) -> None:
-    """SIGINT (the trainer's own save-less interrupt), then SIGTERM, then SIGKILL, each after `seconds`."""
+def _stop(group: ChildGroup, seconds: float) -> None:
+    """SIGINT (the trainer's own save-less interrupt), then SIGTERM, then SIGKILL to the command's whole
+    process group, each after `seconds`; never once its leader is reaped (`ChildGroup.signal`)."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
-        if ended.wait(seconds):
+        if not group.signal(sig) or group.reaped.wait(seconds):
             return
+
+
+@dataclass(frozen=True, slots=True)
+class _Stat:
+    """The fields of /proc/<pid>/stat the sweep needs."""
+
+    state: str
+    pgrp: int
+    session: int
+    start: int  # clock ticks after boot: with the pid, the process's identity
+
+
+def _proc_stat(pid: int, proc: Path = Path("/proc")) -> _Stat | None:
+    try:
+        raw = (proc / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()  # the name may hold spaces and parentheses
+    try:
+        return _Stat(fields[0].decode(), int(fields[2]), int(fields[3]), int(fields[19]))
+    except (IndexError, ValueError):
+        return None
+
+
+def _leftovers(leader: int, identities: set[tuple[int, int]], proc: Path = Path("/proc")) -> set[tuple[int, int]]:
+    """Live processes of the command: of the leader's session or process group, or ones that reported."""
+    found: set[tuple[int, int]] = set()
+    with contextlib.suppress(OSError):
+        for entry in proc.iterdir():
+            # The reaped leader's pid is no longer the command's: a process holding it now is another's.
+            if not entry.name.isdigit() or int(entry.name) in (os.getpid(), leader):
+                continue
+            stat = _proc_stat(int(entry.name), proc)
+            if stat is not None and stat.state not in "ZX" and leader in (stat.pgrp, stat.session):
+                found.add((int(entry.name), stat.start))
+    for pid, start in identities:
+        stat = _proc_stat(pid, proc)
+        if stat is not None and stat.start == start and stat.state not in "ZX":
+            found.add((pid, start))
+    return found
+
+
+def _signal_identity(pid: int, start: int, signum: int) -> None:
+    """Signal `pid` only while it is still the process that started at `start`: a pidfd opened first, then
+    the start time checked, then the signal through the pidfd, so a reused pid is never signalled."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        fd = None  # no pidfd (an old kernel): the check just before the signal is the guard
+    try:
+        stat = _proc_stat(pid)
+        if stat is None or stat.start != start:
+            return
+        with contextlib.suppress(OSError):
+            if fd is not None:
+                signal.pidfd_send_signal(fd, signum)
+            else:
+                os.kill(pid, signum)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _sweep(leader: int | None, identities: set[tuple[int, int]], seconds: float) -> None:
+    """After the leader was reaped: end what is left of the command (a worker its launcher left behind, the
+    measured process), SIGTERM then SIGKILL `seconds` later. A process that left the session and never
+    reported is not followed."""
+    if leader is None:
+        return
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        left = _leftovers(leader, identities)
+        if not left:
+            return
+        for pid, start in left:
+            _signal_identity(pid, start, signum)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and _leftovers(leader, identities):
+            time.sleep(0.05)
 
 
 def bring_forward(argv: Sequence[str], settings: TrainerSettings) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The command with its phases brought into the test by the trainer's own settings, and what changed."""
+    trainer = _trainer_of(settings)
+    if trainer is None or trainer.probe_argv is None:
+        return tuple(argv), ()
+    return trainer.probe_argv(argv, settings)
+
+
+def _trainer_of(settings: TrainerSettings) -> Trainer | None:
     if settings.trainer == UNKNOWN:
-        return tuple(argv), ()
-    probe_argv = by_id(settings.trainer).probe_argv
-    if probe_argv is None:
-        return tuple(argv), ()
-    return probe_argv(argv, settings)
+        return None
+    try:
+        return by_id(settings.trainer)
+    except KeyError:
+        return None
+
+
+def redirect_output(
+    argv: Sequence[str], trainer: Trainer | None, directory: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The command with its outputs (sample images, checkpoints) sent to `directory` through the trainer's
+    own flag, and a note; unchanged, with a note saying where they go, where the trainer has none."""
+    if trainer is None:
+        return tuple(argv), ("an unrecognised command: its test run writes wherever it is configured to",)
+    if trainer.output_dir_flag is None:
+        return tuple(argv), (
+            f"{trainer.name} has no output-directory flag: the test run writes its sample images and "
+            "checkpoints where its configuration says",
+        )
+    out = _set_flag(list(argv), trainer.output_dir_flag, directory)
+    return tuple(out), (f"outputs go to a temporary directory ({trainer.output_dir_flag} {directory}), removed after",)
+
+
+def _without_first_phase(argv: Sequence[str], trainer: Trainer | None) -> tuple[str, ...] | None:
+    """The command without the switch that runs a phase before step 1; None when it is not on the command
+    line (a config file's setting, which the command line cannot turn off)."""
+    switch = trainer.first_phase_switch if trainer is not None else None
+    if switch is None:
+        return None
+    start = _script_start(argv)
+    kept = [w for w in argv[start:] if w != switch and not w.startswith(switch + "=")]
+    if len(kept) == len(argv) - start:
+        return None
+    return (*argv[:start], *kept)
 
 
 def run_probe(
@@ -213,48 +437,82 @@ def run_probe(
 ) -> ProbeResult:
     """Run `argv` under the agent until it is measured, stop it, and forecast the whole run.
 
-    When a phase brought before step 1 runs out of memory there, that OOM could as well be the first
-    training step's: the probe then runs the command as given, and if its steps pass step 1, the phase
-    was what did not fit.
+    When the OOM comes before step 1 where a phase runs first (brought forward by the probe, or the
+    command's own `--sample_at_first`), that OOM could as well be the first training step's: the probe then
+    runs the command without that phase, and only if that run measures a step past step 1 was the phase
+    what did not fit.
     """
     config = config or ProbeConfig()
     base = dict(os.environ if env is None else env)
     where = cwd if cwd is not None else str(Path.cwd())
     settings = recognize(argv, cwd=where, env=base)
-    command, notes = bring_forward(argv, settings) if config.bring_forward else (tuple(argv), ())
-    schedule = schedule_of(recognize(command, cwd=where, env=base) if command != tuple(argv) else settings)
-    result = _probe_once(
-        command,
-        schedule,
-        trainer=settings.trainer,
-        notes=notes,
-        config=config,
-        env=base,
-        out=out,
-        clock=clock,
-        child_stdout=child_stdout,
-    )
-    if result.oom is not None and result.oom_after_step == 0 and command != tuple(argv):
-        again = _probe_once(
-            tuple(argv),
-            schedule_of(settings),
+    trainer = _trainer_of(settings)
+    scratch = tempfile.mkdtemp(prefix="vramwatch-probe-")
+    try:
+        given, notes = redirect_output(argv, trainer, scratch)
+        command, more = bring_forward(given, settings) if config.bring_forward else (given, ())
+        notes = (*notes, *more)
+        schedule = schedule_of(recognize(command, cwd=where, env=base) if command != given else settings)
+        once = functools.partial(
+            _probe_once,
             trainer=settings.trainer,
-            notes=(*notes, "it ran out of memory before step 1 with that change: probed again as given"),
             config=config,
             env=base,
             out=out,
             clock=clock,
             child_stdout=child_stdout,
         )
-        if again.oom is None or (again.oom_after_step or 0) > 0:
-            result = dataclasses.replace(again, phase_oom=SAMPLE, oom=again.oom or result.oom)
+        result = once(command, schedule, notes=notes)
+        first = schedule.phases_after(0)
+        if result.stopped == "interrupted" or result.oom is None:
+            pass
+        elif result.oom_after_step == 0 and first:
+            name = "+".join(sorted(first))
+            plain = given if command != given else _without_first_phase(given, trainer)
+            if plain is None:
+                why = (
+                    f"it ran out of memory before step 1, where it runs {phase_words(name)} first: that or the "
+                    "first training step (the configuration's switch is not on the command line to drop)"
+                )
+                result = dataclasses.replace(result, phase_oom=name, notes=(*result.notes, why))
+            else:
+                why = (
+                    f"it ran out of memory before step 1, in {phase_words(name)} or the first training step: "
+                    f"probed again without {phase_words(name)} first"
+                )
+                plain_schedule = schedule_of(recognize(plain, cwd=where, env=base))
+                result = _settle(result, once(plain, plain_schedule, notes=(*notes, why)), name)
         else:
-            result = again
-    elif result.oom is not None and schedule.phases_after(result.oom_after_step or 0):
-        result = dataclasses.replace(
-            result, phase_oom="+".join(sorted(schedule.phases_after(result.oom_after_step or 0)))
-        )
+            result = _phase_of_oom(result)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return _with_advice(result, settings)
+
+
+def _phase_of_oom(result: ProbeResult) -> ProbeResult:
+    """An OOM after a step the trainer runs a phase after is that phase's; after any other step, a plain OOM."""
+    phases = result.schedule.phases_after(result.oom_after_step or 0) if result.oom is not None else frozenset()
+    return dataclasses.replace(result, phase_oom="+".join(sorted(phases))) if phases else result
+
+
+def _settle(first: ProbeResult, again: ProbeResult, phase: str) -> ProbeResult:
+    """What an OOM before step 1 in `phase` was, from the run without the phase (`again`).
+
+    Only a step measured without the phase tells the phase apart: a run that measured none (it ran out at
+    its first step too, it crashed, it ran out of time) concludes nothing about the phase.
+    """
+    if again.stopped == "interrupted":
+        return again
+    if not again.records:
+        if again.oom is not None:
+            return again  # the first training step runs out on its own: a plain OOM
+        why = f"without {phase_words(phase)} first: {verdict_text(again)}"
+        return dataclasses.replace(
+            first, notes=(*first.notes, f"{why}; whether {phase_words(phase)} or the first step ran out is unknown")
+        )
+    if again.oom is None:
+        return dataclasses.replace(again, phase_oom=phase, oom=first.oom, oom_after_step=0)
+    return _phase_of_oom(again)
 
 
 def _probe_once(
@@ -269,43 +527,82 @@ def _probe_once(
     clock: Callable[[], float],
     child_stdout: int | None,
 ) -> ProbeResult:
-    """One test run: until measured (or out of memory, or out of time), then stopped."""
+    """One test run: until measured (or out of memory, or out of time, or interrupted), then stopped."""
     collector = _Collector()
-    ended = threading.Event()
+    group = ChildGroup()
+    interrupted = threading.Event()
     stopped: list[str] = []
+    failure: list[str] = []
     started = clock()
 
-    def watch(proc: subprocess.Popen[bytes]) -> None:
-        while not ended.wait(0.5):
-            if collector.ooms:
+    def decide() -> str | None:
+        """Why to stop now, or None to go on."""
+        if interrupted.is_set():
+            return "interrupted"
+        _, records = collector.main()
+        if collector.steps_off():
+            failure.append(
+                "the agent counts no optimizer steps in this run (its hello says so: this PyTorch has no "
+                "global optimizer step hook, which came with PyTorch 2.0)"
+            )
+            return "no_steps"
+        if _measured(records, schedule, config):
+            return "measured"
+        if not records and clock() - started > min(config.no_step_seconds, config.max_seconds):
+            failure.append(
+                f"no optimizer step was counted in {duration(clock() - started)} (an optimizer that bypasses "
+                "torch.optim's step hooks, or a start-up longer than that: allow more with --max-time)"
+            )
+            return "no_steps"
+        if clock() - started > config.max_seconds:
+            return "time"
+        return None
+
+    def watch() -> None:
+        while not group.reaped.is_set():
+            if collector.ooms and not interrupted.is_set():
                 stopped.append("oom")
-                return  # the trainer ends by itself; an interrupt now could lose its own report
-            _, records = collector.main()
-            if _measured(records, schedule, config):
-                stopped.append("measured")
-            elif clock() - started > config.max_seconds:
-                stopped.append("time")
-            else:
-                continue
-            _stop(proc, ended, config.stop_seconds)
-            return
+                # The trainer ends by itself after its OOM (an interrupt now could lose its own report), but
+                # not always (a hung NCCL peer, a trainer that catches it): stop_seconds at most.
+                if not group.reaped.wait(config.stop_seconds):
+                    _stop(group, config.stop_seconds)
+                return
+            reason = decide()
+            if reason is not None:
+                stopped.append(reason)
+                _stop(group, config.stop_seconds)
+                return
+            interrupted.wait(0.5)
 
-    def on_start(proc: subprocess.Popen[bytes]) -> None:
-        threading.Thread(target=watch, args=(proc,), name="vramwatch-probe", daemon=True).start()
+    def on_start(_proc: subprocess.Popen[bytes]) -> None:
+        threading.Thread(target=watch, name="vramwatch-probe", daemon=True).start()
 
+    # The probe needs the steps: a user's (or a profile's) VRAMWATCH_AGENT_STEPS=0 would leave it blind.
+    child_env = {**env, protocol.ENV_STEPS: "1"}
+    status: int | None = None
     try:
         status = run_command(
             command,
             on_report=collector.on_report,
             builtin_checks=False,
             stderr=out,
-            env=env,
+            env=child_env,
             on_start=on_start,
             exit_status_seconds=0.0,
             child_stdout=child_stdout,
+            group=group,
+            on_interrupt=interrupted.set,
         )
+    except KeyboardInterrupt:
+        # Outside the runner's handlers (before the command started, or before they were set).
+        interrupted.set()
+        if not stopped:
+            stopped.append("interrupted")
+        _stop(group, config.stop_seconds)
     finally:
-        ended.set()
+        _sweep(group.pid, collector.identities, config.stop_seconds)
+    if interrupted.is_set() and not stopped:
+        stopped.append("interrupted")  # the command ended on the interrupt before the watcher saw it
     pid, records = collector.main()
     prof = profile(records, schedule) if records else None
     capacity = collector.capacity.get(pid) if pid is not None else None
@@ -326,6 +623,9 @@ def _probe_once(
         oom=oom,
         oom_after_step=oom_after,
         records=tuple(records),
+        steps_asked=config.steps,
+        complete=_measured(records, schedule, config),
+        failure=failure[0] if failure else None,
     )
 
 
@@ -337,49 +637,72 @@ def watched_run(argv: Sequence[str], **options: Any) -> int:
     settings = recognize(argv, cwd=str(Path.cwd()), env=dict(os.environ))
 
     def advise_verdict(verdict: Verdict) -> list[str]:
-        kinds: tuple[str, ...] = ("sampling", "plateau") if verdict.phase == SAMPLE else ("plateau",)
-        if verdict.outcome is Outcome.GROWTH:
-            kinds = ("growth",)
-        changes: list[str] = []
-        for kind in kinds:
-            changes += [s.change for s in advise(settings, kind).suggestions if s.change not in changes]
-        return [f"try: {change}" for change in changes[:3]]
+        changes = _suggestions(settings, advice_kinds(verdict))
+        return [f"try: {change}" for change, _ in changes[:3]]
 
     return run_command(argv, schedule=schedule_of(settings), advise=advise_verdict, **options)
 
 
-def _advice_kinds(result: ProbeResult) -> tuple[str, ...]:
-    """The advisor's situations for a probe's answer, most specific first."""
-    if result.phase_oom is not None:
-        return ("sampling", "plateau") if SAMPLE in result.phase_oom.split("+") else ("plateau",)
-    if result.oom is not None:
-        o = result.oom
+def _phase_kinds(phase: str) -> tuple[str, ...]:
+    """The advisor's situations for a phase ("sample+save": both), from `PHASE_ADVICE`."""
+    kinds: dict[str, None] = {}
+    for part in phase.split("+"):
+        kinds.update(dict.fromkeys(PHASE_ADVICE.get(part, ("plateau",))))
+    return tuple(kinds)
+
+
+def advice_kinds(
+    verdict: Verdict | None,
+    prof: StepProfile | None = None,
+    *,
+    phase_oom: str | None = None,
+    oom: OomEvent | None = None,
+) -> tuple[str, ...]:
+    """The advisor's situations for an answer, most specific first: the one decision behind `vramwatch run`'s
+    warnings (a forecast) and the probe's verdict (a forecast, or an OOM in the probe).
+
+    A phase (forecast, or the phase the probe ran out in) gets its `PHASE_ADVICE`; an OOM in a training
+    step fragmentation or spike advice; a step whose own peak no longer fits (`Outcome.STEP`) spike advice
+    (the size of one step, whatever the growth); running out at a step from growth, growth advice, unless the
+    profile shows no growth (a step already beyond the limit: a spike).
+    """
+    if phase_oom is not None:
+        return _phase_kinds(phase_oom)
+    if oom is not None:
         fragmented = fragmented_at_oom(
-            requested_bytes=o.requested_bytes,
-            reserved_bytes=o.reserved_bytes,
-            allocated_bytes=o.allocated_bytes,
-            device_free_bytes=o.device_free_bytes,
+            requested_bytes=oom.requested_bytes,
+            reserved_bytes=oom.reserved_bytes,
+            allocated_bytes=oom.allocated_bytes,
+            device_free_bytes=oom.device_free_bytes,
         )
         return ("fragmentation",) if fragmented else ("spike",)
-    verdict = result.verdict
     if verdict is None or verdict.outcome is Outcome.FITS:
         return ()
     if verdict.outcome is Outcome.PHASE:
-        return ("sampling", "plateau") if verdict.phase == SAMPLE else ("plateau",)
-    if result.profile is not None and result.profile.growth_bytes_per_step > 0:
-        return ("growth",)
-    return ("spike",)
+        return _phase_kinds(verdict.phase or "")
+    if verdict.outcome is Outcome.STEP:
+        return ("spike",)
+    if prof is not None and prof.growth_bytes_per_step <= 0:
+        return ("spike",)
+    return ("growth",)
 
 
-def _with_advice(result: ProbeResult, settings: TrainerSettings) -> ProbeResult:
+def _suggestions(settings: TrainerSettings, kinds: Sequence[str]) -> list[tuple[str, str]]:
+    """(change, expected saving) for each situation in turn, each change once."""
     changes: list[tuple[str, str]] = []
-    for kind in _advice_kinds(result):
+    for kind in kinds:
         for s in advise(settings, kind).suggestions:
             if s.change not in (c for c, _ in changes):
                 changes.append((s.change, s.expected_saving))
-    if not changes:
-        return result
-    return dataclasses.replace(result, advice=tuple(changes))
+    return changes
+
+
+def _with_advice(result: ProbeResult, settings: TrainerSettings) -> ProbeResult:
+    if result.exit_code not in {EXIT_OOM, EXIT_PHASE, EXIT_GROWTH}:
+        return result  # no advice for a run that fits, crashed, measured nothing or was interrupted
+    kinds = advice_kinds(result.verdict, result.profile, phase_oom=result.phase_oom, oom=result.oom)
+    changes = _suggestions(settings, kinds)
+    return dataclasses.replace(result, advice=tuple(changes)) if changes else result
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,8 +725,9 @@ def applied(argv: Sequence[str], change: str) -> tuple[tuple[str, ...], dict[str
     not a command-line flag or an environment variable (a config file, a prompt file, code): those are not
     applied (a copied config file is not built yet).
 
-    `--flag value` replaces the flag's value where the command has it, or is appended; a trailing note in
-    parentheses is not part of the change.
+    `--flag value` replaces the flag's value where the script's own arguments have it, or is appended: a
+    launcher's options (`accelerate launch --mixed_precision fp16 train.py ...`) are the launcher's, never
+    the trainer's. A trailing note in parentheses is not part of the change.
     """
     text = change.split("  (", maxsplit=1)[0].strip()
     variable = _VARIABLE.fullmatch(text)
@@ -426,8 +750,20 @@ def applied(argv: Sequence[str], change: str) -> tuple[tuple[str, ...], dict[str
     return tuple(out), {}
 
 
+def _script_start(argv: Sequence[str]) -> int:
+    """Where the script's own arguments begin: after the script (the first `.py` after a launcher's options)
+    or after `-m module` (`advice.argv.split_invocation`); with neither, after the program (argv[0])."""
+    inv = split_invocation(argv)
+    if inv.script is None and inv.module is None:
+        return min(1, len(argv))
+    return len(argv) - len(inv.args)
+
+
 def _set_flag(argv: list[str], flag: str, value: str | None) -> list[str]:
-    for i, word in enumerate(argv):
+    """`flag` (with `value`) set among the script's own arguments: replaced where they have it, else appended."""
+    start = _script_start(argv)
+    for i in range(start, len(argv)):
+        word = argv[i]
         if word.startswith(flag + "="):
             return [*argv[:i], flag if value is None else f"{flag}={value}", *argv[i + 1 :]]
         if word == flag:
@@ -464,6 +800,8 @@ def try_changes(
         new_argv, variables = made
         probed = run_probe(new_argv, config, env={**base, **variables}, cwd=cwd, out=out, child_stdout=child_stdout)
         tried.append(Tried(change, expected, new_argv, tuple(variables.items()), probed))
+        if probed.exit_code == EXIT_INTERRUPTED:
+            break  # Ctrl-C ends the whole loop, not one round of it
     return tried
 
 
@@ -484,6 +822,9 @@ def _tried_line(t: Tried, base: ProbeResult) -> str:
 
 def verdict_text(result: ProbeResult) -> str:
     """The probe's answer in one sentence (the terminal's `verdict:` line and the JSON's `message`)."""
+    n = result.measured_steps
+    if result.exit_code == EXIT_INTERRUPTED:
+        return f"none: the probe was interrupted (Ctrl-C) after {n:,} steps, and the command stopped"
     if result.phase_oom is not None and result.oom is not None:
         first = _first_occurrence(result.schedule, result.phase_oom)
         return (
@@ -493,8 +834,19 @@ def verdict_text(result: ProbeResult) -> str:
     if result.oom is not None:
         after = result.oom_after_step
         return "out of memory during the probe" + (f", after step {after:,}" if after else "")
+    if result.failure is not None:
+        return f"none: {result.failure}"
+    if result.crashed:
+        where = f"after step {n:,}" if n else "before its first optimizer step"
+        return f"none: the command crashed (exit status {result.exit_status}) {where}, before it was measured"
     if result.verdict is not None and result.profile is not None:
-        return describe(result.verdict, result.profile, result.schedule)
+        text = describe(result.verdict, result.profile, result.schedule)
+        if result.short:
+            why = "the time limit came first" if result.stopped == "time" else _STOPPED[result.stopped]
+            text = f"measured only {n:,} of {result.steps_asked:,} steps ({why}): {text}"
+        return text
+    if result.stopped == "time":
+        return f"none: the time limit came before the steps could be measured ({n:,} counted)"
     return f"none: the command ended (status {result.exit_status}) before its steps could be measured"
 
 
@@ -502,9 +854,14 @@ def _first_occurrence(schedule: Schedule, phase: str) -> str:
     """ " (first after step 50, --sample_every_n_steps 50)" for a scheduled phase, "" otherwise."""
     name = phase.split("+", maxsplit=1)[0]
     interval = schedule.every(name)
-    setting = {SAMPLE: "sample_every", SAVE: "save_every"}.get(name, "")
-    spelled = schedule.spelled(setting)
+    spelled = schedule.spelled_every(name)
     return f" (first after step {interval:,}" + (f", {spelled})" if spelled else ")") if interval else ""
+
+
+def _first_step(schedule: Schedule, phase: str) -> int | None:
+    """The step a phase first runs after in the run as given: 0 when before step 1, else its interval."""
+    name = phase.split("+", maxsplit=1)[0]
+    return 0 if name in schedule.phases_after(0) else schedule.every(name)
 
 
 _STOPPED = {
@@ -512,7 +869,44 @@ _STOPPED = {
     "time": "stopped at the time limit",
     "exited": "the command ended by itself",
     "oom": "it ran out of memory",
+    "no_steps": "stopped: no optimizer step to measure",
+    "interrupted": "interrupted",
 }
+
+
+def _json_verdict(result: ProbeResult) -> dict[str, Any] | None:
+    """The JSON's `verdict`, always what the exit code says: the phase the probe ran out in (exit 4), the
+    forecast where the exit code is the forecast's (0, 4, 5, 6), else null (an OOM in a training step, a
+    crash, no step measured, an interrupt)."""
+    if result.phase_oom is not None and result.exit_code == EXIT_PHASE:
+        return {
+            "outcome": Outcome.PHASE.value,
+            "step": _first_step(result.schedule, result.phase_oom),
+            "phase": result.phase_oom,
+            "needed_bytes": None,  # the probe's OOM gives the request that failed (`oom`), not the phase's need
+            "spare_bytes": None,
+            "margin_bytes": None,
+            "end_step": result.schedule.max_steps,
+            "unmeasured": [],
+            "unmeasured_at_end": [],
+            "upper_bound": False,  # it ran out: no bound, a fact
+        }
+    verdict = result.verdict
+    if verdict is None or result.exit_code not in {EXIT_FITS, EXIT_PHASE, EXIT_GROWTH, EXIT_UNMEASURED}:
+        return None
+    return {
+        "outcome": verdict.outcome.value,
+        "step": verdict.step,
+        "phase": verdict.phase,
+        "needed_bytes": verdict.needed_bytes,
+        "spare_bytes": verdict.spare_bytes,
+        "margin_bytes": verdict.margin_bytes,
+        "end_step": verdict.end_step,
+        "unmeasured": list(result.unmeasured),  # what makes exit 6
+        "unmeasured_at_end": list(result.unmeasured_at_end),  # runs only after the last step: named, not exit 6
+        # The failing phase was measured only before step 1, with the start-up: it may run out, not will.
+        "upper_bound": verdict.upper_bound,
+    }
 
 
 def render_text(result: ProbeResult, tried: Sequence[Tried] = ()) -> list[str]:
@@ -530,7 +924,8 @@ def render_text(result: ProbeResult, tried: Sequence[Tried] = ()) -> list[str]:
         for p in prof.phases:
             every = f" every {p.period:,} steps ({p.period_source})" if p.period else ""
             seen = ", ".join(f"{s:,}" for s in p.seen_after[:5])
-            lines.append(f"  {p.name}{every}: peak {size(p.peak_allocated_bytes)}, seen after step {seen}")
+            bound = " (an upper bound: measured only before step 1, with the start-up)" if p.peak_is_upper_bound else ""
+            lines.append(f"  {p.name}{every}: peak {size(p.peak_allocated_bytes)}{bound}, seen after step {seen}")
     if result.capacity_bytes is not None:
         lines.append(f"  this card: {size(result.capacity_bytes)} usable by the run (its reserved memory + free)")
     lines.append("verdict: " + verdict_text(result))
@@ -549,7 +944,6 @@ def render_text(result: ProbeResult, tried: Sequence[Tried] = ()) -> list[str]:
 def to_json(result: ProbeResult, tried: Sequence[Tried] = ()) -> dict[str, Any]:
     """The probe's report for scripts: bytes and seconds, never formatted figures."""
     prof = result.profile
-    verdict = result.verdict
     return {
         "exit_code": result.exit_code,
         "message": verdict_text(result),
@@ -566,12 +960,16 @@ def to_json(result: ProbeResult, tried: Sequence[Tried] = ()) -> dict[str, Any]:
             "sample_every": result.schedule.sample_every,
             "sample_at_first": result.schedule.sample_at_first,
             "save_every": result.schedule.save_every,
+            "save_at_end": result.schedule.save_at_end,
         },
         "steps": None
         if prof is None
         else {
             "measured": prof.step,
             "peak_allocated_bytes": prof.step_peak_allocated_bytes,
+            # The largest peak any record executed (start-up and phases too): a need up to it fits without the
+            # allocator's margin.
+            "executed_peak_allocated_bytes": prof.executed_peak_allocated_bytes,
             "growth_bytes_per_step": prof.growth_bytes_per_step,
             "seconds_per_step": prof.step_seconds,
         },
@@ -583,22 +981,15 @@ def to_json(result: ProbeResult, tried: Sequence[Tried] = ()) -> dict[str, Any]:
                 "period": p.period,
                 "period_source": p.period_source,
                 "peak_allocated_bytes": p.peak_allocated_bytes,
+                # Measured only before step 1, together with the start-up: the phase needs at most this much.
+                "upper_bound": p.peak_is_upper_bound,
                 "seen_after": list(p.seen_after),
             }
             for p in prof.phases
         ],
-        "verdict": None
-        if verdict is None
-        else {
-            "outcome": verdict.outcome.value,
-            "step": verdict.step,
-            "phase": verdict.phase,
-            "needed_bytes": verdict.needed_bytes,
-            "spare_bytes": verdict.spare_bytes,
-            "margin_bytes": verdict.margin_bytes,
-            "end_step": verdict.end_step,
-            "unmeasured": list(verdict.unmeasured),
-        },
+        "verdict": _json_verdict(result),
+        "steps_asked": result.steps_asked,
+        "failure": result.failure,
         "phase_oom": result.phase_oom,
         "oom": None
         if result.oom is None

@@ -16,8 +16,14 @@ Three things then decide whether the run reaches its last step:
 The forecast projects each phase's and the steps' peaks forward by the growth and compares them with the
 process's **capacity**: what it can allocate now (its reserved memory plus the card's free memory). A need
 within the fragmentation margin of the capacity counts as not fitting: the caching allocator needs that room
-to find blocks of the right sizes. All figures are allocated bytes (what tensors need); reserved peaks stay
-high after any large phase, since the allocator keeps the blocks, so they cannot tell phases apart.
+to find blocks of the right sizes. The margin guards against what has not happened yet: a need no larger than
+a peak the run has already executed (and no larger than the capacity) fits without it. All figures are
+allocated bytes (what tensors need); reserved peaks stay high after any large phase, since the allocator keeps
+the blocks, so they cannot tell phases apart.
+
+A phase run before the first step (kohya's `--sample_at_first`) shares its interval with the start-up (loading,
+the allocator's first allocations): the agent cannot reset the peak between the two, so that figure is only
+an upper bound of the phase's own, replaced by the first occurrence measured after a training step.
 
 Pure functions of step records: no clock, no I/O.
 """
@@ -38,6 +44,8 @@ from .units import MIB, size
 SAMPLE = "sample"
 SAVE = "save"
 PEAK = "peak"  # a recurring peak that no setting names
+#: Each named phase's interval, as the `Schedule` item (and `Schedule.spelling` key) that holds it.
+PHASE_INTERVALS: dict[str, str] = {SAMPLE: "sample_every", SAVE: "save_every"}
 
 #: A need this close to the capacity does not fit (the larger of the two).
 MARGIN_BYTES = 256 * MIB
@@ -65,6 +73,9 @@ class Schedule:
     sample_at_first: bool = False
     save_every: int | None = None
     spelling: tuple[tuple[str, str], ...] = ()
+    # The trainer saves once more after its last step (kohya's train_network.py always does, whatever
+    # --save_every_n_steps says): with a known end, that save is forecast at `max_steps`.
+    save_at_end: bool = False
 
     def spelled(self, item: str) -> str | None:
         """How the configuration states `item` (max_steps, sample_every, save_every), if it was read."""
@@ -72,7 +83,19 @@ class Schedule:
 
     def every(self, phase: str) -> int | None:
         """The configured interval of a named phase."""
-        return {SAMPLE: self.sample_every, SAVE: self.save_every}.get(phase)
+        item = PHASE_INTERVALS.get(phase)
+        value = getattr(self, item) if item is not None else None
+        return value if isinstance(value, int) else None
+
+    def spelled_every(self, phase: str) -> str | None:
+        """How the configuration states a named phase's interval ("--sample_every_n_steps 100"), if read."""
+        item = PHASE_INTERVALS.get(phase)
+        return self.spelled(item) if item is not None else None
+
+    def only_at_end(self, phase: str) -> bool:
+        """Whether the phase is announced only after the run's last step (a save at the end, none on an
+        interval): no test run short of the whole run can measure it."""
+        return phase == SAVE and self.save_at_end and self.max_steps is not None and not self.every(SAVE)
 
     def phases_after(self, step: int) -> frozenset[str]:
         """The named phases the trainer runs after optimizer step `step` (0: before the first step)."""
@@ -81,7 +104,7 @@ class Schedule:
             if self.sample_at_first:
                 names.add(SAMPLE)
             return frozenset(names)
-        for name in (SAMPLE, SAVE):
+        for name in PHASE_INTERVALS:
             every = self.every(name)
             if every and step % every == 0:
                 names.add(name)
@@ -99,6 +122,9 @@ class Phase:
     peak_allocated_bytes: int  # the largest seen
     peak_after: int  # the step after which that largest one ran
     seconds: float  # how long its interval took, at most
+    # The peak comes only from the first interval, which also holds the start-up (loading, the allocator's
+    # first allocations): the phase itself needed at most this much, maybe less.
+    peak_is_upper_bound: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +142,9 @@ class StepProfile:
     step_seconds: float | None  # median duration of a training step
     phases: tuple[Phase, ...]
     unmeasured: tuple[str, ...]  # phases the schedule announces that no record holds yet
+    # The largest peak of any record (start-up, phases and steps alike): this much was allocated, so a need up
+    # to it fits without the fragmentation margin. 0 (unknown) keeps the margin on every need.
+    executed_peak_allocated_bytes: int = 0
 
 
 class Outcome(str, Enum):
@@ -124,6 +153,9 @@ class Outcome(str, Enum):
     FITS = "fits"
     PHASE = "phase"  # runs out in a recurring phase
     GROWTH = "growth"  # runs out at a training step, from growth per step
+    # Runs out at the next training step with no growth needed: the steps' own peak is above what the process
+    # can use now (something else took memory since the peak ran).
+    STEP = "step"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +170,9 @@ class Verdict:
     margin_bytes: int
     end_step: int | None  # the run's last step, when the configuration says it
     unmeasured: tuple[str, ...]
+    # PHASE only: the failing phase was measured only together with the start-up (`Phase.peak_is_upper_bound`),
+    # so it may run out there, not that it will.
+    upper_bound: bool = False
 
     @property
     def spare_bytes(self) -> int:
@@ -215,22 +250,28 @@ def profile(records: Sequence[StepRecord], schedule: Schedule | None = None) -> 
     phases = []
     for name, seen in sorted(tagged.items()):
         alone = [r for r in seen if _tags(r, schedule) == {name}] or seen
-        top = max(alone, key=lambda r: r.peak_allocated_bytes)
+        # The first interval's peak is the start-up's as much as the phase's (a sample brought before step 1
+        # runs right after loading, and the agent cannot reset the peak between the two): a later occurrence,
+        # measured alone, is the phase's own figure; the first one is only an upper bound.
+        exact = [r for r in alone if r.first_step > 1]
+        top = max(exact or alone, key=lambda r: r.peak_allocated_bytes)
         every = schedule.every(name)
-        setting = {SAMPLE: "sample_every", SAVE: "save_every"}.get(name)
         phases.append(
             Phase(
                 name=name,
                 seen_after=tuple(r.last_step - 1 for r in seen),
                 period=every if every else period if name == PEAK else None,
-                period_source=(schedule.spelled(setting) if every and setting else None)
+                period_source=(schedule.spelled_every(name) if every else None)
                 or ("learned" if name == PEAK else None),
                 peak_allocated_bytes=top.peak_allocated_bytes,
                 peak_after=top.last_step - 1,
                 seconds=max(r.seconds for r in seen),
+                peak_is_upper_bound=top.first_step <= 1,
             )
         )
-    announced = {n for n in (SAMPLE, SAVE) if schedule.every(n)} | ({SAMPLE} if schedule.sample_at_first else set())
+    announced = {n for n in PHASE_INTERVALS if schedule.every(n)} | ({SAMPLE} if schedule.sample_at_first else set())
+    if schedule.save_at_end and schedule.max_steps is not None:
+        announced.add(SAVE)
     top_step = max(training, key=lambda r: r.peak_allocated_bytes)
     durations = [r.seconds / r.count for r in training if r.first_step > 1]
     growth = _slope(training, lambda r: r.allocated_bytes)
@@ -250,30 +291,40 @@ def profile(records: Sequence[StepRecord], schedule: Schedule | None = None) -> 
         step_seconds=statistics.median(durations) if durations else None,
         phases=tuple(phases),
         unmeasured=tuple(sorted(announced - tagged.keys())),
+        executed_peak_allocated_bytes=max(r.peak_allocated_bytes for r in records),
     )
 
 
-def _occurrences(phase: Phase, now: int, until: int) -> list[int]:
-    """The steps after which `phase` runs next, from the step after `now` up to `until` (at most 10,000)."""
-    if phase.period is None:
-        return []
-    every = phase.period
-    if phase.name == PEAK:
-        last = max(phase.seen_after)
-        first = last + every * max(1, math.ceil((now + 1 - last) / every))
-    else:
-        first = every * (now // every + 1)
-    return list(range(first, until + 1, every))[:10_000]
+def _occurrences(phase: Phase, now: int, until: int, *, at_end: bool = False) -> list[int]:
+    """The steps after which `phase` runs next, from `now` up to `until` (at most 10,000 of them, plus `until`
+    itself when `at_end`: a save after the last step).
+
+    `now` is included: the phase after the last step counted runs in the interval no record holds yet.
+    """
+    found: list[int] = []
+    if phase.period is not None:
+        every = phase.period
+        if phase.name == PEAK:
+            last = max(phase.seen_after)
+            first = last + every * max(1, math.ceil((now - last) / every))
+        else:
+            first = every * max(1, math.ceil(now / every))
+        found = list(range(first, until + 1, every))[:10_000]
+    if at_end and until >= now and until not in found:
+        found.append(until)
+    return found
 
 
 def forecast(prof: StepProfile, schedule: Schedule, capacity_bytes: int, *, horizon_steps: int = 100_000) -> Verdict:
     """Project each phase and the training steps to the run's end and compare with what the process can use.
 
     The end is `schedule.max_steps`; with none known, the forecast looks `horizon_steps` ahead. A phase at
-    step k needs its measured peak plus the growth since it was measured; so does a training step.
+    step k needs its measured peak plus the growth since it was measured; so does a training step. A need
+    fits within the capacity less the margin, or, without the margin, up to the largest peak already
+    executed (that much was allocated: the margin guards against a fragmentation the run has not met).
     """
     room = margin(capacity_bytes)
-    limit = capacity_bytes - room
+    limit = max(capacity_bytes - room, min(prof.executed_peak_allocated_bytes, capacity_bytes))
     g, gs, now = prof.growth_bytes_per_step, prof.slack_growth_bytes_per_step, prof.step
     end = schedule.max_steps if schedule.max_steps is not None else now + horizon_steps
     end = max(end, now)
@@ -282,7 +333,7 @@ def forecast(prof: StepProfile, schedule: Schedule, capacity_bytes: int, *, hori
         """A peak measured at one step, as it will be at step k: its own growth, plus the allocator's slack."""
         return peak + int(g * max(0, k - measured_at)) + prof.slack_bytes + int(gs * max(0, k - now))
 
-    failures: list[tuple[int, int, str | None, int]] = []  # (step, order, phase, need)
+    failures: list[tuple[int, int, str | None, int, Outcome]] = []  # (step, order, phase, need, outcome)
     peak, peak_at = prof.step_peak_allocated_bytes, prof.step_peak_at
     most = need(peak, peak_at, end)
     if most > limit:
@@ -293,18 +344,24 @@ def forecast(prof: StepProfile, schedule: Schedule, capacity_bytes: int, *, hori
             at = max(at, now + 1)
             while need(peak, peak_at, at) <= limit:  # int() rounding of the line
                 at += 1
-        failures.append((at, 1, None, need(peak, peak_at, at)))
+        # Growth is the cause only when the steps' peak, as measured, fits: a flat need above the limit
+        # (the capacity shrank under the run) runs out at the next step whatever the growth.
+        flat = peak + prof.slack_bytes > limit
+        failures.append((at, 1, None, need(peak, peak_at, at), Outcome.STEP if flat else Outcome.GROWTH))
+    end_save = schedule.save_at_end and schedule.max_steps is not None
     for phase in prof.phases:
-        for k in _occurrences(phase, now, end):
+        for k in _occurrences(phase, now, end, at_end=end_save and phase.name == SAVE):
             phase_need = need(phase.peak_allocated_bytes, phase.peak_after, k)
             most = max(most, phase_need)
             if phase_need > limit:
-                failures.append((k, 0, phase.name, phase_need))
+                failures.append((k, 0, phase.name, phase_need, Outcome.PHASE))
                 break
     if failures:
-        at, _, name, needed = min(failures)
-        outcome = Outcome.PHASE if name is not None else Outcome.GROWTH
-        return Verdict(outcome, at, name, needed, capacity_bytes, room, schedule.max_steps, prof.unmeasured)
+        at, _, name, needed, outcome = min(failures)
+        bound = any(p.peak_is_upper_bound for p in prof.phases if p.name == name)
+        return Verdict(
+            outcome, at, name, needed, capacity_bytes, room, schedule.max_steps, prof.unmeasured, upper_bound=bound
+        )
     return Verdict(Outcome.FITS, end, None, most, capacity_bytes, room, schedule.max_steps, prof.unmeasured)
 
 
@@ -330,10 +387,26 @@ def describe(verdict: Verdict, prof: StepProfile, schedule: Schedule) -> str:
     elif verdict.outcome is Outcome.PHASE:
         phase = next(p for p in prof.phases if p.name == verdict.phase)
         source = f", {phase.period_source}" if phase.period_source else ""
+        at_end = " (the save at the end)" if verdict.step == schedule.max_steps and phase.name == SAVE else ""
+        if verdict.upper_bound:
+            text = (
+                f"may run out at {phase_words(phase.name)} after step {verdict.step:,}{at_end}{source}: it needs "
+                f"at most {size(verdict.needed_bytes)} of {cap} ({growth}the phase was measured only before "
+                f"step 1, with the start-up: at most {size(phase.peak_allocated_bytes)}; "
+                f"training steps at {size(prof.step_peak_allocated_bytes)})"
+            )
+        else:
+            text = (
+                f"will run out at {phase_words(phase.name)} after step {verdict.step:,}{at_end}{source}: it needs "
+                f"{size(verdict.needed_bytes)} of {cap} ({growth}the phase peaked at "
+                f"{size(phase.peak_allocated_bytes)} after step {phase.peak_after:,}, training steps at "
+                f"{size(prof.step_peak_allocated_bytes)})"
+            )
+    elif verdict.outcome is Outcome.STEP:
         text = (
-            f"will run out at {phase_words(phase.name)} after step {verdict.step:,}{source}: it needs "
-            f"{size(verdict.needed_bytes)} of {cap} ({growth}the phase peaked at {size(phase.peak_allocated_bytes)} "
-            f"after step {phase.peak_after:,}, training steps at {size(prof.step_peak_allocated_bytes)})"
+            f"will run out at step {verdict.step:,}: a training step needs {size(verdict.needed_bytes)}, more than "
+            f"{cap} now ({growth}the steps peaked at {size(prof.step_peak_allocated_bytes)} at step "
+            f"{prof.step_peak_at:,}: something else took memory since)"
         )
     else:
         text = (
@@ -343,7 +416,10 @@ def describe(verdict: Verdict, prof: StepProfile, schedule: Schedule) -> str:
         if schedule.max_steps is not None:
             text += f"; the run ends at step {schedule.max_steps:,}"
     if verdict.unmeasured:
-        text += "; not measured yet: " + ", ".join(phase_words(n) for n in verdict.unmeasured)
+        text += "; not measured yet: " + ", ".join(
+            phase_words(n) + (" (only after the last step)" if schedule.only_at_end(n) else "")
+            for n in verdict.unmeasured
+        )
     return text
 
 

@@ -61,7 +61,8 @@ class TrainerSettings:
     makes steps win). `sample_every_n_*` is how often sample (validation) images are generated and
     `save_every_n_*` how often a checkpoint is written; for these intervals 0 means the trainer is known not
     to do it on that unit (sampling off, or scheduled in the other unit or by wall-clock time), None that it
-    could not be read. `sample_at_first` is whether the trainer samples before its first step;
+    could not be read. `sample_at_first` is whether the trainer samples before its first step; `save_at_end`
+    whether it saves after its last one;
     `sample_resolution` (w, h) is set only where the main config states it plainly (ai-toolkit
     `sample.width/height`).
     """
@@ -92,6 +93,7 @@ class TrainerSettings:
     sample_at_first: bool | None = None
     save_every_n_steps: int | None = None  # 0: known not to save on steps
     save_every_n_epochs: int | None = None  # 0: known not to save on epochs
+    save_at_end: bool | None = None  # the trainer saves once more after its last step, whatever the intervals
     sample_resolution: tuple[int, int] | None = None  # (width, height); the largest when several
     config_format: str | None = None
     config_files: tuple[str, ...] = ()  # every config file read, in order

@@ -10,7 +10,8 @@ Life of the agent in a process:
    at any time. If torch is not imported yet, an import watcher waits for `import torch`: a Python
    process that never imports torch gets no thread and no signal handler at all.
 2. The thread checks once a second whether the process has initialised CUDA, reading `sys.modules`
-   only: the agent never imports torch and never initialises CUDA itself.
+   only: the agent never imports torch and never initialises CUDA itself. When steps are to be counted,
+   the optimizer step hook is registered at the first beat once torch is imported, before CUDA is up.
 3. Once CUDA is up it sends `hello`, attaches the allocator's OOM observer (see `oom.py`) and from then
    on sends `stats` every `interval_seconds`. Sends are non-blocking: with no listener (ENOENT,
    ECONNREFUSED) or a full one (EAGAIN) a datagram is dropped and counted, never waited for.
@@ -171,7 +172,8 @@ class Agent:
         self._oom_debt: dict[int, int] = {}  # device -> OOMs counted but not yet reported
         self._observed_seen: dict[int, int] = {}
         self.signal_handler = False
-        self.steps: StepCounter | None = None  # set once CUDA is up, when counting steps was asked for
+        self.steps: StepCounter | None = None  # set once torch takes the hook, when counting steps was asked for
+        self._step_error_said = False
         self.oom = OomRecorder(
             self.probe,
             self._send_oom,
@@ -202,6 +204,7 @@ class Agent:
         """Stop the thread and close the sockets; the OOM observer stays attached but does nothing."""
         self._stop.set()
         self.oom.disabled = True
+        self._disable_steps()
         self._poke()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -211,7 +214,14 @@ class Agent:
         """In a forked child: the thread does not exist there, the sockets are the parent's; let go."""
         self._stop.set()
         self.oom.disabled = True
+        self._disable_steps()
         self._close()
+
+    def _disable_steps(self) -> None:
+        # The hook stays registered with torch (a later agent's registration replaces it): it must stop
+        # resetting the peaks, or it would steal them from that agent's counter.
+        if self.steps is not None:
+            self.steps.disabled = True
 
     def _close(self) -> None:
         for s in (self._sock, self._wake_r, self._wake_w):
@@ -254,15 +264,13 @@ class Agent:
 
     def tick(self) -> None:
         """One beat: wait for CUDA, then sample. Public so tests can drive it without the thread."""
+        if self.config.count_steps and self.steps is None:
+            self._register_steps()
         if not self._cuda_ready:
             if not self.probe.cuda_initialized():
                 return
             self._cuda_ready = True
             self.oom.arm()
-            if self.config.count_steps:
-                counter = StepCounter(self.probe, self._clock)
-                if self.probe.register_step_hook(counter.on_step):
-                    self.steps = counter
             self._send_message(
                 protocol.hello_message(
                     pid=self.pid,
@@ -277,6 +285,28 @@ class Agent:
             )
         self._sample()
         self._send_steps()
+
+    def _register_steps(self) -> None:
+        """Register the step hook as soon as torch can take it, before CUDA is up: steps taken before the
+        process's first CUDA call are counted too (without peaks), so the numbers stay the trainer's. Once only:
+        `self.steps` is set on success, and the probe replaces any hook registered before (one per process)."""
+        counter = StepCounter(self.probe, self._clock)
+        if self.probe.register_step_hook(counter.on_step):
+            self.steps = counter
+
+    def _step_errors(self) -> int | None:
+        """The step hook's swallowed exceptions, said once on stderr (the trainer's log) and sent with each sample."""
+        counter = self.steps
+        if counter is None:
+            return None
+        if counter.errors and not self._step_error_said:
+            self._step_error_said = True
+            print(
+                f"vramwatch agent: the optimizer step hook failed ({counter.first_error}); steps go on, "
+                "their peaks may be missing",
+                file=sys.stderr,
+            )
+        return counter.errors
 
     def _send_steps(self) -> None:
         if self.steps is not None:
@@ -334,6 +364,7 @@ class Agent:
                 sample_seconds=cost,
                 dropped=self.counters.dropped,
                 signal=self._signal_installed(),
+                step_errors=self._step_errors(),
             )
         )
 

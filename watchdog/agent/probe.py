@@ -22,11 +22,17 @@ The PyTorch calls used, all public except the two the memory-snapshot docs name:
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 OomObserver = Callable[[int, int, int, int], None]
+
+# The handle of this process's step hook: one per process, whichever agent (or probe) registered it, so that an
+# agent started again after `stop()` (or in a forked child) replaces the hook instead of adding a second one
+# that would reset the peaks under the first and count each step twice.
+_STEP_HOOK_HANDLE: Any = None
 
 
 class TorchProbe(Protocol):
@@ -57,7 +63,8 @@ class TorchProbe(Protocol):
     def empty_cache(self) -> bool: ...
 
     def register_step_hook(self, hook: Callable[[object], None]) -> bool:
-        """Call `hook(optimizer)` after every optimizer step of the process; False when torch cannot."""
+        """Call `hook(optimizer)` after every optimizer step of the process, replacing a hook registered
+        before (one per process); False when torch cannot (not imported yet, or too old)."""
 
     def current_device(self) -> int | None: ...
 
@@ -191,10 +198,16 @@ class RealTorchProbe:
         def post_hook(opt: object, _args: object, _kwargs: object) -> None:
             hook(opt)
 
+        global _STEP_HOOK_HANDLE  # one step hook per process, by design
         try:
-            register(post_hook)
+            handle = register(post_hook)
         except Exception:
             return False
+        previous, _STEP_HOOK_HANDLE = _STEP_HOOK_HANDLE, handle
+        remove = getattr(previous, "remove", None)
+        if remove is not None:
+            with contextlib.suppress(Exception):
+                remove()
         return True
 
     def current_device(self) -> int | None:

@@ -59,7 +59,7 @@ REPORT_TYPES = frozenset({"hello", "stats", "oom", "steps"})  # agent -> listene
 MESSAGE_TYPES = REPORT_TYPES | {"pressure"}  # and listener -> agent
 MAX_DEVICES = 64  # a stats message listing more devices than a host can have is refused
 MAX_STEP_ENTRIES = 256  # a steps message carries at most this many entries (the agent merges beyond it)
-#: The fields of one entry of a `steps` message, in order (a list, not an object: 8 numbers, ~90 bytes).
+#: The fields of one entry of a `steps` message, in order (a list, not an object: one number a field, ~100 bytes).
 STEP_FIELDS = (
     "first_step",
     "last_step",
@@ -211,9 +211,12 @@ def stats_message(
     sample_seconds: float,
     dropped: int,
     signal: bool,
+    step_errors: int | None = None,
 ) -> dict[str, Any]:
     """One sample of every device this process has allocated on; `sample_seconds` is what reading the
-    allocator cost the agent this time (its own overhead, reported so nobody has to guess it)."""
+    allocator cost the agent this time (its own overhead, reported so nobody has to guess it).
+    `step_errors`: exceptions the step hook swallowed so far (None when steps are not counted); it rides on
+    every sample because a hook that always fails sends no `steps` message at all."""
     return {
         "v": VERSION,
         "type": "stats",
@@ -225,6 +228,7 @@ def stats_message(
         "sample_seconds": sample_seconds,
         "dropped": dropped,
         "signal": signal,
+        "step_errors": step_errors,
     }
 
 
@@ -352,6 +356,8 @@ class Report:
     signal: bool | None = None  # the agent handles SIGUSR2 as a pressure notice; None when not said
     device: int | None = None  # steps: the device whose peaks the entries carry
     steps: tuple[StepEntry, ...] = ()  # steps
+    step_errors: int | None = None  # stats: exceptions the step hook swallowed so far; None when not said
+    counts_steps: bool | None = None  # hello: the agent counts optimizer steps; None when not said
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +463,7 @@ def parse_report(data: bytes) -> Report:
             raise ProtocolError(f"a steps message needs a device and at most {MAX_STEP_ENTRIES} entries")
         steps = tuple(_step_entry(entry) for entry in entries)
     signal = message.get("signal")
+    counts_steps = message.get("steps") if kind == "hello" else None
     return Report(
         kind=kind,
         claimed_pid=pid,
@@ -468,6 +475,8 @@ def parse_report(data: bytes) -> Report:
         signal=signal if isinstance(signal, bool) else None,
         device=device,
         steps=steps,
+        step_errors=_count(message, "step_errors") if kind == "stats" else None,
+        counts_steps=counts_steps if isinstance(counts_steps, bool) else None,
     )
 
 

@@ -95,6 +95,8 @@ class AgentReport:
     dropped: int | None = None  # datagrams the agent could not deliver so far
     signal: bool = False  # the agent handles SIGUSR2 as a pressure notice
     steps: tuple[StepRecord, ...] = ()  # a steps report: the optimizer steps since the last one
+    step_errors: int | None = None  # a stats report: exceptions the agent's step hook swallowed so far
+    counts_steps: bool | None = None  # a hello: whether the agent counts optimizer steps (None: not said)
 
     @property
     def torch_stats(self) -> tuple[TorchStats, ...]:
@@ -372,6 +374,8 @@ class AgentListener:
             dropped=parsed.dropped,
             signal=peer.signal,
             steps=_step_records(pid, parsed),
+            step_errors=parsed.step_errors,
+            counts_steps=parsed.counts_steps,
         )
 
     def _expire(self) -> None:

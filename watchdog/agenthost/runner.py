@@ -19,6 +19,10 @@ The command's stdio, exit status and signals pass through unchanged:
   script, `kill -INT <runner>`), it forwards them;
 - SIGTERM, SIGHUP, SIGUSR1, SIGUSR2 are forwarded to the child (a `kill` of the runner reaches the
   trainer; SIGUSR2 is also the agent's pressure signal).
+- with `group` (`vramwatch probe`), the child leads its own session and process group, and signals go to the
+  whole group: `accelerate launch` and shell wrappers do not pass SIGINT on to the trainer they start. The
+  child is then outside the terminal's foreground group, so Ctrl-C reaches only the runner, which forwards it
+  (or hands it to `on_interrupt`);
 - The finished child is left unreaped for `exit_status_seconds` (2.5 s: two 1 Hz ticks), so that a
   watching daemon reads its exit status in `/proc/<pid>/stat`: NVML cannot tell a run that ended normally on
   a full card from one that ran out of memory; its exit status can (a clean exit is never a `probable_oom`).
@@ -80,6 +84,43 @@ def agent_environment(
     return env
 
 
+class ChildGroup:
+    """The child's process group, signalled from any thread without racing the child's reaping.
+
+    The group's id is the leader's pid, which cannot belong to another process while the leader is unreaped
+    (running, or a zombie): `signal` sends only then, under the lock that the reaping (`run_command`) takes,
+    and the reaping sets `reaped` before it lets go. The lock is taken with a timeout, never blocking: a
+    signal handler that runs in the reaping thread while it holds the lock gives up (the child has ended).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reaped = threading.Event()
+        self.pid: int | None = None  # the leader's, once it runs: the group's and the session's id
+
+    def signal(self, signum: int) -> bool:
+        """Send `signum` to every process of the group; False once the leader is reaped (or not started)."""
+        if not self._lock.acquire(timeout=0.5):
+            return False
+        try:
+            if self.pid is None or self.reaped.is_set():
+                return False
+            try:
+                os.killpg(self.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                return False
+            return True
+        finally:
+            self._lock.release()
+
+    def reap(self, proc: subprocess.Popen[bytes]) -> int:
+        """Reap the ended leader (`proc.wait()`) and set `reaped`, with no group signal in between."""
+        with self._lock:
+            returncode = proc.wait()
+            self.reaped.set()
+        return returncode
+
+
 def _foreground_of_a_terminal() -> bool:
     """True when this process is in its terminal's foreground group, which then got the key's signal too."""
     for fd in (0, 1, 2):
@@ -100,10 +141,20 @@ def _foreground_of_a_terminal() -> bool:
 
 
 @contextlib.contextmanager
-def _passing_signals(child: Callable[[], subprocess.Popen[bytes] | None]) -> Iterator[None]:
+def _passing_signals(
+    child: Callable[[], subprocess.Popen[bytes] | None],
+    group: ChildGroup | None = None,
+    on_interrupt: Callable[[], None] | None = None,
+) -> Iterator[None]:
     def handler(signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and on_interrupt is not None:
+            on_interrupt()  # the caller stops the child its own way
+            return
         proc = child()
         if proc is None or proc.returncode is not None:
+            return
+        if group is not None:
+            group.signal(signum)  # its own session: the terminal's keys never reached it
             return
         if signum in _TERMINAL and _foreground_of_a_terminal():
             return
@@ -149,6 +200,8 @@ def run_command(
     advise: AdviseVerdict | None = None,
     on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
     child_stdout: int | None = None,
+    group: ChildGroup | None = None,
+    on_interrupt: Callable[[], None] | None = None,
 ) -> int:
     """Run `argv` with the agent loaded; return its exit status (128 + N if killed by signal N).
 
@@ -162,6 +215,9 @@ def run_command(
     `on_start`: called with the child once it runs (`vramwatch probe` stops it from another thread).
     `child_stdout`: a file descriptor for the child's stdout instead of ours (`probe --json` keeps its own
     stdout for the report).
+    `group`: start the child in its own session and process group, forward signals to the whole group, and
+    reap it through `group` (so that another thread can signal the group safely).
+    `on_interrupt`: called for a SIGINT to the runner instead of forwarding it.
     """
     if not argv:
         raise ConfigError("vramwatch run: no command given (usage: vramwatch run -- python train.py ...)")
@@ -206,18 +262,22 @@ def run_command(
             empty_cache_on_pressure=empty_cache_on_pressure,
             count_steps=count_steps,
         )
-        with _passing_signals(lambda: proc):
+        with _passing_signals(lambda: proc, group, on_interrupt):
             try:
-                proc = subprocess.Popen(list(argv), env=child_env, stdout=child_stdout)
+                proc = subprocess.Popen(
+                    list(argv), env=child_env, stdout=child_stdout, start_new_session=group is not None
+                )
             except FileNotFoundError:
                 print(f"vramwatch: command not found: {argv[0]}", file=out)
                 return 127
             except PermissionError:
                 print(f"vramwatch: permission denied: {argv[0]}", file=out)
                 return 126
+            if group is not None:
+                group.pid = proc.pid
             if on_start is not None:
                 on_start(proc)
-            returncode = _wait_leaving_status(proc, exit_status_seconds)
+            returncode = _wait_leaving_status(proc, exit_status_seconds, group)
         return 128 - returncode if returncode < 0 else returncode
     finally:
         if listener is not None:
@@ -227,13 +287,14 @@ def run_command(
         shutil.rmtree(private_dir, ignore_errors=True)
 
 
-def _wait_leaving_status(proc: subprocess.Popen[bytes], seconds: float) -> int:
+def _wait_leaving_status(proc: subprocess.Popen[bytes], seconds: float, group: ChildGroup | None = None) -> int:
     """Wait for the child to end, leave it a zombie for `seconds`, then reap it and return its return code."""
-    if seconds > 0:
+    if seconds > 0 or group is not None:
         with contextlib.suppress(ChildProcessError):
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped: /proc still shows it
-            threading.Event().wait(seconds)
-    return proc.wait()
+            if seconds > 0:
+                threading.Event().wait(seconds)
+    return proc.wait() if group is None else group.reap(proc)
 
 
 def main(args: Sequence[str] | None = None) -> int:

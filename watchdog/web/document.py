@@ -24,6 +24,7 @@ from typing import Any
 from ..attach import POST_MORTEM_KINDS
 from ..model import Finding, ProcessKey, Snapshot
 from ..render import eta_text, finding_dict
+from ..stephistory import StepFigures
 from ..units import gpu_label
 from .store import Departure, GpuTrack, PageStore, uuid_of
 
@@ -45,6 +46,7 @@ class Now:
     gpu_growth: Mapping[str, float] = field(default_factory=dict)  # uuid -> bytes/s
     process_growth: Mapping[tuple[ProcessKey, str], float] = field(default_factory=dict)
     oom_eta: Mapping[str, float] = field(default_factory=dict)  # uuid -> seconds
+    steps: Mapping[tuple[int, int], StepFigures] = field(default_factory=dict)  # (pid, device) -> agent's steps
 
 
 def _num(x: float) -> float | int | None:
@@ -140,6 +142,15 @@ def _verdicts(now: Now, store: PageStore) -> list[dict[str, Any]]:
             label = next((lab for lab in track.labels.values() if lab.pid == key.pid), None) if track else None
             name, user = (label.name, label.user) if label else (None, None)
         out.append({"pid": key.pid, "name": name, "user": user, "gpu": store.index.get(uuid), "verdict": text})
+    # The agents' step forecasts read like the other verdicts: one sentence per process, on its GPU.
+    for (pid, _device), f in sorted(now.steps.items()):
+        if f.message is None:
+            continue
+        member = next((p for p in procs if p.pid == pid), None)
+        name, user = (member.meta.name, member.meta.user) if member is not None else (None, None)
+        gpu = store.index.get(f.gpu_uuid) if f.gpu_uuid else None
+        text = f"pid {pid} at step {f.step:,}: {f.message}"
+        out.append({"pid": pid, "name": name, "user": user, "gpu": gpu, "verdict": text})
     return out
 
 

@@ -69,6 +69,7 @@ def state_from_export(st: ExportState) -> document.Now:
         gpu_growth=st.gpu_growth,
         process_growth=st.process_growth,
         oom_eta=st.oom_eta,
+        steps=st.steps,
     )
 
 

@@ -6,7 +6,11 @@ Each step peaks at --step-gib; sampling after multiples of --sample_every_n_step
 --leak-mib-per-step stays allocated after every step; --gradient_checkpointing halves a step's peak and
 --mixed_precision bf16 takes 40 % off it. The card holds --card-gib. A step or phase that needs
 more than the card raises the OOM the agent reports, then the script exits 3 (as the benchmark workloads
-do). SIGINT ends it with 130, as Python does.
+do), or first hangs for --hang-after-oom seconds. SIGINT ends it with 130, as Python does.
+
+Ways to go wrong, for the probe's failure paths: --crash-at-step N raises an error (exit 1) at step N;
+--no-step-hook has the agent count no steps (its hello says so); --no-steps never reaches an optimizer step.
+With --output_dir, sample images and saves are written there, as kohya does.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from vramwatch.agent.core import Agent, AgentConfig
 
@@ -24,8 +29,9 @@ MIB = 1 << 20
 class ModelProbe:
     """The agent's TorchProbe over the memory model."""
 
-    def __init__(self, card: int) -> None:
+    def __init__(self, card: int, step_hook: bool = True) -> None:
         self.card = card
+        self.step_hook = step_hook
         self.allocated = 2 * GIB
         self.peak = self.allocated
         self.hook = None
@@ -69,7 +75,7 @@ class ModelProbe:
 
     def register_step_hook(self, hook) -> bool:
         self.hook = hook
-        return True
+        return self.step_hook
 
     def current_device(self) -> int:
         return 0
@@ -103,8 +109,20 @@ def main() -> int:
     # Two of kohya's memory settings, with the effect the advice rules expect of them (roughly).
     p.add_argument("--gradient_checkpointing", action="store_true")
     p.add_argument("--mixed_precision", default="no")
+    p.add_argument("--crash-at-step", type=int)
+    p.add_argument("--hang-after-oom", type=float, default=0.0)
+    p.add_argument("--no-step-hook", action="store_true")
+    p.add_argument("--no-steps", action="store_true")
+    p.add_argument("--output_dir")
     args, _ = p.parse_known_args()
-    probe = ModelProbe(int(args.card_gib * GIB))
+    out = Path(args.output_dir) if args.output_dir else None
+
+    def write(name: str) -> None:
+        if out is not None:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text(name)
+
+    probe = ModelProbe(int(args.card_gib * GIB), step_hook=not args.no_step_hook)
     agent = Agent(AgentConfig.from_env(), probe=probe)
     agent.tick()  # hello, and the step hook registered
     step_gib = args.step_gib * (0.5 if args.gradient_checkpointing else 1.0)
@@ -115,21 +133,29 @@ def main() -> int:
     try:
         if args.sample_at_first:
             probe.need(sample_extra)
+            write("sample/at_first.png")
+        while args.no_steps:
+            time.sleep(0.05)
+            agent.tick()
         for step in range(1, args.max_train_steps + 1):
+            if step == args.crash_at_step:
+                raise RuntimeError(f"a bug at step {step}")
             probe.need(step_extra)
             probe.allocated += int(args.leak_mib_per_step * MIB)
             probe.hook(object())
             if args.sample_every_n_steps and step % args.sample_every_n_steps == 0:
                 probe.need(sample_extra)
+                write(f"sample/step{step}.png")
             if args.save_every_n_steps and step % args.save_every_n_steps == 0:
                 probe.need(int(args.save_gib * GIB) - probe.allocated)
+                write(f"step{step}.safetensors")
             time.sleep(args.step_seconds)
             if time.monotonic() - last_tick >= 0.05:
                 agent.tick()
                 last_tick = time.monotonic()
     except MemoryError:
         agent.tick()
-        time.sleep(0.2)
+        time.sleep(0.2 + args.hang_after_oom)
         return 3
     except KeyboardInterrupt:
         return 130

@@ -53,3 +53,9 @@ class Trainer:
     save_now: SaveNow | None = None
     resume_hint: Callable[[ProcessMeta], str | None] | None = None  # for a trainer with no save-now
     probe_argv: ProbeArgv | None = None  # how a short test run reaches the sampling phase
+    # The flag naming the directory the trainer writes its samples and checkpoints to: a probe points it at a
+    # temporary directory, so that a test run never writes into the user's output directory.
+    output_dir_flag: str | None = None
+    # The switch that runs a phase before the first optimizer step (kohya: --sample_at_first); the probe drops
+    # it to tell an OOM in that phase from one in the first training step.
+    first_phase_switch: str | None = None

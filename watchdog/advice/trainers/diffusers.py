@@ -122,4 +122,6 @@ def _read_schedule(flags: Flags, script: str, b: Builder) -> None:
         b.default("sample_every_n_epochs", defaults["validation_epochs"], f"{script} --validation_epochs default")
 
 
-TRAINER = Trainer(ID, "diffusers example script", 20, recognizes, read)
+# The examples write checkpoints, validation images and (by default, `--logging_dir logs`) logs under
+# `--output_dir`.
+TRAINER = Trainer(ID, "diffusers example script", 20, recognizes, read, output_dir_flag="--output_dir")

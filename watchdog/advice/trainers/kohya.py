@@ -183,7 +183,8 @@ def _read_schedule(get: Callable[..., Got | None], b: Builder) -> None:
     then computed from the dataloader's length, so they stay unknown here. `--sample_every_n_epochs`
     overrides `--sample_every_n_steps` ("sample_every_n_steps は無視する"); a value of 0 or less disables either.
     `--sample_at_first` samples before the first step. `--save_every_n_steps` and `--save_every_n_epochs` both
-    apply; `--save_n_epoch_ratio` replaces the epoch interval with one derived from the epoch count.
+    apply; `--save_n_epoch_ratio` replaces the epoch interval with one derived from the epoch count. After the
+    training loop train_network.py always saves the final model (`save_model(..., force_sync_upload=True)`).
     """
     epochs = get("max_train_epochs")
     if epochs is not None:
@@ -225,6 +226,7 @@ def _read_schedule(get: Callable[..., Got | None], b: Builder) -> None:
     b.default("sample_at_first", False, "sd-scripts --sample_at_first is off unless given")
     b.default("save_every_n_steps", 0, "sd-scripts saves on steps only with --save_every_n_steps")
     b.default("save_every_n_epochs", 0, "sd-scripts saves on epochs only with --save_every_n_epochs")
+    b.default("save_at_end", True, "sd-scripts train_network.py saves the model after the last step")
 
 
 def probe_argv(argv: Sequence[str], settings: s.TrainerSettings) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -304,4 +306,16 @@ def resumability_hint(meta: ProcessMeta) -> str | None:
     )
 
 
-TRAINER = Trainer(ID, "kohya-ss sd-scripts", 10, recognizes, read, resume_hint=resumability_hint, probe_argv=probe_argv)
+TRAINER = Trainer(
+    ID,
+    "kohya-ss sd-scripts",
+    10,
+    recognizes,
+    read,
+    resume_hint=resumability_hint,
+    probe_argv=probe_argv,
+    # train_util.py: samples go to <output_dir>/sample, models and states to <output_dir>; the command line
+    # overrides --config_file, so the flag redirects a configured output_dir too.
+    output_dir_flag="--output_dir",
+    first_phase_switch="--sample_at_first",
+)
