@@ -100,7 +100,7 @@ def main() -> int:
     counter = StepCounter(RealTorchProbe())
     hook_s = timed(lambda: counter.on_step(opt), 2000)
     counter.drain()
-    register = torch.optim.optimizer.register_optimizer_step_post_hook
+    from torch.optim.optimizer import register_optimizer_step_post_hook as register
     hook_off, hook_on = [], []
     for _ in range(args.pairs):
         hook_off.append(block())
