@@ -101,6 +101,7 @@ def main() -> int:
     hook_s = timed(lambda: counter.on_step(opt), 2000)
     counter.drain()
     from torch.optim.optimizer import register_optimizer_step_post_hook as register
+
     hook_off, hook_on = [], []
     for _ in range(args.pairs):
         hook_off.append(block())

@@ -100,6 +100,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     p.add_argument("--sample_every_n_epochs", type=int, default=None, help="overrides --sample_every_n_steps")
     p.add_argument("--sample_at_first", action="store_true", help="sample before the first step")
     p.add_argument("--sample_prompts", default=None, help="kohya prompt file: PROMPT --w W --h H --s STEPS --d SEED")
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches per optimizer step")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--leak", action="store_true", help="keep every step's hidden state on the GPU (a bug)")
     # Not kohya's: for the watchdog's test bench.
@@ -502,12 +503,16 @@ def main(args: argparse.Namespace, ignored: list[str]) -> int:
         w = max(64, width * sw // 16 // 64 * 64)
         h = max(64, height * sh // 16 // 64 * 64)
         tokens = (w // 8) * (h // 8)
-        latents = torch.randn(args.train_batch_size, tokens, LATENT_CHANNELS, device=device)
-        noise = torch.randn_like(latents)
-        with autocast():
-            pred, hidden = model(latents + noise)
-            loss = F.mse_loss(pred.float(), noise)
-        scaler.scale(loss).backward()
+        accumulate = max(1, args.gradient_accumulation_steps)
+        for micro in range(accumulate):  # kohya: one optimizer step per `accumulate` batches
+            if micro:  # the previous batch's tensors, freed before the next batch's forward
+                del latents, noise, loss, pred, hidden  # noqa: F821 - bound by the batch before (micro > 0)
+            latents = torch.randn(args.train_batch_size, tokens, LATENT_CHANNELS, device=device)
+            noise = torch.randn_like(latents)
+            with autocast():
+                pred, hidden = model(latents + noise)
+                loss = F.mse_loss(pred.float(), noise) / accumulate
+            scaler.scale(loss).backward()
         scaler.step(opt)  # a real torch.optim step: vramwatch counts steps through the optimizer hooks
         scaler.update()
         opt.zero_grad(set_to_none=True)
