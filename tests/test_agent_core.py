@@ -410,6 +410,29 @@ def test_steps_reported_with_their_peaks(listener):
     agent.stop()
 
 
+def test_steps_of_the_last_second_are_sent_at_exit(listener):
+    """Steps counted after the last beat reach the host at interpreter exit, once; a stopped agent sends none."""
+    link, reports = listener
+    probe = FakeProbe()
+    probe.initialized = True
+    agent = make_agent([str(link.path)], probe, count_steps=True)
+    agent.tick()
+    assert probe.step_hook is not None
+    optimizer = FakeOptimizer()
+    for _ in range(4):
+        probe.step_hook(optimizer)
+    agent.flush_at_exit()
+    agent.flush_at_exit()  # nothing new: no second message
+    link.poll(timeout=1.0)
+    (steps,) = [r for r in reports if r.kind == "steps"]
+    assert [s.last_step for s in steps.steps] == [1, 2, 3, 4]
+    agent.stop()
+    probe.step_hook(optimizer)
+    agent.flush_at_exit()
+    link.poll(timeout=0.2)
+    assert len([r for r in reports if r.kind == "steps"]) == 1
+
+
 def test_a_step_without_peaks_is_still_counted(listener):
     """A torch that cannot say its peaks sends no entry, but the step counts: the numbers stay the trainer's."""
     link, _ = listener

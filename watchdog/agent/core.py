@@ -31,6 +31,7 @@ does not inherit a running agent: its sockets are closed and its callbacks clear
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import select
@@ -314,6 +315,15 @@ class Agent:
             if message is not None:
                 self._send_message(message)
 
+    def flush_at_exit(self) -> None:
+        """At interpreter exit (atexit): send the steps counted since the last beat. The thread beats once a
+        second, so without this a run's last second of steps (all of a short run's) never reaches the host,
+        and a probe of a run that ended by itself would miss its end."""
+        if self.pid != os.getpid() or self._stop.is_set() or not self._cuda_ready:
+            return  # a forked child's copy, a stopped agent, or nothing announced to the host yet
+        with contextlib.suppress(Exception):  # never an error at the trainer's exit
+            self._send_steps()
+
     def _send_oom(self, message: dict[str, Any]) -> None:
         """The steps completed so far go first: the listener then knows after which step the OOM came."""
         self._send_steps()
@@ -516,6 +526,7 @@ def _activate(agent: Agent) -> None:
     if agent.config.install_signal_handler:
         _install_signal_handler(agent)
     agent.start_thread()
+    atexit.register(agent.flush_at_exit)
 
 
 class _TorchImportWatcher:
