@@ -66,6 +66,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                          "--sample_every_n_steps", "50", *PROMPTS_1024),
         "probe_steps": 40, "probe_seconds": 150, "full_seconds": 90,
     },
+    "sampling_far": {
+        "expect": "as `sampling`, but the sample after step 1,500 is beyond the probe's reach (1,000 steps): the"
+                  " probe must say so from the sample it brings before step 1, without reaching step 1,500",
+        "command": _flux(*FIT, "--mixed_precision", "no", "--base-gib", "20", "--max_train_steps", "1600",
+                         "--sample_every_n_steps", "1500", *PROMPTS_1024),
+        "probe_steps": 40, "probe_seconds": 150, "full_seconds": 150,
+    },
     "leak": {
         "expect": "leaks 20 MiB a step: probe names the step, full run OOMs near it",
         "command": _flux(*FIT, "--mixed_precision", "bf16", "--base-gib", "14", "--max_train_steps", "3000",
