@@ -406,15 +406,21 @@ class SaveFit:
     needed_bytes: int  # a save's need after the last step counted
     extra_bytes: int  # a save's need beyond a training step's at the same point of the run (below 0: less)
     measured_after: int  # the step after which the save's figure was measured
-    # The figure was measured only with the start-up or with another phase (`Phase.peak_is_upper_bound`,
-    # `Phase.peak_shared_with`): a save alone needs at most this, so `last_step` is a lower bound, and a save
-    # that does not fit by it *may* not fit.
-    upper_bound: bool
+    # The figure was measured only with the start-up (`Phase.peak_is_upper_bound`) or in the interval of other
+    # phases (`Phase.peak_shared_with`): see `upper_bound`.
+    with_start_up: bool = False
+    shared_with: tuple[str, ...] = ()
 
     @property
     def fits(self) -> bool:
         """Whether a save after the last step counted fits."""
         return self.last_step is not None
+
+    @property
+    def upper_bound(self) -> bool:
+        """Whether a save alone needs at most the figure: `last_step` is then a lower bound, and a save that does
+        not fit by it *may* still fit."""
+        return self.with_start_up or bool(self.shared_with)
 
 
 def last_save(
@@ -452,7 +458,8 @@ def last_save(
         needed_bytes=need(now),
         extra_bytes=need(now) - _need(prof, prof.step_peak_allocated_bytes, prof.step_peak_at, now + 1),
         measured_after=save.peak_after,
-        upper_bound=save.peak_is_upper_bound or bool(save.peak_shared_with),
+        with_start_up=save.peak_is_upper_bound,
+        shared_with=save.peak_shared_with,
     )
 
 
