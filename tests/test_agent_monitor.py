@@ -476,3 +476,177 @@ def test_a_forecast_on_an_upper_bound_is_a_warning_never_critical(
     forecasts = [json.loads(line) for line in events.getvalue().splitlines() if '"step_forecast"' in line]
     assert forecasts[-1]["outcome"] == "phase"
     assert forecasts[-1]["upper_bound"] is upper_bound
+
+
+def saving_leak_report(
+    t: float,
+    first: int,
+    last: int,
+    *,
+    pid: int = 7,
+    per_step: int = 4 * MIB,
+    save_extra: int = 2 * GIB,
+    save_after: int = 2000,
+) -> AgentReport:
+    """Steps that keep `per_step` more each (a leak) and peak 4 GiB above what they keep; the interval after step
+    `save_after` holds a save `save_extra` above a step."""
+    from vramwatch.model import StepRecord
+
+    records = []
+    for k in range(first, last + 1):
+        kept = 4 * GIB + per_step * k
+        peak = kept + 4 * GIB + (save_extra if k == save_after + 1 else 0)
+        records.append(StepRecord(pid, 0, k, k, t, 0.5, peak, peak + GIB, kept, kept + GIB))
+    return AgentReport("steps", pid, 0, t, steps=tuple(records))
+
+
+def saving_monitor(
+    *, sample_every: int | None = None, save_every: int = 2000, room: bool = True
+) -> tuple[RunMonitor, io.StringIO, io.StringIO, Recorder]:
+    """A run of 100,000 steps saving every `save_every` (and sampling every `sample_every`), against 20 GiB
+    usable (told now with `room`, else by the test)."""
+    from vramwatch.steps import Schedule
+
+    out, events, pressure = io.StringIO(), io.StringIO(), Recorder()
+    monitor = RunMonitor(
+        out=out,
+        events=events,
+        send_pressure=pressure,
+        schedule=Schedule(max_steps=100_000, save_every=save_every, sample_every=sample_every),
+        config=MonitorConfig(forecast_every_seconds=0.0),
+    )
+    if room:
+        monitor.on_report(stats_report(0.0, 4 * GIB, 10 * GIB, free=10 * GIB))
+    return monitor, out, events, pressure
+
+
+def drive(monitor: RunMonitor, pressure: Recorder, first: int, last: int, **run: int) -> int | None:
+    """Report steps `first`..`last` (`saving_leak_report`'s `run`) in reports of 20 steps; the last step reported
+    when the first pressure notice went out (None: none did)."""
+    for start in range(first, last + 1, 20):
+        end = min(start + 19, last)
+        monitor.on_report(saving_leak_report(float(start), start, end, **run))
+        if pressure.calls:
+            return end
+    return None
+
+
+def records_of(events: io.StringIO, kind: str) -> list[dict[str, object]]:
+    found = [json.loads(line) for line in events.getvalue().splitlines()]
+    return [e for e in found if e["event"] == kind]
+
+
+def test_a_save_is_asked_for_while_it_still_fits_not_when_the_failing_step_is_near():
+    """A leak makes a save (+2 GiB) stop fitting ~500 steps before the training steps run out: the notice goes out
+    a lead (2 min of steps) before the last step a save fits, not 2 min before the failing step."""
+    monitor, out, events, pressure = saving_monitor(room=False)
+    drive(monitor, pressure, 1, 2040)
+    monitor.on_report(stats_report(2041.0, 4 * GIB, 10 * GIB, free=10 * GIB))  # forecast from here: save measured
+    asked_at = drive(monitor, pressure, 2041, 2900)
+    forecast = records_of(events, "step_forecast")[-1]
+    last_save_step, fail_step = forecast["last_save_step"], forecast["at_step"]
+    assert isinstance(last_save_step, int)
+    assert isinstance(fail_step, int)
+    assert forecast["outcome"] == "growth"
+    assert 400 < fail_step - last_save_step < 600  # 2 GiB at 4 MiB a step
+    assert asked_at is not None
+    lead = 240  # 120 s at 0.5 s a step, more than save_lead_steps
+    assert last_save_step - lead <= asked_at <= last_save_step - lead + 20  # the first forecast past it
+    assert (fail_step - asked_at) * 0.5 > monitor.config.critical_seconds  # the old rule would still wait
+    said = out.getvalue()
+    assert "warning: pid 7 at step 2,060" in said
+    assert f"it fits only until step {last_save_step:,}: it will be asked to save from step" in said
+    assert f"save needs +2.00 GiB beyond a training step; it fits only until step {last_save_step:,}" in said
+    assert "asking it to save now" in said
+    assert [c[1] for c in pressure.calls] == ["critical"]
+    (event,) = records_of(events, "pressure")
+    assert (event["source"], event["sent"], event["withheld"]) == ("forecast", True, False)
+    assert event["last_save_step"] is not None
+
+
+@pytest.mark.parametrize(
+    ("sample_every", "asked", "words"),
+    [
+        # The save's figure is its own: it would itself run out, so the trainer is not asked.
+        (None, False, "it no longer fits: not asking it to save: the save itself would run out of memory"),
+        # Measured only in the sampling's interval, the figure is a bound: the save may fit, and is asked for.
+        (2000, True, "(measured only together with sampling); it may no longer fit: asking it to save now all"),
+    ],
+    ids=["measured", "upper-bound"],
+)
+def test_a_save_that_no_longer_fits_is_not_asked_for(sample_every: int | None, asked: bool, words: str) -> None:
+    """Another process takes room after the save ran: a save no longer fits though the steps do for ~300 steps;
+    said as critical at once, and the trainer is asked to save only when the save's figure is a bound."""
+    monitor, out, events, pressure = saving_monitor(sample_every=sample_every)
+    drive(monitor, pressure, 1, 2040)
+    assert pressure.calls == []
+    monitor.on_report(stats_report(2041.0, 4 * GIB, 10 * GIB, free=8 * GIB))  # 18 GiB usable
+    drive(monitor, pressure, 2041, 2100)
+    said = out.getvalue()
+    assert "critical: pid 7" in said, said
+    assert words in said
+    assert [c[1] for c in pressure.calls] == (["critical"] if asked else [])
+    forecast = records_of(events, "step_forecast")[-1]
+    assert forecast["outcome"] == "growth"
+    assert forecast["last_save_step"] is None
+    assert forecast["save_needed_bytes"] is not None
+    (event,) = records_of(events, "pressure")
+    assert (event["withheld"], event["sent"]) == (not asked, asked)
+
+
+def test_a_headroom_notice_is_withheld_when_the_save_no_longer_fits():
+    """The headroom notice asks for a checkpoint too: not one the step forecast says would itself run out."""
+    monitor, out, events, pressure = saving_monitor()
+    drive(monitor, pressure, 1, 2040)
+    monitor.on_report(stats_report(2041.0, 4 * GIB, 10 * GIB, free=8 * GIB))
+    drive(monitor, pressure, 2041, 2100)
+    monitor.on_report(stats_report(2101.0, 17 * GIB, 17 * GIB + 100 * MIB, free=900 * MIB))  # 5.5 % headroom
+    assert pressure.calls == []
+    assert "memory pressure in pid 7: 1000.0 MiB of 17.98 GiB left on cuda:0; not notifying it" in out.getvalue()
+    headroom = [e for e in records_of(events, "pressure") if e["source"] == "headroom"]
+    assert len(headroom) == 1
+    assert (headroom[0]["withheld"], headroom[0]["sent"], headroom[0]["last_save_step"]) == (True, False, None)
+
+
+def test_a_rank_whose_save_would_run_out_holds_back_the_collective_save():
+    """With several ranks saving is collective: one rank whose save would run out means no rank is asked."""
+    monitor, out, events, pressure = saving_monitor()
+    monitor.on_report(stats_report(0.0, 4 * GIB, 10 * GIB, free=10 * GIB, pid=8))
+    drive(monitor, pressure, 1, 2040, pid=8)
+    drive(monitor, pressure, 1, 2040, pid=7)
+    monitor.on_report(stats_report(2041.0, 4 * GIB, 10 * GIB, free=8 * GIB, pid=8))  # only rank 8's card shrank
+    drive(monitor, pressure, 2041, 2100, pid=7)
+    drive(monitor, pressure, 2041, 2100, pid=8)
+    assert pressure.calls == []
+    said = out.getvalue()
+    assert "critical: pid 8" in said
+    assert {e["pid"] for e in records_of(events, "pressure") if e["withheld"]} == {7, 8}
+
+
+def test_without_a_save_measured_the_notice_says_its_cost_is_unknown():
+    """No save in the records: the notice goes out when the failing step is near, as before, saying that what a
+    save needs is not known."""
+    monitor, out, _ = forecast_monitor()
+    monitor.on_report(stats_report(0.0, 4 * GIB, 10 * GIB, free=10 * GIB))  # 20 GiB usable
+    for i in range(150):
+        monitor.on_report(leak_report(1.0 + i, 20 * i + 1, 20 * i + 20, per_step=4 * MIB))
+    said = out.getvalue()
+    assert "critical: pid 7" in said, said
+    assert "asking it to save now (what a save needs is not known: none has been measured yet)" in said
+
+
+def test_a_failing_save_is_preceded_by_one_asked_for_while_it_fits():
+    """Growth makes the save after step 3,000 run out; a save asked for before its last fitting step (~2,765) still
+    fits, so it is asked for then rather than refused because the failing phase is a save."""
+    monitor, out, events, pressure = saving_monitor(save_every=1000)
+    run = {"per_step": 2 * MIB, "save_extra": 6 * GIB, "save_after": 1000}
+    asked_at = drive(monitor, pressure, 1, 2800, **run)
+    forecast = records_of(events, "step_forecast")[-1]
+    assert (forecast["outcome"], forecast["phase"], forecast["at_step"]) == ("phase", "save", 3000)
+    last_save_step = forecast["last_save_step"]
+    assert isinstance(last_save_step, int)
+    assert 2700 < last_save_step < 2800
+    assert asked_at is not None
+    assert asked_at <= last_save_step - 240
+    assert "asking it to save now" in out.getvalue()
+    assert [c[1] for c in pressure.calls] == ["critical"]

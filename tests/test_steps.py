@@ -14,8 +14,10 @@ from vramwatch.steps import (
     SAVE,
     Outcome,
     Schedule,
+    StepProfile,
     describe,
     forecast,
+    last_save,
     margin,
     profile,
 )
@@ -342,3 +344,110 @@ def test_the_save_at_the_end_unmeasured_is_named() -> None:
     prof = profile(run(100, flat), schedule)
     assert prof is not None
     assert prof.unmeasured == (SAVE,)
+
+
+def saved_profile(extra: int, *, leak: int = 2 * MIB, also_sample: bool = False) -> tuple[StepProfile, Schedule]:
+    """320 steps at 10 GiB plus `leak` a step; the save after step 300 peaks `extra` above them (with a sampling
+    in the same interval when `also_sample`); 1,000 steps, a save every 300."""
+    schedule = Schedule(max_steps=1000, save_every=300, sample_every=300 if also_sample else None)
+    records = run(320, lambda k: sampling_every(300, extra)(k) + leak * k, after=lambda k: 4 * GIB + leak * k)
+    prof = profile(records, schedule)
+    assert prof is not None
+    return prof, schedule
+
+
+@pytest.mark.parametrize(
+    ("extra", "capacity", "last_step", "outcome", "fail_step"),
+    [
+        # The save (14 GiB + 2 MiB a step) fits to the run's last step.
+        (4 * GIB, 20 * GIB, 1000, Outcome.FITS, 1000),
+        # The save needs 4 GiB more than a step: it stops fitting after step 777, the run runs out only in the
+        # save after step 900 (the save after 600 fits): a save asked for after step 777 would itself run out.
+        (4 * GIB, 16 * GIB, 777, Outcome.PHASE, 900),
+        # Another process took the room: a save no longer fits after the last step counted (320).
+        (4 * GIB, 15 * GIB, None, Outcome.PHASE, 600),
+        # The training steps run out (step 513) before the next save; a save already does not fit now.
+        (4 * GIB, 11 * GIB, None, Outcome.GROWTH, 513),
+        # A save needing less than a step fits until the step before the run runs out, not beyond.
+        (-GIB, 12 * GIB, 839, Outcome.GROWTH, 840),
+        (-GIB, 11 * GIB, 343, Outcome.GROWTH, 344),
+    ],
+)
+def test_last_save_step(extra: int, capacity: int, last_step: int | None, outcome: Outcome, fail_step: int) -> None:
+    """The last step after which a save fits: its measured peak grown by the growth, under the forecast's limit,
+    and never at or after the step the run runs out at."""
+    prof, schedule = saved_profile(extra)
+    verdict = forecast(prof, schedule, capacity)
+    assert (verdict.outcome, verdict.step) == (outcome, fail_step)
+    fit = last_save(prof, schedule, capacity)
+    assert fit is not None
+    assert (fit.last_step, fit.fits) == (last_step, last_step is not None)
+    assert fit.extra_bytes == extra  # beyond a training step at the same point of the run
+    assert (fit.measured_after, fit.upper_bound) == (300, False)
+
+
+def test_last_save_step_is_where_the_saves_need_crosses_the_limit() -> None:
+    """At the last save step the save's need fits the limit; one step later it does not (2 MiB a step more)."""
+    prof, schedule = saved_profile(4 * GIB)
+    capacity = 16 * GIB
+    fit = last_save(prof, schedule, capacity)
+    assert fit is not None
+    assert fit.last_step == 777
+    limit = capacity - margin(capacity)
+    need_after = fit.needed_bytes + 2 * MIB * (fit.last_step - prof.step)  # 2 MiB a step since step 320
+    assert need_after <= limit < need_after + 2 * MIB
+
+
+def test_no_save_measured_means_no_save_cost() -> None:
+    """Without a save in the records (announced and not reached, or none announced) the save's cost is unknown."""
+    for schedule in (Schedule(max_steps=3000, save_every=1000), Schedule(max_steps=3000)):
+        prof = profile(run(200, flat), schedule)
+        assert prof is not None
+        assert last_save(prof, schedule, 20 * GIB) is None
+
+
+def test_a_save_measured_with_a_sampling_is_an_upper_bound() -> None:
+    """A save seen only in the interval of a sampling (both after step 300) is the pair's peak: a bound."""
+    prof, schedule = saved_profile(4 * GIB, also_sample=True)
+    save = next(p for p in prof.phases if p.name == SAVE)
+    assert save.peak_shared_with == (SAMPLE,)
+    fit = last_save(prof, schedule, 16 * GIB)
+    assert fit is not None
+    assert fit.upper_bound
+
+
+def test_a_save_measured_with_the_start_up_is_an_upper_bound() -> None:
+    """A save seen only in the first record, merged with the start-up, needed at most its peak."""
+    schedule = Schedule(max_steps=1000, save_every=50)
+    first = StepRecord(1, 0, 1, 51, 51.0, 51.0, 14 * GIB, 15 * GIB, 4 * GIB, 15 * GIB)  # steps 1-51: the save after 50
+    prof = profile([first, *run(100, flat)[51:]], schedule)
+    assert prof is not None
+    fit = last_save(prof, schedule, 20 * GIB)
+    assert fit is not None
+    assert fit.upper_bound
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    extra=st.integers(-4, 8).map(lambda g: g * GIB // 2),
+    leak=st.integers(0, 8).map(lambda m: m * MIB),
+    capacity=st.integers(8, 40).map(lambda g: g * GIB),
+    more=st.integers(0, 8).map(lambda g: g * GIB),
+)
+def test_last_save_step_is_consistent(extra: int, leak: int, capacity: int, more: int) -> None:
+    """The last save step lies between the last step counted and the run's end, never at or after the step the
+    run runs out at (unless that is the next one), and more room never brings it earlier."""
+    prof, schedule = saved_profile(extra, leak=leak)
+    fit = last_save(prof, schedule, capacity)
+    assert fit is not None
+    verdict = forecast(prof, schedule, capacity)
+    if fit.last_step is not None:
+        assert prof.step <= fit.last_step <= 1000
+        if verdict.outcome is not Outcome.FITS:
+            assert verdict.step is not None
+            assert fit.last_step < verdict.step or fit.last_step == prof.step
+    roomier = last_save(prof, schedule, capacity + more)
+    assert roomier is not None
+    if fit.last_step is not None:
+        assert roomier.last_step is not None
+        assert roomier.last_step >= fit.last_step

@@ -25,6 +25,10 @@ A phase run before the first step (kohya's `--sample_at_first`) shares its inter
 the allocator's first allocations): the agent cannot reset the peak between the two, so that figure is only
 an upper bound of the phase's own, replaced by the first occurrence measured after a training step.
 
+A save asked for on demand (the pressure notice's checkpoint) needs memory of its own too, grown by the same
+growth: `last_save` gives the last step after which one still fits, from the save the run has measured (none
+measured: unknown). With a leak it can stop fitting well before the training steps run out.
+
 Pure functions of step records: no clock, no I/O.
 """
 
@@ -125,6 +129,9 @@ class Phase:
     # The peak comes only from the first interval, which also holds the start-up (loading, the allocator's
     # first allocations): the phase itself needed at most this much, maybe less.
     peak_is_upper_bound: bool = False
+    # The other named phases that ran in the interval of that peak (kohya samples and saves after the same step
+    # when both intervals divide it): the peak is the pair's, and this phase alone needs at most as much.
+    peak_shared_with: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +274,7 @@ def profile(records: Sequence[StepRecord], schedule: Schedule | None = None) -> 
                 peak_after=top.last_step - 1,
                 seconds=max(r.seconds for r in seen),
                 peak_is_upper_bound=top.first_step <= 1,
+                peak_shared_with=tuple(sorted(_tags(top, schedule) - {name})),
             )
         )
     announced = {n for n in PHASE_INTERVALS if schedule.every(n)} | ({SAMPLE} if schedule.sample_at_first else set())
@@ -315,6 +323,28 @@ def _occurrences(phase: Phase, now: int, until: int, *, at_end: bool = False) ->
     return found
 
 
+def _limit(prof: StepProfile, capacity_bytes: int) -> int:
+    """The most a need may be and fit: the capacity less the margin, or up to the largest peak already executed
+    (that much was allocated: the margin guards against a fragmentation the run has not met)."""
+    return max(capacity_bytes - margin(capacity_bytes), min(prof.executed_peak_allocated_bytes, capacity_bytes))
+
+
+def _need(prof: StepProfile, peak: int, measured_at: int, k: int) -> int:
+    """A peak measured at one step, as it will be at step k: its own growth, plus the allocator's slack."""
+    return (
+        peak
+        + int(prof.growth_bytes_per_step * max(0, k - measured_at))
+        + prof.slack_bytes
+        + int(prof.slack_growth_bytes_per_step * max(0, k - prof.step))
+    )
+
+
+def _end(prof: StepProfile, schedule: Schedule, horizon_steps: int) -> int:
+    """The last step forecast: the run's last one, or `horizon_steps` ahead when no end is known."""
+    end = schedule.max_steps if schedule.max_steps is not None else prof.step + horizon_steps
+    return max(end, prof.step)
+
+
 def forecast(prof: StepProfile, schedule: Schedule, capacity_bytes: int, *, horizon_steps: int = 100_000) -> Verdict:
     """Project each phase and the training steps to the run's end and compare with what the process can use.
 
@@ -324,14 +354,12 @@ def forecast(prof: StepProfile, schedule: Schedule, capacity_bytes: int, *, hori
     executed (that much was allocated: the margin guards against a fragmentation the run has not met).
     """
     room = margin(capacity_bytes)
-    limit = max(capacity_bytes - room, min(prof.executed_peak_allocated_bytes, capacity_bytes))
+    limit = _limit(prof, capacity_bytes)
     g, gs, now = prof.growth_bytes_per_step, prof.slack_growth_bytes_per_step, prof.step
-    end = schedule.max_steps if schedule.max_steps is not None else now + horizon_steps
-    end = max(end, now)
+    end = _end(prof, schedule, horizon_steps)
 
     def need(peak: int, measured_at: int, k: int) -> int:
-        """A peak measured at one step, as it will be at step k: its own growth, plus the allocator's slack."""
-        return peak + int(g * max(0, k - measured_at)) + prof.slack_bytes + int(gs * max(0, k - now))
+        return _need(prof, peak, measured_at, k)
 
     failures: list[tuple[int, int, str | None, int, Outcome]] = []  # (step, order, phase, need, outcome)
     peak, peak_at = prof.step_peak_allocated_bytes, prof.step_peak_at
@@ -363,6 +391,76 @@ def forecast(prof: StepProfile, schedule: Schedule, capacity_bytes: int, *, hori
             outcome, at, name, needed, capacity_bytes, room, schedule.max_steps, prof.unmeasured, upper_bound=bound
         )
     return Verdict(Outcome.FITS, end, None, most, capacity_bytes, room, schedule.max_steps, prof.unmeasured)
+
+
+@dataclass(frozen=True, slots=True)
+class SaveFit:
+    """Until which step a checkpoint save still fits: what a pressure notice asks the trainer for must not run
+    out of memory itself. From the save phase measured in the run: a save asked for is taken to cost what the
+    trainer's own saves cost."""
+
+    # The last step after which a save fits, from the last step counted on: at most the run's end, and before
+    # the step the run runs out at (the last step counted, when the run runs out in the interval under way).
+    # None: a save after the last step counted already needs more than the run can use.
+    last_step: int | None
+    needed_bytes: int  # a save's need after the last step counted
+    extra_bytes: int  # a save's need beyond a training step's at the same point of the run (below 0: less)
+    measured_after: int  # the step after which the save's figure was measured
+    # The figure was measured only with the start-up (`Phase.peak_is_upper_bound`) or in the interval of other
+    # phases (`Phase.peak_shared_with`): see `upper_bound`.
+    with_start_up: bool = False
+    shared_with: tuple[str, ...] = ()
+
+    @property
+    def fits(self) -> bool:
+        """Whether a save after the last step counted fits."""
+        return self.last_step is not None
+
+    @property
+    def upper_bound(self) -> bool:
+        """Whether a save alone needs at most the figure: `last_step` is then a lower bound, and a save that does
+        not fit by it *may* still fit."""
+        return self.with_start_up or bool(self.shared_with)
+
+
+def last_save(
+    prof: StepProfile, schedule: Schedule, capacity_bytes: int, *, horizon_steps: int = 100_000
+) -> SaveFit | None:
+    """The last step after which a checkpoint save still fits; None when no save has been measured.
+
+    A save after step k needs its measured peak plus the growth since, as `forecast` projects a phase, and fits
+    under the same limit. With growth that need crosses the limit at some step, before the training steps do
+    when a save needs more than a step. Without a save measured there is no honest figure (a save converts or
+    gathers the state in ways the steps do not show): None, never a guess.
+    """
+    save = next((p for p in prof.phases if p.name == SAVE), None)
+    if save is None:
+        return None
+    limit, now = _limit(prof, capacity_bytes), prof.step
+    verdict = forecast(prof, schedule, capacity_bytes, horizon_steps=horizon_steps)
+    if verdict.outcome is Outcome.FITS or verdict.step is None:
+        last = _end(prof, schedule, horizon_steps)
+    else:  # a save must come before the step the run runs out at: the run dies there
+        last = max(now, verdict.step - 1)
+
+    def need(k: int) -> int:
+        return _need(prof, save.peak_allocated_bytes, save.peak_after, k)
+
+    fits: int | None = None
+    if need(now) <= limit:
+        low, high = now, last  # need(low) fits; the need only grows with k: the last k that fits
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if need(mid) <= limit else (low, mid - 1)
+        fits = low
+    return SaveFit(
+        last_step=fits,
+        needed_bytes=need(now),
+        extra_bytes=need(now) - _need(prof, prof.step_peak_allocated_bytes, prof.step_peak_at, now + 1),
+        measured_after=save.peak_after,
+        with_start_up=save.peak_is_upper_bound,
+        shared_with=save.peak_shared_with,
+    )
 
 
 def describe(verdict: Verdict, prof: StepProfile, schedule: Schedule) -> str:

@@ -7,18 +7,23 @@ the last two minutes of samples and
 - sends a pressure notice to the process when its headroom (free on the device plus its own cached but
   unallocated memory) falls under `pressure_headroom_share` of what it can use, so that registered
   callbacks (the Lightning / transformers adapters) save a checkpoint while there is still time; re-armed
-  once headroom recovers;
+  once headroom recovers; withheld when the step forecast says that save would itself run out (below);
 - prints the OOM post-mortem: what was asked, what PyTorch held, how much of it was unusable cache;
 - with the agent counting optimizer steps, forecasts in steps (`steps.py`) against the trainer's schedule,
   for every process and device that reports steps (DDP ranks on one box), and says once when the run will
   not reach its end (a sampling phase, a save, growth per step), for the process that runs out first: a
   warning ahead of it, critical when the failing phase is the next one or under two minutes away (and then
-  sends the pressure notice, so that a registered callback saves before it; not when the failing phase is
-  itself a save: the save the notice asks for would be what runs out). It says it again only when that
-  changes to something not said before (outcome, phase or severity) or the failing step comes more than
-  10 % of the remaining steps closer than when it was said: a noisy leak moves its forecast at every redo,
-  and can flip it between a training step and a peak it learned, which is not news. A failing phase measured
-  only with the start-up (`Verdict.upper_bound`: it may run out) is a warning, never critical;
+  sends the pressure notice, so that a registered callback saves before it). A save needs memory of its own:
+  with a save measured (`steps.last_save`), the forecast is also critical, and the notice sent, a lead
+  (`save_lead_steps`, or `critical_seconds` of steps, the larger) before the last step a save fits, which a
+  leak can bring well before the failing step; a save that fits no longer is not asked for (it would itself
+  run out; a figure that is only an upper bound may fit, and is asked for all the same), nor, with no save
+  measured, when the failing phase is a save; with several ranks, none is asked when one's save would run
+  out (saving is collective). It says it again only when that changes to something not said before
+  (outcome, phase, severity, whether it asks for a save) or the failing step comes more than 10 % of the
+  remaining steps closer than when it was said: a noisy leak moves its forecast at every redo, and can flip
+  it between a training step and a peak it learned, which is not news. A failing phase measured only with
+  the start-up (`Verdict.upper_bound`: it may run out) is a warning, never critical;
 - says once per process when the agent's step hook fails (`step_errors`): its peaks may be missing.
 
 Every conclusion is also written as a JSON line to `events` when given (the GPU proof scripts read it).
@@ -27,6 +32,7 @@ Every conclusion is also written as a JSON line to `events` when given (the GPU 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections import deque
@@ -38,7 +44,18 @@ from ..detectors.fragmentation import FragmentationConfig, GrowthConfig, classif
 from ..detectors.oom import fragmented_at_oom
 from ..model import OomEvent, StepRecord
 from ..stephistory import MAX_RECORDS, RECENT_RECORDS, StepHistory, is_save
-from ..steps import Outcome, Schedule, StepProfile, Verdict, describe, forecast, profile
+from ..steps import (
+    Outcome,
+    SaveFit,
+    Schedule,
+    StepProfile,
+    Verdict,
+    describe,
+    forecast,
+    last_save,
+    phase_words,
+    profile,
+)
 from ..units import size
 from .link import AgentDevice, AgentReport
 
@@ -61,6 +78,10 @@ class MonitorConfig:
     growth: GrowthConfig = field(default_factory=GrowthConfig)
     forecast_every_seconds: float = 5.0  # how often the step forecast is redone (and logged to `events`)
     critical_seconds: float = 120.0  # a step forecast this close is critical
+    # With a save's cost measured, the notice goes out at least this many steps (or `critical_seconds` of steps,
+    # the larger) before the last step a save fits: the adapters agree across ranks every 10 steps
+    # (`sync_every`), so a notice can wait that long to be acted on, plus a report's second and a redo's 5 s.
+    save_lead_steps: int = 12
     # A forecast said is said again when its failing step comes this share of the remaining steps closer.
     repeat_closer_share: float = 0.10
     max_step_records: int = MAX_RECORDS  # per process and device (`StepHistory`: phases kept, old steps merged)
@@ -75,16 +96,49 @@ class _Track:
     pressure_sent: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Forecast:
+    """One process's latest step forecast on one device, and what it decides."""
+
+    prof: StepProfile
+    verdict: Verdict
+    save: SaveFit | None  # until when a checkpoint save fits; None: no save measured, its cost is unknown
+    save_by: int | None  # the step by which a save is asked for (its last step less the lead), when it fits
+    text: str
+    severity: str
+
+
 @dataclass(slots=True)
 class _Steps:
     history: StepHistory
     last_report: float = 0.0  # monotonic receipt time of its latest records
     last_forecast: float | None = None
-    forecast: tuple[StepProfile, Verdict, str, str] | None = None  # the latest: profile, verdict, text, severity
+    forecast: _Forecast | None = None  # the latest
 
 
-#: What a step forecast says: (outcome, phase, severity).
-_SaidKey = tuple[Outcome, str | None, str]
+#: What a step forecast says: (outcome, phase, severity, whether it asks for a save).
+_SaidKey = tuple[Outcome, str | None, str, bool]
+
+
+def _save_runs_out(save: SaveFit | None, phase: str | None = None) -> bool:
+    """Whether the checkpoint a pressure notice asks for would itself run out of memory, so that no notice is
+    sent: the save's measured need fits no longer (a figure that is only an upper bound may still fit: asked
+    all the same, the run being lost otherwise), or, with no save measured, the failing phase is a save."""
+    if save is None:
+        return is_save(phase)
+    return not save.fits and not save.upper_bound
+
+
+def _save_words(save: SaveFit) -> str:
+    """What a save needs, as a clause: "a checkpoint save needs +1.50 GiB beyond a training step"."""
+    bound = "at most " if save.upper_bound else ""
+    extra = f"{bound}+{size(save.extra_bytes)} beyond" if save.extra_bytes > 0 else "no more than"
+    text = f"a checkpoint save needs {extra} a training step"
+    if save.shared_with:
+        text += f" (measured only together with {phase_words('+'.join(save.shared_with))})"
+    elif save.with_start_up:
+        text += " (measured only together with the start-up)"
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,20 +360,29 @@ class RunMonitor:
             return
         level = "critical" if share < self.config.pressure_headroom_share / 2 else "warning"
         reason = f"{size(headroom)} of {size(usable)} left on cuda:{stats.device}"
-        sent = self._send_pressure(report.pid, level, reason)
+        steps = self._steps.get((report.pid, stats.device))
+        fc = steps.forecast if steps is not None else None
+        # The notice asks for a checkpoint: not one that the step forecast says would itself run out.
+        withheld = fc is not None and _save_runs_out(fc.save)
+        sent = False if withheld else self._send_pressure(report.pid, level, reason)
         track.pressure_sent = True
-        self._say(
-            [f"memory pressure in pid {report.pid}: {reason}; " + ("notified it" if sent else "could not notify it")]
-        )
+        if withheld and fc is not None and fc.save is not None:
+            outcome = f"not notifying it: {_save_words(fc.save)} and no longer fits (it would itself run out of memory)"
+        else:
+            outcome = "notified it" if sent else "could not notify it"
+        self._say([f"memory pressure in pid {report.pid}: {reason}; {outcome}"])
         self._event(
             {
                 "event": "pressure",
+                "source": "headroom",
                 "pid": report.pid,
                 "device": stats.device,
                 "t": report.t,
                 "level": level,
                 "headroom_bytes": headroom,
                 "usable_bytes": usable,
+                **self._save_fields(fc),
+                "withheld": withheld,
                 "sent": sent,
             }
         )
@@ -349,9 +412,12 @@ class RunMonitor:
             return
         track.last_forecast = t
         verdict = forecast(prof, self.schedule, capacity)
+        save = last_save(prof, self.schedule, capacity)
         self.verdicts[key] = verdict
         text = describe(verdict, prof, self.schedule)
-        track.forecast = (prof, verdict, text, self._severity(prof, verdict))
+        track.forecast = _Forecast(
+            prof, verdict, save, self._save_by(prof, save), text, self._severity(prof, verdict, save)
+        )
         self._event(
             {
                 "event": "step_forecast",
@@ -368,12 +434,35 @@ class RunMonitor:
                 "growth_bytes_per_step": prof.growth_bytes_per_step,
                 "step_peak_allocated_bytes": prof.step_peak_allocated_bytes,
                 "phases": {p.name: p.peak_allocated_bytes for p in prof.phases},
+                **self._save_fields(track.forecast),
                 "message": text,
             }
         )
 
-    def _severity(self, prof: StepProfile, verdict: Verdict) -> str:
-        """Critical when the failing phase is the next of its kind or the failing step is minutes away; a
+    @staticmethod
+    def _save_fields(fc: _Forecast | None) -> dict[str, Any]:
+        """What events say of a save's fit: `last_save_step` null with `save_needed_bytes` given: it no longer
+        fits; all null: no save measured."""
+        save = fc.save if fc is not None else None
+        return {
+            "last_save_step": save.last_step if save is not None else None,
+            "save_by_step": fc.save_by if fc is not None else None,
+            "save_needed_bytes": save.needed_bytes if save is not None else None,
+            "save_upper_bound": save.upper_bound if save is not None else None,
+        }
+
+    def _save_by(self, prof: StepProfile, save: SaveFit | None) -> int | None:
+        """The step by which the notice asks for a save, so that it still fits when the trainer acts on it: the
+        last step a save fits less `save_lead_steps`, or less `critical_seconds` of steps at the measured pace,
+        the larger; None without a save measured or when none fits any more."""
+        if save is None or save.last_step is None:
+            return None
+        paced = math.ceil(self.config.critical_seconds / prof.step_seconds) if prof.step_seconds else 0
+        return save.last_step - max(self.config.save_lead_steps, paced)
+
+    def _severity(self, prof: StepProfile, verdict: Verdict, save: SaveFit | None) -> str:
+        """Critical when the failing phase is the next of its kind, the failing step is minutes away, or a
+        save's time has come (`_save_by` reached: it must be asked for now to fit, or it fits no longer); a
         warning at most when the failing phase was measured only with the start-up (it may run out, not will:
         no pressure notice for a bound)."""
         if verdict.outcome is Outcome.FITS or verdict.step is None:
@@ -385,25 +474,39 @@ class RunMonitor:
             (p.period or 0) >= verdict.step - prof.step for p in prof.phases if p.name == verdict.phase
         )
         close = seconds is not None and seconds <= self.config.critical_seconds
-        return "critical" if close or next_of_its_kind else "warning"
+        save_by = self._save_by(prof, save)
+        save_due = save is not None and (save_by is None or prof.step >= save_by)
+        return "critical" if close or next_of_its_kind or save_due else "warning"
 
     def _announce(self, t: float) -> None:
-        """Say the forecast of the process that runs out first, when it is news (see the module's docstring)."""
+        """Say the forecast of the process that runs out first, or of one whose save's time has come, when it is
+        news; when critical, ask the failing processes to save unless the save would run out (see the module's
+        docstring)."""
         live = {
             key: track.forecast
             for key, track in self._steps.items()
             # A process silent for the history's length has ended (or stopped stepping): not this run's future.
             if track.forecast is not None and t - track.last_report <= self.config.history_seconds
         }
-        failing = {k: f for k, f in live.items() if f[1].outcome is not Outcome.FITS and f[1].step is not None}
+        failing = {
+            k: f for k, f in live.items() if f.verdict.outcome is not Outcome.FITS and f.verdict.step is not None
+        }
         if not failing:
             return
-        (pid, device), (prof, verdict, text, severity) = min(
-            failing.items(), key=lambda kv: (kv[1][1].step or 0, kv[1][1].spare_bytes)
+        # Critical first: a save due in one process comes before a later warning's failing step in another.
+        urgent = sorted(
+            failing.items(),
+            key=lambda kv: (kv[1].severity != "critical", kv[1].verdict.step, kv[1].verdict.spare_bytes),
         )
+        (pid, device), fc = urgent[0]
+        prof, verdict = fc.prof, fc.verdict
         if verdict.step is None:  # filtered above; says so to the type checker
             return
-        key: _SaidKey = (verdict.outcome, verdict.phase, severity)
+        # With several ranks saving is collective (the adapters agree on it): a save that would run out in one
+        # of them runs out for all, so none is asked.
+        blocking = sorted({p for (p, _), f in failing.items() if _save_runs_out(f.save, f.verdict.phase)})
+        asks = fc.severity == "critical" and not blocking
+        key: _SaidKey = (verdict.outcome, verdict.phase, fc.severity, asks)
         said = self._said.get(key)
         if said is not None:
             closer = said.fail_step - verdict.step
@@ -414,17 +517,68 @@ class RunMonitor:
         when = f" (in about {seconds:.0f} s)" if seconds is not None else ""
         where = f"pid {pid}" + (f" on cuda:{device}" if len({d for _, d in live}) > 1 else "")
         others = sorted({p for p, _ in failing} - {pid})
-        lines = [f"{severity}: {where} at step {prof.step:,}: {text}{when}"]
+        lines = [f"{fc.severity}: {where} at step {prof.step:,}: {fc.text}{when}"]
         if others:
             lines.append("  also forecast to run out: pid " + ", ".join(map(str, others)))
         lines += [f"  {line}" for line in (self._advise(verdict) if self._advise is not None else [])]
-        if severity == "critical" and is_save(verdict.phase):
-            # The notice asks the trainer to save a checkpoint: here saving is what runs out of memory.
-            lines.append("  not asking it to save a checkpoint: the save itself is what will run out of memory")
+        save_line = self._save_line(pid, fc, asks, blocking)
+        if save_line is not None:
+            lines.append(f"  {save_line}")
         self._say(lines)
-        if severity == "critical" and self._send_pressure is not None and not is_save(verdict.phase):
-            for failing_pid in sorted({p for p, _ in failing}):
-                self._send_pressure(failing_pid, "critical", text)
+        if fc.severity != "critical" or self._send_pressure is None:
+            return
+        notified: set[int] = set()
+        for (failing_pid, failing_device), f in urgent:  # each process once, with its most urgent forecast
+            if failing_pid in notified:
+                continue
+            notified.add(failing_pid)
+            sent = self._send_pressure(failing_pid, "critical", fc.text) if asks else False
+            self._event(
+                {
+                    "event": "pressure",
+                    "source": "forecast",
+                    "pid": failing_pid,
+                    "device": failing_device,
+                    "t": t,
+                    "level": "critical",
+                    "at_step": f.verdict.step,
+                    **self._save_fields(f),
+                    "withheld": not asks,
+                    "sent": sent,
+                }
+            )
+
+    @staticmethod
+    def _save_line(pid: int, fc: _Forecast, asks: bool, blocking: list[int]) -> str | None:
+        """What a save needs, until when it fits and whether the trainer is asked for one, as one line."""
+        critical, save = fc.severity == "critical", fc.save
+        if asks:
+            action = "asking it to save now"
+        elif critical and pid in blocking:
+            action = "not asking it to save: the save itself would run out of memory"
+        elif critical:
+            action = (
+                f"not asking it to save: a save would run out of memory in pid {', '.join(map(str, blocking))} "
+                "(with several ranks saving is collective)"
+            )
+        elif fc.save_by is not None and not fc.verdict.upper_bound:
+            action = f"it will be asked to save from step {fc.save_by:,}"
+        else:
+            action = None
+        if save is None:
+            if not critical:
+                return None
+            unknown = " (what a save needs is not known: none has been measured yet)" if asks else ""
+            return f"{action}{unknown}"
+        if save.last_step is not None and fc.verdict.step is not None and save.last_step >= fc.verdict.step - 1:
+            fit = f"it fits until the run runs out (a save after step {save.last_step:,} at the latest)"
+        elif save.last_step is not None:
+            fit = f"it fits {'at least' if save.upper_bound else 'only'} until step {save.last_step:,}"
+        else:
+            fit = "it may no longer fit" if save.upper_bound else "it no longer fits"
+        if asks and not save.fits:
+            action = "asking it to save now all the same"
+        return f"{_save_words(save)}; {fit}" + (f": {action}" if action else "")
 
     def _on_oom(self, t: float, oom: OomEvent) -> None:
         self.ooms.append(oom)
