@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 from vramwatch.advice import TrainerSettings, parse_rules
+from vramwatch.advice.configcopy import ConfigEdit
 from vramwatch.advice.rules import ADVICE_KINDS, default_rules, factor, match, version_tuple
+from vramwatch.advice.trainers import REGISTRY
 from vramwatch.errors import ConfigError
 
 SETTINGS_KINDS = ("oom_forecast", "pressure", "probable_oom", "spike", "plateau")
@@ -82,6 +84,65 @@ def test_bad_rule_tables_are_refused_with_the_rule_named(replace: str, by: str, 
     assert parse_rules(_VALID).rules[0].id == "r"
     with pytest.raises(ConfigError, match=message):
         parse_rules(_VALID.replace(replace, by))
+
+
+@pytest.mark.parametrize(
+    ("apply", "message"),
+    [
+        pytest.param("kohyaa = { a = 1 }", "apply key 'kohyaa' has no syntax entry", id="no-syntax"),
+        pytest.param('kohya = { "a..b" = 1 }', "must be a dotted config key", id="bad-key"),
+        pytest.param("kohya = { a = { b = 1 } }", "must be a dotted config key", id="table-value"),
+        pytest.param('kohya = { "--x" = false }', "flag --x takes true", id="flag-false"),
+        pytest.param('kohya = { "--x" = true }', "sets no config key", id="flags-only"),
+        pytest.param('kohya = ""', "non-empty string", id="empty-reason"),
+        pytest.param("kohya = 3", "must be a non-empty table", id="number"),
+    ],
+)
+def test_bad_apply_tables_are_refused_with_the_rule_named(apply: str, message: str) -> None:
+    """A change-as-data entry that is not a config key, a flag or a reason is a ConfigError naming the rule."""
+    assert parse_rules(_VALID + "[rule.apply]\nkohya = { a = 1 }\n").rules[0].apply == (
+        ("kohya", ConfigEdit("kohya", (("a", 1),))),
+    )
+    with pytest.raises(ConfigError, match=f"rule 'r'.*{message}"):
+        parse_rules(_VALID + "[rule.apply]\n" + apply + "\n")
+
+
+def test_every_config_file_spelling_has_its_change_as_data() -> None:
+    """A rule spelt for a config file a trainer can copy has an apply entry (or says why not); no other key has one."""
+    copyable = {key for t in REGISTRY if t.config_copy is not None for key in t.config_copy.keys}
+    never = {key for t in REGISTRY if t.config_copy is not None for key, _ in t.config_copy.not_copied}
+    assert copyable
+    for rule in default_rules().rules:
+        spelt = {key for key, _ in rule.syntax}
+        applied = {key for key, _ in rule.apply}
+        assert spelt & copyable == applied & copyable, rule.id
+        assert applied <= copyable, rule.id
+        assert not applied & never, rule.id
+
+
+def _words(value: object) -> str:
+    """A value as a rule's syntax text writes it: true, 512, "ON" (unquoted is fine), [512, 512]."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_words(v) for v in value) + "]"
+    return str(value)
+
+
+def test_each_change_as_data_says_what_its_syntax_says() -> None:
+    """Every key, value and flag an apply entry writes appears in the same key's syntax text: one change, said twice."""
+    for rule in default_rules().rules:
+        syntax = dict(rule.syntax)
+        for key, edit in rule.apply:
+            if isinstance(edit, str):
+                continue
+            text = syntax[key]
+            for name, value in edit.values:
+                assert name.split(".")[-1].removesuffix("[]") in text, (rule.id, key, name)
+                assert _words(value) in text, (rule.id, key, name, value)
+            for flag, value in edit.flags:
+                assert flag in text, (rule.id, key, flag)
+                assert value is None or value in text, (rule.id, key, flag, value)
 
 
 def test_duplicate_rule_ids_are_refused() -> None:

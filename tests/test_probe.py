@@ -175,6 +175,53 @@ def test_try_measures_each_change_and_finds_the_one_that_fits() -> None:
     assert "with `--gradient_checkpointing`: fits to step 3,000" in text
 
 
+def test_try_writes_a_config_files_change_into_a_copy_and_measures_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of 4 set in kohya's --dataset_config runs out; --try runs batch 1 on a copy of that file (its relative
+    image_dir still found), measures it fitting at a quarter of the activations, and leaves the file as it was."""
+    from vramwatch.probing import EXIT_OOM, to_json, try_changes
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    dataset = tmp_path / "ds.toml"
+    dataset.write_text(
+        '[general]\nbatch_size = 4\n\n[[datasets]]\nresolution = 512\n\n[[datasets.subsets]]\nimage_dir = "imgs"\n',
+        encoding="utf-8",
+    )
+    before = dataset.read_bytes()
+    argv = trainer("--max_train_steps", "3000", "--step-gib", "8", "--dataset_config", "ds.toml")
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_OOM, render_text(result)  # 2 GiB + 4 x 6 GiB of activations on 24 GiB
+    tried = try_changes(result, argv, 2, QUICK)
+    assert [t.change for t in tried] == [
+        "--gradient_checkpointing",
+        "batch_size = 1 in ds.toml ([[datasets]]/[general]; it overrides --train_batch_size), "
+        "plus --gradient_accumulation_steps 4",
+    ]
+    batch = tried[1]
+    assert batch.config is not None
+    assert batch.config.original == str(dataset)
+    assert batch.config.set == (("datasets[0].batch_size", 1),)
+    assert batch.argv[-4:] == ("--dataset_config", batch.config.copy, "--gradient_accumulation_steps", "4")
+    assert batch.result.exit_code == EXIT_FITS, render_text(batch.result)
+    assert batch.result.profile is not None
+    assert batch.result.profile.step_peak_allocated_bytes == 8 << 30
+    assert tried[0].result.profile is not None
+    assert tried[0].result.profile.step_peak_allocated_bytes == 13 << 30  # checkpointing: half of 26 GiB
+    assert dataset.read_bytes() == before
+    assert not Path(batch.config.copy).parent.exists()
+    text = "\n".join(render_text(result, tried))
+    assert "plus --gradient_accumulation_steps 4` (in a copy of ds.toml: datasets[0].batch_size = 1): fits" in text
+    report = to_json(result, tried)["tried"]
+    assert report[0]["config_file"] is None
+    assert report[1]["config_file"] == {
+        "original": str(dataset),
+        "copy": batch.config.copy,
+        "set": {"datasets[0].batch_size": 1},
+    }
+
+
 LAUNCHER = Path(__file__).parent / "data" / "probe" / "launcher.py"
 LONG = ProbeConfig(steps=100_000, max_seconds=60, stop_seconds=5)  # ends only by what the test does
 

@@ -394,8 +394,9 @@ def probe(
 
     `vramwatch probe -- accelerate launch flux_train_network.py ...` measures the training steps' peak,
     each sampling or save phase and the growth per step, then forecasts the whole run on this card.
-    With --try N, each of the top N suggested changes that is a flag or an environment variable is applied
-    to the command, one at a time, and probed in turn: what each measured is reported. Exit codes (of the
+    With --try N, each of the top N suggested changes that is a flag, an environment variable or a key of the
+    trainer's config file (written into a copy of the file, never the original) is applied, one at a time,
+    and probed in turn: what each measured is reported. Exit codes (of the
     command as given): 0 fits, 3 ran out of memory in the probe, 4 will run out in a phase (sample images, a
     save), 5 will run out at a training step (growth per step, or a step that no longer fits), 6 fits as far
     as measured (an announced phase or fewer steps than asked were measured), 1 crashed or nothing measured,

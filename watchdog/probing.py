@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import re
 import shutil
@@ -35,13 +36,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .advice import TrainerSettings, advise, recognize
-from .advice.argv import split_invocation
+from .advice import Suggestion, TrainerSettings, advise, recognize
+from .advice.argv import script_start, set_flag
+from .advice.configcopy import FLAG, ConfigEdit, ConfigTarget, CopiedConfig, CopyError, Value, copy_text
+from .advice.configfile import MAX_CONFIG_BYTES, read_text_file
 from .advice.settings import UNKNOWN
 from .advice.trainers import TRAINER_NAMES, Trainer, by_id
 from .agent import protocol
@@ -144,7 +147,7 @@ class ProbeResult:
     # that step (the probe cannot tell which of the two it was).
     phase_oom: str | None = None
     records: tuple[StepRecord, ...] = ()  # the measured process's steps
-    advice: tuple[tuple[str, str], ...] = ()  # (change in the trainer's words, expected saving)
+    advice: tuple[Suggestion, ...] = ()  # ranked changes in the trainer's words, each once
     steps_asked: int | None = None  # the optimizer steps the probe meant to measure
     complete: bool = False  # everything asked for was measured when the command ended
     failure: str | None = None  # why no step could be measured (the agent counts none, or none came in time)
@@ -408,7 +411,7 @@ def redirect_output(
             f"{trainer.name} has no output-directory flag: the test run writes its sample images and "
             "checkpoints where its configuration says",
         )
-    out = _set_flag(list(argv), trainer.output_dir_flag, directory)
+    out = set_flag(argv, trainer.output_dir_flag, directory)
     return tuple(out), (f"outputs go to a temporary directory ({trainer.output_dir_flag} {directory}), removed after",)
 
 
@@ -418,7 +421,7 @@ def _without_first_phase(argv: Sequence[str], trainer: Trainer | None) -> tuple[
     switch = trainer.first_phase_switch if trainer is not None else None
     if switch is None:
         return None
-    start = _script_start(argv)
+    start = script_start(argv)
     kept = [w for w in argv[start:] if w != switch and not w.startswith(switch + "=")]
     if len(kept) == len(argv) - start:
         return None
@@ -638,7 +641,7 @@ def watched_run(argv: Sequence[str], **options: Any) -> int:
 
     def advise_verdict(verdict: Verdict) -> list[str]:
         changes = _suggestions(settings, advice_kinds(verdict))
-        return [f"try: {change}" for change, _ in changes[:3]]
+        return [f"try: {s.change}" for s in changes[:3]]
 
     return run_command(argv, schedule=schedule_of(settings), advise=advise_verdict, **options)
 
@@ -687,13 +690,13 @@ def advice_kinds(
     return ("growth",)
 
 
-def _suggestions(settings: TrainerSettings, kinds: Sequence[str]) -> list[tuple[str, str]]:
-    """(change, expected saving) for each situation in turn, each change once."""
-    changes: list[tuple[str, str]] = []
+def _suggestions(settings: TrainerSettings, kinds: Sequence[str]) -> list[Suggestion]:
+    """The advisor's suggestions for each situation in turn, each change once."""
+    changes: list[Suggestion] = []
     for kind in kinds:
         for s in advise(settings, kind).suggestions:
-            if s.change not in (c for c, _ in changes):
-                changes.append((s.change, s.expected_saving))
+            if s.change not in (c.change for c in changes):
+                changes.append(s)
     return changes
 
 
@@ -714,20 +717,21 @@ class Tried:
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]  # environment variables the change sets
     result: ProbeResult
+    config: CopiedConfig | None = None  # the config file copied with the change written in, for a config change
 
 
-_FLAG = re.compile(r"--[A-Za-z0-9][\w-]*")
 _VARIABLE = re.compile(r"([A-Z_][A-Z0-9_]*)=(\S+)")
 
 
 def applied(argv: Sequence[str], change: str) -> tuple[tuple[str, ...], dict[str, str]] | None:
     """The command with one suggested change applied, and the environment it sets; None when the change is
-    not a command-line flag or an environment variable (a config file, a prompt file, code): those are not
-    applied (a copied config file is not built yet).
+    not a command-line flag or an environment variable (a config file's, a prompt file's, code).
 
     `--flag value` replaces the flag's value where the script's own arguments have it, or is appended: a
     launcher's options (`accelerate launch --mixed_precision fp16 train.py ...`) are the launcher's, never
-    the trainer's. A trailing note in parentheses is not part of the change.
+    the trainer's. A trailing note in parentheses is not part of the change. A change spelt for a config file
+    is never read here, whatever its text looks like (SimpleTuner's config.env lines look like variables):
+    `config_change` decides those.
     """
     text = change.split("  (", maxsplit=1)[0].strip()
     variable = _VARIABLE.fullmatch(text)
@@ -737,41 +741,88 @@ def applied(argv: Sequence[str], change: str) -> tuple[tuple[str, ...], dict[str
     pairs: list[tuple[str, str | None]] = []
     i = 0
     while i < len(words):
-        if not _FLAG.fullmatch(words[i]):
+        if not FLAG.fullmatch(words[i]):
             return None
         value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else None
         pairs.append((words[i], value))
         i += 2 if value is not None else 1
     if not pairs:
         return None
-    out = list(argv)
+    out = tuple(argv)
     for flag, value in pairs:
-        out = _set_flag(out, flag, value)
-    return tuple(out), {}
+        out = set_flag(out, flag, value)
+    return out, {}
 
 
-def _script_start(argv: Sequence[str]) -> int:
-    """Where the script's own arguments begin: after the script (the first `.py` after a launcher's options)
-    or after `-m module` (`advice.argv.split_invocation`); with neither, after the program (argv[0])."""
-    inv = split_invocation(argv)
-    if inv.script is None and inv.module is None:
-        return min(1, len(argv))
-    return len(argv) - len(inv.args)
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """A suggested change that is a config file's, ready to be written: the copy's text and what it sets."""
+
+    target: ConfigTarget
+    text: str
+    set: tuple[tuple[str, Value], ...]
+    flags: tuple[tuple[str, str | None], ...]  # added to the command line with it
 
 
-def _set_flag(argv: list[str], flag: str, value: str | None) -> list[str]:
-    """`flag` (with `value`) set among the script's own arguments: replaced where they have it, else appended."""
-    start = _script_start(argv)
-    for i in range(start, len(argv)):
-        word = argv[i]
-        if word.startswith(flag + "="):
-            return [*argv[:i], flag if value is None else f"{flag}={value}", *argv[i + 1 :]]
-        if word == flag:
-            if value is None:
-                return argv
-            has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
-            return [*argv[: i + 1], value, *argv[i + (2 if has_value else 1) :]]
-    return [*argv, flag, *([value] if value is not None else [])]
+def config_change(
+    argv: Sequence[str],
+    suggestion: Suggestion,
+    settings: TrainerSettings,
+    *,
+    cwd: str,
+    env: Mapping[str, str],
+) -> ConfigChange | str | None:
+    """For a change spelt for the trainer's config file: the copy to run it on, or why it cannot be tried;
+    None for a change that is not a config file's (a flag, a variable: `applied`)."""
+    trainer = _trainer_of(settings)
+    copies = trainer.config_copy if trainer is not None else None
+    if copies is None or not copies.covers(suggestion.syntax_key):
+        return None
+    if suggestion.syntax_key not in copies.keys:
+        return dict(copies.not_copied).get(suggestion.syntax_key or "", "not copied")
+    if not isinstance(suggestion.edit, ConfigEdit):
+        return suggestion.edit or "the rule gives no change as data for this config file (rules.toml [rule.apply])"
+    target = copies.target(argv, settings, suggestion.edit, cwd)
+    if isinstance(target, str):
+        return target
+    text = read_text_file(target.path)
+    if text is None:
+        return f"{target.path.name}: missing, unreadable or larger than {MAX_CONFIG_BYTES} bytes"
+    try:
+        written, done = copy_text(text, target, suggestion.edit, env)
+    except CopyError as exc:
+        return f"{target.path.name}: {exc}"
+    return ConfigChange(target, written, done, suggestion.edit.flags)
+
+
+@contextlib.contextmanager
+def written_copy(change: ConfigChange) -> Iterator[tuple[tuple[str, ...], dict[str, str], CopiedConfig] | None]:
+    """The copy written for one test run, and the command and environment that run on it (None when it could
+    not be written: a read-only directory); removed afterwards with its directory. The original is only read.
+    The copy goes in a new private temporary directory, or, for a trainer that finds its config by a path under
+    its working directory (`ConfigTarget.beside`), in a new hidden directory beside the original."""
+    original, beside = change.target.path, change.target.beside
+    directory: Path | None = None
+    try:
+        directory = Path(
+            tempfile.mkdtemp(
+                prefix=".vramwatch-try-" if beside else "vramwatch-try-", dir=original.parent if beside else None
+            )
+        )
+        copy = directory / original.name
+        copy.write_text(change.text, encoding="utf-8")
+    except OSError:
+        made = None
+    else:
+        argv, variables = change.target.run_on(copy)
+        for flag, value in change.flags:
+            argv = set_flag(argv, flag, value)
+        made = (argv, variables, CopiedConfig(str(original), str(copy), change.set))
+    try:
+        yield made
+    finally:
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def try_changes(
@@ -785,21 +836,37 @@ def try_changes(
     out: TextIO | None = None,
     child_stdout: int | None = None,
 ) -> list[Tried]:
-    """The field guide's loop, automated: probe again with each of the top `count` suggested changes that
-    can be applied to the command line or the environment, one at a time, and measure what each did."""
+    """The field guide's loop, automated: probe again with each of the top `count` suggested changes that can
+    be applied (to the command line, the environment, or a copy of the trainer's config file), one at a time,
+    and measure what each did. Changes that cannot be applied (a prompt file's, code) are passed over."""
     base = dict(os.environ if env is None else env)
+    where = cwd if cwd is not None else str(Path.cwd())
+    settings = recognize(argv, cwd=where, env=base)
     tried: list[Tried] = []
-    for change, expected in result.advice:
+    for s in result.advice:
         if len(tried) >= count:
             break
-        if expected.startswith(("none", "no memory")):
+        if s.expected_saving.startswith(("none", "no memory")):
             continue  # not a memory change (kohya_resumable: periodic state saves)
-        made = applied(argv, change)
-        if made is None:
-            continue
-        new_argv, variables = made
-        probed = run_probe(new_argv, config, env={**base, **variables}, cwd=cwd, out=out, child_stdout=child_stdout)
-        tried.append(Tried(change, expected, new_argv, tuple(variables.items()), probed))
+        change = config_change(argv, s, settings, cwd=where, env=base)
+        if isinstance(change, str):
+            continue  # a config file's change that cannot be written into a copy
+        if change is None:
+            made = applied(argv, s.change)
+            if made is None:
+                continue
+            new_argv, variables = made
+            probed = run_probe(new_argv, config, env={**base, **variables}, cwd=cwd, out=out, child_stdout=child_stdout)
+            tried.append(Tried(s.change, s.expected_saving, new_argv, tuple(variables.items()), probed))
+        else:
+            with written_copy(change) as made_copy:
+                if made_copy is None:
+                    continue  # the copy could not be written (a read-only directory)
+                new_argv, variables, copied = made_copy
+                probed = run_probe(
+                    new_argv, config, env={**base, **variables}, cwd=cwd, out=out, child_stdout=child_stdout
+                )
+            tried.append(Tried(s.change, s.expected_saving, new_argv, tuple(variables.items()), probed, copied))
         if probed.exit_code == EXIT_INTERRUPTED:
             break  # Ctrl-C ends the whole loop, not one round of it
     return tried
@@ -807,7 +874,11 @@ def try_changes(
 
 def _tried_line(t: Tried, base: ProbeResult) -> str:
     """ "with `--gradient_checkpointing`: fits to step 3,000 ...; step peak 15.20 GiB (-31 %); steps 24 % slower"."""
-    text = f"with `{t.change}`: {verdict_text(t.result)}"
+    text = f"with `{t.change}`"
+    if t.config is not None:
+        written = ", ".join(f"{key} = {json.dumps(value)}" for key, value in t.config.set)
+        text += f" (in a copy of {Path(t.config.original).name}: {written})"
+    text += f": {verdict_text(t.result)}"
     prof, was = t.result.profile, base.profile
     if prof is not None:
         text += f"; step peak {size(prof.step_peak_allocated_bytes)}"
@@ -934,7 +1005,7 @@ def render_text(result: ProbeResult, tried: Sequence[Tried] = ()) -> list[str]:
     if result.advice:
         lines.append("setting changes, most effective first:")
         shown = result.advice[:SHOWN]
-        lines += [f"  {i}. {change}  ({saving})" for i, (change, saving) in enumerate(shown, 1)]
+        lines += [f"  {i}. {s.change}  ({s.expected_saving})" for i, s in enumerate(shown, 1)]
     if tried:
         lines.append("measured, one change at a time:")
         lines += [f"  {_tried_line(t, result)}" for t in tried]
@@ -1010,10 +1081,14 @@ def to_json(result: ProbeResult, tried: Sequence[Tried] = ()) -> dict[str, Any]:
                 "message": verdict_text(t.result),
                 "step_peak_allocated_bytes": t.result.profile.step_peak_allocated_bytes if t.result.profile else None,
                 "seconds_per_step": t.result.profile.step_seconds if t.result.profile else None,
+                # A config file's change: the file copied, its copy (removed after the run) and the keys set.
+                "config_file": None
+                if t.config is None
+                else {"original": t.config.original, "copy": t.config.copy, "set": dict(t.config.set)},
             }
             for t in tried
         ],
-        "advice": [{"change": c, "saving": s} for c, s in result.advice],
+        "advice": [{"change": s.change, "saving": s.expected_saving} for s in result.advice],
         # The measured process's steps (protocol.STEP_FIELDS without the pid), for replay and evidence.
         "records": [
             [

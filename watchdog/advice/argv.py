@@ -209,3 +209,29 @@ def flag_switch(flags: Flags, name: str) -> bool | None:
         return True
     meant = to_bool(value)
     return True if meant is None else meant  # `--switch config.toml`: a bare switch, then a positional word
+
+
+def script_start(argv: Sequence[str]) -> int:
+    """Where the script's own arguments begin: after the script (the first `.py` after a launcher's options)
+    or after `-m module` (`split_invocation`); with neither, after the program (argv[0])."""
+    inv = split_invocation(argv)
+    if inv.script is None and inv.module is None:
+        return min(1, len(argv))
+    return len(argv) - len(inv.args)
+
+
+def set_flag(argv: Sequence[str], flag: str, value: str | None) -> tuple[str, ...]:
+    """`flag` (with `value`) set among the script's own arguments: replaced where they have it, else appended.
+    A launcher's options (`accelerate launch --mixed_precision fp16 train.py ...`) are never changed."""
+    words = [str(w) for w in argv]
+    start = script_start(words)
+    for i in range(start, len(words)):
+        word = words[i]
+        if word.startswith(flag + "="):
+            return (*words[:i], flag if value is None else f"{flag}={value}", *words[i + 1 :])
+        if word == flag:
+            if value is None:
+                return tuple(words)
+            has_value = i + 1 < len(words) and not words[i + 1].startswith("--")
+            return (*words[: i + 1], value, *words[i + (2 if has_value else 1) :])
+    return (*words, flag, *([value] if value is not None else []))

@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..model import Finding, ProcessMeta
 from ..units import GIB, gib
+from .configcopy import ConfigEdit
 from .configfile import ReadFile, read_text_file
 from .recognize import recognize
 from .rules import ADVICE_KINDS, Match, Rule, RuleBook, default_rules, match, saved_fraction, score
@@ -34,7 +35,12 @@ MAX_HOLDERS = 5
 
 @dataclass(frozen=True, slots=True)
 class Suggestion:
-    """One ranked change: `change` is in the trainer's syntax, `source` says where the knowledge is from."""
+    """One ranked change: `change` is in the trainer's syntax, `source` says where the knowledge is from.
+
+    `syntax_key` is the `[rule.syntax]` key `change` was written from ("kohya@dataset_config"); `edit` the same
+    change as data where it is a config file's (`[rule.apply]`, placeholders filled: `probe --try` writes it
+    in a copy of the file), or the rule's reason why it is not applied.
+    """
 
     rule_id: str
     change: str
@@ -42,6 +48,8 @@ class Suggestion:
     expected_saving: str
     source: str
     rank: int
+    syntax_key: str | None = None
+    edit: ConfigEdit | str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +130,8 @@ class _Candidate:
     saving: str
     source: str
     rule_id: str
+    syntax_key: str | None = None
+    edit: ConfigEdit | str | None = None
 
 
 def _source_text(rule: Rule, book: RuleBook, trainer: str, uses_trainer_syntax: bool) -> str:
@@ -135,11 +145,13 @@ def _from_rule(
     rule = found.rule
     source = settings.source_of(rule.setting) if rule.setting else None
     variants = tuple(v for v in ((source.kind if source else None), settings.config_format) if v)
-    template = rule.syntax_for(settings.trainer, variants)
-    if template is None:
+    key = rule.syntax_key(settings.trainer, variants)
+    if key is None:
         return None  # no verified spelling for this trainer: never invent a flag
     variables = _variables(rule, settings, context)
-    change = _fill(template, variables)
+    change = _fill(dict(rule.syntax)[key], variables)
+    how = rule.apply_for(key)
+    edit = how.filled(variables, source.file if source else None) if isinstance(how, ConfigEdit) else how
     if settings.trainer == kohya.ID and source is not None and source.kind == "config" and source.file:
         change += f"  (on the command line; it overrides {PurePath(source.file).name})"
     why = _fill(rule.why, variables)
@@ -157,6 +169,8 @@ def _from_rule(
         _fill(rule.saving, variables),
         _source_text(rule, book, settings.trainer, uses_trainer_syntax),
         rule.id,
+        key,
+        edit,
     )
 
 
@@ -184,9 +198,10 @@ def _holders(context: Mapping[str, object], key: str) -> list[Mapping[str, objec
 def _from_dynamic(
     rule: Rule, kind: str, settings: TrainerSettings, *, context: Mapping[str, object], order: int
 ) -> list[_Candidate]:
-    template = rule.syntax_for(settings.trainer, ())
-    if rule.dynamic is None or template is None:  # parse_rules guarantees both for dynamic rules
+    key = rule.syntax_key(settings.trainer, ())
+    if rule.dynamic is None or key is None:  # parse_rules guarantees both for dynamic rules
         return []
+    template = dict(rule.syntax)[key]
     out = []
     for i, holder in enumerate(_holders(context, rule.dynamic)):
         used = holder.get("used_bytes")
@@ -207,6 +222,7 @@ def _from_dynamic(
                 _fill(rule.saving, variables),
                 rule.source,
                 rule.id,
+                key,
             )
         )
     return out
@@ -243,7 +259,8 @@ def advise(
                 candidates.append(candidate)
     candidates.sort(key=lambda c: (-c.score, c.order))
     suggestions = tuple(
-        Suggestion(c.rule_id, c.change, c.why, c.saving, c.source, rank) for rank, c in enumerate(candidates, start=1)
+        Suggestion(c.rule_id, c.change, c.why, c.saving, c.source, rank, c.syntax_key, c.edit)
+        for rank, c in enumerate(candidates, start=1)
     )
     notes = [note.text for note in book.notes if finding_kind in note.kinds]
     if finding_kind == "contention" and not suggestions:

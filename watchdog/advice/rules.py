@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model import FindingKind
+from .configcopy import FLAG, KEY, ConfigEdit, Value
 from .settings import TrainerSettings
 from .trainers import TRAINER_IDS as TRAINERS
 
@@ -97,18 +98,30 @@ class Rule:
     source: str
     syntax: tuple[tuple[str, str], ...]
     dynamic: str | None = None
+    # `[rule.apply]`: for a syntax key whose change is a config file's, the change as data (`probe --try` writes
+    # it in a copy of the file), or why it is not applied.
+    apply: tuple[tuple[str, ConfigEdit | str], ...] = ()
 
     def weight_for(self, kind: str) -> float:
         """The rule's weight for a finding kind (`kind_weights` overrides `weight`)."""
         return dict(self.kind_weights).get(kind, self.weight)
 
-    def syntax_for(self, trainer: str, variants: tuple[str, ...]) -> str | None:
-        """The change in the trainer's words: the first of `trainer@variant`..., `trainer`, `default`."""
+    def syntax_key(self, trainer: str, variants: tuple[str, ...]) -> str | None:
+        """Which `[rule.syntax]` key speaks for this run: the first of `trainer@variant`..., `trainer`, `default`."""
         table = dict(self.syntax)
         for key in (*(f"{trainer}@{v}" for v in variants), trainer, "default"):
             if key in table:
-                return table[key]
+                return key
         return None
+
+    def syntax_for(self, trainer: str, variants: tuple[str, ...]) -> str | None:
+        """The change in the trainer's words (`syntax_key`'s text)."""
+        key = self.syntax_key(trainer, variants)
+        return None if key is None else dict(self.syntax)[key]
+
+    def apply_for(self, key: str) -> ConfigEdit | str | None:
+        """The `[rule.apply]` entry for a syntax key: the change as data, why it is not applied, or None."""
+        return dict(self.apply).get(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +196,50 @@ def _condition(raw: Any, where: str) -> Condition:
     return Condition(str(setting), str(op), raw["value"], str(unknown))
 
 
+def _value(raw: Any) -> Value | None:
+    """A config value `[rule.apply]` may set: a string, number or boolean, or a list of them; None otherwise."""
+    if isinstance(raw, str | int | float | bool):
+        return raw
+    if isinstance(raw, list) and all(isinstance(v, str | int | float | bool) for v in raw):
+        return list(raw)
+    return None
+
+
+def _apply(raw: Any, syntax: Mapping[str, Any], where: str) -> tuple[tuple[str, ConfigEdit | str], ...]:
+    """`[rule.apply]`: per syntax key, a table of config keys (dotted, `[]` for every item of a list) and `--flags`
+    with their values, or a string saying why the change is not applied."""
+    if not isinstance(raw, Mapping):
+        raise _fail(where, "'apply' must be a table")
+    out: list[tuple[str, ConfigEdit | str]] = []
+    for key, entry in raw.items():
+        if key not in syntax:
+            raise _fail(where, f"apply key {key!r} has no syntax entry: the change it applies must be spelt too")
+        if isinstance(entry, str):
+            if not entry.strip():
+                raise _fail(where, f"apply {key!r}: the reason it is not applied must be a non-empty string")
+            out.append((str(key), entry))
+            continue
+        if not isinstance(entry, Mapping) or not entry:
+            raise _fail(where, f"apply {key!r} must be a non-empty table (or a string saying why not)")
+        values: list[tuple[str, Value]] = []
+        flags: list[tuple[str, str | None]] = []
+        for name, value in entry.items():
+            if FLAG.fullmatch(name):
+                if value is True or (isinstance(value, str | int) and not isinstance(value, bool)):
+                    flags.append((str(name), None if value is True else str(value)))
+                    continue
+                raise _fail(where, f"apply {key!r}: flag {name} takes true (a switch), a string or an integer")
+            checked = _value(value)
+            if not KEY.fullmatch(name) or checked is None:
+                why = "must be a dotted config key set to a string, number, boolean or a list of them, or a --flag"
+                raise _fail(where, f"apply {key!r}: {name!r} {why}")
+            values.append((str(name), checked))
+        if not values:
+            raise _fail(where, f"apply {key!r} sets no config key: a change of flags alone is the syntax's")
+        out.append((str(key), ConfigEdit(str(key), tuple(values), tuple(flags))))
+    return tuple(out)
+
+
 def _rule(raw: Any, index: int) -> Rule:
     if not isinstance(raw, Mapping):
         raise _fail(f"rule #{index + 1}", "must be a table")
@@ -229,6 +286,7 @@ def _rule(raw: Any, index: int) -> Rule:
         source=_str(raw, "source", where) or "",
         syntax=tuple((str(k), str(v)) for k, v in syntax.items()),
         dynamic=dynamic,
+        apply=_apply(raw.get("apply", {}), syntax, where),
     )
 
 

@@ -4,9 +4,13 @@ whose allocator figures follow a memory model instead of PyTorch's.
 Each step peaks at --step-gib; sampling after multiples of --sample_every_n_steps (and before step 1 with
 --sample_at_first) peaks at --sample-gib; saves after multiples of --save_every_n_steps at --save-gib;
 --leak-mib-per-step stays allocated after every step; --gradient_checkpointing halves a step's peak and
---mixed_precision bf16 takes 40 % off it. The card holds --card-gib. A step or phase that needs
-more than the card raises the OOM the agent reports, then the script exits 3 (as the benchmark workloads
-do), or first hangs for --hang-after-oom seconds. SIGINT ends it with 130, as Python does.
+--mixed_precision bf16 takes 40 % off it. --step-gib is a step at batch 1: a batch of B holds B times its
+activations (what it needs above the 2 GiB that stay allocated). The batch is --train_batch_size, or, as kohya
+reads it, the `--dataset_config` TOML's (a `[[datasets]]` batch_size over `[general]`, over the command line);
+each `image_dir` of that file's subsets must exist, relative to the working directory, as sd-scripts needs it.
+The card holds --card-gib. A step or phase that needs more than the card raises the OOM the agent reports,
+then the script exits 3 (as the benchmark workloads do), or first hangs for --hang-after-oom seconds. SIGINT
+ends it with 130, as Python does.
 
 Ways to go wrong, for the probe's failure paths: --crash-at-step N raises an error (exit 1) at step N;
 --no-step-hook has the agent count no steps (its hello says so); --no-steps never reaches an optimizer step.
@@ -19,6 +23,11 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 from vramwatch.agent.core import Agent, AgentConfig
 
@@ -94,6 +103,20 @@ class ModelProbe:
         self.peak = max(self.peak, self.allocated + extra)
 
 
+def dataset_batch(path: str, given: int) -> int:
+    """The largest batch size the --dataset_config TOML sets (a dataset's own over [general] over the flag);
+    SystemExit when a subset's image_dir is not there (relative to the working directory)."""
+    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    general = data.get("general", {})
+    batches = []
+    for dataset in data.get("datasets", []):
+        batches.append(dataset.get("batch_size", general.get("batch_size", given)))
+        for subset in dataset.get("subsets", []):
+            if not Path(subset["image_dir"]).is_dir():
+                raise SystemExit(f"image_dir not found: {subset['image_dir']}")
+    return max(batches, default=general.get("batch_size", given))
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--max_train_steps", type=int, default=1600)
@@ -109,6 +132,8 @@ def main() -> int:
     # Two of kohya's memory settings, with the effect the advice rules expect of them (roughly).
     p.add_argument("--gradient_checkpointing", action="store_true")
     p.add_argument("--mixed_precision", default="no")
+    p.add_argument("--train_batch_size", type=int, default=1)
+    p.add_argument("--dataset_config")
     p.add_argument("--crash-at-step", type=int)
     p.add_argument("--hang-after-oom", type=float, default=0.0)
     p.add_argument("--no-step-hook", action="store_true")
@@ -125,7 +150,9 @@ def main() -> int:
     probe = ModelProbe(int(args.card_gib * GIB), step_hook=not args.no_step_hook)
     agent = Agent(AgentConfig.from_env(), probe=probe)
     agent.tick()  # hello, and the step hook registered
-    step_gib = args.step_gib * (0.5 if args.gradient_checkpointing else 1.0)
+    batch = dataset_batch(args.dataset_config, args.train_batch_size) if args.dataset_config else args.train_batch_size
+    step_gib = 2 + (args.step_gib - 2) * batch
+    step_gib *= 0.5 if args.gradient_checkpointing else 1.0
     step_gib *= 0.6 if args.mixed_precision in {"bf16", "fp16"} else 1.0
     step_extra = int(step_gib * GIB) - probe.allocated
     sample_extra = int(args.sample_gib * GIB) - probe.allocated

@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 
 from ..settings import UNKNOWN
-from ._base import ProbeArgv, SaveNow, Trainer
+from ._base import ConfigCopy, ProbeArgv, SaveNow, Trainer
 
 
 def _discover() -> tuple[Trainer, ...]:
@@ -39,4 +39,4 @@ def by_id(trainer_id: str) -> Trainer:
     raise KeyError(trainer_id)
 
 
-__all__ = ["REGISTRY", "TRAINER_IDS", "TRAINER_NAMES", "ProbeArgv", "SaveNow", "Trainer", "by_id"]
+__all__ = ["REGISTRY", "TRAINER_IDS", "TRAINER_NAMES", "ConfigCopy", "ProbeArgv", "SaveNow", "Trainer", "by_id"]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ...model import ProcessMeta
 from ..argv import Flags, Invocation
+from ..configcopy import ConfigEdit, ConfigTarget
 from ..extract import Builder, Context
 from ..settings import TrainerSettings
 
@@ -20,6 +21,30 @@ Detect = Callable[[ProcessMeta, Mapping[str, str]], bool]
 #: sampling phase into a short test run. Never edits files; an argv it cannot improve comes back unchanged,
 #: with a note saying why.
 ProbeArgv = Callable[[Sequence[str], TrainerSettings], tuple[tuple[str, ...], tuple[str, ...]]]
+
+
+#: For `probe --try`: the config file a suggested change goes to and how the command runs on a copy of it, or why
+#: it cannot be copied; from the command line, its settings, the change, and the working directory.
+Target = Callable[[Sequence[str], TrainerSettings, ConfigEdit, str], ConfigTarget | str]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigCopy:
+    """How `probe --try` runs the trainer on a copy of its config file with a suggested change written in.
+
+    `keys` are the rules.toml `[rule.syntax]` keys of this trainer whose change is a config file's and can be
+    copied: every rule spelt for one of them has an `[rule.apply]` entry (a test checks). `not_copied` names its
+    other config-file keys and why no copy is run for them: their changes are never tried, not even as flags
+    or environment variables their text may look like.
+    """
+
+    keys: frozenset[str]
+    target: Target
+    not_copied: tuple[tuple[str, str], ...] = ()
+
+    def covers(self, key: str | None) -> bool:
+        """Whether a change spelt under `key` lives in a config file (copied or not)."""
+        return key in self.keys or key in dict(self.not_copied)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +84,5 @@ class Trainer:
     # The switch that runs a phase before the first optimizer step (kohya: --sample_at_first); the probe drops
     # it to tell an OOM in that phase from one in the first training step.
     first_phase_switch: str | None = None
+    # Where its config files are and how a copy of one is run, for `probe --try`; None: none is copied.
+    config_copy: ConfigCopy | None = None

@@ -6,13 +6,14 @@ itself; settings live under `config.process[0]`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import settings as s
-from ..argv import Flags, Invocation, parse_flags, to_bool, to_int, to_interval
-from ..configfile import load_mapping, lookup
+from ..argv import Flags, Invocation, parse_flags, script_start, to_bool, to_int, to_interval
+from ..configcopy import ConfigEdit, ConfigTarget
+from ..configfile import format_of, load_mapping, lookup
 from ..extract import (
     Builder,
     Context,
@@ -23,7 +24,7 @@ from ..extract import (
     resolve_path,
     script_dir,
 )
-from ._base import Trainer
+from ._base import ConfigCopy, Trainer
 
 ID = "ai-toolkit"
 
@@ -181,4 +182,37 @@ def _sample_resolution(sample: Mapping[str, Any]) -> tuple[int, int] | None:
     return max(known, key=lambda wh: wh[0] * wh[1]) if known else None
 
 
-TRAINER = Trainer(ID, "ostris ai-toolkit", 50, recognizes, read)
+def config_target(argv: Sequence[str], settings: s.TrainerSettings, _edit: ConfigEdit, _cwd: str) -> ConfigTarget | str:
+    """The job config `run.py <name>` names (its first positional word), the rules' keys under `config.process[0]`.
+
+    The copy's absolute path replaces that word: toolkit/config.py `get_config` tries `<toolkit>/config/<word>`,
+    which for an absolute path is the path itself. ai-toolkit takes the paths in the config (`datasets[].folder_path`,
+    `training_folder`) as they are, relative to its working directory, so a copy elsewhere reads the same; the
+    job's name is `config.name`, not the file's. It replaces `${VAR}` in the text with the environment before
+    parsing: the copy is parsed after the same replacement (so it holds those values).
+    """
+    if not settings.config_files:
+        return "no readable ai-toolkit config named on the command line"
+    path = Path(settings.config_files[0])
+    fmt = format_of(path)
+    if fmt not in ("yaml", "json"):
+        return f"{path.name}: not a YAML or JSON file"
+    words = tuple(str(w) for w in argv)
+    start = script_start(words)
+    if start >= len(words) or words[start].startswith("-"):
+        return "the config is not the first word after run.py"
+
+    def run_on(copy: Path) -> tuple[tuple[str, ...], dict[str, str]]:
+        return (*words[:start], str(copy), *words[start + 1 :]), {}
+
+    return ConfigTarget(path, fmt, run_on, root=("config", "process", 0), expand_env=True)
+
+
+TRAINER = Trainer(
+    ID,
+    "ostris ai-toolkit",
+    50,
+    recognizes,
+    read,
+    config_copy=ConfigCopy(frozenset({ID}), config_target),
+)

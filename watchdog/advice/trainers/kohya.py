@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 from ...model import ProcessMeta
@@ -22,14 +22,17 @@ from ..argv import (
     flag_switch,
     flag_text,
     parse_flags,
+    set_flag,
     split_invocation,
     to_bool,
     to_int,
     to_interval,
     value_of,
 )
+from ..configcopy import ConfigEdit, ConfigTarget
+from ..configfile import format_of
 from ..extract import Builder, Context, family_of, launcher_precision, precision, resolution_pair, resolve_path
-from ._base import Trainer
+from ._base import ConfigCopy, Trainer
 
 ID = "kohya"
 
@@ -285,6 +288,29 @@ def _kohya_dataset_config(text: str, ctx: Context, b: Builder) -> None:
         b.set(setting, value, s.FROM_DATASET_CONFIG, detail, str(path))
 
 
+def config_target(argv: Sequence[str], _settings: s.TrainerSettings, edit: ConfigEdit, _cwd: str) -> ConfigTarget | str:
+    """A change to the `--dataset_config` file (the one setting the command line cannot override): its copy is
+    named by `--dataset_config` on the command line, which also wins over a `dataset_config` in `--config_file`.
+    sd-scripts (library/config_util.py) reads the file as TOML or JSON by its suffix and takes the paths in it
+    (`image_dir`, `metadata_file`, ...) as they are, relative to its working directory: a copy elsewhere, in the
+    same format under the same name, reads the same."""
+    if edit.variant != s.FROM_DATASET_CONFIG or not edit.file:
+        return "not a change to the --dataset_config file"
+    path = Path(edit.file)
+    fmt = format_of(path)
+    if fmt not in ("toml", "json"):
+        return f"{path.name}: sd-scripts reads a dataset config as .toml or .json only"
+
+    def run_on(copy: Path) -> tuple[tuple[str, ...], dict[str, str]]:
+        return set_flag(argv, "--dataset_config", str(copy)), {}
+
+    return ConfigTarget(path, fmt, run_on)
+
+
+# `--config_file` needs no copy: the command line overrides it (read_config_from_file), so its changes are flags.
+CONFIG_COPY = ConfigCopy(frozenset({f"{ID}@{s.FROM_DATASET_CONFIG}"}), config_target)
+
+
 # The hint looks at whole argv paths of a live process (no recognition context), with the checkout's name.
 _HINT_SCRIPTS = re.compile(
     r"(^|/)(sdxl_|flux_|sd3_|lumina_|hunyuan_image_)?(train_network|train_db|fine_tune|train|train_textual_inversion)\.py$"
@@ -318,4 +344,5 @@ TRAINER = Trainer(
     # overrides --config_file, so the flag redirects a configured output_dir too.
     output_dir_flag="--output_dir",
     first_phase_switch="--sample_at_first",
+    config_copy=CONFIG_COPY,
 )

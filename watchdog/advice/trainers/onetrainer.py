@@ -4,15 +4,17 @@ asked to save by SIGINT, on which its CLI writes a backup and the final model, t
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ...model import ProcessMeta
 from .. import settings as s
-from ..argv import Flags, Invocation, flag_text, parse_flags, to_bool, to_int, to_interval
+from ..argv import Flags, Invocation, flag_text, parse_flags, set_flag, split_invocation, to_bool, to_int, to_interval
+from ..configcopy import ConfigEdit, ConfigTarget
 from ..configfile import lookup
 from ..extract import Builder, Context, family_of, largest_resolution, path_mentions, precision, resolve_path
-from ._base import SaveNow, Trainer
+from ._base import ConfigCopy, SaveNow, Trainer
 
 ID = "onetrainer"
 
@@ -163,8 +165,26 @@ def _runs_the_cli(meta: ProcessMeta, _env: Mapping[str, str]) -> bool:
     return runs_cli and named
 
 
+def config_target(argv: Sequence[str], settings: s.TrainerSettings, _edit: ConfigEdit, _cwd: str) -> ConfigTarget | str:
+    """The JSON TrainConfig `--config-path` names; the copy's path replaces it there. OneTrainer opens the paths in
+    it (`concept_file_name`, `workspace_dir`, `cache_dir`, the base model) as they are, relative to its working
+    directory (its checkout), so a copy elsewhere reads the same."""
+    flags, _ = parse_flags(split_invocation(argv).args)
+    given = flag_text(flags, "config-path", "config_path")
+    if given is None or not given[1] or not settings.config_files:
+        return "no readable --config-path"
+    path, flag = Path(settings.config_files[0]), f"--{given[0]}"
+
+    def run_on(copy: Path) -> tuple[tuple[str, ...], dict[str, str]]:
+        return set_flag(argv, flag, str(copy)), {}
+
+    return ConfigTarget(path, "json", run_on)
+
+
 SAVE_NOW = SaveNow(
     "onetrainer", "OneTrainer's CLI on SIGINT writes a backup and the final model (backup_before_save), then exits",
     stops_run=True, detect=_runs_the_cli, signum=signal.SIGINT,
 )  # fmt: skip
-TRAINER = Trainer(ID, "OneTrainer", 30, recognizes, read, save_now=SAVE_NOW)
+TRAINER = Trainer(
+    ID, "OneTrainer", 30, recognizes, read, save_now=SAVE_NOW, config_copy=ConfigCopy(frozenset({ID}), config_target)
+)

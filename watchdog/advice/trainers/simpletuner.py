@@ -6,15 +6,16 @@ its signal file: it checkpoints at the next step when `manual_checkpoint` there 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
 from ...model import ProcessMeta
 from .. import settings as s
 from ..argv import Flags, Invocation, parse_flags, to_bool, to_int, to_interval, value_of
+from ..configcopy import ConfigEdit, ConfigTarget, Value
 from ..extract import Builder, Context, family_of, path_mentions, precision, resolution_pair
-from ._base import SaveNow, Trainer
+from ._base import ConfigCopy, SaveNow, Trainer
 
 ID = "simpletuner"
 SIGNAL_FILE = "SIMPLETUNER_ACCELERATE_SIGNAL_FILE"  # the JSON file its train.py polls
@@ -125,6 +126,50 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
     put("save_every_n_steps", "checkpointing_steps", to_interval)
 
 
+ENVIRONMENT = "SIMPLETUNER_ENVIRONMENT"  # loader.py: wins over SIMPLETUNER_ENV and ENV
+_BACKEND_CONFIG = "data_backend_config"
+
+
+def config_target(argv: Sequence[str], settings: s.TrainerSettings, edit: ConfigEdit, cwd: str) -> ConfigTarget | str:
+    """`config/[<env>/]config.{json,toml}` under the working directory. SimpleTuner finds its config only as
+    `config/<env>/config.<backend>` (helpers/configuration/{json,toml}_file.py), so the copy goes in a new hidden
+    directory beside the original, named to it by SIMPLETUNER_ENVIRONMENT.
+
+    That directory is also SimpleTuner's config path (loader.py `StateTracker.set_config_path`), where it looks
+    for `multidatabackend.json` when `data_backend_config` is not given: the copy then names the original's
+    explicitly. Paths in the config are otherwise relative to the working directory, which does not change.
+    """
+    if edit.variant not in ("json", "toml") or settings.config_format != edit.variant or not settings.config_files:
+        return f"no config/config.{edit.variant} was read"
+    if any(w == "--env" or w.startswith(("env=", "--env=")) for w in argv):
+        return "the command names its environment (env=...), which would win over the copy's"
+    path, base = Path(settings.config_files[0]), Path(cwd) / "config"
+    if not path.parent.is_relative_to(base):
+        return f"{path.name} is not under config/ in the working directory"
+    backend_config = str(PurePath("config", *path.parent.relative_to(base).parts, "multidatabackend.json"))
+
+    def run_on(copy: Path) -> tuple[tuple[str, ...], dict[str, str]]:
+        return tuple(argv), {ENVIRONMENT: str(copy.parent.relative_to(base))}
+
+    def adjust(doc: dict[str, Any]) -> tuple[tuple[str, Value], ...]:
+        if _BACKEND_CONFIG in doc or f"--{_BACKEND_CONFIG}" in doc:
+            return ()
+        doc[_BACKEND_CONFIG] = backend_config
+        return ((_BACKEND_CONFIG, backend_config),)
+
+    return ConfigTarget(path, edit.variant, run_on, spellings=("", "--"), beside=True, adjust=adjust)
+
+
+CONFIG_COPY = ConfigCopy(
+    frozenset({f"{ID}@json", f"{ID}@toml"}),
+    config_target,
+    # env_file.py reads config.env's lines itself (`+=` appends, `${...}` values are dropped): not rewritten.
+    not_copied=(
+        (f"{ID}@env", "config.env is not rewritten (its `+=` and `${...}` lines are SimpleTuner's own shell dialect)"),
+    ),
+)
+
+
 def _has_signal_file(_meta: ProcessMeta, env: Mapping[str, str]) -> bool:
     return bool(env.get(SIGNAL_FILE))
 
@@ -133,4 +178,4 @@ SAVE_NOW = SaveNow(
     "simpletuner", "SimpleTuner checkpoints at its next step when manual_checkpoint in its signal file grows",
     stops_run=False, detect=_has_signal_file, signal_file_env=SIGNAL_FILE, counter=COUNTER,
 )  # fmt: skip
-TRAINER = Trainer(ID, "SimpleTuner", 40, recognizes, read, save_now=SAVE_NOW)
+TRAINER = Trainer(ID, "SimpleTuner", 40, recognizes, read, save_now=SAVE_NOW, config_copy=CONFIG_COPY)
