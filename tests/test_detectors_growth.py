@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from vramwatch.detectors._series import View
 from vramwatch.detectors.config import DetectorConfig
-from vramwatch.detectors.growth import profile, theil_sen
+from vramwatch.detectors.growth import profile, reported_rate, theil_sen
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -175,3 +175,28 @@ def test_rate_is_invariant_to_time_shifts(steps: list[tuple[float, int]], shift:
     if ra is not None and rb is not None:
         assert rb.bytes_per_second == pytest.approx(ra.bytes_per_second, rel=1e-6, abs=1.0)
         assert rb.sustained == ra.sustained
+
+
+# Flat stretches, then moves: most of the daemon's processes hold one value for minutes between allocations.
+plateaus = st.lists(
+    st.tuples(st.integers(1, 400), st.sampled_from([0, 0, 0, 2 * MIB, -2 * MIB, 512 * MIB])), min_size=1, max_size=6
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(parts=plateaus, gaps=st.floats(0.6, 1.4))
+def test_reported_rate_is_the_profiles_rate_to_the_bit(parts: list[tuple[int, int]], gaps: float) -> None:
+    """`reported_rate` (the metrics' per-process rate, with its flat shortcut) equals `profile(...).rate(...)`
+    exactly, flat windows and moving ones alike."""
+    t, v = array("d"), array("d")
+    now, level = 0.0, 8.0 * GIB
+    for count, step in parts:
+        level = max(0.0, level + step)
+        for _ in range(count):
+            now += gaps
+            t.append(now)
+            v.append(level)
+    view = View(t, v)
+    for since in (0.0, now - CONFIG.rate_report_seconds * 1.001):
+        window = view.since(since)
+        assert reported_rate(window, CONFIG) == profile(window, CONFIG).rate(CONFIG)

@@ -21,7 +21,7 @@ from ._context import GpuContext, Tick, Tree
 from ._series import view
 from .base import Forecast, Observation, Verdict
 from .config import DetectorConfig
-from .growth import Rate, profile
+from .growth import Rate, profile, reported_rate
 from .registry import detectors, settings
 
 DEFAULT_CONFIG = DetectorConfig()
@@ -95,7 +95,7 @@ def _context(
         if track is None:
             continue
         recent = view(track.series).since(now - config.rate_report_seconds * 1.001)
-        rate = profile(recent, config).rate(config)
+        rate = reported_rate(recent, config)
         if rate is not None:
             process_growth[p.key] = rate
     members: dict[ProcessKey, list[ProcessSample]] = {}

@@ -243,17 +243,8 @@ def profile(
         view = view.since(start)
     if len(view) < 3:
         return Profile(())
-    now, first = view.now, view.first
-    windows: list[tuple[float, float]] = []  # (horizon, start of its points)
-    for h in config.horizons_seconds:
-        if h < min_horizon:
-            continue
-        a = max(now - h, first)
-        if now - a < config.min_coverage * h:
-            break
-        windows.append((h, a))
-        if a == first:
-            break  # longer horizons would see the same points
+    now = view.now
+    windows = _windows(view, config, min_horizon)
     if not windows:
         return Profile(())
     # Most series do not grow: when even the whole window cannot rise by `min_rise_bytes`, no horizon can be
@@ -283,6 +274,41 @@ def profile(
             for h, span, idx in grids
         )
     )
+
+
+def _windows(view: View, config: DetectorConfig, min_horizon: float) -> list[tuple[float, float]]:
+    """(horizon, start of its points) for each horizon >= `min_horizon` that the view covers enough, shortest
+    first, up to the first that reaches back to the view's oldest point (longer ones would see the same)."""
+    now, first = view.now, view.first
+    windows: list[tuple[float, float]] = []
+    for h in config.horizons_seconds:
+        if h < min_horizon:
+            continue
+        a = max(now - h, first)
+        if now - a < config.min_coverage * h:
+            break
+        windows.append((h, a))
+        if a == first:
+            break
+    return windows
+
+
+def reported_rate(view: View, config: DetectorConfig) -> Rate | None:
+    """The rate the metrics show for a series: `profile(view, config).rate(config)`, the same figure to the
+    bit, without building a fit when the reported window held one value (most processes, most ticks, every
+    tick: the metrics ask for every process's rate). Such a fit's slope is 0 and its confidence 0: no part rose."""
+    if len(view) < 3:
+        return None
+    windows = _windows(view, config, 0.0)
+    if not windows:
+        return None
+    if view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes:
+        chosen = _report_choice([h for h, _ in windows], config)
+        a = next(a for h, a in windows if h == chosen)
+        flat = view.since(a)
+        if len(flat) >= 2 and flat.min() == flat.max():
+            return Rate(0.0, 0.0, view.now - a, len(flat), False)
+    return profile(view, config).rate(config)
 
 
 def _grid(t: array[float], a: float, now: float, config: DetectorConfig) -> list[int]:
