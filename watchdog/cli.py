@@ -371,7 +371,11 @@ def run(
     show_default=True,
     help="Wait for an announced phase (sampling, save) due within this many steps.",
 )
-@click.option("--no-bring-forward", is_flag=True, help="Run the command as given (no --sample_at_first added).")
+@click.option(
+    "--no-bring-forward",
+    is_flag=True,
+    help="Run the command as given (no --sample_at_first, no save flag added to measure a save).",
+)
 @click.option(
     "--try",
     "tries",
@@ -396,7 +400,9 @@ def probe(
     each sampling or save phase and the growth per step, then forecasts the whole run on this card.
     With --try N, each of the top N suggested changes that is a flag, an environment variable or a key of the
     trainer's config file (written into a copy of the file, never the original) is applied, one at a time,
-    and probed in turn: what each measured is reported. Exit codes (of the
+    and probed in turn: what each measured is reported. A save the run makes only after its last step (or
+    beyond --reach) is brought into the test with the trainer's periodic save flag (kohya
+    --save_every_n_steps). Exit codes (of the
     command as given): 0 fits, 3 ran out of memory in the probe, 4 will run out in a phase (sample images, a
     save), 5 will run out at a training step (growth per step, or a step that no longer fits), 6 fits as far
     as measured (an announced phase or fewer steps than asked were measured), 1 crashed or nothing measured,
