@@ -167,13 +167,15 @@ def test_try_measures_each_change_and_finds_the_one_that_fits() -> None:
     argv = trainer("--max_train_steps", "3000", "--step-gib", "30")
     result = run_probe(argv, QUICK)
     assert result.exit_code == EXIT_OOM, render_text(result)
-    tried = try_changes(result, argv, 2, QUICK)
+    tries = try_changes(result, argv, 2, QUICK)
+    tried = tries.tried
     assert [t.change for t in tried] == ["--gradient_checkpointing", "--mixed_precision bf16"]
+    assert tries.not_tried == ()
     first = tried[0].result
     assert first.exit_code == EXIT_FITS, render_text(first)
     assert first.profile is not None
     assert first.profile.step_peak_allocated_bytes == 15 << 30
-    text = "\n".join(render_text(result, tried))
+    text = "\n".join(render_text(result, tries))
     assert "with `--gradient_checkpointing`: fits to step 3,000" in text
 
 
@@ -195,7 +197,8 @@ def test_try_writes_a_config_files_change_into_a_copy_and_measures_it(
     argv = trainer("--max_train_steps", "3000", "--step-gib", "8", "--dataset_config", "ds.toml")
     result = run_probe(argv, QUICK)
     assert result.exit_code == EXIT_OOM, render_text(result)  # 2 GiB + 4 x 6 GiB of activations on 24 GiB
-    tried = try_changes(result, argv, 2, QUICK)
+    tries = try_changes(result, argv, 2, QUICK)
+    tried = tries.tried
     assert [t.change for t in tried] == [
         "--gradient_checkpointing",
         "batch_size = 1 in ds.toml ([[datasets]]/[general]; it overrides --train_batch_size), "
@@ -213,9 +216,9 @@ def test_try_writes_a_config_files_change_into_a_copy_and_measures_it(
     assert tried[0].result.profile.step_peak_allocated_bytes == 13 << 30  # checkpointing: half of 26 GiB
     assert dataset.read_bytes() == before
     assert not Path(batch.config.copy).parent.exists()
-    text = "\n".join(render_text(result, tried))
+    text = "\n".join(render_text(result, tries))
     assert "plus --gradient_accumulation_steps 4` (in a copy of ds.toml: datasets[0].batch_size = 1): fits" in text
-    report = to_json(result, tried)["tried"]
+    report = to_json(result, tries)["tried"]
     assert report[0]["config_file"] is None
     assert report[1]["config_file"] == {
         "original": str(dataset),
@@ -928,3 +931,59 @@ def test_a_save_measured_at_the_probes_step_is_forecast_at_the_runs_own(schedule
     assert (result.verdict.outcome, result.verdict.phase, result.verdict.step) == (Outcome.PHASE, SAVE, step)
     assert result.verdict.needed_bytes == 14 * GIB + 109 * MIB + (step - 108) * MIB  # measured in record 109
     assert result.exit_code == EXIT_PHASE
+
+
+# --try: the changes it could not apply are listed, with why.
+
+
+def test_try_lists_the_changes_it_passed_over_and_why() -> None:
+    """Sampling that runs out: its two sampling changes (a prompt file's, dropping a flag by hand) cannot be applied;
+    --try 1 passes over them to checkpointing, and the report and JSON list them as not tried, with why."""
+    from vramwatch.probing import NOT_APPLICABLE, to_json, try_changes
+
+    argv = trainer(
+        *("--max_train_steps", "3000", "--sample_every_n_steps", "100"),
+        *("--sample-gib", "23", "--leak-mib-per-step", "2"),
+    )
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_PHASE, render_text(result)
+    tries = try_changes(result, argv, 1, QUICK)
+    assert [t.change for t in tries.tried] == ["--gradient_checkpointing"]
+    passed = [n.change for n in tries.not_tried]
+    assert passed == [s.change for s in result.advice[:2]]
+    assert passed[0].startswith("in the --sample_prompts file")
+    assert {n.why for n in tries.not_tried} == {NOT_APPLICABLE}
+    text = render_text(result, tries)
+    assert f"  not tried: {passed[0]} ({NOT_APPLICABLE})" in text
+    assert to_json(result, tries)["not_tried"] == [{"change": c, "why": NOT_APPLICABLE} for c in passed]
+
+
+def test_try_gives_a_config_changes_own_reason_for_not_trying_it() -> None:
+    """A change spelt for kohya's --dataset_config whose rule says why it is not applied is not tried, with that
+    reason; the next change that can be applied is tried in its place."""
+    from vramwatch.advice import Suggestion
+    from vramwatch.probing import try_changes
+
+    argv = trainer("--max_train_steps", "3000", "--step-gib", "30")
+    reason = "the rule says why this change is not applied"
+    advice = (
+        Suggestion("r1", "batch_size = 1 in ds.toml", "", "-75%", "", 1, "kohya@dataset_config", reason),
+        Suggestion("r2", "--gradient_checkpointing", "", "-60%", "", 2, "kohya", None),
+    )
+    result = dataclasses.replace(measured(records(200, lambda k: 8 * GIB), PLAIN, 24 * GIB), advice=advice)
+    tries = try_changes(result, argv, 1, QUICK)
+    assert [t.change for t in tries.tried] == ["--gradient_checkpointing"]
+    assert [(n.change, n.why) for n in tries.not_tried] == [("batch_size = 1 in ds.toml", reason)]
+
+
+def test_a_copy_that_cannot_be_written_says_why(tmp_path: Path) -> None:
+    """A config copy whose directory cannot be made (here: beside a file in a folder that is gone) comes back as
+    the reason, which --try lists as not tried, instead of a run."""
+    from vramwatch.advice.configcopy import ConfigTarget
+    from vramwatch.probing import ConfigChange, written_copy
+
+    gone = tmp_path / "gone" / "config.json"
+    target = ConfigTarget(gone, "json", lambda copy: ((str(copy),), {}), beside=True)
+    with written_copy(ConfigChange(target, "{}", (("batch_size", 1),), ())) as made:
+        assert isinstance(made, str)
+        assert made.startswith("a copy of config.json could not be written: ")

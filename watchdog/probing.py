@@ -810,6 +810,26 @@ class Tried:
     config: CopiedConfig | None = None  # the config file copied with the change written in, for a config change
 
 
+@dataclass(frozen=True, slots=True)
+class NotTried:
+    """A suggested change `--try` passed over on its way to the N it tries, and why it could not apply it."""
+
+    change: str  # as the advisor wrote it
+    why: str
+
+
+#: Why `applied` passes a change over: it is none of the things `--try` can set.
+NOT_APPLICABLE = "no flag, environment variable or config key to set: a change to make by hand"
+
+
+@dataclass(frozen=True, slots=True)
+class Tries:
+    """What `--try N` did: the changes it measured, and those it passed over before reaching N (in rank order)."""
+
+    tried: tuple[Tried, ...] = ()
+    not_tried: tuple[NotTried, ...] = ()
+
+
 _VARIABLE = re.compile(r"([A-Z_][A-Z0-9_]*)=(\S+)")
 
 
@@ -823,7 +843,7 @@ def applied(argv: Sequence[str], change: str) -> tuple[tuple[str, ...], dict[str
     is never read here, whatever its text looks like (SimpleTuner's config.env lines look like variables):
     `config_change` decides those.
     """
-    text = change.split("  (", maxsplit=1)[0].strip()
+    text = _change_text(change)
     variable = _VARIABLE.fullmatch(text)
     if variable is not None:
         return tuple(argv), {variable.group(1): variable.group(2)}
@@ -886,9 +906,9 @@ def config_change(
 
 
 @contextlib.contextmanager
-def written_copy(change: ConfigChange) -> Iterator[tuple[tuple[str, ...], dict[str, str], CopiedConfig] | None]:
-    """The copy written for one test run, and the command and environment that run on it (None when it could
-    not be written: a read-only directory); removed afterwards with its directory. The original is only read.
+def written_copy(change: ConfigChange) -> Iterator[tuple[tuple[str, ...], dict[str, str], CopiedConfig] | str]:
+    """The copy written for one test run, and the command and environment that run on it (why not, when it
+    could not be written: a read-only directory); removed afterwards with its directory. The original is only read.
     The copy goes in a new private temporary directory, or, for a trainer that finds its config by a path under
     its working directory (`ConfigTarget.beside`), in a new hidden directory beside the original."""
     original, beside = change.target.path, change.target.beside
@@ -901,8 +921,10 @@ def written_copy(change: ConfigChange) -> Iterator[tuple[tuple[str, ...], dict[s
         )
         copy = directory / original.name
         copy.write_text(change.text, encoding="utf-8")
-    except OSError:
-        made = None
+    except OSError as exc:
+        made: tuple[tuple[str, ...], dict[str, str], CopiedConfig] | str = (
+            f"a copy of {original.name} could not be written: {exc.strerror or exc}"
+        )
     else:
         argv, variables = change.target.run_on(copy)
         for flag, value in change.flags:
@@ -925,33 +947,38 @@ def try_changes(
     cwd: str | None = None,
     out: TextIO | None = None,
     child_stdout: int | None = None,
-) -> list[Tried]:
+) -> Tries:
     """The field guide's loop, automated: probe again with each of the top `count` suggested changes that can
     be applied (to the command line, the environment, or a copy of the trainer's config file), one at a time,
-    and measure what each did. Changes that cannot be applied (a prompt file's, code) are passed over."""
+    and measure what each did. Changes that cannot be applied (a prompt file's, code, a key the copy cannot
+    take) are passed over, each with its reason (`Tries.not_tried`); one that saves no memory is skipped."""
     base = dict(os.environ if env is None else env)
     where = cwd if cwd is not None else str(Path.cwd())
     settings = recognize(argv, cwd=where, env=base)
     tried: list[Tried] = []
+    passed: list[NotTried] = []
     for s in result.advice:
         if len(tried) >= count:
             break
         if s.expected_saving.startswith(("none", "no memory")):
-            continue  # not a memory change (kohya_resumable: periodic state saves)
+            continue  # not a memory change (kohya_resumable: periodic state saves): not a fix to try
         change = config_change(argv, s, settings, cwd=where, env=base)
         if isinstance(change, str):
-            continue  # a config file's change that cannot be written into a copy
+            passed.append(NotTried(s.change, change))  # a config file's change that cannot go into a copy
+            continue
         if change is None:
             made = applied(argv, s.change)
             if made is None:
+                passed.append(NotTried(s.change, NOT_APPLICABLE))
                 continue
             new_argv, variables = made
             probed = run_probe(new_argv, config, env={**base, **variables}, cwd=cwd, out=out, child_stdout=child_stdout)
             tried.append(Tried(s.change, s.expected_saving, new_argv, tuple(variables.items()), probed))
         else:
             with written_copy(change) as made_copy:
-                if made_copy is None:
-                    continue  # the copy could not be written (a read-only directory)
+                if isinstance(made_copy, str):
+                    passed.append(NotTried(s.change, made_copy))  # a read-only directory
+                    continue
                 new_argv, variables, copied = made_copy
                 probed = run_probe(
                     new_argv, config, env={**base, **variables}, cwd=cwd, out=out, child_stdout=child_stdout
@@ -959,7 +986,7 @@ def try_changes(
             tried.append(Tried(s.change, s.expected_saving, new_argv, tuple(variables.items()), probed, copied))
         if probed.exit_code == EXIT_INTERRUPTED:
             break  # Ctrl-C ends the whole loop, not one round of it
-    return tried
+    return Tries(tuple(tried), tuple(passed))
 
 
 def _tried_line(t: Tried, base: ProbeResult) -> str:
@@ -1082,8 +1109,9 @@ def _json_verdict(result: ProbeResult) -> dict[str, Any] | None:
     }
 
 
-def render_text(result: ProbeResult, tried: Sequence[Tried] = ()) -> list[str]:
-    """The probe's report for a terminal, and what each tried change did."""
+def render_text(result: ProbeResult, tries: Tries | None = None) -> list[str]:
+    """The probe's report for a terminal, what each tried change did, and which could not be tried."""
+    tries = tries or Tries()
     lines = []
     prof = result.profile
     steps = f"{prof.step:,} steps" if prof is not None else "no optimizer step measured"
@@ -1108,14 +1136,21 @@ def render_text(result: ProbeResult, tried: Sequence[Tried] = ()) -> list[str]:
         lines.append("setting changes, most effective first:")
         shown = result.advice[:SHOWN]
         lines += [f"  {i}. {s.change}  ({s.expected_saving})" for i, s in enumerate(shown, 1)]
-    if tried:
+    if tries.tried:
         lines.append("measured, one change at a time:")
-        lines += [f"  {_tried_line(t, result)}" for t in tried]
+        lines += [f"  {_tried_line(t, result)}" for t in tries.tried]
+    lines += [f"  not tried: {_change_text(n.change)} ({n.why})" for n in tries.not_tried]
     return lines
 
 
-def to_json(result: ProbeResult, tried: Sequence[Tried] = ()) -> dict[str, Any]:
+def _change_text(change: str) -> str:
+    """A change without its trailing note in parentheses ("--blocks_to_swap 18  (not together with ...)")."""
+    return change.split("  (", maxsplit=1)[0].strip()
+
+
+def to_json(result: ProbeResult, tries: Tries | None = None) -> dict[str, Any]:
     """The probe's report for scripts: bytes and seconds, never formatted figures."""
+    tries = tries or Tries()
     prof = result.profile
     return {
         "exit_code": result.exit_code,
@@ -1190,8 +1225,10 @@ def to_json(result: ProbeResult, tried: Sequence[Tried] = ()) -> dict[str, Any]:
                 if t.config is None
                 else {"original": t.config.original, "copy": t.config.copy, "set": dict(t.config.set)},
             }
-            for t in tried
+            for t in tries.tried
         ],
+        # The changes --try passed over before reaching its N, in rank order, and why each could not be applied.
+        "not_tried": [{"change": n.change, "why": n.why} for n in tries.not_tried],
         "advice": [{"change": s.change, "saving": s.expected_saving} for s in result.advice],
         # The measured process's steps (protocol.STEP_FIELDS without the pid), for replay and evidence.
         "records": [
