@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from vramwatch.probing import (
     run_probe,
     verdict_text,
 )
-from vramwatch.steps import SAMPLE, Outcome, Schedule, forecast, profile
+from vramwatch.steps import SAMPLE, SAVE, Outcome, Schedule, forecast, profile
 
 TRAINER = Path(__file__).parent / "data" / "probe" / "flux_train_network.py"
 QUICK = ProbeConfig(steps=120, max_seconds=60, stop_seconds=5)
@@ -34,7 +35,8 @@ def trainer(*flags: str) -> list[str]:
 
 
 def test_a_run_that_fits_is_said_to_fit_with_its_spare() -> None:
-    """Steps at 8 GiB and sampling at 10 GiB on a 24 GiB card fit to --max_train_steps, with the spare stated."""
+    """Steps at 8 GiB, sampling at 10 GiB and the save (after the last step, brought into the test) at 9 GiB on a
+    24 GiB card fit to --max_train_steps, with the spare stated."""
     result = run_probe(trainer("--max_train_steps", "3000", "--sample_every_n_steps", "100"), QUICK)
     assert result.exit_code == EXIT_FITS, render_text(result)
     assert result.verdict is not None
@@ -42,7 +44,7 @@ def test_a_run_that_fits_is_said_to_fit_with_its_spare() -> None:
     assert result.verdict.step == 3000
     assert result.stopped == "measured"
     assert result.profile is not None
-    assert [p.name for p in result.profile.phases] == [SAMPLE]
+    assert [p.name for p in result.profile.phases] == [SAMPLE, SAVE]
     assert result.advice == ()
 
 
@@ -165,13 +167,15 @@ def test_try_measures_each_change_and_finds_the_one_that_fits() -> None:
     argv = trainer("--max_train_steps", "3000", "--step-gib", "30")
     result = run_probe(argv, QUICK)
     assert result.exit_code == EXIT_OOM, render_text(result)
-    tried = try_changes(result, argv, 2, QUICK)
+    tries = try_changes(result, argv, 2, QUICK)
+    tried = tries.tried
     assert [t.change for t in tried] == ["--gradient_checkpointing", "--mixed_precision bf16"]
+    assert tries.not_tried == ()
     first = tried[0].result
     assert first.exit_code == EXIT_FITS, render_text(first)
     assert first.profile is not None
     assert first.profile.step_peak_allocated_bytes == 15 << 30
-    text = "\n".join(render_text(result, tried))
+    text = "\n".join(render_text(result, tries))
     assert "with `--gradient_checkpointing`: fits to step 3,000" in text
 
 
@@ -193,7 +197,8 @@ def test_try_writes_a_config_files_change_into_a_copy_and_measures_it(
     argv = trainer("--max_train_steps", "3000", "--step-gib", "8", "--dataset_config", "ds.toml")
     result = run_probe(argv, QUICK)
     assert result.exit_code == EXIT_OOM, render_text(result)  # 2 GiB + 4 x 6 GiB of activations on 24 GiB
-    tried = try_changes(result, argv, 2, QUICK)
+    tries = try_changes(result, argv, 2, QUICK)
+    tried = tries.tried
     assert [t.change for t in tried] == [
         "--gradient_checkpointing",
         "batch_size = 1 in ds.toml ([[datasets]]/[general]; it overrides --train_batch_size), "
@@ -211,9 +216,9 @@ def test_try_writes_a_config_files_change_into_a_copy_and_measures_it(
     assert tried[0].result.profile.step_peak_allocated_bytes == 13 << 30  # checkpointing: half of 26 GiB
     assert dataset.read_bytes() == before
     assert not Path(batch.config.copy).parent.exists()
-    text = "\n".join(render_text(result, tried))
+    text = "\n".join(render_text(result, tries))
     assert "plus --gradient_accumulation_steps 4` (in a copy of ds.toml: datasets[0].batch_size = 1): fits" in text
-    report = to_json(result, tried)["tried"]
+    report = to_json(result, tries)["tried"]
     assert report[0]["config_file"] is None
     assert report[1]["config_file"] == {
         "original": str(dataset),
@@ -679,13 +684,18 @@ def test_a_save_only_after_the_last_step_does_not_make_a_probe_partial(
         assert "not measured yet: saving (only after the last step)" in verdict_text(result)
 
 
-def test_a_kohya_probe_without_periodic_saves_fits() -> None:
-    """The stand-in kohya run with no --save_every_n_steps fits (exit 0), its final save named as not measured."""
-    result = run_probe(trainer("--max_train_steps", "3000"), QUICK)
-    assert result.schedule.save_at_end
-    assert result.exit_code == EXIT_FITS, render_text(result)
-    assert result.unmeasured_at_end == ("save",)
-    assert "saving (only after the last step)" in "\n".join(render_text(result))
+def test_no_bring_forward_leaves_the_save_after_the_last_step_unmeasured() -> None:
+    """With --no-bring-forward, a kohya run with no --save_every_n_steps whose final save cannot fit is still said
+    to fit (exit 0), its save named as not measured: the command runs as given, as before saves were brought in."""
+    argv = trainer("--max_train_steps", "3000", "--final-save", "--save-gib", "30")
+    out = CliRunner().invoke(main, ["probe", "--steps", "120", "--no-bring-forward", "--json", "--", *argv])
+    assert out.exit_code == EXIT_FITS, out.output
+    report = json.loads(out.output)
+    assert "--save_every_n_steps" not in report["argv"]
+    assert report["schedule"]["probe_save_every"] is None
+    assert report["verdict"]["unmeasured_at_end"] == ["save"]
+    assert report["message"].endswith("not measured yet: saving (only after the last step)")
+    assert [p["name"] for p in report["phases"]] == []
 
 
 def _grows(k: int) -> int:
@@ -744,3 +754,236 @@ def test_a_phase_that_ran_out_in_the_probe_is_no_upper_bound() -> None:
     save = run_probe(trainer("--max_train_steps", "3000", "--save_every_n_steps", "100", "--save-gib", "30"), QUICK)
     verdict = to_json(save)["verdict"]
     assert (verdict["phase"], verdict["upper_bound"]) == ("save", False)
+
+
+# A save the probe would not reach (only after the last step, or first beyond --reach), brought into the test.
+
+
+def test_a_save_after_the_last_step_that_cannot_fit_is_named_without_running_to_the_end() -> None:
+    """kohya with no --save_every_n_steps saves only after step 3,000: the probe adds --save_every_n_steps 108, the
+    save runs out there, and the answer is exit 4 at that save (not a training step's OOM), after 108 steps."""
+    from vramwatch.probing import to_json
+
+    argv = trainer("--max_train_steps", "3000", "--final-save", "--save-gib", "30")
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_PHASE, render_text(result)
+    assert result.phase_oom == SAVE
+    assert result.oom_after_step == result.schedule.probe_save_every == 108
+    assert result.measured_steps == 108  # stopped at the save, far from step 3,000
+    assert result.argv[-2:] == ("--save_every_n_steps", "108")
+    assert result.schedule.save_every is None  # the run's own schedule, not the test's argv
+    text = "\n".join(render_text(result))
+    assert "note: added --save_every_n_steps 108: the run saves only after its last step (step 3,000)" in text
+    assert (
+        "verdict: will run out at saving (after the last step, step 3,000): in this probe (the save brought "
+        "forward to after step 108) it asked for 28.00 GiB"
+    ) in text
+    verdict = to_json(result)["verdict"]
+    assert (verdict["outcome"], verdict["phase"], verdict["step"]) == ("phase", "save", 3000)
+
+
+def test_a_save_after_the_last_step_that_fits_is_measured_and_forecast_at_the_last_step() -> None:
+    """The save brought into the test fits: exit 0, its peak among the phases, and the forecast takes it to the
+    run's save after step 3,000 with the growth since step 108 (the run's schedule, not the test's interval)."""
+    from vramwatch.probing import to_json
+
+    argv = trainer("--max_train_steps", "3000", "--final-save", "--save-gib", "12", "--leak-mib-per-step", "2")
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_FITS, render_text(result)
+    assert result.profile is not None
+    assert result.verdict is not None
+    save = next(p for p in result.profile.phases if p.name == SAVE)
+    assert (save.seen_after, save.peak_allocated_bytes, save.period) == ((108,), 12 * GIB, None)
+    assert result.profile.step_peak_allocated_bytes < 9 * GIB  # the save's record is not a training step
+    growth = result.profile.growth_bytes_per_step
+    assert growth == pytest.approx(2 * MIB, rel=0.05)
+    assert result.verdict.needed_bytes == 12 * GIB + int(growth * (3000 - 108))
+    assert result.unmeasured_at_end == ()
+    assert "not measured" not in verdict_text(result)
+    phases = {p["name"]: p for p in to_json(result)["phases"]}
+    assert phases[SAVE]["peak_allocated_bytes"] == 12 * GIB
+
+
+def test_a_periodic_save_beyond_reach_is_brought_into_the_test_and_named_at_its_own_step() -> None:
+    """--save_every_n_steps 5000 is beyond --reach: the test saves after step 108 in its place, runs out, and the
+    answer names the run's first save, after step 5,000."""
+    from vramwatch.probing import to_json
+
+    argv = trainer("--max_train_steps", "9000", "--save_every_n_steps", "5000", "--save-gib", "30")
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_PHASE, render_text(result)
+    assert result.phase_oom == SAVE
+    assert "5000" not in result.argv
+    assert result.argv[result.argv.index("--save_every_n_steps") + 1] == "108"
+    text = "\n".join(render_text(result))
+    assert "note: set --save_every_n_steps 108 (was 5000): the run saves first after step 5,000" in text
+    assert "will run out at saving (first after step 5,000, --save_every_n_steps 5000)" in text
+    assert to_json(result)["verdict"]["step"] == 5000
+
+
+def test_a_save_after_the_last_step_the_probe_reaches_is_named_when_it_runs_out() -> None:
+    """A 50-step run, shorter than the probe, runs out in its save after its last step: exit 4 at that save, not a
+    training step's OOM, with nothing brought forward."""
+    argv = trainer("--max_train_steps", "50", "--final-save", "--save-gib", "30")
+    result = run_probe(argv, dataclasses.replace(QUICK, bring_forward=False))
+    assert result.exit_code == EXIT_PHASE, render_text(result)
+    assert (result.phase_oom, result.oom_after_step) == (SAVE, 50)
+    assert "will run out at saving (after the last step, step 50)" in verdict_text(result)
+
+
+@pytest.mark.parametrize(
+    ("steps", "schedule", "step"),
+    [
+        (200, Schedule(max_steps=3000, save_at_end=True), 180),  # a tenth of the steps after it
+        (20, Schedule(max_steps=3000, save_at_end=True), 18),  # and at least 2
+        (200, Schedule(max_steps=50, save_at_end=True), 45),  # the run ends before the probe's steps
+        (200, Schedule(max_steps=3000, sample_every=60, save_at_end=True), 179),  # not after a sampling step
+        (4, Schedule(max_steps=3000, save_at_end=True), 2),
+        (3, Schedule(max_steps=3000, save_at_end=True), None),  # it would come right after the start-up
+    ],
+    ids=["default", "few-steps", "short-run", "off-sampling", "least", "too-few"],
+)
+def test_the_save_brought_forward_comes_late_alone_and_after_a_training_step(
+    steps: int, schedule: Schedule, step: int | None
+) -> None:
+    """K = W - max(2, W/10) for the W steps the probe measures, moved off a step with another phase, never below 2."""
+    from vramwatch.probing import save_step
+
+    assert save_step(schedule, steps) == step
+
+
+@pytest.mark.parametrize(
+    ("argv", "added"),
+    [
+        (["flux_train_network.py", "--max_train_steps", "3000"], ("--save_every_n_steps", "180")),
+        (["flux_train_network.py", "--max_train_steps", "3000", "--save_every_n_steps", "100"], None),  # in reach
+        (["flux_train_network.py", "--max_train_epochs", "10"], None),  # no step known for its save
+        (["train_dreambooth_lora_flux.py", "--max_train_steps", "9000", "--checkpointing_steps", "5000"],
+         ("--checkpointing_steps", "180")),
+        (["train_dreambooth_lora_flux.py"], None),  # --checkpointing_steps 500 by default: in reach
+        # No checkpoint within 3,000 steps; diffusers' end of training is another thing, not announced.
+        (["train_dreambooth_lora_flux.py", "--max_train_steps", "3000", "--checkpointing_steps", "5000"], None),
+    ],
+    ids=["kohya-at-end", "kohya-in-reach", "kohya-epochs", "diffusers-beyond-reach", "diffusers-default",
+         "diffusers-none-in-run"],
+)  # fmt: skip
+def test_a_save_is_brought_forward_only_where_the_probe_would_not_reach_it(
+    argv: list[str], added: tuple[str, str] | None
+) -> None:
+    """The trainer's periodic save flag is set (appended or replaced) only for a save the run makes after its last
+    step or first beyond --reach; the run's schedule says so, the test's argv never enters it."""
+    from vramwatch.advice import recognize
+    from vramwatch.advice.trainers import by_id
+    from vramwatch.probing import bring_save_forward, schedule_of
+
+    command = ["python", *argv]
+    settings = recognize(command, cwd="/", env={})
+    new, notes, at = bring_save_forward(command, by_id(settings.trainer), schedule_of(settings), ProbeConfig())
+    if added is None:
+        assert (new, notes, at) == (tuple(command), (), None)
+    else:
+        assert new[-2:] == added
+        assert at == int(added[1])
+        assert len([w for w in new if w == added[0]]) == 1
+        assert notes[0].startswith(("added", "set"))
+
+
+def test_a_trainer_with_no_periodic_save_flag_says_its_save_is_not_brought_in() -> None:
+    """ai-toolkit keeps its save interval in its config file: the command is unchanged, and a note says why."""
+    from vramwatch.advice.trainers import by_id
+    from vramwatch.probing import bring_save_forward
+
+    argv = ("python", "run.py", "job.yaml")
+    new, notes, at = bring_save_forward(argv, by_id("ai-toolkit"), Schedule(max_steps=9000, save_every=5000), QUICK)
+    assert (new, at) == (argv, None)
+    assert len(notes) == 1
+    assert notes[0].startswith("the run saves first after step 5,000, beyond --reach 1,000: ")
+    assert notes[0].endswith("ai-toolkit has no flag to bring a save into a short run")
+
+
+def test_only_trainers_whose_periodic_save_is_the_runs_save_declare_its_flag() -> None:
+    """kohya (--save_every_n_steps) and diffusers (--checkpointing_steps) declare the flag; the others keep their
+    saves in config files or code: none."""
+    from vramwatch.advice.trainers import REGISTRY
+
+    declared = {t.id: t.save_every_flag for t in REGISTRY if t.save_every_flag is not None}
+    assert declared == {"kohya": "--save_every_n_steps", "diffusers": "--checkpointing_steps"}
+
+
+def _with_save_at_108(k: int) -> int:
+    """Steps at 8 GiB and a save at 14 GiB after step 108, both on what stays (4 GiB, growing 1 MiB a step)."""
+    return _grows(k) + (10 * GIB if k == 109 else 4 * GIB)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "step"),
+    [
+        (Schedule(max_steps=3000, save_at_end=True, probe_save_every=108), 3000),
+        (Schedule(max_steps=9000, save_every=5000, save_at_end=True, probe_save_every=108), 5000),
+    ],
+    ids=["only-after-the-last-step", "every-5000"],
+)
+def test_a_save_measured_at_the_probes_step_is_forecast_at_the_runs_own(schedule: Schedule, step: int) -> None:
+    """The save measured after step 108 is projected, with the growth since, to the run's own save (after its last
+    step, or its first on the run's interval), never to the test's multiples of 108."""
+    result = measured(records(200, _with_save_at_108, stays=_grows), schedule, 16 * GIB)
+    assert result.verdict is not None
+    assert (result.verdict.outcome, result.verdict.phase, result.verdict.step) == (Outcome.PHASE, SAVE, step)
+    assert result.verdict.needed_bytes == 14 * GIB + 109 * MIB + (step - 108) * MIB  # measured in record 109
+    assert result.exit_code == EXIT_PHASE
+
+
+# --try: the changes it could not apply are listed, with why.
+
+
+def test_try_lists_the_changes_it_passed_over_and_why() -> None:
+    """Sampling that runs out: its two sampling changes (a prompt file's, dropping a flag by hand) cannot be applied;
+    --try 1 passes over them to checkpointing, and the report and JSON list them as not tried, with why."""
+    from vramwatch.probing import NOT_APPLICABLE, to_json, try_changes
+
+    argv = trainer(
+        *("--max_train_steps", "3000", "--sample_every_n_steps", "100"),
+        *("--sample-gib", "23", "--leak-mib-per-step", "2"),
+    )
+    result = run_probe(argv, QUICK)
+    assert result.exit_code == EXIT_PHASE, render_text(result)
+    tries = try_changes(result, argv, 1, QUICK)
+    assert [t.change for t in tries.tried] == ["--gradient_checkpointing"]
+    passed = [n.change for n in tries.not_tried]
+    assert passed == [s.change for s in result.advice[:2]]
+    assert passed[0].startswith("in the --sample_prompts file")
+    assert {n.why for n in tries.not_tried} == {NOT_APPLICABLE}
+    text = render_text(result, tries)
+    assert f"  not tried: {passed[0]} ({NOT_APPLICABLE})" in text
+    assert to_json(result, tries)["not_tried"] == [{"change": c, "why": NOT_APPLICABLE} for c in passed]
+
+
+def test_try_gives_a_config_changes_own_reason_for_not_trying_it() -> None:
+    """A change spelt for kohya's --dataset_config whose rule says why it is not applied is not tried, with that
+    reason; the next change that can be applied is tried in its place."""
+    from vramwatch.advice import Suggestion
+    from vramwatch.probing import try_changes
+
+    argv = trainer("--max_train_steps", "3000", "--step-gib", "30")
+    reason = "the rule says why this change is not applied"
+    advice = (
+        Suggestion("r1", "batch_size = 1 in ds.toml", "", "-75%", "", 1, "kohya@dataset_config", reason),
+        Suggestion("r2", "--gradient_checkpointing", "", "-60%", "", 2, "kohya", None),
+    )
+    result = dataclasses.replace(measured(records(200, lambda k: 8 * GIB), PLAIN, 24 * GIB), advice=advice)
+    tries = try_changes(result, argv, 1, QUICK)
+    assert [t.change for t in tries.tried] == ["--gradient_checkpointing"]
+    assert [(n.change, n.why) for n in tries.not_tried] == [("batch_size = 1 in ds.toml", reason)]
+
+
+def test_a_copy_that_cannot_be_written_says_why(tmp_path: Path) -> None:
+    """A config copy whose directory cannot be made (here: beside a file in a folder that is gone) comes back as
+    the reason, which --try lists as not tried, instead of a run."""
+    from vramwatch.advice.configcopy import ConfigTarget
+    from vramwatch.probing import ConfigChange, written_copy
+
+    gone = tmp_path / "gone" / "config.json"
+    target = ConfigTarget(gone, "json", lambda copy: ((str(copy),), {}), beside=True)
+    with written_copy(ConfigChange(target, "{}", (("batch_size", 1),), ())) as made:
+        assert isinstance(made, str)
+        assert made.startswith("a copy of config.json could not be written: ")

@@ -106,7 +106,7 @@ def test_a_config_change_runs_on_a_copy_and_leaves_the_original_alone(
     change = config_change(argv, _suggestion(settings, rule), settings, cwd=str(tmp_path), env=env)
     assert isinstance(change, ConfigChange), change
     with written_copy(change) as made:
-        assert made is not None
+        assert not isinstance(made, str), made
         new_argv, variables, copied = made
         copy = Path(copied.copy)
         assert copy.is_file()
@@ -135,7 +135,7 @@ def test_simpletuners_copy_sits_beside_its_config_and_is_named_by_its_environmen
     change = config_change(argv, _suggestion(settings, "gradient_checkpointing"), settings, cwd=str(tmp_path), env=env)
     assert isinstance(change, ConfigChange)
     with written_copy(change) as made:
-        assert made is not None
+        assert not isinstance(made, str), made
         new_argv, variables, copied = made
         assert new_argv == tuple(argv)
         assert Path(copied.copy).parent.parent == original.parent
@@ -146,7 +146,7 @@ def test_simpletuners_copy_sits_beside_its_config_and_is_named_by_its_environmen
     change = config_change(argv, _suggestion(settings, "batch_to_accumulation"), settings, cwd=str(tmp_path), env=env)
     assert isinstance(change, ConfigChange)
     with written_copy(change) as made:
-        assert made is not None
+        assert not isinstance(made, str), made
         new_argv, _, copied = made
         assert not Path(copied.copy).is_relative_to(tmp_path)
         assert new_argv[:3] == ("accelerate", "launch", "flux_train_network.py")

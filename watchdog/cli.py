@@ -371,7 +371,11 @@ def run(
     show_default=True,
     help="Wait for an announced phase (sampling, save) due within this many steps.",
 )
-@click.option("--no-bring-forward", is_flag=True, help="Run the command as given (no --sample_at_first added).")
+@click.option(
+    "--no-bring-forward",
+    is_flag=True,
+    help="Run the command as given (no --sample_at_first, no save flag added to measure a save).",
+)
 @click.option(
     "--try",
     "tries",
@@ -396,7 +400,9 @@ def probe(
     each sampling or save phase and the growth per step, then forecasts the whole run on this card.
     With --try N, each of the top N suggested changes that is a flag, an environment variable or a key of the
     trainer's config file (written into a copy of the file, never the original) is applied, one at a time,
-    and probed in turn: what each measured is reported. Exit codes (of the
+    and probed in turn: what each measured is reported, and each change passed over on the way is listed as
+    "not tried", with why. A save the run makes only after its last step (or beyond --reach) is brought into
+    the test with the trainer's periodic save flag (kohya --save_every_n_steps). Exit codes (of the
     command as given): 0 fits, 3 ran out of memory in the probe, 4 will run out in a phase (sample images, a
     save), 5 will run out at a training step (growth per step, or a step that no longer fits), 6 fits as far
     as measured (an announced phase or fewer steps than asked were measured), 1 crashed or nothing measured,
@@ -405,7 +411,7 @@ def probe(
     """
     import json as json_module
 
-    from .probing import EXIT_INTERRUPTED, ProbeConfig, render_text, run_probe, to_json, try_changes
+    from .probing import EXIT_INTERRUPTED, ProbeConfig, Tries, render_text, run_probe, to_json, try_changes
 
     argv = list(command[1:] if command and command[0] == "--" else command)
     config = ProbeConfig(steps=steps, max_seconds=max_seconds, reach_steps=reach, bring_forward=not no_bring_forward)
@@ -415,17 +421,17 @@ def probe(
         child_stdout = _stderr_fd() if as_json else None
         try:
             result = run_probe(argv, config, child_stdout=child_stdout)
-            tried = try_changes(result, argv, tries, config, child_stdout=child_stdout) if result.runs_out else []
+            done = try_changes(result, argv, tries, config, child_stdout=child_stdout) if result.runs_out else Tries()
         except KeyboardInterrupt:
             # Ctrl-C outside a test run (the runner turns one during a run into an interrupted result).
             click.echo("vramwatch probe: interrupted", err=True)
             return EXIT_INTERRUPTED
         if as_json:
-            click.echo(json_module.dumps(to_json(result, tried), indent=2))
+            click.echo(json_module.dumps(to_json(result, done), indent=2))
         else:
-            for line in render_text(result, tried):
+            for line in render_text(result, done):
                 click.echo(line)
-        if any(t.result.exit_code == EXIT_INTERRUPTED for t in tried):
+        if any(t.result.exit_code == EXIT_INTERRUPTED for t in done.tried):
             click.echo("vramwatch probe: interrupted during --try", err=True)
             return EXIT_INTERRUPTED
         if result.exit_code == EXIT_INTERRUPTED:

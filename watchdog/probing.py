@@ -9,7 +9,10 @@ this card now.
 
 Phases far in the future are brought into the test where the trainer has a setting for it
 (`Trainer.probe_argv`: kohya's `--sample_at_first` samples before step 1), so that a run whose sample images
-at step 1,200 will not fit is told so after a few minutes, without reaching step 1,200. The test run's
+at step 1,200 will not fit is told so after a few minutes, without reaching step 1,200. A save the probe would
+not reach (kohya's only save, after the last step) is brought in by the trainer's periodic save flag
+(`Trainer.save_every_flag`) set to a step inside the test (`save_step`); the forecast keeps the run's own
+schedule, so that save stands for the run's saves at their real steps (`Schedule.probe_save_every`). The test run's
 outputs go to a temporary directory where the trainer has a flag for it (`Trainer.output_dir_flag`), removed
 afterwards: a probe never leaves sample images or checkpoints in the user's output directory.
 
@@ -42,7 +45,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .advice import Suggestion, TrainerSettings, advise, recognize
-from .advice.argv import script_start, set_flag
+from .advice.argv import flag_text, parse_flags, script_start, set_flag, split_invocation
 from .advice.configcopy import FLAG, ConfigEdit, ConfigTarget, CopiedConfig, CopyError, Value, copy_text
 from .advice.configfile import MAX_CONFIG_BYTES, read_text_file
 from .advice.settings import UNKNOWN
@@ -112,7 +115,9 @@ class ProbeConfig:
     steps: int = 200  # optimizer steps to measure at least
     max_seconds: float = 1800.0  # stop at this time whatever was measured
     reach_steps: int = 1000  # wait for an announced phase whose first occurrence comes within this many steps
-    bring_forward: bool = True  # let the trainer's settings bring a phase into the test (kohya --sample_at_first)
+    # Let the trainer's settings bring a phase into the test: sampling before step 1 (kohya --sample_at_first),
+    # a save inside the test where the run saves only at its end or beyond reach (`bring_save_forward`).
+    bring_forward: bool = True
     stop_seconds: float = 30.0  # after SIGINT before SIGTERM, and after SIGTERM before SIGKILL; after an OOM
     first_step_seconds: float | None = None  # no optimizer step by then: give up (None: `no_step_seconds`)
 
@@ -172,17 +177,21 @@ class ProbeResult:
     @property
     def unmeasured(self) -> tuple[str, ...]:
         """The announced phases no record holds that a probe could have measured (exit 6): not those that run
-        only after the run's last step (`Schedule.only_at_end`)."""
+        only after the run's last step (`Schedule.only_at_end`) unless the probe brought them into its test."""
         if self.verdict is None:
             return ()
-        return tuple(n for n in self.verdict.unmeasured if not self.schedule.only_at_end(n))
+        return tuple(n for n in self.verdict.unmeasured if not self._beyond_probe(n))
 
     @property
     def unmeasured_at_end(self) -> tuple[str, ...]:
-        """The announced phases that run only after the last step and no record holds (named, not exit 6)."""
+        """The announced phases that run only after the last step, that the probe did not bring into its test,
+        and that no record holds (named, not exit 6)."""
         if self.verdict is None:
             return ()
-        return tuple(n for n in self.verdict.unmeasured if self.schedule.only_at_end(n))
+        return tuple(n for n in self.verdict.unmeasured if self._beyond_probe(n))
+
+    def _beyond_probe(self, phase: str) -> bool:
+        return self.schedule.only_at_end(phase) and self.schedule.test_every(phase) is None
 
     @property
     def runs_out(self) -> bool:
@@ -283,14 +292,15 @@ class _Collector:
 
 
 def _measured(records: Sequence[StepRecord], schedule: Schedule, config: ProbeConfig) -> bool:
-    """Enough steps, and every announced phase within reach seen (its record after the phase has ended)."""
+    """Enough steps, and every announced phase within reach seen (its record after the phase has ended): a
+    save brought into the test at the probe's own interval too."""
     if not records or records[-1].last_step < config.steps:
         return False
     prof = profile(records, schedule)
     if prof is None:
         return False
     for name in prof.unmeasured:
-        every = schedule.every(name)
+        every = schedule.test_every(name)
         if every is not None and every <= config.reach_steps:
             return False
     return True
@@ -390,6 +400,81 @@ def bring_forward(argv: Sequence[str], settings: TrainerSettings) -> tuple[tuple
     return trainer.probe_argv(argv, settings)
 
 
+#: The share of the steps a probe measures that come after the save it brings forward (at least 2 steps).
+SAVE_TAIL_SHARE = 0.1
+
+
+def save_step(schedule: Schedule, steps: int) -> int | None:
+    """The step after which a probe runs the save it brings forward: K = W - max(2, W / 10), W the steps it
+    measures (`steps`, or the run's last step when that comes first), moved earlier past any step after which
+    the run does something else (sampling); None when that leaves K below 2.
+
+    Late in the test: the save then runs after the warm-up (the optimizer state exists, the buckets have
+    ramped up, the allocator has settled), its figure holds most of the growth the probe sees, so the forecast
+    extrapolates the least to the run's real save; a save that runs out ends the probe with its steps already
+    measured; and with K above W/2 the periodic flag saves once in the test, not twice (a save writes the model,
+    with --save_state the optimizer state too: time and disk). Not last: the steps after it show what the save
+    leaves behind, and its record comes in before the probe stops. At least 2: the first record holds the
+    start-up, so a training step's peak is measured before the save's. Alone: a step after which the trainer
+    also samples would share the save's record, and its figure would be only an upper bound.
+    """
+    window = steps if schedule.max_steps is None else min(steps, schedule.max_steps)
+    k = window - max(2, int(window * SAVE_TAIL_SHARE))
+    while k >= 2 and schedule.phases_after(k):
+        k -= 1
+    return k if k >= 2 else None
+
+
+def bring_save_forward(
+    argv: Sequence[str], trainer: Trainer | None, schedule: Schedule, config: ProbeConfig
+) -> tuple[tuple[str, ...], tuple[str, ...], int | None]:
+    """The command with a save brought into the test, what changed, and the step it now saves after (the
+    command unchanged, and None, where the probe reaches the run's first save by itself or cannot bring it in).
+
+    A save the run makes only after its last step (kohya with no --save_every_n_steps), or first on an interval
+    beyond `--reach`, is what a probe never measures: the trainer's own periodic save flag set to `save_step`
+    makes one save run in the test with the run's other save settings (kohya --save_precision, --save_state),
+    into the test's temporary output directory. Never for a run that saves on epochs only (no step is known).
+    """
+    args = tuple(argv)
+    due = schedule.first_save()
+    every = schedule.every(SAVE)
+    if due is None or (every == due and due <= config.reach_steps):
+        return args, (), None  # no save known in steps, or the probe waits for the run's own
+    if every == due:
+        spelled = f" ({schedule.spelled_every(SAVE)})" if schedule.spelled_every(SAVE) else ""
+        where = f"first after step {due:,}{spelled}, beyond --reach {config.reach_steps:,}"
+    else:
+        where = f"only after its last step (step {due:,})"
+    flag = trainer.save_every_flag if trainer is not None else None
+    if trainer is None or flag is None:
+        name = trainer.name if trainer is not None else "this command"
+        return args, (f"the run saves {where}: {name} has no flag to bring a save into a short run",), None
+    at = save_step(schedule, config.steps)
+    if at is None:
+        return args, (f"the run saves {where}: too few steps to bring a save into the test",), None
+    inv = split_invocation(args)
+    if inv.script is None and inv.module is None:
+        return args, (f"the run saves {where}: no training script on the command line to add {flag} to",), None
+    given = flag_text(parse_flags(inv.args)[0], flag.lstrip("-"))
+    done = f"set {flag} {at} (was {given[1]})" if given is not None else f"added {flag} {at}"
+    note = (
+        f"{done}: the run saves {where}; the test saves after step {at} with the run's other save settings, "
+        "and the forecast takes that save for the run's"
+    )
+    return set_flag(args, flag, str(at)), (note,), at
+
+
+def _with_save(
+    argv: Sequence[str], trainer: Trainer | None, schedule: Schedule, config: ProbeConfig
+) -> tuple[tuple[str, ...], tuple[str, ...], Schedule]:
+    """`bring_save_forward` (unless --no-bring-forward), and the run's schedule with the test's save interval."""
+    if not config.bring_forward:
+        return tuple(argv), (), schedule
+    command, notes, at = bring_save_forward(argv, trainer, schedule, config)
+    return command, notes, dataclasses.replace(schedule, probe_save_every=at)
+
+
 def _trainer_of(settings: TrainerSettings) -> Trainer | None:
     if settings.trainer == UNKNOWN:
         return None
@@ -443,7 +528,8 @@ def run_probe(
     When the OOM comes before step 1 where a phase runs first (brought forward by the probe, or the
     command's own `--sample_at_first`), that OOM could as well be the first training step's: the probe then
     runs the command without that phase, and only if that run measures a step past step 1 was the phase
-    what did not fit.
+    what did not fit. A save brought into the test (`bring_save_forward`) runs after a step K of at least 2,
+    after training steps: an OOM after step K is that save's (`_phase_of_oom`).
     """
     config = config or ProbeConfig()
     base = dict(os.environ if env is None else env)
@@ -453,9 +539,12 @@ def run_probe(
     scratch = tempfile.mkdtemp(prefix="vramwatch-probe-")
     try:
         given, notes = redirect_output(argv, trainer, scratch)
-        command, more = bring_forward(given, settings) if config.bring_forward else (given, ())
-        notes = (*notes, *more)
-        schedule = schedule_of(recognize(command, cwd=where, env=base) if command != given else settings)
+        sampled, more = bring_forward(given, settings) if config.bring_forward else (given, ())
+        # The schedule is the run's own (the sampling brought forward adds sample_at_first, no interval); the
+        # save brought in is the test's alone (`Schedule.probe_save_every`): the forecast keeps the run's saves.
+        schedule = schedule_of(recognize(sampled, cwd=where, env=base) if sampled != given else settings)
+        command, saved, schedule = _with_save(sampled, trainer, schedule, config)
+        notes = (*notes, *more, *saved)
         once = functools.partial(
             _probe_once,
             trainer=settings.trainer,
@@ -471,7 +560,7 @@ def run_probe(
             pass
         elif result.oom_after_step == 0 and first:
             name = "+".join(sorted(first))
-            plain = given if command != given else _without_first_phase(given, trainer)
+            plain = given if sampled != given else _without_first_phase(given, trainer)
             if plain is None:
                 why = (
                     f"it ran out of memory before step 1, where it runs {phase_words(name)} first: that or the "
@@ -484,6 +573,7 @@ def run_probe(
                     f"probed again without {phase_words(name)} first"
                 )
                 plain_schedule = schedule_of(recognize(plain, cwd=where, env=base))
+                plain, _, plain_schedule = _with_save(plain, trainer, plain_schedule, config)
                 result = _settle(result, once(plain, plain_schedule, notes=(*notes, why)), name)
         else:
             result = _phase_of_oom(result)
@@ -720,6 +810,26 @@ class Tried:
     config: CopiedConfig | None = None  # the config file copied with the change written in, for a config change
 
 
+@dataclass(frozen=True, slots=True)
+class NotTried:
+    """A suggested change `--try` passed over on its way to the N it tries, and why it could not apply it."""
+
+    change: str  # as the advisor wrote it
+    why: str
+
+
+#: Why `applied` passes a change over: it is none of the things `--try` can set.
+NOT_APPLICABLE = "no flag, environment variable or config key to set: a change to make by hand"
+
+
+@dataclass(frozen=True, slots=True)
+class Tries:
+    """What `--try N` did: the changes it measured, and those it passed over before reaching N (in rank order)."""
+
+    tried: tuple[Tried, ...] = ()
+    not_tried: tuple[NotTried, ...] = ()
+
+
 _VARIABLE = re.compile(r"([A-Z_][A-Z0-9_]*)=(\S+)")
 
 
@@ -733,7 +843,7 @@ def applied(argv: Sequence[str], change: str) -> tuple[tuple[str, ...], dict[str
     is never read here, whatever its text looks like (SimpleTuner's config.env lines look like variables):
     `config_change` decides those.
     """
-    text = change.split("  (", maxsplit=1)[0].strip()
+    text = _change_text(change)
     variable = _VARIABLE.fullmatch(text)
     if variable is not None:
         return tuple(argv), {variable.group(1): variable.group(2)}
@@ -796,9 +906,9 @@ def config_change(
 
 
 @contextlib.contextmanager
-def written_copy(change: ConfigChange) -> Iterator[tuple[tuple[str, ...], dict[str, str], CopiedConfig] | None]:
-    """The copy written for one test run, and the command and environment that run on it (None when it could
-    not be written: a read-only directory); removed afterwards with its directory. The original is only read.
+def written_copy(change: ConfigChange) -> Iterator[tuple[tuple[str, ...], dict[str, str], CopiedConfig] | str]:
+    """The copy written for one test run, and the command and environment that run on it (why not, when it
+    could not be written: a read-only directory); removed afterwards with its directory. The original is only read.
     The copy goes in a new private temporary directory, or, for a trainer that finds its config by a path under
     its working directory (`ConfigTarget.beside`), in a new hidden directory beside the original."""
     original, beside = change.target.path, change.target.beside
@@ -811,8 +921,10 @@ def written_copy(change: ConfigChange) -> Iterator[tuple[tuple[str, ...], dict[s
         )
         copy = directory / original.name
         copy.write_text(change.text, encoding="utf-8")
-    except OSError:
-        made = None
+    except OSError as exc:
+        made: tuple[tuple[str, ...], dict[str, str], CopiedConfig] | str = (
+            f"a copy of {original.name} could not be written: {exc.strerror or exc}"
+        )
     else:
         argv, variables = change.target.run_on(copy)
         for flag, value in change.flags:
@@ -835,33 +947,38 @@ def try_changes(
     cwd: str | None = None,
     out: TextIO | None = None,
     child_stdout: int | None = None,
-) -> list[Tried]:
+) -> Tries:
     """The field guide's loop, automated: probe again with each of the top `count` suggested changes that can
     be applied (to the command line, the environment, or a copy of the trainer's config file), one at a time,
-    and measure what each did. Changes that cannot be applied (a prompt file's, code) are passed over."""
+    and measure what each did. Changes that cannot be applied (a prompt file's, code, a key the copy cannot
+    take) are passed over, each with its reason (`Tries.not_tried`); one that saves no memory is skipped."""
     base = dict(os.environ if env is None else env)
     where = cwd if cwd is not None else str(Path.cwd())
     settings = recognize(argv, cwd=where, env=base)
     tried: list[Tried] = []
+    passed: list[NotTried] = []
     for s in result.advice:
         if len(tried) >= count:
             break
         if s.expected_saving.startswith(("none", "no memory")):
-            continue  # not a memory change (kohya_resumable: periodic state saves)
+            continue  # not a memory change (kohya_resumable: periodic state saves): not a fix to try
         change = config_change(argv, s, settings, cwd=where, env=base)
         if isinstance(change, str):
-            continue  # a config file's change that cannot be written into a copy
+            passed.append(NotTried(s.change, change))  # a config file's change that cannot go into a copy
+            continue
         if change is None:
             made = applied(argv, s.change)
             if made is None:
+                passed.append(NotTried(s.change, NOT_APPLICABLE))
                 continue
             new_argv, variables = made
             probed = run_probe(new_argv, config, env={**base, **variables}, cwd=cwd, out=out, child_stdout=child_stdout)
             tried.append(Tried(s.change, s.expected_saving, new_argv, tuple(variables.items()), probed))
         else:
             with written_copy(change) as made_copy:
-                if made_copy is None:
-                    continue  # the copy could not be written (a read-only directory)
+                if isinstance(made_copy, str):
+                    passed.append(NotTried(s.change, made_copy))  # a read-only directory
+                    continue
                 new_argv, variables, copied = made_copy
                 probed = run_probe(
                     new_argv, config, env={**base, **variables}, cwd=cwd, out=out, child_stdout=child_stdout
@@ -869,7 +986,7 @@ def try_changes(
             tried.append(Tried(s.change, s.expected_saving, new_argv, tuple(variables.items()), probed, copied))
         if probed.exit_code == EXIT_INTERRUPTED:
             break  # Ctrl-C ends the whole loop, not one round of it
-    return tried
+    return Tries(tuple(tried), tuple(passed))
 
 
 def _tried_line(t: Tried, base: ProbeResult) -> str:
@@ -898,8 +1015,13 @@ def verdict_text(result: ProbeResult) -> str:
         return f"none: the probe was interrupted (Ctrl-C) after {n:,} steps, and the command stopped"
     if result.phase_oom is not None and result.oom is not None:
         first = _first_occurrence(result.schedule, result.phase_oom)
+        brought = (
+            f" (the save brought forward to after step {result.oom_after_step:,})"
+            if SAVE in result.phase_oom.split("+") and result.schedule.probe_save_every and result.oom_after_step
+            else ""
+        )
         return (
-            f"will run out at {phase_words(result.phase_oom)}{first}: in this probe it asked for "
+            f"will run out at {phase_words(result.phase_oom)}{first}: in this probe{brought} it asked for "
             f"{size(result.oom.requested_bytes)} with {size(result.oom.device_free_bytes)} free on the device"
         )
     if result.oom is not None:
@@ -922,17 +1044,24 @@ def verdict_text(result: ProbeResult) -> str:
 
 
 def _first_occurrence(schedule: Schedule, phase: str) -> str:
-    """ " (first after step 50, --sample_every_n_steps 50)" for a scheduled phase, "" otherwise."""
+    """ " (first after step 50, --sample_every_n_steps 50)" for a scheduled phase, " (after the last step,
+    step 3,000)" for a save the run makes only there, "" otherwise."""
     name = phase.split("+", maxsplit=1)[0]
+    first = _first_step(schedule, phase)
+    if name == SAVE and first is not None and first != schedule.every(SAVE):
+        return f" (after the last step, step {first:,})"
     interval = schedule.every(name)
     spelled = schedule.spelled_every(name)
     return f" (first after step {interval:,}" + (f", {spelled})" if spelled else ")") if interval else ""
 
 
 def _first_step(schedule: Schedule, phase: str) -> int | None:
-    """The step a phase first runs after in the run as given: 0 when before step 1, else its interval."""
+    """The step a phase first runs after in the run as given: 0 when before step 1, else its interval; for a
+    save, the last step where the run saves only after it (`Schedule.first_save`)."""
     name = phase.split("+", maxsplit=1)[0]
-    return 0 if name in schedule.phases_after(0) else schedule.every(name)
+    if name in schedule.phases_after(0):
+        return 0
+    return schedule.first_save() if name == SAVE else schedule.every(name)
 
 
 _STOPPED = {
@@ -980,8 +1109,9 @@ def _json_verdict(result: ProbeResult) -> dict[str, Any] | None:
     }
 
 
-def render_text(result: ProbeResult, tried: Sequence[Tried] = ()) -> list[str]:
-    """The probe's report for a terminal, and what each tried change did."""
+def render_text(result: ProbeResult, tries: Tries | None = None) -> list[str]:
+    """The probe's report for a terminal, what each tried change did, and which could not be tried."""
+    tries = tries or Tries()
     lines = []
     prof = result.profile
     steps = f"{prof.step:,} steps" if prof is not None else "no optimizer step measured"
@@ -1006,14 +1136,21 @@ def render_text(result: ProbeResult, tried: Sequence[Tried] = ()) -> list[str]:
         lines.append("setting changes, most effective first:")
         shown = result.advice[:SHOWN]
         lines += [f"  {i}. {s.change}  ({s.expected_saving})" for i, s in enumerate(shown, 1)]
-    if tried:
+    if tries.tried:
         lines.append("measured, one change at a time:")
-        lines += [f"  {_tried_line(t, result)}" for t in tried]
+        lines += [f"  {_tried_line(t, result)}" for t in tries.tried]
+    lines += [f"  not tried: {_change_text(n.change)} ({n.why})" for n in tries.not_tried]
     return lines
 
 
-def to_json(result: ProbeResult, tried: Sequence[Tried] = ()) -> dict[str, Any]:
+def _change_text(change: str) -> str:
+    """A change without its trailing note in parentheses ("--blocks_to_swap 18  (not together with ...)")."""
+    return change.split("  (", maxsplit=1)[0].strip()
+
+
+def to_json(result: ProbeResult, tries: Tries | None = None) -> dict[str, Any]:
     """The probe's report for scripts: bytes and seconds, never formatted figures."""
+    tries = tries or Tries()
     prof = result.profile
     return {
         "exit_code": result.exit_code,
@@ -1032,6 +1169,8 @@ def to_json(result: ProbeResult, tried: Sequence[Tried] = ()) -> dict[str, Any]:
             "sample_at_first": result.schedule.sample_at_first,
             "save_every": result.schedule.save_every,
             "save_at_end": result.schedule.save_at_end,
+            # The save the probe brought into its test run saved every this many steps (null: none brought).
+            "probe_save_every": result.schedule.probe_save_every,
         },
         "steps": None
         if prof is None
@@ -1086,8 +1225,10 @@ def to_json(result: ProbeResult, tried: Sequence[Tried] = ()) -> dict[str, Any]:
                 if t.config is None
                 else {"original": t.config.original, "copy": t.config.copy, "set": dict(t.config.set)},
             }
-            for t in tried
+            for t in tries.tried
         ],
+        # The changes --try passed over before reaching its N, in rank order, and why each could not be applied.
+        "not_tried": [{"change": n.change, "why": n.why} for n in tries.not_tried],
         "advice": [{"change": s.change, "saving": s.expected_saving} for s in result.advice],
         # The measured process's steps (protocol.STEP_FIELDS without the pid), for replay and evidence.
         "records": [

@@ -80,6 +80,12 @@ class Schedule:
     # The trainer saves once more after its last step (kohya's train_network.py always does, whatever
     # --save_every_n_steps says): with a known end, that save is forecast at `max_steps`.
     save_at_end: bool = False
+    # A probe's own interval for a save it brought into its test run (`--save_every_n_steps K` added to the
+    # command for a save the run as given makes only after its last step, or beyond reach): the test run's
+    # records are tagged with it (`phases_after`), while everything the forecast reads (`every`, `max_steps`,
+    # `save_at_end`) stays the run's own, so the save measured after step K stands for the run's saves at
+    # their real steps.
+    probe_save_every: int | None = None
 
     def spelled(self, item: str) -> str | None:
         """How the configuration states `item` (max_steps, sample_every, save_every), if it was read."""
@@ -96,22 +102,39 @@ class Schedule:
         item = PHASE_INTERVALS.get(phase)
         return self.spelled(item) if item is not None else None
 
+    def test_every(self, phase: str) -> int | None:
+        """The interval at which a probe's test run meets a named phase: the probe's own for a save it brought
+        forward (`probe_save_every`), else the run's."""
+        return self.probe_save_every if phase == SAVE and self.probe_save_every else self.every(phase)
+
+    def first_save(self) -> int | None:
+        """The step after which the run first saves: its save interval when the run reaches it, else its last
+        step when the trainer saves after it (`save_at_end`); None when neither is known."""
+        every = self.every(SAVE)
+        if every is not None and (self.max_steps is None or every <= self.max_steps):
+            return every
+        return self.max_steps if self.save_at_end else None
+
     def only_at_end(self, phase: str) -> bool:
         """Whether the phase is announced only after the run's last step (a save at the end, none on an
         interval): no test run short of the whole run can measure it."""
         return phase == SAVE and self.save_at_end and self.max_steps is not None and not self.every(SAVE)
 
     def phases_after(self, step: int) -> frozenset[str]:
-        """The named phases the trainer runs after optimizer step `step` (0: before the first step)."""
+        """The named phases the trainer runs after optimizer step `step` (0: before the first step), in the run
+        as it runs: a probe's test run saves on its own interval (`probe_save_every`, which replaced the run's on
+        its command line); a trainer that saves after its last step saves after `max_steps` too."""
         names = set()
         if step == 0:
             if self.sample_at_first:
                 names.add(SAMPLE)
             return frozenset(names)
         for name in PHASE_INTERVALS:
-            every = self.every(name)
+            every = self.test_every(name)
             if every and step % every == 0:
                 names.add(name)
+        if self.save_at_end and step == self.max_steps:
+            names.add(SAVE)
         return frozenset(names)
 
 

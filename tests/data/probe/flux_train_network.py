@@ -2,7 +2,8 @@
 whose allocator figures follow a memory model instead of PyTorch's.
 
 Each step peaks at --step-gib; sampling after multiples of --sample_every_n_steps (and before step 1 with
---sample_at_first) peaks at --sample-gib; saves after multiples of --save_every_n_steps at --save-gib;
+--sample_at_first) peaks at --sample-gib; saves after multiples of --save_every_n_steps, and with --final-save
+after the last step (as kohya's train_network.py always does), at --save-gib;
 --leak-mib-per-step stays allocated after every step; --gradient_checkpointing halves a step's peak and
 --mixed_precision bf16 takes 40 % off it. --step-gib is a step at batch 1: a batch of B holds B times its
 activations (what it needs above the 2 GiB that stay allocated). The batch is --train_batch_size, or, as kohya
@@ -126,6 +127,7 @@ def main() -> int:
     p.add_argument("--sample-gib", type=float, default=10.0)
     p.add_argument("--save_every_n_steps", type=int)
     p.add_argument("--save-gib", type=float, default=9.0)
+    p.add_argument("--final-save", action="store_true")
     p.add_argument("--leak-mib-per-step", type=float, default=0.0)
     p.add_argument("--card-gib", type=float, default=24.0)
     p.add_argument("--step-seconds", type=float, default=0.002)
@@ -180,6 +182,9 @@ def main() -> int:
             if time.monotonic() - last_tick >= 0.05:
                 agent.tick()
                 last_tick = time.monotonic()
+        if args.final_save:
+            probe.need(int(args.save_gib * GIB) - probe.allocated)
+            write("last.safetensors")
     except MemoryError:
         agent.tick()
         time.sleep(0.2 + args.hang_after_oom)

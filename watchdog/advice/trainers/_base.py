@@ -84,5 +84,9 @@ class Trainer:
     # The switch that runs a phase before the first optimizer step (kohya: --sample_at_first); the probe drops
     # it to tell an OOM in that phase from one in the first training step.
     first_phase_switch: str | None = None
+    # The flag that saves after every N-th optimizer step (kohya --save_every_n_steps): a probe sets it to a step
+    # inside its test to measure a save the run makes only after its last step, or beyond reach. Only where
+    # the save it makes is the kind the run's own saves are, under the run's other save settings.
+    save_every_flag: str | None = None
     # Where its config files are and how a copy of one is run, for `probe --try`; None: none is copied.
     config_copy: ConfigCopy | None = None

@@ -123,5 +123,16 @@ def _read_schedule(flags: Flags, script: str, b: Builder) -> None:
 
 
 # The examples write checkpoints, validation images and (by default, `--logging_dir logs`) logs under
-# `--output_dir`.
-TRAINER = Trainer(ID, "diffusers example script", 20, recognizes, read, output_dir_flag="--output_dir")
+# `--output_dir`. Their periodic save is `accelerator.save_state` after the optimizer step whose global_step is a
+# multiple of `--checkpointing_steps` (under `sync_gradients`, steps only): a test run's save at another
+# interval is the same save. Their end of training (the LoRA weights, a final validation) is another thing,
+# not announced (`save_at_end` unset), so it is never brought forward.
+TRAINER = Trainer(
+    ID,
+    "diffusers example script",
+    20,
+    recognizes,
+    read,
+    output_dir_flag="--output_dir",
+    save_every_flag="--checkpointing_steps",
+)

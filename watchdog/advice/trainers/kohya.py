@@ -344,5 +344,8 @@ TRAINER = Trainer(
     # overrides --config_file, so the flag redirects a configured output_dir too.
     output_dir_flag="--output_dir",
     first_phase_switch="--sample_at_first",
+    # train_network.py: after the optimizer step whose global_step is a multiple of it, save_model() as the final
+    # save does (to --save_precision), plus the state with --save_state; the command line overrides --config_file.
+    save_every_flag="--save_every_n_steps",
     config_copy=CONFIG_COPY,
 )
