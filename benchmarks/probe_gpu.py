@@ -32,6 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: vramwatch's own dependency there
+    import tomli as tomllib
+
 HERE = Path(__file__).resolve().parent
 WORKLOAD = HERE / "workloads" / "flux_train_network.py"
 BALLAST = HERE / "workloads" / "ballast.py"
@@ -42,6 +47,20 @@ PY = sys.executable
 FIT = ["--gradient_checkpointing", "--train_batch_size", "1", "--resolution", "512,512"]
 PROMPTS_1024 = ["--sample_prompts", str(HERE / "workloads" / "prompts-1024.txt")]
 OUTPUT = ["--output_dir", "/tmp/probe-gpu-out"]  # noqa: S108 - a scratch directory on a lent GPU host
+# The guide's failing settings in a kohya dataset config (batch 4 at 1024 px, which win over the command line):
+# `--try` must change them in a copy, never in this file.
+DATASET_CONFIG = Path("/tmp/probe-gpu-dataset.toml")  # noqa: S108 - written by this script on a lent GPU host
+DATASET_TEXT = """[general]
+enable_bucket = true
+
+[[datasets]]
+resolution = [1024, 1024]
+batch_size = 4
+
+  [[datasets.subsets]]
+  image_dir = "/tmp/probe-gpu-images"
+  num_repeats = 1
+"""
 
 
 def _flux(*flags: str) -> list[str]:
@@ -60,6 +79,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                          "--max_train_steps", "30"),
         "probe_steps": 20, "probe_seconds": 100, "full_seconds": 150, "tries": 3,
     },
+    "try_config": {
+        "expect": "as `try`, with batch 4 and 1024 px in a kohya --dataset_config: `--try 3` applies the batch and"
+                  " resolution changes to copies (the file untouched); the full run on such a copy finishes",
+        "command": _flux("--dataset_config", str(DATASET_CONFIG), "--mixed_precision", "no",
+                         "--max_train_steps", "30"),
+        "probe_steps": 20, "probe_seconds": 100, "full_seconds": 150, "tries": 3, "fixed": "config",
+    },
     "sampling": {
         "expect": "steps fit; the 1024 px sample after step 50 does not: probe says so, full run OOMs there",
         "command": _flux(*FIT, "--mixed_precision", "no", "--base-gib", "20", "--max_train_steps", "400",
@@ -77,6 +103,21 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "expect": "leaks 20 MiB a step: probe names the step, full run OOMs near it",
         "command": _flux(*FIT, "--mixed_precision", "bf16", "--base-gib", "14", "--max_train_steps", "3000",
                          "--leak-mib-per-step", "20"),
+        "probe_steps": 60, "probe_seconds": 90, "full_seconds": 120,
+    },
+    "save_end": {
+        "expect": "kohya's save after the last step (step 300) needs 12 GiB more than is left and no periodic save"
+                  " comes before: the probe brings a save into its own steps and says the run will run out there",
+        "command": _flux(*FIT, "--mixed_precision", "bf16", "--base-gib", "14", "--max_train_steps", "300",
+                         "--final-save", "--save_precision", "bf16", "--save_state", "--save-extra-gib", "12"),
+        "probe_steps": 40, "probe_seconds": 120, "full_seconds": 90,
+    },
+    "save_cost": {
+        "expect": "leaks 20 MiB a step and saves every 20 steps gathering 3 GiB: a save stops fitting ~150 steps"
+                  " before the steps would; `run` asks for a save while one still fits, the run OOMs in a later save",
+        "command": _flux(*FIT, "--mixed_precision", "bf16", "--base-gib", "14", "--max_train_steps", "3000",
+                         "--leak-mib-per-step", "20", "--save_every_n_steps", "20", "--save_precision", "bf16",
+                         "--save-extra-gib", "3"),
         "probe_steps": 60, "probe_seconds": 90, "full_seconds": 120,
     },
     "fits": {
@@ -106,6 +147,21 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return out
+
+
+def _with_keys(text: str, keys: dict[str, Any]) -> str:
+    """The dataset config with the keys `--try` set in its copy (concrete paths: `datasets[0].batch_size`)."""
+    import tomli_w  # vramwatch's own dependency (installed from the carried wheels on a lent GPU)
+
+    data = tomllib.loads(text)
+    for dotted, value in keys.items():
+        *path, last = dotted.split(".")
+        node: Any = data
+        for part in path:
+            name, _, index = part.partition("[")
+            node = node[name] if not index else node[name][int(index.rstrip("]"))]
+        node[last] = value
+    return tomli_w.dumps(data)
 
 
 def start_ballast(leave_gib: float) -> subprocess.Popen[str]:
@@ -186,6 +242,18 @@ def full_run(
             "message": said[0]["message"],
         },
         "step_forecasts": len([e for e in check if e.get("event") == "step_forecast"]),
+        # The save-before-OOM notices `run` sent (or withheld), and the saves the run completed: a notice is right
+        # when a save after it still completed, i.e. it came while a save fitted.
+        "pressure": [
+            {
+                **{k: e.get(k) for k in ("t", "source", "level", "at_step", "last_save_step", "save_by_step", "sent")},
+                "withheld": e.get("withheld"),
+                "run_step": max((int(x["step"]) for x in steps if x["t"] <= e["t"]), default=0),
+            }
+            for e in check
+            if e.get("event") == "pressure"
+        ],
+        "saves_done": [int(e["step"]) for e in workload if e.get("event") == "save"],
         "step_seconds_median": statistics.median([b["t"] - a["t"] for a, b in itertools.pairwise(steps)])
         if len(steps) > 2
         else None,
@@ -216,6 +284,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     only = {s for s in args.only.split(",") if s}
     t0 = time.monotonic()
+    DATASET_CONFIG.write_text(DATASET_TEXT)
     ballast = start_ballast(args.leave_gib)
     summary: dict[str, Any] = {"leave_gib": args.leave_gib, "scenarios": {}}
     try:
@@ -234,11 +303,27 @@ def main() -> int:
             f = full_run(name, sc["command"], args.out, sc["full_seconds"])
             print(f"   full run: exit {f['exit_code']}, last step {f['last_step']}, oom {f['oom']}", flush=True)
             result = {"expect": sc["expect"], "command": sc["command"][2:], "probe": p, "full": f}
-            fixed = next((t for t in p["report"].get("tried", []) if t["exit_code"] == 0), None)
+            tried = p["report"].get("tried", [])
+            if sc.get("fixed") == "config":  # the proof of a config file's change: the first that fits in a copy
+                fixed = next((t for t in tried if t["exit_code"] == 0 and t.get("config_file")), None)
+                result["original_unchanged"] = DATASET_CONFIG.read_text() == DATASET_TEXT
+                result["copies_left"] = [
+                    t["config_file"]["copy"]
+                    for t in tried
+                    if t.get("config_file") and Path(t["config_file"]["copy"]).exists()
+                ]
+            else:
+                fixed = next((t for t in tried if t["exit_code"] == 0), None)
             if fixed is not None:
-                # The proof of `--try`: the change it measured as fitting, applied to the full run.
+                # The proof of `--try`: the change it measured as fitting, applied to the full run (a config
+                # file's change on a copy of our own: the probe removed its copy after the test).
                 env = dict(os.environ, **fixed["env"])
-                g = full_run(f"{name}-fixed", fixed["argv"], args.out, sc["full_seconds"], env=env)
+                argv = list(fixed["argv"])
+                if fixed.get("config_file"):
+                    copy = args.out / f"{name}-fixed{DATASET_CONFIG.suffix}"
+                    copy.write_text(_with_keys(DATASET_TEXT, fixed["config_file"]["set"]))
+                    argv = [str(copy) if a == fixed["config_file"]["copy"] else a for a in argv]
+                g = full_run(f"{name}-fixed", argv, args.out, sc["full_seconds"], env=env)
                 print(
                     f"   full run with `{fixed['change']}`: exit {g['exit_code']}, last step {g['last_step']}, "
                     f"oom {g['oom']}",

@@ -33,6 +33,8 @@ The phases that kill runs after their steps fit, as kohya runs them after an opt
 - the non-kohya `--base-gib G` holds G GiB of frozen weights for the whole run, standing in for the rest of
   Flux's transformer (~11 GiB with fp8, ~22 GiB in bf16): with it a run's steps can fit while its samples do not.
 
+`--dataset_config` reads a kohya dataset config (TOML, or JSON by its suffix) as sd-scripts does: its
+`resolution` and `batch_size` (a `[[datasets]]` entry over `[general]`) win over the command line's flags.
 Unknown flags (e.g. `--pretrained_model_name_or_path`, `--network_module`) are accepted and ignored.
 Events are JSON lines on stdout (ready, step, phase, save, oom, exit); `--plan` prints the estimates of a step,
 of each sampling phase and of a save, and exits without touching the GPU. `--device cpu` runs it on the CPU
@@ -43,8 +45,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +59,11 @@ import torch.nn.functional as F
 from _common import GIB, MIB, alloc_conf, emit, pace, run
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the backport vramwatch itself depends on there
+    import tomli as tomllib
 
 LATENT_CHANNELS = 16  # Flux's VAE latent
 WIDTH = 768
@@ -101,6 +110,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     p.add_argument("--sample_at_first", action="store_true", help="sample before the first step")
     p.add_argument("--sample_prompts", default=None, help="kohya prompt file: PROMPT --w W --h H --s STEPS --d SEED")
     p.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches per optimizer step")
+    p.add_argument("--dataset_config", default=None, help="kohya dataset TOML/JSON: its resolution, batch_size win")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--leak", action="store_true", help="keep every step's hidden state on the GPU (a bug)")
     # Not kohya's: for the watchdog's test bench.
@@ -113,7 +123,29 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     p.add_argument("--step-seconds", type=float, default=0.0, help="pace steps (0: as fast as possible)")
     p.add_argument("--device", default="0", help="CUDA device index, or cpu (a smoke test)")
     p.add_argument("--plan", action="store_true", help="print the memory estimates and exit")
-    return p.parse_known_args(argv)
+    args, unknown = p.parse_known_args(argv)
+    if args.dataset_config:
+        dataset_config(args, Path(args.dataset_config))
+    return args, unknown
+
+
+def dataset_config(args: argparse.Namespace, path: Path) -> None:
+    """Take `resolution` and `batch_size` from a kohya dataset config as sd-scripts does (library/config_util.py):
+    the file wins over the command line, a `[[datasets]]` entry over `[general]`; with several datasets the
+    stand-in trains at the largest of each (the batches that decide whether a run fits)."""
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    general = data.get("general", {})
+    merged = [{**general, **ds} for ds in data.get("datasets", [])] or [general]
+    sizes = [
+        resolution(",".join(map(str, r)) if isinstance(r, list) else str(r))
+        for r in (m["resolution"] for m in merged if "resolution" in m)
+    ]
+    if sizes:
+        args.resolution = "{},{}".format(*max(sizes, key=lambda wh: wh[0] * wh[1]))
+    batches = [int(m["batch_size"]) for m in merged if "batch_size" in m]
+    if batches:
+        args.train_batch_size = max(batches)
 
 
 def resolution(text: str) -> tuple[int, int]:
