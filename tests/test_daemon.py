@@ -217,6 +217,27 @@ def test_agent_steps_are_kept_and_exported_with_their_forecast() -> None:
     assert "will run out at step" in doc["message"]
 
 
+def test_agent_steps_are_forecast_to_the_trainers_own_end() -> None:
+    """A run's step forecast in `serve` stops at its trainer's `--max_train_steps`, read from its command line as
+    `run` and `probe` read it: a slow leak that would run out after the run's end is not said to run out."""
+    import json
+
+    clock = FakeClock()
+    argv = ("python", "flux_train_network.py", "--max_train_steps", "400", "--output_dir", "out")
+    meta = {4242: ProcessMeta(4242, 1000.0, name="python", user="alice", cmdline=argv, cwd="/")}
+    d, _ = _daemon([ScriptedBackend([_reading()], meta=meta, kind="nvml")], clock)
+    d.step()
+    d.on_agent_report(_steps(4242, 1, 300, t=clock.now, leak=8 * 1024**2))  # runs out near step 1,500
+    d.on_agent_report(_agent_stats(4242, t=clock.now, free=10 * GIB))
+    clock.advance(1)
+    d.step()
+    (doc,) = json.loads(d.status_json())["steps"]
+    assert doc["outcome"] == "fits"
+    assert doc["fail_step"] is None
+    assert "--max_train_steps 400" in doc["message"]
+    assert "vramwatch_process_forecast_fail_step{" not in generate_latest(d.registry).decode()
+
+
 def test_a_run_that_fits_has_no_fail_step_series() -> None:
     """Without growth and with room, the forecast fits: the fail-step series is absent, the others are there."""
     clock = FakeClock()

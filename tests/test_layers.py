@@ -30,8 +30,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("backends", "detectors", "advice"),
     # the step forecast: a run's optimizer steps against its schedule (uses the detectors' line fit).
     ("steps",),
-    # a process's steps in bounded memory and the figures `run`, `serve` and `attach` show of them.
-    ("stephistory",),
+    # a process's steps in bounded memory and the figures `run`, `serve` and `attach` show of them; a run's
+    # schedule read from its trainer's configuration (advice) for those forecasts.
+    ("stephistory", "schedule"),
     # effects; a trainer's save-now mechanism is declared beside its recognition, in `advice.trainers`.
     ("actions",),
     # joining two domains: advice for findings; the metrics of samples and findings.

@@ -30,15 +30,18 @@ from .agenthost.link import AgentDevice, AgentListener, AgentReport
 from .clock import SystemClock
 from .config import Config
 from .detectors import Analysis, DetectorConfig, FindingTracker, analyze, config_from_table
-from .enrich import Enricher
+from .enrich import Enricher, read_tree
+from .environ import read_environ
 from .errors import BackendUnavailable, VramwatchError
 from .exporter import ExportState, MetricsServer, Pages, make_registry
 from .history import History
 from .model import Finding, FindingKind, OomEvent, ProcessKey, ProcessMeta, Snapshot, TorchStats
 from .render import finding_dict, snapshot_to_json
 from .sampler import Sampler, TickStats, run_every
+from .schedule import process_schedule
 from .sdnotify import SdNotifier
 from .stephistory import StepFigures, StepHistory, step_figures
+from .steps import Schedule
 from .typing import Backend, Clock
 
 log = structlog.get_logger("vramwatch.daemon")
@@ -64,6 +67,9 @@ class _StepTrack:
     figures: StepFigures | None = None
     figured_at: float | None = None
     figured_updates: int = -1
+    # Whether the trainer's schedule (its end, sampling, saving) was read: once, when the sampler first shows the
+    # process with its command line; until then the forecast looks a fixed horizon ahead.
+    scheduled: bool = False
 
 
 #: The kinds that tell the agents on a GPU that memory is about to run out, so that they can save.
@@ -424,17 +430,25 @@ class Daemon:
             None,
         )
 
-    def _step_figures(self) -> dict[tuple[int, int], StepFigures]:
+    def _step_figures(self, snap: Snapshot | None) -> dict[tuple[int, int], StepFigures]:
         """Tick thread: each agent's step figures, redone when new steps came and the last is a few seconds old;
-        the steps of a process whose agent the listener expired (gone quiet) are dropped with it."""
+        the steps of a process whose agent the listener expired (gone quiet) are dropped with it. The first
+        time `snap` shows a process, its trainer's schedule is read, as `run` and `probe` read it: a run that
+        ends at its `--max_train_steps` is not said to run out after it."""
         now = self.clock.monotonic()
         live = set(self.agents.pids()) if self.agents is not None else None
+        metas = {p.pid: p.meta for p in snap.processes} if snap is not None else {}
         out: dict[tuple[int, int], StepFigures] = {}
         with self._agent_lock:
             for key in [k for k in self._agent_steps if live is not None and k[0] not in live]:
                 del self._agent_steps[key]
             for key, track in self._agent_steps.items():
+                meta = metas.get(key[0])
+                if not track.scheduled and meta is not None and meta.cmdline is not None:
+                    track.history.schedule = self._schedule(meta)
+                    track.scheduled, track.figured_updates = True, -1  # redo the figures against it now
                 due = track.figured_at is None or now - track.figured_at >= STEP_FORECAST_SECONDS
+                due = due or track.figured_updates == -1
                 if due and track.figured_updates != track.history.updates:
                     made = step_figures(track.history, track.capacity_bytes, gpu_uuid=track.gpu_uuid)
                     track.figures = made[0] if made is not None else None
@@ -442,6 +456,16 @@ class Daemon:
                 if track.figures is not None:
                     out[key] = track.figures
         return out
+
+    @staticmethod
+    def _schedule(meta: ProcessMeta) -> Schedule:
+        """A process's schedule, from what the advisor reads for its advice; empty when that fails (a config
+        file that vanished, one that cannot be parsed): the forecast then looks a fixed horizon ahead."""
+        try:
+            return process_schedule(meta, tree_argvs=read_tree(meta.pid), env=read_environ(meta.pid))
+        except Exception as exc:  # an unreadable config must not stop the tick
+            log.warning("step_schedule_unread", pid=meta.pid, error=str(exc))
+            return Schedule()
 
     def _drain_ooms(self) -> tuple[OomEvent, ...]:
         """The OOM reports received since the last tick, for the `oom` detector (the pipeline's `oom_source`)."""
@@ -491,8 +515,9 @@ class Daemon:
     def _publish(self, snap: Snapshot | None, *, up: bool) -> None:
         p = self.pipeline
         analysis = p.analysis if p else None
+        shown = snap if snap is not None else self._state.snapshot if up else None
         self._state = ExportState(
-            snapshot=snap if snap is not None else self._state.snapshot if up else None,
+            snapshot=shown,
             backend=self.backend_info,
             stats=p.sampler.stats if p else self._idle_stats,
             up=up,
@@ -504,7 +529,7 @@ class Daemon:
             findings_raised=dict(self._findings_raised),
             verdicts=dict(analysis.verdicts) if analysis else {},
             notifications=dict(self.dispatcher.notification_counts()),
-            steps=self._step_figures(),
+            steps=self._step_figures(shown),
         )
 
     def _reload(self) -> None:

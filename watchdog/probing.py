@@ -56,6 +56,7 @@ from .agenthost.monitor import format_oom
 from .agenthost.runner import ChildGroup, run_command
 from .detectors.oom import fragmented_at_oom
 from .model import OomEvent, StepRecord
+from .schedule import schedule_of
 from .steps import (
     SAMPLE,
     SAVE,
@@ -212,36 +213,6 @@ class ProbeResult:
         if code == EXIT_FITS and (self.unmeasured or self.short):
             return EXIT_UNMEASURED
         return code
-
-
-def schedule_of(settings: TrainerSettings) -> Schedule:
-    """The run's end, sampling and saving in optimizer steps, each spelt as its configuration states it.
-
-    Intervals given in epochs stay unknown (an epoch's steps depend on the dataset's size, which the
-    advisor does not read): the forecast names those phases as not measured until it has seen them. A trainer
-    that saves after its last step (`TrainerSettings.save_at_end`, kohya) has that save forecast at the end.
-    """
-    values: dict[str, int | None] = {}
-    spelling: list[tuple[str, str]] = []
-    for item, setting in (
-        ("max_steps", "max_train_steps"),
-        ("sample_every", "sample_every_n_steps"),
-        ("save_every", "save_every_n_steps"),
-    ):
-        value = getattr(settings, setting)
-        values[item] = value if isinstance(value, int) and value > 0 else None
-        source = settings.source_of(setting)
-        if values[item] is not None and source is not None:
-            detail = f"{source.detail} {value}" if source.detail.startswith("--") else source.detail
-            spelling.append((item, detail))
-    return Schedule(
-        max_steps=values["max_steps"],
-        sample_every=values["sample_every"],
-        sample_at_first=settings.sample_at_first is True,
-        save_every=values["save_every"],
-        spelling=tuple(spelling),
-        save_at_end=settings.save_at_end is True,
-    )
 
 
 @dataclass(slots=True)

@@ -53,7 +53,8 @@ def _get(url: str) -> str:
 
 
 def test_agent_steps_reach_serve_and_attach(tmp_path: Path) -> None:
-    """A leaking run under `vramwatch run`: serve publishes its step count, peak and ~8 MiB growth a step, and
+    """A leaking run under `vramwatch run`: serve publishes its step count, peak and ~8 MiB growth a step, its
+    forecast runs to the end its command line states (`--max_train_steps 70`, read from the live process), and
     attach's JSON lines carry the same figures for that pid."""
     port = _free_port()
     listen = f"127.0.0.1:{port}"
@@ -71,8 +72,10 @@ def test_agent_steps_reach_serve_and_attach(tmp_path: Path) -> None:
             if (tmp_path / "agent.sock").exists():
                 break
             time.sleep(0.1)
+        script = tmp_path / "flux_train_network.py"  # kohya's script name: the advisor reads its flags
+        script.write_text(CHILD)
         child = subprocess.Popen(
-            [sys.executable, "-m", "vramwatch", "run", "--", sys.executable, "-c", CHILD],
+            [sys.executable, "-m", "vramwatch", "run", "--", sys.executable, str(script), "--max_train_steps", "70"],
             stdout=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
         assert child.stdout is not None
@@ -93,6 +96,8 @@ def test_agent_steps_reach_serve_and_attach(tmp_path: Path) -> None:
         assert entry["step"] >= 50
         assert entry["step_peak_allocated_bytes"] > 8 * MIB  # the MLP, its AdamW state and the kept tensors
         assert 0.5 * LEAK_MIB * MIB <= entry["growth_bytes_per_step"] <= 1.5 * LEAK_MIB * MIB
+        assert entry["outcome"] == "fits", entry["message"]  # 8 MiB a step to step 70 fits on any card
+        assert "--max_train_steps 70" in entry["message"]
         metrics = _get(f"http://{listen}/metrics")
         counted = [
             line
