@@ -128,6 +128,11 @@ class Series:
         k = bisect_left(self._mins, i + self._base, self._mins_lo)
         return self._v[self._mins[k] - self._base]
 
+    def suffix_argmin(self, i: int) -> int:
+        """The array index of the newest point holding the least value from array index `i` on."""
+        k = bisect_left(self._mins, i + self._base, self._mins_lo)
+        return self._mins[k] - self._base
+
     def suffix_max(self, i: int) -> float:
         """The largest value from array index `i` to the newest point."""
         k = bisect_left(self._maxs, i + self._base, self._maxs_lo)
