@@ -244,6 +244,10 @@ def profile(
         view = view.since(start)
     if len(view) < 3:
         return Profile(())
+    if not report and view.tail_max(2) - view.min() < config.min_rise_bytes:
+        # The test below over the whole view, before the windows are even listed: a still series (most of
+        # them, every tick) cannot rise by `min_rise_bytes` in any window of it.
+        return Profile(())
     now = view.now
     windows = _windows(view, config, min_horizon)
     if not windows:
@@ -283,12 +287,13 @@ def _windows(view: View, config: DetectorConfig, min_horizon: float) -> list[tup
     """(horizon, start of its points) for each horizon >= `min_horizon` that the view covers enough, shortest
     first, up to the first that reaches back to the view's oldest point (longer ones would see the same)."""
     now, first = view.now, view.first
+    coverage = config.min_coverage
     windows: list[tuple[float, float]] = []
     for h in config.horizons_seconds:
         if h < min_horizon:
             continue
         a = max(now - h, first)
-        if now - a < config.min_coverage * h:
+        if now - a < coverage * h:
             break
         windows.append((h, a))
         if a == first:
@@ -305,6 +310,14 @@ def reported_rate(view: View, config: DetectorConfig) -> Rate | None:
     windows = _windows(view, config, 0.0)
     if not windows:
         return None
+    if config.min_rise_bytes > 0 and view.min() == view.max():
+        # The whole view held one value, so every window did (the test below, met by each): the same Rate, from
+        # two staircase lookups instead of four and two views.
+        chosen = _report_choice([h for h, _ in windows], config)
+        a = next(a for h, a in windows if h == chosen)
+        flat = view.since(a)
+        if len(flat) >= 2:
+            return Rate(0.0, 0.0, view.now - a, len(flat), False)
     if view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes:
         chosen = _report_choice([h for h, _ in windows], config)
         a = next(a for h, a in windows if h == chosen)
