@@ -288,3 +288,25 @@ def test_staircase_bounds_of_a_window_hold_for_its_fit(
             assert not fit.continuous
         if _floor_level(live, a, CONFIG):
             assert min(fit.ys) == max(fit.ys)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    parts=moves,
+    capacity=st.integers(60, 1500),
+    gap=st.floats(0.6, 1.4),
+    not_before=st.floats(-100.0, 2000.0),
+)
+def test_flat_seconds_of_a_held_series_is_the_bisections_answer(
+    parts: list[tuple[str, int, int, int]], capacity: int, gap: float, not_before: float
+) -> None:
+    """The stability verdict's flat time from the series' carried run equals the staircase bisection's."""
+    from unittest import mock
+
+    from vramwatch.detectors.stability import flat_seconds
+
+    s, _ = _history_series(parts, capacity, gap)
+    live = view(s)
+    quick = flat_seconds(live, CONFIG, not_before=not_before)
+    with mock.patch.object(View, "holds_since", return_value=False):
+        assert flat_seconds(live, CONFIG, not_before=not_before) == quick
