@@ -26,7 +26,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from itertools import accumulate, pairwise
 
 from ._series import View
@@ -259,7 +259,7 @@ def profile(
         if not report:
             return Profile(())
         chosen = _report_choice([h for h, _ in windows], config)
-        windows = [w for w in windows if w[0] == chosen]
+        windows = tuple(w for w in windows if w[0] == chosen)
         h, a = windows[0]
         flat = view.since(a)
         if len(flat) >= 2 and flat.min() == flat.max():
@@ -283,13 +283,20 @@ def profile(
     )
 
 
-def _windows(view: View, config: DetectorConfig, min_horizon: float) -> list[tuple[float, float]]:
+def _windows(view: View, config: DetectorConfig, min_horizon: float) -> tuple[tuple[float, float], ...]:
     """(horizon, start of its points) for each horizon >= `min_horizon` that the view covers enough, shortest
     first, up to the first that reaches back to the view's oldest point (longer ones would see the same)."""
-    now, first = view.now, view.first
-    coverage = config.min_coverage
+    return _windows_between(view.now, view.first, min_horizon, config.horizons_seconds, config.min_coverage)
+
+
+@lru_cache(maxsize=256)
+def _windows_between(
+    now: float, first: float, min_horizon: float, horizons: tuple[float, ...], coverage: float
+) -> tuple[tuple[float, float], ...]:
+    # Cached: every process seen at every tick has the same newest and oldest times in its views, so one tick
+    # lists the windows once per kind of view instead of twice per process.
     windows: list[tuple[float, float]] = []
-    for h in config.horizons_seconds:
+    for h in horizons:
         if h < min_horizon:
             continue
         a = max(now - h, first)
@@ -298,7 +305,7 @@ def _windows(view: View, config: DetectorConfig, min_horizon: float) -> list[tup
         windows.append((h, a))
         if a == first:
             break
-    return windows
+    return tuple(windows)
 
 
 def reported_rate(view: View, config: DetectorConfig) -> Rate | None:
