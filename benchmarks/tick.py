@@ -48,19 +48,28 @@ def measure(fn: Callable[[], object], *, repeat: int, warmup: int = 5) -> dict[s
     }
 
 
-def _daemon_for(backend: Any, clock: Any, prefill: int = 900) -> tuple[Any, Callable[[], None]]:
+def _daemon_for(
+    backend: Any, clock: Any, prefill: int = 900, *, before: Callable[[], None] | None = None, package: Any = None
+) -> tuple[Any, Callable[[], None]]:
     """A daemon over `backend` whose history already holds `prefill` ticks, and its one-tick function.
 
     The clock is a FakeClock advanced one second per tick, so the detectors see the windows they would see
-    at 1 Hz (their cost grows with the window) while the benchmark runs ticks back to back.
+    at 1 Hz (their cost grows with the window) while the benchmark runs ticks back to back. `before` runs
+    ahead of each tick (the scripted NVML's sawtooth moves there); `package` is the vramwatch package to build
+    the daemon from (another tree's copy, for an A/B in one process), by default the installed one.
     """
-    from vramwatch.config import Config
-    from vramwatch.daemon import Daemon
+    if package is None:
+        import vramwatch as package
+    import importlib
 
-    d = Daemon(Config(), lambda: backend, clock=clock)
+    config = importlib.import_module(package.__name__ + ".config")
+    daemon = importlib.import_module(package.__name__ + ".daemon")
+    d = daemon.Daemon(config.Config(), lambda: backend, clock=clock)
 
     def tick() -> None:
         clock.advance(1.0)
+        if before is not None:
+            before()
         d.step()
 
     for _ in range(prefill):
@@ -111,18 +120,31 @@ class Pool:
             p.wait()
 
 
-def _fake_nvml(pool: Pool) -> Any:
+def _fake_nvml(pool: Pool, saw_every: int = 0) -> Any:
     """The test suite's scriptable pynvml, listing the pool's real host processes as one GPU's tenants: the
-    whole tick (attribution through /proc included) but the driver's own cost, on any machine."""
+    whole tick (attribution through /proc included) but the driver's own cost, on any machine.
+
+    Each `refresh()` is one NVML reading. With `saw_every` K, every K-th process is a sawtooth as the CUDA
+    child's would be sampled at 1 Hz: 512 MiB, plus 256-767 MiB taken on every other reading (its series moves
+    at every tick and never grows); the others hold still.
+    """
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import fake_pynvml as fk
 
     gpu = fk.gpu(0, total=141 * fk.GiB, used=0)
     nv = fk.FakeNvml([gpu])
+    readings = [0]
+
+    def held(i: int) -> int:
+        k = readings[0]
+        if saw_every and i % saw_every == saw_every - 1 and (k + i) % 2:
+            return (512 + 256 + (k * 7 + i * 13) % 512) * fk.MiB
+        return 512 * fk.MiB
 
     def refresh() -> None:
-        gpu.compute = [fk.FakeProcess(p.pid, 512 * fk.MiB) for p in pool.procs]
-        gpu.used = 512 * fk.MiB * len(pool.procs)
+        readings[0] += 1
+        gpu.compute = [fk.FakeProcess(p.pid, held(i)) for i, p in enumerate(pool.procs)]
+        gpu.used = sum(p.usedGpuMemory or 0 for p in gpu.compute)
 
     nv.refresh = refresh  # type: ignore[attr-defined]
     return nv
@@ -145,7 +167,7 @@ def bench_procs(counts: list[int], repeat: int, *, host: bool, saw_every: int, p
     try:
         nv: Any = None
         if host:
-            nv = _fake_nvml(pool)
+            nv = _fake_nvml(pool, saw_every)
         else:
             import pynvml
 
@@ -173,7 +195,8 @@ def bench_procs(counts: list[int], repeat: int, *, host: bool, saw_every: int, p
 
             row: dict[str, Any] = {"processes": n, "listed": listed}
             row["raw_nvml"] = measure(raw, repeat=repeat)
-            daemon, tick = _daemon_for(backend, FakeClock(), prefill=prefill)
+            moving = nv.refresh if host and saw_every else None
+            daemon, tick = _daemon_for(backend, FakeClock(), prefill=prefill, before=moving)
             row["vramwatch_tick"] = measure(tick, repeat=repeat)
             registry = make_registry(lambda d=daemon: d._state)
             row["vramwatch_scrape"] = measure(lambda r=registry: generate_latest(r), repeat=max(20, repeat // 10))
@@ -376,7 +399,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--procs", default="1,4,16,64", help="process counts to measure, comma-separated")
     ap.add_argument("--host-procs", action="store_true", help="host processes behind a scripted NVML (no GPU)")
-    ap.add_argument("--saw-every", type=int, default=0, metavar="K", help="every K-th CUDA process is a sawtooth")
+    ap.add_argument("--saw-every", type=int, default=0, metavar="K", help="every K-th process is a sawtooth")
     ap.add_argument("--prefill", type=int, default=3600, help="ticks of history before measuring (an hour)")
     ap.add_argument("--simulated", action="store_true", help="only the simulator (no GPU needed)")
     ap.add_argument("--no-simulated", action="store_true", help="skip the simulator at scale")

@@ -218,3 +218,14 @@ def test_stat_fields_survive_any_command_name(name: str) -> None:
     raw = f"4242 ({name}) S 1 4242 4242 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 98765 0 0".encode()
     fields = _stat_fields(raw)
     assert (fields[0], int(fields[1]), int(fields[19])) == (b"S", 1, 98765)
+
+
+def test_one_read_takes_the_longest_stat_line_whole(tmp_path: Path) -> None:
+    """`/proc/<pid>/stat` at its longest (a 64-byte name of parentheses, every field 20 digits) fits the one read."""
+    from vramwatch.attribution import _read_small, _stat_fields
+
+    line = f"{'9' * 20} ({')( ' * 21}x) R " + " ".join(["18446744073709551615"] * 50) + "\n"
+    (tmp_path / "stat").write_text(line)
+    raw = _read_small(str(tmp_path / "stat"))
+    assert raw == line.encode()
+    assert len(_stat_fields(raw)) == 51

@@ -9,9 +9,17 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vramwatch.detectors._series import View
+from vramwatch.detectors._series import View, view
 from vramwatch.detectors.config import DetectorConfig
-from vramwatch.detectors.growth import profile, reported_rate, theil_sen
+from vramwatch.detectors.growth import (
+    _cannot_rise_in_every_part,
+    _floor_level,
+    _windows,
+    profile,
+    reported_rate,
+    theil_sen,
+)
+from vramwatch.history import Series
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -200,3 +208,105 @@ def test_reported_rate_is_the_profiles_rate_to_the_bit(parts: list[tuple[int, in
     for since in (0.0, now - CONFIG.rate_report_seconds * 1.001):
         window = view.since(since)
         assert reported_rate(window, CONFIG) == profile(window, CONFIG).rate(CONFIG)
+
+
+# Memory as the daemon sees it at scale: flat holds, sawtooths (frees and re-takes every few ticks, whose troughs
+# may sit below half their peaks and so look like bad reads), lone bad reads, leaks and warm-up steps, appended
+# to a history `Series` so that the detectors' staircase lookups are exercised as they are in the daemon.
+moves = st.lists(
+    st.tuples(
+        st.sampled_from(["flat", "saw", "bad read", "leak", "step"]),
+        st.integers(1, 300),  # ticks
+        st.integers(2, 7),  # a sawtooth's period
+        st.integers(0, 1024),  # MiB: a tooth's height, a leak's rise per tick (/ 64), a step
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _history_series(parts: list[tuple[str, int, int, int]], capacity: int, gap: float) -> tuple[Series, float]:
+    s = Series(capacity)
+    now, floor = 0.0, 2.0 * GIB
+    for kind, count, period, mib in parts:
+        for i in range(count):
+            now += gap
+            if kind == "leak":
+                floor += mib * MIB / 64
+            value = floor
+            if kind == "saw" and i % period:
+                value = floor + (256 + (mib + 37 * i) % 1024) * MIB
+            elif kind == "bad read" and i == count // 2:
+                value = floor * 0.3
+            s.append(now, value)
+        if kind == "step":
+            floor += mib * MIB
+    return s, now
+
+
+@settings(max_examples=150, deadline=None)
+@given(parts=moves, capacity=st.integers(60, 1500), gap=st.floats(0.6, 1.4))
+def test_shortcuts_on_moving_series_give_the_full_results(
+    parts: list[tuple[str, int, int, int]], capacity: int, gap: float
+) -> None:
+    """On sawtooths, bad reads, leaks and steps, `reported_rate` equals the full profile's rate to the bit, and a
+    profile without the reported rate finds the same sustained fits as the full one (it only skips windows
+    that provably cannot be sustained)."""
+    s, now = _history_series(parts, capacity, gap)
+    live = view(s)
+    for since in (None, now - CONFIG.rate_report_seconds * 1.001, now - 200.0):
+        for w in (live, View(*s.arrays())):
+            window = w if since is None else w.since(since)
+            assert reported_rate(window, CONFIG) == profile(window, CONFIG).rate(CONFIG)
+            for h in (0.0, CONFIG.forecast_critical_min_horizon_seconds, 240.0):
+                full = profile(window, CONFIG, min_horizon=h)
+                quick = profile(window, CONFIG, min_horizon=h, report=False)
+                assert quick.best(h) == full.best(h)
+                assert quick.best(h, CONFIG) == full.best(h, CONFIG)
+                share = CONFIG.forecast_max_subwindow_share
+                assert quick.best(h, CONFIG, max_share=share) == full.best(h, CONFIG, max_share=share)
+
+
+@settings(max_examples=150, deadline=None)
+@given(parts=moves, capacity=st.integers(60, 1500), gap=st.floats(0.6, 1.4))
+def test_staircase_bounds_of_a_window_hold_for_its_fit(
+    parts: list[tuple[str, int, int, int]], capacity: int, gap: float
+) -> None:
+    """When the staircase says a window cannot rise in every part, its fit neither rises nor is sustained or
+    continuous; when it says the floor is level, the fit's floor holds one value (the two lemmas the shortcuts
+    stand on, checked against the sweep itself)."""
+    s, _ = _history_series(parts, capacity, gap)
+    live = view(s)
+    if len(live) < 3:
+        return
+    starts = dict(_windows(live, CONFIG, 0.0))
+    for fit in profile(live, CONFIG).fits:
+        a = starts[fit.horizon_seconds]
+        if _cannot_rise_in_every_part(live, a, CONFIG):
+            assert not fit.rising
+            assert not fit.sustained
+            assert not fit.continuous
+        if _floor_level(live, a, CONFIG):
+            assert min(fit.ys) == max(fit.ys)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    parts=moves,
+    capacity=st.integers(60, 1500),
+    gap=st.floats(0.6, 1.4),
+    not_before=st.floats(-100.0, 2000.0),
+)
+def test_flat_seconds_of_a_held_series_is_the_bisections_answer(
+    parts: list[tuple[str, int, int, int]], capacity: int, gap: float, not_before: float
+) -> None:
+    """The stability verdict's flat time from the series' carried run equals the staircase bisection's."""
+    from unittest import mock
+
+    from vramwatch.detectors.stability import flat_seconds
+
+    s, _ = _history_series(parts, capacity, gap)
+    live = view(s)
+    quick = flat_seconds(live, CONFIG, not_before=not_before)
+    with mock.patch.object(View, "holds_since", return_value=False):
+        assert flat_seconds(live, CONFIG, not_before=not_before) == quick

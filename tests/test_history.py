@@ -153,3 +153,27 @@ def test_a_series_stays_within_the_bytes_its_capacity_promises() -> None:
         t, v, _first, _end = s.storage()
         held = t.itemsize * len(t) + v.itemsize * len(v) + 8 * (len(s._mins) + len(s._maxs))
         assert held <= POINT_BYTES * s.capacity + 16
+
+
+@settings(deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=300), st.integers(2, 60), st.data())
+def test_carried_run_and_low_points_answer_like_a_scan(values: list[int], capacity: int, data: st.DataObject) -> None:
+    """`holds_since` (the series' carried run) and `low_since` (its staircase) give a scan's answers."""
+    from vramwatch.detectors._series import View, view
+
+    s = Series(capacity)
+    for i, v in enumerate(values):
+        s.append(float(i), float(v))
+        live, copy = view(s), View(*s.arrays())
+        t0 = data.draw(st.floats(-5, i + 5, allow_nan=False))
+        assert live.holds_since(t0) == copy.holds_since(t0)
+        tail = [x for t, x in zip(copy.t, copy.v, strict=True) if t >= t0]
+        assert live.holds_since(t0) == (len(set(tail)) <= 1)
+
+        def kept(value: float, before: float | None, after: float | None) -> bool:
+            return before is None or after is None or value * 2 >= before
+
+        low = live.low_since(t0, kept)
+        assert low == copy.low_since(t0, kept)
+        assert (low is None) == (not tail)
+        assert low is None or low[0] == min(tail)

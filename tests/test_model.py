@@ -45,3 +45,22 @@ def test_a_reused_pid_never_shares_history_with_its_predecessor(runs: list[tuple
         expected.setdefault(start, []).append(float(used))
     for start, values in expected.items():
         assert list(h.process_window(ProcessKey(42, start), UUID0).v) == values
+
+
+@given(st.integers(0, 1 << 22), st.one_of(st.none(), st.floats(0, 2e9)))
+def test_a_process_key_hashes_and_compares_by_pid_and_start_time_only(pid: int, start: float | None) -> None:
+    """The hash a key carries is its fields' hash; equality, repr, copies and replace() see only the fields."""
+    import copy
+    from dataclasses import replace
+
+    key = ProcessKey(pid, start)
+    twin = ProcessKey(pid, start)
+    assert key == twin
+    assert hash(key) == hash(twin) == hash((pid, start))
+    assert repr(key) == f"ProcessKey(pid={pid!r}, start_time={start!r})"
+    clone = copy.deepcopy(key)
+    assert clone == key
+    assert hash(clone) == hash(key)
+    other = replace(key, pid=pid + 1)
+    assert hash(other) == hash((pid + 1, start))
+    assert other != key

@@ -122,8 +122,7 @@ class PsutilInspector:
         """
         state, ppid, ticks = "", None, None
         try:
-            with open(f"{self._proc}/{pid}/stat", "rb") as f:  # noqa: PTH123 (pathlib costs more than the read)
-                fields = _stat_fields(f.read())
+            fields = _stat_fields(_read_small(f"{self._proc}/{pid}/stat"))
             state, ppid, ticks = fields[0].decode(), int(fields[1]), int(fields[19])
         except (FileNotFoundError, ProcessLookupError):
             self._cache.pop(pid, None)
@@ -241,6 +240,17 @@ _STATUS = {
     "X": psutil.STATUS_DEAD, "x": psutil.STATUS_DEAD, "K": "wake-kill", "W": psutil.STATUS_WAKING,
     "I": psutil.STATUS_IDLE, "P": psutil.STATUS_PARKED,
 }  # fmt: skip
+
+
+def _read_small(path: str) -> bytes:
+    """The whole of a small /proc file in one `read(2)`: half the cost of `open()`'s buffered file object, which
+    matters once per process per tick. /proc/<pid>/stat is one line of at most a few hundred bytes, and the
+    kernel writes such a file whole into a buffer that holds it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
 
 
 def _stat_fields(raw: bytes) -> list[bytes]:

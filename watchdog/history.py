@@ -65,7 +65,9 @@ class Series:
     process rather than O(n).
     """
 
-    __slots__ = ("_base", "_lo", "_maxs", "_maxs_lo", "_mins", "_mins_lo", "_t", "_v", "appended", "capacity")
+    __slots__ = (
+        "_base", "_lo", "_maxs", "_maxs_lo", "_mins", "_mins_lo", "_run", "_t", "_v", "appended", "capacity",
+    )  # fmt: skip
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -79,6 +81,9 @@ class Series:
         self._maxs = array("q")
         self._mins_lo = 0
         self._maxs_lo = 0
+        # The point number where the newest run of equal values began: "has it held still since t" is one
+        # comparison (a process between allocations: most of them, most ticks).
+        self._run = 0
 
     def __len__(self) -> int:
         return len(self._t) - self._lo
@@ -91,6 +96,8 @@ class Series:
             mins.pop()
         while len(maxs) > self._maxs_lo and v[maxs[-1] - base] <= value:
             maxs.pop()
+        if not v or v[-1] != value:
+            self._run = self.appended
         mins.append(self.appended)
         maxs.append(self.appended)
         self._t.append(t)
@@ -127,6 +134,16 @@ class Series:
         """The least value from array index `i` to the newest point (the floor since then)."""
         k = bisect_left(self._mins, i + self._base, self._mins_lo)
         return self._v[self._mins[k] - self._base]
+
+    def run_start(self) -> int:
+        """The array index where the newest run of equal values began (below the live points when it began
+        before them)."""
+        return self._run - self._base
+
+    def suffix_argmin(self, i: int) -> int:
+        """The array index of the newest point holding the least value from array index `i` on."""
+        k = bisect_left(self._mins, i + self._base, self._mins_lo)
+        return self._mins[k] - self._base
 
     def suffix_max(self, i: int) -> float:
         """The largest value from array index `i` to the newest point."""

@@ -88,6 +88,15 @@ class ProcessKey:
 
     pid: int
     start_time: float | None
+    # Every tick looks each process up by its key in a score of tables (history, trees, growth, findings):
+    # the hash is taken once here, not rebuilt from the fields at each lookup.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.pid, self.start_time)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         return f"{self.pid}@{self.start_time:.2f}" if self.start_time is not None else str(self.pid)

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 
 from ..history import Series
+
+#: How many points before the newest one holding a series' least value `View.low_since` looks at.
+LOW_TRIES = 16
 
 
 class View:
@@ -111,6 +115,38 @@ class View:
     def min_between(self, t0: float, t1: float) -> float | None:
         i, j = bisect_left(self._ta, t0, self._i, self._j), bisect_left(self._ta, t1, self._i, self._j)
         return self._lowest(i, j) if j > i else None
+
+    def holds_since(self, t0: float) -> bool:
+        """True when every point at or after `t0` holds the newest value (the series' carried run while the view
+        is live, else a scan)."""
+        i, j = bisect_left(self._ta, t0, self._i, self._j), self._j
+        s = self._live(j)
+        if s is not None:
+            return s.run_start() <= i
+        return i >= j or min(self._va[i:j]) == max(self._va[i:j])
+
+    def low_since(
+        self, t0: float, kept: Callable[[float, float | None, float | None], bool]
+    ) -> tuple[float, bool] | None:
+        """The least value at or after `t0`, and whether `kept(value, before, after)` holds for one of the points
+        holding it (a neighbour None where the view ends): the newest such point, else up to `LOW_TRIES` points
+        before it. None when no point lies there. A staircase lookup while the view is live, else a scan."""
+        i, j = bisect_left(self._ta, t0, self._i, self._j), self._j
+        if i >= j:
+            return None
+        va = self._va
+        s = self._live(j)
+        if s is not None:
+            k = s.suffix_argmin(i)
+        else:
+            seg = va[i:j]
+            k = j - 1 - seg[::-1].index(min(seg))
+        low = va[k]
+        # A sawtooth holds its least value at every trough, and the newest may lie between two high teeth.
+        for q in range(k, max(i, k - LOW_TRIES) - 1, -1):
+            if va[q] == low and kept(low, va[q - 1] if q > self._i else None, va[q + 1] if q + 1 < j else None):
+                return low, True
+        return low, False
 
     def _live(self, j: int) -> Series | None:
         # The staircases describe the series as it is now: they answer a range ending at the newest point, and

@@ -26,6 +26,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache, partial
 from itertools import accumulate, pairwise
 
 from ._series import View
@@ -243,6 +244,10 @@ def profile(
         view = view.since(start)
     if len(view) < 3:
         return Profile(())
+    if not report and view.tail_max(2) - view.min() < config.min_rise_bytes:
+        # The test below over the whole view, before the windows are even listed: a still series (most of
+        # them, every tick) cannot rise by `min_rise_bytes` in any window of it.
+        return Profile(())
     now = view.now
     windows = _windows(view, config, min_horizon)
     if not windows:
@@ -254,7 +259,7 @@ def profile(
         if not report:
             return Profile(())
         chosen = _report_choice([h for h, _ in windows], config)
-        windows = [w for w in windows if w[0] == chosen]
+        windows = tuple(w for w in windows if w[0] == chosen)
         h, a = windows[0]
         flat = view.since(a)
         if len(flat) >= 2 and flat.min() == flat.max():
@@ -265,6 +270,8 @@ def profile(
             return Profile(
                 (_fit(h, now - a, len(t) - idx[0], [t[i] for i in idx], [flat.min()] * len(idx), config=config),)
             )
+    if not report and all(_cannot_rise_in_every_part(view, a, config) for _, a in windows):
+        return Profile(())
     t, v = view.t, view.v
     grids = [(h, now - a, _grid(t, a, now, config)) for h, a in windows]
     floors = _suffix_floors(v, (i for _, _, idx in grids for i in idx), config)
@@ -276,21 +283,29 @@ def profile(
     )
 
 
-def _windows(view: View, config: DetectorConfig, min_horizon: float) -> list[tuple[float, float]]:
+def _windows(view: View, config: DetectorConfig, min_horizon: float) -> tuple[tuple[float, float], ...]:
     """(horizon, start of its points) for each horizon >= `min_horizon` that the view covers enough, shortest
     first, up to the first that reaches back to the view's oldest point (longer ones would see the same)."""
-    now, first = view.now, view.first
+    return _windows_between(view.now, view.first, min_horizon, config.horizons_seconds, config.min_coverage)
+
+
+@lru_cache(maxsize=256)
+def _windows_between(
+    now: float, first: float, min_horizon: float, horizons: tuple[float, ...], coverage: float
+) -> tuple[tuple[float, float], ...]:
+    # Cached: every process seen at every tick has the same newest and oldest times in its views, so one tick
+    # lists the windows once per kind of view instead of twice per process.
     windows: list[tuple[float, float]] = []
-    for h in config.horizons_seconds:
+    for h in horizons:
         if h < min_horizon:
             continue
         a = max(now - h, first)
-        if now - a < config.min_coverage * h:
+        if now - a < coverage * h:
             break
         windows.append((h, a))
         if a == first:
             break
-    return windows
+    return tuple(windows)
 
 
 def reported_rate(view: View, config: DetectorConfig) -> Rate | None:
@@ -302,13 +317,77 @@ def reported_rate(view: View, config: DetectorConfig) -> Rate | None:
     windows = _windows(view, config, 0.0)
     if not windows:
         return None
+    if config.min_rise_bytes > 0 and view.min() == view.max():
+        # The whole view held one value, so every window did (the test below, met by each): the same Rate, from
+        # two staircase lookups instead of four and two views.
+        chosen = _report_choice([h for h, _ in windows], config)
+        a = next(a for h, a in windows if h == chosen)
+        flat = view.since(a)
+        if len(flat) >= 2:
+            return Rate(0.0, 0.0, view.now - a, len(flat), False)
     if view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes:
         chosen = _report_choice([h for h, _ in windows], config)
         a = next(a for h, a in windows if h == chosen)
         flat = view.since(a)
         if len(flat) >= 2 and flat.min() == flat.max():
             return Rate(0.0, 0.0, view.now - a, len(flat), False)
+    # A series that moves without growing (a sawtooth, a process that frees and re-takes): when no other
+    # window can be sustained and the floor is level over the reported one, that fit is the flat floor's,
+    # whose slope and confidence are 0 wherever its points sit.
+    chosen = _report_choice([h for h, _ in windows], config)
+    a = next(a for h, a in windows if h == chosen)
+    if (
+        config.min_rise_bytes > 0
+        and _floor_level(view, a, config)
+        and all(h == chosen or _cannot_rise_in_every_part(view, w, config) for h, w in windows)
+    ):
+        return Rate(0.0, 0.0, view.now - a, len(view.since(a)), False)
     return profile(view, config).rate(config)
+
+
+def _kept(value: float, before: float | None, after: float | None, outlier_fraction: float) -> bool:
+    """True when a point of `value` between `before` and `after` (None: no neighbour there) is no lone bad read
+    by `_segment_floor`'s rule. A floor from before a kept point of a window's least value on is exactly that
+    value, however the sweep cuts the series into segments."""
+    if before is None and after is None:
+        return True
+    return (before is not None and value >= outlier_fraction * before) or (
+        after is not None and value >= outlier_fraction * after
+    )
+
+
+def _cannot_rise_in_every_part(view: View, a: float, config: DetectorConfig) -> bool:
+    """True when the floor of the window from `a` to now provably rose less than `noise_bytes` in one of its
+    sub-windows, so that no fit of it is sustained, rising or continuous (each needs every part to rise by
+    `need` >= `noise_bytes`), from the series' staircase and without the grid's sweep.
+
+    A floor ignores lone bad reads, so at a grid point it is at least the least value from there on, and exactly
+    that value when a point holding it is no bad read (`_kept`): a part's rise is then at most the difference
+    of the two least values. Every part is tried but the last, whose end `_grid` places apart.
+    """
+    kept = partial(_kept, outlier_fraction=config.outlier_fraction)
+    step = (view.now - a) / config.buckets
+    b = config.buckets_per_subwindow
+    start = view.low_since(a, kept)  # `_grid`'s own arithmetic, so that the points are the fit's
+    for s in range(1, config.subwindows):
+        end = view.low_since(a + s * b * step, kept)
+        if start is None or end is None:
+            return False
+        if end[1] and end[0] - start[0] < config.noise_bytes:
+            return True
+        start = end
+    return False
+
+
+def _floor_level(view: View, a: float, config: DetectorConfig) -> bool:
+    """True when the floor of the window from `a` to now provably holds one value at every point of its grid:
+    the least value of the window is also the least of its final half bucket, at a point that is no bad read."""
+    kept = partial(_kept, outlier_fraction=config.outlier_fraction)
+    now = view.now
+    step = (now - a) / config.buckets
+    start = view.low_since(a, kept)
+    end = view.low_since(max(a + (config.buckets - 1) * step, now - step / 2), kept)
+    return start is not None and end is not None and end[1] and end[0] == start[0]
 
 
 def _grid(t: array[float], a: float, now: float, config: DetectorConfig) -> list[int]:

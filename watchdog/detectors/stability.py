@@ -24,12 +24,16 @@ def flat_seconds(series: View, config: DetectorConfig, *, not_before: float) -> 
     if len(series) < 3:
         return 0.0
     now = series.now
-    # The floor now: the least of the last 30 s, so the teeth of a sawtooth do not count as "just rose".
-    level = _floor_since(series, now - 30.0)
-    floor_ok = level - config.noise_bytes
     longest = now - max(not_before, series.first)
     if longest <= 0:
         return 0.0
+    if series.holds_since(now - longest):
+        # Held one value all along (carried by the series, one comparison): the floor since then is that value,
+        # and the floor now (below) is at most that value.
+        return longest
+    # The floor now: the least of the last 30 s, so the teeth of a sawtooth do not count as "just rose".
+    level = _floor_since(series, now - 30.0)
+    floor_ok = level - config.noise_bytes
     if _floor_since(series, now - longest) >= floor_ok:
         return longest
     shortest = min(config.stable_min_seconds, longest)
