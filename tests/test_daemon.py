@@ -238,6 +238,23 @@ def test_agent_steps_are_forecast_to_the_trainers_own_end() -> None:
     assert "vramwatch_process_forecast_fail_step{" not in generate_latest(d.registry).decode()
 
 
+def test_a_run_whose_command_line_cannot_be_read_is_forecast_a_horizon_ahead() -> None:
+    """Without the process's command line (another user's, the daemon not root) no schedule is read: the forecast
+    looks ahead as before, and the run's slow leak is said to run out."""
+    import json
+
+    clock = FakeClock()
+    d, _ = _daemon([ScriptedBackend([_reading()], meta=META, kind="nvml")], clock)
+    d.step()
+    d.on_agent_report(_steps(4242, 1, 300, t=clock.now, leak=8 * 1024**2))
+    d.on_agent_report(_agent_stats(4242, t=clock.now, free=10 * GIB))
+    clock.advance(1)
+    d.step()
+    (doc,) = json.loads(d.status_json())["steps"]
+    assert doc["outcome"] == "growth"
+    assert not d._agent_steps[(4242, 0)].scheduled
+
+
 def test_a_run_that_fits_has_no_fail_step_series() -> None:
     """Without growth and with room, the forecast fits: the fail-step series is absent, the others are there."""
     clock = FakeClock()

@@ -438,14 +438,21 @@ class Daemon:
         now = self.clock.monotonic()
         live = set(self.agents.pids()) if self.agents is not None else None
         metas = {p.pid: p.meta for p in snap.processes} if snap is not None else {}
+        with self._agent_lock:
+            unread = {k[0] for k, track in self._agent_steps.items() if not track.scheduled}
+        # Read outside the lock (config files, /proc): the listener thread keeps taking reports meanwhile.
+        read = {
+            pid: self._schedule(meta)
+            for pid in unread
+            if (meta := metas.get(pid)) is not None and meta.cmdline is not None
+        }
         out: dict[tuple[int, int], StepFigures] = {}
         with self._agent_lock:
             for key in [k for k in self._agent_steps if live is not None and k[0] not in live]:
                 del self._agent_steps[key]
             for key, track in self._agent_steps.items():
-                meta = metas.get(key[0])
-                if not track.scheduled and meta is not None and meta.cmdline is not None:
-                    track.history.schedule = self._schedule(meta)
+                if not track.scheduled and key[0] in read:
+                    track.history.schedule = read[key[0]]
                     track.scheduled, track.figured_updates = True, -1  # redo the figures against it now
                 due = track.figured_at is None or now - track.figured_at >= STEP_FORECAST_SECONDS
                 due = due or track.figured_updates == -1
