@@ -793,7 +793,11 @@ def test_a_save_after_the_last_step_that_fits_is_measured_and_forecast_at_the_la
     assert result.profile is not None
     assert result.verdict is not None
     save = next(p for p in result.profile.phases if p.name == SAVE)
-    assert (save.seen_after, save.peak_allocated_bytes, save.period) == ((108,), 12 * GIB, None)
+    # The stop lands after the agent's next report: on a fast or loaded machine the test may save again (at 216,
+    # 324, ...), never at the run's own schedule; no period is learned from the test's interval either way.
+    assert save.seen_after[0] == 108
+    assert all(k % 108 == 0 for k in save.seen_after)
+    assert (save.peak_allocated_bytes, save.period) == (12 * GIB, None)
     assert result.profile.step_peak_allocated_bytes < 9 * GIB  # the save's record is not a training step
     growth = result.profile.growth_bytes_per_step
     assert growth == pytest.approx(2 * MIB, rel=0.05)
