@@ -254,6 +254,16 @@ def full_run(
             if e.get("event") == "pressure"
         ],
         "saves_done": [int(e["step"]) for e in workload if e.get("event") == "save"],
+        # What `run` said of growth (a leak): from its step profile or its samples, and at which step of the run.
+        "leak_said": [
+            {
+                "t": e["t"],
+                "source": e.get("source"),
+                "run_step": max((int(x["step"]) for x in steps if x["t"] <= e["t"]), default=0),
+            }
+            for e in check
+            if e.get("event") == "growth"
+        ],
         "step_seconds_median": statistics.median([b["t"] - a["t"] for a, b in itertools.pairwise(steps)])
         if len(steps) > 2
         else None,
@@ -301,7 +311,8 @@ def main() -> int:
             for t in p["report"].get("tried", []):
                 print(f"   tried `{t['change']}`: exit {t['exit_code']}: {t['message']}", flush=True)
             f = full_run(name, sc["command"], args.out, sc["full_seconds"])
-            print(f"   full run: exit {f['exit_code']}, last step {f['last_step']}, oom {f['oom']}", flush=True)
+            print(f"   full run: exit {f['exit_code']}, last step {f['last_step']}, oom {f['oom']}, leak said "
+                  f"{f['leak_said']}", flush=True)  # fmt: skip
             result = {"expect": sc["expect"], "command": sc["command"][2:], "probe": p, "full": f}
             tried = p["report"].get("tried", [])
             if sc.get("fixed") == "config":  # the proof of a config file's change: the first that fits in a copy

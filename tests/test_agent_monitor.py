@@ -650,3 +650,57 @@ def test_a_failing_save_is_preceded_by_one_asked_for_while_it_fits():
     assert asked_at <= last_save_step - 240
     assert "asking it to save now" in out.getvalue()
     assert [c[1] for c in pressure.calls] == ["critical"]
+
+
+# The 1 Hz allocated figures (MiB) of a healthy run on the H200 (`benchmarks/results/probe-h200-2026-12-04b`,
+# `fits`): the ramp of its first buckets, then samples that fall anywhere in a 38 ms step. It ended normally.
+HEALTHY_SAMPLES_MIB = (14499, 14572, 14572, 14572, 14572, 14572, 14572, 14719, 14766, 14684, 14696, 14807)
+
+
+def _hello(pid: int = 7, *, counts_steps: bool | None = True) -> AgentReport:
+    return AgentReport("hello", pid, 0, 0.0, torch_version="2.11", counts_steps=counts_steps)
+
+
+def test_a_healthy_run_s_mid_step_samples_are_a_leak_only_to_the_samples() -> None:
+    """The samples of a healthy run, rising in every part of 11 s as they fall mid-step, read as a leak to the
+    samples' floor; a process that counts steps is judged by its steps, which keep nothing: no leak said."""
+    monitor, out, _, _ = make()
+    for i, mib in enumerate(HEALTHY_SAMPLES_MIB):
+        monitor.on_report(stats_report(float(i), mib * MIB, 15 * GIB, free=9 * GIB))
+    assert "a leak" in out.getvalue()  # what `run` said on the H200 before it asked the steps
+
+    monitor, out, events, _ = make()
+    monitor.on_report(_hello())
+    for i, mib in enumerate(HEALTHY_SAMPLES_MIB):
+        monitor.on_report(leak_report(float(i), 26 * i + 1, 26 * i + 26, per_step=0))
+        monitor.on_report(stats_report(float(i), mib * MIB, 15 * GIB, free=9 * GIB))
+    assert "leak" not in out.getvalue()
+    assert "growth" not in event_kinds(events)
+
+
+def test_a_step_counting_leak_is_said_per_step() -> None:
+    """A process whose steps keep 4 MiB each is said to leak, in MiB a step, once that adds up to the rule's
+    least rise, whether or not its agent's hello said it counts steps."""
+    for hello in (_hello(), _hello(counts_steps=None)):
+        monitor, out, events, _ = make()
+        monitor.on_report(hello)
+        for i in range(12):
+            monitor.on_report(leak_report(float(i), 20 * i + 1, 20 * i + 20, per_step=4 * MIB))
+            monitor.on_report(stats_report(float(i), 4 * GIB + 80 * i * MIB, 12 * GIB, free=60 * GIB))
+        text = out.getvalue()
+        assert text.count("a leak") == 1
+        assert "grows 4.0 MiB a step" in text
+        growth = [e for e in map(json.loads, events.getvalue().splitlines()) if e["event"] == "growth"]
+        assert [g["source"] for g in growth] == ["steps"]
+
+
+def test_a_leak_in_a_loop_without_optimizer_steps_is_judged_by_its_samples() -> None:
+    """An agent counts steps but the loop never calls `torch.optim` (benchmarks/agent/leak.py): with no step
+    reported, the samples' floor decides, and a steady rise is a leak."""
+    monitor, out, events, _ = make()
+    monitor.on_report(_hello())
+    for i in range(20):
+        monitor.on_report(stats_report(float(i), GIB + i * 160 * MIB, 8 * GIB, free=60 * GIB))
+    assert "a leak" in out.getvalue()
+    growth = [e for e in map(json.loads, events.getvalue().splitlines()) if e["event"] == "growth"]
+    assert [g["source"] for g in growth] == ["samples"]
