@@ -102,9 +102,15 @@ def _context(
     for p in processes:
         members.setdefault(p.tree_key, []).append(p)
     trees = {key: Tree(key, tuple(ps), sum(p.used_bytes or 0 for p in ps)) for key, ps in members.items()}
-    # The device: its profile down to the forecast's shortest horizon, and the rate the metrics show.
+    # The device: its profile down to the forecast's shortest horizon, and the rate the metrics show. Only the
+    # forecast reads the profile, and only its sustained and rising fits: a card that cannot be growing (most
+    # ticks) gets none, and its rate, the reported window's, comes from the series' staircases.
     shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
-    device = profile(used, config, min_horizon=shortest)
+    device = profile(used, config, min_horizon=shortest, report=False)
+    if device.fits:
+        device_rate = device.rate(config, config.forecast_min_horizon_seconds)
+    else:
+        device_rate = reported_rate(used, config, shortest, config.forecast_min_horizon_seconds)
     return GpuContext(
         gpu=gpu,
         now=now,
@@ -120,7 +126,7 @@ def _context(
         process_growth=MappingProxyType(process_growth),
         trees=MappingProxyType(trees),
         device=device,
-        device_rate=device.rate(config, config.forecast_min_horizon_seconds),
+        device_rate=device_rate,
         departed=departed,
     )
 

@@ -308,41 +308,52 @@ def _windows_between(
     return tuple(windows)
 
 
-def reported_rate(view: View, config: DetectorConfig) -> Rate | None:
-    """The rate the metrics show for a series: `profile(view, config).rate(config)`, the same figure to the
-    bit, without building a fit when the reported window held one value (most processes, most ticks, every
-    tick: the metrics ask for every process's rate). Such a fit's slope is 0 and its confidence 0: no part rose."""
+def reported_rate(
+    view: View, config: DetectorConfig, min_horizon: float = 0.0, shown_from: float | None = None
+) -> Rate | None:
+    """The rate the metrics show for a series: `profile(view, config, min_horizon=min_horizon).rate(config,
+    shown_from)` (`shown_from` defaults to `min_horizon`), the same figure to the bit, without building a fit
+    when the reported window held one value (most processes, most ticks, every tick: the metrics ask for every
+    process's rate) or when its floor is provably level while no other window can be sustained (a sawtooth, a
+    card whose processes free and re-take). Such a fit's slope is 0 and its confidence 0: no part rose.
+
+    The device's rate is profiled from the forecast's shortest horizon and shown from its warning one, hence
+    the two horizons."""
+    shown = min_horizon if shown_from is None else shown_from
     if len(view) < 3:
         return None
-    windows = _windows(view, config, 0.0)
+    windows = _windows(view, config, min_horizon)
     if not windows:
         return None
-    if config.min_rise_bytes > 0 and view.min() == view.max():
-        # The whole view held one value, so every window did (the test below, met by each): the same Rate, from
-        # two staircase lookups instead of four and two views.
+    # When even the whole window cannot rise by `min_rise_bytes`, `profile` fits only the window it would
+    # report among all of its horizons: none at all when that one is shorter than `shown`.
+    if config.min_rise_bytes > 0 and (
+        view.min() == view.max()  # the whole view held one value (most series): two lookups, not four and two views
+        or view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes
+    ):
         chosen = _report_choice([h for h, _ in windows], config)
-        a = next(a for h, a in windows if h == chosen)
-        flat = view.since(a)
-        if len(flat) >= 2:
-            return Rate(0.0, 0.0, view.now - a, len(flat), False)
-    if view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes:
-        chosen = _report_choice([h for h, _ in windows], config)
+        if chosen is None or chosen < shown:
+            return None
         a = next(a for h, a in windows if h == chosen)
         flat = view.since(a)
         if len(flat) >= 2 and flat.min() == flat.max():
             return Rate(0.0, 0.0, view.now - a, len(flat), False)
     # A series that moves without growing (a sawtooth, a process that frees and re-takes): when no other
-    # window can be sustained and the floor is level over the reported one, that fit is the flat floor's,
-    # whose slope and confidence are 0 wherever its points sit.
-    chosen = _report_choice([h for h, _ in windows], config)
-    a = next(a for h, a in windows if h == chosen)
+    # window shown can be sustained and the floor is level over the reported one, that fit is the flat floor's,
+    # whose slope and confidence are 0 wherever its points sit. (When `profile` fits only the reported window,
+    # the other windows do not matter, and that window is the same: it is at least `shown`.)
+    reported = [(h, a) for h, a in windows if h >= shown]
+    chosen = _report_choice([h for h, _ in reported], config)
+    if chosen is None:
+        return None
+    a = next(a for h, a in reported if h == chosen)
     if (
         config.min_rise_bytes > 0
         and _floor_level(view, a, config)
-        and all(h == chosen or _cannot_rise_in_every_part(view, w, config) for h, w in windows)
+        and all(h == chosen or _cannot_rise_in_every_part(view, w, config) for h, w in reported)
     ):
         return Rate(0.0, 0.0, view.now - a, len(view.since(a)), False)
-    return profile(view, config).rate(config)
+    return profile(view, config, min_horizon=min_horizon).rate(config, shown)
 
 
 def _kept(value: float, before: float | None, after: float | None, outlier_fraction: float) -> bool:
