@@ -151,7 +151,8 @@ class Profile:
         best = self.best(min_horizon, config)
         if best is not None:
             return best.rate(config)
-        chosen = _report_choice([f.horizon_seconds for f in self.fits if f.horizon_seconds >= min_horizon], config)
+        horizons = [f.horizon_seconds for f in self.fits if f.horizon_seconds >= min_horizon]
+        chosen = _report_choice(horizons, config.rate_report_seconds)
         return next((f.rate() for f in self.fits if f.horizon_seconds == chosen), None)
 
     def restrict(self, min_horizon: float) -> Profile:
@@ -172,11 +173,12 @@ class Profile:
         return remaining is not None and remaining < room_bytes
 
 
-def _report_choice(horizons: Sequence[float], config: DetectorConfig) -> float | None:
-    """The horizon whose rate is shown when nothing grows: the longest not beyond `rate_report_seconds`."""
+def _report_choice(horizons: Sequence[float], report_seconds: float) -> float | None:
+    """The horizon whose rate is shown when nothing grows: the longest not beyond `report_seconds`
+    (`rate_report_seconds`)."""
     if not horizons:
         return None
-    within = [h for h in horizons if h <= config.rate_report_seconds]
+    within = [h for h in horizons if h <= report_seconds]
     return within[-1] if within else horizons[0]
 
 
@@ -258,7 +260,7 @@ def profile(
     if view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes:
         if not report:
             return Profile(())
-        chosen = _report_choice([h for h, _ in windows], config)
+        chosen = _report_choice([h for h, _ in windows], config.rate_report_seconds)
         windows = tuple(w for w in windows if w[0] == chosen)
         h, a = windows[0]
         flat = view.since(a)
@@ -308,6 +310,27 @@ def _windows_between(
     return tuple(windows)
 
 
+@lru_cache(maxsize=256)
+def _report_windows(
+    span: tuple[float, float], min_horizon: float, shown: float, settings: tuple[tuple[float, ...], float, float]
+) -> tuple[tuple[tuple[float, float], ...], tuple[float, float], tuple[float, float] | None]:
+    """For `reported_rate`: the windows of a view whose oldest and newest times are `span` from `min_horizon` on,
+    the one `profile` reports among them all ((horizon, start); unset when there are none), and the one
+    `Profile.rate` shows from `shown` on (None when none is that long). `settings`: the horizons, the coverage and
+    `rate_report_seconds`. Cached like the windows: one tick asks the same for every process."""
+    (first, now), (horizons, coverage, report_seconds) = span, settings
+    windows = _windows_between(now, first, min_horizon, horizons, coverage)
+    if not windows:
+        return windows, (0.0, 0.0), None
+    every = _report_choice([h for h, _ in windows], report_seconds)
+    shown_choice = _report_choice([h for h, _ in windows if h >= shown], report_seconds)
+    return (
+        windows,
+        next(w for w in windows if w[0] == every),
+        next((w for w in windows if w[0] == shown_choice), None),
+    )
+
+
 def reported_rate(
     view: View, config: DetectorConfig, min_horizon: float = 0.0, shown_from: float | None = None
 ) -> Rate | None:
@@ -322,35 +345,37 @@ def reported_rate(
     shown = min_horizon if shown_from is None else shown_from
     if len(view) < 3:
         return None
-    windows = _windows(view, config, min_horizon)
+    windows, every, reported = _report_windows(
+        (view.first, view.now),
+        min_horizon,
+        shown,
+        (config.horizons_seconds, config.min_coverage, config.rate_report_seconds),
+    )
     if not windows:
         return None
     # When even the whole window cannot rise by `min_rise_bytes`, `profile` fits only the window it would
-    # report among all of its horizons: none at all when that one is shorter than `shown`.
+    # report among all of its horizons (`every`): none at all when that one is shorter than `shown`.
+    still = view.min() == view.max()  # the whole view held one value (most series): two lookups, not four
     if config.min_rise_bytes > 0 and (
-        view.min() == view.max()  # the whole view held one value (most series): two lookups, not four and two views
-        or view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes
+        still or view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes
     ):
-        chosen = _report_choice([h for h, _ in windows], config)
-        if chosen is None or chosen < shown:
+        h, a = every
+        if h < shown:
             return None
-        a = next(a for h, a in windows if h == chosen)
         flat = view.since(a)
-        if len(flat) >= 2 and flat.min() == flat.max():
+        if len(flat) >= 2 and (still or flat.min() == flat.max()):
             return Rate(0.0, 0.0, view.now - a, len(flat), False)
+    if reported is None:
+        return None
+    chosen, a = reported
     # A series that moves without growing (a sawtooth, a process that frees and re-takes): when no other
     # window shown can be sustained and the floor is level over the reported one, that fit is the flat floor's,
     # whose slope and confidence are 0 wherever its points sit. (When `profile` fits only the reported window,
     # the other windows do not matter, and that window is the same: it is at least `shown`.)
-    reported = [(h, a) for h, a in windows if h >= shown]
-    chosen = _report_choice([h for h, _ in reported], config)
-    if chosen is None:
-        return None
-    a = next(a for h, a in reported if h == chosen)
     if (
         config.min_rise_bytes > 0
         and _floor_level(view, a, config)
-        and all(h == chosen or _cannot_rise_in_every_part(view, w, config) for h, w in reported)
+        and all(h == chosen or _cannot_rise_in_every_part(view, w, config) for h, w in windows if h >= shown)
     ):
         return Rate(0.0, 0.0, view.now - a, len(view.since(a)), False)
     return profile(view, config, min_horizon=min_horizon).rate(config, shown)
