@@ -173,6 +173,11 @@ class Profile:
         return remaining is not None and remaining < room_bytes
 
 
+#: The profile of a series that cannot be growing, or is too short to tell (most series, most ticks): one shared
+#: value rather than a new one per call.
+NO_FITS = Profile(())
+
+
 def _report_choice(horizons: Sequence[float], report_seconds: float) -> float | None:
     """The horizon whose rate is shown when nothing grows: the longest not beyond `report_seconds`
     (`rate_report_seconds`)."""
@@ -245,21 +250,21 @@ def profile(
     if start is not None:
         view = view.since(start)
     if len(view) < 3:
-        return Profile(())
+        return NO_FITS
     if not report and view.tail_max(2) - view.min() < config.min_rise_bytes:
         # The test below over the whole view, before the windows are even listed: a still series (most of
         # them, every tick) cannot rise by `min_rise_bytes` in any window of it.
-        return Profile(())
+        return NO_FITS
     now = view.now
     windows = _windows(view, config, min_horizon)
     if not windows:
-        return Profile(())
+        return NO_FITS
     # Most series do not grow: when even the whole window cannot rise by `min_rise_bytes`, no horizon can be
     # sustained, and only the reported rate is computed (the floor never exceeds the newest samples). Both
     # figures come from the series' staircases: no scan of the window.
     if view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes:
         if not report:
-            return Profile(())
+            return NO_FITS
         chosen = _report_choice([h for h, _ in windows], config.rate_report_seconds)
         windows = tuple(w for w in windows if w[0] == chosen)
         h, a = windows[0]
@@ -273,7 +278,7 @@ def profile(
                 (_fit(h, now - a, len(t) - idx[0], [t[i] for i in idx], [flat.min()] * len(idx), config=config),)
             )
     if not report and all(_cannot_rise_in_every_part(view, a, config) for _, a in windows):
-        return Profile(())
+        return NO_FITS
     t, v = view.t, view.v
     grids = [(h, now - a, _grid(t, a, now, config)) for h, a in windows]
     floors = _suffix_floors(v, (i for _, _, idx in grids for i in idx), config)
