@@ -328,12 +328,13 @@ def _report_windows(
     if not windows:
         return windows, (0.0, 0.0), None
     every = _report_choice([h for h, _ in windows], report_seconds)
+    reported = next(w for w in windows if w[0] == every)
+    if every is not None and every >= shown:
+        # Also the choice among the windows from `shown` on (it is one of them, and no later one is within
+        # `report_seconds`, or none is and it is the first): always so when both horizons are the same.
+        return windows, reported, reported
     shown_choice = _report_choice([h for h, _ in windows if h >= shown], report_seconds)
-    return (
-        windows,
-        next(w for w in windows if w[0] == every),
-        next((w for w in windows if w[0] == shown_choice), None),
-    )
+    return windows, reported, next((w for w in windows if w[0] == shown_choice), None)
 
 
 def reported_rate(
