@@ -229,3 +229,43 @@ def test_one_read_takes_the_longest_stat_line_whole(tmp_path: Path) -> None:
     raw = _read_small(str(tmp_path / "stat"))
     assert raw == line.encode()
     assert len(_stat_fields(raw)) == 51
+
+
+def test_a_kept_stat_file_gives_way_when_its_process_is_gone() -> None:
+    """A process's stat file is kept open between calls; once the process is gone (reaped), the pid reads as gone."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    insp = PsutilInspector()
+    try:
+        first = insp.inspect(child.pid)
+        assert child.pid in insp._stat_fds
+        assert insp.inspect(child.pid).start_time == first.start_time
+    finally:
+        child.kill()
+        child.wait()
+    gone = insp.inspect(child.pid)
+    assert (gone.start_time, gone.status) == (None, "gone")
+    assert child.pid not in insp._stat_fds
+
+
+def test_stat_files_of_pids_that_left_the_gpus_are_closed() -> None:
+    """`forget_except` closes the stat files of pids no longer listed, and `close` all of them."""
+    insp = PsutilInspector()
+    insp.inspect(os.getpid())
+    insp.inspect(os.getppid())
+    insp.forget_except({os.getpid()})
+    assert list(insp._stat_fds) == [os.getpid()]
+    insp.close()
+    assert insp._stat_fds == {}
+    assert insp.inspect(os.getpid()).start_time is not None
+
+
+def test_beyond_the_cap_stat_files_are_read_by_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past `STAT_FDS` open stat files, further pids are read by path and give the same identity."""
+    from vramwatch import attribution
+
+    monkeypatch.setattr(attribution, "STAT_FDS", 1)
+    insp = PsutilInspector()
+    insp.inspect(os.getppid())
+    me = insp.inspect(os.getpid())
+    assert list(insp._stat_fds) == [os.getppid()]
+    assert me == PsutilInspector().inspect(os.getpid())

@@ -268,6 +268,45 @@ def test_shortcuts_on_moving_series_give_the_full_results(
 
 
 @settings(max_examples=150, deadline=None)
+@given(
+    parts=moves,
+    capacity=st.integers(60, 1500),
+    gap=st.floats(0.6, 1.4),
+    horizons=st.sampled_from([(15.0, 20.0), (0.0, 20.0), (20.0, 15.0), (240.0, 240.0), (0.0, 960.0), (30.0, 3600.0)]),
+)
+def test_reported_rate_from_other_horizons_is_the_profiles_rate(
+    parts: list[tuple[str, int, int, int]], capacity: int, gap: float, horizons: tuple[float, float]
+) -> None:
+    """`reported_rate(view, config, m, shown)` equals `profile(view, config, min_horizon=m).rate(config, shown)` to
+    the bit (the device's rate is profiled from 15 s and shown from 20 s)."""
+    s, now = _history_series(parts, capacity, gap)
+    m, shown = horizons
+    for since in (None, now - 200.0):
+        for w in (view(s), View(*s.arrays())):
+            window = w if since is None else w.since(since)
+            assert reported_rate(window, CONFIG, m, shown) == profile(window, CONFIG, min_horizon=m).rate(CONFIG, shown)
+
+
+@settings(max_examples=60, deadline=None)
+@given(parts=plateaus, gaps=st.floats(0.6, 1.4), rate_report=st.sampled_from([10.0, 15.0, 600.0]))
+def test_reported_rate_of_a_short_report_window_shown_from_longer_ones(
+    parts: list[tuple[int, int]], gaps: float, rate_report: float
+) -> None:
+    """When the window `profile` would report is shorter than the shown horizon, both give no rate (None)."""
+    config = DetectorConfig(rate_report_seconds=rate_report)
+    t, v = array("d"), array("d")
+    now, level = 0.0, 8.0 * GIB
+    for count, step in parts:
+        level = max(0.0, level + step)
+        for _ in range(count):
+            now += gaps
+            t.append(now)
+            v.append(level)
+    window = View(t, v)
+    assert reported_rate(window, config, 15.0, 20.0) == profile(window, config, min_horizon=15.0).rate(config, 20.0)
+
+
+@settings(max_examples=150, deadline=None)
 @given(parts=moves, capacity=st.integers(60, 1500), gap=st.floats(0.6, 1.4))
 def test_staircase_bounds_of_a_window_hold_for_its_fit(
     parts: list[tuple[str, int, int, int]], capacity: int, gap: float
@@ -310,3 +349,32 @@ def test_flat_seconds_of_a_held_series_is_the_bisections_answer(
     quick = flat_seconds(live, CONFIG, not_before=not_before)
     with mock.patch.object(View, "holds_since", return_value=False):
         assert flat_seconds(live, CONFIG, not_before=not_before) == quick
+
+
+@settings(max_examples=100, deadline=None)
+@given(parts=moves, capacity=st.integers(60, 1500), gap=st.floats(0.6, 1.4))
+def test_the_cards_context_is_the_full_profiles(
+    parts: list[tuple[str, int, int, int]], capacity: int, gap: float
+) -> None:
+    """A card's context (profiled without the reported rate) gives the forecast the same sustained and rising fits,
+    and the metrics the same rate, as the full profile of its memory."""
+    from builders import make_snapshot
+    from vramwatch.detectors.analysis import _context
+    from vramwatch.history import History
+
+    s, _ = _history_series(parts, capacity, gap)
+    history = History(window_seconds=capacity)
+    t, v = s.arrays()
+    for at, used in zip(t, v, strict=True):
+        history.add(make_snapshot(at, {}, gpu_used=int(used), total=1 << 50))
+    snap = history.latest
+    assert snap is not None
+    ctx = _context(history, snap, snap.gpus[0], CONFIG, ())
+    shortest = min(CONFIG.forecast_critical_min_horizon_seconds, CONFIG.forecast_min_horizon_seconds)
+    full = profile(ctx.used, CONFIG, min_horizon=shortest)
+    assert ctx.device_rate == full.rate(CONFIG, CONFIG.forecast_min_horizon_seconds)
+    share = CONFIG.forecast_max_subwindow_share
+    for h in (shortest, CONFIG.forecast_min_horizon_seconds):
+        assert ctx.device.best(h, CONFIG, max_share=share) == full.best(h, CONFIG, max_share=share)
+    room = 1 << 40
+    assert ctx.device.levels_off_within(room, CONFIG) == full.levels_off_within(room, CONFIG)

@@ -100,6 +100,27 @@ def test_series_staircases_answer_like_a_scan(values: list[int], capacity: int, 
 
 
 @settings(deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=300), st.integers(2, 60))
+def test_staircases_hold_exactly_the_points_no_later_point_reaches(values: list[int], capacity: int) -> None:
+    """After every append (a held value takes the newest point's place), each staircase holds exactly the live
+    points that every later point lies strictly above (below), and the carried run starts where a scan says."""
+    s = Series(capacity)
+    for i, v in enumerate(values):
+        s.append(float(i), float(v))
+        _t, vals, first, end = s.storage()
+        base = s.appended - end
+        live = range(first, end)
+        mins = [k for k in live if all(vals[k] < vals[j] for j in range(k + 1, end))]
+        maxs = [k for k in live if all(vals[k] > vals[j] for j in range(k + 1, end))]
+        assert [k - base for k in s._mins[s._mins_lo :]] == mins
+        assert [k - base for k in s._maxs[s._maxs_lo :]] == maxs
+        run = end - 1
+        while run > 0 and vals[run - 1] == vals[end - 1]:
+            run -= 1
+        assert max(s.run_start(), 0) == run
+
+
+@settings(deadline=None)
 @given(st.lists(st.integers(0, 50), min_size=3, max_size=200), st.integers(3, 60), st.data())
 def test_view_of_a_series_answers_like_a_view_of_its_copy(
     values: list[int], capacity: int, data: st.DataObject

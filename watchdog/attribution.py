@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,11 @@ from typing import TypeVar
 import psutil
 
 from .model import ProcessExit, ProcessMeta
+
+#: At most this many `/proc/<pid>/stat` files are kept open between ticks (one per process on a GPU, read again
+#: with `pread`); processes beyond it are read by path, so a box with thousands of GPU processes never runs the
+#: daemon out of file descriptors.
+STAT_FDS = 256
 
 #: Inode of the initial pid namespace (PROC_PID_INIT_INO in the kernel): a daemon whose own pid
 #: namespace has another inode runs in a container that does not share the host's pids, and NVML's host pids
@@ -104,6 +110,12 @@ class PsutilInspector:
         self._host_pids = host_pids
         # pid -> (what is known, its start time in clock ticks since boot: the identity, as /proc/<pid>/stat says)
         self._cache: dict[int, tuple[ProcessMeta, int]] = {}
+        # pid -> an open /proc/<pid>/stat: each tick reads it again with one pread(2) instead of open, read and
+        # close (half the cost). The descriptor belongs to that process, not to the pid: once the process is gone
+        # (and its pid perhaps another's) it answers ESRCH, and the pid's file is opened afresh by path.
+        self._stat_fds: dict[int, int] = {}
+        # Plain descriptors, not file objects: nothing else would close them when the inspector goes.
+        weakref.finalize(self, _close_all, self._stat_fds)
 
     def pid_namespace_matches(self) -> bool:
         if self._host_pids is None:
@@ -122,7 +134,7 @@ class PsutilInspector:
         """
         state, ppid, ticks = "", None, None
         try:
-            fields = _stat_fields(_read_small(f"{self._proc}/{pid}/stat"))
+            fields = _stat_fields(self._read_stat(pid))
             state, ppid, ticks = fields[0].decode(), int(fields[1]), int(fields[19])
         except (FileNotFoundError, ProcessLookupError):
             self._cache.pop(pid, None)
@@ -169,9 +181,42 @@ class PsutilInspector:
         return ProcessExit(pid, start_time, None if signal else (status >> 8) & 0xFF, signal or None)
 
     def forget_except(self, live: set[int]) -> None:
-        """Drop cached identities of pids no longer on any GPU, so the cache stays as small as the GPU list."""
+        """Drop cached identities (and close the stat files) of pids no longer on any GPU, so the cache stays as
+        small as the GPU list."""
         for pid in [p for p in self._cache if p not in live]:
             del self._cache[pid]
+        for pid in [p for p in self._stat_fds if p not in live]:
+            self._close_stat(pid)
+
+    def close(self) -> None:
+        """Close the stat files kept open; later reads open them again."""
+        _close_all(self._stat_fds)
+
+    def _read_stat(self, pid: int) -> bytes:
+        """The content of `/proc/<pid>/stat` as a fresh open would read it: from the descriptor kept for the pid
+        while its process lives, else by path (keeping that descriptor, up to `STAT_FDS`)."""
+        fd = self._stat_fds.get(pid)
+        if fd is not None:
+            try:
+                return os.pread(fd, 4096, 0)
+            except OSError:  # ESRCH: that process is gone; the pid may be another's now, or nobody's
+                self._close_stat(pid)
+        path = f"{self._proc}/{pid}/stat"
+        if len(self._stat_fds) >= STAT_FDS:
+            return _read_small(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            raw = os.pread(fd, 4096, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._stat_fds[pid] = fd
+        return raw
+
+    def _close_stat(self, pid: int) -> None:
+        fd = self._stat_fds.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
 
     def _lookup(self, proc: psutil.Process, pid: int, start: float) -> ProcessMeta:
         cmdline = _safe(proc.cmdline)
@@ -240,6 +285,11 @@ _STATUS = {
     "X": psutil.STATUS_DEAD, "x": psutil.STATUS_DEAD, "K": "wake-kill", "W": psutil.STATUS_WAKING,
     "I": psutil.STATUS_IDLE, "P": psutil.STATUS_PARKED,
 }  # fmt: skip
+
+
+def _close_all(fds: dict[int, int]) -> None:
+    while fds:
+        os.close(fds.popitem()[1])
 
 
 def _read_small(path: str) -> bytes:

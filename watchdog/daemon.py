@@ -435,6 +435,9 @@ class Daemon:
         the steps of a process whose agent the listener expired (gone quiet) are dropped with it. The first
         time `snap` shows a process, its trainer's schedule is read, as `run` and `probe` read it: a run that
         ends at its `--max_train_steps` is not said to run out after it."""
+        with self._agent_lock:
+            if not self._agent_steps:
+                return {}  # no agent counts steps (most daemons, every tick): nothing to figure or to drop
         now = self.clock.monotonic()
         live = set(self.agents.pids()) if self.agents is not None else None
         metas = {p.pid: p.meta for p in snap.processes} if snap is not None else {}
@@ -534,7 +537,7 @@ class Daemon:
             oom_eta={k: v[0] for k, v in analysis.oom_eta.items()} if analysis else {},
             active=tuple(p.tracker.active()) if p else (),
             findings_raised=dict(self._findings_raised),
-            verdicts=dict(analysis.verdicts) if analysis else {},
+            verdicts=analysis.verdicts if analysis else {},  # read-only already (the frozen Analysis's proxy)
             notifications=dict(self.dispatcher.notification_counts()),
             steps=self._step_figures(shown),
         )

@@ -91,15 +91,19 @@ class Series:
     def append(self, t: float, value: float) -> None:
         v = self._v
         mins, maxs = self._mins, self._maxs
-        base = self._base
-        while len(mins) > self._mins_lo and v[mins[-1] - base] >= value:
-            mins.pop()
-        while len(maxs) > self._maxs_lo and v[maxs[-1] - base] <= value:
-            maxs.pop()
-        if not v or v[-1] != value:
+        if v and v[-1] == value:
+            # The value held (most series, most ticks): the newest point ends both staircases, and every other
+            # step of them is strictly below (above) it, so the new point only takes its place there.
+            mins[-1] = maxs[-1] = self.appended
+        else:
+            base = self._base
+            while len(mins) > self._mins_lo and v[mins[-1] - base] >= value:
+                mins.pop()
+            while len(maxs) > self._maxs_lo and v[maxs[-1] - base] <= value:
+                maxs.pop()
             self._run = self.appended
-        mins.append(self.appended)
-        maxs.append(self.appended)
+            mins.append(self.appended)
+            maxs.append(self.appended)
         self._t.append(t)
         v.append(value)
         self.appended += 1

@@ -121,7 +121,9 @@ class Sampler:
             reading = replace(reading, torch=self.torch_source())
         snap = snapshot_from_reading(reading, self.inspector, t=started, wall=self.clock.wall(), visible=self.visible)
         if self.visible and not snap.exits:
-            snap = replace(snap, exits=self._exits(snap))
+            exits = self._exits(snap)
+            if exits:  # a process left, and the system says how (rare): only then a new snapshot
+                snap = replace(snap, exits=exits)
         for g in snap.gpus:
             if not g.up:
                 self.stats.count_error("gpu_lost")

@@ -56,7 +56,8 @@ class GpuContext:
     process_growth: Mapping[ProcessKey, Rate]
     #: The process trees on this GPU, in the order their first process appears.
     trees: Mapping[ProcessKey, Tree]
-    #: The device's growth profile down to the forecast's shortest horizon, and its rate (None: not measurable).
+    #: The device's growth profile down to the forecast's shortest horizon (no fits at all when it provably
+    #: cannot be growing: only its sustained and rising fits are read), and its rate (None: not measurable).
     device: Profile
     device_rate: Rate | None
     #: Processes last seen on this GPU before this tick, with their tracks (probable OOM reads them).

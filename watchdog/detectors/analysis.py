@@ -90,21 +90,27 @@ def _context(
     # Per process: the growth rate the metrics show, from the last `rate_report_seconds` only (the leak claim
     # reads the tree's whole window).
     process_growth: dict[ProcessKey, Rate] = {}
-    for p in processes:
-        track = history.processes.get((p.key, gpu.uuid))
-        if track is None:
-            continue
-        recent = view(track.series).since(now - config.rate_report_seconds * 1.001)
-        rate = reported_rate(recent, config)
-        if rate is not None:
-            process_growth[p.key] = rate
     members: dict[ProcessKey, list[ProcessSample]] = {}
+    tracks, uuid = history.processes, gpu.uuid
+    since = now - config.rate_report_seconds * 1.001
     for p in processes:
         members.setdefault(p.tree_key, []).append(p)
-    trees = {key: Tree(key, tuple(ps), sum(p.used_bytes or 0 for p in ps)) for key, ps in members.items()}
-    # The device: its profile down to the forecast's shortest horizon, and the rate the metrics show.
+        track = tracks.get((p.key, uuid))
+        if track is None:
+            continue
+        rate = reported_rate(view(track.series).since(since), config)
+        if rate is not None:
+            process_growth[p.key] = rate
+    trees = {key: Tree(key, tuple(ps), sum([p.used_bytes or 0 for p in ps])) for key, ps in members.items()}
+    # The device: its profile down to the forecast's shortest horizon, and the rate the metrics show. Only the
+    # forecast reads the profile, and only its sustained and rising fits: a card that cannot be growing (most
+    # ticks) gets none, and its rate, the reported window's, comes from the series' staircases.
     shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
-    device = profile(used, config, min_horizon=shortest)
+    device = profile(used, config, min_horizon=shortest, report=False)
+    if device.fits:
+        device_rate = device.rate(config, config.forecast_min_horizon_seconds)
+    else:
+        device_rate = reported_rate(used, config, shortest, config.forecast_min_horizon_seconds)
     return GpuContext(
         gpu=gpu,
         now=now,
@@ -120,7 +126,7 @@ def _context(
         process_growth=MappingProxyType(process_growth),
         trees=MappingProxyType(trees),
         device=device,
-        device_rate=device.rate(config, config.forecast_min_horizon_seconds),
+        device_rate=device_rate,
         departed=departed,
     )
 

@@ -82,11 +82,7 @@ def detect_contention(ctx: GpuContext, config: ContentionConfig) -> list[Finding
     history = ctx.history
     if not ctx.visible or ctx.free_bytes is None:
         return []
-    trees: dict[ProcessKey, _Tree] = {}
-    for p in ctx.processes:
-        tree = trees.get(p.tree_key)
-        held = (p.used_bytes or 0) + (tree.held if tree else 0)
-        trees[p.tree_key] = _Tree(p.tree_key, held, p.meta, (tree.members if tree else 0) + 1)
+    trees: dict[ProcessKey, _Tree] | None = None
     findings: list[Finding] = []
     for p in ctx.processes:
         if p.used_bytes is None or p.used_bytes < config.contention_min_bytes:
@@ -94,14 +90,31 @@ def detect_contention(ctx: GpuContext, config: ContentionConfig) -> list[Finding
         track = history.processes.get((p.key, ctx.uuid))
         if track is None:
             continue
-        seen = _Seen(p, p.used_bytes, ctx.free_bytes, track.first_seen, trees)
         series = view(track.series)
+        # Both rules judge a newcomer on its arrival: a process that came in long ago (nearly all of them, every
+        # tick) is told by a lookup or two, before the card's trees are even listed.
+        entrance = _arriving(track.first_seen, series, ctx, config)
+        if entrance is None:
+            continue
+        if trees is None:
+            trees = _trees(ctx.processes)
+        seen = _Seen(p, p.used_bytes, ctx.free_bytes, track.first_seen, entrance, trees)
         found = _took_the_room(seen, series, history, ctx, config)
         if found is None:
-            found = _another_user(seen, series, history, ctx, config)
+            found = _another_user(seen, history, ctx, config)
         if found is not None:
             findings.append(found)
     return findings
+
+
+def _trees(processes: tuple[ProcessSample, ...]) -> dict[ProcessKey, _Tree]:
+    """The process trees on the card, in the order their first process appears."""
+    trees: dict[ProcessKey, _Tree] = {}
+    for p in processes:
+        tree = trees.get(p.tree_key)
+        held = (p.used_bytes or 0) + (tree.held if tree else 0)
+        trees[p.tree_key] = _Tree(p.tree_key, held, p.meta, (tree.members if tree else 0) + 1)
+    return trees
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +129,13 @@ class _Tree:
 
 @dataclass(frozen=True, slots=True)
 class _Seen:
-    """A candidate newcomer at this tick, with the GPU's free memory and the trees on it."""
+    """A newcomer at this tick, with when it came in, the GPU's free memory and the trees on it."""
 
     p: ProcessSample
     used: int
     free: int
     first_seen: float
+    entrance: float  # when it came in (`_arriving`)
     trees: dict[ProcessKey, _Tree]
 
 
@@ -138,9 +152,7 @@ def _took_the_room(
     seen: _Seen, series: View, history: History, ctx: GpuContext, config: ContentionConfig
 ) -> Finding | None:
     """On its arrival, it left a moving run less room than that run needs, or took most of a young run's."""
-    entrance = _arriving(seen, series, ctx, config)
-    if entrance is None:
-        return None
+    entrance = seen.entrance
     # What trees that came in after it took is theirs: count it as free, as it was when this one arrived.
     later = sum(
         tree.held
@@ -174,16 +186,12 @@ def _took_the_room(
     return None
 
 
-def _another_user(
-    seen: _Seen, series: View, history: History, ctx: GpuContext, config: ContentionConfig
-) -> Finding | None:
+def _another_user(seen: _Seen, history: History, ctx: GpuContext, config: ContentionConfig) -> Finding | None:
     """Another user's process arrived where a moving or young run was working (opt-in)."""
     p = seen.p
     if not config.contention_other_user or p.meta.user is None:
         return None
-    entrance = _arriving(seen, series, ctx, config)
-    if entrance is None:
-        return None
+    entrance = seen.entrance
     before = seen.free + seen.used
     strangers = [
         inc
@@ -199,7 +207,7 @@ def _another_user(
     return _finding(seen, ctx, strangers[0], message=message, before=before, arrival=seen.first_seen, critical=False)
 
 
-def _arriving(seen: _Seen, series: View, ctx: GpuContext, config: ContentionConfig) -> float | None:
+def _arriving(first_seen: float, series: View, ctx: GpuContext, config: ContentionConfig) -> float | None:
     """When the newcomer came in (first held more than a bare CUDA context, `contention_incumbent_min_bytes`),
     if that was within `contention_arrival_seconds` and vramwatch watched the card before it came; else None.
 
@@ -207,20 +215,20 @@ def _arriving(seen: _Seen, series: View, ctx: GpuContext, config: ContentionConf
     and what others take later is theirs. Runs on every process at every tick, so it looks only at the
     arrival window; a process that came in long ago is told by a lookup or two, without a scan of its past.
     """
-    if not len(ctx.used) or ctx.used.first >= seen.first_seen:
+    if not len(ctx.used) or ctx.used.first >= first_seen:
         return None  # no "before": vramwatch was not watching yet
     cut = ctx.now - config.contention_arrival_seconds
     least = config.contention_incumbent_min_bytes
-    if series.since(seen.first_seen).max() < least:
-        return seen.first_seen if seen.first_seen >= cut else None  # never held more than a bare context
-    past = series.between(seen.first_seen, cut)
+    if series.since(first_seen).max() < least:
+        return first_seen if first_seen >= cut else None  # never held more than a bare context
+    past = series.between(first_seen, cut)
     # Its last point before the window is usually enough to tell (a long-running process): no scan of its past.
     if len(past) and (past.last_value >= least or past.max() >= least):
         return None  # it came in before the window
     recent = series.since(cut)
     entrance = next(
         (t for t, v in zip(recent.t, recent.v, strict=True) if v >= least),
-        seen.first_seen,
+        first_seen,
     )
     return entrance if entrance >= cut else None
 

@@ -36,7 +36,7 @@ from ._series import view
 from ._settings import fraction, non_negative, setting, validate
 from .base import Detector, Forecast, Observation
 from .config import DetectorConfig
-from .growth import Profile, Rate, profile, retakes_without_rising
+from .growth import Fit, Profile, Rate, profile, retakes_without_rising
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,9 @@ class ForecastConfig:
 def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
     """The GPU's time to OOM while it grows sustainably, and an `oom_forecast` finding when that is soon."""
     config, history = ctx.config, ctx.history
+    if _steepest(ctx.device, config) is None:
+        # The card does not rise steadily (most ticks): nothing to forecast, so no culprit and no warm-up to judge.
+        return
     warming = any(_warming(history.trees.get((key, ctx.uuid)), ctx.now, own, config) for key in ctx.trees)
     culprits = _sustained_growers(ctx) if ctx.visible and ctx.trees else None
     if culprits == []:
@@ -90,8 +93,7 @@ def detect_oom_forecast(
     The sustained-rise test is the shared one (`ctx.config`); the thresholds are this detector's (`own`).
     """
     config = ctx.config
-    shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
-    best = device.best(shortest, config, max_share=config.forecast_max_subwindow_share)
+    best = _steepest(device, config)
     if best is None or ctx.free_bytes is None:
         return None, None
     if device.levels_off_within(ctx.free_bytes - config.oom_margin_bytes, config):
@@ -151,6 +153,13 @@ def detect_oom_forecast(
     return forecast, finding
 
 
+def _steepest(device: Profile, config: DetectorConfig) -> Fit | None:
+    """The device's steepest fit sustained by the forecast's own test (a warm-up step allowed), from its shortest
+    horizon on: what a forecast is made of (None: the card does not rise steadily, nothing to forecast)."""
+    shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
+    return device.best(shortest, config, max_share=config.forecast_max_subwindow_share)
+
+
 def _sustained_growers(ctx: GpuContext) -> list[Tree] | None:
     """The trees whose own memory rises steadily over the device forecast's horizons, fastest first; None when
     the device itself does not rise steadily (nothing to forecast: the per-tree fits are not spent).
@@ -160,7 +169,7 @@ def _sustained_growers(ctx: GpuContext) -> list[Tree] | None:
     """
     config = ctx.config
     shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
-    if ctx.device.best(shortest, config, max_share=config.forecast_max_subwindow_share) is None:
+    if _steepest(ctx.device, config) is None:
         return None
     found: list[tuple[float, Tree]] = []
     for tree in ctx.trees.values():

@@ -151,7 +151,8 @@ class Profile:
         best = self.best(min_horizon, config)
         if best is not None:
             return best.rate(config)
-        chosen = _report_choice([f.horizon_seconds for f in self.fits if f.horizon_seconds >= min_horizon], config)
+        horizons = [f.horizon_seconds for f in self.fits if f.horizon_seconds >= min_horizon]
+        chosen = _report_choice(horizons, config.rate_report_seconds)
         return next((f.rate() for f in self.fits if f.horizon_seconds == chosen), None)
 
     def restrict(self, min_horizon: float) -> Profile:
@@ -172,11 +173,17 @@ class Profile:
         return remaining is not None and remaining < room_bytes
 
 
-def _report_choice(horizons: Sequence[float], config: DetectorConfig) -> float | None:
-    """The horizon whose rate is shown when nothing grows: the longest not beyond `rate_report_seconds`."""
+#: The profile of a series that cannot be growing, or is too short to tell (most series, most ticks): one shared
+#: value rather than a new one per call.
+NO_FITS = Profile(())
+
+
+def _report_choice(horizons: Sequence[float], report_seconds: float) -> float | None:
+    """The horizon whose rate is shown when nothing grows: the longest not beyond `report_seconds`
+    (`rate_report_seconds`)."""
     if not horizons:
         return None
-    within = [h for h in horizons if h <= config.rate_report_seconds]
+    within = [h for h in horizons if h <= report_seconds]
     return within[-1] if within else horizons[0]
 
 
@@ -243,22 +250,22 @@ def profile(
     if start is not None:
         view = view.since(start)
     if len(view) < 3:
-        return Profile(())
+        return NO_FITS
     if not report and view.tail_max(2) - view.min() < config.min_rise_bytes:
         # The test below over the whole view, before the windows are even listed: a still series (most of
         # them, every tick) cannot rise by `min_rise_bytes` in any window of it.
-        return Profile(())
+        return NO_FITS
     now = view.now
     windows = _windows(view, config, min_horizon)
     if not windows:
-        return Profile(())
+        return NO_FITS
     # Most series do not grow: when even the whole window cannot rise by `min_rise_bytes`, no horizon can be
     # sustained, and only the reported rate is computed (the floor never exceeds the newest samples). Both
     # figures come from the series' staircases: no scan of the window.
     if view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes:
         if not report:
-            return Profile(())
-        chosen = _report_choice([h for h, _ in windows], config)
+            return NO_FITS
+        chosen = _report_choice([h for h, _ in windows], config.rate_report_seconds)
         windows = tuple(w for w in windows if w[0] == chosen)
         h, a = windows[0]
         flat = view.since(a)
@@ -271,7 +278,7 @@ def profile(
                 (_fit(h, now - a, len(t) - idx[0], [t[i] for i in idx], [flat.min()] * len(idx), config=config),)
             )
     if not report and all(_cannot_rise_in_every_part(view, a, config) for _, a in windows):
-        return Profile(())
+        return NO_FITS
     t, v = view.t, view.v
     grids = [(h, now - a, _grid(t, a, now, config)) for h, a in windows]
     floors = _suffix_floors(v, (i for _, _, idx in grids for i in idx), config)
@@ -308,41 +315,76 @@ def _windows_between(
     return tuple(windows)
 
 
-def reported_rate(view: View, config: DetectorConfig) -> Rate | None:
-    """The rate the metrics show for a series: `profile(view, config).rate(config)`, the same figure to the
-    bit, without building a fit when the reported window held one value (most processes, most ticks, every
-    tick: the metrics ask for every process's rate). Such a fit's slope is 0 and its confidence 0: no part rose."""
+@lru_cache(maxsize=256)
+def _report_windows(
+    span: tuple[float, float], min_horizon: float, shown: float, settings: tuple[tuple[float, ...], float, float]
+) -> tuple[tuple[tuple[float, float], ...], tuple[float, float], tuple[float, float] | None]:
+    """For `reported_rate`: the windows of a view whose oldest and newest times are `span` from `min_horizon` on,
+    the one `profile` reports among them all ((horizon, start); unset when there are none), and the one
+    `Profile.rate` shows from `shown` on (None when none is that long). `settings`: the horizons, the coverage and
+    `rate_report_seconds`. Cached like the windows: one tick asks the same for every process."""
+    (first, now), (horizons, coverage, report_seconds) = span, settings
+    windows = _windows_between(now, first, min_horizon, horizons, coverage)
+    if not windows:
+        return windows, (0.0, 0.0), None
+    every = _report_choice([h for h, _ in windows], report_seconds)
+    reported = next(w for w in windows if w[0] == every)
+    if every is not None and every >= shown:
+        # Also the choice among the windows from `shown` on (it is one of them, and no later one is within
+        # `report_seconds`, or none is and it is the first): always so when both horizons are the same.
+        return windows, reported, reported
+    shown_choice = _report_choice([h for h, _ in windows if h >= shown], report_seconds)
+    return windows, reported, next((w for w in windows if w[0] == shown_choice), None)
+
+
+def reported_rate(
+    view: View, config: DetectorConfig, min_horizon: float = 0.0, shown_from: float | None = None
+) -> Rate | None:
+    """The rate the metrics show for a series: `profile(view, config, min_horizon=min_horizon).rate(config,
+    shown_from)` (`shown_from` defaults to `min_horizon`), the same figure to the bit, without building a fit
+    when the reported window held one value (most processes, most ticks, every tick: the metrics ask for every
+    process's rate) or when its floor is provably level while no other window can be sustained (a sawtooth, a
+    card whose processes free and re-take). Such a fit's slope is 0 and its confidence 0: no part rose.
+
+    The device's rate is profiled from the forecast's shortest horizon and shown from its warning one, hence
+    the two horizons."""
+    shown = min_horizon if shown_from is None else shown_from
     if len(view) < 3:
         return None
-    windows = _windows(view, config, 0.0)
+    windows, every, reported = _report_windows(
+        (view.first, view.now),
+        min_horizon,
+        shown,
+        (config.horizons_seconds, config.min_coverage, config.rate_report_seconds),
+    )
     if not windows:
         return None
-    if config.min_rise_bytes > 0 and view.min() == view.max():
-        # The whole view held one value, so every window did (the test below, met by each): the same Rate, from
-        # two staircase lookups instead of four and two views.
-        chosen = _report_choice([h for h, _ in windows], config)
-        a = next(a for h, a in windows if h == chosen)
+    # When even the whole window cannot rise by `min_rise_bytes`, `profile` fits only the window it would
+    # report among all of its horizons (`every`): none at all when that one is shorter than `shown`.
+    still = view.min() == view.max()  # the whole view held one value (most series): two lookups, not four
+    if config.min_rise_bytes > 0 and (
+        still or view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes
+    ):
+        h, a = every
+        if h < shown:
+            return None
         flat = view.since(a)
-        if len(flat) >= 2:
+        if len(flat) >= 2 and (still or flat.min() == flat.max()):
             return Rate(0.0, 0.0, view.now - a, len(flat), False)
-    if view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes:
-        chosen = _report_choice([h for h, _ in windows], config)
-        a = next(a for h, a in windows if h == chosen)
-        flat = view.since(a)
-        if len(flat) >= 2 and flat.min() == flat.max():
-            return Rate(0.0, 0.0, view.now - a, len(flat), False)
+    if reported is None:
+        return None
+    chosen, a = reported
     # A series that moves without growing (a sawtooth, a process that frees and re-takes): when no other
-    # window can be sustained and the floor is level over the reported one, that fit is the flat floor's,
-    # whose slope and confidence are 0 wherever its points sit.
-    chosen = _report_choice([h for h, _ in windows], config)
-    a = next(a for h, a in windows if h == chosen)
+    # window shown can be sustained and the floor is level over the reported one, that fit is the flat floor's,
+    # whose slope and confidence are 0 wherever its points sit. (When `profile` fits only the reported window,
+    # the other windows do not matter, and that window is the same: it is at least `shown`.)
     if (
         config.min_rise_bytes > 0
         and _floor_level(view, a, config)
-        and all(h == chosen or _cannot_rise_in_every_part(view, w, config) for h, w in windows)
+        and all(h == chosen or _cannot_rise_in_every_part(view, w, config) for h, w in windows if h >= shown)
     ):
         return Rate(0.0, 0.0, view.now - a, len(view.since(a)), False)
-    return profile(view, config).rate(config)
+    return profile(view, config, min_horizon=min_horizon).rate(config, shown)
 
 
 def _kept(value: float, before: float | None, after: float | None, outlier_fraction: float) -> bool:

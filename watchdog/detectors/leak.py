@@ -60,7 +60,7 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
         series = view(track.series)
         cutoff = track.first_seen + config.warmup_seconds
         grown = profile(series, config, start=cutoff, min_horizon=own.growth_min_horizon_seconds, report=False)
-        best = grown.best(own.growth_min_horizon_seconds)
+        best = grown.best(own.growth_min_horizon_seconds) if grown.fits else None  # most trees: none to rank
         meta = tree.members[0].meta
         members = len(tree.members)
         if best is not None and not _levels_off(grown, ctx):

@@ -7,7 +7,9 @@ how much headroom the card has: the number a person tuning batch size wants.
 
 from __future__ import annotations
 
-from ..model import ProcessKey, ProcessMeta
+from functools import lru_cache
+
+from ..model import GpuSample, ProcessKey, ProcessMeta
 from . import _format as fmt
 from ._context import GpuContext
 from ._series import View
@@ -74,6 +76,15 @@ def verdict(
         return None
     return (
         f"{fmt.process_label(meta, key, tree=True, members=members)} stable at {fmt.gib(held_bytes)} GiB for "
-        f"{fmt.duration(flat)}; {fmt.gpu_label(ctx.gpu)} at {fmt.gib(ctx.used_bytes)} of "
-        f"{fmt.gib(ctx.total_bytes)} GiB, {fmt.gib(ctx.free_bytes)} GiB headroom"
+        f"{fmt.duration(flat)}; {_card(ctx.gpu, ctx.used_bytes, ctx.total_bytes, ctx.free_bytes)}"
+    )
+
+
+@lru_cache(maxsize=64)
+def _card(gpu: GpuSample, used_bytes: int | None, total_bytes: int | None, free_bytes: int | None) -> str:
+    """ "GPU 0 at 21.3 of 24.0 GiB, 2.7 GiB headroom": the same for every tree on a card at a tick, so formatted
+    once per card and tick rather than once per tree (keyed on the figures it shows)."""
+    return (
+        f"{fmt.gpu_label(gpu)} at {fmt.gib(used_bytes)} of {fmt.gib(total_bytes)} GiB, "
+        f"{fmt.gib(free_bytes)} GiB headroom"
     )
