@@ -191,11 +191,8 @@ plateaus = st.lists(
 )
 
 
-@settings(max_examples=80, deadline=None)
-@given(parts=plateaus, gaps=st.floats(0.6, 1.4))
-def test_reported_rate_is_the_profiles_rate_to_the_bit(parts: list[tuple[int, int]], gaps: float) -> None:
-    """`reported_rate` (the metrics' per-process rate, with its flat shortcut) equals `profile(...).rate(...)`
-    exactly, flat windows and moving ones alike."""
+def _plateaus_view(parts: list[tuple[int, int]], gaps: float) -> tuple[View, float]:
+    """A series of `parts` (points, then a step of the level) sampled every `gaps` s, from 8 GiB; and its end."""
     t, v = array("d"), array("d")
     now, level = 0.0, 8.0 * GIB
     for count, step in parts:
@@ -204,7 +201,15 @@ def test_reported_rate_is_the_profiles_rate_to_the_bit(parts: list[tuple[int, in
             now += gaps
             t.append(now)
             v.append(level)
-    view = View(t, v)
+    return View(t, v), now
+
+
+@settings(max_examples=80, deadline=None)
+@given(parts=plateaus, gaps=st.floats(0.6, 1.4))
+def test_reported_rate_is_the_profiles_rate_to_the_bit(parts: list[tuple[int, int]], gaps: float) -> None:
+    """`reported_rate` (the metrics' per-process rate, with its flat shortcut) equals `profile(...).rate(...)`
+    exactly, flat windows and moving ones alike."""
+    view, now = _plateaus_view(parts, gaps)
     for since in (0.0, now - CONFIG.rate_report_seconds * 1.001):
         window = view.since(since)
         assert reported_rate(window, CONFIG) == profile(window, CONFIG).rate(CONFIG)
@@ -294,15 +299,7 @@ def test_reported_rate_of_a_short_report_window_shown_from_longer_ones(
 ) -> None:
     """When the window `profile` would report is shorter than the shown horizon, both give no rate (None)."""
     config = DetectorConfig(rate_report_seconds=rate_report)
-    t, v = array("d"), array("d")
-    now, level = 0.0, 8.0 * GIB
-    for count, step in parts:
-        level = max(0.0, level + step)
-        for _ in range(count):
-            now += gaps
-            t.append(now)
-            v.append(level)
-    window = View(t, v)
+    window, _ = _plateaus_view(parts, gaps)
     assert reported_rate(window, config, 15.0, 20.0) == profile(window, config, min_horizon=15.0).rate(config, 20.0)
 
 
