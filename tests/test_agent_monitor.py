@@ -704,3 +704,20 @@ def test_a_leak_in_a_loop_without_optimizer_steps_is_judged_by_its_samples() -> 
     assert "a leak" in out.getvalue()
     growth = [e for e in map(json.loads, events.getvalue().splitlines()) if e["event"] == "growth"]
     assert [g["source"] for g in growth] == ["samples"]
+
+
+def test_a_short_run_s_first_buckets_are_no_leak() -> None:
+    """Steps whose kept memory rises over their first 17 buckets (each new shape's caches) and then holds: a
+    30-step run is not called a leak, though its profile may still read the ramp as growth."""
+    from vramwatch.model import StepRecord
+
+    monitor, out, events, _ = make(MonitorConfig(forecast_every_seconds=0.0))
+    records = []
+    for k in range(1, 31):
+        kept = 4 * GIB + min(k, 17) * 16 * MIB
+        records.append(StepRecord(7, 0, k, k, float(k), 0.5, kept + 4 * GIB, kept + 5 * GIB, kept, kept + GIB))
+    for i in range(0, 30, 5):
+        monitor.on_report(AgentReport("steps", 7, 0, float(i), steps=tuple(records[i : i + 5])))
+        monitor.on_report(stats_report(float(i), 4 * GIB + min(i + 5, 17) * 16 * MIB, 12 * GIB, free=60 * GIB))
+    assert "leak" not in out.getvalue()
+    assert "growth" not in event_kinds(events)

@@ -86,6 +86,10 @@ class MonitorConfig:
     save_lead_steps: int = 12
     # A forecast said is said again when its failing step comes this share of the remaining steps closer.
     repeat_closer_share: float = 0.10
+    # A process that reports steps is called a leak from its steps only once this many are measured: the step
+    # profile skips its first fifth as warm-up, and a run's first buckets (each new shape's caches) can still
+    # rise past a short run's warm-up; by then they have passed (the forecast reads the growth from the start).
+    leak_min_steps: int = 100
     max_step_records: int = MAX_RECORDS  # per process and device (`StepHistory`: phases kept, old steps merged)
     recent_step_records: int = RECENT_RECORDS
 
@@ -326,8 +330,9 @@ class RunMonitor:
         samples' short window that reads as a rise in every part, a false leak on a healthy run (seen on the H200:
         "grew 307.6 MiB in 11 s" on a run that then ended normally). The profile says growth where memory stays
         behind from step to step, and it is a leak once that adds up to `growth.min_rise_bytes` over the steps
-        measured. A process that has reported no step (none counted, a loop without `torch.optim`, or not yet) is
-        judged by the floor of its samples (`classify_growth`)."""
+        measured, and `leak_min_steps` are (a short run's first buckets are not a leak). A process that has
+        reported no step (none counted, a loop without `torch.optim`, or not yet) is judged by the floor of its
+        samples (`classify_growth`)."""
         steps = self._steps.get((pid, device))
         if steps is not None:
             fc = steps.forecast
@@ -335,6 +340,8 @@ class RunMonitor:
                 return None
             prof = fc.prof
             grown = prof.growth_bytes_per_step * prof.step
+            if prof.step < self.config.leak_min_steps:
+                return None
             if prof.growth_bytes_per_step <= 0 or grown < self.config.growth.min_rise_bytes:
                 return None
             return f"grows {size(prof.growth_bytes_per_step)} a step (at step {prof.step:,})", "steps"
