@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import pytest
 from vramwatch.agenthost.link import AgentDevice, AgentReport, OomEvent
-from vramwatch.agenthost.monitor import MonitorConfig, RunMonitor, format_oom
+from vramwatch.agenthost.monitor import AdviseVerdict, MonitorConfig, RunMonitor, format_oom
 from vramwatch.model import TorchStats
+from vramwatch.steps import Schedule
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -183,19 +185,23 @@ def step_report(t: float, first: int, last: int, peak: int, *, pid: int = 7) -> 
     return AgentReport("steps", pid, 0, t, steps=records)
 
 
+def scheduled(
+    schedule: Schedule, advise: AdviseVerdict | None = None, **config: Any
+) -> tuple[RunMonitor, io.StringIO, io.StringIO, Recorder]:
+    """A monitor forecasting against `schedule` at every report (`forecast_every_seconds` 0 unless given), with
+    its output, its events and the pressure notices it sends."""
+    out, events, pressure = io.StringIO(), io.StringIO(), Recorder()
+    config = {"forecast_every_seconds": 0.0, **config}
+    monitor = RunMonitor(
+        out=out, events=events, send_pressure=pressure, schedule=schedule, advise=advise, config=MonitorConfig(**config)
+    )
+    return monitor, out, events, pressure
+
+
 def test_step_forecast_warns_once_ahead_of_a_sampling_phase_that_will_not_fit():
     """Steps fit, the sampling measured after step 100 does not fit again: said once, critical as it is next."""
-    from vramwatch.steps import Schedule
-
-    out, events = io.StringIO(), io.StringIO()
-    pressure = Recorder()
-    monitor = RunMonitor(
-        out=out,
-        events=events,
-        send_pressure=pressure,
-        schedule=Schedule(max_steps=1000, sample_every=100),
-        advise=lambda verdict: ["try: smaller samples"],
-        config=MonitorConfig(forecast_every_seconds=0.0),
+    monitor, out, events, pressure = scheduled(
+        Schedule(max_steps=1000, sample_every=100), advise=lambda verdict: ["try: smaller samples"]
     )
     # 20 GiB usable (reserved + free); the first sampling peaked at 19.9 GiB, and then another process took
     # 1 GiB of the card: the sampling that ran cannot run again.
@@ -217,15 +223,7 @@ def test_step_forecast_warns_once_ahead_of_a_sampling_phase_that_will_not_fit():
 
 def test_step_forecast_is_silent_for_a_run_that_fits():
     """A run whose steps and sampling fit with room says nothing, and logs its forecast as fitting."""
-    from vramwatch.steps import Schedule
-
-    out, events = io.StringIO(), io.StringIO()
-    monitor = RunMonitor(
-        out=out,
-        events=events,
-        schedule=Schedule(max_steps=1000, sample_every=100),
-        config=MonitorConfig(forecast_every_seconds=0.0),
-    )
+    monitor, out, events, _ = scheduled(Schedule(max_steps=1000, sample_every=100))
     monitor.on_report(stats_report(1.0, 4 * GIB, 10 * GIB, free=10 * GIB))
     monitor.on_report(step_report(2.0, 1, 100, 8 * GIB))
     monitor.on_report(step_report(3.0, 101, 101, 12 * GIB))
@@ -261,15 +259,7 @@ def leak_report(
 
 
 def forecast_monitor(**config: object) -> tuple[RunMonitor, io.StringIO, Recorder]:
-    from vramwatch.steps import Schedule
-
-    out, pressure = io.StringIO(), Recorder()
-    monitor = RunMonitor(
-        out=out,
-        send_pressure=pressure,
-        schedule=Schedule(max_steps=100_000),
-        config=MonitorConfig(forecast_every_seconds=0.0, **config),  # type: ignore[arg-type]
-    )
+    monitor, out, _, pressure = scheduled(Schedule(max_steps=100_000), **config)
     return monitor, out, pressure
 
 
@@ -319,15 +309,7 @@ def test_a_forecast_said_again_when_its_failing_step_comes_much_closer():
 
 def test_no_pressure_notice_when_the_failing_phase_is_a_save():
     """A save that will not fit is said as critical, but the trainer is not asked to save: that would OOM."""
-    from vramwatch.steps import Schedule
-
-    out, pressure = io.StringIO(), Recorder()
-    monitor = RunMonitor(
-        out=out,
-        send_pressure=pressure,
-        schedule=Schedule(max_steps=1000, save_every=100),
-        config=MonitorConfig(forecast_every_seconds=0.0),
-    )
+    monitor, out, _, pressure = scheduled(Schedule(max_steps=1000, save_every=100))
     # The save peaked at 19.9 GiB of 20 GiB usable, then another process took 1 GiB: it cannot run again.
     monitor.on_report(stats_report(1.0, 4 * GIB, 10 * GIB, free=10 * GIB))
     monitor.on_report(step_report(2.0, 1, 100, 8 * GIB))
@@ -343,8 +325,6 @@ def test_no_pressure_notice_when_the_failing_phase_is_a_save():
 
 def test_capacity_is_that_of_the_device_the_steps_ran_on():
     """A process on two devices is forecast against the room of the device its steps ran on, not the last one."""
-    from vramwatch.steps import Schedule
-
     out = io.StringIO()
     monitor = RunMonitor(
         out=out, schedule=Schedule(max_steps=1000, sample_every=100), config=MonitorConfig(forecast_every_seconds=0.0)
@@ -381,8 +361,6 @@ def test_every_rank_is_forecast_and_the_worst_is_said_once():
 
 def test_step_records_stay_bounded_in_a_long_run():
     """A long run's records per process stay under the configured bound; the phases are all kept."""
-    from vramwatch.steps import Schedule
-
     monitor = RunMonitor(
         out=io.StringIO(),
         schedule=Schedule(sample_every=500),
@@ -449,15 +427,8 @@ def test_a_forecast_on_an_upper_bound_is_a_warning_never_critical(
 ) -> None:
     """A failing phase measured only with the start-up may run out: a warning, no pressure notice; step_forecast
     events carry `upper_bound`."""
-    from vramwatch.steps import Schedule
-
-    out, events, pressure = io.StringIO(), io.StringIO(), Recorder()
-    monitor = RunMonitor(
-        out=out,
-        events=events,
-        send_pressure=pressure,
-        schedule=Schedule(max_steps=1000, sample_every=sample_every, sample_at_first=True),
-        config=MonitorConfig(forecast_every_seconds=0.0),
+    monitor, out, events, pressure = scheduled(
+        Schedule(max_steps=1000, sample_every=sample_every, sample_at_first=True)
     )
     # The sampling peaked at 19.9 GiB of 20 GiB usable, then another process took 1 GiB.
     monitor.on_report(stats_report(1.0, 4 * GIB, 10 * GIB, free=10 * GIB))
@@ -505,15 +476,8 @@ def saving_monitor(
 ) -> tuple[RunMonitor, io.StringIO, io.StringIO, Recorder]:
     """A run of 100,000 steps saving every `save_every` (and sampling every `sample_every`), against 20 GiB
     usable (told now with `room`, else by the test)."""
-    from vramwatch.steps import Schedule
-
-    out, events, pressure = io.StringIO(), io.StringIO(), Recorder()
-    monitor = RunMonitor(
-        out=out,
-        events=events,
-        send_pressure=pressure,
-        schedule=Schedule(max_steps=100_000, save_every=save_every, sample_every=sample_every),
-        config=MonitorConfig(forecast_every_seconds=0.0),
+    monitor, out, events, pressure = scheduled(
+        Schedule(max_steps=100_000, save_every=save_every, sample_every=sample_every)
     )
     if room:
         monitor.on_report(stats_report(0.0, 4 * GIB, 10 * GIB, free=10 * GIB))

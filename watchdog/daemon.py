@@ -438,12 +438,12 @@ class Daemon:
         with self._agent_lock:
             if not self._agent_steps:
                 return {}  # no agent counts steps (most daemons, every tick): nothing to figure or to drop
+            unread = {k[0] for k, track in self._agent_steps.items() if not track.scheduled}
         now = self.clock.monotonic()
         live = set(self.agents.pids()) if self.agents is not None else None
-        metas = {p.pid: p.meta for p in snap.processes} if snap is not None else {}
-        with self._agent_lock:
-            unread = {k[0] for k, track in self._agent_steps.items() if not track.scheduled}
-        # Read outside the lock (config files, /proc): the listener thread keeps taking reports meanwhile.
+        # Read outside the lock (config files, /proc): the listener thread keeps taking reports meanwhile. Once
+        # per process: after its first reading, a tick looks at no snapshot here.
+        metas = {p.pid: p.meta for p in snap.processes} if unread and snap is not None else {}
         read = {
             pid: self._schedule(meta)
             for pid in unread
