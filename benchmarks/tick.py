@@ -147,6 +147,9 @@ def _fake_nvml(pool: Pool, saw_every: int = 0) -> Any:
         gpu.used = sum(p.usedGpuMemory or 0 for p in gpu.compute)
 
     nv.refresh = refresh  # type: ignore[attr-defined]
+    # pynvml's own calls only: the fake's C entry points are Python, slower than the calls they stand for, and
+    # would weigh on one side of an A/B against a tree that does not use them.
+    nv.__dict__["_nvmlGetFunctionPointer"] = None
     return nv
 
 

@@ -29,6 +29,7 @@ NVML_ERROR_NOT_FOUND = 6
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_INSUFFICIENT_SIZE = 7
 NVML_ERROR_FUNCTION_NOT_FOUND = 13
 NVML_ERROR_GPU_IS_LOST = 15
 NVML_ERROR_RESET_REQUIRED = 16
@@ -157,6 +158,12 @@ class FakeGpu:
         return self.total - self.reserved - self.used
 
 
+_LISTS = (
+    ("compute", "nvmlDeviceGetComputeRunningProcesses"),
+    ("graphics", "nvmlDeviceGetGraphicsRunningProcesses"),
+    ("mps", "nvmlDeviceGetMPSComputeRunningProcesses"),
+)
+
 MemoryV2 = Literal["works", "driver_lacks", "not_supported", "version_mismatch", "no_constant", "no_keyword"]
 
 
@@ -191,6 +198,7 @@ class FakeNvml(types.ModuleType):
         self.cuda_driver_version = cuda_driver_version
         self.refcount = 0
         self.calls: Counter[str] = Counter()
+        self.c_calls: Counter[str] = Counter()  # of those, the calls through the C entry points
         self.errors: dict[str, int] = {}  # module-wide: function name -> code (e.g. "nvmlDeviceGetCount")
         for name, value in globals().items():
             if name.startswith(("NVML", "nvmlMemory_v2")) and not name.startswith("NVMLLibraryMismatchError"):
@@ -200,11 +208,7 @@ class FakeNvml(types.ModuleType):
             del self.nvmlMemory_v2
         if memory_v2 == "no_keyword":
             self.__dict__["nvmlDeviceGetMemoryInfo"] = self._memory_without_version
-        for kind, base in (
-            ("compute", "nvmlDeviceGetComputeRunningProcesses"),
-            ("graphics", "nvmlDeviceGetGraphicsRunningProcesses"),
-            ("mps", "nvmlDeviceGetMPSComputeRunningProcesses"),
-        ):
+        for kind, base in _LISTS:
             for suffix in module_process_versions:
                 setattr(self, base + suffix, self._process_fn(kind, base, suffix))
 
@@ -335,6 +339,38 @@ class FakeNvml(types.ModuleType):
             return self._entries(handle, kind)
 
         call.__name__ = base + suffix
+        return call
+
+    def _nvmlGetFunctionPointer(self, name: str) -> Callable[..., int]:
+        """pynvml's lookup of a C entry point, for the process lists only: the returned function fills the
+        caller's array and returns an nvmlReturn_t, as libnvidia-ml's does (INSUFFICIENT_SIZE, with the count it
+        needs, when the array is too small). Its calls are counted under the same names as pynvml's."""
+        if self.refcount == 0:
+            raise NVMLError(NVML_ERROR_UNINITIALIZED)
+        for kind, base in _LISTS:
+            suffix = name[len(base) :]
+            if name.startswith(base) and suffix in ("_v2", "_v3") and suffix in self.driver_process_versions:
+                return self._c_process_fn(kind, base, suffix)
+        raise NVMLError(NVML_ERROR_FUNCTION_NOT_FOUND)
+
+    def _c_process_fn(self, kind: str, base: str, suffix: str) -> Callable[..., int]:
+        def call(handle: FakeGpu, count_ref: Any, array: Any) -> int:
+            self.c_calls[base + suffix] += 1
+            try:
+                self._enter(base + suffix, handle, base=base)
+            except NVMLError as exc:
+                return exc.value
+            entries = self._entries(handle, kind)
+            count = count_ref._obj  # ctypes.byref(c_uint)
+            room, count.value = count.value, len(entries)
+            if len(entries) > room or (entries and array is None):
+                return NVML_ERROR_INSUFFICIENT_SIZE
+            for slot, e in zip(array, entries, strict=False):
+                slot.pid = e.pid
+                slot.usedGpuMemory = NVML_VALUE_NOT_AVAILABLE_ULONGLONG if e.usedGpuMemory is None else e.usedGpuMemory
+                slot.gpuInstanceId, slot.computeInstanceId = e.gpuInstanceId, e.computeInstanceId
+            return NVML_SUCCESS
+
         return call
 
     def _entries(self, handle: FakeGpu, kind: str) -> list[FakeProcess]:

@@ -10,6 +10,7 @@ from fake_pynvml import FakeGpu, FakeNvml, FakeProcess, GiB, MiB, gpu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from vramwatch.backends.nvml import NvmlBackend, error_name, nvml_available
+from vramwatch.backends.nvml_lists import EMPTY_LIST_EVERY
 from vramwatch.errors import BackendUnavailable
 from vramwatch.model import GpuSample, ProcessUsage, Reading
 from vramwatch.typing import Backend, ProcessInspector
@@ -152,7 +153,9 @@ def test_merged_entries_match_the_lists_they_came_from(
         for kind, figure in zip(kinds, figures, strict=True):
             if kind in lists:
                 getattr(g0, kind).append(FakeProcess(pid, figure))
-    reading = backend(FakeNvml([g0])).read()
+    b = backend(FakeNvml([g0]))
+    reading = b.read()
+    assert b.read() == reading  # the next tick reads through the driver's entry points: the same entries
     assert len(reading.processes) == len(table)
     for p in reading.processes:
         lists, figures = table[p.pid]
@@ -239,6 +242,135 @@ def test_a_transient_list_error_drops_that_list_for_one_tick_only() -> None:
     assert first.processes == ()
     del g0.errors["nvmlDeviceGetComputeRunningProcesses"]
     assert set(by_pid(b.read())) == {5}
+
+
+# -- one driver call per list, empty lists less often (nvml_lists.py) ----------------------------------------------
+
+COMPUTE = "nvmlDeviceGetComputeRunningProcesses"
+GRAPHICS = "nvmlDeviceGetGraphicsRunningProcesses"
+MPS = "nvmlDeviceGetMPSComputeRunningProcesses"
+
+
+def test_after_the_first_tick_each_list_is_one_call_of_the_drivers_entry_point() -> None:
+    """From the second read on, a list is read by one call of the C entry point (pynvml's makes two)."""
+    fake = FakeNvml([gpu(0, compute=[FakeProcess(5, 1 * GiB)], graphics=[FakeProcess(6, 2 * GiB)])])
+    b = backend(fake)
+    for _ in range(6):
+        assert set(by_pid(b.read())) == {5, 6}
+    assert fake.calls[COMPUTE + "_v3"] == fake.calls[GRAPHICS + "_v3"] == 6
+    assert fake.c_calls[COMPUTE + "_v3"] == fake.c_calls[GRAPHICS + "_v3"] == 5
+
+
+@pytest.mark.parametrize("newcomers", [15, 16, 17, 40, 300])
+def test_a_list_that_outgrows_its_array_is_read_whole(newcomers: int) -> None:
+    """More processes than the kept array holds: the driver's INSUFFICIENT_SIZE makes room and every one is
+    listed; the next tick is one call again."""
+    g0 = gpu(0, compute=[FakeProcess(1, MiB)])
+    fake = FakeNvml([g0])
+    b = backend(fake)
+    b.read()
+    b.read()
+    g0.compute = [FakeProcess(100 + i, (i + 1) * MiB) for i in range(newcomers)]
+    procs = by_pid(b.read())
+    assert {pid: p.used_bytes for pid, p in procs.items()} == {100 + i: (i + 1) * MiB for i in range(newcomers)}
+    before = fake.c_calls[COMPUTE + "_v3"]
+    assert len(b.read().processes) == newcomers
+    assert fake.c_calls[COMPUTE + "_v3"] == before + 1
+
+
+@pytest.mark.parametrize(("code", "down"), [(fk.NVML_ERROR_GPU_IS_LOST, True), (fk.NVML_ERROR_TIMEOUT, False)])
+def test_an_error_answered_by_the_entry_point_is_handled_as_pynvmls(code: int, down: bool) -> None:
+    """A return code from the C call is the NVMLError pynvml would raise: GPU lost marks the GPU down, a
+    timeout empties the list for that tick."""
+    g0 = gpu(0, used=3 * GiB, compute=[FakeProcess(5, 1 * GiB)])
+    fake = FakeNvml([g0])
+    b = backend(fake)
+    b.read()
+    g0.errors[COMPUTE] = code
+    failed = only_gpu(b.read()) if down else b.read()
+    if down:
+        assert not failed.up
+        assert failed.error == error_name(code)
+    else:
+        assert isinstance(failed, Reading)
+        assert failed.processes == ()
+        assert only_gpu(failed).used_bytes == 3 * GiB
+    del g0.errors[COMPUTE]
+    assert set(by_pid(b.read())) == {5}
+
+
+def test_a_pynvml_without_the_pointer_lookup_keeps_its_own_calls() -> None:
+    """A pynvml that lacks `_nvmlGetFunctionPointer` (or a library without the entry point) is read through
+    pynvml's functions at every tick."""
+    fake = FakeNvml([gpu(0, compute=[FakeProcess(5, 1 * GiB)])])
+    fake.__dict__["_nvmlGetFunctionPointer"] = None  # shadows the fake's method, as if pynvml had none
+    b = backend(fake)
+    for _ in range(3):
+        assert set(by_pid(b.read())) == {5}
+    assert fake.calls[COMPUTE + "_v3"] == 3
+    assert fake.c_calls[COMPUTE + "_v3"] == 0
+
+
+def test_empty_graphics_and_mps_lists_are_read_every_fifth_tick_while_compute_holds_still() -> None:
+    """A headless card: the compute list at every tick, the empty graphics and MPS lists one tick in five."""
+    fake = FakeNvml([gpu(0, compute=[FakeProcess(5, 1 * GiB)])])
+    b = backend(fake)
+    for _ in range(21):
+        b.read()
+    assert fake.calls[COMPUTE + "_v3"] == 21
+    assert fake.calls[GRAPHICS + "_v3"] == fake.calls[MPS + "_v3"] == 5  # ticks 1, 6, 11, 16, 21
+
+
+def test_a_change_of_the_compute_list_reads_every_list_at_once() -> None:
+    """A new CUDA process (it may be an MPS server, or also draw) has the empty lists read at that tick."""
+    g0 = gpu(0, compute=[FakeProcess(5, 1 * GiB)])
+    fake = FakeNvml([g0])
+    b = backend(fake)
+    b.read()
+    b.read()
+    g0.compute.append(FakeProcess(7, 1 * GiB))
+    g0.mps.append(FakeProcess(7, 1 * GiB))
+    before = fake.calls[MPS + "_v3"]
+    assert by_pid(b.read())[7].kinds == {"compute", "mps"}
+    assert fake.calls[MPS + "_v3"] == before + 1
+
+
+def test_a_graphics_newcomer_is_listed_within_five_ticks_and_then_at_every_tick() -> None:
+    """A process that appears in the graphics list only, while the compute list holds still, is listed within
+    `EMPTY_LIST_EVERY` ticks; a list with processes is read at every tick, so it never flickers."""
+    g0 = gpu(0, compute=[FakeProcess(5, 1 * GiB)])
+    b = backend(FakeNvml([g0]))
+    b.read()
+    g0.graphics.append(FakeProcess(9, 300 * MiB))
+    seen = [9 in by_pid(b.read()) for _ in range(EMPTY_LIST_EVERY + 10)]
+    first = seen.index(True)
+    assert first < EMPTY_LIST_EVERY
+    assert all(seen[first:])
+    g0.graphics.clear()
+    assert 9 not in by_pid(b.read())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=40))
+def test_no_list_goes_unread_for_five_ticks(script: list[tuple[bool, bool]]) -> None:
+    """Property: whatever comes and goes, every list is read at least once in any `EMPTY_LIST_EVERY` ticks, and
+    at every tick while it answered with processes at its last read."""
+    g0 = gpu(0)
+    fake = FakeNvml([g0])
+    b = backend(fake)
+    last_read = {GRAPHICS: 0, MPS: 0}
+    held = {GRAPHICS: False, MPS: False}
+    for tick, (compute, graphics) in enumerate(script, start=1):
+        g0.compute = [FakeProcess(5, MiB)] if compute else []
+        g0.graphics = [FakeProcess(6, MiB)] if graphics else []
+        before = {name: fake.calls[name + "_v3"] for name in last_read}
+        b.read()
+        for name, last in last_read.items():
+            read = fake.calls[name + "_v3"] > before[name]
+            assert read or (tick - last < EMPTY_LIST_EVERY and not held[name])
+            if read:
+                last_read[name] = tick
+                held[name] = bool(g0.graphics) if name == GRAPHICS else False
 
 
 # -- per-GPU failures ----------------------------------------------------------------------------------------------

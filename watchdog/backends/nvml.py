@@ -69,6 +69,7 @@ import structlog
 from ..errors import BackendUnavailable
 from ..model import GpuSample, ProcessUsage, Reading
 from ..typing import ProcessInspector
+from .nvml_lists import ListCadence, one_call
 
 log = structlog.get_logger("vramwatch.backends.nvml")
 
@@ -209,6 +210,7 @@ class _Device:
     skip: set[str] = field(default_factory=set)  # process lists this device cannot give
     via_parent: set[str] = field(default_factory=set)  # MIG: lists read from the parent, filtered by instance
     broken: str | None = None  # could not be read at start-up: reported down with this error every tick
+    cadence: ListCadence = field(default_factory=ListCadence)  # which lists a tick reads (nvml_lists.py)
 
     def down(self, error: str) -> GpuSample:
         return GpuSample(
@@ -352,6 +354,7 @@ class NvmlBackend:
             with contextlib.suppress(self._error):
                 self._nv.nvmlShutdown()
         self._initialized = False
+        self._process_fns.clear()  # the next session may be another driver's: its variants are found again
 
     def _enumerate(self) -> list[_Device]:
         nv = self._nv
@@ -505,8 +508,11 @@ class NvmlBackend:
     ) -> dict[int, tuple[int | None, set[str]]]:
         """pid -> (largest known bytes, the lists it appeared in) for one device."""
         found: dict[int, tuple[int | None, set[str]]] = {}
+        cadence = dev.cadence
+        # Until the compute list answers (or where the device cannot give it), every list is read.
+        compute_changed = True
         for kind, base in _PROCESS_LISTS:
-            if kind in dev.skip:
+            if kind in dev.skip or (kind != "compute" and not cadence.due(kind, compute_changed)):
                 continue
             try:
                 infos = self._process_list(dev, kind, base, parent_lists)
@@ -532,6 +538,10 @@ class NvmlBackend:
                 else:
                     self._degrade(dev, kind, code)
                     continue
+            if kind == "compute":
+                compute_changed = cadence.compute_read(frozenset(int(info.pid) for info in infos))
+            else:
+                cadence.answered(kind, not infos)
             for info in infos:
                 pid = int(info.pid)
                 if pid <= 0 or pid >= _U32_NOT_AVAILABLE:
@@ -597,7 +607,8 @@ class NvmlBackend:
                 if _code(exc) in _NEWER_THAN_DRIVER:
                     continue
                 raise  # a device answer (NotSupported, GPU lost): says nothing about which variant works
-            self._process_fns[kind] = candidate
+            # Later ticks call the driver once per list where the entry point allows it (nvml_lists.py).
+            self._process_fns[kind] = one_call(self._nv, base + suffix, self._nv.NVMLError) or candidate
             return result
         self._process_fns[kind] = None
         log.warning("nvml_process_list_missing", list=kind, reason="no variant of the call works with this driver")
