@@ -109,7 +109,9 @@ def test_pid_reuse_is_a_new_identity() -> None:
     # Forge a cached entry for this pid with another start time, as if an earlier process had held it.
     from dataclasses import replace
 
-    insp._cache[os.getpid()] = (replace(me, start_time=1.0, name="old-run"), 1)
+    from vramwatch.attribution import _Known
+
+    insp._cache[os.getpid()] = _Known(replace(me, start_time=1.0, name="old-run"), 1, None)
     again = insp.inspect(os.getpid())
     assert again.name != "old-run"
     assert again.start_time == me.start_time
@@ -183,10 +185,17 @@ def test_exit_status_ignores_a_reused_pid(tmp_path: Path) -> None:
     assert PsutilInspector(proc_root=tmp_path).exit_status(4243, None) is None
 
 
-def test_status_and_parent_follow_the_process_at_every_call() -> None:
-    """A cached identity still shows a process stopped (SIGSTOP) at the next call, and running again after."""
+@pytest.mark.parametrize("pidfds", [True, False])
+def test_status_and_parent_follow_the_process(monkeypatch: pytest.MonkeyPatch, pidfds: bool) -> None:
+    """A cached identity shows a process stopped (SIGSTOP) within `STATUS_EVERY` calls, and running again after;
+    at the next call where no pidfd can be had."""
     import signal
 
+    from vramwatch import attribution
+
+    if not pidfds:
+        monkeypatch.setattr(attribution, "_pidfd_open", _no_pidfd)
+    within = attribution.STATUS_EVERY if pidfds else 1
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         insp = PsutilInspector()
@@ -198,16 +207,76 @@ def test_status_and_parent_follow_the_process_at_every_call() -> None:
             if psutil.Process(child.pid).status() == psutil.STATUS_STOPPED:
                 break
             time.sleep(0.01)
-        stopped = insp.inspect(child.pid)
-        assert stopped.status == "stopped"
-        assert stopped.start_time == first.start_time
-        assert stopped.name == first.name
+        seen = [insp.inspect(child.pid) for _ in range(within)]
+        assert seen[-1].status == "stopped"
+        assert seen[-1].start_time == first.start_time
+        assert seen[-1].name == first.name
         child.send_signal(signal.SIGCONT)
         time.sleep(0.05)
-        assert insp.inspect(child.pid).status != "stopped"
+        assert [insp.inspect(child.pid) for _ in range(within)][-1].status != "stopped"
     finally:
         child.kill()
         child.wait()
+
+
+def _no_pidfd(pid: int) -> int:
+    raise OSError(38, "pidfd_open: function not implemented")
+
+
+class CountingInspector(PsutilInspector):
+    """The real inspector, counting its reads of `/proc/<pid>/stat`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stat_reads = 0
+
+    def _read_stat(self, pid: int) -> bytes:
+        self.stat_reads += 1
+        return super()._read_stat(pid)
+
+
+def test_a_live_process_is_checked_by_its_pidfd_and_its_stat_read_every_few_calls() -> None:
+    """While its pidfd says the process lives, `/proc/<pid>/stat` is read once in `STATUS_EVERY` calls."""
+    from vramwatch.attribution import STATUS_EVERY
+
+    insp = CountingInspector()
+    first = insp.inspect(os.getpid())
+    reads = insp.stat_reads
+    assert all(insp.inspect(os.getpid()) == first for _ in range(3 * STATUS_EVERY))
+    if os.getpid() in insp._pidfds:
+        assert insp.stat_reads - reads == 3
+    else:  # no pidfd here (kernel < 5.3, seccomp): one read a call, as before
+        assert insp.stat_reads - reads == 3 * STATUS_EVERY
+
+
+@pytest.mark.parametrize("reaped", [True, False])
+def test_a_process_that_ended_is_seen_at_the_next_call(reaped: bool) -> None:
+    """However recently its state was read, a process that ended reads as gone (reaped) or a zombie (not yet)
+    at the very next call: its pidfd says so."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    insp = PsutilInspector()
+    try:
+        first = insp.inspect(child.pid)
+        insp.inspect(child.pid)  # mid-countdown
+    finally:
+        child.kill()
+        if reaped:
+            child.wait()
+        else:
+            for _ in range(200):  # dead, not reaped: /proc still lists it, as state Z
+                if psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE:
+                    break
+                time.sleep(0.01)
+    try:
+        after = insp.inspect(child.pid)
+        if reaped:
+            assert (after.start_time, after.status) == (None, "gone")
+        else:
+            assert (after.start_time, after.status) == (first.start_time, "zombie")
+            assert child.pid not in insp._pidfds
+    finally:
+        child.wait()
+    assert insp.inspect(child.pid).status == "gone"
 
 
 @pytest.mark.parametrize("name", ["python", "my proc", "a) (b", "x)"])
@@ -248,14 +317,15 @@ def test_a_kept_stat_file_gives_way_when_its_process_is_gone() -> None:
 
 
 def test_stat_files_of_pids_that_left_the_gpus_are_closed() -> None:
-    """`forget_except` closes the stat files of pids no longer listed, and `close` all of them."""
+    """`forget_except` closes the stat files and pidfds of pids no longer listed, and `close` all of them."""
     insp = PsutilInspector()
     insp.inspect(os.getpid())
     insp.inspect(os.getppid())
     insp.forget_except({os.getpid()})
     assert list(insp._stat_fds) == [os.getpid()]
+    assert set(insp._pidfds) <= {os.getpid()}
     insp.close()
-    assert insp._stat_fds == {}
+    assert insp._stat_fds == insp._pidfds == {}
     assert insp.inspect(os.getpid()).start_time is not None
 
 

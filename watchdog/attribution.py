@@ -2,9 +2,17 @@
 
 NVML gives only a pid and a byte count. A pid is not an identity (pids are reused, and a training run
 restarted in a loop often gets the same pid back), so every process is keyed by (pid, start time). The
-lookups (name, user, command line, tree root, cgroup) happen once per identity and are cached; each tick
-reads only `/proc/<pid>/stat`, one small file that holds the start time (the identity check), the state and
-the parent (the stale-holder detector needs to see a process become stopped, a zombie or an orphan).
+lookups (name, user, command line, tree root, cgroup) happen once per identity and are cached. What can change
+is the state and the parent (the stale-holder detector needs to see a process become stopped, a zombie or an
+orphan), in `/proc/<pid>/stat`, one small file that also holds the start time (the identity check).
+
+The identity check at every tick is a pidfd (pidfd_open(2), Linux 5.3+): a descriptor of the process itself,
+not of its pid, which poll(2) reports readable once the process has ended. While it is not, the pid is still
+the same process, so no file needs reading: one poll of a few hundred nanoseconds, where the kernel builds the
+stat text of a multi-threaded CUDA process in several microseconds. The state and the parent are then read
+every `STATUS_EVERY` ticks: a process stopped or orphaned is seen within that many ticks (the stale-holder
+finding waits several ticks anyway), and one that ended at once. Where pidfds cannot be had (an older kernel,
+a seccomp profile that refuses them, past `STAT_FDS` processes) the stat file is read at every tick.
 
 Any lookup may fail: the process exits between the NVML call and ours, or belongs to a user we may not
 inspect. Then the fields we could not read are None and the process is still counted with its memory.
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
@@ -28,6 +37,10 @@ from .model import ProcessExit, ProcessMeta
 #: with `pread`); processes beyond it are read by path, so a box with thousands of GPU processes never runs the
 #: daemon out of file descriptors.
 STAT_FDS = 256
+
+#: A process watched through its pidfd has its state and parent read from `/proc/<pid>/stat` every this many
+#: ticks (its end is seen at once).
+STATUS_EVERY = 5
 
 #: Inode of the initial pid namespace (PROC_PID_INIT_INO in the kernel): a daemon whose own pid
 #: namespace has another inode runs in a container that does not share the host's pids, and NVML's host pids
@@ -108,14 +121,18 @@ class PsutilInspector:
         self.proc_root = proc_root
         self._proc = str(proc_root)  # a plain string: this path is joined for every process at every tick
         self._host_pids = host_pids
-        # pid -> (what is known, its start time in clock ticks since boot: the identity, as /proc/<pid>/stat says)
-        self._cache: dict[int, tuple[ProcessMeta, int]] = {}
+        # pid -> what is known of the process holding it, its start time in clock ticks since boot (the identity,
+        # as /proc/<pid>/stat says) and, where it could be had, its pidfd
+        self._cache: dict[int, _Known] = {}
         # pid -> an open /proc/<pid>/stat: each tick reads it again with one pread(2) instead of open, read and
         # close (half the cost). The descriptor belongs to that process, not to the pid: once the process is gone
         # (and its pid perhaps another's) it answers ESRCH, and the pid's file is opened afresh by path.
         self._stat_fds: dict[int, int] = {}
         # Plain descriptors, not file objects: nothing else would close them when the inspector goes.
+        # pid -> the pidfd of its cached identity (closed with the identity)
+        self._pidfds: dict[int, int] = {}
         weakref.finalize(self, _close_all, self._stat_fds)
+        weakref.finalize(self, _close_all, self._pidfds)
 
     def pid_namespace_matches(self) -> bool:
         if self._host_pids is None:
@@ -126,41 +143,82 @@ class PsutilInspector:
         return self._host_pids
 
     def inspect(self, pid: int) -> ProcessMeta:
-        """What is known of `pid`: looked up once per identity, then one read of `/proc/<pid>/stat` per call.
+        """What is known of `pid`: looked up once per identity; then, while its pidfd says the process lives,
+        its state and parent are read every `STATUS_EVERY` calls, else `/proc/<pid>/stat` at every call.
 
-        That one read is the identity check (its start time, against pid reuse) and brings the status and
-        the parent for free, so the stale-holder detector sees a stopped or orphaned process at once. The
-        slow lookups (user, command line, tree, cgroup) run only for an identity not seen before.
+        The stat file's start time is the identity check (against pid reuse) and brings the status and the
+        parent. The slow lookups (user, command line, tree, cgroup) run only for an identity not seen before.
         """
+        cached = self._cache.get(pid)
+        if cached is not None and cached.watch is not None:
+            if cached.watch.poll(0):  # readable: the process has ended (the pid may be another's by now)
+                cached.watch = None
+                self._close_pidfd(pid)
+            else:
+                cached.countdown -= 1
+                if cached.countdown > 0:
+                    return cached.meta  # the same process, its state read less than STATUS_EVERY calls ago
+                cached.countdown = STATUS_EVERY
         state, ppid, ticks = "", None, None
         try:
             fields = _stat_fields(self._read_stat(pid))
             state, ppid, ticks = fields[0].decode(), int(fields[1]), int(fields[19])
         except (FileNotFoundError, ProcessLookupError):
-            self._cache.pop(pid, None)
+            self._forget(pid)
             return ProcessMeta(pid=pid, start_time=None, status="gone")
         except (OSError, ValueError, IndexError):
             pass  # unreadable here: psutil decides below, as for a new identity
-        cached = self._cache.get(pid)
-        if ticks is not None and cached is not None and cached[1] == ticks:
-            meta = cached[0]
+        if ticks is not None and cached is not None and cached.ticks == ticks:
+            meta = cached.meta
             status = _STATUS.get(state, meta.status)
             if status != meta.status or ppid != meta.ppid:
-                meta = replace(meta, status=status, ppid=ppid)
-                self._cache[pid] = (meta, ticks)
+                cached.meta = meta = replace(meta, status=status, ppid=ppid)
             return meta
         try:
             proc = psutil.Process(pid)
             start = proc.create_time()
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            self._cache.pop(pid, None)
+            self._forget(pid)
             return ProcessMeta(pid=pid, start_time=None, status="gone")
         except psutil.Error:
             return ProcessMeta(pid=pid, start_time=None)
         meta = self._lookup(proc, pid, start)
+        self._forget(pid)
         if ticks is not None:
-            self._cache[pid] = (meta, ticks)
+            self._cache[pid] = _Known(meta, ticks, self._watch(pid, ticks) if meta.status != "zombie" else None)
         return meta
+
+    def _watch(self, pid: int, ticks: int) -> select.poll | None:
+        """A poll of the pidfd of `pid`'s process, if that is still the process that started at `ticks` (None
+        where no pidfd can be had, or the pid changed hands meanwhile: the stat file is read at every call)."""
+        if len(self._pidfds) >= STAT_FDS:
+            return None
+        try:
+            fd = _pidfd_open(pid)
+        except OSError:  # ESRCH (gone already), ENOSYS (kernel < 5.3), EPERM (a seccomp profile), EMFILE
+            return None
+        try:
+            # Read after the pidfd is open: if that process lives when polled, it lived at this read too, so
+            # this start time is its own.
+            same = int(_stat_fields(_read_small(f"{self._proc}/{pid}/stat"))[19]) == ticks
+        except (OSError, ValueError, IndexError):
+            same = False
+        if not same:
+            os.close(fd)
+            return None
+        self._pidfds[pid] = fd
+        watch = select.poll()
+        watch.register(fd, select.POLLIN)
+        return watch
+
+    def _forget(self, pid: int) -> None:
+        self._cache.pop(pid, None)
+        self._close_pidfd(pid)
+
+    def _close_pidfd(self, pid: int) -> None:
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
 
     def exit_status(self, pid: int, start_time: float | None) -> ProcessExit | None:
         """The exit status of `pid` if it is an unreaped zombie of that identity (else None: reaped, or alive).
@@ -184,13 +242,15 @@ class PsutilInspector:
         """Drop cached identities (and close the stat files) of pids no longer on any GPU, so the cache stays as
         small as the GPU list."""
         for pid in [p for p in self._cache if p not in live]:
-            del self._cache[pid]
+            self._forget(pid)
         for pid in [p for p in self._stat_fds if p not in live]:
             self._close_stat(pid)
 
     def close(self) -> None:
-        """Close the stat files kept open; later reads open them again."""
+        """Close the stat files and pidfds kept open; later calls look the processes up again."""
         _close_all(self._stat_fds)
+        _close_all(self._pidfds)
+        self._cache.clear()
 
     def _read_stat(self, pid: int) -> bytes:
         """The content of `/proc/<pid>/stat` as a fresh open would read it: from the descriptor kept for the pid
@@ -275,6 +335,23 @@ class PsutilInspector:
 
 
 T = TypeVar("T")
+
+
+class _Known:
+    """A cached identity: what is known, its start time in clock ticks since boot, and the poll of its pidfd
+    (None: read the stat file at every call) with the calls left before its state is read again."""
+
+    __slots__ = ("countdown", "meta", "ticks", "watch")
+
+    def __init__(self, meta: ProcessMeta, ticks: int, watch: select.poll | None) -> None:
+        self.meta, self.ticks, self.watch, self.countdown = meta, ticks, watch, STATUS_EVERY
+
+
+def _pidfd_open(pid: int) -> int:
+    opener: Callable[[int], int] | None = getattr(os, "pidfd_open", None)  # Linux, Python 3.9+
+    if opener is None:
+        raise OSError("pidfd_open is not available here")
+    return opener(pid)
 
 
 # psutil's names for the one-letter states of /proc/<pid>/stat (proc(5)), so a status reads the same whichever

@@ -116,6 +116,15 @@ class View:
         i, j = bisect_left(self._ta, t0, self._i, self._j), bisect_left(self._ta, t1, self._i, self._j)
         return self._lowest(i, j) if j > i else None
 
+    def still(self) -> bool:
+        """True when every point of the view holds one value (the series' carried run while the view is live: one
+        comparison; else a scan). An empty view is still."""
+        s = self._live(self._j)
+        if s is not None:
+            return s.run_start() <= self._i
+        i, j = self._i, self._j
+        return i >= j or min(self._va[i:j]) == max(self._va[i:j])
+
     def holds_since(self, t0: float) -> bool:
         """True when every point at or after `t0` holds the newest value (the series' carried run while the view
         is live, else a scan)."""

@@ -251,7 +251,11 @@ def profile(
         view = view.since(start)
     if len(view) < 3:
         return NO_FITS
-    if not report and view.tail_max(2) - view.min() < config.min_rise_bytes:
+    if (
+        not report
+        and config.min_rise_bytes > 0
+        and (view.still() or view.tail_max(2) - view.min() < config.min_rise_bytes)
+    ):
         # The test below over the whole view, before the windows are even listed: a still series (most of
         # them, every tick) cannot rise by `min_rise_bytes` in any window of it.
         return NO_FITS
@@ -361,7 +365,7 @@ def reported_rate(
         return None
     # When even the whole window cannot rise by `min_rise_bytes`, `profile` fits only the window it would
     # report among all of its horizons (`every`): none at all when that one is shorter than `shown`.
-    still = view.min() == view.max()  # the whole view held one value (most series): two lookups, not four
+    still = view.still()  # the whole view held one value (most series): one comparison, not four lookups
     if config.min_rise_bytes > 0 and (
         still or view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes
     ):
