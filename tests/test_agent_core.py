@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -431,6 +432,26 @@ def test_steps_of_the_last_second_are_sent_at_exit(listener):
     agent.flush_at_exit()
     link.poll(timeout=0.2)
     assert len([r for r in reports if r.kind == "steps"]) == 1
+
+
+def test_at_exit_the_last_steps_are_sent_and_the_thread_is_joined(listener):
+    """At interpreter exit the agent sends its last steps, then its thread is stopped and joined, so that it is
+    not inside a torch call while the interpreter is torn down."""
+    link, reports = listener
+    probe = FakeProbe()
+    probe.initialized = True
+    agent = make_agent([str(link.path)], probe, count_steps=True)
+    agent.start_thread()
+    deadline = time.monotonic() + 5
+    while probe.step_hook is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert probe.step_hook is not None
+    probe.step_hook(FakeOptimizer())
+    agent.at_exit()
+    assert agent._thread is not None
+    assert not agent._thread.is_alive()
+    link.poll(timeout=1.0)
+    assert [s.last_step for r in reports if r.kind == "steps" for s in r.steps] == [1]
 
 
 def test_a_step_without_peaks_is_still_counted(listener):

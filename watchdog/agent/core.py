@@ -122,6 +122,9 @@ class AgentCounters:
 
 PressureCallback = Callable[[PressureNotice], None]
 
+#: How long interpreter exit waits for the agent's thread to finish its beat (it wakes at once when told).
+EXIT_JOIN_SECONDS = 1.0
+
 _LOCK = threading.Lock()
 _AGENT: Agent | None = None
 _CALLBACKS: list[PressureCallback] = []
@@ -323,6 +326,16 @@ class Agent:
             return  # a forked child's copy, a stopped agent, or nothing announced to the host yet
         with contextlib.suppress(Exception):  # never an error at the trainer's exit
             self._send_steps()
+
+    def at_exit(self) -> None:
+        """At interpreter exit (atexit): the last second's steps, then the thread stopped and joined (at most
+        `EXIT_JOIN_SECONDS`). A daemon thread left running may be inside a torch call while the interpreter and
+        CUDA's caching allocator are torn down, which can abort a trainer that ended well ("terminate called
+        without an active exception", exit 134: once in four runs of the gpu suite's OOM test)."""
+        if self.pid != os.getpid():
+            return  # a forked child's copy: the thread is the parent's
+        self.flush_at_exit()
+        self.stop(timeout=EXIT_JOIN_SECONDS)
 
     def _send_oom(self, message: dict[str, Any]) -> None:
         """The steps completed so far go first: the listener then knows after which step the OOM came."""
@@ -526,7 +539,7 @@ def _activate(agent: Agent) -> None:
     if agent.config.install_signal_handler:
         _install_signal_handler(agent)
     agent.start_thread()
-    atexit.register(agent.flush_at_exit)
+    atexit.register(agent.at_exit)
 
 
 class _TorchImportWatcher:
