@@ -29,7 +29,10 @@ both a compute and a graphics context; an MPS client) becomes one entry whose `k
 `used_bytes` is the largest known figure: each list reports the process's whole use of the device, so the
 figures are not added. `usedGpuMemory` None (NVML_VALUE_NOT_AVAILABLE, e.g. under WDDM) stays None; 0 is a real
 0. A list the device cannot give (NotSupported, NoPermission) is dropped for that device from then on; any
-other error drops that list for one tick only. Neither marks the GPU down.
+other error drops that list for one tick only. Neither marks the GPU down. After the first tick a `_v2`/`_v3` list
+is read with one driver call into an array kept between ticks (pynvml's functions make two), and a graphics or
+MPS list that answered empty is read again at the next change of the compute list or every fifth tick: the driver
+pays per process on the card for every call, whatever it returns (nvml_lists.py says why and what it costs).
 
 MIG. On a GPU whose current MIG mode is enabled, each MIG device (a compute instance, found with
 nvmlDeviceGetMigDeviceHandleByIndex) becomes its own GpuSample: `uuid` is its `MIG-...` UUID, `parent_uuid` the
