@@ -450,6 +450,7 @@ def test_at_exit_the_last_steps_are_sent_and_the_thread_is_joined(listener):
     agent.at_exit()
     assert agent._thread is not None
     assert not agent._thread.is_alive()
+    assert not agent.oom.disabled  # exit handlers that run after this one may still use CUDA: still observed
     link.poll(timeout=1.0)
     assert [s.last_step for r in reports if r.kind == "steps" for s in r.steps] == [1]
 

@@ -135,10 +135,18 @@ def _spawn_tree(tmp_path: Path, launcher_name: str) -> tuple[subprocess.Popen[by
     proc = subprocess.Popen([sys.executable, str(parent)])
     for _ in range(200):
         kids = psutil.Process(proc.pid).children()
-        if kids:
+        # Until it has exec'd, a fresh child still shows its parent's command line (the same script).
+        if kids and any(str(worker) in arg for arg in _cmdline(kids[0])):
             return proc, kids[0].pid
         time.sleep(0.02)
     raise AssertionError("the worker did not start")
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
 
 
 @pytest.mark.parametrize(("launcher", "grouped"), [("torchrun", True), ("launch.py", True), ("job.py", False)])

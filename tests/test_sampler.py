@@ -61,6 +61,30 @@ def test_recorded_metadata_and_time_win_over_live_lookups() -> None:
     assert (snap.t, snap.wall_time, snap.processes[0].meta.name) == (12.5, 99.0, "recorded")
 
 
+class CountingInspector(StaticInspector):
+    """The static table, counting the lookups of each pid."""
+
+    def __init__(self, table: dict[int, ProcessMeta]) -> None:
+        super().__init__(table)
+        self.lookups: dict[int, int] = {}
+
+    def inspect(self, pid: int) -> ProcessMeta:
+        self.lookups[pid] = self.lookups.get(pid, 0) + 1
+        return super().inspect(pid)
+
+
+def test_a_process_on_several_gpus_is_looked_up_once_a_tick() -> None:
+    """A pid listed on two GPUs is inspected once per reading, and both entries carry the same identity."""
+    insp = CountingInspector({7: ProcessMeta(7, 5.0, name="model-parallel")})
+    r = Reading(
+        gpus=(gpu(used=GIB), gpu(index=1, uuid="GPU-1", used=GIB)),
+        processes=(ProcessUsage(UUID0, 7, GIB), ProcessUsage("GPU-1", 7, GIB), ProcessUsage(UUID0, 8, GIB)),
+    )
+    snap = snapshot_from_reading(r, insp, t=1.0, wall=2.0)
+    assert insp.lookups == {7: 1, 8: 1}
+    assert snap.processes[0].meta is snap.processes[1].meta
+
+
 def test_run_every_keeps_deadlines_without_drift() -> None:
     """Steps run at start + k*interval even though each step itself takes time."""
     clock, stop, times = FakeClock(now=0.0), threading.Event(), []

@@ -34,7 +34,8 @@ import psutil
 from .model import ProcessExit, ProcessMeta
 
 #: At most this many `/proc/<pid>/stat` files are kept open between ticks (one per process on a GPU, read again
-#: with `pread`); processes beyond it are read by path, so a box with thousands of GPU processes never runs the
+#: with `pread`), and at most this many pidfds: 512 descriptors in all, half the usual soft limit of 1,024.
+#: Processes beyond it are read by path at every tick, so a box with thousands of GPU processes never runs the
 #: daemon out of file descriptors.
 STAT_FDS = 256
 

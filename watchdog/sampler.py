@@ -40,12 +40,14 @@ def snapshot_from_reading(
     up: the host pid is all we truthfully know.
     """
     recorded = {m.pid: m for m in reading.meta}
+    looked_up: dict[int, ProcessMeta] = {}  # a process on several GPUs is looked up once, and reads alike on each
     processes = []
     for usage in reading.processes:
         if not visible:
             meta = ProcessMeta(pid=usage.pid, start_time=None)
         else:
-            meta = recorded.get(usage.pid) or inspector.inspect(usage.pid)
+            meta = recorded.get(usage.pid) or looked_up.get(usage.pid) or inspector.inspect(usage.pid)
+            looked_up[usage.pid] = meta
         processes.append(ProcessSample(usage.gpu_uuid, usage.used_bytes, meta, usage.kinds))
     return Snapshot(
         t=reading.t if reading.t is not None else (t if t is not None else 0.0),

@@ -335,7 +335,12 @@ class Agent:
         if self.pid != os.getpid():
             return  # a forked child's copy: the thread is the parent's
         self.flush_at_exit()
-        self.stop(timeout=EXIT_JOIN_SECONDS)
+        # Only the thread: the OOM observer and the step hook keep working for exit handlers that run after this
+        # one (atexit runs them newest first) and still use CUDA.
+        self._stop.set()
+        self._poke()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(EXIT_JOIN_SECONDS)
 
     def _send_oom(self, message: dict[str, Any]) -> None:
         """The steps completed so far go first: the listener then knows after which step the OOM came."""
