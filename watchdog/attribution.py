@@ -129,9 +129,9 @@ class PsutilInspector:
         # close (half the cost). The descriptor belongs to that process, not to the pid: once the process is gone
         # (and its pid perhaps another's) it answers ESRCH, and the pid's file is opened afresh by path.
         self._stat_fds: dict[int, int] = {}
-        # Plain descriptors, not file objects: nothing else would close them when the inspector goes.
         # pid -> the pidfd of its cached identity (closed with the identity)
         self._pidfds: dict[int, int] = {}
+        # Plain descriptors, not file objects: nothing else would close them when the inspector goes.
         weakref.finalize(self, _close_all, self._stat_fds)
         weakref.finalize(self, _close_all, self._pidfds)
 
