@@ -287,7 +287,9 @@ def test_an_error_answered_by_the_entry_point_is_handled_as_pynvmls(code: int, d
     b = backend(fake)
     b.read()
     g0.errors[COMPUTE] = code
+    before = fake.c_calls[COMPUTE + "_v3"]
     failed = only_gpu(b.read()) if down else b.read()
+    assert fake.c_calls[COMPUTE + "_v3"] == before + 1  # the answer came from the entry point, not pynvml
     if down:
         assert not failed.up
         assert failed.error == error_name(code)

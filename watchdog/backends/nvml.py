@@ -541,9 +541,7 @@ class NvmlBackend:
                 else:
                     self._degrade(dev, kind, code)
                     continue
-            if kind == "compute":
-                compute_changed = cadence.compute_read(frozenset(int(info.pid) for info in infos))
-            else:
+            if kind != "compute":
                 cadence.answered(kind, not infos)
             for info in infos:
                 pid = int(info.pid)
@@ -559,6 +557,8 @@ class NvmlBackend:
                 best = seen[0] if used is None else used if seen[0] is None else max(seen[0], used)
                 seen[1].add(kind)
                 found[pid] = (best, seen[1])
+            if kind == "compute":  # the first list: what it listed is all of `found` so far
+                compute_changed = cadence.compute_read(frozenset(found))
         return found
 
     def _degrade(self, dev: _Device, kind: str, code: int) -> None:

@@ -83,10 +83,7 @@ class OneCall:
                 n = count.value
                 if 2 * n + 5 > self._room:
                     self._grow(2 * n + 5)  # room for the next tick's newcomers
-                return [
-                    Entry(p.pid, p.usedGpuMemory, p.gpuInstanceId, p.computeInstanceId)
-                    for p in (array[i] for i in range(n))
-                ]
+                return [Entry(p.pid, p.usedGpuMemory, p.gpuInstanceId, p.computeInstanceId) for p in array[:n]]
             if ret != _INSUFFICIENT_SIZE:
                 raise self._error(ret)
             self._grow(2 * count.value + 5)
