@@ -1,17 +1,30 @@
 """Where the daemon's resident memory goes: RSS after each step of its start, in one fresh interpreter.
 
     python benchmarks/rss.py            # with NVML where a driver answers (else the steps up to it)
+    python benchmarks/rss.py --python VENV/bin/python --serve 60   # a clean install: its steps, then its serve
 
 Each step adds to the one before (the interpreter, then each dependency, then vramwatch's modules, then the
 NVML library, then a running daemon's first minute of history), so the differences are what each costs.
 Figures are one process's RSS from /proc (psutil), in MB (10^6 bytes).
+
+`--python` runs the steps under another interpreter: a fresh venv with vramwatch-daemon installed from its wheel
+is what a user's systemd unit runs, without the extra packages (and their `.pth` start-up imports) of a
+development or CUDA image. `--serve SECONDS` then starts that interpreter's `vramwatch serve` (NVML, or the
+simulator where no driver answers), scrapes it every 15 s, and reports the median of its RSS sampled each
+second after a 5 s start, with the anonymous and file-backed parts and the PSS from `/proc/PID/smaps_rollup`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import socket
+import statistics
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 STEPS = [
     ("interpreter", "pass"),
@@ -52,9 +65,10 @@ print(json.dumps(out))
 """
 
 
-def main() -> None:
+def steps(python: str) -> None:
+    """The start-up table: each step's RSS in one fresh interpreter, and what it added."""
     # psutil is imported first by the harness itself, so its own cost is folded into "interpreter".
-    res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(STEPS)], capture_output=True, text=True, check=True)
+    res = subprocess.run([python, "-c", CHILD, json.dumps(STEPS)], capture_output=True, text=True, check=True)
     rows = json.loads(res.stdout)
     print("| step | RSS | added |\n|---|---|---|")
     prev = None
@@ -65,6 +79,65 @@ def main() -> None:
         added = "" if prev is None else f"+{(rss - prev) / 1e6:.1f} MB"
         print(f"| {name} | {rss / 1e6:.1f} MB | {added} |")
         prev = rss
+
+
+def _rollup(pid: int) -> dict[str, int]:
+    """/proc/PID/smaps_rollup's fields, in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, value = line.partition(":")
+        if value.strip().endswith("kB"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def serve(python: str, seconds: float) -> None:
+    """RSS of a running `vramwatch serve` started by `python`, sampled each second after a 5 s start."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [python, "-m", "vramwatch", "--log-format", "json", "--log-level", "error", "serve"]
+    proc = subprocess.Popen([*cmd, "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=1).read()
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    said = proc.stdout.read().decode() if proc.stdout else ""
+                    raise SystemExit(f"serve did not answer: {said}") from exc
+                time.sleep(0.2)
+        time.sleep(5)
+        samples: list[dict[str, int]] = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            if len(samples) % 15 == 0:  # Prometheus's default interval: a scrape is part of the daemon's load
+                urllib.request.urlopen(url, timeout=5).read()
+            samples.append(_rollup(proc.pid))
+            time.sleep(1)
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    backend = next((ln for ln in body.splitlines() if ln.startswith("vramwatch_build_info")), "?")
+    print(f"\nserve ({python}), {len(samples)} samples over {seconds:.0f} s, {backend}")
+    print("| figure | median | max |\n|---|---|---|")
+    for key, name in (("Rss", "RSS"), ("Pss", "PSS"), ("Anonymous", "anonymous"), ("Pss_File", "PSS file-backed")):
+        values = [s.get(key, 0) for s in samples]
+        print(f"| {name} | {statistics.median(values) / 1e6:.1f} MB | {max(values) / 1e6:.1f} MB |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--python", default=sys.executable, help="the interpreter to measure (a venv's python)")
+    ap.add_argument("--serve", type=float, default=0, metavar="SECONDS", help="also measure a running serve")
+    args = ap.parse_args()
+    steps(args.python)
+    if args.serve:
+        serve(args.python, args.serve)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 
 from builders import GIB, UUID0, gpu
@@ -300,3 +302,14 @@ def test_agent_step_histories_are_bounded() -> None:
         d.on_agent_report(_steps(10_000 + pid, 1, 3, t=100.0 + pid))
     assert len(d._agent_steps) == daemon_module.STEP_PROCESSES
     assert (10_000 + daemon_module.STEP_PROCESSES + 9, 0) in d._agent_steps  # the newest are kept
+
+
+def test_the_daemons_modules_load_no_yaml_toml_writer_or_package_metadata() -> None:
+    """`serve`'s modules start without PyYAML, tomli-w or importlib.metadata: they load when a trainer's config is
+    read or written, and cost a months-long daemon's resident memory otherwise (docs/benchmarks.md)."""
+    code = (
+        "import sys, vramwatch.cli, vramwatch.daemon, vramwatch.backends.nvml\n"
+        "print(sorted(m for m in ('yaml', 'tomli_w', 'importlib.metadata') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

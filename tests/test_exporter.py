@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -10,7 +11,7 @@ from builders import GIB, UUID0, make_snapshot
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from vramwatch.errors import VramwatchError
-from vramwatch.exporter import ExportState, make_registry, parse_listen
+from vramwatch.exporter import ExportState, MetricsServer, make_registry, parse_listen
 from vramwatch.model import Finding, GpuSample, ProcessKey, Severity, Snapshot
 from vramwatch.sampler import TickStats
 from vramwatch.stephistory import StepFigures
@@ -165,3 +166,44 @@ def test_listen_accepts_ipv6_and_defaults_host() -> None:
     """[::1]:9783 and :9783 are understood."""
     assert parse_listen("[::1]:9783") == ("::1", 9783)
     assert parse_listen(":9783") == ("127.0.0.1", 9783)
+
+
+PROMETHEUS_2 = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+PROMETHEUS_3 = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;"
+    "version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
+
+
+@pytest.mark.parametrize(
+    ("accept", "answered"),
+    [
+        (PROMETHEUS_2, "text/plain"),
+        (PROMETHEUS_3, "text/plain"),
+        ("application/openmetrics-text; version=1.0.0, */*;q=0.1", "text/plain"),
+        ("application/openmetrics-text;version=1.0.0", "application/openmetrics-text"),
+        ("application/openmetrics-text, text/plain;q=0", "application/openmetrics-text"),
+        ("text/plain", "text/plain"),
+        ("", "text/plain"),
+    ],
+)
+def test_scrapers_get_the_text_format_whenever_they_accept_it(accept: str, answered: str) -> None:
+    """/metrics answers in the Prometheus text format (cheaper to write) unless the scraper refuses it."""
+    reg = make_registry(lambda: _state(make_snapshot(1.0, {10: 3 * GIB})))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = MetricsServer(f"127.0.0.1:{port}", reg, healthy=lambda: True)
+    try:
+        app = server.server.get_app()
+        headers: list[list[tuple[str, str]]] = []
+        environ = {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET", "QUERY_STRING": "", "HTTP_ACCEPT": accept}
+        body = b"".join(app(environ, lambda status, h: headers.append(h)))
+    finally:
+        server.server.server_close()
+    content_type = dict(headers[0])["Content-Type"]
+    assert content_type.startswith(answered)
+    assert b"vramwatch_gpu_memory_used_bytes" in body

@@ -1,8 +1,4 @@
-from __future__ import annotations
+"""The version, in one place: pyproject.toml reads it from here (setuptools' `attr:`), and so does the daemon,
+without importing importlib.metadata at start (zipfile, csv and email: ~2 MB of resident memory)."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("vramwatch-daemon")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+source"
+__version__ = "0.1.0"

@@ -28,12 +28,10 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from string import Template
 from typing import Any
-
-import tomli_w
-import yaml  # type: ignore[import-untyped,unused-ignore]  # no types-PyYAML in the dev deps
 
 from .configfile import parse_mapping
 
@@ -122,32 +120,42 @@ class CopiedConfig:
     set: tuple[tuple[str, Value], ...]  # concrete paths from the target's root: "datasets[0].resolution"
 
 
-class _Loader(yaml.SafeLoader):  # type: ignore[misc,unused-ignore]  # PyYAML's classes are untyped
-    """PyYAML's safe loader with ai-toolkit's resolver for exponent floats (toolkit/config.py `fixed_loader`)."""
+@cache
+def _loader() -> Any:
+    """PyYAML's safe loader with ai-toolkit's resolver for exponent floats (toolkit/config.py `fixed_loader`).
 
+    Built on first use, like every YAML and TOML writer here (`configfile.parse_mapping` says why)."""
+    import yaml  # type: ignore[import-untyped,unused-ignore]  # no types-PyYAML in the dev deps
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:
-         [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.VERBOSE,
-    ),
-    list("-+0123456789."),
-)
+    class Loader(yaml.SafeLoader):  # type: ignore[misc,unused-ignore]  # PyYAML's classes are untyped
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"""^(?:
+             [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+            |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+            |\.[0-9_]+(?:[eE][-+][0-9]+)?
+            |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+            |[-+]?\.(?:inf|Inf|INF)
+            |\.(?:nan|NaN|NAN))$""",
+            re.VERBOSE,
+        ),
+        list("-+0123456789."),
+    )
+    return Loader
+
 
 _ENV_REFERENCE = re.compile(r"\$\{([^}]+)\}")
 
 
 def _parse(text: str, fmt: str) -> dict[str, Any]:
     if fmt == "yaml":
+        import yaml  # type: ignore[import-untyped,unused-ignore]
+
         try:
-            data = yaml.load(text, Loader=_Loader)  # noqa: S506  # a SafeLoader subclass: no object tags
+            data = yaml.load(text, Loader=_loader())  # noqa: S506  # a SafeLoader subclass: no object tags
         except yaml.YAMLError as exc:
             raise CopyError("cannot parse YAML") from exc
         if not isinstance(data, dict):
@@ -162,10 +170,14 @@ def _parse(text: str, fmt: str) -> dict[str, Any]:
 def dump(data: Mapping[str, Any], fmt: str) -> str:
     """`data` written as `fmt`, keys in their order."""
     if fmt == "yaml":
+        import yaml  # type: ignore[import-untyped,unused-ignore]
+
         return str(yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True, default_flow_style=False))
     if fmt == "json":
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     if fmt == "toml":
+        import tomli_w
+
         return tomli_w.dumps(data)
     raise CopyError(f"unsupported format {fmt!r}")
 
