@@ -186,6 +186,7 @@ PROMETHEUS_3 = (
         ("application/openmetrics-text; version=1.0.0, */*;q=0.1", "text/plain"),
         ("application/openmetrics-text;version=1.0.0", "application/openmetrics-text"),
         ("application/openmetrics-text, text/plain;q=0", "application/openmetrics-text"),
+        ("application/openmetrics-text, TEXT/PLAIN; Q=0.0", "application/openmetrics-text"),
         ("text/plain", "text/plain"),
         ("", "text/plain"),
     ],

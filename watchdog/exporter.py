@@ -348,9 +348,10 @@ def prefer_text(environ: dict[str, Any]) -> dict[str, Any]:
     """
     kinds = set()
     for part in environ.get("HTTP_ACCEPT", "").split(","):
-        kind, *params = (p.strip() for p in part.split(";"))
-        if not any(p.replace(" ", "") in {"q=0", "q=0.0", "q=0.00", "q=0.000"} for p in params):  # q=0: refused
-            kinds.add(kind.lower())
+        kind, *params = (p.strip().lower() for p in part.split(";"))
+        # q=0 marks a type as not acceptable (RFC 9110, 12.4.2).
+        if not any(p.replace(" ", "") in {"q=0", "q=0.0", "q=0.00", "q=0.000"} for p in params):
+            kinds.add(kind)
     if "application/openmetrics-text" in kinds and kinds & {"text/plain", "text/*", "*/*"}:
         return {**environ, "HTTP_ACCEPT": "text/plain"}
     return environ
