@@ -177,12 +177,16 @@ PROMETHEUS_3 = (
     "version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
 )
 
+#: Prometheus 3 with native histograms asks for protobuf first, which prometheus-client does not write.
+PROTOBUF_FIRST = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,"
+
 
 @pytest.mark.parametrize(
     ("accept", "answered"),
     [
         (PROMETHEUS_2, "text/plain"),
         (PROMETHEUS_3, "text/plain"),
+        (PROTOBUF_FIRST + PROMETHEUS_3, "text/plain"),
         ("application/openmetrics-text; version=1.0.0, */*;q=0.1", "text/plain"),
         ("application/openmetrics-text;version=1.0.0", "application/openmetrics-text"),
         ("application/openmetrics-text, text/plain;q=0", "application/openmetrics-text"),

@@ -124,7 +124,8 @@ class CopiedConfig:
 def _loader() -> Any:
     """PyYAML's safe loader with ai-toolkit's resolver for exponent floats (toolkit/config.py `fixed_loader`).
 
-    Built on first use, like every YAML and TOML writer here (`configfile.parse_mapping` says why)."""
+    Built on first use: PyYAML and tomli-w are imported where a config is parsed or written, not at start
+    (`configfile.parse_mapping` says why)."""
     import yaml  # type: ignore[import-untyped,unused-ignore]  # no types-PyYAML in the dev deps
 
     class Loader(yaml.SafeLoader):  # type: ignore[misc,unused-ignore]  # PyYAML's classes are untyped
