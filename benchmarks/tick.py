@@ -48,6 +48,28 @@ def measure(fn: Callable[[], object], *, repeat: int, warmup: int = 5) -> dict[s
     }
 
 
+def measure_pair(
+    a: Callable[[], object], b: Callable[[], object], *, repeat: int, warmup: int = 5
+) -> tuple[dict[str, float], dict[str, float]]:
+    """`measure` of two functions in alternating rounds (a b, b a, ...), so that a drift of the machine during
+    the run (another tenant, the allocator's state) falls on both alike: for an A/B ratio in one run."""
+    for _ in range(warmup):
+        a()
+        b()
+    samples: tuple[list[float], list[float]] = ([], [])
+    for r in range(repeat):
+        for k in (0, 1) if r % 2 == 0 else (1, 0):
+            fn = (a, b)[k]
+            t0 = time.perf_counter_ns()
+            fn()
+            samples[k].append((time.perf_counter_ns() - t0) / 1e9)
+    out = []
+    for s in samples:
+        s.sort()
+        out.append({"median_s": statistics.median(s), "p90_s": s[int(0.9 * (len(s) - 1))], "n": float(len(s))})
+    return out[0], out[1]
+
+
 def _daemon_for(
     backend: Any, clock: Any, prefill: int = 900, *, before: Callable[[], None] | None = None, package: Any = None
 ) -> tuple[Any, Callable[[], None]]:
@@ -282,23 +304,20 @@ PROMETHEUS_ACCEPT = (
 
 
 def _prometheus_scrape(registry: Any, *, negotiated_by_library: bool = False) -> Callable[[], bytes]:
-    """A scrape as Prometheus makes it: the daemon's own /metrics WSGI app, with Prometheus's Accept and gzip.
+    """A scrape as Prometheus makes it: the daemon's /metrics answer (`exporter.prefer_text`, then prometheus-client's
+    app, as `MetricsServer` routes it) with Prometheus's Accept and gzip.
 
     `negotiated_by_library`: prometheus-client's app alone instead, which answers that Accept in OpenMetrics (the
-    baseline for the daemon's preference for the text format, `exporter.prefer_text`)."""
+    baseline for the daemon's preference for the text format)."""
     from prometheus_client import make_wsgi_app
-    from vramwatch.exporter import MetricsServer
+    from vramwatch.exporter import prefer_text
 
-    if negotiated_by_library:
-        app = make_wsgi_app(registry)
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        app = MetricsServer(f"127.0.0.1:{port}", registry, healthy=lambda: True).server.get_app()
+    app = make_wsgi_app(registry)
     environ = {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET", "QUERY_STRING": "",
                "HTTP_ACCEPT": PROMETHEUS_ACCEPT, "HTTP_ACCEPT_ENCODING": "gzip"}  # fmt: skip
-    return lambda: b"".join(app(dict(environ), lambda *_: None))
+    if negotiated_by_library:
+        return lambda: b"".join(app(dict(environ), lambda *_: None))
+    return lambda: b"".join(app(prefer_text(dict(environ)), lambda *_: None))
 
 
 def bench_simulated(repeat: int) -> dict[str, Any]:
@@ -315,11 +334,14 @@ def bench_simulated(repeat: int) -> dict[str, Any]:
         daemon, tick = _daemon_for(backend, clock, prefill=prefill)
         registry = make_registry(lambda d=daemon: d._state)
         body = generate_latest(registry)
+        http, http_openmetrics = measure_pair(
+            _prometheus_scrape(registry), _prometheus_scrape(registry, negotiated_by_library=True), repeat=repeat
+        )
         results[scenario] = {
             "tick": measure(tick, repeat=repeat),
             "scrape": measure(lambda r=registry: generate_latest(r), repeat=repeat),
-            "scrape_http": measure(_prometheus_scrape(registry), repeat=repeat),
-            "scrape_http_openmetrics": measure(_prometheus_scrape(registry, negotiated_by_library=True), repeat=repeat),
+            "scrape_http": http,
+            "scrape_http_openmetrics": http_openmetrics,
             "series": float(body.count(b"\n") - body.count(b"\n#")),
             "gpus": len(daemon._state.snapshot.gpus),
             "processes": len(daemon._state.snapshot.processes),
@@ -409,7 +431,8 @@ def report(res: dict[str, Any]) -> str:
         lines += [
             "",
             "| simulated | history | tick median | tick p90 | scrape median (writer) | scrape as Prometheus asks"
-            " (HTTP app, its Accept, gzip) | the same, OpenMetrics (prometheus-client's choice) | series |",
+            " (HTTP app, its Accept, gzip) | the same, OpenMetrics (prometheus-client's choice; alternating rounds)"
+            " | series |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for name, m in sim.items():

@@ -309,6 +309,8 @@ def test_the_daemons_modules_load_no_yaml_toml_writer_or_package_metadata() -> N
     read or written, and cost a months-long daemon's resident memory otherwise (docs/benchmarks.md)."""
     code = (
         "import sys, vramwatch.cli, vramwatch.daemon, vramwatch.backends.nvml\n"
+        "from vramwatch.advice.configfile import parse_mapping\n"
+        "assert parse_mapping('max_train_steps = 1', 'toml')[0]\n"  # a kohya TOML config needs no YAML either
         "print(sorted(m for m in ('yaml', 'tomli_w', 'importlib.metadata') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -187,7 +187,10 @@ PROTOBUF_FIRST = "application/vnd.google.protobuf;proto=io.prometheus.client.Met
         (PROMETHEUS_2, "text/plain"),
         (PROMETHEUS_3, "text/plain"),
         (PROTOBUF_FIRST + PROMETHEUS_3, "text/plain"),
-        ("application/openmetrics-text; version=1.0.0, */*;q=0.1", "text/plain"),
+        # Prometheus with `scrape_protocols: [OpenMetricsText1.0.0]` appends */* too: it asked for OpenMetrics.
+        ("application/openmetrics-text;version=1.0.0;q=0.6,*/*;q=0.5", "application/openmetrics-text"),
+        ("application/openmetrics-text, text/plain;q=0, */*;q=0.1", "application/openmetrics-text"),
+        ("application/openmetrics-text, text/plain;q=0., */*;q=0.1", "application/openmetrics-text"),
         ("application/openmetrics-text;version=1.0.0", "application/openmetrics-text"),
         ("application/openmetrics-text, text/plain;q=0", "application/openmetrics-text"),
         ("application/openmetrics-text, TEXT/PLAIN; Q=0.0", "application/openmetrics-text"),

@@ -1,4 +1,4 @@
 """The version, in one place: pyproject.toml reads it from here (setuptools' `attr:`), and so does the daemon,
-without importing importlib.metadata at start (zipfile, csv and email: ~2 MB of resident memory)."""
+without importing importlib.metadata at start (zipfile, csv and email: resident memory for the daemon's life)."""
 
 __version__ = "0.1.0"

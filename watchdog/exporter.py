@@ -340,21 +340,32 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 def prefer_text(environ: dict[str, Any]) -> dict[str, Any]:
     """The request as prometheus-client should answer it: in the Prometheus text format whenever the scraper
-    accepts that format too.
+    names that format too.
 
-    Prometheus 2 and 3 list OpenMetrics first and the text format after it. The two carry the same series here
-    (no exemplars, no `_created`), but a scrape answered in OpenMetrics costs 1.3-2.2x as much with
-    prometheus-client (docs/benchmarks.md). A scraper that accepts only OpenMetrics still gets OpenMetrics.
+    Prometheus 2 and 3 list OpenMetrics first and `text/plain` after it. The two carry the same series here
+    (no exemplars, no `_created`, no units), but prometheus-client's OpenMetrics answer costs more to write
+    (docs/benchmarks.md). Only an explicit `text/plain` (or `text/*`) counts, not `*/*`: Prometheus appends
+    `*/*` to every Accept, also when its `scrape_protocols` ask for OpenMetrics alone. The header's own text
+    entries are kept, so prometheus-client still picks among their versions.
     """
-    kinds = set()
-    for part in environ.get("HTTP_ACCEPT", "").split(","):
-        kind, *params = (p.strip().lower() for p in part.split(";"))
-        # q=0 marks a type as not acceptable (RFC 9110, 12.4.2).
-        if not any(p.replace(" ", "") in {"q=0", "q=0.0", "q=0.00", "q=0.000"} for p in params):
-            kinds.add(kind)
-    if "application/openmetrics-text" in kinds and kinds & {"text/plain", "text/*", "*/*"}:
-        return {**environ, "HTTP_ACCEPT": "text/plain"}
+    accepted = [part for part in environ.get("HTTP_ACCEPT", "").split(",") if not _refused(part)]
+    kinds = [part.split(";", 1)[0].strip().lower() for part in accepted]
+    text = [part for part, kind in zip(accepted, kinds, strict=True) if kind in {"text/plain", "text/*"}]
+    if "application/openmetrics-text" in kinds and text:
+        return {**environ, "HTTP_ACCEPT": ",".join(text)}
     return environ
+
+
+def _refused(part: str) -> bool:
+    """True for an Accept entry with q=0: that type is not acceptable (RFC 9110, 12.4.2)."""
+    for param in part.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value.strip()) == 0.0
+            except ValueError:
+                return False
+    return False
 
 
 #: A WSGI app that answers the paths it knows and returns None for the others (the live page's routes).

@@ -55,20 +55,23 @@ def read_text_file(path: Path) -> str | None:
 
 def parse_mapping(text: str, fmt: str) -> tuple[dict[str, Any] | None, str | None]:
     """Parse `text` as `fmt` (toml, json, yaml); return (mapping, None) or (None, why it failed)."""
-    # Imported on the first YAML config read, not at start: ~0.8 MB of the daemon's resident memory that a card
-    # with no ai-toolkit run on it never needs.
-    import yaml  # type: ignore[import-untyped,unused-ignore]  # no types-PyYAML in the dev deps
-
     try:
         if fmt == "toml":
             data: Any = tomllib.loads(text)
         elif fmt == "json":
             data = json.loads(text)
         elif fmt == "yaml":
-            data = yaml.safe_load(text)
+            # Imported on the first YAML config read, not at start: resident memory of a months-long daemon that a
+            # card with no YAML-configured trainer on it never needs.
+            import yaml  # type: ignore[import-untyped,unused-ignore]  # no types-PyYAML in the dev deps
+
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                return None, f"cannot parse YAML{_where(exc)}"
         else:
             return None, f"unsupported format {fmt!r}"
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError, RecursionError, ValueError) as exc:
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
         return None, f"cannot parse {fmt.upper()}{_where(exc)}"
     if not isinstance(data, dict):
         return None, f"{fmt.upper()} top level is {type(data).__name__}, not a table"
