@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from serving import each_second, running_serve, scrape
 
 STEPS = [
     ("interpreter", "pass"),
@@ -93,54 +91,16 @@ def _rollup(pid: int) -> dict[str, int]:
 
 
 def serve(python: str, seconds: float) -> None:
-    """RSS of a running `vramwatch serve` started by `python`, sampled each second after a 5 s start."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [python, "-m", "vramwatch", "--log-format", "json", "--log-level", "error", "serve"]
-    # Its output goes to a file, never a pipe: one nobody reads while measuring could fill and block serve.
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([*cmd, "--listen", f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            samples, body = _watch(proc, port, seconds)
-        except TimeoutError as exc:
-            log.seek(0)
-            raise SystemExit(f"serve did not answer: {log.read().decode(errors='replace')}") from exc
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    """RSS of a running `vramwatch serve` started by `python`, sampled each second after its start-up."""
+    with running_serve(python) as (proc, port):
+        samples = each_second(port, seconds, lambda: _rollup(proc.pid))
+        body = scrape(port).decode()
     backend = next((ln for ln in body.splitlines() if ln.startswith("vramwatch_build_info")), "?")
     print(f"\nserve ({python}), {len(samples)} samples over {seconds:.0f} s, {backend}")
     print("| figure | median | max |\n|---|---|---|")
     for key, name in (("Rss", "RSS"), ("Pss", "PSS"), ("Anonymous", "anonymous"), ("Pss_File", "PSS file-backed")):
         values = [s.get(key, 0) for s in samples]
         print(f"| {name} | {statistics.median(values) / 1e6:.1f} MB | {max(values) / 1e6:.1f} MB |")
-
-
-def _watch(proc: subprocess.Popen[bytes], port: int, seconds: float) -> tuple[list[dict[str, int]], str]:
-    """Wait for serve's first answer, then sample its memory each second for `seconds`: (samples, last scrape)."""
-
-    def scrape(timeout: float) -> bytes:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout).read()  # type: ignore[no-any-return]
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            scrape(1)
-            break
-        except OSError as exc:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise TimeoutError from exc
-            time.sleep(0.2)
-    time.sleep(5)
-    samples: list[dict[str, int]] = []
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        if len(samples) % 15 == 0:  # Prometheus's default interval: a scrape is part of the daemon's load
-            scrape(5)
-        samples.append(_rollup(proc.pid))
-        time.sleep(1)
-    return samples, scrape(5).decode()
 
 
 def main() -> None:

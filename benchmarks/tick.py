@@ -20,16 +20,15 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from serving import each_second, running_serve
 
 
 def measure(fn: Callable[[], object], *, repeat: int, warmup: int = 5) -> dict[str, float]:
@@ -354,48 +353,19 @@ def bench_daemon(seconds: float, simulate: str | None) -> dict[str, Any]:
     """Start `vramwatch serve` as its own process, let it tick at 1 Hz, read its CPU time and RSS from /proc."""
     import psutil
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "vramwatch", "--log-format", "json", "serve", "--listen", f"127.0.0.1:{port}"]
-    if simulate:
-        cmd += ["--simulate", simulate]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with running_serve(sys.executable, *(["--simulate", simulate] if simulate else [])) as (proc, port):
         ps = psutil.Process(proc.pid)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.2)
-        time.sleep(5)  # past start-up imports and the first ticks
         c0, t0 = ps.cpu_times(), time.monotonic()
-        rss = []
-        stop = threading.Event()
-
-        def scrape() -> None:  # Prometheus scraping every 15 s is part of the daemon's real load
-            while not stop.wait(15):
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-
-        threading.Thread(target=scrape, daemon=True).start()
-        while time.monotonic() - t0 < seconds:
-            rss.append(ps.memory_info().rss)
-            time.sleep(1)
+        rss = each_second(port, seconds, lambda: ps.memory_info().rss)
         c1, t1 = ps.cpu_times(), time.monotonic()
-        stop.set()
-        cpu = (c1.user + c1.system) - (c0.user + c0.system)
-        return {
-            "seconds": t1 - t0,
-            "cpu_percent_of_one_core": 100 * cpu / (t1 - t0),
-            "rss_median_mb": statistics.median(rss) / 1e6,
-            "rss_max_mb": max(rss) / 1e6,
-            "backend": simulate or "nvml",
-        }
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    cpu = (c1.user + c1.system) - (c0.user + c0.system)
+    return {
+        "seconds": t1 - t0,
+        "cpu_percent_of_one_core": 100 * cpu / (t1 - t0),
+        "rss_median_mb": statistics.median(rss) / 1e6,
+        "rss_max_mb": max(rss) / 1e6,
+        "backend": simulate or "nvml",
+    }
 
 
 def report(res: dict[str, Any]) -> str:

@@ -123,6 +123,8 @@ class ListCadence:
         return changed
 
     def due(self, kind: str, compute_changed: bool) -> bool:
+        """Whether `kind` is read at this tick; asked once a tick per list, so a list skipped counts one more idle
+        tick."""
         idle = self._idle.get(kind)
         if idle is None or compute_changed or idle + 1 >= EMPTY_LIST_EVERY:
             return True
@@ -130,6 +132,7 @@ class ListCadence:
         return False
 
     def answered(self, kind: str, empty: bool) -> None:
+        """Note what a list read at this tick answered: empty starts its idle count, processes end it."""
         if empty:
             self._idle[kind] = 0
         else:

@@ -117,18 +117,16 @@ class View:
         return self._lowest(i, j) if j > i else None
 
     def still(self) -> bool:
-        """True when every point of the view holds one value (the series' carried run while the view is live: one
-        comparison; else a scan). An empty view is still."""
-        s = self._live(self._j)
-        if s is not None:
-            return s.run_start() <= self._i
-        i, j = self._i, self._j
-        return i >= j or min(self._va[i:j]) == max(self._va[i:j])
+        """True when every point of the view holds one value. An empty view is still."""
+        return self._holds_from(self._i)
 
     def holds_since(self, t0: float) -> bool:
-        """True when every point at or after `t0` holds the newest value (the series' carried run while the view
-        is live, else a scan)."""
-        i, j = bisect_left(self._ta, t0, self._i, self._j), self._j
+        """True when every point at or after `t0` holds the newest value."""
+        return self._holds_from(bisect_left(self._ta, t0, self._i, self._j))
+
+    def _holds_from(self, i: int) -> bool:
+        # The series' carried run while the view is live (one comparison), else a scan of the points.
+        j = self._j
         s = self._live(j)
         if s is not None:
             return s.run_start() <= i
