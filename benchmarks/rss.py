@@ -92,7 +92,7 @@ def _rollup(pid: int) -> dict[str, int]:
 
 def serve(python: str, seconds: float) -> None:
     """RSS of a running `vramwatch serve` started by `python`, sampled each second after its start-up."""
-    with running_serve(python) as (proc, port):
+    with running_serve(python, log_level="error") as (proc, port):
         samples = each_second(port, seconds, lambda: _rollup(proc.pid))
         body = scrape(port).decode()
     backend = next((ln for ln in body.splitlines() if ln.startswith("vramwatch_build_info")), "?")

@@ -19,14 +19,15 @@ SCRAPE_EVERY = 15
 
 
 @contextmanager
-def running_serve(python: str, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`python -m vramwatch serve ARGS` on a free port, past its start-up (first answer, then 5 s of ticks):
-    (the process, its port). Its output goes to a file, never a pipe that nobody reads while measuring (a full
-    one would block serve); it is shown if serve does not answer within 30 s."""
+def running_serve(python: str, *args: str, log_level: str = "info") -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`python -m vramwatch --log-level LOG_LEVEL serve ARGS` on a free port, past its start-up (first answer,
+    then 5 s of ticks): (the process, its port). Its output goes to a file, never a pipe that nobody reads while
+    measuring (a full one would block serve); it is shown if serve does not answer within 30 s."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    cmd = [python, "-m", "vramwatch", "--log-format", "json", "serve", "--listen", f"127.0.0.1:{port}", *args]
+    cmd = [python, "-m", "vramwatch", "--log-format", "json", "--log-level", log_level, "serve"]
+    cmd += ["--listen", f"127.0.0.1:{port}", *args]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
