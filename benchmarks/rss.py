@@ -26,7 +26,14 @@ from pathlib import Path
 from serving import each_second, running_serve, scrape
 
 STEPS = [
-    ("interpreter", "pass"),
+    (
+        # As `vramwatch serve` starts (vramwatch/entry.py): rich left out, where the installed version does so.
+        "interpreter",
+        "import importlib.util, os, sys\n"
+        "spec = importlib.util.find_spec('vramwatch')\n"
+        "if spec and os.path.exists(os.path.join(spec.submodule_search_locations[0], 'entry.py')):\n"
+        "    sys.modules.setdefault('rich', None)",
+    ),
     ("psutil", "import psutil"),
     ("structlog", "import structlog"),
     ("click", "import click"),

@@ -304,14 +304,20 @@ def test_agent_step_histories_are_bounded() -> None:
     assert (10_000 + daemon_module.STEP_PROCESSES + 9, 0) in d._agent_steps  # the newest are kept
 
 
-def test_the_daemons_modules_load_no_yaml_toml_writer_or_package_metadata() -> None:
-    """`serve`'s modules start without PyYAML, tomli-w or importlib.metadata: they load when a trainer's config is
-    read or written, and cost a months-long daemon's resident memory otherwise (docs/benchmarks.md)."""
+def test_the_daemons_modules_load_nothing_that_only_other_commands_or_features_use() -> None:
+    """`serve`'s modules start without PyYAML, tomli-w, importlib.metadata, statistics, the trace and replay
+    modules, the simulator, attach or the agent itself: each loads when a trainer's config is read or written, a
+    run reports steps, a trace is recorded or replayed, no GPU answers, or a trainer runs the agent. A months-long
+    daemon's resident memory pays for them otherwise (docs/benchmarks.md)."""
+    lazy = (
+        "yaml", "tomli_w", "importlib.metadata", "statistics", "vramwatch.trace", "vramwatch.backends.replay",
+        "vramwatch.backends.simulated", "vramwatch.attach", "vramwatch.agent.core",
+    )  # fmt: skip
     code = (
-        "import sys, vramwatch.cli, vramwatch.daemon, vramwatch.backends.nvml\n"
+        "import sys, vramwatch.cli, vramwatch.app, vramwatch.daemon, vramwatch.backends.nvml, vramwatch.web\n"
         "from vramwatch.advice.configfile import parse_mapping\n"
         "assert parse_mapping('max_train_steps = 1', 'toml')[0]\n"  # a kohya TOML config needs no YAML either
-        "print(sorted(m for m in ('yaml', 'tomli_w', 'importlib.metadata') if m in sys.modules))"
+        f"print(sorted(m for m in {lazy!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -49,6 +49,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("app",),
     # the command line, and the package's face (`vramwatch.__version__`, the errors, the model).
     ("cli", "__init__"),
+    # the `vramwatch` command: the CLI, started without what the daemon never uses.
+    ("entry",),
     # `python -m vramwatch`.
     ("__main__",),
 )

@@ -1,5 +1,5 @@
 """`python -m vramwatch` runs the same CLI as the `vramwatch` command."""
 
-from .cli import main
+from .entry import main
 
 main()

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -21,7 +21,6 @@ from .actions import ActionDispatcher, build_notifiers, parse_policy
 from .agent.protocol import default_socket_path
 from .agenthost.link import AgentListener, AgentReport
 from .backends import banner, open_backend
-from .backends.replay import ReplayBackend
 from .clock import ScaledClock, SystemClock
 from .config import Config
 from .daemon import Daemon, Pipeline
@@ -33,9 +32,11 @@ from .render import finding_dict, snapshot_to_json, status_table
 from .sampler import Sampler, run_every
 from .sdnotify import SdNotifier
 from .testing import FakeClock
-from .trace import TraceWriter, open_trace_writer
 from .typing import Backend, Clock
 from .web import LiveView
+
+if TYPE_CHECKING:
+    from .trace import TraceWriter
 
 Echo = Callable[[str], None]
 log = structlog.get_logger("vramwatch")
@@ -112,6 +113,9 @@ def serve(
         daemon.agents = open_agent_listener(daemon.on_agent_report)
     writer = None
     if cfg.daemon.record and first:
+        # Loaded here, like the replay and simulated backends: a daemon that does not record never holds them.
+        from .trace import open_trace_writer
+
         writer = open_trace_writer(Path(cfg.daemon.record), first[0], cfg.daemon.interval)
         daemon.on_tick = _recorder(writer, Path(cfg.daemon.record))
     daemon.dispatcher = build_dispatcher(cfg, first[0] if first else None, clock, daemon.lookup, daemon.recheck)
@@ -303,6 +307,8 @@ def record(
     sampler = Sampler(backend, History(window_seconds=60, interval_seconds=cfg.daemon.interval), clock)
     started = clock.monotonic()
     ticks = 0
+    from .trace import open_trace_writer
+
     with open_trace_writer(path, backend, cfg.daemon.interval) as writer:
 
         def step() -> None:
@@ -343,6 +349,8 @@ def replay(
     def on_error(lineno: int, message: str) -> None:
         bad.append((lineno, message))
         err(f"vramwatch: {path}:{lineno}: skipped: {message}")
+
+    from .backends.replay import ReplayBackend
 
     backend = ReplayBackend(path, on_error=on_error)
     # Recorded ticks carry their own time: the clock is never read, a still FakeClock documents that.

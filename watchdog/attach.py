@@ -27,7 +27,7 @@ from .daemon import Pipeline
 from .detectors import pressure, settings
 from .detectors.pressure import pressure_threshold
 from .errors import VramwatchError
-from .model import Finding, FindingKind, Snapshot
+from .model import POST_MORTEM_KINDS, Finding, Snapshot
 from .render import eta_text, finding_dict
 from .sampler import run_every
 from .stephistory import StepFigures, worst
@@ -38,8 +38,6 @@ from .units import duration, gib, gpu_label, rate, size
 SPARK = "▁▂▃▄▅▆▇█"
 #: How long a pid that is not (yet) on a GPU is waited for before giving up.
 WAIT_FOR_GPU_SECONDS = 600.0
-#: Findings that say a process died (NVML's probable OOM, the agent's certain one).
-POST_MORTEM_KINDS = frozenset({FindingKind.PROBABLE_OOM, FindingKind.OOM})
 #: How long a pid that left the GPU may take to exit before it is called "left the GPU (still running)".
 EXIT_GRACE_SECONDS = 10.0
 #: How often the daemon's step figures are read again (it redoes a forecast every few seconds at most).

@@ -50,6 +50,11 @@ class FindingKind(str, enum.Enum):
         return format(str(self.value), format_spec)
 
 
+#: Findings that say a process died (NVML's probable OOM, the agent's certain one): what `attach` and the live
+#: page explain as a post-mortem.
+POST_MORTEM_KINDS = frozenset({FindingKind.PROBABLE_OOM, FindingKind.OOM})
+
+
 @dataclass(frozen=True, slots=True)
 class GpuSample:
     """One GPU (or one MIG GPU instance) at one tick, as the driver reports it.

@@ -19,7 +19,6 @@ Pure: no clock, no I/O. One writer at a time (callers hold their own lock).
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from .steps import (
     Verdict,
     describe,
     forecast,
+    median,
     profile,
 )
 
@@ -147,7 +147,7 @@ class StepHistory:
         if not training or granularity < 2:
             return entries
         # steps.profile's own rule for "a phase's peak", so a peak it would learn a period from stays whole.
-        base = statistics.median(training)
+        base = median(training)
         threshold = base + max(PHASE_MIN_EXTRA_BYTES, PHASE_MIN_EXTRA_SHARE * base)
         out: list[tuple[StepRecord, bool]] = []
         held: StepRecord | None = None

@@ -36,14 +36,22 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 from .detectors.growth import theil_sen
 from .model import StepRecord
 from .units import MIB, size
+
+
+def median(values: Iterable[float]) -> float:
+    """`statistics.median`, imported on first use: statistics brings decimal and fractions (about 0.5 MB), which a
+    months-long daemon needs only once an agent reports steps (docs/benchmarks.md, resident memory)."""
+    import statistics
+
+    return statistics.median(values)
+
 
 SAMPLE = "sample"
 SAVE = "save"
@@ -248,7 +256,7 @@ def _learned_period(steps: Sequence[int]) -> int | None:
     if len(steps) < 2:
         return None
     gaps = [b - a for a, b in itertools.pairwise(steps)]
-    period = round(statistics.median(gaps))
+    period = round(median(gaps))
     if period < 2 or any(abs(g - period) > 1 for g in gaps):
         return None
     return period
@@ -270,7 +278,7 @@ def profile(records: Sequence[StepRecord], schedule: Schedule | None = None) -> 
             plain.append(r)
     # The first interval also holds the start-up (loading, first allocations): not a training step.
     training = [r for r in plain if r.first_step > 1] or plain
-    base = statistics.median(r.peak_allocated_bytes for r in training)
+    base = median(r.peak_allocated_bytes for r in training)
     threshold = base + max(PHASE_MIN_EXTRA_BYTES, PHASE_MIN_EXTRA_SHARE * base)
     outliers = [r for r in training if r.peak_allocated_bytes > threshold]
     period = _learned_period([r.last_step - 1 for r in outliers])
@@ -319,7 +327,7 @@ def profile(records: Sequence[StepRecord], schedule: Schedule | None = None) -> 
         growth_bytes_per_step=growth,
         slack_bytes=_slack(training[-1]) if growth > 0 else 0,
         slack_growth_bytes_per_step=slack_growth,
-        step_seconds=statistics.median(durations) if durations else None,
+        step_seconds=median(durations) if durations else None,
         phases=tuple(phases),
         unmeasured=tuple(sorted(announced - tagged.keys())),
         executed_peak_allocated_bytes=max(r.peak_allocated_bytes for r in records),

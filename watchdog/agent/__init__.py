@@ -14,14 +14,30 @@ interpreter, even where the rest of vramwatch is not installed (see `_site/sitec
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from . import protocol
-from .core import Agent, AgentConfig, PressureNotice, current, on_pressure, start, stop
+
+if TYPE_CHECKING:
+    from .core import Agent, AgentConfig, PressureNotice, current, on_pressure, start, stop
 
 __all__ = ["Agent", "AgentConfig", "PressureNotice", "current", "on_pressure", "start", "stop"]
+
+
+def __getattr__(name: str) -> object:
+    # The daemon reads the socket's messages (`protocol`) through this package and never runs the agent: the
+    # agent's own modules load on first use, in a trainer or a script that starts it (docs/benchmarks.md,
+    # resident memory).
+    if name in __all__:
+        from . import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _start_from_sitecustomize(*, torch_importing: bool = False) -> None:
     """Called by `_site/sitecustomize.py` (when `import torch` begins): start where the runner asked."""
     if os.environ.get(protocol.ENV_AGENT, "") in {"1", "true", "yes", "on"}:
+        from .core import start
+
         start(torch_importing=torch_importing)

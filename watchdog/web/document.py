@@ -21,8 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..attach import POST_MORTEM_KINDS
-from ..model import Finding, ProcessKey, Snapshot
+from ..model import POST_MORTEM_KINDS, Finding, ProcessKey, Snapshot
 from ..render import eta_text, finding_dict
 from ..stephistory import StepFigures
 from ..units import gpu_label

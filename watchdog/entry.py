@@ -1,0 +1,41 @@
+"""The `vramwatch` command (and `python -m vramwatch`): the CLI, started so that the daemon stays small.
+
+`structlog.dev` imports rich, and rich pygments, whenever they are installed: about 5 MB of a daemon that runs
+for months and never draws with them (only `attach`'s live view does, see `terminal.py`). For `serve`, a `None`
+entry in `sys.modules` makes that import fail as if rich were absent, before anything imports structlog; its
+console renderer then prints exceptions as plain tracebacks. docs/benchmarks.md breaks the daemon's memory down.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+#: The global options that take a value (`cli._global_options`; a test keeps the two alike).
+VALUED_OPTIONS = frozenset({"--config", "--log-format", "--log-level"})
+
+
+def command_of(args: Sequence[str]) -> str | None:
+    """The subcommand a command line runs: its first word that is neither a global option nor one's value. Read
+    from the raw words, before click parses them (parsing needs the CLI, which imports structlog)."""
+    words = iter(args)
+    for word in words:
+        if word in VALUED_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def keeps_rich_out(args: Sequence[str]) -> bool:
+    """True for a command line that runs the daemon. `attach`, whose live view draws with rich, never runs
+    without it, nor does any other command (`run -- vllm serve` is the runner, not the daemon)."""
+    return command_of(args) == "serve"
+
+
+def main() -> None:
+    if keeps_rich_out(sys.argv[1:]):
+        sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+    from .cli import main as cli
+
+    cli()
