@@ -1,6 +1,7 @@
 """cProfile of daemon ticks over host processes behind the scripted NVML, with an hour of history. No GPU:
 
     python benchmarks/tick_profile.py [--procs 64] [--saw-every 2] [--ticks 200] [--top 25]
+    python benchmarks/tick_profile.py --simulated scale512 --prefill 700 --ticks 20   # the simulator instead
 
 Prints the top entries by cumulative and by own time (what issue 12 asks to report before and after a change).
 The history is filled first, outside the profile; `--saw-every K` makes every K-th process a sawtooth.
@@ -13,6 +14,7 @@ import cProfile
 import io
 import pstats
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,25 +32,42 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=3600)
     ap.add_argument("--ticks", type=int, default=200)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--simulated", metavar="SCENARIO", help="profile a simulated scenario's ticks (8 x 64: scale512)")
     args = ap.parse_args()
     logs.configure("json", "error")
+    if args.simulated:
+        from vramwatch.backends.simulated import SimulatedBackend
+
+        clock = FakeClock()
+        _, step = tick._daemon_for(SimulatedBackend(args.simulated, seed=0, clock=clock), clock, prefill=args.prefill)
+        report(profiled(step, args.ticks), f"{args.simulated} (simulated), {args.prefill} ticks of history", args)
+        return
     pool = tick.Pool(tick._HOST_CHILD)
     try:
         pool.grow(args.procs)
         nv = tick._fake_nvml(pool, args.saw_every)
         nv.refresh()
         _, step = tick._daemon_for(NvmlBackend(nvml=nv), FakeClock(), prefill=args.prefill, before=nv.refresh)
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(args.ticks):
-            step()
-        prof.disable()
+        prof = profiled(step, args.ticks)
     finally:
         pool.close()
+    report(prof, f"{args.procs} host processes, saw every {args.saw_every or '-'}", args)
+
+
+def profiled(step: Callable[[], None], ticks: int) -> cProfile.Profile:
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(ticks):
+        step()
+    prof.disable()
+    return prof
+
+
+def report(prof: cProfile.Profile, what: str, args: argparse.Namespace) -> None:
     for order in ("cumulative", "tottime"):
         out = io.StringIO()
         pstats.Stats(prof, stream=out).strip_dirs().sort_stats(order).print_stats(args.top)
-        print(f"--- by {order}: {args.procs} host processes, saw every {args.saw_every or '-'}, {args.ticks} ticks")
+        print(f"--- by {order}: {what}, {args.ticks} ticks")
         print(out.getvalue().split("\n", 4)[-1].rstrip())
 
 

@@ -198,3 +198,41 @@ def test_carried_run_and_low_points_answer_like_a_scan(values: list[int], capaci
         assert low == copy.low_since(t0, kept)
         assert (low is None) == (not tail)
         assert low is None or low[0] == min(tail)
+
+
+@settings(deadline=None)
+@given(
+    st.lists(st.integers(0, 6), min_size=3, max_size=150),
+    st.lists(st.integers(0, 6), min_size=1, max_size=150),
+    st.integers(3, 40),
+    st.data(),
+)
+def test_a_detached_view_answers_from_its_staircases_as_they_were(
+    before: list[int], after: list[int], capacity: int, data: st.DataObject
+) -> None:
+    """A detached view still reads the series' staircases (no scan) after more points came and the arrays were
+    compacted, and answers every lookup as a copy of its points does."""
+    from vramwatch.detectors._series import View, view
+
+    s = Series(capacity)
+    for i, v in enumerate(before):
+        s.append(float(i), float(v))
+    t0 = data.draw(st.floats(-5, len(before) + 5, allow_nan=False))
+    detached = view(s).since(t0).detached()
+    copy = View(*s.arrays()).since(t0)
+    for i, v in enumerate(after, start=len(before)):
+        s.append(float(i), float(v))
+    assert detached._live(detached._j) is not None  # the frozen staircases, not a scan
+
+    def kept(value: float, before: float | None, after: float | None) -> bool:
+        return before is None or after is None or value * 2 >= before
+
+    t1 = data.draw(st.floats(-5, len(before) + 5, allow_nan=False))
+    assert list(detached.t) == list(copy.t)
+    assert detached.still() == copy.still()
+    assert detached.holds_since(t1) == copy.holds_since(t1)
+    assert detached.low_since(t1, kept) == copy.low_since(t1, kept)
+    if len(copy):
+        assert (detached.min(), detached.max(), detached.tail_max(2)) == (copy.min(), copy.max(), copy.tail_max(2))
+    if len(copy.since(t1)):
+        assert detached.since(t1).min() == copy.since(t1).min()

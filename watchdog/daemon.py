@@ -29,12 +29,13 @@ from .actions import ActionDispatcher, parse_policy
 from .agenthost.link import AgentDevice, AgentListener, AgentReport
 from .clock import SystemClock
 from .config import Config
-from .detectors import Analysis, DetectorConfig, FindingTracker, analyze, config_from_table
+from .detectors import Analysis, DetectorConfig, FindingTracker, Rate, analyze, config_from_table
 from .enrich import Enricher, read_tree
 from .environ import read_environ
 from .errors import BackendUnavailable, VramwatchError
 from .exporter import ExportState, MetricsServer, Pages, make_registry
 from .history import History
+from .lazy import LazyMapping
 from .model import Finding, FindingKind, OomEvent, ProcessKey, ProcessMeta, Snapshot, TorchStats
 from .render import finding_dict, snapshot_to_json
 from .sampler import Sampler, TickStats, run_every
@@ -54,6 +55,10 @@ STEP_RECENT_RECORDS = 512
 STEP_PROCESSES = 256
 #: A process's step forecast is redone at most this often (a profile costs milliseconds; agents report at 1 Hz).
 STEP_FORECAST_SECONDS = 5.0
+
+
+def _bytes_per_second(rate: Rate) -> float:
+    return rate.bytes_per_second
 
 
 @dataclass(slots=True)
@@ -533,7 +538,8 @@ class Daemon:
             up=up,
             process_metrics=self.config.daemon.process_metrics,
             gpu_growth={k: r.bytes_per_second for k, r in analysis.gpu_growth.items()} if analysis else {},
-            process_growth={k: r.bytes_per_second for k, r in analysis.process_growth.items()} if analysis else {},
+            # Read per scrape or page view, not per tick: each process's rate is computed when first asked for.
+            process_growth=LazyMapping(analysis.process_growth, _bytes_per_second) if analysis else {},
             oom_eta={k: v[0] for k, v in analysis.oom_eta.items()} if analysis else {},
             active=tuple(p.tracker.active()) if p else (),
             findings_raised=dict(self._findings_raised),

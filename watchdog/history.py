@@ -125,6 +125,21 @@ class Series:
             self._mins, self._mins_lo = self._mins[self._mins_lo :], 0
             self._maxs, self._maxs_lo = self._maxs[self._maxs_lo :], 0
 
+    def frozen(self, since: int = 0) -> Series:
+        """For a `View` read later or from another thread: a copy whose staircase answers (`suffix_min`,
+        `suffix_argmin`, `suffix_max`, `run_start`, `appended`) for array indexes from `since` on stay what they
+        are now while this series moves on. It shares the points (appends go after them, a compaction starts fresh
+        arrays) and copies the staircases' steps from `since` on (the next append rewrites their newest step); its
+        length and newest points are the live series', so nothing but a View should read it, and nothing may
+        append to it."""
+        out = Series.__new__(Series)
+        out.capacity, out.appended, out._run = self.capacity, self.appended, self._run
+        out._t, out._v, out._lo, out._base = self._t, self._v, self._lo, self._base
+        first = max(since, self._lo) + self._base  # the window a view reads, not the whole series' staircase
+        out._mins, out._mins_lo = self._mins[bisect_left(self._mins, first, self._mins_lo) :], 0
+        out._maxs, out._maxs_lo = self._maxs[bisect_left(self._maxs, first, self._maxs_lo) :], 0
+        return out
+
     def arrays(self) -> tuple[array[float], array[float]]:
         """(times, values), oldest first, as new arrays."""
         return self._t[self._lo :], self._v[self._lo :]

@@ -52,7 +52,8 @@ class GpuContext:
     visible: bool
     history: History
     config: DetectorConfig  # the shared settings; a detector's own come as its second argument
-    #: The growth rate of each visible process over the last `rate_report_seconds` (the metrics show it).
+    #: The growth rate of each visible process over the last `rate_report_seconds` (the metrics show it), each
+    #: computed when first read.
     process_growth: Mapping[ProcessKey, Rate]
     #: The process trees on this GPU, in the order their first process appears.
     trees: Mapping[ProcessKey, Tree]

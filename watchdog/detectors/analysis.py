@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 
 from ..history import History, Track
+from ..lazy import LazyMapping
 from ..model import Finding, GpuSample, OomEvent, ProcessKey, ProcessSample, Snapshot
 from ._context import GpuContext, Tick, Tree
-from ._series import view
+from ._series import View, view
 from .base import Forecast, Observation, Verdict
 from .config import DetectorConfig
-from .growth import Rate, profile, reported_rate
+from .growth import Rate, has_process_rate, profile, reported_rate
 from .registry import detectors, settings
 
 DEFAULT_CONFIG = DetectorConfig()
@@ -33,6 +35,8 @@ class Analysis:
 
     `findings` are the conditions true at this tick, before hysteresis. `oom_eta` holds (eta seconds,
     confidence) only for GPUs that grow sustainably. `verdicts` are informational ("stable at ...").
+    `process_growth` lists its keys at once and computes each rate when first read (the same rate whenever it is
+    read, from whichever thread): the metrics read them per scrape, not per tick.
     """
 
     t: float
@@ -68,7 +72,9 @@ def analyze(history: History, config: DetectorConfig = DEFAULT_CONFIG, *, ooms: 
         t=snap.t,
         findings=tuple(o for o in found if isinstance(o, Finding)),
         gpu_growth=MappingProxyType({ctx.uuid: ctx.device_rate for ctx in gpus if ctx.device_rate is not None}),
-        process_growth=MappingProxyType({(key, ctx.uuid): r for ctx in gpus for key, r in ctx.process_growth.items()}),
+        process_growth=LazyMapping(
+            {(key, ctx.uuid): (ctx.process_growth, key) for ctx in gpus for key in ctx.process_growth}, _rate_in
+        ),
         oom_eta=MappingProxyType({o.gpu_uuid: (o.eta_seconds, o.confidence) for o in found if isinstance(o, Forecast)}),
         verdicts=MappingProxyType({(o.key, o.gpu_uuid): o.text for o in found if isinstance(o, Verdict)}),
     )
@@ -88,8 +94,9 @@ def _context(
     used = view(history.gpu_used.get(gpu.uuid))
     now = snap.t
     # Per process: the growth rate the metrics show, from the last `rate_report_seconds` only (the leak claim
-    # reads the tree's whole window).
-    process_growth: dict[ProcessKey, Rate] = {}
+    # reads the tree's whole window). Which processes have one is known now; each rate is computed when first
+    # read: by a scrape or the live page (once per read, not per tick), or by a detector that words a finding.
+    rated: dict[ProcessKey, View] = {}
     members: dict[ProcessKey, list[ProcessSample]] = {}
     tracks, uuid = history.processes, gpu.uuid
     since = now - config.rate_report_seconds * 1.001
@@ -98,9 +105,11 @@ def _context(
         track = tracks.get((p.key, uuid))
         if track is None:
             continue
-        rate = reported_rate(view(track.series).since(since), config)
-        if rate is not None:
-            process_growth[p.key] = rate
+        points = view(track.series).since(since)
+        if has_process_rate(points, config):
+            # Detached: a scrape reads the rate from its own thread while the next ticks append to the series.
+            rated[p.key] = points.detached()
+    process_growth = LazyMapping(rated, partial(_process_rate, config=config))
     trees = {key: Tree(key, tuple(ps), sum([p.used_bytes or 0 for p in ps])) for key, ps in members.items()}
     # The device: its profile down to the forecast's shortest horizon, and the rate the metrics show. Only the
     # forecast reads the profile, and only its sustained and rising fits: a card that cannot be growing (most
@@ -123,12 +132,24 @@ def _context(
         visible=visible,
         history=history,
         config=config,
-        process_growth=MappingProxyType(process_growth),
+        process_growth=process_growth,
         trees=MappingProxyType(trees),
         device=device,
         device_rate=device_rate,
         departed=departed,
     )
+
+
+def _process_rate(points: View, config: DetectorConfig) -> Rate:
+    rate = reported_rate(points, config)
+    if rate is None:
+        raise AssertionError("has_process_rate promised a rate")
+    return rate
+
+
+def _rate_in(entry: tuple[Mapping[ProcessKey, Rate], ProcessKey]) -> Rate:
+    rates, key = entry
+    return rates[key]
 
 
 def _departed(history: History, now: float) -> dict[str, tuple[tuple[ProcessKey, Track], ...]]:

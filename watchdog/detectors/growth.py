@@ -341,28 +341,44 @@ def _report_windows(
     return windows, reported, next((w for w in windows if w[0] == shown_choice), None)
 
 
-def reported_rate(
-    view: View, config: DetectorConfig, min_horizon: float = 0.0, shown_from: float | None = None
-) -> Rate | None:
-    """The rate the metrics show for a series: `profile(view, config, min_horizon=min_horizon).rate(config,
-    shown_from)` (`shown_from` defaults to `min_horizon`), the same figure to the bit, without building a fit
-    when the reported window held one value (most processes, most ticks, every tick: the metrics ask for every
-    process's rate) or when its floor is provably level while no other window can be sustained (a sawtooth, a
-    card whose processes free and re-take). Such a fit's slope is 0 and its confidence 0: no part rose.
-
-    The device's rate is profiled from the forecast's shortest horizon and shown from its warning one, hence
-    the two horizons."""
-    shown = min_horizon if shown_from is None else shown_from
+def _report_plan(
+    view: View, config: DetectorConfig, min_horizon: float, shown: float
+) -> tuple[tuple[tuple[float, float], ...], tuple[float, float], tuple[float, float] | None] | None:
+    """`_report_windows` for `view`: None when the view is too short or covers no window (no rate at all)."""
     if len(view) < 3:
         return None
-    windows, every, reported = _report_windows(
+    plan = _report_windows(
         (view.first, view.now),
         min_horizon,
         shown,
         (config.horizons_seconds, config.min_coverage, config.rate_report_seconds),
     )
-    if not windows:
+    return plan if plan[0] else None
+
+
+def has_process_rate(view: View, config: DetectorConfig) -> bool:
+    """True when `reported_rate(view, config)` is a rate rather than None, without computing it: a process's rate
+    (both horizons 0) is None only when the view is too short or covers no window, since every window is shown.
+    `analysis` knows which processes have a rate at each tick and computes the rates only when they are read."""
+    return _report_plan(view, config, 0.0, 0.0) is not None
+
+
+def reported_rate(
+    view: View, config: DetectorConfig, min_horizon: float = 0.0, shown_from: float | None = None
+) -> Rate | None:
+    """The rate the metrics show for a series: `profile(view, config, min_horizon=min_horizon).rate(config,
+    shown_from)` (`shown_from` defaults to `min_horizon`), the same figure to the bit, without building a fit
+    when the reported window held one value (most processes, most ticks: every scrape asks for every process's
+    rate) or when its floor is provably level while no other window can be sustained (a sawtooth, a
+    card whose processes free and re-take). Such a fit's slope is 0 and its confidence 0: no part rose.
+
+    The device's rate is profiled from the forecast's shortest horizon and shown from its warning one, hence
+    the two horizons."""
+    shown = min_horizon if shown_from is None else shown_from
+    plan = _report_plan(view, config, min_horizon, shown)
+    if plan is None:
         return None
+    windows, every, reported = plan
     # When even the whole window cannot rise by `min_rise_bytes`, `profile` fits only the window it would
     # report among all of its horizons (`every`): none at all when that one is shorter than `shown`.
     still = view.still()  # the whole view held one value (most series): one comparison, not four lookups
