@@ -5,6 +5,7 @@ this tree's, over the same host processes behind the scripted NVML, with an hour
     python benchmarks/tick_ab.py --base e947182 --procs 64 --saw-every 2 --rounds 20
     python3 benchmarks/tick_ab.py --gpu --base-dir BASE    # a GPU host: real NVML, N small CUDA processes; BASE
                                                           # from `git archive REF watchdog | tar -x -C BASE`
+    python benchmarks/tick_ab.py --simulated scale512,scale  # the simulator at scale: 8 x 64 (an hour), 8 x 512
 
 The base tree is taken with `git archive` and imported under another name beside this tree's `vramwatch`, so both
 run in the same interpreter, on the same processes and the same readings. They tick in alternating blocks (the
@@ -74,6 +75,10 @@ def fingerprint(daemon: Any) -> str:
     return repr(dataclasses.replace(analysis, process_growth=dict(analysis.process_growth.items())))
 
 
+#: The simulator's scenarios at scale and the history each is measured with (as `tick.py --simulated`).
+SIMULATED_PREFILL = {"steady": 3600, "scale512": 3600, "scale": 300}
+
+
 def run(packages: dict[str, ModuleType], n: int, saw_every: int, args: argparse.Namespace) -> dict[str, float]:
     pool = tick.Pool(tick._CUDA_CHILD, saw_every) if args.gpu else tick.Pool(tick._HOST_CHILD)
     try:
@@ -81,25 +86,45 @@ def run(packages: dict[str, ModuleType], n: int, saw_every: int, args: argparse.
         if args.gpu:
             _listed(pool)
         sides = {name: side(pkg, pool, saw_every, args.prefill, gpu=args.gpu) for name, pkg in packages.items()}
-        ms: dict[str, list[float]] = {name: [] for name in sides}
-        names = list(sides)
-        for r in range(args.rounds):
-            for name in names if r % 2 else reversed(names):
-                step = sides[name][1]
-                started = time.perf_counter()
-                for _ in range(args.ticks):
-                    step()
-                ms[name].append((time.perf_counter() - started) / args.ticks * 1e3)
-            texts = {fingerprint(d) for d, _ in sides.values()}
-            # On a GPU each side reads the card at its own moment: a sawtooth differs between them.
-            if len(texts) != 1 and not args.gpu:
-                raise SystemExit(f"the analyses differ at round {r} ({n} processes, saw every {saw_every})")
-        out = {name: statistics.median(v) for name, v in ms.items()}
+        out = _alternate(sides, args, f"{n} processes, saw every {saw_every}")
         if args.gpu:
             out["nvml"] = _raw_nvml(args)
         return out
     finally:
         pool.close()
+
+
+def run_simulated(packages: dict[str, ModuleType], scenario: str, args: argparse.Namespace) -> dict[str, float]:
+    """`run` over a simulated scenario: each side its own simulator of the same seed, so both read the same."""
+
+    def sim_side(package: ModuleType) -> tuple[Any, Callable[[], None]]:
+        simulated = importlib.import_module(package.__name__ + ".backends.simulated")
+        clock = importlib.import_module(package.__name__ + ".testing").FakeClock()
+        backend = simulated.SimulatedBackend(scenario, seed=0, clock=clock)
+        return tick._daemon_for(backend, clock, prefill=SIMULATED_PREFILL.get(scenario, args.prefill), package=package)
+
+    return _alternate({name: sim_side(pkg) for name, pkg in packages.items()}, args, f"simulated {scenario}")
+
+
+def _alternate(
+    sides: dict[str, tuple[Any, Callable[[], None]]], args: argparse.Namespace, what: str
+) -> dict[str, float]:
+    """Blocks of `ticks` ticks per side in alternating order over `rounds`; the median of each side's mean tick
+    (ms). Stops when the two analyses differ after a block (not on a real GPU, whose readings differ)."""
+    ms: dict[str, list[float]] = {name: [] for name in sides}
+    names = list(sides)
+    for r in range(args.rounds):
+        for name in names if r % 2 else reversed(names):
+            step = sides[name][1]
+            started = time.perf_counter()
+            for _ in range(args.ticks):
+                step()
+            ms[name].append((time.perf_counter() - started) / args.ticks * 1e3)
+        texts = {fingerprint(d) for d, _ in sides.values()}
+        # On a GPU each side reads the card at its own moment: a sawtooth differs between them.
+        if len(texts) != 1 and not args.gpu:
+            raise SystemExit(f"the analyses differ at round {r} ({what})")
+    return {name: statistics.median(v) for name, v in ms.items()}
 
 
 def _raw_nvml(args: argparse.Namespace) -> float:
@@ -152,6 +177,7 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=20, help="ticks per block")
     ap.add_argument("--gpu", action="store_true", help="real NVML and N small CUDA processes (a GPU host)")
     ap.add_argument("--base-dir", type=Path, help="the base as a tree holding watchdog/ (no git history needed)")
+    ap.add_argument("--simulated", metavar="SCENARIOS", help="simulated scenarios instead, comma-separated")
     args = ap.parse_args()
     import vramwatch
     from vramwatch import logs
@@ -169,6 +195,14 @@ def main() -> None:
         print(f"base {base} against this tree ({Path(vramwatch.__file__).parent}, HEAD {head}: uncommitted changes "
               f"and a copied tree's stale .git are not shown); prefill {args.prefill} ticks; "
               f"{args.rounds} alternating blocks of {args.ticks} ticks; medians of the blocks' mean tick")  # fmt: skip
+        if args.simulated:
+            print("\n| simulated | history | base | change | change/base |\n| --- | ---: | ---: | ---: | ---: |")
+            for scenario in args.simulated.split(","):
+                m = run_simulated(packages, scenario, args)
+                history = SIMULATED_PREFILL.get(scenario, args.prefill)
+                print(f"| {scenario} | {history} s | {m['base']:.2f} ms | {m['change']:.2f} ms | "
+                      f"{m['change'] / m['base']:.2f}x |", flush=True)  # fmt: skip
+            return
         nvml_col = " raw NVML |" if args.gpu else ""
         print(f"\n| processes | mode |{nvml_col} base | change | change/base | saved per process |")
         print("| ---: | --- | ---: | ---: | ---: | ---: |" + (" ---: |" if args.gpu else ""))

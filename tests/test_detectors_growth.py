@@ -348,6 +348,58 @@ def test_flat_seconds_of_a_held_series_is_the_bisections_answer(
         assert flat_seconds(live, CONFIG, not_before=not_before) == quick
 
 
+def _probed_flat_seconds(series: View, config: DetectorConfig, not_before: float) -> float:
+    """The verdict's flat time as first written: every probe of the bisection looks the floor up again."""
+
+    def floor_since(t0: float) -> float:
+        low = series.min_between(t0, series.now + 1.0)
+        return float("inf") if low is None else low
+
+    if len(series) < 3:
+        return 0.0
+    now = series.now
+    longest = now - max(not_before, series.first)
+    if longest <= 0:
+        return 0.0
+    floor_ok = floor_since(now - 30.0) - config.noise_bytes
+    if floor_since(now - longest) >= floor_ok:
+        return longest
+    shortest = min(config.stable_min_seconds, longest)
+    if floor_since(now - shortest) < floor_ok:
+        return 0.0
+    good, bad = shortest, longest
+    for _ in range(6):
+        mid = (good + bad) / 2
+        if floor_since(now - mid) >= floor_ok:
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    parts=moves,
+    capacity=st.integers(60, 1500),
+    gap=st.floats(0.6, 1.4),
+    not_before=st.floats(-100.0, 2000.0),
+    stable_min=st.sampled_from([10.0, 60.0, 300.0]),  # shorter than the default: more series reach the bisection
+)
+def test_flat_seconds_from_the_newest_point_below_the_level_is_the_probed_bisections(
+    parts: list[tuple[str, int, int, int]], capacity: int, gap: float, not_before: float, stable_min: float
+) -> None:
+    """The flat time found from the newest point below the plateau's level (one staircase bisection, or a scan of a
+    plain view) equals the bisection that looks the floor up at every probe, to the bit."""
+    from vramwatch.detectors.stability import flat_seconds
+
+    config = DetectorConfig(stable_min_seconds=stable_min)
+    s, _ = _history_series(parts, capacity, gap)
+    live = view(s)
+    expected = _probed_flat_seconds(live, config, not_before)
+    assert flat_seconds(live, config, not_before=not_before) == expected
+    assert flat_seconds(View(*s.arrays()), config, not_before=not_before) == expected
+
+
 @settings(max_examples=100, deadline=None)
 @given(parts=moves, capacity=st.integers(60, 1500), gap=st.floats(0.6, 1.4))
 def test_the_cards_context_is_the_full_profiles(

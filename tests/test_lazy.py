@@ -7,9 +7,10 @@ from builders import GIB, make_snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from vramwatch.detectors import analysis as analysis_module
-from vramwatch.detectors._series import view
+from vramwatch.detectors._series import View, view
 from vramwatch.detectors.analysis import DEFAULT_CONFIG, analyze
-from vramwatch.detectors.growth import reported_rate
+from vramwatch.detectors.config import DetectorConfig
+from vramwatch.detectors.growth import Rate, RatePlan, reported_rate
 from vramwatch.history import History
 from vramwatch.lazy import LazyMapping
 
@@ -70,22 +71,25 @@ def test_rates_read_after_later_ticks_are_those_of_their_tick(
     assert dict(result.process_growth.items()) == expected
 
 
-def test_no_process_rate_is_computed_by_a_tick_that_nobody_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`analyze` lists which processes have a rate but computes none until one is read: a tick without a scrape
-    (on a card with room, where no finding's wording needs a rate) pays nothing for them."""
-    computed: list[object] = []
-    real = analysis_module.reported_rate
+def test_a_tick_computes_only_the_rates_of_still_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`analyze` lists which processes have a rate and computes at the tick only those of processes that held one
+    value (a lookup's cost, cheaper than keeping their view for later); a moving process's rate waits until it is
+    read (not by `in`, `len` or iteration): a tick without a scrape pays nothing for it."""
+    computed: list[bool] = []
+    real = analysis_module.process_rate
 
-    def counting(*args: object, **kwargs: object) -> object:
-        computed.append(args[0])
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+    def counting(points: View, config: DetectorConfig, plan: RatePlan) -> Rate:
+        computed.append(points.still())
+        return real(points, config, plan)
 
     h = _history({1: [300 * MIB, 500 * MIB], 2: [200 * MIB]}, 120)
-    monkeypatch.setattr(analysis_module, "reported_rate", counting)
+    monkeypatch.setattr(analysis_module, "process_rate", counting)
     result = analyze(h, DEFAULT_CONFIG)
-    device_rates = len(computed)  # the device's own rate (one per GPU) is computed at the tick
     assert len(result.process_growth) == 2
-    assert len(computed) == device_rates
+    keys = list(result.process_growth)
+    assert all(k in result.process_growth for k in keys)  # membership reads no rate
+    assert ("not a key", "GPU-x") not in result.process_growth
+    assert computed == [True]
     rates = list(result.process_growth.values())
-    assert len(computed) == device_rates + 2
-    assert rates[0].window_seconds > 0
+    assert computed == [True, False]
+    assert all(r.window_seconds > 0 for r in rates)

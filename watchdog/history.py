@@ -154,6 +154,18 @@ class Series:
         k = bisect_left(self._mins, i + self._base, self._mins_lo)
         return self._v[self._mins[k] - self._base]
 
+    def last_below(self, x: float, i: int) -> int:
+        """The array index of the newest point from array index `i` on whose value is below `x` (-1 when none).
+
+        That point is a step of the suffix-minima staircase (no later point undercuts it), and the steps' values
+        rise from the oldest to the newest: one bisection of the staircase finds it."""
+        v, base = self._v, self._base
+        k = bisect_left(self._mins, x, self._mins_lo, key=lambda p: v[p - base])  # the first step not below x
+        if k == self._mins_lo:
+            return -1
+        q = self._mins[k - 1] - base
+        return q if q >= i else -1
+
     def run_start(self) -> int:
         """The array index where the newest run of equal values began (below the live points when it began
         before them)."""

@@ -33,9 +33,11 @@ class View:
         self._copy: tuple[array[float], array[float]] | None = (t, v)
 
     @classmethod
-    def of(cls, series: Series) -> View:
-        """The whole series, without copying it."""
+    def of(cls, series: Series, since: float | None = None) -> View:
+        """The whole series (its points at or after `since`), without copying it."""
         t, v, first, end = series.storage()
+        if since is not None:
+            first = bisect_left(t, since, first, end)
         out = cls.__new__(cls)
         out._ta, out._va, out._i, out._j, out._end = t, v, first, end, end
         out._series, out._stamp, out._copy = series, series.appended, None
@@ -142,6 +144,18 @@ class View:
             return s.run_start() <= i
         return i >= j or min(self._va[i:j]) == max(self._va[i:j])
 
+    def last_below(self, x: float) -> float | None:
+        """The time of the newest point whose value is below `x` (None when none is): every point after it holds
+        at least `x`. A staircase bisection while the view is live, else a scan from the newest point."""
+        i, j = self._i, self._j
+        s = self._live(j)
+        if s is not None:
+            q = s.last_below(x, i)
+        else:
+            va = self._va
+            q = next((k for k in range(j - 1, i - 1, -1) if va[k] < x), -1)
+        return self._ta[q] if q >= 0 else None
+
     def low_since(
         self, t0: float, kept: Callable[[float, float | None, float | None], bool]
     ) -> tuple[float, bool] | None:
@@ -183,8 +197,8 @@ class View:
 EMPTY_VIEW = View(array("d"), array("d"))
 
 
-def view(series: Series | None) -> View:
-    """The whole series, oldest first, without copying it."""
+def view(series: Series | None, since: float | None = None) -> View:
+    """The whole series (its points at or after `since`), oldest first, without copying it."""
     if series is None or len(series) == 0:
         return EMPTY_VIEW
-    return View.of(series)
+    return View.of(series, since)

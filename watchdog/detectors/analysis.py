@@ -11,7 +11,7 @@ trees, the device's growth profile, and the processes that left it. Then every r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
@@ -23,7 +23,7 @@ from ._context import GpuContext, Tick, Tree
 from ._series import View, view
 from .base import Forecast, Observation, Verdict
 from .config import DetectorConfig
-from .growth import Rate, has_process_rate, profile, reported_rate
+from .growth import Rate, RatePlan, process_rate, process_rate_plan, profile, reported_rate
 from .registry import detectors, settings
 
 DEFAULT_CONFIG = DetectorConfig()
@@ -72,9 +72,7 @@ def analyze(history: History, config: DetectorConfig = DEFAULT_CONFIG, *, ooms: 
         t=snap.t,
         findings=tuple(o for o in found if isinstance(o, Finding)),
         gpu_growth=MappingProxyType({ctx.uuid: ctx.device_rate for ctx in gpus if ctx.device_rate is not None}),
-        process_growth=LazyMapping(
-            {(key, ctx.uuid): (ctx.process_growth, key) for ctx in gpus for key in ctx.process_growth}, _rate_in
-        ),
+        process_growth=_PerGpu({ctx.uuid: ctx.process_growth for ctx in gpus}),
         oom_eta=MappingProxyType({o.gpu_uuid: (o.eta_seconds, o.confidence) for o in found if isinstance(o, Forecast)}),
         verdicts=MappingProxyType({(o.key, o.gpu_uuid): o.text for o in found if isinstance(o, Verdict)}),
     )
@@ -94,22 +92,36 @@ def _context(
     used = view(history.gpu_used.get(gpu.uuid))
     now = snap.t
     # Per process: the growth rate the metrics show, from the last `rate_report_seconds` only (the leak claim
-    # reads the tree's whole window). Which processes have one is known now; each rate is computed when first
-    # read: by a scrape or the live page (once per read, not per tick), or by a detector that words a finding.
-    rated: dict[ProcessKey, View] = {}
+    # reads the tree's whole window). Which processes have one is known now. A view that held one value has its
+    # rate at the cost of a lookup, so it is computed now; any other is computed when first read: by a scrape or
+    # the live page (once per read, not per tick), or by a detector that words a finding.
+    rates: dict[ProcessKey, Rate | tuple[View, RatePlan]] = {}
     members: dict[ProcessKey, list[ProcessSample]] = {}
     tracks, uuid = history.processes, gpu.uuid
     since = now - config.rate_report_seconds * 1.001
+    # The plan depends only on a view's length and its oldest and newest times, and the newest is the tick's.
+    plans: dict[float, RatePlan | None] = {}
     for p in processes:
         members.setdefault(p.tree_key, []).append(p)
         track = tracks.get((p.key, uuid))
         if track is None:
             continue
-        points = view(track.series).since(since)
-        if has_process_rate(points, config):
+        points = view(track.series, since)
+        if len(points) < 3:
+            continue
+        first = points.first
+        try:
+            plan = plans[first]
+        except KeyError:
+            plan = plans[first] = process_rate_plan(points, config)
+        if plan is None:
+            continue
+        if points.still():
+            rates[p.key] = process_rate(points, config, plan)
+        else:
             # Detached: a scrape reads the rate from its own thread while the next ticks append to the series.
-            rated[p.key] = points.detached()
-    process_growth = LazyMapping(rated, partial(_process_rate, config=config))
+            rates[p.key] = (points.detached(), plan)
+    process_growth = LazyMapping(rates, partial(_process_rate, config=config))
     trees = {key: Tree(key, tuple(ps), sum([p.used_bytes or 0 for p in ps])) for key, ps in members.items()}
     # The device: its profile down to the forecast's shortest horizon, and the rate the metrics show. Only the
     # forecast reads the profile, and only its sustained and rising fits: a card that cannot be growing (most
@@ -140,16 +152,40 @@ def _context(
     )
 
 
-def _process_rate(points: View, config: DetectorConfig) -> Rate:
-    rate = reported_rate(points, config)
-    if rate is None:
-        raise AssertionError("has_process_rate promised a rate")
-    return rate
+def _process_rate(entry: Rate | tuple[View, RatePlan], config: DetectorConfig) -> Rate:
+    if isinstance(entry, Rate):
+        return entry
+    points, plan = entry
+    return process_rate(points, config, plan)
 
 
-def _rate_in(entry: tuple[Mapping[ProcessKey, Rate], ProcessKey]) -> Rate:
-    rates, key = entry
-    return rates[key]
+class _PerGpu(Mapping[tuple[ProcessKey, str], Rate]):
+    """Every card's process rates under (process, card uuid): the cards' own mappings, read through rather than
+    copied into a new table at each tick (no rate is computed until it is read)."""
+
+    __slots__ = ("_cards",)
+
+    def __init__(self, cards: Mapping[str, Mapping[ProcessKey, Rate]]) -> None:
+        self._cards = cards
+
+    def __getitem__(self, item: tuple[ProcessKey, str]) -> Rate:
+        key, uuid = item
+        return self._cards[uuid][key]
+
+    def __contains__(self, item: object) -> bool:
+        # Mapping's own would read the value, and so compute the rate.
+        if not isinstance(item, tuple) or len(item) != 2:
+            return False
+        rates = self._cards.get(item[1])
+        return rates is not None and item[0] in rates
+
+    def __iter__(self) -> Iterator[tuple[ProcessKey, str]]:
+        for uuid, rates in self._cards.items():
+            for key in rates:
+                yield key, uuid
+
+    def __len__(self) -> int:
+        return sum(len(rates) for rates in self._cards.values())
 
 
 def _departed(history: History, now: float) -> dict[str, tuple[tuple[ProcessKey, Track], ...]]:

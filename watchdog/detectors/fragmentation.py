@@ -232,6 +232,8 @@ def detect(tick: Tick, own: FragmentationConfig) -> Iterator[Finding]:
     other tenants' memory is not this process's to fragment).
     """
     snap = tick.snapshot
+    if not snap.torch:
+        return  # no agent reported: no table of every process to build
     by_pid = {(p.pid, p.gpu_uuid): p for p in snap.processes}
     for ts in snap.torch:
         gpu = snap.gpu(ts.gpu_uuid) if ts.gpu_uuid else None

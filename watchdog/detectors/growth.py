@@ -341,9 +341,12 @@ def _report_windows(
     return windows, reported, next((w for w in windows if w[0] == shown_choice), None)
 
 
-def _report_plan(
-    view: View, config: DetectorConfig, min_horizon: float, shown: float
-) -> tuple[tuple[tuple[float, float], ...], tuple[float, float], tuple[float, float] | None] | None:
+#: What `reported_rate` needs of a view besides its points: every window it covers, the one `profile` reports, and
+#: the one shown (`_report_windows`).
+RatePlan = tuple[tuple[tuple[float, float], ...], tuple[float, float], tuple[float, float] | None]
+
+
+def _report_plan(view: View, config: DetectorConfig, min_horizon: float, shown: float) -> RatePlan | None:
     """`_report_windows` for `view`: None when the view is too short or covers no window (no rate at all)."""
     if len(view) < 3:
         return None
@@ -356,11 +359,19 @@ def _report_plan(
     return plan if plan[0] else None
 
 
-def has_process_rate(view: View, config: DetectorConfig) -> bool:
-    """True when `reported_rate(view, config)` is a rate rather than None, without computing it: a process's rate
-    (both horizons 0) is None only when the view is too short or covers no window, since every window is shown.
-    `analysis` knows which processes have a rate at each tick and computes the rates only when they are read."""
-    return _report_plan(view, config, 0.0, 0.0) is not None
+def process_rate_plan(view: View, config: DetectorConfig) -> RatePlan | None:
+    """A process's plan (both horizons 0): None exactly when `reported_rate(view, config)` is None (the view is too
+    short or covers no window; every window is shown). It depends only on the view's length and its oldest and
+    newest times: `analysis` computes it once per tick for all the processes seen since the same time."""
+    return _report_plan(view, config, 0.0, 0.0)
+
+
+def process_rate(view: View, config: DetectorConfig, plan: RatePlan) -> Rate:
+    """`reported_rate(view, config)` to the bit, given `process_rate_plan(view, config)` (not None)."""
+    rate = _planned_rate(view, config, plan, 0.0, 0.0)
+    if rate is None:  # never: with both horizons 0, `profile` reports a window and every window is shown
+        raise AssertionError("a process's plan gives a rate")
+    return rate
 
 
 def reported_rate(
@@ -376,8 +387,10 @@ def reported_rate(
     the two horizons."""
     shown = min_horizon if shown_from is None else shown_from
     plan = _report_plan(view, config, min_horizon, shown)
-    if plan is None:
-        return None
+    return None if plan is None else _planned_rate(view, config, plan, min_horizon, shown)
+
+
+def _planned_rate(view: View, config: DetectorConfig, plan: RatePlan, min_horizon: float, shown: float) -> Rate | None:
     windows, every, reported = plan
     # When even the whole window cannot rise by `min_rise_bytes`, `profile` fits only the window it would
     # report among all of its horizons (`every`): none at all when that one is shorter than `shown`.

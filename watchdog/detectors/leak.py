@@ -26,7 +26,7 @@ from ._settings import non_negative, setting, validate
 from .base import Detector, Observation, Verdict
 from .forecast import eta_seconds
 from .growth import Fit, Profile, Rate, profile
-from .stability import verdict
+from .stability import card_line, verdict
 
 #: A process younger than this is still warming up as far as the leak advice is concerned.
 LEAK_MIN_AGE_SECONDS = 120.0
@@ -52,6 +52,7 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
     """Per tree: the leak claim (past warm-up, long horizons) or, failing that, a stability verdict; then the
     device's own growth finding when no tree explains it."""
     config, history = ctx.config, ctx.history
+    card = card_line(ctx)
     tree_grows = False
     for tree in ctx.trees.values():
         track = history.trees.get((tree.key, ctx.uuid))
@@ -71,6 +72,7 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
                 continue
         text = verdict(
             ctx,
+            card=card,
             key=tree.key,
             meta=meta,
             members=members,

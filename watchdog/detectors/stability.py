@@ -7,9 +7,7 @@ how much headroom the card has: the number a person tuning batch size wants.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-from ..model import GpuSample, ProcessKey, ProcessMeta
+from ..model import ProcessKey, ProcessMeta
 from . import _format as fmt
 from ._context import GpuContext
 from ._series import View
@@ -21,7 +19,9 @@ def flat_seconds(series: View, config: DetectorConfig, *, not_before: float) -> 
 
     A run that has plateaued is flat over the whole window: that is checked first, with one lookup in the
     series' staircase of suffix minima. Otherwise the start of the plateau is bisected between
-    `stable_min_seconds` and the whole window.
+    `stable_min_seconds` and the whole window. The floor since a time t is below the plateau's level exactly
+    when some point from t on is, so every probe of the bisection compares t with the newest such point (one
+    staircase bisection for them all) instead of looking the floor up again.
     """
     if len(series) < 3:
         return 0.0
@@ -34,31 +34,29 @@ def flat_seconds(series: View, config: DetectorConfig, *, not_before: float) -> 
         # and the floor now (below) is at most that value.
         return longest
     # The floor now: the least of the last 30 s, so the teeth of a sawtooth do not count as "just rose".
-    level = _floor_since(series, now - 30.0)
-    floor_ok = level - config.noise_bytes
-    if _floor_since(series, now - longest) >= floor_ok:
+    low = series.min_between(now - 30.0, now + 1.0)
+    if low is None:  # never: the newest point is in it
+        return 0.0
+    below = series.last_below(low - config.noise_bytes)
+    if below is None or below < now - longest:
         return longest
     shortest = min(config.stable_min_seconds, longest)
-    if _floor_since(series, now - shortest) < floor_ok:
+    if below >= now - shortest:
         return 0.0
     good, bad = shortest, longest
     for _ in range(6):
         mid = (good + bad) / 2
-        if _floor_since(series, now - mid) >= floor_ok:
+        if below < now - mid:
             good = mid
         else:
             bad = mid
     return good
 
 
-def _floor_since(series: View, t0: float) -> float:
-    low = series.min_between(t0, series.now + 1.0)
-    return float("inf") if low is None else low
-
-
 def verdict(
     ctx: GpuContext,
     *,
+    card: str,
     key: ProcessKey,
     meta: ProcessMeta | None,
     members: int,
@@ -67,7 +65,8 @@ def verdict(
     first_seen: float,
     config: DetectorConfig,
 ) -> str | None:
-    """ "python (pid 4242, alice) stable at 20.1 GiB for 12 min; GPU 0 at 21.3 of 24.0 GiB, 2.7 GiB headroom"."""
+    """ "python (pid 4242, alice) stable at 20.1 GiB for 12 min; GPU 0 at 21.3 of 24.0 GiB, 2.7 GiB headroom".
+    `card`: `card_line(ctx)`, the same for every tree on the card at a tick (formatted once per card and tick)."""
     settled = first_seen + config.warmup_seconds
     if ctx.now - settled < config.stable_min_seconds:
         return None
@@ -76,15 +75,13 @@ def verdict(
         return None
     return (
         f"{fmt.process_label(meta, key, tree=True, members=members)} stable at {fmt.gib(held_bytes)} GiB for "
-        f"{fmt.duration(flat)}; {_card(ctx.gpu, ctx.used_bytes, ctx.total_bytes, ctx.free_bytes)}"
+        f"{fmt.duration(flat)}; {card}"
     )
 
 
-@lru_cache(maxsize=64)
-def _card(gpu: GpuSample, used_bytes: int | None, total_bytes: int | None, free_bytes: int | None) -> str:
-    """ "GPU 0 at 21.3 of 24.0 GiB, 2.7 GiB headroom": the same for every tree on a card at a tick, so formatted
-    once per card and tick rather than once per tree (keyed on the figures it shows)."""
+def card_line(ctx: GpuContext) -> str:
+    """ "GPU 0 at 21.3 of 24.0 GiB, 2.7 GiB headroom": how a verdict ends."""
     return (
-        f"{fmt.gpu_label(gpu)} at {fmt.gib(used_bytes)} of {fmt.gib(total_bytes)} GiB, "
-        f"{fmt.gib(free_bytes)} GiB headroom"
+        f"{fmt.gpu_label(ctx.gpu)} at {fmt.gib(ctx.used_bytes)} of {fmt.gib(ctx.total_bytes)} GiB, "
+        f"{fmt.gib(ctx.free_bytes)} GiB headroom"
     )
