@@ -16,6 +16,7 @@ as Markdown and, with --json FILE, as JSON.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -410,7 +411,7 @@ def bench_daemon(seconds: float, simulate: str | None) -> dict[str, Any]:
 
 
 def report(res: dict[str, Any]) -> str:
-    lines = [f"machine: {res['machine']}", f"command: {res['command']}", ""]
+    lines = [f"machine: {res['machine']}", f"command: {res['command']}", f"collector: {res.get('collector')}", ""]
     procs = res.get("procs")
     if procs:
         rows = procs["rows"]
@@ -481,13 +482,20 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1000)
     ap.add_argument("--daemon", type=float, default=0, metavar="SECONDS", help="also measure serve at 1 Hz")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--default-gc", action="store_true", help="keep CPython's collector settings (not serve's)")
     args = ap.parse_args()
+    import vramwatch
     from vramwatch import logs
 
     logs.configure("json", "error")  # findings of the measured scenarios are not what is measured here
+    # The collector as `serve` sets it (a tree without `entry.tune_collector`, an older base, keeps CPython's).
+    tune = getattr(importlib.import_module(vramwatch.__name__ + ".entry"), "tune_collector", None)
+    if tune is not None and not args.default_gc:
+        tune()
     res: dict[str, Any] = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus",
         "python": sys.version.split()[0],
+        "collector": "as serve tunes it" if tune is not None and not args.default_gc else "CPython's defaults",
         "command": " ".join(["python", "benchmarks/tick.py", *sys.argv[1:]]),
         "daemon": [],
     }

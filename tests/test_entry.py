@@ -1,4 +1,4 @@
-"""The `vramwatch` command's entry point: the daemon runs without rich, attach with it."""
+"""The `vramwatch` command's entry point: the daemon runs without rich and with its collector tuned, attach as is."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from vramwatch.entry import VALUED_OPTIONS, keeps_rich_out
+from vramwatch.entry import VALUED_OPTIONS, YOUNG_THRESHOLD, keeps_rich_out
 
 
 @pytest.mark.parametrize(
@@ -57,6 +57,8 @@ except RuntimeError:
     structlog.get_logger().exception("tick failed")
 loaded = sorted(m for m in ("rich", "pygments") if sys.modules.get(m) is not None)
 print("LOADED", loaded)
+import gc
+print("COLLECTOR", gc.get_threshold()[0], gc.get_freeze_count() > 0)
 """
 
 
@@ -73,6 +75,15 @@ def test_serve_loads_no_rich_and_still_logs_exceptions() -> None:
     assert "tick failed" in out
     assert "Traceback (most recent call last)" in out
     assert "RuntimeError: boom" in out
+
+
+def test_serve_alone_tunes_the_collector() -> None:
+    """`serve`'s process freezes what start-up made and sweeps the young generation less often; `attach`'s keeps
+    CPython's collector as it is."""
+    assert f"COLLECTOR {YOUNG_THRESHOLD} True" in _run("serve")
+    out = _run("attach", "1")
+    assert f"COLLECTOR {YOUNG_THRESHOLD}" not in out
+    assert "False" in out.split("COLLECTOR", 1)[1]
 
 
 def test_attach_keeps_rich_for_its_live_view() -> None:
