@@ -395,9 +395,10 @@ def _planned_rate(view: View, config: DetectorConfig, plan: RatePlan, min_horizo
     # When even the whole window cannot rise by `min_rise_bytes`, `profile` fits only the window it would
     # report among all of its horizons (`every`): none at all when that one is shorter than `shown`.
     still = view.still()  # the whole view held one value (most series): one comparison, not four lookups
-    if config.min_rise_bytes > 0 and (
+    only_reported = config.min_rise_bytes > 0 and (
         still or view.tail_max(2) - view.since(windows[-1][1]).min() < config.min_rise_bytes
-    ):
+    )
+    if only_reported:
         h, a = every
         if h < shown:
             return None
@@ -409,12 +410,16 @@ def _planned_rate(view: View, config: DetectorConfig, plan: RatePlan, min_horizo
     chosen, a = reported
     # A series that moves without growing (a sawtooth, a process that frees and re-takes): when no other
     # window shown can be sustained and the floor is level over the reported one, that fit is the flat floor's,
-    # whose slope and confidence are 0 wherever its points sit. (When `profile` fits only the reported window,
-    # the other windows do not matter, and that window is the same: it is at least `shown`.)
+    # whose slope and confidence are 0 wherever its points sit. When `profile` fits only the reported window
+    # (`only_reported`; that window is then `every`, at least `shown`), the other windows do not matter and are
+    # not tested.
     if (
         config.min_rise_bytes > 0
         and _floor_level(view, a, config)
-        and all(h == chosen or _cannot_rise_in_every_part(view, w, config) for h, w in windows if h >= shown)
+        and (
+            only_reported
+            or all(h == chosen or _cannot_rise_in_every_part(view, w, config) for h, w in windows if h >= shown)
+        )
     ):
         return Rate(0.0, 0.0, view.now - a, len(view.since(a)), False)
     return profile(view, config, min_horizon=min_horizon).rate(config, shown)
