@@ -326,28 +326,6 @@ def test_staircase_bounds_of_a_window_hold_for_its_fit(
             assert min(fit.ys) == max(fit.ys)
 
 
-@settings(max_examples=150, deadline=None)
-@given(
-    parts=moves,
-    capacity=st.integers(60, 1500),
-    gap=st.floats(0.6, 1.4),
-    not_before=st.floats(-100.0, 2000.0),
-)
-def test_flat_seconds_of_a_held_series_is_the_bisections_answer(
-    parts: list[tuple[str, int, int, int]], capacity: int, gap: float, not_before: float
-) -> None:
-    """The stability verdict's flat time from the series' carried run equals the staircase bisection's."""
-    from unittest import mock
-
-    from vramwatch.detectors.stability import flat_seconds
-
-    s, _ = _history_series(parts, capacity, gap)
-    live = view(s)
-    quick = flat_seconds(live, CONFIG, not_before=not_before)
-    with mock.patch.object(View, "holds_since", return_value=False):
-        assert flat_seconds(live, CONFIG, not_before=not_before) == quick
-
-
 def _probed_flat_seconds(series: View, config: DetectorConfig, not_before: float) -> float:
     """The verdict's flat time as first written: every probe of the bisection looks the floor up again."""
 
@@ -389,7 +367,10 @@ def test_flat_seconds_from_the_newest_point_below_the_level_is_the_probed_bisect
     parts: list[tuple[str, int, int, int]], capacity: int, gap: float, not_before: float, stable_min: float
 ) -> None:
     """The flat time found from the newest point below the plateau's level (one staircase bisection, or a scan of a
-    plain view) equals the bisection that looks the floor up at every probe, to the bit."""
+    plain view), with or without the series' carried run, equals the bisection that looks the floor up at every
+    probe, to the bit."""
+    from unittest import mock
+
     from vramwatch.detectors.stability import flat_seconds
 
     config = DetectorConfig(stable_min_seconds=stable_min)
@@ -398,6 +379,8 @@ def test_flat_seconds_from_the_newest_point_below_the_level_is_the_probed_bisect
     expected = _probed_flat_seconds(live, config, not_before)
     assert flat_seconds(live, config, not_before=not_before) == expected
     assert flat_seconds(View(*s.arrays()), config, not_before=not_before) == expected
+    with mock.patch.object(View, "holds_since", return_value=False):
+        assert flat_seconds(live, config, not_before=not_before) == expected
 
 
 @settings(max_examples=100, deadline=None)
