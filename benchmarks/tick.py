@@ -488,9 +488,11 @@ def main() -> None:
     from vramwatch import logs
 
     logs.configure("json", "error")  # findings of the measured scenarios are not what is measured here
-    # The collector as `serve` sets it (a tree without `entry.tune_collector`, an older base, keeps CPython's).
+    # The collector as `serve` sets it, once the CLI has loaded the daemon's modules (a tree without
+    # `entry.tune_collector`, an older base, keeps CPython's).
     tune = getattr(importlib.import_module(vramwatch.__name__ + ".entry"), "tune_collector", None)
     if tune is not None and not args.default_gc:
+        importlib.import_module(vramwatch.__name__ + ".cli")
         tune()
     res: dict[str, Any] = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus",

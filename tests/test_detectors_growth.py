@@ -366,9 +366,7 @@ def _probed_flat_seconds(series: View, config: DetectorConfig, not_before: float
 def test_flat_seconds_from_the_newest_point_below_the_level_is_the_probed_bisections(
     parts: list[tuple[str, int, int, int]], capacity: int, gap: float, not_before: float, stable_min: float
 ) -> None:
-    """The flat time found from the newest point below the plateau's level (one staircase bisection, or a scan of a
-    plain view), with or without the series' carried run, equals the bisection that looks the floor up at every
-    probe, to the bit."""
+    """The flat time from the newest point below the level equals the probe-by-probe bisection's, to the bit."""
     from unittest import mock
 
     from vramwatch.detectors.stability import flat_seconds

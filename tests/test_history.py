@@ -210,8 +210,7 @@ def test_carried_run_and_low_points_answer_like_a_scan(values: list[int], capaci
 def test_a_detached_view_answers_from_its_staircases_as_they_were(
     before: list[int], after: list[int], capacity: int, data: st.DataObject
 ) -> None:
-    """A detached view still reads the series' staircases (no scan) after more points came and the arrays were
-    compacted, and answers every lookup as a copy of its points does."""
+    """A detached view answers every lookup from its frozen staircases as a copy of its points does."""
     from vramwatch.detectors._series import View, view
 
     s = Series(capacity)
@@ -236,3 +235,7 @@ def test_a_detached_view_answers_from_its_staircases_as_they_were(
         assert (detached.min(), detached.max(), detached.tail_max(2)) == (copy.min(), copy.max(), copy.tail_max(2))
     if len(copy.since(t1)):
         assert detached.since(t1).min() == copy.since(t1).min()
+    x = float(data.draw(st.integers(-1, 7)))
+    assert detached.last_below(x) == copy.last_below(x)
+    now = View(*s.arrays())
+    assert view(s).last_below(x) == now.last_below(x)  # the live staircase, after the compactions

@@ -72,9 +72,7 @@ def test_rates_read_after_later_ticks_are_those_of_their_tick(
 
 
 def test_a_tick_computes_only_the_rates_of_still_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`analyze` lists which processes have a rate and computes at the tick only those of processes that held one
-    value (a lookup's cost, cheaper than keeping their view for later); a moving process's rate waits until it is
-    read (not by `in`, `len` or iteration): a tick without a scrape pays nothing for it."""
+    """A tick computes still processes' rates only; a moving one's waits for a read (not `in`, `len`, iteration)."""
     computed: list[bool] = []
     real = analysis_module.process_rate
 

@@ -37,25 +37,29 @@ def keeps_rich_out(args: Sequence[str]) -> bool:
 
 
 #: The young generation is swept after this many new container objects rather than CPython's 700. A tick allocates
-#: a few per process (its sample, its views, its verdict), so at 4,096 processes the default swept about a hundred
-#: times a tick, and every tenth sweep of the middle generation walked it too. Garbage without cycles is freed at
-#: once whatever this is; only cycles wait longer, and the daemon makes next to none.
+#: a few per process (its sample, its views, its verdict), so at 4,096 processes the default swept the young
+#: generation about 32 times a tick, the middle one about 3 times, and the whole heap, an hour of history, every
+#: third tick (counted with `gc.callbacks`). Garbage without cycles is freed at once whatever this is; only cycles
+#: wait longer, and the daemon makes next to none.
 YOUNG_THRESHOLD = 50_000
 
 
 def tune_collector() -> None:
-    """For the daemon's process: objects made at start-up (modules, configuration) are moved out of the collector's
-    reach (`gc.freeze`), and the young generation is swept after `YOUNG_THRESHOLD` allocations. The tick at scale is
-    measured with and without it in docs/benchmarks.md; `benchmarks/tick.py` measures the tick as tuned here."""
+    """For the daemon's process, once its modules are loaded: what exists by then (the modules, their tables) is moved
+    out of the collector's reach (`gc.freeze`), and the young generation is swept after `YOUNG_THRESHOLD`
+    allocations. docs/benchmarks.md measures the tick at scale with and without it; `benchmarks/tick.py` measures
+    the tick as tuned here."""
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
 
 
 def main() -> None:
-    if keeps_rich_out(sys.argv[1:]):
+    serve = keeps_rich_out(sys.argv[1:])
+    if serve:
         sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
-        tune_collector()
-    from .cli import main as cli
+    from .cli import main as cli  # the CLI imports the daemon's modules (app, daemon, exporter, ...)
 
+    if serve:
+        tune_collector()
     cli()

@@ -99,8 +99,8 @@ def _context(
     members: dict[ProcessKey, list[ProcessSample]] = {}
     tracks, uuid = history.processes, gpu.uuid
     since = now - config.rate_report_seconds * 1.001
-    # The plan depends only on a view's length and its oldest and newest times, and the newest is the tick's.
-    plans: dict[float, RatePlan | None] = {}
+    # The plan depends only on a view's length (at least 3 here) and its oldest and newest times.
+    plans: dict[tuple[float, float], RatePlan | None] = {}
     for p in processes:
         members.setdefault(p.tree_key, []).append(p)
         track = tracks.get((p.key, uuid))
@@ -109,14 +109,14 @@ def _context(
         points = view(track.series, since)
         if len(points) < 3:
             continue
-        first = points.first
+        span = (points.first, points.now)
         try:
-            plan = plans[first]
+            plan = plans[span]
         except KeyError:
-            plan = plans[first] = process_rate_plan(points, config)
+            plan = plans[span] = process_rate_plan(points, config)
         if plan is None:
             continue
-        if points.still():
+        if config.min_rise_bytes > 0 and points.still():  # (without a minimum rise, a still view's rate is a fit)
             rates[p.key] = process_rate(points, config, plan)
         else:
             # Detached: a scrape reads the rate from its own thread while the next ticks append to the series.
@@ -169,6 +169,8 @@ class _PerGpu(Mapping[tuple[ProcessKey, str], Rate]):
         self._cards = cards
 
     def __getitem__(self, item: tuple[ProcessKey, str]) -> Rate:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise KeyError(item)
         key, uuid = item
         return self._cards[uuid][key]
 
@@ -186,6 +188,9 @@ class _PerGpu(Mapping[tuple[ProcessKey, str], Rate]):
 
     def __len__(self) -> int:
         return sum(len(rates) for rates in self._cards.values())
+
+    def __repr__(self) -> str:
+        return f"_PerGpu({len(self._cards)} cards, {len(self)} processes)"
 
 
 def _departed(history: History, now: float) -> dict[str, tuple[tuple[ProcessKey, Track], ...]]:
