@@ -2,15 +2,18 @@
 
     python benchmarks/tick_profile.py [--procs 64] [--saw-every 2] [--ticks 200] [--top 25]
     python benchmarks/tick_profile.py --simulated scale512 --prefill 700 --ticks 20   # the simulator instead
+    python benchmarks/tick_profile.py --simulated scale --prefill 100 --ticks 10 --collections  # GC runs per tick
 
 Prints the top entries by cumulative and by own time (what issue 12 asks to report before and after a change).
 The history is filled first, outside the profile; `--saw-every K` makes every K-th process a sawtooth.
+`--collections` counts the cyclic collector's runs per tick by generation instead (cProfile does not show them).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import pstats
 import sys
@@ -33,6 +36,7 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=200)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--simulated", metavar="SCENARIO", help="profile a simulated scenario's ticks (8 x 64: scale512)")
+    ap.add_argument("--collections", action="store_true", help="count the collector's runs per tick instead")
     args = ap.parse_args()
     logs.configure("json", "error")
     if args.simulated:
@@ -40,6 +44,10 @@ def main() -> None:
 
         clock = FakeClock()
         _, step = tick._daemon_for(SimulatedBackend(args.simulated, seed=0, clock=clock), clock, prefill=args.prefill)
+        if args.collections:
+            print(f"{args.simulated}: collections per tick by generation (young, middle, old), threshold "
+                  f"{gc.get_threshold()}: {collections(step, args.ticks)}")  # fmt: skip
+            return
         report(profiled(step, args.ticks), f"{args.simulated} (simulated), {args.prefill} ticks of history", args)
         return
     pool = tick.Pool(tick._HOST_CHILD)
@@ -52,6 +60,22 @@ def main() -> None:
     finally:
         pool.close()
     report(prof, f"{args.procs} host processes, saw every {args.saw_every or '-'}", args)
+
+
+def collections(step: Callable[[], None], ticks: int) -> list[float]:
+    counts = [0, 0, 0]
+
+    def started(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            counts[info["generation"]] += 1
+
+    gc.callbacks.append(started)
+    try:
+        for _ in range(ticks):
+            step()
+    finally:
+        gc.callbacks.remove(started)
+    return [c / ticks for c in counts]
 
 
 def profiled(step: Callable[[], None], ticks: int) -> cProfile.Profile:

@@ -39,8 +39,8 @@ def keeps_rich_out(args: Sequence[str]) -> bool:
 #: The young generation is swept after this many new container objects rather than CPython's 700. A tick allocates
 #: a few per process (its sample, its views, its verdict), so at 4,096 processes the default swept the young
 #: generation about 32 times a tick, the middle one about 3 times, and the whole heap, an hour of history, every
-#: third tick (counted with `gc.callbacks`). Garbage without cycles is freed at once whatever this is; only cycles
-#: wait longer, and the daemon makes next to none.
+#: third tick (`benchmarks/tick_profile.py --collections`). Garbage without cycles is freed at once whatever this
+#: is; only cycles wait longer, and the daemon makes next to none.
 YOUNG_THRESHOLD = 50_000
 
 
