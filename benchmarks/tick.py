@@ -16,7 +16,6 @@ as Markdown and, with --json FILE, as JSON.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -484,20 +483,18 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--default-gc", action="store_true", help="keep CPython's collector settings (not serve's)")
     args = ap.parse_args()
-    import vramwatch
-    from vramwatch import logs
+    import vramwatch.cli  # noqa: F401 - what serve has loaded when it tunes the collector
+    from vramwatch import entry, logs
 
     logs.configure("json", "error")  # findings of the measured scenarios are not what is measured here
-    # The collector as `serve` sets it, once the CLI has loaded the daemon's modules (a tree without
-    # `entry.tune_collector`, an older base, keeps CPython's).
-    tune = getattr(importlib.import_module(vramwatch.__name__ + ".entry"), "tune_collector", None)
-    if tune is not None and not args.default_gc:
-        importlib.import_module(vramwatch.__name__ + ".cli")
-        tune()
+    # The collector as `serve` sets it (a tree without `entry.tune_collector`, an older base, keeps CPython's).
+    tuned = hasattr(entry, "tune_collector") and not args.default_gc
+    if tuned:
+        entry.tune_collector()
     res: dict[str, Any] = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus",
         "python": sys.version.split()[0],
-        "collector": "as serve tunes it" if tune is not None and not args.default_gc else "CPython's defaults",
+        "collector": "as serve tunes it" if tuned else "CPython's defaults",
         "command": " ".join(["python", "benchmarks/tick.py", *sys.argv[1:]]),
         "daemon": [],
     }
