@@ -408,3 +408,15 @@ def test_the_cards_context_is_the_full_profiles(
         assert ctx.device.best(h, CONFIG, max_share=share) == full.best(h, CONFIG, max_share=share)
     room = 1 << 40
     assert ctx.device.levels_off_within(room, CONFIG) == full.levels_off_within(room, CONFIG)
+
+
+@pytest.mark.parametrize(("step_at", "sloped"), [(150.0, True), (280.0, False)])
+def test_a_small_step_is_reported_as_the_one_windows_slope(step_at: float, sloped: bool) -> None:
+    """A floor that rose once by less than `min_rise_bytes` gets the reported window's own fit, to the bit: a
+    Theil-Sen slope when the step is mid-window, 0 when most pairs of grid points lie before it."""
+    window = series(lambda t: 200 * MIB + (t >= step_at) * 8 * MIB, 300)
+    rate = reported_rate(window, CONFIG)
+    assert rate is not None
+    assert rate == profile(window, CONFIG).rate(CONFIG)
+    assert (rate.bytes_per_second > 0) == sloped
+    assert not rate.sustained

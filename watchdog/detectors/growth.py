@@ -27,7 +27,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from itertools import accumulate, pairwise
+from itertools import accumulate, combinations, pairwise
 
 from ._series import View
 from .config import DetectorConfig
@@ -192,11 +192,17 @@ def theil_sen(xs: Sequence[float], ys: Sequence[float]) -> float:
     n = len(xs)
     if n and min(ys) == max(ys):
         return 0.0  # a flat floor (most series, most ticks): every slope is zero, no need to sort them
-    slopes = sorted((ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(n) for j in range(i + 1, n) if xs[j] > xs[i])
+    slopes = sorted([(ys[j] - ys[i]) / (xs[j] - xs[i]) for i, j in _pairs(n) if xs[j] > xs[i]])
     if not slopes:
         return 0.0
     mid = len(slopes) // 2
     return slopes[mid] if len(slopes) % 2 else (slopes[mid - 1] + slopes[mid]) / 2
+
+
+@lru_cache(maxsize=64)
+def _pairs(n: int) -> tuple[tuple[int, int], ...]:
+    """Every (i, j) with i < j < n, in the order of the nested loops (fits have a handful of sizes)."""
+    return tuple(combinations(range(n), 2))
 
 
 def _suffix_floors(v: array[float], indexes: Iterable[int], config: DetectorConfig) -> dict[int, tuple[float, int]]:
@@ -283,14 +289,18 @@ def profile(
             )
     if not report and all(_cannot_rise_in_every_part(view, a, config) for _, a in windows):
         return NO_FITS
-    t, v = view.t, view.v
+    return Profile(_fits(view, windows, config))
+
+
+def _fits(view: View, windows: Sequence[tuple[float, float]], config: DetectorConfig) -> tuple[Fit, ...]:
+    """The fit of each window (horizon, start of its points) on the floor of `view`: one right-to-left sweep
+    finds the floors at every window's grid points."""
+    t, v, now = view.t, view.v, view.now
     grids = [(h, now - a, _grid(t, a, now, config)) for h, a in windows]
     floors = _suffix_floors(v, (i for _, _, idx in grids for i in idx), config)
-    return Profile(
-        tuple(
-            _fit(h, span, len(t) - idx[0], [t[floors[i][1]] for i in idx], [floors[i][0] for i in idx], config=config)
-            for h, span, idx in grids
-        )
+    return tuple(
+        _fit(h, span, len(t) - idx[0], [t[floors[i][1]] for i in idx], [floors[i][0] for i in idx], config=config)
+        for h, span, idx in grids
     )
 
 
@@ -422,6 +432,10 @@ def _planned_rate(view: View, config: DetectorConfig, plan: RatePlan, min_horizo
         )
     ):
         return Rate(0.0, 0.0, view.now - a, len(view.since(a)), False)
+    if only_reported:
+        # `profile` would fit this one window, and that fit cannot be sustained: its floor rises by less than the
+        # whole view can, which is under `min_rise_bytes`. `Profile.rate` then shows that fit's whole slope.
+        return _fits(view, (every,), config)[0].rate()
     return profile(view, config, min_horizon=min_horizon).rate(config, shown)
 
 
