@@ -13,10 +13,8 @@ a cheaper detachment would leave), after checking that both give the same rates.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +59,7 @@ def measure(scenario: str, prefill: int, repeat: int) -> list[list[str]]:
     label = f"{scenario} ({prefill} s)"
     rows = [[label, "still (computed at the tick)", str(still), "-", "-"]]
     for kind, entries in sorted(kinds.items()):
-        per = _median(lambda e=entries: [growth.process_rate(v, config, p) for v, p in e], repeat)
+        per = _median_of(lambda e=entries: [growth.process_rate(v, config, p) for v, p in e], repeat)
         rows.append([label, kind, str(len(entries)), f"{per / len(entries) * 1e6:.1f} µs", f"{per * 1e3:.2f} ms"])
     moving = [e for entries in kinds.values() for e in entries]
     points_only = [(_points_only(v), p) for v, p in moving]
@@ -70,7 +68,7 @@ def measure(scenario: str, prefill: int, repeat: int) -> list[list[str]]:
     ]:
         raise SystemExit("the rates over points-only views differ from the detached views' rates")
     for what, entries in (("every moving process", moving), ("the same, views of points only", points_only)):
-        per = _median(lambda e=entries: [growth.process_rate(v, config, p) for v, p in e], repeat)
+        per = _median_of(lambda e=entries: [growth.process_rate(v, config, p) for v, p in e], repeat)
         rows.append([label, what, str(len(entries)), f"{per / len(entries) * 1e6:.1f} µs", f"{per * 1e3:.2f} ms"])
     return rows
 
@@ -104,14 +102,8 @@ def _points_only(view: View) -> View:
     return View(t, v)
 
 
-def _median(fn: Callable[[], Sequence[object]], repeat: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+def _median_of(fn: Callable[[], object], repeat: int = 21) -> float:
+    return tick.measure(fn, repeat=repeat, warmup=1)["median_s"]
 
 
 if __name__ == "__main__":

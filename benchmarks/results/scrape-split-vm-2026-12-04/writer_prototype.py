@@ -10,9 +10,7 @@ library's own float formatting. It checks that both give the same sample lines f
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,7 +65,7 @@ def main() -> None:
     if lines != sorted(cached_text().splitlines()):
         raise SystemExit("the cached-label lines differ from prometheus-client's")
     print(f"{len(snap.processes)} processes, {len(lines)} sample lines")
-    lib, own = _median(library), _median(cached_text)
+    lib, own = _median_of(library), _median_of(cached_text)
     print(f"prometheus-client, families and writer: {lib * 1e3:.2f} ms; cached label text: {own * 1e3:.2f} ms "
           f"({own / lib:.2f}x)")  # fmt: skip
 
@@ -84,14 +82,8 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def _median(fn: Callable[[], object], repeat: int = 21) -> float:
-    fn()
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+def _median_of(fn: Callable[[], object], repeat: int = 21) -> float:
+    return tick.measure(fn, repeat=repeat, warmup=1)["median_s"]
 
 
 if __name__ == "__main__":
