@@ -420,3 +420,23 @@ def test_a_small_step_is_reported_as_the_one_windows_slope(step_at: float, slope
     assert rate == profile(window, CONFIG).rate(CONFIG)
     assert (rate.bytes_per_second > 0) == sloped
     assert not rate.sustained
+
+
+def test_the_one_fit_path_keeps_profile_rates_rule_for_a_sustained_fit() -> None:
+    """On a series no GPU reports (negative values, a bad read below the view's least), the one-fit path still
+    shows what `profile(...).rate(...)` shows, here a sustained fit's current slope."""
+    config = DetectorConfig(min_rise_bytes=500, noise_bytes=0)
+    t = [float(x) for x in range(10, 41)] + [float(x) for x in range(47, 101)]
+
+    def value(x: float) -> float:
+        if x < 39:
+            return -100.0
+        if x in (39.0, 40.0):
+            return -900.0 if x == 39.0 else -600.0
+        return -600.0 + (x - 47) * 10.0 if x <= 80 else -270.0 + (x - 80) * 7.0
+
+    window = View(array("d", t), array("d", [value(x) for x in t]))
+    rate = reported_rate(window, config)
+    assert rate is not None
+    assert rate.sustained
+    assert rate == profile(window, config).rate(config)

@@ -433,9 +433,11 @@ def _planned_rate(view: View, config: DetectorConfig, plan: RatePlan, min_horizo
     ):
         return Rate(0.0, 0.0, view.now - a, len(view.since(a)), False)
     if only_reported:
-        # `profile` would fit this one window, and that fit cannot be sustained: its floor rises by less than the
-        # whole view can, which is under `min_rise_bytes`. `Profile.rate` then shows that fit's whole slope.
-        return _fits(view, (every,), config)[0].rate()
+        # `profile` would fit this one window (at least `shown`): `Profile.rate` shows its current slope if it is
+        # sustained, else its whole slope. A memory series' fit never is (its floor rises by less than the whole
+        # view can, under `min_rise_bytes`), but the rule is `Profile.rate`'s, so it is kept for any series.
+        fit = _fits(view, (every,), config)[0]
+        return fit.rate(config if fit.sustained else None)
     return profile(view, config, min_horizon=min_horizon).rate(config, shown)
 
 
