@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from builders import GIB, UUID0, make_snapshot
+from builders import GIB, UUID0, UUID1, gpu, make_snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from vramwatch.detectors._series import view
 from vramwatch.history import POINT_BYTES, History, Series
-from vramwatch.model import ProcessKey
+from vramwatch.model import ProcessKey, ProcessMeta, ProcessSample, Snapshot
 
 
 def test_series_keeps_the_newest_points_in_order() -> None:
@@ -239,3 +240,101 @@ def test_a_detached_view_answers_from_its_staircases_as_they_were(
     assert detached.last_below(x) == copy.last_below(x)
     now = View(*s.arrays())
     assert view(s).last_below(x) == now.last_below(x)  # the live staircase, after the compactions
+
+
+class _UnsharedHistory(History):
+    """The reference: every tree appends to a series of its own (History.add before trees shared their root's)."""
+
+    def add(self, snap: Snapshot) -> None:
+        self.previous, self.latest = self.latest, snap
+        trees: dict[tuple[ProcessKey, str], tuple[int, ProcessMeta]] = {}
+        for p in snap.processes:
+            if p.used_bytes is None:
+                continue
+            self._touch(self.processes, (p.key, p.gpu_uuid), snap.t, p.meta).series.append(snap.t, p.used_bytes)
+            tk = (p.tree_key, p.gpu_uuid)
+            prev = trees.get(tk)
+            trees[tk] = ((prev[0] if prev else 0) + p.used_bytes, p.meta)
+        for tk, (total, meta) in trees.items():
+            self._touch(self.trees, tk, snap.t, meta).series.append(snap.t, total)
+        self._prune(snap.t)
+
+
+def _answers(s: Series) -> tuple[object, ...]:
+    """What a detector can ask of a series: its points, and the staircases' answers from every point on."""
+    live = view(s)
+    kept = lambda *_: True  # noqa: E731
+    t, v = s.arrays()
+    per_point = [
+        (p.min(), p.max(), p.still(), p.low_since(p.first, kept), live.last_below(x))
+        for p, x in ((live.since(tk), vk) for tk, vk in zip(t, v, strict=True))
+    ]
+    return tuple(t), tuple(v), s.run_start() - len(s._t) + len(s), tuple(per_point)
+
+
+# Per tick, per pid present: (bytes or None, root pid or None, start generation, GPU). Roots 1 and 2 are processes
+# that may be on a GPU themselves (their workers join their tree), 9 a launcher that never is.
+_tick = st.dictionaries(
+    st.integers(1, 6),
+    st.tuples(
+        st.one_of(st.none(), st.sampled_from([0, 1, 2, 3]).map(lambda k: k * GIB)),
+        st.sampled_from([None, 1, 2, 9]),
+        st.integers(0, 1),
+        st.sampled_from([UUID0, UUID1]),
+    ),
+    max_size=5,
+)
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.lists(_tick, min_size=1, max_size=40), st.integers(2, 12), st.integers(2, 14), st.integers(2, 30))
+def test_trees_sharing_their_roots_series_answer_like_trees_of_their_own(
+    ticks: list[dict[int, tuple[int | None, int | None, int, str]]], capacity: int, max_tracks: int, retain: int
+) -> None:
+    """Whatever joins, leaves, reuses a pid or is evicted, every track's series answers as if no tree shared one."""
+    shared = History(window_seconds=capacity - 1, retain_seconds=retain, max_tracks=max_tracks)
+    reference = _UnsharedHistory(window_seconds=capacity - 1, retain_seconds=retain, max_tracks=max_tracks)
+    for t, procs in enumerate(ticks):
+        metas = {
+            pid: ProcessMeta(
+                pid=pid,
+                start_time=100.0 * gen + pid,
+                root_pid=root,
+                root_start_time=None if root is None else 100.0 * gen + root,
+            )
+            for pid, (_, root, gen, _) in procs.items()
+        }
+        snap = Snapshot(
+            t=float(t),
+            wall_time=1.7e9 + t,
+            gpus=(gpu(used=GIB), gpu(1, used=GIB)),
+            processes=tuple(ProcessSample(uuid, used, metas[pid]) for pid, (used, _, _, uuid) in procs.items()),
+        )
+        shared.add(snap)
+        reference.add(snap)
+        for table, ref in ((shared.processes, reference.processes), (shared.trees, reference.trees)):
+            assert table.keys() == ref.keys()
+            for key, track in table.items():
+                other = ref[key]
+                assert (track.first_seen, track.last_seen, track.meta) == (
+                    other.first_seen,
+                    other.last_seen,
+                    other.meta,
+                )
+                assert _answers(track.series) == _answers(other.series)
+
+
+def test_a_lone_root_shares_its_series_until_a_worker_joins() -> None:
+    """A process that is its own tree appends once for both; when a worker joins, the tree's series goes its own way."""
+    h = History(window_seconds=100)
+    root = ProcessMeta(pid=10, start_time=5.0, root_pid=10, root_start_time=5.0)
+    worker = ProcessMeta(pid=11, start_time=6.0, root_pid=10, root_start_time=5.0)
+    for t in range(3):
+        h.add(Snapshot(t=float(t), wall_time=0.0, gpus=(gpu(used=GIB),), processes=(ProcessSample(UUID0, GIB, root),)))
+    key = (ProcessKey(10, 5.0), UUID0)
+    assert h.trees[key].series is h.processes[key].series
+    both = (ProcessSample(UUID0, GIB, root), ProcessSample(UUID0, 2 * GIB, worker))
+    h.add(Snapshot(t=3.0, wall_time=0.0, gpus=(gpu(used=3 * GIB),), processes=both))
+    assert h.trees[key].series is not h.processes[key].series
+    assert h.tree_window(*key).v == (GIB, GIB, GIB, 3 * GIB)
+    assert h.process_window(*key).v == (GIB, GIB, GIB, GIB)

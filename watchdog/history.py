@@ -5,7 +5,8 @@ plus its staircases (at most 8 bytes a point) and a dropped prefix of at most a 
 the arrays are compacted: a series of one hour at 1 Hz costs at most 108 kB, so the daemon's memory has a
 bound known in advance (`History.capacity_bytes`), and a short-lived process costs only what it lived.
 Series exist per GPU (used and free bytes), per process identity and GPU, and per process tree and GPU (a
-launcher's workers summed). A process that has exited keeps its series for `retain_seconds` (the crash/OOM
+launcher's workers summed). A tree that has only ever been its root process (most trees) holds that process's
+series, not a copy of it. A process that has exited keeps its series for `retain_seconds` (the crash/OOM
 detectors look back at it), then its memory is returned.
 """
 
@@ -16,6 +17,7 @@ from array import array
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
+from itertools import chain
 
 from .model import ProcessExit, ProcessKey, ProcessMeta, Snapshot, TorchStats
 
@@ -140,6 +142,15 @@ class Series:
         out._maxs, out._maxs_lo = self._maxs[bisect_left(self._maxs, first, self._maxs_lo) :], 0
         return out
 
+    def copy(self) -> Series:
+        """An independent series holding the same points, which answers everything the same."""
+        out = Series.__new__(Series)
+        out.capacity, out.appended, out._run = self.capacity, self.appended, self._run
+        out._t, out._v, out._lo, out._base = self._t[self._lo :], self._v[self._lo :], 0, self._base + self._lo
+        out._mins, out._mins_lo = self._mins[self._mins_lo :], 0
+        out._maxs, out._maxs_lo = self._maxs[self._maxs_lo :], 0
+        return out
+
     def arrays(self) -> tuple[array[float], array[float]]:
         """(times, values), oldest first, as new arrays."""
         return self._t[self._lo :], self._v[self._lo :]
@@ -248,16 +259,47 @@ class History:
                 self._series(self.gpu_free, g.uuid).append(snap.t, g.free_bytes)
             if g.total_bytes is not None:
                 self.gpu_total[g.uuid] = g.total_bytes
-        trees: dict[tuple[ProcessKey, str], tuple[int, ProcessMeta]] = {}
+        t = snap.t
+        processes, tracks = self.processes, self.trees
+        # Most trees are one process that is its own root (a notebook, a server, a single-process trainer, an MPS
+        # client). Such a tree's series is its root's own: one object, appended once. It shares that series only
+        # while the tree has been its root alone since its track began: at the first tick when it is anything
+        # else, it gets a copy of the points so far and goes its own way.
+        trees: dict[tuple[ProcessKey, str], tuple[int, ProcessMeta, bool]] = {}  # total, last meta, root alone
+        foreign: list[tuple[ProcessKey, str]] = []  # processes in another's tree: a tree of their key moves apart
         for p in snap.processes:
-            if p.used_bytes is None:
-                continue
-            self._touch(self.processes, (p.key, p.gpu_uuid), snap.t, p.meta).series.append(snap.t, p.used_bytes)
-            tk = (p.tree_key, p.gpu_uuid)
-            prev = trees.get(tk)
-            trees[tk] = ((prev[0] if prev else 0) + p.used_bytes, p.meta)
-        for tk, (total, meta) in trees.items():
-            self._touch(self.trees, tk, snap.t, meta).series.append(snap.t, total)
+            if p.used_bytes is not None:
+                key, tree = p.key, p.tree_key
+                tk = (tree, p.gpu_uuid)
+                prev = trees.get(tk)
+                trees[tk] = (prev[0] + p.used_bytes, p.meta, False) if prev else (p.used_bytes, p.meta, key is tree)
+                if key is not tree:
+                    foreign.append((key, p.gpu_uuid))
+        # The trees whose point this tick is their root's: their series, and how many points it had before.
+        shared: dict[tuple[ProcessKey, str], tuple[Series, int]] = {}
+        for tk in chain(trees, foreign):
+            tr, root = tracks.get(tk), processes.get(tk)
+            if tr is not None and root is not None and root.series is tr.series:
+                entry = trees.get(tk)
+                if entry is not None and entry[2]:
+                    shared[tk] = (tr.series, tr.series.appended)
+                else:
+                    tr.series = tr.series.copy()
+        for p in snap.processes:
+            if p.used_bytes is not None:
+                self._touch(processes, (p.key, p.gpu_uuid), t, p.meta).series.append(t, p.used_bytes)
+        for tk, (total, meta, alone) in trees.items():
+            if alone:
+                tr, was = tracks.get(tk), shared.get(tk)
+                if was is not None and tr is not None and tr.series is was[0] and was[0].appended == was[1] + 1:
+                    # The root's append above was this point (unless an eviction gave the root a new track).
+                    self._touch(tracks, tk, t, meta)
+                    continue
+                root = processes.get(tk) if tr is None and was is None else None
+                if root is not None and len(root.series) == 1:  # both begin now, with the root's point
+                    self._touch(tracks, tk, t, meta, root.series)
+                    continue
+            self._touch(tracks, tk, t, meta).series.append(t, total)
         for ex in snap.exits:
             self.exits[ex.key] = (snap.t, ex)
         for ts in snap.torch:
@@ -290,13 +332,21 @@ class History:
         return s
 
     def _touch(
-        self, table: dict[tuple[ProcessKey, str], Track], key: tuple[ProcessKey, str], t: float, meta: ProcessMeta
+        self,
+        table: dict[tuple[ProcessKey, str], Track],
+        key: tuple[ProcessKey, str],
+        t: float,
+        meta: ProcessMeta,
+        series: Series | None = None,
     ) -> Track:
+        """The track of `key`, made (on `series`, else a new one) if there is none, seen at `t`."""
         tr = table.get(key)
         if tr is None:
             if len(self.processes) + len(self.trees) >= self.max_tracks:
                 self._evict_one()
-            tr = table[key] = Track(Series(self.points), first_seen=t, last_seen=t, meta=meta)
+            tr = table[key] = Track(
+                Series(self.points) if series is None else series, first_seen=t, last_seen=t, meta=meta
+            )
         tr.last_seen = t
         tr.meta = meta
         return tr

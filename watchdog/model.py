@@ -135,7 +135,10 @@ class ProcessMeta:
     def __post_init__(self) -> None:
         key = ProcessKey(self.pid, self.start_time)
         object.__setattr__(self, "key", key)
-        tree = key if self.root_pid is None else ProcessKey(self.root_pid, self.root_start_time)
+        # A process that is its own root has its key as its tree's, the same object (History shares the series).
+        tree = key
+        if self.root_pid is not None and (self.root_pid, self.root_start_time) != (self.pid, self.start_time):
+            tree = ProcessKey(self.root_pid, self.root_start_time)
         object.__setattr__(self, "tree_key", tree)
 
 
