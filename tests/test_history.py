@@ -338,3 +338,22 @@ def test_a_lone_root_shares_its_series_until_a_worker_joins() -> None:
     assert h.trees[key].series is not h.processes[key].series
     assert h.tree_window(*key).v == (GIB, GIB, GIB, 3 * GIB)
     assert h.process_window(*key).v == (GIB, GIB, GIB, GIB)
+
+
+def test_a_process_listed_twice_in_two_trees_keeps_apart_from_its_own_tree() -> None:
+    """A snapshot listing one process twice (its own root, then another's worker) gives both tracks what they had
+    without sharing: the process both points, its own tree only its root's."""
+    own = ProcessMeta(pid=1, start_time=1.0)
+    moved = ProcessMeta(pid=1, start_time=1.0, root_pid=2, root_start_time=2.0)
+    ticks = [((UUID0, GIB, own),), ((UUID0, 2 * GIB, own), (UUID0, 3 * GIB, moved))]
+    shared, reference = History(window_seconds=100), _UnsharedHistory(window_seconds=100)
+    for t, samples in enumerate(ticks):
+        snap = Snapshot(
+            t=float(t), wall_time=0.0, gpus=(gpu(used=GIB),), processes=tuple(ProcessSample(*s) for s in samples)
+        )
+        shared.add(snap)
+        reference.add(snap)
+    key = (ProcessKey(1, 1.0), UUID0)
+    assert shared.process_window(*key).v == reference.process_window(*key).v == (GIB, 2 * GIB, 3 * GIB)
+    assert shared.tree_window(*key).v == reference.tree_window(*key).v == (GIB, 2 * GIB)
+    assert shared.trees[key].series is not shared.processes[key].series

@@ -275,6 +275,10 @@ class History:
                 trees[tk] = (prev[0] + p.used_bytes, p.meta, False) if prev else (p.used_bytes, p.meta, key is tree)
                 if key is not tree:
                     foreign.append((key, p.gpu_uuid))
+        for fk in foreign:  # the same process listed twice, once in another's tree: its own tree is not it alone
+            entry = trees.get(fk)
+            if entry is not None and entry[2]:
+                trees[fk] = (entry[0], entry[1], False)
         # The trees whose point this tick is their root's: their series, and how many points it had before.
         shared: dict[tuple[ProcessKey, str], tuple[Series, int]] = {}
         for tk in chain(trees, foreign):
