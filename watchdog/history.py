@@ -266,7 +266,8 @@ class History:
         # while the tree has been its root alone since its track began: at the first tick when it is anything
         # else, it gets a copy of the points so far and goes its own way.
         trees: dict[tuple[ProcessKey, str], tuple[int, ProcessMeta, bool]] = {}  # total, last meta, root alone
-        foreign: list[tuple[ProcessKey, str]] = []  # processes in another's tree: a tree of their key moves apart
+        # Processes counted in another's tree: a tree of their own key that shares their series must split from it.
+        foreign: list[tuple[ProcessKey, str]] = []
         for p in snap.processes:
             if p.used_bytes is not None:
                 key, tree = p.key, p.tree_key
