@@ -324,20 +324,18 @@ PROMETHEUS_ACCEPT = (
 
 
 def _prometheus_scrape(registry: Any, *, negotiated_by_library: bool = False) -> Callable[[], bytes]:
-    """A scrape as Prometheus makes it: the daemon's /metrics answer (`exporter.prefer_text`, then prometheus-client's
-    app, as `MetricsServer` routes it) with Prometheus's Accept and gzip.
+    """A scrape as Prometheus makes it: the daemon's /metrics answer (`exporter.metrics_app`, as `MetricsServer`
+    routes it) with Prometheus's Accept and gzip.
 
-    `negotiated_by_library`: prometheus-client's app alone instead, which answers that Accept in OpenMetrics (the
-    baseline for the daemon's preference for the text format)."""
+    `negotiated_by_library`: prometheus-client's app alone instead, which answers that Accept in OpenMetrics and
+    gzips at level 9 (the baseline for the daemon's choices of format and level)."""
     from prometheus_client import make_wsgi_app
-    from vramwatch.exporter import prefer_text
+    from vramwatch.exporter import metrics_app
 
-    app = make_wsgi_app(registry)
+    app = make_wsgi_app(registry) if negotiated_by_library else metrics_app(registry)
     environ = {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET", "QUERY_STRING": "",
                "HTTP_ACCEPT": PROMETHEUS_ACCEPT, "HTTP_ACCEPT_ENCODING": "gzip"}  # fmt: skip
-    if negotiated_by_library:
-        return lambda: b"".join(app(dict(environ), lambda *_: None))
-    return lambda: b"".join(app(prefer_text(dict(environ)), lambda *_: None))
+    return lambda: b"".join(app(dict(environ), lambda *_: None))
 
 
 def bench_simulated(repeat: int) -> dict[str, Any]:
@@ -456,7 +454,8 @@ def report(res: dict[str, Any]) -> str:
             "",
             "| simulated | history | tick median | tick p90 | scrape median (writer; each the first after a tick, so it"
             " computes the process rates) | scrape as Prometheus asks"
-            " (HTTP app, its Accept, gzip) | the same, OpenMetrics (prometheus-client's choice; alternating rounds)"
+            " (the daemon's /metrics: its Accept, gzip) | prometheus-client's app alone (OpenMetrics, gzip at level 9;"
+            " alternating rounds)"
             " | of the scrape: the process rates alone (read once after a tick)"
             " | the scrape with the rates already read (families + writer)"
             " | prometheus-client's writer alone over the same families, prebuilt (the floor under any scrape)"

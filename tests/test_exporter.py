@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import socket
 import subprocess
@@ -11,7 +12,7 @@ from builders import GIB, UUID0, make_snapshot
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from vramwatch.errors import VramwatchError
-from vramwatch.exporter import ExportState, MetricsServer, make_registry, parse_listen
+from vramwatch.exporter import GZIP_LEVEL, ExportState, MetricsServer, make_registry, metrics_app, parse_listen
 from vramwatch.model import Finding, GpuSample, ProcessKey, Severity, Snapshot
 from vramwatch.sampler import TickStats
 from vramwatch.stephistory import StepFigures
@@ -215,3 +216,54 @@ def test_scrapers_get_the_text_format_whenever_they_accept_it(accept: str, answe
     content_type = dict(headers[0])["Content-Type"]
     assert content_type.startswith(answered)
     assert b"vramwatch_gpu_memory_used_bytes" in body
+
+
+def _answer(environ: dict[str, str]) -> tuple[str, dict[str, str], bytes]:
+    reg = make_registry(lambda: _state(make_snapshot(1.0, {10: 3 * GIB, 11: 1 * GIB})))
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+    base = {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET", "QUERY_STRING": ""}
+    body = b"".join(metrics_app(reg)({**base, **environ}, lambda status, h: started.append((status, h))))
+    return started[0][0], dict(started[0][1]), body
+
+
+def test_a_scrape_that_accepts_gzip_gets_the_same_series_gzipped_at_the_daemons_level() -> None:
+    """Prometheus's scrape (its Accept, gzip) gets the plain answer's bytes, gzipped at GZIP_LEVEL, marked so."""
+    _, plain_headers, plain = _answer({"HTTP_ACCEPT": PROMETHEUS_3})
+    status, headers, body = _answer({"HTTP_ACCEPT": PROMETHEUS_3, "HTTP_ACCEPT_ENCODING": "gzip, deflate"})
+    assert status.startswith("200")
+    assert "Content-Encoding" not in plain_headers
+    assert headers["Content-Encoding"] == "gzip"
+    assert headers["Content-Type"] == plain_headers["Content-Type"]
+    assert headers["Content-Type"].startswith("text/plain")
+    assert gzip.decompress(body) == plain
+    assert b"vramwatch_process_gpu_memory_bytes" in plain
+    # The gzip header's XFL byte says 2 for level 9 (prometheus-client's own), 4 for level 1, 0 between.
+    assert body[8] == {9: 2, 1: 4}.get(GZIP_LEVEL, 0) == 0
+
+
+def test_requests_other_than_a_get_are_not_compressed() -> None:
+    """A POST gets prometheus-client's 405 as it wrote it, uncompressed, even when gzip is accepted."""
+    status, headers, body = _answer({"REQUEST_METHOD": "POST", "HTTP_ACCEPT_ENCODING": "gzip"})
+    assert status.startswith("405")
+    assert "Content-Encoding" not in headers
+    assert body.startswith(b"# HTTP 405")
+
+
+def test_the_server_routes_metrics_through_the_daemons_answer() -> None:
+    """MetricsServer's /metrics is `metrics_app`: gzip when asked, the text format for Prometheus."""
+    reg = make_registry(lambda: _state(make_snapshot(1.0, {10: 3 * GIB})))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = MetricsServer(f"127.0.0.1:{port}", reg, healthy=lambda: True)
+    try:
+        app = server.server.get_app()
+        headers: list[list[tuple[str, str]]] = []
+        environ = {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET", "QUERY_STRING": "",
+                   "HTTP_ACCEPT": PROMETHEUS_2, "HTTP_ACCEPT_ENCODING": "gzip"}  # fmt: skip
+        body = b"".join(app(environ, lambda status, h: headers.append(h)))
+    finally:
+        server.server.server_close()
+    assert dict(headers[0])["Content-Encoding"] == "gzip"
+    assert dict(headers[0])["Content-Type"].startswith("text/plain")
+    assert b"vramwatch_gpu_memory_used_bytes" in gzip.decompress(body)
