@@ -330,9 +330,15 @@ def _prometheus_scrape(registry: Any, *, negotiated_by_library: bool = False) ->
     `negotiated_by_library`: prometheus-client's app alone instead, which answers that Accept in OpenMetrics and
     gzips at level 9 (the baseline for the daemon's choices of format and level)."""
     from prometheus_client import make_wsgi_app
-    from vramwatch.exporter import metrics_app
+    from vramwatch import exporter
 
-    app = make_wsgi_app(registry) if negotiated_by_library else metrics_app(registry)
+    if negotiated_by_library:
+        app = make_wsgi_app(registry)
+    elif hasattr(exporter, "metrics_app"):
+        app = exporter.metrics_app(registry)
+    else:  # a base tree from before `metrics_app` (2026-12-05) served `prefer_text`, then the library's app
+        library = make_wsgi_app(registry)
+        app = lambda environ, start_response: library(exporter.prefer_text(environ), start_response)  # noqa: E731
     environ = {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET", "QUERY_STRING": "",
                "HTTP_ACCEPT": PROMETHEUS_ACCEPT, "HTTP_ACCEPT_ENCODING": "gzip"}  # fmt: skip
     return lambda: b"".join(app(dict(environ), lambda *_: None))
