@@ -9,7 +9,9 @@ out-of-memory that the truth records.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -32,15 +34,24 @@ CASES = sorted(
 )
 
 
-@pytest.fixture(scope="module")
-def score() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("vramwatch_corpus_score", ROOT / "benchmarks/detection/score.py")
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"vramwatch_corpus_{name}", ROOT / f"benchmarks/detection/{name}.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def score() -> ModuleType:
+    return _script("score")
+
+
+@pytest.fixture(scope="module")
+def resample() -> ModuleType:
+    return _script("resample")
 
 
 def example_policy(users: set[str]) -> dict[str, object]:
@@ -75,8 +86,27 @@ def test_the_corpus_is_there() -> None:
 def test_no_false_critical_finding_and_no_mistaken_signal(score: ModuleType, name: str) -> None:
     """Replayed with the example policy in dry-run: every critical finding is true, and every would-be
     signal answers a real OOM the truth records."""
-    truth = score.Truth.from_dict(__import__("json").loads((TRACES / f"{name}.truth.json").read_text()))
-    snaps = _snapshots(score, name)
+    _judge(score, name, _snapshots(score, name))
+
+
+@pytest.mark.parametrize("every", [2, 5])
+@pytest.mark.parametrize("name", CASES)
+def test_a_longer_sampling_interval_raises_nothing_false_either(
+    score: ModuleType, resample: ModuleType, tmp_path: Path, name: str, every: int
+) -> None:
+    """The same runs as a daemon sampling every 2 or 5 s sees them (`resample.py`): still no false critical
+    finding and no mistaken signal (such a daemon warns later: docs/detection.md, "the sampling interval")."""
+    src = next(TRACES.glob(f"{name}.jsonl*"))
+    dst = tmp_path / "resampled.jsonl.gz"
+    before, after = resample.resample(src, dst, every)
+    assert after == -(-before // every)
+    _judge(score, name, list(score._trace_snapshots(dst)))
+
+
+def _judge(score: ModuleType, name: str, snaps: list[Snapshot]) -> None:
+    """Replay `snaps` of the trace `name` through the detectors and the example policy (dry-run), and check both
+    promises against its truth."""
+    truth = score.Truth.from_dict(json.loads((TRACES / f"{name}.truth.json").read_text()))
     users = {p.meta.user for s in snaps for p in s.processes if p.meta.user}
     metas = {p.pid: p.meta for s in snaps for p in s.processes}
     config = DetectorConfig()
@@ -111,3 +141,23 @@ def test_no_false_critical_finding_and_no_mistaken_signal(score: ModuleType, nam
         assert signalled == []
     if any(e.kind == "oom" and e.gradual for e in truth.expectations()):
         assert signalled, "a leak ran out: the policy should have asked its run to save (dry-run)"
+
+
+def test_resampling_keeps_every_kth_tick_and_carries_exits_to_the_next_kept_one(
+    resample: ModuleType, tmp_path: Path
+) -> None:
+    """An exit seen on a dropped tick reaches the next kept tick (the daemon would learn of it then); the header's
+    interval is multiplied."""
+    ticks = [{"t": float(i), "gpus": [], "processes": []} for i in range(7)]
+    ticks[3]["exits"] = [{"pid": 3}]
+    ticks[4]["exits"] = [{"pid": 4}]
+    src, dst = tmp_path / "in.jsonl.gz", tmp_path / "out.jsonl.gz"
+    with gzip.open(src, "wt") as f:
+        for line in ({"vramwatch_trace": 1, "interval_seconds": 1.0}, *ticks):
+            f.write(json.dumps(line) + "\n")
+    assert resample.resample(src, dst, 3) == (7, 3)
+    with gzip.open(dst, "rt") as f:
+        header, *kept = [json.loads(line) for line in f]
+    assert header["interval_seconds"] == 3.0
+    assert [k["t"] for k in kept] == [0.0, 3.0, 6.0]
+    assert [k.get("exits") for k in kept] == [None, [{"pid": 3}], [{"pid": 4}]]
