@@ -12,7 +12,15 @@ from builders import GIB, UUID0, make_snapshot
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from vramwatch.errors import VramwatchError
-from vramwatch.exporter import GZIP_LEVEL, ExportState, MetricsServer, make_registry, metrics_app, parse_listen
+from vramwatch.exporter import (
+    GZIP_LEVEL,
+    ExportState,
+    MetricsServer,
+    accepts_gzip,
+    make_registry,
+    metrics_app,
+    parse_listen,
+)
 from vramwatch.model import Finding, GpuSample, ProcessKey, Severity, Snapshot
 from vramwatch.sampler import TickStats
 from vramwatch.stephistory import StepFigures
@@ -267,3 +275,25 @@ def test_the_server_routes_metrics_through_the_daemons_answer() -> None:
     assert dict(headers[0])["Content-Encoding"] == "gzip"
     assert dict(headers[0])["Content-Type"].startswith("text/plain")
     assert b"vramwatch_gpu_memory_used_bytes" in gzip.decompress(body)
+    assert body[8] == 0  # the XFL byte: not prometheus-client's own level 9 (2), so not the library's gzip
+
+
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [
+        ("gzip", True),
+        ("gzip, deflate", True),
+        ("deflate, GZIP;q=0.5", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.0, identity", False),
+        ("identity", False),
+        ("*", False),
+        ("", False),
+    ],
+)
+def test_gzip_is_used_only_when_the_scraper_accepts_it(header: str, accepted: bool) -> None:
+    """Accept-Encoding naming gzip (any case, any q but 0) gets gzip; q=0 refuses it, and `*` is not asked."""
+    assert accepts_gzip(header) is accepted
+    _, headers, body = _answer({"HTTP_ACCEPT": PROMETHEUS_3, "HTTP_ACCEPT_ENCODING": header})
+    assert ("Content-Encoding" in headers) is accepted
+    assert (gzip.decompress(body) if accepted else body).startswith(b"# HELP")

@@ -20,7 +20,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import gzip_accepted
 from prometheus_client.registry import Collector
 
 from ._version import __version__
@@ -341,7 +340,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 #: zlib's default level, which Prometheus's own Go client (client_golang's promhttp) compresses at too.
-#: prometheus-client compresses at 9: about 3x the time for a body a tenth smaller (docs/benchmarks.md).
+#: prometheus-client compresses at 9: about 3x the time for a body about a tenth smaller (docs/benchmarks.md).
 GZIP_LEVEL = 6
 
 #: A WSGI application: (environ, start_response) -> the body's chunks.
@@ -358,11 +357,20 @@ def metrics_app(registry: CollectorRegistry) -> WsgiApp:
 
     def answer(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         environ = prefer_text(environ)
-        if not gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+        if not accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
             plain: Iterable[bytes] = app(environ, start_response)
             return plain
         started: list[tuple[str, list[tuple[str, str]]]] = []
-        body = b"".join(app(environ, lambda status, headers: started.append((status, headers))))
+        chunks: list[bytes] = []
+
+        def hold(status: str, headers: list[tuple[str, str]], _exc_info: Any = None) -> Callable[[bytes], None]:
+            # Nothing is sent before the body is whole, so a second call (an error's, with exc_info) may simply
+            # replace the headers (PEP 3333).
+            started[:] = [(status, headers)]
+            return chunks.append  # WSGI's write(): kept with the body, in order
+
+        chunks.extend(app(environ, hold))
+        body = b"".join(chunks)
         status, headers = started[0]
         if status.startswith("200") and body:
             body = gzip.compress(body, compresslevel=GZIP_LEVEL)
@@ -371,6 +379,13 @@ def metrics_app(registry: CollectorRegistry) -> WsgiApp:
         return [body]
 
     return answer
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """True when the request's Accept-Encoding names gzip without refusing it (q=0)."""
+    return any(
+        part.split(";", 1)[0].strip().lower() == "gzip" and not _refused(part) for part in accept_encoding.split(",")
+    )
 
 
 def prefer_text(environ: dict[str, Any]) -> dict[str, Any]:

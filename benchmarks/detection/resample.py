@@ -5,40 +5,41 @@
 
 `serve --interval` can be raised to sample less often; this shows what the detectors then miss and whether they
 raise anything false. The header's `interval_seconds` is multiplied by k. A process's exit seen on a dropped tick
-is carried to the next kept one, where the daemon would have learnt of it. Truth files and workload events are
-copied unchanged, so every target is scored against the same moments (a contender's "within N ticks" then allows
-N of the longer ticks).
+is carried to the next kept one, where the daemon would have learnt of it (one seen after the last kept tick is
+lost, as it would be). Ticks are kept by position: a trace with gaps stays as uneven as it was. Truth files and
+workload events are copied unchanged, so every target is scored against the same moments (a contender's "within
+N ticks" then allows N of the longer ticks).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-import shutil
 import sys
 from pathlib import Path
-from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tracefiles import Line, read_trace, rewrite_corpus, write_trace
 
 
-def resample(src: Path, dst: Path, every: int) -> tuple[int, int]:
-    """Write `src` to `dst` with every `every`-th tick from the first; returns the ticks before and after."""
-    with gzip.open(src, "rt") as f:
-        lines: list[dict[str, Any]] = [json.loads(line) for line in f if line.strip()]
-    header, ticks = lines[0], lines[1:]
-    header["interval_seconds"] = float(header.get("interval_seconds") or 1.0) * every
-    kept: list[dict[str, Any]] = []
-    unseen_exits: list[Any] = []
+def resample_ticks(header: Line, ticks: list[Line], every: int) -> tuple[Line, list[Line]]:
+    """The header with its interval multiplied, and every `every`-th tick from the first (exits carried)."""
+    header = {**header, "interval_seconds": float(header.get("interval_seconds") or 1.0) * every}
+    kept: list[Line] = []
+    unseen_exits: list[object] = []
     for i, tick in enumerate(ticks):
         if i % every:
             unseen_exits += tick.get("exits", [])
             continue
-        if unseen_exits:
-            tick["exits"] = unseen_exits + tick.get("exits", [])
-            unseen_exits = []
-        kept.append(tick)
-    with gzip.open(dst, "wt") as out:
-        for line in (header, *kept):
-            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+        kept.append({**tick, "exits": unseen_exits + tick.get("exits", [])} if unseen_exits else tick)
+        unseen_exits = []
+    return header, kept
+
+
+def resample(src: Path, dst: Path, every: int) -> tuple[int, int]:
+    """Write the trace `src` to `dst` resampled (`resample_ticks`); returns the ticks before and after."""
+    header, ticks = read_trace(src)
+    header, kept = resample_ticks(header, ticks, every)
+    write_trace(dst, header, kept)
     return len(ticks), len(kept)
 
 
@@ -47,15 +48,15 @@ def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     src_dir, dst_dir, every = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-    (dst_dir / "events").mkdir(parents=True, exist_ok=True)
-    for truth_path in sorted(src_dir.glob("*.truth.json")):
-        name = truth_path.name.removesuffix(".truth.json")
-        before, after = resample(src_dir / f"{name}.jsonl.gz", dst_dir / f"{name}.jsonl.gz", every)
-        shutil.copy(truth_path, dst_dir / truth_path.name)
-        events = src_dir / "events" / f"{name}.events.jsonl.gz"
-        if events.exists():
-            shutil.copy(events, dst_dir / "events" / events.name)
-        print(f"{name}: {before} ticks -> {after}")
+    counts: dict[str, tuple[int, int]] = {}
+
+    def rewrite(name: str, _truth: Line, header: Line, ticks: list[Line]) -> tuple[Line, list[Line]]:
+        out = resample_ticks(header, ticks, every)
+        counts[name] = (len(ticks), len(out[1]))
+        return out
+
+    for name in rewrite_corpus(src_dir, dst_dir, rewrite):
+        print(f"{name}: {counts[name][0]} ticks -> {counts[name][1]}")
     return 0
 
 

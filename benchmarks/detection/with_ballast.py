@@ -13,20 +13,18 @@ rebase took them) and the process is listed on the first.
 
 from __future__ import annotations
 
-import gzip
-import json
-import shutil
 import sys
 from pathlib import Path
-from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tracefiles import Line, rewrite_corpus
 
 BALLAST_CMDLINE = ["python3", "ballast.py", "--leave-gib", "24"]
 
 
-def restore(src: Path, dst: Path, ballast_bytes: int) -> None:
-    with gzip.open(src, "rt") as f:
-        lines: list[dict[str, Any]] = [json.loads(line) for line in f if line.strip()]
-    header, ticks = lines[0], lines[1:]
+def restore(header: Line, ticks: list[Line], ballast_bytes: int) -> tuple[Line, list[Line]]:
+    """The trace with the ballast's bytes back on every GPU and its process listed on the first."""
     used_pids = {p["pid"] for t in ticks for p in t.get("processes", [])}
     pid = max(used_pids, default=1) + 1
     start = min((t["wall"] for t in ticks if t.get("wall")), default=0.0) - 5.0
@@ -42,28 +40,19 @@ def restore(src: Path, dst: Path, ballast_bytes: int) -> None:
             {"gpu": t["gpus"][0]["uuid"], "pid": pid, "start_time": start, "used_bytes": ballast_bytes,
              "name": "ballast.py", "user": "root", "cmdline": BALLAST_CMDLINE}
         )  # fmt: skip
-    with gzip.open(dst, "wt") as out:
-        for line in (header, *ticks):
-            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+    return header, ticks
 
 
 def main() -> int:
     if len(sys.argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2
-    src_dir, dst_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    (dst_dir / "events").mkdir(parents=True, exist_ok=True)
-    for truth_path in sorted(src_dir.glob("real_*.truth.json")):
-        name = truth_path.name.removesuffix(".truth.json")
-        truth = json.loads(truth_path.read_text())
-        if not truth.get("ballast_bytes"):
-            continue
-        restore(src_dir / f"{name}.jsonl.gz", dst_dir / f"{name}.jsonl.gz", int(truth["ballast_bytes"]))
-        shutil.copy(truth_path, dst_dir / truth_path.name)
-        events = src_dir / "events" / f"{name}.events.jsonl.gz"
-        if events.exists():
-            shutil.copy(events, dst_dir / "events" / events.name)
-        print(f"{name}: ballast of {truth['ballast_bytes'] / 2**30:.1f} GiB put back")
+
+    def rewrite(_name: str, truth: Line, header: Line, ticks: list[Line]) -> tuple[Line, list[Line]] | None:
+        return restore(header, ticks, int(truth["ballast_bytes"])) if truth.get("ballast_bytes") else None
+
+    for name in rewrite_corpus(Path(sys.argv[1]), Path(sys.argv[2]), rewrite, "real_*.truth.json"):
+        print(f"{name}: ballast put back")
     return 0
 
 
