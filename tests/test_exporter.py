@@ -209,6 +209,13 @@ PROTOBUF_FIRST = "application/vnd.google.protobuf;proto=io.prometheus.client.Met
 )
 def test_scrapers_get_the_text_format_whenever_they_accept_it(accept: str, answered: str) -> None:
     """/metrics answers in the Prometheus text format (cheaper to write) unless the scraper refuses it."""
+    headers, body = _server_answer({"HTTP_ACCEPT": accept})
+    assert headers["Content-Type"].startswith(answered)
+    assert b"vramwatch_gpu_memory_used_bytes" in body
+
+
+def _server_answer(environ: dict[str, str]) -> tuple[dict[str, str], bytes]:
+    """MetricsServer's answer to a GET of /metrics with these request headers (its WSGI app, no socket read)."""
     reg = make_registry(lambda: _state(make_snapshot(1.0, {10: 3 * GIB})))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -217,13 +224,11 @@ def test_scrapers_get_the_text_format_whenever_they_accept_it(accept: str, answe
     try:
         app = server.server.get_app()
         headers: list[list[tuple[str, str]]] = []
-        environ = {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET", "QUERY_STRING": "", "HTTP_ACCEPT": accept}
-        body = b"".join(app(environ, lambda status, h: headers.append(h)))
+        base = {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET", "QUERY_STRING": ""}
+        body = b"".join(app({**base, **environ}, lambda status, h: headers.append(h)))
     finally:
         server.server.server_close()
-    content_type = dict(headers[0])["Content-Type"]
-    assert content_type.startswith(answered)
-    assert b"vramwatch_gpu_memory_used_bytes" in body
+    return dict(headers[0]), body
 
 
 def _answer(environ: dict[str, str]) -> tuple[str, dict[str, str], bytes]:
@@ -259,21 +264,9 @@ def test_requests_other_than_a_get_are_not_compressed() -> None:
 
 def test_the_server_routes_metrics_through_the_daemons_answer() -> None:
     """MetricsServer's /metrics is `metrics_app`: gzip when asked, the text format for Prometheus."""
-    reg = make_registry(lambda: _state(make_snapshot(1.0, {10: 3 * GIB})))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = MetricsServer(f"127.0.0.1:{port}", reg, healthy=lambda: True)
-    try:
-        app = server.server.get_app()
-        headers: list[list[tuple[str, str]]] = []
-        environ = {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET", "QUERY_STRING": "",
-                   "HTTP_ACCEPT": PROMETHEUS_2, "HTTP_ACCEPT_ENCODING": "gzip"}  # fmt: skip
-        body = b"".join(app(environ, lambda status, h: headers.append(h)))
-    finally:
-        server.server.server_close()
-    assert dict(headers[0])["Content-Encoding"] == "gzip"
-    assert dict(headers[0])["Content-Type"].startswith("text/plain")
+    headers, body = _server_answer({"HTTP_ACCEPT": PROMETHEUS_2, "HTTP_ACCEPT_ENCODING": "gzip"})
+    assert headers["Content-Encoding"] == "gzip"
+    assert headers["Content-Type"].startswith("text/plain")
     assert b"vramwatch_gpu_memory_used_bytes" in gzip.decompress(body)
     assert body[8] == 0  # the XFL byte: not prometheus-client's own level 9 (2), so not the library's gzip
 
