@@ -2,6 +2,7 @@
 
     python benchmarks/detection/score.py TRACE_DIR            # every *.jsonl / *.jsonl.gz with a .truth.json
     python benchmarks/detection/score.py --simulate           # the simulator's scenarios, seeds 0-2
+    python benchmarks/detection/score.py --simulate --every 5 # the same read every 5 s (`serve --interval 5`)
     python benchmarks/detection/score.py TRACE_DIR --json     # the summary as JSON instead of Markdown
 
 Each trace is replayed tick by tick through History -> analyze -> FindingTracker, exactly as the daemon
@@ -515,9 +516,10 @@ SIMULATED_GRADUAL = {"leak", "slow_leak", "fast_leak", "stepwise_leak"}
 
 
 def simulated_cases(
-    scenarios: Sequence[str], seeds: Sequence[int]
+    scenarios: Sequence[str], seeds: Sequence[int], every: float = 1.0
 ) -> Iterator[tuple[str, Truth, Iterable[Snapshot], float]]:
-    """The simulator's scenarios at 1 Hz, with truth from its own record of what happened."""
+    """The simulator's scenarios read every `every` seconds (1 Hz by default; the world itself moves in its own
+    steps whatever the reads), with truth from its own record of what happened."""
     from vramwatch.backends.simulated import SCENARIOS, ground_truth
 
     for name in scenarios:
@@ -558,10 +560,10 @@ def simulated_cases(
                 expect=tuple(expect),
                 allow=tuple(allow),
             )
-            yield f"sim-{name}-{seed}", truth, _simulated_snapshots(name, seed), 1.0
+            yield f"sim-{name}-{seed}", truth, _simulated_snapshots(name, seed, every), every
 
 
-def _simulated_snapshots(name: str, seed: int) -> Iterator[Snapshot]:
+def _simulated_snapshots(name: str, seed: int, every: float = 1.0) -> Iterator[Snapshot]:
     from vramwatch.backends.simulated import SCENARIOS, SimulatedBackend
     from vramwatch.sampler import snapshot_from_reading
     from vramwatch.testing import FakeClock
@@ -575,7 +577,7 @@ def _simulated_snapshots(name: str, seed: int) -> Iterator[Snapshot]:
         yield snapshot_from_reading(
             reading, inspector, t=clock.monotonic(), wall=clock.wall(), visible=inspector.pid_namespace_matches()
         )
-        clock.advance(1.0)
+        clock.advance(every)
 
 
 # -- report ------------------------------------------------------------------------------------------------
@@ -625,6 +627,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("dirs", nargs="*", type=Path, help="directories of traces with .truth.json sidecars")
     p.add_argument("--simulate", nargs="*", metavar="SCENARIO", help="score simulated scenarios (all if none named)")
     p.add_argument("--seeds", default="0,1,2", help="simulator seeds, comma-separated (default 0,1,2)")
+    p.add_argument(
+        "--every", type=float, default=1.0, help="read the simulator every this many seconds, as `serve --interval`"
+    )
     p.add_argument("--ticks", type=int, default=3, help="a contender must be named within this many ticks")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of Markdown")
     p.add_argument("--no-fail", action="store_true", help="exit 0 even when a target fails")
@@ -635,7 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vramwatch.backends.simulated import SCENARIOS
 
         names = args.simulate or [n for n in SCENARIOS if n != "scale"]
-        cases.append(simulated_cases(names, [int(s) for s in args.seeds.split(",") if s.strip()]))
+        cases.append(simulated_cases(names, [int(s) for s in args.seeds.split(",") if s.strip()], args.every))
     config = DetectorConfig()
     rows: list[dict[str, Any]] = []
     runs: list[Run] = []
