@@ -161,3 +161,16 @@ def test_resampling_keeps_every_kth_tick_and_carries_exits_to_the_next_kept_one(
     assert header["interval_seconds"] == 3.0
     assert [k["t"] for k in kept] == [0.0, 3.0, 6.0]
     assert [k.get("exits") for k in kept] == [None, [{"pid": 3}], [{"pid": 4}]]
+
+
+@pytest.mark.parametrize("every", [2.0, 5.0])
+def test_the_simulators_healthy_runs_read_less_often_raise_nothing(score: ModuleType, every: float) -> None:
+    """Runs that stay flat, warm up in steps or slow to a plateau, read every 2 or 5 s (`serve --interval`), raise
+    no finding at all (seeds 0-2)."""
+    raised = []
+    for name, truth, snaps, interval in score.simulated_cases(sorted(score.SIMULATED_HEALTHY), [0, 1, 2], every):
+        assert interval == every
+        run = score.replay(name, truth, snaps, DetectorConfig(), interval)
+        assert run.ticks
+        raised += [(name, e.kind, e.message) for e in run.ours]
+    assert raised == []
