@@ -290,3 +290,4 @@ def test_gzip_is_used_only_when_the_scraper_accepts_it(header: str, accepted: bo
     _, headers, body = _answer({"HTTP_ACCEPT": PROMETHEUS_3, "HTTP_ACCEPT_ENCODING": header})
     assert ("Content-Encoding" in headers) is accepted
     assert (gzip.decompress(body) if accepted else body).startswith(b"# HELP")
+    assert headers["Vary"] == "Accept, Accept-Encoding"  # a cache on the way must tell the answers apart

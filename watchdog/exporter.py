@@ -343,6 +343,10 @@ def parse_listen(listen: str) -> tuple[str, int]:
 #: prometheus-client compresses at 9: about 3x the time for a body about a tenth smaller (docs/benchmarks.md).
 GZIP_LEVEL = 6
 
+#: The answer depends on both request headers (format and compression): a cache between the daemon and a scraper
+#: must not hand one scraper's answer to another (RFC 9110, 12.5.5).
+VARY = ("Vary", "Accept, Accept-Encoding")
+
 #: A WSGI application: (environ, start_response) -> the body's chunks.
 WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 
@@ -358,7 +362,11 @@ def metrics_app(registry: CollectorRegistry) -> WsgiApp:
     def answer(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         environ = prefer_text(environ)
         if not accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
-            plain: Iterable[bytes] = app(environ, start_response)
+
+            def plain_start(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+                return start_response(status, [*headers, VARY], *exc_info)
+
+            plain: Iterable[bytes] = app(environ, plain_start)
             return plain
         started: list[tuple[str, list[tuple[str, str]]]] = []
         chunks: list[bytes] = []
@@ -375,7 +383,7 @@ def metrics_app(registry: CollectorRegistry) -> WsgiApp:
         if status.startswith("200") and body:
             body = gzip.compress(body, compresslevel=GZIP_LEVEL)
             headers = [*headers, ("Content-Encoding", "gzip")]
-        start_response(status, headers)
+        start_response(status, [*headers, VARY])
         return [body]
 
     return answer
