@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import itertools
 import json
 import re
 import sys
@@ -171,6 +172,7 @@ def test_the_simulators_healthy_runs_read_less_often_raise_nothing(score: Module
     for name, truth, snaps, interval in score.simulated_cases(sorted(score.SIMULATED_HEALTHY), [0, 1, 2], every):
         assert interval == every
         run = score.replay(name, truth, snaps, DetectorConfig(), interval)
-        assert run.ticks
+        assert len(run.ticks) > 10
+        assert {round(b - a, 6) for a, b in itertools.pairwise(run.ticks)} == {every}  # read every `every` s
         raised += [(name, e.kind, e.message) for e in run.ours]
     assert raised == []

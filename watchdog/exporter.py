@@ -363,15 +363,21 @@ def metrics_app(registry: CollectorRegistry) -> WsgiApp:
         environ = prefer_text(environ)
         if not accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
 
-            def plain_start(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
-                return start_response(status, [*headers, VARY], *exc_info)
+            def plain_start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+                # exc_info passed on only when given: some start_response stand-ins take two arguments.
+                extra = () if exc_info is None else (exc_info,)
+                return start_response(status, [*headers, VARY], *extra)
 
             plain: Iterable[bytes] = app(environ, plain_start)
             return plain
         started: list[tuple[str, list[tuple[str, str]]]] = []
         chunks: list[bytes] = []
 
-        def hold(status: str, headers: list[tuple[str, str]], _exc_info: Any = None) -> Callable[[bytes], None]:
+        def hold(
+            status: str,
+            headers: list[tuple[str, str]],
+            exc_info: Any = None,  # noqa: ARG001
+        ) -> Callable[[bytes], None]:
             # Nothing is sent before the body is whole, so a second call (an error's, with exc_info) may simply
             # replace the headers (PEP 3333).
             started[:] = [(status, headers)]

@@ -634,6 +634,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of Markdown")
     p.add_argument("--no-fail", action="store_true", help="exit 0 even when a target fails")
     args = p.parse_args(argv)
+    if not args.every > 0:
+        p.error("--every must be a positive number of seconds")
+    if args.every != 1.0 and args.simulate is None:
+        p.error("--every reads the simulator less often; for recorded traces use resample.py")
 
     cases: list[Iterator[tuple[str, Truth, Iterable[Snapshot], float]]] = [trace_cases(d) for d in args.dirs]
     if args.simulate is not None:
