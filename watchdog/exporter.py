@@ -361,15 +361,6 @@ def metrics_app(registry: CollectorRegistry) -> WsgiApp:
 
     def answer(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         environ = prefer_text(environ)
-        if not accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
-
-            def plain_start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-                # exc_info passed on only when given: some start_response stand-ins take two arguments.
-                extra = () if exc_info is None else (exc_info,)
-                return start_response(status, [*headers, VARY], *extra)
-
-            plain: Iterable[bytes] = app(environ, plain_start)
-            return plain
         started: list[tuple[str, list[tuple[str, str]]]] = []
         chunks: list[bytes] = []
 
@@ -384,9 +375,9 @@ def metrics_app(registry: CollectorRegistry) -> WsgiApp:
             return chunks.append  # WSGI's write(): kept with the body, in order
 
         chunks.extend(app(environ, hold))
-        body = b"".join(chunks)
+        body = b"".join(chunks)  # prometheus-client answers in one chunk: no copy
         status, headers = started[0]
-        if status.startswith("200") and body:
+        if status.startswith("200") and body and accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
             body = gzip.compress(body, compresslevel=GZIP_LEVEL)
             headers = [*headers, ("Content-Encoding", "gzip")]
         start_response(status, [*headers, VARY])
