@@ -9,7 +9,8 @@
 # Parts: `suite` (the gpu test suite), `procs` (tick and scrape per count of small CUDA processes, raw NVML, nvitop
 # like for like, full-snapshot tools, with the fit per process), `simulated` (the simulator at scale on this host's
 # CPU: tick, scrape and their parts; with BASE, both trees at once, then the in-process A/B of the tick), `rss`
-# (resident memory by start-up step, with NVML). Each Markdown or text file starts with the command that made it,
+# (resident memory by start-up step, with NVML), `profile` (cProfile's top entries of the tick over 64 small CUDA
+# processes, half of them sawtooths, and of the simulator's 8 x 64; with BASE, the base tree's too). Each Markdown or text file starts with the command that made it,
 # the host and the exit status; the script exits 1 when any command failed. This tree is measured, never an
 # installed vramwatch: `benchmarks/gpu_env.sh` puts it (and the wheels carried in `.whl/`) first on PYTHONPATH.
 set -u
@@ -24,12 +25,12 @@ if [ $# -gt 0 ] && [ -d "$1" ]; then
         exit 2
     fi
 fi
-PARTS=${*:-suite procs simulated rss}
+PARTS=${*:-suite procs simulated rss profile}
 for part in $PARTS; do
     case $part in
-    suite | procs | simulated | rss) ;;
+    suite | procs | simulated | rss | profile) ;;
     *)
-        echo "issue12_gpu.sh: unknown part $part (suite, procs, simulated, rss; BASE must be an existing directory)" >&2
+        echo "issue12_gpu.sh: unknown part $part (suite, procs, simulated, rss, profile; BASE must be an existing directory)" >&2
         exit 2
         ;;
     esac
@@ -84,6 +85,17 @@ for part in $PARTS; do
         fi
         ;;
     rss) run rss.md python3 benchmarks/rss.py || FAILED=1 ;;
+    profile)
+        # One tree at a time: the CUDA processes of two would share the card and the host.
+        for tree in new ${BASE:+base}; do
+            wrap=
+            [ "$tree" = base ] && wrap=with_base
+            run "profile-cuda-$tree.txt" $wrap python3 benchmarks/tick_profile.py --cuda --procs 64 --saw-every 2 \
+                --prefill 3600 --ticks 200 --top 20 || FAILED=1
+            run "profile-sim-$tree.txt" $wrap python3 benchmarks/tick_profile.py --simulated scale512 --prefill 3600 \
+                --ticks 20 --top 20 || FAILED=1
+        done
+        ;;
     esac
 done
 exit $FAILED

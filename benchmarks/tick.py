@@ -193,6 +193,17 @@ def _fake_nvml(pool: Pool, saw_every: int = 0) -> Any:
     return nv
 
 
+def wait_listed(nv: Any, pool: Pool, timeout: float = 60.0) -> None:
+    """Until the driver lists every process of the pool (it lists a context once it is made), or `timeout`."""
+    handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
+    mine = {p.pid for p in pool.procs}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if mine <= {int(p.pid) for h in handles for p in nv.nvmlDeviceGetComputeRunningProcesses(h)}:
+            return
+        time.sleep(0.2)
+
+
 def bench_procs(counts: list[int], repeat: int, *, host: bool, saw_every: int, prefill: int) -> dict[str, Any]:
     """Per process count: raw NVML, vramwatch's tick and scrape, and the peers, measured back to back.
 
@@ -221,13 +232,8 @@ def bench_procs(counts: list[int], repeat: int, *, host: bool, saw_every: int, p
                 nv.refresh()
             backend = NvmlBackend(nvml=nv)
             handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
-            deadline = time.monotonic() + 60
-            mine = {p.pid for p in pool.procs}
-            while not host and time.monotonic() < deadline:  # the driver lists a context once it is made
-                listed = {int(p.pid) for h in handles for p in nv.nvmlDeviceGetComputeRunningProcesses(h)}
-                if mine <= listed:
-                    break
-                time.sleep(0.2)
+            if not host:
+                wait_listed(nv, pool)
             listed = sum(len(nv.nvmlDeviceGetComputeRunningProcesses(h)) for h in handles)
 
             def raw(handles: list[Any] = handles) -> None:

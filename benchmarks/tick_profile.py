@@ -3,9 +3,11 @@
     python benchmarks/tick_profile.py [--procs 64] [--saw-every 2] [--ticks 200] [--top 25]
     python benchmarks/tick_profile.py --simulated scale512 --prefill 700 --ticks 20   # the simulator instead
     python benchmarks/tick_profile.py --simulated scale --prefill 100 --ticks 10 --collections  # GC runs per tick
+    python3 benchmarks/tick_profile.py --cuda --procs 64          # a GPU host: real NVML, 64 small CUDA processes
 
 Prints the top entries by cumulative and by own time (what issue 12 asks to report before and after a change).
 The history is filled first, outside the profile; `--saw-every K` makes every K-th process a sawtooth.
+`--cuda` profiles the tick as a GPU host runs it: the real driver, and `tick.py --procs`'s small CUDA processes.
 `--collections` counts the cyclic collector's runs per tick by generation instead (cProfile does not show them).
 """
 
@@ -37,6 +39,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--simulated", metavar="SCENARIO", help="profile a simulated scenario's ticks (8 x 64: scale512)")
     ap.add_argument("--collections", action="store_true", help="count the collector's runs per tick instead")
+    ap.add_argument("--cuda", action="store_true", help="real NVML over --procs small CUDA processes (a GPU host)")
     args = ap.parse_args()
     logs.configure("json", "error")
     if args.simulated:
@@ -50,16 +53,25 @@ def main() -> None:
             return
         report(profiled(step, args.ticks), f"{args.simulated} (simulated), {args.prefill} ticks of history", args)
         return
-    pool = tick.Pool(tick._HOST_CHILD)
+    pool = tick.Pool(tick._CUDA_CHILD if args.cuda else tick._HOST_CHILD, args.saw_every)
     try:
         pool.grow(args.procs)
-        nv = tick._fake_nvml(pool, args.saw_every)
-        nv.refresh()
-        _, step = tick._daemon_for(NvmlBackend(nvml=nv), FakeClock(), prefill=args.prefill, before=nv.refresh)
+        if args.cuda:
+            import pynvml
+
+            pynvml.nvmlInit()
+            tick.wait_listed(pynvml, pool)
+            backend, before = NvmlBackend(nvml=pynvml), None
+        else:
+            nv = tick._fake_nvml(pool, args.saw_every)
+            nv.refresh()
+            backend, before = NvmlBackend(nvml=nv), nv.refresh
+        _, step = tick._daemon_for(backend, FakeClock(), prefill=args.prefill, before=before)
         prof = profiled(step, args.ticks)
     finally:
         pool.close()
-    report(prof, f"{args.procs} host processes, saw every {args.saw_every or '-'}", args)
+    kind = "small CUDA processes (real NVML)" if args.cuda else "host processes"
+    report(prof, f"{args.procs} {kind}, saw every {args.saw_every or '-'}", args)
 
 
 def collections(step: Callable[[], None], ticks: int) -> list[float]:
