@@ -10,9 +10,11 @@
 # like for like, full-snapshot tools, with the fit per process), `simulated` (the simulator at scale on this host's
 # CPU: tick, scrape and their parts; with BASE, both trees at once, then the in-process A/B of the tick), `rss`
 # (resident memory by start-up step, with NVML), `profile` (cProfile's top entries of the tick over 64 small CUDA
-# processes, half of them sawtooths, and of the simulator's 8 x 64; with BASE, the base tree's too). Each Markdown or text file starts with the command that made it,
-# the host and the exit status; the script exits 1 when any command failed. This tree is measured, never an
-# installed vramwatch: `benchmarks/gpu_env.sh` puts it (and the wheels carried in `.whl/`) first on PYTHONPATH.
+# processes, half of them sawtooths, and of the simulator's 8 x 64; with BASE, the base tree's too). Each Markdown
+# or text file starts with the command that made it, the host and the exit status; the script exits 1 when any
+# command failed. This tree is measured, never an installed vramwatch: `benchmarks/gpu_env.sh` puts it (and the
+# wheels carried in `.whl/`) first on PYTHONPATH. A host without network needs `.whl/` to hold structlog's wheel
+# and nvitop's (the peer `procs` compares with; the script stops at once when `procs` is named without it).
 set -u
 OUT=${1:?usage: issue12_gpu.sh OUT [BASE] [PART...]}
 shift
@@ -38,6 +40,15 @@ done
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 . benchmarks/gpu_env.sh
+# The like-for-like comparison is one of the targets: without nvitop, `procs` would measure vramwatch alone.
+case " $PARTS " in
+*" procs "*)
+    if ! python3 -c "import nvitop" 2>/dev/null; then
+        echo "issue12_gpu.sh: nvitop is not importable here; carry its wheel in .whl/ (pip download --no-deps -d .whl nvitop)" >&2
+        exit 2
+    fi
+    ;;
+esac
 FAILED=0
 
 # run FILE COMMAND...: the command, the host, its output and its exit status, into OUT/FILE.
