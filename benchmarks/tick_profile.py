@@ -59,9 +59,8 @@ def main() -> None:
         if args.cuda:
             import pynvml
 
-            pynvml.nvmlInit()
+            backend, before = NvmlBackend(nvml=pynvml), None  # (it initializes NVML)
             tick.wait_listed(pynvml, pool)
-            backend, before = NvmlBackend(nvml=pynvml), None
         else:
             nv = tick._fake_nvml(pool, args.saw_every)
             nv.refresh()
