@@ -8,9 +8,12 @@
 #
 # Parts: `suite` (the gpu test suite), `procs` (tick and scrape per count of small CUDA processes, raw NVML, nvitop
 # like for like, full-snapshot tools, with the fit per process), `simulated` (the simulator at scale on this host's
-# CPU: tick, scrape and their parts; with BASE, both trees at once, then the in-process A/B of the tick), `rss`
-# (resident memory by start-up step, with NVML), `profile` (cProfile's top entries of the tick over 64 small CUDA
-# processes, half of them sawtooths, and of the simulator's 8 x 64; with BASE, the base tree's too). Each Markdown
+# CPU: tick, scrape and their parts; with BASE, this tree, the base, then this tree again, one at a time, so that
+# the host's drift shows as the gap between the two runs of this tree), `ab` (with BASE: the in-process A/B of the
+# tick, both trees in one interpreter in alternating blocks: the code's own ratio), `rss` (resident memory by
+# start-up step, with NVML), `profile` (cProfile's top entries of the tick over 64 small CUDA processes, half of
+# them sawtooths, and of the simulator's 8 x 64; with BASE, the base tree's too). On a 16-vCPU H200 host `simulated`
+# with BASE takes about 8 minutes, so give it a call of its own. Each Markdown
 # or text file starts with the command that made it, the host and the exit status; the script exits 1 when any
 # command failed. This tree is measured, never an installed vramwatch: `benchmarks/gpu_env.sh` puts it (and the
 # wheels carried in `.whl/`) first on PYTHONPATH. A host without network needs `.whl/` to hold structlog's wheel
@@ -27,12 +30,18 @@ if [ $# -gt 0 ] && [ -d "$1" ]; then
         exit 2
     fi
 fi
-PARTS=${*:-suite procs simulated rss profile}
+PARTS=${*:-suite procs simulated ${BASE:+ab} rss profile}
 for part in $PARTS; do
     case $part in
+    ab)
+        if [ -z "$BASE" ]; then
+            echo "issue12_gpu.sh: the part ab compares with a base tree: name BASE" >&2
+            exit 2
+        fi
+        ;;
     suite | procs | simulated | rss | profile) ;;
     *)
-        echo "issue12_gpu.sh: unknown part $part (suite, procs, simulated, rss, profile; BASE must be an existing directory)" >&2
+        echo "issue12_gpu.sh: unknown part $part (suite, procs, simulated, ab, rss, profile; BASE must be an existing directory)" >&2
         exit 2
         ;;
     esac
@@ -79,22 +88,20 @@ for part in $PARTS; do
     procs) run tick-procs.md python3 benchmarks/tick.py --procs 1,4,16,64 --repeat 200 --prefill 3600 \
         --no-simulated --json "$OUT/tick-procs.json" || FAILED=1 ;;
     simulated)
+        # One tree at a time: with both at once, an H200 host once measured this tree's 8 x 64 tick at 23.15 ms
+        # and the base's at 15.92 ms, where in-process the same call gave 0.75x and one at a time the VM 0.70x
+        # (benchmarks/results/issue12-h200-2026-12-05b/).
+        run sim-new.md python3 benchmarks/tick.py --simulated --repeat 30 --json "$OUT/sim-new.json" || FAILED=1
         if [ -n "$BASE" ]; then
-            # Both trees at the same time, so that the host's state falls on both alike.
-            run sim-new.md python3 benchmarks/tick.py --simulated --repeat 30 --json "$OUT/sim-new.json" &
-            new=$!
             run sim-base.md with_base python3 benchmarks/tick.py --simulated --repeat 30 \
-                --json "$OUT/sim-base.json" &
-            base=$!
-            wait $new || FAILED=1
-            wait $base || FAILED=1
+                --json "$OUT/sim-base.json" || FAILED=1
             echo "BASE: $BASE" >>"$OUT/sim-base.md"
-            run tick-ab-sim.md python3 benchmarks/tick_ab.py --simulated scale512,scale --base-dir "$BASE" \
-                --rounds 10 --ticks 10 || FAILED=1
-        else
-            run sim-new.md python3 benchmarks/tick.py --simulated --repeat 30 --json "$OUT/sim-new.json" || FAILED=1
+            run sim-new-again.md python3 benchmarks/tick.py --simulated --repeat 30 \
+                --json "$OUT/sim-new-again.json" || FAILED=1
         fi
         ;;
+    ab) run tick-ab-sim.md python3 benchmarks/tick_ab.py --simulated scale512,scale --base-dir "$BASE" \
+        --rounds 10 --ticks 10 || FAILED=1 ;;
     rss) run rss.md python3 benchmarks/rss.py || FAILED=1 ;;
     profile)
         # One tree at a time: the CUDA processes of two would share the card and the host.
