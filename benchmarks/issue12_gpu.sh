@@ -12,8 +12,8 @@
 # the host's drift shows as the gap between the two runs of this tree), `ab` (with BASE: the in-process A/B of the
 # tick, both trees in one interpreter in alternating blocks: the code's own ratio), `rss` (resident memory by
 # start-up step, with NVML), `profile` (cProfile's top entries of the tick over 64 small CUDA processes, half of
-# them sawtooths, and of the simulator's 8 x 64; with BASE, the base tree's too). On a 16-vCPU H200 host `simulated`
-# with BASE takes about 8 minutes, so give it a call of its own. Each Markdown
+# them sawtooths, and of the simulator's 8 x 64; with BASE, the base tree's too). With BASE, `simulated` takes about
+# 6 minutes on a fast 16-vCPU H200 host and can pass 10 on a slow one: give it a call of its own. Each Markdown
 # or text file starts with the command that made it, the host and the exit status; the script exits 1 when any
 # command failed. This tree is measured, never an installed vramwatch: `benchmarks/gpu_env.sh` puts it (and the
 # wheels carried in `.whl/`) first on PYTHONPATH. A host without network needs `.whl/` to hold structlog's wheel
