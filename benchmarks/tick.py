@@ -4,9 +4,13 @@
                                                   # measures raw NVML, vramwatch's tick and scrape, nvitop
     python benchmarks/tick.py --host-procs        # anywhere: host processes behind a scripted NVML
     python benchmarks/tick.py --simulated         # anywhere: the simulator at scale (8 GPUs x 64 and x 512)
+    python benchmarks/tick.py --simulated --scale-hour  # and 8 x 512 with an hour of history (its steady state)
     python benchmarks/tick.py --daemon 60         # also: `vramwatch serve` at 1 Hz for 60 s, CPU share and RSS
 
 Each tick is measured with an hour of history behind it (`--prefill`), since the detectors' cost grows with it.
+The simulator's 8 x 512 starts from five minutes of history (an hour of it takes minutes to fill), so its tick
+is measured before a process's warm-up and stability windows have all passed: the table says how much history
+each tick had, and `--scale-hour` adds the same 8 x 512 with an hour, where a long-running daemon spends its time.
 
 Every figure is a median over repeated runs (with p90), and each alternative is reported as a ratio against
 vramwatch's full tick measured in the same process, so the machine's speed cancels out. Results go to stdout
@@ -350,18 +354,28 @@ def _prometheus_scrape(registry: Any, *, negotiated_by_library: bool = False) ->
     return lambda: b"".join(app(dict(environ), lambda *_: None))
 
 
-def bench_simulated(repeat: int) -> dict[str, Any]:
-    """The simulator at scale: 8 GPUs x 64 processes with an hour of history, 8 x 512 with five minutes."""
+def bench_simulated(repeat: int, *, scale_hour: bool = False) -> dict[str, Any]:
+    """The simulator at scale: 8 GPUs x 64 processes with an hour of history, 8 x 512 with five minutes (and, with
+    `scale_hour`, with an hour)."""
     from prometheus_client import generate_latest
     from vramwatch.backends.simulated import SimulatedBackend
     from vramwatch.exporter import make_registry
     from vramwatch.testing import FakeClock
 
+    rows = [("steady", "steady", 3600), ("scale512", "scale512", 3600), ("scale", "scale", 300)]
+    if scale_hour:
+        rows.append(("scale, an hour", "scale", 3600))
     results: dict[str, Any] = {}
-    for scenario, prefill in (("steady", 3600), ("scale512", 3600), ("scale", 300)):
+    for name, scenario, prefill in rows:
         clock = FakeClock()
         backend = SimulatedBackend(scenario, seed=0, clock=clock)
-        daemon, tick = _daemon_for(backend, clock, prefill=prefill)
+        daemon, one_tick = _daemon_for(backend, clock, prefill=prefill)
+        ticks = [prefill]  # the ticks behind the daemon's history so far (one simulated second each)
+
+        def tick(step: Callable[[], None] = one_tick, n: list[int] = ticks) -> None:
+            step()
+            n[0] += 1
+
         registry = make_registry(lambda d=daemon: d._state)
         body = generate_latest(registry)
         http, http_library = measure_pair(
@@ -370,15 +384,22 @@ def bench_simulated(repeat: int) -> dict[str, Any]:
             repeat=repeat,
             before=tick,
         )
-        results[scenario] = {
-            "render_only": _render_only(registry, repeat),
-            "rates": measure(lambda d=daemon: _read_rates(d), repeat=repeat, before=tick),
-            "scrape_rates_read": measure(
-                lambda r=registry: generate_latest(r),
-                repeat=repeat,
-                before=lambda d=daemon, t=tick: (t(), _read_rates(d)),
-            ),
+        render_only = _render_only(registry, repeat)
+        rates = measure(lambda d=daemon: _read_rates(d), repeat=repeat, before=tick)
+        scrape_rates_read = measure(
+            lambda r=registry: generate_latest(r),
+            repeat=repeat,
+            before=lambda d=daemon, t=tick: (t(), _read_rates(d)),
+        )
+        # The columns above ran ticks of their own: the tick column's history is what they left, up to the
+        # daemon's window (older points are dropped).
+        tick_history = min(float(ticks[0]), _window_seconds(daemon))
+        results[name] = {
+            "render_only": render_only,
+            "rates": rates,
+            "scrape_rates_read": scrape_rates_read,
             "tick": measure(tick, repeat=repeat),
+            "tick_history_s": tick_history,
             "scrape": measure(lambda r=registry: generate_latest(r), repeat=repeat, before=tick),
             "scrape_http": http,
             "scrape_http_library": http_library,  # OpenMetrics and level 9: two differences
@@ -388,6 +409,11 @@ def bench_simulated(repeat: int) -> dict[str, Any]:
             "history_s": float(prefill),
         }
     return results
+
+
+def _window_seconds(daemon: Any) -> float:
+    """The history the daemon keeps (`history_seconds`), as the trees measured here configure it."""
+    return float(getattr(getattr(daemon.config, "daemon", None), "history_seconds", 3600.0))
 
 
 def _read_rates(daemon: Any) -> None:
@@ -477,7 +503,7 @@ def report(res: dict[str, Any]) -> str:
         for name, m in sim.items():
             lines.append(
                 f"| {m['gpus']} GPUs x {m['processes'] // max(1, m['gpus'])} processes ({name})"
-                f" | {m['history_s']:.0f} s"
+                f" | {_history(m)}"
                 f" | {m['tick']['median_s'] * 1e3:.2f} ms | {m['tick']['p90_s'] * 1e3:.2f} ms"
                 f" | {m['scrape']['median_s'] * 1e3:.2f} ms"
                 f" | {m['scrape_http']['median_s'] * 1e3:.2f} ms"
@@ -496,6 +522,14 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _history(m: dict[str, Any]) -> str:
+    """The prefill, and the history the tick column had when the columns before it added to it."""
+    at = m.get("tick_history_s")  # absent from a results file from before the column
+    if at is None or at == m["history_s"]:
+        return f"{m['history_s']:.0f} s"
+    return f"{m['history_s']:.0f} s (the tick at {at:.0f} s)"
+
+
 def _ms(m: dict[str, float] | None) -> str:
     return "-" if m is None else f"{m['median_s'] * 1e3:.2f} ms"  # "-": a results file from before the column
 
@@ -512,6 +546,7 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=3600, help="ticks of history before measuring (an hour)")
     ap.add_argument("--simulated", action="store_true", help="only the simulator (no GPU needed)")
     ap.add_argument("--no-simulated", action="store_true", help="skip the simulator at scale")
+    ap.add_argument("--scale-hour", action="store_true", help="also 8 x 512 with an hour of history (minutes to fill)")
     ap.add_argument("--repeat", type=int, default=1000)
     ap.add_argument("--daemon", type=float, default=0, metavar="SECONDS", help="also measure serve at 1 Hz")
     ap.add_argument("--json", type=Path, help="write the results here")
@@ -555,7 +590,7 @@ def main() -> None:
         )
         checkpoint("processes")
     if not args.no_simulated:
-        res["simulated"] = bench_simulated(max(30, args.repeat // 20))
+        res["simulated"] = bench_simulated(max(30, args.repeat // 20), scale_hour=args.scale_hour)
         checkpoint("simulated")
     if args.daemon:
         if not args.simulated and not args.host_procs:
