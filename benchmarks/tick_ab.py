@@ -70,9 +70,16 @@ def side(
 
 def fingerprint(daemon: Any) -> str:
     # The two packages' classes differ, so their dataclasses never compare equal: their text does. The process
-    # rates as a plain dict: a tree that computes them when read holds them in a mapping whose text lists none.
+    # rates and the verdicts as plain dicts: a tree that computes either when read may hold it in a mapping whose
+    # text lists none.
     analysis = daemon.pipeline.analysis
-    return repr(dataclasses.replace(analysis, process_growth=dict(analysis.process_growth.items())))
+    return repr(
+        dataclasses.replace(
+            analysis,
+            process_growth=dict(analysis.process_growth.items()),
+            verdicts=dict(analysis.verdicts.items()),
+        )
+    )
 
 
 #: The simulator's scenarios at scale and the history each is measured with (as `tick.py --simulated`).
