@@ -393,7 +393,7 @@ def bench_simulated(repeat: int, *, scale_hour: bool = False) -> dict[str, Any]:
         )
         # The columns above ran ticks of their own: the tick column's history is what they left, up to the
         # daemon's window (older points are dropped).
-        tick_history = min(float(ticks[0]), _window_seconds(daemon))
+        tick_history = min(float(ticks[0]), daemon.config.daemon.history_seconds)
         results[name] = {
             "render_only": render_only,
             "rates": rates,
@@ -409,11 +409,6 @@ def bench_simulated(repeat: int, *, scale_hour: bool = False) -> dict[str, Any]:
             "history_s": float(prefill),
         }
     return results
-
-
-def _window_seconds(daemon: Any) -> float:
-    """The history the daemon keeps (`history_seconds`), as the trees measured here configure it."""
-    return float(getattr(getattr(daemon.config, "daemon", None), "history_seconds", 3600.0))
 
 
 def _read_rates(daemon: Any) -> None:
