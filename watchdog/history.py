@@ -177,6 +177,12 @@ class Series:
         q = self._mins[k - 1] - base
         return q if q >= i else -1
 
+    def held_since(self, points: int) -> bool:
+        """True when every point appended after the first `points` holds the value of the last of them (and at
+        least `points` were appended): what was concluded from those points still describes the series, apart
+        from its newest times and whatever left the window."""
+        return self._run < points <= self.appended
+
     def run_start(self) -> int:
         """The array index where the newest run of equal values began (below the live points when it began
         before them)."""
@@ -213,6 +219,10 @@ class Track:
     first_seen: float
     last_seen: float
     meta: ProcessMeta | None = None
+    #: What a detector concluded from this series at its last look, kept so that it need not look again while the
+    #: series holds its value (most series, most ticks). Only that detector reads it, and it is a cache: what it
+    #: holds is what the points imply, checked against the series (`Series.held_since`) before any use.
+    carried: object = None
 
 
 class History:

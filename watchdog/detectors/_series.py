@@ -166,18 +166,30 @@ class View:
         if i >= j:
             return None
         va = self._va
-        s = self._live(j)
-        if s is not None:
-            k = s.suffix_argmin(i)
-        else:
-            seg = va[i:j]
-            k = j - 1 - seg[::-1].index(min(seg))
+        k = self._newest_lowest(i, j)
         low = va[k]
         # A sawtooth holds its least value at every trough, and the newest may lie between two high teeth.
         for q in range(k, max(i, k - LOW_TRIES) - 1, -1):
             if va[q] == low and kept(low, va[q - 1] if q > self._i else None, va[q + 1] if q + 1 < j else None):
                 return low, True
         return low, False
+
+    def newest_low_since(self, t0: float) -> tuple[float, float] | None:
+        """The least value at or after `t0` and the time of the newest point holding it (None when no point lies
+        there). A staircase lookup while the view is live, else a scan."""
+        i, j = bisect_left(self._ta, t0, self._i, self._j), self._j
+        if i >= j:
+            return None
+        k = self._newest_lowest(i, j)
+        return self._va[k], self._ta[k]
+
+    def _newest_lowest(self, i: int, j: int) -> int:
+        # The index of the newest point holding the least value of [i, j), j the view's end.
+        s = self._live(j)
+        if s is not None:
+            return s.suffix_argmin(i)
+        seg = self._va[i:j]
+        return j - 1 - seg[::-1].index(min(seg))
 
     def _live(self, j: int) -> Series | None:
         # The staircases describe the series as it is now: they answer a range ending at the newest point, and

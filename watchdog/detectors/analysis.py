@@ -2,6 +2,9 @@
 
 No clock, no I/O, no state: the same history (and the same agent reports) always give the same `Analysis`.
 What should be *notified* (raise once, clear once) is decided afterwards by `FindingTracker` (lifecycle.py).
+The one thing a detector writes is a cache: what it concluded from a series, kept on the series' track for the
+ticks at which the series holds its value (`Track.carried`, `leak._Look`). It is checked against the series
+before any use, so that the answer is the one a fresh look gives.
 
 The pass gathers what several detectors read once (`_context.py`): per GPU that answered at the newest tick
 (a lost GPU is skipped; its series simply has a gap), the growth rate of each visible process, the process

@@ -257,13 +257,8 @@ def profile(
         view = view.since(start)
     if len(view) < 3:
         return NO_FITS
-    if (
-        not report
-        and config.min_rise_bytes > 0
-        and (view.still() or view.tail_max(2) - view.min() < config.min_rise_bytes)
-    ):
-        # The test below over the whole view, before the windows are even listed: a still series (most of
-        # them, every tick) cannot rise by `min_rise_bytes` in any window of it.
+    if not report and cannot_rise(view, config):
+        # The test below over the whole view, before the windows are even listed.
         return NO_FITS
     now = view.now
     windows = _windows(view, config, min_horizon)
@@ -290,6 +285,15 @@ def profile(
     if not report and all(_cannot_rise_in_every_part(view, a, config) for _, a in windows):
         return NO_FITS
     return Profile(_fits(view, windows, config))
+
+
+def cannot_rise(view: View, config: DetectorConfig) -> bool:
+    """True when no window of `view` can rise by `min_rise_bytes` (never, without a minimum rise): it held one value
+    (most series, every tick), or its newest points are within `min_rise_bytes` of its floor (the floor of any
+    window never exceeds them). Once true of a series' points from some time on, it stays true while the series
+    holds its newest value: held points raise neither its newest points nor its floor's distance to them, and
+    points that leave the window can only raise the floor."""
+    return config.min_rise_bytes > 0 and (view.still() or view.tail_max(2) - view.min() < config.min_rise_bytes)
 
 
 def _fits(view: View, windows: Sequence[tuple[float, float]], config: DetectorConfig) -> tuple[Fit, ...]:

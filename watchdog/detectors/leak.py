@@ -17,16 +17,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from ..history import History
+from ..history import History, Series
 from ..model import Finding, FindingKind, ProcessKey, ProcessMeta, Severity
 from . import _format as fmt
 from ._context import GpuContext
 from ._series import view
 from ._settings import non_negative, setting, validate
 from .base import Detector, Observation, Verdict
+from .config import DetectorConfig
 from .forecast import eta_seconds
-from .growth import Fit, Profile, Rate, profile
-from .stability import card_line, verdict
+from .growth import NO_FITS, Fit, Profile, Rate, cannot_rise, profile
+from .stability import Floor, card_line, floor, verdict
 
 #: A process younger than this is still warming up as far as the leak advice is concerned.
 LEAK_MIN_AGE_SECONDS = 120.0
@@ -58,9 +59,29 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
         track = history.trees.get((tree.key, ctx.uuid))
         if track is None:
             continue
-        series = view(track.series)
+        points = track.series
+        series = view(points)
         cutoff = track.first_seen + config.warmup_seconds
-        grown = profile(series, config, start=cutoff, min_horizon=own.growth_min_horizon_seconds, report=False)
+        # What the last look at this tree concluded holds while its series has held its value since (most trees,
+        # most ticks): the leak claim's test cannot pass, and the verdict's floor stands (see `_Look`).
+        look = track.carried
+        if not (isinstance(look, _Look) and look.holds(points, config)):
+            look = None
+            if points.held_since(points.appended - 1):
+                # Its newest point held the value before it: look again, and keep the look. (One that moved at
+                # this tick, a sawtooth's, will likely move at the next: a look kept would not be read.)
+                since = series.since(cutoff)
+                quiet = len(since) >= 3 and cannot_rise(since, config)
+                look = track.carried = _Look(points, points.appended, config, quiet, floor(series, config))
+        elif not look.quiet:
+            # Quiet may have come since: the look was taken on a short series, or the floor rose as old points left.
+            since = series.since(cutoff)
+            if len(since) >= 3 and cannot_rise(since, config):
+                look = track.carried = _Look(points, look.points, config, True, look.floor)
+        if look is not None and look.quiet:
+            grown = NO_FITS
+        else:
+            grown = profile(series, config, start=cutoff, min_horizon=own.growth_min_horizon_seconds, report=False)
         best = grown.best(own.growth_min_horizon_seconds) if grown.fits else None  # most trees: none to rank
         meta = tree.members[0].meta
         members = len(tree.members)
@@ -70,7 +91,7 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
                 yield finding
                 tree_grows = True
                 continue
-        text = verdict(
+        text, at = verdict(
             ctx,
             card=card,
             key=tree.key,
@@ -80,7 +101,10 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
             series=series,
             first_seen=track.first_seen,
             config=config,
+            carried=None if look is None else look.floor,
         )
+        if look is not None and at is not look.floor and at is not None:
+            track.carried = _Look(points, look.points, config, look.quiet, at)
         if text is not None:
             yield Verdict(tree.key, ctx.uuid, text)
     if not tree_grows and ctx.used:
@@ -92,6 +116,25 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
             device_growth = growth_finding(ctx, best, own)
             if device_growth is not None:
                 yield device_growth
+
+
+@dataclass(frozen=True, slots=True)
+class _Look:
+    """What `detect` concluded from a tree's series (its first `points` points), kept on its track (`Track.carried`)
+    for the ticks at which every point since holds the value of the last of them. `quiet`: the leak claim's test
+    cannot pass on its points since warm-up (`growth.cannot_rise`, which stays true while the series holds). `floor`:
+    the stability verdict's (`stability.Floor`, carried forward by its own rule).
+    A look holds for one series object and one configuration: a tree that splits from its root gets a new series,
+    and a reload a new configuration."""
+
+    series: Series
+    points: int
+    config: DetectorConfig
+    quiet: bool
+    floor: Floor
+
+    def holds(self, series: Series, config: DetectorConfig) -> bool:
+        return self.series is series and self.config is config and series.held_since(self.points)
 
 
 def _levels_off(grown: Profile, ctx: GpuContext) -> bool:

@@ -7,21 +7,59 @@ how much headroom the card has: the number a person tuning batch size wants.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..model import ProcessKey, ProcessMeta
 from . import _format as fmt
 from ._context import GpuContext
 from ._series import View
 from .config import DetectorConfig
 
+#: The floor "now" is the least of the last this many seconds, so that the teeth of a sawtooth do not count as
+#: "just rose".
+FLOOR_SECONDS = 30.0
 
-def flat_seconds(series: View, config: DetectorConfig, *, not_before: float) -> float:
-    """How long the floor has stayed within `noise_bytes` of its current value (0 when it just rose).
 
-    A run that has plateaued is flat over the whole window: that is checked first, with one lookup in the
-    series' staircase of suffix minima. Otherwise the start of the plateau is bisected between
-    `stable_min_seconds` and the whole window. The floor since a time t is below the plateau's level exactly
-    when some point from t on is, so every probe of the bisection compares t with the newest such point (one
-    staircase bisection for them all) instead of looking the floor up again.
+@dataclass(frozen=True, slots=True)
+class Floor:
+    """What a verdict is judged from at one tick: the time of the newest point holding the least value of the last
+    `FLOOR_SECONDS` (the floor now), and of the newest point below that floor by more than `noise_bytes` (None:
+    none). The plateau began after `below`."""
+
+    low_at: float
+    below: float | None
+
+    def carried(self, series: View) -> Floor | None:
+        """This floor at a later tick of the same series, given that every point since held the newest value then
+        (`Series.held_since`); None when it must be looked up again.
+
+        Held points are not below the floor, so the floor stays while a point holding it is still among the last
+        `FLOOR_SECONDS` (a later point may only equal it), and `below` stays unless it left the window."""
+        if self.low_at < series.now - FLOOR_SECONDS:
+            return None
+        if self.below is not None and self.below < series.first:
+            return Floor(self.low_at, None)
+        return self
+
+
+def floor(series: View, config: DetectorConfig) -> Floor:
+    """`series`' floor now (the view must not be empty): two staircase lookups while it is live."""
+    low = series.newest_low_since(series.now - FLOOR_SECONDS)
+    if low is None:  # never: the newest point is in it
+        raise AssertionError("the newest point is among the last FLOOR_SECONDS")
+    value, at = low
+    return Floor(at, series.last_below(value - config.noise_bytes))
+
+
+def flat_seconds(series: View, config: DetectorConfig, *, not_before: float, at: Floor | None = None) -> float:
+    """How long the floor has stayed within `noise_bytes` of its current value (0 when it just rose). `at`: the
+    series' `floor` at this tick, when known already (carried from an earlier tick).
+
+    A run that has plateaued is flat over the whole window: without `at`, that is checked first, with one lookup
+    of the series' carried run (the answer below gives the same). Otherwise the start of the plateau is bisected
+    between `stable_min_seconds` and the whole window. The floor since a time t is below the plateau's level
+    exactly when some point from t on is, so every probe of the bisection compares t with the newest such point
+    (`Floor.below`) instead of looking the floor up again.
     """
     if len(series) < 3:
         return 0.0
@@ -29,15 +67,12 @@ def flat_seconds(series: View, config: DetectorConfig, *, not_before: float) -> 
     longest = now - max(not_before, series.first)
     if longest <= 0:
         return 0.0
-    if series.holds_since(now - longest):
-        # Held one value all along (carried by the series, one comparison): the floor since then is that value,
-        # and the floor now (below) is at most that value.
-        return longest
-    # The floor now: the least of the last 30 s, so the teeth of a sawtooth do not count as "just rose".
-    low = series.min_between(now - 30.0, now + 1.0)
-    if low is None:  # never: the newest point is in it
-        return 0.0
-    below = series.last_below(low - config.noise_bytes)
+    if at is None:
+        if series.holds_since(now - longest):
+            # Held one value all along: the floor since then is that value, and the floor now is at most that.
+            return longest
+        at = floor(series, config)
+    below = at.below
     if below is None or below < now - longest:
         return longest
     shortest = min(config.stable_min_seconds, longest)
@@ -64,19 +99,26 @@ def verdict(
     series: View,
     first_seen: float,
     config: DetectorConfig,
-) -> str | None:
-    """ "python (pid 4242, alice) stable at 20.1 GiB for 12 min; GPU 0 at 21.3 of 24.0 GiB, 2.7 GiB headroom".
-    `card`: `card_line(ctx)`, the same for every tree on the card at a tick (formatted once per card and tick)."""
+    carried: Floor | None = None,
+) -> tuple[str | None, Floor | None]:
+    """ "python (pid 4242, alice) stable at 20.1 GiB for 12 min; GPU 0 at 21.3 of 24.0 GiB, 2.7 GiB headroom"
+    (None: not stable), and the floor it was judged from (None: too young to judge), for the next tick to carry.
+    `card`: `card_line(ctx)`, the same for every tree on the card at a tick (formatted once per card and tick).
+    `carried`: the floor of an earlier tick, when every point since held the value of that tick."""
     settled = first_seen + config.warmup_seconds
     if ctx.now - settled < config.stable_min_seconds:
-        return None
-    flat = flat_seconds(series, config, not_before=settled)
+        return None, None
+    at = carried.carried(series) if carried is not None else None
+    if at is None and len(series) >= 3:  # (a shorter series is not flat at all: nothing to look up)
+        at = floor(series, config)
+    flat = flat_seconds(series, config, not_before=settled, at=at)
     if flat < config.stable_min_seconds:
-        return None
-    return (
+        return None, at
+    text = (
         f"{fmt.process_label(meta, key, tree=True, members=members)} stable at {fmt.gib(held_bytes)} GiB for "
         f"{fmt.duration(flat)}; {card}"
     )
+    return text, at
 
 
 def card_line(ctx: GpuContext) -> str:
