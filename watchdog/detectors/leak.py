@@ -65,6 +65,7 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
         # What the last look at this tree concluded holds while its series has held its value since (most trees,
         # most ticks): the leak claim's test cannot pass, and the verdict's floor stands (see `_Look`).
         look = track.carried
+        since = None  # the points since warm-up, once asked for (the rise test, the profile)
         if not (isinstance(look, _Look) and look.holds(points, config)):
             look = None
             if points.held_since(points.appended - 1):
@@ -80,6 +81,8 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
                 look = track.carried = _Look(points, look.points, config, True, look.floor)
         if look is not None and look.quiet:
             grown = NO_FITS
+        elif since is not None:  # (the profile of `series` from `cutoff` is the profile of these points)
+            grown = profile(since, config, min_horizon=own.growth_min_horizon_seconds, report=False)
         else:
             grown = profile(series, config, start=cutoff, min_horizon=own.growth_min_horizon_seconds, report=False)
         best = grown.best(own.growth_min_horizon_seconds) if grown.fits else None  # most trees: none to rank
@@ -103,7 +106,7 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
             config=config,
             carried=None if look is None else look.floor,
         )
-        if look is not None and at is not look.floor and at is not None:
+        if look is not None and at is not None and at is not look.floor:
             track.carried = _Look(points, look.points, config, look.quiet, at)
         if text is not None:
             yield Verdict(tree.key, ctx.uuid, text)
