@@ -5,9 +5,9 @@
 
 After one tick over a prefilled history, every process's rate input is sorted by the path `growth.process_rate`
 takes for it: computed at the tick (a still view), a flat reported window, a level floor proved from the
-staircases, or a fit. Each kind is timed as a scrape reads it (views detached at the tick, medians of `--repeat`
-reads), and the moving processes are timed once more over views that keep only their points (no staircase: what
-a cheaper detachment would leave), after checking that both give the same rates.
+staircases, or a fit. Each kind is timed as a scrape reads it before the next tick's append (live views, medians of
+`--repeat` reads), and the moving processes are timed once more over views that keep only their points (no
+staircase: what a scrape that overlaps the next append reads), after checking that both give the same rates.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def measure(scenario: str, prefill: int, repeat: int) -> list[list[str]]:
     if [growth.process_rate(v, config, p) for v, p in moving] != [
         growth.process_rate(v, config, p) for v, p in points_only
     ]:
-        raise SystemExit("the rates over points-only views differ from the detached views' rates")
+        raise SystemExit("the rates over points-only views differ from the live views' rates")
     for what, entries in (("every moving process", moving), ("the same, views of points only", points_only)):
         per = _median_of(lambda e=entries: [growth.process_rate(v, config, p) for v, p in e], repeat)
         rows.append([label, what, str(len(entries)), f"{per / len(entries) * 1e6:.1f} µs", f"{per * 1e3:.2f} ms"])

@@ -208,36 +208,37 @@ def test_carried_run_and_low_points_answer_like_a_scan(values: list[int], capaci
     st.integers(3, 40),
     st.data(),
 )
-def test_a_detached_view_answers_from_its_staircases_as_they_were(
+def test_a_view_of_a_series_that_moved_on_answers_as_the_series_was(
     before: list[int], after: list[int], capacity: int, data: st.DataObject
 ) -> None:
-    """A detached view answers every lookup from its frozen staircases as a copy of its points does."""
+    """A view made before later appends (a scrape reading the last tick's rates) answers every lookup from its
+    points as they were, as a copy of them does, through appends, dropped points and compactions."""
     from vramwatch.detectors._series import View, view
 
     s = Series(capacity)
     for i, v in enumerate(before):
         s.append(float(i), float(v))
     t0 = data.draw(st.floats(-5, len(before) + 5, allow_nan=False))
-    detached = view(s).since(t0).detached()
+    made = view(s).since(t0)
     copy = View(*s.arrays()).since(t0)
     for i, v in enumerate(after, start=len(before)):
         s.append(float(i), float(v))
-    assert detached._live(detached._j) is not None  # the frozen staircases, not a scan
+    assert made._live(made._j) is None  # the staircases moved on: a scan of its own points
 
     def kept(value: float, before: float | None, after: float | None) -> bool:
         return before is None or after is None or value * 2 >= before
 
     t1 = data.draw(st.floats(-5, len(before) + 5, allow_nan=False))
-    assert list(detached.t) == list(copy.t)
-    assert detached.still() == copy.still()
-    assert detached.holds_since(t1) == copy.holds_since(t1)
-    assert detached.low_since(t1, kept) == copy.low_since(t1, kept)
+    assert list(made.t) == list(copy.t)
+    assert made.still() == copy.still()
+    assert made.holds_since(t1) == copy.holds_since(t1)
+    assert made.low_since(t1, kept) == copy.low_since(t1, kept)
     if len(copy):
-        assert (detached.min(), detached.max(), detached.tail_max(2)) == (copy.min(), copy.max(), copy.tail_max(2))
+        assert (made.min(), made.max(), made.tail_max(2)) == (copy.min(), copy.max(), copy.tail_max(2))
     if len(copy.since(t1)):
-        assert detached.since(t1).min() == copy.since(t1).min()
+        assert made.since(t1).min() == copy.since(t1).min()
     x = float(data.draw(st.integers(-1, 7)))
-    assert detached.last_below(x) == copy.last_below(x)
+    assert made.last_below(x) == copy.last_below(x)
     now = View(*s.arrays())
     assert view(s).last_below(x) == now.last_below(x)  # the live staircase, after the compactions
 

@@ -13,6 +13,7 @@ detectors look back at it), then its memory is returned.
 from __future__ import annotations
 
 import math
+import threading
 from array import array
 from bisect import bisect_left
 from collections import deque
@@ -127,21 +128,6 @@ class Series:
             self._mins, self._mins_lo = self._mins[self._mins_lo :], 0
             self._maxs, self._maxs_lo = self._maxs[self._maxs_lo :], 0
 
-    def frozen(self, since: int = 0) -> Series:
-        """For a `View` read later or from another thread: a copy whose staircase answers (`suffix_min`,
-        `suffix_argmin`, `suffix_max`, `run_start`, `appended`) for array indexes from `since` on stay what they
-        are now while this series moves on. It shares the points (appends go after them, a compaction starts fresh
-        arrays) and copies the staircases' steps from `since` on (the next append rewrites their newest step); its
-        length and newest points are the live series', so nothing but a View should read it, and nothing may
-        append to it."""
-        out = Series.__new__(Series)
-        out.capacity, out.appended, out._run = self.capacity, self.appended, self._run
-        out._t, out._v, out._lo, out._base = self._t, self._v, self._lo, self._base
-        first = max(since, self._lo) + self._base  # the window a view reads, not the whole series' staircase
-        out._mins, out._mins_lo = self._mins[bisect_left(self._mins, first, self._mins_lo) :], 0
-        out._maxs, out._maxs_lo = self._maxs[bisect_left(self._maxs, first, self._maxs_lo) :], 0
-        return out
-
     def copy(self) -> Series:
         """An independent series holding the same points, which answers everything the same."""
         out = Series.__new__(Series)
@@ -253,6 +239,11 @@ class History:
         self.torch: dict[tuple[int, int], deque[tuple[float, TorchStats]]] = {}
         # How processes that left ended, where the system could tell (kept as long as their tracks).
         self.exits: dict[ProcessKey, tuple[float, ProcessExit]] = {}
+        #: Held by `add` while it changes any series. A thread other than the one that calls `add` (a scrape, the
+        #: live page) holds it for the whole of any question it asks a `View` of these series: it then sees each
+        #: series as it was before an append or after it, never in the middle of one (an append rewrites the
+        #: newest steps of the staircases that a live view reads).
+        self.lock = threading.Lock()
 
     def capacity_bytes(self, gpus: int) -> int:
         """Upper bound of the series memory for `gpus` GPUs: what `--history` costs, known in advance."""
@@ -260,6 +251,10 @@ class History:
 
     def add(self, snap: Snapshot) -> None:
         """Append one tick to every series it touches and drop tracks not seen for `retain_seconds`."""
+        with self.lock:
+            self._add(snap)
+
+    def _add(self, snap: Snapshot) -> None:
         self.previous, self.latest = self.latest, snap
         for g in snap.gpus:
             if not g.up or g.used_bytes is None:

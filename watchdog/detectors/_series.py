@@ -51,16 +51,6 @@ class View:
         out._series, out._stamp, out._copy = self._series, self._stamp, None
         return out
 
-    def detached(self) -> View:
-        """The same points, answering the same from now on, whatever is appended to the series later and from
-        whichever thread it is read: its staircases are a frozen copy (`Series.frozen`). Made while the view is
-        live (else it scans, as it would anyway)."""
-        out = View.__new__(View)
-        out._ta, out._va, out._i, out._j, out._end = self._ta, self._va, self._i, self._j, self._end
-        s = self._live(self._j)
-        out._series, out._stamp, out._copy = (s.frozen(self._i) if s is not None else None), self._stamp, self._copy
-        return out
-
     def _copied(self) -> tuple[array[float], array[float]]:
         if self._copy is None:
             self._copy = (self._ta[self._i : self._j], self._va[self._i : self._j])

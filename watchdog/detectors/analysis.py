@@ -15,6 +15,7 @@ trees, the device's growth profile, and the processes that left it. Then every r
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
@@ -122,9 +123,10 @@ def _context(
         if config.min_rise_bytes > 0 and points.still():  # (without a minimum rise, a still view's rate is a fit)
             rates[p.key] = process_rate(points, config, plan)
         else:
-            # Detached: a scrape reads the rate from its own thread while the next ticks append to the series.
-            rates[p.key] = (points.detached(), plan)
-    process_growth = LazyMapping(rates, partial(_process_rate, config=config))
+            # A scrape reads the rate from its own thread, maybe while the next tick appends to the series: under
+            # the history's lock, from the staircases while no point was appended since, else from the points.
+            rates[p.key] = (points, plan)
+    process_growth = LazyMapping(rates, partial(_process_rate, config=config, lock=history.lock))
     trees = {key: Tree(key, tuple(ps), sum([p.used_bytes or 0 for p in ps])) for key, ps in members.items()}
     # The device: its profile down to the forecast's shortest horizon, and the rate the metrics show. Only the
     # forecast reads the profile, and only its sustained and rising fits: a card that cannot be growing (most
@@ -155,11 +157,14 @@ def _context(
     )
 
 
-def _process_rate(entry: Rate | tuple[View, RatePlan], config: DetectorConfig) -> Rate:
+def _process_rate(
+    entry: Rate | tuple[View, RatePlan], config: DetectorConfig, lock: AbstractContextManager[object]
+) -> Rate:
     if isinstance(entry, Rate):
         return entry
     points, plan = entry
-    return process_rate(points, config, plan)
+    with lock:
+        return process_rate(points, config, plan)
 
 
 class _PerGpu(Mapping[tuple[ProcessKey, str], Rate]):
