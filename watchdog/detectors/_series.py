@@ -5,6 +5,8 @@ of a history `Series` copies nothing: it keeps the series' append-only arrays an
 those questions from the series' suffix staircases in O(log n) while no point was appended since it was
 made, and copies its points into `t` and `v` only when a detector walks them (a fit, a young run's warm-up).
 A `View(t, v)` over plain arrays (tests, ad-hoc series) answers the same questions by scanning.
+A view asked from a thread other than the one that appends (a scrape reading a rate) is asked under
+`History.lock`, so that it never sees an append half done.
 """
 
 from __future__ import annotations
