@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from builders import GIB, UUID0, gpu
@@ -111,3 +111,45 @@ def test_rates_read_while_the_next_ticks_append_are_their_own_ticks_rates() -> N
     moved = sum(1 for *_, m in reads if m)
     assert moved > 0, len(reads)  # reads that overlapped the next append happened
     assert len(reads) - moved > 0, len(reads)  # and reads before it
+
+
+def _started(target: Callable[[], object]) -> tuple[threading.Thread, threading.Event]:
+    """`target` on a thread of its own, and an event set once it returned."""
+    finished = threading.Event()
+
+    def run() -> None:
+        target()
+        finished.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, finished
+
+
+def test_an_append_waits_for_a_reader_that_holds_the_history_lock() -> None:
+    """`History.add` changes no series while another thread holds `History.lock`, and goes on once it is let go."""
+    history, snaps = History(window_seconds=600), list(_snapshots())[:2]
+    history.add(snaps[0])
+    with history.lock:
+        thread, finished = _started(lambda: history.add(snaps[1]))
+        assert not finished.wait(0.2)
+        assert history.latest is snaps[0]
+    thread.join(5)
+    assert finished.is_set()
+    assert history.latest is snaps[1]
+
+
+def test_a_rate_read_on_another_thread_waits_for_an_append_in_progress() -> None:
+    """A rate computed when read takes `History.lock`, so it waits while the tick holds it (an append)."""
+    history, alone = History(window_seconds=600), History(window_seconds=600)
+    for snap in list(_snapshots())[:20]:
+        history.add(snap)
+        alone.add(snap)
+    rates = analyze(history, CONFIG).process_growth
+    got: dict[tuple[ProcessKey, str], Rate] = {}
+    with history.lock:
+        thread, finished = _started(lambda: got.update(rates.items()))
+        assert not finished.wait(0.2)  # (a rate computed at the tick needs no lock: this one was not)
+    thread.join(5)
+    assert finished.is_set()
+    assert got == dict(analyze(alone, CONFIG).process_growth.items())
