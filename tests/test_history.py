@@ -104,7 +104,8 @@ def test_series_staircases_answer_like_a_scan(values: list[int], capacity: int, 
 @given(st.lists(st.integers(0, 3), min_size=1, max_size=300), st.integers(2, 60))
 def test_staircases_hold_exactly_the_points_no_later_point_reaches(values: list[int], capacity: int) -> None:
     """After every append (a held value takes the newest point's place), each staircase holds exactly the live
-    points that every later point lies strictly above (below), and the carried run starts where a scan says."""
+    points that every later point lies strictly above (below), after none but dropped points, and the carried run
+    starts where a scan says."""
     s = Series(capacity)
     for i, v in enumerate(values):
         s.append(float(i), float(v))
@@ -113,8 +114,11 @@ def test_staircases_hold_exactly_the_points_no_later_point_reaches(values: list[
         live = range(first, end)
         mins = [k for k in live if all(vals[k] < vals[j] for j in range(k + 1, end))]
         maxs = [k for k in live if all(vals[k] > vals[j] for j in range(k + 1, end))]
-        assert [k - base for k in s._mins[s._mins_lo :]] == mins
-        assert [k - base for k in s._maxs[s._maxs_lo :]] == maxs
+        for steps, want in ((s._mins, mins), (s._maxs, maxs)):
+            at = [k - base for k in steps]
+            assert [k for k in at if k >= first] == want
+            assert at == sorted(at)  # (so the dropped steps are the oldest, which every lookup skips)
+            assert all(k >= 0 for k in at)  # (and they still index the arrays)
         run = end - 1
         while run > 0 and vals[run - 1] == vals[end - 1]:
             run -= 1

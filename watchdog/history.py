@@ -68,9 +68,7 @@ class Series:
     process rather than O(n).
     """
 
-    __slots__ = (
-        "_base", "_lo", "_maxs", "_maxs_lo", "_mins", "_mins_lo", "_run", "_t", "_v", "appended", "capacity",
-    )  # fmt: skip
+    __slots__ = ("_base", "_lo", "_maxs", "_mins", "_rebase_at", "_run", "_t", "_v", "appended", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -78,12 +76,15 @@ class Series:
         self._v = array("d")
         self._lo = 0  # array index of the oldest live point
         self._base = 0  # how many points were appended before the arrays' index 0
+        self._rebase_at = max(16, capacity // 4)  # dropped points that make the arrays start afresh
         self.appended = 0  # every point ever appended: a View's stamp
-        # Staircases as absolute point numbers (appended-count), oldest first; `*_lo` skips the dropped ones.
+        # Staircases as absolute point numbers (appended-count), oldest first. Their oldest steps may be points
+        # already dropped: every lookup starts from a live point's number, and the steps, live or not, still
+        # rise (fall) in value from the oldest to the newest, so those lookups skip them. They go when the arrays
+        # start afresh, so that dropping a point reads nothing (it happens to every series at every tick once
+        # the history is full).
         self._mins = array("q")
         self._maxs = array("q")
-        self._mins_lo = 0
-        self._maxs_lo = 0
         # The point number where the newest run of equal values began: "has it held still since t" is one
         # comparison (a process between allocations: most of them, most ticks).
         self._run = 0
@@ -100,9 +101,9 @@ class Series:
             mins[-1] = maxs[-1] = self.appended
         else:
             base = self._base
-            while len(mins) > self._mins_lo and v[mins[-1] - base] >= value:
+            while mins and v[mins[-1] - base] >= value:
                 mins.pop()
-            while len(maxs) > self._maxs_lo and v[maxs[-1] - base] <= value:
+            while maxs and v[maxs[-1] - base] <= value:
                 maxs.pop()
             self._run = self.appended
             mins.append(self.appended)
@@ -111,30 +112,28 @@ class Series:
         v.append(value)
         self.appended += 1
         if len(self._t) - self._lo > self.capacity:
-            self._drop_oldest()
+            self._lo += 1  # the oldest point leaves
+            if self._lo >= self._rebase_at:
+                self._rebase()
 
-    def _drop_oldest(self) -> None:
-        self._lo += 1
+    def _rebase(self) -> None:
+        # Fresh arrays, never a shift in place: Views over the old ones stay valid.
+        self._t, self._v = self._t[self._lo :], self._v[self._lo :]
+        self._base += self._lo
+        self._lo = 0
+        self._mins, self._maxs = self._live_steps()
+
+    def _live_steps(self) -> tuple[array[int], array[int]]:
+        # The staircases without their steps older than the oldest live point.
         oldest = self._base + self._lo
-        if self._mins[self._mins_lo] < oldest:
-            self._mins_lo += 1
-        if self._maxs[self._maxs_lo] < oldest:
-            self._maxs_lo += 1
-        if self._lo >= max(16, self.capacity // 4):
-            # Fresh arrays, never a shift in place: Views over the old ones stay valid.
-            self._t, self._v = self._t[self._lo :], self._v[self._lo :]
-            self._base += self._lo
-            self._lo = 0
-            self._mins, self._mins_lo = self._mins[self._mins_lo :], 0
-            self._maxs, self._maxs_lo = self._maxs[self._maxs_lo :], 0
+        return self._mins[bisect_left(self._mins, oldest) :], self._maxs[bisect_left(self._maxs, oldest) :]
 
     def copy(self) -> Series:
         """An independent series holding the same points, which answers everything the same."""
-        out = Series.__new__(Series)
-        out.capacity, out.appended, out._run = self.capacity, self.appended, self._run
-        out._t, out._v, out._lo, out._base = self._t[self._lo :], self._v[self._lo :], 0, self._base + self._lo
-        out._mins, out._mins_lo = self._mins[self._mins_lo :], 0
-        out._maxs, out._maxs_lo = self._maxs[self._maxs_lo :], 0
+        out = Series(self.capacity)
+        out.appended, out._run = self.appended, self._run
+        out._t, out._v, out._base = self._t[self._lo :], self._v[self._lo :], self._base + self._lo
+        out._mins, out._maxs = self._live_steps()
         return out
 
     def arrays(self) -> tuple[array[float], array[float]]:
@@ -148,7 +147,7 @@ class Series:
 
     def suffix_min(self, i: int) -> float:
         """The least value from array index `i` to the newest point (the floor since then)."""
-        k = bisect_left(self._mins, i + self._base, self._mins_lo)
+        k = bisect_left(self._mins, i + self._base)
         return self._v[self._mins[k] - self._base]
 
     def last_below(self, x: float, i: int) -> int:
@@ -157,8 +156,8 @@ class Series:
         That point is a step of the suffix-minima staircase (no later point undercuts it), and the steps' values
         rise from the oldest to the newest: one bisection of the staircase finds it."""
         v, base = self._v, self._base
-        k = bisect_left(self._mins, x, self._mins_lo, key=lambda p: v[p - base])  # the first step not below x
-        if k == self._mins_lo:
+        k = bisect_left(self._mins, x, key=lambda p: v[p - base])  # the first step not below x
+        if k == 0:
             return -1
         q = self._mins[k - 1] - base
         return q if q >= i else -1
@@ -176,12 +175,12 @@ class Series:
 
     def suffix_argmin(self, i: int) -> int:
         """The array index of the newest point holding the least value from array index `i` on."""
-        k = bisect_left(self._mins, i + self._base, self._mins_lo)
+        k = bisect_left(self._mins, i + self._base)
         return self._mins[k] - self._base
 
     def suffix_max(self, i: int) -> float:
         """The largest value from array index `i` to the newest point."""
-        k = bisect_left(self._maxs, i + self._base, self._maxs_lo)
+        k = bisect_left(self._maxs, i + self._base)
         return self._v[self._maxs[k] - self._base]
 
     def last(self) -> tuple[float, float] | None:
