@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from builders import GIB, UUID0, gpu
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from vramwatch.detectors import stability
 from vramwatch.detectors.analysis import Analysis, analyze
 from vramwatch.detectors.config import DetectorConfig
 from vramwatch.detectors.leak import LeakConfig, _Look
@@ -115,3 +117,29 @@ def test_a_held_tree_is_judged_from_its_carried_look() -> None:
     assert last.quiet
     assert last.points == 2  # the look of the second tick, carried
     assert "stable at 4.0 GiB for 34 s" in analysis.verdicts[meta.key, UUID0]
+
+
+def test_a_verdicts_sentence_is_written_when_read_and_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`analyze` writes no verdict's sentence (nearly every tree has one at every tick on a card of long runs): it
+    is written on its first read, and later reads give the same string."""
+    written: list[str] = []
+    sentence = stability.Stable.text
+
+    def counting(self: stability.Stable) -> str:
+        written.append(sentence.fget(self))
+        return written[-1]
+
+    monkeypatch.setattr(stability.Stable, "text", property(counting))
+    history = History(window_seconds=600)
+    metas = [ProcessMeta(pid=7 + k, start_time=1.0, name="trainer") for k in range(3)]
+    for n in range(40):
+        t = 100.0 + n
+        procs = tuple(ProcessSample(UUID0, (4 + k) * GIB, m) for k, m in enumerate(metas))
+        history.add(Snapshot(t=t, wall_time=1.7e9 + t, gpus=(gpu(used=16 * GIB),), processes=procs))
+        analysis = analyze(history, CONFIG)
+    assert set(analysis.verdicts) == {(m.key, UUID0) for m in metas}
+    assert written == []
+    text = analysis.verdicts[metas[1].key, UUID0]
+    assert text.startswith("trainer (pid 8) stable at 5.0 GiB for ")
+    assert analysis.verdicts[metas[1].key, UUID0] is text
+    assert written == [text]

@@ -543,7 +543,7 @@ class Daemon:
             oom_eta={k: v[0] for k, v in analysis.oom_eta.items()} if analysis else {},
             active=tuple(p.tracker.active()) if p else (),
             findings_raised=dict(self._findings_raised),
-            verdicts=analysis.verdicts if analysis else {},  # read-only already (the frozen Analysis's proxy)
+            verdicts=analysis.verdicts if analysis else {},  # read-only already; each sentence written when read
             notifications=dict(self.dispatcher.notification_counts()),
             steps=self._step_figures(shown),
         )

@@ -25,7 +25,7 @@ from ..lazy import LazyMapping
 from ..model import Finding, GpuSample, OomEvent, ProcessKey, ProcessSample, Snapshot
 from ._context import GpuContext, Tick, Tree
 from ._series import View, view
-from .base import Forecast, Observation, Verdict
+from .base import Observation, Verdict
 from .config import DetectorConfig
 from .growth import Rate, RatePlan, process_rate, process_rate_plan, profile, reported_rate
 from .registry import detectors, settings
@@ -38,7 +38,8 @@ class Analysis:
     """What the detectors conclude at tick `t` (0.0 and empty when the history holds no tick yet).
 
     `findings` are the conditions true at this tick, before hysteresis. `oom_eta` holds (eta seconds,
-    confidence) only for GPUs that grow sustainably. `verdicts` are informational ("stable at ...").
+    confidence) only for GPUs that grow sustainably. `verdicts` are informational ("stable at ..."), each
+    sentence written when first read.
     `process_growth` lists its keys at once and computes each rate when first read (the same rate whenever it is
     read, from whichever thread): the metrics read them per scrape, not per tick.
     """
@@ -72,13 +73,23 @@ def analyze(history: History, config: DetectorConfig = DEFAULT_CONFIG, *, ooms: 
     for d in every:
         if d.per_tick is not None:
             found.extend(d.per_tick(tick, settings(config, d)))
+    findings: list[Finding] = []
+    etas: dict[str, tuple[float, float]] = {}
+    verdicts: dict[tuple[ProcessKey, str], Verdict] = {}
+    for o in found:  # (one pass: on a card of long runs nearly every tree has a verdict at every tick)
+        if isinstance(o, Verdict):
+            verdicts[o.key, o.gpu_uuid] = o
+        elif isinstance(o, Finding):
+            findings.append(o)
+        else:
+            etas[o.gpu_uuid] = (o.eta_seconds, o.confidence)
     return Analysis(
         t=snap.t,
-        findings=tuple(o for o in found if isinstance(o, Finding)),
+        findings=tuple(findings),
         gpu_growth=MappingProxyType({ctx.uuid: ctx.device_rate for ctx in gpus if ctx.device_rate is not None}),
         process_growth=_PerGpu({ctx.uuid: ctx.process_growth for ctx in gpus}),
-        oom_eta=MappingProxyType({o.gpu_uuid: (o.eta_seconds, o.confidence) for o in found if isinstance(o, Forecast)}),
-        verdicts=MappingProxyType({(o.key, o.gpu_uuid): o.text for o in found if isinstance(o, Verdict)}),
+        oom_eta=MappingProxyType(etas),
+        verdicts=LazyMapping(verdicts, _said),
     )
 
 
@@ -155,6 +166,10 @@ def _context(
         device_rate=device_rate,
         departed=departed,
     )
+
+
+def _said(verdict: Verdict) -> str:
+    return verdict.text
 
 
 def _process_rate(

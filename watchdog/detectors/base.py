@@ -17,11 +17,19 @@ C = TypeVar("C")
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """An answer that is not a problem ("stable at 20.1 GiB for 12 min"): shown by `status`, never raised."""
+    """An answer that is not a problem ("stable at 20.1 GiB for 12 min"): shown by `status`, never raised.
+
+    Each kind keeps what its sentence says and writes the sentence when `text` is read (`stability.Stable`): a card
+    of long runs holds a verdict for nearly every tree at every tick, while the page, `status` and the report read
+    them only when asked (docs/benchmarks.md, 2026-12-05 (f)).
+    """
 
     key: ProcessKey
     gpu_uuid: str
-    text: str
+
+    @property
+    def text(self) -> str:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,9 @@ from ..history import History, Series
 from ..model import Finding, FindingKind, ProcessKey, ProcessMeta, Severity
 from . import _format as fmt
 from ._context import GpuContext
-from ._series import view
+from ._series import View
 from ._settings import non_negative, setting, validate
-from .base import Detector, Observation, Verdict
+from .base import Detector, Observation
 from .config import DetectorConfig
 from .forecast import eta_seconds
 from .growth import NO_FITS, Fit, Profile, Rate, cannot_rise, profile
@@ -52,15 +52,18 @@ class LeakConfig:
 def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
     """Per tree: the leak claim (past warm-up, long horizons) or, failing that, a stability verdict; then the
     device's own growth finding when no tree explains it."""
-    config, history = ctx.config, ctx.history
+    config, history, uuid = ctx.config, ctx.history, ctx.uuid
     card = card_line(ctx)
     tree_grows = False
+    newest_start = None  # the latest first sighting among the trees with a track (the device's warm-up ends after)
     for tree in ctx.trees.values():
-        track = history.trees.get((tree.key, ctx.uuid))
+        track = history.trees.get((tree.key, uuid))
         if track is None:
             continue
+        if newest_start is None or track.first_seen > newest_start:
+            newest_start = track.first_seen
         points = track.series
-        series = view(points)
+        series = View.of(points)  # (a track holds a point at least)
         cutoff = track.first_seen + config.warmup_seconds
         # What the last look at this tree concluded holds while its series has held its value since (most trees,
         # most ticks): the leak claim's test cannot pass, and the verdict's floor stands (see `_Look`).
@@ -86,33 +89,21 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
         else:
             grown = profile(series, config, start=cutoff, min_horizon=own.growth_min_horizon_seconds, report=False)
         best = grown.best(own.growth_min_horizon_seconds) if grown.fits else None  # most trees: none to rank
-        meta = tree.members[0].meta
-        members = len(tree.members)
         if best is not None and not _levels_off(grown, ctx):
-            finding = growth_finding(ctx, best, own, key=tree.key, meta=meta, members=members)
+            meta = tree.members[0].meta
+            finding = growth_finding(ctx, best, own, key=tree.key, meta=meta, members=len(tree.members))
             if finding is not None:
                 yield finding
                 tree_grows = True
                 continue
-        text, at = verdict(
-            ctx,
-            card=card,
-            key=tree.key,
-            meta=meta,
-            members=members,
-            held_bytes=tree.held_bytes,
-            series=series,
-            first_seen=track.first_seen,
-            config=config,
-            carried=None if look is None else look.floor,
-        )
+        stable, at = verdict(ctx, tree, series, track.first_seen, card, carried=None if look is None else look.floor)
         if look is not None and at is not None and at is not look.floor:
             track.carried = _Look(points, look.points, config, look.quiet, at)
-        if text is not None:
-            yield Verdict(tree.key, ctx.uuid, text)
+        if stable is not None:
+            yield stable
     if not tree_grows and ctx.used:
-        starts = [tr.first_seen for key in ctx.trees if (tr := history.trees.get((key, ctx.uuid))) is not None]
-        cutoff = max([ctx.used.first, *starts]) + config.warmup_seconds
+        first = ctx.used.first
+        cutoff = (first if newest_start is None else max(first, newest_start)) + config.warmup_seconds
         grown = profile(ctx.used, config, start=cutoff, min_horizon=own.growth_min_horizon_seconds, report=False)
         best = grown.best()
         if best is not None and not _levels_off(grown, ctx):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model import ProcessKey, ProcessMeta
 from . import _format as fmt
-from ._context import GpuContext
+from ._context import GpuContext, Tree
 from ._series import View
+from .base import Verdict
 from .config import DetectorConfig
 
 #: The floor "now" is the least of the last this many seconds, so that the teeth of a sawtooth do not count as
@@ -88,23 +88,31 @@ def flat_seconds(series: View, config: DetectorConfig, *, not_before: float, at:
     return good
 
 
+@dataclass(frozen=True, slots=True)
+class Stable(Verdict):
+    """`tree`'s floor has held its level for `stable_seconds`; `card`: how the sentence ends (`card_line`)."""
+
+    tree: Tree
+    stable_seconds: float
+    card: str
+
+    @property
+    def text(self) -> str:
+        """The sentence: "python (pid 4242, alice) stable at 20.1 GiB for 12 min; GPU 0 at 21.3 of 24.0 GiB, 2.7 GiB
+        headroom"."""
+        tree = self.tree
+        who = fmt.process_label(tree.members[0].meta, tree.key, tree=True, members=len(tree.members))
+        return f"{who} stable at {fmt.gib(tree.held_bytes)} GiB for {fmt.duration(self.stable_seconds)}; {self.card}"
+
+
 def verdict(
-    ctx: GpuContext,
-    *,
-    card: str,
-    key: ProcessKey,
-    meta: ProcessMeta | None,
-    members: int,
-    held_bytes: int,
-    series: View,
-    first_seen: float,
-    config: DetectorConfig,
-    carried: Floor | None = None,
-) -> tuple[str | None, Floor | None]:
-    """ "python (pid 4242, alice) stable at 20.1 GiB for 12 min; GPU 0 at 21.3 of 24.0 GiB, 2.7 GiB headroom"
-    (None: not stable), and the floor it was judged from (None: too young to judge), for the next tick to carry.
-    `card`: `card_line(ctx)`, the same for every tree on the card at a tick (formatted once per card and tick).
-    `carried`: the floor of an earlier tick, when every point since held the value of that tick."""
+    ctx: GpuContext, tree: Tree, series: View, first_seen: float, card: str, *, carried: Floor | None = None
+) -> tuple[Stable | None, Floor | None]:
+    """`tree`'s verdict (None: not stable), and the floor it was judged from (None: too young to judge), for the next
+    tick to carry. `series`: the tree's, first seen at `first_seen`. `card`: `card_line(ctx)`, the same for every
+    tree on the card at a tick (formatted once per card and tick). `carried`: the floor of an earlier tick, when
+    every point since held the value of that tick."""
+    config = ctx.config
     settled = first_seen + config.warmup_seconds
     if ctx.now - settled < config.stable_min_seconds:
         return None, None
@@ -114,11 +122,7 @@ def verdict(
     flat = flat_seconds(series, config, not_before=settled, at=at)
     if flat < config.stable_min_seconds:
         return None, at
-    text = (
-        f"{fmt.process_label(meta, key, tree=True, members=members)} stable at {fmt.gib(held_bytes)} GiB for "
-        f"{fmt.duration(flat)}; {card}"
-    )
-    return text, at
+    return Stable(tree.key, ctx.uuid, tree, flat, card), at
 
 
 def card_line(ctx: GpuContext) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,8 @@ def build_document(
     # Recorded ticks carry their own time: the clock is never read, a still FakeClock documents that.
     pipeline = Pipeline(backend, History(window_seconds=history_seconds, interval_seconds=interval), FakeClock(),
                         detector_config)  # fmt: skip
-    verdicts: dict[tuple[ProcessKey, str], str] = {}
+    # Each tree's newest verdict, as the mapping of the tick that gave it: its sentence is written once, at the end.
+    newest: dict[tuple[ProcessKey, str], Mapping[tuple[ProcessKey, str], str]] = {}
     first_wall = None
     try:
         while True:
@@ -97,7 +98,8 @@ def build_document(
             store.add(snap)
             store.note(raised, cleared, snap.wall_time)
             if pipeline.analysis is not None:
-                verdicts.update(pipeline.analysis.verdicts)  # a verdict outlives its run: the report keeps it
+                said = pipeline.analysis.verdicts  # a verdict outlives its run: the report keeps it
+                newest.update(dict.fromkeys(said, said))
     finally:
         backend.close()
     a = pipeline.analysis
@@ -106,7 +108,7 @@ def build_document(
         snapshot=last,
         backend=backend.describe(),
         active=tuple(pipeline.tracker.active()),
-        verdicts=verdicts,
+        verdicts={key: said[key] for key, said in newest.items()},
         gpu_growth={k: r.bytes_per_second for k, r in a.gpu_growth.items()} if a else {},
         process_growth={k: r.bytes_per_second for k, r in a.process_growth.items()} if a else {},
         oom_eta={k: v[0] for k, v in a.oom_eta.items()} if a else {},
