@@ -296,13 +296,19 @@ class History:
                     tr.series = tr.series.copy()
         for p in snap.processes:
             if p.used_bytes is not None:
-                self._touch(processes, (p.key, p.gpu_uuid), t, p.meta).series.append(t, p.used_bytes)
+                pk = (p.key, p.gpu_uuid)
+                track = processes.get(pk)
+                if track is None:
+                    track = self._touch(processes, pk, t, p.meta)
+                else:  # (`_touch`'s work when the track exists, without a call: every process, every tick)
+                    track.last_seen, track.meta = t, p.meta
+                track.series.append(t, p.used_bytes)
         for tk, (total, meta, alone) in trees.items():
             if alone:
                 tr, was = tracks.get(tk), shared.get(tk)
                 if was is not None and tr is not None and tr.series is was[0] and was[0].appended == was[1] + 1:
                     # The root's append above was this point (unless an eviction gave the root a new track).
-                    self._touch(tracks, tk, t, meta)
+                    tr.last_seen, tr.meta = t, meta
                     continue
                 root = processes.get(tk) if tr is None and was is None else None
                 if root is not None and len(root.series) == 1:  # both begin now, with the root's point

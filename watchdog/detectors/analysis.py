@@ -111,17 +111,20 @@ def _context(
     # rate at the cost of a lookup, so it is computed now; any other is computed when first read: by a scrape or
     # the live page (once per read, not per tick), or by a detector that words a finding.
     rates: dict[ProcessKey, Rate | tuple[View, RatePlan]] = {}
-    members: dict[ProcessKey, list[ProcessSample]] = {}
+    # Each tree's first process, and the others of the trees that have more (most trees are one process).
+    firsts: dict[ProcessKey, ProcessSample] = {}
+    others: dict[ProcessKey, list[ProcessSample]] = {}
     tracks, uuid = history.processes, gpu.uuid
     since = now - config.rate_report_seconds * 1.001
     # The plan depends only on a view's length (at least 3 here) and its oldest and newest times.
     plans: dict[tuple[float, float], RatePlan | None] = {}
     for p in processes:
-        members.setdefault(p.tree_key, []).append(p)
+        if firsts.setdefault(p.tree_key, p) is not p:
+            others.setdefault(p.tree_key, []).append(p)
         track = tracks.get((p.key, uuid))
         if track is None:
             continue
-        points = view(track.series, since)
+        points = View.of(track.series, since)  # (a track holds a point at least)
         if len(points) < 3:
             continue
         span = (points.first, points.now)
@@ -138,7 +141,10 @@ def _context(
             # the history's lock, from the staircases while no point was appended since, else from the points.
             rates[p.key] = (points, plan)
     process_growth = LazyMapping(rates, partial(_process_rate, config=config, lock=history.lock))
-    trees = {key: Tree(key, tuple(ps), sum([p.used_bytes or 0 for p in ps])) for key, ps in members.items()}
+    trees = {key: Tree(key, (p,), p.used_bytes or 0) for key, p in firsts.items()}
+    for key, ps in others.items():
+        every = (firsts[key], *ps)
+        trees[key] = Tree(key, every, sum([p.used_bytes or 0 for p in every]))
     # The device: its profile down to the forecast's shortest horizon, and the rate the metrics show. Only the
     # forecast reads the profile, and only its sustained and rising fits: a card that cannot be growing (most
     # ticks) gets none, and its rate, the reported window's, comes from the series' staircases.
