@@ -6,11 +6,13 @@ this tree's, over the same host processes behind the scripted NVML, with an hour
     python3 benchmarks/tick_ab.py --gpu --base-dir BASE    # a GPU host: real NVML, N small CUDA processes; BASE
                                                           # from `git archive REF watchdog | tar -x -C BASE`
     python benchmarks/tick_ab.py --simulated scale512,scale  # the simulator at scale: 8 x 64 (an hour), 8 x 512
+    python benchmarks/tick_ab.py --simulated scale --simulated-prefill 3600  # 8 x 512 with an hour (minutes a side)
 
 The base tree is taken with `git archive` and imported under another name beside this tree's `vramwatch`, so both
 run in the same interpreter, on the same processes and the same readings. They tick in alternating blocks (the
 order flips every round), so that the machine's load and the history's growth fall on both alike; each figure is
 the median over the blocks of the mean tick in a block. On a shared machine only the ratios within one run count.
+The collector is tuned as `serve` tunes it (`--default-gc` keeps CPython's settings, as before 2026-12-05 (f)).
 After every block both daemons' last analyses are compared: the run stops if they differ in anything (not with
 `--gpu`: each side reads the real card at its own moment, so a sawtooth differs between them; there NVML's own
 part of a tick is measured too, and the per-process cost beyond it reported).
@@ -86,6 +88,14 @@ def fingerprint(daemon: Any) -> str:
 SIMULATED_PREFILL = {"steady": 3600, "scale512": 3600, "scale": 300}
 
 
+def _simulated_history(scenario: str, args: argparse.Namespace) -> int:
+    """Ticks of history for a simulated scenario: `--simulated-prefill`, else the scenario's own (8 x 512 fills an
+    hour in minutes per side, so it gets five minutes unless asked)."""
+    if args.simulated_prefill is not None:
+        return int(args.simulated_prefill)
+    return int(SIMULATED_PREFILL.get(scenario, args.prefill))
+
+
 def run(packages: dict[str, ModuleType], n: int, saw_every: int, args: argparse.Namespace) -> dict[str, float]:
     pool = tick.Pool(tick._CUDA_CHILD, saw_every) if args.gpu else tick.Pool(tick._HOST_CHILD)
     try:
@@ -108,7 +118,7 @@ def run_simulated(packages: dict[str, ModuleType], scenario: str, args: argparse
         simulated = importlib.import_module(package.__name__ + ".backends.simulated")
         clock = importlib.import_module(package.__name__ + ".testing").FakeClock()
         backend = simulated.SimulatedBackend(scenario, seed=0, clock=clock)
-        return tick._daemon_for(backend, clock, prefill=SIMULATED_PREFILL.get(scenario, args.prefill), package=package)
+        return tick._daemon_for(backend, clock, prefill=_simulated_history(scenario, args), package=package)
 
     return _alternate({name: sim_side(pkg) for name, pkg in packages.items()}, args, f"simulated {scenario}")
 
@@ -185,11 +195,18 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="real NVML and N small CUDA processes (a GPU host)")
     ap.add_argument("--base-dir", type=Path, help="the base as a tree holding watchdog/ (no git history needed)")
     ap.add_argument("--simulated", metavar="SCENARIOS", help="simulated scenarios instead, comma-separated")
+    ap.add_argument("--simulated-prefill", type=int, help="ticks of history for every simulated scenario")
+    ap.add_argument("--default-gc", action="store_true", help="keep CPython's collector settings (not serve's)")
     args = ap.parse_args()
     import vramwatch
-    from vramwatch import logs
+    from vramwatch import entry, logs
 
     logs.configure("json", "error")  # findings of the measured processes are not what is measured
+    # The collector as `serve` sets it, for both trees (one interpreter). With CPython's own settings, two daemons'
+    # 4,096 processes spend most of each tick in collections that serve does not make (docs/benchmarks.md,
+    # 2026-12-05 (f)).
+    if not args.default_gc:
+        entry.tune_collector()
     with tempfile.TemporaryDirectory() as tmp:
         packages = {"base": base_package(args.base, Path(tmp), args.base_dir), "change": vramwatch}
         head = (
@@ -200,13 +217,15 @@ def main() -> None:
         )
         base = f"the tree in {args.base_dir}" if args.base_dir else args.base
         print(f"base {base} against this tree ({Path(vramwatch.__file__).parent}, HEAD {head}: uncommitted changes "
-              f"and a copied tree's stale .git are not shown); prefill {args.prefill} ticks; "
-              f"{args.rounds} alternating blocks of {args.ticks} ticks; medians of the blocks' mean tick")  # fmt: skip
+              f"and a copied tree's stale .git are not shown); prefill {args.prefill} ticks (simulated: the history "
+              f"column); "
+              f"{args.rounds} alternating blocks of {args.ticks} ticks; medians of the blocks' mean tick; "
+              f"collector {'as CPython sets it' if args.default_gc else 'as serve tunes it'}")  # fmt: skip
         if args.simulated:
             print("\n| simulated | history | base | change | change/base |\n| --- | ---: | ---: | ---: | ---: |")
             for scenario in args.simulated.split(","):
                 m = run_simulated(packages, scenario, args)
-                history = SIMULATED_PREFILL.get(scenario, args.prefill)
+                history = _simulated_history(scenario, args)
                 print(f"| {scenario} | {history} s | {m['base']:.2f} ms | {m['change']:.2f} ms | "
                       f"{m['change'] / m['base']:.2f}x |", flush=True)  # fmt: skip
             return
