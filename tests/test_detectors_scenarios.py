@@ -146,6 +146,34 @@ def test_fast_leak_forecast_names_the_process_and_the_eta() -> None:
     assert "of 24.0 GiB used)" in finding.message
 
 
+def slow_load(t: float) -> dict[int, int]:
+    """Weights read from a hard disk: 150 MB/s for 100 s (14 GiB), then flat. NVML reads it as a fast leak."""
+    return {4242: 500 * MIB + int(min(t, 100.0) * 150e6)}
+
+
+def late_leak(t: float) -> dict[int, int]:
+    """Loaded in 8 s and flat for five minutes, then leaking 150 MB/s."""
+    return {4242: warmup(t, bumps=()) + int(max(0.0, t - 300) * 150e6)}
+
+
+def test_a_critical_forecast_on_a_young_grower_says_a_load_reads_the_same() -> None:
+    """A grower that never held still yet is forecast critical, and the message says a load rises the same way."""
+    finding = run(slow_load, 300).first("oom_forecast", critical=True)
+    assert finding is not None
+    assert f"; it appeared {finding.t:.0f} s ago and has not held still yet" in finding.message
+    assert finding.message.endswith("(a load rises like this until it stops; a leak does not)")
+
+
+def test_a_leak_after_the_run_held_still_is_forecast_without_that_caveat() -> None:
+    """A run that held still before it started to leak is no load: its critical forecast carries no caveat."""
+    oom = oom_time(late_leak, 900)
+    finding = run(late_leak, 900).first("oom_forecast", critical=True)
+    assert finding is not None
+    assert oom - finding.t >= 20
+    assert "appeared" not in finding.message
+    assert finding.message.endswith("of 24.0 GiB used)")
+
+
 def test_slow_leak_is_claimed_as_growth_long_before_the_forecast() -> None:
     """A slow leak is called a growth (a leak) early, with the process and its rate."""
     result = run(slow_leak, 6000, step=5.0)

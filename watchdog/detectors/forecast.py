@@ -71,7 +71,12 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
         # (each a load, then flat or a sawtooth) add up to a slope that is nobody's leak.
         return
     grower = culprits[0].label if culprits else _grower(ctx)
-    eta, finding = detect_oom_forecast(ctx, ctx.device, warming=warming, grower=grower, own=own)
+    loading = None
+    if culprits and warming:
+        track = history.trees.get((culprits[0].key, ctx.uuid))
+        if track is not None and _warming(track, ctx.now, own, config):
+            loading = ctx.now - track.first_seen
+    eta, finding = detect_oom_forecast(ctx, ctx.device, warming=warming, grower=grower, own=own, loading=loading)
     if eta is not None:
         yield Forecast(ctx.uuid, *eta)
     if finding is not None:
@@ -86,11 +91,18 @@ def eta_seconds(free_bytes: int, rate: Rate, config: DetectorConfig) -> float | 
 
 
 def detect_oom_forecast(
-    ctx: GpuContext, device: Profile, *, warming: bool, grower: str | None, own: ForecastConfig
+    ctx: GpuContext,
+    device: Profile,
+    *,
+    warming: bool,
+    grower: str | None,
+    own: ForecastConfig,
+    loading: float | None = None,
 ) -> tuple[tuple[float, float] | None, Finding | None]:
     """The (eta, confidence) of this GPU when it grows, and an `oom_forecast` finding when it is soon.
 
     The sustained-rise test is the shared one (`ctx.config`); the thresholds are this detector's (`own`).
+    `loading`: how long ago the named grower appeared, while it is warming (it has never yet held still).
     """
     config = ctx.config
     best = _steepest(device, config)
@@ -133,6 +145,13 @@ def detect_oom_forecast(
         f"{subject} grows {fmt.rate(rate.bytes_per_second)}{on}; the card is full {when} "
         f"({fmt.gib(ctx.used_bytes)} of {fmt.gib(ctx.total_bytes)} GiB used)"
     )
+    if loading is not None:
+        # Only a critical forecast reaches here while the grower warms. NVML cannot tell a fast leak from a slow
+        # load (weights from a hard disk, on-GPU quantisation) until one of them stops: the reader can.
+        message += (
+            f"; it appeared {fmt.duration(loading)} ago and has not held still yet "
+            "(a load rises like this until it stops; a leak does not)"
+        )
     finding = Finding(
         kind=FindingKind.OOM_FORECAST,
         severity=severity,
