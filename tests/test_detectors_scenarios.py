@@ -156,6 +156,38 @@ def late_leak(t: float) -> dict[int, int]:
     return {4242: warmup(t, bumps=()) + int(max(0.0, t - 300) * 150e6)}
 
 
+def load_then_first_batches(t: float) -> dict[int, int]:
+    """Weights at 1 GiB/s for 8 s, then the optimizer's state and the first batches, each longer sequence taking
+    more (the caching allocator keeps the largest), then flat: the run's whole life so far fills one 15-s window."""
+    held = 500 * MIB + int(min(max(t - 2, 0) / 8, 1) * 8 * GIB)
+    return {
+        4242: held + sum(size for at, size in ((10, GIB + 614 * MIB), (11, 1781 * MIB), (12, 1140 * MIB)) if t >= at)
+    }
+
+
+def test_a_load_and_its_first_batches_in_one_window_are_no_forecast() -> None:
+    """A forecast window that reaches back to where the warming grower appeared is not used: its load is no leak."""
+    assert run(load_then_first_batches, 300).raised == []
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    load_seconds=st.floats(3, 8),
+    weights=st.integers(2 * GIB, 10 * GIB),
+    first_steps=st.lists(st.tuples(st.floats(0, 4), st.integers(64 * MIB, 2 * GIB)), min_size=1, max_size=4),
+)
+def test_a_load_then_its_first_steps_never_raise(
+    load_seconds: float, weights: int, first_steps: list[tuple[float, int]]
+) -> None:
+    """A load of up to 8 s, then up to four allocations within 4 s of its end (the first steps), then flat: nothing."""
+
+    def fn(t: float) -> dict[int, int]:
+        held = 500 * MIB + int(min(max(t - 2, 0) / load_seconds, 1) * weights)
+        return {4242: held + sum(size for at, size in first_steps if t >= 2 + load_seconds + at)}
+
+    assert run(fn, 300).raised == []
+
+
 def test_a_critical_forecast_on_a_young_grower_says_a_load_reads_the_same() -> None:
     """A grower that never held still yet is forecast critical, and the message says a load rises the same way."""
     finding = run(slow_load, 300).first("oom_forecast", critical=True)

@@ -8,9 +8,12 @@ is trusted after 15 s of rise in every 3-s part of the window, a warning after 2
 Model loading and on-GPU quantisation look exactly like a fast leak for a minute or two. While the GPU is
 *warming* (a process on it is younger than `forecast_warmup_seconds` and has not yet stayed flat for
 `settle_seconds`), only a critical forecast (full within `forecast_critical_eta_seconds`, or less than
-`forecast_critical_free_fraction` free) is raised. A load that lasts longer than ~15 s at a rate that
-would fill the card within two minutes is therefore forecast critical until it stops (the known price of
-warning a fast leak a minute ahead; raise `forecast_critical_min_horizon_seconds` to trade).
+`forecast_critical_free_fraction` free) is raised. No window that reaches back to where the warming grower
+appeared is used: it holds the run's whole life so far, and a load followed by the first steps rises in every
+part of it. A load (with its first steps) that lasts longer than ~15 s at a rate that would fill the card
+within two minutes is still forecast critical until it stops (the known price of warning a fast leak a minute
+ahead; raise `forecast_critical_min_horizon_seconds` to trade), and the message says the grower has not held
+still yet.
 
 A run that frees and re-takes memory (bucketed shapes with `empty_cache()`; a cache a failed cudaMalloc
 flushed) is judged on its peaks, not its floor: while its peaks do not rise in every part of the window, its
@@ -71,12 +74,12 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
         # (each a load, then flat or a sawtooth) add up to a slope that is nobody's leak.
         return
     grower = culprits[0].label if culprits else _grower(ctx)
-    loading = None
+    appeared = None  # when the named grower was first seen, while it warms
     if culprits and warming:
         track = history.trees.get((culprits[0].key, ctx.uuid))
         if track is not None and _warming(track, ctx.now, own, config):
-            loading = ctx.now - track.first_seen
-    eta, finding = detect_oom_forecast(ctx, ctx.device, warming=warming, grower=grower, own=own, loading=loading)
+            appeared = track.first_seen
+    eta, finding = detect_oom_forecast(ctx, ctx.device, warming=warming, grower=grower, own=own, appeared=appeared)
     if eta is not None:
         yield Forecast(ctx.uuid, *eta)
     if finding is not None:
@@ -97,15 +100,19 @@ def detect_oom_forecast(
     warming: bool,
     grower: str | None,
     own: ForecastConfig,
-    loading: float | None = None,
+    appeared: float | None = None,
 ) -> tuple[tuple[float, float] | None, Finding | None]:
     """The (eta, confidence) of this GPU when it grows, and an `oom_forecast` finding when it is soon.
 
     The sustained-rise test is the shared one (`ctx.config`); the thresholds are this detector's (`own`).
-    `loading`: how long ago the named grower appeared, while it is warming (it has never yet held still).
+    `appeared`: when the named grower was first seen, while it warms (young, and it has never held still yet).
     """
     config = ctx.config
-    best = _steepest(device, config)
+    # A window that reaches back to where the warming grower appeared holds its whole life so far: a load and a
+    # first step rise in every part of it as a leak that started with the run would. Only windows that begin
+    # after it appeared can tell them apart (a few seconds more for a fast leak's first forecast).
+    fits = device if appeared is None else Profile(tuple(f for f in device.fits if f.xs[0] > appeared))
+    best = _steepest(fits, config)
     if best is None or ctx.free_bytes is None:
         return None, None
     if device.levels_off_within(ctx.free_bytes - config.oom_margin_bytes, config):
@@ -145,11 +152,11 @@ def detect_oom_forecast(
         f"{subject} grows {fmt.rate(rate.bytes_per_second)}{on}; the card is full {when} "
         f"({fmt.gib(ctx.used_bytes)} of {fmt.gib(ctx.total_bytes)} GiB used)"
     )
-    if loading is not None:
+    if appeared is not None:
         # Only a critical forecast reaches here while the grower warms. NVML cannot tell a fast leak from a slow
         # load (weights from a hard disk, on-GPU quantisation) until one of them stops: the reader can.
         message += (
-            f"; it appeared {fmt.duration(loading)} ago and has not held still yet "
+            f"; it appeared {fmt.duration(ctx.now - appeared)} ago and has not held still yet "
             "(a load rises like this until it stops; a leak does not)"
         )
     finding = Finding(
