@@ -156,17 +156,23 @@ def late_leak(t: float) -> dict[int, int]:
     return {4242: warmup(t, bumps=()) + int(max(0.0, t - 300) * 150e6)}
 
 
+#: When a new run appears on a card that vramwatch already watches.
+ARRIVES = 10.0
+
+
 def load_then_first_batches(t: float) -> dict[int, int]:
-    """Weights at 1 GiB/s for 8 s, then the optimizer's state and the first batches, each longer sequence taking
-    more (the caching allocator keeps the largest), then flat: the run's whole life so far fills one 15-s window."""
-    held = 500 * MIB + int(min(max(t - 2, 0) / 8, 1) * 8 * GIB)
-    return {
-        4242: held + sum(size for at, size in ((10, GIB + 614 * MIB), (11, 1781 * MIB), (12, 1140 * MIB)) if t >= at)
-    }
+    """A new run: weights at 1 GiB/s for 8 s, then the optimizer's state and the first batches, each longer sequence
+    taking more (the caching allocator keeps the largest), then flat: its whole life so far fills one 15-s window."""
+    u = t - ARRIVES
+    if u < 0:
+        return {}
+    held = 500 * MIB + int(min(max(u - 2, 0) / 8, 1) * 8 * GIB)
+    first = ((10, GIB + 614 * MIB), (11, 1781 * MIB), (12, 1140 * MIB))
+    return {4242: held + sum(size for at, size in first if u >= at)}
 
 
 def test_a_load_and_its_first_batches_in_one_window_are_no_forecast() -> None:
-    """A forecast window that reaches back to where the warming grower appeared is not used: its load is no leak."""
+    """A forecast window that reaches back to where the young grower appeared is not used: its load is no leak."""
     assert run(load_then_first_batches, 300).raised == []
 
 
@@ -179,21 +185,43 @@ def test_a_load_and_its_first_batches_in_one_window_are_no_forecast() -> None:
 def test_a_load_then_its_first_steps_never_raise(
     load_seconds: float, weights: int, first_steps: list[tuple[float, int]]
 ) -> None:
-    """A load of up to 8 s, then up to four allocations within 4 s of its end (the first steps), then flat: nothing."""
+    """A new run's load of up to 8 s, then up to four allocations within 4 s of its end (the first steps), then
+    flat: nothing."""
 
     def fn(t: float) -> dict[int, int]:
-        held = 500 * MIB + int(min(max(t - 2, 0) / load_seconds, 1) * weights)
-        return {4242: held + sum(size for at, size in first_steps if t >= 2 + load_seconds + at)}
+        u = t - ARRIVES
+        if u < 0:
+            return {}
+        held = 500 * MIB + int(min(max(u - 2, 0) / load_seconds, 1) * weights)
+        return {4242: held + sum(size for at, size in first_steps if u >= 2 + load_seconds + at)}
 
     assert run(fn, 300).raised == []
 
 
+#: A run started at t = 0 (the default metadata has every process started an hour before the scenario).
+YOUNG = Rig(metas={4242: meta(4242, start_time=WALL0)})
+
+
 def test_a_critical_forecast_on_a_young_grower_says_a_load_reads_the_same() -> None:
     """A grower that never held still yet is forecast critical, and the message says a load rises the same way."""
-    finding = run(slow_load, 300).first("oom_forecast", critical=True)
+    finding = run(slow_load, 300, rig=YOUNG).first("oom_forecast", critical=True)
     assert finding is not None
-    assert f"; it appeared {finding.t:.0f} s ago and has not held still yet" in finding.message
+    assert f"; it started {finding.t:.0f} s ago and has not held still yet" in finding.message
     assert finding.message.endswith("(a load rises like this until it stops; a leak does not)")
+
+
+def test_a_grower_seen_to_arrive_is_said_to_have_appeared_then() -> None:
+    """One first seen after the card's first sample appeared then on the card, whatever its start time."""
+    finding = run(lambda t: {} if t < 10 else slow_load(t - 10), 300).first("oom_forecast", critical=True)
+    assert finding is not None
+    assert f"; it appeared {finding.t - 10:.0f} s ago and has not held still yet" in finding.message
+
+
+def test_a_leak_already_running_when_vramwatch_starts_is_forecast_without_that_caveat() -> None:
+    """An old process on the card at vramwatch's first sample (a daemon restart) gets no caveat about a load."""
+    finding = run(lambda t: {4242: 9 * GIB + int(t * 150e6)}, 300).first("oom_forecast", critical=True)
+    assert finding is not None
+    assert "appeared" not in finding.message
 
 
 def test_a_leak_after_the_run_held_still_is_forecast_without_that_caveat() -> None:

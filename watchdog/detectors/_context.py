@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..history import History, Track
-from ..model import GpuSample, OomEvent, ProcessKey, ProcessSample, Snapshot
+from ..model import GpuSample, OomEvent, ProcessKey, ProcessMeta, ProcessSample, Snapshot
 from . import _format as fmt
 from ._series import View
 from .config import DetectorConfig
@@ -67,6 +67,19 @@ class GpuContext:
     @property
     def uuid(self) -> str:
         return self.gpu.uuid
+
+    def age_at(self, meta: ProcessMeta, t: float, first_seen: float) -> float:
+        """How old a tree (`meta`: its first process's) was at monotonic `t`: from its launcher's start time, else
+        its own, else from when it was first seen (`first_seen`).
+
+        Its own age, not how long vramwatch has watched it: after a daemon restart a server that loaded an hour
+        ago is not young.
+        """
+        started = meta.root_start_time if meta.root_start_time is not None else meta.start_time
+        latest = self.history.latest
+        if started is None or latest is None:
+            return t - first_seen
+        return latest.wall_time - (self.now - t) - started
 
 
 @dataclass(frozen=True, slots=True)

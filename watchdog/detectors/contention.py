@@ -285,7 +285,7 @@ def _incumbents(
         seen_before = series.before(entrance)
         if len(seen_before) < 2 or seen_before.max() - seen_before.min() <= ctx.config.noise_bytes:
             continue  # never seen to move (a ballast, a server loaded before we watched): it holds all it uses
-        age = _age_at(tree, entrance, track.first_seen, history, ctx)
+        age = ctx.age_at(tree.meta, entrance, track.first_seen)
         lookback = seen_before.since(entrance - config.contention_static_seconds)
         flat = len(lookback) < 2 or lookback.max() - lookback.min() <= ctx.config.noise_bytes
         if flat and age >= config.contention_young_seconds:
@@ -295,19 +295,6 @@ def _incumbents(
         out.append(_Incumbent(tree, age, need))
     out.sort(key=lambda inc: (-inc.need_bytes, -inc.tree.held))
     return out
-
-
-def _age_at(tree: _Tree, t: float, first_seen: float, history: History, ctx: GpuContext) -> float:
-    """How old the tree was at monotonic `t`: from its (launcher's) start time, else from when it was first seen.
-
-    Its own age, not how long vramwatch has watched it: after a daemon restart a server that loaded an hour
-    ago is not young.
-    """
-    started = tree.meta.root_start_time if tree.meta.root_start_time is not None else tree.meta.start_time
-    latest = history.latest
-    if started is None or latest is None:
-        return t - first_seen
-    return latest.wall_time - (ctx.now - t) - started
 
 
 DETECTOR = Detector(

@@ -74,12 +74,16 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
         # (each a load, then flat or a sawtooth) add up to a slope that is nobody's leak.
         return
     grower = culprits[0].label if culprits else _grower(ctx)
-    appeared = None  # when the named grower was first seen, while it warms
+    # While the named grower is young and warms: when it was first seen, and what a critical forecast says of it.
+    appeared, caveat = None, None
     if culprits and warming:
         track = history.trees.get((culprits[0].key, ctx.uuid))
         if track is not None and _warming(track, ctx.now, own, config):
-            appeared = track.first_seen
-    eta, finding = detect_oom_forecast(ctx, ctx.device, warming=warming, grower=grower, own=own, appeared=appeared)
+            caveat = _young(ctx, culprits[0], track, own)
+            appeared = track.first_seen if caveat is not None else None
+    eta, finding = detect_oom_forecast(
+        ctx, ctx.device, warming=warming, grower=grower, own=own, appeared=appeared, caveat=caveat
+    )
     if eta is not None:
         yield Forecast(ctx.uuid, *eta)
     if finding is not None:
@@ -101,14 +105,16 @@ def detect_oom_forecast(
     grower: str | None,
     own: ForecastConfig,
     appeared: float | None = None,
+    caveat: str | None = None,
 ) -> tuple[tuple[float, float] | None, Finding | None]:
     """The (eta, confidence) of this GPU when it grows, and an `oom_forecast` finding when it is soon.
 
     The sustained-rise test is the shared one (`ctx.config`); the thresholds are this detector's (`own`).
-    `appeared`: when the named grower was first seen, while it warms (young, and it has never held still yet).
+    `appeared`: when the named grower was first seen, while it is young and warms (it has never held still yet);
+    `caveat`: what a critical forecast adds about it then.
     """
     config = ctx.config
-    # A window that reaches back to where the warming grower appeared holds its whole life so far: a load and a
+    # A window that reaches back to where the young grower appeared holds its whole life so far: a load and a
     # first step rise in every part of it as a leak that started with the run would. Only windows that begin
     # after it appeared can tell them apart (a few seconds more for a fast leak's first forecast).
     fits = device if appeared is None else Profile(tuple(f for f in device.fits if f.xs[0] > appeared))
@@ -152,13 +158,9 @@ def detect_oom_forecast(
         f"{subject} grows {fmt.rate(rate.bytes_per_second)}{on}; the card is full {when} "
         f"({fmt.gib(ctx.used_bytes)} of {fmt.gib(ctx.total_bytes)} GiB used)"
     )
-    if appeared is not None:
-        # Only a critical forecast reaches here while the grower warms. NVML cannot tell a fast leak from a slow
-        # load (weights from a hard disk, on-GPU quantisation) until one of them stops: the reader can.
-        message += (
-            f"; it appeared {fmt.duration(ctx.now - appeared)} ago and has not held still yet "
-            "(a load rises like this until it stops; a leak does not)"
-        )
+    if caveat is not None:
+        # Only a critical forecast reaches here while the grower warms (a warning waits for the card to settle).
+        message += f"; {caveat}"
     finding = Finding(
         kind=FindingKind.OOM_FORECAST,
         severity=severity,
@@ -229,6 +231,23 @@ def _warming(track: Track | None, now: float, own: ForecastConfig, config: Detec
         if t - start >= own.settle_seconds:
             return False
     return True
+
+
+def _young(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> str | None:
+    """What to tell of a warming grower known to be young, else None: NVML cannot tell a fast leak from a slow load
+    (weights from a hard disk, on-GPU quantisation) until one of them stops, and the reader can.
+
+    One first seen after the card's first sample appeared then. One seen at the first sample was there before
+    vramwatch looked (a daemon restart, `attach` to a running job): its own start time says how old it is.
+    """
+    if ctx.used and track.first_seen > ctx.used.first:
+        when = f"it appeared {fmt.duration(ctx.now - track.first_seen)} ago"
+    else:
+        age = ctx.age_at(tree.members[0].meta, ctx.now, track.first_seen)
+        if age >= own.forecast_warmup_seconds:
+            return None
+        when = f"it started {fmt.duration(age)} ago"
+    return f"{when} and has not held still yet (a load rises like this until it stops; a leak does not)"
 
 
 def _grower(ctx: GpuContext) -> str | None:
