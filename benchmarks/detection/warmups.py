@@ -1,7 +1,7 @@
 """Healthy warm-ups that NVML alone reads as fast growth: how many raise a finding, and which are critical.
 
     python benchmarks/detection/warmups.py            # both families, a line per run that raised anything
-    python benchmarks/detection/warmups.py --quiet    # the totals only
+    python benchmarks/detection/warmups.py --quiet    # the totals only (about a minute)
 
 Synthetic runs on one 24 GiB card, read once a second, each young (it appears at t = 0) and healthy: it fits the
 card and ends flat or in a sawtooth, so every finding it raises is false. Two families, every combination:
@@ -13,6 +13,12 @@ card and ends flat or in a sawtooth, so every finding it raises is false. Two fa
   per batch, activations in proportion to the longest sequence so far (the caching allocator keeps the largest
   block), lengths uniform in 64-4096 tokens. Weights 8-14 GiB, L 3-8 s, batches of 0.25-2 s, 1-3 MiB a token,
   seeds 0-2; combinations whose peak would not fit the card are left out.
+- `afternoon`: forty minutes of a shared card, seeds 0-59: maybe a static server loaded before (4-8 GiB), then
+  runs of three users arriving every 0.5-7 minutes. Each is sized to fit next to the peaks of every run it
+  overlaps with 1 GiB to spare, warms up as a `ramp` does (a load of 2-10 s to 70 % of its plateau, 4 s of
+  setup, its first step), holds flat or in a sawtooth of up to 3 GiB, and ends normally after 3-15 minutes.
+  Nobody is squeezed and nobody runs out; a contention finding that hedges ("has not shown all it needs yet")
+  counts as a finding too.
 
 Loads that last longer than the forecast's shortest window (15 s) at a rate that would fill the card within two
 minutes are forecast critical by design (docs/detection.md, `oom_forecast`): the `ramp` runs with R = 20 s are
@@ -28,6 +34,7 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 from vramwatch.detectors.testing import GIB, MIB, WALL0, Card, Rig, meta, replay, ticks
 
@@ -37,8 +44,13 @@ SECONDS = 300.0
 PID = 4242
 #: What a healthy run may peak at: the card less the driver's own use and the forecast's OOM margin.
 ROOM = CARD.total_bytes - CARD.overhead_bytes - 256 * MIB
+#: What an afternoon's runs may peak at together: 1 GiB stays free, so that `pressure` has nothing to say.
+AFTERNOON_ROOM = CARD.total_bytes - CARD.overhead_bytes - GIB
 
 Memory = Callable[[float, random.Random], float]
+
+
+Row = tuple[float, dict[int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +58,23 @@ class Case:
     family: str
     label: str
     seed: int
-    memory: Memory
+    #: The ticks and the processes' metadata, or None when the case would not fit the card.
+    build: Callable[[], tuple[list[Row], Rig] | None]
 
 
-def ramp(plateau: float, load_seconds: float, saw: float) -> Memory:
+def ramp(
+    plateau: float, load_seconds: float, saw: float, *, share: float = 0.6, context: float = 3.0, setup: float = 5.0
+) -> Memory:
+    """The CUDA context for `context` s, weights up to `share` of the plateau over `load_seconds`, `setup` s, then
+    the first step up to the plateau and a sawtooth of amplitude `saw` read at random phases."""
+
     def memory(u: float, rng: random.Random) -> float:
-        if u < 3:
+        if u < context:
             return CONTEXT
-        if u < 3 + load_seconds:
-            return CONTEXT + 0.6 * plateau * (u - 3) / load_seconds
-        if u < 8 + load_seconds:
-            return CONTEXT + 0.6 * plateau
+        if u < context + load_seconds:
+            return CONTEXT + share * plateau * (u - context) / load_seconds
+        if u < context + load_seconds + setup:
+            return CONTEXT + share * plateau
         return CONTEXT + plateau - saw * rng.random()
 
     return memory
@@ -82,20 +100,66 @@ def llm(weights: float, load_seconds: float, batch_seconds: float, per_token: fl
     return memory
 
 
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One process of an afternoon: `memory` is read at the time since it started."""
+
+    pid: int
+    user: str
+    start: float
+    end: float | None
+    peak: float
+    memory: Memory
+
+
+def afternoon(seed: int, seconds: float = 2400.0) -> tuple[list[Row], Rig]:
+    rng = random.Random(seed)
+    runs: list[Run] = []
+    server = rng.choice((0, 4, 6, 8)) * GIB
+    if server:
+        runs.append(Run(1000, "root", -3600.0, None, CONTEXT + server, lambda u, g: CONTEXT + server))  # noqa: ARG005
+    t = rng.uniform(0, 60)
+    while t < seconds - 200:
+        user = rng.choice(("alice", "bob", "carol"))
+        lasts = rng.uniform(180, 900)
+        # Sized against every run that may overlap it (the longest it may last, and half a minute either side).
+        others = sum(r.peak for r in runs if r.start < t + 930 and (r.end is None or r.end > t - 30))
+        room = AFTERNOON_ROOM - others - CONTEXT
+        if room >= 1.5 * GIB:
+            plateau = rng.uniform(1.5 * GIB, min(9 * GIB, room))
+            saw = min(rng.choice((0, 0, 0.5, 1, 2, 3)) * GIB, 0.6 * plateau)
+            load = rng.uniform(2, 10)
+            warms = ramp(plateau, load, saw, share=0.7, context=2.0, setup=4.0)
+            runs.append(Run(1001 + len(runs), user, t, t + lasts, CONTEXT + plateau, warms))
+        t += rng.uniform(30, 400)
+    noise = random.Random(seed + 1)
+    table = []
+    for now in ticks(0.0, seconds):
+        usage = {
+            r.pid: math.ceil(r.memory(now - r.start, noise) / (2 * MIB)) * 2 * MIB
+            for r in runs
+            if now >= max(r.start, 0.0) and (r.end is None or now < r.end)
+        }
+        table.append((now, usage))
+    return table, Rig(cards=(CARD,), metas={r.pid: meta(r.pid, user=r.user, start_time=WALL0 + r.start) for r in runs})
+
+
 def cases() -> Iterator[Case]:
     for plateau, load, saw, seed in itertools.product((8, 12, 16, 20), (1, 5, 10, 20), (0, 1, 3, 6), (0, 1)):
         if saw < plateau:
             label = f"plateau {plateau} GiB, load {load} s, sawtooth {saw} GiB"
-            yield Case("ramp", label, seed, ramp(plateau * GIB, load, saw * GIB))
+            yield Case("ramp", label, seed, partial(alone, ramp(plateau * GIB, load, saw * GIB), seed))
     for weights, load, batch, per_token, seed in itertools.product(
         (8, 12, 14), (3, 8), (0.25, 0.5, 1.0, 2.0), (1, 2, 3), (0, 1, 2)
     ):
         label = f"weights {weights} GiB in {load} s, {batch} s a batch, {per_token} MiB a token"
-        yield Case("llm", label, seed, llm(weights * GIB, load, batch, per_token * MIB, seed))
+        yield Case("llm", label, seed, partial(alone, llm(weights * GIB, load, batch, per_token * MIB, seed), seed))
+    for seed in range(60):
+        yield Case("afternoon", "a shared card", seed, partial(afternoon, seed))
 
 
-def rows(memory: Memory, seed: int) -> list[tuple[float, dict[int, int]]] | None:
-    """The run's ticks, its memory in 2 MiB segments; None when its peak would not fit the card."""
+def alone(memory: Memory, seed: int) -> tuple[list[Row], Rig] | None:
+    """One run alone on the card, its memory in 2 MiB segments; None when its peak would not fit."""
     rng = random.Random(seed)
     out = []
     for t in ticks(0.0, SECONDS):
@@ -103,20 +167,19 @@ def rows(memory: Memory, seed: int) -> list[tuple[float, dict[int, int]]] | None
         if held > ROOM:
             return None
         out.append((t, {PID: held}))
-    return out
+    return out, Rig(cards=(CARD,), metas={PID: meta(PID, start_time=WALL0)})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quiet", action="store_true", help="print the totals only")
     args = ap.parse_args()
-    rig = Rig(cards=(CARD,), metas={PID: meta(PID, start_time=WALL0)})
     totals: dict[str, list[int]] = {}
     for case in cases():
-        table = rows(case.memory, case.seed)
-        if table is None:
+        built = case.build()
+        if built is None:
             continue
-        raised = replay(table, rig).raised
+        raised = replay(*built).raised
         runs, noisy, critical = totals.setdefault(case.family, [0, 0, 0])
         totals[case.family] = [
             runs + 1,
@@ -124,7 +187,11 @@ def main() -> None:
             critical + any(f.severity.value == "critical" for f in raised),
         ]
         if raised and not args.quiet:
-            said = "; ".join(f"t={f.t:.0f} {f.severity.value} {f.kind.value} eta={f.eta_seconds}" for f in raised)
+            said = "; ".join(
+                f"t={f.t:.0f} {f.severity.value} {f.kind.value} pid={f.process.pid if f.process else None} "
+                f"eta={f.eta_seconds}"
+                for f in raised
+            )
             print(f"{case.family}: {case.label}, seed {case.seed}: {said}")
     print("| family | healthy runs | with a finding | with a critical one |")
     print("| --- | ---: | ---: | ---: |")
