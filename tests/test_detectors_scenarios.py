@@ -152,8 +152,8 @@ def slow_load(t: float) -> dict[int, int]:
 
 
 def late_leak(t: float) -> dict[int, int]:
-    """Loaded in 8 s and flat for five minutes, then leaking 150 MB/s."""
-    return {4242: warmup(t, bumps=()) + int(max(0.0, t - 300) * 150e6)}
+    """Loaded in 8 s and flat for 30 s (its first steps at 15-19 s), then leaking 150 MB/s."""
+    return {4242: warmup(t, bumps=()) + int(max(0.0, t - 50) * 150e6)}
 
 
 #: When a new run appears on a card that vramwatch already watches.
@@ -225,9 +225,9 @@ def test_a_leak_already_running_when_vramwatch_starts_is_forecast_without_that_c
 
 
 def test_a_leak_after_the_run_held_still_is_forecast_without_that_caveat() -> None:
-    """A run that held still before it started to leak is no load: its critical forecast carries no caveat."""
+    """A young run that held still before it started to leak is no load: its critical forecast carries no caveat."""
     oom = oom_time(late_leak, 900)
-    finding = run(late_leak, 900).first("oom_forecast", critical=True)
+    finding = run(late_leak, 900, rig=YOUNG).first("oom_forecast", critical=True)
     assert finding is not None
     assert oom - finding.t >= 20
     assert "appeared" not in finding.message
