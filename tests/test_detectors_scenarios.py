@@ -172,7 +172,7 @@ def load_then_first_batches(t: float) -> dict[int, int]:
 
 
 def test_a_load_and_its_first_batches_in_one_window_are_no_forecast() -> None:
-    """A forecast window that reaches back to where the young grower appeared is not used: its load is no leak."""
+    """No forecast window whose floor starts at the young grower's first sample: its load and first batches pass."""
     assert run(load_then_first_batches, 300).raised == []
 
 

@@ -8,12 +8,12 @@ is trusted after 15 s of rise in every 3-s part of the window, a warning after 2
 Model loading and on-GPU quantisation look exactly like a fast leak for a minute or two. While the GPU is
 *warming* (a process on it is younger than `forecast_warmup_seconds` and has not yet stayed flat for
 `settle_seconds`), only a critical forecast (full within `forecast_critical_eta_seconds`, or less than
-`forecast_critical_free_fraction` free) is raised. No window that reaches back to where the warming grower
-appeared is used: it holds the run's whole life so far, and a load followed by the first steps rises in every
-part of it. A load (with its first steps) that lasts longer than ~15 s at a rate that would fill the card
-within two minutes is still forecast critical until it stops (the known price of warning a fast leak a minute
-ahead; raise `forecast_critical_min_horizon_seconds` to trade), and the message says the grower has not held
-still yet.
+`forecast_critical_free_fraction` free) is raised. While the grower is young and warms, no window whose floor
+starts at its first sample is used: such a window holds the run's whole life so far (the first ones are shorter
+than their horizon), and a load followed by the first steps rises in every part of it. A load (with its first
+steps) that lasts longer than ~15 s at a rate that would fill the card within two minutes is still forecast
+critical until it stops (the known price of warning a fast leak a minute ahead; raise
+`forecast_critical_min_horizon_seconds` to trade), and the message says the grower has not held still yet.
 
 A run that frees and re-takes memory (bucketed shapes with `empty_cache()`; a cache a failed cudaMalloc
 flushed) is judged on its peaks, not its floor: while its peaks do not rise in every part of the window, its
@@ -114,9 +114,11 @@ def detect_oom_forecast(
     `caveat`: what a critical forecast adds about it then.
     """
     config = ctx.config
-    # A window that reaches back to where the young grower appeared holds its whole life so far: a load and a
-    # first step rise in every part of it as a leak that started with the run would. Only windows that begin
-    # after it appeared can tell them apart (a few seconds more for a fast leak's first forecast).
+    # A window whose floor starts at (or before) the young grower's first sample holds its whole life so far, and
+    # the first such windows are short (a window counts from `min_coverage` of its horizon): a load and its first
+    # steps rise in every part of one, as a leak that started with the run would. The forecast waits for a window
+    # whose floor starts after that sample, a full horizon of the grower's own rise: a few seconds more for a fast
+    # leak's first forecast, and a load with its first steps must now rise for the whole window to pass.
     fits = device if appeared is None else Profile(tuple(f for f in device.fits if f.xs[0] > appeared))
     best = _steepest(fits, config)
     if best is None or ctx.free_bytes is None:
