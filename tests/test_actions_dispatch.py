@@ -216,6 +216,98 @@ def test_a_gpu_level_finding_signals_each_named_process_on_that_gpu(spawn) -> No
     assert other.proc.stdout.read() == ""
 
 
+def test_a_tentative_finding_asks_to_save_and_ends_no_run(spawn) -> None:
+    """By default a tentative forecast is notified and asks to save where the run goes on; its hook and kill wait."""
+    child = spawn(CATCHER, "vw-marker")
+    recorder = RecordingNotifier()
+    more = {"actions": {"critical": ["notify", "signal", "kill", "hook"]}, "kill": {"prefer": ["vw-marker"]},
+            "hooks": [{"argv": ["/bin/false"]}]}  # fmt: skip
+    d = dispatcher({**SIGNAL_POLICY, **more}, child, notifiers=[recorder])
+    doubt = "python3 (pid 7, bob): it appeared 17 s ago and has not held still yet"
+    results = d.handle([finding(None, tentative=doubt)], [], processes=[sample(child)])
+    by = {r.action: r for r in results}
+    assert sorted(by) == ["hook", "kill", "notify", "signal"]
+    assert by["signal"].done
+    assert child.line() == "got 10"
+    for action in ("hook", "kill"):
+        assert not by[action].done
+        assert by[action].reason.startswith(f"tentative ({doubt}); waits until it is confirmed")
+    assert child.alive()
+    assert recorder.events[0][0].tentative == doubt
+    d.close(1)
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        ({"on_tentative": "wait"}, "tentative (young); waits until it is confirmed ([policy] on_tentative = wait)"),
+        ({"signal": {"match": {"vw-marker": "transformers_jit"}, "allow_stop": True}},
+         "transformers_jit saves and then ends the run; tentative (young)"),
+    ],
+)  # fmt: skip
+def test_a_tentative_finding_never_stops_a_run(spawn, change: dict[str, Any], expect: str) -> None:
+    """Under on_tentative = "wait", or with an adapter that saves and then stops the run: no signal, and why."""
+    child = spawn(CATCHER, "vw-marker")
+    d = dispatcher({**SIGNAL_POLICY, **change}, child)
+    result = d.handle([finding(child, tentative="young")], [])[-1]
+    assert not result.done
+    assert expect in result.reason
+    assert child.alive()
+    child.proc.kill()
+    assert child.proc.stdout is not None
+    assert child.proc.stdout.read() == ""
+
+
+def test_a_tentative_finding_forces_no_signal_on_a_process_that_does_not_catch_it(spawn) -> None:
+    """force = true sends to a process that would die of it: not while the finding is tentative."""
+    child = spawn(PLAIN, "vw-marker")
+    policy = {**SIGNAL_POLICY, "signal": {"fallback_signal": "SIGUSR1", "force": True}}
+    held = dispatcher(policy, child).handle([finding(child, tentative="young")], [])[-1]
+    assert not held.done
+    assert "not forced: tentative (young)" in held.reason
+    assert child.alive()
+    sent = dispatcher(policy, child).handle([finding(child)], [])[-1]
+    assert sent.done
+    child.proc.wait(5)
+
+
+def test_on_tentative_act_acts_at_once(spawn) -> None:
+    """With on_tentative = "act", a tentative finding may use an adapter that saves and then stops the run."""
+    child = spawn(CATCHER, "vw-marker")
+    policy = {**SIGNAL_POLICY, "on_tentative": "act",
+              "signal": {"match": {"vw-marker": "transformers_jit"}, "allow_stop": True}}  # fmt: skip
+    result = dispatcher(policy, child).handle([finding(child, tentative="young")], [])[-1]
+    assert result.done
+    assert child.line() == "got 15"
+
+
+def test_contention_asks_the_squeezed_run_to_save_not_the_newcomer(spawn) -> None:
+    """A contention finding names the newcomer; the save request goes to the run it squeezed (at_risk)."""
+    victim, newcomer = spawn(CATCHER, "vw-marker"), spawn(CATCHER, "vw-marker")
+    d = dispatcher(SIGNAL_POLICY, victim, newcomer)
+    squeeze = finding(newcomer, kind="contention", at_risk=victim.key)
+    results = d.handle([squeeze], [], processes=[sample(victim), sample(newcomer)])
+    assert [(r.process, r.done) for r in results if r.action == "signal"] == [(victim.key, True)]
+    assert victim.line() == "got 10"
+    newcomer.proc.kill()
+    assert newcomer.proc.stdout is not None
+    assert newcomer.proc.stdout.read() == ""
+
+
+def test_no_resolved_hook_for_a_finding_never_acted_on(tmp_path) -> None:
+    """A tentative finding that clears unconfirmed runs no on_resolved hook; a firm one does."""
+    marker = tmp_path / "ran"
+    policy = {
+        "actions": {"critical": ["hook"]},
+        "hooks": [{"argv": ["/bin/sh", "-c", f"echo $VRAMWATCH_STATUS >> {marker}"], "on_resolved": True}],
+    }
+    d = dispatcher(policy)
+    d.handle([], [finding(None, tentative="young")])  # under on_tentative = "save", a hook waits
+    d.handle([], [finding(None)])
+    d.close(5)
+    assert marker.read_text().split() == ["resolved"]
+
+
 def test_kill_spares_the_avoided_job_and_the_one_just_signalled(spawn) -> None:
     """Kill picks the biggest prefer-matching process that avoid does not protect; a process signalled in the
     same tick is in cooldown and not killed mid-save."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 import tomllib
 from vramwatch.actions.policy import DEFAULT_ACT_ON_KINDS, Policy, parse_policy, parse_signal
 from vramwatch.errors import ConfigError
-from vramwatch.model import ProcessMeta, Severity
+from vramwatch.model import Finding, ProcessMeta, Severity
 
 FULL = """
 [policy]
@@ -17,6 +18,7 @@ dry_run = true
 cooldown_seconds = 120
 recheck = false
 act_on_kinds = ["oom_forecast"]
+on_tentative = "wait"
 
 [policy.actions]
 warning = ["log", "notify"]
@@ -54,6 +56,7 @@ def test_default_policy_only_notifies() -> None:
     assert policy.actions_for(Severity.CRITICAL) == {"notify"}
     assert not policy.targets.configured
     assert policy.act_on_kinds == DEFAULT_ACT_ON_KINDS
+    assert policy.on_tentative == "save"
     assert policy.hooks == ()
 
 
@@ -66,6 +69,7 @@ def test_a_full_policy_parses() -> None:
     assert policy.warning == {"log", "notify"}
     assert policy.critical == {"notify", "signal", "hook", "kill"}
     assert policy.act_on_kinds == {"oom_forecast"}
+    assert policy.on_tentative == "wait"
     assert policy.signal.allow_stop
     assert policy.signal.fallback_signal == signal.SIGUSR1
     assert policy.signal.adapters == ("agent", "simpletuner")
@@ -101,6 +105,7 @@ def test_targets_and_kill_eligibility() -> None:
     [
         ({"dryrun": True}, r"\[policy\]: unknown key 'dryrun'"),
         ({"dry_run": "yes"}, r"\[policy\] dry_run: expected true or false, got 'yes'"),
+        ({"on_tentative": "maybe"}, r"\[policy\] on_tentative: expected one of save, wait, act, got 'maybe'"),
         ({"cooldown_seconds": -1}, r"\[policy\] cooldown_seconds: expected a number >= 0"),
         ({"actions": {"critical": ["explode"]}}, r"\[policy.actions\] critical: expected a list of log, notify"),
         ({"actions": {"fatal": ["log"]}}, r"\[policy.actions\]: unknown key 'fatal'"),
@@ -124,6 +129,31 @@ def test_bad_policies_name_the_key(table: dict[str, Any], message: str) -> None:
     """Each mistake is a ConfigError that says which key and what was expected."""
     with pytest.raises(ConfigError, match=message):
         parse_policy(table)
+
+
+def test_a_tentative_finding_may_only_ask_to_save_by_default() -> None:
+    """One decision per action: a kind not acted on refuses all; a tentative finding lets only the signal go
+    ("save"), nothing ("wait") or everything ("act"); a firm one everything."""
+    table = tomllib.loads(FULL)["policy"]
+    del table["on_tentative"]
+    policy = parse_policy(table)
+    firm = Finding("oom_forecast", Severity.CRITICAL, "GPU-0", "full in ~1 min", 1.0)
+    doubt = dataclasses.replace(firm, tentative="python (pid 7): it appeared 9 s ago")
+    assert policy.on_tentative == "save"
+    assert policy.intrusive(firm) == [("hook", None), ("signal", None), ("kill", None)]
+    assert policy.intrusive(dataclasses.replace(firm, kind="growth")) == [
+        (a, "kind growth is not in [policy] act_on_kinds") for a in ("hook", "signal", "kill")
+    ]
+    held = "tentative (python (pid 7): it appeared 9 s ago); waits until it is confirmed ([policy] on_tentative = save)"
+    assert policy.intrusive(doubt) == [("hook", held), ("signal", None), ("kill", held)]
+    assert policy.held(doubt) == held
+    assert policy.held(firm) is None
+    wait = dataclasses.replace(policy, on_tentative="wait")
+    assert [why is not None for _, why in wait.intrusive(doubt)] == [True, True, True]
+    act = dataclasses.replace(policy, on_tentative="act")
+    assert act.intrusive(doubt) == [("hook", None), ("signal", None), ("kill", None)]
+    assert act.held(doubt) is None
+    assert policy.intrusive(dataclasses.replace(firm, severity=Severity.WARNING)) == []
 
 
 @pytest.mark.parametrize(("value", "expected"), [("SIGUSR2", signal.SIGUSR2), ("usr1", signal.SIGUSR1), (15, 15)])

@@ -194,10 +194,39 @@ def test_attach_never_acts_on_other_processes_even_when_the_policy_names_them() 
     events = [json.loads(line) for line in lines]
     shown = [f for e in events if e["event"] == "tick" for f in e["findings"]]
     assert any(f["kind"] == "contention" and f["pid"] == intruder for f in shown), "the newcomer is named"
-    acted = [e for e in events if e["event"] == "action"]
+    acted = [e for e in events if e["event"] == "action" and "pid" in e]
     assert acted, "the run's own findings were acted on (dry-run)"
     assert {a["pid"] for a in acted} == {trainer}
-    assert {a["pid"] for a in summary["actions"]} == {trainer}
+    assert {a["pid"] for a in summary["actions"] if "pid" in a} == {trainer}
+
+
+@pytest.mark.parametrize("on_tentative", ["wait", "save"])
+def test_attach_waits_on_a_newcomer_that_may_be_loading(on_tentative: str) -> None:
+    """The recorded newcomer's load is forecast critical but tentative: under "wait" the attached trainer is not
+    signalled; under "save" (the default) it is asked to save, since that does not end it."""
+    from vramwatch.actions import ActionDispatcher, parse_policy
+    from vramwatch.testing import FakeClock
+
+    truth = ground_truth("contention")["processes"]
+    trainer = next(p["pid"] for p in truth if p["role"] == "trainer" and p["user"] == "alice")
+    intruder = next(p["pid"] for p in truth if p["role"] == "intruder")
+    policy = parse_policy({
+        "dry_run": True, "on_tentative": on_tentative, "actions": {"critical": ["signal"]},
+        "targets": {"attached": True},
+    })  # fmt: skip
+    dispatcher = ActionDispatcher(policy, [], clock=FakeClock(), default_log=False)
+    _, lines = _attach_simulated("contention", trainer, dispatcher, as_json=True)
+    events = [json.loads(line) for line in lines]
+    forecasts = [f for e in events if e["event"] == "tick" for f in e["findings"] if f["kind"] == "oom_forecast"]
+    assert forecasts, "the newcomer's load is forecast"
+    assert all(f"(pid {intruder}," in f["tentative"] for f in forecasts)
+    decisions = [e for e in events if e["event"] == "action" and e["kind"] == "oom_forecast"]
+    assert decisions, "the policy was asked"
+    if on_tentative == "wait":
+        assert all(not d["done"] and d["reason"].startswith("tentative (") and "pid" not in d for d in decisions)
+    else:
+        assert {d.get("pid") for d in decisions} == {trainer}
+        assert not any("tentative" in d["reason"] for d in decisions)
 
 
 class _Quiet:

@@ -52,6 +52,43 @@ def test_hysteresis_table(pattern: str, events: list[str]) -> None:
     assert feed(pattern) == events
 
 
+def tentative_feed(pattern: str) -> list[str]:
+    """As `feed` for an oom_forecast, with 'W' and 'C' a tentative warning and critical: events '+C' when tentative."""
+    tracker = FindingTracker(CONFIG)
+    events = []
+    for t, ch in enumerate(pattern):
+        present = []
+        if ch != ".":
+            f = finding("oom_forecast", C if ch in "cC" else W, t)
+            present = [dataclasses.replace(f, tentative="young" if ch.isupper() else None)]
+        raised, cleared = tracker.update(Analysis(t=float(t), findings=tuple(present)))
+        events += [f"{t}:+{f.severity.value[0].upper() if f.tentative else f.severity.value[0]}" for f in raised]
+        events += [f"{t}:-" for _ in cleared]
+    return events
+
+
+@pytest.mark.parametrize(
+    ("pattern", "events"),
+    [
+        ("CCCcc", ["1:+C", "4:+c"]),  # confirmed: seen firm for enter_ticks, raised again, firm
+        ("CCcCcc", ["1:+C", "5:+c"]),  # the firm ticks must be consecutive
+        ("CCccCCcc", ["1:+C", "3:+c"]),  # confirmed once: a tentative spell after it is silent
+        ("cccCCcc", ["1:+c"]),  # raised firm: nothing to confirm
+        ("CC...", ["1:+C", "4:-"]),  # a load that stopped: cleared, never confirmed
+        ("CC....cc", ["1:+C", "4:-", "7:+c"]),  # firm within the cooldown of a tentative one that cleared: raised
+        ("cc....cc", ["1:+c", "4:-"]),  # firm within the cooldown of a firm one: silent, as ever
+        ("WWWwww", ["1:+W", "4:+w"]),  # a tentative warning is confirmed the same way
+        ("WWWcc", ["1:+W", "4:+c"]),  # escalation to a firm critical: one raise
+        ("cccWWWcc", ["1:+c"]),  # calming down to a tentative warning is silent; firm critical again too
+        ("CCCwwCC", ["1:+C"]),  # a firm warning while a tentative critical calms down confirms nothing
+        ("CCCwwwww", ["1:+C", "6:+w"]),  # once calmed, a firm warning was never raised: it is, once
+    ],
+)
+def test_tentative_findings_are_raised_again_once_confirmed(pattern: str, events: list[str]) -> None:
+    """A tentative finding seen firm at the same severity for enter_ticks is raised again, once per activation."""
+    assert tentative_feed(pattern) == events
+
+
 def test_cooldown_yields_to_a_higher_severity() -> None:
     """After a warning cleared, the same subject coming back critical is raised at once."""
     assert feed("wwww....ccc") == ["2:+w", "7:-", "10:+c"]

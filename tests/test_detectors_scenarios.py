@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from vramwatch.detectors import DetectorConfig, FindingTracker, analyze
+from vramwatch.detectors.forecast import ForecastConfig
 from vramwatch.detectors.testing import GIB, MIB, WALL0, Card, Replay, Rig, meta, replay, ticks
 from vramwatch.history import History
 from vramwatch.model import ProcessExit, Severity
@@ -208,6 +209,25 @@ def test_a_critical_forecast_on_a_young_grower_says_a_load_reads_the_same() -> N
     assert finding is not None
     assert f"; it started {finding.t:.0f} s ago and has not held still yet" in finding.message
     assert finding.message.endswith("(a load rises like this until it stops; a leak does not)")
+    assert finding.tentative is not None
+    assert finding.tentative.startswith("python (pid 4242, alice): it started ")
+    assert finding.message.endswith(finding.tentative.split(": ", 1)[1])
+
+
+def test_a_young_leak_is_raised_again_firm_once_it_is_no_longer_young() -> None:
+    """A young run that leaks without ever holding still: its tentative critical forecast is raised again, firm,
+    once it is older than forecast_warmup_seconds, before it runs out."""
+
+    def leak(t: float) -> dict[int, int]:
+        return {} if t < 10 else {4242: 500 * MIB + int(min(t - 10, 5) * 0.8 * GIB) + int(max(t - 15, 0) * 80e6)}
+
+    oom = oom_time(leak, 900)
+    raised = [f for f in run(leak, 900).raised if f.kind == "oom_forecast"]
+    assert [(f.severity.value, f.tentative is not None) for f in raised] == [("critical", True), ("critical", False)]
+    first, firm = raised
+    assert "appeared" in first.message
+    assert firm.message.endswith("of 24.0 GiB used)")
+    assert 10 + ForecastConfig().forecast_warmup_seconds <= firm.t < oom
 
 
 def test_a_grower_seen_to_arrive_is_said_to_have_appeared_then() -> None:
@@ -222,6 +242,7 @@ def test_a_leak_already_running_when_vramwatch_starts_is_forecast_without_that_c
     finding = run(lambda t: {4242: 9 * GIB + int(t * 150e6)}, 300).first("oom_forecast", critical=True)
     assert finding is not None
     assert finding.message.endswith("of 24.0 GiB used)")
+    assert finding.tentative is None
 
 
 def test_a_leak_after_the_run_held_still_is_forecast_without_that_caveat() -> None:
@@ -283,6 +304,7 @@ def test_contention_names_the_newcomer_within_three_ticks() -> None:
     assert finding.message.startswith("jupyter (pid 777, bob)")
     assert finding.numbers["user"] == "bob"
     assert finding.numbers["incumbent_need_bytes"] >= 3 * GIB
+    assert finding.at_risk == rig.meta_of(4242).tree_key  # the squeezed run: whom a policy asks to save
 
 
 def test_a_newcomer_that_leaves_a_moving_run_its_room_is_not_contention() -> None:

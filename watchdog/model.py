@@ -333,6 +333,11 @@ class Finding:
     card is full, when there is one.
     `numbers` holds the figures behind the message (bytes, rates, shares), for webhooks and JSON output.
     `advice` is filled in by the advisor after detection, in the trainer's own words.
+    `tentative` says why the finding may not be what it seems yet (a critical forecast on a run that has not held
+    still since it appeared: a load rises like a leak until it stops); None when it is firm. It is notified like
+    any other; a policy's actions that could end a run wait until it is raised again, firm (`[policy] on_tentative`).
+    `at_risk` is the process tree (its root's key) whose work the finding says is in danger when that is not
+    `process` (contention: the run a newcomer squeezed); a policy asks that tree's processes on the GPU to save.
     """
 
     kind: str
@@ -346,6 +351,8 @@ class Finding:
     confidence: float | None = None  # 0..1
     numbers: dict[str, float | int | str | None] = field(default_factory=dict)
     advice: tuple[str, ...] = ()
+    tentative: str | None = None
+    at_risk: ProcessKey | None = None
 
     @property
     def subject(self) -> tuple[str, str | None, ProcessKey | None]:

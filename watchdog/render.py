@@ -130,6 +130,8 @@ def finding_dict(f: Finding, index: int | None = None, *, event: str = "raised")
         "eta_seconds": f.eta_seconds,
         "confidence": f.confidence,
         "message": f.message,
+        "tentative": f.tentative,
+        "at_risk_pid": f.at_risk.pid if f.at_risk else None,
         "numbers": f.numbers,
         "advice": list(f.advice),
     }

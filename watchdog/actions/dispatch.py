@@ -6,8 +6,10 @@ sent after the checks in `signals.send_signal`; kills send SIGTERM now and escal
 own; hooks run on their own queue. It never raises: a failure becomes an `ActionResult` with
 `action="error"`, because the sampler must keep sampling whatever a notifier or a /proc read does.
 
-Order for one raised finding: `log`, `notify`, then (only for kinds in `act_on_kinds`, after one re-check
-that the finding still holds) `hook`, `signal`, `kill`. A process signalled this tick is in cooldown, so a
+Order for one raised finding: `log`, `notify`, then (only for kinds in `act_on_kinds`, after one re-check that
+the finding still holds) `hook`, `signal`, `kill`. A tentative finding ends no run and runs no hook (by default it
+may ask to save where the run goes on, `Policy.intrusive`); the tracker raises it again once it is confirmed
+(`detectors.lifecycle`), and that raise may do everything. A process signalled this tick is in cooldown, so a
 `kill` in the same tick picks another victim: the run just asked to save is not then killed mid-save.
 """
 
@@ -149,27 +151,28 @@ class ActionDispatcher:
     ) -> list[ActionResult]:
         actions = self.policy.actions_for(finding.severity)
         results = self._announce(finding, actions, cleared=False)
-        intrusive = [a for a in ("hook", "signal", "kill") if a in actions]
-        if not intrusive:
+        decided = self.policy.intrusive(finding)
+        allowed = [a for a, refused in decided if refused is None]
+        results += [ActionResult(a, False, refused, finding.process, finding.kind) for a, refused in decided if refused]
+        if not allowed:
             return results
-        if finding.kind not in self.policy.act_on_kinds:
-            reason = f"kind {finding.kind} is not in [policy] act_on_kinds"
-            return results + [ActionResult(a, False, reason, finding.process, finding.kind) for a in intrusive]
         holds, why = self._still_holds(finding)
         if not holds:
-            return results + [ActionResult(a, False, why, finding.process, finding.kind) for a in intrusive]
-        if "hook" in actions:
+            return results + [ActionResult(a, False, why, finding.process, finding.kind) for a in allowed]
+        if "hook" in allowed:
             results += self._hook(finding)
-        if "signal" in actions:
+        if "signal" in allowed:
             results += self._signal(finding, attached, processes)
-        if "kill" in actions:
+        if "kill" in allowed:
             results += self._kill(finding, attached, processes)
         return results
 
     def _on_cleared(self, finding: Finding) -> list[ActionResult]:
         actions = self.policy.actions_for(finding.severity)
         results = self._announce(finding, actions, cleared=True)
-        if "hook" in actions and self.hooks is not None:
+        # A resolved hook answers the raised one: none for a finding the policy never acted on (a tentative one
+        # that cleared without being confirmed, a kind outside `act_on_kinds`).
+        if "hook" in actions and self.hooks is not None and ("hook", None) in self.policy.intrusive(finding):
             meta = self._meta(finding.process) if finding.process else None
             results += self.hooks.run(finding, cleared=True, meta=meta, dry_run=self.policy.dry_run)
         return results
@@ -227,7 +230,13 @@ class ActionDispatcher:
         if not self._inspector.pid_namespace_matches():
             return [ActionResult("signal", False, "the daemon cannot see host pids here; no signals",
                                  finding.process, finding.kind)]  # fmt: skip
-        if finding.process is not None:
+        if finding.at_risk is not None:  # the run the finding says is in danger (contention: the squeezed one)
+            keys = [s.key for s in self._on_gpu(finding, processes)
+                    if s.tree_key == finding.at_risk and self.policy.targets.match(s.meta, attached)]  # fmt: skip
+            if not keys:
+                return [ActionResult("signal", False, f"no process of the run at risk (pid {finding.at_risk.pid}) on "
+                                     "this GPU is named by [policy.targets]", None, finding.kind)]  # fmt: skip
+        elif finding.process is not None:
             keys = [finding.process]
         else:  # a GPU-level finding: ask every process the policy names on that GPU to save
             keys = [s.key for s in self._on_gpu(finding, processes) if self.policy.targets.match(s.meta, attached)]
@@ -261,14 +270,20 @@ class ActionDispatcher:
                 f"{chosen.name} saves and then ends the run; not used ([policy.signal] allow_stop = false)",
                 chosen.name,
             )
+        held = self.policy.held(finding)
+        if chosen.stops_run and held is not None:
+            return refuse(f"{chosen.name} saves and then ends the run; {held}", chosen.name)
         result = chosen.trigger(
-            key, proc_root=self.proc_root, dry_run=self.policy.dry_run, force=sig.force, env=env,
+            key, proc_root=self.proc_root, dry_run=self.policy.dry_run, force=sig.force and held is None, env=env,
             start_time_of=self._start_time_of, tolerance_seconds=self.policy.identity_tolerance_seconds,
         )  # fmt: skip
         if result.done or result.dry_run:
             self._mark(key)
+        reason = result.reason
+        if sig.force and held is not None and not (result.done or result.dry_run):
+            reason += f"; not forced: {held}"
         return ActionResult(
-            "signal", result.done, f"{result.reason} ({why}, adapter {chosen.name})", key, finding.kind,
+            "signal", result.done, f"{reason} ({why}, adapter {chosen.name})", key, finding.kind,
             signal=result.signal, adapter=chosen.name, dry_run=result.dry_run,
         )  # fmt: skip
 

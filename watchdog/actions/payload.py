@@ -91,6 +91,8 @@ def finding_fields(finding: Finding, *, wall_time: float | None) -> dict[str, ob
         "eta_seconds": finding.eta_seconds,
         "confidence": finding.confidence,
         "message": finding.message,
+        "tentative": finding.tentative,
+        "at_risk_pid": finding.at_risk.pid if finding.at_risk else None,
         "numbers": clean_numbers(finding.numbers),
         "t": finding.t,
         "wall_time": wall_time,

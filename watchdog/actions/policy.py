@@ -4,7 +4,9 @@ The default does nothing intrusive: every finding is *notified* (a log line, or 
 Alertmanager, Apprise), and no process is signalled, killed or handed to a hook until the config says so.
 Acting on a process needs three things configured: an action for the finding's severity (`[policy.actions]`),
 the finding's kind in `act_on_kinds`, and the process named by `[policy.targets]` (its user, a regex over its
-command line, or its being attached to the agent). Kills additionally need the victim's command line to
+command line, or its being attached to the agent). A tentative finding (a forecast on a run that may still be
+loading) never ends a run or runs a hook before it is confirmed: by default it may only ask to save where the run
+goes on (`on_tentative`). Kills additionally need the victim's command line to
 match `[policy.kill] prefer` and not `avoid`. Every intrusive action is preceded by a re-check that the
 finding still holds, is skipped in `dry_run` (and logged as what it would have done), and is followed by a
 `cooldown_seconds` during which the same process is not acted on again.
@@ -23,13 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..model import ProcessMeta, Severity
+from ..model import Finding, ProcessMeta, Severity
 from ..tables import TableReader
 from .adapters import ADAPTER_NAMES
 
 ACTIONS = ("log", "notify", "signal", "hook", "kill")
-#: Kinds that may trigger signal/hook/kill by default: the ones that say "memory is about to run out".
-DEFAULT_ACT_ON_KINDS = frozenset({"oom_forecast", "growth", "pressure"})
+#: The actions that touch a process or run a command, in the order they are taken.
+INTRUSIVE = ("hook", "signal", "kill")
+#: `[policy] on_tentative`: what a tentative finding may do (see `Policy.on_tentative`).
+TENTATIVE_CHOICES = ("save", "wait", "act")
+#: Kinds that may trigger signal/hook/kill by default: the ones that say "memory is about to run out" (for
+#: contention, in the run a newcomer squeezed: `Finding.at_risk`).
+DEFAULT_ACT_ON_KINDS = frozenset({"oom_forecast", "growth", "pressure", "contention"})
 _UNSENDABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
 NOTIFY_ONLY = frozenset({"notify"})
 
@@ -104,6 +111,10 @@ class Policy:
     recheck: bool = True
     identity_tolerance_seconds: float = 1.0
     act_on_kinds: frozenset[str] = DEFAULT_ACT_ON_KINDS
+    #: What a tentative finding (a load rises like a leak until it stops) may do before it is raised again, firm:
+    #: "save" (default) asks to save only where the run goes on (no kill, hook, stopping adapter or forced
+    #: signal), "wait" does nothing intrusive, "act" everything a firm finding would.
+    on_tentative: str = "save"
     targets: Targets = field(default_factory=Targets)
     signal: SignalPolicy = field(default_factory=SignalPolicy)
     kill: KillPolicy = field(default_factory=KillPolicy)
@@ -111,6 +122,23 @@ class Policy:
 
     def actions_for(self, severity: Severity) -> frozenset[str]:
         return self.critical if severity is Severity.CRITICAL else self.warning
+
+    def intrusive(self, finding: Finding) -> list[tuple[str, str | None]]:
+        """Each intrusive action (hook, signal, kill) the policy asks for `finding`, with why it may not be taken
+        (None: it may, once the finding is re-checked and its processes are named by the targets). The one place
+        that decides what a finding's kind and doubt allow; `held` says whether a signal may end the run."""
+        wanted = [a for a in INTRUSIVE if a in self.actions_for(finding.severity)]
+        if finding.kind not in self.act_on_kinds:
+            return [(a, f"kind {finding.kind} is not in [policy] act_on_kinds") for a in wanted]
+        return [(a, None if a == "signal" and self.on_tentative == "save" else self.held(finding)) for a in wanted]
+
+    def held(self, finding: Finding) -> str | None:
+        """Why an action that may end a run (a kill, a hook, an adapter that saves then stops, a signal forced on a
+        process that does not catch it) waits for `finding` (None: it does not wait)."""
+        if finding.tentative is None or self.on_tentative == "act":
+            return None
+        mode = self.on_tentative
+        return f"tentative ({finding.tentative}); waits until it is confirmed ([policy] on_tentative = {mode})"
 
 
 def parse_signal(value: object, *, where: str) -> int:
@@ -129,6 +157,13 @@ def parse_signal(value: object, *, where: str) -> int:
     if signum in _UNSENDABLE:
         raise ConfigError(f"{where}: {signum.name} cannot be caught, so it cannot ask a trainer to save")
     return int(signum)
+
+
+def _choice(reader: TableReader, key: str, choices: tuple[str, ...], default: str) -> str:
+    value = reader.table.get(key, default)
+    if value not in choices:
+        raise reader.error(key, f"one of {', '.join(choices)}", value)
+    return str(value)
 
 
 def _actions(reader: TableReader, key: str, default: frozenset[str]) -> frozenset[str]:
@@ -170,8 +205,8 @@ def parse_policy(section: Mapping[str, Any] | None) -> Policy:
     top = TableReader(
         section or {},
         "[policy]",
-        ("dry_run", "cooldown_seconds", "recheck", "identity_tolerance_seconds", "act_on_kinds", "actions",
-         "targets", "signal", "kill", "hooks"),
+        ("dry_run", "cooldown_seconds", "recheck", "identity_tolerance_seconds", "act_on_kinds", "on_tentative",
+         "actions", "targets", "signal", "kill", "hooks"),
     )  # fmt: skip
     actions = top.sub("actions", ("warning", "critical"))
     targets = top.sub("targets", ("users", "cmdline", "attached"))
@@ -200,6 +235,7 @@ def parse_policy(section: Mapping[str, Any] | None) -> Policy:
         recheck=top.boolean("recheck", True),
         identity_tolerance_seconds=top.number("identity_tolerance_seconds", 1.0, minimum=0.001),
         act_on_kinds=frozenset(top.strings("act_on_kinds", sorted(DEFAULT_ACT_ON_KINDS))),
+        on_tentative=_choice(top, "on_tentative", TENTATIVE_CHOICES, "save"),
         targets=Targets(
             users=frozenset(targets.strings("users")),
             cmdline=targets.regexes("cmdline"),

@@ -249,6 +249,7 @@ def _finding(
         t=ctx.now,
         process=p.key,
         process_name=p.meta.name,
+        at_risk=inc.tree.key,
         numbers={
             "pid": p.pid,
             "user": p.meta.user,

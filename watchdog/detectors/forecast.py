@@ -179,6 +179,8 @@ def detect_oom_forecast(
             "total_bytes": ctx.total_bytes,
             "grower": grower,
         },
+        # The caveat's doubt, for whoever acts on the finding: nothing that could end a run is done while it holds.
+        tentative=None if caveat is None else f"{subject}: {caveat}",
     )
     return forecast, finding
 

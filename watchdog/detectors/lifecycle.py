@@ -14,7 +14,12 @@
   back by the cooldown the first time;
 - **de-escalation** is silent: after `exit_ticks` ticks at warning the active finding becomes a warning
   again; re-escalating within `cooldown_seconds` of the last critical raise is silent too, so a forecast
-  hovering around the critical ETA notifies once.
+  hovering around the critical ETA notifies once;
+- **confirmation**: an active *tentative* finding (`Finding.tentative`: a forecast on a run that may still be
+  loading) seen firm at the same severity for `enter_ticks` ticks is raised again, firm. It is news (the doubt
+  the first message told of is gone), and a policy's actions that could end a run wait for it. Each severity is
+  raised firm at most once per activation, so a culprit that changes between a young and an old run does not
+  notify at every change; a firm finding back within the cooldown of a tentative one that cleared is raised.
 
 While a finding is active its latest version (message, numbers) replaces the stored one silently.
 """
@@ -46,6 +51,9 @@ class SubjectState:
     last_critical_raise: float | None = None
     cleared_at: float | None = None
     cleared_severity: Severity | None = None
+    firm: int = 0  # consecutive ticks an active tentative finding was seen firm
+    firm_rank: int = -1  # the highest severity raised firm since the subject was raised (-1: none yet), kept
+    # through its cooldown
 
 
 class FindingTracker:
@@ -77,7 +85,7 @@ class FindingTracker:
         for subject, state in list(self.states.items()):
             if subject in seen:
                 continue
-            state.present = state.critical = state.calmer = 0
+            state.present = state.critical = state.calmer = state.firm = 0
             if state.active is not None:
                 state.absent += 1
                 if state.absent >= self._clear_after(subject[0]):
@@ -96,39 +104,60 @@ class FindingTracker:
         state.present += 1
         state.absent = 0
         state.critical = state.critical + 1 if finding.severity is Severity.CRITICAL else 0
+        state.firm = state.firm + 1 if finding.tentative is None else 0
         enter = raise_after(self.config, finding.kind)
         active = state.active
         if active is None:
             if state.present < enter:
                 return None
-            if self._cooling(state, now) and (
-                state.cleared_severity is not None and _RANK[finding.severity] <= _RANK[state.cleared_severity]
+            if not self._cooling(state, now):
+                state.firm_rank = -1  # a new activation: nothing of it was raised firm yet
+            elif (
+                state.cleared_severity is not None
+                and _RANK[finding.severity] <= _RANK[state.cleared_severity]
+                and not self._confirms(state, finding)
             ):
+                # Back within the cooldown, no worse: silent, unless it is firm where the last one never was.
                 return None
-            state.active = finding
-            if finding.severity is Severity.CRITICAL:
-                state.last_critical_raise = now
-            return finding
+            return self._raise(state, finding, now)
         if active.severity is Severity.WARNING and finding.severity is Severity.CRITICAL:
             if state.critical < enter:
                 state.active = dataclasses.replace(finding, severity=Severity.WARNING)
                 return None
             state.active = finding
+            # Within the cooldown of the last critical raise, a re-escalation is silent: unless that raise was
+            # tentative and this one is firm (what a policy waited for).
             recent = (
                 state.last_critical_raise is not None and now - state.last_critical_raise < self.config.cooldown_seconds
             )
-            if recent:
+            if recent and not self._confirms(state, finding):
                 return None
-            state.last_critical_raise = now
-            return finding
+            return self._raise(state, finding, now)
         if active.severity is Severity.CRITICAL and finding.severity is Severity.WARNING:
             state.calmer += 1
             if state.calmer >= self._clear_after(finding.kind):
                 state.active, state.calmer = finding, 0
             return None
         state.calmer = 0
+        # Confirmation: firm for `enter` ticks at a severity that was only ever raised tentative.
+        if state.firm >= enter and self._confirms(state, finding):
+            return self._raise(state, finding, now)
         state.active = finding
         return None
+
+    @staticmethod
+    def _confirms(state: SubjectState, finding: Finding) -> bool:
+        """True when `finding` is firm at a severity not yet raised firm since the subject was raised."""
+        return finding.tentative is None and _RANK[finding.severity] > state.firm_rank
+
+    @staticmethod
+    def _raise(state: SubjectState, finding: Finding, now: float) -> Finding:
+        state.active = finding
+        if finding.severity is Severity.CRITICAL:
+            state.last_critical_raise = now
+        if finding.tentative is None:
+            state.firm_rank = max(state.firm_rank, _RANK[finding.severity])
+        return finding
 
     def _clear_after(self, kind: str) -> int:
         # Only conditions have a state to clear; events never get here (see `update`).
