@@ -62,8 +62,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def spawn(cmd: list[str], out: IO[Any]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+def spawn(cmd: list[str], out: IO[Any], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
 def wait_for(path: Path, event: str, timeout: float) -> None:

@@ -1,0 +1,181 @@
+"""A policy that may end runs, next to a slow load and then a slow leak, on a real GPU (about 7 minutes):
+
+    . benchmarks/gpu_env.sh && python3 benchmarks/detection/hold_gpu.py OUT [--base PKGDIR]
+
+A ballast leaves 24 GiB (benchmarks/workloads/ballast.py). A healthy trainer (benchmarks/workloads/trainer.py,
+8 GiB) runs throughout. At t = 40 s a *slow load* arrives (loads_gpu.py's: 11 GiB at about 450 MB/s, held 40 s,
+then a normal exit). At t = 120 s a *leaker* arrives (trainer.py `fast_leak`), its rate set from the free memory
+then so that it runs out about 250 s after it started: critical (full within two minutes) from about 130 s, no
+longer young at 180 s.
+
+`vramwatch serve` runs live with a policy that signals on critical findings through an adapter that saves and then
+ends the run (`transformers_jit`: SIGTERM, which trainer.py catches, ending cleanly; `allow_stop = true`), for the
+processes matching `trainer\\.py`. What docs/actions.md says it does: the slow load is forecast critical but
+*tentative* (it has not held still since it appeared), and a tentative finding ends no run: the trainer is not
+signalled. The leak's forecast is tentative as well until the leaker is three minutes old, then raised again,
+firm, and every targeted run on the card is asked to save and stop (a GPU-level forecast asks each), before the
+OOM.
+
+With `--base PKGDIR` (a directory holding an older `vramwatch` package), a second daemon of that tree watches the
+same card with the same policy in `dry_run`: its `action` lines say whom it would have signalled, and when.
+
+OUT gets `serve.log` (and `serve-base.log`), each run's stdout (`trainer.log`, `slow.log`, `leaker.log`: their
+`exit` events say how and when each ended), `hold.raw.jsonl.gz` (`vramwatch record`, for replays) and
+`summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from loads_gpu import LOADER, SLOW, VW, WORK, free_port, spawn, stop, wait_for
+
+POLICY = """
+[policy]
+dry_run = {dry_run}
+[policy.actions]
+critical = ["notify", "signal"]
+[policy.targets]
+cmdline = ['trainer\\.py']
+[policy.signal]
+allow_stop = true
+match = {{ 'trainer\\.py' = "transformers_jit" }}
+"""
+
+LEAK_OOM_AFTER_S = 250.0
+LEAK_BUDGET_GIB = 5.0
+
+
+def free_bytes() -> int:
+    import pynvml  # only on the GPU host: the script is not part of the package
+
+    pynvml.nvmlInit()
+    try:
+        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).free)
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def events(path: Path, name: str) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == name:
+            out.append(record)
+    return out
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    base = None
+    if "--base" in args:
+        i = args.index("--base")
+        base = Path(args[i + 1]).resolve()
+        del args[i : i + 2]
+    out = Path(args[0] if args else "hold-out").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    names = ["ballast", "serve", "record", "trainer", "slow", "leaker"] + (["serve-base"] if base else [])
+    logs = {name: (out / f"{name}.log").open("wb") for name in names}
+    procs = []
+    sizing: dict[str, float] = {}
+    try:
+        procs.append(spawn([sys.executable, str(WORK / "ballast.py"), "--leave-gib", "24"], logs["ballast"]))
+        wait_for(out / "ballast.log", "ready", 120)
+        daemons = [("serve", None, "false")] + ([("serve-base", base, "true")] if base else [])
+        for name, pkg, dry in daemons:
+            config = out / f"{name}.toml"
+            config.write_text(POLICY.format(dry_run=dry))
+            env = dict(os.environ)
+            if pkg is not None:
+                env["PYTHONPATH"] = f"{pkg}:{env.get('PYTHONPATH', '')}"
+            cmd = [*VW, "--log-format", "json", "--config", str(config), "serve",
+                   "--listen", f"127.0.0.1:{free_port()}", "--interval", "1", "--require-gpu"]  # fmt: skip
+            procs.append(spawn(cmd, logs[name], env=env))
+        procs.append(spawn([*VW, "--log-format", "json", "record", str(out / "hold.raw.jsonl.gz"), "--interval", "1"],
+                           logs["record"]))  # fmt: skip
+        time.sleep(4)
+        t0, wall0 = time.monotonic(), time.time()
+        procs.append(spawn([sys.executable, str(WORK / "trainer.py"), "--mode", "healthy",
+                            "--budget-gib", "8", "--steps", "100000", "--stop-at", str(t0 + 420)],
+                           logs["trainer"]))  # fmt: skip
+        time.sleep(max(0.0, t0 + 40 - time.monotonic()))
+        slow = spawn([sys.executable, "-c", LOADER, json.dumps(SLOW), "40"], logs["slow"])
+        procs.append(slow)
+        time.sleep(max(0.0, t0 + 117 - time.monotonic()))
+        free = free_bytes()
+        # What the leaker holds before it leaks: its context and about 63 % of its budget (trainer.py, healthy).
+        room = free - (0.63 * LEAK_BUDGET_GIB + 0.6) * (1 << 30)
+        rate = round(max(20.0, room / 1e6 / (LEAK_OOM_AFTER_S - 10)), 1)
+        sizing = {"free_bytes": free, "room_bytes": room, "leak_mb_per_s": rate}
+        time.sleep(max(0.0, t0 + 120 - time.monotonic()))
+        leaker = spawn([sys.executable, str(WORK / "trainer.py"), "--mode", "fast_leak",
+                        "--budget-gib", str(LEAK_BUDGET_GIB), "--step-seconds", "0.25", "--steps", "100000",
+                        "--leak-mb-per-s", str(rate)], logs["leaker"])  # fmt: skip
+        procs.append(leaker)
+        end = t0 + 120 + LEAK_OOM_AFTER_S + 60
+        while leaker.poll() is None and time.monotonic() < end:
+            time.sleep(1)
+        time.sleep(10)  # the daemons see it gone
+        codes = {"slow": slow.poll(), "leaker": leaker.poll()}
+    finally:
+        teardown = time.monotonic()  # the harness's own SIGTERMs from here on (a trainer's `exit` says "sigterm")
+        for proc in reversed(procs):
+            stop(proc)
+        for f in logs.values():
+            f.close()
+
+    def since(wall: float) -> float:
+        return round(wall - wall0, 1)
+
+    summary: dict[str, Any] = {
+        "wall0": wall0, "t0": t0, "teardown_at": round(teardown - t0, 1), "exit_codes": codes, "leak_sizing": sizing,
+    }  # fmt: skip
+    for name in ("trainer", "slow", "leaker"):
+        got = [e for e in (events(out / f"{name}.log", "start") + events(out / f"{name}.log", "ready")) if "t" in e]
+        if got:
+            summary[f"{name}_started_at"] = round(got[0]["t"] - t0, 1)
+        ended = [e for e in events(out / f"{name}.log", "exit") + events(out / f"{name}.log", "end") if "t" in e]
+        if ended:
+            summary[f"{name}_ended"] = {"at": round(ended[0]["t"] - t0, 1), "reason": ended[0].get("reason")}
+    ooms = events(out / "leaker.log", "oom")
+    summary["leaker_oom"] = bool(ooms)
+    for name in ("serve", "serve-base"):
+        path = out / f"{name}.log"
+        if not path.exists():
+            continue
+        raised, actions = [], []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            at = record.get("timestamp")
+            when = since(_wall(at)) if isinstance(at, str) else None
+            if record.get("event") == "finding":
+                raised.append({"at": when, "severity": record.get("severity"), "kind": record.get("kind"),
+                               "message": record.get("message")})  # fmt: skip
+            elif record.get("event") == "action" and record.get("action") == "signal":
+                actions.append({"at": when, "done": record.get("done"), "dry_run": record.get("dry_run"),
+                                "pid": record.get("pid"), "reason": record.get("reason")})  # fmt: skip
+        summary[name] = {"findings_raised": raised, "signal_decisions": actions}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0 if codes["slow"] == 0 else 1
+
+
+def _wall(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
