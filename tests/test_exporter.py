@@ -113,11 +113,24 @@ def test_forecast_growth_and_findings_are_exported() -> None:
     g = {"gpu": "0", "uuid": UUID0, "name": "Test RTX 4090"}
     assert reg.get_sample_value("vramwatch_gpu_oom_eta_seconds", g) == 90.0
     assert reg.get_sample_value("vramwatch_gpu_memory_growth_bytes_per_second", g) == 1.5e8
-    assert (
-        reg.get_sample_value("vramwatch_findings_active", {"kind": "oom_forecast", "severity": "critical", "gpu": "0"})
-        == 1
-    )
+    active = {"kind": "oom_forecast", "severity": "critical", "gpu": "0", "tentative": "false"}
+    assert reg.get_sample_value("vramwatch_findings_active", active) == 1
     assert reg.get_sample_value("vramwatch_findings_total", {"kind": "oom_forecast", "severity": "critical"}) == 1
+
+
+def test_a_tentative_finding_is_its_own_series() -> None:
+    """A tentative and a firm finding of one kind and severity are counted apart, by the `tentative` label."""
+    snap = make_snapshot(1.0, {10: GIB})
+    firm = Finding("growth", Severity.CRITICAL, UUID0, "leaks", 1.0, ProcessKey(10, 110.0))
+    doubt = Finding("oom_forecast", Severity.CRITICAL, UUID0, "full soon", 1.0, tentative="young")
+    reg = make_registry(lambda: _state(snap, active=(firm, doubt)))
+    labels = {"severity": "critical", "gpu": "0"}
+    assert reg.get_sample_value("vramwatch_findings_active", {**labels, "kind": "oom_forecast", "tentative": "true"})
+    assert reg.get_sample_value("vramwatch_findings_active", {**labels, "kind": "growth", "tentative": "false"}) == 1
+    assert (
+        reg.get_sample_value("vramwatch_findings_active", {**labels, "kind": "oom_forecast", "tentative": "false"})
+        is None
+    )
 
 
 def _step_figures() -> dict[tuple[int, int], StepFigures]:

@@ -65,17 +65,25 @@ def test_promtool_rule_unit_tests() -> None:
 
 
 @needs_promtool
-def test_promtool_unit_tests_are_live(tmp_path: Path) -> None:
-    """The unit tests catch a changed decision: a warning alert that ignores the finding's severity fails them."""
+@pytest.mark.parametrize(
+    ("decision", "ignored", "alert"),
+    [
+        ('{kind="oom_forecast", severity="warning"}', '{kind="oom_forecast"}', "VramwatchOomForecastWarning"),
+        ('severity="critical", tentative="false"}', 'severity="critical"}', "VramwatchOomForecastCritical"),
+    ],
+)
+def test_promtool_unit_tests_are_live(tmp_path: Path, decision: str, ignored: str, alert: str) -> None:
+    """The unit tests catch a changed decision: a warning alert that ignores the finding's severity, a critical
+    one that pages on a tentative finding, fail them."""
     (tmp_path / "tests").mkdir()
-    broken = RULES.read_text().replace('{kind="oom_forecast", severity="warning"}', '{kind="oom_forecast"}')
+    broken = RULES.read_text().replace(decision, ignored)
     assert broken != RULES.read_text()
     (tmp_path / RULES.name).write_text(broken)
     for test in (PROM / "tests").glob("*.yml"):
         (tmp_path / "tests" / test.name).write_text(test.read_text())
     result = promtool("test", "rules", *(str(p) for p in (tmp_path / "tests").glob("*.yml")))
     assert result.returncode != 0
-    assert "VramwatchOomForecastWarning" in result.stdout + result.stderr
+    assert alert in result.stdout + result.stderr
 
 
 @needs_promtool

@@ -77,7 +77,7 @@ def test_a_registered_detector_is_exported(toy: Detector[ToyConfig]) -> None:
         daemon.step()
         clock.advance(1)
     body = generate_latest(daemon.registry).decode()
-    assert 'vramwatch_findings_active{gpu="0",kind="toy",severity="warning"} 1.0' in body
+    assert 'vramwatch_findings_active{gpu="0",kind="toy",severity="warning",tentative="false"} 1.0' in body
     assert 'vramwatch_findings_total{kind="toy",severity="warning"} 1.0' in body
 
 

@@ -267,16 +267,19 @@ class SnapshotCollector(Collector):
         )
 
     def _findings(self, st: ExportState) -> Iterator[Metric]:
-        active: dict[tuple[str, str, str], int] = {}
+        active: dict[tuple[str, str, str, str], int] = {}
         gpus = {g.uuid: gpu_label(g) for g in st.snapshot.gpus} if st.snapshot else {}
         for f in st.active:
-            key = (f.kind, f.severity.value, gpus.get(f.gpu_uuid or "", ""))
+            # A tentative finding (a forecast on a run that may still be loading) is its own series, so that an
+            # alert rule can page on firm findings only.
+            tentative = "true" if f.tentative is not None else "false"
+            key = (f.kind, f.severity.value, gpus.get(f.gpu_uuid or "", ""), tentative)
             active[key] = active.get(key, 0) + 1
         yield _gauge(
             "vramwatch_findings_active",
-            "Findings currently raised",
+            "Findings currently raised (tentative: a forecast on a run that may still be loading, not yet confirmed)",
             [(tuple(k), float(v)) for k, v in sorted(active.items())],
-            ("kind", "severity", "gpu"),
+            ("kind", "severity", "gpu", "tentative"),
         )
         yield _counter(
             "vramwatch_findings",
