@@ -3,6 +3,7 @@ resolving them (Debian's prometheus-alertmanager; the slow tests skip where it i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -87,6 +88,23 @@ def test_labels_identify_and_annotations_describe() -> None:
         assert notes["eta_seconds"] == "120"
         assert "free_bytes=536870912" in notes["description"]
         assert all(isinstance(v, str) for v in [*alert["labels"].values(), *notes.values()])  # type: ignore[union-attr]
+        assert "tentative" not in notes
+    finally:
+        n.close(0.5)
+
+
+def test_a_tentative_finding_is_the_same_alert_with_its_doubt_annotated() -> None:
+    """A tentative finding and its confirmation share the labels (one alert); the doubt is an annotation."""
+    clock = ShiftedClock()
+    n = make("http://127.0.0.1:9/", clock, resend_seconds=30)
+    try:
+        firm = finding(clock)
+        doubt = dataclasses.replace(firm, tentative="python3 (pid 777, bob): it appeared 17 s ago")
+        now = time.time()
+        first, confirmed = (n.alert(f, starts_at=now, ends_at=now + 120) for f in (doubt, firm))
+        assert first["labels"] == confirmed["labels"]
+        assert first["annotations"]["tentative"] == "python3 (pid 777, bob): it appeared 17 s ago"  # type: ignore[index]
+        assert "tentative" not in confirmed["annotations"]  # type: ignore[operator]
     finally:
         n.close(0.5)
 

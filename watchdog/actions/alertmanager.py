@@ -131,6 +131,9 @@ class AlertmanagerNotifier:
         notes["description"] = "\n".join(details)
         if finding.advice:
             notes["advice"] = "\n".join(finding.advice)
+        if finding.tentative is not None:
+            # An annotation, not a label: the confirmed finding is the same alert, and its annotations replace these.
+            notes["tentative"] = finding.tentative
         return notes
 
     def alert(self, finding: Finding, *, starts_at: float, ends_at: float) -> dict[str, object]:
