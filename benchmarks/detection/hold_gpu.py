@@ -1,11 +1,11 @@
-"""A policy that may end runs, next to a slow load and then a slow leak, on a real GPU (about 7 minutes):
+"""A policy that may end runs, next to a slow load and then a slow leak, on a real GPU (about 6 minutes):
 
     . benchmarks/gpu_env.sh && python3 benchmarks/detection/hold_gpu.py OUT [--base PKGDIR]
 
 A ballast leaves 24 GiB (benchmarks/workloads/ballast.py). A healthy trainer (benchmarks/workloads/trainer.py,
-8 GiB) runs throughout. At t = 40 s a *slow load* arrives (loads_gpu.py's: 11 GiB at about 450 MB/s, held 40 s,
-then a normal exit). At t = 120 s a *leaker* arrives (trainer.py `fast_leak`), its rate set from the free memory
-then so that it runs out about 250 s after it started: critical (full within two minutes) from about 130 s, no
+8 GiB) runs throughout. At t = 30 s a *slow load* arrives (loads_gpu.py's: 11 GiB at about 450 MB/s, held 40 s,
+then a normal exit). At t = 100 s a *leaker* arrives (trainer.py `fast_leak`), its rate set from the free memory
+then so that it runs out about 230 s after it started: critical (full within two minutes) from about 110 s, no
 longer young at 180 s.
 
 `vramwatch serve` runs live with a policy that signals on critical findings through an adapter that saves and then
@@ -47,7 +47,7 @@ allow_stop = true
 match = {{ 'trainer\\.py' = "transformers_jit" }}
 """
 
-LEAK_OOM_AFTER_S = 250.0
+LEAK_OOM_AFTER_S = 230.0
 LEAK_BUDGET_GIB = 5.0
 
 
@@ -104,23 +104,23 @@ def main() -> int:
         time.sleep(4)
         t0, wall0 = time.monotonic(), time.time()
         procs.append(spawn([sys.executable, str(WORK / "trainer.py"), "--mode", "healthy",
-                            "--budget-gib", "8", "--steps", "100000", "--stop-at", str(t0 + 420)],
+                            "--budget-gib", "8", "--steps", "100000", "--stop-at", str(t0 + 400)],
                            logs["trainer"]))  # fmt: skip
-        time.sleep(max(0.0, t0 + 40 - time.monotonic()))
+        time.sleep(max(0.0, t0 + 30 - time.monotonic()))
         slow = spawn([sys.executable, "-c", LOADER, json.dumps(SLOW), "40"], logs["slow"])
         procs.append(slow)
-        time.sleep(max(0.0, t0 + 117 - time.monotonic()))
+        time.sleep(max(0.0, t0 + 97 - time.monotonic()))
         free = free_bytes()
         # What the leaker holds before it leaks: its context and about 63 % of its budget (trainer.py, healthy).
         room = free - (0.63 * LEAK_BUDGET_GIB + 0.6) * (1 << 30)
         rate = round(max(20.0, room / 1e6 / (LEAK_OOM_AFTER_S - 10)), 1)
         sizing = {"free_bytes": free, "room_bytes": room, "leak_mb_per_s": rate}
-        time.sleep(max(0.0, t0 + 120 - time.monotonic()))
+        time.sleep(max(0.0, t0 + 100 - time.monotonic()))
         leaker = spawn([sys.executable, str(WORK / "trainer.py"), "--mode", "fast_leak",
                         "--budget-gib", str(LEAK_BUDGET_GIB), "--step-seconds", "0.25", "--steps", "100000",
                         "--leak-mb-per-s", str(rate)], logs["leaker"])  # fmt: skip
         procs.append(leaker)
-        end = t0 + 120 + LEAK_OOM_AFTER_S + 60
+        end = t0 + 100 + LEAK_OOM_AFTER_S + 50
         while leaker.poll() is None and time.monotonic() < end:
             time.sleep(1)
         time.sleep(10)  # the daemons see it gone
