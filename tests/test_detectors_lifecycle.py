@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from vramwatch.detectors import Analysis, DetectorConfig, FindingTracker, config_from_table, settings, stale
 from vramwatch.detectors.registry import raise_after
 from vramwatch.errors import ConfigError
@@ -87,6 +90,47 @@ def tentative_feed(pattern: str) -> list[str]:
 def test_tentative_findings_are_raised_again_once_confirmed(pattern: str, events: list[str]) -> None:
     """A tentative finding seen firm at the same severity for enter_ticks is raised again, once per activation."""
     assert tentative_feed(pattern) == events
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.text(alphabet=".wcWC", max_size=80))
+def test_confirmation_is_once_and_never_lost(pattern: str) -> None:
+    """Whatever the sequence (shorter than the cooldown): each severity is raised firm at most once while the
+    subject is active, and a firm finding present long enough to pass the enter and the exit ticks has been raised
+    firm, at its severity or above."""
+    events = _events(pattern, CONFIG)
+    assert len(pattern) < CONFIG.cooldown_seconds
+    enter, leave = raise_after(CONFIG, "oom_forecast"), CONFIG.exit_ticks["oom_forecast"]
+    firm_raised: set[str] = set()
+    this_activation: set[str] = set()
+    run_of, run_len = "", 0
+    for t, ch in enumerate(pattern):
+        for e in events[t]:
+            if e == "-":
+                this_activation = set()
+            elif e in "wc":
+                assert e not in this_activation, f"{e} raised firm twice while active, the second time at t={t}"
+                this_activation.add(e)
+                firm_raised.add(e)
+        run_of, run_len = (ch, run_len + 1) if ch == run_of else (ch, 1)
+        if ch in "wc" and run_len >= enter + leave:
+            assert firm_raised & ({"w", "c"} if ch == "w" else {"c"}), f"{ch} firm since t={t - run_len + 1}"
+
+
+def _events(pattern: str, config: DetectorConfig) -> dict[int, list[str]]:
+    """Each tick's events for `pattern` ('.' absent, 'w'/'c' firm, 'W'/'C' tentative): the raised finding's
+    letter (upper case when tentative) or '-' for a clear."""
+    tracker = FindingTracker(config)
+    out: dict[int, list[str]] = {}
+    for t, ch in enumerate(pattern):
+        present = []
+        if ch != ".":
+            f = finding("oom_forecast", C if ch in "cC" else W, t)
+            present = [dataclasses.replace(f, tentative="young" if ch.isupper() else None)]
+        raised, cleared = tracker.update(Analysis(t=float(t), findings=tuple(present)))
+        letters = [f.severity.value[0] for f in raised]
+        out[t] = [x.upper() if f.tentative else x for x, f in zip(letters, raised, strict=True)] + ["-"] * len(cleared)
+    return out
 
 
 def test_cooldown_yields_to_a_higher_severity() -> None:
