@@ -26,13 +26,17 @@ def finding(kind: str = "growth", severity: Severity = W, t: float = 0.0, pid: i
 
 
 def feed(pattern: str, kind: str = "growth", config: DetectorConfig = CONFIG) -> list[str]:
-    """One tick per character: '.' absent, 'w' warning, 'c' critical; returns the events as 't:+w', 't:-'."""
+    """One tick per character: '.' absent, 'w' warning, 'c' critical, 'W' and 'C' the same tentative; returns the
+    events as 't:+w' (upper case when tentative), 't:-'."""
     tracker = FindingTracker(config)
     events = []
     for t, ch in enumerate(pattern):
-        present = {"w": [finding(kind, W, t)], "c": [finding(kind, C, t)], ".": []}[ch]
+        present = []
+        if ch != ".":
+            f = finding(kind, C if ch in "cC" else W, t)
+            present = [dataclasses.replace(f, tentative="young" if ch.isupper() else None)]
         raised, cleared = tracker.update(Analysis(t=float(t), findings=tuple(present)))
-        events += [f"{t}:+{f.severity.value[0]}" for f in raised]
+        events += [f"{t}:+{f.severity.value[0].upper() if f.tentative else f.severity.value[0]}" for f in raised]
         events += [f"{t}:-" for _ in cleared]
     return events
 
@@ -55,21 +59,6 @@ def test_hysteresis_table(pattern: str, events: list[str]) -> None:
     assert feed(pattern) == events
 
 
-def tentative_feed(pattern: str) -> list[str]:
-    """As `feed` for an oom_forecast, with 'W' and 'C' a tentative warning and critical: events '+C' when tentative."""
-    tracker = FindingTracker(CONFIG)
-    events = []
-    for t, ch in enumerate(pattern):
-        present = []
-        if ch != ".":
-            f = finding("oom_forecast", C if ch in "cC" else W, t)
-            present = [dataclasses.replace(f, tentative="young" if ch.isupper() else None)]
-        raised, cleared = tracker.update(Analysis(t=float(t), findings=tuple(present)))
-        events += [f"{t}:+{f.severity.value[0].upper() if f.tentative else f.severity.value[0]}" for f in raised]
-        events += [f"{t}:-" for _ in cleared]
-    return events
-
-
 @pytest.mark.parametrize(
     ("pattern", "events"),
     [
@@ -89,7 +78,7 @@ def tentative_feed(pattern: str) -> list[str]:
 )
 def test_tentative_findings_are_raised_again_once_confirmed(pattern: str, events: list[str]) -> None:
     """A tentative finding seen firm at the same severity for enter_ticks is raised again, once per activation."""
-    assert tentative_feed(pattern) == events
+    assert feed(pattern, kind="oom_forecast") == events
 
 
 @hsettings(max_examples=300, deadline=None)
@@ -118,18 +107,11 @@ def test_confirmation_is_once_and_never_lost(pattern: str) -> None:
 
 
 def _events(pattern: str, config: DetectorConfig) -> dict[int, list[str]]:
-    """Each tick's events for `pattern` ('.' absent, 'w'/'c' firm, 'W'/'C' tentative): the raised finding's
-    letter (upper case when tentative) or '-' for a clear."""
-    tracker = FindingTracker(config)
-    out: dict[int, list[str]] = {}
-    for t, ch in enumerate(pattern):
-        present = []
-        if ch != ".":
-            f = finding("oom_forecast", C if ch in "cC" else W, t)
-            present = [dataclasses.replace(f, tentative="young" if ch.isupper() else None)]
-        raised, cleared = tracker.update(Analysis(t=float(t), findings=tuple(present)))
-        letters = [f.severity.value[0] for f in raised]
-        out[t] = [x.upper() if f.tentative else x for x, f in zip(letters, raised, strict=True)] + ["-"] * len(cleared)
+    """`feed`'s events for an oom_forecast, by tick: the raised finding's letter, or '-' for a clear."""
+    out: dict[int, list[str]] = {t: [] for t in range(len(pattern))}
+    for event in feed(pattern, kind="oom_forecast", config=config):
+        t, what = event.split(":")
+        out[int(t)].append(what.lstrip("+"))
     return out
 
 
