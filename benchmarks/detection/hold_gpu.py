@@ -1,6 +1,6 @@
 """A policy that may end runs, next to a slow load and then a slow leak, on a real GPU (about 6 minutes):
 
-    . benchmarks/gpu_env.sh && python3 benchmarks/detection/hold_gpu.py OUT [--base PKGDIR]
+    . benchmarks/gpu_env.sh && python3 benchmarks/detection/hold_gpu.py OUT [--base PKGDIR] [--no-leak]
 
 A ballast leaves 24 GiB (benchmarks/workloads/ballast.py). A healthy trainer (benchmarks/workloads/trainer.py,
 8 GiB) runs throughout. At t = 30 s a *slow load* arrives (loads_gpu.py's: 11 GiB at about 450 MB/s, held 40 s,
@@ -15,6 +15,8 @@ processes matching `trainer\\.py`. What docs/actions.md says it does: the slow l
 signalled. The leak's forecast is tentative as well until the leaker is three minutes old, then raised again,
 firm, and every targeted run on the card is asked to save and stop (a GPU-level forecast asks each), before the
 OOM.
+
+`--no-leak` stops after the slow load (about 2.5 minutes): the load's part alone.
 
 With `--base PKGDIR` (a directory holding an older `vramwatch` package), a second daemon of that tree watches the
 same card with the same policy in `dry_run`: its `action` lines say whom it would have signalled, and when.
@@ -76,6 +78,8 @@ def events(path: Path, name: str) -> list[dict[str, Any]]:
 def main() -> int:
     args = sys.argv[1:]
     base = None
+    leak = "--no-leak" not in args
+    args = [a for a in args if a != "--no-leak"]
     if "--base" in args:
         i = args.index("--base")
         base = Path(args[i + 1]).resolve()
@@ -86,6 +90,7 @@ def main() -> int:
     logs = {name: (out / f"{name}.log").open("wb") for name in names}
     procs = []
     sizing: dict[str, float] = {}
+    leaker = None
     try:
         procs.append(spawn([sys.executable, str(WORK / "ballast.py"), "--leave-gib", "24"], logs["ballast"]))
         wait_for(out / "ballast.log", "ready", 120)
@@ -109,22 +114,26 @@ def main() -> int:
         time.sleep(max(0.0, t0 + 30 - time.monotonic()))
         slow = spawn([sys.executable, "-c", LOADER, json.dumps(SLOW), "40"], logs["slow"])
         procs.append(slow)
-        time.sleep(max(0.0, t0 + 97 - time.monotonic()))
-        free = free_bytes()
-        # What the leaker holds before it leaks: its context and about 63 % of its budget (trainer.py, healthy).
-        room = free - (0.63 * LEAK_BUDGET_GIB + 0.6) * (1 << 30)
-        rate = round(max(20.0, room / 1e6 / (LEAK_OOM_AFTER_S - 10)), 1)
-        sizing = {"free_bytes": free, "room_bytes": room, "leak_mb_per_s": rate}
-        time.sleep(max(0.0, t0 + 100 - time.monotonic()))
-        leaker = spawn([sys.executable, str(WORK / "trainer.py"), "--mode", "fast_leak",
-                        "--budget-gib", str(LEAK_BUDGET_GIB), "--step-seconds", "0.25", "--steps", "100000",
-                        "--leak-mb-per-s", str(rate)], logs["leaker"])  # fmt: skip
-        procs.append(leaker)
-        end = t0 + 100 + LEAK_OOM_AFTER_S + 50
-        while leaker.poll() is None and time.monotonic() < end:
-            time.sleep(1)
-        time.sleep(10)  # the daemons see it gone
-        codes = {"slow": slow.poll(), "leaker": leaker.poll()}
+        if not leak:
+            while slow.poll() is None and time.monotonic() < t0 + 150:
+                time.sleep(1)
+            time.sleep(15)  # the daemons see it gone
+        else:
+            time.sleep(max(0.0, t0 + 97 - time.monotonic()))
+            free = free_bytes()
+            # What the leaker holds before it leaks: its context and about 63 % of its budget (trainer.py, healthy).
+            room = free - (0.63 * LEAK_BUDGET_GIB + 0.6) * (1 << 30)
+            rate = round(max(20.0, room / 1e6 / (LEAK_OOM_AFTER_S - 10)), 1)
+            sizing = {"free_bytes": free, "room_bytes": room, "leak_mb_per_s": rate}
+            time.sleep(max(0.0, t0 + 100 - time.monotonic()))
+            leaker = spawn([sys.executable, str(WORK / "trainer.py"), "--mode", "fast_leak",
+                            "--budget-gib", str(LEAK_BUDGET_GIB), "--step-seconds", "0.25", "--steps", "100000",
+                            "--leak-mb-per-s", str(rate)], logs["leaker"])  # fmt: skip
+            procs.append(leaker)
+            end = t0 + 100 + LEAK_OOM_AFTER_S + 50
+            while leaker.poll() is None and time.monotonic() < end:
+                time.sleep(1)
+            time.sleep(10)  # the daemons see it gone
     finally:
         teardown = time.monotonic()  # the harness's own SIGTERMs from here on (a trainer's `exit` says "sigterm")
         for proc in reversed(procs):
@@ -135,6 +144,7 @@ def main() -> int:
     def since(wall: float) -> float:
         return round(wall - wall0, 1)
 
+    codes = {"slow": slow.poll(), "leaker": leaker.poll() if leaker is not None else None}
     summary: dict[str, Any] = {
         "wall0": wall0, "t0": t0, "teardown_at": round(teardown - t0, 1), "exit_codes": codes, "leak_sizing": sizing,
     }  # fmt: skip
