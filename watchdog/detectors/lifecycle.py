@@ -51,7 +51,7 @@ class SubjectState:
     last_critical_raise: float | None = None
     cleared_at: float | None = None
     cleared_severity: Severity | None = None
-    firm: int = 0  # consecutive ticks an active tentative finding was seen firm
+    firm: int = 0  # consecutive ticks the condition was seen firm (not tentative)
     firm_rank: int = -1  # the highest severity raised firm since the subject was raised (-1: none yet), kept
     # through its cooldown
 
