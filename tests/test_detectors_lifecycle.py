@@ -9,14 +9,16 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from vramwatch.detectors import Analysis, DetectorConfig, FindingTracker, config_from_table, settings, stale
-from vramwatch.detectors.registry import raise_after
+from vramwatch.detectors.base import Quorum
+from vramwatch.detectors.registry import raise_after, tentative_quorum
 from vramwatch.errors import ConfigError
 from vramwatch.model import Finding, ProcessKey, Severity
 
 W, C = Severity.WARNING, Severity.CRITICAL
 CONFIG = DetectorConfig(
-    enter_ticks={"growth": 3, "oom_forecast": 2},
-    exit_ticks={"growth": 4, "oom_forecast": 3},
+    # `doubtful`: a kind no detector declares, so its tentative findings are raised as its firm ones are (no quorum).
+    enter_ticks={"growth": 3, "oom_forecast": 2, "doubtful": 2},
+    exit_ticks={"growth": 4, "oom_forecast": 3, "doubtful": 3},
     cooldown_seconds=100.0,
 )
 
@@ -78,7 +80,35 @@ def test_hysteresis_table(pattern: str, events: list[str]) -> None:
 )
 def test_tentative_findings_are_raised_again_once_confirmed(pattern: str, events: list[str]) -> None:
     """A tentative finding seen firm at the same severity for enter_ticks is raised again, once per activation."""
+    assert feed(pattern, kind="doubtful") == events
+
+
+@pytest.mark.parametrize(
+    ("pattern", "events"),
+    [
+        ("CCC...", []),  # what one jump makes (the newest part of the window, 3 ticks): never raised
+        ("CCCC", ["3:+C"]),  # one tick more than a jump can make
+        ("CCC.C", ["4:+C"]),  # a leak's gap does not start it over
+        ("CC..CC", ["5:+C"]),  # 4 of the last 6
+        ("CC...CC", []),  # 4, but over 7 ticks
+        ("C.C.C.C", []),  # never 4 of 6
+        ("cc", ["1:+c"]),  # a firm forecast: the detector's enter ticks, as ever
+        ("wwCCCC", ["1:+w", "5:+C"]),  # escalating to a tentative critical takes the quorum too
+        ("wwCCcc", ["1:+w", "4:+c"]),  # a firm one its consecutive critical ticks, tentative ones included
+    ],
+)
+def test_a_tentative_forecast_needs_its_quorum(pattern: str, events: list[str]) -> None:
+    """A tentative oom_forecast is raised once seen (at its severity) on 4 of the last 6 ticks; a firm one as ever."""
     assert feed(pattern, kind="oom_forecast") == events
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.text(alphabet=".C", max_size=80))
+def test_a_tentative_critical_is_raised_exactly_when_its_quorum_is_met(pattern: str) -> None:
+    """Whatever the sequence: the first raise is at the first tick seen on 4 of the last 6, and none without one."""
+    quorum = [t for t in range(len(pattern)) if pattern[t] == "C" and pattern[max(0, t - 5) : t + 1].count("C") >= 4]
+    raised = [int(e.split(":")[0]) for e in feed(pattern, kind="oom_forecast") if e.endswith("+C")]
+    assert raised[:1] == quorum[:1]
 
 
 @hsettings(max_examples=300, deadline=None)
@@ -89,7 +119,7 @@ def test_confirmation_is_once_and_never_lost(pattern: str) -> None:
     firm, at its severity or above."""
     events = _events(pattern, CONFIG)
     assert len(pattern) < CONFIG.cooldown_seconds
-    enter, leave = raise_after(CONFIG, "oom_forecast"), CONFIG.exit_ticks["oom_forecast"]
+    enter, leave = raise_after(CONFIG, "doubtful"), CONFIG.exit_ticks["doubtful"]
     firm_raised: set[str] = set()
     this_activation: set[str] = set()
     run_of, run_len = "", 0
@@ -107,9 +137,9 @@ def test_confirmation_is_once_and_never_lost(pattern: str) -> None:
 
 
 def _events(pattern: str, config: DetectorConfig) -> dict[int, list[str]]:
-    """`feed`'s events for an oom_forecast, by tick: the raised finding's letter, or '-' for a clear."""
+    """`feed`'s events for a kind with no quorum, by tick: the raised finding's letter, or '-' for a clear."""
     out: dict[int, list[str]] = {t: [] for t in range(len(pattern))}
-    for event in feed(pattern, kind="oom_forecast", config=config):
+    for event in feed(pattern, kind="doubtful", config=config):
         t, what = event.split(":")
         out[int(t)].append(what.lstrip("+"))
     return out
@@ -192,3 +222,20 @@ def test_config_from_a_file_is_normalised() -> None:
     assert config.horizons_seconds == (30.0, 60.0)
     with pytest.raises(TypeError):
         config.enter_ticks["growth"] = 1  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("enter", "quorum"), [(None, (4, 6)), (1, (4, 6)), (5, (5, 6)), (9, (9, 9))])
+def test_enter_ticks_never_let_a_tentative_one_in_sooner(enter: int | None, quorum: tuple[int, int]) -> None:
+    """`enter_ticks` above the forecast's quorum raises the quorum with it; below it, the quorum stays."""
+    config = DetectorConfig(enter_ticks={} if enter is None else {"oom_forecast": enter})
+    found = tentative_quorum(config, "oom_forecast")
+    assert found is not None
+    assert (found.seen, found.of) == quorum
+    assert tentative_quorum(config, "growth") is None
+
+
+@pytest.mark.parametrize(("seen", "of"), [(0, 6), (7, 6), (4, 65)])
+def test_a_quorum_out_of_range_is_refused(seen: int, of: int) -> None:
+    """A quorum must be 1 <= seen <= of <= 64 (the tracker keeps the last `of` ticks as bits)."""
+    with pytest.raises(ValueError, match="quorum"):
+        Quorum(seen, of)

@@ -46,6 +46,18 @@ Observation = Finding | Verdict | Forecast
 
 
 @dataclass(frozen=True, slots=True)
+class Quorum:
+    """Seen on at least `seen` of the last `of` ticks: how a doubtful (tentative) finding earns being raised."""
+
+    seen: int
+    of: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.seen <= self.of <= 64:
+            raise ValueError(f"a quorum needs 1 <= seen <= of <= 64, got {self.seen} of {self.of}")
+
+
+@dataclass(frozen=True, slots=True)
 class Detector(Generic[C]):
     """One detector: what it is called, how it is configured and tracked, and how it detects."""
 
@@ -62,6 +74,9 @@ class Detector(Generic[C]):
     per_tick: Callable[[Tick, C], Iterable[Observation]] | None = None
     #: The advice situation (advice/rules.toml `kinds`) its findings get; None: no advice.
     advice: str | None = None
+    #: What a *tentative* finding of it (`Finding.tentative`) must hold before it is raised, instead of
+    #: `raise_after` consecutive ticks; None: the same as a firm one.
+    tentative_quorum: Quorum | None = None
     #: Prepended to its config's field names in `[detectors]`, where they would be ambiguous on their own.
     key_prefix: str = ""
 

@@ -37,7 +37,7 @@ from . import _format as fmt
 from ._context import GpuContext, Tree
 from ._series import view
 from ._settings import fraction, non_negative, setting, validate
-from .base import Detector, Forecast, Observation
+from .base import Detector, Forecast, Observation, Quorum
 from .config import DetectorConfig
 from .growth import Fit, Profile, Rate, profile, retakes_without_rising
 
@@ -273,6 +273,12 @@ DETECTOR = Detector(
     defaults=ForecastConfig(),
     # Two ticks: a forecast is already the verdict of a robust fit, and a fast leak leaves a minute or so.
     raise_after=2,
+    # A young grower's forecast (tentative) must outlast what one jump can make. A load, a pause, then the first
+    # step's jump: the first window that starts after the grower appeared rises in every part as long as that jump
+    # is in its newest part, one part of the shortest window (15 s / 5 = 3 s: 3 ticks at 1 Hz), and the part after
+    # it is flat. A leak goes on rising, with gaps where a part rose a little less: seen on 4 of the last 6 ticks.
+    # Measured: docs/detection.md, "A young grower's forecast must outlast one jump".
+    tentative_quorum=Quorum(seen=4, of=6),
     clear_after=30,
     per_gpu=detect,
     advice="oom_forecast",

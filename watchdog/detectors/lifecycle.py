@@ -4,7 +4,9 @@
 
 - a subject (kind, GPU, process) is **raised** after its condition held for its detector's `raise_after`
   consecutive ticks, and **cleared** after it was absent for its `clear_after` consecutive ticks (each
-  overridable per kind by `enter_ticks` / `exit_ticks` in `[detectors]`, see registry.py);
+  overridable per kind by `enter_ticks` / `exit_ticks` in `[detectors]`, see registry.py). A *tentative*
+  finding (one that says why it may be wrong) of a detector that declares a `tentative_quorum` is raised once
+  seen on that many of the last ticks, at its severity, instead: a doubt must outlast what explains it away;
 - a kind whose detector declares no `clear_after` is an **event** (the agent's `oom`): each of its findings
   is raised as it comes, and nothing is kept or cleared;
 - after a clear, the same subject is not raised again within `cooldown_seconds` unless it comes back at a
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from ..model import Finding, ProcessKey, Severity
 from .analysis import Analysis
 from .config import DetectorConfig
-from .registry import clear_after, raise_after
+from .registry import clear_after, raise_after, tentative_quorum
 
 Subject = tuple[str, str | None, ProcessKey | None]
 
@@ -54,6 +56,10 @@ class SubjectState:
     firm: int = 0  # consecutive ticks the condition was seen firm (not tentative)
     firm_rank: int = -1  # the highest severity raised firm since the subject was raised (-1: none yet), kept
     # through its cooldown
+    # The ticks it was seen (bit 0: this tick), and seen critical, as far back as its tentative quorum looks (no
+    # bits at all for a kind without one); a subject is forgotten only once these are empty too.
+    seen_bits: int = 0
+    critical_bits: int = 0
 
 
 class FindingTracker:
@@ -79,6 +85,7 @@ class FindingTracker:
         cleared: list[Finding] = []
         for subject, finding in seen.items():
             state = self.states.setdefault(subject, SubjectState())
+            self._remember(state, subject[0], seen=True, critical=finding.severity is Severity.CRITICAL)
             event = self._present(state, finding, now)
             if event is not None:
                 raised.append(event)
@@ -86,13 +93,14 @@ class FindingTracker:
             if subject in seen:
                 continue
             state.present = state.critical = state.calmer = state.firm = 0
+            self._remember(state, subject[0], seen=False, critical=False)
             if state.active is not None:
                 state.absent += 1
                 if state.absent >= self._clear_after(subject[0]):
                     cleared.append(dataclasses.replace(state.active, t=now))
                     state.cleared_at, state.cleared_severity = now, state.active.severity
                     state.active, state.absent = None, 0
-            elif not self._cooling(state, now):
+            elif not self._cooling(state, now) and not state.seen_bits:
                 del self.states[subject]  # nothing to remember: keeps the tracker's memory bounded
         return raised + events, cleared
 
@@ -108,7 +116,7 @@ class FindingTracker:
         enter = raise_after(self.config, finding.kind)
         active = state.active
         if active is None:
-            if state.present < enter:
+            if not self._held(state, finding, state.present, enter):
                 return None
             if not self._cooling(state, now):
                 state.firm_rank = -1  # a new activation: nothing of it was raised firm yet
@@ -121,7 +129,7 @@ class FindingTracker:
                 return None
             return self._raise(state, finding, now)
         if active.severity is Severity.WARNING and finding.severity is Severity.CRITICAL:
-            if state.critical < enter:
+            if not self._held(state, finding, state.critical, enter):
                 state.active = dataclasses.replace(finding, severity=Severity.WARNING)
                 return None
             state.active = finding
@@ -144,6 +152,24 @@ class FindingTracker:
             return self._raise(state, finding, now)
         state.active = finding
         return None
+
+    def _remember(self, state: SubjectState, kind: str, *, seen: bool, critical: bool) -> None:
+        quorum = tentative_quorum(self.config, kind)
+        if quorum is None:
+            return
+        mask = (1 << quorum.of) - 1
+        state.seen_bits = ((state.seen_bits << 1) | seen) & mask
+        state.critical_bits = ((state.critical_bits << 1) | critical) & mask
+
+    def _held(self, state: SubjectState, finding: Finding, consecutive: int, enter: int) -> bool:
+        """True when `finding` held long enough to be raised at its severity: `enter` consecutive ticks, or, when it
+        is tentative and its kind has a quorum, that quorum of the last ticks (a brief gap does not start it over,
+        and a short burst, however dense, is not enough)."""
+        quorum = tentative_quorum(self.config, finding.kind) if finding.tentative is not None else None
+        if quorum is None:
+            return consecutive >= enter
+        bits = state.critical_bits if finding.severity is Severity.CRITICAL else state.seen_bits
+        return bits.bit_count() >= quorum.seen
 
     @staticmethod
     def _confirms(state: SubjectState, finding: Finding) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from ..config import dataclass_from_table
 from ..errors import ConfigError
 from . import contention, crash, forecast, fragmentation, leak, oom, pressure, stale
-from .base import Detector
+from .base import Detector, Quorum
 from .config import DetectorConfig
 
 C = TypeVar("C")
@@ -96,6 +96,17 @@ def raise_after(config: DetectorConfig, kind: str) -> int:
     if kind in config.enter_ticks:
         return config.enter_ticks[kind]
     return declared.raise_after if declared is not None else config.default_enter_ticks
+
+
+def tentative_quorum(config: DetectorConfig, kind: str) -> Quorum | None:
+    """What a tentative finding of `kind` must hold before it is raised (None: what a firm one must). Never less than
+    a firm one: an `enter_ticks` override above the quorum's `seen` raises both."""
+    declared = _by_kind.get(kind)
+    quorum = declared.tentative_quorum if declared is not None else None
+    if quorum is None:
+        return None
+    seen = min(64, max(quorum.seen, raise_after(config, kind)))
+    return quorum if seen == quorum.seen else Quorum(seen, max(quorum.of, seen))
 
 
 def clear_after(config: DetectorConfig, kind: str) -> int | None:
