@@ -154,8 +154,8 @@ def test_a_replay_that_ends_says_so_once_and_keeps_its_last_tick() -> None:
     assert d._state.snapshot is not None
 
 
-def test_a_finding_in_the_log_carries_its_advice() -> None:
-    """The daemon's log line of a raised finding has the advice, so a log reader knows what to change."""
+def test_a_finding_in_the_log_carries_its_advice_and_its_doubt() -> None:
+    """The daemon's log line of a raised finding has the advice (what to change) and why it may be tentative."""
     from structlog.testing import capture_logs
 
     clock = FakeClock()
@@ -163,11 +163,14 @@ def test_a_finding_in_the_log_carries_its_advice() -> None:
     d.step()
     assert d.pipeline is not None
     finding = Finding("pressure", Severity.WARNING, UUID0, "m", clock.now, advice=("--gradient_checkpointing",))
-    d.pipeline.step = lambda: (d._state.snapshot, [finding], [])  # type: ignore[method-assign]
+    doubt = replace(finding, kind="oom_forecast", tentative="python (pid 7): it appeared 17 s ago")
+    d.pipeline.step = lambda: (d._state.snapshot, [finding, doubt], [])  # type: ignore[method-assign]
     with capture_logs() as logs:
         d.step()
-    (line,) = [e for e in logs if e["event"] == "finding"]
-    assert line["advice"] == ["--gradient_checkpointing"]
+    firm, tentative = [e for e in logs if e["event"] == "finding"]
+    assert firm["advice"] == ["--gradient_checkpointing"]
+    assert firm["tentative"] is None
+    assert tentative["tentative"] == "python (pid 7): it appeared 17 s ago"
 
 
 def _steps(pid: int, first: int, last: int, *, t: float, leak: int = 0) -> AgentReport:

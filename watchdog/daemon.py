@@ -383,6 +383,8 @@ class Daemon:
                 pid=f.process.pid if f.process else None,
                 eta_seconds=f.eta_seconds,
                 message=f.message,
+                # Why it may not be what it seems yet (null once firm): a confirmation reads as a repeat without it.
+                tentative=f.tentative,
                 advice=list(f.advice),  # what to change, in the trainer's words: the log alone must say it
             )
         for f in cleared:

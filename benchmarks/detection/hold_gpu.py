@@ -171,7 +171,7 @@ def main() -> int:
             when = since(_wall(at)) if isinstance(at, str) else None
             if record.get("event") == "finding":
                 raised.append({"at": when, "severity": record.get("severity"), "kind": record.get("kind"),
-                               "message": record.get("message")})  # fmt: skip
+                               "tentative": record.get("tentative"), "message": record.get("message")})  # fmt: skip
             elif record.get("event") == "action" and record.get("action") == "signal":
                 actions.append({"at": when, "done": record.get("done"), "dry_run": record.get("dry_run"),
                                 "pid": record.get("pid"), "reason": record.get("reason")})  # fmt: skip
