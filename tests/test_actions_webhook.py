@@ -122,7 +122,7 @@ def test_body_carries_finding_process_advice_and_slack_text(receiver: Receiver, 
     """The POSTed JSON has status, host, finding fields, the process (no cmdline) and a Slack `text`."""
     clock = FakeClock(now=1000.0, wall_offset=1_700_000_000.0)
     n = make(notifiers, receiver.url, clock=clock)
-    n.notify(finding())
+    n.notify(finding(culprit=KEY))
     assert wait_for(lambda: n.counts()["sent"] == 1)
     path, headers, raw = receiver.requests[0]
     body = json.loads(raw)
@@ -133,6 +133,7 @@ def test_body_carries_finding_process_advice_and_slack_text(receiver: Receiver, 
     f = body["finding"]
     assert (f["kind"], f["severity"], f["gpu"], f["gpu_uuid"]) == ("oom_forecast", "critical", 0, "GPU-1111")
     assert f["eta_seconds"] == 185.0
+    assert (f["tentative"], f["at_risk_pid"], f["culprit_pid"]) == (None, None, 4242)
     assert f["t"] == 990.0
     assert f["wall_time"] == pytest.approx(1_700_000_990.0)  # raised 10 s before "now" on the fake clock
     assert f["numbers"]["rate"] is None  # NaN is not JSON: sent as null

@@ -239,3 +239,21 @@ def test_a_quorum_out_of_range_is_refused(seen: int, of: int) -> None:
     """A quorum must be 1 <= seen <= of <= 64 (the tracker keeps the last `of` ticks as bits)."""
     with pytest.raises(ValueError, match="quorum"):
         Quorum(seen, of)
+
+
+def test_a_finding_blaming_another_culprit_is_not_held_back_by_the_cooldown() -> None:
+    """After a clear, the same subject blaming the same culprit stays silent within the cooldown; another culprit
+    (a card-wide forecast about another grower) is raised."""
+    a, b = ProcessKey(10, 1.0), ProcessKey(20, 2.0)
+
+    def events(second: ProcessKey) -> list[str]:
+        tracker = FindingTracker(CONFIG)
+        out = []
+        for t, culprit in enumerate([a, a, None, None, None, second, second]):
+            present = () if culprit is None else (dataclasses.replace(finding("oom_forecast", C, t), culprit=culprit),)
+            raised, cleared = tracker.update(Analysis(t=float(t), findings=present))
+            out += [f"{t}:+{f.culprit.pid if f.culprit else None}" for f in raised] + [f"{t}:-" for _ in cleared]
+        return out
+
+    assert events(a) == ["1:+10", "4:-"]
+    assert events(b) == ["1:+10", "4:-", "6:+20"]

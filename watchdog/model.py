@@ -338,6 +338,8 @@ class Finding:
     any other; a policy's actions that could end a run wait until it is raised again, firm (`[policy] on_tentative`).
     `at_risk` is the process tree (its root's key) whose work the finding says is in danger when that is not
     `process` (contention: the run a newcomer squeezed); a policy asks that tree's processes on the GPU to save.
+    `culprit` is the process tree (its root's key) the finding blames when it is about a whole GPU (a forecast's
+    fastest grower): a claim about another culprit is another claim, even with the same subject.
     """
 
     kind: str
@@ -353,6 +355,7 @@ class Finding:
     advice: tuple[str, ...] = ()
     tentative: str | None = None
     at_risk: ProcessKey | None = None
+    culprit: ProcessKey | None = None
 
     @property
     def subject(self) -> tuple[str, str | None, ProcessKey | None]:

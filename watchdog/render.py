@@ -132,6 +132,7 @@ def finding_dict(f: Finding, index: int | None = None, *, event: str = "raised")
         "message": f.message,
         "tentative": f.tentative,
         "at_risk_pid": f.at_risk.pid if f.at_risk else None,
+        "culprit_pid": f.culprit.pid if f.culprit else None,
         "numbers": f.numbers,
         "advice": list(f.advice),
     }

@@ -16,7 +16,9 @@ signalled. The leak's forecast is tentative as well until the leaker is three mi
 firm, and every targeted run on the card is asked to save and stop (a GPU-level forecast asks each), before the
 OOM.
 
-`--no-leak` stops after the slow load (about 2.5 minutes): the load's part alone.
+`--no-leak` stops after the slow load (about 2.5 minutes): the load's part alone. `--leak-only` starts the leaker at
+t = 33 s with no slow load (about 4.5 minutes); `--oom-after S` sizes the leak to run out S seconds after it
+started (240 by default).
 
 With `--base PKGDIR` (a directory holding an older `vramwatch` package), a second daemon of that tree watches the
 same card with the same policy in `dry_run`: its `action` lines say whom it would have signalled, and when.
@@ -79,7 +81,13 @@ def main() -> int:
     args = sys.argv[1:]
     base = None
     leak = "--no-leak" not in args
-    args = [a for a in args if a != "--no-leak"]
+    load = "--leak-only" not in args
+    args = [a for a in args if a not in {"--no-leak", "--leak-only"}]
+    oom_after = LEAK_OOM_AFTER_S
+    if "--oom-after" in args:
+        i = args.index("--oom-after")
+        oom_after = float(args[i + 1])
+        del args[i : i + 2]
     if "--base" in args:
         i = args.index("--base")
         base = Path(args[i + 1]).resolve()
@@ -104,33 +112,38 @@ def main() -> int:
             cmd = [*VW, "--log-format", "json", "--config", str(config), "serve",
                    "--listen", f"127.0.0.1:{free_port()}", "--interval", "1", "--require-gpu"]  # fmt: skip
             procs.append(spawn(cmd, logs[name], env=env))
-        procs.append(spawn([*VW, "--log-format", "json", "record", str(out / "hold.raw.jsonl.gz"), "--interval", "1"],
-                           logs["record"]))  # fmt: skip
+        procs.append(spawn([*VW, "--log-format", "json", "record", str(out / "hold.raw.jsonl.gz"), "--interval", "1",
+                            "--force"], logs["record"]))  # fmt: skip
         time.sleep(4)
         t0, wall0 = time.monotonic(), time.time()
         procs.append(spawn([sys.executable, str(WORK / "trainer.py"), "--mode", "healthy",
                             "--budget-gib", "8", "--steps", "100000", "--stop-at", str(t0 + 400)],
                            logs["trainer"]))  # fmt: skip
         time.sleep(max(0.0, t0 + 30 - time.monotonic()))
-        slow = spawn([sys.executable, "-c", LOADER, json.dumps(SLOW), "40"], logs["slow"])
+        # --leak-only: no slow load (a stand-in that has already exited, so the leak is sized at once).
+        slow = spawn([sys.executable, "-c", LOADER, json.dumps(SLOW), "40"] if load else ["true"], logs["slow"])
         procs.append(slow)
         if not leak:
             while slow.poll() is None and time.monotonic() < t0 + 150:
                 time.sleep(1)
             time.sleep(15)  # the daemons see it gone
         else:
-            time.sleep(max(0.0, t0 + 97 - time.monotonic()))
+            # Sized once the slow load has gone (it ends near t0 + 100, later on a slower host): sized while it still
+            # held its 11 GiB, the leaker would be slow enough to outlive the scenario.
+            while slow.poll() is None and time.monotonic() < t0 + 150:
+                time.sleep(1)
+            time.sleep(max(3.0, (t0 + 97 if load else 0.0) - time.monotonic()))
             free = free_bytes()
             # What the leaker holds before it leaks: its context and about 63 % of its budget (trainer.py, healthy).
             room = free - (0.63 * LEAK_BUDGET_GIB + 0.6) * (1 << 30)
-            rate = round(max(20.0, room / 1e6 / (LEAK_OOM_AFTER_S - 10)), 1)
+            rate = round(max(20.0, room / 1e6 / (oom_after - 10)), 1)
             sizing = {"free_bytes": free, "room_bytes": room, "leak_mb_per_s": rate}
-            time.sleep(max(0.0, t0 + 100 - time.monotonic()))
+            leak_at = time.monotonic()
             leaker = spawn([sys.executable, str(WORK / "trainer.py"), "--mode", "fast_leak",
                             "--budget-gib", str(LEAK_BUDGET_GIB), "--step-seconds", "0.25", "--steps", "100000",
                             "--leak-mb-per-s", str(rate)], logs["leaker"])  # fmt: skip
             procs.append(leaker)
-            end = t0 + 100 + LEAK_OOM_AFTER_S + 50
+            end = leak_at + oom_after + 50
             while leaker.poll() is None and time.monotonic() < end:
                 time.sleep(1)
             time.sleep(10)  # the daemons see it gone

@@ -93,6 +93,7 @@ def finding_fields(finding: Finding, *, wall_time: float | None) -> dict[str, ob
         "message": finding.message,
         "tentative": finding.tentative,
         "at_risk_pid": finding.at_risk.pid if finding.at_risk else None,
+        "culprit_pid": finding.culprit.pid if finding.culprit else None,
         "numbers": clean_numbers(finding.numbers),
         "t": finding.t,
         "wall_time": wall_time,

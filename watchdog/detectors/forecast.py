@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..history import Track
-from ..model import Finding, FindingKind, Severity
+from ..model import Finding, FindingKind, ProcessKey, Severity
 from . import _format as fmt
 from ._context import GpuContext, Tree
 from ._series import view
@@ -73,7 +73,8 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
         # The card rose, but no process on it rises steadily: runs arriving and warming up one after the other
         # (each a load, then flat or a sawtooth) add up to a slope that is nobody's leak.
         return
-    grower = culprits[0].label if culprits else _grower(ctx)
+    named = culprits[0] if culprits else _grower(ctx)
+    grower = named.label if named is not None else None
     # While the named grower is young and warms: when it was first seen, and what a critical forecast says of it.
     appeared, caveat = None, None
     if culprits and warming:
@@ -82,7 +83,14 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
             caveat = _young(ctx, culprits[0], track, own)
             appeared = track.first_seen if caveat is not None else None
     eta, finding = detect_oom_forecast(
-        ctx, ctx.device, warming=warming, grower=grower, own=own, appeared=appeared, caveat=caveat
+        ctx,
+        ctx.device,
+        warming=warming,
+        grower=grower,
+        culprit=None if named is None else named.key,
+        own=own,
+        appeared=appeared,
+        caveat=caveat,
     )
     if eta is not None:
         yield Forecast(ctx.uuid, *eta)
@@ -104,14 +112,16 @@ def detect_oom_forecast(
     warming: bool,
     grower: str | None,
     own: ForecastConfig,
+    culprit: ProcessKey | None = None,
     appeared: float | None = None,
     caveat: str | None = None,
 ) -> tuple[tuple[float, float] | None, Finding | None]:
     """The (eta, confidence) of this GPU when it grows, and an `oom_forecast` finding when it is soon.
 
     The sustained-rise test is the shared one (`ctx.config`); the thresholds are this detector's (`own`).
-    `appeared`: when the named grower was first seen, while it is young and warms (it has never held still yet);
-    `caveat`: what a critical forecast adds about it then.
+    `grower` names the fastest-growing tree and `culprit` is its key. `appeared`: when the named grower was first
+    seen, while it is young and warms (it has never held still yet); `caveat`: what a critical forecast adds about
+    it then.
     """
     config = ctx.config
     # A window whose floor starts at (or before) the young grower's first sample holds its whole life so far, and
@@ -181,6 +191,7 @@ def detect_oom_forecast(
         },
         # The caveat's doubt, for whoever acts on the finding: nothing that could end a run is done while it holds.
         tentative=None if caveat is None else f"{subject}: {caveat}",
+        culprit=culprit,
     )
     return forecast, finding
 
@@ -254,7 +265,7 @@ def _young(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> st
     return f"{when} and has not held still yet (a load rises like this until it stops; a leak does not)"
 
 
-def _grower(ctx: GpuContext) -> str | None:
+def _grower(ctx: GpuContext) -> Tree | None:
     """The tree growing fastest on this GPU right now (the sum of its processes' rates), if any grows.
 
     Called only to name the culprit of a device forecast, so a rate need not pass the sustained test.
@@ -265,7 +276,7 @@ def _grower(ctx: GpuContext) -> str | None:
         total = sum(r.bytes_per_second for r in rates if r is not None and r.bytes_per_second > 0)
         if total > 0 and (best is None or total > best[0]):
             best = (total, tree)
-    return None if best is None else best[1].label
+    return None if best is None else best[1]
 
 
 DETECTOR = Detector(

@@ -10,7 +10,8 @@
 - a kind whose detector declares no `clear_after` is an **event** (the agent's `oom`): each of its findings
   is raised as it comes, and nothing is kept or cleared;
 - after a clear, the same subject is not raised again within `cooldown_seconds` unless it comes back at a
-  higher severity;
+  higher severity, or blaming another culprit (`Finding.culprit`: a card-wide forecast about another grower is
+  another claim; a load's forecast that cleared must not mute the leak that starts a minute later);
 - **escalation**: an active warning whose condition is critical for `enter_ticks` ticks is raised again,
   with severity critical (a notifier sees a second event, which is the point: it got worse). Never held
   back by the cooldown the first time;
@@ -53,6 +54,7 @@ class SubjectState:
     last_critical_raise: float | None = None
     cleared_at: float | None = None
     cleared_severity: Severity | None = None
+    cleared_culprit: ProcessKey | None = None
     firm: int = 0  # consecutive ticks the condition was seen firm (not tentative)
     firm_rank: int = -1  # the highest severity raised firm since the subject was raised (-1: none yet), kept
     # through its cooldown
@@ -99,6 +101,7 @@ class FindingTracker:
                 if state.absent >= self._clear_after(subject[0]):
                     cleared.append(dataclasses.replace(state.active, t=now))
                     state.cleared_at, state.cleared_severity = now, state.active.severity
+                    state.cleared_culprit = state.active.culprit
                     state.active, state.absent = None, 0
             elif not self._cooling(state, now) and not state.seen_bits:
                 del self.states[subject]  # nothing to remember: keeps the tracker's memory bounded
@@ -118,7 +121,7 @@ class FindingTracker:
         if active is None:
             if not self._held(state, finding, state.present, enter):
                 return None
-            if not self._cooling(state, now):
+            if not self._cooling(state, now) or finding.culprit != state.cleared_culprit:
                 state.firm_rank = -1  # a new activation: nothing of it was raised firm yet
             elif (
                 state.cleared_severity is not None
