@@ -18,7 +18,7 @@ OOM.
 
 `--no-leak` stops after the slow load (about 2.5 minutes): the load's part alone. `--leak-only` starts the leaker at
 t = 33 s with no slow load (about 4.5 minutes); `--oom-after S` sizes the leak to run out S seconds after it
-started (240 by default).
+started (240 by default); `--load-hold S` holds the slow load S seconds once loaded (40 by default).
 
 With `--base PKGDIR` (a directory holding an older `vramwatch` package), a second daemon of that tree watches the
 same card with the same policy in `dry_run`: its `action` lines say whom it would have signalled, and when.
@@ -83,11 +83,15 @@ def main() -> int:
     leak = "--no-leak" not in args
     load = "--leak-only" not in args
     args = [a for a in args if a not in {"--no-leak", "--leak-only"}]
-    oom_after = LEAK_OOM_AFTER_S
-    if "--oom-after" in args:
-        i = args.index("--oom-after")
-        oom_after = float(args[i + 1])
-        del args[i : i + 2]
+    oom_after, held = LEAK_OOM_AFTER_S, 40.0
+    for flag in ("--oom-after", "--load-hold"):
+        if flag in args:
+            i = args.index(flag)
+            if flag == "--oom-after":
+                oom_after = float(args[i + 1])
+            else:
+                held = float(args[i + 1])
+            del args[i : i + 2]
     if "--base" in args:
         i = args.index("--base")
         base = Path(args[i + 1]).resolve()
@@ -121,7 +125,7 @@ def main() -> int:
                            logs["trainer"]))  # fmt: skip
         time.sleep(max(0.0, t0 + 30 - time.monotonic()))
         # --leak-only: no slow load (a stand-in that has already exited, so the leak is sized at once).
-        slow = spawn([sys.executable, "-c", LOADER, json.dumps(SLOW), "40"] if load else ["true"], logs["slow"])
+        slow = spawn([sys.executable, "-c", LOADER, json.dumps(SLOW), str(held)] if load else ["true"], logs["slow"])
         procs.append(slow)
         if not leak:
             while slow.poll() is None and time.monotonic() < t0 + 150:
