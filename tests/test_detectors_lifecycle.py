@@ -257,3 +257,60 @@ def test_a_finding_blaming_another_culprit_is_not_held_back_by_the_cooldown() ->
 
     assert events(a) == ["1:+10", "4:-"]
     assert events(b) == ["1:+10", "4:-", "6:+20"]
+
+
+@pytest.mark.parametrize(
+    ("culprits", "events"),
+    [
+        ("aaabbb", ["1:+a", "4:+b"]),  # another grower for the enter ticks: raised again, naming it
+        ("aababab", ["1:+a"]),  # taking turns tick by tick: never long enough
+        ("aabbaabb", ["1:+a", "3:+b"]),  # each culprit once per activation
+        ("aa....bb", ["1:+a", "4:-", "7:+b"]),  # after a clear: another culprit is a new claim (above)
+    ],
+)
+def test_an_active_finding_that_blames_another_culprit_is_raised_again(culprits: str, events: list[str]) -> None:
+    """An active card-wide finding whose culprit changes for the enter ticks is raised again, once per culprit."""
+    keys = {"a": ProcessKey(10, 1.0), "b": ProcessKey(20, 2.0)}
+    tracker = FindingTracker(CONFIG)
+    out = []
+    for t, ch in enumerate(culprits):
+        present = () if ch == "." else (dataclasses.replace(finding("oom_forecast", C, t), culprit=keys[ch]),)
+        raised, cleared = tracker.update(Analysis(t=float(t), findings=present))
+        out += [f"{t}:+{'a' if f.culprit == keys['a'] else 'b'}" for f in raised] + [f"{t}:-" for _ in cleared]
+    assert out == events
+
+
+def test_a_tentative_forecast_about_another_grower_waits_for_its_own_quorum() -> None:
+    """While a forecast is active, a tentative one blaming another grower needs that grower for the quorum's seen
+    ticks in a row: the subject's own quorum, met by the first grower, does not count for it."""
+    a, b = ProcessKey(10, 1.0), ProcessKey(20, 2.0)
+    tracker = FindingTracker(CONFIG)
+    raised_at = []
+    for t, culprit in enumerate([a, a, a, a, b, b, b, b]):
+        f = dataclasses.replace(finding("oom_forecast", C, t), culprit=culprit, tentative="young")
+        raised, _ = tracker.update(Analysis(t=float(t), findings=(f,)))
+        raised_at += [(t, r.culprit) for r in raised]
+    assert raised_at == [(3, a), (7, b)]
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.text(alphabet=".abc", max_size=80))
+def test_each_culprit_is_raised_at_most_once_while_active(pattern: str) -> None:
+    """Whatever the turns the culprits take: between two clears, no culprit is raised twice, and one that held for the
+    enter ticks while the finding was active has been raised."""
+    keys = {ch: ProcessKey(ord(ch), 1.0) for ch in "abc"}
+    tracker = FindingTracker(CONFIG)
+    since_clear: list[str] = []
+    run_of, run_len = "", 0
+    for t, ch in enumerate(pattern):
+        present = () if ch == "." else (dataclasses.replace(finding("oom_forecast", C, t), culprit=keys[ch]),)
+        raised, cleared = tracker.update(Analysis(t=float(t), findings=present))
+        if cleared:
+            since_clear = []
+        for f in raised:
+            name = chr(f.culprit.pid) if f.culprit else "?"
+            assert name not in since_clear, f"{name} raised twice while active, the second time at t={t}"
+            since_clear.append(name)
+        run_of, run_len = (ch, run_len + 1) if ch == run_of else (ch, 1)
+        if ch != "." and tracker.active() and since_clear and run_len >= raise_after(CONFIG, "oom_forecast"):
+            assert ch in since_clear, f"{ch} blamed for {run_len} ticks while active and never raised (t={t})"

@@ -12,6 +12,9 @@
 - after a clear, the same subject is not raised again within `cooldown_seconds` unless it comes back at a
   higher severity, or blaming another culprit (`Finding.culprit`: a card-wide forecast about another grower is
   another claim; a load's forecast that cleared must not mute the leak that starts a minute later);
+- **another culprit**: an active finding that blames a culprit not yet raised in this activation, for as many
+  consecutive ticks as a raise needs (a tentative one: its quorum's `seen`), is raised again, naming it (once per
+  culprit per activation, so two growers taking turns as the fastest notify once each);
 - **escalation**: an active warning whose condition is critical for `enter_ticks` ticks is raised again,
   with severity critical (a notifier sees a second event, which is the point: it got worse). Never held
   back by the cooldown the first time;
@@ -30,7 +33,7 @@ While a finding is active its latest version (message, numbers) replaces the sto
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..model import Finding, ProcessKey, Severity
 from .analysis import Analysis
@@ -62,6 +65,9 @@ class SubjectState:
     # bits at all for a kind without one); a subject is forgotten only once these are empty too.
     seen_bits: int = 0
     critical_bits: int = 0
+    culprit: ProcessKey | None = None  # the culprit of the latest tick, and for how many consecutive ticks
+    culprit_run: int = 0
+    culprits: set[ProcessKey] = field(default_factory=set)  # those raised since the subject was raised
 
 
 class FindingTracker:
@@ -116,13 +122,16 @@ class FindingTracker:
         state.absent = 0
         state.critical = state.critical + 1 if finding.severity is Severity.CRITICAL else 0
         state.firm = state.firm + 1 if finding.tentative is None else 0
+        state.culprit_run = state.culprit_run + 1 if finding.culprit == state.culprit else 1
+        state.culprit = finding.culprit
         enter = raise_after(self.config, finding.kind)
         active = state.active
         if active is None:
             if not self._held(state, finding, state.present, enter):
                 return None
             if not self._cooling(state, now) or finding.culprit != state.cleared_culprit:
-                state.firm_rank = -1  # a new activation: nothing of it was raised firm yet
+                state.firm_rank = -1  # a new activation: nothing of it was raised firm yet, nor any culprit
+                state.culprits.clear()
             elif (
                 state.cleared_severity is not None
                 and _RANK[finding.severity] <= _RANK[state.cleared_severity]
@@ -150,6 +159,8 @@ class FindingTracker:
                 state.active, state.calmer = finding, 0
             return None
         state.calmer = 0
+        if self._new_culprit(state, finding, enter):
+            return self._raise(state, finding, now)
         # Confirmation: firm for `enter` ticks at a severity that was only ever raised tentative.
         if state.firm >= enter and self._confirms(state, finding):
             return self._raise(state, finding, now)
@@ -174,6 +185,13 @@ class FindingTracker:
         bits = state.critical_bits if finding.severity is Severity.CRITICAL else state.seen_bits
         return bits.bit_count() >= quorum.seen
 
+    def _new_culprit(self, state: SubjectState, finding: Finding, enter: int) -> bool:
+        """True when an active finding has blamed a culprit it never raised for long enough to raise it."""
+        if finding.culprit is None or finding.culprit in state.culprits:
+            return False
+        quorum = tentative_quorum(self.config, finding.kind) if finding.tentative is not None else None
+        return state.culprit_run >= max(enter, quorum.seen if quorum is not None else 0)
+
     @staticmethod
     def _confirms(state: SubjectState, finding: Finding) -> bool:
         """True when `finding` is firm at a severity not yet raised firm since the subject was raised."""
@@ -186,6 +204,8 @@ class FindingTracker:
             state.last_critical_raise = now
         if finding.tentative is None:
             state.firm_rank = max(state.firm_rank, _RANK[finding.severity])
+        if finding.culprit is not None:
+            state.culprits.add(finding.culprit)
         return finding
 
     def _clear_after(self, kind: str) -> int:
