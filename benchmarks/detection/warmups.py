@@ -180,23 +180,24 @@ def main() -> None:
         if built is None:
             continue
         raised = replay(*built).raised
-        runs, noisy, critical = totals.setdefault(case.family, [0, 0, 0])
+        runs, noisy, critical, firm = totals.setdefault(case.family, [0, 0, 0, 0])
         totals[case.family] = [
             runs + 1,
             noisy + bool(raised),
             critical + any(f.severity.value == "critical" for f in raised),
+            firm + any(f.severity.value == "critical" and f.tentative is None for f in raised),
         ]
         if raised and not args.quiet:
             said = "; ".join(
-                f"t={f.t:.0f} {f.severity.value} {f.kind.value} pid={f.process.pid if f.process else None} "
-                f"eta={f.eta_seconds}"
+                f"t={f.t:.0f} {f.severity.value}{' (tentative)' if f.tentative else ''} {f.kind.value} "
+                f"pid={f.process.pid if f.process else None} eta={f.eta_seconds}"
                 for f in raised
             )
             print(f"{case.family}: {case.label}, seed {case.seed}: {said}")
-    print("| family | healthy runs | with a finding | with a critical one |")
-    print("| --- | ---: | ---: | ---: |")
-    for family, (runs, noisy, critical) in totals.items():
-        print(f"| {family} | {runs} | {noisy} | {critical} |")
+    print("| family | healthy runs | with a finding | with a critical one | with a firm critical one |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for family, (runs, noisy, critical, firm) in totals.items():
+        print(f"| {family} | {runs} | {noisy} | {critical} | {firm} |")
 
 
 if __name__ == "__main__":
