@@ -314,3 +314,21 @@ def test_each_culprit_is_raised_at_most_once_while_active(pattern: str) -> None:
         run_of, run_len = (ch, run_len + 1) if ch == run_of else (ch, 1)
         if ch != "." and tracker.active() and since_clear and run_len >= raise_after(CONFIG, "oom_forecast"):
             assert ch in since_clear, f"{ch} blamed for {run_len} ticks while active and never raised (t={t})"
+
+
+def test_a_re_escalation_blaming_another_culprit_is_raised_within_the_cooldown() -> None:
+    """Critical about a, calmed to a warning, then critical about b within the cooldown: b is raised; a again is not."""
+    a, b = ProcessKey(10, 1.0), ProcessKey(20, 2.0)
+
+    def events(second: ProcessKey) -> list[str]:
+        tracker = FindingTracker(CONFIG)
+        out = []
+        steps = [(C, a), (C, a), (W, a), (W, a), (W, a), (C, second), (C, second)]
+        for t, (severity, culprit) in enumerate(steps):
+            f = dataclasses.replace(finding("oom_forecast", severity, t), culprit=culprit)
+            raised, _ = tracker.update(Analysis(t=float(t), findings=(f,)))
+            out += [f"{t}:+{f.severity.value[0]}{chr(96 + f.culprit.pid // 10)}" for f in raised if f.culprit]
+        return out
+
+    assert events(a) == ["1:+ca"]
+    assert events(b) == ["1:+ca", "6:+cb"]

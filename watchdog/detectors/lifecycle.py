@@ -19,8 +19,8 @@
   with severity critical (a notifier sees a second event, which is the point: it got worse). Never held
   back by the cooldown the first time;
 - **de-escalation** is silent: after `exit_ticks` ticks at warning the active finding becomes a warning
-  again; re-escalating within `cooldown_seconds` of the last critical raise is silent too, so a forecast
-  hovering around the critical ETA notifies once;
+  again; re-escalating within `cooldown_seconds` of the last critical raise is silent too (unless it blames
+  another culprit), so a forecast hovering around the critical ETA notifies once;
 - **confirmation**: an active *tentative* finding (`Finding.tentative`: a forecast on a run that may still be
   loading) seen firm at the same severity for `enter_ticks` ticks is raised again, firm. It is news (the doubt
   the first message told of is gone), and a policy's actions that could end a run wait for it. Each severity is
@@ -146,11 +146,11 @@ class FindingTracker:
                 return None
             state.active = finding
             # Within the cooldown of the last critical raise, a re-escalation is silent: unless that raise was
-            # tentative and this one is firm (what a policy waited for).
+            # tentative and this one is firm (what a policy waited for), or this one blames another culprit.
             recent = (
                 state.last_critical_raise is not None and now - state.last_critical_raise < self.config.cooldown_seconds
             )
-            if recent and not self._confirms(state, finding):
+            if recent and not self._confirms(state, finding) and not self._new_culprit(state, finding, enter):
                 return None
             return self._raise(state, finding, now)
         if active.severity is Severity.CRITICAL and finding.severity is Severity.WARNING:
