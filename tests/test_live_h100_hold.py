@@ -1,0 +1,108 @@
+"""A live GPU run replayed: benchmarks/detection/hold_gpu.py on a lent H100 (benchmarks/results/hold-h100-2026-12-06).
+
+A ballast leaving 24 GiB, a healthy trainer, a slow load (11 GiB at ~450 MB/s, then held and ended normally) and a
+run leaking ~20 MB/s, watched by `vramwatch serve` under a policy that names `trainer.py` with an adapter that saves
+and then ends the run. The recording is replayed through the detectors, the tracker and that policy (dry-run), and
+what it concludes is checked against what the live daemon logged in the same run (`serve.log`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from vramwatch.actions import ActionDispatcher, parse_policy
+from vramwatch.config import tomllib
+from vramwatch.detectors import DetectorConfig, FindingTracker, analyze
+from vramwatch.history import History
+from vramwatch.model import Finding, Snapshot
+from vramwatch.testing import StaticInspector
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "benchmarks" / "results" / "hold-h100-2026-12-06" / "run1"
+LOAD, LEAKER = 713, 761
+
+
+def _snapshots() -> list[Snapshot]:
+    """The recording read as score.py reads the corpus (a trace's ticks as snapshots)."""
+    spec = importlib.util.spec_from_file_location("vramwatch_hold_score", ROOT / "benchmarks/detection/score.py")
+    assert spec is not None
+    assert spec.loader is not None
+    score = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = score  # its dataclasses look their module up by name
+    spec.loader.exec_module(score)
+    return list(score._trace_snapshots(RUN / "hold.raw.jsonl.gz"))
+
+
+@pytest.fixture(scope="module")
+def replayed() -> tuple[list[Finding], list[tuple[Finding, str, bool]]]:
+    """Every finding raised, and every signal decision the run's policy (in dry-run) made on it."""
+    snaps = _snapshots()
+    policy = tomllib.loads((RUN / "serve.toml").read_text())["policy"]
+    policy.update(dry_run=True, recheck=False)
+    metas = {p.pid: p.meta for s in snaps for p in s.processes}
+    dispatcher = ActionDispatcher(
+        parse_policy(policy),
+        (),
+        inspector=StaticInspector(metas),
+        start_time_of=lambda pid: metas[pid].start_time if pid in metas else None,
+        environ_of=lambda _pid: {},
+        default_log=False,
+    )
+    config = DetectorConfig()
+    history, tracker = History(), FindingTracker(config)
+    raised: list[Finding] = []
+    decisions: list[tuple[Finding, str, bool]] = []
+    for snap in snaps:
+        history.add(snap)
+        new, cleared = tracker.update(analyze(history, config))
+        raised += new
+        for f in new:
+            decisions += [(f, r.reason, r.done) for r in dispatcher.handle([f], [], frozenset(), snap.processes)
+                          if r.action == "signal"]  # fmt: skip
+        dispatcher.handle([], cleared, frozenset(), snap.processes)
+    dispatcher.close()
+    return raised, decisions
+
+
+def _live() -> list[dict[str, object]]:
+    lines = (RUN / "serve.log").read_text().splitlines()
+    return [r for r in (json.loads(line) for line in lines if line.startswith("{")) if r.get("event") == "finding"]
+
+
+def test_the_slow_load_is_forecast_tentative_and_ends_no_run(replayed: tuple[list[Finding], list]) -> None:
+    """The slow load's critical forecast is tentative and blames the load; the trainer's adapter would end the run,
+    so the policy refuses it until the forecast is confirmed (it never is: the load stops)."""
+    raised, decisions = replayed
+    load = [f for f in raised if f.culprit is not None and f.culprit.pid == LOAD]
+    assert [(f.kind, f.severity.value, f.tentative is not None) for f in load] == [("oom_forecast", "critical", True)]
+    on_load = [(reason, done) for f, reason, done in decisions if f is load[0]]
+    assert on_load
+    assert all(not done and "waits until it is confirmed" in reason for reason, done in on_load)
+
+
+def test_the_leak_is_warned_and_nothing_else_is_raised(replayed: tuple[list[Finding], list]) -> None:
+    """The leaking run gets a firm warning forecast (its rate fills the card in about ten minutes); nothing else is
+    raised over the run, and no signal is sent."""
+    raised, decisions = replayed
+    leak = [f for f in raised if f.culprit is not None and f.culprit.pid == LEAKER]
+    assert [(f.kind, f.severity.value, f.tentative) for f in leak] == [("oom_forecast", "warning", None)]
+    assert len(raised) == 2
+    assert not any(done for _, _, done in decisions)
+
+
+def test_the_replay_says_what_the_live_daemon_said(replayed: tuple[list[Finding], list]) -> None:
+    """The same findings as the live daemon logged in that run, in the same order, about the same grower, within
+    two ticks of it."""
+    raised, _ = replayed
+    live = _live()
+    assert [(r["kind"], r["severity"]) for r in live] == [(f.kind, f.severity.value) for f in raised]
+    wall_of = {snap.t: snap.wall_time for snap in _snapshots()}
+    for finding, record in zip(raised, live, strict=True):
+        assert str(record["message"]).split(" grows ")[0] == finding.message.split(" grows ")[0]
+        logged = datetime.fromisoformat(str(record["timestamp"]).replace("Z", "+00:00")).timestamp()
+        assert abs(logged - wall_of[finding.t]) <= 2.5
