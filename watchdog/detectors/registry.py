@@ -3,8 +3,8 @@
 A detector is one `Detector` value (base.py) in its module (`detectors/pressure.py`'s `DETECTOR`): its finding
 kind, its own config dataclass (the fields and their ranges, next to the code that reads them), how many ticks its
 condition must hold before it is raised (a tentative finding: its quorum) and be gone before it is cleared, which
-advice its findings get, and
-its pure detect function, called once per GPU that answered (`per_gpu`) or once per tick (`per_tick`).
+advice its findings get, and its pure detect function, called once per GPU that answered (`per_gpu`) or once per
+tick (`per_tick`).
 vramwatch's own detectors are listed in `BUILTIN` (in analysis order); `register` adds another one at run time,
 and from then on it is analysed, configured from `[detectors]`, tracked, exported and accepted by the CLI
 like the built-in ones (tests/test_registry.py shows a toy one).
