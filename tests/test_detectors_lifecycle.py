@@ -228,17 +228,36 @@ def test_config_from_a_file_is_normalised() -> None:
 def test_enter_ticks_never_let_a_tentative_one_in_sooner(enter: int | None, quorum: tuple[int, int]) -> None:
     """`enter_ticks` above the forecast's quorum raises the quorum with it; below it, the quorum stays."""
     config = DetectorConfig(enter_ticks={} if enter is None else {"oom_forecast": enter})
-    found = tentative_quorum(config, "oom_forecast")
-    assert found is not None
-    assert (found.seen, found.of) == quorum
+    assert tentative_quorum(config, "oom_forecast") == quorum
     assert tentative_quorum(config, "growth") is None
 
 
-@pytest.mark.parametrize(("seen", "of"), [(0, 6), (7, 6), (4, 65)])
-def test_a_quorum_out_of_range_is_refused(seen: int, of: int) -> None:
-    """A quorum must be 1 <= seen <= of <= 64 (the tracker keeps the last `of` ticks as bits)."""
-    with pytest.raises(ValueError, match="quorum"):
-        Quorum(seen, of)
+@pytest.mark.parametrize(
+    ("interval", "ticks"),
+    [(1.0, (4, 6)), (0.98, (4, 6)), (0.5, (7, 12)), (2.0, (3, 4)), (5.0, (2, 2)), (0.01, (64, 64))],
+)
+def test_a_quorum_is_a_time(interval: float, ticks: tuple[int, int]) -> None:
+    """A quorum of 3 s is 4 of 6 ticks at 1 Hz, 3 of 4 at 2 s, 2 of 2 at 5 s (more than one jump makes), at most 64."""
+    assert Quorum(3.0).ticks(interval) == ticks
+
+
+@pytest.mark.parametrize("outlast", [0.0, -1.0, 60.0])
+def test_a_quorum_out_of_range_is_refused(outlast: float) -> None:
+    """A quorum's time must be in (0, 60) s."""
+    with pytest.raises(ValueError, match="outlast_seconds"):
+        Quorum(outlast)
+
+
+@pytest.mark.parametrize(("step", "raised_at"), [(1.0, 3.0), (2.0, 4.0), (5.0, 5.0)])
+def test_a_tentative_forecast_read_less_often_needs_fewer_ticks(step: float, raised_at: float) -> None:
+    """The tracker reads the interval off the ticks: a tentative forecast seen on every tick is raised after 4 ticks
+    at 1 Hz, 3 at 2 s and 2 at 5 s (the same 3 s to outlast), not 4 ticks whatever the interval."""
+    tracker = FindingTracker(CONFIG)
+    raised = []
+    for k in range(6):
+        f = dataclasses.replace(finding("oom_forecast", C, k * step), tentative="young")
+        raised += [r.t for r in tracker.update(Analysis(t=k * step, findings=(f,)))[0]]
+    assert raised[:1] == [raised_at]
 
 
 def test_a_finding_blaming_another_culprit_is_not_held_back_by_the_cooldown() -> None:

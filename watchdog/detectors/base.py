@@ -47,14 +47,24 @@ Observation = Finding | Verdict | Forecast
 
 @dataclass(frozen=True, slots=True)
 class Quorum:
-    """Seen on at least `seen` of the last `of` ticks: how a doubtful (tentative) finding earns being raised."""
+    """How long a doubtful (tentative) finding must be seen before it is raised: longer than what explains it away.
 
-    seen: int
-    of: int
+    `outlast_seconds` is the longest a false reason can keep the condition true (a forecast made by one jump holds
+    while the jump is in its window's newest part). The finding must be seen on more ticks than fit in that time,
+    within twice that time: at an interval of `dt`, n = round(outlast_seconds / dt), seen on n + 1 of the last 2n
+    ticks (4 of 6 for 3 s at 1 Hz, 3 of 4 at 2 s, 2 of 2 at 5 s).
+    """
+
+    outlast_seconds: float
 
     def __post_init__(self) -> None:
-        if not 1 <= self.seen <= self.of <= 64:
-            raise ValueError(f"a quorum needs 1 <= seen <= of <= 64, got {self.seen} of {self.of}")
+        if not 0 < self.outlast_seconds < 60:
+            raise ValueError(f"a quorum's outlast_seconds must be in (0, 60), got {self.outlast_seconds!r}")
+
+    def ticks(self, interval_seconds: float) -> tuple[int, int]:
+        """(seen, of): seen on `seen` of the last `of` ticks, at this sampling interval (at most 64 ticks)."""
+        n = max(1, round(self.outlast_seconds / interval_seconds))
+        return min(n + 1, 64), min(max(2 * n, n + 1), 64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +84,7 @@ class Detector(Generic[C]):
     per_tick: Callable[[Tick, C], Iterable[Observation]] | None = None
     #: The advice situation (advice/rules.toml `kinds`) its findings get; None: no advice.
     advice: str | None = None
-    #: What a *tentative* finding of it (`Finding.tentative`) must hold before it is raised, instead of
+    #: How long a *tentative* finding of it (`Finding.tentative`) must be seen before it is raised, instead of
     #: `raise_after` consecutive ticks; None: the same as a firm one.
     tentative_quorum: Quorum | None = None
     #: Prepended to its config's field names in `[detectors]`, where they would be ambiguous on their own.

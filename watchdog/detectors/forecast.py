@@ -286,10 +286,10 @@ DETECTOR = Detector(
     raise_after=2,
     # A young grower's forecast (tentative) must outlast what one jump can make. A load, a pause, then the first
     # step's jump: the first window that starts after the grower appeared rises in every part as long as that jump
-    # is in its newest part, one part of the shortest window (15 s / 5 = 3 s: 3 ticks at 1 Hz), and the part after
-    # it is flat. A leak goes on rising, with gaps where a part rose a little less: seen on 4 of the last 6 ticks.
+    # is in its newest part, one part of the shortest window (15 s / 5 = 3 s), and the part after it is flat. A leak
+    # goes on rising, with gaps where a part rose a little less: seen on 4 of the last 6 ticks at 1 Hz (base.Quorum).
     # Measured: docs/detection.md, "A young grower's forecast must outlast one jump".
-    tentative_quorum=Quorum(seen=4, of=6),
+    tentative_quorum=Quorum(outlast_seconds=3.0),
     clear_after=30,
     per_gpu=detect,
     advice="oom_forecast",

@@ -33,6 +33,7 @@ While a finding is active its latest version (message, numbers) replaces the sto
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from dataclasses import dataclass, field
 
 from ..model import Finding, ProcessKey, Severity
@@ -76,10 +77,20 @@ class FindingTracker:
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
         self.states: dict[Subject, SubjectState] = {}
+        # The sampling interval, as the ticks show it (a quorum is a time; a daemon may read every 2 or 5 s): the
+        # median of the last few gaps, so that a late tick does not change it. 1 s until two ticks came.
+        self._last_t: float | None = None
+        self._gaps: deque[float] = deque(maxlen=9)
+        self.interval_seconds = 1.0
 
     def update(self, analysis: Analysis) -> tuple[list[Finding], list[Finding]]:
         """Fold one tick in; return the findings (raised, cleared) at this tick."""
         now = analysis.t
+        if self._last_t is not None and now > self._last_t:
+            self._gaps.append(now - self._last_t)
+            # The median by hand: `serve` does not load `statistics` (its resident memory, tests/test_daemon.py).
+            self.interval_seconds = sorted(self._gaps)[len(self._gaps) // 2]
+        self._last_t = now
         seen: dict[Subject, Finding] = {}
         events: list[Finding] = []
         for f in analysis.findings:
@@ -167,11 +178,14 @@ class FindingTracker:
         state.active = finding
         return None
 
+    def _quorum(self, kind: str) -> tuple[int, int] | None:
+        return tentative_quorum(self.config, kind, self.interval_seconds)
+
     def _remember(self, state: SubjectState, kind: str, *, seen: bool, critical: bool) -> None:
-        quorum = tentative_quorum(self.config, kind)
+        quorum = self._quorum(kind)
         if quorum is None:
             return
-        mask = (1 << quorum.of) - 1
+        mask = (1 << quorum[1]) - 1
         state.seen_bits = ((state.seen_bits << 1) | seen) & mask
         state.critical_bits = ((state.critical_bits << 1) | critical) & mask
 
@@ -179,18 +193,18 @@ class FindingTracker:
         """True when `finding` held long enough to be raised at its severity: `enter` consecutive ticks, or, when it
         is tentative and its kind has a quorum, that quorum of the last ticks (a brief gap does not start it over,
         and a short burst, however dense, is not enough)."""
-        quorum = tentative_quorum(self.config, finding.kind) if finding.tentative is not None else None
+        quorum = self._quorum(finding.kind) if finding.tentative is not None else None
         if quorum is None:
             return consecutive >= enter
         bits = state.critical_bits if finding.severity is Severity.CRITICAL else state.seen_bits
-        return bits.bit_count() >= quorum.seen
+        return bits.bit_count() >= quorum[0]
 
     def _new_culprit(self, state: SubjectState, finding: Finding, enter: int) -> bool:
         """True when an active finding has blamed a culprit it never raised for long enough to raise it."""
         if finding.culprit is None or finding.culprit in state.culprits:
             return False
-        quorum = tentative_quorum(self.config, finding.kind) if finding.tentative is not None else None
-        return state.culprit_run >= max(enter, quorum.seen if quorum is not None else 0)
+        quorum = self._quorum(finding.kind) if finding.tentative is not None else None
+        return state.culprit_run >= max(enter, quorum[0] if quorum is not None else 0)
 
     @staticmethod
     def _confirms(state: SubjectState, finding: Finding) -> bool:

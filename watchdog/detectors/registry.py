@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from ..config import dataclass_from_table
 from ..errors import ConfigError
 from . import contention, crash, forecast, fragmentation, leak, oom, pressure, stale
-from .base import Detector, Quorum
+from .base import Detector
 from .config import DetectorConfig
 
 C = TypeVar("C")
@@ -99,15 +99,16 @@ def raise_after(config: DetectorConfig, kind: str) -> int:
     return declared.raise_after if declared is not None else config.default_enter_ticks
 
 
-def tentative_quorum(config: DetectorConfig, kind: str) -> Quorum | None:
-    """What a tentative finding of `kind` must hold before it is raised (None: what a firm one must). Never less than
-    a firm one: an `enter_ticks` override above the quorum's `seen` raises both."""
+def tentative_quorum(config: DetectorConfig, kind: str, interval_seconds: float = 1.0) -> tuple[int, int] | None:
+    """(seen, of): a tentative finding of `kind` is raised once seen on `seen` of the last `of` ticks at this sampling
+    interval (None: as a firm one is). Never less than a firm one: an `enter_ticks` override above `seen` raises it."""
     declared = _by_kind.get(kind)
     quorum = declared.tentative_quorum if declared is not None else None
     if quorum is None:
         return None
-    seen = min(64, max(quorum.seen, raise_after(config, kind)))
-    return quorum if seen == quorum.seen else Quorum(seen, max(quorum.of, seen))
+    seen, of = quorum.ticks(interval_seconds)
+    seen = min(64, max(seen, raise_after(config, kind)))
+    return seen, max(of, seen)
 
 
 def clear_after(config: DetectorConfig, kind: str) -> int | None:
