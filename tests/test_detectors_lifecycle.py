@@ -261,20 +261,24 @@ def test_a_tentative_forecast_read_less_often_needs_fewer_ticks(step: float, rai
 
 
 def test_a_finding_blaming_another_culprit_is_not_held_back_by_the_cooldown() -> None:
-    """After a clear, the same subject blaming the same culprit stays silent within the cooldown; another culprit
-    (a card-wide forecast about another grower) is raised."""
+    """After a clear, the same subject blaming the same culprit, or none, stays silent within the cooldown; another
+    culprit (a card-wide forecast about another grower) is raised."""
     a, b = ProcessKey(10, 1.0), ProcessKey(20, 2.0)
 
-    def events(second: ProcessKey) -> list[str]:
+    def events(second: ProcessKey | None) -> list[str]:
         tracker = FindingTracker(CONFIG)
         out = []
-        for t, culprit in enumerate([a, a, None, None, None, second, second]):
-            present = () if culprit is None else (dataclasses.replace(finding("oom_forecast", C, t), culprit=culprit),)
+        for t, culprit in enumerate([a, a, "gone", "gone", "gone", second, second]):
+            if culprit == "gone":
+                present: tuple[Finding, ...] = ()
+            else:
+                present = (dataclasses.replace(finding("oom_forecast", C, t), culprit=culprit),)
             raised, cleared = tracker.update(Analysis(t=float(t), findings=present))
             out += [f"{t}:+{f.culprit.pid if f.culprit else None}" for f in raised] + [f"{t}:-" for _ in cleared]
         return out
 
     assert events(a) == ["1:+10", "4:-"]
+    assert events(None) == ["1:+10", "4:-"]  # blaming nobody (its processes not visible) is not another culprit
     assert events(b) == ["1:+10", "4:-", "6:+20"]
 
 

@@ -115,6 +115,16 @@ def snapshot_to_json(
     }
 
 
+def finding_context(f: Finding) -> dict[str, Any]:
+    """What every JSON form of a finding carries beyond its message: why it may not be what it seems yet, the run it
+    puts at risk and the run it blames (pids only, never a command line)."""
+    return {
+        "tentative": f.tentative,
+        "at_risk_pid": f.at_risk.pid if f.at_risk else None,
+        "culprit_pid": f.culprit.pid if f.culprit else None,
+    }
+
+
 def finding_dict(f: Finding, index: int | None = None, *, event: str = "raised") -> dict[str, Any]:
     """A finding as the JSON object that `replay --json`, `attach --json`, `/status.json` share (no cmdline)."""
     return {
@@ -130,9 +140,7 @@ def finding_dict(f: Finding, index: int | None = None, *, event: str = "raised")
         "eta_seconds": f.eta_seconds,
         "confidence": f.confidence,
         "message": f.message,
-        "tentative": f.tentative,
-        "at_risk_pid": f.at_risk.pid if f.at_risk else None,
-        "culprit_pid": f.culprit.pid if f.culprit else None,
+        **finding_context(f),
         "numbers": f.numbers,
         "advice": list(f.advice),
     }

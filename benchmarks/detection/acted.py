@@ -31,7 +31,6 @@ from vramwatch.actions.policy import DEFAULT_ACT_ON_KINDS, parse_policy  # noqa:
 from vramwatch.backends.simulated import SCENARIOS  # noqa: E402
 from vramwatch.detectors.analysis import DEFAULT_CONFIG  # noqa: E402
 from vramwatch.detectors.lifecycle import FindingTracker  # noqa: E402
-from vramwatch.detectors.testing import replay  # noqa: E402
 from vramwatch.history import History  # noqa: E402
 from vramwatch.model import Finding, Snapshot  # noqa: E402
 
@@ -125,19 +124,13 @@ def main() -> int:
         )
     print("\n| healthy warm-ups (warmups.py) | runs | with a critical finding | asked to save | may end a run |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    totals: dict[str, list[int]] = {}
-    for case in warmups.cases():
-        built = case.build()
-        if built is None:
-            continue
-        found = replay(*built).raised
-        runs, critical, save, end = totals.setdefault(case.family, [0, 0, 0, 0])
-        totals[case.family] = [
-            runs + 1,
-            critical + any(f.severity.value == "critical" for f in found),
-            save + any(acts(f, ending=False) for f in found),
-            end + any(acts(f, ending=True) for f in found),
+    totals = warmups.tally(
+        [
+            lambda found: any(f.severity.value == "critical" for f in found),
+            lambda found: any(acts(f, ending=False) for f in found),
+            lambda found: any(acts(f, ending=True) for f in found),
         ]
+    )
     for family, (runs, critical, save, end) in totals.items():
         print(f"| {family} | {runs} | {critical} | {save} | {end} |")
     return 0

@@ -32,11 +32,12 @@ import argparse
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 from vramwatch.detectors.testing import GIB, MIB, WALL0, Card, Rig, meta, replay, ticks
+from vramwatch.model import Finding
 
 CARD = Card()
 CONTEXT = 520 * MIB
@@ -170,23 +171,32 @@ def alone(memory: Memory, seed: int) -> tuple[list[Row], Rig] | None:
     return out, Rig(cards=(CARD,), metas={PID: meta(PID, start_time=WALL0)})
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quiet", action="store_true", help="print the totals only")
-    args = ap.parse_args()
+def tally(
+    checks: Sequence[Callable[[list[Finding]], bool]], *, each: Callable[[Case, list[Finding]], None] | None = None
+) -> dict[str, list[int]]:
+    """Replay every case that fits the card: per family, the runs, then how many of them each check is true of
+    (given the findings the run raised); `each` sees every run as it is replayed."""
     totals: dict[str, list[int]] = {}
     for case in cases():
         built = case.build()
         if built is None:
             continue
         raised = replay(*built).raised
-        runs, noisy, critical, firm = totals.setdefault(case.family, [0, 0, 0, 0])
-        totals[case.family] = [
-            runs + 1,
-            noisy + bool(raised),
-            critical + any(f.severity.value == "critical" for f in raised),
-            firm + any(f.severity.value == "critical" and f.tentative is None for f in raised),
-        ]
+        row = totals.setdefault(case.family, [0] * (len(checks) + 1))
+        row[0] += 1
+        for i, check in enumerate(checks, 1):
+            row[i] += check(raised)
+        if each is not None:
+            each(case, raised)
+    return totals
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quiet", action="store_true", help="print the totals only")
+    args = ap.parse_args()
+
+    def say(case: Case, raised: list[Finding]) -> None:
         if raised and not args.quiet:
             said = "; ".join(
                 f"t={f.t:.0f} {f.severity.value}{' (tentative)' if f.tentative else ''} {f.kind.value} "
@@ -194,6 +204,15 @@ def main() -> None:
                 for f in raised
             )
             print(f"{case.family}: {case.label}, seed {case.seed}: {said}")
+
+    totals = tally(
+        [
+            bool,
+            lambda raised: any(f.severity.value == "critical" for f in raised),
+            lambda raised: any(f.severity.value == "critical" and f.tentative is None for f in raised),
+        ],
+        each=say,
+    )
     print("| family | healthy runs | with a finding | with a critical one | with a firm critical one |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for family, (runs, noisy, critical, firm) in totals.items():

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from ..model import Finding, ProcessKey, ProcessMeta
 from ..redact import MASK
 from ..redact import redact_cmdline as redact
+from ..render import finding_context
 
 #: Finds what the daemon knows about a process identity (user, container, command line), or None.
 ProcessLookup = Callable[[ProcessKey], ProcessMeta | None]
@@ -91,9 +92,7 @@ def finding_fields(finding: Finding, *, wall_time: float | None) -> dict[str, ob
         "eta_seconds": finding.eta_seconds,
         "confidence": finding.confidence,
         "message": finding.message,
-        "tentative": finding.tentative,
-        "at_risk_pid": finding.at_risk.pid if finding.at_risk else None,
-        "culprit_pid": finding.culprit.pid if finding.culprit else None,
+        **finding_context(finding),
         "numbers": clean_numbers(finding.numbers),
         "t": finding.t,
         "wall_time": wall_time,

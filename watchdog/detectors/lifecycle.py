@@ -140,7 +140,8 @@ class FindingTracker:
         if active is None:
             if not self._held(state, finding, state.present, enter):
                 return None
-            if not self._cooling(state, now) or finding.culprit != state.cleared_culprit:
+            blames_another = finding.culprit is not None and finding.culprit != state.cleared_culprit
+            if not self._cooling(state, now) or blames_another:
                 state.firm_rank = -1  # a new activation: nothing of it was raised firm yet, nor any culprit
                 state.culprits.clear()
             elif (
