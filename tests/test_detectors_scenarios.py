@@ -285,6 +285,156 @@ def test_a_leak_after_the_run_held_still_is_forecast_without_that_caveat() -> No
     assert finding.message.endswith("of 24.0 GiB used)")
 
 
+def taken_back(
+    t: float, *, held: float = 18, low: float = 2, climb: float = 30, to: float | None = None, saw: float = 0
+) -> int:
+    """A run on its plateau (`held` GiB, the default metadata: an hour old) that gives memory back at t = 300 (its
+    weights offloaded for sampling, a server between two models), holds `low` GiB for 90 s, then takes it back over
+    `climb` s, up to `to` GiB (`held` by default): the load of a run that is not young."""
+    top = held if to is None else to
+    if t < 300:
+        gib = held
+    elif t < 390:
+        gib = low
+    elif t < 390 + climb:
+        gib = low + (top - low) * (t - 390) / climb
+    else:
+        gib = top
+    wobble = saw * ((int(t) * 7919) % 10) / 10 if not 300 <= t < 390 + climb else 0.0
+    return int((gib - wobble) * GIB)
+
+
+@pytest.mark.parametrize(("climb", "saw"), [(15, 0), (30, 0), (60, 0), (30, 2)])
+def test_a_run_taking_back_what_it_gave_back_is_no_forecast(climb: float, saw: float) -> None:
+    """A run that is not young climbs back at load speed to what it held, and the card has room for it: nothing
+    is raised (before 2026-12-06: a firm critical "full in ~25 s" 14 s into the climb)."""
+    result = run(lambda t: {4242: taken_back(t, climb=climb, saw=saw)}, 900)
+    assert result.raised == []
+
+
+def test_a_run_whose_room_was_taken_while_it_gave_it_back_is_forecast_tentatively() -> None:
+    """Another run took the room while it was low: its climb back is forecast critical, tentative, before the OOM
+    (and the newcomer that squeezed it is named)."""
+
+    def fn(t: float) -> dict[int, int]:
+        return {4242: taken_back(t, climb=60), **({5151: 6 * GIB} if t >= 330 else {})}
+
+    rig = Rig(metas={5151: meta(5151, user="bob", start_time=WALL0 + 325)})
+    result = run(fn, 900, rig=rig)
+    forecast = result.first("oom_forecast", critical=True)
+    assert forecast is not None
+    assert forecast.tentative is not None
+    assert "it fell to 2.0 GiB from 18.0 and began to climb again" in forecast.message
+    assert forecast.t < oom_time(fn, 900)
+    squeezed = result.first("contention", critical=True)
+    assert squeezed is not None
+    assert squeezed.process is not None
+    assert squeezed.process.pid == 5151
+
+
+def test_a_run_climbing_past_what_it_held_is_forecast_tentatively() -> None:
+    """A server that held 6 GiB loads a 20 GiB model after unloading: past its old level the forecast is critical
+    and tentative, since a load and a leak rise alike until one stops."""
+    result = run(lambda t: {4242: taken_back(t, held=6, low=1, climb=50, to=20)}, 900, until_full=False)
+    forecast = result.first("oom_forecast", critical=True)
+    assert forecast is not None
+    assert forecast.tentative is not None
+    assert forecast.tentative.endswith("(a load rises like this until it stops; a leak does not)")
+    assert [f for f in result.raised if f.kind == "oom_forecast" and f.tentative is None] == []
+
+
+def test_a_run_that_leaks_from_its_plateau_is_forecast_firm() -> None:
+    """A run that never gave memory back and starts leaking on its plateau is no load: its forecast is firm."""
+
+    def fn(t: float) -> dict[int, int]:
+        return {4242: 12 * GIB + int(max(0.0, t - 600) * 80e6)}
+
+    forecast = run(fn, 900).first("oom_forecast", critical=True)
+    assert forecast is not None
+    assert forecast.tentative is None
+
+
+def test_a_leak_after_a_run_took_back_its_memory_is_raised_firm_before_the_oom() -> None:
+    """A run takes back what it gave back and goes on growing 60 MB/s: tentative while its climb is young, then
+    firm (the low point has left the three-minute look back), before it runs out."""
+
+    def fn(t: float) -> dict[int, int]:
+        return {4242: taken_back(t, held=10, low=2, climb=30) + int(max(0.0, t - 420) * 60e6)}
+
+    raised = [f for f in run(fn, 1200).raised if f.kind == "oom_forecast" and f.severity is Severity.CRITICAL]
+    assert raised
+    firm = [f for f in raised if f.tentative is None]
+    assert firm
+    assert firm[0].t < oom_time(fn, 1200)
+
+
+@pytest.mark.parametrize(("model", "quiet"), [(6, True), (12, False)])
+def test_a_two_stage_start_is_never_forecast_firm(model: int, quiet: bool) -> None:
+    """A young run loads text encoders (9.5 GiB), holds them 30 s, frees them and loads its model from disk over
+    30 s: a smaller model raises nothing, a bigger one at most a tentative forecast (before 2026-12-06 both were
+    firm criticals, the young run having held still)."""
+
+    def fn(t: float) -> dict[int, int]:
+        if t < 10:
+            return {4242: 500 * MIB + int(min(t / 5, 1) * 9.5 * GIB)}
+        if t < 40:
+            return {4242: 500 * MIB + int(9.5 * GIB)}
+        if t < 42:
+            return {4242: 500 * MIB}
+        return {4242: 500 * MIB + int(min((t - 42) / 30, 1) * model * GIB)}
+
+    raised = run(fn, 300, rig=YOUNG, until_full=False).raised
+    assert [f for f in raised if f.tentative is None] == []
+    assert (raised == []) is quiet
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        pytest.param(lambda t: 14 * GIB if 500 <= t < 520 else 12 * GIB, id="a validation peak a minute before"),
+        pytest.param(lambda t: 20 * GIB if t < 100 else 12 * GIB, id="more, ten minutes before"),
+    ],
+)
+def test_a_leak_from_a_plateau_is_not_hidden_by_what_the_run_held_before(before: Callable[[float], int]) -> None:
+    """A run that leaks 60 MB/s from its 12 GiB plateau is forecast as early, and as firmly, as one that never held
+    more: a short peak (+2 GiB) is no give-back, and a give-back ten minutes before the leak is not this climb's."""
+
+    def plain(t: float) -> dict[int, int]:
+        return {4242: 12 * GIB + int(max(0.0, t - 580) * 60e6)}
+
+    def after(t: float) -> dict[int, int]:
+        return {4242: before(t) + int(max(0.0, t - 580) * 60e6)}
+
+    expected = run(plain, 1200).first("oom_forecast", critical=True)
+    got = run(after, 1200).first("oom_forecast", critical=True)
+    assert expected is not None
+    assert got is not None
+    assert (got.t, got.tentative) == (expected.t, None)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    held=st.integers(4, 20),
+    low=st.floats(0.0, 0.7),
+    climb=st.floats(3, 90),
+    saw=st.sampled_from([0.0, 1.0, 2.0]),
+    other=st.sampled_from([0, 2]),
+)
+def test_taking_back_what_fits_never_raises(held: int, low: float, climb: float, saw: float, other: int) -> None:
+    """Whatever its size, how low it went and how fast it climbs back, a run taking back no more than it held,
+    with room for it on the card (next to a static holder or not), raises nothing."""
+    if held + other > 22:
+        return
+    saw = min(saw, held / 2)
+
+    def fn(t: float) -> dict[int, int]:
+        # It gives back more than its sawtooth moves: a low inside that range is no giving back.
+        usage = {4242: taken_back(t, held=held, low=low * (held - saw), climb=climb, saw=saw)}
+        return {**usage, 5151: other * GIB} if other else usage
+
+    assert run(fn, 700).raised == []
+
+
 def test_slow_leak_is_claimed_as_growth_long_before_the_forecast() -> None:
     """A slow leak is called a growth (a leak) early, with the process and its rate."""
     result = run(slow_leak, 6000, step=5.0)

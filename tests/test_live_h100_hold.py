@@ -8,13 +8,12 @@ what it concludes is checked against what the live daemon logged in the same run
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from _recorded import recorded
 from vramwatch.actions import ActionDispatcher, parse_policy
 from vramwatch.config import tomllib
 from vramwatch.detectors import DetectorConfig, FindingTracker, analyze
@@ -28,14 +27,7 @@ LOAD, LEAKER = 713, 761
 
 
 def _snapshots() -> list[Snapshot]:
-    """The recording read as score.py reads the corpus (a trace's ticks as snapshots)."""
-    spec = importlib.util.spec_from_file_location("vramwatch_hold_score", ROOT / "benchmarks/detection/score.py")
-    assert spec is not None
-    assert spec.loader is not None
-    score = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = score  # its dataclasses look their module up by name
-    spec.loader.exec_module(score)
-    return list(score._trace_snapshots(RUN / "hold.raw.jsonl.gz"))
+    return recorded(RUN / "hold.raw.jsonl.gz")
 
 
 @pytest.fixture(scope="module")

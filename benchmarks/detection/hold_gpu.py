@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from loads_gpu import LOADER, SLOW, VW, WORK, free_port, spawn, stop, wait_for
 
@@ -77,6 +78,44 @@ def events(path: Path, name: str) -> list[dict[str, Any]]:
     return out
 
 
+def watched(
+    out: Path, logs: dict[str, IO[bytes]], procs: list[subprocess.Popen[bytes]], base: Path | None, trace: str
+) -> tuple[float, float]:
+    """The card and its watchers: a ballast leaving 24 GiB, `serve` under POLICY (and `serve-base`, the `base`
+    tree in dry-run), `record` into OUT/`trace`, then a healthy trainer (8 GiB) for 400 s. Appends each process to
+    `procs`; returns (t0, wall0), the monotonic and wall time just before the trainer started."""
+    procs.append(spawn([sys.executable, str(WORK / "ballast.py"), "--leave-gib", "24"], logs["ballast"]))
+    wait_for(out / "ballast.log", "ready", 120)
+    daemons = [("serve", None, "false")] + ([("serve-base", base, "true")] if base else [])
+    for name, pkg, dry in daemons:
+        config = out / f"{name}.toml"
+        config.write_text(POLICY.format(dry_run=dry))
+        env = dict(os.environ)
+        if pkg is not None:
+            env["PYTHONPATH"] = f"{pkg}:{env.get('PYTHONPATH', '')}"
+        cmd = [*VW, "--log-format", "json", "--config", str(config), "serve",
+               "--listen", f"127.0.0.1:{free_port()}", "--interval", "1", "--require-gpu"]  # fmt: skip
+        procs.append(spawn(cmd, logs[name], env=env))
+    procs.append(spawn([*VW, "--log-format", "json", "record", str(out / trace), "--interval", "1", "--force"],
+                       logs["record"]))  # fmt: skip
+    time.sleep(4)
+    t0, wall0 = time.monotonic(), time.time()
+    trainer = [sys.executable, str(WORK / "trainer.py"), "--mode", "healthy", "--budget-gib", "8", "--steps", "100000"]
+    procs.append(spawn([*trainer, "--stop-at", str(t0 + 400)], logs["trainer"]))
+    return t0, wall0
+
+
+def torn_down(procs: list[subprocess.Popen[bytes]], logs: dict[str, IO[bytes]]) -> float:
+    """Stop every process (the newest first) and close the logs; returns when the harness began its own SIGTERMs
+    (a trainer's `exit` event after it says "sigterm")."""
+    teardown = time.monotonic()
+    for proc in reversed(procs):
+        stop(proc)
+    for f in logs.values():
+        f.close()
+    return teardown
+
+
 def main() -> int:
     args = sys.argv[1:]
     base = None
@@ -104,25 +143,7 @@ def main() -> int:
     sizing: dict[str, float] = {}
     leaker = None
     try:
-        procs.append(spawn([sys.executable, str(WORK / "ballast.py"), "--leave-gib", "24"], logs["ballast"]))
-        wait_for(out / "ballast.log", "ready", 120)
-        daemons = [("serve", None, "false")] + ([("serve-base", base, "true")] if base else [])
-        for name, pkg, dry in daemons:
-            config = out / f"{name}.toml"
-            config.write_text(POLICY.format(dry_run=dry))
-            env = dict(os.environ)
-            if pkg is not None:
-                env["PYTHONPATH"] = f"{pkg}:{env.get('PYTHONPATH', '')}"
-            cmd = [*VW, "--log-format", "json", "--config", str(config), "serve",
-                   "--listen", f"127.0.0.1:{free_port()}", "--interval", "1", "--require-gpu"]  # fmt: skip
-            procs.append(spawn(cmd, logs[name], env=env))
-        procs.append(spawn([*VW, "--log-format", "json", "record", str(out / "hold.raw.jsonl.gz"), "--interval", "1",
-                            "--force"], logs["record"]))  # fmt: skip
-        time.sleep(4)
-        t0, wall0 = time.monotonic(), time.time()
-        procs.append(spawn([sys.executable, str(WORK / "trainer.py"), "--mode", "healthy",
-                            "--budget-gib", "8", "--steps", "100000", "--stop-at", str(t0 + 400)],
-                           logs["trainer"]))  # fmt: skip
+        t0, wall0 = watched(out, logs, procs, base, "hold.raw.jsonl.gz")
         time.sleep(max(0.0, t0 + 30 - time.monotonic()))
         # --leak-only: no slow load (a stand-in that has already exited, so the leak is sized at once).
         slow = spawn([sys.executable, "-c", LOADER, json.dumps(SLOW), str(held)] if load else ["true"], logs["slow"])
@@ -152,28 +173,36 @@ def main() -> int:
                 time.sleep(1)
             time.sleep(10)  # the daemons see it gone
     finally:
-        teardown = time.monotonic()  # the harness's own SIGTERMs from here on (a trainer's `exit` says "sigterm")
-        for proc in reversed(procs):
-            stop(proc)
-        for f in logs.values():
-            f.close()
-
-    def since(wall: float) -> float:
-        return round(wall - wall0, 1)
+        teardown = torn_down(procs, logs)
 
     codes = {"slow": slow.poll(), "leaker": leaker.poll() if leaker is not None else None}
     summary: dict[str, Any] = {
         "wall0": wall0, "t0": t0, "teardown_at": round(teardown - t0, 1), "exit_codes": codes, "leak_sizing": sizing,
     }  # fmt: skip
-    for name in ("trainer", "slow", "leaker"):
+    summary.update(lives(out, t0, ("trainer", "slow", "leaker")))
+    summary["leaker_oom"] = bool(events(out / "leaker.log", "oom"))
+    summary.update(daemons_said(out, wall0))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0 if codes["slow"] == 0 else 1
+
+
+def lives(out: Path, t0: float, names: tuple[str, ...]) -> dict[str, Any]:
+    """When each run's log says it started and ended (its `start`/`ready` and `exit`/`end` events), from t0."""
+    summary: dict[str, Any] = {}
+    for name in names:
         got = [e for e in (events(out / f"{name}.log", "start") + events(out / f"{name}.log", "ready")) if "t" in e]
         if got:
             summary[f"{name}_started_at"] = round(got[0]["t"] - t0, 1)
         ended = [e for e in events(out / f"{name}.log", "exit") + events(out / f"{name}.log", "end") if "t" in e]
         if ended:
             summary[f"{name}_ended"] = {"at": round(ended[0]["t"] - t0, 1), "reason": ended[0].get("reason")}
-    ooms = events(out / "leaker.log", "oom")
-    summary["leaker_oom"] = bool(ooms)
+    return summary
+
+
+def daemons_said(out: Path, wall0: float) -> dict[str, Any]:
+    """What each daemon (`serve`, `serve-base`) raised and decided to signal, in seconds from wall0."""
+    summary: dict[str, Any] = {}
     for name in ("serve", "serve-base"):
         path = out / f"{name}.log"
         if not path.exists():
@@ -185,7 +214,7 @@ def main() -> int:
             except ValueError:
                 continue
             at = record.get("timestamp")
-            when = since(_wall(at)) if isinstance(at, str) else None
+            when = round(_wall(at) - wall0, 1) if isinstance(at, str) else None
             if record.get("event") == "finding":
                 raised.append({"at": when, "severity": record.get("severity"), "kind": record.get("kind"),
                                "tentative": record.get("tentative"), "message": record.get("message")})  # fmt: skip
@@ -193,9 +222,7 @@ def main() -> int:
                 actions.append({"at": when, "done": record.get("done"), "dry_run": record.get("dry_run"),
                                 "pid": record.get("pid"), "reason": record.get("reason")})  # fmt: skip
         summary[name] = {"findings_raised": raised, "signal_decisions": actions}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps(summary, indent=1))
-    return 0 if codes["slow"] == 0 else 1
+    return summary
 
 
 def _wall(stamp: str) -> float:

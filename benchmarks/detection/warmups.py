@@ -1,10 +1,12 @@
 """Healthy warm-ups that NVML alone reads as fast growth: how many raise a finding, and which are critical.
 
     python benchmarks/detection/warmups.py            # both families, a line per run that raised anything
-    python benchmarks/detection/warmups.py --quiet    # the totals only (about a minute)
+    python benchmarks/detection/warmups.py --quiet    # the totals only (about two minutes)
+    python benchmarks/detection/warmups.py --family retake --family two-stage
 
-Synthetic runs on one 24 GiB card, read once a second, each young (it appears at t = 0) and healthy: it fits the
-card and ends flat or in a sawtooth, so every finding it raises is false. Two families, every combination:
+Synthetic runs on one 24 GiB card, read once a second, young (it appears at t = 0) unless said otherwise, and
+healthy: it fits the card and ends flat or in a sawtooth, so every finding it raises is false. Five families, every
+combination:
 
 - `ramp`: the CUDA context, weights loaded linearly over R s to 60 % of the plateau, 5 s of setup, the first step
   up to the plateau, then a sawtooth of amplitude S read at random phases (`empty_cache()` each step, steps
@@ -19,6 +21,13 @@ card and ends flat or in a sawtooth, so every finding it raises is false. Two fa
   setup, its first step), holds flat or in a sawtooth of up to 3 GiB, and ends normally after 3-15 minutes.
   Nobody is squeezed and nobody runs out; a contention finding that hedges ("has not shown all it needs yet")
   counts as a finding too.
+- `retake`: a run an hour old, on its plateau (8-21 GiB, a sawtooth of 0 or 2 GiB) when vramwatch starts, gives
+  memory back at 300 s down to its context or 30 % of the plateau, holds there 90 s (sampling with its weights
+  offloaded, a model server between two models), then takes it back linearly over 5-60 s, to where it was or 2 GiB
+  more (a bigger model); ten minutes, seeds 0-1.
+- `two-stage`: a diffusion LoRA's start with cached text-encoder outputs: text encoders of 5 or 9.5 GiB loaded in
+  5 s, held 10-60 s while the captions are encoded, freed, then the model (6 or 12 GiB) loaded over 5-30 s, 4 s
+  of setup, its first step (1.3x the model) and a sawtooth of 0 or 2 GiB; seeds 0-1.
 
 Loads that last longer than the forecast's shortest window (15 s) at a rate that would fill the card within two
 minutes are forecast critical by design (docs/detection.md, `oom_forecast`): the `ramp` runs with R = 20 s are
@@ -101,6 +110,47 @@ def llm(weights: float, load_seconds: float, batch_seconds: float, per_token: fl
     return memory
 
 
+def retake(
+    plateau: float, low: float, climb_seconds: float, saw: float, more: float, *, free_at: float = 300.0
+) -> Memory:
+    """A run on its plateau (a sawtooth of amplitude `saw` read at random phases) that gives memory back at
+    `free_at` s, down to `low` above its context, holds there 90 s (sampling with its weights offloaded, a server
+    between models), then takes it back over `climb_seconds`, `more` above where it was (a bigger model)."""
+    back = free_at + 90.0
+
+    def memory(u: float, rng: random.Random) -> float:
+        if free_at <= u < back:
+            return CONTEXT + low
+        if back <= u < back + climb_seconds:
+            return CONTEXT + low + (plateau + more - low) * (u - back) / climb_seconds
+        return CONTEXT + plateau + (more if u >= back else 0.0) - saw * rng.random()
+
+    return memory
+
+
+def two_stage(encoders: float, encode_seconds: float, model: float, load_seconds: float, saw: float) -> Memory:
+    """A diffusion LoRA's start (Flux with cached text-encoder outputs): the text encoders loaded in 5 s, held while
+    the captions are encoded, freed, then the model loaded from disk over `load_seconds`, its first step and a
+    sawtooth of amplitude `saw`."""
+    freed = 3.0 + 5.0 + encode_seconds
+    stepping = freed + 2.0 + load_seconds + 4.0
+
+    def memory(u: float, rng: random.Random) -> float:
+        if u < 3.0:
+            return CONTEXT
+        if u < 8.0:
+            return CONTEXT + encoders * (u - 3.0) / 5.0
+        if u < freed:
+            return CONTEXT + encoders
+        if u < freed + 2.0:
+            return CONTEXT
+        if u < stepping:
+            return CONTEXT + model * min(1.0, (u - freed - 2.0) / load_seconds)
+        return CONTEXT + 1.3 * model - saw * rng.random()
+
+    return memory
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     """One process of an afternoon: `memory` is read at the time since it started."""
@@ -157,27 +207,48 @@ def cases() -> Iterator[Case]:
         yield Case("llm", label, seed, partial(alone, llm(weights * GIB, load, batch, per_token * MIB, seed), seed))
     for seed in range(60):
         yield Case("afternoon", "a shared card", seed, partial(afternoon, seed))
+    for plateau, low, climb, saw, more, seed in itertools.product(
+        (8, 14, 18, 21), (0, 0.3), (5, 15, 30, 60), (0, 2), (0, 2), (0, 1)
+    ):
+        if saw < plateau:
+            label = (
+                f"plateau {plateau} GiB, back to {low:.0%}, taken back in {climb} s (+{more} GiB), sawtooth {saw} GiB"
+            )
+            memory = retake(plateau * GIB, low * plateau * GIB, climb, saw * GIB, more * GIB)
+            yield Case("retake", label, seed, partial(alone, memory, seed, seconds=600.0, old=True))
+    for encoders, encode, model, load, saw, seed in itertools.product(
+        (5, 9.5), (10, 30, 60), (6, 12), (5, 15, 30), (0, 2), (0, 1)
+    ):
+        label = f"encoders {encoders} GiB for {encode} s, then the model {model} GiB in {load} s, sawtooth {saw} GiB"
+        memory = two_stage(encoders * GIB, encode, model * GIB, load, saw * GIB)
+        yield Case("two-stage", label, seed, partial(alone, memory, seed))
 
 
-def alone(memory: Memory, seed: int) -> tuple[list[Row], Rig] | None:
-    """One run alone on the card, its memory in 2 MiB segments; None when its peak would not fit."""
+def alone(memory: Memory, seed: int, *, seconds: float = SECONDS, old: bool = False) -> tuple[list[Row], Rig] | None:
+    """One run alone on the card, its memory in 2 MiB segments; None when its peak would not fit. It starts at
+    t = 0, or (`old`) an hour before, already on its plateau when vramwatch starts."""
     rng = random.Random(seed)
     out = []
-    for t in ticks(0.0, SECONDS):
+    for t in ticks(0.0, seconds):
         held = math.ceil(memory(t, rng) / (2 * MIB)) * 2 * MIB
         if held > ROOM:
             return None
         out.append((t, {PID: held}))
-    return out, Rig(cards=(CARD,), metas={PID: meta(PID, start_time=WALL0)})
+    return out, Rig(cards=(CARD,), metas={PID: meta(PID, start_time=WALL0 - (3600.0 if old else 0.0))})
 
 
 def tally(
-    checks: Sequence[Callable[[list[Finding]], bool]], *, each: Callable[[Case, list[Finding]], None] | None = None
+    checks: Sequence[Callable[[list[Finding]], bool]],
+    *,
+    each: Callable[[Case, list[Finding]], None] | None = None,
+    families: Sequence[str] = (),
 ) -> dict[str, list[int]]:
-    """Replay every case that fits the card: per family, the runs, then how many of them each check is true of
-    (given the findings the run raised); `each` sees every run as it is replayed."""
+    """Replay every case that fits the card (of `families`, or all): per family, the runs, then how many of them
+    each check is true of (given the findings the run raised); `each` sees every run as it is replayed."""
     totals: dict[str, list[int]] = {}
     for case in cases():
+        if families and case.family not in families:
+            continue
         built = case.build()
         if built is None:
             continue
@@ -194,6 +265,7 @@ def tally(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quiet", action="store_true", help="print the totals only")
+    ap.add_argument("--family", action="append", default=[], help="only this family (repeatable)")
     args = ap.parse_args()
 
     def say(case: Case, raised: list[Finding]) -> None:
@@ -212,6 +284,7 @@ def main() -> None:
             lambda raised: any(f.severity.value == "critical" and f.tentative is None for f in raised),
         ],
         each=say,
+        families=args.family,
     )
     print("| family | healthy runs | with a finding | with a critical one | with a firm critical one |")
     print("| --- | ---: | ---: | ---: | ---: |")

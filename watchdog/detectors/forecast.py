@@ -28,7 +28,7 @@ clears once it has been flat for the exit ticks.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ..history import Track
@@ -68,20 +68,25 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
         # The card does not rise steadily (most ticks): nothing to forecast, so no culprit and no warm-up to judge.
         return
     warming = any(_warming(history.trees.get((key, ctx.uuid)), ctx.now, own, config) for key in ctx.trees)
-    culprits = _sustained_growers(ctx) if ctx.visible and ctx.trees else None
+    culprits = _sustained_growers(ctx, own) if ctx.visible and ctx.trees else None
     if culprits == []:
         # The card rose, but no process on it rises steadily: runs arriving and warming up one after the other
         # (each a load, then flat or a sawtooth) add up to a slope that is nobody's leak.
         return
     named = culprits[0] if culprits else _grower(ctx)
     grower = named.label if named is not None else None
-    # While the named grower is young and warms: when it was first seen, and what a critical forecast says of it.
+    # While the named grower is young and warms, or climbs again as a load does after it gave memory back: when
+    # that began, and what a critical forecast says of it.
     appeared, caveat = None, None
-    if culprits and warming:
-        track = history.trees.get((culprits[0].key, ctx.uuid))
-        if track is not None and _warming(track, ctx.now, own, config):
+    track = history.trees.get((culprits[0].key, ctx.uuid)) if culprits else None
+    if culprits and track is not None:
+        if warming and _warming(track, ctx.now, own, config):
             caveat = _young(ctx, culprits[0], track, own)
             appeared = track.first_seen if caveat is not None else None
+        climb = _climbing(track, ctx.now, own, config) if caveat is None else None
+        if climb is not None and not climb.held_still:
+            # A load's climb, as a young grower's: only a critical forecast is raised about it, and tentatively.
+            appeared, caveat, warming = climb.began, climb.caveat(ctx.now), True
     eta, finding = detect_oom_forecast(
         ctx,
         ctx.device,
@@ -203,12 +208,15 @@ def _steepest(device: Profile, config: DetectorConfig) -> Fit | None:
     return device.best(shortest, config, max_share=config.forecast_max_subwindow_share)
 
 
-def _sustained_growers(ctx: GpuContext) -> list[Tree] | None:
+def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[Tree] | None:
     """The trees whose own memory rises steadily over the device forecast's horizons, fastest first; None when
     the device itself does not rise steadily (nothing to forecast: the per-tree fits are not spent).
 
     Only asked when the device itself has a sustained rise (rare), so its cost is off the common path. Each
-    tree passes the forecast's own test, and a tree that frees and re-takes memory must raise its peaks.
+    tree passes the forecast's own test, and a tree that frees and re-takes memory must raise its peaks. A tree
+    taking back what it gave back (`_climbing`), where the card still has room for all it held, is no grower:
+    it is heading for a level the card held before, not for the card's end. Above that level, or once others
+    have taken the room, it is.
     """
     config = ctx.config
     shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
@@ -225,6 +233,10 @@ def _sustained_growers(ctx: GpuContext) -> list[Tree] | None:
         )
         if best is None or retakes_without_rising(series, best.xs[0], config):
             continue
+        climb = _climbing(track, ctx.now, own, config)
+        room = None if ctx.free_bytes is None else ctx.free_bytes - config.oom_margin_bytes
+        if climb is not None and room is not None and 0 <= climb.held_bytes - series.last_value <= room:
+            continue  # taking back what it held, and the card has room for it
         rate = best.current_bytes_per_second(config)
         if rate > 0:
             found.append((rate, tree))
@@ -237,15 +249,98 @@ def _warming(track: Track | None, now: float, own: ForecastConfig, config: Detec
     if track is None or now - track.first_seen >= own.forecast_warmup_seconds:
         return False
     series = view(track.series)
+    return _first_still(series.t, series.v, own.settle_seconds, config.noise_bytes) is None
+
+
+def _first_still(ts: Sequence[float], vs: Sequence[float], settle_seconds: float, noise_bytes: float) -> float | None:
+    """When the first stretch of `settle_seconds` whose points stay within `noise_bytes` of each other begins
+    (None: the points never hold still that long)."""
     start = low = high = None
-    for t, v in zip(series.t, series.v, strict=True):
-        if start is None or low is None or high is None or max(high, v) - min(low, v) > config.noise_bytes:
+    for t, v in zip(ts, vs, strict=True):
+        if start is None or low is None or high is None or max(high, v) - min(low, v) > noise_bytes:
             start, low, high = t, v, v
         else:
             low, high = min(low, v), max(high, v)
-        if t - start >= own.settle_seconds:
-            return False
-    return True
+        if t - start >= settle_seconds:
+            return start
+    return None
+
+
+#: A give-back is of a quarter of what the run held at least (weights offloaded, encoders freed, a model unloaded),
+#: not a validation's or a sample's peak, and within two look-backs (six minutes) before the climb: a run that
+#: leaks from a plateau it held longer than that, whatever it held before, is a leak and not hidden up to that level.
+GIVE_BACK_SHARE = 0.25
+GIVE_BACK_SECONDS_FACTOR = 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Climb:
+    """A run climbing again after it gave memory back: since when, from how low, and the most it held before."""
+
+    began: float
+    low_bytes: int
+    held_bytes: int
+    #: It held still on the way (a leak that steps and holds): no longer a load's climb, though still below
+    #: what it held.
+    held_still: bool
+
+    def caveat(self, now: float) -> str:
+        return (
+            f"it fell to {fmt.gib(self.low_bytes)} GiB from {fmt.gib(self.held_bytes)} and began to climb again "
+            f"{fmt.duration(now - self.began)} ago, not holding still since (a load rises like this until it stops; "
+            "a leak does not)"
+        )
+
+
+def _climbing(track: Track, now: float, own: ForecastConfig, config: DetectorConfig) -> _Climb | None:
+    """How a grower that gave memory back climbs again, if that climb began less than `forecast_warmup_seconds`
+    ago; else None.
+
+    A run that has given memory back can take it again as a load does: a trainer that freed its text encoders
+    (or offloaded its weights for sampling) and loads its model, a model server that unloaded one model and loads
+    the next, a notebook that loads another. Up to what it held before, with room for that on the card, the card
+    is not filling: the forecast names no such grower (`_sustained_growers`). Past it, until the climb stops, NVML
+    cannot tell a load from a leak, so a critical forecast about it says so (tentative), as it does of a young
+    grower; a climb that held still on the way (a leak that steps, then holds) is no load's.
+
+    The climb began at the newest point holding the least value of the last `forecast_warmup_seconds`, and in
+    the `GIVE_BACK_SECONDS_FACTOR` x `forecast_warmup_seconds` before it the run held more, by a quarter of that
+    and `min_rise_bytes` at least (`GIVE_BACK_SHARE`). Not such a climb: one from where the run started (its
+    first climb is the young grower's rule, `_warming`), one already under way before those seconds (lower still
+    in the `forecast_warmup_seconds` before them: a leak rising for minutes, however it saws), a run that
+    leaks from the plateau it held for minutes (it gave nothing back lately), and one that held a little more
+    before (a validation's peak is no give-back, so a leak after it is not hidden up to that peak).
+    """
+    series = view(track.series)
+    cut = now - own.forecast_warmup_seconds
+    since = cut - own.forecast_warmup_seconds
+    if track.first_seen >= since:
+        # A young run's first climb starts from its bare context, the least it ever held: look only from where it
+        # first held still, or a give-back to more than its context would hide behind that first climb.
+        settled = _first_still(series.t, series.v, own.settle_seconds, config.noise_bytes)
+        if settled is None:
+            return None
+        cut, since = max(cut, settled), max(since, settled)
+    recent = series.since(cut)
+    if len(recent) < 3:
+        return None
+    low = recent.min()
+    before = series.min_between(since, cut)
+    if before is not None and before < low - config.noise_bytes:
+        return None  # lower in the minutes before: it has been rising (or sawing upwards) for longer than that
+    ts, vs = recent.t, recent.v
+    i = max(k for k, v in enumerate(vs) if v <= low + config.noise_bytes)
+    held = series.max_between(
+        max(track.first_seen, ts[i] - GIVE_BACK_SECONDS_FACTOR * own.forecast_warmup_seconds), ts[i]
+    )
+    if held is None or held - low <= max(config.min_rise_bytes, GIVE_BACK_SHARE * held):
+        # It gave nothing back lately: its first climb is judged by how young it is (`_warming`), and a run that
+        # starts to leak from the plateau it has held for minutes is a leak.
+        return None
+    if vs[-1] - vs[i] <= config.min_rise_bytes:
+        return None
+    still = _first_still(ts[i:], vs[i:], own.settle_seconds, config.noise_bytes) is not None
+    return _Climb(began=ts[i], low_bytes=int(vs[i]), held_bytes=int(held), held_still=still)
 
 
 def _young(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> str | None:
