@@ -412,6 +412,21 @@ def test_a_leak_from_a_plateau_is_not_hidden_by_what_the_run_held_before(before:
     assert (got.t, got.tentative) == (expected.t, None)
 
 
+@pytest.mark.parametrize("mb_per_s", [150, 400])
+def test_a_model_server_idle_at_its_context_loads_tentatively(mb_per_s: int) -> None:
+    """A server up for an hour that sat at its bare CUDA context and loads a 12 GiB model from disk next to a
+    trainer: its critical forecast says it held only its context and is tentative, never firm (before 2026-12-06:
+    a firm critical, and a policy could end the trainer)."""
+
+    def fn(t: float) -> dict[int, int]:
+        return {4242: 500 * MIB + int(min(12 * GIB, max(0.0, t - 900) * mb_per_s * 1e6)), 5151: 8 * GIB}
+
+    raised = [f for f in run(fn, 1200).raised if f.kind == "oom_forecast"]
+    assert raised
+    assert all(f.tentative is not None for f in raised)
+    assert "it held only its CUDA context (0.5 GiB) and began to climb" in raised[0].message
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     held=st.integers(4, 20),

@@ -5,7 +5,7 @@
     python benchmarks/detection/warmups.py --family retake --family two-stage
 
 Synthetic runs on one 24 GiB card, read once a second, young (it appears at t = 0) unless said otherwise, and
-healthy: it fits the card and ends flat or in a sawtooth, so every finding it raises is false. Five families, every
+healthy: it fits the card and ends flat or in a sawtooth, so every finding it raises is false. Six families, every
 combination:
 
 - `ramp`: the CUDA context, weights loaded linearly over R s to 60 % of the plateau, 5 s of setup, the first step
@@ -25,6 +25,9 @@ combination:
   memory back at 300 s down to its context or 30 % of the plateau, holds there 90 s (sampling with its weights
   offloaded, a model server between two models), then takes it back linearly over 5-60 s, to where it was or 2 GiB
   more (a bigger model); ten minutes, seeds 0-1.
+- `server`: a model server up for an hour, idle at its bare CUDA context when vramwatch starts, asked for a model
+  (4-16 GiB) at 300 s, which it loads from disk over 5-60 s, then serves requests (a sawtooth of 0 or 1 GiB above
+  the model); ten minutes, seeds 0-1.
 - `two-stage`: a diffusion LoRA's start with cached text-encoder outputs: text encoders of 5 or 9.5 GiB loaded in
   5 s, held 10-60 s while the captions are encoded, freed, then the model (6 or 12 GiB) loaded over 5-30 s, 4 s
   of setup, its first step (1.3x the model) and a sawtooth of 0 or 2 GiB; seeds 0-1.
@@ -128,6 +131,20 @@ def retake(
     return memory
 
 
+def server(model: float, load_seconds: float, saw: float, *, at: float = 300.0) -> Memory:
+    """A model server up for an hour, idle at its bare CUDA context, asked for a model at `at` s: it loads it
+    from disk over `load_seconds`, then serves (requests coming and going: a sawtooth of amplitude `saw`)."""
+
+    def memory(u: float, rng: random.Random) -> float:
+        if u < at:
+            return CONTEXT
+        if u < at + load_seconds:
+            return CONTEXT + model * (u - at) / load_seconds
+        return CONTEXT + model + saw * rng.random()
+
+    return memory
+
+
 def two_stage(encoders: float, encode_seconds: float, model: float, load_seconds: float, saw: float) -> Memory:
     """A diffusion LoRA's start (Flux with cached text-encoder outputs): the text encoders loaded in 5 s, held while
     the captions are encoded, freed, then the model loaded from disk over `load_seconds`, its first step and a
@@ -216,6 +233,10 @@ def cases() -> Iterator[Case]:
             )
             memory = retake(plateau * GIB, low * plateau * GIB, climb, saw * GIB, more * GIB)
             yield Case("retake", label, seed, partial(alone, memory, seed, seconds=600.0, old=True))
+    for model, load, saw, seed in itertools.product((4, 8, 12, 16), (5, 15, 30, 60), (0, 1), (0, 1)):
+        label = f"a model of {model} GiB loaded in {load} s after an idle hour, requests of up to {saw} GiB"
+        memory = server(model * GIB, load, saw * GIB)
+        yield Case("server", label, seed, partial(alone, memory, seed, seconds=600.0, old=True))
     for encoders, encode, model, load, saw, seed in itertools.product(
         (5, 9.5), (10, 30, 60), (6, 12), (5, 15, 30), (0, 2), (0, 1)
     ):

@@ -25,6 +25,10 @@ from ._settings import at_least, non_negative, setting, share, validate
 
 MIB = 1 << 20
 GIB = 1 << 30
+#: The most a process holding only its CUDA context holds (300-600 MB, up to about 1 GiB with the libraries'
+#: workspaces): more is a model, a cache, a run. Contention's newcomer "came in" past it; the forecast calls a climb
+#: from it a first load, whatever the process's age (a model server that sat idle, then loads).
+BARE_CONTEXT_BYTES = 1 * GIB
 
 
 def _empty() -> Mapping[str, Any]:

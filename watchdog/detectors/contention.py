@@ -42,7 +42,7 @@ from ._context import GpuContext
 from ._series import View, view
 from ._settings import non_negative, setting, share, validate
 from .base import Detector
-from .config import GIB, MIB
+from .config import BARE_CONTEXT_BYTES, MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class ContentionConfig:
     #: A newcomer must have taken at least this much (from the card's free memory, and in its own growth).
     contention_min_bytes: int = setting(256 * MIB, non_negative)
     #: The run it squeezes holds at least this much and was on the GPU this long before the newcomer came in.
-    contention_incumbent_min_bytes: int = setting(1 * GIB, non_negative)
+    contention_incumbent_min_bytes: int = setting(BARE_CONTEXT_BYTES, non_negative)
     contention_incumbent_seconds: float = setting(10.0, non_negative)
     #: An incumbent whose memory did not move (beyond `noise_bytes`) in this many seconds before the newcomer
     #: came in is a static holder (a server that loaded once, a notebook, a run on its plateau): the caching

@@ -19,6 +19,11 @@ A run that frees and re-takes memory (bucketed shapes with `empty_cache()`; a ca
 flushed) is judged on its peaks, not its floor: while its peaks do not rise in every part of the window, its
 troughs filling in during warm-up is no forecast (see `growth.retakes_without_rising`).
 
+A run that is not young loads too: it gave memory back and takes it again (weights offloaded for sampling, a
+model server between two models), or it sat at its bare CUDA context and loads a model. Up to what it held, with
+room on the card, that is no grower; past it, or from a bare context, its critical forecast is tentative as a young
+grower's is (`_climbing`).
+
 Growth that slows down geometrically (a cache filling up with bucketed resolutions) is projected to its
 plateau; when that plateau fits in the card there is nothing to forecast. Growth that is linear until it
 stops short of the card cannot be told from a leak before it stops: such a run is forecast, and the finding
@@ -28,6 +33,7 @@ clears once it has been flat for the exit ticks.
 from __future__ import annotations
 
 import dataclasses
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -38,7 +44,7 @@ from ._context import GpuContext, Tree
 from ._series import view
 from ._settings import fraction, non_negative, setting, validate
 from .base import Detector, Forecast, Observation, Quorum
-from .config import DetectorConfig
+from .config import BARE_CONTEXT_BYTES, DetectorConfig
 from .growth import Fit, Profile, Rate, profile, retakes_without_rising
 
 
@@ -235,7 +241,8 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[Tree] | Non
             continue
         climb = _climbing(track, ctx.now, own, config)
         room = None if ctx.free_bytes is None else ctx.free_bytes - config.oom_margin_bytes
-        if climb is not None and room is not None and 0 <= climb.held_bytes - series.last_value <= room:
+        held = None if climb is None else climb.held_bytes
+        if held is not None and room is not None and 0 <= held - series.last_value <= room:
             continue  # taking back what it held, and the card has room for it
         rate = best.current_bytes_per_second(config)
         if rate > 0:
@@ -279,16 +286,22 @@ class _Climb:
 
     began: float
     low_bytes: int
-    held_bytes: int
-    #: It held still on the way (a leak that steps and holds): no longer a load's climb, though still below
-    #: what it held.
+    #: The most it held before (None: only its CUDA context, a first load).
+    held_bytes: int | None
+    #: It held still on the way and rose again after (a leak that steps and holds): no load's climb, though still
+    #: below what it held.
     held_still: bool
 
     def caveat(self, now: float) -> str:
+        if self.held_bytes is None:
+            before = f"it held only its CUDA context ({fmt.gib(self.low_bytes)} GiB) and began to climb"
+        else:
+            before = (
+                f"it fell to {fmt.gib(self.low_bytes)} GiB from {fmt.gib(self.held_bytes)} and began to climb again"
+            )
         return (
-            f"it fell to {fmt.gib(self.low_bytes)} GiB from {fmt.gib(self.held_bytes)} and began to climb again "
-            f"{fmt.duration(now - self.began)} ago, not holding still since (a load rises like this until it stops; "
-            "a leak does not)"
+            f"{before} {fmt.duration(now - self.began)} ago, not holding still since (a load rises like this until it "
+            "stops; a leak does not)"
         )
 
 
@@ -301,7 +314,9 @@ def _climbing(track: Track, now: float, own: ForecastConfig, config: DetectorCon
     the next, a notebook that loads another. Up to what it held before, with room for that on the card, the card
     is not filling: the forecast names no such grower (`_sustained_growers`). Past it, until the climb stops, NVML
     cannot tell a load from a leak, so a critical forecast about it says so (tentative), as it does of a young
-    grower; a climb that held still on the way (a leak that steps, then holds) is no load's.
+    grower; a climb that held still on the way and rose again (a leak that steps, then holds) is no load's. A climb
+    from a bare CUDA context (`BARE_CONTEXT_BYTES`) is a first load however old the process (a model server that sat
+    idle, then loads): tentative too, with nothing it held before (`_Climb.held_bytes` None).
 
     The climb began at the newest point holding the least value of the last `forecast_warmup_seconds`, and in
     the `GIVE_BACK_SECONDS_FACTOR` x `forecast_warmup_seconds` before it the run held more, by a quarter of that
@@ -334,13 +349,18 @@ def _climbing(track: Track, now: float, own: ForecastConfig, config: DetectorCon
         max(track.first_seen, ts[i] - GIVE_BACK_SECONDS_FACTOR * own.forecast_warmup_seconds), ts[i]
     )
     if held is None or held - low <= max(config.min_rise_bytes, GIVE_BACK_SHARE * held):
-        # It gave nothing back lately: its first climb is judged by how young it is (`_warming`), and a run that
-        # starts to leak from the plateau it has held for minutes is a leak.
-        return None
+        if low > BARE_CONTEXT_BYTES:
+            # It gave nothing back lately: a run that starts to leak from the plateau it has held for minutes is a
+            # leak (a young run's first climb is judged by how young it is, `_warming`).
+            return None
+        held = None  # it held its bare context, then began to load: a first load, however old the process
     if vs[-1] - vs[i] <= config.min_rise_bytes:
         return None
-    still = _first_still(ts[i:], vs[i:], own.settle_seconds, config.noise_bytes) is not None
-    return _Climb(began=ts[i], low_bytes=int(vs[i]), held_bytes=int(held), held_still=still)
+    # Held still on the way and rose again (a leak that steps, then holds, then steps): no load's climb. A climb that
+    # holds still now has stopped, as a load does; what the longer windows still see of it is the same load.
+    paused = _first_still(ts[i:], vs[i:], own.settle_seconds, config.noise_bytes)
+    stepped = paused is not None and vs[-1] - vs[bisect_left(ts, paused)] > config.min_rise_bytes
+    return _Climb(began=ts[i], low_bytes=int(vs[i]), held_bytes=None if held is None else int(held), held_still=stepped)
 
 
 def _young(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> str | None:
