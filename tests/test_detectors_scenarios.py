@@ -412,6 +412,19 @@ def test_a_leak_from_a_plateau_is_not_hidden_by_what_the_run_held_before(before:
     assert (got.t, got.tentative) == (expected.t, None)
 
 
+def test_a_leak_in_a_run_that_frees_its_activations_every_step_is_not_hidden() -> None:
+    """A run sawing 5 <-> 9 GiB (empty_cache() every step) starts leaking 60 MB/s after ten minutes: a sawtooth's
+    trough is no give-back, so the leak is warned four minutes ahead, as before 2026-12-06 (with the peaks taken for
+    what it held, 81 s ahead)."""
+
+    def usage(t: float) -> dict[int, int]:
+        return {4242: int(max(0.0, t - 600) * 60e6) + (9 * GIB if int(t) % 2 else 5 * GIB)}
+
+    first = run(usage, 3000).first("oom_forecast")
+    assert first is not None
+    assert oom_time(usage, 3000) - first.t >= 240
+
+
 @pytest.mark.parametrize("mb_per_s", [150, 400])
 def test_a_model_server_idle_at_its_context_loads_tentatively(mb_per_s: int) -> None:
     """A server up for an hour that sat at its bare CUDA context and loads a 12 GiB model from disk next to a

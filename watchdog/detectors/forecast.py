@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -273,11 +274,32 @@ def _first_still(ts: Sequence[float], vs: Sequence[float], settle_seconds: float
     return None
 
 
-#: A give-back is of a quarter of what the run held at least (weights offloaded, encoders freed, a model unloaded),
-#: not a validation's or a sample's peak, and within two look-backs (six minutes) before the climb: a run that
+#: A give-back lowers the run's floor by a quarter at least (weights offloaded, encoders freed, a model unloaded; not
+#: a validation's peak, nor a sawtooth's troughs), within two look-backs (six minutes) before the climb: a run that
 #: leaks from a plateau it held longer than that, whatever it held before, is a leak and not hidden up to that level.
 GIVE_BACK_SHARE = 0.25
 GIVE_BACK_SECONDS_FACTOR = 2
+
+
+def _highest_floor(ts: Sequence[float], vs: Sequence[float], settle_seconds: float) -> float | None:
+    """The most the points held for `settle_seconds` on end (the highest of their rolling minima over that span),
+    None when they span less. A sawtooth's floor is its troughs: freeing activations at every step gives nothing back.
+    """
+    best: float | None = None
+    lows: deque[int] = deque()  # indices of the window's rising minima
+    start = 0
+    for k, v in enumerate(vs):
+        while lows and vs[lows[-1]] >= v:
+            lows.pop()
+        lows.append(k)
+        while ts[k] - ts[start] > settle_seconds:
+            start += 1
+        while lows[0] < start:
+            lows.popleft()
+        if ts[k] - ts[0] >= settle_seconds:
+            floor = vs[lows[0]]
+            best = floor if best is None or floor > best else best
+    return best
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,12 +341,12 @@ def _climbing(track: Track, now: float, own: ForecastConfig, config: DetectorCon
     idle, then loads): tentative too, with nothing it held before (`_Climb.held_bytes` None).
 
     The climb began at the newest point holding the least value of the last `forecast_warmup_seconds`, and in
-    the `GIVE_BACK_SECONDS_FACTOR` x `forecast_warmup_seconds` before it the run held more, by a quarter of that
-    and `min_rise_bytes` at least (`GIVE_BACK_SHARE`). Not such a climb: one from where the run started (its
-    first climb is the young grower's rule, `_warming`), one already under way before those seconds (lower still
-    in the `forecast_warmup_seconds` before them: a leak rising for minutes, however it saws), a run that
-    leaks from the plateau it held for minutes (it gave nothing back lately), and one that held a little more
-    before (a validation's peak is no give-back, so a leak after it is not hidden up to that peak).
+    the `GIVE_BACK_SECONDS_FACTOR` x `forecast_warmup_seconds` before it the run's floor (`_highest_floor`) was
+    higher, by a quarter of it and `min_rise_bytes` at least (`GIVE_BACK_SHARE`). Not such a climb: one from
+    where the run started (its first climb is the young grower's rule, `_warming`), one already under way before
+    those seconds (lower still in the `forecast_warmup_seconds` before them: a leak rising for minutes, however it
+    saws), a run that leaks from the plateau it held for minutes (it gave nothing back lately), and one whose floor
+    did not fall (a validation's peak, a sawtooth's troughs: a leak after them is not hidden up to their peaks).
     """
     series = view(track.series)
     cut = now - own.forecast_warmup_seconds
@@ -345,10 +367,14 @@ def _climbing(track: Track, now: float, own: ForecastConfig, config: DetectorCon
         return None  # lower in the minutes before: it has been rising (or sawing upwards) for longer than that
     ts, vs = recent.t, recent.v
     i = max(k for k, v in enumerate(vs) if v <= low + config.noise_bytes)
-    held = series.max_between(
+    earlier = series.between(
         max(track.first_seen, ts[i] - GIVE_BACK_SECONDS_FACTOR * own.forecast_warmup_seconds), ts[i]
     )
-    if held is None or held - low <= max(config.min_rise_bytes, GIVE_BACK_SHARE * held):
+    # A give-back lowers the floor (what the run held for `settle_seconds` on end) by a quarter at least; a sawtooth's
+    # troughs, or a validation's peak, do not. Once it gave back, what it may take back is all it held, peaks included.
+    floor = _highest_floor(earlier.t, earlier.v, own.settle_seconds)
+    held: float | None = earlier.max() if len(earlier) else None
+    if floor is None or floor - low <= max(config.min_rise_bytes, GIVE_BACK_SHARE * floor):
         if low > BARE_CONTEXT_BYTES:
             # It gave nothing back lately: a run that starts to leak from the plateau it has held for minutes is a
             # leak (a young run's first climb is judged by how young it is, `_warming`).
