@@ -425,6 +425,41 @@ def test_a_leak_in_a_run_that_frees_its_activations_every_step_is_not_hidden() -
     assert oom_time(usage, 3000) - first.t >= 240
 
 
+def _stepping_after_offload(t: float) -> dict[int, int]:
+    """Offloaded 16 -> 4 GiB at 300 s, then 1.2 GiB steps every 20 s from 330 s (60 MB/s), holding between."""
+    if t < 300:
+        return {4242: 16 * GIB}
+    return {4242: 4 * GIB + (int(((t - 330) // 20 + 1) * 20 * 60e6) if t >= 330 else 0)}
+
+
+def _slow_sawtooth_leak(t: float) -> dict[int, int]:
+    """30-s phases of 12 and 8 GiB (rollouts, then training, empty_cache() between), leaking 100 MB/s from 600 s."""
+    return {4242: (12 * GIB if (t % 60) < 30 else 8 * GIB) + int(max(0.0, t - 600) * 100e6)}
+
+
+def _dip_then_leak(t: float) -> dict[int, int]:
+    """A 12 GiB plateau dips to 8 GiB for 5 s at 585 s (a checkpoint's empty_cache()), leaks 100 MB/s from 600 s."""
+    return {4242: (8 * GIB if 585 <= t < 590 else 12 * GIB) + int(max(0.0, t - 600) * 100e6)}
+
+
+@pytest.mark.parametrize(
+    ("fn", "first_by", "firm_by"),
+    [
+        pytest.param(_stepping_after_offload, 427, 555, id="a leak that steps, after an offload"),
+        pytest.param(_slow_sawtooth_leak, 613, 613, id="a slow sawtooth that leaks"),
+        pytest.param(_dip_then_leak, 614, 614, id="a leak right after a short dip"),
+    ],
+)
+def test_leaks_that_look_like_a_give_back_are_forecast_as_before(fn: Profile, first_by: float, firm_by: float) -> None:
+    """Shapes a review found hidden or softened by the give-back rule's first versions (a stepping leak below
+    what the run held, a slow sawtooth's troughs, a dip of seconds taken for give-backs): each is forecast, and
+    firm, at the tick it was before the rule (eaf3e36)."""
+    raised = [f for f in run(fn, 3000).raised if f.kind == "oom_forecast"]
+    firm = next(f.t for f in raised if f.severity is Severity.CRITICAL and f.tentative is None)
+    assert raised[0].t <= first_by
+    assert firm <= firm_by < oom_time(fn, 3000)
+
+
 @pytest.mark.parametrize("mb_per_s", [150, 400])
 def test_a_model_server_idle_at_its_context_loads_tentatively(mb_per_s: int) -> None:
     """A server up for an hour that sat at its bare CUDA context and loads a 12 GiB model from disk next to a

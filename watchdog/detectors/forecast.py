@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_left
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -242,7 +241,7 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[Tree] | Non
             continue
         climb = _climbing(track, ctx.now, own, config)
         room = None if ctx.free_bytes is None else ctx.free_bytes - config.oom_margin_bytes
-        held = None if climb is None else climb.held_bytes
+        held = None if climb is None or climb.held_still else climb.held_bytes
         if held is not None and room is not None and 0 <= held - series.last_value <= room:
             continue  # taking back what it held, and the card has room for it
         rate = best.current_bytes_per_second(config)
@@ -274,32 +273,11 @@ def _first_still(ts: Sequence[float], vs: Sequence[float], settle_seconds: float
     return None
 
 
-#: A give-back lowers the run's floor by a quarter at least (weights offloaded, encoders freed, a model unloaded; not
-#: a validation's peak, nor a sawtooth's troughs), within two look-backs (six minutes) before the climb: a run that
-#: leaks from a plateau it held longer than that, whatever it held before, is a leak and not hidden up to that level.
+#: A give-back takes the run a quarter at least below the least it held in the two look-backs (six minutes) before
+#: (weights offloaded, encoders freed, a model unloaded; not a sawtooth's trough, which comes back to where it was): a
+#: run that leaks from a plateau it held longer than that, whatever it held before, is a leak and not hidden.
 GIVE_BACK_SHARE = 0.25
 GIVE_BACK_SECONDS_FACTOR = 2
-
-
-def _highest_floor(ts: Sequence[float], vs: Sequence[float], settle_seconds: float) -> float | None:
-    """The most the points held for `settle_seconds` on end (the highest of their rolling minima over that span),
-    None when they span less. A sawtooth's floor is its troughs: freeing activations at every step gives nothing back.
-    """
-    best: float | None = None
-    lows: deque[int] = deque()  # indices of the window's rising minima
-    start = 0
-    for k, v in enumerate(vs):
-        while lows and vs[lows[-1]] >= v:
-            lows.pop()
-        lows.append(k)
-        while ts[k] - ts[start] > settle_seconds:
-            start += 1
-        while lows[0] < start:
-            lows.popleft()
-        if ts[k] - ts[0] >= settle_seconds:
-            floor = vs[lows[0]]
-            best = floor if best is None or floor > best else best
-    return best
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,24 +318,26 @@ def _climbing(track: Track, now: float, own: ForecastConfig, config: DetectorCon
     from a bare CUDA context (`BARE_CONTEXT_BYTES`) is a first load however old the process (a model server that sat
     idle, then loads): tentative too, with nothing it held before (`_Climb.held_bytes` None).
 
-    The climb began at the newest point holding the least value of the last `forecast_warmup_seconds`, and in
-    the `GIVE_BACK_SECONDS_FACTOR` x `forecast_warmup_seconds` before it the run's floor (`_highest_floor`) was
-    higher, by a quarter of it and `min_rise_bytes` at least (`GIVE_BACK_SHARE`). Not such a climb: one from
-    where the run started (its first climb is the young grower's rule, `_warming`), one already under way before
-    those seconds (lower still in the `forecast_warmup_seconds` before them: a leak rising for minutes, however it
-    saws), a run that leaks from the plateau it held for minutes (it gave nothing back lately), and one whose floor
-    did not fall (a validation's peak, a sawtooth's troughs: a leak after them is not hidden up to their peaks).
+    The climb began at the newest point holding the least value of the last `forecast_warmup_seconds`; the run
+    came down to it and held it for `settle_seconds`, and in the `GIVE_BACK_SECONDS_FACTOR` x
+    `forecast_warmup_seconds` before, it never went within a quarter of it (`GIVE_BACK_SHARE`, and
+    `min_rise_bytes` at least). Not such a climb: one from where the run started (its first climb is the young
+    grower's rule, `_warming`), one already under way before those seconds (lower still in the
+    `forecast_warmup_seconds` before them: a leak rising for minutes, however it saws), a run that leaks from the
+    plateau it held for minutes, a sawtooth's trough (slow or fast, it comes back to where it was), a dip of a few
+    seconds, and a validation's peak (a leak after any of them is not hidden up to what the run held).
     """
     series = view(track.series)
     cut = now - own.forecast_warmup_seconds
     since = cut - own.forecast_warmup_seconds
-    if track.first_seen >= since:
+    start = track.first_seen
+    if start >= since:
         # A young run's first climb starts from its bare context, the least it ever held: look only from where it
         # first held still, or a give-back to more than its context would hide behind that first climb.
         settled = _first_still(series.t, series.v, own.settle_seconds, config.noise_bytes)
         if settled is None:
             return None
-        cut, since = max(cut, settled), max(since, settled)
+        cut, since, start = max(cut, settled), max(since, settled), settled
     recent = series.since(cut)
     if len(recent) < 3:
         return None
@@ -367,19 +347,29 @@ def _climbing(track: Track, now: float, own: ForecastConfig, config: DetectorCon
         return None  # lower in the minutes before: it has been rising (or sawing upwards) for longer than that
     ts, vs = recent.t, recent.v
     i = max(k for k, v in enumerate(vs) if v <= low + config.noise_bytes)
-    earlier = series.between(
-        max(track.first_seen, ts[i] - GIVE_BACK_SECONDS_FACTOR * own.forecast_warmup_seconds), ts[i]
+    # A give-back: the run came down to this low and held it for `settle_seconds` (weights offloaded, a model
+    # unloaded), or came down to its bare context (encoders freed before the model loads), after six minutes in
+    # which it never went within a quarter of it. A sawtooth's
+    # troughs, slow or fast, come back to where they were; a dip of a few seconds (a checkpoint's `empty_cache()`)
+    # is not held; a validation's peak lowers nothing. What it may take back is all it held in those minutes.
+    earlier = series.between(max(start, ts[i] - GIVE_BACK_SECONDS_FACTOR * own.forecast_warmup_seconds), ts[i] + 1e-9)
+    ets, evs = earlier.t, earlier.v
+    j = len(evs)
+    while j > 0 and evs[j - 1] <= low + config.noise_bytes:
+        j -= 1  # back to where it came down to the low
+    came_down = ets[j] if j < len(ets) else ts[i]
+    least = min(evs[:j]) if j else None
+    gave_back = (
+        least is not None
+        and (ts[i] - came_down >= own.settle_seconds or low <= BARE_CONTEXT_BYTES)
+        and least - low > max(config.min_rise_bytes, GIVE_BACK_SHARE * least)
     )
-    # A give-back lowers the floor (what the run held for `settle_seconds` on end) by a quarter at least; a sawtooth's
-    # troughs, or a validation's peak, do not. Once it gave back, what it may take back is all it held, peaks included.
-    floor = _highest_floor(earlier.t, earlier.v, own.settle_seconds)
-    held: float | None = earlier.max() if len(earlier) else None
-    if floor is None or floor - low <= max(config.min_rise_bytes, GIVE_BACK_SHARE * floor):
-        if low > BARE_CONTEXT_BYTES:
-            # It gave nothing back lately: a run that starts to leak from the plateau it has held for minutes is a
-            # leak (a young run's first climb is judged by how young it is, `_warming`).
-            return None
-        held = None  # it held its bare context, then began to load: a first load, however old the process
+    held: float | None = max(evs[:j]) if gave_back else None
+    if not gave_back and low > BARE_CONTEXT_BYTES:
+        # It gave nothing back lately: a run that starts to leak from the plateau it has held for minutes is a leak
+        # (a young run's first climb is judged by how young it is, `_warming`).
+        return None
+    # Else it gave back, or it held its bare context and began to load (`held` None): a first load, however old.
     if vs[-1] - vs[i] <= config.min_rise_bytes:
         return None
     # Held still on the way and rose again (a leak that steps, then holds, then steps): no load's climb. A climb that
