@@ -349,9 +349,9 @@ def _climbing(track: Track, now: float, own: ForecastConfig, config: DetectorCon
     i = max(k for k, v in enumerate(vs) if v <= low + config.noise_bytes)
     # A give-back: the run came down to this low and held it for `settle_seconds` (weights offloaded, a model
     # unloaded), or came down to its bare context (encoders freed before the model loads), after six minutes in
-    # which it never went within a quarter of it. A sawtooth's
-    # troughs, slow or fast, come back to where they were; a dip of a few seconds (a checkpoint's `empty_cache()`)
-    # is not held; a validation's peak lowers nothing. What it may take back is all it held in those minutes.
+    # which it never went within a quarter of it. A sawtooth's troughs, slow or fast, come back to where they were;
+    # a dip of a few seconds (a checkpoint's `empty_cache()`) is not held; a validation's peak lowers nothing. What
+    # it may take back is all it held in those minutes. `earlier` runs through the low's newest point.
     earlier = series.between(max(start, ts[i] - GIVE_BACK_SECONDS_FACTOR * own.forecast_warmup_seconds), ts[i] + 1e-9)
     ets, evs = earlier.t, earlier.v
     j = len(evs)
