@@ -310,6 +310,10 @@ def test_a_run_taking_back_what_it_gave_back_is_no_forecast(climb: float, saw: f
     is raised (before 2026-12-06: a firm critical "full in ~25 s" 14 s into the climb)."""
     result = run(lambda t: {4242: taken_back(t, climb=climb, saw=saw)}, 900)
     assert result.raised == []
+    # The same climb by a run that never held more (a 2 GiB plateau, then up to 18) is forecast: the silence above
+    # is the give-back's, not a forecast that cannot see the climb.
+    control = run(lambda t: {4242: taken_back(t, held=2, low=2, climb=climb, to=18, saw=saw)}, 900)
+    assert control.first("oom_forecast", critical=True) is not None
 
 
 def test_a_run_whose_room_was_taken_while_it_gave_it_back_is_forecast_tentatively() -> None:

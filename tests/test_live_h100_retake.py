@@ -58,6 +58,17 @@ def test_a_run_taking_back_what_it_gave_back_raised_nothing_live_nor_in_replay()
         history.add(snap)
         raised += tracker.update(analyze(history, config))[0]
     assert raised == []
+    # Replayed from the middle of the give-back on (vramwatch started while the retaker held 1 GiB, so nothing shows
+    # it held more), the same climb is forecast critical: the silence above is the rule's, not a blind forecast.
+    # (The retaker's events and the recording share the host's monotonic clock.)
+    gave_back = next(float(str(e["t"])) for e in _events("retaker.log", "gave_back"))
+    late = [s for s in recorded(RUN / "retake.raw.jsonl.gz") if s.t >= gave_back + 30]
+    history, tracker = History(), FindingTracker(config)
+    later = []
+    for snap in late:
+        history.add(snap)
+        later += tracker.update(analyze(history, config))[0]
+    assert any(f.kind == "oom_forecast" and f.severity.value == "critical" for f in later)
 
 
 def test_the_tree_before_the_rule_would_have_ended_the_trainer() -> None:

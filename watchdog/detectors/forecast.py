@@ -74,22 +74,22 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
         # The card does not rise steadily (most ticks): nothing to forecast, so no culprit and no warm-up to judge.
         return
     warming = any(_warming(history.trees.get((key, ctx.uuid)), ctx.now, own, config) for key in ctx.trees)
-    culprits = _sustained_growers(ctx, own) if ctx.visible and ctx.trees else None
-    if culprits == []:
+    growers = _sustained_growers(ctx, own) if ctx.visible and ctx.trees else None
+    if growers == []:
         # The card rose, but no process on it rises steadily: runs arriving and warming up one after the other
         # (each a load, then flat or a sawtooth) add up to a slope that is nobody's leak.
         return
-    named = culprits[0] if culprits else _grower(ctx)
+    named = growers[0][0] if growers else _grower(ctx)
     grower = named.label if named is not None else None
     # While the named grower is young and warms, or climbs again as a load does after it gave memory back: when
     # that began, and what a critical forecast says of it.
     appeared, caveat = None, None
-    track = history.trees.get((culprits[0].key, ctx.uuid)) if culprits else None
-    if culprits and track is not None:
+    track = history.trees.get((growers[0][0].key, ctx.uuid)) if growers else None
+    if growers and track is not None:
         if warming and _warming(track, ctx.now, own, config):
-            caveat = _young(ctx, culprits[0], track, own)
+            caveat = _young(ctx, growers[0][0], track, own)
             appeared = track.first_seen if caveat is not None else None
-        climb = _climbing(track, ctx.now, own, config) if caveat is None else None
+        climb = growers[0][1] if caveat is None else None
         if climb is not None and not climb.held_still:
             # A load's climb, as a young grower's: only a critical forecast is raised about it, and tentatively.
             appeared, caveat, warming = climb.began, climb.caveat(ctx.now), True
@@ -214,9 +214,10 @@ def _steepest(device: Profile, config: DetectorConfig) -> Fit | None:
     return device.best(shortest, config, max_share=config.forecast_max_subwindow_share)
 
 
-def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[Tree] | None:
-    """The trees whose own memory rises steadily over the device forecast's horizons, fastest first; None when
-    the device itself does not rise steadily (nothing to forecast: the per-tree fits are not spent).
+def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[tuple[Tree, _Climb | None]] | None:
+    """The trees whose own memory rises steadily over the device forecast's horizons, fastest first, each with its
+    climb if it climbs again (`_climbing`); None when the device itself does not rise steadily (nothing to forecast:
+    the per-tree fits are not spent).
 
     Only asked when the device itself has a sustained rise (rare), so its cost is off the common path. Each
     tree passes the forecast's own test, and a tree that frees and re-takes memory must raise its peaks. A tree
@@ -228,7 +229,7 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[Tree] | Non
     shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
     if _steepest(ctx.device, config) is None:
         return None
-    found: list[tuple[float, Tree]] = []
+    found: list[tuple[float, Tree, _Climb | None]] = []
     for tree in ctx.trees.values():
         track = ctx.history.trees.get((tree.key, ctx.uuid))
         if track is None:
@@ -246,9 +247,9 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[Tree] | Non
             continue  # taking back what it held, and the card has room for it
         rate = best.current_bytes_per_second(config)
         if rate > 0:
-            found.append((rate, tree))
-    found.sort(key=lambda rt: -rt[0])
-    return [tree for _, tree in found]
+            found.append((rate, tree, climb))
+    found.sort(key=lambda found_: -found_[0])
+    return [(tree, climb) for _, tree, climb in found]
 
 
 def _warming(track: Track | None, now: float, own: ForecastConfig, config: DetectorConfig) -> bool:
