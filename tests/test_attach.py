@@ -316,11 +316,14 @@ TRACES = Path(__file__).resolve().parents[1] / "benchmarks" / "detection" / "tra
 @pytest.mark.parametrize(
     ("trace", "role", "code", "oom"),
     [("real_young_incumbent", "R", 0, False), ("real_exits_and_ooms", "W", 0, False),
-     ("real_shared_afternoon", "L", 3, True)],
+     ("real_shared_afternoon", "L", 3, True), ("real_busy_afternoon", "run1", 0, False),
+     ("real_busy_afternoon", "F", 0, False), ("real_busy_afternoon", "run2", 3, True),
+     ("real_busy_afternoon", "L", 3, True)],
 )  # fmt: skip
 def test_attach_on_real_recordings_tells_an_exit_from_an_oom(trace: str, role: str, code: int, oom: bool) -> None:
-    """On the H200 corpus: a run ending normally (on a nearly full card, or inside its own validation spike)
-    exits 0 with no OOM claimed; the leak that ran out is a probable OOM (exit 3)."""
+    """On the real-GPU corpus: a run ending normally (on a nearly full card, inside its own validation spike, or a
+    two-stage load that frees and loads again) exits 0 with no OOM claimed; the leak that ran out, and the run
+    beside it that it squeezed out of memory, are probable OOMs (exit 3)."""
     truth = json.loads((TRACES / f"{trace}.truth.json").read_text())
     pid = next(p["pid"] for p in truth["processes"] if p["role"] == role)
     replay = str(TRACES / f"{trace}.jsonl.gz")

@@ -2,9 +2,10 @@
 
 Each recorded trace has a truth file saying what really happened (a leak ran out, a newcomer squeezed a run,
 runs ended normally). These tests replay every trace through the detectors, as the daemon does, and pin the
-two promises of the trust issue: no false critical finding anywhere in the corpus, and, under the example
-policy of docs/actions.md armed in dry-run, no process is ever (would be) signalled except ahead of a real
-out-of-memory that the truth records.
+two promises of the trust issue: no false critical finding in the corpus but the known tentative ones (listed
+below, each only a request to save), and, under the example policy of docs/actions.md armed in dry-run, no process
+is ever (would be) signalled except ahead of a real out-of-memory that the truth records, or asked to save on one
+of those.
 """
 
 from __future__ import annotations
@@ -101,12 +102,20 @@ def test_a_longer_sampling_interval_raises_nothing_false_either(
     dst = tmp_path / "resampled.jsonl.gz"
     before, after = resample.resample(src, dst, every)
     assert after == -(-before // every)
-    _judge(score, name, list(score._trace_snapshots(dst)))
+    _judge(score, name, list(score._trace_snapshots(dst)), exact=False)
 
 
-def _judge(score: ModuleType, name: str, snaps: list[Snapshot]) -> None:
+#: The false critical findings the corpus is known to hold, by trace: the pids they blame. Each must be tentative, so
+#: that the policy only asks runs to save and ends none. In the busy afternoon, a Flux-style run (pid 911) frees its
+#: text encoders and loads its diffusion model for 25 s at about 200 MB/s, which would fill the card in under a minute:
+#: to NVML, a young fast leak (docs/detection.md, "A busy afternoon, recorded").
+KNOWN_FALSE_TENTATIVE: dict[str, set[int]] = {"real_busy_afternoon": {911}, "raw/real_busy_afternoon": {911}}
+
+
+def _judge(score: ModuleType, name: str, snaps: list[Snapshot], *, exact: bool = True) -> None:
     """Replay `snaps` of the trace `name` through the detectors and the example policy (dry-run), and check both
-    promises against its truth."""
+    promises against its truth: no false critical finding but the known tentative ones (all of them, when `exact`),
+    and no signal but those answering a real OOM or asking to save on one of those."""
     truth = score.Truth.from_dict(json.loads((TRACES / f"{name}.truth.json").read_text()))
     users = {p.meta.user for s in snaps for p in s.processes if p.meta.user}
     metas = {p.pid: p.meta for s in snaps for p in s.processes}
@@ -125,10 +134,10 @@ def _judge(score: ModuleType, name: str, snaps: list[Snapshot]) -> None:
         history.add(snap)
         raised, cleared = tracker.update(analyze(history, config))
         for f in raised:
-            event = score.Event(f.t, f.kind, f.severity.value, f.process.pid if f.process else None, f.message)
+            event = score.Event.of(f)
             verdict = score.classify(event, truth)
             if f.severity.value == "critical" and verdict == "false":
-                false_critical.append(f.message)
+                false_critical.append((event.pid or event.culprit, f.tentative is not None, f.message))
             for r in dispatcher.handle([f], [], frozenset(), snap.processes):
                 # The policy chose a target and a save-now adapter: only the replayed pid being long gone (no
                 # live process to pin) stops the dry-run there. That decision is what is judged.
@@ -136,8 +145,12 @@ def _judge(score: ModuleType, name: str, snaps: list[Snapshot]) -> None:
                     signalled.append((verdict, f.kind, f.message))
         dispatcher.handle([], cleared, frozenset(), snap.processes)
     dispatcher.close()
-    assert false_critical == []
-    assert [s for s in signalled if s[0] != "true"] == []
+    known = KNOWN_FALSE_TENTATIVE.get(name, set())
+    assert [c for c in false_critical if not (c[1] and c[0] in known)] == []
+    if exact:
+        assert {c[0] for c in false_critical} == known
+    asked_to_save = {c[2] for c in false_critical}  # tentative: the policy asks to save and waits
+    assert [s for s in signalled if s[0] != "true" and s[2] not in asked_to_save] == []
     if truth.healthy:
         assert signalled == []
     if any(e.kind == "oom" and e.gradual for e in truth.expectations()):

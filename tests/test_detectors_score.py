@@ -72,6 +72,35 @@ def test_healthy_and_contention_targets(score: ModuleType) -> None:
     assert row["false"] == 1  # the finding that named pid 8, the wrong process
 
 
+@pytest.mark.parametrize(
+    ("event", "verdict"),
+    [
+        # a forecast about the card blaming the leak itself, or nobody: a warning of its OOM
+        (("oom_forecast", None, 7, 150.0), "true"),
+        (("oom_forecast", None, None, 150.0), "true"),
+        # a forecast blaming a load elsewhere on the card (a two-stage start, 2026-12-06): no warning of it
+        (("oom_forecast", None, 9, 150.0), "false"),
+        # anything raised before the leaking run existed, even about nobody (a peer's alert on another's load)
+        (("oom_forecast", None, None, 90.0), "false"),
+        (("baseline", None, None, 90.0), "false"),
+        # a post-mortem naming it
+        (("probable_oom", 7, None, 201.0), "true"),
+        # a contender allowed by the truth, blamed by a forecast while it takes the room
+        (("oom_forecast", None, 8, 130.0), "allowed"),
+    ],
+)
+def test_a_card_wide_finding_names_the_run_it_blames(
+    score: ModuleType, event: tuple[str, int | None, int | None, float], verdict: str
+) -> None:
+    """A finding about the whole card that blames one run claims that run's OOM only; and nothing raised before
+    the leaking run started warns of it."""
+    oom = score.Expect("oom", 7, t=200.0, from_t=100.0, gradual=True)
+    allow = score.Expect("oom_forecast", 8, from_t=120.0, required=False)
+    truth = score.Truth("shared", "recorded", expect=(oom,), allow=(allow,))
+    kind, pid, culprit, t = event
+    assert score.classify(score.Event(t, kind, "critical", pid, culprit=culprit), truth) == verdict
+
+
 def test_gpu_monitor_rule_alerts_on_30_percent_in_10_minutes(score: ModuleType) -> None:
     """The peer rule fires once a GPU is 30 % above its 10-minute low, checked every minute, once per episode."""
     rule = score.GpuMonitorRule()

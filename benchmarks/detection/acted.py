@@ -60,11 +60,7 @@ def raised(snapshots: Iterable[Snapshot], interval: float) -> list[Finding]:
 def judged(found: list[Finding], truth: score.Truth, *, ending: bool) -> dict[str, Any]:
     """What the policy did with the findings raised on one trace: how many it acted on, the false ones, and how long
     before each foreseen OOM it first acted (None: never)."""
-    events = [
-        (f, score.classify(score.Event(f.t, f.kind, f.severity.value, f.process.pid if f.process else None), truth))
-        for f in found
-        if acts(f, ending=ending)
-    ]
+    events = [(f, score.classify(score.Event.of(f), truth)) for f in found if acts(f, ending=ending)]
     leads = []
     for e in truth.expectations():
         if e.kind == "oom" and e.gradual and e.t is not None:
