@@ -3,7 +3,8 @@
 A ballast leaving 24 GiB, a healthy trainer, a slow load (11 GiB at ~450 MB/s, then held and ended normally) and a
 run leaking ~20 MB/s, watched by `vramwatch serve` under a policy that names `trainer.py` with an adapter that saves
 and then ends the run. The recording is replayed through the detectors, the tracker and that policy (dry-run), and
-what it concludes is checked against what the live daemon logged in the same run (`serve.log`).
+what it concludes is checked against what the live daemon logged in the same run (`serve.log`): the same, but the
+slow load's forecast, which this tree no longer raises (a load's climb of 25 s, under `forecast_load_seconds`).
 """
 
 from __future__ import annotations
@@ -66,15 +67,17 @@ def _live() -> list[dict[str, object]]:
     return [r for r in (json.loads(line) for line in lines if line.startswith("{")) if r.get("event") == "finding"]
 
 
-def test_the_slow_load_is_forecast_tentative_and_ends_no_run(replayed: tuple[list[Finding], list]) -> None:
-    """The slow load's critical forecast is tentative and blames the load; the trainer's adapter would end the run,
-    so the policy refuses it until the forecast is confirmed (it never is: the load stops)."""
-    raised, decisions = replayed
-    load = [f for f in raised if f.culprit is not None and f.culprit.pid == LOAD]
-    assert [(f.kind, f.severity.value, f.tentative is not None) for f in load] == [("oom_forecast", "critical", True)]
-    on_load = [(reason, done) for f, reason, done in decisions if f is load[0]]
-    assert on_load
-    assert all(not done and "waits until it is confirmed" in reason for reason, done in on_load)
+def test_the_slow_load_raised_nothing_here_where_the_live_daemon_raised_a_tentative_forecast(
+    replayed: tuple[list[Finding], list],
+) -> None:
+    """The slow load climbed 25 s: shorter than `forecast_load_seconds` (30 s), so this tree raises nothing about it.
+    The live daemon of that run (before the gate) forecast it critical, tentative, and ended no run."""
+    raised, _ = replayed
+    assert [f for f in raised if f.culprit is not None and f.culprit.pid == LOAD] == []
+    live = [r for r in _live() if "(pid 713," in str(r["message"])]
+    assert [(r["kind"], r["severity"], r.get("tentative") is not None) for r in live] == [
+        ("oom_forecast", "critical", True)
+    ]
 
 
 def test_the_leak_is_warned_and_nothing_else_is_raised(replayed: tuple[list[Finding], list]) -> None:
@@ -83,15 +86,15 @@ def test_the_leak_is_warned_and_nothing_else_is_raised(replayed: tuple[list[Find
     raised, decisions = replayed
     leak = [f for f in raised if f.culprit is not None and f.culprit.pid == LEAKER]
     assert [(f.kind, f.severity.value, f.tentative) for f in leak] == [("oom_forecast", "warning", None)]
-    assert len(raised) == 2
+    assert len(raised) == 1
     assert not any(done for _, _, done in decisions)
 
 
-def test_the_replay_says_what_the_live_daemon_said(replayed: tuple[list[Finding], list]) -> None:
+def test_the_replay_says_what_the_live_daemon_said_but_the_load(replayed: tuple[list[Finding], list]) -> None:
     """The same findings as the live daemon logged in that run, in the same order, about the same grower, within
-    two ticks of it."""
+    two ticks of it, but the slow load's forecast (above)."""
     raised, _ = replayed
-    live = _live()
+    live = [r for r in _live() if "(pid 713," not in str(r["message"])]
     assert [(r["kind"], r["severity"]) for r in live] == [(f.kind, f.severity.value) for f in raised]
     wall_of = {snap.t: snap.wall_time for snap in _snapshots()}
     for finding, record in zip(raised, live, strict=True):

@@ -11,9 +11,9 @@ Model loading and on-GPU quantisation look exactly like a fast leak for a minute
 `forecast_critical_free_fraction` free) is raised. While the grower is young and warms, no window whose floor
 starts at its first sample is used: such a window holds the run's whole life so far (the first ones are shorter
 than their horizon), and a load followed by the first steps rises in every part of it. A load (with its first
-steps) that lasts longer than ~15 s at a rate that would fill the card within two minutes is still forecast
-critical until it stops (the known price of warning a fast leak a minute ahead; raise
-`forecast_critical_min_horizon_seconds` to trade), and the message says the grower has not held still yet.
+steps) that lasts longer than `forecast_load_seconds` (30 s) at a rate that would fill the card within two minutes
+is still forecast critical, tentative, until it stops (the known price of warning a fast leak a minute ahead), and
+the message says the grower has not held still yet. A shorter climb is waited on: most loads are over by then.
 
 A run that frees and re-takes memory (bucketed shapes with `empty_cache()`; a cache a failed cudaMalloc
 flushed) is judged on its peaks, not its floor: while its peaks do not rise in every part of the window, its
@@ -61,6 +61,11 @@ class ForecastConfig:
     #: or two, so only critical forecasts are raised.
     forecast_warmup_seconds: float = setting(180.0, non_negative)
     settle_seconds: float = setting(15.0, non_negative)
+    #: A load's climb (a young grower's first, or a run's that climbs again) is not forecast until it has lasted
+    #: this long: loads from a slow disk or a network share and on-GPU conversions of 15-30 s are over by then. A
+    #: leak that starts with its run is forecast this long after its climb began at the earliest; a run that young
+    #: has little to save.
+    forecast_load_seconds: float = setting(30.0, non_negative)
 
     def __post_init__(self) -> None:
         late = self.forecast_critical_eta_seconds > self.forecast_warning_eta_seconds
@@ -83,16 +88,17 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
     grower = named.label if named is not None else None
     # While the named grower is young and warms, or climbs again as a load does after it gave memory back: when
     # that began, and what a critical forecast says of it.
-    appeared, caveat = None, None
+    appeared, caveat, began = None, None, None
     track = history.trees.get((growers[0][0].key, ctx.uuid)) if growers else None
     if growers and track is not None:
         if warming and _warming(track, ctx.now, own, config):
             caveat = _young(ctx, growers[0][0], track, own)
             appeared = track.first_seen if caveat is not None else None
+            began = None if caveat is None else _newest_low(track, config)
         climb = growers[0][1] if caveat is None else None
         if climb is not None and not climb.held_still:
             # A load's climb, as a young grower's: only a critical forecast is raised about it, and tentatively.
-            appeared, caveat, warming = climb.began, climb.caveat(ctx.now), True
+            appeared, caveat, warming, began = climb.began, climb.caveat(ctx.now), True, climb.began
     eta, finding = detect_oom_forecast(
         ctx,
         ctx.device,
@@ -105,7 +111,9 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
     )
     if eta is not None:
         yield Forecast(ctx.uuid, *eta)
-    if finding is not None:
+    # A load's climb shorter than most loads: its ETA is shown, nothing is raised yet (a leak's climb goes on). Its
+    # length runs to its last rise: a load that stopped short of it is not raised while its windows still rise.
+    if finding is not None and (began is None or _climbed(track, began, config) >= own.forecast_load_seconds):
         yield finding
 
 
@@ -378,6 +386,24 @@ def _climbing(track: Track, now: float, own: ForecastConfig, config: DetectorCon
     paused = _first_still(ts[i:], vs[i:], own.settle_seconds, config.noise_bytes)
     stepped = paused is not None and vs[-1] - vs[bisect_left(ts, paused)] > config.min_rise_bytes
     return _Climb(began=ts[i], low_bytes=int(vs[i]), held_bytes=None if held is None else int(held), held_still=stepped)
+
+
+def _climbed(track: Track | None, began: float, config: DetectorConfig) -> float:
+    """Seconds from `began` to the grower's newest rise (a point above the one before by more than `noise_bytes`)."""
+    if track is None:
+        return 0.0
+    climb = view(track.series).since(began)
+    ts, vs = climb.t, climb.v
+    last = next((ts[k] for k in range(len(vs) - 1, 0, -1) if vs[k] - vs[k - 1] > config.noise_bytes), began)
+    return last - began
+
+
+def _newest_low(track: Track, config: DetectorConfig) -> float:
+    """When a young grower last held the least it ever held (its bare context, before it loaded): where its climb
+    began."""
+    series = view(track.series)
+    low = series.min() + config.noise_bytes
+    return max(t for t, v in zip(series.t, series.v, strict=True) if v <= low)
 
 
 def _young(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> str | None:
