@@ -370,7 +370,7 @@ def _climbing(track: Track, now: float, own: ForecastConfig, config: DetectorCon
     least = min(evs[:j]) if j else None
     gave_back = (
         least is not None
-        and (ts[i] - came_down >= own.settle_seconds or low <= BARE_CONTEXT_BYTES)
+        and (ts[i] - came_down >= own.settle_seconds or _unseen_low(ts, vs, i) <= BARE_CONTEXT_BYTES)
         and least - low > max(config.min_rise_bytes, GIVE_BACK_SHARE * least)
     )
     held: float | None = max(evs[:j]) if gave_back else None
@@ -386,6 +386,16 @@ def _climbing(track: Track, now: float, own: ForecastConfig, config: DetectorCon
     paused = _first_still(ts[i:], vs[i:], own.settle_seconds, config.noise_bytes)
     stepped = paused is not None and vs[-1] - vs[bisect_left(ts, paused)] > config.min_rise_bytes
     return _Climb(began=ts[i], low_bytes=int(vs[i]), held_bytes=None if held is None else int(held), held_still=stepped)
+
+
+def _unseen_low(ts: Sequence[float], vs: Sequence[float], i: int) -> float:
+    """The least the run may have held between the sample before its low point `i` and that point: encoders freed
+    and a model loaded at once leave the bare context for less than a second, and a daemon reading every 2 or 5 s
+    sees the run already climbing. The climb's first slope, carried back over the gap before the low, bounds it."""
+    if i == 0 or i + 1 >= len(vs):
+        return vs[i]
+    slope = (vs[i + 1] - vs[i]) / (ts[i + 1] - ts[i])
+    return vs[i] - max(0.0, slope) * (ts[i] - ts[i - 1])
 
 
 def _climbed(track: Track | None, began: float, config: DetectorConfig) -> float:
