@@ -74,7 +74,7 @@ def test_the_slow_load_raised_nothing_here_where_the_live_daemon_raised_a_tentat
     The live daemon of that run (before the gate) forecast it critical, tentative, and ended no run."""
     raised, _ = replayed
     assert [f for f in raised if f.culprit is not None and f.culprit.pid == LOAD] == []
-    live = [r for r in _live() if "(pid 713," in str(r["message"])]
+    live = [r for r in _live() if f"(pid {LOAD}," in str(r["message"])]
     assert [(r["kind"], r["severity"], r.get("tentative") is not None) for r in live] == [
         ("oom_forecast", "critical", True)
     ]
@@ -94,7 +94,7 @@ def test_the_replay_says_what_the_live_daemon_said_but_the_load(replayed: tuple[
     """The same findings as the live daemon logged in that run, in the same order, about the same grower, within
     two ticks of it, but the slow load's forecast (above)."""
     raised, _ = replayed
-    live = [r for r in _live() if "(pid 713," not in str(r["message"])]
+    live = [r for r in _live() if f"(pid {LOAD}," not in str(r["message"])]
     assert [(r["kind"], r["severity"]) for r in live] == [(f.kind, f.severity.value) for f in raised]
     wall_of = {snap.t: snap.wall_time for snap in _snapshots()}
     for finding, record in zip(raised, live, strict=True):

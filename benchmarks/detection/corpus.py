@@ -205,8 +205,12 @@ def phases():
     held = 0
     for op, *args in script:
         args = [float(a) for a in args]
-        after = {"load": lambda: held + int(args[0] * GIB), "free": lambda: max(0, held - int(args[0] * GIB)),
-                 "unload": lambda: 0}.get(op, lambda: held)()
+        if op == "load":
+            after = held + int(args[0] * GIB)
+        elif op == "free":
+            after = max(0, held - int(args[0] * GIB))
+        else:
+            after = 0 if op == "unload" else held
         emit("phase", phase=op, args=args, held_bytes=after)
         if after > held and after - held > spec["free_bytes"] - CTX:
             oom(after - held)

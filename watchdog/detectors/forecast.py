@@ -412,8 +412,9 @@ def _newest_low(track: Track, config: DetectorConfig) -> float:
     """When a young grower last held the least it ever held (its bare context, before it loaded): where its climb
     began."""
     series = view(track.series)
-    low = series.min() + config.noise_bytes
-    return max(t for t, v in zip(series.t, series.v, strict=True) if v <= low)
+    # Bytes are whole numbers: below least + noise + 1 is at most least + noise. A staircase lookup, not a scan.
+    began = series.last_below(series.min() + config.noise_bytes + 1)
+    return series.first if began is None else began
 
 
 def _young(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> str | None:
