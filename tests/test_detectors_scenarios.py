@@ -115,8 +115,10 @@ def test_a_healthy_run_gets_a_stability_verdict() -> None:
     ("fn", "seconds", "step", "warning_lead", "critical_lead"),
     [
         pytest.param(fast_leak, 600, 1.0, 60, 20, id="fast leak 150 MB/s"),
-        pytest.param(trainer_leak, 600, 1.0, 60, 20, id="fast leak from the first step, among warm-up bumps"),
-        pytest.param(trainer_staircase, 600, 1.0, 60, 20, id="staircase of 1.2 GiB every 10 s from the start"),
+        # A leak from the run's first step climbs from its bare context: a load's climb, not raised before it has
+        # lasted `forecast_load_seconds`, whatever the process's age. These runs die 75 s and 120 s after they start.
+        pytest.param(trainer_leak, 600, 1.0, 40, 20, id="fast leak from the first step, among warm-up bumps"),
+        pytest.param(trainer_staircase, 600, 1.0, 55, 20, id="staircase of 1.2 GiB every 10 s from the start"),
         pytest.param(slow_leak, 6000, 5.0, 300, 20, id="slow leak 3 MB/s"),
         pytest.param(stepwise_leak, 4000, 5.0, 300, 20, id="stepwise leak 700 MiB / 90 s"),
     ],
@@ -124,9 +126,14 @@ def test_a_healthy_run_gets_a_stability_verdict() -> None:
 def test_leaks_are_warned_ahead_of_the_oom(
     fn: Profile, seconds: float, step: float, warning_lead: float, critical_lead: float
 ) -> None:
-    """Every gradual leak is warned and then called critical well before the card is full."""
+    """Every gradual leak is warned and then called critical well before the card is full, the same for a run vramwatch
+    saw start as for one it first saw at its bare context, an hour old (a daemon restart)."""
     oom = oom_time(fn, seconds, step)
     result = run(fn, seconds, step=step)
+    young = run(fn, seconds, step=step, rig=YOUNG)
+    assert [(f.t, f.severity, f.tentative is None) for f in young.raised] == [
+        (f.t, f.severity, f.tentative is None) for f in result.raised
+    ]
     first, critical = result.first(), result.first(critical=True)
     assert first is not None
     assert critical is not None
@@ -245,11 +252,23 @@ def test_no_load_shorter_than_thirty_seconds_is_ever_forecast(
     gib: float, seconds: float, at: float, fresh: bool
 ) -> None:
     """Whatever it loads that fits, however fast, however long the run waited first at its context (young, or a
-    server up for an hour that vramwatch watched at its context for `settle_seconds`), a load's climb shorter than
-    `forecast_load_seconds` raises nothing."""
-    if not fresh:
-        at += ForecastConfig().settle_seconds  # an old process first seen loading: docs/detection.md, known limits
+    server up for an hour that vramwatch first saw at its context, a daemon restart before the load included), a
+    load's climb shorter than `forecast_load_seconds` raises nothing."""
     assert run(young_load(gib, seconds, at), at + 200, rig=YOUNG if fresh else None, until_full=False).raised == []
+
+
+@pytest.mark.parametrize("at", [1.0, 5.0, 14.0])
+@pytest.mark.parametrize(("seconds", "forecast"), [(25, False), (45, True)])
+def test_an_old_server_loading_right_after_a_restart_is_a_load(at: float, seconds: float, forecast: bool) -> None:
+    """A server up for an hour, at its CUDA context when vramwatch starts, loads 14 GiB `at` s later (before it could
+    be seen to hold still): a 25-s load raises nothing, a 45-s one only a tentative forecast that says it is a load
+    from its bare context (it was forecast firm, as an old run leaking)."""
+    raised = run(young_load(14, seconds, at), at + 200, until_full=False).raised
+    assert [f.kind for f in raised] == (["oom_forecast"] if forecast else [])
+    if forecast:
+        assert raised[0].tentative is not None
+        assert "it held only its CUDA context (0.5 GiB) and began to climb" in raised[0].message
+        assert 30 <= raised[0].t - at <= seconds
 
 
 def test_a_young_fast_leak_is_forecast_thirty_seconds_into_its_climb() -> None:

@@ -11,6 +11,8 @@ separated by `;`:
   load G S   take G GiB more in 256 MiB tensors, spread evenly over S seconds (0: at once)
   hold S     keep what is held for S seconds (without S: until stdin closes or SIGTERM)
   idle S     the same as hold (reads better at the bare CUDA context)
+  until T    hold until CLOCK_MONOTONIC passes T (time.monotonic(), the host's clock: a driver script sets the
+             moment a phase begins, whenever the process became ready)
   free G     let go of the newest G GiB and give it back to the driver (`empty_cache()`)
   unload     let go of everything and give it back: the process keeps only its CUDA context
 
@@ -27,7 +29,7 @@ import torch
 from _common import GIB, emit, memory_summary, run, wait_until_stopped
 
 CHUNK = 256 << 20
-OPS = {"load": 2, "hold": 1, "idle": 1, "free": 1, "unload": 0}
+OPS = {"load": 2, "hold": 1, "idle": 1, "until": 1, "free": 1, "unload": 0}
 
 
 def parse_script(text: str) -> list[tuple[str, list[float]]]:
@@ -38,7 +40,8 @@ def parse_script(text: str) -> list[tuple[str, list[float]]]:
         if op not in OPS:
             raise argparse.ArgumentTypeError(f"unknown phase {op!r} (known: {', '.join(OPS)})")
         values = [float(a) for a in args]
-        if len(values) > OPS[op] or (op in {"load", "free"} and len(values) < (2 if op == "load" else 1)):
+        needed = {"load": 2, "free": 1, "until": 1}.get(op, 0)
+        if len(values) > OPS[op] or len(values) < needed:
             raise argparse.ArgumentTypeError(f"phase {part!r}: wrong number of arguments")
         phases.append((op, values))
     return phases
@@ -71,6 +74,8 @@ def main(args: argparse.Namespace) -> int:
             del held[keep:]
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
+        elif op == "until":
+            time.sleep(max(0.0, values[0] - time.monotonic()))
         elif values:  # hold / idle S
             time.sleep(values[0])
         else:

@@ -418,18 +418,24 @@ def _newest_low(track: Track, config: DetectorConfig) -> float:
 
 
 def _young(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> str | None:
-    """What to tell of a warming grower known to be young, else None: NVML cannot tell a fast leak from a slow load
-    (weights from a hard disk, on-GPU quantisation) until one of them stops, and the reader can.
+    """What to tell of a warming grower known to be young (or loading from its bare context), else None: NVML cannot
+    tell a fast leak from a slow load (weights from a hard disk, on-GPU quantisation) until one of them stops, and the
+    reader can.
 
     One first seen after the card's first sample appeared then. One seen at the first sample was there before
-    vramwatch looked (a daemon restart, `attach` to a running job): its own start time says how old it is.
+    vramwatch looked (a daemon restart, `attach` to a running job): its own start time says how old it is, unless
+    vramwatch first saw it at its bare CUDA context. Then its climb is a first load, however old it is (a server
+    that sat idle until just after the restart), as `_climbing` says of one seen to sit there for `settle_seconds`.
     """
     if ctx.used and track.first_seen > ctx.used.first:
         when = f"it appeared {fmt.duration(ctx.now - track.first_seen)} ago"
     else:
         age = ctx.age_at(tree.members[0].meta, ctx.now, track.first_seen)
         if age >= own.forecast_warmup_seconds:
-            return None
+            low = view(track.series).min()
+            if low > BARE_CONTEXT_BYTES:
+                return None
+            return _Climb(_newest_low(track, ctx.config), int(low), None, held_still=False).caveat(ctx.now)
         when = f"it started {fmt.duration(age)} ago"
     return f"{when} and has not held still yet (a load rises like this until it stops; a leak does not)"
 

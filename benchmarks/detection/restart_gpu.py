@@ -1,0 +1,122 @@
+"""A daemon restart on a busy card, on a real GPU (about 5 minutes): old servers that load just after vramwatch starts.
+
+    . benchmarks/gpu_env.sh && python3 benchmarks/detection/restart_gpu.py OUT [--base PKGDIR]
+
+A ballast leaves 24 GiB (benchmarks/workloads/ballast.py). At t0 three processes start, all long before the
+daemon: a healthy trainer (benchmarks/workloads/trainer.py, 5 GiB budget) that trains throughout, and two model
+servers (benchmarks/workloads/phases.py) that sit at their bare CUDA context. `vramwatch serve` starts about 190 s
+later (a daemon restarted, or installed, while they run) with the policy of hold_gpu.py: critical findings signal
+`trainer.py` through an adapter that saves and then ends the run. 6 s after the daemon starts, server A loads 5 GiB
+over 20 s; 10 s after, server B loads 9 GiB over 40 s. Both hold what they loaded for a while, then exit normally.
+Nobody runs out of memory.
+
+What docs/detection.md says vramwatch does: both servers are old by their start times, but the daemon first saw
+them at their bare context, so each climb is a first load, as a young run's is. A's 20-s climb is shorter than
+`forecast_load_seconds` and raises nothing. B's 40-s climb, at a rate that would fill the card within two
+minutes, is forecast critical, *tentative* ("it held only its CUDA context ... and began to climb"), and a
+tentative finding ends no run: the trainer is not signalled. Before this was fixed, a climb that began within
+`settle_seconds` of the daemon's start was judged as an old run leaking: firm, and the healthy trainer would have
+been asked to save and stop.
+
+`--base PKGDIR` (a directory holding an older `vramwatch` package) runs that tree's `serve` next to it, in dry-run,
+started at the same moment: its `action` lines say whom it would have signalled. `vramwatch record` runs from
+before t0 (OUT/restart.raw.jsonl.gz), so a replay can start where the daemon did (tests/test_live_h100_restart.py).
+OUT also gets each process's log and summary.json (when each ran, what each daemon raised and decided).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from hold_gpu import POLICY, daemons_said, events, lives, torn_down
+from loads_gpu import VW, WORK, free_port, spawn, wait_for
+
+#: How long the processes run before the daemon starts: older than `forecast_warmup_seconds` (180 s) by then.
+OLD_S = 190.0
+A_SCRIPT = "load 5 20; hold 60"
+B_SCRIPT = "load 9 40; hold 40"
+A_AFTER_S, B_AFTER_S = 6.0, 10.0  # when each server loads, after the daemon starts
+
+
+def ready_at(path: Path, timeout: float) -> float:
+    """The monotonic time of a workload's `ready` event (CLOCK_MONOTONIC is the host's, shared by processes)."""
+    wait_for(path, "ready", timeout)
+    return float(events(path, "ready")[0]["t"])
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    base = None
+    if "--base" in args:
+        i = args.index("--base")
+        base = Path(args[i + 1]).resolve()
+        del args[i : i + 2]
+    out = Path(args[0] if args else "restart-out").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    names = ["ballast", "record", "serve", "trainer", "A", "B"] + (["serve-base"] if base else [])
+    logs: dict[str, IO[bytes]] = {name: (out / f"{name}.log").open("wb") for name in names}
+    procs = []
+    started, codes, summary_ready = None, {}, {}
+    servers = {}
+    try:
+        procs.append(spawn([sys.executable, str(WORK / "ballast.py"), "--leave-gib", "24"], logs["ballast"]))
+        wait_for(out / "ballast.log", "ready", 120)
+        procs.append(spawn([*VW, "--log-format", "json", "record", str(out / "restart.raw.jsonl.gz"), "--interval",
+                            "1", "--force"], logs["record"]))  # fmt: skip
+        time.sleep(4)
+        t0, wall0 = time.monotonic(), time.time()
+        daemon_at = t0 + OLD_S
+        trainer = [sys.executable, str(WORK / "trainer.py"), "--mode", "healthy", "--budget-gib", "5", "--steps",
+                   "100000", "--stop-at", str(daemon_at + 110)]  # fmt: skip
+        procs.append(spawn(trainer, logs["trainer"]))
+        # Each server sits at its bare context until a set moment after the daemon starts (`until`, the host's clock).
+        for name, (script, after) in {"A": (A_SCRIPT, A_AFTER_S), "B": (B_SCRIPT, B_AFTER_S)}.items():
+            argv = [sys.executable, str(WORK / "phases.py"), "--script", f"until {daemon_at + after:.3f}; {script}"]
+            servers[name] = spawn(argv, logs[name])
+        procs += servers.values()
+        summary_ready = {name: round(ready_at(out / f"{name}.log", 120) - t0, 1) for name in servers}
+        time.sleep(max(0.0, daemon_at - time.monotonic()))
+        daemons = [("serve", None, "false")] + ([("serve-base", base, "true")] if base else [])
+        started = time.monotonic()
+        for name, pkg, dry in daemons:
+            config = out / f"{name}.toml"
+            config.write_text(POLICY.format(dry_run=dry))
+            env = dict(os.environ)
+            if pkg is not None:
+                env["PYTHONPATH"] = f"{pkg}:{env.get('PYTHONPATH', '')}"
+            cmd = [*VW, "--log-format", "json", "--config", str(config), "serve",
+                   "--listen", f"127.0.0.1:{free_port()}", "--interval", "1", "--require-gpu"]  # fmt: skip
+            procs.append(spawn(cmd, logs[name], env=env))
+        end = started + 110
+        while time.monotonic() < end and any(p.poll() is None for p in servers.values()):
+            time.sleep(1)
+        time.sleep(10)  # the daemons see them gone
+        codes = {name: proc.poll() for name, proc in servers.items()}
+    finally:
+        torn_down(procs, logs)
+    summary = {
+        "t0": t0,
+        "wall0": wall0,
+        "daemon_started_at": None if started is None else round(started - t0, 1),
+        "ready_at": summary_ready,
+        "exit_codes": codes,
+    }
+    summary.update(lives(out, t0, ("trainer", "A", "B")))
+    for name in servers:
+        phases_seen = [e for e in events(out / f"{name}.log", "phase") if e.get("phase") == "load"]
+        done = [e for e in events(out / f"{name}.log", "done") if e.get("phase") == "load"]
+        if phases_seen and done:
+            summary[f"{name}_load"] = {"from": round(phases_seen[0]["t"] - t0, 1), "to": round(done[0]["t"] - t0, 1)}
+    summary.update(daemons_said(out, wall0))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
