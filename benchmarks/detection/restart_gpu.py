@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,9 +39,17 @@ from loads_gpu import VW, WORK, free_port, spawn, wait_for
 
 #: How long the processes run before the daemon starts: older than `forecast_warmup_seconds` (180 s) by then.
 OLD_S = 190.0
-A_SCRIPT = "load 5 20; hold 60"
-B_SCRIPT = "load 9 40; hold 40"
-A_AFTER_S, B_AFTER_S = 6.0, 10.0  # when each server loads, after the daemon starts
+#: Each server's script, `{at}` standing for the daemon's start on the host's clock (CLOCK_MONOTONIC).
+SCENARIOS = {
+    # Both at their bare context when the daemon starts: 6 s later A loads 5 GiB over 20 s, 10 s later B 9 over 40 s.
+    "bare": {"A": "until {at+6}; load 5 20; hold 60", "B": "until {at+10}; load 9 40; hold 40"},
+    # What the daemon did not see: A loaded 8 GiB long before, gave 6 back 30 s before the restart and takes them back
+    # over 40 s from 20 s after it; B began to load 9 GiB over 45 s 15 s before the restart (mid-load at the start).
+    "unseen": {
+        "A": "load 8 3; until {at-30}; free 6; until {at+20}; load 6 40; hold 30",
+        "B": "until {at-15}; load 9 45; hold 40",
+    },
+}
 
 
 def ready_at(path: Path, timeout: float) -> float:
@@ -52,6 +61,13 @@ def ready_at(path: Path, timeout: float) -> float:
 def main() -> int:
     args = sys.argv[1:]
     base = None
+    scenario = "bare"
+    if "--scenario" in args:
+        i = args.index("--scenario")
+        scenario = args[i + 1]
+        del args[i : i + 2]
+        if scenario not in SCENARIOS:
+            raise SystemExit(f"restart_gpu.py: --scenario is one of {', '.join(SCENARIOS)}")
     if "--base" in args:
         i = args.index("--base")
         base = Path(args[i + 1]).resolve()
@@ -75,9 +91,9 @@ def main() -> int:
                    "100000", "--stop-at", str(daemon_at + 110)]  # fmt: skip
         procs.append(spawn(trainer, logs["trainer"]))
         # Each server sits at its bare context until a set moment after the daemon starts (`until`, the host's clock).
-        for name, (script, after) in {"A": (A_SCRIPT, A_AFTER_S), "B": (B_SCRIPT, B_AFTER_S)}.items():
-            argv = [sys.executable, str(WORK / "phases.py"), "--script", f"until {daemon_at + after:.3f}; {script}"]
-            servers[name] = spawn(argv, logs[name])
+        for name, script in SCENARIOS[scenario].items():
+            timed = re.sub(r"\{at([+-][0-9.]+)\}", lambda m: f"{daemon_at + float(m.group(1)):.3f}", script)
+            servers[name] = spawn([sys.executable, str(WORK / "phases.py"), "--script", timed], logs[name])
         procs += servers.values()
         summary_ready = {name: round(ready_at(out / f"{name}.log", 120) - t0, 1) for name in servers}
         time.sleep(max(0.0, daemon_at - time.monotonic()))
@@ -102,16 +118,19 @@ def main() -> int:
     summary = {
         "t0": t0,
         "wall0": wall0,
+        "scenario": scenario,
         "daemon_started_at": None if started is None else round(started - t0, 1),
         "ready_at": summary_ready,
         "exit_codes": codes,
     }
     summary.update(lives(out, t0, ("trainer", "A", "B")))
     for name in servers:
-        phases_seen = [e for e in events(out / f"{name}.log", "phase") if e.get("phase") == "load"]
-        done = [e for e in events(out / f"{name}.log", "done") if e.get("phase") == "load"]
-        if phases_seen and done:
-            summary[f"{name}_load"] = {"from": round(phases_seen[0]["t"] - t0, 1), "to": round(done[0]["t"] - t0, 1)}
+        began = [e for e in events(out / f"{name}.log", "phase") if e.get("phase") in {"load", "free"}]
+        done = [e for e in events(out / f"{name}.log", "done") if e.get("phase") in {"load", "free"}]
+        summary[f"{name}_phases"] = [
+            {"phase": b["phase"], "args": b.get("args"), "from": round(b["t"] - t0, 1), "to": round(d["t"] - t0, 1)}
+            for b, d in zip(began, done, strict=False)
+        ]
     summary.update(daemons_said(out, wall0))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))

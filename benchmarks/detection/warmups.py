@@ -3,6 +3,10 @@
     python benchmarks/detection/warmups.py            # both families, a line per run that raised anything
     python benchmarks/detection/warmups.py --quiet    # the totals only (about two minutes)
     python benchmarks/detection/warmups.py --family retake --family two-stage
+    python benchmarks/detection/warmups.py --quiet --family afternoon --restart-at 300,900,1500
+
+`--restart-at S,...` replays each case from S seconds on, once per S: a daemon (re)started then finds the runs
+already on the card (their start times say how old they are), mid-load or mid-give-back as it happens.
 
 Synthetic runs on one 24 GiB card, read once a second, young (it appears at t = 0) unless said otherwise, and
 healthy: it fits the card and ends flat or in a sawtooth, so every finding it raises is false. Six families, every
@@ -41,6 +45,7 @@ that case. The script is a precision check of the warm-up rules, not a proof: re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import math
 import random
@@ -263,9 +268,13 @@ def tally(
     *,
     each: Callable[[Case, list[Finding]], None] | None = None,
     families: Sequence[str] = (),
+    restarts: Sequence[float] = (),
 ) -> dict[str, list[int]]:
     """Replay every case that fits the card (of `families`, or all): per family, the runs, then how many of them
-    each check is true of (given the findings the run raised); `each` sees every run as it is replayed."""
+    each check is true of (given the findings the run raised); `each` sees every run as it is replayed.
+
+    With `restarts`, each case is replayed once per time S in it instead, from its first tick at or after S: a
+    daemon (re)started then, which finds the runs already on the card (a row per family and S)."""
     totals: dict[str, list[int]] = {}
     for case in cases():
         if families and case.family not in families:
@@ -273,20 +282,39 @@ def tally(
         built = case.build()
         if built is None:
             continue
-        raised = replay(*built).raised
-        row = totals.setdefault(case.family, [0] * (len(checks) + 1))
-        row[0] += 1
-        for i, check in enumerate(checks, 1):
-            row[i] += check(raised)
-        if each is not None:
-            each(case, raised)
+        rows, rig = built
+        for at in restarts or (None,):
+            seen = rows if at is None else [(t, usage) for t, usage in rows if t >= at]
+            if len(seen) < RESTART_MIN_TICKS:
+                continue
+            raised = replay(seen, rig).raised
+            key = case.family if at is None else f"{case.family}, restart at {at:g} s"
+            row = totals.setdefault(key, [0] * (len(checks) + 1))
+            row[0] += 1
+            for i, check in enumerate(checks, 1):
+                row[i] += check(raised)
+            if each is not None:
+                each(
+                    case if at is None else dataclasses.replace(case, label=f"{case.label}, restart at {at:g} s"),
+                    raised,
+                )
     return totals
+
+
+#: A restart this close to a case's end leaves too little to judge: the case is left out for that restart.
+RESTART_MIN_TICKS = 30
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quiet", action="store_true", help="print the totals only")
     ap.add_argument("--family", action="append", default=[], help="only this family (repeatable)")
+    ap.add_argument(
+        "--restart-at",
+        default="",
+        metavar="S[,S...]",
+        help="replay each case from S seconds on: a daemon restarted then, the runs already there",
+    )
     args = ap.parse_args()
 
     def say(case: Case, raised: list[Finding]) -> None:
@@ -306,6 +334,7 @@ def main() -> None:
         ],
         each=say,
         families=args.family,
+        restarts=[float(v) for v in args.restart_at.split(",") if v],
     )
     print("| family | healthy runs | with a finding | with a critical one | with a firm critical one |")
     print("| --- | ---: | ---: | ---: | ---: |")

@@ -24,6 +24,10 @@ model server between two models), or it sat at its bare CUDA context and loads a
 room on the card, that is no grower; past it, or from a bare context, its critical forecast is tentative as a young
 grower's is (`_climbing`).
 
+A run already on the card when vramwatch starts (a daemon restart) has a past vramwatch did not see: a load begun
+just before, or a climb back to what it gave back minutes earlier, reads as an old run leaking from its plateau. For
+the give-back test's look-back after vramwatch first saw it, it is judged as a young grower is (`_unseen_past`).
+
 Growth that slows down geometrically (a cache filling up with bucketed resolutions) is projected to its
 plateau; when that plateau fits in the card there is nothing to forecast. Growth that is linear until it
 stops short of the card cannot be told from a leak before it stops: such a run is forecast, and the finding
@@ -99,6 +103,10 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
         if climb is not None and not climb.held_still:
             # A load's climb, as a young grower's: only a critical forecast is raised about it, and tentatively.
             appeared, caveat, warming, began = climb.began, climb.caveat(ctx.now), True, climb.began
+        elif caveat is None and (unseen := _unseen_past(ctx, growers[0][0], track, own)) is not None:
+            # Its past is unknown (a daemon restart): as a young grower's, from where its climb began.
+            began = _newest_low(track, config)
+            appeared, caveat, warming = began, unseen, True
     eta, finding = detect_oom_forecast(
         ctx,
         ctx.device,
@@ -248,7 +256,7 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[tuple[Tree,
         )
         if best is None or retakes_without_rising(series, best.xs[0], config):
             continue
-        climb = _climbing(track, ctx.now, own, config)
+        climb = _climbing(track, ctx.now, own, config, from_start=_seen_from_start(ctx, tree, track, own))
         room = None if ctx.free_bytes is None else ctx.free_bytes - config.oom_margin_bytes
         held = None if climb is None or climb.held_still else climb.held_bytes
         if held is not None and room is not None and 0 <= held - series.last_value <= room:
@@ -314,7 +322,18 @@ class _Climb:
         )
 
 
-def _climbing(track: Track, now: float, own: ForecastConfig, config: DetectorConfig) -> _Climb | None:
+def _seen_from_start(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> bool:
+    """vramwatch watched this tree from its start: it appeared after the card's first sample, or was younger than
+    `forecast_warmup_seconds` when first seen. Else (a daemon restart, `attach` to a running job) what it held when
+    first seen is not its start: its load, if it had one, was over long before."""
+    if ctx.used and track.first_seen > ctx.used.first:
+        return True
+    return ctx.age_at(tree.members[0].meta, track.first_seen, track.first_seen) < own.forecast_warmup_seconds
+
+
+def _climbing(
+    track: Track, now: float, own: ForecastConfig, config: DetectorConfig, *, from_start: bool = True
+) -> _Climb | None:
     """How a grower that gave memory back climbs again, if that climb began less than `forecast_warmup_seconds`
     ago; else None.
 
@@ -340,7 +359,8 @@ def _climbing(track: Track, now: float, own: ForecastConfig, config: DetectorCon
     cut = now - own.forecast_warmup_seconds
     since = cut - own.forecast_warmup_seconds
     start = track.first_seen
-    if start >= since:
+    # An old run first seen after a daemon restart has no first climb to skip: what it held then, it held before.
+    if start >= since and from_start:
         # A young run's first climb starts from its bare context, the least it ever held: look only from where it
         # first held still, or a give-back to more than its context would hide behind that first climb.
         settled = _first_still(series.t, series.v, own.settle_seconds, config.noise_bytes)
@@ -418,26 +438,38 @@ def _newest_low(track: Track, config: DetectorConfig) -> float:
 
 
 def _young(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> str | None:
-    """What to tell of a warming grower known to be young (or loading from its bare context), else None: NVML cannot
-    tell a fast leak from a slow load (weights from a hard disk, on-GPU quantisation) until one of them stops, and the
-    reader can.
+    """What to tell of a warming grower known to be young, else None: NVML cannot tell a fast leak from a slow load
+    (weights from a hard disk, on-GPU quantisation) until one of them stops, and the reader can.
 
     One first seen after the card's first sample appeared then. One seen at the first sample was there before
-    vramwatch looked (a daemon restart, `attach` to a running job): its own start time says how old it is, unless
-    vramwatch first saw it at its bare CUDA context. Then its climb is a first load, however old it is (a server
-    that sat idle until just after the restart), as `_climbing` says of one seen to sit there for `settle_seconds`.
+    vramwatch looked (a daemon restart, `attach` to a running job): its own start time says how old it is (an old
+    one is judged by `_climbing`, and by `_unseen_past` while vramwatch has watched it for less than six minutes).
     """
     if ctx.used and track.first_seen > ctx.used.first:
         when = f"it appeared {fmt.duration(ctx.now - track.first_seen)} ago"
     else:
         age = ctx.age_at(tree.members[0].meta, ctx.now, track.first_seen)
         if age >= own.forecast_warmup_seconds:
-            low = view(track.series).min()
-            if low > BARE_CONTEXT_BYTES:
-                return None
-            return _Climb(_newest_low(track, ctx.config), int(low), None, held_still=False).caveat(ctx.now)
+            return None
         when = f"it started {fmt.duration(age)} ago"
     return f"{when} and has not held still yet (a load rises like this until it stops; a leak does not)"
+
+
+def _unseen_past(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> str | None:
+    """What to tell of a grower vramwatch did not see start and has watched for less than the give-back test's
+    look-back (`GIVE_BACK_SECONDS_FACTOR` x `forecast_warmup_seconds`), else None.
+
+    After a daemon restart (or `attach` to a running job) vramwatch does not know what such a run held before it
+    looked: a load it began just before, or a climb back to what it gave back minutes earlier (weights offloaded for
+    sampling, a server between two models), reads as an old run leaking from its plateau.
+    """
+    watched = ctx.now - track.first_seen
+    if watched >= GIVE_BACK_SECONDS_FACTOR * own.forecast_warmup_seconds or _seen_from_start(ctx, tree, track, own):
+        return None
+    return (
+        f"vramwatch first saw it {fmt.duration(watched)} ago, already running, and has not seen enough of it to tell "
+        "a load from a leak (a load rises like this until it stops; a leak does not)"
+    )
 
 
 def _grower(ctx: GpuContext) -> Tree | None:
