@@ -13,7 +13,7 @@ from vramwatch.detectors import DetectorConfig, FindingTracker, analyze
 from vramwatch.detectors.forecast import ForecastConfig
 from vramwatch.detectors.testing import GIB, MIB, WALL0, Card, Replay, Rig, meta, replay, ticks
 from vramwatch.history import History
-from vramwatch.model import ProcessExit, Severity
+from vramwatch.model import ProcessExit, ProcessMeta, Severity
 
 CARD = 24 * GIB
 OVERHEAD = Card().overhead_bytes
@@ -127,7 +127,7 @@ def test_leaks_are_warned_ahead_of_the_oom(
     fn: Profile, seconds: float, step: float, warning_lead: float, critical_lead: float
 ) -> None:
     """Every gradual leak is warned and then called critical well before the card is full, the same for a run vramwatch
-    saw start as for one it first saw at its bare context, an hour old (a daemon restart)."""
+    saw start as for one it first saw already running, an hour old (a daemon restart)."""
     oom = oom_time(fn, seconds, step)
     result = run(fn, seconds, step=step)
     young = run(fn, seconds, step=step, rig=YOUNG)
@@ -355,18 +355,40 @@ def test_a_leak_already_running_when_vramwatch_starts_is_forecast_with_what_vram
     assert finding.tentative is not None
 
 
-def test_after_six_minutes_of_watching_an_old_run_its_leak_is_firm() -> None:
-    """A run that vramwatch did not see start is judged as any old run once watched for the give-back test's
-    look-back (six minutes): its leak from the plateau is forecast firm, with no caveat."""
+def test_a_leak_after_a_restart_is_tentative_until_watched_six_minutes_then_firm() -> None:
+    """A run that vramwatch did not see start and that leaks 320 s after vramwatch's first sample: forecast critical,
+    tentative, once its climb has lasted 30 s, then raised again firm as soon as vramwatch has watched it for the
+    give-back test's look-back (2 x `forecast_warmup_seconds`), both well before its OOM."""
 
     def fn(t: float) -> dict[int, int]:
-        return {4242: 9 * GIB + int(max(0.0, t - 400) * 150e6)}
+        return {4242: 9 * GIB + int(max(0.0, t - 320) * 150e6)}
 
-    finding = run(fn, 900).first("oom_forecast", critical=True)
+    look_back = 2 * ForecastConfig().forecast_warmup_seconds
+    criticals = [f for f in run(fn, 900).raised if f.kind == "oom_forecast" and f.severity is Severity.CRITICAL]
+    assert [f.tentative is not None for f in criticals] == [True, False]
+    tentative, firm = criticals
+    assert 350 <= tentative.t < look_back
+    assert "vramwatch first saw it" in tentative.message
+    assert look_back <= firm.t <= look_back + 5
+    assert firm.message.endswith("of 24.0 GiB used)")
+    assert oom_time(fn, 900) - firm.t >= 60
+
+
+def test_a_short_history_window_does_not_forget_that_vramwatch_saw_a_run_arrive() -> None:
+    """With a 2-minute history window, a run that arrived on the card at t = 100 s while vramwatch watched (after ten
+    minutes on the CPU) and leaks from its plateau at 300 s is forecast firm, as one vramwatch saw arrive, not as one
+    already running before it: the card's first sample is long out of the window, but vramwatch's first read of the
+    card is kept."""
+
+    def fn(t: float) -> dict[int, int]:
+        return {} if t < 100 else {4242: 9 * GIB + int(max(0.0, t - 300) * 150e6)}
+
+    rows = [(t, fn(t)) for t in ticks(0.0, 420.0)]
+    rig = Rig(metas={4242: meta(4242, start_time=WALL0 - 500)})
+    finding = replay(rows, rig, window_seconds=120.0).first("oom_forecast", critical=True)
     assert finding is not None
-    assert finding.t > 400
-    assert finding.message.endswith("of 24.0 GiB used)")
     assert finding.tentative is None
+    assert "vramwatch first saw it" not in finding.message
 
 
 def test_a_leak_after_the_run_held_still_is_forecast_without_that_caveat() -> None:
@@ -409,9 +431,18 @@ def test_a_run_taking_back_what_it_gave_back_is_no_forecast(climb: float, saw: f
     assert control.first("oom_forecast", critical=True) is not None
 
 
+def aged(started: float | None) -> ProcessMeta:
+    """pid 4242 started at wall time `started`, or of unknown start time (None: a process in another pid namespace)."""
+    if started is None:
+        return dataclasses.replace(meta(4242), start_time=None, root_start_time=None)
+    return meta(4242, start_time=started)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     restart=st.floats(200, 440),
+    # Its age when vramwatch starts (None: unknown, as for a process in another pid namespace).
+    age=st.sampled_from([None, 20.0, 60.0, 170.0, 3600.0]),
     held=st.sampled_from([8, 14, 18]),
     to_context=st.booleans(),
     climb=st.floats(5, 60),
@@ -420,11 +451,12 @@ def test_a_run_taking_back_what_it_gave_back_is_no_forecast(climb: float, saw: f
     server=st.booleans(),
 )
 def test_a_daemon_restart_at_any_moment_of_a_load_never_raises_a_firm_critical(
-    *, restart: float, held: int, to_context: bool, climb: float, more: int, saw: int, server: bool
+    *, restart: float, age: float | None, held: int, to_context: bool, climb: float, more: int, saw: int, server: bool
 ) -> None:
-    """vramwatch (re)started at any moment around an hour-old run's load, before it, mid give-back or mid-climb (a run
-    giving memory back and taking it again, up to 2 GiB more; or a server idle at its context that loads a model at
-    300 s): a load is never judged as an old run leaking, so nothing that could end a run is raised."""
+    """vramwatch (re)started at any moment around a run's load, before it, mid give-back or mid-climb (a run giving
+    memory back and taking it again, up to 2 GiB more; or a server idle at its context that loads a model at 300 s),
+    whatever the run's age then, known or not: a load is never judged as a run leaking, so nothing that could end a
+    run is raised."""
     low = 0.5 if to_context else 0.3 * held
 
     def fn(t: float) -> dict[int, int]:
@@ -432,8 +464,24 @@ def test_a_daemon_restart_at_any_moment_of_a_load_never_raises_a_firm_critical(
             return young_load(held, climb, at=300.0)(t)
         return {4242: taken_back(t, held=held, low=low, climb=climb, to=held + more, saw=saw)}
 
+    started = None if age is None else WALL0 + restart - age
+    rig = Rig(metas={4242: aged(started)})
     rows = [(t, fn(t)) for t in ticks(restart, 900.0)]
-    raised = replay(rows, None).raised
+    raised = replay(rows, rig).raised
+    assert [f for f in raised if f.severity is Severity.CRITICAL and f.tentative is None] == []
+
+
+@pytest.mark.parametrize(("restart", "age"), [(303.0, 170.0), (303.0, 60.0), (290.0, None), (303.0, None)])
+def test_a_young_run_or_one_of_unknown_age_seen_after_a_restart_is_not_judged_old(
+    restart: float, age: float | None
+) -> None:
+    """A run that vramwatch first sees already running, young (170 s, 60 s) or of unknown start time, gave memory back
+    before or around the restart and takes it back at 390 s: no firm critical (it was one, at 404 s)."""
+    started = None if age is None else WALL0 + restart - age
+    rig = Rig(metas={4242: aged(started)})
+    low = 0.3 * 18
+    rows = [(t, {4242: taken_back(t, held=18, low=low, climb=40)}) for t in ticks(restart, 900.0)]
+    raised = replay(rows, rig).raised
     assert [f for f in raised if f.severity is Severity.CRITICAL and f.tentative is None] == []
 
 

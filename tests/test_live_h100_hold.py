@@ -14,13 +14,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from _recorded import recorded
-from vramwatch.actions import ActionDispatcher, parse_policy
-from vramwatch.config import tomllib
-from vramwatch.detectors import DetectorConfig, FindingTracker, analyze
-from vramwatch.history import History
+from _recorded import Decided, recorded, replay_with_policy
 from vramwatch.model import Finding, Snapshot
-from vramwatch.testing import StaticInspector
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "results" / "hold-h100-2026-12-06" / "run1"
@@ -32,34 +27,9 @@ def _snapshots() -> list[Snapshot]:
 
 
 @pytest.fixture(scope="module")
-def replayed() -> tuple[list[Finding], list[tuple[Finding, str, bool]]]:
+def replayed() -> Decided:
     """Every finding raised, and every signal decision the run's policy (in dry-run) made on it."""
-    snaps = _snapshots()
-    policy = tomllib.loads((RUN / "serve.toml").read_text())["policy"]
-    policy.update(dry_run=True, recheck=False)
-    metas = {p.pid: p.meta for s in snaps for p in s.processes}
-    dispatcher = ActionDispatcher(
-        parse_policy(policy),
-        (),
-        inspector=StaticInspector(metas),
-        start_time_of=lambda pid: metas[pid].start_time if pid in metas else None,
-        environ_of=lambda _pid: {},
-        default_log=False,
-    )
-    config = DetectorConfig()
-    history, tracker = History(), FindingTracker(config)
-    raised: list[Finding] = []
-    decisions: list[tuple[Finding, str, bool]] = []
-    for snap in snaps:
-        history.add(snap)
-        new, cleared = tracker.update(analyze(history, config))
-        raised += new
-        for f in new:
-            decisions += [(f, r.reason, r.done) for r in dispatcher.handle([f], [], frozenset(), snap.processes)
-                          if r.action == "signal"]  # fmt: skip
-        dispatcher.handle([], cleared, frozenset(), snap.processes)
-    dispatcher.close()
-    return raised, decisions
+    return replay_with_policy(_snapshots(), RUN / "serve.toml")
 
 
 def _live() -> list[dict[str, object]]:

@@ -19,19 +19,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from _recorded import recorded
-from vramwatch.actions import ActionDispatcher, parse_policy
-from vramwatch.config import tomllib
-from vramwatch.detectors import DetectorConfig, FindingTracker, analyze
-from vramwatch.history import History
-from vramwatch.model import Finding, Snapshot
-from vramwatch.testing import StaticInspector
+from _recorded import Decided, recorded, replay_with_policy
+from vramwatch.model import Snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "restart-h100-2026-12-06"
 #: Each run's folder and its pids: the trainer, server A, server B.
 RUNS = {"bare": (RESULTS, 703, 704, 705), "unseen": (RESULTS / "run2", 705, 706, 707)}
-Replayed = tuple[list[Finding], list[tuple[Finding, str, bool]]]
 
 
 def _daemon_started(run: Path) -> float:
@@ -42,35 +36,6 @@ def _daemon_started(run: Path) -> float:
     raise AssertionError("serve-base.log has no backend_ready line")
 
 
-def _replay(run: Path, snaps: list[Snapshot]) -> Replayed:
-    """Every finding raised, and every signal decision the run's policy (in dry-run) made on it."""
-    policy = tomllib.loads((run / "serve.toml").read_text())["policy"]
-    policy.update(dry_run=True, recheck=False)
-    metas = {p.pid: p.meta for s in snaps for p in s.processes}
-    dispatcher = ActionDispatcher(
-        parse_policy(policy),
-        (),
-        inspector=StaticInspector(metas),
-        start_time_of=lambda pid: metas[pid].start_time if pid in metas else None,
-        environ_of=lambda _pid: {},
-        default_log=False,
-    )
-    config = DetectorConfig()
-    history, tracker = History(), FindingTracker(config)
-    raised: list[Finding] = []
-    decisions: list[tuple[Finding, str, bool]] = []
-    for snap in snaps:
-        history.add(snap)
-        new, cleared = tracker.update(analyze(history, config))
-        raised += new
-        for f in new:
-            decisions += [(f, r.reason, r.done) for r in dispatcher.handle([f], [], frozenset(), snap.processes)
-                          if r.action == "signal"]  # fmt: skip
-        dispatcher.handle([], cleared, frozenset(), snap.processes)
-    dispatcher.close()
-    return raised, decisions
-
-
 @pytest.fixture(scope="module", params=list(RUNS))
 def recording(request: pytest.FixtureRequest) -> tuple[str, list[Snapshot]]:
     run = RUNS[request.param][0]
@@ -78,12 +43,12 @@ def recording(request: pytest.FixtureRequest) -> tuple[str, list[Snapshot]]:
 
 
 @pytest.fixture(scope="module", params=["from the restart", "watched all along"])
-def replayed(request: pytest.FixtureRequest, recording: tuple[str, list[Snapshot]]) -> tuple[str, Replayed]:
+def replayed(request: pytest.FixtureRequest, recording: tuple[str, list[Snapshot]]) -> tuple[str, Decided]:
     """A run's recording from the daemons' start (the servers first seen 190 s old), or whole."""
     name, snapshots = recording
     run = RUNS[name][0]
     start = _daemon_started(run) if request.param == "from the restart" else 0.0
-    return name, _replay(run, [s for s in snapshots if s.wall_time >= start])
+    return name, replay_with_policy([s for s in snapshots if s.wall_time >= start], run / "serve.toml")
 
 
 def test_the_restart_is_replayed_with_old_runs_already_there(recording: tuple[str, list[Snapshot]]) -> None:
@@ -103,7 +68,7 @@ def test_the_restart_is_replayed_with_old_runs_already_there(recording: tuple[st
         assert 1 << 30 < held[b] < 8 << 30
 
 
-def test_nothing_that_could_end_a_run_is_raised(replayed: tuple[str, Replayed]) -> None:
+def test_nothing_that_could_end_a_run_is_raised(replayed: tuple[str, Decided]) -> None:
     """Both runs, both ways: every forecast is critical and tentative, and the policy that saves and then ends the
     trainer waits on each: no run is signalled. In `bare`, A's 20-s load raises nothing and B's 40-s load one
     forecast, as a load from its bare context."""
@@ -122,9 +87,9 @@ def test_nothing_that_could_end_a_run_is_raised(replayed: tuple[str, Replayed]) 
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_the_live_daemons_of_this_tree_and_the_one_before_said_so(name: str) -> None:
-    """Live, this tree's daemon raised one tentative forecast and signalled no one; the tree before it (`56a2349`,
-    dry-run) forecast both servers' climbs firm, as old runs leaking, and would have sent the healthy trainer
-    SIGTERM."""
+    """Live, the new rule's daemon (`ac4b374` in `bare`, the final tree in `unseen`) raised one tentative forecast and
+    signalled no one; `56a2349` beside it (dry-run) forecast both servers' climbs firm, as old runs leaking, and
+    would have sent the healthy trainer SIGTERM."""
     run, trainer, a, b = RUNS[name]
     summary = json.loads((run / "summary.json").read_text())
     live = summary["serve"]

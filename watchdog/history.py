@@ -230,6 +230,8 @@ class History:
         self.gpu_used: dict[str, Series] = {}
         self.gpu_free: dict[str, Series] = {}
         self.gpu_total: dict[str, int] = {}
+        #: When each GPU was first read, not trimmed with the window: what was on it then was there before vramwatch.
+        self.gpu_first: dict[str, float] = {}
         self.processes: dict[tuple[ProcessKey, str], Track] = {}
         self.trees: dict[tuple[ProcessKey, str], Track] = {}
         self.latest: Snapshot | None = None
@@ -259,6 +261,7 @@ class History:
             if not g.up or g.used_bytes is None:
                 continue  # a lost GPU leaves a gap, not a fake zero
             self._series(self.gpu_used, g.uuid).append(snap.t, g.used_bytes)
+            self.gpu_first.setdefault(g.uuid, snap.t)
             if g.free_bytes is not None:
                 self._series(self.gpu_free, g.uuid).append(snap.t, g.free_bytes)
             if g.total_bytes is not None:

@@ -86,6 +86,21 @@ def watched(
     `procs`; returns (t0, wall0), the monotonic and wall time just before the trainer started."""
     procs.append(spawn([sys.executable, str(WORK / "ballast.py"), "--leave-gib", "24"], logs["ballast"]))
     wait_for(out / "ballast.log", "ready", 120)
+    start_daemons(out, logs, procs, base)
+    procs.append(spawn([*VW, "--log-format", "json", "record", str(out / trace), "--interval", "1", "--force"],
+                       logs["record"]))  # fmt: skip
+    time.sleep(4)
+    t0, wall0 = time.monotonic(), time.time()
+    trainer = [sys.executable, str(WORK / "trainer.py"), "--mode", "healthy", "--budget-gib", "8", "--steps", "100000"]
+    procs.append(spawn([*trainer, "--stop-at", str(t0 + 400)], logs["trainer"]))
+    return t0, wall0
+
+
+def start_daemons(
+    out: Path, logs: dict[str, IO[bytes]], procs: list[subprocess.Popen[bytes]], base: Path | None
+) -> None:
+    """`serve` under POLICY (acting), and with `base` that tree's `serve` beside it in dry-run (`serve-base`), each
+    with its config in OUT (`serve.toml`, `serve-base.toml`) and its log in `logs`; appended to `procs`."""
     daemons = [("serve", None, "false")] + ([("serve-base", base, "true")] if base else [])
     for name, pkg, dry in daemons:
         config = out / f"{name}.toml"
@@ -96,13 +111,6 @@ def watched(
         cmd = [*VW, "--log-format", "json", "--config", str(config), "serve",
                "--listen", f"127.0.0.1:{free_port()}", "--interval", "1", "--require-gpu"]  # fmt: skip
         procs.append(spawn(cmd, logs[name], env=env))
-    procs.append(spawn([*VW, "--log-format", "json", "record", str(out / trace), "--interval", "1", "--force"],
-                       logs["record"]))  # fmt: skip
-    time.sleep(4)
-    t0, wall0 = time.monotonic(), time.time()
-    trainer = [sys.executable, str(WORK / "trainer.py"), "--mode", "healthy", "--budget-gib", "8", "--steps", "100000"]
-    procs.append(spawn([*trainer, "--stop-at", str(t0 + 400)], logs["trainer"]))
-    return t0, wall0
 
 
 def torn_down(procs: list[subprocess.Popen[bytes]], logs: dict[str, IO[bytes]]) -> float:

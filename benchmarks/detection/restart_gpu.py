@@ -1,6 +1,6 @@
 """A daemon restart on a busy card, on a real GPU (about 5 minutes): old servers that load just after vramwatch starts.
 
-    . benchmarks/gpu_env.sh && python3 benchmarks/detection/restart_gpu.py OUT [--base PKGDIR]
+    . benchmarks/gpu_env.sh && python3 benchmarks/detection/restart_gpu.py OUT [--scenario bare|unseen] [--base PKGDIR]
 
 A ballast leaves 24 GiB (benchmarks/workloads/ballast.py). At t0 three processes start, all long before the
 daemon: a healthy trainer (benchmarks/workloads/trainer.py, 5 GiB budget) that trains throughout, and two model
@@ -8,7 +8,10 @@ servers (benchmarks/workloads/phases.py) that sit at their bare CUDA context. `v
 later (a daemon restarted, or installed, while they run) with the policy of hold_gpu.py: critical findings signal
 `trainer.py` through an adapter that saves and then ends the run. 6 s after the daemon starts, server A loads 5 GiB
 over 20 s; 10 s after, server B loads 9 GiB over 40 s. Both hold what they loaded for a while, then exit normally.
-Nobody runs out of memory.
+Nobody runs out of memory. With `--scenario unseen` the daemon starts where it cannot see what matters: A loaded
+8 GiB at t0, gives 6 GiB back 30 s before the restart and takes them back over 40 s from 20 s after it; B began
+to load 9 GiB over 45 s 15 s before the restart. A run vramwatch did not see start is judged as a young one for
+six minutes: each climb is tentative at most.
 
 What docs/detection.md says vramwatch does: both servers are old by their start times, but the daemon first saw
 them at their bare context, so each climb is a first load, as a young run's is. A's 20-s climb is shorter than
@@ -26,16 +29,16 @@ OUT also gets each process's log and summary.json (when each ran, what each daem
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import re
 import sys
 import time
 from pathlib import Path
 from typing import IO
 
-from hold_gpu import POLICY, daemons_said, events, lives, torn_down
-from loads_gpu import VW, WORK, free_port, spawn, wait_for
+from hold_gpu import daemons_said, events, lives, start_daemons, torn_down
+from loads_gpu import VW, WORK, spawn, wait_for
 
 #: How long the processes run before the daemon starts: older than `forecast_warmup_seconds` (180 s) by then.
 OLD_S = 190.0
@@ -59,20 +62,13 @@ def ready_at(path: Path, timeout: float) -> float:
 
 
 def main() -> int:
-    args = sys.argv[1:]
-    base = None
-    scenario = "bare"
-    if "--scenario" in args:
-        i = args.index("--scenario")
-        scenario = args[i + 1]
-        del args[i : i + 2]
-        if scenario not in SCENARIOS:
-            raise SystemExit(f"restart_gpu.py: --scenario is one of {', '.join(SCENARIOS)}")
-    if "--base" in args:
-        i = args.index("--base")
-        base = Path(args[i + 1]).resolve()
-        del args[i : i + 2]
-    out = Path(args[0] if args else "restart-out").resolve()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", nargs="?", type=Path, default=Path("restart-out"), help="where the logs and results go")
+    ap.add_argument("--scenario", choices=sorted(SCENARIOS), default="bare")
+    ap.add_argument("--base", type=Path, help="a directory holding an older vramwatch package, run beside in dry-run")
+    args = ap.parse_args()
+    scenario, out = args.scenario, args.out.resolve()
+    base = None if args.base is None else args.base.resolve()
     out.mkdir(parents=True, exist_ok=True)
     names = ["ballast", "record", "serve", "trainer", "A", "B"] + (["serve-base"] if base else [])
     logs: dict[str, IO[bytes]] = {name: (out / f"{name}.log").open("wb") for name in names}
@@ -90,24 +86,15 @@ def main() -> int:
         trainer = [sys.executable, str(WORK / "trainer.py"), "--mode", "healthy", "--budget-gib", "5", "--steps",
                    "100000", "--stop-at", str(daemon_at + 110)]  # fmt: skip
         procs.append(spawn(trainer, logs["trainer"]))
-        # Each server sits at its bare context until a set moment after the daemon starts (`until`, the host's clock).
+        # Each server's script is timed from the daemon's start (`until`, on the host's clock).
         for name, script in SCENARIOS[scenario].items():
             timed = re.sub(r"\{at([+-][0-9.]+)\}", lambda m: f"{daemon_at + float(m.group(1)):.3f}", script)
             servers[name] = spawn([sys.executable, str(WORK / "phases.py"), "--script", timed], logs[name])
         procs += servers.values()
         summary_ready = {name: round(ready_at(out / f"{name}.log", 120) - t0, 1) for name in servers}
         time.sleep(max(0.0, daemon_at - time.monotonic()))
-        daemons = [("serve", None, "false")] + ([("serve-base", base, "true")] if base else [])
         started = time.monotonic()
-        for name, pkg, dry in daemons:
-            config = out / f"{name}.toml"
-            config.write_text(POLICY.format(dry_run=dry))
-            env = dict(os.environ)
-            if pkg is not None:
-                env["PYTHONPATH"] = f"{pkg}:{env.get('PYTHONPATH', '')}"
-            cmd = [*VW, "--log-format", "json", "--config", str(config), "serve",
-                   "--listen", f"127.0.0.1:{free_port()}", "--interval", "1", "--require-gpu"]  # fmt: skip
-            procs.append(spawn(cmd, logs[name], env=env))
+        start_daemons(out, logs, procs, base)
         end = started + 110
         while time.monotonic() < end and any(p.poll() is None for p in servers.values()):
             time.sleep(1)

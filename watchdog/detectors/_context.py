@@ -68,6 +68,12 @@ class GpuContext:
     def uuid(self) -> str:
         return self.gpu.uuid
 
+    def saw_arrive(self, first_seen: float) -> bool:
+        """vramwatch was reading this GPU before a track first seen at `first_seen` began: it saw it arrive. What was
+        on the card at vramwatch's first read of it was there before (a daemon restart, `attach` to a running job)."""
+        since = self.history.gpu_first.get(self.uuid)
+        return since is not None and first_seen > since
+
     def age_at(self, meta: ProcessMeta, t: float, first_seen: float) -> float:
         """How old a tree (`meta`: its first process's) was at monotonic `t`: from its launcher's start time, else
         its own, else from when it was first seen (`first_seen`).

@@ -215,7 +215,7 @@ def _arriving(first_seen: float, series: View, ctx: GpuContext, config: Contenti
     and what others take later is theirs. Runs on every process at every tick, so it looks only at the
     arrival window; a process that came in long ago is told by a lookup or two, without a scan of its past.
     """
-    if not len(ctx.used) or ctx.used.first >= first_seen:
+    if not ctx.saw_arrive(first_seen):
         return None  # no "before": vramwatch was not watching yet
     cut = ctx.now - config.contention_arrival_seconds
     least = config.contention_incumbent_min_bytes

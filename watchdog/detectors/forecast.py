@@ -323,12 +323,16 @@ class _Climb:
 
 
 def _seen_from_start(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> bool:
-    """vramwatch watched this tree from its start: it appeared after the card's first sample, or was younger than
-    `forecast_warmup_seconds` when first seen. Else (a daemon restart, `attach` to a running job) what it held when
-    first seen is not its start: its load, if it had one, was over long before."""
-    if ctx.used and track.first_seen > ctx.used.first:
+    """vramwatch watched this tree from its start: it arrived while vramwatch read the card, or had started less than
+    `settle_seconds` before vramwatch first read it (still importing, at most at its context). Else (a daemon restart,
+    `attach` to a running job), and whenever its start time is unknown, vramwatch may have missed its load, or a give-
+    back and the climb back from it, even in its first minutes (text encoders freed before the model loads)."""
+    if ctx.saw_arrive(track.first_seen):
         return True
-    return ctx.age_at(tree.members[0].meta, track.first_seen, track.first_seen) < own.forecast_warmup_seconds
+    meta = tree.members[0].meta
+    if meta.root_start_time is None and meta.start_time is None:
+        return False
+    return ctx.age_at(meta, track.first_seen, track.first_seen) < own.settle_seconds
 
 
 def _climbing(
@@ -354,12 +358,14 @@ def _climbing(
     `forecast_warmup_seconds` before them: a leak rising for minutes, however it saws), a run that leaks from the
     plateau it held for minutes, a sawtooth's trough (slow or fast, it comes back to where it was), a dip of a few
     seconds, and a validation's peak (a leak after any of them is not hidden up to what the run held).
+
+    `from_start`: vramwatch watched the run from its start (`_seen_from_start`), so its first climb is skipped. A run
+    first seen already running has none to skip: what it held when vramwatch first saw it counts as held before.
     """
     series = view(track.series)
     cut = now - own.forecast_warmup_seconds
     since = cut - own.forecast_warmup_seconds
     start = track.first_seen
-    # An old run first seen after a daemon restart has no first climb to skip: what it held then, it held before.
     if start >= since and from_start:
         # A young run's first climb starts from its bare context, the least it ever held: look only from where it
         # first held still, or a give-back to more than its context would hide behind that first climb.
@@ -429,8 +435,8 @@ def _climbed(track: Track | None, began: float, config: DetectorConfig) -> float
 
 
 def _newest_low(track: Track, config: DetectorConfig) -> float:
-    """When a young grower last held the least it ever held (its bare context, before it loaded): where its climb
-    began."""
+    """When a grower last held the least it held since vramwatch first saw it: where its climb began (a young run's
+    bare context before it loaded; for a run first seen already running, where vramwatch first saw it climb)."""
     series = view(track.series)
     # Bytes are whole numbers: below least + noise + 1 is at most least + noise. A staircase lookup, not a scan.
     began = series.last_below(series.min() + config.noise_bytes + 1)
@@ -443,9 +449,10 @@ def _young(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> st
 
     One first seen after the card's first sample appeared then. One seen at the first sample was there before
     vramwatch looked (a daemon restart, `attach` to a running job): its own start time says how old it is (an old
-    one is judged by `_climbing`, and by `_unseen_past` while vramwatch has watched it for less than six minutes).
+    one is judged by `_climbing`, and by `_unseen_past` for the give-back test's look-back after vramwatch first saw
+    it).
     """
-    if ctx.used and track.first_seen > ctx.used.first:
+    if ctx.saw_arrive(track.first_seen):
         when = f"it appeared {fmt.duration(ctx.now - track.first_seen)} ago"
     else:
         age = ctx.age_at(tree.members[0].meta, ctx.now, track.first_seen)
