@@ -6,8 +6,9 @@ under a policy that saves and then ends `trainer.py` on a critical finding; `56a
 Nobody runs out of memory.
 - `bare` (run 1): both servers at their bare CUDA context; 6 s after the daemon starts A loads 5 GiB over 20 s, 10 s
   after B loads 9 GiB over 40 s.
-- `unseen` (run2/): what the daemon did not see. A gave 6 of its 8 GiB back 30 s before the restart and takes them
-  back over 40 s from 20 s after it; B began to load 9 GiB over 45 s 15 s before the restart.
+- `unseen` (run2/, and run3/ with the final tree's daemon): what the daemon did not see. A gave 6 of its 8 GiB
+  back 30 s before the restart and takes them back over 40 s from 20 s after it; B began to load 9 GiB over 45 s
+  15 s before the restart.
 Each recording (from before the processes started) is replayed from the moment the daemons started, through the
 detectors, the tracker and that policy (dry-run), and whole (a daemon that watched from the start).
 """
@@ -25,7 +26,11 @@ from vramwatch.model import Snapshot
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "restart-h100-2026-12-06"
 #: Each run's folder and its pids: the trainer, server A, server B.
-RUNS = {"bare": (RESULTS, 703, 704, 705), "unseen": (RESULTS / "run2", 705, 706, 707)}
+RUNS = {
+    "bare": (RESULTS, 703, 704, 705),
+    "unseen": (RESULTS / "run2", 705, 706, 707),
+    "unseen, final tree": (RESULTS / "run3", 702, 703, 704),
+}
 
 
 def _daemon_started(run: Path) -> float:
@@ -87,16 +92,16 @@ def test_nothing_that_could_end_a_run_is_raised(replayed: tuple[str, Decided]) -
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_the_live_daemons_of_this_tree_and_the_one_before_said_so(name: str) -> None:
-    """Live, the new rule's daemon (`ac4b374` in `bare`, the final tree in `unseen`) raised one tentative forecast and
-    signalled no one; `56a2349` beside it (dry-run) forecast both servers' climbs firm, as old runs leaking, and
-    would have sent the healthy trainer SIGTERM."""
+    """Live, the new rule's daemon (`ac4b374` in `bare`, `863e3f7` in `unseen`, `bb4f0fc` in run 3) raised one
+    tentative forecast and signalled no one; `56a2349` beside it (dry-run) forecast both servers' climbs firm, as old
+    runs leaking, and would have sent the healthy trainer SIGTERM."""
     run, trainer, a, b = RUNS[name]
     summary = json.loads((run / "summary.json").read_text())
     live = summary["serve"]
     assert [(r["kind"], r["severity"], r["tentative"] is not None) for r in live["findings_raised"]] == [
         ("oom_forecast", "critical", True)
     ]
-    said = {"bare": f"phases.py (pid {b}, root) grows", "unseen": f"phases.py (pid {a}, root) grows"}[name]
+    said = f"phases.py (pid {b if name == 'bare' else a}, root) grows"
     assert live["findings_raised"][0]["message"].startswith(said)
     assert not any(d["done"] for d in live["signal_decisions"])
     base = summary["serve-base"]
