@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from vramwatch.actions import ActionDispatcher, parse_policy
 from vramwatch.config import tomllib
@@ -32,13 +34,11 @@ def recorded(path: Path) -> list[Snapshot]:
     return list(score._trace_snapshots(path))
 
 
-def replay_with_policy(snaps: list[Snapshot], config_path: Path) -> Decided:
-    """The recording through the detectors, the tracker and the `[policy]` of a live run's config (`config_path`),
-    in dry-run with no re-check: every finding raised, and every signal decision made on it."""
-    policy = tomllib.loads(config_path.read_text())["policy"]
-    policy.update(dry_run=True, recheck=False)
+def replaying_dispatcher(policy: Mapping[str, Any], snaps: list[Snapshot]) -> ActionDispatcher:
+    """An ActionDispatcher for `policy` over a recording: the processes' identities (pid, start time, metadata) are
+    the recording's, and no environment is read (the replayed pids are long gone, or someone else's now)."""
     metas = {p.pid: p.meta for s in snaps for p in s.processes}
-    dispatcher = ActionDispatcher(
+    return ActionDispatcher(
         parse_policy(policy),
         (),
         inspector=StaticInspector(metas),
@@ -46,6 +46,14 @@ def replay_with_policy(snaps: list[Snapshot], config_path: Path) -> Decided:
         environ_of=lambda _pid: {},
         default_log=False,
     )
+
+
+def replay_with_policy(snaps: list[Snapshot], config_path: Path) -> Decided:
+    """The recording through the detectors, the tracker and the `[policy]` of a live run's config (`config_path`),
+    in dry-run with no re-check: every finding raised, and every signal decision made on it."""
+    policy = tomllib.loads(config_path.read_text())["policy"]
+    policy.update(dry_run=True, recheck=False)
+    dispatcher = replaying_dispatcher(policy, snaps)
     config = DetectorConfig()
     history, tracker = History(), FindingTracker(config)
     raised: list[Finding] = []

@@ -19,12 +19,11 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from vramwatch.actions import ActionDispatcher, parse_policy
+from _recorded import replaying_dispatcher
 from vramwatch.config import tomllib
 from vramwatch.detectors import DetectorConfig, FindingTracker, analyze
 from vramwatch.history import History
 from vramwatch.model import Snapshot
-from vramwatch.testing import StaticInspector
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT / "benchmarks" / "detection" / "traces"
@@ -109,17 +108,9 @@ def _judge(score: ModuleType, name: str, snaps: list[Snapshot]) -> None:
     promises against its truth."""
     truth = score.Truth.from_dict(json.loads((TRACES / f"{name}.truth.json").read_text()))
     users = {p.meta.user for s in snaps for p in s.processes if p.meta.user}
-    metas = {p.pid: p.meta for s in snaps for p in s.processes}
     config = DetectorConfig()
     history, tracker = History(), FindingTracker(config)
-    dispatcher = ActionDispatcher(
-        parse_policy(example_policy(users)),
-        (),
-        inspector=StaticInspector(metas),
-        start_time_of=lambda pid: metas[pid].start_time if pid in metas else None,
-        environ_of=lambda _pid: {},
-        default_log=False,
-    )
+    dispatcher = replaying_dispatcher(example_policy(users), snaps)
     signalled, false_critical = [], []
     for snap in snaps:
         history.add(snap)

@@ -210,6 +210,13 @@ def test_a_load_then_its_first_steps_never_raise(
 YOUNG = Rig(metas={4242: meta(4242, start_time=WALL0)})
 
 
+def aged(started: float | None) -> ProcessMeta:
+    """pid 4242 started at wall time `started`, or of unknown start time (None: a process in another pid namespace)."""
+    if started is None:
+        return dataclasses.replace(meta(4242), start_time=None, root_start_time=None)
+    return meta(4242, start_time=started)
+
+
 def test_a_critical_forecast_on_a_young_grower_says_a_load_reads_the_same() -> None:
     """A grower that never held still yet is forecast critical, and the message says a load rises the same way."""
     finding = run(slow_load, 300, rig=YOUNG).first("oom_forecast", critical=True)
@@ -343,15 +350,22 @@ def test_a_grower_seen_to_arrive_is_said_to_have_appeared_then() -> None:
     assert f"; it appeared {finding.t - 10:.0f} s ago and has not held still yet" in finding.message
 
 
-def test_a_leak_already_running_when_vramwatch_starts_is_forecast_with_what_vramwatch_has_not_seen() -> None:
-    """An old process already leaking at vramwatch's first sample (a daemon restart) is forecast critical in time,
-    tentative: vramwatch did not see what it held before it looked, so it does not call it a load or a leak yet."""
+@pytest.mark.parametrize("known", [True, False])
+def test_a_leak_already_running_when_vramwatch_starts_is_forecast_with_what_vramwatch_has_not_seen(
+    known: bool,
+) -> None:
+    """An old process (or one of unknown start time) already leaking at vramwatch's first sample (a daemon restart)
+    is forecast critical in time, tentative: vramwatch did not see what it held before it looked, so it does not
+    call it a load or a leak yet, nor say when it started."""
     fn = lambda t: {4242: 9 * GIB + int(t * 150e6)}  # noqa: E731 - one profile, read twice
-    finding = run(fn, 300).first("oom_forecast", critical=True)
+    finding = run(fn, 300, rig=Rig(metas={4242: aged(WALL0 - 3600 if known else None)})).first(
+        "oom_forecast", critical=True
+    )
     assert finding is not None
     assert oom_time(fn, 300) - finding.t >= 20
     assert "; vramwatch first saw it " in finding.message
     assert "ago, already running, and has not seen enough of it to tell a load from a leak" in finding.message
+    assert "it started" not in finding.message
     assert finding.tentative is not None
 
 
@@ -431,13 +445,6 @@ def test_a_run_taking_back_what_it_gave_back_is_no_forecast(climb: float, saw: f
     assert control.first("oom_forecast", critical=True) is not None
 
 
-def aged(started: float | None) -> ProcessMeta:
-    """pid 4242 started at wall time `started`, or of unknown start time (None: a process in another pid namespace)."""
-    if started is None:
-        return dataclasses.replace(meta(4242), start_time=None, root_start_time=None)
-    return meta(4242, start_time=started)
-
-
 @settings(max_examples=40, deadline=None)
 @given(
     restart=st.floats(200, 440),
@@ -464,8 +471,7 @@ def test_a_daemon_restart_at_any_moment_of_a_load_never_raises_a_firm_critical(
             return young_load(held, climb, at=300.0)(t)
         return {4242: taken_back(t, held=held, low=low, climb=climb, to=held + more, saw=saw)}
 
-    started = None if age is None else WALL0 + restart - age
-    rig = Rig(metas={4242: aged(started)})
+    rig = Rig(metas={4242: aged(None if age is None else WALL0 + restart - age)})
     rows = [(t, fn(t)) for t in ticks(restart, 900.0)]
     raised = replay(rows, rig).raised
     assert [f for f in raised if f.severity is Severity.CRITICAL and f.tentative is None] == []
@@ -477,8 +483,7 @@ def test_a_young_run_or_one_of_unknown_age_seen_after_a_restart_is_not_judged_ol
 ) -> None:
     """A run that vramwatch first sees already running, young (170 s, 60 s) or of unknown start time, gave memory back
     before or around the restart and takes it back at 390 s: no firm critical (it was one, at 404 s)."""
-    started = None if age is None else WALL0 + restart - age
-    rig = Rig(metas={4242: aged(started)})
+    rig = Rig(metas={4242: aged(None if age is None else WALL0 + restart - age)})
     low = 0.3 * 18
     rows = [(t, {4242: taken_back(t, held=18, low=low, climb=40)}) for t in ticks(restart, 900.0)]
     raised = replay(rows, rig).raised

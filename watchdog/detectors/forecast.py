@@ -329,10 +329,15 @@ def _seen_from_start(ctx: GpuContext, tree: Tree, track: Track, own: ForecastCon
     back and the climb back from it, even in its first minutes (text encoders freed before the model loads)."""
     if ctx.saw_arrive(track.first_seen):
         return True
-    meta = tree.members[0].meta
-    if meta.root_start_time is None and meta.start_time is None:
+    if not _known_start(tree):
         return False
-    return ctx.age_at(meta, track.first_seen, track.first_seen) < own.settle_seconds
+    return ctx.age_at(tree.members[0].meta, track.first_seen, track.first_seen) < own.settle_seconds
+
+
+def _known_start(tree: Tree) -> bool:
+    """The tree's start time is known (its launcher's or its own): not so for a process in another pid namespace."""
+    meta = tree.members[0].meta
+    return meta.root_start_time is not None or meta.start_time is not None
 
 
 def _climbing(
@@ -455,6 +460,8 @@ def _young(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> st
     if ctx.saw_arrive(track.first_seen):
         when = f"it appeared {fmt.duration(ctx.now - track.first_seen)} ago"
     else:
+        if not _known_start(tree):
+            return None  # not "it started N s ago": `_unseen_past` says what vramwatch knows of it
         age = ctx.age_at(tree.members[0].meta, ctx.now, track.first_seen)
         if age >= own.forecast_warmup_seconds:
             return None
