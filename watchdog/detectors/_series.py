@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..history import Series
 
@@ -199,6 +199,20 @@ class View:
 
 
 EMPTY_VIEW = View(array("d"), array("d"))
+
+
+def first_still(ts: Sequence[float], vs: Sequence[float], settle_seconds: float, noise_bytes: float) -> float | None:
+    """When the first stretch of `settle_seconds` whose points stay within `noise_bytes` of each other begins
+    (None: the points never hold still that long)."""
+    start = low = high = None
+    for t, v in zip(ts, vs, strict=True):
+        if start is None or low is None or high is None or max(high, v) - min(low, v) > noise_bytes:
+            start, low, high = t, v, v
+        else:
+            low, high = min(low, v), max(high, v)
+        if t - start >= settle_seconds:
+            return start
+    return None
 
 
 def view(series: Series | None, since: float | None = None) -> View:

@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 
 from ..model import Finding, ProcessKey
 from ._context import GpuContext, Tick
+from .config import DetectorConfig
 
 C = TypeVar("C")
 
@@ -95,6 +96,11 @@ class Detector(Generic[C]):
             raise ValueError(f"detector {self.kind!r}: give exactly one of per_gpu and per_tick")
         if self.raise_after < 1 or (self.clear_after is not None and self.clear_after < 1):
             raise ValueError(f"detector {self.kind!r}: raise/clear ticks must be at least 1")
+
+    def settings(self, config: DetectorConfig) -> C:
+        """Its own settings in `config`: what the config file gave, else its defaults."""
+        own: C = config.detectors.get(self.kind, self.defaults)
+        return own
 
     def config_keys(self) -> dict[str, str]:
         """Its `[detectors]` keys, each to the field of its config it sets."""

@@ -8,7 +8,8 @@ alone is therefore no evidence. What a process that died of out-of-memory leaves
   over at least `forecast_critical_min_horizon_seconds`) and, at that rate, the card's free memory at its
   last sight was gone within `crash_eta_seconds`;
 - **a rise into the ceiling**: its own memory rose by at least `min_rise_bytes` within `crash_rise_seconds`,
-  its last sight was that peak, and the card had less than `crash_ceiling_bytes` free then.
+  its last sight was the peak of that rise (since its low: it may have fallen from the card's end before, when
+  PyTorch gave its cache back and retried), and the card had at most `ceiling_free_bytes` free then.
 
 Either is a critical `probable_oom`, and so is a process that the system saw end with a failure (an
 unreaped zombie's exit status or signal) on a card with no room left, or right after its own memory fell by
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from ..history import Track
 from ..model import Finding, FindingKind, ProcessExit, ProcessKey, Severity
 from . import _format as fmt
+from . import forecast
 from ._context import GpuContext
 from ._series import view
 from ._settings import non_negative, setting, validate
@@ -47,9 +49,8 @@ class CrashConfig:
     #: A vanished process whose own memory was still growing steadily and, at that rate, would have used the
     #: card's last free memory within this many seconds of its last sight ran out of it ...
     crash_eta_seconds: float = setting(15.0, non_negative)
-    #: ... or whose own memory rose by `min_rise_bytes` within `crash_rise_seconds`, up to its last sight,
-    #: leaving the card less than this free.
-    crash_ceiling_bytes: int = setting(512 * MIB, non_negative)
+    #: ... or whose own memory rose by `min_rise_bytes` within `crash_rise_seconds`, up to its last sight, leaving the
+    #: card at its ceiling (less than `ceiling_free_bytes` free).
     crash_rise_seconds: float = setting(60.0, non_negative)
     #: Reported for this long after the process vanished.
     crash_hold_seconds: float = setting(30.0, non_negative)
@@ -93,7 +94,7 @@ def detect_probable_oom(
         used_then = ctx.used.value_at(t_last)
         if free_then is None or used_then is None:
             continue
-        why = _evidence(track, held=held, free_then=int(free_then), crash=config, config=ctx.config)
+        why = _evidence(ctx, track, held=held, free_then=int(free_then), crash=config)
         if why is None and ended is not None:
             why = _failed_exit(track, ended, held=held, free_then=int(free_then), crash=config, config=ctx.config)
         if why is None:
@@ -125,8 +126,9 @@ def detect_probable_oom(
     return findings
 
 
-def _evidence(track: Track, *, held: float, free_then: int, crash: CrashConfig, config: DetectorConfig) -> str | None:
+def _evidence(ctx: GpuContext, track: Track, *, held: float, free_then: int, crash: CrashConfig) -> str | None:
     """Why this process's own series says it ran out of memory, or None when it does not."""
+    config = ctx.config
     own = view(track.series)
     t_last = own.now
     grown = profile(own, config, min_horizon=config.forecast_critical_min_horizon_seconds, report=False)
@@ -136,11 +138,15 @@ def _evidence(track: Track, *, held: float, free_then: int, crash: CrashConfig, 
     if best is not None:
         rate = dataclasses.replace(best.rate(config), sustained=True)  # by the forecast's own test, as forecast.py
         eta = eta_seconds(free_then, rate, config)
-        if eta is not None and eta <= crash.crash_eta_seconds:
+        # A run refilling the cache it gave back at the card's end, where it lived on, does not die of the climb:
+        # PyTorch gives the cache back again and retries (one that ended normally mid-climb, its exit status unseen).
+        if eta is not None and eta <= crash.crash_eta_seconds and not _refilling(ctx, track):
             return f"while still growing {fmt.rate(rate.bytes_per_second)} into the last of the card"
-    low = own.min_between(t_last - crash.crash_rise_seconds, t_last + 1e-6)
-    top = own.max_between(t_last - crash.crash_rise_seconds, t_last + 1e-6)
-    ceiling = crash.crash_ceiling_bytes
+    lowest = own.newest_low_since(t_last - crash.crash_rise_seconds)
+    # The most it held since its low, not in the whole window: a run that fell from the card's end before (PyTorch gave
+    # its cache back and retried) and climbed back rose into the ceiling again, a little below where it fell from.
+    low, top = (None, None) if lowest is None else (lowest[0], own.max_between(lowest[1], t_last + 1e-6))
+    ceiling = config.ceiling_free_bytes
     if (
         low is not None
         and top is not None
@@ -152,13 +158,17 @@ def _evidence(track: Track, *, held: float, free_then: int, crash: CrashConfig, 
     return None
 
 
+def _refilling(ctx: GpuContext, track: Track) -> bool:
+    return forecast.rides_ceiling(ctx, track, forecast.DETECTOR.settings(ctx.config))
+
+
 def _failed_exit(
     track: Track, ended: ProcessExit, *, held: float, free_then: int, crash: CrashConfig, config: DetectorConfig
 ) -> str | None:
     """A failing exit status is an OOM's when the card had no room left, or when the process's own memory fell
     just before it ended: PyTorch's allocator frees its whole cache when a cudaMalloc fails, then retries."""
     status = f"signal {ended.signal}" if ended.signal else f"exit status {ended.exit_code}"
-    if free_then <= crash.crash_ceiling_bytes:
+    if free_then <= config.ceiling_free_bytes:
         return f"with {status} while the card had no room left"
     own = view(track.series)
     top = own.max_between(own.now - crash.crash_rise_seconds, own.now + 1e-6)

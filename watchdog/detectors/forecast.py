@@ -24,6 +24,10 @@ model server between two models), or it sat at its bare CUDA context and loads a
 room on the card, that is no grower; past it, or from a bare context, its critical forecast is tentative as a young
 grower's is (`_climbing`).
 
+A run that fell from the card's end and lived (PyTorch gave its cache back when a cudaMalloc failed, and retried) is
+climbing back to a level it lived through as its cache refills: it is no grower while its troughs do not rise towards
+the ceiling (`ceiling.riding`).
+
 A run already on the card when vramwatch starts (a daemon restart) has a past vramwatch did not see: a load begun
 just before, or a climb back to what it gave back minutes earlier, reads as an old run leaking from its plateau. For
 the give-back test's look-back after vramwatch first saw it, it is judged as a young grower is (`_unseen_past`).
@@ -44,8 +48,9 @@ from dataclasses import dataclass
 from ..history import Track
 from ..model import Finding, FindingKind, ProcessKey, Severity
 from . import _format as fmt
+from . import ceiling
 from ._context import GpuContext, Tree
-from ._series import view
+from ._series import first_still, view
 from ._settings import fraction, non_negative, setting, validate
 from .base import Detector, Forecast, Observation, Quorum
 from .config import BARE_CONTEXT_BYTES, DetectorConfig
@@ -256,6 +261,8 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[tuple[Tree,
         )
         if best is None or retakes_without_rising(series, best.xs[0], config):
             continue
+        if rides_ceiling(ctx, track, own):
+            continue  # refilling the cache it gave back at the card's end, where it lived on; its troughs do not rise
         climb = _climbing(track, ctx.now, own, config, from_start=_seen_from_start(ctx, tree, track, own))
         room = None if ctx.free_bytes is None else ctx.free_bytes - config.oom_margin_bytes
         held = None if climb is None or climb.held_still else climb.held_bytes
@@ -268,26 +275,27 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[tuple[Tree,
     return [(tree, climb) for _, tree, climb in found]
 
 
+def rides_ceiling(ctx: GpuContext, track: Track, own: ForecastConfig, *, horizon_seconds: float | None = None) -> bool:
+    """The run climbs back to the card's end it lived at, refilling the cache PyTorch gave back there, and its troughs
+    do not rise towards it within `horizon_seconds` (this detector's warning horizon unless given): `ceiling.riding`,
+    with what a warming run is by this detector's settings."""
+    horizon = own.forecast_warning_eta_seconds if horizon_seconds is None else horizon_seconds
+    ride = ceiling.riding(
+        ctx,
+        track,
+        horizon_seconds=horizon,
+        warmup_seconds=own.forecast_warmup_seconds,
+        settle_seconds=own.settle_seconds,
+    )
+    return ride is not None
+
+
 def _warming(track: Track | None, now: float, own: ForecastConfig, config: DetectorConfig) -> bool:
     """Young and never flat for `settle_seconds` since it appeared: still loading, most likely."""
     if track is None or now - track.first_seen >= own.forecast_warmup_seconds:
         return False
     series = view(track.series)
-    return _first_still(series.t, series.v, own.settle_seconds, config.noise_bytes) is None
-
-
-def _first_still(ts: Sequence[float], vs: Sequence[float], settle_seconds: float, noise_bytes: float) -> float | None:
-    """When the first stretch of `settle_seconds` whose points stay within `noise_bytes` of each other begins
-    (None: the points never hold still that long)."""
-    start = low = high = None
-    for t, v in zip(ts, vs, strict=True):
-        if start is None or low is None or high is None or max(high, v) - min(low, v) > noise_bytes:
-            start, low, high = t, v, v
-        else:
-            low, high = min(low, v), max(high, v)
-        if t - start >= settle_seconds:
-            return start
-    return None
+    return first_still(series.t, series.v, own.settle_seconds, config.noise_bytes) is None
 
 
 #: A give-back takes the run a quarter at least below the least it held in the two look-backs (six minutes) before
@@ -374,7 +382,7 @@ def _climbing(
     if start >= since and from_start:
         # A young run's first climb starts from its bare context, the least it ever held: look only from where it
         # first held still, or a give-back to more than its context would hide behind that first climb.
-        settled = _first_still(series.t, series.v, own.settle_seconds, config.noise_bytes)
+        settled = first_still(series.t, series.v, own.settle_seconds, config.noise_bytes)
         if settled is None:
             return None
         cut, since, start = max(cut, settled), max(since, settled), settled
@@ -414,7 +422,7 @@ def _climbing(
         return None
     # Held still on the way and rose again (a leak that steps, then holds, then steps): no load's climb. A climb that
     # holds still now has stopped, as a load does; what the longer windows still see of it is the same load.
-    paused = _first_still(ts[i:], vs[i:], own.settle_seconds, config.noise_bytes)
+    paused = first_still(ts[i:], vs[i:], own.settle_seconds, config.noise_bytes)
     stepped = paused is not None and vs[-1] - vs[bisect_left(ts, paused)] > config.min_rise_bytes
     return _Climb(began=ts[i], low_bytes=int(vs[i]), held_bytes=None if held is None else int(held), held_still=stepped)
 

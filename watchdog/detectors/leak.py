@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from ..history import History, Series
+from ..history import History, Series, Track
 from ..model import Finding, FindingKind, ProcessKey, ProcessMeta, Severity
 from . import _format as fmt
+from . import forecast
 from ._context import GpuContext
 from ._series import View
 from ._settings import non_negative, setting, validate
@@ -54,7 +55,7 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
     device's own growth finding when no tree explains it."""
     config, history, uuid = ctx.config, ctx.history, ctx.uuid
     card = card_line(ctx)
-    tree_grows = False
+    explained = False  # a tree's growth explains the card's
     newest_start = None  # the latest first sighting among the trees with a track (the device's warm-up ends after)
     for tree in ctx.trees.values():
         track = history.trees.get((tree.key, uuid))
@@ -89,19 +90,22 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
         else:
             grown = profile(series, config, start=cutoff, min_horizon=own.growth_min_horizon_seconds, report=False)
         best = grown.best(own.growth_min_horizon_seconds) if grown.fits else None  # most trees: none to rank
-        if best is not None and not _levels_off(grown, ctx):
+        refills = False
+        if best is not None and not _levels_off(grown, ctx) and not (refills := _refills(ctx, track)):
             meta = tree.members[0].meta
             finding = growth_finding(ctx, best, own, key=tree.key, meta=meta, members=len(tree.members))
             if finding is not None:
                 yield finding
-                tree_grows = True
+                explained = True
                 continue
+        # A run refilling its cache at the card's end explains the card's climb: no growth of the card's own either.
+        explained = explained or refills
         stable, at = verdict(ctx, tree, series, track.first_seen, card, carried=None if look is None else look.floor)
         if look is not None and at is not None and at is not look.floor:
             track.carried = _Look(points, look.points, config, look.quiet, at)
         if stable is not None:
             yield stable
-    if not tree_grows and ctx.used:
+    if not explained and ctx.used:
         first = ctx.used.first
         cutoff = (first if newest_start is None else max(first, newest_start)) + config.warmup_seconds
         grown = profile(ctx.used, config, start=cutoff, min_horizon=own.growth_min_horizon_seconds, report=False)
@@ -129,6 +133,14 @@ class _Look:
 
     def holds(self, series: Series, config: DetectorConfig) -> bool:
         return self.series is series and self.config is config and series.held_since(self.points)
+
+
+def _refills(ctx: GpuContext, track: Track) -> bool:
+    """Its climb refills the cache it gave back at the card's end, where it lived on (ceiling.py): no leak, unless its
+    troughs rise towards the ceiling within the longest window the growth tests look at (a slow leak beneath the
+    cache is claimed as early as it would be without one)."""
+    own = forecast.DETECTOR.settings(ctx.config)
+    return forecast.rides_ceiling(ctx, track, own, horizon_seconds=max(ctx.config.horizons_seconds))
 
 
 def _levels_off(grown: Profile, ctx: GpuContext) -> bool:

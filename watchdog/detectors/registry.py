@@ -87,8 +87,7 @@ def registered(detector: Detector[C]) -> Iterator[Detector[C]]:
 
 def settings(config: DetectorConfig, detector: Detector[C]) -> C:
     """The detector's own settings in `config`: what the config file gave, else its defaults."""
-    own: C = config.detectors.get(detector.kind, detector.defaults)
-    return own
+    return detector.settings(config)
 
 
 def raise_after(config: DetectorConfig, kind: str) -> int:
@@ -119,6 +118,10 @@ def clear_after(config: DetectorConfig, kind: str) -> int | None:
     return declared.clear_after if declared is not None else config.default_exit_ticks
 
 
+#: Keys that were renamed, old name -> new: a config file written for an older vramwatch keeps working.
+RENAMED = {"crash_ceiling_bytes": "ceiling_free_bytes"}
+
+
 def config_from_table(table: Mapping[str, Any], where: str) -> DetectorConfig:
     """`[detectors]` of a config file: each key goes to the config that owns it (shared, or one detector's).
 
@@ -129,7 +132,8 @@ def config_from_table(table: Mapping[str, Any], where: str) -> DetectorConfig:
     owners = {key: (d, name) for d in detectors() for key, name in d.config_keys().items()}
     mine: dict[str, Any] = {}
     theirs: dict[str, dict[str, Any]] = {}
-    for key, value in table.items():
+    for given, value in table.items():
+        key = RENAMED.get(given, given)
         if key in shared:
             mine[key] = value
         elif key in owners:

@@ -1,0 +1,219 @@
+"""A run that lived through a full card (PyTorch gave its cache back when cudaMalloc failed, and retried): its climbs
+back to that ceiling are no leak while its troughs do not rise (watchdog/detectors/ceiling.py)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from vramwatch.detectors import DetectorConfig, config_from_table
+from vramwatch.detectors.testing import GIB, MIB, WALL0, Card, Replay, Rig, meta, replay, ticks
+from vramwatch.model import FindingKind, Severity
+
+CARD = Card()
+CONTEXT = 520 * MIB
+#: What one run can hold on the card: cudaMalloc fails past it.
+ROOM = CARD.total_bytes - CARD.overhead_bytes
+PID = 4242
+
+
+def recycler(
+    *,
+    working: float,
+    creep: float,
+    seed: int = 0,
+    jitter: float = 256 * MIB,
+    leak: float = 0.0,
+    plateau_until: float = 0.0,
+) -> Callable[[float], int]:
+    """A run holding `working` bytes (its needs) whose cache grows `creep` bytes a second from `plateau_until` on,
+    in segments, until cudaMalloc fails at the card's end: the cache goes back (down to its needs, a step's worth
+    more or less: `jitter`) and grows again. `leak` bytes a second add to its needs, cache or not."""
+    rng = random.Random(seed)  # noqa: S311 - a seeded scenario, not a secret
+    state = {"t": 0.0, "cache": 0.0}
+
+    def held(t: float) -> int:
+        need = CONTEXT + working + leak * max(0.0, t - plateau_until)
+        if t > plateau_until:
+            state["cache"] += creep * (t - max(state["t"], plateau_until)) * rng.uniform(0.5, 1.5)
+        state["t"] = t
+        if need + state["cache"] > ROOM:
+            state["cache"] = rng.uniform(0.0, jitter)  # the flush: all it cached and did not use goes back
+        return min(ROOM, math.ceil((need + state["cache"]) / (2 * MIB)) * 2 * MIB)
+
+    return held
+
+
+def rows(memory: Callable[[float], int], seconds: float) -> list[tuple[float, dict[int, int]]]:
+    return [(t, {PID: memory(t)}) for t in ticks(0.0, seconds)]
+
+
+def old_rig() -> Rig:
+    """The run started an hour before vramwatch, which watched it from the start of the scenario."""
+    return Rig(cards=(CARD,), metas={PID: meta(PID, start_time=WALL0 - 3600.0)})
+
+
+def young_rig() -> Rig:
+    return Rig(cards=(CARD,), metas={PID: meta(PID, start_time=WALL0)})
+
+
+def falls_at(table: list[tuple[float, dict[int, int]]]) -> list[float]:
+    """When the run fell from the card's end (its memory dropped by more than 128 MiB from a full card)."""
+    return [
+        t for (t, a), (_, b) in itertools.pairwise(table) if a[PID] - b[PID] > 128 * MIB and a[PID] >= ROOM - 512 * MIB
+    ]
+
+
+def raised_after(result: Replay, t: float, *kinds: str) -> list[str]:
+    return [
+        f"t={f.t:g} {f.severity.value} {f.kind.value}{' (tentative)' if f.tentative else ''}"
+        for f in result.raised
+        if f.t > t and f.kind.value in kinds
+    ]
+
+
+@pytest.mark.parametrize(
+    ("working", "creep", "jitter"),
+    [
+        (8 * GIB, 150 * MIB, 256 * MIB),  # a minute and a half a cycle, as the live run's (ceiling-h100-2026-12-06)
+        (12 * GIB, 40 * MIB, 512 * MIB),  # slow: four minutes a cycle, troughs that vary by half a GiB
+        (16 * GIB, 300 * MIB, 128 * MIB),  # fast: twenty seconds a cycle
+        (20 * GIB, 20 * MIB, 256 * MIB),  # little room: a cycle of three minutes into 3 GiB
+    ],
+)
+def test_a_cache_refilling_to_the_ceiling_it_lived_at_is_left_be_once_its_troughs_compare(
+    working: int, creep: int, jitter: int
+) -> None:
+    """An old run that held still, then fills the card with its cache again and again: once it fell twice from a full
+    card and its troughs do not rise, its climbs back raise no oom_forecast and no growth finding."""
+    table = rows(recycler(working=working, creep=creep, jitter=jitter, plateau_until=60.0), 1800.0)
+    fell = falls_at(table)
+    assert len(fell) >= 3, "the scenario must fall from the ceiling several times"
+    result = replay(table, old_rig())
+    assert raised_after(result, fell[1], "oom_forecast", "growth") == []
+
+
+def test_a_leak_beneath_a_refilling_cache_is_still_claimed_and_forecast() -> None:
+    """A run vramwatch saw arrive holds still for five minutes, then leaks 10 MB/s beneath a cache that refills at
+    the card's end every minute and a half: its troughs rise, so the leak is claimed (growth) more than ten minutes
+    before its needs fill the card, and its climbs are forecast critical, firm, a minute ahead at least."""
+    leak = 10e6
+    memory = recycler(working=8 * GIB, creep=150 * MIB, leak=leak, plateau_until=300.0)
+    table: list[tuple[float, dict[int, int]]] = [(t, {}) for t in ticks(0.0, 4.0)]
+    for t in ticks(5.0, 1800.0):
+        if CONTEXT + 8 * GIB + leak * max(0.0, t - 300.0) >= ROOM:
+            break  # its needs alone fill the card: the OOM
+        table.append((t, {PID: memory(t)}))
+    oom = table[-1][0] + 1.0
+    first = falls_at([row for row in table if row[1]])
+    assert len(first) >= 3, "the scenario must fall from the ceiling before its OOM"
+    result = replay(table, Rig(cards=(CARD,), metas={PID: meta(PID, start_time=WALL0 + 5.0)}))
+    claims = [f for f in result.raised if f.kind == FindingKind.GROWTH and f.process is not None]
+    assert claims
+    assert oom - claims[0].t >= 600.0
+    late = [f for f in result.raised if f.kind == FindingKind.OOM_FORECAST and f.t > first[0]]
+    assert late, "the climbs after the falls must still be forecast"
+    assert late[-1].severity == Severity.CRITICAL
+    assert late[-1].tentative is None
+    assert oom - late[-1].t >= 60.0
+
+
+def test_a_fall_with_room_left_on_the_card_is_not_a_flush() -> None:
+    """A run that gives memory back while the card has room (weights offloaded) is judged by the give-back rules,
+    not as one that lived through the card's end: its climb to twice what it held is forecast."""
+    table = []
+    for t in ticks(0.0, 600.0):
+        if t < 200:
+            held = 8 * GIB
+        elif t < 260:
+            held = 3 * GIB  # gave 5 GiB back with 15 GiB free: no flush
+        else:
+            held = 3 * GIB + int((t - 260) * 120e6)
+        if held >= ROOM - 256 * MIB:
+            break
+        table.append((t, {PID: held}))
+    result = replay(table, old_rig())
+    assert any(f.kind == FindingKind.OOM_FORECAST and f.severity == Severity.CRITICAL for f in result.raised)
+
+
+def test_a_run_that_climbs_past_the_ceiling_it_lived_at_is_judged_as_any_run() -> None:
+    """Once a neighbour leaves, the ceiling rises: a run climbing past what it held and what was free when it fell is
+    growing into room it never had, and is forecast."""
+    other = 900
+    table = []
+    cache = 0.0
+    for t in ticks(0.0, 900.0):
+        neighbour = 6 * GIB if t < 300 else 0
+        need = CONTEXT + 8 * GIB
+        cache += 100 * MIB
+        if need + cache + neighbour > ROOM:
+            cache = 0.0
+        held = int(need + cache)
+        if t >= 300 and held + 256 * MIB >= ROOM:
+            break
+        table.append((t, {PID: held, other: neighbour} if neighbour else {PID: held}))
+    assert falls_at([(t, {PID: u[PID] + u.get(other, 0)}) for t, u in table]), "it must fall while the neighbour holds"
+    old = WALL0 - 3600.0
+    rig = Rig(cards=(CARD,), metas={PID: meta(PID, start_time=old), other: meta(other, start_time=old)})
+    result = replay(table, rig)
+    assert any(f.kind == FindingKind.OOM_FORECAST and f.t > 300 for f in result.raised)
+
+
+def test_a_young_run_whose_first_climb_fills_the_card_is_forecast_tentatively_then_left_be() -> None:
+    """A young run whose first climb, from its load, fills the card is forecast as any young grower's (tentative);
+    once it fell and lived, its climbs back raise nothing: with no trough before its first fall, a leak beneath its
+    cache cannot be told from the cache (docs/detection.md)."""
+    table = rows(recycler(working=8 * GIB, creep=150 * MIB), 900.0)
+    first = falls_at(table)
+    result = replay(table, young_rig())
+    before = [f for f in result.raised if f.kind == FindingKind.OOM_FORECAST and f.t <= first[0]]
+    assert before
+    assert all(f.tentative for f in before)
+    assert raised_after(result, first[0], "oom_forecast", "growth") == []
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    working=st.floats(min_value=4.0, max_value=18.0),
+    creep=st.floats(min_value=20.0, max_value=400.0),
+    jitter=st.floats(min_value=0.0, max_value=512.0),
+    seed=st.integers(min_value=0, max_value=3),
+)
+def test_no_recycler_is_forecast_after_it_lived_through_the_ceiling(
+    working: float, creep: float, jitter: float, seed: int
+) -> None:
+    """Whatever its needs (4-18 GiB of a 24 GiB card), cache growth (20-400 MiB/s) and trough jitter (up to 512 MiB),
+    an old run riding the ceiling raises no oom_forecast or growth finding after its second fall."""
+    memory = recycler(working=working * GIB, creep=creep * MIB, jitter=jitter * MIB, seed=seed, plateau_until=60.0)
+    table = rows(memory, 900.0)
+    fell = falls_at(table)
+    if len(fell) < 2:
+        return  # its cache did not reach the card's end twice in the time
+    result = replay(table, old_rig())
+    assert raised_after(result, fell[1], "oom_forecast", "growth") == []
+
+
+@pytest.mark.parametrize(("free_gib", "post_mortem"), [(5.0, False), (0.25, True)])
+def test_a_run_that_lived_through_the_ceiling_and_vanishes(free_gib: float, post_mortem: bool) -> None:
+    """With no exit status seen: a young run that fell from the card's end and lived, then vanishes while its cache
+    refills with 5 GiB still free, ended (PyTorch would have given the cache back again): no post-mortem. One that
+    vanishes back at the card's end (a quarter of a GiB free) ran out of memory there: a post-mortem."""
+    table = rows(recycler(working=8 * GIB, creep=400 * MIB), 400.0)  # 5 GiB is ~13 s of climb
+    fell = falls_at(table)
+    assert fell
+    cut = next(t for t, u in table if t > fell[0] + 2 and ROOM - u[PID] <= free_gib * GIB)
+    gone = [(t, u if t <= cut else {}) for t, u in table if t <= cut + 20]
+    named = [f for f in replay(gone, young_rig()).raised if f.kind == FindingKind.PROBABLE_OOM]
+    assert bool(named) is post_mortem
+
+
+def test_the_renamed_ceiling_key_is_still_read() -> None:
+    """`crash_ceiling_bytes` (the setting's name before it was shared) sets `ceiling_free_bytes`."""
+    config = config_from_table({"crash_ceiling_bytes": 256 * MIB}, "test")
+    assert config.ceiling_free_bytes == 256 * MIB
+    assert DetectorConfig().ceiling_free_bytes == 512 * MIB
