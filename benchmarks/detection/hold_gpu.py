@@ -97,11 +97,17 @@ def watched(
 
 
 def start_daemons(
-    out: Path, logs: dict[str, IO[bytes]], procs: list[subprocess.Popen[bytes]], base: Path | None
+    out: Path,
+    logs: dict[str, IO[bytes]],
+    procs: list[subprocess.Popen[bytes]],
+    base: Path | None,
+    *,
+    acting: bool = True,
 ) -> None:
-    """`serve` under POLICY (acting), and with `base` that tree's `serve` beside it in dry-run (`serve-base`), each
-    with its config in OUT (`serve.toml`, `serve-base.toml`) and its log in `logs`; appended to `procs`."""
-    daemons = [("serve", None, "false")] + ([("serve-base", base, "true")] if base else [])
+    """`serve` under POLICY (acting, unless not `acting`), and with `base` that tree's `serve` beside it in dry-run
+    (`serve-base`), each with its config in OUT (`serve.toml`, `serve-base.toml`) and its log in `logs`; appended to
+    `procs`."""
+    daemons = [("serve", None, "false" if acting else "true")] + ([("serve-base", base, "true")] if base else [])
     for name, pkg, dry in daemons:
         config = out / f"{name}.toml"
         config.write_text(POLICY.format(dry_run=dry))

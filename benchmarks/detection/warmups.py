@@ -36,6 +36,13 @@ combination:
   5 s, held 10-60 s while the captions are encoded, freed, then the model (6 or 12 GiB) loaded over 5-30 s, 4 s
   of setup, its first step (1.3x the model) and a sawtooth of 0 or 2 GiB; seeds 0-1.
 
+- `ceiling`: a run whose cache refills at the card's end (a sequence-length warm-up, bucketed shapes on a tight card):
+  it needs 6-18 GiB, and its cache grows 30-300 MiB/s until cudaMalloc fails; PyTorch then gives its cache back (down
+  to its needs, give or take 0 or 256 MiB of a step) and retries, and the run goes on (twenty minutes). Young (it
+  loads from t = 0) or old (on its plateau when vramwatch starts, its cache growing from 60 s); seeds 0-1. Its first
+  climb to the card's end cannot be told from a leak (and a settled run's second neither: docs/detection.md, "A
+  cache that refills at the card's end"); every later critical is false.
+
 Loads that last longer than the forecast's shortest window (15 s) at a rate that would fill the card within two
 minutes are forecast critical by design (docs/detection.md, `oom_forecast`): the `ramp` runs with R = 20 s are
 that case. The script is a precision check of the warm-up rules, not a proof: real recordings are
@@ -248,6 +255,29 @@ def cases() -> Iterator[Case]:
         label = f"encoders {encoders} GiB for {encode} s, then the model {model} GiB in {load} s, sawtooth {saw} GiB"
         memory = two_stage(encoders * GIB, encode, model * GIB, load, saw * GIB)
         yield Case("two-stage", label, seed, partial(alone, memory, seed))
+    for needs, creep, jitter, old, seed in itertools.product(
+        (6, 10, 14, 18), (30, 100, 300), (0, 256), (False, True), (0, 1)
+    ):
+        label = f"needs {needs} GiB, cache +{creep} MiB/s, troughs +0-{jitter} MiB, {'old' if old else 'young'}"
+        yield Case("ceiling", label, seed, partial(refills, needs * GIB, creep * MIB, jitter * MIB, seed, old=old))
+
+
+def refills(needs: float, creep: float, jitter: float, seed: int, *, old: bool) -> tuple[list[Row], Rig]:
+    """A run of `ceiling`: `needs` bytes, a cache growing `creep` bytes a second until the card's end, given back
+    there (down to its needs and up to `jitter` more) as PyTorch does when a cudaMalloc fails, and grown again."""
+    rng = random.Random(seed)
+    limit = CARD.total_bytes - CARD.overhead_bytes  # cudaMalloc fails past it
+    start = 60.0 if old else 10.0
+    cache, out = 0.0, []
+    for t in ticks(0.0, 1200.0):
+        # A young run: its CUDA context, then its weights loaded over 5 s.
+        held = CONTEXT + needs * (1.0 if old else min(1.0, max(0.0, (t - 3.0) / 5.0)))
+        if t > start:
+            cache += creep * rng.uniform(0.5, 1.5)
+            if held + cache > limit:
+                cache = rng.uniform(0.0, jitter)
+        out.append((t, {PID: math.ceil((held + cache) / (2 * MIB)) * 2 * MIB}))
+    return out, Rig(cards=(CARD,), metas={PID: meta(PID, start_time=WALL0 - (3600.0 if old else 0.0))})
 
 
 def alone(memory: Memory, seed: int, *, seconds: float = SECONDS, old: bool = False) -> tuple[list[Row], Rig] | None:

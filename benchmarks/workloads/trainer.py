@@ -26,6 +26,12 @@ Modes (`--mode`):
                  but-unallocated memory grows until an OOM with about half the reserved memory in holes. Run
                  it again with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: the holes are unmapped
                  and the OOM comes much later, when the live pieces alone fill the card.
+  recycle        healthy, plus a sequence-length warm-up on a tight card: each step also holds an attention-like
+                 buffer 2 MiB larger than the last step's (from `--grow-mib`), so the last steps' smaller blocks
+                 stay in the cache and reserved memory climbs by a buffer a step. When cudaMalloc fails, PyTorch
+                 frees its cache and retries (num_alloc_retries): NVML sees the run fall back and climb again, a
+                 sawtooth at the card's ceiling, and the run goes on. `--frozen-gib` adds a frozen base model's
+                 weights (a LoRA's), `--leak-mb-per-s` a leak beneath the cache (the troughs then rise to an OOM).
 
 Other knobs: `--accum N` (gradient accumulation: N micro-batches of backward per optimizer step),
 `--val-hold-seconds S` (keep each validation phase's tensors alive S seconds, so a 1 Hz sampler sees the
@@ -49,7 +55,9 @@ import torch
 from _common import GIB, MIB, alloc_conf, emit, pace, run
 from torch import nn
 
-MODES = ("healthy", "fast_leak", "slow_leak", "stepwise_leak", "plateau", "spike_oom", "fragment", "sawtooth")
+MODES = (
+    "healthy", "fast_leak", "slow_leak", "stepwise_leak", "plateau", "spike_oom", "fragment", "sawtooth", "recycle"
+)  # fmt: skip
 DEFAULT_LEAK_MB_PER_S = {"fast_leak": 150.0, "slow_leak": 4.0, "plateau": 150.0}
 
 # Shares of the budget; AdamW in fp32 costs 4x the parameters (weights, grads, two moments).
@@ -83,6 +91,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--end-in-validation", action="store_true", help="then one more validation phase, exit 0 in it")
     p.add_argument("--sample-gib", type=float, default=None, help="size of the sampling phase (GiB)")
     p.add_argument("--stop-at", type=float, default=None, help="stop once time.monotonic() passes this value")
+    p.add_argument("--grow-mib", type=float, default=64.0, help="recycle: the first step's growing buffer (MiB)")
+    p.add_argument("--frozen-gib", type=float, default=0.0, help="hold a frozen base model's weights (GiB)")
     p.add_argument("--context-gib", type=float, default=0.5, help="assumed CUDA context size when unknown")
     p.add_argument("--enforce-budget", action="store_true", help="also cap PyTorch at the budget (per-process)")
     p.add_argument("--device", type=int, default=0)
@@ -210,6 +220,8 @@ def main(args: argparse.Namespace) -> int:
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total))
     ctx = context_bytes(plan, free_at_start, args.context_gib)
     model, opt = build(plan)
+    # A LoRA's frozen base model: held all along, never trained.
+    frozen = torch.empty(int(args.frozen_gib * GIB), dtype=torch.uint8, device="cuda") if args.frozen_gib else None
     emit(
         "ready",
         mode=args.mode,
@@ -224,6 +236,8 @@ def main(args: argparse.Namespace) -> int:
         end_in_validation=args.end_in_validation,
         stop_at=args.stop_at,
         alloc_conf=alloc_conf(),
+        frozen_bytes=0 if frozen is None else frozen.numel(),
+        grow_bytes=int(args.grow_mib * MIB) if args.mode == "recycle" else None,
         **plan.as_dict(),
     )
 
@@ -249,7 +263,15 @@ def main(args: argparse.Namespace) -> int:
             need = SPIKE_FACTOR * max(budget, free_at_start)
             rows = math.ceil(need / (8 * plan.width * plan.layers))
         phase = "train"
+        grown = None
+        if args.mode == "recycle":
+            # Longer sequences, larger attention scores: 2 MiB more than the last step's buffer, so no cached block
+            # fits it and cudaMalloc is asked for a new segment (blocks over 10 MiB are rounded to 2 MiB). The
+            # smaller ones stay cached until cudaMalloc fails and PyTorch frees them all and retries.
+            size = (int(args.grow_mib * MIB) + (step - 1) * 2 * MIB) // (2 * MIB) * (2 * MIB)
+            grown = torch.empty(size, dtype=torch.uint8, device="cuda").fill_(1)
         loss = train_step(model, opt, rows, plan.width, args.accum)
+        del grown
 
         if args.mode == "fragment":
             phase = "fragment"
@@ -277,7 +299,7 @@ def main(args: argparse.Namespace) -> int:
                 leaked_bytes += images.numel() * images.element_size()
             del images
 
-        grow = leak_per_step if args.mode in ("fast_leak", "slow_leak", "plateau") else 0
+        grow = leak_per_step if args.mode in ("fast_leak", "slow_leak", "plateau", "recycle") else 0
         if args.mode == "plateau":
             room = int(args.plateau_frac * budget) - ctx - torch.cuda.memory_reserved()
             grow = max(0, min(grow, room)) // (2 * MIB) * (2 * MIB)
@@ -297,6 +319,7 @@ def main(args: argparse.Namespace) -> int:
             allocated_bytes=torch.cuda.memory_allocated(),
             reserved_bytes=torch.cuda.memory_reserved(),
             inactive_split_bytes=torch.cuda.memory_stats().get("inactive_split_bytes.all.current"),
+            num_alloc_retries=torch.cuda.memory_stats().get("num_alloc_retries"),
             seconds=time.monotonic() - started,
         )
         done = step
