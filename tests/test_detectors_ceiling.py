@@ -30,23 +30,41 @@ def recycler(
     jitter: float = 256 * MIB,
     leak: float = 0.0,
     plateau_until: float = 0.0,
+    leak_from: float | None = None,
+    cache_until: float = math.inf,
 ) -> Callable[[float], int]:
-    """A run holding `working` bytes (its needs) whose cache grows `creep` bytes a second from `plateau_until` on,
-    in segments, until cudaMalloc fails at the card's end: the cache goes back (down to its needs, a step's worth
-    more or less: `jitter`) and grows again. `leak` bytes a second add to its needs, cache or not."""
+    """A run holding `working` bytes (its needs) whose cache grows `creep` bytes a second from `plateau_until` on
+    (until `cache_until`), in segments, until cudaMalloc fails at the card's end: the cache goes back (down to its
+    needs, a step's worth more or less: `jitter`) and grows again. `leak` bytes a second add to its needs from
+    `leak_from` (`plateau_until` unless given), cache or not."""
     rng = random.Random(seed)  # noqa: S311 - a seeded scenario, not a secret
     state = {"t": 0.0, "cache": 0.0}
+    leaks_from = plateau_until if leak_from is None else leak_from
 
     def held(t: float) -> int:
-        need = CONTEXT + working + leak * max(0.0, t - plateau_until)
-        if t > plateau_until:
+        need = CONTEXT + working + leak * max(0.0, t - leaks_from)
+        if plateau_until < t <= cache_until:
             state["cache"] += creep * (t - max(state["t"], plateau_until)) * rng.uniform(0.5, 1.5)
+        elif t > cache_until:
+            state["cache"] = 0.0  # its shapes stopped changing: what it caches, it uses
         state["t"] = t
         if need + state["cache"] > ROOM:
             state["cache"] = rng.uniform(0.0, jitter)  # the flush: all it cached and did not use goes back
         return min(ROOM, math.ceil((need + state["cache"]) / (2 * MIB)) * 2 * MIB)
 
     return held
+
+
+def until_oom(
+    memory: Callable[[float], int], need: Callable[[float], float], seconds: float
+) -> list[tuple[float, dict[int, int]]]:
+    """The rows of `memory` until its needs alone (`need`) fill the card: its OOM, the tick after the last row."""
+    table = []
+    for t in ticks(0.0, seconds):
+        if need(t) >= ROOM:
+            break
+        table.append((t, {PID: memory(t)}))
+    return table
 
 
 def rows(memory: Callable[[float], int], seconds: float) -> list[tuple[float, dict[int, int]]]:
@@ -181,14 +199,15 @@ def test_a_young_run_whose_first_climb_fills_the_card_is_forecast_tentatively_th
 @given(
     working=st.floats(min_value=4.0, max_value=18.0),
     creep=st.floats(min_value=20.0, max_value=400.0),
-    jitter=st.floats(min_value=0.0, max_value=512.0),
+    jitter=st.floats(min_value=0.0, max_value=4096.0),
     seed=st.integers(min_value=0, max_value=3),
 )
 def test_no_recycler_is_forecast_after_it_lived_through_the_ceiling(
     working: float, creep: float, jitter: float, seed: int
 ) -> None:
-    """Whatever its needs (4-18 GiB of a 24 GiB card), cache growth (20-400 MiB/s) and trough jitter (up to 512 MiB),
-    an old run riding the ceiling raises no oom_forecast or growth finding after its second fall."""
+    """Whatever its needs (4-18 GiB of a 24 GiB card), cache growth (20-400 MiB/s) and trough jitter (up to 4 GiB:
+    a flush mid-step, the step's activations live), an old run riding the ceiling raises no oom_forecast or growth
+    finding after its second fall."""
     memory = recycler(working=working * GIB, creep=creep * MIB, jitter=jitter * MIB, seed=seed, plateau_until=60.0)
     table = rows(memory, 900.0)
     fell = falls_at(table)
@@ -210,6 +229,55 @@ def test_a_run_that_lived_through_the_ceiling_and_vanishes(free_gib: float, post
     gone = [(t, u if t <= cut else {}) for t, u in table if t <= cut + 20]
     named = [f for f in replay(gone, young_rig()).raised if f.kind == FindingKind.PROBABLE_OOM]
     assert bool(named) is post_mortem
+
+
+@pytest.mark.parametrize(
+    ("leak", "leak_from", "cache_until"),
+    [
+        (20e6, 760.0, 700.0),  # the cache stops falling, then a plain leak: a climb far longer than any refill
+        (50e6, 1200.0, math.inf),  # a leak that begins after ten falls: its troughs stand above every one before
+        (20e6, 1200.0, math.inf),
+    ],
+)
+def test_a_leak_after_the_cache_rode_the_ceiling_is_forecast_firm_ahead_of_its_oom(
+    leak: float, leak_from: float, cache_until: float
+) -> None:
+    """An old run whose cache refilled at the card's end every 100 s then leaks (found by a review): its climbs are
+    forecast critical, firm, two minutes at least before its needs fill the card."""
+    memory = recycler(working=8 * GIB, creep=150 * MIB, leak=leak, plateau_until=60.0, leak_from=leak_from,
+                      cache_until=cache_until)  # fmt: skip
+    table = until_oom(memory, lambda t: CONTEXT + 8 * GIB + leak * max(0.0, t - leak_from), 3600.0)
+    oom = table[-1][0] + 1.0
+    assert len(falls_at(table)) >= 5
+    firm = [
+        f
+        for f in replay(table, old_rig()).raised
+        if f.kind == FindingKind.OOM_FORECAST
+        and f.severity == Severity.CRITICAL
+        and not f.tentative
+        and f.t > leak_from
+    ]
+    assert firm
+    assert oom - firm[0].t >= 120.0
+
+
+def test_a_flush_read_half_done_is_one_fall_and_no_leak() -> None:
+    """PyTorch's flush read over three reads (300 MiB less, 600 MiB less, then the rest) is one fall, judged once it
+    is over: a healthy run falling so every cycle is never forecast after its second fall, and nothing raises."""
+    table: list[tuple[float, dict[int, int]]] = []
+    cache, pending = 0.0, []
+    for t in ticks(0.0, 1500.0):
+        if pending:
+            held = pending.pop(0)
+        else:
+            cache += 150 * MIB if t > 60 else 0
+            held = min(ROOM, int(8.5 * GIB + cache))
+            if held >= ROOM:
+                pending, cache = [ROOM - 300 * MIB, ROOM - 600 * MIB], 0.0
+        table.append((t, {PID: int(held)}))
+    fell = falls_at(table)
+    result = replay(table, old_rig())
+    assert raised_after(result, fell[1], "oom_forecast", "growth") == []
 
 
 def test_the_renamed_ceiling_key_is_still_read() -> None:

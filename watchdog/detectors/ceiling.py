@@ -10,24 +10,30 @@ is heading there: it has been there before, and lived.
 What such a run needs is what it falls to (its trough), not what it climbs to (its cache). A leak beneath the cache
 raises the troughs until they reach the ceiling; a cache that refills does not. So a run *rides the ceiling* when:
 
-- it fell from a card with less than `ceiling_free_bytes` free, by more than `min_rise_bytes`, within
-  `CEILING_MEMORY_SECONDS`, and lived (it is still on the card);
-- it now holds no more than it could hold when it fell (what it held and what was free then): it is climbing back
-  to the ceiling it lived at;
-- its troughs do not rise towards the ceiling: from its earliest known trough (the least it held past its warm-up
-  and before its oldest remembered fall, else the least it held after that fall) to the least it held since its
-  newest fall, less `min_rise_bytes` and what a 1-Hz read a tick late adds, the troughs would not reach all it can
-  hold now (what it holds and what is free) within the caller's horizon (the forecast's warning horizon; for the
-  leak claim, the longest window the growth tests look at).
+- it fell from a card with at most `ceiling_free_bytes` free, by more than `min_rise_bytes` (over one read or
+  several in a row), within `CEILING_MEMORY_SECONDS`, and lived (it is still on the card);
+- it holds no more than it could hold when it fell (what it held and what was free then): it is climbing back to
+  the ceiling it lived at;
+- its climb since its newest fall has lasted no more than twice its longest cycle (between two falls; for its first,
+  from when it appeared): a cache refills about as fast as it did, and a climb that goes on far longer is something
+  else (a leak that began once the cache stopped falling);
+- its troughs do not rise towards the ceiling: the least it held since its newest fall, against the least it held
+  after its previous fall and after its oldest remembered one (the faster of the two rates), less `min_rise_bytes`
+  and what a read a tick after the bottom adds, would not reach all it can hold now (what it holds and what is
+  free) within the caller's horizon (the forecast's warning horizon; for the leak claim, the longest window the
+  growth tests look at);
+- with one fall only, troughs cannot be compared yet (what it held before it fell was cache too): it rides only if
+  it was still warming when it fell (younger than the forecast's warm-up, never still for its settle time), a climb
+  from its load to the card's end. A run that had settled may have climbed as a leak does, and is judged as any run
+  until it falls again.
 
-With no trough before to compare (a young run whose first climb reached the card's end, a run first seen climbing),
-it rides: its first climb was forecast as any climb is, and from NVML a leak beneath a cache cannot be told from the
-cache. The forecast and the leak claim both ask `riding` (docs/detection.md, "A cache that refills at the card's
-end").
+The forecast, the leak claim and the post-mortem ask `riding` (through `forecast.rides_ceiling`; docs/detection.md,
+"A cache that refills at the card's end lived there").
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from ..history import Track
@@ -55,71 +61,111 @@ class Fall:
 
 @dataclass(frozen=True, slots=True)
 class Ride:
-    """A run riding the ceiling: its newest fall, the least it held since, and its earliest known trough (None:
-    none is known)."""
+    """A run riding the ceiling: its newest fall, the least it held since, and how many falls it is remembered by."""
 
     fall: Fall
     trough_bytes: int
-    first_trough_bytes: int | None
+    falls: int
 
 
 def falls(ctx: GpuContext, series: View) -> list[Fall]:
-    """The run's falls from a full card within `CEILING_MEMORY_SECONDS`, newest first: a point with less than
-    `ceiling_free_bytes` free on the card, and the run's next point lower by more than `min_rise_bytes`."""
+    """The run's falls from a full card within `CEILING_MEMORY_SECONDS`, newest first: from a point with at most
+    `ceiling_free_bytes` free on the card, the run's next point lower by more than `min_rise_bytes`. A fall read over
+    several points in a row (PyTorch's flush seen half done) is one fall, from the first of them."""
     config = ctx.config
     recent = series.since(ctx.now - CEILING_MEMORY_SECONDS)
     ts, vs = recent.t, recent.v
-    out = []
+    out: list[Fall] = []
     for k in range(len(vs) - 2, -1, -1):
         if vs[k] - vs[k + 1] > config.min_rise_bytes:
             free = ctx.free.value_at(ts[k])
             if free is not None and free <= config.ceiling_free_bytes:
+                if out and out[-1].t == ts[k + 1]:
+                    out.pop()  # the same fall, one read earlier
                 out.append(Fall(ts[k], int(vs[k]), int(free)))
     return out
 
 
 def riding(
-    ctx: GpuContext, track: Track, *, horizon_seconds: float, warmup_seconds: float, settle_seconds: float
+    ctx: GpuContext,
+    track: Track,
+    *,
+    horizon_seconds: float,
+    warmup_seconds: float,
+    settle_seconds: float,
+    free_bytes: int | None = None,
 ) -> Ride | None:
     """The run's ride at the ceiling when it is riding it (see the module's docstring), else None. `horizon_seconds`:
     troughs that would reach the ceiling within this are a leak beneath the cache; `warmup_seconds`, `settle_seconds`:
-    what a warming run is (the forecast's: younger than the one, never still for the other)."""
+    what a warming run is (the forecast's: younger than the one, never still for the other). `free_bytes`: the card's
+    free memory with the run as it is last seen (the newest read's unless given: a vanished run's is the read before
+    it left)."""
+    free_now = ctx.free_bytes if free_bytes is None else free_bytes
     series = view(track.series)
-    if len(series) < 3 or ctx.free_bytes is None:
+    if len(series) < 3 or free_now is None:
         return None
     found = falls(ctx, series)
+    if found and _falling(series, found[0]):
+        found = found[1:]  # the newest fall is under way (read half done): judged by the ones before it
     if not found:
         return None
     newest = found[0]
     now_held = series.last_value
     if now_held > newest.ceiling_bytes + ctx.config.noise_bytes:
         return None  # above the ceiling it lived at (others made room): growing past it, judged as any run is
-    trough, low_at, high_by = _trough(series.since(newest.t + 1e-9))
+    starts = [f.t for f in reversed(found)]
+    cycle = max([b - a for a, b in itertools.pairwise(starts)] or [starts[0] - track.first_seen])
+    if series.now - newest.t > 2 * cycle:
+        return None  # climbing far longer than its cache ever took to refill
+    after = _trough(series.since(newest.t + 1e-9))
+    if after is None:
+        return None
+    trough, low_at, high_by = after
     if len(found) < 2:
-        # One fall: its troughs cannot be compared yet (what it held before it fell was cache too). A run still warming
-        # when it fell (younger than `forecast_warmup_seconds`, never still for `settle_seconds`) climbed from its load
-        # to the card's end filling its cache; one that had settled, or was older, may have climbed as a leak does
-        # (a leak that steps), and is judged as any run until it falls again.
+        # One fall: its troughs cannot be compared yet. A run still warming when it fell climbed from its load to the
+        # card's end filling its cache; one that had settled, or was older, may have climbed as a leak does (a leak
+        # that steps), and is judged as any run until it falls again.
         first = series.before(newest.t)
         warming = newest.t - track.first_seen < warmup_seconds
         if not warming or first_still(first.t, first.v, settle_seconds, ctx.config.noise_bytes) is not None:
             return None
-        return Ride(newest, int(trough), None)
-    earliest = series.between(found[-1].t + 1e-9, found[-2].t)
-    low0, t0, _ = _trough(earliest)
-    ride = Ride(newest, int(trough), int(low0))
-    # Over the longest span remembered, so that what one trough reads high or low (how much of a step was live when
-    # the cache went back) weighs little; a trough read a tick after the bottom is high by that tick's climb.
-    rise = trough - low0 - high_by - ctx.config.min_rise_bytes
-    if rise <= 0:
+        return Ride(newest, int(trough), 1)
+    # Against the oldest remembered trough (a long span: what one trough reads high or low, how much of a step was
+    # live when the cache went back, weighs little) and against the highest trough since (a leak that began late:
+    # the newest trough stands above every one before it; noise seldom does, and by little).
+    earlier = [
+        low for older, later in itertools.pairwise(reversed(found)) if (low := _trough_between(series, older, later))
+    ]
+    if not earlier:
+        return Ride(newest, int(trough), len(found))
+    oldest, highest = earlier[0], max(earlier, key=lambda low: low[0])
+    tolerance = high_by + ctx.config.min_rise_bytes
+    rates = [(trough - low0 - tolerance) / max(1.0, low_at - t0) for low0, t0 in (oldest, highest)]
+    ride = Ride(newest, int(trough), len(found))
+    rising = max(rates, default=0.0)
+    if rising <= 0:
         return ride
-    room = now_held + ctx.free_bytes - ctx.config.oom_margin_bytes - trough
-    return ride if room / (rise / max(1.0, low_at - t0)) > horizon_seconds else None
+    room = now_held + free_now - ctx.config.oom_margin_bytes - trough
+    return ride if room / rising > horizon_seconds else None
 
 
-def _trough(after: View) -> tuple[float, float, float]:
-    """(the least the run held since a fall, when it last held it, how much the next point rose): a 1-Hz read comes
-    up to a tick after the bottom, so a trough can read high by that much."""
+def _trough_between(series: View, older: Fall, later: Fall) -> tuple[float, float] | None:
+    """(the least the run held after `older` and up to `later`, when it last held it)."""
+    found = _trough(series.between(older.t + 1e-9, later.t + 1e-9))
+    return None if found is None else (found[0], found[1])
+
+
+def _falling(series: View, fall: Fall) -> bool:
+    """The run has not risen since it fell (its newest point is the least since): the fall may not be over."""
+    after = series.since(fall.t + 1e-9)
+    return not len(after) or after.last_value <= after.min()
+
+
+def _trough(after: View) -> tuple[float, float, float] | None:
+    """(the least the run held in `after`, when it last held it, how much the next point rose), None when `after` is
+    empty: a read comes up to a tick after the bottom, so a trough can read high by that much."""
+    if not len(after):
+        return None
     vs = after.v
     low = min(vs)
     j = max(k for k, v in enumerate(vs) if v <= low)

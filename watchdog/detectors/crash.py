@@ -140,7 +140,7 @@ def _evidence(ctx: GpuContext, track: Track, *, held: float, free_then: int, cra
         eta = eta_seconds(free_then, rate, config)
         # A run refilling the cache it gave back at the card's end, where it lived on, does not die of the climb:
         # PyTorch gives the cache back again and retries (one that ended normally mid-climb, its exit status unseen).
-        if eta is not None and eta <= crash.crash_eta_seconds and not _refilling(ctx, track):
+        if eta is not None and eta <= crash.crash_eta_seconds and not _refilling(ctx, track, free_then):
             return f"while still growing {fmt.rate(rate.bytes_per_second)} into the last of the card"
     lowest = own.newest_low_since(t_last - crash.crash_rise_seconds)
     # The most it held since its low, not in the whole window: a run that fell from the card's end before (PyTorch gave
@@ -158,8 +158,9 @@ def _evidence(ctx: GpuContext, track: Track, *, held: float, free_then: int, cra
     return None
 
 
-def _refilling(ctx: GpuContext, track: Track) -> bool:
-    return forecast.rides_ceiling(ctx, track, forecast.DETECTOR.settings(ctx.config))
+def _refilling(ctx: GpuContext, track: Track, free_then: int) -> bool:
+    """Riding the ceiling as it was last seen (the card's free memory then, not with what it left behind)."""
+    return forecast.rides_ceiling(ctx, track, forecast.DETECTOR.settings(ctx.config), free_bytes=free_then)
 
 
 def _failed_exit(

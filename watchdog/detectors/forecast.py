@@ -275,19 +275,28 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[tuple[Tree,
     return [(tree, climb) for _, tree, climb in found]
 
 
-def rides_ceiling(ctx: GpuContext, track: Track, own: ForecastConfig, *, horizon_seconds: float | None = None) -> bool:
+def rides_ceiling(
+    ctx: GpuContext,
+    track: Track,
+    own: ForecastConfig,
+    *,
+    horizon_seconds: float | None = None,
+    free_bytes: int | None = None,
+) -> bool:
     """The run climbs back to the card's end it lived at, refilling the cache PyTorch gave back there, and its troughs
     do not rise towards it within `horizon_seconds` (this detector's warning horizon unless given): `ceiling.riding`,
-    with what a warming run is by this detector's settings."""
-    horizon = own.forecast_warning_eta_seconds if horizon_seconds is None else horizon_seconds
-    ride = ceiling.riding(
-        ctx,
-        track,
-        horizon_seconds=horizon,
-        warmup_seconds=own.forecast_warmup_seconds,
-        settle_seconds=own.settle_seconds,
+    with what a warming run is by this detector's settings (`free_bytes`: as `ceiling.riding`)."""
+    return (
+        ceiling.riding(
+            ctx,
+            track,
+            horizon_seconds=own.forecast_warning_eta_seconds if horizon_seconds is None else horizon_seconds,
+            warmup_seconds=own.forecast_warmup_seconds,
+            settle_seconds=own.settle_seconds,
+            free_bytes=free_bytes,
+        )
+        is not None
     )
-    return ride is not None
 
 
 def _warming(track: Track | None, now: float, own: ForecastConfig, config: DetectorConfig) -> bool:
