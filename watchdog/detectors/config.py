@@ -75,7 +75,7 @@ class DetectorConfig:
     saturation_tolerance: float = setting(0.25, share)
     #: The card is "full" this much before free reaches zero: the allocation that fails is never tiny.
     oom_margin_bytes: int = setting(256 * MIB, non_negative)
-    #: The card is at its ceiling with less than this free: the next sizeable cudaMalloc fails, and PyTorch frees its
+    #: The card is at its ceiling with at most this free: the next sizeable cudaMalloc fails, and PyTorch frees its
     #: cache and retries, or raises an OOM (a run that vanished then: crash.py; one that fell and lived: ceiling.py).
     ceiling_free_bytes: int = setting(512 * MIB, non_negative)
 

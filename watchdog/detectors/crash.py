@@ -50,7 +50,7 @@ class CrashConfig:
     #: card's last free memory within this many seconds of its last sight ran out of it ...
     crash_eta_seconds: float = setting(15.0, non_negative)
     #: ... or whose own memory rose by `min_rise_bytes` within `crash_rise_seconds`, up to its last sight, leaving the
-    #: card at its ceiling (less than `ceiling_free_bytes` free).
+    #: card at its ceiling (at most `ceiling_free_bytes` free).
     crash_rise_seconds: float = setting(60.0, non_negative)
     #: Reported for this long after the process vanished.
     crash_hold_seconds: float = setting(30.0, non_negative)
