@@ -18,10 +18,10 @@ raises the troughs until they reach the ceiling; a cache that refills does not. 
   from when it appeared): a cache refills about as fast as it did, and a climb that goes on far longer is something
   else (a leak that began once the cache stopped falling);
 - its troughs do not rise towards the ceiling: the least it held since its newest fall, against the least it held
-  after its previous fall and after its oldest remembered one (the faster of the two rates), less `min_rise_bytes`
-  and what a read a tick after the bottom adds, would not reach all it can hold now (what it holds and what is
-  free) within the caller's horizon (the forecast's warning horizon; for the leak claim, the longest window the
-  growth tests look at);
+  after its oldest remembered fall and the highest trough since (the faster of the two rates), less
+  `min_rise_bytes` and what a read a tick after the bottom adds, would not reach all it can hold now (what it holds
+  and what is free) within the caller's horizon (the forecast's warning horizon; for the leak claim, the longest
+  window the growth tests look at);
 - with one fall only, troughs cannot be compared yet (what it held before it fell was cache too): it rides only if
   it was still warming when it fell (younger than the forecast's warm-up, never still for its settle time), a climb
   from its load to the card's end. A run that had settled may have climbed as a leak does, and is judged as any run
@@ -59,15 +59,6 @@ class Fall:
         return self.level_bytes + self.free_bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Ride:
-    """A run riding the ceiling: its newest fall, the least it held since, and how many falls it is remembered by."""
-
-    fall: Fall
-    trough_bytes: int
-    falls: int
-
-
 def falls(ctx: GpuContext, series: View) -> list[Fall]:
     """The run's falls from a full card within `CEILING_MEMORY_SECONDS`, newest first: from a point with at most
     `ceiling_free_bytes` free on the card, the run's next point lower by more than `min_rise_bytes`. A fall read over
@@ -94,8 +85,8 @@ def riding(
     warmup_seconds: float,
     settle_seconds: float,
     free_bytes: int | None = None,
-) -> Ride | None:
-    """The run's ride at the ceiling when it is riding it (see the module's docstring), else None. `horizon_seconds`:
+) -> bool:
+    """The run is riding the ceiling (see the module's docstring). `horizon_seconds`:
     troughs that would reach the ceiling within this are a leak beneath the cache; `warmup_seconds`, `settle_seconds`:
     what a warming run is (the forecast's: younger than the one, never still for the other). `free_bytes`: the card's
     free memory with the run as it is last seen (the newest read's unless given: a vanished run's is the read before
@@ -103,23 +94,23 @@ def riding(
     free_now = ctx.free_bytes if free_bytes is None else free_bytes
     series = view(track.series)
     if len(series) < 3 or free_now is None:
-        return None
+        return False
     found = falls(ctx, series)
     if found and _falling(series, found[0]):
         found = found[1:]  # the newest fall is under way (read half done): judged by the ones before it
     if not found:
-        return None
+        return False
     newest = found[0]
     now_held = series.last_value
     if now_held > newest.ceiling_bytes + ctx.config.noise_bytes:
-        return None  # above the ceiling it lived at (others made room): growing past it, judged as any run is
+        return False  # above the ceiling it lived at (others made room): growing past it, judged as any run is
     starts = [f.t for f in reversed(found)]
     cycle = max([b - a for a, b in itertools.pairwise(starts)] or [starts[0] - track.first_seen])
     if series.now - newest.t > 2 * cycle:
-        return None  # climbing far longer than its cache ever took to refill
+        return False  # climbing far longer than its cache ever took to refill
     after = _trough(series.since(newest.t + 1e-9))
     if after is None:
-        return None
+        return False
     trough, low_at, high_by = after
     if len(found) < 2:
         # One fall: its troughs cannot be compared yet. A run still warming when it fell climbed from its load to the
@@ -127,9 +118,7 @@ def riding(
         # that steps), and is judged as any run until it falls again.
         first = series.before(newest.t)
         warming = newest.t - track.first_seen < warmup_seconds
-        if not warming or first_still(first.t, first.v, settle_seconds, ctx.config.noise_bytes) is not None:
-            return None
-        return Ride(newest, int(trough), 1)
+        return warming and first_still(first.t, first.v, settle_seconds, ctx.config.noise_bytes) is None
     # Against the oldest remembered trough (a long span: what one trough reads high or low, how much of a step was
     # live when the cache went back, weighs little) and against the highest trough since (a leak that began late:
     # the newest trough stands above every one before it; noise seldom does, and by little).
@@ -137,22 +126,19 @@ def riding(
         low for older, later in itertools.pairwise(reversed(found)) if (low := _trough_between(series, older, later))
     ]
     if not earlier:
-        return Ride(newest, int(trough), len(found))
+        return True
     oldest, highest = earlier[0], max(earlier, key=lambda low: low[0])
+    # A read comes up to a tick after the bottom: the trough can read high by that tick's climb.
     tolerance = high_by + ctx.config.min_rise_bytes
-    rates = [(trough - low0 - tolerance) / max(1.0, low_at - t0) for low0, t0 in (oldest, highest)]
-    ride = Ride(newest, int(trough), len(found))
-    rising = max(rates, default=0.0)
-    if rising <= 0:
-        return ride
+    rising = max((trough - low0 - tolerance) / max(1.0, low_at - t0) for low0, t0 in (oldest, highest))
     room = now_held + free_now - ctx.config.oom_margin_bytes - trough
-    return ride if room / rising > horizon_seconds else None
+    return rising <= 0 or room / rising > horizon_seconds
 
 
 def _trough_between(series: View, older: Fall, later: Fall) -> tuple[float, float] | None:
     """(the least the run held after `older` and up to `later`, when it last held it)."""
     found = _trough(series.between(older.t + 1e-9, later.t + 1e-9))
-    return None if found is None else (found[0], found[1])
+    return None if found is None else found[:2]
 
 
 def _falling(series: View, fall: Fall) -> bool:
@@ -163,10 +149,10 @@ def _falling(series: View, fall: Fall) -> bool:
 
 def _trough(after: View) -> tuple[float, float, float] | None:
     """(the least the run held in `after`, when it last held it, how much the next point rose), None when `after` is
-    empty: a read comes up to a tick after the bottom, so a trough can read high by that much."""
+    empty."""
     if not len(after):
         return None
     vs = after.v
-    low = min(vs)
+    low = after.min()
     j = max(k for k, v in enumerate(vs) if v <= low)
     return low, after.t[j], max(0.0, vs[j + 1] - vs[j]) if j + 1 < len(vs) else 0.0

@@ -286,16 +286,13 @@ def rides_ceiling(
     """The run climbs back to the card's end it lived at, refilling the cache PyTorch gave back there, and its troughs
     do not rise towards it within `horizon_seconds` (this detector's warning horizon unless given): `ceiling.riding`,
     with what a warming run is by this detector's settings (`free_bytes`: as `ceiling.riding`)."""
-    return (
-        ceiling.riding(
-            ctx,
-            track,
-            horizon_seconds=own.forecast_warning_eta_seconds if horizon_seconds is None else horizon_seconds,
-            warmup_seconds=own.forecast_warmup_seconds,
-            settle_seconds=own.settle_seconds,
-            free_bytes=free_bytes,
-        )
-        is not None
+    return ceiling.riding(
+        ctx,
+        track,
+        horizon_seconds=own.forecast_warning_eta_seconds if horizon_seconds is None else horizon_seconds,
+        warmup_seconds=own.forecast_warmup_seconds,
+        settle_seconds=own.settle_seconds,
+        free_bytes=free_bytes,
     )
 
 
