@@ -122,6 +122,11 @@ class Pipeline:
         self.sampler = Sampler(self.backend, self.history, self.clock, self.torch_source)
         self.tracker = FindingTracker(self.detector_config)
         self.analysis: Analysis | None = None
+        # Agents' OOM reports the `oom` detector could not judge (it raised): offered again at the next tick.
+        self._unjudged_ooms: tuple[OomEvent, ...] = ()
+        # Per failing detector: the error last logged, when, and the failures since (a bug at 1 Hz is one line
+        # every `FAILURE_LOG_SECONDS`, not 3,600 tracebacks an hour).
+        self._failures_logged: dict[str, tuple[str, float, int]] = {}
         # Live lookups (a trainer's environment, its launcher's command line) only make sense for real pids.
         self.enrich = Enricher(self.history, live=self.backend.kind == "nvml") if self.advise else None
 
@@ -130,13 +135,47 @@ class Pipeline:
         snap = self.sampler.tick()
         if snap is None:
             return None, [], []
-        ooms = self.oom_source() if self.oom_source is not None else ()
+        ooms = self._unjudged_ooms + (self.oom_source() if self.oom_source is not None else ())
         self.analysis = analyze(self.history, self.detector_config, ooms=ooms)
+        self._unjudged_ooms = ()
+        if self.analysis.failed:
+            self._failed(self.analysis, ooms)
         raised, cleared = self.tracker.update(self.analysis)
         if self.enrich is not None and raised:
             active = self.tracker.active()
             raised = [self.enrich(f, snap, self.analysis, active) for f in raised]
         return snap, raised, cleared
+
+    def _failed(self, analysis: Analysis, ooms: tuple[OomEvent, ...]) -> None:
+        """Count and log the detectors that raised at this tick; keep the OOM reports the `oom` detector missed."""
+        stats = self.sampler.stats.detector_failures
+        for kind in {f.kind for f in analysis.failed}:
+            stats[kind] = stats.get(kind, 0) + 1
+        if any(f.kind == FindingKind.OOM for f in analysis.failed):
+            self._unjudged_ooms = ooms[-MAX_UNJUDGED_OOMS:]
+        for f in analysis.failed:
+            last = self._failures_logged.get(f.kind)
+            if last is not None and last[0] == f.error and analysis.t - last[1] < FAILURE_LOG_SECONDS:
+                self._failures_logged[f.kind] = (last[0], last[1], last[2] + 1)
+                continue
+            # A new error logs its traceback; the same one again says only how often it came since.
+            new = last is None or last[0] != f.error
+            log.error(
+                "detector_failed",
+                detector=f.kind,
+                gpu=f.gpu_uuid,
+                error=f.error,
+                repeats=None if last is None else last[2],
+                effect="its findings on this GPU are held (neither raised nor cleared); the other detectors go on",
+                traceback=f.detail if new else None,
+            )
+            self._failures_logged[f.kind] = (f.error, analysis.t, 0)
+
+
+#: A detector failing again and again with the same error is logged once in this many seconds.
+FAILURE_LOG_SECONDS = 300.0
+#: At most this many OOM reports wait for an `oom` detector that keeps failing (the newest).
+MAX_UNJUDGED_OOMS = 64
 
 
 class Daemon:

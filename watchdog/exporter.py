@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ._version import __version__
+from .detectors.registry import detectors
 from .errors import VramwatchError
 from .model import Finding, ProcessKey, ProcessSample, Snapshot
 from .sampler import TICK_BUCKETS, TickStats
@@ -118,6 +119,14 @@ class SnapshotCollector(Collector):
         for kind in ("library", "gpu_lost", "process"):
             errors.add_metric([kind], float(stats.errors.get(kind, 0)))
         yield errors
+        failures = CounterMetricFamily(
+            "vramwatch_detector_failures", "Ticks at which a detector raised (its findings held)", labels=["detector"]
+        )
+        # Every detector at 0 from the start: `increase()` sees a first failure only on a series that existed before it.
+        kinds = [str(d.kind) for d in detectors()]
+        for kind in kinds + sorted(set(stats.detector_failures) - set(kinds)):
+            failures.add_metric([kind], float(stats.detector_failures.get(kind, 0)))
+        yield failures
         if stats.last_tick_wall is not None:
             yield _gauge(
                 "vramwatch_sampler_last_tick_timestamp_seconds",

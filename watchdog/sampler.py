@@ -67,6 +67,8 @@ class TickStats:
     ticks: int = 0
     overruns: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    #: Ticks at which each detector raised (kind -> count): its conclusions were missing, the others' stood.
+    detector_failures: dict[str, int] = field(default_factory=dict)
     bucket_counts: list[int] = field(default_factory=lambda: [0] * len(TICK_BUCKETS))
     duration_sum: float = 0.0
     last_tick_wall: float | None = None

@@ -10,15 +10,21 @@ The pass gathers what several detectors read once (`_context.py`): per GPU that 
 (a lost GPU is skipped; its series simply has a gap), the growth rate of each visible process, the process
 trees, the device's growth profile, and the processes that left it. Then every registered detector
 (registry.py) runs: the per-GPU ones for each GPU in turn, then the per-tick ones.
+
+A detector that raises loses only its own conclusions, for that GPU at that tick (`Analysis.failed`): the others'
+findings stand, and the tracker neither raises nor clears what the failed one had concluded (a tick it could not
+judge is no evidence either way). Before, one detector's bug on an odd series dropped the whole tick for all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from ..history import History, Track
 from ..lazy import LazyMapping
@@ -31,6 +37,18 @@ from .growth import Rate, RatePlan, process_rate, process_rate_plan, profile, re
 from .registry import detectors, settings
 
 DEFAULT_CONFIG = DetectorConfig()
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A detector that raised at a tick: on one GPU (`gpu_uuid`), or for the whole tick (None: a per-tick one, which
+    may speak of any GPU). `error` is the exception's one line; `detail` its traceback, for the log."""
+
+    kind: str
+    gpu_uuid: str | None
+    error: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +68,8 @@ class Analysis:
     process_growth: Mapping[tuple[ProcessKey, str], Rate] = field(default_factory=lambda: MappingProxyType({}))
     oom_eta: Mapping[str, tuple[float, float]] = field(default_factory=lambda: MappingProxyType({}))
     verdicts: Mapping[tuple[ProcessKey, str], str] = field(default_factory=lambda: MappingProxyType({}))
+    #: The detectors that raised at this tick (none, nearly always): their conclusions are missing, not negative.
+    failed: tuple[Failure, ...] = ()
 
 
 def analyze(history: History, config: DetectorConfig = DEFAULT_CONFIG, *, ooms: Iterable[OomEvent] = ()) -> Analysis:
@@ -58,21 +78,26 @@ def analyze(history: History, config: DetectorConfig = DEFAULT_CONFIG, *, ooms: 
     if snap is None:
         return Analysis(t=0.0)
     departed = _departed(history, snap.t)
-    gpus = tuple(
-        _context(history, snap, gpu, config, departed.get(gpu.uuid, ()))
-        for gpu in snap.gpus
-        if gpu.up and gpu.used_bytes is not None
-    )
-    tick = Tick(history=history, snapshot=snap, config=config, gpus=gpus, ooms=tuple(ooms))
-    found: list[Observation] = []
     every = detectors()
+    failed: list[Failure] = []
+    gpus: list[GpuContext] = []
+    for gpu in snap.gpus:
+        if not gpu.up or gpu.used_bytes is None:
+            continue
+        try:
+            gpus.append(_context(history, snap, gpu, config, departed.get(gpu.uuid, ())))
+        except Exception as exc:
+            # What every detector reads of this GPU could not be gathered: none of them judged it.
+            failed.extend(_failure(d.kind, gpu.uuid, exc) for d in every)
+    tick = Tick(history=history, snapshot=snap, config=config, gpus=tuple(gpus), ooms=tuple(ooms))
+    found: list[Observation] = []
     for ctx in gpus:
         for d in every:
             if d.per_gpu is not None:
-                found.extend(d.per_gpu(ctx, settings(config, d)))
+                _run(d.kind, ctx.uuid, d.per_gpu, ctx, settings(config, d), found=found, failed=failed)
     for d in every:
         if d.per_tick is not None:
-            found.extend(d.per_tick(tick, settings(config, d)))
+            _run(d.kind, None, d.per_tick, tick, settings(config, d), found=found, failed=failed)
     findings: list[Finding] = []
     etas: dict[str, tuple[float, float]] = {}
     verdicts: dict[tuple[ProcessKey, str], Verdict] = {}
@@ -90,7 +115,33 @@ def analyze(history: History, config: DetectorConfig = DEFAULT_CONFIG, *, ooms: 
         process_growth=_PerGpu({ctx.uuid: ctx.process_growth for ctx in gpus}),
         oom_eta=MappingProxyType(etas),
         verdicts=LazyMapping(verdicts, _said),
+        failed=tuple(failed),
     )
+
+
+def _run(
+    kind: str,
+    gpu_uuid: str | None,
+    detect: Callable[[T, Any], Iterable[Observation]],
+    subject: T,
+    own: object,
+    *,
+    found: list[Observation],
+    failed: list[Failure],
+) -> None:
+    """One detector on one GPU (or the tick): all it concludes, or, when it raises, nothing of it and a `Failure`
+    (what it yielded before raising is dropped with the rest: half a conclusion is not one)."""
+    try:
+        out = list(detect(subject, own))
+    except Exception as exc:
+        failed.append(_failure(kind, gpu_uuid, exc))
+        return
+    found.extend(out)
+
+
+def _failure(kind: str, gpu_uuid: str | None, exc: Exception) -> Failure:
+    line = f"{type(exc).__name__}: {exc}"
+    return Failure(kind, gpu_uuid, line, "".join(traceback.format_exception(exc)))
 
 
 def _context(

@@ -28,6 +28,10 @@
   notify at every change; a firm finding back within the cooldown of a tentative one that cleared is raised.
 
 While a finding is active its latest version (message, numbers) replaces the stored one silently.
+
+A subject whose detector raised at this tick (`Analysis.failed`, on its GPU or for the whole tick) is **held**: the
+tick counts neither for it nor against it. Its active finding is not cleared, nothing is raised about it, and its
+counters wait for a tick its detector could judge. A bug is no evidence that a leak stopped, nor that it began.
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ class FindingTracker:
             other = seen.get(f.subject)
             if other is None or _RANK[f.severity] > _RANK[other.severity]:
                 seen[f.subject] = f
+        unjudged = {(f.kind, f.gpu_uuid) for f in analysis.failed}
         raised: list[Finding] = []
         cleared: list[Finding] = []
         for subject, finding in seen.items():
@@ -109,7 +114,7 @@ class FindingTracker:
             if event is not None:
                 raised.append(event)
         for subject, state in list(self.states.items()):
-            if subject in seen:
+            if subject in seen or (unjudged and ({(subject[0], subject[1]), (subject[0], None)} & unjudged)):
                 continue
             state.present = state.critical = state.calmer = state.firm = 0
             self._remember(state, subject[0], seen=False, critical=False)
