@@ -19,7 +19,8 @@ raises the troughs until they reach the ceiling; a cache that refills does not. 
   else (a leak that began once the cache stopped falling);
 - its troughs do not rise towards the ceiling: the least it held since its newest fall, against the least it held
   after its oldest remembered fall and the highest trough since (the faster of the two rates), less
-  `min_rise_bytes` and what a read a tick after the bottom adds, would not reach all it can hold now (what it holds
+  `min_rise_bytes`, what a read a tick after the bottom adds and the most one trough ever came in below the one before
+  it (troughs vary without a trend; a leak's do not fall back), would not reach all it can hold now (what it holds
   and what is free) within the caller's horizon (the forecast's warning horizon; for the leak claim, the longest
   window the growth tests look at);
 - with one fall only, troughs cannot be compared yet (what it held before it fell was cache too): it rides only if
@@ -128,8 +129,12 @@ def riding(
     if not earlier:
         return True
     oldest, highest = earlier[0], max(earlier, key=lambda low: low[0])
-    # A read comes up to a tick after the bottom: the trough can read high by that tick's climb.
-    tolerance = high_by + ctx.config.min_rise_bytes
+    # A read comes up to a tick after the bottom: the trough can read high by that tick's climb. And troughs vary
+    # without a trend (how much of a step was live when the cache went back): by as much as one trough ever came in
+    # below the one before it. A leak's troughs do not fall back; a rise no larger than that is no evidence of one.
+    lows = [low for low, _ in earlier] + [trough]
+    jitter = max([a - b for a, b in itertools.pairwise(lows)] + [0.0])
+    tolerance = high_by + ctx.config.min_rise_bytes + jitter
     rising = max((trough - low0 - tolerance) / max(1.0, low_at - t0) for low0, t0 in (oldest, highest))
     room = now_held + free_now - ctx.config.oom_margin_bytes - trough
     return rising <= 0 or room / rising > horizon_seconds
