@@ -1,6 +1,6 @@
 """Runs that fill the card with their cache and live, on a real GPU (about 7 minutes): PyTorch's flush at the ceiling.
 
-    . benchmarks/gpu_env.sh && python3 benchmarks/detection/ceiling_gpu.py OUT [--base PKGDIR] [--dry-run]
+    . benchmarks/gpu_env.sh && python3 benchmarks/detection/ceiling_gpu.py OUT [--base PKGDIR] [--dry-run] [--agent]
 
 A ballast leaves 24 GiB (benchmarks/workloads/ballast.py). Two runs of trainer.py's `recycle` mode follow each other,
 each a healthy trainer (8 GiB budget) beside a LoRA's frozen base model (6 GiB), whose sequence-length warm-up holds,
@@ -19,13 +19,18 @@ older `vramwatch` package) runs that tree's `serve` beside it in dry-run. `vramw
 (OUT/ceiling.raw.jsonl.gz) for replays (tests/test_live_h100_ceiling.py). OUT also gets each process's log and
 summary.json: when each run started and ended, how many times PyTorch flushed its cache, what each daemon raised and
 whom it decided to signal.
+
+`--agent` runs R and L under `vramwatch run` (the in-process agent), reporting their allocator's figures to each
+daemon's own socket: the daemons then know allocated from reserved (detectors/cache.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -57,6 +62,7 @@ def main() -> int:
     ap.add_argument("out", nargs="?", type=Path, default=Path("ceiling-out"), help="where the logs and results go")
     ap.add_argument("--base", type=Path, help="a directory holding an older vramwatch package, run beside in dry-run")
     ap.add_argument("--dry-run", action="store_true", help="the live daemon decides but signals nobody")
+    ap.add_argument("--agent", action="store_true", help="run R and L under `vramwatch run`, reporting to the daemons")
     args = ap.parse_args()
     out = args.out.resolve()
     base = None if args.base is None else args.base.resolve()
@@ -69,20 +75,27 @@ def main() -> int:
     try:
         procs.append(spawn([sys.executable, str(WORK / "ballast.py"), "--leave-gib", "24"], logs["ballast"]))
         wait_for(out / "ballast.log", "ready", 120)
-        start_daemons(out, logs, procs, base, acting=not args.dry_run)
+        # (AF_UNIX paths are short: the sockets live in a fresh directory of /tmp; the agents report to both daemons.)
+        here = Path(tempfile.mkdtemp(prefix="vw-"))
+        sockets = {name: str(here / f"{name}.sock") for name in ("serve", "serve-base")}
+        start_daemons(out, logs, procs, base, acting=not args.dry_run, sockets=sockets if args.agent else None)
+        agent_env = dict(os.environ)
+        agent_env["VRAMWATCH_SOCKET"] = ":".join(sockets[name] for name in sockets if base or name == "serve")
+        under = [*VW, "run", "--"] if args.agent else []
+        env = agent_env if args.agent else None
         procs.append(spawn([*VW, "--log-format", "json", "record", str(out / "ceiling.raw.jsonl.gz"), "--interval",
                             "1", "--force"], logs["record"]))  # fmt: skip
         time.sleep(4)
         t0, wall0 = time.monotonic(), time.time()
-        healthy = spawn([sys.executable, str(WORK / "trainer.py"), *RECYCLE, "--stop-at", str(t0 + HEALTHY_S)],
-                        logs["R"])  # fmt: skip
+        healthy = spawn([*under, sys.executable, str(WORK / "trainer.py"), *RECYCLE, "--stop-at", str(t0 + HEALTHY_S)],
+                        logs["R"], env=env)  # fmt: skip
         procs.append(healthy)
         while healthy.poll() is None and time.monotonic() < t0 + HEALTHY_S + 30:
             time.sleep(1)
         time.sleep(5)  # the daemons see it gone
         leak_at = time.monotonic()
-        leaker = spawn([sys.executable, str(WORK / "trainer.py"), *RECYCLE, "--leak-mb-per-s", str(LEAK_MB_PER_S),
-                        "--stop-at", str(leak_at + LEAK_LIMIT_S)], logs["L"])  # fmt: skip
+        leaker = spawn([*under, sys.executable, str(WORK / "trainer.py"), *RECYCLE, "--leak-mb-per-s",
+                        str(LEAK_MB_PER_S), "--stop-at", str(leak_at + LEAK_LIMIT_S)], logs["L"], env=env)  # fmt: skip
         procs.append(leaker)
         while leaker.poll() is None and time.monotonic() < leak_at + LEAK_LIMIT_S + 30:
             time.sleep(1)
@@ -90,7 +103,7 @@ def main() -> int:
         codes = {"R": healthy.poll(), "L": leaker.poll()}
     finally:
         torn_down(procs, logs)
-    summary: dict[str, Any] = {"t0": t0, "wall0": wall0, "exit_codes": codes}
+    summary: dict[str, Any] = {"t0": t0, "wall0": wall0, "exit_codes": codes, "agent": args.agent}
     summary.update(lives(out, t0, ("R", "L")))
     summary["R_cache"] = flushes(out / "R.log")
     summary["L_cache"] = flushes(out / "L.log")

@@ -103,15 +103,22 @@ def start_daemons(
     base: Path | None,
     *,
     acting: bool = True,
+    sockets: dict[str, str] | None = None,
 ) -> None:
     """`serve` under POLICY (acting, unless not `acting`), and with `base` that tree's `serve` beside it in dry-run
     (`serve-base`), each with its config in OUT (`serve.toml`, `serve-base.toml`) and its log in `logs`; appended to
-    `procs`."""
+    `procs`. `sockets`: each daemon's agent socket by name (`VRAMWATCH_SOCKET`), for trainers run under the agent;
+    this tree's daemon then records its ticks to OUT/serve.trace.jsonl.gz, with the agents' figures."""
     daemons = [("serve", None, "false" if acting else "true")] + ([("serve-base", base, "true")] if base else [])
     for name, pkg, dry in daemons:
         config = out / f"{name}.toml"
-        config.write_text(POLICY.format(dry_run=dry))
+        text = POLICY.format(dry_run=dry)
         env = dict(os.environ)
+        if sockets is not None:
+            env["VRAMWATCH_SOCKET"] = sockets[name]
+            if pkg is None:  # this tree's daemon records its ticks, the agents' figures with them (`record` has none)
+                text += f'[daemon]\nrecord = "{out / (name + ".trace.jsonl.gz")}"\n'
+        config.write_text(text)
         if pkg is not None:
             env["PYTHONPATH"] = f"{pkg}:{env.get('PYTHONPATH', '')}"
         cmd = [*VW, "--log-format", "json", "--config", str(config), "serve",

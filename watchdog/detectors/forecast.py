@@ -28,6 +28,9 @@ A run that fell from the card's end and lived (PyTorch gave its cache back when 
 climbing back to a level it lived through as its cache refills: it is no grower while its troughs do not rise towards
 the ceiling (`ceiling.riding`).
 
+A run whose agent reports its allocator's figures (`vramwatch run`) and says its climb is PyTorch's cache, its tensors'
+peak holding, is no grower either: PyTorch gives that cache back before a cudaMalloc fails (`cache.caching`).
+
 A run already on the card when vramwatch starts (a daemon restart) has a past vramwatch did not see: a load begun
 just before, or a climb back to what it gave back minutes earlier, reads as an old run leaking from its plateau. For
 the give-back test's look-back after vramwatch first saw it, it is judged as a young grower is (`_unseen_past`).
@@ -48,7 +51,7 @@ from dataclasses import dataclass
 from ..history import Track
 from ..model import Finding, FindingKind, ProcessKey, Severity
 from . import _format as fmt
-from . import ceiling
+from . import cache, ceiling
 from ._context import GpuContext, Tree
 from ._series import first_still, view
 from ._settings import fraction, non_negative, setting, validate
@@ -263,6 +266,8 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[tuple[Tree,
             continue
         if rides_ceiling(ctx, track, own):
             continue  # refilling the cache it gave back at the card's end, where it lived on; its troughs do not rise
+        if cache.caching(ctx, tree, best.xs[0]):
+            continue  # its agent says the climb is PyTorch's cache (its tensors' peak holds): given back before an OOM
         climb = _climbing(track, ctx.now, own, config, from_start=_seen_from_start(ctx, tree, track, own))
         room = None if ctx.free_bytes is None else ctx.free_bytes - config.oom_margin_bytes
         held = None if climb is None or climb.held_still else climb.held_bytes

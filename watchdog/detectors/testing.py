@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..history import History
-from ..model import Finding, GpuSample, ProcessMeta, ProcessSample, Snapshot
+from ..model import Finding, GpuSample, ProcessMeta, ProcessSample, Snapshot, TorchStats
 from .analysis import Analysis, analyze
 from .config import DetectorConfig
 from .lifecycle import FindingTracker
@@ -22,6 +22,8 @@ MIB = 1 << 20
 WALL0 = 1_700_000_000.0
 
 Usage = Mapping[int, int]
+#: What an in-process agent reports at a tick, per pid on the first card: (allocated, reserved) bytes.
+Allocator = Callable[[float], Mapping[int, tuple[int, int]]]
 Row = tuple[float, Usage | Mapping[str, Usage]]
 
 
@@ -71,6 +73,8 @@ class Rig:
     cards: tuple[Card, ...] = (Card(),)
     metas: Mapping[int, ProcessMeta] = field(default_factory=dict)
     down: Callable[[float, str], bool] = lambda t, uuid: False  # noqa: ARG005
+    #: The agents' reports (`vramwatch run`), for the processes on the first card that have one.
+    agents: Allocator | None = None
 
     def meta_of(self, pid: int) -> ProcessMeta:
         return self.metas.get(pid) or meta(pid)
@@ -87,7 +91,16 @@ class Rig:
             used = min(card.total_bytes, card.overhead_bytes + sum(table.values()))
             gpus.append(GpuSample(card.index, card.uuid, card.name, card.total_bytes, used, card.total_bytes - used))
             processes += [ProcessSample(card.uuid, b, self.meta_of(pid)) for pid, b in table.items()]
-        return Snapshot(t, WALL0 + t, tuple(gpus), tuple(processes) if visible else (), processes_visible=visible)
+        torch: tuple[TorchStats, ...] = ()
+        if self.agents is not None:
+            card = self.cards[0]
+            torch = tuple(
+                TorchStats(pid, card.index, allocated_bytes=a, reserved_bytes=r, gpu_uuid=card.uuid)
+                for pid, (a, r) in self.agents(t).items()
+            )
+        return Snapshot(
+            t, WALL0 + t, tuple(gpus), tuple(processes) if visible else (), processes_visible=visible, torch=torch
+        )
 
 
 def _per_gpu(usage: Usage | Mapping[str, Usage], cards: tuple[Card, ...]) -> Mapping[str, Usage]:
