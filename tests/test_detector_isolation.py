@@ -42,7 +42,7 @@ def always_full(ctx: GpuContext, own: NoSettings) -> Iterator[Finding]:
     """Says every card is full; raises (after it said so) while the switch is on, on GPU 1 only when asked."""
     yield Finding("always", Severity.WARNING, ctx.uuid, f"{ctx.uuid} is full", ctx.now)
     if Switch.broken and (ctx.uuid == UUID1 or not Switch.only_gpu1):
-        raise ZeroDivisionError("a series it did not expect")
+        raise ZeroDivisionError(f"a series it did not expect at {ctx.now}")  # (a message that differs each tick)
 
 
 def steady(ctx: GpuContext, own: NoSettings) -> Iterator[Finding]:
@@ -88,7 +88,7 @@ def test_a_failing_detector_drops_only_its_own_conclusions() -> None:
     assert not kinds & {"always", "tickwise"}
     failed = {(f.kind, f.gpu_uuid, f.error) for f in analysis.failed}
     assert failed == {
-        ("always", UUID0, "ZeroDivisionError: a series it did not expect"),
+        ("always", UUID0, "ZeroDivisionError: a series it did not expect at 0.0"),
         ("tickwise", None, "KeyError: 'gone'"),
     }
     assert all("Traceback" in f.detail and "raise" in f.detail for f in analysis.failed)
@@ -167,8 +167,9 @@ def _daemon(clock: FakeClock) -> tuple[Daemon, RecordingNotifier]:
 
 
 def test_the_daemon_keeps_serving_logs_once_and_counts() -> None:
-    """A detector failing at every tick: each tick is still published with the others' findings, the failure is
-    logged with its traceback once, then once per `FAILURE_LOG_SECONDS` with how often it came, and counted."""
+    """A detector failing at every tick (its message differing each time): each tick is still published with the
+    others' findings, the failure is logged with its traceback once, then once per `FAILURE_LOG_SECONDS` with how
+    often it came, and counted."""
     clock = FakeClock()
     d, notifier = _daemon(clock)
     Switch.broken = True
