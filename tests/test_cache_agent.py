@@ -1,6 +1,6 @@
-"""With its agent's figures, a run whose climb is PyTorch's cache (its tensors' peak holding) is no grower: no
-forecast and no leak claim about it. A leak beneath the cache, a peak that grows, another library's memory, or a gap
-in the agent's reports are judged as without the agent."""
+"""With its agent's figures, a run whose climb is PyTorch's cache (its tensors holding what they held) is forecast
+tentatively, saying so: a policy asks it to save and ends nothing. A leak beneath the cache, a peak that grows,
+another library's memory, or a gap in the agent's reports are judged as without the agent."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from vramwatch.detectors.forecast import CACHE_CAVEAT
 from vramwatch.detectors.testing import GIB, MIB, Rig, replay, ticks
 
 PID = 100
@@ -50,14 +51,22 @@ def run(rig: Rig) -> list[tuple[str, str, bool]]:
     return [(f.kind, f.severity.value, f.tentative is None) for f in out.raised]
 
 
-def test_without_the_agent_the_climb_is_forecast() -> None:
-    """The baseline: NVML alone cannot tell a settled run's climb of cache from a leak, and forecasts it, firm."""
+def test_without_the_agent_the_climb_is_forecast_firm() -> None:
+    """The baseline: NVML alone cannot tell a settled run's climb of cache from a leak, and forecasts it, firm (a
+    policy may end the run)."""
     assert ("oom_forecast", "critical", True) in run(Rig())
 
 
-def test_a_climb_of_cache_is_no_grower() -> None:
-    """Reserved climbs with NVML while the tensors' peak holds: nothing is forecast or claimed."""
-    assert run(Rig(agents=agent())) == []
+def test_a_climb_of_cache_is_forecast_tentatively_and_says_why() -> None:
+    """Reserved climbs with NVML while the tensors hold what they held: the critical forecast is raised, tentative,
+    with the agent's word in its message; nothing firm that a policy would end the run for."""
+    rows = [(t, {PID: nvml(t)}) for t in ticks(0.0, END)]
+    raised = replay(rows, Rig(agents=agent())).raised
+    forecasts = [f for f in raised if f.kind == "oom_forecast"]
+    assert [f.severity.value for f in forecasts] == ["critical"]
+    assert forecasts[0].tentative is not None
+    assert CACHE_CAVEAT in forecasts[0].message
+    assert not [f for f in raised if f.tentative is None and f.severity.value == "critical"]
 
 
 @pytest.mark.parametrize(
@@ -69,14 +78,15 @@ def test_a_climb_of_cache_is_no_grower() -> None:
         ("a peak that grows", Rig(agents=agent(lambda t: tensors(t, peak_rise=30 * MIB)))),
         # NVML climbs, reserved does not: another library's memory (a second allocator, NCCL), never given back.
         ("not the allocator's", Rig(agents=agent(reserved=lambda t: SETTLED - CONTEXT))),
-        # The agent stopped reporting 10 s before the end: its word is stale.
-        ("stale reports", Rig(agents=agent(until=END - 10))),
+        # The agent stopped reporting 10 s before the climb began: its word is stale.
+        ("stale reports", Rig(agents=agent(until=CLIMB_AT - 10))),
         # The agent began to report mid-climb: the window's start is not covered.
         ("reports that start late", Rig(agents=lambda t: agent()(t) if t >= CLIMB_AT + 30 else {})),
     ],
 )
 def test_what_the_agent_does_not_vouch_for_is_forecast_as_without_it(case: str, rig: Rig) -> None:
-    """Each case's findings are those NVML alone gives: the agent only ever removes a grower it can vouch for."""
+    """Each case's findings, firm or tentative, are those NVML alone gives: the agent only tempers a forecast it can
+    vouch for."""
     assert run(rig) == run(Rig()), case
 
 
@@ -88,7 +98,7 @@ def test_what_the_agent_does_not_vouch_for_is_forecast_as_without_it(case: str, 
 )
 def test_a_rising_peak_is_never_explained_away(peak_rise: float, floor_rise: float, rate: float) -> None:
     """Whatever the climb's rate, when the tensors' peak rises by more than `min_rise_bytes` over the shortest window
-    (128 MiB in 10 s), the agent explains nothing away: the findings are those without it."""
+    (128 MiB in 10 s), the agent vouches for nothing: the findings, firm or tentative, are those without it."""
     peak = peak_rise * MIB
     floor_ = floor_rise * MIB
     if max(peak + floor_, floor_) * 10 <= 128 * MIB * 1.5:
@@ -101,7 +111,9 @@ def test_a_rising_peak_is_never_explained_away(peak_rise: float, floor_rise: flo
     reports = agent(lambda t: tensors(t, peak, floor_), reserved=lambda t: nvml(t, rate * MIB) - CONTEXT)
     with_agent = replay(rows, rig(reports)).raised
     without = replay(rows, rig(None)).raised
-    assert [(f.kind, f.severity) for f in with_agent] == [(f.kind, f.severity) for f in without]
+    assert [(f.kind, f.severity, f.tentative) for f in with_agent] == [
+        (f.kind, f.severity, f.tentative) for f in without
+    ]
 
 
 def _judged(reports: Callable[[float], Mapping[int, tuple[int, int]]], at: float, since: float) -> bool:
@@ -127,6 +139,16 @@ AT = CLIMB_AT + 40
         ("reported all along", agent(), AT, AT - 20, True),
         # (Reports that stopped while the run climbed: what they last said of reserved memory falls short of NVML.)
         ("reports stopped 6 s ago", agent(until=AT - 6), AT, AT - 40, False),
+        # A 50 MiB/s leak beneath the cache, under a validation's 12 GiB peak of long ago: the floor rises.
+        (
+            "a leak beneath an old, higher peak",
+            agent(lambda t: 12 * GIB if t == 100.0 else tensors(t, 50 * MIB, 50 * MIB)),
+            AT,
+            AT - 20,
+            False,
+        ),
+        # NVML climbs 45 MiB/s more than reserved: memory outside PyTorch's allocator, never given back.
+        ("memory outside the allocator", agent(reserved=lambda t: nvml(t, 155 * MIB) - CONTEXT), AT, AT - 30, False),
         ("reports began in its second tenth", lambda t: agent()(t) if t >= AT - 17 else {}, AT, AT - 20, False),
         ("reports began in its first tenth", lambda t: agent()(t) if t >= AT - 19 else {}, AT, AT - 20, True),
         ("too few reports in a third", lambda t: agent()(t) if int(t) % 3 == 0 else {}, AT, AT - 11, False),

@@ -111,16 +111,28 @@ def _events(tracker: FindingTracker, analysis: Analysis) -> list[str]:
 
 
 def test_a_failed_tick_neither_clears_nor_raises() -> None:
-    """An active finding whose detector fails for longer than its clear ticks stays active; once the detector judges
-    again and no longer sees it, it clears after its clear ticks, as it would have."""
+    """An active finding whose detector fails for its clear ticks stays active; once the detector judges again and no
+    longer sees it, it clears after its clear ticks, as it would have."""
     tracker = FindingTracker(config_from_table({}, "f"))
     seen = Finding("always", Severity.WARNING, UUID0, "full", 0.0)
     assert _events(tracker, Analysis(t=0.0, findings=(seen,))) == ["+always"]
     failed = (Failure("always", UUID0, "ZeroDivisionError: x", ""),)
-    for t in range(1, 10):
+    for t in range(1, 4):
         assert _events(tracker, Analysis(t=float(t), failed=failed)) == []
     assert [f.kind for f in tracker.active()] == ["always"]
-    assert [_events(tracker, Analysis(t=float(t))) for t in range(10, 13)] == [[], [], ["-always"]]
+    assert [_events(tracker, Analysis(t=float(t))) for t in range(4, 7)] == [[], [], ["-always"]]
+
+
+def test_a_detector_that_keeps_failing_lets_its_findings_clear() -> None:
+    """A hold lasts the kind's clear ticks (3 here): a detector failing for good lets its active finding clear after
+    as many more, as gone; a bug does not keep an alert up for ever."""
+    tracker = FindingTracker(config_from_table({}, "f"))
+    assert _events(tracker, Analysis(t=0.0, findings=(Finding("always", Severity.WARNING, UUID0, "full", 0.0),))) == [
+        "+always"
+    ]
+    failed = (Failure("always", UUID0, "ZeroDivisionError: x", ""),)
+    events = [_events(tracker, Analysis(t=float(t), failed=failed)) for t in range(1, 8)]
+    assert events == [[], [], [], [], [], ["-always"], []]
 
 
 def test_a_failure_on_another_gpu_or_of_another_kind_holds_nothing_here() -> None:
@@ -226,8 +238,8 @@ def test_an_oom_report_waits_for_the_oom_detector(monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_card_whose_context_cannot_be_gathered_holds_every_kind_on_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """When what the detectors read of one card (its rates, trees, profile) cannot be gathered, every detector is
-    failed on that card alone, and the other card is judged as usual."""
+    """When what the per-GPU detectors read of one card (its rates, trees, profile) cannot be gathered, each of them is
+    failed on that card alone; the other card is judged as usual, and the per-tick detectors still run."""
     from vramwatch.detectors import analysis as analysis_module
 
     real = analysis_module._context
@@ -243,5 +255,54 @@ def test_a_card_whose_context_cannot_be_gathered_holds_every_kind_on_it(monkeypa
     analysis = analyze(history, config_from_table({}, "f"))
     assert {f.gpu_uuid for f in analysis.findings} == {UUID0}
     on_gpu1 = {f.kind for f in analysis.failed if f.gpu_uuid == UUID1}
-    assert on_gpu1 == {d.kind for d in registry_module.detectors()}
+    assert on_gpu1 == {d.kind for d in registry_module.detectors() if d.per_gpu is not None}
+    assert "tickwise" in {f.kind for f in analysis.findings}  # the per-tick ones ran, on the card they could read
     assert all(f.error == "ValueError: an empty view" for f in analysis.failed)
+
+
+def test_a_card_without_a_context_does_not_replay_the_agents_oom_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `oom` detector runs per tick, so a card whose context fails does not fail it: an agent's OOM report is
+    raised once, not offered again (and raised again) at every tick the context keeps failing."""
+    from vramwatch.detectors import analysis as analysis_module
+
+    def context(*_args: object) -> GpuContext:
+        raise ValueError("an empty view")
+
+    monkeypatch.setattr(analysis_module, "_context", context)
+    clock = FakeClock()
+    d, notifier = _daemon(clock)
+    d.step()
+    oom = OomEvent(
+        pid=4242, device=0, requested_bytes=GIB, capacity_bytes=24 * GIB, device_free_bytes=100, allocated_bytes=
+        20 * GIB, reserved_bytes=23 * GIB, inactive_split_bytes=0, num_alloc_retries=3, num_ooms=1,
+        snapshot_path=None, observed=True, cuda_uuid=UUID0,
+    )  # fmt: skip
+    d.on_agent_report(AgentReport(kind="oom", pid=4242, uid=0, t=clock.now, oom=oom))
+    for _ in range(5):
+        clock.advance(1)
+        d.step()
+    assert len([f for f, _ in notifier.events if f.kind == "oom"]) == 1
+
+
+def test_failures_on_two_cards_are_logged_once_each() -> None:
+    """The throttle is per detector, card and type of error: a detector failing on two cards logs two tracebacks,
+    then nothing more within `FAILURE_LOG_SECONDS`."""
+    Switch.broken = True
+    reading = Reading(
+        gpus=(gpu(used=20 * GIB), gpu(1, used=20 * GIB, uuid=UUID1)),
+        processes=(ProcessUsage(UUID0, 4242, 19 * GIB),),
+    )
+    backend = ScriptedBackend([reading], meta=META, kind="simulated")
+    clock = FakeClock()
+    d = Daemon(Config(), lambda: backend, clock=clock, detector_config=config_from_table({}, "f"))
+    with capture_logs() as logs:
+        for _ in range(60):
+            d.step()
+            clock.advance(1)
+    lines = [e for e in logs if e["event"] == "detector_failed"]
+    assert sorted((e["detector"], e["gpu"] or "") for e in lines) == [
+        ("always", UUID0),
+        ("always", UUID1),
+        ("tickwise", ""),
+    ]
+    assert all(e["traceback"] is not None for e in lines)

@@ -124,9 +124,9 @@ class Pipeline:
         self.analysis: Analysis | None = None
         # Agents' OOM reports the `oom` detector could not judge (it raised): offered again at the next tick.
         self._unjudged_ooms: tuple[OomEvent, ...] = ()
-        # Per failing detector: the type of error last logged, when, and the failures since (a bug at 1 Hz is one
+        # Per (detector, GPU, type of error): when it was last logged, and the failures since (a bug at 1 Hz is one
         # line every `FAILURE_LOG_SECONDS`, not 3,600 tracebacks an hour).
-        self._failures_logged: dict[str, tuple[str, float, int]] = {}
+        self._failures_logged: dict[tuple[str, str | None, str], tuple[float, int]] = {}
         # Live lookups (a trainer's environment, its launcher's command line) only make sense for real pids.
         self.enrich = Enricher(self.history, live=self.backend.kind == "nvml") if self.advise else None
 
@@ -154,24 +154,25 @@ class Pipeline:
         if any(f.kind == FindingKind.OOM for f in analysis.failed):
             self._unjudged_ooms = ooms[-MAX_UNJUDGED_OOMS:]
         for f in analysis.failed:
-            # Errors are told apart by their type: a message that carries a number differs at every tick.
+            # Errors are told apart by their type (a message that carries a number differs at every tick), per
+            # detector and GPU.
             kind_of_error = f.error.partition(":")[0]
-            last = self._failures_logged.get(f.kind)
-            if last is not None and last[0] == kind_of_error and analysis.t - last[1] < FAILURE_LOG_SECONDS:
-                self._failures_logged[f.kind] = (last[0], last[1], last[2] + 1)
+            key = (f.kind, f.gpu_uuid, kind_of_error)
+            last = self._failures_logged.get(key)
+            if last is not None and analysis.t - last[0] < FAILURE_LOG_SECONDS:
+                self._failures_logged[key] = (last[0], last[1] + 1)
                 continue
             # A new error logs its traceback; the same one again says only how often it came since.
-            new = last is None or last[0] != kind_of_error
             log.error(
                 "detector_failed",
                 detector=f.kind,
                 gpu=f.gpu_uuid,
                 error=f.error,
-                repeats=None if last is None else last[2],
-                effect="its findings on this GPU are held (neither raised nor cleared); the other detectors go on",
-                traceback=f.detail if new else None,
+                repeats=None if last is None else last[1],
+                effect="its findings on this GPU are held a while (neither raised nor cleared); the others go on",
+                traceback=f.detail if last is None else None,
             )
-            self._failures_logged[f.kind] = (kind_of_error, analysis.t, 0)
+            self._failures_logged[key] = (analysis.t, 0)
 
 
 #: A detector failing again and again with the same error is logged once in this many seconds.

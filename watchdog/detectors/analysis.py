@@ -87,8 +87,9 @@ def analyze(history: History, config: DetectorConfig = DEFAULT_CONFIG, *, ooms: 
         try:
             gpus.append(_context(history, snap, gpu, config, departed.get(gpu.uuid, ())))
         except Exception as exc:
-            # What every detector reads of this GPU could not be gathered: none of them judged it.
-            failed.extend(_failure(d.kind, gpu.uuid, exc) for d in every)
+            # What the per-GPU detectors read of this GPU could not be gathered: none of them judged it. (The per-tick
+            # ones still run, on the GPUs that have a context.)
+            failed.extend(_failure(d.kind, gpu.uuid, exc) for d in every if d.per_gpu is not None)
     tick = Tick(history=history, snapshot=snap, config=config, gpus=tuple(gpus), ooms=tuple(ooms))
     found: list[Observation] = []
     for ctx in gpus:

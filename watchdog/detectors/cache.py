@@ -7,20 +7,24 @@ every cached block it is not using and retries (ceiling.py): a climb of cache is
 what the tensors need at their peak, and that is what a leak raises.
 
 So a tree is *caching* over a window when, for every process of it on this GPU whose memory rose there by more than
-`min_rise_bytes`, the agent reported all along that window (from its first tenth on, until a few seconds ago, three
-reports at least in each third) and:
+`min_rise_bytes` (and those that rose less, together, by no more than that), the agent reported all along that window
+(from its first tenth on, until 5 s ago at most, three reports at least in each third) and:
 
-- the most its tensors were seen to hold does not rise steadily: not by more than `min_rise_bytes` over the window,
-  or not in each of its thirds (what a step needs is its peak, and 1 Hz samples fall anywhere in a step: the most
-  seen since the run appeared is the peak's best estimate. A leak or a peak that grows raises it all along; a
-  validation or a first sampling phase raises it once, and the cache it climbs on is given back all the same);
-- its reserved memory rose by 80 % at least of what NVML saw it rise (the climb is the allocator's, not another
-  library's: cuBLAS workspaces, NCCL buffers or a second allocator are not given back; a report lags NVML's read by
-  up to a second or two).
+- the least its tensors held did not rise by more than `min_rise_bytes` from the window's first third to its last
+  (tensors kept alive, a leak, raise it whatever the peaks do);
+- the most they were seen to hold does not rise steadily, by more than `min_rise_bytes` in all and in each third,
+  either over the run's past (the most seen since it appeared, the peak's best estimate) or within the window (the
+  most of each third): a peak that grows does; a validation or a first sampling phase raises it once, and the cache
+  it climbs on is given back all the same;
+- its reserved memory rose by as much as NVML saw it rise, less what two seconds of that climb add (a report lags
+  NVML's read) or `min_rise_bytes`: the climb is the allocator's, not another library's (cuBLAS workspaces, NCCL
+  buffers or a second allocator are not given back).
 
-Without the agent, or with a gap in its reports, nothing is concluded: the run is judged by NVML alone, as before.
-A leak beneath the cache (tensors kept alive) and a peak that grows (a longer sequence needs more) raise the tensors'
-peak, so they stay growers. Pure: reads the history, no clock, no I/O.
+What the forecast makes of it (forecast.py): the critical forecast stays, tentative, and says so. A policy asks the run
+to save and ends nothing. It is not dropped: the agent reads allocated once a second, mostly between steps on a
+GPU-bound trainer, and can miss a peak that grows; and a cache that fills the card starves a neighbour, which PyTorch
+does not flush for. Without the agent, or with a gap in its reports, nothing is concluded. Pure: reads the history,
+no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -31,15 +35,15 @@ from collections.abc import Sequence
 
 from ..model import TorchStats
 from ._context import GpuContext, Tree
-from ._series import view
+from ._series import View, view
+from .config import DetectorConfig
 
 #: The agent's reports must reach back to the window's first tenth, and to this many seconds before the newest tick
 #: (the daemon takes an agent's report up to 5 s old; an agent that went quiet vouches for nothing).
 COVER_SHARE = 0.1
 STALE_SECONDS = 5.0
-#: Reserved memory must have risen by this share of NVML's rise at least: a report lags NVML's read by up to a second
-#: or two, which at 400 MB/s is more than `min_rise_bytes`.
-ALLOCATOR_SHARE = 0.8
+#: How far a report can lag NVML's read (the agent reports once a second, the daemon keeps its newest).
+LAG_SECONDS = 2.0
 #: At least this many reports in each third of the window.
 MIN_POINTS = 3
 
@@ -50,6 +54,7 @@ def caching(ctx: GpuContext, tree: Tree, since: float) -> bool:
     if now - since <= 0:
         return False
     climbed = False
+    unexplained = 0.0  # what the members that rose less than `min_rise_bytes` each rose, together
     for p in tree.members:
         track = ctx.history.processes.get((p.key, ctx.uuid))
         if track is None:
@@ -57,31 +62,46 @@ def caching(ctx: GpuContext, tree: Tree, since: float) -> bool:
         nvml = view(track.series).since(since)
         if len(nvml) < 2:
             return False
-        nvml_rise = _rise(nvml.t, nvml.v, since, now)
-        if nvml_rise <= config.min_rise_bytes:
-            continue  # this member did not climb: nothing to explain
-        points = _reports(ctx, p.pid, track.first_seen, since)
-        if points is None:
+        rise = _rise(nvml.t, nvml.v, since, now)
+        if rise <= config.min_rise_bytes:
+            unexplained += max(0.0, rise)
+            continue
+        if not _cache_of(ctx, p.pid, track.first_seen, nvml, since):
             return False
-        ts = [t for t, _ in points]
-        allocated = [s.allocated_bytes for _, s in points]
-        reserved = [s.reserved_bytes for _, s in points]
-        if any(a is None for a in allocated) or any(r is None for r in reserved):
-            return False
-        a = [float(v) for v in allocated if v is not None]
-        r = [float(v) for v in reserved if v is not None]
-        start = bisect_left(ts, since)
-        first, last = _thirds(ts, since, now)
-        if min(first - start, len(a) - last) < MIN_POINTS:
-            return False
-        if _steady(a, start, first, last, min_rise=config.min_rise_bytes, noise=config.noise_bytes):
-            return False  # the tensors' peak rises steadily: a leak, or a peak that grows
-        # (Both rises over the same span: from the agent's first report in the window.)
-        same = nvml.since(ts[start])
-        if _rise(ts[start:], r[start:], ts[start], now) < ALLOCATOR_SHARE * _rise(same.t, same.v, ts[start], now):
-            return False  # not the allocator's climb
         climbed = True
-    return climbed
+    # Six workers each rising a little are a climb too, and the agent vouched for none of it.
+    return climbed and unexplained <= config.min_rise_bytes
+
+
+def _cache_of(ctx: GpuContext, pid: int, first_seen: float, nvml: View, since: float) -> bool:
+    """The agent's reports of one process say its climb (`nvml`, from `since`) is its allocator's cache."""
+    now, config = ctx.now, ctx.config
+    points = _reports(ctx, pid, first_seen, since)
+    if points is None:
+        return False
+    ts = [t for t, _ in points]
+    allocated = [s.allocated_bytes for _, s in points]
+    reserved = [s.reserved_bytes for _, s in points]
+    if any(a is None for a in allocated) or any(r is None for r in reserved):
+        return False
+    a = [float(v) for v in allocated if v is not None]
+    r = [float(v) for v in reserved if v is not None]
+    start = bisect_left(ts, since)
+    first, last = _thirds(ts, since, now)
+    if min(first - start, last - first, len(a) - last) < MIN_POINTS:
+        return False
+    thirds = (a[start:first], a[first:last], a[last:])
+    if min(thirds[2]) - min(thirds[0]) > config.min_rise_bytes:
+        return False  # the tensors' floor rose: tensors kept alive (a leak), whatever the peaks did
+    seen = [max(a[: max(1, start)]), max(a[:first]), max(a[:last]), max(a)]
+    if _steady(seen, config) or _steady([max(a[: max(1, start)]), *(max(part) for part in thirds)], config):
+        return False  # the tensors' peak rises steadily, over the run's past or within the window: it needs more
+    # Both rises over the same span, from the agent's first report in the window; a report lags NVML's read by up to
+    # `LAG_SECONDS`, which at 400 MB/s is more than `min_rise_bytes`.
+    same = nvml.since(ts[start])
+    climb = _rise(same.t, same.v, ts[start], now)
+    lag = max(config.min_rise_bytes, climb / max(1.0, now - ts[start]) * LAG_SECONDS)
+    return _rise(ts[start:], r[start:], ts[start], now) >= climb - lag  # else not the allocator's climb
 
 
 def _reports(ctx: GpuContext, pid: int, first_seen: float, since: float) -> list[tuple[float, TorchStats]] | None:
@@ -102,13 +122,13 @@ def _reports(ctx: GpuContext, pid: int, first_seen: float, since: float) -> list
     return points
 
 
-def _steady(allocated: Sequence[float], start: int, first: int, last: int, *, min_rise: float, noise: float) -> bool:
-    """The most seen so far rose by more than `min_rise` from the window's start (`start`), and by more than `noise` in
-    each third of it (`first`, `last`: where the second and the third begin)."""
-    marks = [max(allocated[: max(1, start)]), max(allocated[:first]), max(allocated[:last]), max(allocated)]
-    if marks[-1] - marks[0] <= min_rise:
+def _steady(marks: Sequence[float], config: DetectorConfig) -> bool:
+    """The marks (a value at the window's start, then one per third) rose by more than `min_rise_bytes` in all, and
+    by more than `noise_bytes` in each third: what a leak or a growing need does, and a validation's one jump does
+    not."""
+    if marks[-1] - marks[0] <= config.min_rise_bytes:
         return False
-    return all(b - a > noise for a, b in itertools.pairwise(marks))
+    return all(b - a > config.noise_bytes for a, b in itertools.pairwise(marks))
 
 
 def _thirds(ts: Sequence[float], since: float, now: float) -> tuple[int, int]:

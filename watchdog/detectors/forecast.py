@@ -28,8 +28,9 @@ A run that fell from the card's end and lived (PyTorch gave its cache back when 
 climbing back to a level it lived through as its cache refills: it is no grower while its troughs do not rise towards
 the ceiling (`ceiling.riding`).
 
-A run whose agent reports its allocator's figures (`vramwatch run`) and says its climb is PyTorch's cache, its tensors'
-peak holding, is no grower either: PyTorch gives that cache back before a cudaMalloc fails (`cache.caching`).
+A run whose agent reports its allocator's figures (`vramwatch run`) and says its climb is PyTorch's cache (its tensors
+holding what they held) is forecast tentatively, saying so: PyTorch gives that cache back before a cudaMalloc fails,
+but the agent's 1 Hz reads can miss a peak that grows, and a neighbour can run out first (`cache.caching`).
 
 A run already on the card when vramwatch starts (a daemon restart) has a past vramwatch did not see: a load begun
 just before, or a climb back to what it gave back minutes earlier, reads as an old run leaking from its plateau. For
@@ -115,6 +116,14 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
             # Its past is unknown (a daemon restart): as a young grower's, from where its climb began.
             began = _newest_low(track, config)
             appeared, caveat, warming = began, unseen, True
+        if (
+            caveat is None
+            and (window := _steepest(ctx.device, config))
+            and cache.caching(ctx, growers[0][0], window.xs[0])
+        ):
+            # Its agent says the climb is PyTorch's cache: told, and tentative (a policy asks the run to save and ends
+            # nothing), not dropped: a peak that 1 Hz reads miss, or a neighbour starved of the room, can still OOM.
+            caveat = CACHE_CAVEAT
     eta, finding = detect_oom_forecast(
         ctx,
         ctx.device,
@@ -131,6 +140,13 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
     # length runs to its last rise: a load that stopped short of it is not raised while its windows still rise.
     if finding is not None and (began is None or _climbed(track, began, config) >= own.forecast_load_seconds):
         yield finding
+
+
+#: What a critical forecast adds of a grower whose agent says its climb is PyTorch's cache (`cache.caching`).
+CACHE_CAVEAT = (
+    "its in-process agent says the climb is PyTorch's cache (its tensors hold what they held), which PyTorch gives "
+    "back before a cudaMalloc fails; unless a peak its once-a-second reads miss is growing"
+)
 
 
 def eta_seconds(free_bytes: int, rate: Rate, config: DetectorConfig) -> float | None:
@@ -266,8 +282,6 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[tuple[Tree,
             continue
         if rides_ceiling(ctx, track, own):
             continue  # refilling the cache it gave back at the card's end, where it lived on; its troughs do not rise
-        if cache.caching(ctx, tree, best.xs[0]):
-            continue  # its agent says the climb is PyTorch's cache (its tensors' peak holds): given back before an OOM
         climb = _climbing(track, ctx.now, own, config, from_start=_seen_from_start(ctx, tree, track, own))
         room = None if ctx.free_bytes is None else ctx.free_bytes - config.oom_margin_bytes
         held = None if climb is None or climb.held_still else climb.held_bytes

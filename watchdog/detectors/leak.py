@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from ..history import History, Series, Track
 from ..model import Finding, FindingKind, ProcessKey, ProcessMeta, Severity
 from . import _format as fmt
-from . import cache, forecast
-from ._context import GpuContext, Tree
+from . import forecast
+from ._context import GpuContext
 from ._series import View
 from ._settings import non_negative, setting, validate
 from .base import Detector, Observation
@@ -91,7 +91,7 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
             grown = profile(series, config, start=cutoff, min_horizon=own.growth_min_horizon_seconds, report=False)
         best = grown.best(own.growth_min_horizon_seconds) if grown.fits else None  # most trees: none to rank
         refills = False
-        if best is not None and not _levels_off(grown, ctx) and not (refills := _refills(ctx, track, tree, best)):
+        if best is not None and not _levels_off(grown, ctx) and not (refills := _refills(ctx, track)):
             meta = tree.members[0].meta
             finding = growth_finding(ctx, best, own, key=tree.key, meta=meta, members=len(tree.members))
             if finding is not None:
@@ -135,15 +135,12 @@ class _Look:
         return self.series is series and self.config is config and series.held_since(self.points)
 
 
-def _refills(ctx: GpuContext, track: Track, tree: Tree, best: Fit) -> bool:
+def _refills(ctx: GpuContext, track: Track) -> bool:
     """Its climb refills the cache it gave back at the card's end, where it lived on (ceiling.py): no leak, unless its
     troughs rise towards the ceiling within the longest window the growth tests look at (a slow leak beneath the
-    cache is claimed as early as it would be without one). Or its agent says the climb is PyTorch's cache, its
-    tensors' peak holding (cache.py)."""
+    cache is claimed as early as it would be without one)."""
     own = forecast.DETECTOR.settings(ctx.config)
-    if forecast.rides_ceiling(ctx, track, own, horizon_seconds=max(ctx.config.horizons_seconds)):
-        return True
-    return cache.caching(ctx, tree, best.xs[0])
+    return forecast.rides_ceiling(ctx, track, own, horizon_seconds=max(ctx.config.horizons_seconds))
 
 
 def _levels_off(grown: Profile, ctx: GpuContext) -> bool:

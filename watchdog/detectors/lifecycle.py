@@ -31,7 +31,9 @@ While a finding is active its latest version (message, numbers) replaces the sto
 
 A subject whose detector raised at this tick (`Analysis.failed`, on its GPU or for the whole tick) is **held**: the
 tick counts neither for it nor against it. Its active finding is not cleared, nothing is raised about it, and its
-counters wait for a tick its detector could judge. A bug is no evidence that a leak stopped, nor that it began.
+counters wait for a tick its detector could judge. A bug is no evidence that a leak stopped, nor that it began. A hold
+lasts as many ticks as the kind's clear ticks at most: a detector that keeps failing then lets its findings clear
+after as many more, as gone.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class SubjectState:
     culprit: ProcessKey | None = None  # the culprit of the latest tick, and for how many consecutive ticks
     culprit_run: int = 0
     culprits: set[ProcessKey] = field(default_factory=set)  # those raised since the subject was raised
+    held: int = 0  # consecutive ticks its detector failed on it (held, up to its clear ticks)
 
 
 class FindingTracker:
@@ -114,8 +117,17 @@ class FindingTracker:
             if event is not None:
                 raised.append(event)
         for subject, state in list(self.states.items()):
-            if subject in seen or (unjudged and ({(subject[0], subject[1]), (subject[0], None)} & unjudged)):
+            if subject in seen:
+                state.held = 0
                 continue
+            if unjudged and {(subject[0], subject[1]), (subject[0], None)} & unjudged:
+                # Held for as long as it would take to clear; a detector that keeps failing then lets its findings
+                # clear as gone (a process that left, or a condition over): a bug must not keep an alert up for ever.
+                if state.held < self._clear_after(subject[0]):
+                    state.held += 1
+                    continue
+            else:
+                state.held = 0
             state.present = state.critical = state.calmer = state.firm = 0
             self._remember(state, subject[0], seen=False, critical=False)
             if state.active is not None:
