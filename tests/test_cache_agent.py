@@ -173,3 +173,16 @@ def test_what_the_agent_must_have_said(
     """The agent vouches for a window only with reports from its first tenth to now, three or more in each third; a
     run that did not climb in the window has no climb to explain."""
     assert _judged(reports, at, since) is expected, case
+
+
+def test_a_peak_growing_beneath_an_old_higher_one_is_not_vouched_for() -> None:
+    """A long-gone validation held 12 GiB; since, the floor holds but the step's peak grows 40 MiB/s, still below it:
+    the most of each third rises steadily within the window, so the agent does not vouch for the climb."""
+
+    def reports(t: float) -> Mapping[int, tuple[int, int]]:
+        if t == 100.0:
+            return {PID: (12 * GIB, nvml(t) - CONTEXT)}
+        return agent(lambda u: tensors(u, peak_rise=40 * MIB))(t)
+
+    assert _judged(reports, AT, AT - 20) is False
+    assert _judged(agent(), AT, AT - 20) is True  # (the same without the growing peak)

@@ -12,10 +12,10 @@ So a tree is *caching* over a window when, for every process of it on this GPU w
 
 - the least its tensors held did not rise by more than `min_rise_bytes` from the window's first third to its last
   (tensors kept alive, a leak, raise it whatever the peaks do);
-- the most they were seen to hold does not rise steadily, by more than `min_rise_bytes` in all and in each third,
-  either over the run's past (the most seen since it appeared, the peak's best estimate) or within the window (the
-  most of each third): a peak that grows does; a validation or a first sampling phase raises it once, and the cache
-  it climbs on is given back all the same;
+- the most they were seen to hold does not rise steadily (by more than `min_rise_bytes` in all, rising in each
+  third), either over the run's past (the most seen since it appeared, the peak's best estimate) or within the
+  window (the most of each third): a peak that grows does; a validation or a first sampling phase raises it once,
+  and the cache it climbs on is given back all the same;
 - its reserved memory rose by as much as NVML saw it rise, less what two seconds of that climb add (a report lags
   NVML's read) or `min_rise_bytes`: the climb is the allocator's, not another library's (cuBLAS workspaces, NCCL
   buffers or a second allocator are not given back).
@@ -93,8 +93,11 @@ def _cache_of(ctx: GpuContext, pid: int, first_seen: float, nvml: View, since: f
     thirds = (a[start:first], a[first:last], a[last:])
     if min(thirds[2]) - min(thirds[0]) > config.min_rise_bytes:
         return False  # the tensors' floor rose: tensors kept alive (a leak), whatever the peaks did
+    # The most seen since the run appeared, at the window's start and at the end of each third; and the most of each
+    # third, from the window's first report (a peak growing beneath an old, higher one: a long-gone validation's).
     seen = [max(a[: max(1, start)]), max(a[:first]), max(a[:last]), max(a)]
-    if _steady(seen, config) or _steady([max(a[: max(1, start)]), *(max(part) for part in thirds)], config):
+    within = [a[start], *(max(part) for part in thirds)]
+    if _steady(seen, config) or _steady(within, config):
         return False  # the tensors' peak rises steadily, over the run's past or within the window: it needs more
     # Both rises over the same span, from the agent's first report in the window; a report lags NVML's read by up to
     # `LAG_SECONDS`, which at 400 MB/s is more than `min_rise_bytes`.
