@@ -178,6 +178,15 @@ def _daemon(clock: FakeClock) -> tuple[Daemon, RecordingNotifier]:
     return d, notifier
 
 
+def _oom() -> OomEvent:
+    """An agent's report of an OOM in pid 4242 on GPU 0."""
+    return OomEvent(
+        pid=4242, device=0, requested_bytes=GIB, capacity_bytes=24 * GIB, device_free_bytes=100, allocated_bytes=
+        20 * GIB, reserved_bytes=23 * GIB, inactive_split_bytes=0, num_alloc_retries=3, num_ooms=1,
+        snapshot_path=None, observed=True, cuda_uuid=UUID0,
+    )  # fmt: skip
+
+
 def test_the_daemon_keeps_serving_logs_once_and_counts() -> None:
     """A detector failing at every tick (its message differing each time): each tick is still published with the
     others' findings, the failure is logged with its traceback once, then once per `FAILURE_LOG_SECONDS` with how
@@ -223,12 +232,7 @@ def test_an_oom_report_waits_for_the_oom_detector(monkeypatch: pytest.MonkeyPatc
     clock = FakeClock()
     d, notifier = _daemon(clock)
     d.step()
-    oom = OomEvent(
-        pid=4242, device=0, requested_bytes=GIB, capacity_bytes=24 * GIB, device_free_bytes=100, allocated_bytes=
-        20 * GIB, reserved_bytes=23 * GIB, inactive_split_bytes=0, num_alloc_retries=3, num_ooms=1,
-        snapshot_path=None, observed=True, cuda_uuid=UUID0,
-    )  # fmt: skip
-    d.on_agent_report(AgentReport(kind="oom", pid=4242, uid=0, t=clock.now, oom=oom))
+    d.on_agent_report(AgentReport(kind="oom", pid=4242, uid=0, t=clock.now, oom=_oom()))
     said = []
     for _ in range(3):
         clock.advance(1)
@@ -272,12 +276,7 @@ def test_a_card_without_a_context_does_not_replay_the_agents_oom_reports(monkeyp
     clock = FakeClock()
     d, notifier = _daemon(clock)
     d.step()
-    oom = OomEvent(
-        pid=4242, device=0, requested_bytes=GIB, capacity_bytes=24 * GIB, device_free_bytes=100, allocated_bytes=
-        20 * GIB, reserved_bytes=23 * GIB, inactive_split_bytes=0, num_alloc_retries=3, num_ooms=1,
-        snapshot_path=None, observed=True, cuda_uuid=UUID0,
-    )  # fmt: skip
-    d.on_agent_report(AgentReport(kind="oom", pid=4242, uid=0, t=clock.now, oom=oom))
+    d.on_agent_report(AgentReport(kind="oom", pid=4242, uid=0, t=clock.now, oom=_oom()))
     for _ in range(5):
         clock.advance(1)
         d.step()
