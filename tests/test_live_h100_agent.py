@@ -60,7 +60,7 @@ def test_the_healthy_run_is_never_ended(run4: Run) -> None:
     assert all("waits" in reason for f, reason, _done in decisions if f.culprit and f.culprit.pid == R)
 
 
-def test_the_agents_figures_temper_and_never_add() -> None:
+def test_the_agents_figures_change_nothing_for_a_young_run_and_a_leak() -> None:
     """The same recording with the agents' figures stripped raises the same findings about R and L, at the same
     severities: R is young (its youth already makes its forecast tentative) and L's tensors rise with its leak (the
     agent vouches for nothing), so here the figures change nothing; tests/test_cache_agent.py shows a settled run's

@@ -132,12 +132,12 @@ def _run(
 ) -> None:
     """One detector on one GPU (or the tick): all it concludes, or, when it raises, nothing of it and a `Failure`
     (what it yielded before raising is dropped with the rest: half a conclusion is not one)."""
+    before = len(found)
     try:
-        out = list(detect(subject, own))
+        found.extend(detect(subject, own))
     except Exception as exc:
+        del found[before:]
         failed.append(_failure(kind, gpu_uuid, exc))
-        return
-    found.extend(out)
 
 
 def _failure(kind: str, gpu_uuid: str | None, exc: Exception) -> Failure:

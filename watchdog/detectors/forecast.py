@@ -88,7 +88,8 @@ class ForecastConfig:
 def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
     """The GPU's time to OOM while it grows sustainably, and an `oom_forecast` finding when that is soon."""
     config, history = ctx.config, ctx.history
-    if _steepest(ctx.device, config) is None:
+    steepest = _steepest(ctx.device, config)
+    if steepest is None:
         # The card does not rise steadily (most ticks): nothing to forecast, so no culprit and no warm-up to judge.
         return
     warming = any(_warming(history.trees.get((key, ctx.uuid)), ctx.now, own, config) for key in ctx.trees)
@@ -116,11 +117,7 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
             # Its past is unknown (a daemon restart): as a young grower's, from where its climb began.
             began = _newest_low(track, config)
             appeared, caveat, warming = began, unseen, True
-        if (
-            caveat is None
-            and (window := _steepest(ctx.device, config))
-            and cache.caching(ctx, growers[0][0], window.xs[0])
-        ):
+        if caveat is None and cache.caching(ctx, growers[0][0], steepest.xs[0]):
             # Its agent says the climb is PyTorch's cache: told, and tentative (a policy asks the run to save and ends
             # nothing), not dropped: a peak that 1 Hz reads miss, or a neighbour starved of the room, can still OOM.
             caveat = CACHE_CAVEAT
