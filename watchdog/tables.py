@@ -9,6 +9,7 @@ option fails at start-up instead of silently not applying.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import fields, replace
@@ -50,9 +51,16 @@ class TableReader:
 
     def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
         value = self.table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        # TOML reads `nan` and `inf` as floats; NaN passes every `<` test, so a NaN tolerance would verify any pid.
+        if not _finite(value) or value < minimum:
             raise self.error(key, f"a number >= {minimum:g}", value)
         return float(value)
+
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value = self.table.get(key, default)
+        if not _finite(value) or value != int(value) or value < minimum:
+            raise self.error(key, f"a whole number >= {minimum}", value)
+        return int(value)
 
     def strings(self, key: str, default: Sequence[str] = ()) -> tuple[str, ...]:
         value = self.table.get(key, list(default))
@@ -73,6 +81,28 @@ class TableReader:
         return TableReader(self.table.get(key, {}), f"{self.where[:-1]}.{key}]", allowed)
 
 
+def _kind_of(default: object) -> str:
+    """What a value like `default` is called in a config file's terms (`a list of strings`, not `frozenset`)."""
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "a whole number"
+    if isinstance(default, float):
+        return "a finite number"
+    if isinstance(default, (tuple, frozenset)):
+        return "a list"
+    if isinstance(default, Mapping):
+        return "a table"
+    if isinstance(default, str):
+        return "a string"
+    return type(default).__name__
+
+
+def _finite(value: object) -> bool:
+    """A TOML number that is neither a boolean, NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def dataclass_from_table(cls: type[Any], table: Mapping[str, Any], where: str) -> Any:
     """Build a frozen config dataclass from a TOML table, checking each key and type against the defaults.
 
@@ -89,7 +119,8 @@ def dataclass_from_table(cls: type[Any], table: Mapping[str, Any], where: str) -
         if isinstance(current, bool):
             ok = isinstance(raw, bool)
         elif isinstance(current, (int, float)):
-            ok = isinstance(raw, (int, float)) and not isinstance(raw, bool)
+            # int() would quietly turn 1.5 into 1, and NaN passes every range check a field's validator makes.
+            ok = _finite(raw) and (isinstance(current, float) or raw == int(raw))
             raw = expected(raw) if ok else raw
         elif current is None:
             ok = True
@@ -100,7 +131,7 @@ def dataclass_from_table(cls: type[Any], table: Mapping[str, Any], where: str) -
         else:
             ok = isinstance(raw, expected)
         if not ok:
-            raise key_error(where, key, expected.__name__, raw)
+            raise key_error(where, key, _kind_of(current), raw)
         values[key] = raw
     try:
         return replace(defaults, **values)

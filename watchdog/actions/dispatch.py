@@ -329,7 +329,8 @@ class ActionDispatcher:
             meta = self._inspector.inspect(key.pid)
         except Exception:
             return None
-        if meta.start_time is None or abs(meta.start_time - key.start_time) > self.policy.identity_tolerance_seconds:
+        tolerance = self.policy.identity_tolerance_seconds
+        if meta.start_time is None or not abs(meta.start_time - key.start_time) <= tolerance:  # closed on NaN
             return None
         return meta
 

@@ -77,8 +77,8 @@ def _secret_from(reader: TableReader, environ: Mapping[str, str], *, value_key: 
 
 
 def _queue(reader: TableReader, name: str) -> DeliveryQueue:
-    attempts = int(reader.number("max_attempts", 4, minimum=1))
-    size = int(reader.number("queue_size", 256, minimum=1))
+    attempts = reader.integer("max_attempts", 4, minimum=1)
+    size = reader.integer("queue_size", 256, minimum=1)
     return DeliveryQueue(name, maxsize=size, max_attempts=attempts)
 
 

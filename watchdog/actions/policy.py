@@ -200,6 +200,14 @@ def _hooks(value: object) -> tuple[HookCommand, ...]:
     return tuple(hooks)
 
 
+def _kinds(reader: TableReader, key: str, default: frozenset[str]) -> frozenset[str]:
+    from ..detectors.registry import check_kinds  # the detectors' package is heavy; a policy is parsed once
+
+    names = frozenset(reader.strings(key, sorted(default)))
+    check_kinds(names, f"{reader.where} {key}")
+    return names
+
+
 def parse_policy(section: Mapping[str, Any] | None) -> Policy:
     """The Policy of a `[policy]` table (as parsed from TOML); ConfigError naming the key on bad input."""
     top = TableReader(
@@ -234,7 +242,7 @@ def parse_policy(section: Mapping[str, Any] | None) -> Policy:
         cooldown_seconds=top.number("cooldown_seconds", 300.0),
         recheck=top.boolean("recheck", True),
         identity_tolerance_seconds=top.number("identity_tolerance_seconds", 1.0, minimum=0.001),
-        act_on_kinds=frozenset(top.strings("act_on_kinds", sorted(DEFAULT_ACT_ON_KINDS))),
+        act_on_kinds=_kinds(top, "act_on_kinds", DEFAULT_ACT_ON_KINDS),
         on_tentative=_choice(top, "on_tentative", TENTATIVE_CHOICES, "save"),
         targets=Targets(
             users=frozenset(targets.strings("users")),

@@ -117,7 +117,7 @@ def verify_identity(
     now_start = start_time_of(key.pid)
     if now_start is None:
         return IdentityCheck(False, f"pid {key.pid} has exited")
-    if abs(now_start - key.start_time) > tolerance_seconds:
+    if not abs(now_start - key.start_time) <= tolerance_seconds:  # fails closed on NaN
         return IdentityCheck(
             False, f"pid {key.pid} was reused (started at {now_start:.2f}, expected {key.start_time:.2f})"
         )

@@ -28,7 +28,11 @@ def check_url(url: object, *, key: str) -> str:
     """`url` if it is an absolute http(s) URL, else ConfigError naming `key`."""
     if not isinstance(url, str) or not url:
         raise ConfigError(f"{key}: expected an http:// or https:// URL, got {url!r}")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - urllib checks the port only when it is read: a bad one must fail here, not at send
+    except ValueError as exc:
+        raise ConfigError(f"{key}: expected an http:// or https:// URL, got a malformed one ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{key}: expected an http:// or https:// URL with a host, got scheme {parts.scheme!r}")
     return url

@@ -12,7 +12,7 @@ like the built-in ones (tests/test_registry.py shows a toy one).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import fields
 from types import MappingProxyType
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from ..config import dataclass_from_table
 from ..errors import ConfigError
+from ..model import FindingKind
 from . import contention, crash, forecast, fragmentation, leak, oom, pressure, stale
 from .base import Detector
 from .config import DetectorConfig
@@ -52,6 +53,19 @@ def detectors() -> tuple[Detector[Any], ...]:
 
 def by_kind() -> Mapping[str, Detector[Any]]:
     return MappingProxyType(_by_kind)
+
+
+def kinds() -> frozenset[str]:
+    """Every finding kind a config may name: each detector's, and those made outside `analyze` (the agent's `oom`)."""
+    return frozenset(_by_kind) | {str(k) for k in FindingKind}
+
+
+def check_kinds(names: Iterable[object], where: str) -> None:
+    """Refuse a kind nobody raises: a misspelt `oom-forecast` would otherwise silently never apply."""
+    known = kinds()
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"{where}: unknown finding kind {name!r} (known: {', '.join(sorted(known))})")
 
 
 def register(detector: Detector[C]) -> Detector[C]:
@@ -144,6 +158,13 @@ def config_from_table(table: Mapping[str, Any], where: str) -> DetectorConfig:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
     by = by_kind()
     own = {kind: _own_from_table(by[kind], values, where) for kind, values in theirs.items()}
+    for ticks in ("enter_ticks", "exit_ticks"):
+        table_of = mine.get(ticks, {})
+        if isinstance(table_of, Mapping):
+            check_kinds(table_of, f"{where[:-1]}.{ticks}]")
+            for kind, n in table_of.items():
+                if isinstance(n, bool) or not isinstance(n, int):
+                    raise ConfigError(f"{where[:-1]}.{ticks}] {kind}: expected a whole number of ticks >= 1, got {n!r}")
     base: DetectorConfig = dataclass_from_table(DetectorConfig, mine, where)
     return DetectorConfig(**{f.name: getattr(base, f.name) for f in fields(DetectorConfig)} | {"detectors": own})
 

@@ -26,6 +26,13 @@ from ._settings import non_negative, positive_or_none, setting, validate
 from .base import Detector
 from .config import MIB
 
+#: The process statuses psutil reports (its `STATUS_*` constants; a test keeps the two in step). A misspelt one in
+#: `stale_statuses` would never match.
+STATUSES = frozenset({
+    "running", "sleeping", "disk-sleep", "stopped", "tracing-stop", "zombie", "dead", "waking", "idle", "locked",
+    "waiting", "parked",
+})  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class StaleConfig:
@@ -42,7 +49,13 @@ class StaleConfig:
     def __post_init__(self) -> None:
         # A config file gives a list; keep the value immutable.
         object.__setattr__(self, "stale_statuses", frozenset(self.stale_statuses))
-        validate(self)
+        unknown = sorted(self.stale_statuses - STATUSES)
+        validate(
+            self,
+            [f"stale_statuses: unknown status {unknown[0]!r} (known: {', '.join(sorted(STATUSES))})"]
+            if unknown
+            else [],
+        )
 
 
 def detect_stale(ctx: GpuContext, config: StaleConfig) -> list[Finding]:
