@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -210,3 +213,116 @@ def test_a_nul_byte_in_a_file_option_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["status", "--simulate", "--simulate", "--config", "\x00"])
     assert result.exit_code == 2
     assert "not a file name (it holds a NUL byte)" in result.output
+
+
+@pytest.fixture
+def busy_listen() -> Iterator[str]:
+    """--listen at a taken port: a serve that wrongly got past its checks fails to bind instead of serving forever."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def _trace(tmp_path: Path) -> Path:
+    trace = tmp_path / "t.jsonl"
+    res = CliRunner().invoke(main, ["record", str(trace), "--simulate", "leak", "--interval", "0.01",
+                                    "--duration", "0.05"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return trace
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+@pytest.mark.parametrize("spelling", ["same", "dotted", "hard link"])
+def test_serve_never_records_over_the_trace_it_replays(
+    tmp_path: Path, busy_listen: str, spelling: str, force: list[str]
+) -> None:
+    """serve --replay F --record F is refused (one line, exit 2), --force or not, however F is spelled."""
+    trace = _trace(tmp_path)
+    before = trace.read_bytes()
+    (tmp_path / "x").mkdir()
+    record = {"same": trace, "dotted": tmp_path / "x" / ".." / trace.name, "hard link": tmp_path / "h.jsonl"}[spelling]
+    if spelling == "hard link":
+        record.hardlink_to(trace)
+    args = ["serve", "--listen", busy_listen, "--replay", str(trace), "--record", str(record), *force]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2
+    assert "is the trace being replayed" in res.stderr
+    assert "Traceback" not in res.output
+    assert trace.read_bytes() == before
+
+
+def test_serve_never_records_over_the_replayed_trace_from_the_config_file(tmp_path: Path, busy_listen: str) -> None:
+    """[daemon] replay and record naming one file are refused too, even with serve --force."""
+    trace = _trace(tmp_path)
+    before = trace.read_bytes()
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text(f'[daemon]\nreplay = "{trace}"\nrecord = "{trace}"\n')
+    res = CliRunner().invoke(main, ["--config", str(cfg), "serve", "--listen", busy_listen, "--force"])
+    assert res.exit_code == 2
+    assert "is the trace being replayed" in res.stderr
+    assert trace.read_bytes() == before
+
+
+def test_serve_record_never_overwrites_a_file_without_force(tmp_path: Path, busy_listen: str) -> None:
+    """serve --record FILE keeps an existing FILE: one line naming --force, exit 2."""
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("keep me\n")
+    res = CliRunner().invoke(main, ["serve", "--record", str(kept), "--listen", busy_listen, "--simulate", "leak"])
+    assert res.exit_code == 2
+    assert res.stderr == f"vramwatch: error: {kept} exists: give another file name, or --force to overwrite it\n"
+    assert kept.read_text() == "keep me\n"
+
+
+def test_a_record_file_from_the_config_is_set_aside_not_refused(tmp_path: Path, busy_listen: str) -> None:
+    """[daemon] record naming an existing trace (a service restarting onto its last one) renames that trace with
+    the time, keeping its suffixes, instead of refusing to start or overwriting it."""
+    kept = tmp_path / "kept.jsonl.gz"
+    kept.write_bytes(b"keep me\n")
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text(f'[daemon]\nrecord = "{kept}"\n')
+    CliRunner().invoke(main, ["--config", str(cfg), "serve", "--listen", busy_listen, "--simulate", "leak"])
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("kept.") and p != kept]
+    assert re.fullmatch(r"kept\.\d{8}T\d{6}\.jsonl\.gz", aside.name)
+    assert aside.read_bytes() == b"keep me\n"
+
+
+def test_serve_record_with_force_overwrites_the_file(tmp_path: Path) -> None:
+    """With force, serve records over an existing file (a trace header replaces what was there)."""
+    from vramwatch import app
+    from vramwatch.config import Config, DaemonConfig
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("keep me\n")
+    cfg = Config(daemon=DaemonConfig(simulate="leak", listen=f"127.0.0.1:{port}", record=str(kept)))
+    stop = threading.Event()
+    stop.set()  # the daemon stops at once: the recorder was opened by then
+    lines: list[str] = []
+    assert app.serve(cfg, out=lines.append, stop=stop, ready=lambda _d: None, force=True) == 0
+    assert kept.read_text().startswith('{"vramwatch_trace":1')
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1"])
+def test_a_bad_record_duration_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    """record --duration nan, inf, 0 or -1 is refused by the parser (exit 2, naming it) before anything records."""
+    trace = tmp_path / "t.jsonl"
+    res = CliRunner().invoke(main, ["record", str(trace), "--simulate", "leak", f"--duration={value}"])
+    assert res.exit_code == 2
+    assert "Invalid value for '--duration'" in res.stderr
+    assert "Traceback" not in res.output
+    assert not trace.exists()
+
+
+def test_run_events_that_cannot_be_written_is_one_line_before_the_command_starts(tmp_path: Path) -> None:
+    """run --events in a missing directory says the path and why (exit 2) and never starts the command."""
+    events = tmp_path / "missing" / "e.jsonl"
+    marker = tmp_path / "started"
+    res = CliRunner().invoke(
+        main, ["run", "--events", str(events), "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    )
+    assert res.exit_code == 2
+    assert res.stderr == f"vramwatch: error: --events {events}: cannot write there: No such file or directory\n"
+    assert not marker.exists()

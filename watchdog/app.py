@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -73,11 +74,18 @@ def serve(
     stop: threading.Event | None = None,
     ready: Callable[[Daemon], None] | None = None,
     speed: float = 1.0,
+    force: bool = False,
+    record_flag: bool = False,
 ) -> int:
     """`vramwatch serve`: run the daemon until SIGTERM/SIGINT. A missing driver is retried, not fatal.
 
     Serves /metrics and the live page at `/`; `speed` plays a simulated or replayed card faster than real time.
+    `force`: overwrite an existing record file; the trace being replayed, never. `record_flag`: the file was named
+    on the command line (`--record`), else by the config file (`[daemon] record`).
     """
+    if cfg.daemon.record:
+        _check_record_target(Path(cfg.daemon.record), Path(cfg.daemon.replay) if cfg.daemon.replay else None,
+                             force=force, interactive=record_flag)  # fmt: skip
     if speed != 1.0:
         if cfg.daemon.simulate is None and cfg.daemon.replay is None:
             raise VramwatchError("--speed is for --simulate and --replay only: a real GPU runs at its own pace")
@@ -142,6 +150,44 @@ def serve(
     ticks = daemon.pipeline.sampler.stats.ticks if daemon.pipeline is not None else 0
     out(f"vramwatch: stopped after {ticks} ticks" + (f"; trace written to {cfg.daemon.record}" if writer else ""))
     return 0
+
+
+def refuse_overwrite(path: Path, *, force: bool) -> None:
+    """An existing trace is a recording someone may need (the one attached to a bug report): kept unless `force`."""
+    if path.exists() and not force:
+        raise VramwatchError(f"{path} exists: give another file name, or --force to overwrite it")
+
+
+def _check_record_target(record: Path, replay: Path | None, *, force: bool, interactive: bool) -> None:
+    """`serve --record` (or `[daemon] record`): never the trace being replayed (opening it truncates it); an
+    existing file is refused on the command line unless `force`, and kept aside when the config file names it.
+
+    A service that records restarts onto its own last trace (systemd's `Restart=`): refusing would keep the
+    watchdog down, overwriting would lose that trace, so it is renamed with the time it was set aside."""
+    if replay is not None and _same_file(record, replay):
+        raise VramwatchError(
+            f"{record} is the trace being replayed: recording to it would destroy it; record to another file"
+        )
+    if interactive or force or not record.exists():
+        refuse_overwrite(record, force=force)
+        return
+    stem, dot, suffixes = record.name.partition(".")
+    kept = record.with_name(f"{stem}.{time.strftime('%Y%m%dT%H%M%S')}{dot}{suffixes}")
+    try:
+        record.rename(kept)
+    except OSError as exc:
+        raise VramwatchError(
+            f"{record} exists and cannot be set aside ({exc.strerror}): record to another file"
+        ) from None
+    log.info("record_kept", previous=str(kept), path=str(record))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` name one existing file (through links, `..` or hard links too)."""
+    try:
+        return a.samefile(b)
+    except (OSError, ValueError):
+        return False  # one of them cannot be read: nothing there to destroy
 
 
 def _recorder(writer: TraceWriter, path: Path) -> Callable[[Snapshot], None]:
@@ -298,8 +344,7 @@ def record(
     An existing FILE is a recording someone may need (the one attached to a bug report): it is never
     overwritten unless `force`.
     """
-    if path.exists() and not force:
-        raise VramwatchError(f"{path} exists: give another file name, or --force to overwrite it")
+    refuse_overwrite(path, force=force)
     clock = clock or SystemClock()
     backend, fallback = _open(cfg, clock, require_gpu=False)
     stop = stop or threading.Event()

@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,21 @@ class FilePath(click.Path):
             return super().convert(value, param, ctx)
         except ValueError:
             self.fail(f"{value!r} is not a file name (it holds a NUL byte)", param, ctx)
+
+
+class Seconds(click.FloatRange):
+    """A duration: a finite number of seconds > 0 (FloatRange alone lets nan through, and inf never ends)."""
+
+    name = "number of seconds"
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
 
 
 def _load(ctx: click.Context, overrides: dict[str, Any]) -> Config:
@@ -144,6 +160,7 @@ def main(ctx: click.Context) -> None:
 @click.option("--no-process-metrics", is_flag=True, help="Export GPU-level series only (fleets fearing cardinality).")
 @click.option("--require-gpu", is_flag=True, help="Never fall back to the simulator when no NVIDIA driver is found.")
 @click.option("--record", metavar="FILE", help="Also record every tick to this trace (JSON Lines; .gz compresses).")
+@click.option("--force", is_flag=True, help="Overwrite the --record FILE if it exists (never the --replay trace).")
 @click.option(
     "--speed",
     type=click.FloatRange(0.1, 100),
@@ -162,6 +179,7 @@ def serve(
     no_process_metrics: bool,
     require_gpu: bool,
     record: str | None,
+    force: bool,
     speed: float,
 ) -> None:
     """Run the daemon: sample every second, detect, serve the live page at / and Prometheus metrics."""
@@ -181,6 +199,8 @@ def serve(
             require_gpu=require_gpu,
             reload_config=lambda: _load(ctx, overrides),
             speed=speed,
+            force=force,
+            record_flag=record is not None,
         )
     )
 
@@ -212,7 +232,7 @@ def scenarios() -> None:
 
 @main.command()
 @click.argument("file", type=FilePath(dir_okay=False, writable=True))
-@click.option("--duration", type=float, metavar="SECONDS", help="Stop after this long [default: until Ctrl-C].")
+@click.option("--duration", type=Seconds(), metavar="SECONDS", help="Stop after this long [default: until Ctrl-C].")
 @_simulate
 @_seed
 @_interval

@@ -231,7 +231,10 @@ def run_command(
     proc: subprocess.Popen[bytes] | None = None
     try:
         if events_path is not None:
-            events = events_path.open("a", encoding="utf-8")
+            try:
+                events = events_path.open("a", encoding="utf-8")
+            except OSError as exc:  # before the command starts: a run whose conclusions go nowhere is not started
+                raise ConfigError(f"--events {events_path}: cannot write there: {exc.strerror or exc}") from exc
         monitor = (
             RunMonitor(out=out, events=events, config=monitor_config, schedule=schedule, advise=advise)
             if builtin_checks
