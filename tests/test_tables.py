@@ -31,7 +31,7 @@ def test_unknown_keys_read_the_same_in_every_section(tmp_path):
 
 def test_bad_values_read_the_same_in_every_section():
     """A value of the wrong type is `<where> <key>: expected <what>, got <value>` whichever reader saw it."""
-    with pytest.raises(ConfigError, match=re.escape("[toy] enabled: expected bool, got 'yes'")):
+    with pytest.raises(ConfigError, match=re.escape("[toy] enabled: expected true or false, got 'yes'")):
         dataclass_from_table(_Toy, {"enabled": "yes"}, "[toy]")
     with pytest.raises(ConfigError, match=re.escape("[toy] enabled: expected true or false, got 'yes'")):
         TableReader({"enabled": "yes"}, "[toy]", ("enabled",)).boolean("enabled", True)
