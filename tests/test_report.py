@@ -62,11 +62,15 @@ def test_default_output_is_the_trace_name_as_html(leak_trace: Path, tmp_path: Pa
     assert (tmp_path / "run.html").is_file()
 
 
-def test_report_never_overwrites_its_own_trace(leak_trace: Path, tmp_path: Path) -> None:
-    """`-o` naming the trace itself is one line and exit 2, and the trace is intact."""
+@pytest.mark.parametrize("spelling", ["same", "hard link"])
+def test_report_never_overwrites_its_own_trace(leak_trace: Path, tmp_path: Path, spelling: str) -> None:
+    """`-o` naming the trace itself (or a hard link to it) is one line and exit 2, and the trace is intact."""
     trace = tmp_path / "run.jsonl.gz"
     trace.write_bytes(leak_trace.read_bytes())
-    res = CliRunner().invoke(main, ["report", str(trace), "-o", str(trace)])
+    output = trace if spelling == "same" else tmp_path / "link.html"
+    if spelling == "hard link":
+        output.hardlink_to(trace)
+    res = CliRunner().invoke(main, ["report", str(trace), "-o", str(output)])
     assert res.exit_code == 2
     assert "is the trace itself" in res.output
     assert trace.read_bytes() == leak_trace.read_bytes()

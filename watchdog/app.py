@@ -164,7 +164,7 @@ def _check_record_target(record: Path, replay: Path | None, *, force: bool, inte
 
     A service that records restarts onto its own last trace (systemd's `Restart=`): refusing would keep the
     watchdog down, overwriting would lose that trace, so it is renamed with the time it was set aside."""
-    if replay is not None and _same_file(record, replay):
+    if replay is not None and same_file(record, replay):
         raise VramwatchError(
             f"{record} is the trace being replayed: recording to it would destroy it; record to another file"
         )
@@ -182,8 +182,9 @@ def _check_record_target(record: Path, replay: Path | None, *, force: bool, inte
     log.info("record_kept", previous=str(kept), path=str(record))
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether `a` and `b` name one existing file (through links, `..` or hard links too)."""
+def same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` name one existing file (through links, `..` or hard links too): the one check before
+    writing where a trace is read (`serve --record` over `--replay`, `report -o` over its trace)."""
     try:
         return a.samefile(b)
     except (OSError, ValueError):
@@ -434,7 +435,7 @@ def report(cfg: Config, trace: Path, output: Path | None, *, out: Echo, err: Ech
     if output is None:
         name = trace.name.removesuffix(".gz").removesuffix(".jsonl").removesuffix(".json")
         output = trace.with_name(name + ".html")
-    if output.exists() and output.resolve() == trace.resolve():
+    if same_file(output, trace):
         raise VramwatchError(f"{output} is the trace itself: give the report another name with -o FILE")
     bad = 0
 

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..detectors.registry import check_kinds
 from ..errors import ConfigError
 from ..model import Finding, ProcessMeta, Severity
 from ..tables import TableReader
@@ -201,8 +202,6 @@ def _hooks(value: object) -> tuple[HookCommand, ...]:
 
 
 def _kinds(reader: TableReader, key: str, default: frozenset[str]) -> frozenset[str]:
-    from ..detectors.registry import check_kinds  # the detectors' package is heavy; a policy is parsed once
-
     names = frozenset(reader.strings(key, sorted(default)))
     check_kinds(names, f"{reader.where} {key}")
     return names
