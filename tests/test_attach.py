@@ -366,6 +366,15 @@ def test_attach_to_a_pid_the_simulation_never_runs_is_a_clear_error() -> None:
     assert str(_leaker_of("leak")) in res.stderr
 
 
+def test_attach_to_a_pid_the_recording_never_shows_is_a_clear_error() -> None:
+    """On a replayed trace, a pid that never holds GPU memory in it is refused at once (not waited for until the
+    trace ends, a second a tick), naming the trace."""
+    replay = TRACES / "real_young_incumbent.jsonl.gz"
+    res = CliRunner().invoke(main, ["attach", "4242", "--replay", str(replay)])
+    assert res.exit_code == 2
+    assert res.stderr == f"vramwatch: error: pid 4242 never uses a GPU in the trace {replay}\n"
+
+
 def _leaker_of(scenario: str) -> int:
     return next(int(p["pid"]) for p in ground_truth(scenario)["processes"] if p.get("behaviour") == "leak")
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,6 +30,7 @@ def _invoke(*args: str) -> tuple[int, str, str]:
         (("advise", "4194000"), "no process with pid 4194000"),
         (("advise", "999999999"), "is not in the range"),
         (("advise",), "give a pid or --cmdline"),
+        (("advise", "1", "--cmdline", "python train.py"), "give a pid or --cmdline, not both"),
         (("--config", "/nonexistent/vw.toml", "status"), "cannot read config file"),
     ],
 )
@@ -38,6 +40,35 @@ def test_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], message: str) -
     assert code == 2
     assert message in err.lower()
     assert "Traceback" not in err
+
+
+def test_advise_of_an_exited_unreaped_process_says_it_exited() -> None:
+    """advise PID of a zombie (exited, not reaped) says it has exited, not that it belongs to another user."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        code, _, err = _invoke("advise", str(child.pid))
+    finally:
+        child.wait()
+    assert code == 2
+    said = f"pid {child.pid} has exited (its parent has not reaped it yet): there is no command line to advise on"
+    assert err == f"vramwatch: error: {said}\n"
+
+
+def test_a_process_of_ours_without_a_command_line_is_called_a_kernel_thread() -> None:
+    """A live pid of this user (or seen as root) with no command line is a kernel thread, not another user's."""
+    import psutil
+    from vramwatch.app import _why_no_cmdline
+    from vramwatch.model import ProcessMeta
+
+    me = psutil.Process().username()
+    assert _why_no_cmdline(ProcessMeta(pid=2, start_time=1.0, user=me, status="sleeping")) == "is a kernel thread"
+    other = _why_no_cmdline(ProcessMeta(pid=9, start_time=1.0, user="nobody-else", status="sleeping"))
+    # root reads every process's command line: one it cannot read is a kernel thread whoever owns it.
+    assert other == "is a kernel thread" if me == "root" else other.startswith("belongs to nobody-else (run as")
 
 
 def test_status_json_is_machine_readable() -> None:
@@ -274,17 +305,47 @@ def test_serve_record_never_overwrites_a_file_without_force(tmp_path: Path, busy
     assert kept.read_text() == "keep me\n"
 
 
-def test_a_record_file_from_the_config_is_set_aside_not_refused(tmp_path: Path, busy_listen: str) -> None:
+def _free_listen() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_record_file_from_the_config_is_set_aside_not_refused(tmp_path: Path) -> None:
     """[daemon] record naming an existing trace (a service restarting onto its last one) renames that trace with
     the time, keeping its suffixes, instead of refusing to start or overwriting it."""
+    from vramwatch import app
+    from vramwatch.config import Config, DaemonConfig
+
     kept = tmp_path / "kept.jsonl.gz"
     kept.write_bytes(b"keep me\n")
-    cfg = tmp_path / "vw.toml"
-    cfg.write_text(f'[daemon]\nrecord = "{kept}"\n')
-    CliRunner().invoke(main, ["--config", str(cfg), "serve", "--listen", busy_listen, "--simulate", "leak"])
+    cfg = Config(daemon=DaemonConfig(simulate="leak", listen=_free_listen(), record=str(kept)))
+    stop = threading.Event()
+    stop.set()  # the daemon stops at once: the recorder was opened by then
+    assert app.serve(cfg, out=lambda _line: None, stop=stop, ready=lambda _d: None) == 0
     (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("kept.") and p != kept]
     assert re.fullmatch(r"kept\.\d{8}T\d{6}\.jsonl\.gz", aside.name)
     assert aside.read_bytes() == b"keep me\n"
+    assert kept.exists()  # the new recording
+
+
+@pytest.mark.parametrize("how", ["--force", "config"])
+def test_a_serve_that_cannot_bind_leaves_the_last_recording_alone(tmp_path: Path, busy_listen: str, how: str) -> None:
+    """With the port taken, serve fails (exit 2) before touching the record file: not emptied by --force, not
+    set aside when the config names it."""
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("keep me\n")
+    if how == "--force":
+        args = ["serve", "--record", str(kept), "--force", "--listen", busy_listen, "--simulate", "leak"]
+    else:
+        cfg = tmp_path / "vw.toml"
+        cfg.write_text(f'[daemon]\nrecord = "{kept}"\n')
+        args = ["--config", str(cfg), "serve", "--listen", busy_listen, "--simulate", "leak"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2
+    assert "the port is already in use" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("kept")) == ["kept.jsonl"]
+    assert kept.read_text() == "keep me\n"
 
 
 def test_serve_record_with_force_overwrites_the_file(tmp_path: Path) -> None:
@@ -292,12 +353,9 @@ def test_serve_record_with_force_overwrites_the_file(tmp_path: Path) -> None:
     from vramwatch import app
     from vramwatch.config import Config, DaemonConfig
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
     kept = tmp_path / "kept.jsonl"
     kept.write_text("keep me\n")
-    cfg = Config(daemon=DaemonConfig(simulate="leak", listen=f"127.0.0.1:{port}", record=str(kept)))
+    cfg = Config(daemon=DaemonConfig(simulate="leak", listen=_free_listen(), record=str(kept)))
     stop = threading.Event()
     stop.set()  # the daemon stops at once: the recorder was opened by then
     lines: list[str] = []

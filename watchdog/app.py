@@ -6,12 +6,13 @@ directly with a fake clock and backend, and the CLI tests check parsing only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +24,10 @@ from .agent.protocol import default_socket_path
 from .agenthost.link import AgentListener, AgentReport
 from .backends import banner, open_backend
 from .clock import ScaledClock, SystemClock
-from .config import Config
+from .config import Config, local_address
 from .daemon import Daemon, Pipeline
 from .detectors import DetectorConfig, config_from_table
-from .errors import BackendUnavailable, VramwatchError
+from .errors import BackendUnavailable, ConfigError, VramwatchError
 from .history import History
 from .model import Finding, ProcessKey, ProcessMeta, Severity, Snapshot
 from .render import finding_dict, snapshot_to_json, status_table
@@ -83,9 +84,11 @@ def serve(
     `force`: overwrite an existing record file; the trace being replayed, never. `record_flag`: the file was named
     on the command line (`--record`), else by the config file (`[daemon] record`).
     """
-    if cfg.daemon.record:
-        _check_record_target(Path(cfg.daemon.record), Path(cfg.daemon.replay) if cfg.daemon.replay else None,
-                             force=force, interactive=record_flag)  # fmt: skip
+    check_actions(cfg)  # a bad [policy] or [notify] is refused before anything opens
+    set_aside = cfg.daemon.record is not None and _check_record_target(
+        Path(cfg.daemon.record), Path(cfg.daemon.replay) if cfg.daemon.replay else None,
+        force=force, interactive=record_flag,
+    )  # fmt: skip
     if speed != 1.0:
         if cfg.daemon.simulate is None and cfg.daemon.replay is None:
             raise VramwatchError("--speed is for --simulate and --replay only: a real GPU runs at its own pace")
@@ -108,24 +111,23 @@ def serve(
             return first.pop()
         return _open(cfg, clock, require_gpu=True, loop=True)[0]
 
+    def reload_checked() -> Config:
+        assert reload_config is not None  # noqa: S101 - only handed to the daemon when given
+        new = reload_config()
+        check_actions(new)  # what the next start would refuse is refused now, not reported "reloaded"
+        return new
+
     daemon = Daemon(
         cfg,
         factory,
         clock=clock,
         detector_config=detector_config(cfg),
-        reload_config=reload_config,
+        reload_config=reload_checked if reload_config is not None else None,
         # Taken out of the environment so trainers started by hooks do not inherit systemd's socket.
         systemd=SdNotifier.from_env(unset_environment=True),
     )
     if first and first[0].kind == "nvml":
         daemon.agents = open_agent_listener(daemon.on_agent_report)
-    writer = None
-    if cfg.daemon.record and first:
-        # Loaded here, like the replay and simulated backends: a daemon that does not record never holds them.
-        from .trace import open_trace_writer
-
-        writer = open_trace_writer(Path(cfg.daemon.record), first[0], cfg.daemon.interval)
-        daemon.on_tick = _recorder(writer, Path(cfg.daemon.record))
     daemon.dispatcher = build_dispatcher(cfg, first[0] if first else None, clock, daemon.lookup, daemon.recheck)
     if stop is not None:
         daemon.stop_event = stop
@@ -135,6 +137,15 @@ def serve(
     daemon.pages = live.wsgi
     daemon.on_findings = live.observe
     port = daemon.start_server()
+    writer = None
+    if cfg.daemon.record and first:
+        # Only once the port is ours: a serve that cannot start must leave the last recording where it was.
+        try:
+            writer = _start_recording(Path(cfg.daemon.record), first[0], cfg.daemon.interval, set_aside=set_aside)
+        except VramwatchError:
+            daemon.close()
+            raise
+        daemon.on_tick = _recorder(writer, Path(cfg.daemon.record))
     host = cfg.daemon.listen.rpartition(":")[0] or "127.0.0.1"
     pace = f"every {cfg.daemon.interval:g}s" + (f", {speed:g}x real time" if speed != 1.0 else "")
     out(f"vramwatch: live page at http://{host}:{port}/ (metrics at /metrics), {pace} (Ctrl-C to stop)")
@@ -158,9 +169,10 @@ def refuse_overwrite(path: Path, *, force: bool) -> None:
         raise VramwatchError(f"{path} exists: give another file name, or --force to overwrite it")
 
 
-def _check_record_target(record: Path, replay: Path | None, *, force: bool, interactive: bool) -> None:
+def _check_record_target(record: Path, replay: Path | None, *, force: bool, interactive: bool) -> bool:
     """`serve --record` (or `[daemon] record`): never the trace being replayed (opening it truncates it); an
     existing file is refused on the command line unless `force`, and kept aside when the config file names it.
+    True when it is to be set aside (`_start_recording` does it, once the port is bound). Changes nothing.
 
     A service that records restarts onto its own last trace (systemd's `Restart=`): refusing would keep the
     watchdog down, overwriting would lose that trace, so it is renamed with the time it was set aside."""
@@ -170,7 +182,21 @@ def _check_record_target(record: Path, replay: Path | None, *, force: bool, inte
         )
     if interactive or force or not record.exists():
         refuse_overwrite(record, force=force)
-        return
+        return False
+    return True
+
+
+def _start_recording(record: Path, backend: Backend, interval: float, *, set_aside: bool) -> TraceWriter:
+    """The trace writer of `serve`, the previous recording set aside first when `_check_record_target` said so."""
+    # Loaded here, like the replay and simulated backends: a daemon that does not record never holds them.
+    from .trace import open_trace_writer
+
+    if set_aside and record.exists():
+        _set_aside(record)
+    return open_trace_writer(record, backend, interval)
+
+
+def _set_aside(record: Path) -> None:
     stem, dot, suffixes = record.name.partition(".")
     kept = record.with_name(f"{stem}.{time.strftime('%Y%m%dT%H%M%S')}{dot}{suffixes}")
     try:
@@ -222,14 +248,16 @@ def build_dispatcher(
     A simulated or replayed pid is a number in a script, and may be a real process of this machine: acting
     on it would signal an innocent. So for those backends the policy is cut down to log and notify.
     """
-    policy = parse_policy(dict(cfg.section("policy")))
+    with _in_file(cfg):
+        policy = parse_policy(dict(cfg.section("policy")))
     if backend is None or backend.kind != "nvml":
         safe = frozenset({"log", "notify"})
         if (policy.warning | policy.critical) - safe:
             log.warning("policy_actions_disabled", reason=f"backend is {backend.kind if backend else 'not open'}; "
                         "signal, hook and kill act on real NVML processes only")  # fmt: skip
         policy = replace(policy, warning=policy.warning & safe, critical=policy.critical & safe)
-    notifiers = build_notifiers(dict(cfg.section("notify")), lookup=lookup, clock=clock)
+    with _in_file(cfg):
+        notifiers = build_notifiers(dict(cfg.section("notify")), lookup=lookup, clock=clock)
     return ActionDispatcher(
         policy,
         notifiers,
@@ -240,6 +268,27 @@ def build_dispatcher(
     )
 
 
+def check_actions(cfg: Config) -> None:
+    """`[policy]` and `[notify]` read as the next start reads them: a ConfigError naming the file, else nothing."""
+    with _in_file(cfg):
+        parse_policy(dict(cfg.section("policy")))
+        for notifier in build_notifiers(dict(cfg.section("notify"))):
+            close = getattr(notifier, "close", None)
+            if callable(close):
+                close(0.0)  # nothing was queued: its worker thread ends at once
+
+
+@contextlib.contextmanager
+def _in_file(cfg: Config) -> Iterator[None]:
+    """A `[policy]` or `[notify]` error names the file it is in, as `[daemon]` and `[detectors]` errors do."""
+    try:
+        yield
+    except ConfigError as exc:
+        if cfg.source is None or str(exc).startswith(f"{cfg.source}:"):
+            raise
+        raise ConfigError(f"{cfg.source}: {exc}") from None
+
+
 def status(
     cfg: Config,
     *,
@@ -248,12 +297,27 @@ def status(
     clock: Clock | None = None,
     daemon_url: str | None = None,
 ) -> int:
-    """`vramwatch status`: a running daemon's view (with trends and forecasts), else one snapshot of our own."""
+    """`vramwatch status`: a running daemon's view (with trends and forecasts), else one snapshot of our own.
+
+    Asked for a daemon by name (`--daemon ADDR`), it reports that daemon or says why it cannot: a sample of our
+    own would pass for the daemon's view. A daemon that answers without a reading (its GPU library lost, or not
+    yet read) is said to be so, exit 1, rather than taken for no daemon.
+    """
     doc = None
     if cfg.daemon.simulate is None and cfg.daemon.replay is None:
-        doc = fetch_daemon_status(daemon_url or f"http://{cfg.daemon.listen}")
+        where = daemon_url or local_address(cfg.daemon.listen)
+        doc = fetch_daemon_status(where)
+        if doc is None and daemon_url is not None:
+            raise VramwatchError(f"no vramwatch daemon answers at {daemon_url} (is `vramwatch serve` listening there?)")
+        if doc is not None and doc.get("gpus") is None:
+            if as_json:
+                out(json.dumps(doc))
+            else:
+                out(f"vramwatch: the daemon at {where} answers, but has no GPU reading yet: its GPU library is "
+                    "unavailable or it has not ticked (see its log)")  # fmt: skip
+            return 1
     if doc is not None:
-        first = f"vramwatch: from the daemon at {daemon_url or cfg.daemon.listen} (backend {doc.get('backend')})"
+        first = f"vramwatch: from the daemon at {where} (backend {doc.get('backend')})"
     else:
         clock = clock or SystemClock()
         try:
@@ -295,7 +359,8 @@ def open_agent_listener(on_report: Callable[[AgentReport], None]) -> AgentListen
 
 
 def fetch_daemon_status(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
-    """A running daemon's /status.json, or None when none answers there (then we sample ourselves)."""
+    """A running daemon's /status.json, or None when no vramwatch answers there. A daemon without a reading
+    answers `{"up": false, ...}` with no `gpus`: that is returned too (the caller tells the two apart)."""
     import urllib.error
     import urllib.request
 
@@ -305,7 +370,7 @@ def fetch_daemon_status(url: str, timeout: float = 1.0) -> dict[str, Any] | None
             doc = json.loads(r.read())
     except (OSError, ValueError, urllib.error.URLError):
         return None
-    return doc if isinstance(doc, dict) and doc.get("gpus") is not None else None
+    return doc if isinstance(doc, dict) and ("gpus" in doc or doc.get("up") is False) else None
 
 
 def scenarios(out: Echo) -> int:
@@ -483,6 +548,8 @@ def advise(
     from .enrich import read_tree
     from .environ import read_environ
 
+    if simulate is None and pid is not None and cmdline is not None:
+        raise VramwatchError("give a pid or --cmdline, not both")
     if simulate is not None:
         meta = _simulated_trainer(simulate, seed or 0, pid)
         if not as_json:
@@ -495,12 +562,24 @@ def advise(
         if meta.start_time is None:
             raise VramwatchError(f"no process with pid {pid} (or it may not be inspected by this user)")
         if meta.cmdline is None:
-            raise VramwatchError(f"cannot read the command line of pid {pid}: it belongs to another user")
+            raise VramwatchError(f"pid {pid} {_why_no_cmdline(meta)}: there is no command line to advise on")
         result = advise_process(meta, kind, tree_argvs=read_tree(pid), env=read_environ(pid))
     else:
         raise VramwatchError("give a pid or --cmdline")
     out(json.dumps(advice_to_dict(result)) if as_json else render_text(result, limit=8))
     return 0
+
+
+def _why_no_cmdline(meta: ProcessMeta) -> str:
+    """Why a live pid shows no command line: it has exited (a zombie), it is a kernel thread, or it is not ours."""
+    if meta.status == "zombie":
+        return "has exited (its parent has not reaped it yet)"
+    import psutil
+
+    me = psutil.Process().username()
+    if meta.user is not None and me in (meta.user, "root"):
+        return "is a kernel thread"
+    return f"belongs to {meta.user or 'another user'} (run as that user, or as root, to read it)"
 
 
 def _simulated_trainer(scenario: str, seed: int, pid: int | None) -> ProcessMeta:
@@ -556,7 +635,7 @@ def attach(
 
     wait = advance if fast_forward else None
     # The agents report to the daemon's socket, not to us: their step figures come from its /status.json.
-    url = f"http://{cfg.daemon.listen}"
+    url = f"http://{local_address(cfg.daemon.listen)}"
     steps = DaemonSteps(lambda: fetch_daemon_status(url, timeout=0.5), clock) if backend.kind == "nvml" else None
     block = None
     if not as_json and (is_terminal() if terminal is None else terminal):

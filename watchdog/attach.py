@@ -187,8 +187,17 @@ def check_pid(pid: int, backend: Backend) -> str | None:
                 + ", ".join(map(str, pids))
             )
         return None
+    if backend.kind == "replay":
+        # Replayed pids live in the recording, not on this machine: one it never shows would be waited for until
+        # the trace ends, a second a tick. One pass over the file, as `report` makes.
+        from .trace import read_trace
+
+        path = backend.path  # type: ignore[attr-defined]
+        if not any(u.pid == pid for reading in read_trace(path)[1] for u in reading.processes):
+            raise VramwatchError(f"pid {pid} never uses a GPU in the trace {path}")
+        return None
     if backend.kind != "nvml":
-        return None  # replayed pids live in the recording, not on this machine
+        return None
     try:
         proc = psutil.Process(pid)
         owner = proc.username()

@@ -32,19 +32,23 @@ class FilePath(click.Path):
             self.fail(f"{value!r} is not a file name (it holds a NUL byte)", param, ctx)
 
 
-class Seconds(click.FloatRange):
-    """A duration: a finite number of seconds > 0 (FloatRange alone lets nan through, and inf never ends)."""
+class FiniteRange(click.FloatRange):
+    """click's FloatRange without NaN: NaN compares false with both bounds, so FloatRange lets it through."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+class Seconds(FiniteRange):
+    """A duration: a finite number of seconds > 0 (inf would never end)."""
 
     name = "number of seconds"
 
     def __init__(self) -> None:
         super().__init__(min=0, min_open=True)
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        seconds = super().convert(value, param, ctx)
-        if not math.isfinite(seconds):
-            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
-        return seconds
 
 
 def _load(ctx: click.Context, overrides: dict[str, Any]) -> Config:
@@ -163,7 +167,7 @@ def main(ctx: click.Context) -> None:
 @click.option("--force", is_flag=True, help="Overwrite the --record FILE if it exists (never the --replay trace).")
 @click.option(
     "--speed",
-    type=click.FloatRange(0.1, 100),
+    type=FiniteRange(0.1, 100),
     default=1.0,
     metavar="FACTOR",
     help="Play a --simulate or --replay card FACTOR times faster than real time (a demo of a story) [default: 1].",

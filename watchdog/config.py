@@ -4,7 +4,7 @@ Precedence, lowest first: built-in defaults, the config file, the environment, t
 daemon option has all three forms (`[daemon] interval = 1.0`, `VRAMWATCH_INTERVAL=1`, `--interval 1`). An invalid
 value is rejected with where it came from, the key and what was expected, e.g.
 `/etc/vramwatch/vramwatch.toml: [daemon] interval: expected a finite number > 0, got 'fast'`.
-Sections other than [daemon] (detectors, policy, notify, agent) are validated by the modules that own them;
+Sections other than [daemon] (detectors, policy, notify) are validated by the modules that own them;
 here they are only checked to be tables, and unknown sections are an error (a typo must not pass silently).
 """
 
@@ -27,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-SECTIONS = ("daemon", "detectors", "policy", "notify", "agent")
+SECTIONS = ("daemon", "detectors", "policy", "notify")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +76,39 @@ def _interval(v: Any) -> float:
     return seconds
 
 
+#: The detectors look back up to ten minutes (a growth rate's report window, `rate_report_seconds`; a moving run's
+#: recent peaks and a plateau's hold, five): a shorter history would turn them off without a word.
+MIN_HISTORY_SECONDS = 600.0
+
+
+def _history(v: Any) -> float:
+    seconds = _positive(v)
+    if seconds < MIN_HISTORY_SECONDS:
+        raise ValueError(f"at least {MIN_HISTORY_SECONDS:g} seconds (the detectors look back up to ten minutes)")
+    return seconds
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (loopback) -> (host, port); ValueError names the expected form."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("HOST:PORT, e.g. 127.0.0.1:9783")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def local_address(listen: str) -> str:
+    """Where a client on this machine reaches a daemon that listens on `listen`: a wildcard host (every address)
+    is reached on loopback."""
+    host, port = split_listen(listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - matching the wildcard, not binding
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _listen(v: Any) -> str:
+    split_listen(_str(v))
+    return str(v)
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -106,9 +139,9 @@ def _choice(*options: str) -> Callable[[Any], str]:
 
 
 _VALIDATORS: dict[str, Callable[[Any], Any]] = {
-    "listen": _str,
+    "listen": _listen,
     "interval": _interval,
-    "history_seconds": _positive,
+    "history_seconds": _history,
     "process_metrics": _bool,
     "simulate": _str,
     "seed": _int,

@@ -20,7 +20,7 @@ import json
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from types import FrameType
 
 import structlog
@@ -174,6 +174,10 @@ class Pipeline:
             )
             self._failures_logged[key] = (analysis.t, 0)
 
+
+#: What SIGHUP applies live; every other [daemon] option, and the RESTART_SECTIONS, need a restart.
+RELOADABLE = frozenset({"process_metrics"})
+RESTART_SECTIONS = ("policy", "notify")
 
 #: A detector failing again and again with the same error is logged once in this many seconds.
 FAILURE_LOG_SECONDS = 300.0
@@ -595,9 +599,10 @@ class Daemon:
     def _reload(self) -> None:
         """SIGHUP: re-read the config and apply what can change live; history and findings are kept.
 
-        Live: `process_metrics` and the whole [detectors] section. Logged as needing a restart: the listen
-        address, interval, history length and backend; [policy] and [notify] are read at start only (a
-        half-applied action policy is worse than the old one).
+        Live: `process_metrics` and the whole [detectors] section. Everything else needs a restart, and each
+        change is logged as such: the other [daemon] options (listen address, interval, history length, backend,
+        recording, logging), [policy] and [notify] (a half-applied action policy is worse than the old one). A
+        file the next start would refuse, in any section, is refused now: the previous configuration is kept.
         """
         if self._reload_config is None:
             return
@@ -609,18 +614,20 @@ class Daemon:
             log.error("reload_failed", error=str(exc), kept="previous configuration")
             self.systemd.ready("reload failed; previous configuration kept")
             return
-        old = self.config.daemon
-        for key in ("listen", "interval", "history_seconds", "simulate", "replay", "seed"):
-            if getattr(new.daemon, key) != getattr(old, key):
-                log.warning(
-                    "reload_needs_restart", key=key, running=getattr(old, key), configured=getattr(new.daemon, key)
-                )
+        old = self.config
+        pinned = [f.name for f in fields(old.daemon) if f.name not in RELOADABLE]
+        for key in pinned:
+            if getattr(new.daemon, key) != getattr(old.daemon, key):
+                log.warning("reload_needs_restart", key=key, running=getattr(old.daemon, key),
+                            configured=getattr(new.daemon, key))  # fmt: skip
+        for name in RESTART_SECTIONS:
+            if new.section(name) != old.section(name):
+                # Without the values: [notify] may hold a token where no *_env indirection was used.
+                log.warning("reload_needs_restart", key=f"[{name}]", effect="read at start only; restart to apply")
         self.config = replace(
             new,
-            daemon=replace(
-                new.daemon,
-                **{k: getattr(old, k) for k in ("listen", "interval", "history_seconds", "simulate", "replay", "seed")},
-            ),
+            daemon=replace(new.daemon, **{k: getattr(old.daemon, k) for k in pinned}),
+            sections={**new.sections, **{name: old.section(name) for name in RESTART_SECTIONS}},
         )
         self.detector_config = detectors
         if self.pipeline is not None:

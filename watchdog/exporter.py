@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ._version import __version__
+from .config import split_listen
 from .detectors.registry import detectors
 from .errors import VramwatchError
 from .model import Finding, ProcessKey, ProcessSample, Snapshot
@@ -344,11 +345,12 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """`HOST:PORT` or `[IPv6]:PORT` -> (host, port); raises VramwatchError with the expected form."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise VramwatchError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:9783")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    """`HOST:PORT` or `[IPv6]:PORT` -> (host, port); raises VramwatchError with the expected form (the config
+    refuses a malformed address first, naming where it came from: this guards callers that bypass it)."""
+    try:
+        return split_listen(listen)
+    except ValueError as exc:
+        raise VramwatchError(f"listen address {listen!r}: expected {exc}") from None
 
 
 #: zlib's default level, which Prometheus's own Go client (client_golang's promhttp) compresses at too.

@@ -16,6 +16,8 @@ may ask to save where the run goes on, `Policy.intrusive`); the tracker raises i
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -130,12 +132,22 @@ class ActionDispatcher:
         return totals
 
     def close(self, timeout: float = 5.0) -> None:
-        """Drain notifier and hook queues (up to `timeout` each) and wait for pending kill escalations."""
+        """Drain notifier and hook queues and wait for pending kill escalations, all at once, `timeout` in all.
+
+        Each queue drains on its own thread, so a receiver that hangs holds a stopping daemon `timeout` seconds,
+        not `timeout` per queue, and the other queues still deliver meanwhile; what is left then is dropped and
+        counted by its queue."""
+        deadline = time.monotonic() + timeout
+        closers = []
         for closable in (*self.notifiers, self.hooks, self.killer):
             close = getattr(closable, "close", None)
             if callable(close):
-                with contextlib.suppress(Exception):
-                    close(timeout)
+                closer = threading.Thread(target=_close_quietly, args=(close, timeout), name="vramwatch-close",
+                                          daemon=True)  # fmt: skip
+                closer.start()
+                closers.append(closer)
+        for closer in closers:
+            closer.join(max(0.0, deadline - time.monotonic()))
 
     # --- one finding --------------------------------------------------------------------------------
 
@@ -349,3 +361,8 @@ class ActionDispatcher:
         now = self._clock.monotonic()
         for key in [k for k, t in self._last_acted.items() if now - t >= self.policy.cooldown_seconds]:
             del self._last_acted[key]
+
+
+def _close_quietly(close: Callable[[float], object], timeout: float) -> None:
+    with contextlib.suppress(Exception):  # one queue's failure to close must not keep the others open
+        close(timeout)
