@@ -30,7 +30,8 @@ def _invoke(*args: str) -> tuple[int, str, str]:
         (("advise", "4194000"), "no process with pid 4194000"),
         (("advise", "999999999"), "is not in the range"),
         (("advise",), "give a pid or --cmdline"),
-        (("advise", "1", "--cmdline", "python train.py"), "give a pid or --cmdline, not both"),
+        (("advise", "1", "--cmdline", "python train.py"), "give a pid (or --simulate) or --cmdline, not both"),
+        (("advise", "--simulate", "leak", "--cmdline", "python t.py"), "give a pid (or --simulate) or --cmdline"),
         (("--config", "/nonexistent/vw.toml", "status"), "cannot read config file"),
     ],
 )
@@ -58,17 +59,16 @@ def test_advise_of_an_exited_unreaped_process_says_it_exited() -> None:
     assert err == f"vramwatch: error: {said}\n"
 
 
-def test_a_process_of_ours_without_a_command_line_is_called_a_kernel_thread() -> None:
-    """A live pid of this user (or seen as root) with no command line is a kernel thread, not another user's."""
-    import psutil
-    from vramwatch.app import _why_no_cmdline
-    from vramwatch.model import ProcessMeta
+@pytest.mark.parametrize(("flags", "kernel"), [(0x00208040, True), (0x00400140, False)])
+def test_a_kernel_thread_is_told_by_its_flags_not_by_its_owner(tmp_path: Path, flags: int, kernel: bool) -> None:
+    """A pid with no command line is a kernel thread when its stat flags carry PF_KTHREAD (kthreadd's 0x00208040),
+    whoever runs advise; else it is another user's process."""
+    from vramwatch.app import _kernel_thread
 
-    me = psutil.Process().username()
-    assert _why_no_cmdline(ProcessMeta(pid=2, start_time=1.0, user=me, status="sleeping")) == "is a kernel thread"
-    other = _why_no_cmdline(ProcessMeta(pid=9, start_time=1.0, user="nobody-else", status="sleeping"))
-    # root reads every process's command line: one it cannot read is a kernel thread whoever owns it.
-    assert other == "is a kernel thread" if me == "root" else other.startswith("belongs to nobody-else (run as")
+    (tmp_path / "2").mkdir()
+    (tmp_path / "2" / "stat").write_text(f"2 (kthreadd) S 0 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 8 0 0\n")
+    assert _kernel_thread(2, tmp_path) is kernel
+    assert _kernel_thread(3, tmp_path) is False  # no such pid: not called a kernel thread
 
 
 def test_status_json_is_machine_readable() -> None:
@@ -346,6 +346,15 @@ def test_a_serve_that_cannot_bind_leaves_the_last_recording_alone(tmp_path: Path
     assert "the port is already in use" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("kept")) == ["kept.jsonl"]
     assert kept.read_text() == "keep me\n"
+
+
+def test_a_record_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """[daemon] record in a missing directory: serve stops with one line naming the file (exit 2), after binding."""
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text(f'[daemon]\nrecord = "{tmp_path / "missing" / "t.jsonl"}"\nlisten = "{_free_listen()}"\n')
+    res = CliRunner().invoke(main, ["--config", str(cfg), "serve", "--simulate", "leak"])
+    assert res.exit_code == 2
+    assert res.stderr.startswith(f"vramwatch: error: {tmp_path / 'missing' / 't.jsonl'}: cannot write the trace")
 
 
 def test_serve_record_with_force_overwrites_the_file(tmp_path: Path) -> None:

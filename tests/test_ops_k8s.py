@@ -118,7 +118,7 @@ def test_config_mount_matches_argument_and_loads(tmp_path: Path) -> None:
     text = load("configmap.yaml")["data"][config_arg.name]
     path = tmp_path / config_arg.name
     path.write_text(text)
-    daemon, _ = load_file(path)
+    daemon, _, _ = load_file(path)
     assert daemon.log_format == "json"
     assert daemon.interval == DaemonConfig().interval
 

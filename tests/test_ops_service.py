@@ -87,7 +87,7 @@ def test_default_config_loads_as_shipped(tmp_path: Path) -> None:
     """The shipped config is accepted by the daemon's loader and changes nothing (all settings commented)."""
     path = tmp_path / "vramwatch.toml"
     path.write_text(packaged_file("vramwatch.toml"))
-    daemon, sections = load_file(path)
+    daemon, sections, _ = load_file(path)
     assert daemon == DaemonConfig()
     assert sections == {}
 
@@ -99,7 +99,7 @@ def test_default_config_keys_are_real(tmp_path: Path) -> None:
     assert len(settings) >= 5
     path = tmp_path / "vramwatch.toml"
     path.write_text("\n".join(line if not re.match(r"# [a-z_]+ = ", line) else line[2:] for line in lines))
-    daemon, _ = load_file(path)
+    daemon, _, _ = load_file(path)
     assert daemon == DaemonConfig()  # the comments show the defaults, not other values
     assert tomllib.loads(path.read_text())["daemon"].keys() == {s.split(" = ")[0] for s in settings}
 

@@ -129,7 +129,11 @@ def test_policy_and_notify_errors_at_start_name_the_file(tmp_path: Path, section
 
 @pytest.mark.parametrize(
     ("listen", "where"),
-    [("localhost", "listen: expected HOST:PORT"), ("127.0.0.1:70000", "listen: expected HOST:PORT")],
+    [
+        ("localhost", "listen: expected HOST:PORT"),
+        ("127.0.0.1:70000", "listen: expected HOST:PORT"),
+        ("::9783", "listen: expected HOST:PORT"),
+    ],
 )
 def test_a_bad_listen_in_the_file_is_named_as_the_file_key(tmp_path: Path, listen: str, where: str) -> None:
     """[daemon] listen from a file is reported as that file's key, not as the --listen option."""
@@ -140,14 +144,52 @@ def test_a_bad_listen_in_the_file_is_named_as_the_file_key(tmp_path: Path, liste
     assert "--listen" not in str(caught.value)
 
 
-def test_a_history_too_short_for_the_detectors_is_refused(tmp_path: Path) -> None:
-    """history_seconds below the detectors' longest look-back (ten minutes) is refused; the minimum itself is fine."""
+def test_a_history_too_short_for_the_detectors_is_raised_to_its_minimum_with_a_note(tmp_path: Path) -> None:
+    """history_seconds below the detectors' ten-minute look-back is raised to it, with a note saying so (a service
+    upgraded onto an old file still starts); the minimum itself is kept as it is."""
     path = tmp_path / "vw.toml"
     path.write_text("[daemon]\nhistory_seconds = 0.001\n")
-    with pytest.raises(ConfigError, match=r"\[daemon\] history_seconds: expected at least 600 seconds"):
-        load(path)
+    cfg = load(path)
+    assert cfg.daemon.history_seconds == MIN_HISTORY_SECONDS == 600.0
+    assert cfg.notes == ("history_seconds = 0.001 is raised to 600: the detectors look back up to ten minutes",)
     path.write_text(f"[daemon]\nhistory_seconds = {MIN_HISTORY_SECONDS}\n")
-    assert load(path).daemon.history_seconds == MIN_HISTORY_SECONDS
+    assert load(path).notes == ()
+
+
+def test_the_agent_section_nothing_reads_is_ignored_with_a_note_that_serve_logs(tmp_path: Path) -> None:
+    """An [agent] section (accepted by earlier versions, read by nothing) is dropped with a note, and the command
+    line logs the note as config_adjusted."""
+    path = tmp_path / "vw.toml"
+    path.write_text("[agent]\nanything = 1\n")
+    cfg = load(path)
+    assert "agent" not in cfg.sections
+    assert cfg.notes == (f"{path}: [agent] is read by nothing and is ignored: delete it",)
+    res = CliRunner().invoke(main, ["--config", str(path), "--log-format", "json", "status", "--simulate", "steady"])
+    assert res.exit_code == 0, res.output
+    logged = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+    assert [e["note"] for e in logged if e["event"] == "config_adjusted"] == list(cfg.notes)
+
+
+def test_a_reload_does_not_refuse_a_webhook_whose_variable_the_next_start_will_have(tmp_path: Path) -> None:
+    """A [notify] url_env naming a variable this process lacks is not a failed reload: systemd reads the
+    EnvironmentFile= at start only, so the variable can be there at the next start (logged as needing a restart)."""
+    path = tmp_path / "vw.toml"
+    with _serving(path, "") as (daemon, logs):
+        path.write_text(path.read_text() + '[[notify.webhook]]\nurl_env = "VW_TEST_SURELY_UNSET_HOOK"\n')
+        assert _reload(daemon, logs)["event"] == "reloaded"
+        assert [e["key"] for e in logs if e["event"] == "reload_needs_restart"] == ["[notify]"]
+
+
+def test_a_refused_notify_section_leaves_no_delivery_thread_running() -> None:
+    """When a later [notify] entry is refused, the notifiers built before it are closed: each failed reload used to
+    leave their delivery threads behind."""
+    from vramwatch.actions import build_notifiers
+
+    section = {"webhook": [{"url": "http://127.0.0.1:9/a"}, {"url": "http://127.0.0.1:9/b"}, {"url": "ftp://x"}]}
+    before = {t for t in threading.enumerate() if t.name.startswith("vramwatch-")}
+    with pytest.raises(ConfigError, match=r"#3 url"):
+        build_notifiers(section)
+    _until(lambda: {t for t in threading.enumerate() if t.name.startswith("vramwatch-")} <= before, 5.0)
 
 
 @pytest.mark.parametrize(
@@ -158,6 +200,13 @@ def test_a_history_too_short_for_the_detectors_is_refused(tmp_path: Path) -> Non
 def test_status_reaches_a_daemon_listening_on_every_address_on_loopback(listen: str, address: str) -> None:
     """A daemon bound to a wildcard (or no host) is asked on loopback; a named host as it is."""
     assert local_address(listen) == address
+
+
+def test_status_of_a_named_daemon_and_a_simulated_card_is_refused() -> None:
+    """status --daemon ADDR --simulate S names two sources: refused, not answered from the simulator."""
+    res = CliRunner().invoke(main, ["status", "--simulate", "steady", "--daemon", "127.0.0.1:9"])
+    assert res.exit_code == 2
+    assert "give --daemon or a simulated / replayed card, not both" in res.stderr
 
 
 def test_speed_nan_is_a_usage_error() -> None:
@@ -254,3 +303,33 @@ def test_stopping_closes_every_notifier_at_once() -> None:
     dispatcher = ActionDispatcher(Policy(), notifiers, default_log=False)  # type: ignore[arg-type]
     dispatcher.close(timeout=5.0)
     assert passed == [True, True, True]
+
+
+class _QueuedNotifier:
+    """A notifier with a real delivery queue, whose receiver hangs: one job in flight, one waiting."""
+
+    def __init__(self, hang: threading.Event) -> None:
+        from vramwatch.actions.queue import DeliveryQueue
+
+        self.queue = DeliveryQueue("test")
+        for _ in range(2):
+            self.queue.submit(lambda: hang.wait(10.0))
+
+    def notify(self, *_args: object, **_kwargs: object) -> None:
+        pass
+
+    def close(self, timeout: float) -> None:
+        self.queue.close(timeout)
+
+
+def test_a_stop_returns_once_the_dropped_notifications_are_counted() -> None:
+    """close() waits for each queue to count what it dropped (and log it), not only for the shared deadline."""
+    hang = threading.Event()
+    notifier = _QueuedNotifier(hang)
+    _until(lambda: notifier.queue.pending() == 1)  # the first job is in flight, hanging
+    dispatcher = ActionDispatcher(Policy(), [notifier], default_log=False)  # type: ignore[list-item]
+    try:
+        dispatcher.close(timeout=0.2)
+        assert notifier.queue.counts()["dropped"] == 1
+    finally:
+        hang.set()

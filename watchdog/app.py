@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +95,7 @@ def serve(
         clock = ScaledClock(speed)
     clock = clock or SystemClock()
     first: list[Backend] = []
+    pinned_interval: float | None = None
     try:
         backend, fallback = _open(cfg, clock, require_gpu=require_gpu, loop=True)
         first.append(backend)
@@ -102,7 +103,8 @@ def serve(
         recorded = getattr(backend, "interval_seconds", None)
         if backend.kind == "replay" and recorded:
             # A replay is served at the pace it was recorded, looping, so dashboards see it as it happened.
-            cfg = replace(cfg, daemon=replace(cfg.daemon, interval=float(recorded)))
+            pinned_interval = float(recorded)
+            cfg = replace(cfg, daemon=replace(cfg.daemon, interval=pinned_interval))
     except BackendUnavailable as exc:
         out(f"vramwatch: {exc}; serving vramwatch_up 0 and retrying with backoff")
 
@@ -114,7 +116,11 @@ def serve(
     def reload_checked() -> Config:
         assert reload_config is not None  # noqa: S101 - only handed to the daemon when given
         new = reload_config()
-        check_actions(new)  # what the next start would refuse is refused now, not reported "reloaded"
+        # What the next start would refuse is refused now, not reported "reloaded". Not the variables that *_env
+        # names: a reload cannot see them (systemd reads EnvironmentFile= at start only), so they count as set.
+        check_actions(new, environ=_SET_AT_START)
+        if pinned_interval is not None:  # a replay runs at its recorded pace: not a change the file asks for
+            new = replace(new, daemon=replace(new.daemon, interval=pinned_interval))
         return new
 
     daemon = Daemon(
@@ -136,19 +142,29 @@ def serve(
     live = LiveView(cfg.daemon.history_seconds, cfg.daemon.interval, lambda: daemon.state)
     daemon.pages = live.wsgi
     daemon.on_findings = live.observe
-    port = daemon.start_server()
+    try:
+        port = daemon.start_server()
+    except VramwatchError:  # the port is taken: let go of what was opened for it (the process may go on, in tests)
+        daemon.close()
+        for backend in first:
+            backend.close()
+        raise
     writer = None
     if cfg.daemon.record and first:
         # Only once the port is ours: a serve that cannot start must leave the last recording where it was.
         try:
             writer = _start_recording(Path(cfg.daemon.record), first[0], cfg.daemon.interval, set_aside=set_aside)
-        except VramwatchError:
+        except (VramwatchError, OSError) as exc:
             daemon.close()
+            first[0].close()  # not the pipeline's yet, which daemon.close() closes
+            if isinstance(exc, OSError):
+                raise VramwatchError(f"{cfg.daemon.record}: cannot write the trace: {exc.strerror or exc}") from exc
             raise
         daemon.on_tick = _recorder(writer, Path(cfg.daemon.record))
     host = cfg.daemon.listen.rpartition(":")[0] or "127.0.0.1"
     pace = f"every {cfg.daemon.interval:g}s" + (f", {speed:g}x real time" if speed != 1.0 else "")
-    out(f"vramwatch: live page at http://{host}:{port}/ (metrics at /metrics), {pace} (Ctrl-C to stop)")
+    page = local_address(f"{host}:{port}")  # bound to every address: shown as this machine's loopback
+    out(f"vramwatch: live page at http://{page}/ (metrics at /metrics), {pace} (Ctrl-C to stop)")
     if ready is not None:
         ready(daemon)
     else:
@@ -268,14 +284,32 @@ def build_dispatcher(
     )
 
 
-def check_actions(cfg: Config) -> None:
-    """`[policy]` and `[notify]` read as the next start reads them: a ConfigError naming the file, else nothing."""
+def check_actions(cfg: Config, *, environ: Mapping[str, str] | None = None) -> None:
+    """`[policy]` and `[notify]` read as the next start reads them: a ConfigError naming the file, else nothing.
+    `environ`: where the variables that `*_env` keys name are read (default: this process's environment)."""
     with _in_file(cfg):
         parse_policy(dict(cfg.section("policy")))
-        for notifier in build_notifiers(dict(cfg.section("notify"))):
+        for notifier in build_notifiers(dict(cfg.section("notify")), environ=environ):
             close = getattr(notifier, "close", None)
             if callable(close):
                 close(0.0)  # nothing was queued: its worker thread ends at once
+
+
+class _SetAtStart(Mapping[str, str]):
+    """Every environment variable, as a reload must assume it: set, to a value that passes every check (what is
+    really there is only known at the next start)."""
+
+    def __getitem__(self, key: str) -> str:
+        return "https://set-at-start.invalid/"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_SET_AT_START = _SetAtStart()
 
 
 @contextlib.contextmanager
@@ -304,6 +338,8 @@ def status(
     yet read) is said to be so, exit 1, rather than taken for no daemon.
     """
     doc = None
+    if daemon_url is not None and (cfg.daemon.simulate is not None or cfg.daemon.replay is not None):
+        raise VramwatchError("give --daemon or a simulated / replayed card, not both")
     if cfg.daemon.simulate is None and cfg.daemon.replay is None:
         where = daemon_url or local_address(cfg.daemon.listen)
         doc = fetch_daemon_status(where)
@@ -548,8 +584,8 @@ def advise(
     from .enrich import read_tree
     from .environ import read_environ
 
-    if simulate is None and pid is not None and cmdline is not None:
-        raise VramwatchError("give a pid or --cmdline, not both")
+    if cmdline is not None and (pid is not None or simulate is not None):
+        raise VramwatchError("give a pid (or --simulate) or --cmdline, not both")
     if simulate is not None:
         meta = _simulated_trainer(simulate, seed or 0, pid)
         if not as_json:
@@ -574,12 +610,21 @@ def _why_no_cmdline(meta: ProcessMeta) -> str:
     """Why a live pid shows no command line: it has exited (a zombie), it is a kernel thread, or it is not ours."""
     if meta.status == "zombie":
         return "has exited (its parent has not reaped it yet)"
-    import psutil
-
-    me = psutil.Process().username()
-    if meta.user is not None and me in (meta.user, "root"):
+    if _kernel_thread(meta.pid):
         return "is a kernel thread"
     return f"belongs to {meta.user or 'another user'} (run as that user, or as root, to read it)"
+
+
+#: `/proc/<pid>/stat`'s flags (field 9): PF_KTHREAD, set for kernel threads only (include/linux/sched.h).
+PF_KTHREAD = 0x00200000
+
+
+def _kernel_thread(pid: int, proc_root: Path = Path("/proc")) -> bool:
+    try:
+        after_name = (proc_root / str(pid) / "stat").read_bytes().rpartition(b")")[2].split()
+        return bool(int(after_name[6]) & PF_KTHREAD)
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def _simulated_trainer(scenario: str, seed: int, pid: int | None) -> ProcessMeta:

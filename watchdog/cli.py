@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import structlog
 
 from . import app, logs
 from ._version import __version__
@@ -55,7 +56,10 @@ def _load(ctx: click.Context, overrides: dict[str, Any]) -> Config:
     """The config with the command line's overrides; raises ConfigError (call it inside `_run`, which makes that
     one line and exit 2, or from a reload, which keeps the old config)."""
     path = ctx.obj.get("config") if ctx.obj else None
-    return load(Path(path) if path else None, overrides)
+    cfg = load(Path(path) if path else None, overrides)
+    for note in cfg.notes:
+        structlog.get_logger("vramwatch").warning("config_adjusted", note=note)
+    return cfg
 
 
 def _run(fn: Callable[[], int]) -> None:

@@ -28,6 +28,9 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 SECTIONS = ("daemon", "detectors", "policy", "notify")
+#: Sections that earlier versions accepted and nothing ever read: ignored with a note (an upgrade must not stop a
+#: service over a section that never did anything), and gone from `Config.sections`.
+IGNORED_SECTIONS = ("agent",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,9 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str | None = None
+    #: What was adjusted rather than refused (a section nothing reads, a history raised to its minimum): logged by
+    #: the command line as `config_adjusted`, one line each.
+    notes: tuple[str, ...] = ()
 
     def section(self, name: str) -> Mapping[str, Any]:
         return self.sections.get(name, {})
@@ -76,24 +82,20 @@ def _interval(v: Any) -> float:
     return seconds
 
 
-#: The detectors look back up to ten minutes (a growth rate's report window, `rate_report_seconds`; a moving run's
-#: recent peaks and a plateau's hold, five): a shorter history would turn them off without a word.
+#: The detectors look back up to ten minutes for most of what they judge (a growth rate's report window,
+#: `rate_report_seconds`; a moving run's recent peaks and a plateau's hold, five): a shorter history would turn
+#: them off without a word, so it is raised to this, with a note. The growth detector's longest windows (up to an
+#: hour) see what the history holds.
 MIN_HISTORY_SECONDS = 600.0
-
-
-def _history(v: Any) -> float:
-    seconds = _positive(v)
-    if seconds < MIN_HISTORY_SECONDS:
-        raise ValueError(f"at least {MIN_HISTORY_SECONDS:g} seconds (the detectors look back up to ten minutes)")
-    return seconds
 
 
 def split_listen(listen: str) -> tuple[str, int]:
     """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (loopback) -> (host, port); ValueError names the expected form."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("HOST:PORT, e.g. 127.0.0.1:9783")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    bracketed = host.startswith("[") and host.endswith("]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or (":" in host and not bracketed):
+        raise ValueError("HOST:PORT, e.g. 127.0.0.1:9783 ([::1]:9783 for IPv6)")
+    return host[1:-1] if bracketed else host or "127.0.0.1", int(port)
 
 
 def local_address(listen: str) -> str:
@@ -141,7 +143,7 @@ def _choice(*options: str) -> Callable[[Any], str]:
 _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "listen": _listen,
     "interval": _interval,
-    "history_seconds": _history,
+    "history_seconds": _positive,
     "process_metrics": _bool,
     "simulate": _str,
     "seed": _int,
@@ -165,8 +167,9 @@ def _apply(base: DaemonConfig, values: Mapping[str, Any], where: str) -> DaemonC
     return replace(base, **changes)
 
 
-def load_file(path: Path) -> tuple[DaemonConfig, dict[str, Mapping[str, Any]]]:
-    """Parse and validate a TOML config file; every error names the file."""
+def load_file(path: Path) -> tuple[DaemonConfig, dict[str, Mapping[str, Any]], list[str]]:
+    """Parse and validate a TOML config file: the [daemon] options, the other sections, and notes on what it
+    ignored; every error names the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -178,12 +181,18 @@ def load_file(path: Path) -> tuple[DaemonConfig, dict[str, Mapping[str, Any]]]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for name, table in data.items():
+        if name in IGNORED_SECTIONS:
+            continue
         if name not in SECTIONS:
             raise ConfigError(f"{path}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{name}] must be a table")
     daemon = _apply(DaemonConfig(), data.get("daemon", {}), f"{path}: [daemon]")
-    return daemon, {k: v for k, v in data.items() if k != "daemon"}
+    sections = {k: v for k, v in data.items() if k != "daemon" and k not in IGNORED_SECTIONS}
+    notes = [
+        f"{path}: [{name}] is read by nothing and is ignored: delete it" for name in IGNORED_SECTIONS if name in data
+    ]
+    return daemon, sections, notes
 
 
 def from_env(base: DaemonConfig, environ: Mapping[str, str]) -> DaemonConfig:
@@ -209,8 +218,12 @@ def load(
     env = os.environ if environ is None else environ
     if path is None and env.get("VRAMWATCH_CONFIG"):
         path = Path(env["VRAMWATCH_CONFIG"])
-    daemon, sections = load_file(path) if path is not None else (DaemonConfig(), {})
+    daemon, sections, notes = load_file(path) if path is not None else (DaemonConfig(), {}, [])
     daemon = from_env(daemon, env)
     if overrides:
         daemon = _apply(daemon, {k: v for k, v in overrides.items() if v is not None}, "command line:")
-    return Config(daemon=daemon, sections=sections, source=str(path) if path else None)
+    if daemon.history_seconds < MIN_HISTORY_SECONDS:
+        notes.append(f"history_seconds = {daemon.history_seconds:g} is raised to {MIN_HISTORY_SECONDS:g}: the "
+                     "detectors look back up to ten minutes")  # fmt: skip
+        daemon = replace(daemon, history_seconds=MIN_HISTORY_SECONDS)
+    return Config(daemon=daemon, sections=sections, source=str(path) if path else None, notes=tuple(notes))

@@ -147,7 +147,8 @@ class ActionDispatcher:
                 closer.start()
                 closers.append(closer)
         for closer in closers:
-            closer.join(max(0.0, deadline - time.monotonic()))
+            # Each queue's own close is bounded by `timeout`; the grace lets it count and log what it dropped.
+            closer.join(max(0.0, deadline - time.monotonic()) + CLOSE_GRACE_SECONDS)
 
     # --- one finding --------------------------------------------------------------------------------
 
@@ -361,6 +362,10 @@ class ActionDispatcher:
         now = self._clock.monotonic()
         for key in [k for k, t in self._last_acted.items() if now - t >= self.policy.cooldown_seconds]:
             del self._last_acted[key]
+
+
+#: How long past the shared deadline a stop waits for a queue to log what it dropped.
+CLOSE_GRACE_SECONDS = 0.5
 
 
 def _close_quietly(close: Callable[[float], object], timeout: float) -> None:

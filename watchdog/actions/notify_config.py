@@ -101,6 +101,27 @@ def build_notifiers(
     env = os.environ if environ is None else environ
     top = TableReader(section or {}, "[notify]", ("webhook", "alertmanager", "apprise"))
     notifiers: list[Notifier] = []
+    try:
+        _build(top, notifiers, env=env, lookup=lookup, clock=clock, host=host)
+    except BaseException:
+        for built in notifiers:  # each started its delivery thread: a refused section must not leave them running
+            close = getattr(built, "close", None)
+            if callable(close):
+                close(0.0)
+        raise
+    return notifiers
+
+
+def _build(
+    top: TableReader,
+    notifiers: list[Notifier],
+    *,
+    env: Mapping[str, str],
+    lookup: ProcessLookup | None,
+    clock: Clock | None,
+    host: str | None,
+) -> None:
+    """Append the notifiers of `top` ([notify]) to `notifiers`, in order, as each is built."""
     for kind in ("webhook", "alertmanager"):
         entries = top.table.get(kind, [])
         if isinstance(entries, Mapping):
@@ -122,7 +143,6 @@ def build_notifiers(
         else:
             urls = reader.strings("urls")
         notifiers.append(AppriseNotifier(urls, host=host, lookup=lookup))
-    return notifiers
 
 
 def _webhook(
