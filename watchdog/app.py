@@ -451,7 +451,11 @@ def record(
     backend, fallback = _open(cfg, clock, require_gpu=False)
     stop = stop or threading.Event()
     out(banner(backend, fallback=fallback))
-    sampler = Sampler(backend, History(window_seconds=60, interval_seconds=cfg.daemon.interval), clock)
+    # The agents of `vramwatch run` report to this socket when no daemon holds it: their allocator figures
+    # (allocated beside reserved) go into the trace, so a replay can tell a cache from a leak as serve did.
+    agents = open_agent_listener(lambda _report: None) if backend.kind == "nvml" else None
+    source = (lambda: tuple(d.stats for d in agents.latest())) if agents is not None else None
+    sampler = Sampler(backend, History(window_seconds=60, interval_seconds=cfg.daemon.interval), clock, source)
     started = clock.monotonic()
     ticks = 0
     from .trace import open_trace_writer
@@ -478,6 +482,8 @@ def record(
             run_every(cfg.daemon.interval, step, clock, stop)
         finally:
             backend.close()
+            if agents is not None:
+                agents.stop()
     out(f"vramwatch: recorded {ticks} ticks to {path}")
     return 0
 

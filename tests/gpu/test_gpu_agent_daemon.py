@@ -68,3 +68,40 @@ def test_agent_figures_reach_the_daemon_metrics(tmp_path: Path) -> None:
         serve.terminate()
         serve.wait(10)
         log.close()
+
+
+def test_record_keeps_the_agents_allocator_figures_in_the_trace(tmp_path: Path) -> None:
+    """With no daemon holding the agent socket, `vramwatch record` takes the agents' reports: a torch child under
+    `vramwatch run` leaves its allocated and reserved bytes in the trace, which replay reads back."""
+    from vramwatch.trace import read_trace
+
+    env = {**os.environ, "VRAMWATCH_SOCKET": str(tmp_path / "agent.sock")}
+    trace = tmp_path / "t.jsonl"
+    log = (tmp_path / "record.log").open("w")
+    record = subprocess.Popen(
+        [sys.executable, "-m", "vramwatch", "record", str(trace), "--interval", "0.5", "--duration", "12"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            if (tmp_path / "agent.sock").exists():
+                break
+            time.sleep(0.1)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "vramwatch", "run", "--", sys.executable, "-c", CHILD],
+            stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ALLOCATED"
+        child.wait(30)
+        child.stdout.close()
+        assert record.wait(30) == 0
+    finally:
+        if record.poll() is None:
+            record.terminate()
+            record.wait(10)
+        log.close()
+    _, readings = read_trace(trace)
+    allocated = [s.allocated_bytes or 0 for reading in readings for s in reading.torch]  # the runner's child's
+    assert allocated, "no agent figures in the trace: " + (tmp_path / "record.log").read_text()
+    assert max(allocated) >= 512 * 1024**2
