@@ -33,6 +33,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _torch_child_once_listening(socket_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`vramwatch run` of CHILD, started once the listener's socket exists, back when its 512 MiB are allocated."""
+    for _ in range(100):
+        if socket_path.exists():
+            break
+        time.sleep(0.1)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "vramwatch", "run", "--", sys.executable, "-c", CHILD],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ALLOCATED"
+    return child
+
+
 def test_agent_figures_reach_the_daemon_metrics(tmp_path: Path) -> None:
     """A torch child under `vramwatch run` shows up in serve's vramwatch_torch_allocated_bytes with its pid."""
     port = _free_port()
@@ -43,16 +58,7 @@ def test_agent_figures_reach_the_daemon_metrics(tmp_path: Path) -> None:
          f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     try:
-        for _ in range(100):
-            if (tmp_path / "agent.sock").exists():
-                break
-            time.sleep(0.1)
-        child = subprocess.Popen(
-            [sys.executable, "-m", "vramwatch", "run", "--", sys.executable, "-c", CHILD],
-            stdout=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ALLOCATED"
+        child = _torch_child_once_listening(tmp_path / "agent.sock", env)
         deadline = time.monotonic() + 6
         found = []
         while time.monotonic() < deadline and not found:
@@ -63,6 +69,7 @@ def test_agent_figures_reach_the_daemon_metrics(tmp_path: Path) -> None:
         value = max(float(line.rsplit(" ", 1)[1]) for line in found)
         assert value >= 512 * 1024**2
         child.wait(30)
+        assert child.stdout is not None
         child.stdout.close()
     finally:
         serve.terminate()
@@ -83,17 +90,9 @@ def test_record_keeps_the_agents_allocator_figures_in_the_trace(tmp_path: Path) 
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     try:
-        for _ in range(100):
-            if (tmp_path / "agent.sock").exists():
-                break
-            time.sleep(0.1)
-        child = subprocess.Popen(
-            [sys.executable, "-m", "vramwatch", "run", "--", sys.executable, "-c", CHILD],
-            stdout=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ALLOCATED"
+        child = _torch_child_once_listening(tmp_path / "agent.sock", env)
         child.wait(30)
+        assert child.stdout is not None
         child.stdout.close()
         assert record.wait(30) == 0
     finally:
