@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 from vramwatch.attribution import PsutilInspector, display_name, parse_cgroup
+from vramwatch.model import ProcessExit
 
 CID = "a" * 64
 
@@ -290,10 +291,53 @@ def test_a_process_that_ended_is_seen_at_the_next_call(reaped: bool) -> None:
             assert (after.start_time, after.status) == (None, "gone")
         else:
             assert (after.start_time, after.status) == (first.start_time, "zombie")
-            assert child.pid not in insp._pidfds
+            assert child.pid in insp._pidfds  # kept until the pid leaves the GPUs: reaped, it says how it ended
     finally:
         child.wait()
     assert insp.inspect(child.pid).status == "gone"
+    insp.forget_except(set())
+    assert child.pid not in insp._pidfds
+
+
+def _kernel_keeps_exit_status() -> bool:
+    """Whether this kernel keeps a reaped process's wait status for its pidfds (PIDFD_INFO_EXIT, Linux 6.15+)."""
+    from vramwatch.attribution import _reaped_status
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    fd = os.pidfd_open(child.pid)
+    try:
+        child.wait()
+        return _reaped_status(fd) is not None
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(("code", "kill"), [(3, False), (0, False), (None, True)])
+def test_a_reaped_process_still_says_how_it_ended(code: int | None, kill: bool) -> None:
+    """A process on a GPU that its parent reaped at once (as a shell does) still gives its exit code, or the signal
+    that ended it, through the pidfd kept for it (Linux 6.15+): after a call that saw it end, and after none."""
+    _need_pidfds()
+    if not _kernel_keeps_exit_status():
+        pytest.skip("this kernel does not keep a reaped process's exit status (PIDFD_INFO_EXIT, Linux 6.15+)")
+    for seen_ending in (False, True):
+        child = subprocess.Popen(
+            [sys.executable, "-c", f"import sys; sys.stdin.readline(); raise SystemExit({code or 0})"],
+            stdin=subprocess.PIPE,
+        )
+        insp = PsutilInspector()
+        meta = insp.inspect(child.pid)
+        assert child.stdin is not None
+        if kill:
+            child.kill()
+        child.stdin.close()
+        child.wait()  # reaped: /proc has nothing of it any more
+        if seen_ending:
+            assert insp.inspect(child.pid).status == "gone"  # NVML listed it a tick longer
+        ended = insp.exit_status(child.pid, meta.start_time)
+        assert ended == ProcessExit(child.pid, meta.start_time, code, 9 if kill else None)
+        assert ended.clean is (code == 0 and not kill)
+        assert insp.exit_status(child.pid, meta.start_time + 5.0) is None  # another identity: nothing said
+        insp.forget_except(set())
 
 
 @pytest.mark.parametrize("name", ["python", "my proc", "a) (b", "x)"])

@@ -141,3 +141,84 @@ def test_a_process_that_left_as_a_zombie_leaves_its_exit_status() -> None:
     assert snap is not None
     assert snap.exits == (ProcessExit(4242, 123.0, 0),)
     assert history.exits[ProcessExit(4242, 123.0, 0).key][1].clean
+
+
+def test_a_process_still_exiting_when_it_left_the_gpu_is_asked_again_until_it_ends() -> None:
+    """A process leaves NVML's list when its CUDA context goes, then takes a while to exit (Python's finalisation):
+    how it ended is asked at each tick for EXIT_WAIT_SECONDS after it left and recorded when it comes; a process
+    whose end never shows is no longer asked after that."""
+    from vramwatch.sampler import EXIT_WAIT_SECONDS
+
+    meta = {4242: ProcessMeta(4242, 123.0, name="train.py"), 4343: ProcessMeta(4343, 124.0, name="notebook")}
+    held = (ProcessUsage(UUID0, 4242, 2 * GIB), ProcessUsage(UUID0, 4343, GIB))
+    both = Reading(gpus=(gpu(used=3 * GIB),), processes=held)
+    gone = Reading(gpus=(gpu(used=0),), processes=())
+    backend = ScriptedBackend([both, gone], meta=meta)
+    clock = FakeClock(now=50.0)
+    sampler = Sampler(backend, History(), clock)
+    asked: list[int] = []
+    inspector = sampler.inspector
+    assert isinstance(inspector, StaticInspector)
+    answer = inspector.exit_status
+
+    def asking(pid: int, start: float | None) -> ProcessExit | None:
+        asked.append(pid)
+        return answer(pid, start)
+
+    inspector.exit_status = asking  # type: ignore[method-assign]
+    assert sampler.tick() is not None
+    exits = []
+    for k in range(1, 9):
+        clock.advance(1.0)
+        if k == 3:  # 4242's parent reaps it two ticks after it left the GPU
+            inspector.exits[4242] = ProcessExit(4242, 123.0, 3)
+        snap = sampler.tick()
+        assert snap is not None
+        exits += snap.exits
+    assert exits == [ProcessExit(4242, 123.0, 3)]
+    assert asked.count(4242) == 3  # asked until it came
+    assert asked.count(4343) == EXIT_WAIT_SECONDS + 1  # asked at each tick for five seconds, then no more
+
+
+def test_a_real_process_reaped_a_while_after_it_left_the_gpu_leaves_its_exit_code() -> None:
+    """With the real inspector: a process that leaves NVML's list, goes on a moment (its CUDA context gone, Python
+    finalising), then exits 3 and is reaped at once by its parent is recorded with exit code 3 (Linux 6.15+)."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+    from vramwatch.attribution import PsutilInspector, _reaped_status
+
+    probe = subprocess.Popen([sys.executable, "-c", "pass"])
+    fd = os.pidfd_open(probe.pid)
+    probe.wait()
+    kept = _reaped_status(fd) is not None
+    os.close(fd)
+    if not kept:
+        pytest.skip("this kernel does not keep a reaped process's exit status (PIDFD_INFO_EXIT, Linux 6.15+)")
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.readline(); raise SystemExit(3)"], stdin=subprocess.PIPE
+    )
+    on_gpu = Reading(gpus=(gpu(used=2 * GIB),), processes=(ProcessUsage(UUID0, child.pid, GIB),))
+    left = Reading(gpus=(gpu(used=GIB),), processes=())
+    clock = FakeClock(now=50.0)
+    sampler = Sampler(ScriptedBackend([on_gpu, left]), History(), clock)
+    sampler.inspector = PsutilInspector()
+    try:
+        first = sampler.tick()
+        assert first is not None
+        started = first.processes[0].meta.start_time
+        clock.advance(1.0)
+        assert sampler.tick().exits == ()  # type: ignore[union-attr]  # left the GPU, still running
+        assert child.stdin is not None
+        child.stdin.close()
+        assert child.wait(10) == 3  # reaped: no zombie left to read
+        clock.advance(1.0)
+        snap = sampler.tick()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert snap is not None
+    assert snap.exits == (ProcessExit(child.pid, started, 3),)

@@ -12,7 +12,9 @@ the same process, so no file needs reading: one poll of a few hundred nanosecond
 stat text of a multi-threaded CUDA process in several microseconds. The state and the parent are then read
 every `STATUS_EVERY` ticks: a process stopped or orphaned is seen within that many ticks (the stale-holder
 finding waits several ticks anyway), and one that ended at once. Where pidfds cannot be had (an older kernel,
-a seccomp profile that refuses them, past `STAT_FDS` processes) the stat file is read at every tick.
+a seccomp profile that refuses them, past `STAT_FDS` processes) the stat file is read at every tick. A pidfd is
+kept until its pid leaves the GPUs: on Linux 6.15+ it tells how the process ended once its parent reaped it
+(`exit_status`), which a shell does at once, leaving no zombie to read.
 
 Any lookup may fail: the process exits between the NVML call and ours, or belongs to a user we may not
 inspect. Then the fields we could not read are None and the process is still counted with its memory.
@@ -20,9 +22,11 @@ inspect. Then the fields we could not read are None and the process is still cou
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import select
+import struct
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
@@ -153,8 +157,9 @@ class PsutilInspector:
         cached = self._cache.get(pid)
         if cached is not None and cached.watch is not None:
             if cached.watch.poll(0):  # readable: the process has ended (the pid may be another's by now)
+                # Its pidfd stays open until the pid leaves the GPUs (or changes hands): once the process is
+                # reaped it tells how it ended (`exit_status`).
                 cached.watch = None
-                self._close_pidfd(pid)
             else:
                 cached.countdown -= 1
                 if cached.countdown > 0:
@@ -165,7 +170,8 @@ class PsutilInspector:
             fields = _stat_fields(self._read_stat(pid))
             state, ppid, ticks = fields[0].decode(), int(fields[1]), int(fields[19])
         except (FileNotFoundError, ProcessLookupError):
-            self._forget(pid)
+            if pid not in self._pidfds:  # else kept until the pid leaves the GPUs: its pidfd says how it ended
+                self._forget(pid)
             return ProcessMeta(pid=pid, start_time=None, status="gone")
         except (OSError, ValueError, IndexError):
             pass  # unreadable here: psutil decides below, as for a new identity
@@ -222,22 +228,40 @@ class PsutilInspector:
             os.close(fd)
 
     def exit_status(self, pid: int, start_time: float | None) -> ProcessExit | None:
-        """The exit status of `pid` if it is an unreaped zombie of that identity (else None: reaped, or alive).
+        """How `pid` of that identity ended, where the system can still tell (else None: alive, or unknown).
 
-        `/proc/<pid>/stat` keeps a zombie's wait status (field 52, Linux 3.5+) until its parent reaps it.
+        An unreaped zombie keeps its wait status in `/proc/<pid>/stat` (field 52, Linux 3.5+) until its parent
+        reaps it, which a shell does within milliseconds. Once reaped, Linux 6.15+ keeps it for whoever holds a
+        pidfd of the process (`PIDFD_INFO_EXIT`), parent or not: the pidfd of each process on a GPU is kept until
+        its pid leaves the GPUs, so a trainer that a shell reaped at once still says how it ended.
         """
         try:
             fields = _stat_fields((self.proc_root / str(pid) / "stat").read_bytes())
             state, start_ticks, status = fields[0], int(fields[19]), int(fields[49])
         except (OSError, ValueError, IndexError):
-            return None
+            return self._reaped_exit(pid, start_time)
         if state != b"Z":
-            return None
+            return None if start_ticks == self._ticks_of(pid) else self._reaped_exit(pid, start_time)
         started = psutil.boot_time() + start_ticks / os.sysconf("SC_CLK_TCK")
         if start_time is not None and abs(started - start_time) > 1.0:
             return None  # the pid was reused: not the process that left
-        signal = status & 0x7F
-        return ProcessExit(pid, start_time, None if signal else (status >> 8) & 0xFF, signal or None)
+        return _exit_of(pid, start_time, status)
+
+    def _ticks_of(self, pid: int) -> int | None:
+        cached = self._cache.get(pid)
+        return None if cached is None else cached.ticks
+
+    def _reaped_exit(self, pid: int, start_time: float | None) -> ProcessExit | None:
+        """The wait status the kernel kept for the reaped process whose pidfd is held for `pid`, if it is the
+        identity asked about."""
+        fd, cached = self._pidfds.get(pid), self._cache.get(pid)
+        if fd is None or cached is None:
+            return None
+        known = cached.meta.start_time
+        if start_time is not None and (known is None or abs(known - start_time) > 1.0):
+            return None
+        status = _reaped_status(fd)
+        return None if status is None else _exit_of(pid, start_time, status)
 
     def forget_except(self, live: set[int]) -> None:
         """Drop cached identities (and close the stat files) of pids no longer on any GPU, so the cache stays as
@@ -395,3 +419,34 @@ def _safe(fn: Callable[[], T]) -> T | None:
         return fn()
     except (psutil.Error, OSError):
         return None
+
+
+#: PIDFD_GET_INFO (include/uapi/linux/pidfd.h): _IOWR(0xFF, 11, struct pidfd_info), the 64 bytes of its first
+#: version, whose last field is the wait status (`exit_code`) of a reaped process when `mask` asks for
+#: PIDFD_INFO_EXIT (Linux 6.15+). Older kernels answer ENOTTY or EINVAL, or leave the bit out of `mask`.
+_PIDFD_GET_INFO = (3 << 30) | (64 << 16) | (0xFF << 8) | 11
+_PIDFD_INFO_EXIT = 1 << 3
+_PIDFD_INFO_SIZE = 64
+_PIDFD_EXIT_CODE_AT = 60
+
+
+def _reaped_status(fd: int) -> int | None:
+    """The wait status of the reaped process behind pidfd `fd`; None while it runs or is a zombie, or where the
+    kernel does not keep it."""
+    info = bytearray(_PIDFD_INFO_SIZE)
+    struct.pack_into("=Q", info, 0, _PIDFD_INFO_EXIT)
+    try:
+        fcntl.ioctl(fd, _PIDFD_GET_INFO, info)
+    except OSError:
+        return None
+    (mask,) = struct.unpack_from("=Q", info, 0)
+    if not mask & _PIDFD_INFO_EXIT:
+        return None
+    (status,) = struct.unpack_from("=i", info, _PIDFD_EXIT_CODE_AT)
+    return int(status)
+
+
+def _exit_of(pid: int, start_time: float | None, status: int) -> ProcessExit:
+    """A wait status as exit(2) or the signal that ended the process (wait(2)'s encoding)."""
+    signal = status & 0x7F
+    return ProcessExit(pid, start_time, None if signal else (status >> 8) & 0xFF, signal or None)

@@ -255,8 +255,9 @@ class OomEvent:
 class ProcessExit:
     """How a process that just left the GPUs ended, when the system could still tell.
 
-    Only an unreaped (zombie) process still shows its exit status (`/proc/<pid>/stat`); most are reaped within
-    milliseconds, so this is evidence when present and nothing when absent. `exit_code` 0 is a normal end.
+    An unreaped (zombie) process shows its exit status (`/proc/<pid>/stat`), and on Linux 6.15+ a reaped one does
+    through the pidfd held for it (attribution.py). On older kernels most are reaped within milliseconds, so this
+    is evidence when present and nothing when absent. `exit_code` 0 is a normal end.
     """
 
     pid: int

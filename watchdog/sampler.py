@@ -16,10 +16,14 @@ import structlog
 
 from .errors import BackendUnavailable
 from .history import History
-from .model import ProcessExit, ProcessMeta, ProcessSample, Reading, Snapshot, TorchStats
+from .model import ProcessExit, ProcessKey, ProcessMeta, ProcessSample, Reading, Snapshot, TorchStats
 from .typing import Backend, Clock, ProcessInspector
 
 log = structlog.get_logger("vramwatch.sampler")
+
+#: How long after a process left the GPUs its end is still looked for: it leaves NVML's list when its CUDA
+#: context goes, and a Python trainer then finalises (and its parent reaps it) within a second or two.
+EXIT_WAIT_SECONDS = 5.0
 
 #: Histogram buckets for the tick duration, in seconds: a healthy tick is sub-millisecond on one GPU.
 TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -104,6 +108,8 @@ class Sampler:
         self.inspector = backend.inspector()
         self.visible = self.inspector.pid_namespace_matches()
         self.stats = TickStats()
+        # Processes that left the GPUs and whose end is not known yet -> when they left (see `_exits`).
+        self._ending: dict[ProcessKey, float] = {}
         if not self.visible:
             log.warning(
                 "processes_not_visible",
@@ -133,7 +139,7 @@ class Sampler:
                 self.stats.count_error("gpu_lost")
         forget = getattr(self.inspector, "forget_except", None)
         if forget is not None:
-            forget({p.pid for p in snap.processes})
+            forget({p.pid for p in snap.processes} | {key.pid for key in self._ending})
         self.history.add(snap)
         self.stats.up = True
         self.stats.ticks += 1
@@ -143,15 +149,24 @@ class Sampler:
         return snap
 
     def _exits(self, snap: Snapshot) -> tuple[ProcessExit, ...]:
-        """How the processes that left the GPUs since the last tick ended, where the system still says."""
+        """How the processes that left the GPUs lately ended, where the system says: asked at each tick for
+        `EXIT_WAIT_SECONDS` after one left, since a process leaves NVML's list when its CUDA context goes, and
+        may take a while to exit after that (Python's finalisation, a checkpoint written on the way out)."""
         exit_status = getattr(self.inspector, "exit_status", None)
         previous = self.history.latest
         if exit_status is None or previous is None:
             return ()
         now = {p.key for p in snap.processes}
-        gone = {p.key for p in previous.processes} - now
-        found = (exit_status(key.pid, key.start_time) for key in gone)
-        return tuple(e for e in found if e is not None)
+        for key in {p.key for p in previous.processes} - now:
+            self._ending.setdefault(key, snap.t)
+        found = []
+        for key, left in list(self._ending.items()):
+            ended = None if key in now else exit_status(key.pid, key.start_time)
+            if ended is not None or key in now or snap.t - left >= EXIT_WAIT_SECONDS:
+                del self._ending[key]
+            if ended is not None:
+                found.append(ended)
+        return tuple(found)
 
 
 def run_every(

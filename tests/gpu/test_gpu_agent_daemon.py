@@ -104,3 +104,48 @@ def test_record_keeps_the_agents_allocator_figures_in_the_trace(tmp_path: Path) 
     allocated = [s.allocated_bytes or 0 for reading in readings for s in reading.torch]  # the runner's child's
     assert allocated, "no agent figures in the trace: " + (tmp_path / "record.log").read_text()
     assert max(allocated) >= 512 * 1024**2
+
+
+EXITS = """
+import sys, time, torch
+x = torch.empty(256 * 1024**2, dtype=torch.uint8, device="cuda")
+torch.cuda.synchronize()
+time.sleep(3)
+sys.exit(3)
+"""
+
+
+def test_a_cuda_process_reaped_at_once_leaves_its_exit_status_in_the_trace(tmp_path: Path) -> None:
+    """A CUDA process whose parent reaps it at once (as a shell does: no zombie to read) still leaves its exit code in
+    what the sampler records, through the pidfd vramwatch held for it (Linux 6.15+; skipped on older kernels)."""
+    from vramwatch.attribution import _reaped_status
+    from vramwatch.trace import read_trace
+
+    probe = subprocess.Popen([sys.executable, "-c", "pass"])
+    fd = os.pidfd_open(probe.pid)
+    probe.wait()
+    kept = _reaped_status(fd) is not None
+    os.close(fd)
+    if not kept:
+        pytest.skip(f"kernel {os.uname().release} keeps no exit status for pidfds (PIDFD_INFO_EXIT, Linux 6.15+)")
+    trace = tmp_path / "t.jsonl"
+    log = (tmp_path / "record.log").open("w")
+    record = subprocess.Popen(
+        [sys.executable, "-m", "vramwatch", "record", str(trace), "--interval", "0.5", "--duration", "12"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        time.sleep(2.0)
+        child = subprocess.run([sys.executable, "-c", EXITS], check=False, timeout=60)  # reaped the moment it ends
+        assert child.returncode == 3
+        assert record.wait(30) == 0
+    finally:
+        if record.poll() is None:
+            record.terminate()
+            record.wait(10)
+        log.close()
+    _, readings = read_trace(trace)
+    seen = {u.pid for reading in readings for u in reading.processes}
+    exits = [e for reading in readings for e in reading.exits]
+    assert exits, f"no exit recorded (pids seen on the GPU: {sorted(seen)}): " + (tmp_path / "record.log").read_text()
+    assert [(e.exit_code, e.signal) for e in exits] == [(3, None)]

@@ -11,16 +11,16 @@ alone is therefore no evidence. What a process that died of out-of-memory leaves
   its last sight was the peak of that rise (since its low: it may have fallen from the card's end before, when
   PyTorch gave its cache back and retried), and the card had at most `ceiling_free_bytes` free then.
 
-Either is a critical `probable_oom`, and so is a process that the system saw end with a failure (an
-unreaped zombie's exit status or signal) on a card with no room left, or right after its own memory fell by
-`min_rise_bytes` (PyTorch's allocator gives its whole cache back when a cudaMalloc fails, then retries once
-before raising the OOM); one seen to exit with status 0 never is. A process whose own memory was flat or
-that left room behind it, with no exit status seen, ended for another reason as far as NVML can tell:
-nothing is raised. A request that did not fit at all (a 10 GiB sample-image batch on a card with 4 GiB free)
-leaves no trace in NVML but the cache it gives back; with no exit status to go with it, only the in-process
-agent of `vramwatch run` sees it, as a certain `oom`. The finding holds for `crash_hold_seconds` after the
-process vanished and carries its last known numbers. A GPU that stopped answering is skipped: its
-processes vanish for another reason.
+Either is a critical `probable_oom`, and so is a process that the system saw end with a failure (an unreaped
+zombie's exit status or signal, or a reaped process's where the kernel keeps it) on a card with no room left, or
+right after its own memory fell by `min_rise_bytes` (PyTorch's allocator gives its whole cache back when a
+cudaMalloc fails, then retries once before raising the OOM); one seen to exit with status 0 never is. A process
+whose own memory was flat or that left room behind it, with no exit status seen, ended for another reason as far as
+NVML can tell: nothing is raised. A request that did not fit at all (a 10 GiB sample-image batch on a card with
+4 GiB free) leaves no trace in NVML but the cache it gives back; with no exit status to go with it, only the
+in-process agent of `vramwatch run` sees it, as a certain `oom`. The finding holds for `crash_hold_seconds` after the
+process vanished and carries its last known numbers. A GPU that stopped answering is skipped: its processes vanish
+for another reason.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def detect_probable_oom(
 ) -> list[Finding]:
     """One critical `probable_oom` per process that vanished from this GPU with its own memory in the ceiling.
 
-    `exits` holds how processes ended where the system could tell (a zombie's exit status): a clean exit is
+    `exits` holds how processes ended where the system could tell (attribution.py's `exit_status`): a clean exit is
     never an OOM; a failed one on a card with no room left is one even when the series shows no rise.
     """
     if not ctx.visible:
