@@ -133,6 +133,11 @@ def test_policy_and_notify_errors_at_start_name_the_file(tmp_path: Path, section
         ("localhost", "listen: expected HOST:PORT"),
         ("127.0.0.1:70000", "listen: expected HOST:PORT"),
         ("::9783", "listen: expected HOST:PORT"),
+        ("[]:9783", "listen: expected HOST:PORT"),  # not "every address": empty brackets are no host
+        ("host]:80", "listen: expected HOST:PORT"),
+        ("[::1:80", "listen: expected HOST:PORT"),
+        ("[[::1]]:80", "listen: expected HOST:PORT"),
+        ("127.0.0.1:\uff19\uff17", "listen: expected HOST:PORT"),  # fullwidth digits
     ],
 )
 def test_a_bad_listen_in_the_file_is_named_as_the_file_key(tmp_path: Path, listen: str, where: str) -> None:
@@ -180,6 +185,30 @@ def test_a_reload_does_not_refuse_a_webhook_whose_variable_the_next_start_will_h
         assert [e["key"] for e in logs if e["event"] == "reload_needs_restart"] == ["[notify]"]
 
 
+class _FakeApprise:
+    """Apprise as the real one behaves here: it knows json:// URLs and refuses https://."""
+
+    class Apprise:
+        def add(self, url: str) -> bool:
+            return url.startswith("json://")
+
+
+def test_a_reload_checks_an_apprise_section_without_its_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[notify.apprise] urls_env: a reload checks that Apprise is there, not URLs it cannot see (every variable counts
+    as set at a reload, to a value Apprise refuses); the next start checks the real URLs."""
+    import sys
+
+    from vramwatch.actions.notify_config import READ_AT_START
+    from vramwatch.config import Config
+
+    monkeypatch.setitem(sys.modules, "apprise", _FakeApprise)
+    cfg = Config(sections={"notify": {"apprise": {"urls_env": "VW_TEST_APPRISE"}}}, source="vw.toml")
+    app.check_actions(cfg, environ=READ_AT_START)
+    app.check_actions(cfg, environ={"VW_TEST_APPRISE": "json://localhost"})
+    with pytest.raises(ConfigError, match=r"^vw\.toml: \[notify\] apprise urls\[0\]: Apprise does not recognise"):
+        app.check_actions(cfg, environ={"VW_TEST_APPRISE": "nope://x"})
+
+
 def test_a_refused_notify_section_leaves_no_delivery_thread_running() -> None:
     """When a later [notify] entry is refused, the notifiers built before it are closed: each failed reload used to
     leave their delivery threads behind."""
@@ -206,7 +235,7 @@ def test_status_of_a_named_daemon_and_a_simulated_card_is_refused() -> None:
     """status --daemon ADDR --simulate S names two sources: refused, not answered from the simulator."""
     res = CliRunner().invoke(main, ["status", "--simulate", "steady", "--daemon", "127.0.0.1:9"])
     assert res.exit_code == 2
-    assert "give --daemon or a simulated / replayed card, not both" in res.stderr
+    assert "--daemon asks a running daemon, but a simulated or replayed card is named" in res.stderr
 
 
 def test_speed_nan_is_a_usage_error() -> None:

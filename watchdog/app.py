@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from .actions import ActionDispatcher, build_notifiers, parse_policy
+from .actions.notify_config import READ_AT_START
 from .agent.protocol import default_socket_path
 from .agenthost.link import AgentListener, AgentReport
 from .backends import banner, open_backend
@@ -118,7 +119,7 @@ def serve(
         new = reload_config()
         # What the next start would refuse is refused now, not reported "reloaded". Not the variables that *_env
         # names: a reload cannot see them (systemd reads EnvironmentFile= at start only), so they count as set.
-        check_actions(new, environ=_SET_AT_START)
+        check_actions(new, environ=READ_AT_START)
         if pinned_interval is not None:  # a replay runs at its recorded pace: not a change the file asks for
             new = replace(new, daemon=replace(new.daemon, interval=pinned_interval))
         return new
@@ -295,23 +296,6 @@ def check_actions(cfg: Config, *, environ: Mapping[str, str] | None = None) -> N
                 close(0.0)  # nothing was queued: its worker thread ends at once
 
 
-class _SetAtStart(Mapping[str, str]):
-    """Every environment variable, as a reload must assume it: set, to a value that passes every check (what is
-    really there is only known at the next start)."""
-
-    def __getitem__(self, key: str) -> str:
-        return "https://set-at-start.invalid/"
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
-_SET_AT_START = _SetAtStart()
-
-
 @contextlib.contextmanager
 def _in_file(cfg: Config) -> Iterator[None]:
     """A `[policy]` or `[notify]` error names the file it is in, as `[daemon]` and `[detectors]` errors do."""
@@ -339,7 +323,10 @@ def status(
     """
     doc = None
     if daemon_url is not None and (cfg.daemon.simulate is not None or cfg.daemon.replay is not None):
-        raise VramwatchError("give --daemon or a simulated / replayed card, not both")
+        raise VramwatchError(
+            "--daemon asks a running daemon, but a simulated or replayed card is named (--simulate, --replay, or "
+            "the config or environment): not both"
+        )
     if cfg.daemon.simulate is None and cfg.daemon.replay is None:
         where = daemon_url or local_address(cfg.daemon.listen)
         doc = fetch_daemon_status(where)
@@ -451,6 +438,13 @@ def record(
     backend, fallback = _open(cfg, clock, require_gpu=False)
     stop = stop or threading.Event()
     out(banner(backend, fallback=fallback))
+    from .trace import open_trace_writer
+
+    try:
+        writer = open_trace_writer(path, backend, cfg.daemon.interval)
+    except VramwatchError:
+        backend.close()
+        raise
     # The agents of `vramwatch run` report to this socket when no daemon holds it: their allocator figures
     # (allocated beside reserved) go into the trace, so a replay can tell a cache from a leak as serve did.
     agents = open_agent_listener(lambda _report: None) if backend.kind == "nvml" else None
@@ -458,9 +452,8 @@ def record(
     sampler = Sampler(backend, History(window_seconds=60, interval_seconds=cfg.daemon.interval), clock, source)
     started = clock.monotonic()
     ticks = 0
-    from .trace import open_trace_writer
 
-    with open_trace_writer(path, backend, cfg.daemon.interval) as writer:
+    with writer:
 
         def step() -> None:
             nonlocal ticks

@@ -92,10 +92,18 @@ MIN_HISTORY_SECONDS = 600.0
 def split_listen(listen: str) -> tuple[str, int]:
     """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (loopback) -> (host, port); ValueError names the expected form."""
     host, sep, port = listen.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or (":" in host and not bracketed):
+    bracketed = len(host) > 2 and host[0] == "[" and host[-1] == "]"
+    inner = host[1:-1] if bracketed else host
+    if (
+        not sep
+        or not (port.isascii() and port.isdigit())
+        or not 0 < int(port) < 65536
+        or "[" in inner
+        or "]" in inner
+        or (":" in inner and not bracketed)
+    ):
         raise ValueError("HOST:PORT, e.g. 127.0.0.1:9783 ([::1]:9783 for IPv6)")
-    return host[1:-1] if bracketed else host or "127.0.0.1", int(port)
+    return inner or "127.0.0.1", int(port)
 
 
 def local_address(listen: str) -> str:

@@ -25,7 +25,7 @@ log = structlog.get_logger("vramwatch.actions")
 INSTALL_HINT = "pip install 'vramwatch-daemon[apprise]'"
 
 
-def _load_apprise() -> Any:
+def load_apprise() -> Any:
     try:
         return importlib.import_module("apprise")
     except ImportError as exc:
@@ -47,7 +47,7 @@ class AppriseNotifier:
     ) -> None:
         if isinstance(urls, str) or not urls or not all(isinstance(u, str) and u for u in urls):
             raise ConfigError("[notify] apprise urls: expected a non-empty list of Apprise URLs")
-        apprise = _load_apprise()
+        apprise = load_apprise()
         self._apprise = apprise.Apprise()
         for index, url in enumerate(urls):
             if not self._apprise.add(url):

@@ -148,7 +148,7 @@ class ActionDispatcher:
                 closers.append(closer)
         for closer in closers:
             # Each queue's own close is bounded by `timeout`; the grace lets it count and log what it dropped.
-            closer.join(max(0.0, deadline - time.monotonic()) + CLOSE_GRACE_SECONDS)
+            closer.join(max(0.0, deadline + CLOSE_GRACE_SECONDS - time.monotonic()))
 
     # --- one finding --------------------------------------------------------------------------------
 

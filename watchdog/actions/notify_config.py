@@ -23,8 +23,9 @@ With no destination at all, findings are logged (the `notify` action's default).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from ..errors import ConfigError
 from ..tables import TableReader
 from ..typing import Clock, Notifier
 from .alertmanager import AlertmanagerNotifier, check_label_names
-from .apprise_notifier import AppriseNotifier
+from .apprise_notifier import AppriseNotifier, load_apprise
 from .payload import ProcessLookup
 from .queue import DeliveryQueue
 from .transport import check_url
@@ -89,6 +90,24 @@ def _url(reader: TableReader, environ: Mapping[str, str]) -> str:
     return check_url(url, key=f"{reader.where} url")
 
 
+class _ReadAtStart(Mapping[str, str]):
+    """The environment as a reload must take it: every variable set (systemd reads `EnvironmentFile=` at start
+    only, so what the next start will see is not known here), to a value a webhook URL or a secret passes with."""
+
+    def __getitem__(self, key: str) -> str:
+        return "https://set-at-start.invalid/"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+#: `build_notifiers(environ=READ_AT_START)` checks a [notify] section without the environment it will run with.
+READ_AT_START: Mapping[str, str] = _ReadAtStart()
+
+
 def build_notifiers(
     section: Mapping[str, Any] | None,
     *,
@@ -107,7 +126,8 @@ def build_notifiers(
         for built in notifiers:  # each started its delivery thread: a refused section must not leave them running
             close = getattr(built, "close", None)
             if callable(close):
-                close(0.0)
+                with contextlib.suppress(Exception):  # the refusal is what is reported
+                    close(0.0)
         raise
     return notifiers
 
@@ -139,6 +159,9 @@ def _build(
         var = reader.table.get("urls_env")
         if var is not None:
             text = _secret_from(reader, env, value_key="urls", env_key="urls_env") or ""
+            if env is READ_AT_START:
+                load_apprise()  # Apprise must be there; its URLs are only known at the next start
+                return
             urls: tuple[str, ...] = tuple(text.split())
         else:
             urls = reader.strings("urls")
