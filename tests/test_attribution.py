@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from vramwatch.attribution import PsutilInspector, display_name, parse_cgroup
+from vramwatch.attribution import PsutilInspector, display_name, parse_cgroup, reaped_exit_supported
 from vramwatch.model import ProcessExit
 
 CID = "a" * 64
@@ -299,25 +299,12 @@ def test_a_process_that_ended_is_seen_at_the_next_call(reaped: bool) -> None:
     assert child.pid not in insp._pidfds
 
 
-def _kernel_keeps_exit_status() -> bool:
-    """Whether this kernel keeps a reaped process's wait status for its pidfds (PIDFD_INFO_EXIT, Linux 6.15+)."""
-    from vramwatch.attribution import _reaped_status
-
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    fd = os.pidfd_open(child.pid)
-    try:
-        child.wait()
-        return _reaped_status(fd) is not None
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize(("code", "kill"), [(3, False), (0, False), (None, True)])
 def test_a_reaped_process_still_says_how_it_ended(code: int | None, kill: bool) -> None:
     """A process on a GPU that its parent reaped at once (as a shell does) still gives its exit code, or the signal
     that ended it, through the pidfd kept for it (Linux 6.15+): after a call that saw it end, and after none."""
     _need_pidfds()
-    if not _kernel_keeps_exit_status():
+    if not reaped_exit_supported():
         pytest.skip("this kernel does not keep a reaped process's exit status (PIDFD_INFO_EXIT, Linux 6.15+)")
     for seen_ending in (False, True):
         child = subprocess.Popen(

@@ -183,19 +183,13 @@ def test_a_process_still_exiting_when_it_left_the_gpu_is_asked_again_until_it_en
 def test_a_real_process_reaped_a_while_after_it_left_the_gpu_leaves_its_exit_code() -> None:
     """With the real inspector: a process that leaves NVML's list, goes on a moment (its CUDA context gone, Python
     finalising), then exits 3 and is reaped at once by its parent is recorded with exit code 3 (Linux 6.15+)."""
-    import os
     import subprocess
     import sys
 
     import pytest
-    from vramwatch.attribution import PsutilInspector, _reaped_status
+    from vramwatch.attribution import PsutilInspector, reaped_exit_supported
 
-    probe = subprocess.Popen([sys.executable, "-c", "pass"])
-    fd = os.pidfd_open(probe.pid)
-    probe.wait()
-    kept = _reaped_status(fd) is not None
-    os.close(fd)
-    if not kept:
+    if not reaped_exit_supported():
         pytest.skip("this kernel does not keep a reaped process's exit status (PIDFD_INFO_EXIT, Linux 6.15+)")
     child = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.stdin.readline(); raise SystemExit(3)"], stdin=subprocess.PIPE

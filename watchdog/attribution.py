@@ -450,3 +450,20 @@ def _exit_of(pid: int, start_time: float | None, status: int) -> ProcessExit:
     """A wait status as exit(2) or the signal that ended the process (wait(2)'s encoding)."""
     signal = status & 0x7F
     return ProcessExit(pid, start_time, None if signal else (status >> 8) & 0xFF, signal or None)
+
+
+def reaped_exit_supported() -> bool:
+    """Whether this kernel keeps a reaped process's exit status for its pidfds (Linux 6.15+): tried on a child."""
+    import subprocess
+    import sys
+
+    try:
+        child = subprocess.Popen([sys.executable, "-c", ""])
+        fd = _pidfd_open(child.pid)
+    except OSError:
+        return False
+    try:
+        child.wait()
+        return _reaped_status(fd) is not None
+    finally:
+        os.close(fd)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,22 @@ def _torch_child_once_listening(socket_path: Path, env: dict[str, str]) -> subpr
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "ALLOCATED"
     return child
+
+
+@contextmanager
+def _recording(trace: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """`vramwatch record TRACE` for 12 s at two ticks a second, its log beside the trace; stopped if still running."""
+    with (trace.parent / "record.log").open("w") as log:
+        record = subprocess.Popen(
+            [sys.executable, "-m", "vramwatch", "record", str(trace), "--interval", "0.5", "--duration", "12"],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        try:
+            yield record
+        finally:
+            if record.poll() is None:
+                record.terminate()
+                record.wait(10)
 
 
 def test_agent_figures_reach_the_daemon_metrics(tmp_path: Path) -> None:
@@ -84,22 +102,12 @@ def test_record_keeps_the_agents_allocator_figures_in_the_trace(tmp_path: Path) 
 
     env = {**os.environ, "VRAMWATCH_SOCKET": str(tmp_path / "agent.sock")}
     trace = tmp_path / "t.jsonl"
-    log = (tmp_path / "record.log").open("w")
-    record = subprocess.Popen(
-        [sys.executable, "-m", "vramwatch", "record", str(trace), "--interval", "0.5", "--duration", "12"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    try:
+    with _recording(trace, env) as record:
         child = _torch_child_once_listening(tmp_path / "agent.sock", env)
         child.wait(30)
         assert child.stdout is not None
         child.stdout.close()
         assert record.wait(30) == 0
-    finally:
-        if record.poll() is None:
-            record.terminate()
-            record.wait(10)
-        log.close()
     _, readings = read_trace(trace)
     allocated = [s.allocated_bytes or 0 for reading in readings for s in reading.torch]  # the runner's child's
     assert allocated, "no agent figures in the trace: " + (tmp_path / "record.log").read_text()
@@ -118,32 +126,17 @@ sys.exit(3)
 def test_a_cuda_process_reaped_at_once_leaves_its_exit_status_in_the_trace(tmp_path: Path) -> None:
     """A CUDA process whose parent reaps it at once (as a shell does: no zombie to read) still leaves its exit code in
     what the sampler records, through the pidfd vramwatch held for it (Linux 6.15+; skipped on older kernels)."""
-    from vramwatch.attribution import _reaped_status
+    from vramwatch.attribution import reaped_exit_supported
     from vramwatch.trace import read_trace
 
-    probe = subprocess.Popen([sys.executable, "-c", "pass"])
-    fd = os.pidfd_open(probe.pid)
-    probe.wait()
-    kept = _reaped_status(fd) is not None
-    os.close(fd)
-    if not kept:
+    if not reaped_exit_supported():
         pytest.skip(f"kernel {os.uname().release} keeps no exit status for pidfds (PIDFD_INFO_EXIT, Linux 6.15+)")
     trace = tmp_path / "t.jsonl"
-    log = (tmp_path / "record.log").open("w")
-    record = subprocess.Popen(
-        [sys.executable, "-m", "vramwatch", "record", str(trace), "--interval", "0.5", "--duration", "12"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
+    with _recording(trace, dict(os.environ)) as record:
         time.sleep(2.0)
         child = subprocess.run([sys.executable, "-c", EXITS], check=False, timeout=60)  # reaped the moment it ends
         assert child.returncode == 3
         assert record.wait(30) == 0
-    finally:
-        if record.poll() is None:
-            record.terminate()
-            record.wait(10)
-        log.close()
     _, readings = read_trace(trace)
     seen = {u.pid for reading in readings for u in reading.processes}
     exits = [e for reading in readings for e in reading.exits]
