@@ -140,6 +140,13 @@ def riding(
     return rising <= 0 or room / rising > horizon_seconds
 
 
+def giving_back(ctx: GpuContext, series: View) -> bool:
+    """The run fell from the card's end and has not risen since (PyTorch gave its cache back, this tick or the last
+    few): whatever it climbed before, nothing of it climbs now."""
+    found = falls(ctx, series)
+    return bool(found) and _falling(series, found[0])
+
+
 def _trough_between(series: View, older: Fall, later: Fall) -> tuple[float, float] | None:
     """(the least the run held after `older` and up to `later`, when it last held it)."""
     found = _trough(series.between(older.t + 1e-9, later.t + 1e-9))

@@ -277,6 +277,8 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[tuple[Tree,
         )
         if best is None or retakes_without_rising(series, best.xs[0], config):
             continue
+        if ceiling.giving_back(ctx, series):
+            continue  # it just fell from the card's end: the climb its windows saw is over, none is under way
         if rides_ceiling(ctx, track, own):
             continue  # refilling the cache it gave back at the card's end, where it lived on; its troughs do not rise
         climb = _climbing(track, ctx.now, own, config, from_start=_seen_from_start(ctx, tree, track, own))
