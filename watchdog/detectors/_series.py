@@ -83,6 +83,11 @@ class View:
     def last_value(self) -> float:
         return self._va[self._j - 1]
 
+    @property
+    def previous_value(self) -> float | None:
+        """The value before the newest (None with fewer than two points)."""
+        return self._va[self._j - 2] if self._j - self._i >= 2 else None
+
     def before(self, t_end: float) -> View:
         """The points at or before `t_end` (the series as it was then)."""
         return self._sub(self._i, bisect_right(self._ta, t_end, self._i, self._j))

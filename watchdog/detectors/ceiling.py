@@ -143,6 +143,9 @@ def riding(
 def giving_back(ctx: GpuContext, series: View) -> bool:
     """The run fell from the card's end and has not risen since (PyTorch gave its cache back, this tick or the last
     few): whatever it climbed before, nothing of it climbs now."""
+    previous = series.previous_value
+    if previous is not None and series.last_value > previous:
+        return False  # rising at this read (most growers, most ticks): not at a low since any fall, no scan needed
     found = falls(ctx, series)
     return bool(found) and _falling(series, found[0])
 
