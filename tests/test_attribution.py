@@ -10,7 +10,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from vramwatch.attribution import PsutilInspector, display_name, parse_cgroup, reaped_exit_supported
+from kernel_probe import reaped_exit_supported
+from vramwatch.attribution import PsutilInspector, display_name, parse_cgroup
 from vramwatch.model import ProcessExit
 
 CID = "a" * 64

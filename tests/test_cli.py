@@ -63,12 +63,12 @@ def test_advise_of_an_exited_unreaped_process_says_it_exited() -> None:
 def test_a_kernel_thread_is_told_by_its_flags_not_by_its_owner(tmp_path: Path, flags: int, kernel: bool) -> None:
     """A pid with no command line is a kernel thread when its stat flags carry PF_KTHREAD (kthreadd's 0x00208040),
     whoever runs advise; else it is another user's process."""
-    from vramwatch.app import _kernel_thread
+    from vramwatch.attribution import kernel_thread
 
     (tmp_path / "2").mkdir()
     (tmp_path / "2" / "stat").write_text(f"2 (kthreadd) S 0 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 8 0 0\n")
-    assert _kernel_thread(2, tmp_path) is kernel
-    assert _kernel_thread(3, tmp_path) is False  # no such pid: not called a kernel thread
+    assert kernel_thread(2, tmp_path) is kernel
+    assert kernel_thread(3, tmp_path) is False  # no such pid: not called a kernel thread
 
 
 def test_status_json_is_machine_readable() -> None:

@@ -187,7 +187,8 @@ def test_a_real_process_reaped_a_while_after_it_left_the_gpu_leaves_its_exit_cod
     import sys
 
     import pytest
-    from vramwatch.attribution import PsutilInspector, reaped_exit_supported
+    from kernel_probe import reaped_exit_supported
+    from vramwatch.attribution import PsutilInspector
 
     if not reaped_exit_supported():
         pytest.skip("this kernel does not keep a reaped process's exit status (PIDFD_INFO_EXIT, Linux 6.15+)")

@@ -609,21 +609,11 @@ def _why_no_cmdline(meta: ProcessMeta) -> str:
     """Why a live pid shows no command line: it has exited (a zombie), it is a kernel thread, or it is not ours."""
     if meta.status == "zombie":
         return "has exited (its parent has not reaped it yet)"
-    if _kernel_thread(meta.pid):
+    from .attribution import kernel_thread  # as advise's inspector: loaded by the commands that read processes
+
+    if kernel_thread(meta.pid):
         return "is a kernel thread"
     return f"belongs to {meta.user or 'another user'} (run as that user, or as root, to read it)"
-
-
-#: `/proc/<pid>/stat`'s flags (field 9): PF_KTHREAD, set for kernel threads only (include/linux/sched.h).
-PF_KTHREAD = 0x00200000
-
-
-def _kernel_thread(pid: int, proc_root: Path = Path("/proc")) -> bool:
-    try:
-        after_name = (proc_root / str(pid) / "stat").read_bytes().rpartition(b")")[2].split()
-        return bool(int(after_name[6]) & PF_KTHREAD)
-    except (OSError, ValueError, IndexError):
-        return False
 
 
 def _simulated_trainer(scenario: str, seed: int, pid: int | None) -> ProcessMeta:

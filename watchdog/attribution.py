@@ -446,24 +446,19 @@ def _reaped_status(fd: int) -> int | None:
     return int(status)
 
 
+#: `/proc/<pid>/stat`'s flags (field 9): PF_KTHREAD, set for kernel threads only (include/linux/sched.h).
+PF_KTHREAD = 0x00200000
+
+
+def kernel_thread(pid: int, proc_root: Path = Path("/proc")) -> bool:
+    """Whether `pid` is a kernel thread (whose command line is empty for everyone, root included)."""
+    try:
+        return bool(int(_stat_fields((proc_root / str(pid) / "stat").read_bytes())[6]) & PF_KTHREAD)
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def _exit_of(pid: int, start_time: float | None, status: int) -> ProcessExit:
     """A wait status as exit(2) or the signal that ended the process (wait(2)'s encoding)."""
     signal = status & 0x7F
     return ProcessExit(pid, start_time, None if signal else (status >> 8) & 0xFF, signal or None)
-
-
-def reaped_exit_supported() -> bool:
-    """Whether this kernel keeps a reaped process's exit status for its pidfds (Linux 6.15+): tried on a child."""
-    import subprocess
-    import sys
-
-    try:
-        child = subprocess.Popen([sys.executable, "-c", ""])
-        fd = _pidfd_open(child.pid)
-    except OSError:
-        return False
-    try:
-        child.wait()
-        return _reaped_status(fd) is not None
-    finally:
-        os.close(fd)

@@ -139,7 +139,8 @@ class Sampler:
                 self.stats.count_error("gpu_lost")
         forget = getattr(self.inspector, "forget_except", None)
         if forget is not None:
-            forget({p.pid for p in snap.processes} | {key.pid for key in self._ending})
+            live = {p.pid for p in snap.processes}
+            forget(live | {key.pid for key in self._ending} if self._ending else live)
         self.history.add(snap)
         self.stats.up = True
         self.stats.ticks += 1

@@ -945,6 +945,19 @@ def _a(kind: str, pid: int | None, from_t: float | None, note: str, to_t: float 
     return {"kind": kind, "pid": pid, "from_t": from_t, "to_t": to_t, "note": note}
 
 
+def _newcomer(
+    expect: list[dict[str, Any]], allow: list[dict[str, Any]], proc: Proc | None, note: str, full: str
+) -> float | None:
+    """A newcomer that took its share and lived: the contention naming it is owed within 3 ticks of its coming
+    in, and `pressure` (`full`) is allowed from then. When it came in; None when it never did (or ran out)."""
+    arrived = proc.t_of("allocating") if proc else None
+    if proc is None or arrived is None or proc.oom_t is not None:
+        return None
+    expect.append(_e("contention", proc, arrived, note, within_ticks=3))
+    allow.append(_a("pressure", None, arrived, full))
+    return arrived
+
+
 def expectations(sc: Scenario) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]]:
     """(expect, allow, roles whose OOM the scenario foresees) from what really happened."""
     expect: list[dict[str, Any]] = []
@@ -954,13 +967,11 @@ def expectations(sc: Scenario) -> tuple[list[dict[str, Any]], list[dict[str, Any
     if sc.name == "static_newcomers":
         b, c = g("B"), g("C")
         foreseen = {"B"}
-        arrived = c.t_of("allocating") if c else None
-        if c and arrived is not None and c.oom_t is None:
-            expect.append(_e("contention", c, arrived, "C took what B's sawtooth needs", within_ticks=3))
-            allow.append(_a("pressure", None, arrived, "the card is full once C holds its share"))
-            if b:
-                for kind in ("pressure", "oom_forecast", "probable_oom", "oom"):
-                    allow.append(_a(kind, b.pid, arrived, "about B after C arrived"))
+        arrived = _newcomer(expect, allow, c, "C took what B's sawtooth needs",
+                            "the card is full once C holds its share")  # fmt: skip
+        if arrived is not None and b:
+            for kind in ("pressure", "oom_forecast", "probable_oom", "oom"):
+                allow.append(_a(kind, b.pid, arrived, "about B after C arrived"))
         if b and b.oom_t is not None:
             expect.append(_e("probable_oom", b, b.oom_t, "B really ran out of memory (C took its room)"))
     elif sc.name == "exits_and_ooms":
@@ -978,20 +989,16 @@ def expectations(sc: Scenario) -> tuple[list[dict[str, Any]], list[dict[str, Any
     elif sc.name == "young_incumbent":
         r, k = g("R"), g("K")
         foreseen = {"R"}
-        arrived = k.t_of("allocating") if k else None
-        if k and arrived is not None and k.oom_t is None:
-            expect.append(_e("contention", k, arrived, "K took 82% of the free memory", within_ticks=3))
-            allow.append(_a("pressure", None, arrived, "the card is nearly full once K holds its share"))
-            if r and r.oom_t is not None and r.oom_t >= arrived:
-                for kind in ("pressure", "oom_forecast", "probable_oom", "oom"):
-                    allow.append(_a(kind, r.pid, arrived, "R ran out of memory after K arrived"))
+        arrived = _newcomer(expect, allow, k, "K took 82% of the free memory",
+                            "the card is nearly full once K holds its share")  # fmt: skip
+        if arrived is not None and r and r.oom_t is not None and r.oom_t >= arrived:
+            for kind in ("pressure", "oom_forecast", "probable_oom", "oom"):
+                allow.append(_a(kind, r.pid, arrived, "R ran out of memory after K arrived"))
     elif sc.name == "young_validation":
         v, k = g("V"), g("K")
         foreseen = {"V"}
-        arrived = k.t_of("allocating") if k else None
-        if k and arrived is not None and k.oom_t is None:
-            expect.append(_e("contention", k, arrived, "K left V less than its first validation needs", within_ticks=3))
-            allow.append(_a("pressure", None, arrived, "the card is nearly full once K holds its share"))
+        _newcomer(expect, allow, k, "K left V less than its first validation needs",
+                  "the card is nearly full once K holds its share")  # fmt: skip
         if v and v.oom_t is not None:
             # Not required: the validation fills the card and fails within milliseconds, between two ticks, and a
             # parent that reaps at once leaves no zombie to read: NVML alone may not tell it from an end (the agent

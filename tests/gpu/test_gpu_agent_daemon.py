@@ -126,7 +126,7 @@ sys.exit(3)
 def test_a_cuda_process_reaped_at_once_leaves_its_exit_status_in_the_trace(tmp_path: Path) -> None:
     """A CUDA process whose parent reaps it at once (as a shell does: no zombie to read) still leaves its exit code in
     what the sampler records, through the pidfd vramwatch held for it (Linux 6.15+; skipped on older kernels)."""
-    from vramwatch.attribution import reaped_exit_supported
+    from kernel_probe import reaped_exit_supported
     from vramwatch.trace import read_trace
 
     if not reaped_exit_supported():
