@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
+import pytest
 from builders import GIB, UUID0, gpu
+from vramwatch.attribution import PsutilInspector
 from vramwatch.errors import BackendUnavailable
 from vramwatch.history import History
 from vramwatch.model import ProcessExit, ProcessMeta, ProcessUsage, Reading
@@ -183,20 +187,7 @@ def test_a_process_still_exiting_when_it_left_the_gpu_is_asked_again_until_it_en
 def test_a_real_process_reaped_a_while_after_it_left_the_gpu_leaves_its_exit_code() -> None:
     """With the real inspector: a process that leaves NVML's list, goes on a moment (its CUDA context gone, Python
     finalising), then exits 3 and is reaped at once by its parent is recorded with exit code 3 (Linux 6.15+)."""
-    import subprocess
-    import sys
-
-    import pytest
-    from kernel_probe import reaped_exit_supported
-    from vramwatch.attribution import PsutilInspector
-
-    if not reaped_exit_supported():
-        pytest.skip("this kernel does not keep a reaped process's exit status (PIDFD_INFO_EXIT, Linux 6.15+)")
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.readline(); raise SystemExit(3)"], stdin=subprocess.PIPE
-    )
-    on_gpu = Reading(gpus=(gpu(used=2 * GIB),), processes=(ProcessUsage(UUID0, child.pid, GIB),))
-    left = Reading(gpus=(gpu(used=GIB),), processes=())
+    child, on_gpu, left = _exiting_child()
     clock = FakeClock(now=50.0)
     sampler = Sampler(ScriptedBackend([on_gpu, left]), History(), clock)
     sampler.inspector = PsutilInspector()
@@ -217,3 +208,46 @@ def test_a_real_process_reaped_a_while_after_it_left_the_gpu_leaves_its_exit_cod
             child.wait()
     assert snap is not None
     assert snap.exits == (ProcessExit(child.pid, started, 3),)
+
+
+def test_a_real_process_reaped_while_nvml_still_lists_it_keeps_its_identity_and_ends_once() -> None:
+    """With the real inspector: a process reaped at once while NVML still lists it for a tick (its context torn
+    down as it exits) keeps its identity (pid and start time) at that tick, and is recorded once, exit code 3, when
+    it leaves the list: not as one process leaving and another, of no start time, arriving and leaving."""
+    child, on_gpu, left = _exiting_child()
+    clock = FakeClock(now=50.0)
+    sampler = Sampler(ScriptedBackend([on_gpu, on_gpu, left, left]), History(), clock)
+    sampler.inspector = PsutilInspector()
+    snaps = []
+    try:
+        for k in range(4):
+            if k == 1:
+                assert child.stdin is not None
+                child.stdin.close()
+                assert child.wait(10) == 3  # reaped before NVML's next list
+            snap = sampler.tick()
+            assert snap is not None
+            snaps.append(snap)
+            clock.advance(1.0)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    started = snaps[0].processes[0].meta.start_time
+    assert started is not None
+    assert [(p.meta.start_time, p.meta.status) for p in snaps[1].processes] == [(started, "gone")]
+    assert [e for snap in snaps for e in snap.exits] == [ProcessExit(child.pid, started, 3)]
+
+
+def _exiting_child() -> tuple[subprocess.Popen[bytes], Reading, Reading]:
+    """A real child that exits 3 once its stdin closes, and NVML's readings with it on the GPU and after it left;
+    skipped where the kernel keeps no reaped process's exit status (PIDFD_INFO_EXIT, Linux 6.15+)."""
+    from kernel_probe import reaped_exit_supported
+
+    if not reaped_exit_supported():
+        pytest.skip("this kernel does not keep a reaped process's exit status (PIDFD_INFO_EXIT, Linux 6.15+)")
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.readline(); raise SystemExit(3)"], stdin=subprocess.PIPE
+    )
+    on_gpu = Reading(gpus=(gpu(used=2 * GIB),), processes=(ProcessUsage(UUID0, child.pid, GIB),))
+    return child, on_gpu, Reading(gpus=(gpu(used=GIB),), processes=())

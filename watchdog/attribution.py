@@ -170,8 +170,14 @@ class PsutilInspector:
             fields = _stat_fields(self._read_stat(pid))
             state, ppid, ticks = fields[0].decode(), int(fields[1]), int(fields[19])
         except (FileNotFoundError, ProcessLookupError):
-            if pid not in self._pidfds:  # else kept until the pid leaves the GPUs: its pidfd says how it ended
-                self._forget(pid)
+            if cached is not None and pid in self._pidfds:
+                # Reaped, and NVML still lists it a tick or two: no other process has the pid, so it is the identity
+                # cached. It keeps that identity (a new key would read as that process leaving, and another
+                # arriving), and its pidfd, until the pid leaves the GPUs: the pidfd says how it ended.
+                if cached.meta.status != "gone":
+                    cached.meta = replace(cached.meta, status="gone")
+                return cached.meta
+            self._forget(pid)
             return ProcessMeta(pid=pid, start_time=None, status="gone")
         except (OSError, ValueError, IndexError):
             pass  # unreadable here: psutil decides below, as for a new identity

@@ -51,11 +51,12 @@ def _torch_child_once_listening(socket_path: Path, env: dict[str, str]) -> subpr
 
 
 @contextmanager
-def _recording(trace: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """`vramwatch record TRACE` for 12 s at two ticks a second, its log beside the trace; stopped if still running."""
+def _recording(trace: Path, env: dict[str, str], seconds: float = 12.0) -> Iterator[subprocess.Popen[bytes]]:
+    """`vramwatch record TRACE` for `seconds` at two ticks a second, its log beside the trace; stopped if still
+    running."""
     with (trace.parent / "record.log").open("w") as log:
         record = subprocess.Popen(
-            [sys.executable, "-m", "vramwatch", "record", str(trace), "--interval", "0.5", "--duration", "12"],
+            [sys.executable, "-m", "vramwatch", "record", str(trace), "--interval", "0.5", "--duration", str(seconds)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         try:
@@ -132,10 +133,14 @@ def test_a_cuda_process_reaped_at_once_leaves_its_exit_status_in_the_trace(tmp_p
     if not reaped_exit_supported():
         pytest.skip(f"kernel {os.uname().release} keeps no exit status for pidfds (PIDFD_INFO_EXIT, Linux 6.15+)")
     trace = tmp_path / "t.jsonl"
-    with _recording(trace, dict(os.environ)) as record:
+    with _recording(trace, dict(os.environ), seconds=90.0) as record:
         time.sleep(2.0)
         child = subprocess.run([sys.executable, "-c", EXITS], check=False, timeout=60)  # reaped the moment it ends
         assert child.returncode == 3
+        # However long torch took to start: the recorder asks for 5 s after a process left the GPU (sampler.py's
+        # EXIT_WAIT_SECONDS), and NVML may list it a tick after it ended. Then SIGTERM, which ends a recording cleanly.
+        time.sleep(3.0)
+        record.terminate()
         assert record.wait(30) == 0
     _, readings = read_trace(trace)
     seen = {u.pid for reading in readings for u in reading.processes}
