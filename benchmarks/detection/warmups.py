@@ -262,16 +262,31 @@ def cases() -> Iterator[Case]:
         yield Case("ceiling", label, seed, partial(refills, needs * GIB, creep * MIB, jitter * MIB, seed, old=old))
 
 
-def refills(needs: float, creep: float, jitter: float, seed: int, *, old: bool) -> tuple[list[Row], Rig]:
+def refills(
+    needs: float,
+    creep: float,
+    jitter: float,
+    seed: int,
+    *,
+    old: bool,
+    seconds: float = 1200.0,
+    leak: float = 0.0,
+    leak_from: float = 0.0,
+) -> tuple[list[Row], Rig]:
     """A run of `ceiling`: `needs` bytes, a cache growing `creep` bytes a second until the card's end, given back
-    there (down to its needs and up to `jitter` more) as PyTorch does when a cudaMalloc fails, and grown again."""
+    there (down to its needs and up to `jitter` more) as PyTorch does when a cudaMalloc fails, and grown again. With
+    `leak` (bytes a second from `leak_from`), its needs grow beneath the cache, and the rows stop at its OOM (the
+    tick at which its needs alone would not fit)."""
     rng = random.Random(seed)
     limit = CARD.total_bytes - CARD.overhead_bytes  # cudaMalloc fails past it
     start = 60.0 if old else 10.0
     cache, out = 0.0, []
-    for t in ticks(0.0, 1200.0):
+    for t in ticks(0.0, seconds):
         # A young run: its CUDA context, then its weights loaded over 5 s.
         held = CONTEXT + needs * (1.0 if old else min(1.0, max(0.0, (t - 3.0) / 5.0)))
+        held += leak * max(0.0, t - leak_from)
+        if held > limit:
+            break  # its needs alone: the OOM
         if t > start:
             cache += creep * rng.uniform(0.5, 1.5)
             if held + cache > limit:

@@ -19,17 +19,23 @@ raises the troughs until they reach the ceiling; a cache that refills does not. 
   else (a leak that began once the cache stopped falling);
 - its troughs do not rise towards the ceiling: the least it held since its newest fall, against the least it held
   after its oldest remembered fall and the highest trough since (the faster of the two rates), less
-  `min_rise_bytes`, what a read a tick after the bottom adds and the most one trough ever came in below the one before
-  it (troughs vary without a trend; a leak's do not fall back), would not reach all it can hold now (what it holds
-  and what is free) within the caller's horizon (the forecast's warning horizon; for the leak claim, the longest
-  window the growth tests look at);
+  `min_rise_bytes`, what a read a tick after the bottom adds and how much troughs showed they vary without a trend
+  (the most one came in below the one before it, or stood above the straight line from the oldest to the newest: a
+  leak's do not fall back, and rise at least as fast at the end as before), would not reach all it can hold now (what
+  it holds and what is free) within the caller's horizon (the forecast's warning horizon; for the leak claim, the
+  longest window the growth tests look at);
+- troughs that say so only at the newest (the first comparison, two falls; or the first trough above a level) are
+  weak evidence: how far troughs vary by chance is not known well enough yet. Such a run rides, with the rise noted
+  (`Ride.rose`): the forecast names it tentatively (a policy asks it to save and ends nothing), the leak claim waits
+  for the next trough to say it again;
 - with one fall only, troughs cannot be compared yet (what it held before it fell was cache too): it rides only if
   it was still warming when it fell (younger than the forecast's warm-up, never still for its settle time), a climb
   from its load to the card's end. A run that had settled may have climbed as a leak does, and is judged as any run
   until it falls again.
 
-The forecast, the leak claim and the post-mortem ask `riding` (through `forecast.rides_ceiling`; docs/detection.md,
-"A cache that refills at the card's end lived there").
+The forecast and the leak claim ask `riding` through `forecast.ceiling_says` (which also lets be a run that has just
+fallen, `giving_back`), the post-mortem through `forecast.rides_ceiling` (docs/detection.md, "A cache that refills at
+the card's end lived there").
 """
 
 from __future__ import annotations
@@ -44,6 +50,23 @@ from ._series import View, first_still, view
 #: How far back a fall from a full card is remembered: a cache that takes longer than this to fill the card again is
 #: judged as any climb is.
 CEILING_MEMORY_SECONDS = 1800.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ride:
+    """A run rides the ceiling (`riding`). `rose`: its troughs rise, but only the newest says so (the first comparison,
+    or the first above a level), (the one before it, the newest) in bytes: a leak beneath its cache or a flush caught
+    mid-step, not told apart yet; None when they do not rise (its climbs refill a cache, no grower's)."""
+
+    rose: tuple[int, int] | None = None
+
+    @property
+    def level(self) -> bool:
+        return self.rose is None
+
+
+#: A ride whose troughs do not rise.
+LEVEL = Ride()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +109,8 @@ def riding(
     warmup_seconds: float,
     settle_seconds: float,
     free_bytes: int | None = None,
-) -> bool:
-    """The run is riding the ceiling (see the module's docstring). `horizon_seconds`:
+) -> Ride | None:
+    """How the run rides the ceiling, None when it does not (see the module's docstring). `horizon_seconds`:
     troughs that would reach the ceiling within this are a leak beneath the cache; `warmup_seconds`, `settle_seconds`:
     what a warming run is (the forecast's: younger than the one, never still for the other). `free_bytes`: the card's
     free memory with the run as it is last seen (the newest read's unless given: a vanished run's is the read before
@@ -95,23 +118,23 @@ def riding(
     free_now = ctx.free_bytes if free_bytes is None else free_bytes
     series = view(track.series)
     if len(series) < 3 or free_now is None:
-        return False
+        return None
     found = falls(ctx, series)
     if found and _falling(series, found[0]):
         found = found[1:]  # the newest fall is under way (read half done): judged by the ones before it
     if not found:
-        return False
+        return None
     newest = found[0]
     now_held = series.last_value
     if now_held > newest.ceiling_bytes + ctx.config.noise_bytes:
-        return False  # above the ceiling it lived at (others made room): growing past it, judged as any run is
+        return None  # above the ceiling it lived at (others made room): growing past it, judged as any run is
     starts = [f.t for f in reversed(found)]
     cycle = max([b - a for a, b in itertools.pairwise(starts)] or [starts[0] - track.first_seen])
     if series.now - newest.t > 2 * cycle:
-        return False  # climbing far longer than its cache ever took to refill
+        return None  # climbing far longer than its cache ever took to refill
     after = _trough(series.since(newest.t + 1e-9))
     if after is None:
-        return False
+        return None
     trough, low_at, high_by = after
     if len(found) < 2:
         # One fall: its troughs cannot be compared yet. A run still warming when it fell climbed from its load to the
@@ -119,25 +142,41 @@ def riding(
         # that steps), and is judged as any run until it falls again.
         first = series.before(newest.t)
         warming = newest.t - track.first_seen < warmup_seconds
-        return warming and first_still(first.t, first.v, settle_seconds, ctx.config.noise_bytes) is None
-    # Against the oldest remembered trough (a long span: what one trough reads high or low, how much of a step was
-    # live when the cache went back, weighs little) and against the highest trough since (a leak that began late:
-    # the newest trough stands above every one before it; noise seldom does, and by little).
+        settled = first_still(first.t, first.v, settle_seconds, ctx.config.noise_bytes) is not None
+        return LEVEL if warming and not settled else None
     earlier = [
         low for older, later in itertools.pairwise(reversed(found)) if (low := _trough_between(series, older, later))
     ]
-    if not earlier:
-        return True
-    oldest, highest = earlier[0], max(earlier, key=lambda low: low[0])
-    # A read comes up to a tick after the bottom: the trough can read high by that tick's climb. And troughs vary
-    # without a trend (how much of a step was live when the cache went back): by as much as one trough ever came in
-    # below the one before it. A leak's troughs do not fall back; a rise no larger than that is no evidence of one.
-    lows = [low for low, _ in earlier] + [trough]
-    jitter = max([a - b for a, b in itertools.pairwise(lows)] + [0.0])
-    tolerance = high_by + ctx.config.min_rise_bytes + jitter
-    rising = max((trough - low0 - tolerance) / max(1.0, low_at - t0) for low0, t0 in (oldest, highest))
-    room = now_held + free_now - ctx.config.oom_margin_bytes - trough
-    return rising <= 0 or room / rising > horizon_seconds
+    lows = [*earlier, (trough, low_at)]
+    # The troughs may reach all it can hold now (what it holds and what is free) within the horizon: a leak beneath
+    # the cache. A read comes up to a tick after the bottom: the newest trough can read high by that tick's climb.
+    reach = now_held + free_now - ctx.config.oom_margin_bytes
+    slack = high_by + ctx.config.min_rise_bytes
+    if not _rising(lows, reach, slack, horizon_seconds):
+        return LEVEL
+    if not _rising(lows[:-1], reach, slack, horizon_seconds):
+        # Only the newest trough says so (the first comparison, or the first above a level): how far troughs vary
+        # without a trend is not known well enough yet. A leak's next trough says it again; chance seldom does.
+        return Ride(rose=(int(lows[-2][0]), int(trough)))
+    return None
+
+
+def _rising(lows: list[tuple[float, float]], reach: float, slack: float, horizon_seconds: float) -> bool:
+    """Troughs ((value, when), oldest first) rising towards `reach` fast enough to get there within `horizon_seconds`,
+    less `slack` and how much they vary without a trend (`_jitter`).
+
+    The newest is set against the oldest (a long span: what one trough reads high or low, how much of a step was live
+    when the cache went back, weighs little) and against the highest before it (a leak that began late: the newest
+    stands above every one before it; noise seldom does, and by little)."""
+    if len(lows) < 2:
+        return False
+    (trough, low_at), earlier = lows[-1], lows[:-1]
+    tolerance = slack + _jitter(lows)
+    rate = max(
+        (trough - low0 - tolerance) / max(1.0, low_at - t0)
+        for low0, t0 in (earlier[0], max(earlier, key=lambda low: low[0]))
+    )
+    return rate > 0 and (reach - trough) / rate <= horizon_seconds
 
 
 def giving_back(ctx: GpuContext, series: View) -> bool:
@@ -148,6 +187,18 @@ def giving_back(ctx: GpuContext, series: View) -> bool:
         return False  # rising at this read (most growers, most ticks): not at a low since any fall, no scan needed
     found = falls(ctx, series)
     return bool(found) and _falling(series, found[0])
+
+
+def _jitter(lows: list[tuple[float, float]]) -> float:
+    """How much troughs ((value, when), oldest first) vary without a trend (how much of a step was live when the
+    cache went back), by what they show of it: the most one came in below the one before it, or stood above the
+    straight line from the oldest to the newest. A leak's troughs do not fall back, and rise at least as fast at the
+    end as before (steady, or begun late: those before lie on or below that line)."""
+    (v0, t0), (vn, tn) = lows[0], lows[-1]
+    slope = (vn - v0) / max(1.0, tn - t0)
+    above = (v - v0 - slope * (t - t0) for v, t in lows[1:-1])
+    back = (a - b for (a, _), (b, _) in itertools.pairwise(lows))
+    return max(0.0, *above, *back)
 
 
 def _trough_between(series: View, older: Fall, later: Fall) -> tuple[float, float] | None:

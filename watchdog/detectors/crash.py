@@ -160,7 +160,8 @@ def _evidence(ctx: GpuContext, track: Track, *, held: float, free_then: int, cra
 
 def _refilling(ctx: GpuContext, track: Track, free_then: int) -> bool:
     """Riding the ceiling as it was last seen (the card's free memory then, not with what it left behind)."""
-    return forecast.rides_ceiling(ctx, track, forecast.DETECTOR.settings(ctx.config), free_bytes=free_then)
+    ride = forecast.rides_ceiling(ctx, track, forecast.DETECTOR.settings(ctx.config), free_bytes=free_then)
+    return ride is not None and ride.level  # troughs that rose, even once, are no sign it would have lived
 
 
 def _failed_exit(

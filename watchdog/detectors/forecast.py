@@ -117,6 +117,9 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
             # Its past is unknown (a daemon restart): as a young grower's, from where its climb began.
             began = _newest_low(track, config)
             appeared, caveat, warming = began, unseen, True
+        if caveat is None and growers[0][2] is not None:
+            # It lived through the card's end, and only its newest trough says they rise: told, and tentative.
+            caveat = _rose_caveat(growers[0][2])
         if caveat is None and cache.caching(ctx, growers[0][0], steepest.xs[0]):
             # Its agent says the climb is PyTorch's cache: told, and tentative (a policy asks the run to save and ends
             # nothing), not dropped: a peak that 1 Hz reads miss, or a neighbour starved of the room, can still OOM.
@@ -251,9 +254,12 @@ def _steepest(device: Profile, config: DetectorConfig) -> Fit | None:
     return device.best(shortest, config, max_share=config.forecast_max_subwindow_share)
 
 
-def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[tuple[Tree, _Climb | None]] | None:
+def _sustained_growers(
+    ctx: GpuContext, own: ForecastConfig
+) -> list[tuple[Tree, _Climb | None, tuple[int, int] | None]] | None:
     """The trees whose own memory rises steadily over the device forecast's horizons, fastest first, each with its
-    climb if it climbs again (`_climbing`); None when the device itself does not rise steadily (nothing to forecast:
+    climb if it climbs again (`_climbing`) and, for a run riding the ceiling whose newest trough alone says they rise,
+    that rise (`ceiling.Ride.rose`); None when the device itself does not rise steadily (nothing to forecast:
     the per-tree fits are not spent).
 
     Only asked when the device itself has a sustained rise (rare), so its cost is off the common path. Each
@@ -266,7 +272,7 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[tuple[Tree,
     shortest = min(config.forecast_critical_min_horizon_seconds, config.forecast_min_horizon_seconds)
     if _steepest(ctx.device, config) is None:
         return None
-    found: list[tuple[float, Tree, _Climb | None]] = []
+    found: list[tuple[float, Tree, _Climb | None, tuple[int, int] | None]] = []
     for tree in ctx.trees.values():
         track = ctx.history.trees.get((tree.key, ctx.uuid))
         if track is None:
@@ -277,10 +283,9 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[tuple[Tree,
         )
         if best is None or retakes_without_rising(series, best.xs[0], config):
             continue
-        if ceiling.giving_back(ctx, series):
-            continue  # it just fell from the card's end: the climb its windows saw is over, none is under way
-        if rides_ceiling(ctx, track, own):
-            continue  # refilling the cache it gave back at the card's end, where it lived on; its troughs do not rise
+        ride = ceiling_says(ctx, track, own)
+        if ride is not None and ride.level:
+            continue  # it just fell from the card's end, or refills there the cache it gave back, troughs level
         climb = _climbing(track, ctx.now, own, config, from_start=_seen_from_start(ctx, tree, track, own))
         room = None if ctx.free_bytes is None else ctx.free_bytes - config.oom_margin_bytes
         held = None if climb is None or climb.held_still else climb.held_bytes
@@ -288,9 +293,30 @@ def _sustained_growers(ctx: GpuContext, own: ForecastConfig) -> list[tuple[Tree,
             continue  # taking back what it held, and the card has room for it
         rate = best.current_bytes_per_second(config)
         if rate > 0:
-            found.append((rate, tree, climb))
+            found.append((rate, tree, climb, None if ride is None else ride.rose))
     found.sort(key=lambda found_: -found_[0])
-    return [(tree, climb) for _, tree, climb in found]
+    return [(tree, climb, rose) for _, tree, climb, rose in found]
+
+
+def ceiling_says(
+    ctx: GpuContext, track: Track, own: ForecastConfig, *, horizon_seconds: float | None = None
+) -> ceiling.Ride | None:
+    """What the card's end says of a run's climb, None when nothing: it just fell from there and has not risen since
+    (PyTorch gave its cache back: whatever its windows saw climb is over, `ceiling.giving_back`; a level ride), or it
+    climbs back to the end it lived at (`rides_ceiling`, within `horizon_seconds`). The forecast and the leak claim
+    ask this one question, so that a rider is let be by both or neither."""
+    if ceiling.giving_back(ctx, view(track.series)):
+        return ceiling.LEVEL
+    return rides_ceiling(ctx, track, own, horizon_seconds=horizon_seconds)
+
+
+def _rose_caveat(rose: tuple[int, int]) -> str:
+    older, newer = rose
+    return (
+        f"it lived through the card's end before (PyTorch gave its cache back and went on), and its troughs rose once, "
+        f"{fmt.gib(older)} to {fmt.gib(newer)} GiB: a leak beneath its cache, or a flush caught mid-step (the next "
+        "trough tells)"
+    )
 
 
 def rides_ceiling(
@@ -300,9 +326,10 @@ def rides_ceiling(
     *,
     horizon_seconds: float | None = None,
     free_bytes: int | None = None,
-) -> bool:
+) -> ceiling.Ride | None:
     """The run climbs back to the card's end it lived at, refilling the cache PyTorch gave back there, and its troughs
-    do not rise towards it within `horizon_seconds` (this detector's warning horizon unless given): `ceiling.riding`,
+    do not rise towards it within `horizon_seconds` (this detector's warning horizon unless given), or only the newest
+    says they do (`ceiling.Ride`); None when it does not: `ceiling.riding`,
     with what a warming run is by this detector's settings (`free_bytes`: as `ceiling.riding`)."""
     return ceiling.riding(
         ctx,

@@ -136,11 +136,12 @@ class _Look:
 
 
 def _refills(ctx: GpuContext, track: Track) -> bool:
-    """Its climb refills the cache it gave back at the card's end, where it lived on (ceiling.py): no leak, unless its
-    troughs rise towards the ceiling within the longest window the growth tests look at (a slow leak beneath the
-    cache is claimed as early as it would be without one)."""
+    """It just fell from the card's end, or its climb refills the cache it gave back there, where it lived on
+    (ceiling.py): no leak, unless its troughs rise towards the ceiling within the longest window the growth tests look
+    at (a slow leak beneath the cache is claimed as early as it would be without one)."""
     own = forecast.DETECTOR.settings(ctx.config)
-    return forecast.rides_ceiling(ctx, track, own, horizon_seconds=max(ctx.config.horizons_seconds))
+    # Troughs that rose at their one comparison are no claim yet either: the leak claim waits for a third.
+    return forecast.ceiling_says(ctx, track, own, horizon_seconds=max(ctx.config.horizons_seconds)) is not None
 
 
 def _levels_off(grown: Profile, ctx: GpuContext) -> bool:
