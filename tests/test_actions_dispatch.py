@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psutil
@@ -146,6 +146,18 @@ def test_signal_goes_to_the_named_process_then_cools_down(spawn) -> None:
     (_, third) = d.handle([finding(child)], [])
     assert third.done
     assert child.line() == "got 10"
+
+
+def test_a_process_the_inspector_says_is_gone_is_not_signalled(spawn) -> None:
+    """A process reaped while NVML still lists it keeps its identity in the inspector, marked gone: it is not
+    signalled, and the refusal says it exited."""
+    child = spawn(CATCHER, "vw-marker")
+    gone = replace(child.meta, status="gone")
+    d = dispatcher(SIGNAL_POLICY, child, inspector=StaticInspector({gone.pid: gone}))
+    (_notify, signalled) = d.handle([finding(child)], [])
+    assert not signalled.done
+    assert "has exited or was reused" in signalled.reason
+    assert child.alive()
 
 
 @pytest.mark.parametrize(

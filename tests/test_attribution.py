@@ -358,13 +358,13 @@ def test_a_kept_stat_file_gives_way_when_its_process_is_gone() -> None:
     try:
         first = insp.inspect(child.pid)
         assert child.pid in insp._stat_fds
+        watched = child.pid in insp._pidfds  # (where pidfds can be had: `_need_pidfds`)
         assert insp.inspect(child.pid).start_time == first.start_time
     finally:
         child.kill()
         child.wait()
     gone = insp.inspect(child.pid)
-    held = child.pid in insp._pidfds
-    assert (gone.start_time, gone.status) == (first.start_time if held else None, "gone")
+    assert (gone.start_time, gone.status) == (first.start_time if watched else None, "gone")
     assert child.pid not in insp._stat_fds
 
 

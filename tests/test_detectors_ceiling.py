@@ -429,3 +429,49 @@ def test_troughs_only_the_newest_says_rise_are_forecast_tentatively_until_the_ne
     again = found(fell[first + 1], math.inf, FindingKind.OOM_FORECAST)
     assert again
     assert all(f.tentative is None for f in again)
+
+
+def cycling_leak(working: float, leak: float, cycle: float) -> list[tuple[float, dict[int, int]]]:
+    """An old run holding `working` bytes that leak `leak` bytes a second beneath a cache refilling the card in
+    `cycle` seconds each time, until its needs alone fill the card (its OOM: the tick after the last row)."""
+    cache, creep, table = 0.0, None, []
+    for t in ticks(0.0, 9000.0):
+        need = CONTEXT + working + leak * t
+        if need >= ROOM:
+            break
+        creep = (ROOM - need) / cycle if creep is None else creep
+        cache += creep
+        if need + cache > ROOM:
+            cache, creep = 0.0, (ROOM - need) / cycle
+        table.append((t, {PID: min(ROOM, math.ceil((need + cache) / (2 * MIB)) * 2 * MIB)}))
+    return table
+
+
+@pytest.mark.parametrize(
+    ("cycle", "claimed", "firm"),
+    [
+        (150.0, 3000.0, 500.0),  # troughs rose 40 times before they came within ten minutes of the card's end
+        (1000.0, 2500.0, 240.0),  # a refill of a quarter of an hour: two falls at most in the half hour remembered
+    ],
+)
+def test_a_steady_leak_beneath_a_cache_is_not_taken_for_one_odd_trough(
+    cycle: float, claimed: float, firm: float
+) -> None:
+    """A run leaking 3 MB/s beneath a cache that refills the card every `cycle` s, its troughs rising at each fall
+    (found by a review): claimed (growth) `claimed` s at least before its OOM, and forecast critical and firm `firm` s
+    ahead, never saying its troughs "rose once" after they had risen before, as they did at 7c789a0."""
+    table = cycling_leak(4 * GIB, 3e6, cycle)
+    oom = table[-1][0] + 1.0
+    seen: list[Finding] = []
+    result = replay(table, old_rig(), stop=lambda analysis: seen.extend(analysis.findings) and False)
+    fell = falls_at(table)
+    assert len(fell) >= 8
+    claims = [f.t for f in result.raised if f.kind == FindingKind.GROWTH and f.t > fell[1]]
+    assert claims
+    assert oom - claims[0] >= claimed
+    sure = [
+        f.t for f in seen if f.kind == FindingKind.OOM_FORECAST and f.severity == Severity.CRITICAL and not f.tentative
+    ]
+    assert sure
+    assert oom - sure[0] >= firm
+    assert not [f for f in seen if f.t > fell[2] and "rose once" in f.message]

@@ -345,7 +345,9 @@ class ActionDispatcher:
         tolerance = self.policy.identity_tolerance_seconds
         if meta.start_time is None or not abs(meta.start_time - key.start_time) <= tolerance:  # closed on NaN
             return None
-        return meta
+        # A process reaped while NVML still lists it keeps its identity in the inspector (it says how it ended):
+        # gone all the same, nothing to act on.
+        return None if meta.status == "gone" else meta
 
     def _cooling(self, key: object) -> float | None:
         """Seconds since the last action on `key` if still within the cooldown, else None."""

@@ -24,10 +24,10 @@ raises the troughs until they reach the ceiling; a cache that refills does not. 
   leak's do not fall back, and rise at least as fast at the end as before), would not reach all it can hold now (what
   it holds and what is free) within the caller's horizon (the forecast's warning horizon; for the leak claim, the
   longest window the growth tests look at);
-- troughs that say so only at the newest (the first comparison, two falls; or the first trough above a level) are
-  weak evidence: how far troughs vary by chance is not known well enough yet. Such a run rides, with the rise noted
-  (`Ride.rose`): the forecast names it tentatively (a policy asks it to save and ends nothing), the leak claim waits
-  for the next trough to say it again;
+- a rise that rests on the newest trough alone (the troughs before it, by themselves, did not rise fast enough to get
+  there: the first comparison, two falls; or the first trough above a level) is weak evidence: how far troughs vary by
+  chance is not known well enough yet. Such a run rides, with the rise noted (`Ride.rose`): the forecast names it
+  tentatively (a policy asks it to save and ends nothing), the leak claim waits for the next trough to say it again;
 - with one fall only, troughs cannot be compared yet (what it held before it fell was cache too): it rides only if
   it was still warming when it fell (younger than the forecast's warm-up, never still for its settle time), a climb
   from its load to the card's end. A run that had settled may have climbed as a leak does, and is judged as any run
@@ -41,6 +41,7 @@ the card's end lived there").
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 from ..history import Track
@@ -54,9 +55,9 @@ CEILING_MEMORY_SECONDS = 1800.0
 
 @dataclass(frozen=True, slots=True)
 class Ride:
-    """A run rides the ceiling (`riding`). `rose`: its troughs rise, but only the newest says so (the first comparison,
-    or the first above a level), (the one before it, the newest) in bytes: a leak beneath its cache or a flush caught
-    mid-step, not told apart yet; None when they do not rise (its climbs refill a cache, no grower's)."""
+    """A run rides the ceiling (`riding`). `rose`: its troughs rise, but the rise rests on the newest alone (the first
+    comparison, or the first above a level), (the one before it, the newest) in bytes: a leak beneath its cache or a
+    flush caught mid-step, not told apart yet; None when they do not rise (its climbs refill a cache, no grower's)."""
 
     rose: tuple[int, int] | None = None
 
@@ -83,12 +84,12 @@ class Fall:
         return self.level_bytes + self.free_bytes
 
 
-def falls(ctx: GpuContext, series: View) -> list[Fall]:
-    """The run's falls from a full card within `CEILING_MEMORY_SECONDS`, newest first: from a point with at most
+def falls(ctx: GpuContext, series: View, memory_seconds: float = CEILING_MEMORY_SECONDS) -> list[Fall]:
+    """The run's falls from a full card within `memory_seconds`, newest first: from a point with at most
     `ceiling_free_bytes` free on the card, the run's next point lower by more than `min_rise_bytes`. A fall read over
     several points in a row (PyTorch's flush seen half done) is one fall, from the first of them."""
     config = ctx.config
-    recent = series.since(ctx.now - CEILING_MEMORY_SECONDS)
+    recent = series.since(ctx.now - memory_seconds)
     ts, vs = recent.t, recent.v
     out: list[Fall] = []
     for k in range(len(vs) - 2, -1, -1):
@@ -144,39 +145,48 @@ def riding(
         warming = newest.t - track.first_seen < warmup_seconds
         settled = first_still(first.t, first.v, settle_seconds, ctx.config.noise_bytes) is not None
         return LEVEL if warming and not settled else None
-    earlier = [
-        low for older, later in itertools.pairwise(reversed(found)) if (low := _trough_between(series, older, later))
-    ]
-    lows = [*earlier, (trough, low_at)]
+    lows = [*_troughs(series, found), (trough, low_at)]
     # The troughs may reach all it can hold now (what it holds and what is free) within the horizon: a leak beneath
     # the cache. A read comes up to a tick after the bottom: the newest trough can read high by that tick's climb.
-    reach = now_held + free_now - ctx.config.oom_margin_bytes
+    left = now_held + free_now - ctx.config.oom_margin_bytes - trough
     slack = high_by + ctx.config.min_rise_bytes
-    if not _rising(lows, reach, slack, horizon_seconds):
+    rate = _rate(lows, slack)
+    if rate <= 0 or left / rate > horizon_seconds:
         return LEVEL
-    if not _rising(lows[:-1], reach, slack, horizon_seconds):
-        # Only the newest trough says so (the first comparison, or the first above a level): how far troughs vary
-        # without a trend is not known well enough yet. A leak's next trough says it again; chance seldom does.
-        return Ride(rose=(int(lows[-2][0]), int(trough)))
+    # Did the troughs before the newest already rise, by themselves, fast enough to get there? Not when the newest is
+    # the first compared (two falls), or the first above a level: the rise then rests on one trough, and how far
+    # troughs vary without a trend is not known well enough yet. A leak's next trough says it again; chance seldom
+    # does. Asked of every fall the history holds (a cache that takes 15 minutes or more to refill leaves only two in
+    # the half hour remembered), and only here: a run whose troughs rise, rarely.
+    before = _troughs(series, [f for f in falls(ctx, series, math.inf) if f.t <= newest.t])
+    rate = _rate(before, slack)
+    if rate <= 0 or left / rate > horizon_seconds:
+        return Ride(rose=(int(before[-1][0] if before else trough), int(trough)))
     return None
 
 
-def _rising(lows: list[tuple[float, float]], reach: float, slack: float, horizon_seconds: float) -> bool:
-    """Troughs ((value, when), oldest first) rising towards `reach` fast enough to get there within `horizon_seconds`,
-    less `slack` and how much they vary without a trend (`_jitter`).
+def _troughs(series: View, found: list[Fall]) -> list[tuple[float, float]]:
+    """(the least the run held between each two of its falls `found` (newest first), when), oldest first."""
+    return [
+        low for older, later in itertools.pairwise(reversed(found)) if (low := _trough_between(series, older, later))
+    ]
+
+
+def _rate(lows: list[tuple[float, float]], slack: float) -> float:
+    """How fast troughs ((value, when), oldest first) rise, less `slack` and how much they vary without a trend
+    (`_jitter`), in bytes a second (0 or less: they do not; so with fewer than two).
 
     The newest is set against the oldest (a long span: what one trough reads high or low, how much of a step was live
     when the cache went back, weighs little) and against the highest before it (a leak that began late: the newest
     stands above every one before it; noise seldom does, and by little)."""
     if len(lows) < 2:
-        return False
+        return 0.0
     (trough, low_at), earlier = lows[-1], lows[:-1]
     tolerance = slack + _jitter(lows)
-    rate = max(
+    return max(
         (trough - low0 - tolerance) / max(1.0, low_at - t0)
         for low0, t0 in (earlier[0], max(earlier, key=lambda low: low[0]))
     )
-    return rate > 0 and (reach - trough) / rate <= horizon_seconds
 
 
 def giving_back(ctx: GpuContext, series: View) -> bool:

@@ -118,7 +118,7 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
             began = _newest_low(track, config)
             appeared, caveat, warming = began, unseen, True
         if caveat is None and growers[0][2] is not None:
-            # It lived through the card's end, and only its newest trough says they rise: told, and tentative.
+            # It lived through the card's end, and its troughs rise on the newest alone: told, and tentative.
             caveat = _rose_caveat(growers[0][2])
         if caveat is None and cache.caching(ctx, growers[0][0], steepest.xs[0]):
             # Its agent says the climb is PyTorch's cache: told, and tentative (a policy asks the run to save and ends
@@ -258,7 +258,7 @@ def _sustained_growers(
     ctx: GpuContext, own: ForecastConfig
 ) -> list[tuple[Tree, _Climb | None, tuple[int, int] | None]] | None:
     """The trees whose own memory rises steadily over the device forecast's horizons, fastest first, each with its
-    climb if it climbs again (`_climbing`) and, for a run riding the ceiling whose newest trough alone says they rise,
+    climb if it climbs again (`_climbing`) and, for a run riding the ceiling whose troughs rise on the newest alone,
     that rise (`ceiling.Ride.rose`); None when the device itself does not rise steadily (nothing to forecast:
     the per-tree fits are not spent).
 
@@ -304,7 +304,8 @@ def ceiling_says(
     """What the card's end says of a run's climb, None when nothing: it just fell from there and has not risen since
     (PyTorch gave its cache back: whatever its windows saw climb is over, `ceiling.giving_back`; a level ride), or it
     climbs back to the end it lived at (`rides_ceiling`, within `horizon_seconds`). The forecast and the leak claim
-    ask this one question, so that a rider is let be by both or neither."""
+    ask this one question, each over its own horizon (the leak claim's is the longest), so that their rules cannot
+    drift apart."""
     if ceiling.giving_back(ctx, view(track.series)):
         return ceiling.LEVEL
     return rides_ceiling(ctx, track, own, horizon_seconds=horizon_seconds)
@@ -328,9 +329,9 @@ def rides_ceiling(
     free_bytes: int | None = None,
 ) -> ceiling.Ride | None:
     """The run climbs back to the card's end it lived at, refilling the cache PyTorch gave back there, and its troughs
-    do not rise towards it within `horizon_seconds` (this detector's warning horizon unless given), or only the newest
-    says they do (`ceiling.Ride`); None when it does not: `ceiling.riding`,
-    with what a warming run is by this detector's settings (`free_bytes`: as `ceiling.riding`)."""
+    do not rise towards it within `horizon_seconds` (this detector's warning horizon unless given), or rise on the
+    newest alone (`ceiling.Ride`); None when it does not: `ceiling.riding`, with what a warming run is by this
+    detector's settings (`free_bytes`: as `ceiling.riding`)."""
     return ceiling.riding(
         ctx,
         track,

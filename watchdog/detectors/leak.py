@@ -138,9 +138,9 @@ class _Look:
 def _refills(ctx: GpuContext, track: Track) -> bool:
     """It just fell from the card's end, or its climb refills the cache it gave back there, where it lived on
     (ceiling.py): no leak, unless its troughs rise towards the ceiling within the longest window the growth tests look
-    at (a slow leak beneath the cache is claimed as early as it would be without one)."""
+    at (a slow leak beneath the cache is claimed about as early as it would be without one, a trough later at most)."""
     own = forecast.DETECTOR.settings(ctx.config)
-    # Troughs that rose at their one comparison are no claim yet either: the leak claim waits for a third.
+    # A rise that rests on the newest trough alone is no claim yet either: the leak claim waits for the next.
     return forecast.ceiling_says(ctx, track, own, horizon_seconds=max(ctx.config.horizons_seconds)) is not None
 
 
