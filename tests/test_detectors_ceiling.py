@@ -421,7 +421,7 @@ def test_troughs_only_the_newest_says_rise_are_forecast_tentatively_until_the_ne
         return [f for f in seen if start + 2 < f.t < end and f.kind == kind]  # the climb, once its trough is read
 
     before = found(fell[1], fell[first], FindingKind.OOM_FORECAST) + found(fell[1], fell[first], FindingKind.GROWTH)
-    assert before == []  # level troughs: their climbs ride the ceiling
+    assert first == 1 or before == []  # the level troughs before the first rise (none at two falls): they ride
     weak = found(fell[first], fell[first + 1], FindingKind.OOM_FORECAST)
     assert weak
     assert all(f.tentative is not None and f"troughs rose once, {said} GiB" in f.message for f in weak)

@@ -9,11 +9,11 @@ refills at the card's end lived there").
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 
+import ceiling_sweep
 import warmups
-from vramwatch.detectors.testing import MIB, replay
+from vramwatch.detectors.testing import replay
 
 WHERE = ("on its first climb", "between its first and second fall", "after its second fall")
 
@@ -27,7 +27,7 @@ def main() -> None:
         built = case.build()
         assert built is not None
         rows, rig = built
-        falls = [t for (t, a), (_, b) in itertools.pairwise(rows) if a[warmups.PID] - b[warmups.PID] > 128 * MIB]
+        falls = ceiling_sweep.falls(rows)
         firm = False
         for f in replay(rows, rig).raised:
             if f.kind.value not in ("oom_forecast", "growth"):
