@@ -15,6 +15,7 @@ from vramwatch.detectors.growth import (
     _cannot_rise_in_every_part,
     _floor_level,
     _windows,
+    band_top,
     profile,
     reported_rate,
     theil_sen,
@@ -440,3 +441,37 @@ def test_the_one_fit_path_keeps_profile_rates_rule_for_a_sustained_fit() -> None
     assert rate is not None
     assert rate.sustained
     assert rate == profile(window, config).rate(config)
+
+
+def _band(t: float) -> float:
+    """A 3 GiB band below 8.5 GiB read at a phase that walks (a step period against the reads): up 0.5 GiB a read for
+    six reads, then a fall to the bottom."""
+    return 8.5 * GIB - 3 * GIB + (int(t) % 7) * 0.5 * GIB
+
+
+BANDS: dict[str, tuple[Callable[[float], float], float | None]] = {
+    # name: (bytes at t over 300 s, the band's top the window from 240 s is judged by, or None: no band)
+    "a sawtooth, the window inside it": (_band, 8.5 * GIB),
+    "a sawtooth, the window ramps within it": (
+        lambda t: _band(t) if t < 240 else 6 * GIB + (t - 240) * 40e6,
+        8.5 * GIB,
+    ),
+    "a plateau": (lambda t: 8 * GIB, None),
+    "a plateau, one validation spike before": (lambda t: 8 * GIB + (100 <= t < 120) * 2 * GIB, None),
+    "a staircase leak": (lambda t: 8 * GIB + (t // 30) * 256 * MIB, None),
+    "a sawtooth, the window passes its top": (lambda t: _band(t) + (t >= 240) * 512 * MIB, None),
+    "a sawtooth with a leak beneath it": (lambda t: _band(t) + t * 10e6, None),
+}
+
+
+@pytest.mark.parametrize("name", list(BANDS))
+def test_band_top(name: str) -> None:
+    """A window is judged by the top of the band its series sawed in before it, only if it sawed (falls by more than
+    min_rise_bytes, three or more) and the window stays within min_rise_bytes of that top."""
+    fn, expected = BANDS[name]
+    assert band_top(series(fn, 300), 240.0, CONFIG, lookback_seconds=180.0) == expected
+
+
+def test_a_band_needs_enough_points_before_the_window() -> None:
+    """A look-back holding fewer points than the falls a band needs says nothing, whatever the window holds."""
+    assert band_top(series(_band, 300), 3.0, CONFIG, lookback_seconds=180.0) is None

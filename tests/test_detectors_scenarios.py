@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from collections.abc import Callable, Mapping
 
 import pytest
@@ -1056,6 +1057,69 @@ def test_a_leaking_sawtooth_is_still_forecast() -> None:
     crit = result.first("oom_forecast", critical=True)
     assert crit is not None
     assert oom_time(usage, 300) - crit.t >= 20
+
+
+def sawing_band(peak: int, amplitude: int, seed: int, *, leak: float = 0.0, leak_from: float = 0.0) -> Profile:
+    """An old run at `peak` that falls back by up to `amplitude` at every step (`empty_cache()`), read once a second at
+    a random phase of steps shorter than a second, in 2 MiB segments; with `leak` (bytes a second from `leak_from`),
+    its whole band rises."""
+    rng = random.Random(seed)  # noqa: S311 - a test's draws, not secrets
+    drawn: dict[float, int] = {}
+
+    def usage(t: float) -> dict[int, int]:
+        if t not in drawn:  # draws in tick order, once per tick, whoever asks
+            held = peak - amplitude * rng.random() + leak * max(0.0, t - leak_from)
+            drawn[t] = math.ceil(held / (2 * MIB)) * 2 * MIB
+        return {4242: drawn[t]}
+
+    return usage
+
+
+OLD = Rig(metas={4242: meta(4242, start_time=WALL0 - 3600.0)})
+
+
+@pytest.mark.parametrize(
+    ("seed", "seconds", "raised_before"),
+    [
+        # Its floor and peaks rose through every part of 900-915 s, within the band: "grows 167 MB/s, full in ~2 min".
+        (1, 920, "a firm critical forecast at 915 s"),
+        # Its floors rose 0.1 GiB in four minutes by chance: "grows 0.7 MB/s (+0.1 GiB in 4 min)", a leak claim.
+        (2, 1520, "a growth warning at 1,513 s"),
+    ],
+)
+def test_a_run_sawing_in_the_band_it_lived_in_is_no_grower(seed: int, seconds: float, raised_before: str) -> None:
+    """A healthy old run sawing by 3 GiB below an 8.5 GiB peak, read at random phases, raises nothing (`raised_before`
+    this rule: warmups.py's sawtooth model, the draws that found it)."""
+    result = run(sawing_band(520 * MIB + 8 * GIB, 3 * GIB, seed), seconds, rig=OLD, until_full=False)
+    assert result.raised == []
+
+
+@given(
+    peak=st.integers(6, 20).map(lambda g: g * GIB),
+    amplitude=st.sampled_from([GIB // 2, GIB, 2 * GIB, 3 * GIB]),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=6, deadline=None)
+def test_no_sawing_band_is_claimed_or_forecast(peak: int, amplitude: int, seed: int) -> None:
+    """An old run sawing in a fixed band at random phases, with room above its peak, raises no finding in 20 min."""
+    result = run(sawing_band(peak, amplitude, seed), 1200, rig=OLD, until_full=False)
+    assert [f.message for f in result.raised] == []
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_a_leak_beneath_a_sawtooth_is_forecast_as_it_passes_its_band(validation: bool) -> None:
+    """A 100 MB/s leak beneath a 3 GiB sawtooth is forecast critical over a minute before its OOM, as before the band
+    rule, also when a validation took the run 2 GiB above its band just before (its top, as the rule reads it)."""
+    band = sawing_band(12 * GIB, 3 * GIB, 0, leak=100e6, leak_from=600.0)
+
+    def usage(t: float) -> dict[int, int]:
+        return {4242: 14 * GIB} if validation and 580 <= t < 600 else band(t)
+
+    result = run(usage, 1200, rig=OLD)
+    crit = result.first("oom_forecast", critical=True)
+    assert crit is not None
+    assert crit.t > 600
+    assert oom_time(usage, 1200) - crit.t >= 60
 
 
 def test_pressure_names_the_run_filling_the_card_not_the_static_holder() -> None:

@@ -28,6 +28,10 @@ A run that fell from the card's end and lived (PyTorch gave its cache back when 
 climbing back to a level it lived through as its cache refills: it is no grower while its troughs do not rise towards
 the ceiling (`ceiling.riding`).
 
+A run that saws in the band it lived in for minutes (`empty_cache()` every step, read at random phases) and stays
+below that band's top, with room on the card for it, is no grower: what fills the card is its peaks, and its floor
+rises through a window by chance (`within_band`, which the leak claim asks too).
+
 A run whose agent reports its allocator's figures (`vramwatch run`) and says its climb is PyTorch's cache (its tensors
 holding what they held) is forecast tentatively, saying so: PyTorch gives that cache back before a cudaMalloc fails,
 but the agent's 1 Hz reads can miss a peak that grows, and a neighbour can run out first (`cache.caching`).
@@ -54,11 +58,11 @@ from ..model import Finding, FindingKind, ProcessKey, Severity
 from . import _format as fmt
 from . import cache, ceiling
 from ._context import GpuContext, Tree
-from ._series import first_still, view
+from ._series import View, first_still, view
 from ._settings import fraction, non_negative, setting, validate
 from .base import Detector, Forecast, Observation, Quorum
 from .config import BARE_CONTEXT_BYTES, DetectorConfig
-from .growth import Fit, Profile, Rate, profile, retakes_without_rising
+from .growth import Fit, Profile, Rate, band_top, profile, retakes_without_rising
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +287,8 @@ def _sustained_growers(
         )
         if best is None or retakes_without_rising(series, best.xs[0], config):
             continue
+        if within_band(ctx, series, best, own):
+            continue  # a sawtooth whose window stays in the band it lived in, with room for its top
         ride = ceiling_says(ctx, track, own)
         if ride is not None and ride.level:
             continue  # it just fell from the card's end, or refills there the cache it gave back, troughs level
@@ -296,6 +302,19 @@ def _sustained_growers(
             found.append((rate, tree, climb, None if ride is None else ride.rose))
     found.sort(key=lambda found_: -found_[0])
     return [(tree, climb, rose) for _, tree, climb, rose in found]
+
+
+def within_band(ctx: GpuContext, series: View, fit: Fit, own: ForecastConfig) -> bool:
+    """The run saws in a band it lived in for the minutes before its window (`fit`), has not risen above it
+    (`growth.band_top`), and the card has room for it to go back to that band's top: no grower, though its floor rose
+    in every part of the window (as it does by chance). The forecast and the leak claim ask this one question, so that
+    one cannot call growth what the other calls a band. The look-back is the window's own length, and
+    `forecast_warmup_seconds` at least: a band is known from minutes of reads, not from the few before a short
+    window."""
+    top = band_top(series, fit.xs[0], ctx.config, lookback_seconds=max(fit.span_seconds, own.forecast_warmup_seconds))
+    if top is None or ctx.free_bytes is None:
+        return False
+    return top - series.last_value <= ctx.free_bytes - ctx.config.oom_margin_bytes
 
 
 def ceiling_says(

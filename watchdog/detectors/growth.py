@@ -567,3 +567,39 @@ def retakes_without_rising(view: View, start: float, config: DetectorConfig) -> 
     edges = [bisect_left(w.t, t0 + span * s / m) for s in range(1, m)] + [len(w) - 1]
     tops = [ceiling[0]] + [ceiling[min(i, len(w) - 1)] for i in edges]
     return any(b - a <= config.noise_bytes for a, b in pairwise(tops))
+
+
+#: Falls that make a band of a run's readings in a look-back: a sawtooth read at random phases, or a step period close
+#: to the sampling interval (its phase drifts: slow ramps through the band, then a fall), falls back every few
+#: seconds; a validation's spike, a leak's climb or steps, a plateau, do not, or once.
+BAND_FALLS = 3
+
+
+def band_top(view: View, start: float, config: DetectorConfig, *, lookback_seconds: float) -> float | None:
+    """The top of the band the series sawed in during the `lookback_seconds` before `start`, when from `start` on it
+    never rose above it by `min_rise_bytes`; else None (no band there, or the series left it).
+
+    A band: the series fell by more than `min_rise_bytes` below the highest it had held since its last such fall at
+    least `BAND_FALLS` times; its top is the most it held. A run that lives in one takes nothing it had not held while
+    it stays in it: what fills the card is a peak above the band, and a leak's readings pass it within seconds (the
+    band rises with it). Yet its floor, a suffix minimum, rises at the end of any window (the fewer points are left,
+    the higher their least), and by chance (or by the drift of a step's phase against the reads) troughs and peaks
+    both rise through every part of a window: an hour of a healthy 3 GiB band read at random phases holds such
+    windows, read as a leak of 100 MB/s or more, and a long one as a slow leak. A single higher peak (a validation) is
+    no band; one inside a band raises its top, and a leak beneath the band is not growth until it passes that peak or
+    the peak leaves the look-back.
+    """
+    before = view.between(start - lookback_seconds, start)
+    if len(before) <= BAND_FALLS:
+        return None
+    top = before.max()
+    window = view.since(start)
+    if len(window) and window.max() > top + config.min_rise_bytes:
+        return None
+    falls, high = 0, before.v[0]
+    for v in before.v:
+        if v < high - config.min_rise_bytes:
+            falls, high = falls + 1, v
+        elif v > high:
+            high = v
+    return top if falls >= BAND_FALLS else None

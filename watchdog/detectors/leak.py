@@ -5,7 +5,7 @@ process's life are ignored (model load, first steps, first validation), and grow
 window of at least `growth_min_horizon_seconds` (4 min by default), rising in each of its five parts. A run
 whose warm-up steps come minutes apart has at most a few steps; a leak keeps stepping. A leak that steps
 once per epoch is caught at the horizon where every part holds a step (epochs up to ~12 min with the
-default one-hour history).
+default one-hour history). A run sawing in the band it lived in is not claimed (`forecast.within_band`).
 
 A tree that does not grow gets a stability verdict instead ("stable at 20.1 GiB for 12 min", stability.py).
 Here too is what the advisor asks of growth: which processes leak (`leaking`) and which rise steadily
@@ -90,16 +90,22 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
         else:
             grown = profile(series, config, start=cutoff, min_horizon=own.growth_min_horizon_seconds, report=False)
         best = grown.best(own.growth_min_horizon_seconds) if grown.fits else None  # most trees: none to rank
-        refills = False
-        if best is not None and not _levels_off(grown, ctx) and not (refills := _refills(ctx, track)):
+        refills = band = False
+        if (
+            best is not None
+            and not _levels_off(grown, ctx)
+            and not (refills := _refills(ctx, track))
+            and not (band := forecast.within_band(ctx, series, best, forecast.DETECTOR.settings(config)))
+        ):
             meta = tree.members[0].meta
             finding = growth_finding(ctx, best, own, key=tree.key, meta=meta, members=len(tree.members))
             if finding is not None:
                 yield finding
                 explained = True
                 continue
-        # A run refilling its cache at the card's end explains the card's climb: no growth of the card's own either.
-        explained = explained or refills
+        # A run refilling its cache at the card's end, or sawing in the band it lived in, explains the card's climb: no
+        # growth of the card's own either.
+        explained = explained or refills or band
         stable, at = verdict(ctx, tree, series, track.first_seen, card, carried=None if look is None else look.floor)
         if look is not None and at is not None and at is not look.floor:
             track.carried = _Look(points, look.points, config, look.quiet, at)
