@@ -124,6 +124,27 @@ sys.exit(3)
 """
 
 
+def _listed_until_gone(pid: int, timeout: float) -> float | None:
+    """Seconds until NVML's process lists no longer hold `pid` (None: still listed after `timeout`)."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            listed = set()
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                for fn in (pynvml.nvmlDeviceGetComputeRunningProcesses, pynvml.nvmlDeviceGetGraphicsRunningProcesses):
+                    listed |= {p.pid for p in fn(handle)}
+            if pid not in listed:
+                return round(time.monotonic() - start, 1)
+            time.sleep(0.2)
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def test_a_cuda_process_reaped_at_once_leaves_its_exit_status_in_the_trace(tmp_path: Path) -> None:
     """A CUDA process whose parent reaps it at once (as a shell does: no zombie to read) still leaves its exit code in
     what the sampler records, through the pidfd vramwatch held for it (Linux 6.15+; skipped on older kernels)."""
@@ -135,15 +156,28 @@ def test_a_cuda_process_reaped_at_once_leaves_its_exit_status_in_the_trace(tmp_p
     trace = tmp_path / "t.jsonl"
     with _recording(trace, dict(os.environ), seconds=90.0) as record:
         time.sleep(2.0)
-        child = subprocess.run([sys.executable, "-c", EXITS], check=False, timeout=60)  # reaped the moment it ends
-        assert child.returncode == 3
-        # However long torch took to start: the recorder asks for 5 s after a process left the GPU (sampler.py's
-        # EXIT_WAIT_SECONDS), and NVML may list it a tick after it ended. Then SIGTERM, which ends a recording cleanly.
+        child = subprocess.Popen([sys.executable, "-c", EXITS])
+        assert child.wait(60) == 3  # reaped the moment it ends
+        reaped = time.monotonic()
+        # However long torch took to start, and however long NVML lists the process after it was reaped: the recorder
+        # asks for 5 s after a process left the GPU (sampler.py's EXIT_WAIT_SECONDS). Then SIGTERM, which ends a
+        # recording cleanly.
+        listed_for = _listed_until_gone(child.pid, 30.0)
         time.sleep(3.0)
         record.terminate()
         assert record.wait(30) == 0
     _, readings = read_trace(trace)
+    readings = list(readings)
     seen = {u.pid for reading in readings for u in reading.processes}
     exits = [e for reading in readings for e in reading.exits]
-    assert exits, f"no exit recorded (pids seen on the GPU: {sorted(seen)}): " + (tmp_path / "record.log").read_text()
+    # What the recorder saw of the child, tick by tick (seconds from its reaping, status): the diagnosis if it failed.
+    ticks = [
+        (round(r.t - reaped, 1), next((m.status for m in r.meta if m.pid == child.pid), None))
+        for r in readings
+        if any(u.pid == child.pid for u in r.processes)
+    ]
+    assert exits, (
+        f"no exit recorded (pids seen on the GPU: {sorted(seen)}; NVML listed pid {child.pid} for {listed_for} s after "
+        f"it was reaped; the recorder saw it at {ticks}): " + (tmp_path / "record.log").read_text()
+    )
     assert [(e.exit_code, e.signal) for e in exits] == [(3, None)]
