@@ -461,6 +461,10 @@ BANDS: dict[str, tuple[Callable[[float], float], float | None]] = {
     "a staircase leak": (lambda t: 8 * GIB + (t // 30) * 256 * MIB, None),
     "a sawtooth, the window passes its top": (lambda t: _band(t) + (t >= 240) * 512 * MIB, None),
     "a sawtooth with a leak beneath it": (lambda t: _band(t) + t * 10e6, None),
+    "a sawtooth, then down below it and climbing": (
+        lambda t: _band(t) if t < 200 else 4 * GIB + (t - 200) * 40e6,
+        None,
+    ),
 }
 
 

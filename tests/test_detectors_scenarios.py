@@ -1122,6 +1122,20 @@ def test_a_leak_beneath_a_sawtooth_is_forecast_as_it_passes_its_band(validation:
     assert oom_time(usage, 1200) - crit.t >= 60
 
 
+def test_a_leak_from_below_a_band_the_run_left_is_forecast_as_before() -> None:
+    """A run that sawed by 3 GiB below 23 GiB, came down to 14 GiB (an evaluation after training) and leaks 100 MB/s
+    from there is forecast critical 90 s before its OOM, as before the band rule: it left the band (5 s in review)."""
+    band = sawing_band(23 * GIB, 3 * GIB, 0)
+
+    def usage(t: float) -> dict[int, int]:
+        return band(t) if t < 900 else {4242: 14 * GIB + int((t - 900) * 100e6)}
+
+    result = run(usage, 1200, rig=OLD)
+    crit = result.first("oom_forecast", critical=True)
+    assert crit is not None
+    assert oom_time(usage, 1200) - crit.t >= 80
+
+
 def test_pressure_names_the_run_filling_the_card_not_the_static_holder() -> None:
     """Next to a big static holder, pressure names the leaking run, and the leak is never contention."""
 

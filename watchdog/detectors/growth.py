@@ -587,7 +587,8 @@ def band_top(view: View, start: float, config: DetectorConfig, *, lookback_secon
     both rise through every part of a window: an hour of a healthy 3 GiB band read at random phases holds such
     windows, read as a leak of 100 MB/s or more, and a long one as a slow leak. A single higher peak (a validation) is
     no band; one inside a band raises its top, and a leak beneath the band is not growth until it passes that peak or
-    the peak leaves the look-back.
+    the peak leaves the look-back. A run that came down below its band's lows and has not been back to its top since (it
+    left the band, and climbs from below) is not in it.
     """
     before = view.between(start - lookback_seconds, start)
     if len(before) <= BAND_FALLS:
@@ -602,4 +603,14 @@ def band_top(view: View, start: float, config: DetectorConfig, *, lookback_secon
             falls, high = falls + 1, v
         elif v > high:
             high = v
-    return top if falls >= BAND_FALLS else None
+    if falls < BAND_FALLS:
+        return None
+    # It still lives in the band: since it was last near the top before the window, it has not gone below the least it
+    # held while it visited the top. A run that left a band downwards (an evaluation after training near the card's
+    # end) and climbs from below it is not in it, however its old top still fits. "Near" is a quarter of the band's
+    # height: a ramp's peaks and troughs vary by a few hundred MiB from one to the next.
+    both = view.since(start - lookback_seconds).v
+    slack = max(float(config.min_rise_bytes), (top - min(both)) / 4)
+    last_top = max(i for i, v in enumerate(before.v) if v >= top - slack)
+    since = both[last_top + 1 :]
+    return top if not since or min(since) >= min(both[: last_top + 1]) - slack else None
