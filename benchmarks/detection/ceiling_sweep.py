@@ -80,8 +80,29 @@ def leaky(case: tuple[float, float, float, float, int]) -> tuple[float | None, f
     raised = replay(rows, rig).raised
     claims = [f.t for f in raised if f.kind.value == "growth" and f.process is not None and f.t > 300.0]
     critical = [f for f in raised if f.kind.value == "oom_forecast" and f.severity.value == "critical" and f.t > since]
+    return first_leads(oom, claims, critical)
+
+
+def first_leads(
+    oom: float, claims: list[float], critical: list[Finding]
+) -> tuple[float | None, float | None, float | None]:
+    """The leads (seconds before `oom`) of the first growth claim, critical forecast and firm one (None: none)."""
     firm = [f.t for f in critical if f.tentative is None]
     return tuple(None if not ts else oom - ts[0] for ts in (claims, [f.t for f in critical], firm))  # type: ignore[return-value]
+
+
+#: The columns `lead_cells` fills, after the case's own.
+LEAD_HEADS = " | ".join(f"{h}: median lead (none)" for h in ("growth claim", "critical forecast", "firm critical"))
+
+
+def lead_cells(mine: list[tuple[float | None, float | None, float | None]]) -> str:
+    """Each of `first_leads`' three columns over some cases: the median lead, and how many had none."""
+    cells = []
+    for k in range(3):
+        got = [m[k] for m in mine if m[k] is not None]
+        median = f"{statistics.median(got):.0f} s" if got else "-"
+        cells.append(f"{median} ({len(mine) - len(got)})")
+    return " | ".join(cells)
 
 
 def main() -> None:
@@ -119,17 +140,11 @@ def main() -> None:
     if not leaks:
         return
     print()
-    heads = ("growth claim", "critical forecast", "firm critical")
-    print(f"| leak beneath the cache | cases | {' | '.join(f'{h}: median lead (none)' for h in heads)} |")
+    print(f"| leak beneath the cache | cases | {LEAD_HEADS} |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for rate in sorted({c[0] for c in leaks}):
         mine = [lead for c, lead in zip(leaks, leads, strict=True) if c[0] == rate]
-        cells = []
-        for k in range(3):
-            got = [m[k] for m in mine if m[k] is not None]
-            median = f"{statistics.median(got):.0f} s" if got else "-"
-            cells.append(f"{median} ({len(mine) - len(got)})")
-        print(f"| {rate} MB/s | {len(mine)} | {' | '.join(cells)} |")
+        print(f"| {rate} MB/s | {len(mine)} | {lead_cells(mine)} |")
 
 
 if __name__ == "__main__":

@@ -26,15 +26,13 @@ import itertools
 import math
 import os
 import random
-import statistics
 from concurrent.futures import ProcessPoolExecutor
 
 import warmups
+from ceiling_sweep import LEAD_HEADS, WORST, first_leads, lead_cells, worst
 from vramwatch.detectors.testing import GIB, MIB, WALL0, Rig, meta, replay, ticks
-from vramwatch.model import Finding
 
 LIMIT = warmups.CARD.total_bytes - warmups.CARD.overhead_bytes
-WORST = ("firm critical", "tentative critical", "warning")
 LEAK_FROM = 600.0
 
 
@@ -57,14 +55,6 @@ def sawing(
 
 def rig(*, old: bool) -> Rig:
     return Rig(cards=(warmups.CARD,), metas={warmups.PID: meta(warmups.PID, start_time=WALL0 - (3600.0 if old else 0))})
-
-
-def worst(found: list[Finding]) -> str | None:
-    if any(f.severity.value == "critical" and f.tentative is None for f in found):
-        return WORST[0]
-    if any(f.severity.value == "critical" for f in found):
-        return WORST[1]
-    return WORST[2] if found else None
 
 
 def healthy(case: tuple[float, float, float, bool, int]) -> tuple[str | None, str]:
@@ -96,8 +86,7 @@ def leaky(case: tuple[float, float, float, bool, int]) -> tuple[float | None, fl
     raised = [f for f in replay(rows, rig(old=True)).raised if f.t >= LEAK_FROM]
     claims = [f.t for f in raised if f.kind.value == "growth"]
     critical = [f for f in raised if f.kind.value == "oom_forecast" and f.severity.value == "critical"]
-    firm = [f.t for f in critical if f.tentative is None]
-    return tuple(None if not ts else oom - ts[0] for ts in (claims, [f.t for f in critical], firm))  # type: ignore[return-value]
+    return first_leads(oom, claims, critical)
 
 
 def main() -> None:
@@ -132,18 +121,11 @@ def main() -> None:
     if not leaks:
         return
     print()
-    heads = ("growth claim", "critical forecast", "firm critical")
-    cells = " | ".join(f"{h}: median lead (none)" for h in heads)
-    print(f"| leak beneath the sawtooth | validation before | cases | {cells} |")
+    print(f"| leak beneath the sawtooth | validation before | cases | {LEAD_HEADS} |")
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for rate, validation in itertools.product(sorted({c[0] for c in leaks}), (False, True)):
         mine = [lead for c, lead in zip(leaks, leads, strict=True) if c[0] == rate and c[3] == validation]
-        cells = []
-        for k in range(3):
-            got = [m[k] for m in mine if m[k] is not None]
-            median = f"{statistics.median(got):.0f} s" if got else "-"
-            cells.append(f"{median} ({len(mine) - len(got)})")
-        print(f"| {rate} MB/s | {'yes' if validation else 'no'} | {len(mine)} | {' | '.join(cells)} |")
+        print(f"| {rate} MB/s | {'yes' if validation else 'no'} | {len(mine)} | {lead_cells(mine)} |")
 
 
 if __name__ == "__main__":
