@@ -16,6 +16,7 @@ from vramwatch.detectors.growth import (
     _floor_level,
     _windows,
     band_top,
+    peaks,
     profile,
     reported_rate,
     theil_sen,
@@ -458,6 +459,11 @@ BANDS: dict[str, tuple[Callable[[float], float], float | None]] = {
     ),
     "a plateau": (lambda t: 8 * GIB, None),
     "a plateau, one validation spike before": (lambda t: 8 * GIB + (100 <= t < 120) * 2 * GIB, None),
+    # the look-back (from 60 s) opens on the spike, and the run went back below it: its band is the one it saws in since
+    "a validation spike above the sawtooth, then the sawtooth": (
+        lambda t: 14 * GIB if 50 <= t < 70 else _band(t),
+        8.5 * GIB,
+    ),
     "a staircase leak": (lambda t: 8 * GIB + (t // 30) * 256 * MIB, None),
     "a sawtooth, the window passes its top": (lambda t: _band(t) + (t >= 240) * 512 * MIB, None),
     "a sawtooth with a leak beneath it": (lambda t: _band(t) + t * 10e6, None),
@@ -474,6 +480,49 @@ def test_band_top(name: str) -> None:
     min_rise_bytes, three or more) and the window stays within min_rise_bytes of that top."""
     fn, expected = BANDS[name]
     assert band_top(series(fn, 300), 240.0, CONFIG, lookback_seconds=180.0) == expected
+
+
+PEAKS: dict[str, tuple[Callable[[float], float], tuple[float, float, float] | None]] = {
+    # name: (bytes at t over 300 s, (its peaks' rate in MB/s, the top it saws up to, the band's height in GiB) from
+    # 240 s, or None)
+    "a sawtooth, the window inside it": (_band, (0.0, 8.5, 3.0)),
+    "a sawtooth, the window ramps within it": (
+        lambda t: _band(t) if t < 240 else 6 * GIB + (t - 240) * 40e6,
+        (0.0, 8.5, 3.0),
+    ),
+    "a plateau": (lambda t: 8 * GIB, None),
+    "a staircase leak": (lambda t: 8 * GIB + (t // 30) * 256 * MIB, None),
+    "a validation spike above the sawtooth, then the sawtooth": (
+        lambda t: 14 * GIB if 50 <= t < 70 else _band(t),
+        (0.0, 8.5, 3.0),
+    ),
+    # 0.5 GiB above its top from 240 s on, over the window's 60 s
+    "a sawtooth, the window passes its top": (lambda t: _band(t) + (t >= 240) * 512 * MIB, (8.9, 9.0, 3.0)),
+    # its most at 300 s less its most at 237 s (3.00 - 2.37 GB of leak), over the window's 60 s: about the leak's
+    # 10 MB/s; the look-back's least is at 63 s, so the leak adds 1.74 GB to its height
+    "a sawtooth with a leak beneath it": (
+        lambda t: _band(t) + t * 10e6,
+        (10.5, (8.5 * GIB + 3.0e9) / GIB, (3 * GIB + 1.74e9) / GIB),
+    ),
+    "a sawtooth, then down below it and climbing": (
+        lambda t: _band(t) if t < 200 else 4 * GIB + (t - 200) * 40e6,
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PEAKS))
+def test_peaks(name: str) -> None:
+    """A series that saws in a band it still lives in has peaks: how fast they rose above the band's top in the window
+    (0 within it), the top it saws up to, the band's height; none for a plateau, a staircase, a run that left it."""
+    fn, expected = PEAKS[name]
+    found = peaks(series(fn, 300), 240.0, CONFIG, lookback_seconds=180.0)
+    if expected is None:
+        assert found is None
+        return
+    assert found is not None
+    got = (round(found.bytes_per_second / 1e6, 1), found.top_bytes / GIB, found.height_bytes / GIB)
+    assert got == pytest.approx(expected, abs=0.05)
 
 
 def test_a_band_needs_enough_points_before_the_window() -> None:

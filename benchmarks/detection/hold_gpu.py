@@ -79,14 +79,21 @@ def events(path: Path, name: str) -> list[dict[str, Any]]:
 
 
 def watched(
-    out: Path, logs: dict[str, IO[bytes]], procs: list[subprocess.Popen[bytes]], base: Path | None, trace: str
+    out: Path,
+    logs: dict[str, IO[bytes]],
+    procs: list[subprocess.Popen[bytes]],
+    base: Path | None,
+    trace: str,
+    *,
+    acting: bool = True,
 ) -> tuple[float, float]:
-    """The card and its watchers: a ballast leaving 24 GiB, `serve` under POLICY (and `serve-base`, the `base`
-    tree in dry-run), `record` into OUT/`trace`, then a healthy trainer (8 GiB) for 400 s. Appends each process to
-    `procs`; returns (t0, wall0), the monotonic and wall time just before the trainer started."""
+    """The card and its watchers: a ballast leaving 24 GiB, `serve` under POLICY (acting, unless not `acting`; and
+    `serve-base`, the `base` tree in dry-run), `record` into OUT/`trace`, then a healthy trainer (8 GiB) for 400 s.
+    Appends each process to `procs`; returns (t0, wall0), the monotonic and wall time just before the trainer
+    started."""
     procs.append(spawn([sys.executable, str(WORK / "ballast.py"), "--leave-gib", "24"], logs["ballast"]))
     wait_for(out / "ballast.log", "ready", 120)
-    start_daemons(out, logs, procs, base)
+    start_daemons(out, logs, procs, base, acting=acting)
     procs.append(spawn([*VW, "--log-format", "json", "record", str(out / trace), "--interval", "1", "--force"],
                        logs["record"]))  # fmt: skip
     time.sleep(4)

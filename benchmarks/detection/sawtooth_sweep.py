@@ -15,7 +15,9 @@ false, and the table counts the runs with at least one, by the worst.
 Leaks: an old run peaking at 8 or 12 GiB that saws by 0.5-3 GiB with steps of 0.5 s, its peaks and troughs rising
 5-100 MB/s from 600 s on, until its peak no longer fits (its OOM); with or without a validation (2 GiB above its
 peak for 20 s) that ends as the leak begins. The median lead (seconds before the OOM) of its first growth claim, of
-its first critical forecast and of its first firm one, and how many had none.
+its first critical forecast and of its first firm one, and how many had none; and what that first critical forecast
+claimed against the truth (its rate over the leak's, its ETA over the time that was left: a rate many times the
+leak's is a chance window, a critical that a policy acts on half an hour early).
 The cases are the script's own draws, not a recording: `score.py`'s corpus is the real one.
 """
 
@@ -26,6 +28,7 @@ import itertools
 import math
 import os
 import random
+import statistics
 from concurrent.futures import ProcessPoolExecutor
 
 import warmups
@@ -71,8 +74,12 @@ def healthy(case: tuple[float, float, float, bool, int]) -> tuple[str | None, st
     return worst(found), f"{label}: {said} (healthy{case!r} replays it)"
 
 
-def leaky(case: tuple[float, float, float, bool, int]) -> tuple[float | None, float | None, float | None]:
-    """The leads (seconds before the OOM) of the first growth claim, critical forecast and firm one, None: none."""
+Leads = tuple[float | None, float | None, float | None]
+
+
+def leaky(case: tuple[float, float, float, bool, int]) -> tuple[Leads, tuple[float, float] | None]:
+    """The leads (seconds before the OOM) of the first growth claim, critical forecast and firm one (None: none), and
+    what the first critical forecast said: its rate over the leak's, its ETA over the time that was left."""
     rate, amplitude, peak, validation, seed = case
     rows = []
     for t, usage in sawing(peak * GIB, amplitude * GIB, 0.5, seed, seconds=7200.0):
@@ -86,7 +93,11 @@ def leaky(case: tuple[float, float, float, bool, int]) -> tuple[float | None, fl
     raised = [f for f in replay(rows, rig(old=True)).raised if f.t >= LEAK_FROM]
     claims = [f.t for f in raised if f.kind.value == "growth"]
     critical = [f for f in raised if f.kind.value == "oom_forecast" and f.severity.value == "critical"]
-    return first_leads(oom, claims, critical)
+    said = None
+    if critical:
+        first = critical[0]
+        said = (first.numbers["rate_bytes_per_second"] / (rate * 1e6), (first.eta_seconds or 0.0) / (oom - first.t))
+    return first_leads(oom, claims, critical), said
 
 
 def main() -> None:
@@ -124,8 +135,26 @@ def main() -> None:
     print(f"| leak beneath the sawtooth | validation before | cases | {LEAD_HEADS} |")
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for rate, validation in itertools.product(sorted({c[0] for c in leaks}), (False, True)):
-        mine = [lead for c, lead in zip(leaks, leads, strict=True) if c[0] == rate and c[3] == validation]
+        mine = [lead for c, (lead, _) in zip(leaks, leads, strict=True) if c[0] == rate and c[3] == validation]
         print(f"| {rate} MB/s | {'yes' if validation else 'no'} | {len(mine)} | {lead_cells(mine)} |")
+    # What the first critical forecast claimed, against the truth: a rate several times the leak's, an ETA a small
+    # share of the time left, is a critical raised on a chance window (a policy ends a run that had half an hour).
+    print()
+    print(
+        "| leak beneath the sawtooth | first critical's rate / the leak's: median, max "
+        "| its ETA / the time left: median, min |"
+    )
+    print("| ---: | ---: | ---: |")
+    for rate in sorted({c[0] for c in leaks}):
+        said = [s for c, (_, s) in zip(leaks, leads, strict=True) if c[0] == rate and s is not None]
+        if not said:
+            print(f"| {rate} MB/s | - | - |")
+            continue
+        rates, etas = [r for r, _ in said], [e for _, e in said]
+        print(
+            f"| {rate} MB/s | {statistics.median(rates):.1f}x, {max(rates):.1f}x | "
+            f"{statistics.median(etas):.2f}, {min(etas):.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,11 @@ the ceiling (`ceiling.riding`).
 
 A run that saws in the band it lived in for minutes (`empty_cache()` every step, read at random phases) and stays
 below that band's top, with room on the card for it, is no grower: what fills the card is its peaks, and its floor
-rises through a window by chance (`within_band`, which the leak claim asks too).
+rises through a window by chance (`within_band`, which the leak claim asks too). A card that saws and rises past its
+band (a leak beneath the sawtooth) is forecast by its peaks: the room is what is left above the peak it saws up to,
+and a window that rose less than the band is tall is held to the pace of its peaks, or to the growers' own rates when
+the grower does not saw (`_by_peaks`): the card's floor's rise over such a window is mostly the phases its reads
+caught.
 
 A run whose agent reports its allocator's figures (`vramwatch run`) and says its climb is PyTorch's cache (its tensors
 holding what they held) is forecast tentatively, saying so: PyTorch gives that cache back before a cudaMalloc fails,
@@ -62,7 +66,7 @@ from ._series import View, first_still, view
 from ._settings import fraction, non_negative, setting, validate
 from .base import Detector, Forecast, Observation, Quorum
 from .config import BARE_CONTEXT_BYTES, DetectorConfig
-from .growth import Fit, Profile, Rate, band_top, profile, retakes_without_rising
+from .growth import Fit, Profile, Rate, band_top, peaks, profile, retakes_without_rising
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +141,8 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
         own=own,
         appeared=appeared,
         caveat=caveat,
+        sawing=None if track is None else view(track.series),
+        growers_rate=sum(g[3] for g in growers) if growers else None,
     )
     if eta is not None:
         yield Forecast(ctx.uuid, *eta)
@@ -170,13 +176,17 @@ def detect_oom_forecast(
     culprit: ProcessKey | None = None,
     appeared: float | None = None,
     caveat: str | None = None,
+    sawing: View | None = None,
+    growers_rate: float | None = None,
 ) -> tuple[tuple[float, float] | None, Finding | None]:
     """The (eta, confidence) of this GPU when it grows, and an `oom_forecast` finding when it is soon.
 
     The sustained-rise test is the shared one (`ctx.config`); the thresholds are this detector's (`own`).
     `grower` names the fastest-growing tree and `culprit` is its key. `appeared`: when the named grower was first
     seen, while it is young and warms (it has never held still yet); `caveat`: what a critical forecast adds about
-    it then.
+    it then. `sawing`: the named grower's own series, whose band (if it saws in one) holds the card's rate to the pace
+    of its peaks; `growers_rate`: the sum of the growers' own rates, which holds it on a card that saws when the
+    grower does not (`_by_peaks`).
     """
     config = ctx.config
     # A window whose floor starts at (or before) the young grower's first sample holds its whole life so far, and
@@ -193,8 +203,8 @@ def detect_oom_forecast(
     if retakes_without_rising(ctx.used, best.xs[0], config):
         return None, None  # a sawtooth whose troughs fill in: its peaks, what fills the card, do not rise
     # Sustained by the forecast's own test (a warm-up step allowed in the window).
-    rate = dataclasses.replace(best.rate(config), sustained=True)
-    eta = eta_seconds(ctx.free_bytes, rate, config)
+    rate, free = _by_peaks(ctx, device, best, own, grower=sawing, growers_rate=growers_rate)
+    eta = eta_seconds(free, rate, config)
     if eta is None:
         return None, None
     forecast = (eta, rate.confidence)
@@ -203,7 +213,7 @@ def detect_oom_forecast(
     # shared with a big static holder 5 % of the card can be more than the run's whole headroom.
     low_free = (
         ctx.total_bytes is not None
-        and ctx.free_bytes < own.forecast_critical_free_fraction * ctx.total_bytes
+        and free < own.forecast_critical_free_fraction * ctx.total_bytes
         and eta <= own.forecast_warning_eta_seconds
     )
     if eta <= own.forecast_critical_eta_seconds or low_free:
@@ -213,8 +223,8 @@ def detect_oom_forecast(
         steady = device.best(config.forecast_min_horizon_seconds, config, max_share=config.forecast_max_subwindow_share)
         if steady is None or warming:
             return forecast, None
-        rate = dataclasses.replace(steady.rate(config), sustained=True)
-        eta = eta_seconds(ctx.free_bytes, rate, config)
+        rate, free = _by_peaks(ctx, device, steady, own, grower=sawing, growers_rate=growers_rate)
+        eta = eta_seconds(free, rate, config)
         if eta is None or eta > own.forecast_warning_eta_seconds:
             return forecast, None
         severity = Severity.WARNING
@@ -251,6 +261,43 @@ def detect_oom_forecast(
     return forecast, finding
 
 
+def _by_peaks(
+    ctx: GpuContext, device: Profile, fit: Fit, own: ForecastConfig, *, grower: View | None, growers_rate: float | None
+) -> tuple[Rate, int]:
+    """The fit's current rate (sustained by the forecast's test) and the card's room. Of a card that saws in a band
+    (`growth.peaks`, over the look-back `within_band` takes), the room is what is left above the peak it saws up to: a
+    sawtooth runs out of memory at its peak, not at the phase a read caught. A window that rose less than the card's
+    band is tall rose mostly by the phases of its reads, and its rate is held, no lower than the card's floor over its
+    longest window (an honest average, if late for a leak that just began):
+    - when the named `grower` saws in a band itself, to the pace of the peaks: the card's or the grower's own,
+      whichever rose faster (the card's, a sum of sawtooths at other phases, can read low; a short window's peaks are a
+      few reads, and understate a leak that began within the window); a peak read in the window is carried on at the
+      rate to now (1 Hz reads aliased against its step can miss the next peaks for tens of seconds while a leak raises
+      them);
+    - when it does not (a leak next to a neighbour that saws), to the growers' own rates (`growers_rate`), which no
+      neighbour's phases reach.
+    A card that does not saw, or that fell from its end in that time (its peaks are the card's end and cannot rise: what
+    rises to the OOM is its troughs, `ceiling.riding`'s question): the fit's rate and the card's free memory."""
+    rate = dataclasses.replace(fit.rate(ctx.config), sustained=True)
+    free = ctx.free_bytes if ctx.free_bytes is not None else 0
+    lookback = max(fit.span_seconds, own.forecast_warmup_seconds)
+    saw = peaks(ctx.used, fit.xs[0], ctx.config, lookback_seconds=lookback)
+    if saw is None or ceiling.falls(ctx, ctx.used, memory_seconds=ctx.now - fit.xs[0] + lookback):
+        return rate, free
+    mine = None if grower is None else peaks(grower, fit.xs[0], ctx.config, lookback_seconds=lookback)
+    if fit.rise_bytes < saw.height_bytes:
+        longest = device.fits[-1].bytes_per_second if device.fits else 0.0
+        if mine is not None:
+            pace: float | None = max(saw.bytes_per_second, mine.bytes_per_second, longest)
+        else:
+            pace = None if growers_rate is None else max(saw.bytes_per_second, growers_rate, longest)
+        if pace is not None and pace < rate.bytes_per_second:
+            rate = dataclasses.replace(rate, bytes_per_second=pace)
+    since = ctx.now - saw.top_t if mine is not None and saw.top_t >= fit.xs[0] else 0.0
+    free -= max(0, round(saw.top_bytes + rate.bytes_per_second * since - ctx.used.last_value))
+    return rate, free
+
+
 def _steepest(device: Profile, config: DetectorConfig) -> Fit | None:
     """The device's steepest fit sustained by the forecast's own test (a warm-up step allowed), from its shortest
     horizon on: what a forecast is made of (None: the card does not rise steadily, nothing to forecast)."""
@@ -260,11 +307,11 @@ def _steepest(device: Profile, config: DetectorConfig) -> Fit | None:
 
 def _sustained_growers(
     ctx: GpuContext, own: ForecastConfig
-) -> list[tuple[Tree, _Climb | None, tuple[int, int] | None]] | None:
+) -> list[tuple[Tree, _Climb | None, tuple[int, int] | None, float]] | None:
     """The trees whose own memory rises steadily over the device forecast's horizons, fastest first, each with its
-    climb if it climbs again (`_climbing`) and, for a run riding the ceiling whose troughs rise on the newest alone,
-    that rise (`ceiling.Ride.rose`); None when the device itself does not rise steadily (nothing to forecast:
-    the per-tree fits are not spent).
+    climb if it climbs again (`_climbing`), for a run riding the ceiling whose troughs rise on the newest alone,
+    that rise (`ceiling.Ride.rose`), and its own current rate; None when the device itself does not rise steadily
+    (nothing to forecast: the per-tree fits are not spent).
 
     Only asked when the device itself has a sustained rise (rare), so its cost is off the common path. Each
     tree passes the forecast's own test, and a tree that frees and re-takes memory must raise its peaks. A tree
@@ -301,7 +348,7 @@ def _sustained_growers(
         if rate > 0:
             found.append((rate, tree, climb, None if ride is None else ride.rose))
     found.sort(key=lambda found_: -found_[0])
-    return [(tree, climb, rose) for _, tree, climb, rose in found]
+    return [(tree, climb, rose, rate) for rate, tree, climb, rose in found]
 
 
 def within_band(ctx: GpuContext, series: View, fit: Fit, own: ForecastConfig) -> bool:

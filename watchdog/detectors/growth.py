@@ -588,23 +588,32 @@ def band_top(view: View, start: float, config: DetectorConfig, *, lookback_secon
     windows, read as a leak of 100 MB/s or more, and a long one as a slow leak. A single higher peak (a validation) is
     no band; one inside a band raises its top, and a leak beneath the band is not growth until it passes that peak or
     the peak leaves the look-back. A run that came down below its band's lows and has not been back to its top since (it
-    left the band, and climbs from below) is not in it.
+    left the band, and climbs from below) is not in it; if it saws since (the look-back opened on a validation's spike
+    above its sawtooth), the band it saws in since is its band.
     """
+    band = _band(view, start, config, lookback_seconds)
+    window = view.since(start)
+    if band is None or (len(window) and window.max() > band.top_bytes + config.min_rise_bytes):
+        return None
+    return band.top_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Band:
+    """A band a series saws in (`_band`): its top, when it was last there, and its height (its top less its least)."""
+
+    top_bytes: float
+    top_t: float
+    height_bytes: float
+
+
+def _band(view: View, start: float, config: DetectorConfig, lookback_seconds: float) -> _Band | None:
+    """The band the series sawed in during the `lookback_seconds` before `start` (it fell `BAND_FALLS` times or more
+    there), when it still lives in it; else None. What `band_top` and `peaks` call a band."""
     before = view.between(start - lookback_seconds, start)
-    if len(before) <= BAND_FALLS:
+    if len(before) <= BAND_FALLS or not _saws(before.v, config):
         return None
     top = before.max()
-    window = view.since(start)
-    if len(window) and window.max() > top + config.min_rise_bytes:
-        return None
-    falls, high = 0, before.v[0]
-    for v in before.v:
-        if v < high - config.min_rise_bytes:
-            falls, high = falls + 1, v
-        elif v > high:
-            high = v
-    if falls < BAND_FALLS:
-        return None
     # It still lives in the band: since it was last near the top before the window, it has not gone below the least it
     # held while it visited the top. A run that left a band downwards (an evaluation after training near the card's
     # end) and climbs from below it is not in it, however its old top still fits. "Near" is a quarter of the band's
@@ -613,4 +622,63 @@ def band_top(view: View, start: float, config: DetectorConfig, *, lookback_secon
     slack = max(float(config.min_rise_bytes), (top - min(both)) / 4)
     last_top = max(i for i, v in enumerate(before.v) if v >= top - slack)
     since = both[last_top + 1 :]
-    return top if not since or min(since) >= min(both[: last_top + 1]) - slack else None
+    if not since or min(since) >= min(both[: last_top + 1]) - slack:
+        newest = max(i for i, v in enumerate(before.v) if v == top)
+        return _Band(top, before.t[newest], top - before.min())
+    # It left that band downwards (or that top was a validation's spike above the sawtooth it went back to): its band
+    # is the one it saws in since, if it does. A run that came down and climbs from there has none.
+    if last_top + 1 >= len(before):
+        return None
+    return _band(view, start, config, start - before.t[last_top + 1])
+
+
+def _saws(values: Sequence[float], config: DetectorConfig) -> bool:
+    """The values fell by more than `min_rise_bytes` below the highest since their last such fall `BAND_FALLS` times."""
+    falls, high = 0, values[0] if len(values) else 0.0
+    for v in values:
+        if v < high - config.min_rise_bytes:
+            falls, high = falls + 1, v
+            if falls >= BAND_FALLS:
+                return True
+        elif v > high:
+            high = v
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Peaks:
+    """How a sawing series' peaks moved over a window (`peaks`)."""
+
+    #: How fast its peaks rose above its band's top in the window (0 when they did not).
+    bytes_per_second: float
+    #: The peak it saws up to now (its band's top, or the most it held since, if more): what reaches the card's end
+    #: first.
+    top_bytes: float
+    #: When it was last at that peak.
+    top_t: float
+    #: The band's height: its top less the least it held in the look-back (with what a leak beneath it added there).
+    height_bytes: float
+
+
+def peaks(view: View, start: float, config: DetectorConfig, *, lookback_seconds: float) -> Peaks | None:
+    """For a series that saws in a band (`_band`, over the `lookback_seconds` before `start`): how fast its peaks rose
+    above the band's top from `start` on, the top it saws up to now, and the band's height; None when it does not live
+    in a band, or holds too few reads.
+
+    What fills the card is a sawtooth's peaks. Its floor in a window shorter than the band is tall rises at whatever
+    the phases of its reads make of it: a 5 MB/s leak beneath a 3 GiB sawtooth reads as 150-200 MB/s over 15 s by
+    chance ("full in ~80 s" half an hour early). Its peaks cannot: the band's top is a peak it reached (minutes of
+    reads, every phase), and the window's most cannot pass it by more than the leak (or a new load) added. Divided by
+    the window's length, the rise understates a leak that began within the window (by the part of it before), so it
+    bounds only a rate that is mostly chance (`forecast`: a window that rose less than the band is tall).
+    """
+    band = _band(view, start, config, lookback_seconds)
+    window = view.since(start)
+    if band is None or len(window) < 2 or window.t[-1] <= start:
+        return None
+    most = window.max()
+    if most <= band.top_bytes:
+        return Peaks(0.0, band.top_bytes, band.top_t, band.height_bytes)
+    newest = max(i for i, v in enumerate(window.v) if v == most)
+    rate = (most - band.top_bytes) / (window.t[-1] - start)
+    return Peaks(rate, most, window.t[newest], band.height_bytes)
