@@ -90,6 +90,17 @@ def falls(ctx: GpuContext, series: View, memory_seconds: float = CEILING_MEMORY_
     several points in a row (PyTorch's flush seen half done) is one fall, from the first of them."""
     config = ctx.config
     recent = series.since(ctx.now - memory_seconds)
+    if not len(recent):
+        return []
+    # The card was never full in that time (every free read there, and the one the oldest point reads, above the
+    # ceiling): no fall can be from a full card. Two C-level looks instead of one per drop (a sawtooth drops at every
+    # read).
+    before = ctx.free.value_at(recent.t[0])
+    after = ctx.free.since(recent.t[0])
+    if (before is None or before > config.ceiling_free_bytes) and (
+        not len(after) or after.min() > config.ceiling_free_bytes
+    ):
+        return []
     ts, vs = recent.t, recent.v
     out: list[Fall] = []
     for k in range(len(vs) - 2, -1, -1):

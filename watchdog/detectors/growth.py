@@ -620,10 +620,11 @@ def _band(view: View, start: float, config: DetectorConfig, lookback_seconds: fl
     # height: a ramp's peaks and troughs vary by a few hundred MiB from one to the next.
     both = view.since(start - lookback_seconds).v
     slack = max(float(config.min_rise_bytes), (top - min(both)) / 4)
-    last_top = max(i for i, v in enumerate(before.v) if v >= top - slack)
+    vs = before.v
+    last_top = next(i for i in range(len(vs) - 1, -1, -1) if vs[i] >= top - slack)  # from the newest: most are near
     since = both[last_top + 1 :]
     if not since or min(since) >= min(both[: last_top + 1]) - slack:
-        newest = max(i for i, v in enumerate(before.v) if v == top)
+        newest = next(i for i in range(len(vs) - 1, -1, -1) if vs[i] == top)
         return _Band(top, before.t[newest], top - before.min())
     # It left that band downwards (or that top was a validation's spike above the sawtooth it went back to): its band
     # is the one it saws in since, if it does. A run that came down and climbs from there has none.
@@ -679,6 +680,7 @@ def peaks(view: View, start: float, config: DetectorConfig, *, lookback_seconds:
     most = window.max()
     if most <= band.top_bytes:
         return Peaks(0.0, band.top_bytes, band.top_t, band.height_bytes)
-    newest = max(i for i, v in enumerate(window.v) if v == most)
+    vs = window.v
+    newest = next(i for i in range(len(vs) - 1, -1, -1) if vs[i] == most)
     rate = (most - band.top_bytes) / (window.t[-1] - start)
     return Peaks(rate, most, window.t[newest], band.height_bytes)
