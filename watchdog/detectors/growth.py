@@ -575,6 +575,21 @@ def retakes_without_rising(view: View, start: float, config: DetectorConfig) -> 
 BAND_FALLS = 3
 
 
+@dataclass(frozen=True, slots=True)
+class Peaks:
+    """How a sawing series' peaks moved over a window (`peaks`)."""
+
+    #: How fast its peaks rose above its band's top in the window (0 when they did not).
+    bytes_per_second: float
+    #: The peak it saws up to now (its band's top, or the most it held since, if more): what reaches the card's end
+    #: first.
+    top_bytes: float
+    #: When it was last at that peak.
+    top_t: float
+    #: The band's height: its top less the least it held in the look-back (with what a leak beneath it added there).
+    height_bytes: float
+
+
 def band_top(view: View, start: float, config: DetectorConfig, *, lookback_seconds: float) -> float | None:
     """The top of the band the series sawed in during the `lookback_seconds` before `start`, when from `start` on it
     never rose above it by `min_rise_bytes`; else None (no band there, or the series left it).
@@ -598,18 +613,10 @@ def band_top(view: View, start: float, config: DetectorConfig, *, lookback_secon
     return band.top_bytes
 
 
-@dataclass(frozen=True, slots=True)
-class _Band:
-    """A band a series saws in (`_band`): its top, when it was last there, and its height (its top less its least)."""
-
-    top_bytes: float
-    top_t: float
-    height_bytes: float
-
-
-def _band(view: View, start: float, config: DetectorConfig, lookback_seconds: float) -> _Band | None:
+def _band(view: View, start: float, config: DetectorConfig, lookback_seconds: float) -> Peaks | None:
     """The band the series sawed in during the `lookback_seconds` before `start` (it fell `BAND_FALLS` times or more
-    there), when it still lives in it; else None. What `band_top` and `peaks` call a band."""
+    there), when it still lives in it, as the peaks it saws up to before `start` (rising at 0 above its own top); else
+    None. What `band_top` and `peaks` call a band."""
     before = view.between(start - lookback_seconds, start)
     if len(before) <= BAND_FALLS or not _saws(before.v, config):
         return None
@@ -625,7 +632,7 @@ def _band(view: View, start: float, config: DetectorConfig, lookback_seconds: fl
     since = both[last_top + 1 :]
     if not since or min(since) >= min(both[: last_top + 1]) - slack:
         newest = next(i for i in range(len(vs) - 1, -1, -1) if vs[i] == top)
-        return _Band(top, before.t[newest], top - before.min())
+        return Peaks(0.0, top, before.t[newest], top - before.min())
     # It left that band downwards (or that top was a validation's spike above the sawtooth it went back to): its band
     # is the one it saws in since, if it does. A run that came down and climbs from there has none.
     if last_top + 1 >= len(before):
@@ -646,21 +653,6 @@ def _saws(values: Sequence[float], config: DetectorConfig) -> bool:
     return False
 
 
-@dataclass(frozen=True, slots=True)
-class Peaks:
-    """How a sawing series' peaks moved over a window (`peaks`)."""
-
-    #: How fast its peaks rose above its band's top in the window (0 when they did not).
-    bytes_per_second: float
-    #: The peak it saws up to now (its band's top, or the most it held since, if more): what reaches the card's end
-    #: first.
-    top_bytes: float
-    #: When it was last at that peak.
-    top_t: float
-    #: The band's height: its top less the least it held in the look-back (with what a leak beneath it added there).
-    height_bytes: float
-
-
 def peaks(view: View, start: float, config: DetectorConfig, *, lookback_seconds: float) -> Peaks | None:
     """For a series that saws in a band (`_band`, over the `lookback_seconds` before `start`): how fast its peaks rose
     above the band's top from `start` on, the top it saws up to now, and the band's height; None when it does not live
@@ -679,7 +671,7 @@ def peaks(view: View, start: float, config: DetectorConfig, *, lookback_seconds:
         return None
     most = window.max()
     if most <= band.top_bytes:
-        return Peaks(0.0, band.top_bytes, band.top_t, band.height_bytes)
+        return band
     vs = window.v
     newest = next(i for i in range(len(vs) - 1, -1, -1) if vs[i] == most)
     rate = (most - band.top_bytes) / (window.t[-1] - start)
