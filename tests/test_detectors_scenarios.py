@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from array import array
 from collections.abc import Callable, Mapping
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from vramwatch.detectors import DetectorConfig, FindingTracker, analyze
-from vramwatch.detectors.forecast import ForecastConfig
+from vramwatch.detectors._series import View
+from vramwatch.detectors.forecast import ForecastConfig, _card_climb
 from vramwatch.detectors.testing import GIB, MIB, WALL0, Card, Replay, Rig, meta, replay, ticks
 from vramwatch.history import History
 from vramwatch.model import ProcessExit, ProcessMeta, Severity
@@ -848,6 +850,69 @@ def test_a_lost_gpu_is_skipped_and_the_other_still_watched() -> None:
     assert "GPU-1" not in result.last.gpu_growth
 
 
+HIDDEN = Rig(metas={555: meta(555, start_time=WALL0 - 3600.0), 4242: meta(4242)}, visible=False)
+
+
+CARD_CLIMBS: dict[str, tuple[Callable[[float], float], float | None]] = {
+    # name: (the card's used bytes at t, read once a second up to 600 s; when its climb began, or None)
+    "a plateau, then a load from 560 s": (lambda t: 8 * GIB + max(0.0, t - 560) * 200e6, 560.0),
+    "two loads, the second from 560 s": (
+        lambda t: 8 * GIB + (t >= 500) * 4 * GIB + max(0.0, t - 560) * 200e6,
+        560.0,
+    ),
+    "rising for the whole three minutes": (lambda t: 8 * GIB + t * 20e6, None),
+    "a plateau, then less than min_rise_bytes": (lambda t: 8 * GIB + max(0.0, t - 590) * 10e6, None),
+    "a neighbour sawing, a load from its trough at 574 s": (
+        lambda t: 8 * GIB + (int(t) % 7) * 0.5 * GIB + max(0.0, t - 574) * 300e6,
+        574.0,
+    ),
+    "held still now": (lambda t: 8 * GIB + min(max(0.0, t - 500), 40.0) * 100e6, None),
+}
+
+
+@pytest.mark.parametrize("name", list(CARD_CLIMBS))
+def test_card_climb(name: str) -> None:
+    """Where no process is seen, the card's climb began where it last held still, or at its newest least when it never
+    did (not where the three minutes begin), if it rose by more than min_rise_bytes since."""
+    fn, expected = CARD_CLIMBS[name]
+    ts = [float(t) for t in range(601)]
+    used = View(array("d", ts), array("d", [float(math.ceil(fn(t))) for t in ts]))
+    assert _card_climb(used, 600.0, ForecastConfig(), DetectorConfig()) == expected
+
+
+def test_a_run_loading_next_to_a_server_on_a_card_whose_pids_are_hidden_is_not_a_firm_leak() -> None:
+    """Pids hidden, a run that starts next to an old 8 GiB server and loads 13.5 GiB in 20 s (the card then 1.9 GiB
+    from full) raises nothing: the card's climb from a plateau is a load until it stops (until 2026-12-07, "GPU 0 grows
+    805 MB/s; the card is full in ~8 s", a firm critical 13 s into the load)."""
+
+    def usage(t: float) -> dict[int, int]:
+        if t < 600:
+            return {555: 8 * GIB}
+        u = t - 600
+        return {555: 8 * GIB, 4242: int(500 * MIB + min(1.0, u / 12) * 9 * GIB + (u >= 16) * 3 * GIB + (u >= 18) * GIB)}
+
+    assert run(usage, 1200, rig=HIDDEN, until_full=False).raised == []
+
+
+def test_a_fast_leak_on_a_card_whose_pids_are_hidden_is_forecast_a_minute_ahead() -> None:
+    """Pids hidden, a run on its 10 GiB plateau for ten minutes that leaks 150 MB/s is forecast critical a minute or
+    more before its OOM, tentatively (NVML cannot tell its climb from a run's load while it lasts three minutes), and
+    a 20 MB/s one firm, two minutes ahead."""
+    fast = run(lambda t: {4242: 10 * GIB + int(max(0.0, t - 600) * 150e6)}, 3000, rig=HIDDEN)
+    crit = fast.first("oom_forecast", critical=True)
+    assert crit is not None
+    assert crit.tentative is not None
+    assert oom_time(lambda t: {4242: 10 * GIB + int(max(0.0, t - 600) * 150e6)}, 3000) - crit.t >= 60
+
+    def slow(t: float) -> dict[int, int]:
+        return {4242: 10 * GIB + int(max(0.0, t - 600) * 20e6)}
+
+    crit = run(slow, 3000, rig=HIDDEN).first("oom_forecast", critical=True)
+    assert crit is not None
+    assert crit.tentative is None
+    assert oom_time(slow, 3000) - crit.t >= 120
+
+
 def test_hidden_pids_still_give_device_findings() -> None:
     """Without visible pids (a container), a leak is still found on the device, with no process named."""
     rows = [(t, slow_leak(t)) for t in ticks(0.0, 1500, 5.0)]
@@ -1079,18 +1144,23 @@ OLD = Rig(metas={4242: meta(4242, start_time=WALL0 - 3600.0)})
 
 
 @pytest.mark.parametrize(
-    ("seed", "seconds", "raised_before"),
+    ("seed", "seconds", "visible", "raised_before"),
     [
         # Its floor and peaks rose through every part of 900-915 s, within the band: "grows 167 MB/s, full in ~2 min".
-        (1, 920, "a firm critical forecast at 915 s"),
+        (1, 920, True, "a firm critical forecast at 915 s"),
         # Its floors rose 0.1 GiB in four minutes by chance: "grows 0.7 MB/s (+0.1 GiB in 4 min)", a leak claim.
-        (2, 1520, "a growth warning at 1,513 s"),
+        (2, 1520, True, "a growth warning at 1,513 s"),
+        # The same, its pids hidden: "GPU 0 grows 0.7 MB/s and no single process explains it", until 2026-12-07.
+        (2, 1520, False, "a growth warning about the card at 1,513 s"),
     ],
 )
-def test_a_run_sawing_in_the_band_it_lived_in_is_no_grower(seed: int, seconds: float, raised_before: str) -> None:
-    """A healthy old run sawing by 3 GiB below an 8.5 GiB peak, read at random phases, raises nothing (`raised_before`
-    this rule: warmups.py's sawtooth model, the draws that found it)."""
-    result = run(sawing_band(520 * MIB + 8 * GIB, 3 * GIB, seed), seconds, rig=OLD, until_full=False)
+def test_a_run_sawing_in_the_band_it_lived_in_is_no_grower(
+    seed: int, seconds: float, visible: bool, raised_before: str
+) -> None:
+    """A healthy old run sawing by 3 GiB below an 8.5 GiB peak, read at random phases, raises nothing, its pids visible
+    or not (`raised_before` this rule: warmups.py's sawtooth model, the draws that found it)."""
+    rig = dataclasses.replace(OLD, visible=visible)
+    result = run(sawing_band(520 * MIB + 8 * GIB, 3 * GIB, seed), seconds, rig=rig, until_full=False)
     assert result.raised == []
 
 
@@ -1098,11 +1168,15 @@ def test_a_run_sawing_in_the_band_it_lived_in_is_no_grower(seed: int, seconds: f
     peak=st.integers(6, 20).map(lambda g: g * GIB),
     amplitude=st.sampled_from([GIB // 2, GIB, 2 * GIB, 3 * GIB]),
     seed=st.integers(0, 2**16),
+    visible=st.booleans(),
 )
 @settings(max_examples=6, deadline=None)
-def test_no_sawing_band_is_claimed_or_forecast(peak: int, amplitude: int, seed: int) -> None:
-    """An old run sawing in a fixed band at random phases, with room above its peak, raises no finding in 20 min."""
-    result = run(sawing_band(peak, amplitude, seed), 1200, rig=OLD, until_full=False)
+def test_no_sawing_band_is_claimed_or_forecast(peak: int, amplitude: int, seed: int, visible: bool) -> None:
+    """An old run sawing in a fixed band at random phases, with room above its peak, raises no finding in 20 min, its
+    pids visible or not."""
+    result = run(
+        sawing_band(peak, amplitude, seed), 1200, rig=dataclasses.replace(OLD, visible=visible), until_full=False
+    )
     assert [f.message for f in result.raised] == []
 
 
@@ -1136,13 +1210,15 @@ def test_a_leak_from_below_a_band_the_run_left_is_forecast_as_before() -> None:
     assert oom_time(usage, 1200) - crit.t >= 80
 
 
+@pytest.mark.parametrize("visible", [True, False])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_a_slow_leak_beneath_a_sawtooth_is_forecast_at_its_own_rate(seed: int) -> None:
+def test_a_slow_leak_beneath_a_sawtooth_is_forecast_at_its_own_rate(seed: int, visible: bool) -> None:
     """A 5 MB/s leak beneath a 3 GiB sawtooth read at random phases is forecast at about its own rate, critical within
-    ten minutes of its OOM and a minute ahead at least (seed 1, before the peaks bound: "grows 172 MB/s", a firm
-    critical half an hour early)."""
+    ten minutes of its OOM and a minute ahead at least, also where the pids are not visible (seed 1, before the peaks
+    bound: "grows 172 MB/s", a firm critical half an hour early; hidden, before the card was its own grower: "grows
+    163 MB/s")."""
     usage = sawing_band(14 * GIB, 3 * GIB, seed, leak=5e6, leak_from=600.0)
-    result = run(usage, 4000, rig=OLD)
+    result = run(usage, 4000, rig=dataclasses.replace(OLD, visible=visible))
     oom = oom_time(usage, 4000)
     forecasts = [f for f in result.raised if f.kind == "oom_forecast"]
     assert [f.numbers["rate_bytes_per_second"] for f in forecasts if f.numbers["rate_bytes_per_second"] > 15e6] == []
@@ -1150,6 +1226,19 @@ def test_a_slow_leak_beneath_a_sawtooth_is_forecast_at_its_own_rate(seed: int) -
     assert crit is not None
     assert crit.tentative is None
     assert 60 <= oom - crit.t <= 600
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_slow_leak_claim_beneath_a_sawtooth_counts_the_room_above_its_peak(seed: int) -> None:
+    """The leak claim of a 5 MB/s leak beneath a 3 GiB sawtooth says the card is full within 15 % of the time that was
+    left, as the forecast counts the room: above the peak (from the read's phase, "~44 min" where 32 were left)."""
+    usage = sawing_band(14 * GIB, 3 * GIB, seed, leak=5e6, leak_from=600.0)
+    result = run(usage, 3000, rig=OLD)
+    claim = result.first("growth")
+    assert claim is not None
+    assert claim.eta_seconds is not None
+    left = oom_time(usage, 3000) - claim.t
+    assert 0.85 * left <= claim.eta_seconds <= 1.15 * left
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -18,6 +18,8 @@ peak for 20 s) that ends as the leak begins. The median lead (seconds before the
 its first critical forecast and of its first firm one, and how many had none; and what that first critical forecast
 claimed against the truth (its rate over the leak's, its ETA over the time that was left: a rate many times the
 leak's is a chance window, a critical that a policy acts on half an hour early).
+`--hidden`: the same draws where the daemon cannot see the pids (a container without the host's pid namespace): NVML
+lists no process, and only the card's own series is judged.
 The cases are the script's own draws, not a recording: `score.py`'s corpus is the real one.
 """
 
@@ -56,15 +58,16 @@ def sawing(
     return out
 
 
-def rig(*, old: bool) -> Rig:
-    return Rig(cards=(warmups.CARD,), metas={warmups.PID: meta(warmups.PID, start_time=WALL0 - (3600.0 if old else 0))})
+def rig(*, old: bool, hidden: bool = False) -> Rig:
+    made = Rig(cards=(warmups.CARD,), metas={warmups.PID: meta(warmups.PID, start_time=WALL0 - (3600.0 if old else 0))})
+    return warmups.hide(made) if hidden else made
 
 
-def healthy(case: tuple[float, float, float, bool, int]) -> tuple[str | None, str]:
+def healthy(case: tuple[float, float, float, bool, int, bool]) -> tuple[str | None, str]:
     """(the worst finding about the run, the case and what was raised)."""
-    peak, amplitude, step, old, seed = case
+    peak, amplitude, step, old, seed, hidden = case
     rows = sawing(peak * GIB, amplitude * GIB, step, seed, seconds=3600.0, young=not old)
-    found = [f for f in replay(rows, rig(old=old)).raised if old or f.t >= 300.0]
+    found = [f for f in replay(rows, rig(old=old, hidden=hidden)).raised if old or f.t >= 300.0]
     said = "; ".join(
         f"t={f.t:.0f} {f.severity.value}{' (tentative)' if f.tentative else ''} {f.kind.value}: {f.message}"
         for f in found
@@ -77,10 +80,10 @@ def healthy(case: tuple[float, float, float, bool, int]) -> tuple[str | None, st
 Leads = tuple[float | None, float | None, float | None]
 
 
-def leaky(case: tuple[float, float, float, bool, int]) -> tuple[Leads, tuple[float, float] | None]:
+def leaky(case: tuple[float, float, float, bool, int, bool]) -> tuple[Leads, tuple[float, float] | None]:
     """The leads (seconds before the OOM) of the first growth claim, critical forecast and firm one (None: none), and
     what the first critical forecast said: its rate over the leak's, its ETA over the time that was left."""
-    rate, amplitude, peak, validation, seed = case
+    rate, amplitude, peak, validation, seed, hidden = case
     rows = []
     for t, usage in sawing(peak * GIB, amplitude * GIB, 0.5, seed, seconds=7200.0):
         held = usage[warmups.PID] + rate * 1e6 * max(0.0, t - LEAK_FROM)
@@ -90,7 +93,7 @@ def leaky(case: tuple[float, float, float, bool, int]) -> tuple[Leads, tuple[flo
             break  # the OOM: this step's peak does not fit
         rows.append((t, {warmups.PID: math.ceil(held / (2 * MIB)) * 2 * MIB}))
     oom = rows[-1][0] + 1.0
-    raised = [f for f in replay(rows, rig(old=True)).raised if f.t >= LEAK_FROM]
+    raised = [f for f in replay(rows, rig(old=True, hidden=hidden)).raised if f.t >= LEAK_FROM]
     claims = [f.t for f in raised if f.kind.value == "growth"]
     critical = [f for f in raised if f.kind.value == "oom_forecast" and f.severity.value == "critical"]
     said = None
@@ -106,17 +109,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the draws' seed")
     ap.add_argument("--quiet", action="store_true", help="the tables only, not each healthy run with a finding")
     ap.add_argument("--no-leaks", action="store_true", help="the healthy runs only")
+    ap.add_argument("--hidden", action="store_true", help="the daemon cannot see the pids: no process is listed")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     cases = []
     for k in range(args.healthy):
         peak = rng.uniform(4, warmups.AFTERNOON_ROOM / GIB)
         amplitude = min(rng.uniform(0.25, 4), 0.8 * (peak - warmups.CONTEXT / GIB))
-        cases.append((peak, amplitude, rng.uniform(0.3, 8), k % 2 == 0, rng.randint(0, 999)))
+        cases.append((peak, amplitude, rng.uniform(0.3, 8), k % 2 == 0, rng.randint(0, 999), args.hidden))
     leaks = (
         []
         if args.no_leaks
-        else list(itertools.product((5, 20, 100), (0.5, 1.0, 2.0, 3.0), (8, 12), (False, True), (0, 1)))
+        else list(itertools.product((5, 20, 100), (0.5, 1.0, 2.0, 3.0), (8, 12), (False, True), (0, 1), (args.hidden,)))
     )
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         judged = list(pool.map(healthy, cases, chunksize=4))
@@ -125,7 +129,8 @@ def main() -> None:
         for w, said in judged:
             if w is not None:
                 print(said)
-    print(f"| healthy sawing runs, an hour each (`--seed {args.seed}`) | {' | '.join(WORST)} | any |")
+    hidden = ", pids hidden" if args.hidden else ""
+    print(f"| healthy sawing runs, an hour each (`--seed {args.seed}`{hidden}) | {' | '.join(WORST)} | any |")
     print("| ---: |" + " ---: |" * (len(WORST) + 1))
     counts = [sum(1 for w, _ in judged if w == name) for name in WORST]
     print(f"| {len(judged)} | {' | '.join(map(str, counts))} | {sum(counts)} |")

@@ -6,7 +6,9 @@
     python benchmarks/detection/warmups.py --quiet --family afternoon --restart-at 300,900,1500
 
 `--restart-at S,...` replays each case from S seconds on, once per S: a daemon (re)started then finds the runs
-already on the card (their start times say how old they are), mid-load or mid-give-back as it happens.
+already on the card (their start times say how old they are), mid-load or mid-give-back as it happens. `--hidden`
+replays each case as a daemon that cannot see the pids does (a container without the host's pid namespace): only the
+card's own series is judged.
 
 Synthetic runs on one 24 GiB card, read once a second, young (it appears at t = 0) unless said otherwise, and
 healthy: it fits the card and ends flat or in a sawtooth, so every finding it raises is false. Six families, every
@@ -59,9 +61,10 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from vramwatch.detectors.testing import GIB, MIB, WALL0, Card, Rig, meta, replay, ticks
-from vramwatch.model import Finding
+from vramwatch.model import Finding, Snapshot
 
 CARD = Card()
 CONTEXT = 520 * MIB
@@ -314,12 +317,14 @@ def tally(
     each: Callable[[Case, list[Finding]], None] | None = None,
     families: Sequence[str] = (),
     restarts: Sequence[float] = (),
+    hidden: bool = False,
 ) -> dict[str, list[int]]:
     """Replay every case that fits the card (of `families`, or all): per family, the runs, then how many of them
     each check is true of (given the findings the run raised); `each` sees every run as it is replayed.
 
     With `restarts`, each case is replayed once per time S in it instead, from its first tick at or after S: a
-    daemon (re)started then, which finds the runs already on the card (a row per family and S)."""
+    daemon (re)started then, which finds the runs already on the card (a row per family and S). `hidden`: the daemon
+    cannot see the pids (`hide`)."""
     totals: dict[str, list[int]] = {}
     for case in cases():
         if families and case.family not in families:
@@ -328,6 +333,7 @@ def tally(
         if built is None:
             continue
         rows, rig = built
+        rig = hide(rig) if hidden else rig
         for at in restarts or (None,):
             seen = rows if at is None else [(t, usage) for t, usage in rows if t >= at]
             if len(seen) < RESTART_MIN_TICKS:
@@ -346,6 +352,19 @@ def tally(
     return totals
 
 
+class _Hidden(Rig):
+    """A rig whose snapshots list no process (`Rig.snapshot(visible=False)`, which older trees take too)."""
+
+    def snapshot(self, t: float, usage: Any, *, visible: bool | None = None) -> Snapshot:  # noqa: ARG002
+        return super().snapshot(t, usage, visible=False)
+
+
+def hide(rig: Rig) -> Rig:
+    """`rig` as a daemon sees it from a container without the host's pid namespace: NVML lists no process it can
+    see, and only the card's own series is judged."""
+    return _Hidden(**{f.name: getattr(rig, f.name) for f in dataclasses.fields(rig)})
+
+
 #: A restart this close to a case's end leaves too little to judge: the case is left out for that restart.
 RESTART_MIN_TICKS = 30
 
@@ -360,6 +379,7 @@ def main() -> None:
         metavar="S[,S...]",
         help="replay each case from S seconds on: a daemon restarted then, the runs already there",
     )
+    ap.add_argument("--hidden", action="store_true", help="the daemon cannot see the pids: no process is listed")
     args = ap.parse_args()
 
     def say(case: Case, raised: list[Finding]) -> None:
@@ -380,6 +400,7 @@ def main() -> None:
         each=say,
         families=args.family,
         restarts=[float(v) for v in args.restart_at.split(",") if v],
+        hidden=args.hidden,
     )
     print("| family | healthy runs | with a finding | with a critical one | with a firm critical one |")
     print("| --- | ---: | ---: | ---: | ---: |")

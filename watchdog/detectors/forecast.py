@@ -66,7 +66,7 @@ from ._series import View, first_still, view
 from ._settings import fraction, non_negative, setting, validate
 from .base import Detector, Forecast, Observation, Quorum
 from .config import BARE_CONTEXT_BYTES, DetectorConfig
-from .growth import Fit, Profile, Rate, band_top, peaks, profile, retakes_without_rising
+from .growth import Fit, Peaks, Profile, Rate, band_top, peaks, profile, retakes_without_rising
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,18 +112,21 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
     # that began, and what a critical forecast says of it.
     appeared, caveat, began = None, None, None
     track = history.trees.get((growers[0][0].key, ctx.uuid)) if growers else None
+    # The grower's own series; without the processes' series (pids not visible, none listed), the card is the grower as
+    # far as anyone knows, and what a tree's climb is asked is asked of the card's.
+    series = view(track.series) if track is not None else ctx.used if growers is None else None
     if growers and track is not None:
         if warming and _warming(track, ctx.now, own, config):
             caveat = _young(ctx, growers[0][0], track, own)
             appeared = track.first_seen if caveat is not None else None
-            began = None if caveat is None else _newest_low(track, config)
+            began = None if caveat is None else _newest_low(view(track.series), config)
         climb = growers[0][1] if caveat is None else None
         if climb is not None and not climb.held_still:
             # A load's climb, as a young grower's: only a critical forecast is raised about it, and tentatively.
             appeared, caveat, warming, began = climb.began, climb.caveat(ctx.now), True, climb.began
         elif caveat is None and (unseen := _unseen_past(ctx, growers[0][0], track, own)) is not None:
             # Its past is unknown (a daemon restart): as a young grower's, from where its climb began.
-            began = _newest_low(track, config)
+            began = _newest_low(view(track.series), config)
             appeared, caveat, warming = began, unseen, True
         if caveat is None and growers[0][2] is not None:
             # It lived through the card's end, and its troughs rise on the newest alone: told, and tentative.
@@ -132,6 +135,16 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
             # Its agent says the climb is PyTorch's cache: told, and tentative (a policy asks the run to save and ends
             # nothing), not dropped: a peak that 1 Hz reads miss, or a neighbour starved of the room, can still OOM.
             caveat = CACHE_CAVEAT
+    elif growers is None:
+        if within_band(ctx, ctx.used, steepest, own):
+            return  # the card saws in the band it lived in, with room for its top (as a tree that does is no grower)
+        if (unseen := _card_unseen(ctx, own)) is not None:
+            # What the card held before vramwatch first read it is unknown, as a run's after a restart (`_unseen_past`).
+            began = _newest_low(ctx.used, config)
+            appeared, caveat, warming = began, unseen, True
+        elif (began := _card_climb(ctx.used, ctx.now, own, config)) is not None:
+            # A climb of minutes at most: a run's load that vramwatch cannot see arrive, or a leak; as a young run's.
+            appeared, caveat, warming = began, _card_caveat(ctx, began), True
     eta, finding = detect_oom_forecast(
         ctx,
         ctx.device,
@@ -141,14 +154,14 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
         own=own,
         appeared=appeared,
         caveat=caveat,
-        sawing=None if track is None else view(track.series),
+        sawing=series,
         growers_rate=sum(g[3] for g in growers) if growers else None,
     )
     if eta is not None:
         yield Forecast(ctx.uuid, *eta)
     # A load's climb shorter than most loads: its ETA is shown, nothing is raised yet (a leak's climb goes on). Its
     # length runs to its last rise: a load that stopped short of it is not raised while its windows still rise.
-    if finding is not None and (began is None or _climbed(track, began, config) >= own.forecast_load_seconds):
+    if finding is not None and (began is None or _climbed(series, began, config) >= own.forecast_load_seconds):
         yield finding
 
 
@@ -264,27 +277,21 @@ def detect_oom_forecast(
 def _by_peaks(
     ctx: GpuContext, device: Profile, fit: Fit, own: ForecastConfig, *, grower: View | None, growers_rate: float | None
 ) -> tuple[Rate, int]:
-    """The fit's current rate (sustained by the forecast's test) and the card's room. Of a card that saws in a band
-    (`growth.peaks`, over the look-back `within_band` takes), the room is what is left above the peak it saws up to: a
-    sawtooth runs out of memory at its peak, not at the phase a read caught. A window that rose less than the card's
-    band is tall rose mostly by the phases of its reads, and its rate is held, no lower than the card's floor over its
-    longest window (an honest average, if late for a leak that just began):
+    """The fit's current rate (sustained by the forecast's test) and the card's room (`room_bytes`). Of a card that
+    saws in a band, a window that rose less than the card's band is tall rose mostly by the phases of its reads, and its
+    rate is held, no lower than the card's floor over its longest window (an honest average, if late for a leak that
+    just began):
     - when the named `grower` saws in a band itself, to the pace of the peaks: the card's or the grower's own,
       whichever rose faster (the card's, a sum of sawtooths at other phases, can read low; a short window's peaks are a
-      few reads, and understate a leak that began within the window); a peak read in the window is carried on at the
-      rate to now (1 Hz reads aliased against its step can miss the next peaks for tens of seconds while a leak raises
-      them);
+      few reads, and understate a leak that began within the window);
     - when it does not (a leak next to a neighbour that saws), to the growers' own rates (`growers_rate`), which no
       neighbour's phases reach.
-    A card that does not saw, or that fell from its end in that time (its peaks are the card's end and cannot rise: what
-    rises to the OOM is its troughs, `ceiling.riding`'s question): the fit's rate and the card's free memory."""
+    A card that does not saw, or that fell from its end in that time: the fit's rate."""
     rate = dataclasses.replace(fit.rate(ctx.config), sustained=True)
-    free = ctx.free_bytes if ctx.free_bytes is not None else 0
-    lookback = max(fit.span_seconds, own.forecast_warmup_seconds)
-    saw = peaks(ctx.used, fit.xs[0], ctx.config, lookback_seconds=lookback)
-    if saw is None or ceiling.falls(ctx, ctx.used, memory_seconds=ctx.now - fit.xs[0] + lookback):
-        return rate, free
-    mine = None if grower is None else peaks(grower, fit.xs[0], ctx.config, lookback_seconds=lookback)
+    band = _sawing(ctx, fit, own, grower)
+    if band is None:
+        return rate, _room(ctx, None, None, fit, rate)
+    saw, mine = band
     if fit.rise_bytes < saw.height_bytes:
         longest = device.fits[-1].bytes_per_second if device.fits else 0.0
         if mine is not None:
@@ -293,9 +300,38 @@ def _by_peaks(
             pace = None if growers_rate is None else max(saw.bytes_per_second, growers_rate, longest)
         if pace is not None and pace < rate.bytes_per_second:
             rate = dataclasses.replace(rate, bytes_per_second=pace)
+    return rate, _room(ctx, saw, mine, fit, rate)
+
+
+def room_bytes(ctx: GpuContext, fit: Fit, rate: Rate, own: ForecastConfig, *, grower: View | None) -> int:
+    """The room left for a growth read by `fit` at `rate` before the card is full: its free memory, less, on a card
+    that saws in a band (`growth.peaks`, over the look-back `within_band` takes) and did not fall from its end in that
+    time, what its peak takes above the read's phase. A sawtooth runs out of memory at its peak, not at the phase a
+    read caught. When the `grower` (its series) saws too, a peak read in the window is carried on at the rate to now:
+    1 Hz reads aliased against its step can miss the next peaks for tens of seconds while a leak raises them. A card
+    that fell from its end: its peaks are the card's end and cannot rise, what rises to the OOM is its troughs
+    (`ceiling.riding`'s question), and the room is its free memory. The one rule of the room, for the forecast and
+    the leak claim's ETA alike."""
+    band = _sawing(ctx, fit, own, grower)
+    return _room(ctx, None, None, fit, rate) if band is None else _room(ctx, *band, fit, rate)
+
+
+def _sawing(ctx: GpuContext, fit: Fit, own: ForecastConfig, grower: View | None) -> tuple[Peaks, Peaks | None] | None:
+    """The card's band and the grower's (None: it does not saw), when the card saws in one and did not fall from its
+    end over the fit's window and its look-back; else None."""
+    lookback = max(fit.span_seconds, own.forecast_warmup_seconds)
+    saw = peaks(ctx.used, fit.xs[0], ctx.config, lookback_seconds=lookback)
+    if saw is None or ceiling.falls(ctx, ctx.used, memory_seconds=ctx.now - fit.xs[0] + lookback):
+        return None
+    return saw, None if grower is None else peaks(grower, fit.xs[0], ctx.config, lookback_seconds=lookback)
+
+
+def _room(ctx: GpuContext, saw: Peaks | None, mine: Peaks | None, fit: Fit, rate: Rate) -> int:
+    free = ctx.free_bytes if ctx.free_bytes is not None else 0
+    if saw is None:
+        return free
     since = ctx.now - saw.top_t if mine is not None and saw.top_t >= fit.xs[0] else 0.0
-    free -= max(0, round(saw.top_bytes + rate.bytes_per_second * since - ctx.used.last_value))
-    return rate, free
+    return free - max(0, round(saw.top_bytes + rate.bytes_per_second * since - ctx.used.last_value))
 
 
 def _steepest(device: Profile, config: DetectorConfig) -> Fit | None:
@@ -555,20 +591,20 @@ def _unseen_low(ts: Sequence[float], vs: Sequence[float], i: int) -> float:
     return vs[i] - max(0.0, slope) * (ts[i] - ts[i - 1])
 
 
-def _climbed(track: Track | None, began: float, config: DetectorConfig) -> float:
+def _climbed(series: View | None, began: float, config: DetectorConfig) -> float:
     """Seconds from `began` to the grower's newest rise (a point above the one before by more than `noise_bytes`)."""
-    if track is None:
+    if series is None:
         return 0.0
-    climb = view(track.series).since(began)
+    climb = series.since(began)
     ts, vs = climb.t, climb.v
     last = next((ts[k] for k in range(len(vs) - 1, 0, -1) if vs[k] - vs[k - 1] > config.noise_bytes), began)
     return last - began
 
 
-def _newest_low(track: Track, config: DetectorConfig) -> float:
-    """When a grower last held the least it held since vramwatch first saw it: where its climb began (a young run's
-    bare context before it loaded; for a run first seen already running, where vramwatch first saw it climb)."""
-    series = view(track.series)
+def _newest_low(series: View, config: DetectorConfig) -> float:
+    """When a grower (its series) last held the least it held since vramwatch first saw it: where its climb began (a
+    young run's bare context before it loaded; for a run first seen already running, where vramwatch first saw it
+    climb)."""
     # Bytes are whole numbers: below least + noise + 1 is at most least + noise. A staircase lookup, not a scan.
     began = series.last_below(series.min() + config.noise_bytes + 1)
     return series.first if began is None else began
@@ -609,6 +645,56 @@ def _unseen_past(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig)
     return (
         f"vramwatch first saw it {fmt.duration(watched)} ago, already running, and has not seen enough of it to tell "
         "a load from a leak (a load rises like this until it stops; a leak does not)"
+    )
+
+
+def _card_unseen(ctx: GpuContext, own: ForecastConfig) -> str | None:
+    """What to tell of a card whose processes vramwatch cannot see and has read for less than the give-back test's
+    look-back (as `_unseen_past` of a run), else None: its climb may be a load that began before vramwatch looked (a
+    daemon restart) or since (a run starting, which it cannot see arrive), or the phases of a sawtooth not yet seen
+    whole."""
+    first = ctx.history.gpu_first.get(ctx.uuid)
+    watched = 0.0 if first is None else ctx.now - first
+    if watched >= GIVE_BACK_SECONDS_FACTOR * own.forecast_warmup_seconds:
+        return None
+    return (
+        f"vramwatch first read this card {fmt.duration(watched)} ago and cannot see its processes: it has not seen "
+        "enough to tell a load from a leak (a load rises like this until it stops; a leak does not)"
+    )
+
+
+def _card_climb(used: View, now: float, own: ForecastConfig, config: DetectorConfig) -> float | None:
+    """When the card's climb began, if it began less than `forecast_warmup_seconds` ago and rose by more than
+    `min_rise_bytes` since; else None. It began where the card last held still for `settle_seconds` (a plateau, then a
+    load); on a card that did not hold still in those seconds (a neighbour saws), at the newest point holding their
+    least, unless that is where those seconds begin (it has been rising for longer than that).
+
+    Asked only where no process's series is seen: a run that starts on the card, or one that takes back what it gave
+    back, is then the card's climb, and NVML cannot tell its load from a leak until it stops (`_climbing` asks the same
+    of a run, with what it held before). So is a run that starts after another has loaded: the card's climbs come one
+    after the other, each from a plateau, as a leak that steps does (which is then told as tentatively). A card rising
+    for longer than that is judged as it rises."""
+    cut = now - own.forecast_warmup_seconds
+    recent = used.since(cut)
+    if len(recent) < 3:
+        return None
+    ts, vs = recent.t, recent.v
+    # The newest stretch of `settle_seconds` that held still: read from the newest point back.
+    held = first_still([-t for t in reversed(ts)], vs[::-1], own.settle_seconds, config.noise_bytes)
+    if held is not None:
+        i = bisect_left(ts, -held)
+    else:
+        low = recent.min()
+        i = max(k for k, v in enumerate(vs) if v <= low + config.noise_bytes)
+        if ts[i] - cut < own.settle_seconds:
+            return None  # its least is where those seconds begin: it has been rising for longer than that
+    return ts[i] if vs[-1] - vs[i] > config.min_rise_bytes else None
+
+
+def _card_caveat(ctx: GpuContext, began: float) -> str:
+    return (
+        f"the card began to climb {fmt.duration(ctx.now - began)} ago and vramwatch cannot see its processes: a run "
+        "starting or taking memory back loads like this until it stops; a leak does not"
     )
 
 

@@ -98,7 +98,7 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
             and not (band := forecast.within_band(ctx, series, best, forecast.DETECTOR.settings(config)))
         ):
             meta = tree.members[0].meta
-            finding = growth_finding(ctx, best, own, key=tree.key, meta=meta, members=len(tree.members))
+            finding = growth_finding(ctx, best, own, key=tree.key, meta=meta, members=len(tree.members), series=series)
             if finding is not None:
                 yield finding
                 explained = True
@@ -116,7 +116,12 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
         cutoff = (first if newest_start is None else max(first, newest_start)) + config.warmup_seconds
         grown = profile(ctx.used, config, start=cutoff, min_horizon=own.growth_min_horizon_seconds, report=False)
         best = grown.best()
-        if best is not None and not _levels_off(grown, ctx):
+        if (
+            best is not None
+            and not _levels_off(grown, ctx)
+            # The card sawing in the band it lived in (one run's, where its pids are not visible) is no leak either.
+            and not forecast.within_band(ctx, ctx.used, best, forecast.DETECTOR.settings(config))
+        ):
             device_growth = growth_finding(ctx, best, own)
             if device_growth is not None:
                 yield device_growth
@@ -165,12 +170,17 @@ def growth_finding(
     key: ProcessKey | None = None,
     meta: ProcessMeta | None = None,
     members: int = 1,
+    series: View | None = None,
 ) -> Finding | None:
-    """A `growth` warning for a tree (`key` set) or the GPU itself (no key), from a sustained fit."""
+    """A `growth` warning for a tree (`key` set, `series` its memory) or the GPU itself (no key), from a sustained
+    fit. Its ETA counts the room as the forecast does (`forecast.room_bytes`: above the peak of a card that saws)."""
     rate = fit.rate()
     if rate.bytes_per_second < config.growth_min_rate_bytes_per_second:
         return None
-    eta = eta_seconds(ctx.free_bytes, rate, ctx.config) if ctx.free_bytes is not None else None
+    eta = None
+    if ctx.free_bytes is not None:
+        room = forecast.room_bytes(ctx, fit, rate, forecast.DETECTOR.settings(ctx.config), grower=series)
+        eta = eta_seconds(room, rate, ctx.config)
     if eta is not None and eta > config.growth_eta_max_seconds:
         eta = None
     gpu = fmt.gpu_label(ctx.gpu)

@@ -75,11 +75,14 @@ class Rig:
     down: Callable[[float, str], bool] = lambda t, uuid: False  # noqa: ARG005
     #: The agents' reports (`vramwatch run`), for the processes on the first card that have one.
     agents: Allocator | None = None
+    #: False: the daemon cannot see the host's pids (a container without the host pid namespace): no process is listed.
+    visible: bool = True
 
     def meta_of(self, pid: int) -> ProcessMeta:
         return self.metas.get(pid) or meta(pid)
 
-    def snapshot(self, t: float, usage: Usage | Mapping[str, Usage], *, visible: bool = True) -> Snapshot:
+    def snapshot(self, t: float, usage: Usage | Mapping[str, Usage], *, visible: bool | None = None) -> Snapshot:
+        visible = self.visible if visible is None else visible
         per_gpu = _per_gpu(usage, self.cards)
         gpus: list[GpuSample] = []
         processes: list[ProcessSample] = []
