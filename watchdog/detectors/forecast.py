@@ -663,26 +663,34 @@ def _card_unseen(ctx: GpuContext, own: ForecastConfig) -> str | None:
     )
 
 
+#: Where no process's series is seen, a card that held still this long was on a plateau: a climb from it is a run's
+#: load or a leak. Shorter holds belong to the climb around them (a load that paused, or just ended; a leak between its
+#: bursts), and a run that ends just before the next starts leaves a gap, not a plateau.
+CARD_PLATEAU_SECONDS = 60.0
+
+
 def _card_climb(used: View, now: float, own: ForecastConfig, config: DetectorConfig) -> float | None:
     """When the card's climb began, if it began less than `forecast_warmup_seconds` ago and rose by more than
-    `min_rise_bytes` since; else None. It began where the card last held still for `settle_seconds` (a plateau, then a
-    load); on a card that did not hold still in those seconds (a neighbour saws), at the newest point holding their
-    least, unless that is where those seconds begin (it has been rising for longer than that).
+    `min_rise_bytes` since; else None. It began at the least the card held since it last stood on a plateau (held still
+    for `CARD_PLATEAU_SECONDS`); on a card that stood on none in those seconds (a neighbour saws, or it has been
+    climbing), at the newest point holding their least, unless that is where those seconds begin (it has been rising
+    for longer than that).
 
     Asked only where no process's series is seen: a run that starts on the card, or one that takes back what it gave
     back, is then the card's climb, and NVML cannot tell its load from a leak until it stops (`_climbing` asks the same
-    of a run, with what it held before). So is a run that starts after another has loaded: the card's climbs come one
-    after the other, each from a plateau, as a leak that steps does (which is then told as tentatively). A card rising
-    for longer than that is judged as it rises."""
+    of a run, with what it held before). So is a run that starts just after another has loaded (climbs less than a
+    plateau apart are one), and a leak that steps or comes in bursts, told as tentatively for its first minutes."""
     cut = now - own.forecast_warmup_seconds
     recent = used.since(cut)
     if len(recent) < 3:
         return None
     ts, vs = recent.t, recent.v
-    # The newest stretch of `settle_seconds` that held still: read from the newest point back.
-    held = first_still([-t for t in reversed(ts)], vs[::-1], own.settle_seconds, config.noise_bytes)
+    # The newest plateau: read from the newest point back, its newest point.
+    held = first_still([-t for t in reversed(ts)], vs[::-1], CARD_PLATEAU_SECONDS, config.noise_bytes)
     if held is not None:
-        i = bisect_left(ts, -held)
+        since = bisect_left(ts, -held)
+        low = min(vs[since:])
+        i = max(k for k in range(since, len(vs)) if vs[k] <= low + config.noise_bytes)
     else:
         low = recent.min()
         i = max(k for k, v in enumerate(vs) if v <= low + config.noise_bytes)

@@ -122,7 +122,8 @@ def detect(ctx: GpuContext, own: LeakConfig) -> Iterator[Observation]:
             # The card sawing in the band it lived in (one run's, where its pids are not visible) is no leak either.
             and not forecast.within_band(ctx, ctx.used, best, forecast.DETECTOR.settings(config))
         ):
-            device_growth = growth_finding(ctx, best, own)
+            # The card is its own grower where no process's series is seen, as the forecast has it.
+            device_growth = growth_finding(ctx, best, own, series=None if ctx.trees else ctx.used)
             if device_growth is not None:
                 yield device_growth
 
