@@ -34,7 +34,7 @@ def _log(name: str) -> list[dict[str, object]]:
 
 def _sawer_events() -> dict[str, float]:
     """The sawer's `start` and `oom` times (CLOCK_MONOTONIC, the recorder's clock too)."""
-    return {str(e["event"]): float(e["t"]) for e in _log("sawer.log")}  # type: ignore[arg-type]
+    return {str(e["event"]): float(e["t"]) for e in _log("sawer.log")}
 
 
 def _held(snaps: list[Snapshot]) -> list[tuple[float, int]]:
@@ -90,7 +90,7 @@ def test_the_live_daemon_forecast_the_leak_as_the_replay_does() -> None:
     assert int(rate.group(1)) * 1e6 < 2 * LEAK_BYTES_PER_SECOND
     # The log's times are UTC wall times; the sawer's are CLOCK_MONOTONIC: the ballast logged both at once.
     ready = next(e for e in _log("ballast.log") if e["event"] == "ready")
-    offset = float(ready["wall"]) - float(ready["t"])  # type: ignore[arg-type]
+    offset = float(ready["wall"]) - float(ready["t"])
     at = datetime.fromisoformat(str(first["timestamp"]).replace("Z", "+00:00")).timestamp() - offset
     events = _sawer_events()
     assert at >= events["start"] + 190

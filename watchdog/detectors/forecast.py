@@ -197,9 +197,9 @@ def detect_oom_forecast(
     The sustained-rise test is the shared one (`ctx.config`); the thresholds are this detector's (`own`).
     `grower` names the fastest-growing tree and `culprit` is its key. `appeared`: when the named grower was first
     seen, while it is young and warms (it has never held still yet); `caveat`: what a critical forecast adds about
-    it then. `sawing`: the named grower's own series, whose band (if it saws in one) holds the card's rate to the pace
-    of its peaks; `growers_rate`: the sum of the growers' own rates, which holds it on a card that saws when the
-    grower does not (`_by_peaks`).
+    it then. `sawing`: the named grower's own series (the card's, where no process's series is seen), whose band (if
+    it saws in one) holds the card's rate to the pace of its peaks; `growers_rate`: the sum of the growers' own rates,
+    which holds it on a card that saws when the grower does not (`_by_peaks`).
     """
     config = ctx.config
     # A window whose floor starts at (or before) the young grower's first sample holds its whole life so far, and
@@ -323,7 +323,9 @@ def _sawing(ctx: GpuContext, fit: Fit, own: ForecastConfig, grower: View | None)
     saw = peaks(ctx.used, fit.xs[0], ctx.config, lookback_seconds=lookback)
     if saw is None or ceiling.falls(ctx, ctx.used, memory_seconds=ctx.now - fit.xs[0] + lookback):
         return None
-    return saw, None if grower is None else peaks(grower, fit.xs[0], ctx.config, lookback_seconds=lookback)
+    if grower is None or grower is ctx.used:  # (the card as its own grower, where no process's series is seen)
+        return saw, None if grower is None else saw
+    return saw, peaks(grower, fit.xs[0], ctx.config, lookback_seconds=lookback)
 
 
 def _room(ctx: GpuContext, saw: Peaks | None, mine: Peaks | None, fit: Fit, rate: Rate) -> int:
