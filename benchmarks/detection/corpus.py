@@ -10,6 +10,8 @@ the card behaves like a 24 GiB one. Per scenario, in OUT/<scenario>/:
   post-roll), ballast included; `<scenario>.jsonl.gz`: the same rebased (ballast pid dropped from every tick,
   its bytes taken off the card's used and total memory: a 24 GiB card);
 - `serve.log`: `vramwatch --log-format json serve` running live; its `finding_raised` lines are the evidence;
+- `serve-hidden.log` (with `--hidden`, root only): the same `serve` in a pid namespace and /proc of its own
+  (`unshare`), as a daemon in a container without the host's pids runs, watching the same card at the same time;
 - `attach.jsonl` / `attach.log`: `vramwatch --log-format json attach <pid> --json` on the watched run;
 - `events.jsonl`: every workload event (fields `role`, `user`, `tenant` added), `<role>.stdout` / `.stderr`;
 - `truth.json` (and the same as `<scenario>.truth.json`, the sidecar score.py reads): the processes and what
@@ -63,6 +65,9 @@ ATTACH_GRACE_S = 20.0  # attach ends by itself once its run has left; past this 
 BOB = "bob"
 # The workload scripts are copied here (world-readable) for the real run: bob may not read a checkout under /root.
 WORK_COPY = Path("/tmp/vramwatch-corpus-workloads")  # noqa: S108 - fixed, so its path in truth files reads well
+# A pid namespace and a /proc of its own (root only), as a container without `--pid=host` has; the daemon in it is
+# pid 1 there, and SIGTERM reaches it because it handles the signal.
+UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM"]
 
 
 class Abort(BaseException):
@@ -361,8 +366,8 @@ class Proc:
 class Harness:
     """What every scenario shares: options, users, the ballast, every child started (for the last cleanup)."""
 
-    def __init__(self, out: Path, dry: bool, speed: float) -> None:
-        self.out, self.dry, self.speed = out, dry, speed
+    def __init__(self, out: Path, dry: bool, speed: float, hidden: bool = False) -> None:
+        self.out, self.dry, self.speed, self.hidden = out, dry, speed, hidden
         # Dry run: a system python3 that another user may run (a venv or pyenv under /root is not).
         system = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if Path(p).exists()), None)
         self.py = (system or shutil.which("python3") or sys.executable) if dry else sys.executable
@@ -570,8 +575,10 @@ class Scenario:
         self.attach_code: int | None = None
         self.recorder: subprocess.Popen[Any] | None = None
         self.server: subprocess.Popen[Any] | None = None
+        self.hidden_server: subprocess.Popen[Any] | None = None
         self.record_code: int | None = None
         self.serve_code: int | None = None
+        self.hidden_code: int | None = None
         self.ballast: Proc | None = None
         self.rebased: dict[str, Any] | None = None
         self._events = open_file(h, self.dir / "events.jsonl", "w")
@@ -676,8 +683,19 @@ class Scenario:
         self.server = self.h.spawn([*self.h.vw, "--log-format", "json", "serve", "--listen", listen, "--interval", iv,
                                     *gpu], as_bob=False, stdout=serve_log, stderr=subprocess.STDOUT)  # fmt: skip
         self.say(f"record pid {self.recorder.pid} -> {raw.name}; serve pid {self.server.pid} on {listen}")
+        daemons = [("record", self.recorder), ("serve", self.server)]
+        if self.h.hidden:
+            # The same daemon as from a container without the host's pids: its own pid namespace and /proc.
+            hidden_log = open_file(self.h, self.dir / "serve-hidden.log", "wb")
+            listen = f"127.0.0.1:{free_port()}"
+            self.hidden_server = self.h.spawn(
+                [*UNSHARE, *self.h.vw, "--log-format", "json", "serve", "--listen", listen, "--interval", iv, *gpu],
+                as_bob=False, stdout=hidden_log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            self.say(f"serve in its own pid namespace: pid {self.hidden_server.pid} on {listen}")
+            daemons.append(("serve (own pid namespace)", self.hidden_server))
         time.sleep(PRE_ROLL_S / self.h.speed)
-        for what, proc in (("record", self.recorder), ("serve", self.server)):
+        for what, proc in daemons:
             if proc.poll() is not None:
                 self.errors.append(f"vramwatch {what} exited early with code {proc.poll()} (see its log)")
         self.t0 = time.monotonic()
@@ -707,6 +725,8 @@ class Scenario:
         time.sleep(POST_ROLL_S / self.h.speed)
         if self.server is not None:
             self.serve_code = stop_process(self.server, 20)
+        if self.hidden_server is not None:
+            self.hidden_code = stop_process(self.hidden_server, 20)
         if self.recorder is not None:
             self.record_code = stop_process(self.recorder, 30, first=signal.SIGINT)
         for proc in self.procs.values():
@@ -1148,11 +1168,17 @@ def run_scenario(h: Harness, name: str) -> dict[str, Any]:
         "serve_exit": sc.serve_code,
         "record_exit": sc.record_code,
         "serve_findings": findings_in(sc.dir / "serve.log"),
+        **(
+            {"serve_hidden_exit": sc.hidden_code, "serve_hidden_findings": findings_in(sc.dir / "serve-hidden.log")}
+            if h.hidden
+            else {}
+        ),
         "rebased": sc.rebased,
         "sizing": sc.sizing,
         "expect": [(x["kind"], x["pid"]) for x in truth.get("expect", [])],
     }
-    brief = {k: summary[k] for k in ("exit_codes", "ooms", "attach", "serve_findings")}
+    brief = {k: summary[k] for k in ("exit_codes", "ooms", "attach", "serve_findings", "serve_hidden_findings")
+             if k in summary}  # fmt: skip
     log(f"{name}: {'ok' if summary['ok'] else 'ERROR'} {json.dumps(brief)}")
     return summary
 
@@ -1181,6 +1207,11 @@ def main() -> int:
         default=BALLAST_SETTLE_S,
         help=f"seconds the ballast ages before the first scenario [default: {BALLAST_SETTLE_S:g}]",
     )
+    ap.add_argument(
+        "--hidden",
+        action="store_true",
+        help="a second `serve` in its own pid namespace (`unshare`), as in a container without the host's pids",
+    )
     args = ap.parse_args()
     wanted = [*args.scenarios, *(s.strip() for s in args.only.split(",") if s.strip())] or list(TIMELINES)
     unknown = [s for s in wanted if s not in TIMELINES]
@@ -1198,7 +1229,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
-    h = Harness(args.out, args.dry_run, args.speed)
+    h = Harness(args.out, args.dry_run, args.speed, args.hidden)
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     aborted: str | None = None

@@ -4,6 +4,7 @@
     python benchmarks/detection/score.py --simulate           # the simulator's scenarios, seeds 0-2
     python benchmarks/detection/score.py --simulate --every 5 # the same read every 5 s (`serve --interval 5`)
     python benchmarks/detection/score.py TRACE_DIR --json     # the summary as JSON instead of Markdown
+    python benchmarks/detection/score.py TRACE_DIR --hidden   # as a daemon without the host's pids judges them
 
 Each trace is replayed tick by tick through History -> analyze -> FindingTracker, exactly as the daemon
 does, and through the peer baseline (gpu-monitor's rule: alert when a GPU's memory grew by 30 % within
@@ -12,6 +13,10 @@ does, and through the peer baseline (gpu-monitor's rule: alert when a GPU's memo
 - every gradual OOM warned >= 60 s ahead (fast leak) or >= 300 s ahead (slow leak), critical >= 20 s ahead;
 - zero findings on healthy runs (plateaus included);
 - a contender named within `--ticks` (3) ticks of its arrival.
+
+`--hidden` replays every tick as a daemon in a container without the host's pid namespace reads it: no process is
+listed (only the card's own series is judged), so nothing can name a process: the contention and post-mortem
+targets fail by construction, and what is measured is the findings about the card (false ones and leads).
 
 Exit status 1 when a target fails (0 with --no-fail), 2 when there is nothing to score.
 """
@@ -26,7 +31,7 @@ import statistics
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +172,7 @@ class Event:
     pid: int | None = None
     message: str = ""
     culprit: int | None = None  # a finding about a whole GPU that blames one run (a forecast's fastest grower)
+    tentative: bool = False  # it said why it may be wrong yet (no policy ends a run on it)
 
     @classmethod
     def of(cls, f: Finding) -> Event:
@@ -176,7 +182,8 @@ class Event:
         else:  # an older tree (scored as a base) named its grower in words only: "python3 (pid 42, bob)"
             named = GROWER_PID.search(str((f.numbers or {}).get("grower") or ""))
             blamed = int(named.group(1)) if named else None
-        return cls(f.t, f.kind, f.severity.value, f.process.pid if f.process else None, f.message, blamed)
+        pid = f.process.pid if f.process else None
+        return cls(f.t, f.kind, f.severity.value, pid, f.message, blamed, getattr(f, "tentative", None) is not None)
 
 
 @dataclass(slots=True)
@@ -367,7 +374,9 @@ def score(run: Run, contention_ticks: int) -> tuple[dict[str, Any], list[Target]
         "false": sum(v == "false" for _, v in verdicts),
         "false_critical": sum(v == "false" and e.severity == "critical" for e, v in verdicts),
         "false_list": [
-            f"{e.kind}/{e.severity} t={e.t:.0f} pid={e.pid}: {e.message}" for e, v in verdicts if v == "false"
+            f"{e.kind}/{e.severity}{' (tentative)' if e.tentative else ''} t={e.t:.0f} pid={e.pid}: {e.message}"
+            for e, v in verdicts
+            if v == "false"
         ],
         "baseline_alerts": len(run.baseline),
         "baseline_false": sum(v == "false" for _, v in baseline),
@@ -599,6 +608,12 @@ def _simulated_snapshots(name: str, seed: int, every: float = 1.0) -> Iterator[S
         clock.advance(every)
 
 
+def hidden(snapshots: Iterable[Snapshot]) -> Iterator[Snapshot]:
+    """`snapshots` as a daemon that cannot see the host's pids has them: no process, no exit, not visible."""
+    for snap in snapshots:
+        yield replace(snap, processes=(), exits=(), processes_visible=False)
+
+
 # -- report ------------------------------------------------------------------------------------------------
 
 
@@ -652,6 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ticks", type=int, default=3, help="a contender must be named within this many ticks")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of Markdown")
     p.add_argument("--no-fail", action="store_true", help="exit 0 even when a target fails")
+    p.add_argument("--hidden", action="store_true", help="as a daemon without the host's pids: no process is listed")
     args = p.parse_args(argv)
     if not args.every > 0:
         p.error("--every must be a positive number of seconds")
@@ -670,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets: list[Target] = []
     for source in cases:
         for name, truth, snapshots, interval in source:
-            run = replay(name, truth, snapshots, config, interval)
+            run = replay(name, truth, hidden(snapshots) if args.hidden else snapshots, config, interval)
             row, trace_targets = score(run, args.ticks)
             runs.append(run)
             rows.append(row)
