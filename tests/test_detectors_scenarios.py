@@ -1436,3 +1436,22 @@ def test_a_clean_exit_is_never_a_probable_oom(held: int, rise: int, end: float) 
         history.add(snap)
         found += [f for f in tracker.update(analyze(history, config))[0] if f.kind == "probable_oom"]
     assert found == []
+
+
+def test_a_leak_after_a_load_on_a_card_whose_pids_are_hidden_is_not_muted_by_the_load() -> None:
+    """Pids hidden, a server's load (tentative critical, then cleared once it holds still) does not mute the leak that
+    starts two minutes later within the cooldown: the leak's climb began after the load's forecast cleared, so it is
+    another claim, forecast critical a minute before its OOM (before 2026-12-07 (c): never raised, the OOM silent)."""
+
+    def usage(t: float) -> dict[int, int]:
+        load = min(max(0.0, t - 400), 50.0) * 160e6  # 8 GB over 50 s from 400 s, then held
+        return {555: 8 * GIB + int(load), 4242: 512 * MIB + int(max(0.0, t - 570) * 60e6)}
+
+    result = run(usage, 1200, rig=HIDDEN)
+    forecasts = [f for f in result.raised if f.kind == "oom_forecast"]
+    assert forecasts
+    assert forecasts[0].t < 470  # the load's, while it climbed
+    leak = [f for f in forecasts if f.t > 570]
+    assert leak, "the leak's forecast was muted by the load's"
+    assert leak[0].severity.value == "critical"
+    assert oom_time(usage, 1200) - leak[0].t >= 60

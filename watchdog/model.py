@@ -341,6 +341,9 @@ class Finding:
     `process` (contention: the run a newcomer squeezed); a policy asks that tree's processes on the GPU to save.
     `culprit` is the process tree (its root's key) the finding blames when it is about a whole GPU (a forecast's
     fastest grower): a claim about another culprit is another claim, even with the same subject.
+    `since` is when what it claims began (monotonic seconds), where no culprit can tell one claim from the next (a
+    forecast about the card's climb where its processes are hidden): a claim about a climb that began after the last
+    one cleared is another claim too.
     """
 
     kind: str
@@ -357,6 +360,7 @@ class Finding:
     tentative: str | None = None
     at_risk: ProcessKey | None = None
     culprit: ProcessKey | None = None
+    since: float | None = None
 
     @property
     def subject(self) -> tuple[str, str | None, ProcessKey | None]:

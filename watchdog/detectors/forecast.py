@@ -110,7 +110,7 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
     grower = named.label if named is not None else None
     # While the named grower is young and warms, or climbs again as a load does after it gave memory back: when
     # that began, and what a critical forecast says of it.
-    appeared, caveat, began = None, None, None
+    appeared, caveat, began, since = None, None, None, None
     track = history.trees.get((growers[0][0].key, ctx.uuid)) if growers else None
     # The grower's own series; without the processes' series (pids not visible, none listed), the card is the grower as
     # far as anyone knows, and what a tree's climb is asked is asked of the card's.
@@ -138,13 +138,15 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
     elif growers is None:
         if within_band(ctx, ctx.used, steepest, own):
             return  # the card saws in the band it lived in, with room for its top (as a tree that does is no grower)
+        # No culprit tells this climb from the last one: when it began does (`Finding.since`), where it is young.
+        since = _card_climb(ctx.used, ctx.now, own, config)
         if (unseen := _card_unseen(ctx, own)) is not None:
             # What the card held before vramwatch first read it is unknown, as a run's after a restart (`_unseen_past`).
-            began = _newest_low(ctx.used, config)
+            began = since if since is not None else _newest_low(ctx.used, config)
             appeared, caveat, warming = began, unseen, True
-        elif (began := _card_climb(ctx.used, ctx.now, own, config)) is not None:
+        elif since is not None:
             # A climb of minutes at most: a run's load that vramwatch cannot see arrive, or a leak; as a young run's.
-            appeared, caveat, warming = began, _card_caveat(ctx, began), True
+            appeared, caveat, warming, began = since, _card_caveat(ctx, since), True, since
     eta, finding = detect_oom_forecast(
         ctx,
         ctx.device,
@@ -156,6 +158,7 @@ def detect(ctx: GpuContext, own: ForecastConfig) -> Iterator[Observation]:
         caveat=caveat,
         sawing=series,
         growers_rate=sum(g[3] for g in growers) if growers else None,
+        since=since,
     )
     if eta is not None:
         yield Forecast(ctx.uuid, *eta)
@@ -191,6 +194,7 @@ def detect_oom_forecast(
     caveat: str | None = None,
     sawing: View | None = None,
     growers_rate: float | None = None,
+    since: float | None = None,
 ) -> tuple[tuple[float, float] | None, Finding | None]:
     """The (eta, confidence) of this GPU when it grows, and an `oom_forecast` finding when it is soon.
 
@@ -199,7 +203,8 @@ def detect_oom_forecast(
     seen, while it is young and warms (it has never held still yet); `caveat`: what a critical forecast adds about
     it then. `sawing`: the named grower's own series (the card's, where no process's series is seen), whose band (if
     it saws in one) holds the card's rate to the pace of its peaks; `growers_rate`: the sum of the growers' own rates,
-    which holds it on a card that saws when the grower does not (`_by_peaks`).
+    which holds it on a card that saws when the grower does not (`_by_peaks`); `since`: when the card's climb began,
+    where no culprit is named (`Finding.since`).
     """
     config = ctx.config
     # A window whose floor starts at (or before) the young grower's first sample holds its whole life so far, and
@@ -270,6 +275,7 @@ def detect_oom_forecast(
         # The caveat's doubt, for whoever acts on the finding: nothing that could end a run is done while it holds.
         tentative=None if caveat is None else f"{subject}: {caveat}",
         culprit=culprit,
+        since=since,
     )
     return forecast, finding
 

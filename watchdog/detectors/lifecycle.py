@@ -11,7 +11,8 @@
   is raised as it comes, and nothing is kept or cleared;
 - after a clear, the same subject is not raised again within `cooldown_seconds` unless it comes back at a
   higher severity, or blaming another culprit (`Finding.culprit`: a card-wide forecast about another grower is
-  another claim; a load's forecast that cleared must not mute the leak that starts a minute later);
+  another claim; a load's forecast that cleared must not mute the leak that starts a minute later), or about a
+  climb that began after the clear (`Finding.since`: the same where the pids are hidden and the card is the grower);
 - **another culprit**: an active finding that blames a culprit not yet raised in this activation, for as many
   consecutive ticks as a raise needs (a tentative one: its quorum's `seen`), is raised again, naming it (once per
   culprit per activation, so two growers taking turns as the fastest notify once each);
@@ -157,8 +158,7 @@ class FindingTracker:
         if active is None:
             if not self._held(state, finding, state.present, enter):
                 return None
-            blames_another = finding.culprit is not None and finding.culprit != state.cleared_culprit
-            if not self._cooling(state, now) or blames_another:
+            if not self._cooling(state, now) or _another_claim(state, finding):
                 state.firm_rank = -1  # a new activation: nothing of it was raised firm yet, nor any culprit
                 state.culprits.clear()
             elif (
@@ -246,3 +246,12 @@ class FindingTracker:
 
     def _cooling(self, state: SubjectState, now: float) -> bool:
         return state.cleared_at is not None and now - state.cleared_at < self.config.cooldown_seconds
+
+
+def _another_claim(state: SubjectState, finding: Finding) -> bool:
+    """True when `finding`, back within the cooldown, is not the cleared one returning: it blames another culprit, or
+    what it claims began after the cleared one was gone (where the pids are hidden, a load's forecast that cleared must
+    not mute the leak that starts a minute later any more than where they are seen)."""
+    if finding.culprit is not None and finding.culprit != state.cleared_culprit:
+        return True
+    return finding.since is not None and state.cleared_at is not None and finding.since > state.cleared_at
