@@ -283,23 +283,28 @@ def test_a_finding_blaming_another_culprit_is_not_held_back_by_the_cooldown() ->
 
 
 @pytest.mark.parametrize(
-    ("since", "events"),
+    ("pattern", "since", "events"),
     [
-        (None, ["1:+", "4:-"]),  # nothing tells it from the cleared claim returning: held back by the cooldown
-        (0.0, ["1:+", "4:-"]),  # the climb it claims began before the last claim cleared: that claim returning
-        (4.0, ["1:+", "4:-"]),  # began as the last one cleared: not after it
-        (5.0, ["1:+", "4:-", "6:+"]),  # began after the last one cleared: another claim
+        ("11...11", None, ["1:+", "4:-"]),  # nothing tells it from the cleared claim returning: the cooldown holds it
+        ("11...11", 0.0, ["1:+", "4:-"]),  # the climb it claims began before the last claim cleared (4)
+        ("11...11", 4.0, ["1:+", "4:-"]),  # began as the last one cleared: not after it
+        ("11...11", 5.0, ["1:+", "4:-", "6:+"]),  # began after it cleared: another claim
+        ("11.1111", 0.0, ["1:+"]),  # still up, back after a gap about the same climb: the claim going on
+        ("11.1111", 2.0, ["1:+"]),  # still up, about a climb that began in the gap: it continues that claim
     ],
 )
 def test_a_card_forecast_about_a_climb_that_began_after_the_clear_is_another_claim(
-    since: float | None, events: list[str]
+    pattern: str, since: float | None, events: list[str]
 ) -> None:
-    """Where no culprit is named (the pids hidden), a forecast back within the cooldown is raised when the climb it
-    claims (`Finding.since`) began after the last forecast cleared, and held back when it began before."""
+    """Where no culprit is named (the pids hidden), a forecast back within the cooldown about a climb (`Finding.since`)
+    that began after the last forecast cleared is raised, one about a climb that began before is not, and one that
+    comes while the last is still up continues it."""
     tracker = FindingTracker(CONFIG)
     out = []
-    for t, present in enumerate([1, 1, 0, 0, 0, 1, 1]):
-        found = (dataclasses.replace(finding("oom_forecast", C, t), since=since if t > 4 else 0.0),) if present else ()
+    back = pattern.index(".") + pattern.count(".")  # the first tick after the gap
+    for t, present in enumerate(pattern):
+        at = since if t >= back else 0.0
+        found = (dataclasses.replace(finding("oom_forecast", C, t), since=at),) if present == "1" else ()
         raised, cleared = tracker.update(Analysis(t=float(t), findings=found))
         out += [f"{t}:+" for _ in raised] + [f"{t}:-" for _ in cleared]
     assert out == events

@@ -1455,3 +1455,20 @@ def test_a_leak_after_a_load_on_a_card_whose_pids_are_hidden_is_not_muted_by_the
     assert leak, "the leak's forecast was muted by the load's"
     assert leak[0].severity.value == "critical"
     assert oom_time(usage, 1200) - leak[0].t >= 60
+
+
+def test_a_leak_that_starts_while_a_load_s_forecast_is_up_keeps_it_up_and_tells_of_the_leak() -> None:
+    """Pids hidden, read every 5 s: a leak that starts 110 s after a load, while the load's forecast has not cleared
+    yet (its 30 clear ticks take 150 s), continues that forecast: raised once, never cleared, and at the last read
+    before the OOM it is critical and tells the leak's rate (60 MB/s), not the load's (160 MB/s)."""
+
+    def usage(t: float) -> dict[int, int]:
+        load = min(max(0.0, t - 400), 50.0) * 160e6
+        return {555: 8 * GIB + int(load), 4242: 512 * MIB + int(max(0.0, t - 560) * 60e6)}
+
+    result = run(usage, 1200, step=5.0, rig=HIDDEN)
+    assert [f.kind for f in result.raised if f.kind == "oom_forecast"] == ["oom_forecast"]
+    assert [f for f in result.cleared if f.kind == "oom_forecast"] == []
+    (up,) = [f for f in result.tracker.active() if f.kind == "oom_forecast"]
+    assert up.severity.value == "critical"
+    assert 40e6 <= float(up.numbers["rate_bytes_per_second"] or 0) <= 90e6

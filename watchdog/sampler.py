@@ -113,7 +113,10 @@ class Sampler:
         if not self.visible:
             log.warning(
                 "processes_not_visible",
-                reason="running in a container without the host pid namespace; NVML's pids are host pids",
+                # Measured (benchmarks/detection/pidns_probe.py, driver 580): NVML lists no process to a caller in
+                # another pid namespace; older drivers listed host pids, which name nothing (or another) in here.
+                reason="running in a container without the host pid namespace: NVML lists no process here (older "
+                "drivers: host pids, which name nothing here)",
                 fix="run with hostPID: true (Kubernetes) or --pid=host (docker)",
             )
 

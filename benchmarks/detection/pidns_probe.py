@@ -50,7 +50,7 @@ sampler = Sampler(NvmlBackend(), History(), SystemClock())
 snap = sampler.tick()
 print(json.dumps({
     "my_pid": os.getpid(),
-    "pid_ns_inode": Path("/proc/self/ns/pid").stat().st_ino,
+    "pid_ns_inode": os.stat("/proc/self/ns/pid").st_ino,
     "nvml_compute_processes": listed,
     "vramwatch_visible": sampler.visible,
     "vramwatch_processes": None if snap is None else [
@@ -74,11 +74,14 @@ def main() -> int:
             ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", INSIDE],
             capture_output=True, text=True, check=False, timeout=60, env=os.environ,
         )  # fmt: skip
+        lines = inside.stdout.splitlines() if inside.returncode == 0 else []
         answer = {
             "holder_host_pid": holder.pid,
             "host_pid_ns_inode": Path("/proc/self/ns/pid").stat().st_ino,
             "unshare_exit": inside.returncode,
-            "inside": json.loads(inside.stdout) if inside.returncode == 0 and inside.stdout.strip() else None,
+            # The answer is the last line; the lines before it are the sampler's log (its warning, in there).
+            "inside": json.loads(lines[-1]) if lines else None,
+            "inside_log": lines[:-1],
             "stderr_tail": inside.stderr[-2000:],
         }
     finally:

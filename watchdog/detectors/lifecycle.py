@@ -251,7 +251,11 @@ class FindingTracker:
 def _another_claim(state: SubjectState, finding: Finding) -> bool:
     """True when `finding`, back within the cooldown, is not the cleared one returning: it blames another culprit, or
     what it claims began after the cleared one was gone (where the pids are hidden, a load's forecast that cleared must
-    not mute the leak that starts a minute later any more than where they are seen)."""
+    not mute the leak that starts a minute later any more than where they are seen).
+
+    Gone means cleared, not last seen: a climb that begins while the last claim is up continues it (that alert stays
+    up, its message following the new climb). Counting from when it was last seen was tried: every refill of a cache
+    right after its fall from the card's end was then another claim (docs/detection.md)."""
     if finding.culprit is not None and finding.culprit != state.cleared_culprit:
         return True
     return finding.since is not None and state.cleared_at is not None and finding.since > state.cleared_at
