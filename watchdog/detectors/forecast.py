@@ -466,6 +466,15 @@ def _warming(track: Track | None, now: float, own: ForecastConfig, config: Detec
 GIVE_BACK_SHARE = 0.25
 GIVE_BACK_SECONDS_FACTOR = 2
 
+#: Why a climb that may be a load is told tentatively: the end of every such caveat.
+LOAD_OR_LEAK = "(a load rises like this until it stops; a leak does not)"
+
+
+def _give_back_lookback(own: ForecastConfig) -> float:
+    """The give-back test's look-back (six minutes by default): what vramwatch must have watched of a run, or of a card
+    whose processes it cannot see, before it knows what was held before a climb."""
+    return GIVE_BACK_SECONDS_FACTOR * own.forecast_warmup_seconds
+
 
 @dataclass(frozen=True, slots=True)
 class _Climb:
@@ -562,7 +571,7 @@ def _climbing(
     # which it never went within a quarter of it. A sawtooth's troughs, slow or fast, come back to where they were;
     # a dip of a few seconds (a checkpoint's `empty_cache()`) is not held; a validation's peak lowers nothing. What
     # it may take back is all it held in those minutes. `earlier` runs through the low's newest point.
-    earlier = series.between(max(start, ts[i] - GIVE_BACK_SECONDS_FACTOR * own.forecast_warmup_seconds), ts[i] + 1e-9)
+    earlier = series.between(max(start, ts[i] - _give_back_lookback(own)), ts[i] + 1e-9)
     ets, evs = earlier.t, earlier.v
     j = len(evs)
     while j > 0 and evs[j - 1] <= low + config.noise_bytes:
@@ -636,7 +645,7 @@ def _young(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> st
         if age >= own.forecast_warmup_seconds:
             return None
         when = f"it started {fmt.duration(age)} ago"
-    return f"{when} and has not held still yet (a load rises like this until it stops; a leak does not)"
+    return f"{when} and has not held still yet {LOAD_OR_LEAK}"
 
 
 def _unseen_past(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig) -> str | None:
@@ -648,11 +657,11 @@ def _unseen_past(ctx: GpuContext, tree: Tree, track: Track, own: ForecastConfig)
     sampling, a server between two models), reads as an old run leaking from its plateau.
     """
     watched = ctx.now - track.first_seen
-    if watched >= GIVE_BACK_SECONDS_FACTOR * own.forecast_warmup_seconds or _seen_from_start(ctx, tree, track, own):
+    if watched >= _give_back_lookback(own) or _seen_from_start(ctx, tree, track, own):
         return None
     return (
         f"vramwatch first saw it {fmt.duration(watched)} ago, already running, and has not seen enough of it to tell "
-        "a load from a leak (a load rises like this until it stops; a leak does not)"
+        f"a load from a leak {LOAD_OR_LEAK}"
     )
 
 
@@ -663,11 +672,11 @@ def _card_unseen(ctx: GpuContext, own: ForecastConfig) -> str | None:
     whole."""
     first = ctx.history.gpu_first.get(ctx.uuid)
     watched = 0.0 if first is None else ctx.now - first
-    if watched >= GIVE_BACK_SECONDS_FACTOR * own.forecast_warmup_seconds:
+    if watched >= _give_back_lookback(own):
         return None
     return (
         f"vramwatch first read this card {fmt.duration(watched)} ago and cannot see its processes: it has not seen "
-        "enough to tell a load from a leak (a load rises like this until it stops; a leak does not)"
+        f"enough to tell a load from a leak {LOAD_OR_LEAK}"
     )
 
 
