@@ -4,8 +4,10 @@ history length on the way (no GPU needed).
     python benchmarks/tick_history.py                             # 8 x 512 at 300, 480, 900, 1800 and 3600 s
     python benchmarks/tick_history.py --scenario scale512 --at 60,300,3600
 
-At each length it runs `--ticks` ticks and reports the median tick and, per detector, the median time its
-detect function took (each detector's part of `analyze`), with the number of stability verdicts per tick.
+At each length it runs `--ticks` ticks and reports the median tick, the median time of each stage (the sampler's
+tick, of which the history's append; the per-GPU contexts that `analyze` gathers for the detectors; the publishing of
+the exporter's state) and, per detector, the median time its detect function took (each detector's part of
+`analyze`), with the number of stability verdicts per tick.
 A detector's cost can jump when the history first covers one of its windows (warm-up, the stability and
 growth horizons), so a tick measured with five minutes of history is not what a daemon spends after an hour.
 """
@@ -35,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     lengths = sorted({int(a) for a in args.at.split(",") if a.strip()})
 
-    from vramwatch import entry, logs
+    from vramwatch import daemon, entry, history, logs, sampler
     from vramwatch.backends.simulated import SimulatedBackend
     from vramwatch.detectors import analysis
     from vramwatch.testing import FakeClock
@@ -44,6 +46,9 @@ def main() -> None:
     entry.tune_collector()  # the collector as serve sets it
     spent: dict[str, float] = {}
     verdicts = [0]
+    stages = _stages(sampler, history, analysis, daemon)
+    for owner, name, label in stages:
+        _time_attr(owner, name, label, spent)
     analysis.detectors = _timed(analysis.detectors, spent, verdicts)  # type: ignore[assignment]
 
     clock = FakeClock()
@@ -51,7 +56,7 @@ def main() -> None:
     print(f"$ python benchmarks/tick_history.py {' '.join(sys.argv[1:])}")
     print(f"host: {platform.node()}, Python {platform.python_version()}; scenario {args.scenario}, collector as serve")
     print()
-    names: list[str] = []
+    names: list[str] = [label for _, _, label in stages]  # the stages in their order, then the detectors
     rows: list[tuple[int, float, dict[str, float], float]] = []
     done = 0
     for length in lengths:
@@ -82,7 +87,35 @@ def main() -> None:
         cells = [f"{length} s", f"{med * 1e3:.2f} ms", *(f"{medians.get(n, 0.0) * 1e3:.2f} ms" for n in shown)]
         print("| " + " | ".join([*cells, f"{per_tick:.0f}"]) + " |")
     print()
-    print("Each detector column is the median of its detect function's time per tick, all GPUs together.")
+    print(
+        "sampler: the backend's read, the snapshot and the history's append (history.add); contexts: what analyze"
+        " gathers per GPU before the detectors run; publish: the exporter's state. Each detector column is the"
+        " median of its detect function's time per tick, all GPUs together."
+    )
+
+
+def _stages(sampler: Any, history: Any, analysis: Any, daemon: Any) -> list[tuple[Any, str, str]]:
+    """The stages of a tick that are timed apart: (owner, attribute, column)."""
+    return [
+        (sampler.Sampler, "tick", "sampler"),
+        (history.History, "add", "history.add"),
+        (analysis, "_context", "contexts"),
+        (daemon.Daemon, "_publish", "publish"),
+    ]
+
+
+def _time_attr(owner: Any, name: str, label: str, spent: dict[str, float]) -> None:
+    """Replace `owner.name` with a version that adds its time to `spent[label]` (callers look it up per call)."""
+    fn = getattr(owner, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
+
+    setattr(owner, name, timed)
 
 
 def _timed(detectors: Callable[[], Iterable[Any]], spent: dict[str, float], verdicts: list[int]) -> Callable[[], Any]:
