@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from builders import GIB, UUID0, gpu
 from prometheus_client import generate_latest
@@ -13,7 +14,16 @@ from vramwatch.agenthost.link import AgentReport, OomEvent
 from vramwatch.config import Config
 from vramwatch.daemon import Daemon
 from vramwatch.errors import BackendUnavailable
-from vramwatch.model import Finding, ProcessKey, ProcessMeta, ProcessUsage, Reading, Severity, TorchStats
+from vramwatch.model import (
+    Finding,
+    ProcessKey,
+    ProcessMeta,
+    ProcessUsage,
+    Reading,
+    Severity,
+    Snapshot,
+    TorchStats,
+)
 from vramwatch.testing import FakeClock, RecordingNotifier, ScriptedBackend
 
 META = {4242: ProcessMeta(4242, 1000.0, name="train.py", user="alice")}
@@ -152,6 +162,23 @@ def test_a_replay_that_ends_says_so_once_and_keeps_its_last_tick() -> None:
     assert "tick_failed" not in events
     assert backend.reads == 2
     assert d._state.snapshot is not None
+
+
+def test_a_replayed_gpu_recording_is_labelled_replay_not_live(tmp_path: Path) -> None:
+    """serve --replay of a trace whose header says `nvml` exports backend="replay" (the page's banner reads it):
+    a recording is never shown as a live card."""
+    from vramwatch.backends.replay import ReplayBackend
+    from vramwatch.trace import TraceWriter, make_header
+
+    path = tmp_path / "gpu.jsonl"
+    with path.open("w", encoding="utf-8") as fp, TraceWriter(fp, make_header({"backend": "nvml"}, 1.0)) as writer:
+        writer.write(Snapshot(1.0, 1.0, (gpu(used=2 * GIB),), ()))
+    clock = FakeClock()
+    d = Daemon(Config(), lambda: ReplayBackend(path), clock=clock)
+    d.step()
+    assert d._state.backend["backend"] == "replay"
+    assert d._state.backend["recorded_backend"] == "nvml"
+    assert 'backend="replay"' in generate_latest(d.registry).decode()
 
 
 def test_a_finding_in_the_log_carries_its_advice_and_its_doubt() -> None:

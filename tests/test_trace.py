@@ -515,6 +515,17 @@ def test_replay_inspector_serves_recorded_metadata(tmp_path: Path) -> None:
     assert inspector.pid_namespace_matches()
 
 
+def test_a_re_recorded_trace_says_replay_and_keeps_its_origin(tmp_path: Path) -> None:
+    """Recording a replay writes `backend: replay` in the header, with the source's backend as `recorded_backend`
+    (a writer labels a trace by the backend's kind, also where its description names none: NVML's)."""
+    path, _ = recorded(tmp_path)
+    again = tmp_path / "again.jsonl"
+    open_trace_writer(again, ReplayBackend(path), 1.0).close()
+    header, _ = read_trace(again)
+    assert header["backend"] == "replay"
+    assert header["recorded_backend"] == "nvml"
+
+
 def test_replay_keeps_recorded_pid_visibility(tmp_path: Path) -> None:
     """A trace recorded without host pids replays with pid_namespace_matches() False."""
     path, _ = recorded(tmp_path, n=1, visible=False)
@@ -524,12 +535,14 @@ def test_replay_keeps_recorded_pid_visibility(tmp_path: Path) -> None:
 
 
 def test_replay_describe_is_the_header_as_strings_plus_source(tmp_path: Path) -> None:
-    """describe() gives the recorded header's scalar fields as strings and the file it reads."""
+    """describe() gives the recorded header's scalar fields as strings, the file it reads, and backend `replay`
+    (the header's own backend as `recorded_backend`: a trace recorded on a GPU is not a live card)."""
     path, _ = recorded(tmp_path)
     info = ReplayBackend(path).describe()
     assert info["source"] == str(path)
     assert info["driver_version"] == "550.54.14"
-    assert info["backend"] == "nvml"
+    assert info["backend"] == "replay"
+    assert info["recorded_backend"] == "nvml"
     assert info["interval_seconds"] == "2.0"
     assert "gpus" not in info
     assert all(isinstance(v, str) for v in info.values())

@@ -206,6 +206,8 @@ def test_the_report_draws_the_recording_and_lists_its_findings_and_post_mortem(b
     left = browser.find_element("css selector", "#postmortem .left.oom").text
     assert "probably ran out of memory" in left
     assert "leak.jsonl.gz" in browser.find_element("id", "source").text
+    # A report replays its trace, and says so where the trace was of a simulated card.
+    assert "SIMULATED GPU: scenario 'leak'" in browser.find_element("id", "simulated").text
 
 
 def test_a_hostile_process_name_is_shown_as_text(browser: Any, tmp_path: Path) -> None:

@@ -566,7 +566,8 @@ class Daemon:
             log.error("backend_unavailable", error=str(exc), retry_in_seconds=wait)
             return None
         self._backoff.reset()
-        self.backend_info = {"backend": backend.kind, **backend.describe()}
+        # What is read now names the backend, whatever a description carries (a replayed trace's header).
+        self.backend_info = {**backend.describe(), "backend": backend.kind}
         agents = self.agents
         source = (lambda: tuple(d.stats for d in agents.latest())) if agents is not None else None
         self.pipeline = Pipeline(

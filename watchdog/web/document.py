@@ -202,6 +202,10 @@ def _gpu(store: PageStore, now: Now, uuid: str, track: GpuTrack, since: int) -> 
     }
 
 
+#: What the page is told of the backend (its banner, its header): never a command line or an environment value.
+BACKEND_KEYS = ("backend", "recorded_backend", "scenario", "host", "driver_version", "source")
+
+
 def build(
     store: PageStore,
     now: Now,
@@ -222,7 +226,7 @@ def build(
         "epoch": epoch,
         "seq": store.seq,
         "window_seconds": store.window_seconds,
-        "backend": {k: backend[k] for k in ("backend", "scenario", "host", "driver_version", "source") if k in backend},
+        "backend": {k: backend[k] for k in BACKEND_KEYS if k in backend},
         "up": now.up,
         "wall": now.snapshot.wall_time if now.snapshot else None,
         "gpus": [

@@ -378,12 +378,15 @@
   function drawHeader(doc) {
     const b = doc.backend || {};
     const sim = document.getElementById("simulated");
-    if (b.backend === "simulated") {
+    // A report is of a recording by definition: only a simulated origin needs saying there.
+    const kind = mode === "report" && b.backend === "replay" ? b.recorded_backend : b.backend;
+    if (kind === "simulated") {
       sim.hidden = false;
       sim.textContent = "SIMULATED GPU: scenario '" + (b.scenario || "?") + "'. No real GPU is being watched.";
-    } else if (b.backend === "replay") {
+    } else if (kind === "replay") {
       sim.hidden = false;
-      sim.textContent = "REPLAY of a recording" + (b.source ? " (" + b.source + ")" : "") + ": not live data.";
+      sim.textContent = "REPLAY of a recording" + (b.recorded_backend === "simulated" ? " of a SIMULATED GPU" : "") +
+        (b.source ? " (" + b.source + ")" : "") + ": not live data.";
     } else {
       sim.hidden = true;
     }
