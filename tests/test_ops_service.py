@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from vramwatch.config import DaemonConfig, load_file
 from vramwatch.errors import ConfigError
-from vramwatch.service import UNIT_NAME, install_service, packaged_file
+from vramwatch.service import UNIT_NAME, install_service, installed_executable, packaged_file
 
 try:
     import tomllib
@@ -113,3 +113,46 @@ def test_installed_unit_verifies(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60, check=False
     )
     assert (result.returncode, result.stderr.strip()) == (0, "")
+
+
+def _script(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_the_unit_runs_the_vramwatch_beside_the_interpreter_then_argv0_then_path(tmp_path: Path) -> None:
+    """ExecStart's command: the venv's own script (sudo's PATH leaves the venv out), else the one started, else
+    PATH's, else none."""
+    venv = tmp_path / "venv/bin"
+    beside = _script(venv / "vramwatch")
+    started = _script(tmp_path / "pipx/bin/vramwatch")
+    python = str(venv / "python")
+    assert installed_executable(python, str(started), "/usr/bin/vramwatch") == beside
+    bare = str(tmp_path / "bare/bin/python")
+    assert installed_executable(bare, str(started), "/usr/bin/vramwatch") == started
+    assert installed_executable(bare, "/x/vramwatch/__main__.py", "/usr/local/bin/vramwatch") == Path(
+        "/usr/local/bin/vramwatch"
+    )
+    assert installed_executable(bare, "/x/vramwatch/__main__.py", None) is None
+    beside.chmod(0o644)  # not executable: not a command
+    assert installed_executable(python, str(started), None) == started
+
+
+def test_install_service_from_a_venv_without_it_on_path_points_the_unit_at_the_venv(tmp_path: Path) -> None:
+    """`<venv>/bin/vramwatch install-service` with a PATH that lacks the venv (as under sudo) still writes the
+    venv's vramwatch into ExecStart, and says which."""
+    exe = Path(sys.executable).parent / "vramwatch"
+    if not exe.exists():
+        pytest.skip("no vramwatch script beside this interpreter (not an installed environment)")
+    out = subprocess.run(
+        [sys.executable, "-m", "vramwatch", "install-service", "--prefix", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    unit = (tmp_path / "etc/systemd/system" / UNIT_NAME).read_text()
+    assert f"ExecStart={exe} " in unit
+    assert f"ExecStart runs {exe}" in out.stdout

@@ -331,13 +331,21 @@ def install_service(prefix: str, force: bool) -> None:
     def go() -> int:
         import shutil
 
-        from .service import NEXT_STEPS
+        from .service import NEXT_STEPS, installed_executable
         from .service import install_service as install
 
-        exe = shutil.which("vramwatch")
-        written = install(Path(prefix), force=force, executable=Path(exe) if exe else None)
+        exe = installed_executable(sys.executable, sys.argv[0], shutil.which("vramwatch"))
+        written = install(Path(prefix), force=force, executable=exe)
         for p in written:
             click.echo(f"wrote {p}")
+        if exe is None:
+            click.echo(
+                "vramwatch: no vramwatch command found for this install: the unit runs /usr/bin/vramwatch; "
+                "point ExecStart at yours with a drop-in (docs/operations.md)",
+                err=True,
+            )
+        else:
+            click.echo(f"ExecStart runs {exe}")
         click.echo(NEXT_STEPS)
         return 0
 

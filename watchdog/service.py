@@ -24,6 +24,7 @@ __all__ = [
     "NEXT_STEPS",
     "UNIT_NAME",
     "install_service",
+    "installed_executable",
     "packaged_file",
 ]
 
@@ -33,6 +34,22 @@ DEFAULT_UNIT_DIR = Path("etc/systemd/system")
 DEFAULT_CONFIG_PATH = Path("etc/vramwatch/vramwatch.toml")
 _DEFAULT_EXEC = "/usr/bin/vramwatch"
 NEXT_STEPS = "systemctl daemon-reload && systemctl enable --now vramwatch"
+
+
+def installed_executable(python: str, argv0: str, on_path: str | None) -> Path | None:
+    """The `vramwatch` command that belongs to the running vramwatch, for the unit's ExecStart (None: none found).
+
+    First the script beside the running interpreter (`<venv>/bin/vramwatch` for `<venv>/bin/python`; pipx alike),
+    which holds under `sudo`, whose PATH leaves the venv out; then the script this process was started as; then
+    `on_path`, what PATH finds (`shutil.which`). The interpreter's path is not resolved: a venv's python is a link to
+    the system's, whose directory holds no vramwatch of this install."""
+    beside = Path(python).parent / "vramwatch" if python else None
+    if beside is not None and beside.is_absolute() and os.access(beside, os.X_OK):
+        return beside
+    started = Path(argv0)
+    if started.name == "vramwatch" and os.access(started, os.X_OK):
+        return started.absolute()
+    return Path(on_path) if on_path else None
 
 
 def packaged_file(name: str) -> str:
