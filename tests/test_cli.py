@@ -158,6 +158,15 @@ def test_notify_test_reaches_a_real_receiver(tmp_path: Path, status: int, code: 
     assert b"vramwatch notification test" in bodies[0]
 
 
+def test_notify_test_names_the_file_of_a_bad_notify_section(tmp_path: Path) -> None:
+    """A refused [notify] table under notify --test is one line naming the config file, as under serve."""
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text('[[notify.webhook]]\nurl = "ftp://example.org/hook"\n')
+    code, _, err = _invoke("--config", str(cfg), "notify", "--test")
+    assert code == 2
+    assert f"{cfg}: [[notify.webhook]] #1 url" in err
+
+
 def test_notify_test_without_notifiers_says_what_to_configure() -> None:
     """With no [notify] section, notify --test explains what to add."""
     code, _, err = _invoke("notify", "--test")

@@ -351,3 +351,32 @@ def test_the_daemons_modules_load_nothing_that_only_other_commands_or_features_u
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_advise_command_a_simulated_finding_suggests_runs_as_written() -> None:
+    """On a simulated card, the `vramwatch advise PID --kind growth` a finding suggests names the scenario, so that
+    the command runs as written (the scenario's pids are not the host's)."""
+    import re
+    import shlex
+
+    from click.testing import CliRunner
+    from vramwatch.backends.simulated import SimulatedBackend
+    from vramwatch.cli import main
+    from vramwatch.daemon import Pipeline
+    from vramwatch.history import History
+
+    clock = FakeClock()
+    pipeline = Pipeline(SimulatedBackend("leak", seed=0, clock=clock), History(), clock)
+    suggested = None
+    for _ in range(200):
+        clock.advance(1.0)
+        _, raised, _ = pipeline.step()
+        lines = [line for f in raised for line in f.advice if "vramwatch advise" in line]
+        if lines:
+            suggested = re.search(r"`vramwatch (advise [^`]*)`", lines[0])
+            break
+    assert suggested is not None, "the leak's forecast suggests `vramwatch advise`"
+    assert "--simulate leak" in suggested.group(1)
+    res = CliRunner().invoke(main, shlex.split(suggested.group(1)))
+    assert res.exit_code == 0, res.output
+    assert "leak" in res.output.lower()

@@ -279,6 +279,16 @@ def test_status_of_a_named_daemon_that_does_not_answer_is_an_error() -> None:
     assert res.stdout == ""
 
 
+def test_status_of_a_daemon_named_without_its_port_asks_for_one() -> None:
+    """status --daemon localhost (no port) says the form it expects (exit 2), not that no daemon answers."""
+    res = CliRunner().invoke(main, ["status", "--daemon", "localhost"])
+    assert res.exit_code == 2
+    assert (
+        res.stderr
+        == "vramwatch: error: --daemon 'localhost': expected HOST:PORT, e.g. 127.0.0.1:9783 ([::1]:9783 for IPv6)\n"
+    )
+
+
 def test_status_of_a_daemon_without_a_reading_says_so() -> None:
     """A daemon that answers `up: false` with no GPUs (its NVML gone) is reported as such, exit 1, not taken for
     no daemon (which would show a sample of status's own, maybe of the simulator)."""

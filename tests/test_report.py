@@ -36,6 +36,7 @@ def test_report_writes_one_self_contained_file_with_the_findings_and_the_post_mo
     res = CliRunner().invoke(main, ["report", str(leak_trace), "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert f"written to {out}" in res.output
+    assert "1 process left)" in res.output  # the leak's run, counted in words a person would write
     html = out.read_text()
     assert "<script src=" not in html
     assert '<link rel="stylesheet"' not in html

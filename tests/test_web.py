@@ -231,13 +231,14 @@ def test_a_scaled_clock_runs_fast_and_sleeps_short() -> None:
 
 
 def test_speed_is_refused_for_a_real_gpu() -> None:
-    """A real card runs at its own pace: `serve --speed` without --simulate or --replay is one line, exit 2."""
+    """`serve --speed` without --simulate or --replay is one line, exit 2, that says how to name what it speeds up
+    (also where no GPU answers and the simulator would stand in)."""
     from click.testing import CliRunner
     from vramwatch.cli import main
 
     res = CliRunner().invoke(main, ["serve", "--speed", "20"])
     assert res.exit_code == 2
-    assert "--speed is for --simulate and --replay only" in res.output
+    assert "name it with --simulate NAME or --replay FILE" in res.output
     assert "Traceback" not in res.output
 
 

@@ -164,6 +164,7 @@ def test_the_live_page_draws_the_simulated_leak_and_its_findings_with_advice(
     assert "oom_forecast" in kinds
     assert browser.find_element("id", "conn").text == "live"
     assert "SIMULATED GPU" in browser.find_element("id", "simulated").text
+    assert browser.find_element("css selector", "article.gpu h2").text.startswith("GPU 0 · ")  # once, not "GPU GPU 0"
     assert "full in" in browser.find_element("css selector", "article.gpu .summary").text
     assert browser.execute_script("return document.body.innerText").count("--train_batch_size") == 0
     browser.save_screenshot(str(tmp_path / "live-page.png"))

@@ -25,7 +25,7 @@ from .agent.protocol import default_socket_path
 from .agenthost.link import AgentListener, AgentReport
 from .backends import banner, open_backend
 from .clock import ScaledClock, SystemClock
-from .config import Config, local_address
+from .config import Config, local_address, split_listen
 from .daemon import Daemon, Pipeline
 from .detectors import DetectorConfig, config_from_table
 from .errors import BackendUnavailable, ConfigError, VramwatchError
@@ -92,7 +92,11 @@ def serve(
     )  # fmt: skip
     if speed != 1.0:
         if cfg.daemon.simulate is None and cfg.daemon.replay is None:
-            raise VramwatchError("--speed is for --simulate and --replay only: a real GPU runs at its own pace")
+            # Also where no GPU answers and the simulator stands in: --speed names what it speeds up.
+            raise VramwatchError(
+                "--speed plays a simulated or recorded card faster: name it with --simulate NAME or --replay FILE "
+                "(a real GPU runs at its own pace)"
+            )
         clock = ScaledClock(speed)
     clock = clock or SystemClock()
     first: list[Backend] = []
@@ -327,6 +331,11 @@ def status(
             "--daemon asks a running daemon, but a simulated or replayed card is named (--simulate, --replay, or "
             "the config or environment): not both"
         )
+    if daemon_url is not None and not daemon_url.startswith("http"):
+        try:
+            split_listen(daemon_url)  # "localhost" alone would be asked at port 80 and said not to answer
+        except ValueError as exc:
+            raise VramwatchError(f"--daemon {daemon_url!r}: expected {exc}") from None
     if cfg.daemon.simulate is None and cfg.daemon.replay is None:
         where = daemon_url or local_address(cfg.daemon.listen)
         doc = fetch_daemon_status(where)
@@ -551,8 +560,8 @@ def report(cfg: Config, trace: Path, output: Path | None, *, out: Echo, err: Ech
         raise VramwatchError(f"{output}: cannot write the report: {exc.strerror or exc}") from exc
     r = doc["report"]
     out(
-        f"vramwatch: report of {trace} ({r['ticks']} ticks, {len(doc['findings'])} findings, "
-        f"{len(doc['postmortem'])} processes left) written to {output}"
+        f"vramwatch: report of {trace} ({_count(r['ticks'], 'tick')}, {_count(len(doc['findings']), 'finding')}, "
+        f"{_count(len(doc['postmortem']), 'process', 'processes')} left) written to {output}"
         + (f"; {bad} malformed lines skipped" if bad else "")
     )
     return 0
@@ -689,7 +698,8 @@ def attach(
 def notify_test(cfg: Config, *, out: Echo, timeout: float = 15.0) -> int:
     """`vramwatch notify --test`: send one test finding through every configured notifier and report the outcome."""
     clock = SystemClock()
-    notifiers = build_notifiers(dict(cfg.section("notify")), clock=clock)
+    with _in_file(cfg):
+        notifiers = build_notifiers(dict(cfg.section("notify")), clock=clock)
     if not notifiers:
         raise VramwatchError(
             "no notifier is configured: add a [[notify.webhook]] (url = ...) or [[notify.alertmanager]] table to "
@@ -714,3 +724,8 @@ def notify_test(cfg: Config, *, out: Echo, timeout: float = 15.0) -> int:
         ok &= good
         out(f"{type(n).__name__}: {'ok' if good else 'FAILED'} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
     return 0 if ok else 1
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """ "1 process", "2 processes", "0 findings"."""
+    return f"{n} {one if n == 1 else many or one + 's'}"

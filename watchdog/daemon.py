@@ -128,7 +128,11 @@ class Pipeline:
         # line every `FAILURE_LOG_SECONDS`, not 3,600 tracebacks an hour).
         self._failures_logged: dict[tuple[str, str | None, str], tuple[float, int]] = {}
         # Live lookups (a trainer's environment, its launcher's command line) only make sense for real pids.
-        self.enrich = Enricher(self.history, live=self.backend.kind == "nvml") if self.advise else None
+        self.enrich = (
+            Enricher(self.history, live=self.backend.kind == "nvml", advise_args=_advise_args(self.backend))
+            if self.advise
+            else None
+        )
 
     def step(self) -> tuple[Snapshot | None, list[Finding], list[Finding]]:
         """Sample, analyse, track; advice on what is raised. Returns the snapshot and what was raised and cleared."""
@@ -173,6 +177,16 @@ class Pipeline:
                 traceback=f.detail if last is None else None,
             )
             self._failures_logged[key] = (analysis.t, 0)
+
+
+def _advise_args(backend: Backend) -> str:
+    """What `vramwatch advise PID` needs besides the pid to find a process of this backend: a simulated card's pids
+    live in its scenario, not on the host."""
+    if backend.kind == "simulated":
+        scenario = backend.describe().get("scenario")
+        if scenario:
+            return f" --simulate {scenario}"
+    return ""
 
 
 #: What SIGHUP applies live; every other [daemon] option, and the RESTART_SECTIONS, need a restart.

@@ -61,8 +61,11 @@ class Enricher:
         env_reader: EnvReader = read_env,
         tree_reader: TreeReader = read_tree,
         limit: int = 4,
+        advise_args: str = "",
     ) -> None:
         self.history = history
+        #: Appended to the `vramwatch advise PID` a line suggests (" --simulate leak" on a simulated card).
+        self.advise_args = advise_args
         self.live = live
         self.env_reader = env_reader
         self.tree_reader = tree_reader
@@ -102,7 +105,7 @@ class Enricher:
             # Young and rising steadily: a warm-up that overshoots and a leak look alike for a while.
             lines += (
                 "if memory keeps rising after the first steps, this is a leak, not a setting: "
-                f"`vramwatch advise {meta.pid} --kind growth` says what to look for",
+                f"`vramwatch advise {meta.pid} --kind growth{self.advise_args}` says what to look for",
             )
         return replace(finding, advice=lines)
 

@@ -162,7 +162,7 @@ def _gpu(store: PageStore, now: Now, uuid: str, track: GpuTrack, since: int) -> 
     procs = snap.processes_on(uuid) if snap else ()
     return {
         "index": store.index.get(uuid),
-        "label": gpu_label(g) if g else str(store.index.get(uuid)),
+        "label": gpu_label(g) if g else f"GPU {store.index.get(uuid)}",
         "uuid": uuid,
         "name": g.name if g else None,
         "up": bool(g and g.up),

@@ -266,7 +266,7 @@
         el("table", { class: "procs" }));
       document.getElementById("gpus").appendChild(card);
     }
-    card.querySelector("h2").textContent = "GPU " + g.label + (g.name ? " · " + g.name : "") + (g.up ? "" : " · DOWN");
+    card.querySelector("h2").textContent = g.label + (g.name ? " · " + g.name : "") + (g.up ? "" : " · DOWN");
     const summary = card.querySelector(".summary");
     const bits = [];
     if (g.used_bytes !== null && g.total_bytes) {
