@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from vramwatch.agenthost.link import AgentReport
-from vramwatch.agenthost.runner import run_command
+from vramwatch.agenthost.runner import NOT_WATCHED, run_command
 from vramwatch.attribution import PsutilInspector
 from vramwatch.model import ProcessExit
 
@@ -165,9 +165,18 @@ def test_a_process_without_torch_gets_no_thread_and_no_torch(run):
 
 
 def test_torch_without_cuda_sends_nothing(run):
-    """Importing torch without initialising CUDA: the agent waits and reports nothing."""
+    """Importing torch without initialising CUDA: the agent waits and reports nothing, and the runner says at the
+    end that nothing was watched (a run nobody watched must not look like a healthy one)."""
     result = run("import time, torch; time.sleep(0.4)")
     assert result.reports == []
+    assert NOT_WATCHED in result.stderr
+
+
+def test_a_run_whose_agent_reported_is_not_said_unwatched(run):
+    """A run from which an agent reported ends without the "not watched" line."""
+    result = run(f"import time, torch; torch.cuda._fake_set(allocated={MIB}, reserved={MIB}); time.sleep(0.8)")
+    assert result.reports
+    assert NOT_WATCHED not in result.stderr
 
 
 def test_reports_reach_the_runner_without_a_daemon(run):

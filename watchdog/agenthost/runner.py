@@ -182,6 +182,13 @@ def _private_socket_dir() -> Path:
     return directory
 
 
+#: What `vramwatch run` says at the end of a run from which no agent reported.
+NOT_WATCHED = (
+    "vramwatch: no process of this run reported PyTorch's CUDA memory (a process reports once it has used CUDA "
+    "through torch for about a second): its memory was not watched"
+)
+
+
 def run_command(
     argv: Sequence[str],
     *,
@@ -241,7 +248,10 @@ def run_command(
             else None
         )
 
+        heard = threading.Event()
+
         def deliver(report: AgentReport) -> None:
+            heard.set()
             if monitor is not None:
                 monitor.on_report(report)
             if on_report is not None:
@@ -281,6 +291,10 @@ def run_command(
             if on_start is not None:
                 on_start(proc)
             returncode = _wait_leaving_status(proc, exit_status_seconds, group)
+        if monitor is not None and not heard.is_set():
+            # Said, because a run that nobody watched looks the same as a healthy one (torch missing from the
+            # command's Python, a CPU-only run, a command that is not Python).
+            print(NOT_WATCHED, file=out)
         return 128 - returncode if returncode < 0 else returncode
     finally:
         if listener is not None:
