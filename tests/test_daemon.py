@@ -380,3 +380,19 @@ def test_the_advise_command_a_simulated_finding_suggests_runs_as_written() -> No
     res = CliRunner().invoke(main, shlex.split(suggested.group(1)))
     assert res.exit_code == 0, res.output
     assert "leak" in res.output.lower()
+
+
+def test_status_json_names_each_findings_gpu_by_index() -> None:
+    """/status.json (`status --json` from a daemon) gives a finding's GPU index, as /api/state and replay --json do."""
+    import json
+
+    from vramwatch.backends.simulated import SimulatedBackend
+
+    clock = FakeClock()
+    d = Daemon(Config(), lambda: SimulatedBackend("leak", seed=0, clock=clock), clock=clock)
+    for _ in range(120):
+        clock.advance(1.0)
+        d.step()
+    findings = json.loads(d.status_json())["findings"]
+    assert findings, "the leak's forecast is active two minutes in"
+    assert {f["gpu"] for f in findings} == {0}

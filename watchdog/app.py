@@ -31,7 +31,7 @@ from .detectors import DetectorConfig, config_from_table
 from .errors import BackendUnavailable, ConfigError, VramwatchError
 from .history import History
 from .model import Finding, ProcessKey, ProcessMeta, Severity, Snapshot
-from .render import finding_dict, snapshot_to_json, status_table
+from .render import finding_to_json, snapshot_to_json, status_table
 from .sampler import Sampler, run_every
 from .sdnotify import SdNotifier
 from .testing import FakeClock
@@ -415,15 +415,6 @@ def scenarios(out: Echo) -> int:
 
 def config_path(path: str | None) -> Path | None:
     return Path(path) if path else None
-
-
-def finding_to_json(f: Finding, snap: Snapshot | None, *, event: str = "raised") -> dict[str, Any]:
-    """A finding as the JSON line `replay --json`, `attach --json` and webhooks share (no command lines)."""
-    index = None
-    if snap is not None and f.gpu_uuid is not None:
-        g = snap.gpu(f.gpu_uuid)
-        index = g.index if g else None
-    return finding_dict(f, index, event=event)
 
 
 def record(

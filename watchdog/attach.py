@@ -28,7 +28,7 @@ from .detectors import pressure, settings
 from .detectors.pressure import pressure_threshold
 from .errors import VramwatchError
 from .model import POST_MORTEM_KINDS, Finding, Snapshot
-from .render import eta_text, finding_dict
+from .render import eta_text, finding_dict, finding_to_json
 from .sampler import run_every
 from .stephistory import StepFigures, worst
 from .steps import phase_words
@@ -356,7 +356,7 @@ def _render(
                 "gpus": [{"uuid": g.uuid, "used_bytes": g.used_bytes, "total_bytes": g.total_bytes} for g in cards],
                 "growth_bytes_per_second": growth or None,
                 "oom_eta_seconds": eta,
-                "findings": [finding_dict(f) for f in new],
+                "findings": [finding_to_json(f, snap) for f in new],
                 "steps": [f.as_dict() for _, f in sorted(state.steps.items())],
             }
         )

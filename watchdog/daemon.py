@@ -37,7 +37,7 @@ from .exporter import ExportState, MetricsServer, Pages, make_registry
 from .history import History
 from .lazy import LazyMapping
 from .model import Finding, FindingKind, OomEvent, ProcessKey, ProcessMeta, Snapshot, TorchStats
-from .render import finding_dict, snapshot_to_json
+from .render import finding_to_json, snapshot_to_json
 from .sampler import Sampler, TickStats, run_every
 from .schedule import process_schedule
 from .sdnotify import SdNotifier
@@ -329,7 +329,7 @@ class Daemon:
             {"pid": k.pid, "start_time": k.start_time, "gpu_uuid": gpu, "verdict": v}
             for (k, gpu), v in st.verdicts.items()
         ]
-        doc["findings"] = [finding_dict(f) for f in st.active]
+        doc["findings"] = [finding_to_json(f, st.snapshot) for f in st.active]
         # What the agents' optimizer steps say (`attach` shows it for its run); no command line in it.
         doc["steps"] = [f.as_dict() for _, f in sorted(st.steps.items())]
         return json.dumps(doc).encode()

@@ -125,6 +125,15 @@ def finding_context(f: Finding) -> dict[str, Any]:
     }
 
 
+def finding_to_json(f: Finding, snap: Snapshot | None, *, event: str = "raised") -> dict[str, Any]:
+    """`finding_dict` with the GPU's index looked up in `snap` (the tick it was raised or is shown at)."""
+    index = None
+    if snap is not None and f.gpu_uuid is not None:
+        g = snap.gpu(f.gpu_uuid)
+        index = g.index if g else None
+    return finding_dict(f, index, event=event)
+
+
 def finding_dict(f: Finding, index: int | None = None, *, event: str = "raised") -> dict[str, Any]:
     """A finding as the JSON object that `replay --json`, `attach --json`, `/status.json` share (no cmdline)."""
     return {
