@@ -396,3 +396,26 @@ def test_status_json_names_each_findings_gpu_by_index() -> None:
     findings = json.loads(d.status_json())["findings"]
     assert findings, "the leak's forecast is active two minutes in"
     assert {f["gpu"] for f in findings} == {0}
+
+
+def test_notifications_name_the_card_by_index() -> None:
+    """Every finding the pipeline raises or clears about a card carries its NVML index, so that a webhook's `gpu`,
+    an Alertmanager alert's `gpu` label and a chat text's "GPU 0" are filled (they were null / the uuid)."""
+    from vramwatch.actions.payload import chat_text, finding_fields
+    from vramwatch.backends.simulated import SimulatedBackend
+    from vramwatch.daemon import Pipeline
+    from vramwatch.history import History
+
+    clock = FakeClock()
+    pipeline = Pipeline(SimulatedBackend("leak", seed=0, clock=clock), History(), clock)
+    seen: list[Finding] = []
+    for _ in range(700):
+        clock.advance(1.0)
+        _, raised, cleared = pipeline.step()
+        seen += raised + cleared
+    on_a_card = [f for f in seen if f.gpu_uuid is not None]
+    assert len(on_a_card) >= 3, "the leak story raises and clears findings about its card"
+    assert {f.numbers["gpu_index"] for f in on_a_card} == {0}
+    f = on_a_card[0]
+    assert finding_fields(f, wall_time=None)["gpu"] == 0
+    assert " GPU 0" in chat_text(f, cleared=False, host="box", process=None)

@@ -148,7 +148,7 @@ class Pipeline:
         if self.enrich is not None and raised:
             active = self.tracker.active()
             raised = [self.enrich(f, snap, self.analysis, active) for f in raised]
-        return snap, raised, cleared
+        return snap, [with_gpu_index(f, snap) for f in raised], [with_gpu_index(f, snap) for f in cleared]
 
     def _failed(self, analysis: Analysis, ooms: tuple[OomEvent, ...]) -> None:
         """Count and log the detectors that raised at this tick; keep the OOM reports the `oom` detector missed."""
@@ -177,6 +177,15 @@ class Pipeline:
                 traceback=f.detail if last is None else None,
             )
             self._failures_logged[key] = (analysis.t, 0)
+
+
+def with_gpu_index(f: Finding, snap: Snapshot) -> Finding:
+    """`f` with its card's NVML index in `numbers["gpu_index"]`, as notifications read it (the `gpu` of a webhook
+    and an Alertmanager alert, a hook's VRAMWATCH_GPU, "GPU 0" in a chat text): a finding keys its card by UUID."""
+    if f.gpu_uuid is None or "gpu_index" in f.numbers:
+        return f
+    g = snap.gpu(f.gpu_uuid)
+    return f if g is None else replace(f, numbers={**f.numbers, "gpu_index": g.index})
 
 
 def _advise_args(backend: Backend) -> str:
