@@ -210,6 +210,29 @@ def test_active_alerts_are_resent_every_period_with_a_fixed_start(alertmanager: 
         n.close(2.0)
 
 
+@pytest.mark.slow
+def test_a_warning_that_becomes_critical_leaves_one_alert_firing(alertmanager: str) -> None:
+    """Escalation (warning, then critical, one subject) ends the warning's alert at once: Alertmanager tells alerts
+    apart by their labels, severity among them, so the warning would otherwise fire on until its endsAt; and back
+    (a de-escalation re-sent as a warning) ends the critical one."""
+    clock = ShiftedClock()
+    n = make(alertmanager, clock, resend_seconds=60)
+    name = "VramwatchFragmentation"
+    try:
+        warning = finding(clock, kind="fragmentation", severity=Severity.WARNING, message="fragmented")
+        n.notify(warning)
+        assert wait_for(lambda: [a["labels"]["severity"] for a in _ours(alertmanager, name)] == ["warning"])  # type: ignore[index]
+        n.notify(dataclasses.replace(warning, severity=Severity.CRITICAL))
+        assert wait_for(lambda: [a["labels"]["severity"] for a in _ours(alertmanager, name)] == ["critical"])  # type: ignore[index]
+        assert n.active_count() == 1
+        n.resend_active([warning])  # the tracker's silent de-escalation, as the daemon re-sends it
+        assert wait_for(lambda: [a["labels"]["severity"] for a in _ours(alertmanager, name)] == ["warning"])  # type: ignore[index]
+        n.notify(warning, cleared=True)
+        assert wait_for(lambda: _ours(alertmanager, name) == [])
+    finally:
+        n.close(2.0)
+
+
 def test_an_unreachable_alertmanager_counts_failures() -> None:
     """Connection refused: the notify returns at once and the delivery ends as failed."""
     clock = ShiftedClock()

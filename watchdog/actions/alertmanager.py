@@ -151,17 +151,16 @@ class AlertmanagerNotifier:
     def notify(self, finding: Finding, *, cleared: bool = False) -> None:
         try:
             now = self._clock.wall()
+            ended: list[dict[str, object]] = []
             with self._lock:
                 if cleared:
                     entry = self._active.pop(finding.subject, None)
                     starts = entry.starts_at if entry else self._wall_of(finding.t, now)
                     alert = self.alert(finding, starts_at=min(starts, now), ends_at=now)
                 else:
-                    entry = self._active.get(finding.subject)
-                    starts = entry.starts_at if entry else self._wall_of(finding.t, now)
-                    self._active[finding.subject] = _Active(finding, starts)
+                    ended, starts = self._take(finding, now)
                     alert = self.alert(finding, starts_at=starts, ends_at=self._firing_end(now))
-            self._submit([alert])
+            self._submit([*ended, alert])
         except Exception:
             log.exception("alertmanager_notify_failed", destination=self.destination, kind=finding.kind)
 
@@ -179,18 +178,34 @@ class AlertmanagerNotifier:
     def resend_active(self, findings: Iterable[Finding] | None = None) -> None:
         """Re-send the given findings (default: every one fired and not yet cleared) as firing, in one POST."""
         now = self._clock.wall()
+        ended: list[dict[str, object]] = []
         with self._lock:
             if findings is not None:
                 for finding in findings:
-                    entry = self._active.get(finding.subject)
-                    starts = entry.starts_at if entry else self._wall_of(finding.t, now)
-                    self._active[finding.subject] = _Active(finding, starts)
-            alerts = [
+                    gone, _ = self._take(finding, now)
+                    ended += gone
+            alerts = ended + [
                 self.alert(a.finding, starts_at=a.starts_at, ends_at=self._firing_end(now))
                 for a in self._active.values()
             ]
         if alerts:
             self._submit(alerts)
+
+    def _take(self, finding: Finding, now: float) -> tuple[list[dict[str, object]], float]:
+        """Make `finding` its subject's firing alert (under the lock). Returns the alert it replaces, ended now, when
+        that one's labels differ (a warning that became critical, or back: Alertmanager tells alerts apart by their
+        labels, so the old one would otherwise fire on until its `endsAt`), and the new alert's start."""
+        entry = self._active.get(finding.subject)
+        ended: list[dict[str, object]] = []
+        if entry is None:
+            starts = self._wall_of(finding.t, now)
+        elif self.labels(entry.finding) != self.labels(finding):
+            ended.append(self.alert(entry.finding, starts_at=min(entry.starts_at, now), ends_at=now))
+            starts = now
+        else:
+            starts = entry.starts_at
+        self._active[finding.subject] = _Active(finding, starts)
+        return ended, starts
 
     def active_count(self) -> int:
         with self._lock:
