@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from vramwatch.config import DaemonConfig, load_file
 from vramwatch.errors import ConfigError
-from vramwatch.service import UNIT_NAME, install_service, installed_executable, packaged_file
+from vramwatch.service import UNIT_NAME, install_service, installed_executable, packaged_file, unit_cannot_see
 
 try:
     import tomllib
@@ -156,3 +156,20 @@ def test_install_service_from_a_venv_without_it_on_path_points_the_unit_at_the_v
     unit = (tmp_path / "etc/systemd/system" / UNIT_NAME).read_text()
     assert f"ExecStart={exe} " in unit
     assert f"ExecStart runs {exe}" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("exe", "hidden"),
+    [
+        ("/home/ana/.venv/bin/vramwatch", "/home"),
+        ("/tmp/walk/.venv/bin/vramwatch", "/tmp"),
+        ("/root/.local/bin/vramwatch", "/root"),
+        ("/opt/vramwatch/bin/vramwatch", None),
+        ("/usr/local/bin/vramwatch", None),
+        ("/homework/bin/vramwatch", None),
+    ],
+)
+def test_a_vramwatch_the_unit_cannot_see_is_named(exe: str, hidden: str | None) -> None:
+    """ProtectHome=yes and PrivateTmp=yes hide /home, /root and /tmp from the service: a vramwatch there is named
+    (install-service warns), one under /opt or /usr/local is not."""
+    assert unit_cannot_see(Path(exe)) == (Path(hidden) if hidden else None)

@@ -331,7 +331,7 @@ def install_service(prefix: str, force: bool) -> None:
     def go() -> int:
         import shutil
 
-        from .service import NEXT_STEPS, installed_executable
+        from .service import NEXT_STEPS, installed_executable, unit_cannot_see
         from .service import install_service as install
 
         exe = installed_executable(sys.executable, sys.argv[0], shutil.which("vramwatch"))
@@ -346,6 +346,13 @@ def install_service(prefix: str, force: bool) -> None:
             )
         else:
             click.echo(f"ExecStart runs {exe}")
+            hidden = unit_cannot_see(exe)
+            if hidden is not None:
+                click.echo(
+                    f"vramwatch: warning: the unit hides {hidden} from the service (ProtectHome=yes, PrivateTmp=yes), "
+                    f"so it cannot start {exe}: install vramwatch under /opt or /usr/local (docs/operations.md)",
+                    err=True,
+                )
         click.echo(NEXT_STEPS)
         return 0
 

@@ -26,6 +26,7 @@ __all__ = [
     "install_service",
     "installed_executable",
     "packaged_file",
+    "unit_cannot_see",
 ]
 
 UNIT_NAME = "vramwatch.service"
@@ -50,6 +51,22 @@ def installed_executable(python: str, argv0: str, on_path: str | None) -> Path |
     if started.name == "vramwatch" and os.access(started, os.X_OK):
         return started.absolute()
     return Path(on_path) if on_path else None
+
+
+#: Where the packaged unit cannot see a file (ProtectHome=yes hides these, PrivateTmp=yes gives /tmp a fresh empty
+#: tree): a vramwatch installed there cannot start as the service.
+HIDDEN_FROM_UNIT = (
+    Path("/home"),
+    Path("/root"),
+    Path("/run/user"),
+    Path("/tmp"),  # noqa: S108 - names the directory, writes nothing there
+    Path("/var/tmp"),  # noqa: S108
+)
+
+
+def unit_cannot_see(executable: Path) -> Path | None:
+    """The directory of `HIDDEN_FROM_UNIT` that holds `executable` (None: the unit can run it)."""
+    return next((d for d in HIDDEN_FROM_UNIT if executable.is_relative_to(d)), None)
 
 
 def packaged_file(name: str) -> str:
