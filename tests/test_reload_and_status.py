@@ -99,6 +99,18 @@ def test_a_policy_the_next_start_would_refuse_fails_the_reload_naming_the_file(t
         assert daemon.detector_config is before
 
 
+def test_a_detector_range_error_on_reload_names_the_file_and_the_section(tmp_path: Path) -> None:
+    """A [detectors] value out of its range on SIGHUP is a `reload_failed` naming the file and [detectors]."""
+    path = tmp_path / "vw.toml"
+    with _serving(path, "[detectors]\nnoise_bytes = 1048576\n") as (daemon, logs):
+        before = daemon.detector_config
+        path.write_text(path.read_text() + "pressure_free_fraction = 7.0\n")
+        failed = _reload(daemon, logs)
+        assert failed["event"] == "reload_failed"
+        assert failed["error"].startswith(f"{path}: [detectors]: invalid detector config: pressure_free_fraction")
+        assert daemon.detector_config is before
+
+
 def test_a_changed_log_level_is_logged_as_needing_a_restart(tmp_path: Path) -> None:
     """Every [daemon] option but process_metrics is read at start only; a reload that changes one says so."""
     path = tmp_path / "vw.toml"
@@ -115,10 +127,12 @@ def test_a_changed_log_level_is_logged_as_needing_a_restart(tmp_path: Path) -> N
     [
         ('[policy]\ndry_run = "yes"\n', "[policy] dry_run: expected true or false"),
         ('[[notify.webhook]]\nurl = "ftp://x"\n', "[[notify.webhook]] #1 url"),
+        ("[detectors]\npressure_free_fraction = 7.0\n", "[detectors]: invalid detector config: pressure_free_fraction"),
     ],
 )
 def test_policy_and_notify_errors_at_start_name_the_file(tmp_path: Path, section: str, expected: str) -> None:
-    """A bad [policy] or [notify] refuses serve in one line that starts with the file's name, as other sections do."""
+    """A bad [policy], [notify] or [detectors] value refuses serve in one line that starts with the file's name, as
+    other sections do (a detector's range check knows no file: the table's reader names it)."""
     path = tmp_path / "vw.toml"
     path.write_text(f'[daemon]\nlisten = "127.0.0.1:{_free_port()}"\n{section}')
     res = CliRunner().invoke(main, ["--config", str(path), "serve", "--simulate", "steady"])

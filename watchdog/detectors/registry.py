@@ -156,6 +156,16 @@ def config_from_table(table: Mapping[str, Any], where: str) -> DetectorConfig:
         else:
             known = ", ".join(sorted(shared | set(owners)))
             raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
+    try:
+        return _built(mine, theirs, where)
+    except ConfigError as exc:
+        # A range check in a config's own __post_init__ knows no file: the error names where the table came from.
+        if str(exc).startswith(where[: where.find(":")] if ":" in where else where):
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _built(mine: dict[str, Any], theirs: dict[str, dict[str, Any]], where: str) -> DetectorConfig:
     by = by_kind()
     own = {kind: _own_from_table(by[kind], values, where) for kind, values in theirs.items()}
     for ticks in ("enter_ticks", "exit_ticks"):
