@@ -241,3 +241,24 @@ def test_serve_speaks_sd_notify(systemd: FakeSystemd, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_watchdog_too_short_for_the_interval_is_said_in_its_own_terms(tmp_path: Path) -> None:
+    """WatchdogSec=30 with a 10 s interval: the warning gives WatchdogSec as systemd has it (30, not the 15 s ping
+    interval) and the WatchdogSec the interval needs (40)."""
+    from dataclasses import replace
+
+    from structlog.testing import capture_logs
+    from vramwatch.config import Config
+    from vramwatch.daemon import Daemon
+    from vramwatch.testing import FakeClock, ScriptedBackend
+
+    cfg = Config()
+    cfg = replace(cfg, daemon=replace(cfg.daemon, interval=10.0))
+    notifier = SdNotifier(str(tmp_path / "notify.sock"), watchdog_interval_s=15.0)
+    d = Daemon(cfg, lambda: ScriptedBackend([]), clock=FakeClock(), systemd=notifier)
+    d.stop_event.set()
+    with capture_logs() as logs:
+        d.run()
+    (warned,) = [e for e in logs if e["event"] == "watchdog_shorter_than_interval"]
+    assert (warned["interval"], warned["watchdog_sec"], warned["needs_watchdog_sec"]) == (10.0, 30.0, 40.0)

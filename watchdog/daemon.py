@@ -278,7 +278,15 @@ class Daemon:
         """Tick until `stop_event` is set (SIGTERM/SIGINT), then shut down cleanly."""
         interval = self.config.daemon.interval
         if self.systemd.watchdog_interval_s is not None and not self.systemd.watchdog_covers(interval):
-            log.warning("watchdog_shorter_than_interval", interval=interval, watchdog=self.systemd.watchdog_interval_s)
+            # The pings go out every half WatchdogSec, and two ticks must fit between two pings (`watchdog_covers`).
+            ping = self.systemd.watchdog_interval_s or 0.0
+            log.warning(
+                "watchdog_shorter_than_interval",
+                interval=interval,
+                watchdog_sec=2 * ping,
+                needs_watchdog_sec=4 * interval,
+                effect="one slow tick could get a healthy daemon killed: raise WatchdogSec= or lower the interval",
+            )
         self.systemd.ready(f"serving {self.config.daemon.listen}")
         try:
             run_every(
