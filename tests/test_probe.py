@@ -440,6 +440,19 @@ def test_a_run_with_no_step_in_time_ends_the_probe() -> None:
     assert result.seconds < 15
 
 
+def test_a_command_that_never_uses_cuda_is_said_so() -> None:
+    """A command no agent ever reported from (no torch, no CUDA) ends the probe saying that, not that its optimizer
+    bypasses the step hooks."""
+    from vramwatch.probing import EXIT_FAILED, verdict_text
+
+    config = ProbeConfig(steps=120, max_seconds=60, stop_seconds=5, first_step_seconds=2)
+    result = run_probe([sys.executable, "-c", "import time; time.sleep(30)"], config)
+    assert result.exit_code == EXIT_FAILED, render_text(result)
+    assert "no process of the command reported PyTorch's CUDA memory" in verdict_text(result)
+    assert "optimizer" not in verdict_text(result)
+    assert result.seconds < 15
+
+
 def test_the_first_step_limit_is_at_least_two_minutes_or_half_the_time_limit() -> None:
     """By default a run gets max(120 s, half of --max-time) to reach its first optimizer step."""
     assert ProbeConfig(max_seconds=60).no_step_seconds == 120

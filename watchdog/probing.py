@@ -255,6 +255,11 @@ class _Collector:
             pid = max(self.records, key=lambda p: self.records[p][-1].last_step)
             return pid, list(self.records[pid])
 
+    def heard(self) -> bool:
+        """An agent said hello: some process of the run used CUDA through torch."""
+        with self.lock:
+            return bool(self.counts_steps)
+
     def steps_off(self) -> bool:
         """Agents said hello and none of them counts steps: no step will ever come (torch without the hook)."""
         with self.lock:
@@ -613,10 +618,18 @@ def _probe_once(
         if _measured(records, schedule, config):
             return "measured"
         if not records and clock() - started > min(config.no_step_seconds, config.max_seconds):
-            failure.append(
-                f"no optimizer step was counted in {duration(clock() - started)} (an optimizer that bypasses "
-                "torch.optim's step hooks, or a start-up longer than that: allow more with --max-time)"
-            )
+            if not collector.heard():
+                # Nothing used CUDA through torch: the optimizer's hooks are not the question yet.
+                failure.append(
+                    f"no process of the command reported PyTorch's CUDA memory in {duration(clock() - started)} "
+                    "(torch missing from the command's Python, a command that never uses CUDA, or a start-up longer "
+                    "than that: allow more with --max-time)"
+                )
+            else:
+                failure.append(
+                    f"no optimizer step was counted in {duration(clock() - started)} (an optimizer that bypasses "
+                    "torch.optim's step hooks, or a start-up longer than that: allow more with --max-time)"
+                )
             return "no_steps"
         if clock() - started > config.max_seconds:
             return "time"
