@@ -213,8 +213,8 @@ def test_active_alerts_are_resent_every_period_with_a_fixed_start(alertmanager: 
 @pytest.mark.slow
 def test_a_warning_that_becomes_critical_leaves_one_alert_firing(alertmanager: str) -> None:
     """Escalation (warning, then critical, one subject) ends the warning's alert at once: Alertmanager tells alerts
-    apart by their labels, severity among them, so the warning would otherwise fire on until its endsAt; and back
-    (a de-escalation re-sent as a warning) ends the critical one."""
+    apart by their labels, severity among them, so the warning would otherwise fire on until its endsAt. A re-send
+    of given findings (`resend_active(findings)`) with other labels ends the one it replaces the same way."""
     clock = ShiftedClock()
     n = make(alertmanager, clock, resend_seconds=60)
     name = "VramwatchFragmentation"
@@ -225,7 +225,7 @@ def test_a_warning_that_becomes_critical_leaves_one_alert_firing(alertmanager: s
         n.notify(dataclasses.replace(warning, severity=Severity.CRITICAL))
         assert wait_for(lambda: [a["labels"]["severity"] for a in _ours(alertmanager, name)] == ["critical"])  # type: ignore[index]
         assert n.active_count() == 1
-        n.resend_active([warning])  # the tracker's silent de-escalation, as the daemon re-sends it
+        n.resend_active([warning])
         assert wait_for(lambda: [a["labels"]["severity"] for a in _ours(alertmanager, name)] == ["warning"])  # type: ignore[index]
         n.notify(warning, cleared=True)
         assert wait_for(lambda: _ours(alertmanager, name) == [])
