@@ -193,8 +193,8 @@ class AlertmanagerNotifier:
 
     def _take(self, finding: Finding, now: float) -> tuple[list[dict[str, object]], float]:
         """Make `finding` its subject's firing alert (under the lock). Returns the alert it replaces, ended now, when
-        that one's labels differ (a warning that became critical, or back: Alertmanager tells alerts apart by their
-        labels, so the old one would otherwise fire on until its `endsAt`), and the new alert's start."""
+        that one's labels differ (a warning that became critical, another process named: Alertmanager tells alerts
+        apart by their labels, so the old one would otherwise fire on until its `endsAt`), and the new alert's start."""
         entry = self._active.get(finding.subject)
         ended: list[dict[str, object]] = []
         if entry is None:

@@ -159,13 +159,15 @@ def config_from_table(table: Mapping[str, Any], where: str) -> DetectorConfig:
     try:
         return _built(mine, theirs, where)
     except ConfigError as exc:
-        # A range check in a config's own __post_init__ knows no file: the error names where the table came from.
-        if str(exc).startswith(where[: where.find(":")] if ":" in where else where):
+        # A range check in a config's own __post_init__ knows no file: the error names where the table came from
+        # (one that already starts with the file, a wrong type's, is left as it is).
+        if str(exc).startswith(where.partition(": ")[0]):
             raise
         raise ConfigError(f"{where}: {exc}") from None
 
 
 def _built(mine: dict[str, Any], theirs: dict[str, dict[str, Any]], where: str) -> DetectorConfig:
+    """The DetectorConfig of the keys `config_from_table` sorted: the shared ones and each detector's own."""
     by = by_kind()
     own = {kind: _own_from_table(by[kind], values, where) for kind, values in theirs.items()}
     for ticks in ("enter_ticks", "exit_ticks"):
