@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from vramwatch.backends import described
 from vramwatch.backends.replay import ReplayBackend
 from vramwatch.backends.simulated import SimulatedBackend
 from vramwatch.errors import TraceError
@@ -535,14 +536,16 @@ def test_replay_keeps_recorded_pid_visibility(tmp_path: Path) -> None:
 
 
 def test_replay_describe_is_the_header_as_strings_plus_source(tmp_path: Path) -> None:
-    """describe() gives the recorded header's scalar fields as strings, the file it reads, and backend `replay`
-    (the header's own backend as `recorded_backend`: a trace recorded on a GPU is not a live card)."""
+    """describe() gives the recorded header's scalar fields as strings and the file it reads, the header's own
+    backend as `recorded_backend`; described() names it `replay` (a trace recorded on a GPU is not a live card)."""
     path, _ = recorded(tmp_path)
-    info = ReplayBackend(path).describe()
+    backend = ReplayBackend(path)
+    info = backend.describe()
     assert info["source"] == str(path)
     assert info["driver_version"] == "550.54.14"
-    assert info["backend"] == "replay"
+    assert "backend" not in info
     assert info["recorded_backend"] == "nvml"
+    assert described(backend)["backend"] == "replay"
     assert info["interval_seconds"] == "2.0"
     assert "gpus" not in info
     assert all(isinstance(v, str) for v in info.values())

@@ -27,6 +27,7 @@ import structlog
 
 from .actions import ActionDispatcher, parse_policy
 from .agenthost.link import AgentDevice, AgentListener, AgentReport
+from .backends import described
 from .clock import SystemClock
 from .config import Config
 from .detectors import Analysis, DetectorConfig, FindingTracker, Rate, analyze, config_from_table
@@ -37,7 +38,7 @@ from .exporter import ExportState, MetricsServer, Pages, make_registry
 from .history import History
 from .lazy import LazyMapping
 from .model import Finding, FindingKind, OomEvent, ProcessKey, ProcessMeta, Snapshot, TorchStats
-from .render import finding_to_json, snapshot_to_json
+from .render import card_index, finding_to_json, snapshot_to_json
 from .sampler import Sampler, TickStats, run_every
 from .schedule import process_schedule
 from .sdnotify import SdNotifier
@@ -182,10 +183,8 @@ class Pipeline:
 def with_gpu_index(f: Finding, snap: Snapshot) -> Finding:
     """`f` with its card's NVML index in `numbers["gpu_index"]`, as notifications read it (the `gpu` of a webhook
     and an Alertmanager alert, a hook's VRAMWATCH_GPU, "GPU 0" in a chat text): a finding keys its card by UUID."""
-    if f.gpu_uuid is None or "gpu_index" in f.numbers:
-        return f
-    g = snap.gpu(f.gpu_uuid)
-    return f if g is None else replace(f, numbers={**f.numbers, "gpu_index": g.index})
+    index = None if "gpu_index" in f.numbers else card_index(f, snap)
+    return f if index is None else replace(f, numbers={**f.numbers, "gpu_index": index})
 
 
 def _advise_args(backend: Backend) -> str:
@@ -597,8 +596,7 @@ class Daemon:
             log.error("backend_unavailable", error=str(exc), retry_in_seconds=wait)
             return None
         self._backoff.reset()
-        # What is read now names the backend, whatever a description carries (a replayed trace's header).
-        self.backend_info = {**backend.describe(), "backend": backend.kind}
+        self.backend_info = described(backend)
         agents = self.agents
         source = (lambda: tuple(d.stats for d in agents.latest())) if agents is not None else None
         self.pipeline = Pipeline(

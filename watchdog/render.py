@@ -125,13 +125,15 @@ def finding_context(f: Finding) -> dict[str, Any]:
     }
 
 
+def card_index(f: Finding, snap: Snapshot | None) -> int | None:
+    """The NVML index of the card `f` is about, as `snap` lists it (None: about no card, or one not in `snap`)."""
+    g = snap.gpu(f.gpu_uuid) if snap is not None and f.gpu_uuid is not None else None
+    return g.index if g is not None else None
+
+
 def finding_to_json(f: Finding, snap: Snapshot | None, *, event: str = "raised") -> dict[str, Any]:
     """`finding_dict` with the GPU's index looked up in `snap` (the tick it was raised or is shown at)."""
-    index = None
-    if snap is not None and f.gpu_uuid is not None:
-        g = snap.gpu(f.gpu_uuid)
-        index = g.index if g else None
-    return finding_dict(f, index, event=event)
+    return finding_dict(f, card_index(f, snap), event=event)
 
 
 def finding_dict(f: Finding, index: int | None = None, *, event: str = "raised") -> dict[str, Any]:

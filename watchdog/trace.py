@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._version import __version__
+from .backends import described
 from .errors import TraceError
 from .model import GpuSample, ProcessExit, ProcessMeta, ProcessUsage, Reading, Snapshot, TorchStats
 from .redact import redact_cmdline
@@ -428,14 +429,13 @@ def _open_text_for_write(path: Path) -> TextIO:
 
 
 def open_trace_writer(path: PathLike, backend: Backend, interval: float) -> TraceWriter:
-    """A writer to `path` (gzip-compressed when it ends in `.gz`) with a header from `backend.describe()` and its
-    kind (`nvml`, `simulated`, `replay`)."""
+    """A writer to `path` (gzip-compressed when it ends in `.gz`) with a header from `described(backend)`."""
     p = Path(path)
     try:
         fp = _open_text_for_write(p)
     except OSError as exc:
         raise TraceError(f"{p}: cannot write the trace: {exc.strerror or exc}") from exc
-    return TraceWriter(fp, make_header({**backend.describe(), "backend": backend.kind}, interval), owns_fp=True)
+    return TraceWriter(fp, make_header(described(backend), interval), owns_fp=True)
 
 
 # -- reading -----------------------------------------------------------------------------------------------

@@ -134,9 +134,9 @@ class ReplayBackend:
         return self._inspector
 
     def describe(self) -> dict[str, str]:
-        """The header's scalar fields as strings (the GPU list is left out), `source`: the file, and `backend`:
-        replay. What the trace was recorded from is `recorded_backend`: a header that says `nvml` (or anything)
-        must not make a replay look like a live card."""
+        """The header's scalar fields as strings (the GPU list is left out) plus `source`: the file. The header's
+        `backend` (what the trace was recorded from) is `recorded_backend` here: a header that says `nvml` must not
+        make a replay look like a live card (`backends.described` names it `replay`)."""
         out = {
             key: str(value).lower() if isinstance(value, bool) else str(value)
             for key, value in self.header.items()
@@ -145,7 +145,6 @@ class ReplayBackend:
         recorded = out.pop("backend", None)
         if recorded is not None:
             out["recorded_backend"] = recorded
-        out["backend"] = self.kind
         out["source"] = str(self.path)
         return out
 

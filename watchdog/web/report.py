@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..backends import described
 from ..backends.replay import ReplayBackend
 from ..daemon import Pipeline
 from ..detectors import DetectorConfig
@@ -106,7 +107,7 @@ def build_document(
     last = store.latest
     now = document.Now(
         snapshot=last,
-        backend=backend.describe(),
+        backend=described(backend),
         active=tuple(pipeline.tracker.active()),
         verdicts={key: said[key] for key, said in newest.items()},
         gpu_growth={k: r.bytes_per_second for k, r in a.gpu_growth.items()} if a else {},
