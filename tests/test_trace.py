@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vramwatch.backends import described
 from vramwatch.backends.replay import ReplayBackend
 from vramwatch.backends.simulated import SimulatedBackend
 from vramwatch.errors import TraceError
@@ -41,7 +40,7 @@ from vramwatch.trace import (
     snapshot_to_dict,
     tick_from_dict,
 )
-from vramwatch.typing import Backend
+from vramwatch.typing import Backend, described
 
 GIB = 1024**3
 UUID = "GPU-5173d0a1-0d5e-6f1c-8a4b-1f0e2d3c4b5a"

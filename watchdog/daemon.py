@@ -27,7 +27,6 @@ import structlog
 
 from .actions import ActionDispatcher, parse_policy
 from .agenthost.link import AgentDevice, AgentListener, AgentReport
-from .backends import described
 from .clock import SystemClock
 from .config import Config
 from .detectors import Analysis, DetectorConfig, FindingTracker, Rate, analyze, config_from_table
@@ -44,7 +43,7 @@ from .schedule import process_schedule
 from .sdnotify import SdNotifier
 from .stephistory import StepFigures, StepHistory, step_figures
 from .steps import Schedule
-from .typing import Backend, Clock
+from .typing import Backend, Clock, described
 
 log = structlog.get_logger("vramwatch.daemon")
 

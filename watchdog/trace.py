@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._version import __version__
-from .backends import described
 from .errors import TraceError
 from .model import GpuSample, ProcessExit, ProcessMeta, ProcessUsage, Reading, Snapshot, TorchStats
 from .redact import redact_cmdline
-from .typing import Backend
+from .typing import Backend, described
 
 FORMAT_VERSION = 1
 _GZIP_MAGIC = b"\x1f\x8b"

@@ -60,6 +60,13 @@ class Backend(Protocol):
         """Release the library (nvmlShutdown); safe to call twice."""
 
 
+def described(backend: Backend) -> dict[str, str]:
+    """`backend.describe()` with `backend` set to its kind (`nvml`, `simulated`, `replay`): what the daemon exports,
+    the page shows and a trace's header says. The kind is what is read now, whatever a description carries (a replayed
+    trace's header names what it was recorded from as `recorded_backend`)."""
+    return {**backend.describe(), "backend": backend.kind}
+
+
 class Notifier(Protocol):
     """Somewhere findings go: a log, a webhook, Alertmanager, a terminal."""
 

@@ -56,13 +56,6 @@ def open_backend(
         return SimulatedBackend(DEFAULT_SCENARIO, seed=seed, clock=clock)
 
 
-def described(backend: Backend) -> dict[str, str]:
-    """`backend.describe()` with `backend` set to its kind (`nvml`, `simulated`, `replay`): what the daemon exports,
-    the page shows and a trace's header says. The kind is what is read now, whatever a description carries (a replayed
-    trace's header names what it was recorded from as `recorded_backend`)."""
-    return {**backend.describe(), "backend": backend.kind}
-
-
 def banner(backend: Backend, *, fallback: bool = False) -> str:
     """The first line every command prints: which GPUs it is looking at, and whether they are real."""
     info = backend.describe()

@@ -136,7 +136,7 @@ class ReplayBackend:
     def describe(self) -> dict[str, str]:
         """The header's scalar fields as strings (the GPU list is left out) plus `source`: the file. The header's
         `backend` (what the trace was recorded from) is `recorded_backend` here: a header that says `nvml` must not
-        make a replay look like a live card (`backends.described` names it `replay`)."""
+        make a replay look like a live card (`typing.described` names it `replay`)."""
         out = {
             key: str(value).lower() if isinstance(value, bool) else str(value)
             for key, value in self.header.items()

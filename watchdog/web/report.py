@@ -17,13 +17,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..backends import described
 from ..backends.replay import ReplayBackend
 from ..daemon import Pipeline
 from ..detectors import DetectorConfig
 from ..history import History
 from ..model import ProcessKey
 from ..testing import FakeClock
+from ..typing import described
 from . import document
 from .live import page_html, static_text
 from .store import PageStore
