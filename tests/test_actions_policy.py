@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import tomllib
-from vramwatch.actions.policy import DEFAULT_ACT_ON_KINDS, Policy, parse_policy, parse_signal
+from vramwatch.actions.policy import DEFAULT_ACT_ON_KINDS, Policy, describe_policy, parse_policy, parse_signal
 from vramwatch.errors import ConfigError
 from vramwatch.model import Finding, ProcessMeta, Severity
 
@@ -160,3 +160,43 @@ def test_a_tentative_finding_may_only_ask_to_save_by_default() -> None:
 def test_parse_signal_accepts_names_and_numbers(value: object, expected: int) -> None:
     """Signals are given as SIGNAME, NAME (any case) or a number."""
     assert parse_signal(value, where="x") == expected
+
+
+def test_describe_policy_says_whom_and_what_an_armed_policy_may_touch() -> None:
+    """check's words for a full policy on real pids: the actions per severity, dry run, the kinds and what a
+    tentative finding may do, the targets, the kill's patterns and grace, and the hooks' programs without their
+    arguments (which may hold tokens)."""
+    lines = describe_policy(parse_policy(tomllib.loads(FULL)["policy"]), real_pids=True)
+    assert lines == [
+        "on a warning: log, notify; on a critical: notify, signal, hook, kill",
+        "dry run: what a signal, a hook or a kill would do is logged, not done",
+        "for findings of kind oom_forecast; a tentative one does nothing intrusive until it is confirmed",
+        r"processes it may signal or kill: user alice, cmdline /train_network\.py/, attached runs",
+        "a kill: only /ipykernel_launcher/, never /train_network/; SIGTERM, then SIGKILL 5 s later",
+        "hooks: /usr/local/bin/page-me",
+    ]
+    assert not any("--gpu" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("table", "real_pids", "last"),
+    [
+        ({}, True, "no process is signalled or killed, and no hook runs"),
+        (
+            {"actions": {"critical": ["signal"]}, "targets": {"users": ["bob"]}},
+            False,
+            "signal, hook and kill are off on a simulated or replayed card: its pids are not this host's",
+        ),
+        (
+            {"actions": {"critical": ["signal"]}, "targets": {"users": ["bob"]}},
+            True,
+            "processes it may signal or kill: user bob",
+        ),
+    ],
+)
+def test_describe_policy_of_a_quiet_a_simulated_and_a_signalling_policy(
+    table: dict[str, Any], real_pids: bool, last: str
+) -> None:
+    """The default policy touches nothing; on a simulated card an armed one is said to be off; a signalling one
+    names its targets."""
+    assert describe_policy(parse_policy(table), real_pids=real_pids)[-1] == last

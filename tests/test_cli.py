@@ -402,3 +402,107 @@ def test_run_events_that_cannot_be_written_is_one_line_before_the_command_starts
     assert res.exit_code == 2
     assert res.stderr == f"vramwatch: error: --events {events}: cannot write there: No such file or directory\n"
     assert not marker.exists()
+
+
+def _nvml_answers() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+    except Exception:
+        return False
+    return True
+
+
+ARMED = """
+[daemon]
+simulate = "steady"
+[policy.actions]
+critical = ["notify", "signal"]
+[policy.targets]
+users = ["alice"]
+"""
+
+
+def test_check_says_what_serve_would_read_and_arm(tmp_path: Path) -> None:
+    """check exits 0 on a config serve would start with, naming the file, the card, and that a simulated card
+    keeps only log and notify of the policy."""
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text(ARMED)
+    code, out, _ = _invoke("--config", str(cfg), "check")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"vramwatch: {cfg}: serve would start with it"
+    assert "  GPUs: SIMULATED GPU: scenario 'steady'; no real GPU is being watched" in lines
+    assert "  policy: on a warning: notify; on a critical: notify, signal" in lines
+    assert any("signal, hook and kill are off on a simulated or replayed card" in line for line in lines)
+    assert "  notify: none configured: findings go to the log" in lines
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[policy.actions]\ncritical = ['signal']\n", "[policy.targets] names no process"),
+        ('[[notify.webhook]]\nurl = "ftp://example.org/hook"\n', "[[notify.webhook]] #1 url"),
+        ('[[notify.webhook]]\nurl_env = "VRAMWATCH_TEST_UNSET_URL"\n', "VRAMWATCH_TEST_UNSET_URL"),
+        ('[daemon]\nsimulate = "nope"\n', "unknown scenario 'nope'"),
+        ('[daemon]\nreplay = "/nonexistent/t.jsonl"\n', "cannot open the trace"),
+        ("[detectors]\nforecast_warning_eta_seconds = -1\n", "forecast_warning_eta_seconds"),
+    ],
+)
+def test_check_refuses_what_serve_refuses(tmp_path: Path, text: str, message: str) -> None:
+    """check refuses what serve's start would, as serve does: one line naming the key, exit 2."""
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text(text)
+    code, out, err = _invoke("--config", str(cfg), "check")
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert out == ""
+
+
+def test_check_changes_nothing_and_sends_nothing(tmp_path: Path) -> None:
+    """check leaves an existing record file where it is (serve would set it aside) and posts nothing to a
+    configured webhook."""
+    server, bodies = _receiver(200)
+    record = tmp_path / "t.jsonl"
+    record.write_text("kept\n")
+    cfg = tmp_path / "vw.toml"
+    port = server.server_port
+    cfg.write_text(
+        f'[daemon]\nsimulate = "leak"\nrecord = "{record}"\n[[notify.webhook]]\nurl = "http://127.0.0.1:{port}/h"\n'
+    )
+    try:
+        code, out, _ = _invoke("--config", str(cfg), "check")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0
+    assert f"recording to {record}" in out
+    assert "  notify: Webhook" in out.splitlines()
+    assert bodies == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl", "vw.toml"]
+    assert record.read_text() == "kept\n"
+
+
+@pytest.mark.skipif(_nvml_answers(), reason="an NVIDIA driver answers here")
+def test_check_require_gpu_without_a_driver_exits_1() -> None:
+    """check --require-gpu where no NVIDIA driver answers says so and exits 1; without the flag it names the
+    simulator that would stand in, and exits 0."""
+    code, out, _ = _invoke("check", "--require-gpu")
+    assert code == 1
+    assert "serve would export vramwatch_up 0 and retry" in out
+    code, out, _ = _invoke("check")
+    assert code == 0
+    assert "SIMULATED GPU (no NVIDIA driver found on this machine)" in out
+
+
+def test_serve_refuses_bad_detector_settings_before_opening_a_card(tmp_path: Path) -> None:
+    """A bad [detectors] value stops serve before it opens the card: the error is the only line, no banner."""
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text("[detectors]\nforecast_warning_eta_seconds = -1\n")
+    code, out, err = _invoke("--config", str(cfg), "serve", "--simulate", "leak", "--listen", "127.0.0.1:1")
+    assert code == 2
+    assert out == ""
+    assert f"{cfg}: [detectors]" in err

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .actions import ActionDispatcher, build_notifiers, parse_policy
+from .actions import ActionDispatcher, Policy, build_notifiers, describe_policy, parse_policy
 from .actions.notify_config import READ_AT_START
 from .agent.protocol import default_socket_path
 from .agenthost.link import AgentListener, AgentReport
@@ -85,7 +85,8 @@ def serve(
     `force`: overwrite an existing record file; the trace being replayed, never. `record_flag`: the file was named
     on the command line (`--record`), else by the config file (`[daemon] record`).
     """
-    check_actions(cfg)  # a bad [policy] or [notify] is refused before anything opens
+    check_actions(cfg)  # a bad [policy], [notify] or [detectors] is refused before anything opens
+    detectors = detector_config(cfg)
     set_aside = cfg.daemon.record is not None and _check_record_target(
         Path(cfg.daemon.record), Path(cfg.daemon.replay) if cfg.daemon.replay else None,
         force=force, interactive=record_flag,
@@ -132,7 +133,7 @@ def serve(
         cfg,
         factory,
         clock=clock,
-        detector_config=detector_config(cfg),
+        detector_config=detectors,
         reload_config=reload_checked if reload_config is not None else None,
         # Taken out of the environment so trainers started by hooks do not inherit systemd's socket.
         systemd=SdNotifier.from_env(unset_environment=True),
@@ -264,14 +265,11 @@ def build_dispatcher(
     lookup: Callable[[ProcessKey], ProcessMeta | None],
     recheck: Callable[[Finding], bool],
 ) -> ActionDispatcher:
-    """The policy and notifiers of the config; intrusive actions only ever apply to real (NVML) pids.
-
-    A simulated or replayed pid is a number in a script, and may be a real process of this machine: acting
-    on it would signal an innocent. So for those backends the policy is cut down to log and notify.
-    """
+    """The policy and notifiers of the config; intrusive actions only ever apply to real (NVML) pids: for other
+    backends the policy is cut down to log and notify (`touches_processes`)."""
     with _in_file(cfg):
         policy = parse_policy(dict(cfg.section("policy")))
-    if backend is None or backend.kind != "nvml":
+    if not touches_processes(backend):
         safe = frozenset({"log", "notify"})
         if (policy.warning | policy.critical) - safe:
             log.warning("policy_actions_disabled", reason=f"backend is {backend.kind if backend else 'not open'}; "
@@ -289,15 +287,60 @@ def build_dispatcher(
     )
 
 
-def check_actions(cfg: Config, *, environ: Mapping[str, str] | None = None) -> None:
-    """`[policy]` and `[notify]` read as the next start reads them: a ConfigError naming the file, else nothing.
-    `environ`: where the variables that `*_env` keys name are read (default: this process's environment)."""
+def touches_processes(backend: Backend | None) -> bool:
+    """Whether the policy's signal, hook and kill may act where `backend` reads: on NVML's pids only. A simulated or
+    replayed pid is a number in a script, and may be a real process of this machine: acting on it would signal an
+    innocent."""
+    return backend is not None and backend.kind == "nvml"
+
+
+def check_actions(cfg: Config, *, environ: Mapping[str, str] | None = None) -> tuple[Policy, list[str]]:
+    """`[policy]` and `[notify]` read as the next start reads them: a ConfigError naming the file, else the policy
+    and the kinds of its notifiers (`Webhook`, `Alertmanager`, `Apprise`). `environ`: where the variables that
+    `*_env` keys name are read (default: this process's environment)."""
+    kinds = []
     with _in_file(cfg):
-        parse_policy(dict(cfg.section("policy")))
+        policy = parse_policy(dict(cfg.section("policy")))
         for notifier in build_notifiers(dict(cfg.section("notify")), environ=environ):
+            kinds.append(type(notifier).__name__.removesuffix("Notifier"))
             close = getattr(notifier, "close", None)
             if callable(close):
                 close(0.0)  # nothing was queued: its worker thread ends at once
+    return policy, kinds
+
+
+def check(cfg: Config, *, out: Echo, require_gpu: bool = False) -> int:
+    """`vramwatch check`: the configuration as `serve` reads it at start, checked without serving, recording,
+    signalling or sending anything. What serve would refuse raises (one line, exit 2); otherwise what it would
+    read and arm is said, and the exit is 0 (1 with `require_gpu` when no GPU library answers)."""
+    policy, notifiers = check_actions(cfg)
+    detector_config(cfg)
+    d = cfg.daemon
+    if d.record is not None:
+        _check_record_target(Path(d.record), Path(d.replay) if d.replay else None, force=False, interactive=False)
+    code, real = 0, False
+    try:
+        backend, fallback = _open(cfg, SystemClock(), require_gpu=require_gpu)  # a bad scenario or trace raises
+    except BackendUnavailable as exc:
+        gpus = f"{exc}; serve would export vramwatch_up 0 and retry"
+        code = 1
+    else:
+        try:
+            real, gpus = touches_processes(backend), banner(backend, fallback=fallback).removeprefix("vramwatch: ")
+        finally:
+            backend.close()
+    out(f"vramwatch: {cfg.source}: serve would start with it" if cfg.source else
+        "vramwatch: no config file: serve would start with the built-in defaults")  # fmt: skip
+    out(f"  GPUs: {gpus}")
+    out(f"  listen {d.listen}; a tick every {d.interval:g} s; {d.history_seconds:g} s of history"
+        + ("; no per-process series" if not d.process_metrics else "")
+        + (f"; recording to {d.record}" if d.record else ""))  # fmt: skip
+    for note in cfg.notes:
+        out(f"  adjusted: {note}")
+    for line in describe_policy(policy, real_pids=real):
+        out(f"  policy: {line}")
+    out(f"  notify: {', '.join(notifiers)}" if notifiers else "  notify: none configured: findings go to the log")
+    return code
 
 
 @contextlib.contextmanager

@@ -511,6 +511,17 @@ def attach(
 
 
 @main.command()
+@click.option("--require-gpu", is_flag=True, help="Exit 1 when no NVIDIA driver answers, as serve --require-gpu waits.")
+@click.pass_context
+def check(ctx: click.Context, require_gpu: bool) -> None:
+    """Check the config as serve reads it at start, and say what it would watch and arm (exit 2 if refused).
+
+    Nothing is served, recorded, signalled or sent: run it before `systemctl reload` or a restart.
+    """
+    _run(lambda: app.check(_load(ctx, {}), out=_echo, require_gpu=require_gpu))
+
+
+@main.command()
 @click.option(
     "--test", "test", is_flag=True, required=True, help="Send one test alert through every configured notifier."
 )

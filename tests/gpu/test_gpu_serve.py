@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -154,3 +155,22 @@ def test_build_info_names_the_real_driver(serve: int) -> None:
     ((labels, _),) = _scrape(serve)["vramwatch_build_info"]
     assert labels["backend"] == "nvml"
     assert labels["driver_version"] == driver
+
+
+def test_check_on_a_real_card_names_its_driver_and_arms_the_policy(tmp_path: Path) -> None:
+    """check --require-gpu where NVML answers exits 0, names the driver nvidia-smi reports, and says what a
+    signalling policy may touch there (on a real card it is not cut to log and notify)."""
+    driver = subprocess.run(
+        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True,
+        check=True,
+    ).stdout.split()[0]  # fmt: skip
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text('[policy]\ndry_run = true\n[policy.actions]\ncritical = ["notify", "signal"]\n'
+                   '[policy.targets]\nusers = ["alice"]\n')  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "vramwatch", "--config", str(cfg), "check", "--require-gpu"],
+        check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"  GPUs: NVML, driver {driver} on " in res.stdout
+    assert "  policy: processes it may signal or kill: user alice" in res.stdout

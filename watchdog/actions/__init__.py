@@ -25,7 +25,7 @@ from .dispatch import ActionDispatcher, Recheck
 from .hooks import HookRunner, hook_environment
 from .log_notifier import LogNotifier
 from .notify_config import build_notifiers
-from .policy import HookCommand, KillPolicy, Policy, SignalPolicy, Targets, parse_policy
+from .policy import HookCommand, KillPolicy, Policy, SignalPolicy, Targets, describe_policy, parse_policy
 from .queue import DeliveryError, DeliveryQueue
 from .signals import Killer, ProcStatus, parse_mask, parse_status, send_signal, verify_identity
 from .webhook import WebhookNotifier, verify_signature
@@ -52,6 +52,7 @@ __all__ = [
     "WebhookNotifier",
     "build_notifiers",
     "choose_adapter",
+    "describe_policy",
     "hook_environment",
     "parse_mask",
     "parse_policy",

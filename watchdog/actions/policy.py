@@ -268,6 +268,46 @@ def parse_policy(section: Mapping[str, Any] | None) -> Policy:
     return policy
 
 
+def describe_policy(policy: Policy, *, real_pids: bool) -> list[str]:
+    """What `policy` arms, in words (`vramwatch check`): the actions per severity, then whom and what the intrusive
+    ones may touch. `real_pids`: False on a simulated or replayed card, where the daemon keeps only log and notify
+    (`app.touches_processes`)."""
+    lines = [f"on a warning: {_listed(policy.warning)}; on a critical: {_listed(policy.critical)}"]
+    wanted = (policy.warning | policy.critical) & frozenset(INTRUSIVE)
+    if not wanted:
+        return [*lines, "no process is signalled or killed, and no hook runs"]
+    if not real_pids:
+        return [*lines, "signal, hook and kill are off on a simulated or replayed card: its pids are not this host's"]
+    if policy.dry_run:
+        lines.append("dry run: what a signal, a hook or a kill would do is logged, not done")
+    kinds = ", ".join(sorted(policy.act_on_kinds))
+    lines.append(f"for findings of kind {kinds}; {_TENTATIVE_WORDS[policy.on_tentative]}")
+    if wanted & {"signal", "kill"}:
+        t = policy.targets
+        named = [f"user {u}" for u in sorted(t.users)] + [f"cmdline /{p.pattern}/" for p in t.cmdline]
+        lines.append(f"processes it may signal or kill: {', '.join(named + (['attached runs'] if t.attached else []))}")
+    if "kill" in wanted:
+        k = policy.kill
+        never = f", never /{'/, /'.join(p.pattern for p in k.avoid)}/" if k.avoid else ""
+        prefer = "/, /".join(p.pattern for p in k.prefer)
+        lines.append(f"a kill: only /{prefer}/{never}; SIGTERM, then SIGKILL {k.grace_seconds:g} s later")
+    if "hook" in wanted:
+        # The programs only: their arguments and environment may hold tokens.
+        lines.append(f"hooks: {', '.join(h.argv[0] for h in policy.hooks)}")
+    return lines
+
+
+_TENTATIVE_WORDS = {
+    "save": "a tentative one may only ask a run to save",
+    "wait": "a tentative one does nothing intrusive until it is confirmed",
+    "act": "a tentative one acts as a confirmed one does",
+}
+
+
+def _listed(actions: frozenset[str]) -> str:
+    return ", ".join(a for a in ACTIONS if a in actions) or "nothing"
+
+
 def _check_consistent(policy: Policy) -> None:
     """Refuse a policy that asks for an action it can never take: it would look armed and do nothing."""
     wanted = policy.warning | policy.critical
