@@ -37,6 +37,8 @@ def test_attach_follows_a_leak_to_its_oom_and_exits_3() -> None:
     assert summary["probable_oom"] is True
     assert summary["ended"] == "probable OOM"
     assert summary["peak_bytes"] > 20 * 1024**3
+    # The summary's findings name their card as the tick lines do.
+    assert {f["gpu"] for f in summary["findings"]} == {f["gpu"] for f in findings} == {0}
 
 
 def test_attach_to_a_pid_that_never_uses_a_gpu_gives_up_with_a_reason() -> None:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import psutil
 
 from .actions import ActionResult
+from .actions.payload import gpu_index
 from .backends.simulated import SimulatedBackend, ground_truth
 from .daemon import Pipeline
 from .detectors import pressure, settings
@@ -159,7 +160,8 @@ class AttachState:
             "exit_signal": self.exit_signal,
             "last_free_bytes": self.last_free_bytes,
             "left_nearly_full": self.left_nearly_full,
-            "findings": [finding_dict(f) for f in self.findings],
+            # The card index the tick lines gave each finding (`Pipeline.step` records it in its numbers).
+            "findings": [finding_dict(f, gpu_index(f)) for f in self.findings],
             "actions": [{"t": t, **r.log_fields()} for t, r in self.actions],
             "steps": [f.as_dict() for _, f in sorted(self.steps.items())],
         }
