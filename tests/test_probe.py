@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -46,6 +47,18 @@ def test_a_run_that_fits_is_said_to_fit_with_its_spare() -> None:
     assert result.profile is not None
     assert [p.name for p in result.profile.phases] == [SAMPLE, SAVE]
     assert result.advice == ()
+
+
+def test_the_probe_says_the_stop_is_its_own_before_it_interrupts_the_command() -> None:
+    """Once measured, the probe says it stops the command with SIGINT before it does, so the trainer's
+    KeyboardInterrupt traceback that follows does not read as a crash."""
+    said = io.StringIO()
+    result = run_probe(trainer("--max_train_steps", "3000"), QUICK, out=said)
+    assert result.stopped == "measured"
+    assert (
+        "vramwatch probe: measured enough: stopping the command with SIGINT (a KeyboardInterrupt traceback from it "
+        "now is this stop)\n"
+    ) in said.getvalue()
 
 
 def test_sampling_that_does_not_fit_is_named_before_it_is_reached() -> None:

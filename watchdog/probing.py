@@ -282,6 +282,14 @@ def _measured(records: Sequence[StepRecord], schedule: Schedule, config: ProbeCo
     return True
 
 
+#: Why the probe stops a test run itself, as said before it does (an interrupt by the user says nothing).
+_STOP_WORDS = {
+    "measured": "measured enough",
+    "time": "out of time (--max-time)",
+    "no_steps": "no optimizer step to measure",
+}
+
+
 def _stop(group: ChildGroup, seconds: float) -> None:
     """SIGINT (the trainer's own save-less interrupt), then SIGTERM, then SIGKILL to the command's whole
     process group, each after `seconds`; never once its leader is reaped (`ChildGroup.signal`)."""
@@ -647,6 +655,12 @@ def _probe_once(
             reason = decide()
             if reason is not None:
                 stopped.append(reason)
+                if out is not None and reason in _STOP_WORDS:
+                    # Python prints a KeyboardInterrupt traceback as the trainer stops on SIGINT: said to be ours
+                    # first, it does not read as the run crashing.
+                    out.write(f"vramwatch probe: {_STOP_WORDS[reason]}: stopping the command with SIGINT (a "
+                              "KeyboardInterrupt traceback from it now is this stop)\n")  # fmt: skip
+                    out.flush()
                 _stop(group, config.stop_seconds)
                 return
             interrupted.wait(0.5)
