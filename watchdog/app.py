@@ -78,12 +78,14 @@ def serve(
     speed: float = 1.0,
     force: bool = False,
     record_flag: bool = False,
+    opener: Callable[..., tuple[Backend, bool]] = _open,
 ) -> int:
     """`vramwatch serve`: run the daemon until SIGTERM/SIGINT. A missing driver is retried, not fatal.
 
     Serves /metrics and the live page at `/`; `speed` plays a simulated or replayed card faster than real time.
     `force`: overwrite an existing record file; the trace being replayed, never. `record_flag`: the file was named
-    on the command line (`--record`), else by the config file (`[daemon] record`).
+    on the command line (`--record`), else by the config file (`[daemon] record`). `opener`: how the card is opened
+    (`_open`; a test's fake card that answers late).
     """
     check_actions(cfg)  # a bad [policy], [notify] or [detectors] is refused before anything opens
     detectors = detector_config(cfg)
@@ -103,7 +105,7 @@ def serve(
     first: list[Backend] = []
     pinned_interval: float | None = None
     try:
-        backend, fallback = _open(cfg, clock, require_gpu=require_gpu, loop=True)
+        backend, fallback = opener(cfg, clock, require_gpu=require_gpu, loop=True)
         first.append(backend)
         out(banner(backend, fallback=fallback))
         recorded = getattr(backend, "interval_seconds", None)
@@ -117,7 +119,7 @@ def serve(
     def factory() -> Backend:
         if first:
             return first.pop()
-        return _open(cfg, clock, require_gpu=True, loop=True)[0]
+        return opener(cfg, clock, require_gpu=True, loop=True)[0]
 
     def reload_checked() -> Config:
         assert reload_config is not None  # noqa: S101 - only handed to the daemon when given
@@ -141,6 +143,11 @@ def serve(
     if first and first[0].kind == "nvml":
         daemon.agents = open_agent_listener(daemon.on_agent_report)
     daemon.dispatcher = build_dispatcher(cfg, first[0] if first else None, clock, daemon.lookup, daemon.recheck)
+    writers: list[TraceWriter] = []
+    if not first:
+        # No card answered at the start (a unit started before the driver loaded): what depends on the card is set
+        # up when one first does. Until then nothing may act on a process, no agent reports, nothing is recorded.
+        daemon.on_backend = _arm_later(daemon, cfg, clock, writers, set_aside=set_aside)
     if stop is not None:
         daemon.stop_event = stop
     if speed != 1.0:
@@ -155,18 +162,19 @@ def serve(
         for backend in first:
             backend.close()
         raise
-    writer = None
     if cfg.daemon.record and first:
         # Only once the port is ours: a serve that cannot start must leave the last recording where it was.
         try:
-            writer = _start_recording(Path(cfg.daemon.record), first[0], cfg.daemon.interval, set_aside=set_aside)
+            writers.append(
+                _start_recording(Path(cfg.daemon.record), first[0], cfg.daemon.interval, set_aside=set_aside)
+            )
         except (VramwatchError, OSError) as exc:
             daemon.close()
             first[0].close()  # not the pipeline's yet, which daemon.close() closes
             if isinstance(exc, OSError):
                 raise VramwatchError(f"{cfg.daemon.record}: cannot write the trace: {exc.strerror or exc}") from exc
             raise
-        daemon.on_tick = _recorder(writer, Path(cfg.daemon.record))
+        daemon.on_tick = _recorder(writers[0], Path(cfg.daemon.record))
     host = cfg.daemon.listen.rpartition(":")[0] or "127.0.0.1"
     pace = f"every {cfg.daemon.interval:g}s" + (f", {speed:g}x real time" if speed != 1.0 else "")
     page = local_address(f"{host}:{port}")  # bound to every address: shown as this machine's loopback
@@ -178,11 +186,42 @@ def serve(
     try:
         daemon.run()
     finally:
-        if writer is not None:
+        for writer in writers:
             writer.close()
     ticks = daemon.pipeline.sampler.stats.ticks if daemon.pipeline is not None else 0
-    out(f"vramwatch: stopped after {ticks} ticks" + (f"; trace written to {cfg.daemon.record}" if writer else ""))
+    out(f"vramwatch: stopped after {ticks} ticks" + (f"; trace written to {cfg.daemon.record}" if writers else ""))
     return 0
+
+
+def _arm_later(
+    daemon: Daemon, cfg: Config, clock: Clock, writers: list[TraceWriter], *, set_aside: bool
+) -> Callable[[Backend], None]:
+    """`Daemon.on_backend` for a serve whose start found no card: at the first card that answers, the agents'
+    socket (NVML), the policy with its reach over that card's processes, and the recording, as a start that found
+    it would have set them up. Once: a card lost and found again keeps them. A recording that cannot start is
+    logged and the daemon goes on (at the start it was refused, before anything else opened)."""
+    armed: list[Backend] = []
+
+    def arm(backend: Backend) -> None:
+        if armed:
+            return
+        armed.append(backend)
+        if backend.kind == "nvml":
+            daemon.agents = open_agent_listener(daemon.on_agent_report)
+        idle = daemon.dispatcher
+        daemon.dispatcher = build_dispatcher(cfg, backend, clock, daemon.lookup, daemon.recheck)
+        idle.close(0.0)  # no finding could reach it without a card: nothing is queued
+        log.info("armed_at_first_card", backend=backend.kind, policy_reaches_processes=touches_processes(backend))
+        record = cfg.daemon.record
+        if record:
+            try:
+                writers.append(_start_recording(Path(record), backend, cfg.daemon.interval, set_aside=set_aside))
+            except (VramwatchError, OSError) as exc:
+                log.error("record_failed", file=record, error=str(exc), effect="not recording; serving goes on")
+            else:
+                daemon.on_tick = _recorder(writers[0], Path(record))
+
+    return arm
 
 
 def refuse_overwrite(path: Path, *, force: bool) -> None:
@@ -271,7 +310,10 @@ def build_dispatcher(
         policy = parse_policy(dict(cfg.section("policy")))
     if not touches_processes(backend):
         safe = frozenset({"log", "notify"})
-        if (policy.warning | policy.critical) - safe:
+        if (policy.warning | policy.critical) - safe and backend is None:
+            log.warning("policy_actions_waiting", reason="no card answered at the start; signal, hook and kill are "
+                        "set up when one does")  # fmt: skip
+        elif (policy.warning | policy.critical) - safe:
             log.warning("policy_actions_disabled", reason=f"backend is {backend.kind if backend else 'not open'}; "
                         "signal, hook and kill act on real NVML processes only")  # fmt: skip
         policy = replace(policy, warning=policy.warning & safe, critical=policy.critical & safe)

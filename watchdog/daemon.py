@@ -259,6 +259,9 @@ class Daemon:
         self.on_findings: Callable[[Snapshot, list[Finding], list[Finding]], None] | None = None
         # How the loop waits between ticks (default: on stop_event); `serve --speed` shortens the waits.
         self.wait: Callable[[float], bool] | None = None
+        #: Called with each backend the daemon opens, before its pipeline is built: `serve` sets up there what depends
+        #: on the card (the agents' socket, the policy's reach, the recording) when none answered at its start.
+        self.on_backend: Callable[[Backend], None] | None = None
         self._sigint_count = 0
         self._replay_ended = False
 
@@ -596,6 +599,8 @@ class Daemon:
             return None
         self._backoff.reset()
         self.backend_info = described(backend)
+        if self.on_backend is not None:
+            self.on_backend(backend)
         agents = self.agents
         source = (lambda: tuple(d.stats for d in agents.latest())) if agents is not None else None
         self.pipeline = Pipeline(
