@@ -460,3 +460,32 @@ def test_finding_helpers_feed_context_and_finding_advice() -> None:
         "1. --gradient_checkpointing  [-60-70% activation memory; steps 20-30% slower]",
         "2. --train_batch_size 1 --gradient_accumulation_steps 4  [≈-75% activation memory (batch 4 -> 1)]",
     )
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "cached"),
+    [
+        ("accelerate launch sdxl_train_network.py --train_batch_size 4 --resolution 1024", False),
+        ("accelerate launch sdxl_train_network.py --train_batch_size 4 --network_train_unet_only", True),
+        ("accelerate launch flux_train_network.py --train_batch_size 4", True),
+    ],
+)
+def test_sdxl_is_told_to_cache_text_encoder_outputs_only_when_it_trains_the_unet_alone(
+    cmdline: str, cached: bool
+) -> None:
+    """sdxl_train_network.py asserts --network_train_unet_only whenever --cache_text_encoder_outputs is given:
+    the cache is suggested to an SDXL run only when it trains the U-Net's LoRA alone (Flux caches either way)."""
+    rules = {s.rule_id for s in advise_cmdline(cmdline, "oom_forecast").suggestions}
+    assert ("cache_text_encoder_outputs" in rules) is cached
+
+
+@pytest.mark.parametrize(("fmt", "change"), [("json", '"validation_disable": true'), ("cmd", "--validation_disable")])
+def test_simpletuner_sampling_is_turned_off_with_validation_disable_never_a_zero_interval(
+    fmt: str, change: str
+) -> None:
+    """A SimpleTuner run whose sampling does not fit is told validation_disable: a validation_steps of 0 makes
+    SimpleTuner take the step modulo zero where validation prompts are set."""
+    settings = TrainerSettings(trainer="simpletuner", config_format=fmt, sample_every_n_steps=100)
+    (suggestion,) = [s for s in advise(settings, "sampling").suggestions if s.rule_id == "sample_less_often"]
+    assert suggestion.change.startswith(change)
+    assert 'validation_steps": 0' not in suggestion.change

@@ -160,7 +160,10 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
     b.default("resumable", False, "sd-scripts saves state only with --save_state")
     if family in _KOHYA_NETWORK_FAMILIES:
         b.default("blocks_to_swap", 0, "sd-scripts --blocks_to_swap is off unless given")
-    if family in _KOHYA_TE_CACHE_FAMILIES:
+    unet_only = get("network_train_unet_only", switch=True)
+    if family in _KOHYA_TE_CACHE_FAMILIES and (family != "sdxl" or (unet_only is not None and to_bool(unet_only[0]))):
+        # SDXL's scripts refuse the cache while they train a text encoder (sdxl_train_network.py asserts
+        # network_train_unet_only): there the cache is no change to suggest on its own, so it stays unknown.
         b.default("cache_text_encoder_outputs", False, "sd-scripts --cache_text_encoder_outputs is off unless given")
     if family in ("sd", "sdxl"):
         # U-Net scripts use plain attention unless --xformers/--sdpa/--mem_eff_attn; the DiT models call
