@@ -164,39 +164,81 @@ def test_parse_signal_accepts_names_and_numbers(value: object, expected: int) ->
 
 def test_describe_policy_says_whom_and_what_an_armed_policy_may_touch() -> None:
     """check's words for a full policy on real pids: the actions per severity, dry run, the kinds and what a
-    tentative finding may do, the targets, the kill's patterns and grace, and the hooks' programs without their
-    arguments (which may hold tokens)."""
-    lines = describe_policy(parse_policy(tomllib.loads(FULL)["policy"]), real_pids=True)
+    tentative finding may do, the targets, that a signal may end a run (allow_stop), the kill's choice and grace, and
+    the hooks' programs without their arguments (which may hold tokens)."""
+    lines = describe_policy(parse_policy(tomllib.loads(FULL)["policy"]))
     assert lines == [
         "on a warning: log, notify; on a critical: notify, signal, hook, kill",
         "dry run: what a signal, a hook or a kill would do is logged, not done",
-        "for findings of kind oom_forecast; a tentative one does nothing intrusive until it is confirmed",
-        r"processes it may signal or kill: user alice, cmdline /train_network\.py/, attached runs",
-        "a kill: only /ipykernel_launcher/, never /train_network/; SIGTERM, then SIGKILL 5 s later",
-        "hooks: /usr/local/bin/page-me",
+        "signal, hook, kill: only for findings of kind oom_forecast; a tentative one does nothing intrusive until it"
+        " is confirmed",
+        r'processes it may signal or kill: user alice, cmdline "train_network\.py", attached runs',
+        "a confirmed finding's signal may end a run: allow_stop = true: adapters that save, then stop the run",
+        'a kill: the largest process on the card whose command line matches "ipykernel_launcher", never '
+        '"train_network"; SIGTERM, then SIGKILL 5 s later',
+        "hooks, per finding whatever the targets: /usr/local/bin/page-me (on resolve too)",
     ]
     assert not any("--gpu" in line for line in lines)
 
 
+SIGNAL_BOB = {"actions": {"critical": ["signal"]}, "targets": {"users": ["bob"]}}
+
+
 @pytest.mark.parametrize(
-    ("table", "real_pids", "last"),
+    ("table", "off", "hidden", "last"),
     [
-        ({}, True, "no process is signalled or killed, and no hook runs"),
+        ({}, None, False, "no process is signalled or killed, and no hook runs"),
+        (SIGNAL_BOB, "off on a simulated card", False, "signal, hook and kill: off on a simulated card"),
+        (SIGNAL_BOB, None, False, "processes it may signal or kill: user bob"),
         (
-            {"actions": {"critical": ["signal"]}, "targets": {"users": ["bob"]}},
-            False,
-            "signal, hook and kill are off on a simulated or replayed card: its pids are not this host's",
+            SIGNAL_BOB,
+            None,
+            True,
+            "signal and kill are refused here: the daemon cannot see this host's pids (host_pids = no, or a pid "
+            "namespace of its own)",
         ),
         (
-            {"actions": {"critical": ["signal"]}, "targets": {"users": ["bob"]}},
-            True,
-            "processes it may signal or kill: user bob",
+            {"actions": {"critical": ["hook"]}, "hooks": [{"argv": ["/bin/page"]}]},
+            None,
+            False,
+            "hooks, per finding whatever the targets: /bin/page",
         ),
     ],
 )
-def test_describe_policy_of_a_quiet_a_simulated_and_a_signalling_policy(
-    table: dict[str, Any], real_pids: bool, last: str
+def test_describe_policy_of_a_quiet_an_unreachable_a_signalling_a_blind_and_a_hook_policy(
+    table: dict[str, Any], off: str | None, hidden: bool, last: str
 ) -> None:
-    """The default policy touches nothing; on a simulated card an armed one is said to be off; a signalling one
-    names its targets."""
-    assert describe_policy(parse_policy(table), real_pids=real_pids)[-1] == last
+    """The default policy touches nothing; one that cannot reach the card's processes says why; a signalling one
+    names its targets, or that they cannot be seen; a hook-only one names its program."""
+    assert describe_policy(parse_policy(table), off=off, pids_hidden=hidden)[-1] == last
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        (
+            SIGNAL_BOB,
+            "signal: only for findings of kind contention, growth, oom_forecast, pressure; a tentative one "
+            "may only ask a run to save",
+        ),
+        (
+            {**SIGNAL_BOB, "actions": {"critical": ["kill"]}, "kill": {"prefer": ["jupyter"]}},
+            "kill: only for findings of kind contention, growth, oom_forecast, pressure; a tentative one does nothing "
+            "intrusive until it is confirmed",
+        ),
+        (
+            {**SIGNAL_BOB, "on_tentative": "act"},
+            "signal: only for findings of kind contention, growth, oom_forecast, pressure; a tentative one acts as a "
+            "confirmed one does",
+        ),
+    ],
+)
+def test_what_a_tentative_finding_may_do_follows_the_actions_armed(table: dict[str, Any], said: str) -> None:
+    """ "save" lets a tentative finding ask to save only where a signal is armed; with a kill alone it does nothing."""
+    assert said in describe_policy(parse_policy(table))
+
+
+def test_intrusive_actions_with_no_kind_to_act_on_are_refused() -> None:
+    """An empty act_on_kinds beside signal, hook or kill would look armed and do nothing: refused, naming it."""
+    with pytest.raises(ConfigError, match="act_on_kinds is empty"):
+        parse_policy({**SIGNAL_BOB, "act_on_kinds": []})

@@ -12,10 +12,17 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from fake_pynvml import FakeNvml, GiB, gpu
+from vramwatch import app
+from vramwatch.attribution import PsutilInspector
+from vramwatch.backends.nvml import NvmlBackend
 from vramwatch.cli import main
+from vramwatch.config import load
+from vramwatch.errors import BackendUnavailable
 
 
 def _invoke(*args: str) -> tuple[int, str, str]:
@@ -436,7 +443,7 @@ def test_check_says_what_serve_would_read_and_arm(tmp_path: Path) -> None:
     assert lines[0] == f"vramwatch: {cfg}: serve would start with it"
     assert "  GPUs: SIMULATED GPU: scenario 'steady'; no real GPU is being watched" in lines
     assert "  policy: on a warning: notify; on a critical: notify, signal" in lines
-    assert any("signal, hook and kill are off on a simulated or replayed card" in line for line in lines)
+    assert "  policy: signal, hook and kill: off on a simulated or replayed card: its pids are not this host's" in lines
     assert "  notify: none configured: findings go to the log" in lines
 
 
@@ -449,6 +456,12 @@ def test_check_says_what_serve_would_read_and_arm(tmp_path: Path) -> None:
         ('[daemon]\nsimulate = "nope"\n', "unknown scenario 'nope'"),
         ('[daemon]\nreplay = "/nonexistent/t.jsonl"\n', "cannot open the trace"),
         ("[detectors]\nforecast_warning_eta_seconds = -1\n", "forecast_warning_eta_seconds"),
+        ('[daemon]\nrecord = "/nonexistent/dir/t.jsonl"\n', "no directory /nonexistent/dir"),
+        ('[daemon]\nlisten = "nosuchhost.invalid:9783"\n', "could not bind nosuchhost.invalid"),
+        (
+            "[policy]\nact_on_kinds = []\n[policy.actions]\ncritical = ['signal']\n[policy.targets]\nusers = ['a']\n",
+            "act_on_kinds is empty",
+        ),
     ],
 )
 def test_check_refuses_what_serve_refuses(tmp_path: Path, text: str, message: str) -> None:
@@ -506,3 +519,77 @@ def test_serve_refuses_bad_detector_settings_before_opening_a_card(tmp_path: Pat
     assert code == 2
     assert out == ""
     assert f"{cfg}: [detectors]" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[notify.apprise]\nurls = "tgram://123456:SECRETTOKEN/987"\n', "[notify.apprise] urls"),
+        ('[[policy.hooks]]\nargv = ["/usr/bin/page", "--token", "SECRETTOKEN", 3]\n', "[[policy.hooks]] #1 argv"),
+        (
+            '[[policy.hooks]]\nargv = ["/usr/bin/page"]\nenv = { TOKEN = "SECRETTOKEN", RETRIES = 3 }\n',
+            "[[policy.hooks]] #1 env",
+        ),
+        ('[[notify.webhook]]\nurl = ["https://hooks.example/SECRETTOKEN"]\n', "[[notify.webhook]] #1 url"),
+    ],
+)
+def test_a_refused_secret_bearing_key_is_named_never_its_value(tmp_path: Path, text: str, key: str) -> None:
+    """A bad value of a key that may hold a token (Apprise URLs, a hook's arguments or environment, a webhook URL)
+    is refused naming the key and the value's type, never the value: the line goes to a terminal and the journal."""
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text(text)
+    for command in ("check", "serve"):
+        code, out, err = _invoke("--config", str(cfg), command, *(["--simulate", "leak"] if command == "serve" else []))
+        assert code == 2
+        assert key in err
+        assert "not shown: it may hold a secret" in err
+        assert "SECRETTOKEN" not in err + out
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_a_directory_as_the_record_target_is_refused_and_left_where_it_is(tmp_path: Path, command: str) -> None:
+    """`[daemon] record` naming a directory is refused by check and by serve's start, which used to set the
+    directory aside (renamed) and write a trace in its place."""
+    target = tmp_path / "traces"
+    target.mkdir()
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text(f'[daemon]\nsimulate = "leak"\nrecord = "{target}"\nlisten = "127.0.0.1:1"\n')
+    code, _, err = _invoke("--config", str(cfg), command)
+    assert code == 2
+    assert f"{target} is not a file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["traces", "vw.toml"]
+
+
+def _unloaded_driver(_cfg: object, _clock: object, *, require_gpu: bool, loop: bool = False) -> tuple[Any, bool]:
+    raise BackendUnavailable("NVML: Driver Not Loaded", reason="driver_not_loaded")
+
+
+@pytest.mark.parametrize(("require_gpu", "code"), [(False, 0), (True, 1)])
+def test_check_where_the_driver_is_not_loaded_yet(tmp_path: Path, require_gpu: bool, code: int) -> None:
+    """A driver installed but not loaded: serve would start and retry, so check exits 0 (1 only with --require-gpu)
+    and says that signal, hook and kill are set up when a card answers (not that the card is simulated)."""
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text(ARMED.replace('simulate = "steady"\n', ""))
+    lines: list[str] = []
+    assert app.check(load(cfg, {}), out=lines.append, require_gpu=require_gpu, opener=_unloaded_driver) == code
+    assert "  GPUs: NVML: Driver Not Loaded; serve would export vramwatch_up 0 and retry" in lines
+    assert "  policy: signal, hook and kill: set up when a card answers (serve retries until one does)" in lines
+
+
+def test_check_where_the_daemon_cannot_see_the_hosts_pids_says_signal_and_kill_are_refused(tmp_path: Path) -> None:
+    """On a real card read from a pid namespace of its own (host_pids = no), the dispatcher refuses every signal and
+    kill: check says so instead of listing the targets as reachable."""
+    cfg = tmp_path / "vw.toml"
+    cfg.write_text(ARMED.replace('simulate = "steady"\n', ""))
+
+    def hidden(_cfg: object, _clock: object, *, require_gpu: bool, loop: bool = False) -> tuple[Any, bool]:
+        fake = FakeNvml([gpu(0, total=24 * GiB, used=2 * GiB)])
+        return NvmlBackend(nvml=fake, inspector=PsutilInspector(host_pids=False)), False
+
+    lines: list[str] = []
+    assert app.check(load(cfg, {}), out=lines.append, opener=hidden) == 0
+    assert any(line.startswith("  GPUs: NVML, driver 580.159.04 on ") for line in lines)
+    assert (
+        "  policy: signal and kill are refused here: the daemon cannot see this host's pids (host_pids = no, or a "
+        "pid namespace of its own)" in lines
+    )

@@ -10,10 +10,12 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,12 +89,8 @@ def serve(
     on the command line (`--record`), else by the config file (`[daemon] record`). `opener`: how the card is opened
     (`_open`; a test's fake card that answers late).
     """
-    check_actions(cfg)  # a bad [policy], [notify] or [detectors] is refused before anything opens
-    detectors = detector_config(cfg)
-    set_aside = cfg.daemon.record is not None and _check_record_target(
-        Path(cfg.daemon.record), Path(cfg.daemon.replay) if cfg.daemon.replay else None,
-        force=force, interactive=record_flag,
-    )  # fmt: skip
+    pre = preflight(cfg, force=force, interactive=record_flag)  # refused before anything opens
+    detectors, set_aside = pre.detectors, pre.set_aside
     if speed != 1.0:
         if cfg.daemon.simulate is None and cfg.daemon.replay is None:
             # Also where no GPU answers and the simulator stands in: --speed names what it speeds up.
@@ -108,10 +106,8 @@ def serve(
         backend, fallback = opener(cfg, clock, require_gpu=require_gpu, loop=True)
         first.append(backend)
         out(banner(backend, fallback=fallback))
-        recorded = getattr(backend, "interval_seconds", None)
-        if backend.kind == "replay" and recorded:
-            # A replay is served at the pace it was recorded, looping, so dashboards see it as it happened.
-            pinned_interval = float(recorded)
+        pinned_interval = _paced(backend)
+        if pinned_interval is not None:
             cfg = replace(cfg, daemon=replace(cfg.daemon, interval=pinned_interval))
     except BackendUnavailable as exc:
         out(f"vramwatch: {exc}; serving vramwatch_up 0 and retrying with backoff")
@@ -241,6 +237,14 @@ def _check_record_target(record: Path, replay: Path | None, *, force: bool, inte
         raise VramwatchError(
             f"{record} is the trace being replayed: recording to it would destroy it; record to another file"
         )
+    if record.exists() and not record.is_file():
+        raise VramwatchError(f"{record} is not a file (a directory?): record to a file")
+    parent = record.parent
+    if not parent.is_dir():
+        raise VramwatchError(f"{record}: cannot write the trace: no directory {parent}")
+    if not os.access(parent, os.W_OK):
+        # (Run as root, as `check` often is, this always passes: the unit's sandbox decides for the service.)
+        raise VramwatchError(f"{record}: cannot write the trace: {parent} is not writable by this user")
     if interactive or force or not record.exists():
         refuse_overwrite(record, force=force)
         return False
@@ -351,38 +355,93 @@ def check_actions(cfg: Config, *, environ: Mapping[str, str] | None = None) -> t
     return policy, kinds
 
 
-def check(cfg: Config, *, out: Echo, require_gpu: bool = False) -> int:
-    """`vramwatch check`: the configuration as `serve` reads it at start, checked without serving, recording,
-    signalling or sending anything. What serve would refuse raises (one line, exit 2); otherwise what it would
-    read and arm is said, and the exit is 0 (1 with `require_gpu` when no GPU library answers)."""
-    policy, notifiers = check_actions(cfg)
-    detector_config(cfg)
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """What `serve`'s start reads and refuses before it opens anything. One place, so that `check` refuses what the
+    start would and the two cannot drift apart."""
+
+    policy: Policy
+    notifiers: tuple[str, ...]  # their kinds: Webhook, Alertmanager, Apprise
+    detectors: DetectorConfig
+    set_aside: bool  # the record target exists and is to be set aside (`_check_record_target`)
+
+
+def preflight(
+    cfg: Config, *, force: bool = False, interactive: bool = False, environ: Mapping[str, str] | None = None
+) -> Preflight:
+    """Every section as the start reads it (`[policy]`, `[notify]` with the variables `*_env` names, `[detectors]`)
+    and the record target; a VramwatchError naming the file and key, else what the start will use."""
+    policy, notifiers = check_actions(cfg, environ=environ)
+    detectors = detector_config(cfg)
     d = cfg.daemon
-    if d.record is not None:
-        _check_record_target(Path(d.record), Path(d.replay) if d.replay else None, force=False, interactive=False)
-    code, real = 0, False
+    set_aside = d.record is not None and _check_record_target(
+        Path(d.record), Path(d.replay) if d.replay else None, force=force, interactive=interactive
+    )
+    return Preflight(policy, tuple(notifiers), detectors, set_aside)
+
+
+def check(
+    cfg: Config, *, out: Echo, require_gpu: bool = False, opener: Callable[..., tuple[Backend, bool]] = _open
+) -> int:
+    """`vramwatch check`: the configuration as `serve` reads it at start (`preflight`), checked without serving,
+    recording, signalling or sending anything. What serve would refuse raises (one line, exit 2); otherwise what it
+    would read and arm is said, and the exit is 0 (1 with `require_gpu` when no GPU library answers). `opener`: as
+    serve's."""
+    pre = preflight(cfg)
+    d = cfg.daemon
+    _check_listen(d.listen)
+    code, off, hidden, interval = 0, None, False, d.interval
     try:
-        backend, fallback = _open(cfg, SystemClock(), require_gpu=require_gpu)  # a bad scenario or trace raises
+        backend, fallback = opener(cfg, SystemClock(), require_gpu=require_gpu)  # a bad scenario or trace raises
     except BackendUnavailable as exc:
         gpus = f"{exc}; serve would export vramwatch_up 0 and retry"
-        code = 1
+        off = "set up when a card answers (serve retries until one does)"
+        code = 1 if require_gpu else 0
     else:
         try:
-            real, gpus = touches_processes(backend), banner(backend, fallback=fallback).removeprefix("vramwatch: ")
+            gpus = banner(backend, fallback=fallback).removeprefix("vramwatch: ")
+            if fallback:
+                gpus += " (the systemd unit runs serve --require-gpu, which waits for a driver instead)"
+            if not touches_processes(backend):
+                off = "off on a simulated or replayed card: its pids are not this host's"
+            hidden = not backend.inspector().pid_namespace_matches()
+            interval = _paced(backend) or interval
         finally:
             backend.close()
     out(f"vramwatch: {cfg.source}: serve would start with it" if cfg.source else
-        "vramwatch: no config file: serve would start with the built-in defaults")  # fmt: skip
+        "vramwatch: no config file: serve would start with the built-in defaults (the systemd unit reads "
+        "/etc/vramwatch/vramwatch.toml: name it with --config)")  # fmt: skip
     out(f"  GPUs: {gpus}")
-    out(f"  listen {d.listen}; a tick every {d.interval:g} s; {d.history_seconds:g} s of history"
-        + ("; no per-process series" if not d.process_metrics else "")
-        + (f"; recording to {d.record}" if d.record else ""))  # fmt: skip
+    pace = f"a tick every {interval:g} s" + (" (the trace's pace)" if interval != d.interval else "")
+    record = f"; recording to {d.record}" + (" (it exists: serve sets it aside first)" if pre.set_aside else "")
+    out(f"  listen {d.listen}; {pace}; {d.history_seconds:g} s of history"
+        + ("; no per-process series" if not d.process_metrics else "") + (record if d.record else ""))  # fmt: skip
     for note in cfg.notes:
-        out(f"  adjusted: {note}")
-    for line in describe_policy(policy, real_pids=real):
+        out(f"  note: {note}")
+    for line in describe_policy(pre.policy, off=off, pids_hidden=hidden):
         out(f"  policy: {line}")
-    out(f"  notify: {', '.join(notifiers)}" if notifiers else "  notify: none configured: findings go to the log")
+    kinds = ", ".join(k + (f" x{n}" if n > 1 else "") for k, n in Counter(pre.notifiers).items())
+    silent = " (no severity notifies in [policy.actions]: nothing is sent)"
+    if "notify" in pre.policy.warning | pre.policy.critical:
+        silent = ""
+    out(f"  notify: {kinds}{silent}" if kinds else "  notify: none configured: findings go to the log")
     return code
+
+
+def _check_listen(listen: str) -> None:
+    """The host of `listen` resolves and can be bound here (on a free port: the running daemon holds the real one)."""
+    host = split_listen(listen)[0]
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, 0))
+    except OSError as exc:
+        raise ConfigError(f"listen {listen}: serve could not bind {host}: {exc.strerror or exc}") from None
+
+
+def _paced(backend: Backend) -> float | None:
+    """A replay is served at the pace it was recorded (looping, so dashboards see it as it happened): that pace."""
+    recorded = getattr(backend, "interval_seconds", None)
+    return float(recorded) if backend.kind == "replay" and recorded else None
 
 
 @contextlib.contextmanager

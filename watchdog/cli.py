@@ -511,7 +511,11 @@ def attach(
 
 
 @main.command()
-@click.option("--require-gpu", is_flag=True, help="Exit 1 when no NVIDIA driver answers, as serve --require-gpu waits.")
+@click.option(
+    "--require-gpu",
+    is_flag=True,
+    help="Exit 1 when no NVIDIA driver answers (the unit runs serve --require-gpu, which waits for one).",
+)
 @click.pass_context
 def check(ctx: click.Context, require_gpu: bool) -> None:
     """Check the config as serve reads it at start, and say what it would watch and arm (exit 2 if refused).

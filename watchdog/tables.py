@@ -25,9 +25,12 @@ def check_keys(table: Mapping[str, Any], where: str, known: Collection[str]) -> 
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
 
 
-def key_error(where: str, key: str, expected: str, got: object) -> ConfigError:
-    """The one wording of a bad value: `[policy] dry_run: expected true or false, got 'yes'`."""
-    return ConfigError(f"{where} {key}: expected {expected}, got {got!r}")
+def key_error(where: str, key: str, expected: str, got: object, *, secret: bool = False) -> ConfigError:
+    """The one wording of a bad value: `[policy] dry_run: expected true or false, got 'yes'`. A `secret` key's value
+    (a webhook or Apprise URL, a hook's arguments or environment: tokens live there) is named by its type only, since
+    the error goes to a terminal, a log and systemd's journal."""
+    shown = f"a {type(got).__name__} (not shown: it may hold a secret)" if secret else repr(got)
+    return ConfigError(f"{where} {key}: expected {expected}, got {shown}")
 
 
 class TableReader:
@@ -40,8 +43,8 @@ class TableReader:
         self.table = table
         self.where = where
 
-    def error(self, key: str, expected: str, got: object) -> ConfigError:
-        return key_error(self.where, key, expected, got)
+    def error(self, key: str, expected: str, got: object, *, secret: bool = False) -> ConfigError:
+        return key_error(self.where, key, expected, got, secret=secret)
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self.table.get(key, default)
@@ -62,10 +65,10 @@ class TableReader:
             raise self.error(key, f"a whole number >= {minimum}", value)
         return int(value)
 
-    def strings(self, key: str, default: Sequence[str] = ()) -> tuple[str, ...]:
+    def strings(self, key: str, default: Sequence[str] = (), *, secret: bool = False) -> tuple[str, ...]:
         value = self.table.get(key, list(default))
         if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.error(key, "a list of non-empty strings", value)
+            raise self.error(key, "a list of non-empty strings", value, secret=secret)
         return tuple(value)
 
     def regexes(self, key: str) -> tuple[re.Pattern[str], ...]:

@@ -73,7 +73,7 @@ def _secret_from(reader: TableReader, environ: Mapping[str, str], *, value_key: 
         return from_env
     value = reader.table.get(value_key)
     if value is not None and (not isinstance(value, str) or not value):
-        raise reader.error(value_key, "a non-empty string", value)
+        raise reader.error(value_key, "a non-empty string", value, secret=True)
     return value
 
 
@@ -164,7 +164,7 @@ def _build(
                 return
             urls: tuple[str, ...] = tuple(text.split())
         else:
-            urls = reader.strings("urls")
+            urls = reader.strings("urls", secret=True)
         notifiers.append(AppriseNotifier(urls, host=host, lookup=lookup))
 
 

@@ -184,12 +184,12 @@ def _hooks(value: object) -> tuple[HookCommand, ...]:
         reader = TableReader(table, f"[[policy.hooks]] #{index + 1}", ("argv", "timeout_seconds", "on_resolved", "env"))
         if "argv" not in reader.table:
             raise ConfigError(f"{reader.where}: argv is required (a list: program, then its arguments)")
-        argv = reader.strings("argv")
+        argv = reader.strings("argv", secret=True)
         if not argv:
             raise reader.error("argv", "a non-empty list (program, then its arguments)", [])
         env = reader.table.get("env", {})
         if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise reader.error("env", "a table of string values", env)
+            raise reader.error("env", "a table of string values", env, secret=True)
         hooks.append(
             HookCommand(
                 argv=argv,
@@ -268,40 +268,63 @@ def parse_policy(section: Mapping[str, Any] | None) -> Policy:
     return policy
 
 
-def describe_policy(policy: Policy, *, real_pids: bool) -> list[str]:
-    """What `policy` arms, in words (`vramwatch check`): the actions per severity, then whom and what the intrusive
-    ones may touch. `real_pids`: False on a simulated or replayed card, where the daemon keeps only log and notify
-    (`app.touches_processes`)."""
+def describe_policy(policy: Policy, *, off: str | None = None, pids_hidden: bool = False) -> list[str]:
+    """What `policy` arms, in words (`vramwatch check`): the actions per severity, then what the intrusive ones
+    answer, whom they may touch and how. `off`: why signal, hook and kill cannot act where the daemon reads (a
+    simulated card's pids, no card yet: `app.touches_processes`); `pids_hidden`: the daemon cannot see this host's
+    pids, so signal and kill are refused (hooks still run)."""
     lines = [f"on a warning: {_listed(policy.warning)}; on a critical: {_listed(policy.critical)}"]
     wanted = (policy.warning | policy.critical) & frozenset(INTRUSIVE)
     if not wanted:
         return [*lines, "no process is signalled or killed, and no hook runs"]
-    if not real_pids:
-        return [*lines, "signal, hook and kill are off on a simulated or replayed card: its pids are not this host's"]
+    if off is not None:
+        return [*lines, f"signal, hook and kill: {off}"]
     if policy.dry_run:
         lines.append("dry run: what a signal, a hook or a kill would do is logged, not done")
     kinds = ", ".join(sorted(policy.act_on_kinds))
-    lines.append(f"for findings of kind {kinds}; {_TENTATIVE_WORDS[policy.on_tentative]}")
+    lines.append(f"{_listed(wanted)}: only for findings of kind {kinds}; {_tentative(policy, wanted)}")
     if wanted & {"signal", "kill"}:
-        t = policy.targets
-        named = [f"user {u}" for u in sorted(t.users)] + [f"cmdline /{p.pattern}/" for p in t.cmdline]
-        lines.append(f"processes it may signal or kill: {', '.join(named + (['attached runs'] if t.attached else []))}")
+        if pids_hidden:
+            lines.append("signal and kill are refused here: the daemon cannot see this host's pids (host_pids = no, "
+                         "or a pid namespace of its own)")  # fmt: skip
+        else:
+            t = policy.targets
+            named = [f"user {u}" for u in sorted(t.users)] + [f"cmdline {_quoted(p)}" for p in t.cmdline]
+            lines.append(
+                f"processes it may signal or kill: {', '.join(named + (['attached runs'] if t.attached else []))}"
+            )
+    ends = [
+        *(["force = true: sent to a process that does not catch it, which ends it"] if policy.signal.force else []),
+        *(["allow_stop = true: adapters that save, then stop the run"] if policy.signal.allow_stop else []),
+    ]
+    if "signal" in wanted and ends:
+        lines.append(f"a confirmed finding's signal may end a run: {'; '.join(ends)}")
     if "kill" in wanted:
         k = policy.kill
-        never = f", never /{'/, /'.join(p.pattern for p in k.avoid)}/" if k.avoid else ""
-        prefer = "/, /".join(p.pattern for p in k.prefer)
-        lines.append(f"a kill: only /{prefer}/{never}; SIGTERM, then SIGKILL {k.grace_seconds:g} s later")
+        never = f", never {', '.join(_quoted(p) for p in k.avoid)}" if k.avoid else ""
+        prefer = ", ".join(_quoted(p) for p in k.prefer)
+        lines.append(
+            f"a kill: the largest process on the card whose command line matches {prefer}{never}; SIGTERM, then "
+            f"SIGKILL {k.grace_seconds:g} s later"
+        )
     if "hook" in wanted:
         # The programs only: their arguments and environment may hold tokens.
-        lines.append(f"hooks: {', '.join(h.argv[0] for h in policy.hooks)}")
+        hooks = [h.argv[0] + (" (on resolve too)" if h.on_resolved else "") for h in policy.hooks]
+        lines.append(f"hooks, per finding whatever the targets: {', '.join(hooks)}")
     return lines
 
 
-_TENTATIVE_WORDS = {
-    "save": "a tentative one may only ask a run to save",
-    "wait": "a tentative one does nothing intrusive until it is confirmed",
-    "act": "a tentative one acts as a confirmed one does",
-}
+def _tentative(policy: Policy, wanted: frozenset[str]) -> str:
+    """What a tentative finding may do (`Policy.intrusive`): "save" lets it signal where the run goes on, only."""
+    if policy.on_tentative == "act":
+        return "a tentative one acts as a confirmed one does"
+    if policy.on_tentative == "save" and "signal" in wanted:
+        return "a tentative one may only ask a run to save"
+    return "a tentative one does nothing intrusive until it is confirmed"
+
+
+def _quoted(pattern: re.Pattern[str]) -> str:
+    return f'"{pattern.pattern}"'
 
 
 def _listed(actions: frozenset[str]) -> str:
@@ -318,5 +341,10 @@ def _check_consistent(policy: Policy) -> None:
         )
     if "kill" in wanted and not policy.kill.prefer:
         raise ConfigError("[policy] actions ask to kill, but [policy.kill] prefer names no process to kill")
+    if wanted & set(INTRUSIVE) and not policy.act_on_kinds:
+        raise ConfigError(
+            "[policy] actions ask to signal, kill or run a hook, but act_on_kinds is empty: no finding could "
+            "trigger them"
+        )
     if "hook" in wanted and not policy.hooks:
         raise ConfigError("[policy] actions ask to run a hook, but no [[policy.hooks]] is configured")
