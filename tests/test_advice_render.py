@@ -489,3 +489,18 @@ def test_simpletuner_sampling_is_turned_off_with_validation_disable_never_a_zero
     (suggestion,) = [s for s in advise(settings, "sampling").suggestions if s.rule_id == "sample_less_often"]
     assert suggestion.change.startswith(change)
     assert 'validation_steps": 0' not in suggestion.change
+
+
+def test_an_ai_toolkit_config_that_says_gradient_accumulation_is_changed_under_that_key(tmp_path: Path) -> None:
+    """ai-toolkit refuses gradient_accumulation and gradient_accumulation_steps together (TrainConfig): a config that
+    uses the first is told to change the first, and its accumulation is read from it."""
+    config = tmp_path / "config"
+    config.mkdir()
+    text = (DATA / "ai-toolkit" / "config" / "flux_lora_24gb.yaml").read_text()
+    assert "        gradient_accumulation_steps: 1\n" in text
+    (config / "job.yaml").write_text(text.replace("gradient_accumulation_steps: 1", "gradient_accumulation: 3"))
+    settings = recognize(["python", "run.py", "config/job.yaml"], cwd=str(tmp_path))
+    assert settings.grad_accum == 3
+    (batch,) = [s for s in advise(settings, "oom_forecast").suggestions if s.rule_id == "batch_to_accumulation"]
+    assert batch.change.startswith("train.batch_size: 1 and train.gradient_accumulation: 6 ")
+    assert "gradient_accumulation_steps:" not in batch.change

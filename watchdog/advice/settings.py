@@ -52,8 +52,9 @@ class TrainerSettings:
     `flash` or `none` (plain attention). `fp8_base` is True when the frozen base model is stored in 8 bits or
     fewer (kohya `--fp8_base`, ai-toolkit `model.quantize`, SimpleTuner `int8-quanto`, OneTrainer
     `FLOAT_8`/`NFLOAT_4`). `resumable` is whether a crash loses at most a few steps (kohya: `--save_state`
-    with a save interval). `config_format` is the SimpleTuner config backend (`json`, `toml`, `env`), which
-    decides how a change must be written.
+    with a save interval). `config_format` is the SimpleTuner config backend (`json`, `toml`, `env`), or, for
+    ai-toolkit, `gradient_accumulation` where the config spells its accumulation so: it decides how a change must be
+    written.
 
     The run's schedule (for "will this run fit to the end?"): `max_train_steps` is the optimizer step the run
     ends at when the configuration fixes it in steps; `max_train_epochs` when it is given in epochs instead

@@ -27,6 +27,8 @@ from ..extract import (
 from ._base import ConfigCopy, Trainer
 
 ID = "ai-toolkit"
+#: ai-toolkit's other spelling of the accumulation (`train.gradient_accumulation`), as a rules.toml variant.
+ACCUMULATION_KEY = "gradient_accumulation"
 
 
 def recognizes(inv: Invocation, _argv0: str, ctx: Context, _flags: Flags) -> bool:
@@ -92,6 +94,11 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
 
     put("batch_size", "train.batch_size", to_int)
     put("grad_accum", "train.gradient_accumulation_steps", to_int)
+    if lookup(job, "train.gradient_accumulation") is not None:
+        # TrainConfig refuses gradient_accumulation and gradient_accumulation_steps together: a change to this
+        # config's accumulation is written under the key it already uses (the variant of the rules' spelling).
+        put("grad_accum", "train.gradient_accumulation", to_int)
+        b.set("config_format", ACCUMULATION_KEY, s.FROM_CONFIG, f"{name}: train.{ACCUMULATION_KEY}", str(path))
     put("gradient_checkpointing", "train.gradient_checkpointing", to_bool)
     put("optimizer", "train.optimizer", str)
     put("mixed_precision", "train.dtype", precision)
@@ -214,5 +221,5 @@ TRAINER = Trainer(
     50,
     recognizes,
     read,
-    config_copy=ConfigCopy(frozenset({ID}), config_target),
+    config_copy=ConfigCopy(frozenset({ID, f"{ID}@{ACCUMULATION_KEY}"}), config_target),
 )
