@@ -504,3 +504,13 @@ def test_an_ai_toolkit_config_that_says_gradient_accumulation_is_changed_under_t
     (batch,) = [s for s in advise(settings, "oom_forecast").suggestions if s.rule_id == "batch_to_accumulation"]
     assert batch.change.startswith("train.batch_size: 1 and train.gradient_accumulation: 6 ")
     assert "gradient_accumulation_steps:" not in batch.change
+
+
+def test_onetrainer_is_told_the_whole_layer_offload_change() -> None:
+    """OneTrainer offloads layers only under CPU_OFFLOADED checkpointing, which refuses more than one data loader
+    thread: the change says (and applies) all three, not the fraction alone, which did nothing."""
+    settings = TrainerSettings(trainer="onetrainer", model_family="flux", layer_offload_fraction=0.0)
+    (offload,) = [s for s in advise(settings, "oom_forecast").suggestions if s.rule_id == "offload_blocks"]
+    assert offload.change.startswith(
+        '"gradient_checkpointing": "CPU_OFFLOADED", "layer_offload_fraction": 0.5, "dataloader_threads": 1'
+    )
