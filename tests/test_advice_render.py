@@ -514,3 +514,13 @@ def test_onetrainer_is_told_the_whole_layer_offload_change() -> None:
     assert offload.change.startswith(
         '"gradient_checkpointing": "CPU_OFFLOADED", "layer_offload_fraction": 0.5, "dataloader_threads": 1'
     )
+
+
+def test_a_diffusers_script_without_the_flags_is_never_told_them() -> None:
+    """train_unconditional.py defines neither --gradient_checkpointing nor --use_8bit_adam (argparse would refuse
+    them): it is advised as a PyTorch script, never told those flags."""
+    advice = advise_cmdline("accelerate launch train_unconditional.py --train_batch_size 16 --resolution 256")
+    changes = " ".join(s.change for s in advice.suggestions)
+    assert advice.settings.trainer != "diffusers"
+    assert "--gradient_checkpointing" not in changes
+    assert "--use_8bit_adam" not in changes

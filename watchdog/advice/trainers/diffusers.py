@@ -14,9 +14,11 @@ from ._base import Trainer
 
 ID = "diffusers"
 
+# Not train_unconditional.py: its parse_args() has neither --gradient_checkpointing nor --use_8bit_adam, which every
+# script named here is told (argparse would refuse them), so it is advised as a plain PyTorch script.
 _PATTERN = re.compile(
     r"^(train_(dreambooth|text_to_image|controlnet|instruct_pix2pix|lcm_distill|custom_diffusion|t2i_adapter"
-    r"|unconditional|amused|cogvideox|sana|flux|sd3|hidream|lumina|qwen)\w*|textual_inversion\w*)\.py$"
+    r"|amused|cogvideox|sana|flux|sd3|hidream|lumina|qwen)\w*|textual_inversion\w*)\.py$"
 )
 
 
