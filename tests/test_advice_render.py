@@ -524,3 +524,26 @@ def test_a_diffusers_script_without_the_flags_is_never_told_them() -> None:
     assert advice.settings.trainer != "diffusers"
     assert "--gradient_checkpointing" not in changes
     assert "--use_8bit_adam" not in changes
+
+
+def test_an_anima_run_is_advised_as_the_dit_it_is() -> None:
+    """anima_train_network.py is its own family (it was read as SD 1.x): no --sdpa (its attention comes from
+    attn_mode), no --fp8_base (it refuses fp8), and block swap, which it supports."""
+    advice = advise_cmdline("accelerate launch anima_train_network.py --train_batch_size 2")
+    rules = {s.rule_id for s in advice.suggestions}
+    assert advice.settings.model_family == "anima"
+    assert "efficient_attention" not in rules
+    assert "fp8_base" not in rules
+    assert "offload_blocks" in rules
+
+
+@pytest.mark.parametrize(("script", "blocks"), [("flux_train_network.py", "28"), ("sd3_train_network.py", "18"),
+                                                ("anima_train_network.py", "18")])  # fmt: skip
+def test_block_swap_on_an_8_gib_card_asks_no_more_blocks_than_the_model_has(script: str, blocks: str) -> None:
+    """The 8 GB row of sd-scripts' Flux table (28 blocks) is for Flux: SD3 medium (24 blocks) and Anima (28) refuse
+    more than their blocks less two, so another family is asked for 18 at most."""
+    settings = recognize(["python", script, "--train_batch_size", "2"], read_file=_no_files)
+    context = {"gpu_total_bytes": 8 * GIB}
+    suggestions = advise(settings, "oom_forecast", context=context).suggestions
+    (swap,) = [s for s in suggestions if s.rule_id == "offload_blocks"]
+    assert swap.change.startswith(f"--blocks_to_swap {blocks} ")

@@ -145,6 +145,7 @@ def family_of(text: str | None) -> str | None:
         ("hunyuan", "hunyuan"),
         ("qwen", "qwen_image"),
         ("wan", "wan"),
+        ("anima", "anima"),
     ):
         if needle in lowered:
             return family

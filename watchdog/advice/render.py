@@ -66,14 +66,22 @@ class Advice:
 # --- template variables --------------------------------------------------------------------------------
 
 
-def _blocks_to_swap(context: Mapping[str, object]) -> int:
-    """Blocks to swap for the card's size, from the sd-scripts FLUX table; 18 (its example) otherwise."""
+#: The most blocks the table below may ask of a model other than Flux: sd-scripts refuses more than its blocks less
+#: two (`enable_block_swap`), and the smaller DiTs it trains have 24 (SD3 medium) to 28 (Anima).
+NON_FLUX_MAX_BLOCKS = 18
+
+
+def _blocks_to_swap(context: Mapping[str, object], family: str | None) -> int:
+    """Blocks to swap for the card's size, from the sd-scripts FLUX table; 18 (its example) otherwise. The table is
+    Flux's: another family is asked for at most `NON_FLUX_MAX_BLOCKS`."""
+    blocks = 18
     total = context.get("gpu_total_bytes")
     if isinstance(total, int) and not isinstance(total, bool) and total > 0:
-        for limit_gib, blocks in ((8.5, 28), (10.5, 22), (12.5, 16)):
+        for limit_gib, table_blocks in ((8.5, 28), (10.5, 22), (12.5, 16)):
             if total <= limit_gib * GIB:
-                return blocks
-    return 18
+                blocks = table_blocks
+                break
+    return blocks if family == "flux" else min(blocks, NON_FLUX_MAX_BLOCKS)
 
 
 def _pct(rule: Rule, settings: TrainerSettings) -> str:
@@ -95,7 +103,7 @@ def _variables(rule: Rule, settings: TrainerSettings, context: Mapping[str, obje
         "res_w": str(res[0]) if res else "?",
         "res_h": str(res[1]) if res else "?",
         "dim": str(settings.network_dim or "?"),
-        "blocks": str(_blocks_to_swap(context)),
+        "blocks": str(_blocks_to_swap(context, settings.model_family)),
         "alloc_var": settings.alloc_conf_var or DEFAULT_ALLOC_VAR,
         "file": PurePath(source.file).name if source and source.file else "the config file",
         "trainer_name": TRAINER_NAMES.get(settings.trainer, settings.trainer),
