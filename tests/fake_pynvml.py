@@ -399,3 +399,16 @@ def gpu(n: int, **kwargs: Any) -> FakeGpu:
     """GPU number `n` with a distinct UUID and bus id."""
     kwargs.setdefault("pci_bus_id", f"00000000:{n + 1:02X}:00.0")
     return FakeGpu(uuid=f"GPU-{n:08d}-0000-0000-0000-000000000000", **kwargs)
+
+
+def real_nvml_answers() -> bool:
+    """Whether the real NVML library answers on this machine: the gpu suite runs only where it does, and the tests
+    of a machine without a driver only where it does not."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+    except Exception:
+        return False
+    return True

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from fake_pynvml import FakeNvml, GiB, gpu
+from fake_pynvml import FakeNvml, GiB, gpu, real_nvml_answers
 from vramwatch import app
 from vramwatch.attribution import PsutilInspector
 from vramwatch.backends.nvml import NvmlBackend
@@ -411,17 +411,6 @@ def test_run_events_that_cannot_be_written_is_one_line_before_the_command_starts
     assert not marker.exists()
 
 
-def _nvml_answers() -> bool:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        pynvml.nvmlShutdown()
-    except Exception:
-        return False
-    return True
-
-
 ARMED = """
 [daemon]
 simulate = "steady"
@@ -499,7 +488,7 @@ def test_check_changes_nothing_and_sends_nothing(tmp_path: Path) -> None:
     assert record.read_text() == "kept\n"
 
 
-@pytest.mark.skipif(_nvml_answers(), reason="an NVIDIA driver answers here")
+@pytest.mark.skipif(real_nvml_answers(), reason="an NVIDIA driver answers here")
 def test_check_require_gpu_without_a_driver_exits_1() -> None:
     """check --require-gpu where no NVIDIA driver answers says so and exits 1; without the flag it names the
     simulator that would stand in, and exits 0."""
