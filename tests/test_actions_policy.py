@@ -172,10 +172,10 @@ def test_describe_policy_says_whom_and_what_an_armed_policy_may_touch() -> None:
         "dry run: what a signal, a hook or a kill would do is logged, not done",
         "signal, hook, kill: only for findings of kind oom_forecast; a tentative one does nothing intrusive until it"
         " is confirmed",
-        r'processes it may signal or kill: user alice, cmdline "train_network\.py", attached runs',
+        r'processes it may signal or kill: user alice, cmdline "train_network\.py", and runs under vramwatch attach',
         "a confirmed finding's signal may end a run: allow_stop = true: adapters that save, then stop the run",
-        'a kill: the largest process on the card whose command line matches "ipykernel_launcher", never '
-        '"train_network"; SIGTERM, then SIGKILL 5 s later',
+        "a kill: the largest process on the card that the targets name and whose command line matches "
+        '"ipykernel_launcher", never "train_network"; SIGTERM, then SIGKILL 5 s later',
         "hooks, per finding whatever the targets: /usr/local/bin/page-me (on resolve too)",
     ]
     assert not any("--gpu" in line for line in lines)
@@ -203,13 +203,32 @@ SIGNAL_BOB = {"actions": {"critical": ["signal"]}, "targets": {"users": ["bob"]}
             False,
             "hooks, per finding whatever the targets: /bin/page",
         ),
+        (
+            {"actions": {"critical": ["signal"]}, "targets": {"attached": True}},
+            None,
+            False,
+            "processes it may signal or kill: only runs under vramwatch attach: serve signals and kills nothing",
+        ),
+        (
+            {
+                **SIGNAL_BOB,
+                "actions": {"critical": ["signal", "kill"]},
+                "kill": {"prefer": ["jupyter"]},
+                "signal": {"force": True},
+            },
+            None,
+            True,
+            "signal and kill are refused here: the daemon cannot see this host's pids (host_pids = no, or a pid "
+            "namespace of its own)",
+        ),
     ],
 )
 def test_describe_policy_of_a_quiet_an_unreachable_a_signalling_a_blind_and_a_hook_policy(
     table: dict[str, Any], off: str | None, hidden: bool, last: str
 ) -> None:
     """The default policy touches nothing; one that cannot reach the card's processes says why; a signalling one
-    names its targets, or that they cannot be seen; a hook-only one names its program."""
+    names its targets, or that they cannot be seen (and says nothing more of signals and kills then); a hook-only one
+    names its program; one that names attached runs only signals nothing under serve, which has none."""
     assert describe_policy(parse_policy(table), off=off, pids_hidden=hidden)[-1] == last
 
 

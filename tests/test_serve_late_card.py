@@ -1,11 +1,12 @@
 """`serve` whose start finds no card (a unit started before the NVIDIA driver loaded): once one answers, the daemon
 is armed as a start that found it would have been: the policy reaches that card's processes, the agents' socket
-listens, and the recording starts."""
+listens, and the recording starts; what the start read ([policy], [notify], its key files) is not read again."""
 
 from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,51 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _serve_with_a_late_card(
+    cfg_file: Path, before_the_card: Callable[[], None] = lambda: None, **serve: Any
+) -> tuple[Daemon, dict[str, Any], list[str]]:
+    """Run serve over a card that refuses the first open and answers the next (`before_the_card` runs just before
+    it does) until the daemon has ticked five times on it; stop it. The daemon, what `ready` saw of it at the start,
+    and serve's lines."""
+    cfg = load(cfg_file, {})
+    opened: list[bool] = []
+
+    def opener(_cfg: Any, _clock: Any, *, require_gpu: bool, loop: bool = False) -> tuple[Backend, bool]:
+        opened.append(require_gpu)
+        if len(opened) == 1:
+            raise BackendUnavailable("NVML: Driver Not Loaded", reason="driver_not_loaded")
+        before_the_card()
+        return NvmlBackend(nvml=FakeNvml([gpu(0, total=24 * GiB, used=3 * GiB)])), False
+
+    stop = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def ready(daemon: Daemon) -> None:
+        seen.update(daemon=daemon, dispatcher=daemon.dispatcher, policy=daemon.dispatcher.policy.critical,
+                    notifiers=daemon.dispatcher.notifiers, agents=daemon.agents)  # fmt: skip
+
+    lines: list[str] = []
+    runner = threading.Thread(
+        target=app.serve, args=(cfg,),
+        kwargs={"out": lines.append, "require_gpu": True, "stop": stop, "ready": ready, "opener": opener, **serve},
+    )  # fmt: skip
+    runner.start()
+    try:
+        pause = threading.Event()
+        for _ in range(100):  # the daemon retries 1 s after the failed open, then ticks every 0.05 s
+            d = seen.get("daemon")
+            if d is not None and d.pipeline is not None and d.pipeline.sampler.stats.ticks >= 5:
+                break
+            pause.wait(0.05)
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+    assert not runner.is_alive()
+    assert opened == [True, True]
+    assert seen["daemon"].pipeline is not None, "no card was opened"
+    return seen["daemon"], seen, lines
+
+
 def test_a_card_that_answers_after_the_start_arms_the_policy_the_agents_and_the_recording(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -46,49 +92,55 @@ def test_a_card_that_answers_after_the_start_arms_the_policy_the_agents_and_the_
     record = tmp_path / "day.jsonl"
     cfg_file = tmp_path / "vw.toml"
     cfg_file.write_text(POLICY.format(port=_free_port(), record=record))
-    cfg = load(cfg_file, {})
-    opened: list[bool] = []
-
-    def opener(_cfg: Any, _clock: Any, *, require_gpu: bool, loop: bool = False) -> tuple[Backend, bool]:
-        opened.append(require_gpu)
-        if len(opened) == 1:
-            raise BackendUnavailable("NVML: Driver Not Loaded", reason="driver_not_loaded")
-        return NvmlBackend(nvml=FakeNvml([gpu(0, total=24 * GiB, used=3 * GiB)])), False
-
-    stop = threading.Event()
-    seen: dict[str, Any] = {}
-
-    def ready(daemon: Daemon) -> None:
-        seen["daemon"] = daemon
-        seen["policy_at_start"] = daemon.dispatcher.policy.critical
-        seen["agents_at_start"] = daemon.agents
-
-    lines: list[str] = []
-    runner = threading.Thread(
-        target=app.serve, args=(cfg,),
-        kwargs={"out": lines.append, "require_gpu": True, "stop": stop, "ready": ready, "opener": opener},
-    )  # fmt: skip
-    runner.start()
-    try:
-        deadline = threading.Event()
-        for _ in range(100):  # the daemon retries 1 s after the failed open, then ticks every 0.05 s
-            d = seen.get("daemon")
-            if d is not None and d.pipeline is not None and d.pipeline.sampler.stats.ticks >= 5:
-                break
-            deadline.wait(0.05)
-        daemon = seen["daemon"]
-        assert daemon.pipeline is not None, f"no card was opened: {opened}"
-        assert seen["policy_at_start"] == {"notify"}
-        assert seen["agents_at_start"] is None
-        assert daemon.dispatcher.policy.critical == {"notify", "signal"}
-        assert daemon.agents is not None
-        assert (tmp_path / "agent.sock").exists()
-    finally:
-        stop.set()
-        runner.join(timeout=10)
-    assert not runner.is_alive()
-    assert opened == [True, True]
+    daemon, start, lines = _serve_with_a_late_card(cfg_file)
+    assert start["policy"] == {"notify"}
+    assert start["agents"] is None
+    assert daemon.dispatcher.policy.critical == {"notify", "signal"}
+    assert daemon.agents is not None
+    assert daemon.agents.path == tmp_path / "agent.sock"  # (bound while serving; removed at the stop)
     header, ticks = read_trace(record)
     assert header["backend"] == "nvml"
     assert len(list(ticks)) >= 5
+    assert any(line.startswith("vramwatch: NVML, driver 580.159.04 on ") and "(it answered after the start" in line
+               for line in lines)  # fmt: skip
     assert lines[-1].endswith(f"; trace written to {record}")
+
+
+def test_arming_reads_nothing_again_so_a_key_file_gone_since_the_start_does_not_stop_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook's HMAC key file removed while no card answered: arming keeps the notifiers the start built (the
+    same objects, their counts going on) instead of reading [notify] again, which raised and ended the daemon."""
+    monkeypatch.setenv("VRAMWATCH_SOCKET", str(tmp_path / "agent.sock"))
+    key = tmp_path / "hmac.key"
+    key.write_text("s3cret\n")
+    cfg_file = tmp_path / "vw.toml"
+    cfg_file.write_text(
+        POLICY.format(port=_free_port(), record=tmp_path / "day.jsonl")
+        + f'[[notify.webhook]]\nurl = "http://127.0.0.1:9/h"\nhmac_secret_file = "{key}"\n'
+    )
+    daemon, start, _ = _serve_with_a_late_card(cfg_file, before_the_card=key.unlink)
+    assert daemon.dispatcher is start["dispatcher"]
+    assert daemon.dispatcher.notifiers == start["notifiers"]
+    assert daemon.dispatcher.policy.critical == {"notify", "signal"}
+
+
+@pytest.mark.parametrize(("from_command_line", "kept"), [(False, True), (True, False)])
+def test_a_record_file_that_appeared_while_no_card_answered_is_never_overwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, from_command_line: bool, kept: bool
+) -> None:
+    """The record target, absent at the start, written by someone before the card answered: a config's `record` sets
+    it aside as at any start, a --record without --force leaves it alone and does not record; never truncated."""
+    monkeypatch.setenv("VRAMWATCH_SOCKET", str(tmp_path / "agent.sock"))
+    record = tmp_path / "day.jsonl"
+    cfg_file = tmp_path / "vw.toml"
+    cfg_file.write_text(POLICY.format(port=_free_port(), record=record))
+    _serve_with_a_late_card(cfg_file, before_the_card=lambda: record.write_text("PRECIOUS\n"),
+                            record_flag=from_command_line)  # fmt: skip
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("day.") and p.name != "day.jsonl"]
+    if kept:
+        assert [p.read_text() for p in aside] == ["PRECIOUS\n"]
+        assert read_trace(record)[0]["backend"] == "nvml"
+    else:
+        assert aside == []
+        assert record.read_text() == "PRECIOUS\n"

@@ -143,7 +143,7 @@ def serve(
     if not first:
         # No card answered at the start (a unit started before the driver loaded): what depends on the card is set
         # up when one first does. Until then nothing may act on a process, no agent reports, nothing is recorded.
-        daemon.on_backend = _arm_later(daemon, cfg, clock, writers, set_aside=set_aside)
+        daemon.on_backend = _arm_later(daemon, pre, cfg, writers, out, force=force, interactive=record_flag)
     if stop is not None:
         daemon.stop_event = stop
     if speed != 1.0:
@@ -190,12 +190,21 @@ def serve(
 
 
 def _arm_later(
-    daemon: Daemon, cfg: Config, clock: Clock, writers: list[TraceWriter], *, set_aside: bool
+    daemon: Daemon,
+    pre: Preflight,
+    cfg: Config,
+    writers: list[TraceWriter],
+    out: Echo,
+    *,
+    force: bool,
+    interactive: bool,
 ) -> Callable[[Backend], None]:
     """`Daemon.on_backend` for a serve whose start found no card: at the first card that answers, the agents'
-    socket (NVML), the policy with its reach over that card's processes, and the recording, as a start that found
-    it would have set them up. Once: a card lost and found again keeps them. A recording that cannot start is
-    logged and the daemon goes on (at the start it was refused, before anything else opened)."""
+    socket (NVML), the policy's reach over that card's processes and the recording, as a start that found it would
+    have set them up. What the start read stays: the policy it parsed (`pre`), the notifiers it built (their queues
+    and counts go on), nothing read again from the config, a key file or the environment. Once: a card lost and found
+    again keeps them. A recording that cannot start now is logged and the daemon goes on (at the start it would
+    have been refused, before anything opened)."""
     armed: list[Backend] = []
 
     def arm(backend: Backend) -> None:
@@ -204,18 +213,21 @@ def _arm_later(
         armed.append(backend)
         if backend.kind == "nvml":
             daemon.agents = open_agent_listener(daemon.on_agent_report)
-        idle = daemon.dispatcher
-        daemon.dispatcher = build_dispatcher(cfg, backend, clock, daemon.lookup, daemon.recheck)
-        idle.close(0.0)  # no finding could reach it without a card: nothing is queued
+        daemon.dispatcher.rearm(policy_for(pre.policy, backend), backend.inspector())
         log.info("armed_at_first_card", backend=backend.kind, policy_reaches_processes=touches_processes(backend))
+        out(f"{banner(backend)} (it answered after the start: signal, hook, kill, agents and recording set up now)")
         record = cfg.daemon.record
-        if record:
-            try:
-                writers.append(_start_recording(Path(record), backend, cfg.daemon.interval, set_aside=set_aside))
-            except (VramwatchError, OSError) as exc:
-                log.error("record_failed", file=record, error=str(exc), effect="not recording; serving goes on")
-            else:
-                daemon.on_tick = _recorder(writers[0], Path(record))
+        if not record:
+            return
+        try:
+            # Again: the file may have appeared while no card answered (a wait of hours, at boot).
+            replay = Path(cfg.daemon.replay) if cfg.daemon.replay else None
+            set_aside = _check_record_target(Path(record), replay, force=force, interactive=interactive)
+            writers.append(_start_recording(Path(record), backend, cfg.daemon.interval, set_aside=set_aside))
+        except (VramwatchError, OSError) as exc:
+            log.error("record_failed", file=record, error=str(exc), effect="not recording; serving goes on")
+        else:
+            daemon.on_tick = _recorder(writers[0], Path(record))
 
     return arm
 
@@ -238,8 +250,10 @@ def _check_record_target(record: Path, replay: Path | None, *, force: bool, inte
             f"{record} is the trace being replayed: recording to it would destroy it; record to another file"
         )
     if record.exists() and not record.is_file():
-        raise VramwatchError(f"{record} is not a file (a directory?): record to a file")
+        raise VramwatchError(f"{record} is not a regular file: record to a file")
     parent = record.parent
+    if str(record).startswith("~"):
+        raise VramwatchError(f"{record}: ~ is not expanded in a trace's path: give it in full")
     if not parent.is_dir():
         raise VramwatchError(f"{record}: cannot write the trace: no directory {parent}")
     if not os.access(parent, os.W_OK):
@@ -312,25 +326,30 @@ def build_dispatcher(
     backends the policy is cut down to log and notify (`touches_processes`)."""
     with _in_file(cfg):
         policy = parse_policy(dict(cfg.section("policy")))
-    if not touches_processes(backend):
-        safe = frozenset({"log", "notify"})
-        if (policy.warning | policy.critical) - safe and backend is None:
-            log.warning("policy_actions_waiting", reason="no card answered at the start; signal, hook and kill are "
-                        "set up when one does")  # fmt: skip
-        elif (policy.warning | policy.critical) - safe:
-            log.warning("policy_actions_disabled", reason=f"backend is {backend.kind if backend else 'not open'}; "
-                        "signal, hook and kill act on real NVML processes only")  # fmt: skip
-        policy = replace(policy, warning=policy.warning & safe, critical=policy.critical & safe)
-    with _in_file(cfg):
         notifiers = build_notifiers(dict(cfg.section("notify")), lookup=lookup, clock=clock)
     return ActionDispatcher(
-        policy,
+        policy_for(policy, backend),
         notifiers,
         recheck=recheck,
         clock=clock,
         inspector=backend.inspector() if backend is not None else None,
         default_log=False,
     )
+
+
+def policy_for(policy: Policy, backend: Backend | None) -> Policy:
+    """`policy` as it may act where `backend` reads: cut down to log and notify where it cannot reach the processes
+    (`touches_processes`), and logged as such."""
+    if touches_processes(backend):
+        return policy
+    safe = frozenset({"log", "notify"})
+    if (policy.warning | policy.critical) - safe and backend is None:
+        log.warning("policy_actions_waiting", reason="no card answered at the start; signal, hook and kill are "
+                    "set up when one does")  # fmt: skip
+    elif (policy.warning | policy.critical) - safe:
+        log.warning("policy_actions_disabled", reason=f"backend is {backend.kind if backend else 'not open'}; "
+                    "signal, hook and kill act on real NVML processes only")  # fmt: skip
+    return replace(policy, warning=policy.warning & safe, critical=policy.critical & safe)
 
 
 def touches_processes(backend: Backend | None) -> bool:
@@ -390,12 +409,12 @@ def check(
     pre = preflight(cfg)
     d = cfg.daemon
     _check_listen(d.listen)
-    code, off, hidden, interval = 0, None, False, d.interval
+    code, off, hidden, waiting, interval = 0, None, False, False, d.interval
     try:
         backend, fallback = opener(cfg, SystemClock(), require_gpu=require_gpu)  # a bad scenario or trace raises
     except BackendUnavailable as exc:
         gpus = f"{exc}; serve would export vramwatch_up 0 and retry"
-        off = "set up when a card answers (serve retries until one does)"
+        waiting = True
         code = 1 if require_gpu else 0
     else:
         try:
@@ -414,11 +433,16 @@ def check(
     out(f"  GPUs: {gpus}")
     pace = f"a tick every {interval:g} s" + (" (the trace's pace)" if interval != d.interval else "")
     record = f"; recording to {d.record}" + (" (it exists: serve sets it aside first)" if pre.set_aside else "")
+    if d.record and not Path(d.record).is_absolute():
+        record += " (relative to serve's working directory: the systemd unit's is /)"
     out(f"  listen {d.listen}; {pace}; {d.history_seconds:g} s of history"
         + ("; no per-process series" if not d.process_metrics else "") + (record if d.record else ""))  # fmt: skip
     for note in cfg.notes:
         out(f"  note: {note}")
-    for line in describe_policy(pre.policy, off=off, pids_hidden=hidden):
+    said = describe_policy(pre.policy, off=off, pids_hidden=hidden)
+    if waiting and len(said) > 2:  # (an armed policy: as it will act once a card answers)
+        said.insert(1, "signal, hook and kill are set up when a card answers (serve retries until then), as follows")
+    for line in said:
         out(f"  policy: {line}")
     kinds = ", ".join(k + (f" x{n}" if n > 1 else "") for k, n in Counter(pre.notifiers).items())
     silent = " (no severity notifies in [policy.actions]: nothing is sent)"

@@ -600,7 +600,11 @@ class Daemon:
         self._backoff.reset()
         self.backend_info = described(backend)
         if self.on_backend is not None:
-            self.on_backend(backend)
+            try:
+                self.on_backend(backend)
+            except Exception:
+                # A bug in what is set up at the first card must not take the watchdog down as the card arrives.
+                log.exception("backend_setup_failed", effect="serving goes on without what failed to set up")
         agents = self.agents
         source = (lambda: tuple(d.stats for d in agents.latest())) if agents is not None else None
         self.pipeline = Pipeline(

@@ -97,6 +97,21 @@ class ActionDispatcher:
         self._environ_of: EnvironOf = environ_of or (lambda pid: read_environ(pid, proc_root))
         self._last_acted: dict[object, float] = {}
 
+    def rearm(self, policy: Policy, inspector: ProcessInspector) -> None:
+        """Act by `policy` from now on, on the processes `inspector` reads: a daemon whose start found no card is armed
+        at the first that answers (`app._arm_later`). The notifiers stay as they are, with their queues and counts;
+        the hooks and the killer follow the policy."""
+        old = self.hooks
+        self.policy = policy
+        self._inspector = inspector
+        self.hooks = HookRunner(policy.hooks) if policy.hooks else None
+        self.killer = Killer(
+            grace_seconds=policy.kill.grace_seconds, start_time_of=self._start_time_of,
+            tolerance_seconds=policy.identity_tolerance_seconds,
+        )  # fmt: skip
+        if old is not None:
+            old.close(0.0)  # no finding reached it without a card: nothing is queued
+
     # --- the per-tick entry point -------------------------------------------------------------------
 
     def handle(

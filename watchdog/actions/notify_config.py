@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,18 @@ _AM_KEYS = (
 )
 
 
+#: What a `*_env` key may name: a shell's variable name. Anything else is not shown in an error (it may be the secret).
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _from_env(reader: TableReader, environ: Mapping[str, str], env_key: str) -> str | None:
     """The value of the environment variable named by `env_key`, if that key is set; ConfigError if empty."""
     var = reader.table.get(env_key)
     if var is None:
         return None
-    if not isinstance(var, str) or not var:
-        raise reader.error(env_key, "the name of an environment variable", var)
+    if not isinstance(var, str) or not _ENV_NAME.fullmatch(var):
+        # Often the secret itself, pasted where its variable's name belongs: its value is never shown.
+        raise reader.error(env_key, "the name of an environment variable (letters, digits, _)", var, secret=True)
     if not environ.get(var):
         raise ConfigError(f"{reader.where} {env_key}: the environment variable {var} is not set")
     return environ[var]
@@ -147,7 +153,8 @@ def _build(
         if isinstance(entries, Mapping):
             entries = [entries]
         if not isinstance(entries, list):
-            raise ConfigError(f"[[notify.{kind}]]: expected an array of tables, got {entries!r}")
+            # (Often a URL, token and all, written as a plain key: its value is never shown.)
+            raise ConfigError(f"[[notify.{kind}]]: expected an array of tables, got a {type(entries).__name__}")
         for index, table in enumerate(entries):
             where = f"[[notify.{kind}]] #{index + 1}"
             if kind == "webhook":
@@ -184,7 +191,9 @@ def _webhook(
         try:
             secret = Path(path).read_bytes().strip()
         except OSError as exc:
-            raise ConfigError(f"{reader.where} hmac_secret_file: cannot read {path}: {exc.strerror}") from None
+            # A path is shown only where it looks like one: the secret itself is sometimes pasted here.
+            shown = path if "/" in path else "it"
+            raise ConfigError(f"{reader.where} hmac_secret_file: cannot read {shown}: {exc.strerror}") from None
         if not secret:
             raise ConfigError(f"{reader.where} hmac_secret_file: {path} is empty")
     return WebhookNotifier(

@@ -178,7 +178,7 @@ def _actions(reader: TableReader, key: str, default: frozenset[str]) -> frozense
 
 def _hooks(value: object) -> tuple[HookCommand, ...]:
     if not isinstance(value, list):
-        raise ConfigError(f"[[policy.hooks]]: expected an array of tables, got {value!r}")
+        raise ConfigError(f"[[policy.hooks]]: expected an array of tables, got a {type(value).__name__}")
     hooks = []
     for index, table in enumerate(value):
         reader = TableReader(table, f"[[policy.hooks]] #{index + 1}", ("argv", "timeout_seconds", "on_resolved", "env"))
@@ -283,29 +283,35 @@ def describe_policy(policy: Policy, *, off: str | None = None, pids_hidden: bool
         lines.append("dry run: what a signal, a hook or a kill would do is logged, not done")
     kinds = ", ".join(sorted(policy.act_on_kinds))
     lines.append(f"{_listed(wanted)}: only for findings of kind {kinds}; {_tentative(policy, wanted)}")
-    if wanted & {"signal", "kill"}:
-        if pids_hidden:
-            lines.append("signal and kill are refused here: the daemon cannot see this host's pids (host_pids = no, "
-                         "or a pid namespace of its own)")  # fmt: skip
+    reach = wanted & {"signal", "kill"}
+    if reach and pids_hidden:
+        lines.append("signal and kill are refused here: the daemon cannot see this host's pids (host_pids = no, "
+                     "or a pid namespace of its own)")  # fmt: skip
+        reach = frozenset()
+    elif reach:
+        t = policy.targets
+        named = [f"user {u}" for u in sorted(t.users)] + [f"cmdline {_quoted(p)}" for p in t.cmdline]
+        if named:
+            # Only `vramwatch attach` has attached runs (the run it watches); the daemon acts with none.
+            lines.append(f"processes it may signal or kill: {', '.join(named)}" + (", and runs under vramwatch "
+                         "attach" if t.attached else ""))  # fmt: skip
         else:
-            t = policy.targets
-            named = [f"user {u}" for u in sorted(t.users)] + [f"cmdline {_quoted(p)}" for p in t.cmdline]
-            lines.append(
-                f"processes it may signal or kill: {', '.join(named + (['attached runs'] if t.attached else []))}"
-            )
+            lines.append("processes it may signal or kill: only runs under vramwatch attach: serve signals and kills "
+                         "nothing")  # fmt: skip
+            reach = frozenset()
     ends = [
         *(["force = true: sent to a process that does not catch it, which ends it"] if policy.signal.force else []),
         *(["allow_stop = true: adapters that save, then stop the run"] if policy.signal.allow_stop else []),
     ]
-    if "signal" in wanted and ends:
+    if "signal" in reach and ends:
         lines.append(f"a confirmed finding's signal may end a run: {'; '.join(ends)}")
-    if "kill" in wanted:
+    if "kill" in reach:
         k = policy.kill
         never = f", never {', '.join(_quoted(p) for p in k.avoid)}" if k.avoid else ""
         prefer = ", ".join(_quoted(p) for p in k.prefer)
         lines.append(
-            f"a kill: the largest process on the card whose command line matches {prefer}{never}; SIGTERM, then "
-            f"SIGKILL {k.grace_seconds:g} s later"
+            f"a kill: the largest process on the card that the targets name and whose command line matches "
+            f"{prefer}{never}; SIGTERM, then SIGKILL {k.grace_seconds:g} s later"
         )
     if "hook" in wanted:
         # The programs only: their arguments and environment may hold tokens.

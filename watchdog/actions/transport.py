@@ -31,8 +31,11 @@ def check_url(url: object, *, key: str) -> str:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - urllib checks the port only when it is read: a bad one must fail here, not at send
-    except ValueError as exc:
-        raise ConfigError(f"{key}: expected an http:// or https:// URL, got a malformed one ({exc})") from None
+    except ValueError:
+        # (Not urllib's words: they quote the part they could not read, which may be a token.)
+        raise ConfigError(
+            f"{key}: expected an http:// or https:// URL, got a malformed one (its host or port)"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{key}: expected an http:// or https:// URL with a host, got scheme {parts.scheme!r}")
     return url
