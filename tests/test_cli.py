@@ -526,7 +526,7 @@ def test_serve_refuses_bad_detector_settings_before_opening_a_card(tmp_path: Pat
         ('[policy]\nhooks = "curl -H Bearer_SECRETTOKEN"\n', "[[policy.hooks]]: expected an array"),
         (
             '[[notify.webhook]]\nurl = "http://h.example/x"\nhmac_secret_file = "SECRETTOKEN"\n',
-            "hmac_secret_file: cannot read it",
+            "hmac_secret_file: cannot read a str (not shown",
         ),
         ('[[notify.webhook]]\nurl = "https://hooks.example:SECRETTOKEN/x"\n', "got a malformed one"),
     ],

@@ -439,10 +439,7 @@ def check(
         + ("; no per-process series" if not d.process_metrics else "") + (record if d.record else ""))  # fmt: skip
     for note in cfg.notes:
         out(f"  note: {note}")
-    said = describe_policy(pre.policy, off=off, pids_hidden=hidden)
-    if waiting and len(said) > 2:  # (an armed policy: as it will act once a card answers)
-        said.insert(1, "signal, hook and kill are set up when a card answers (serve retries until then), as follows")
-    for line in said:
+    for line in describe_policy(pre.policy, off=off, pids_hidden=hidden, waiting=waiting):
         out(f"  policy: {line}")
     kinds = ", ".join(k + (f" x{n}" if n > 1 else "") for k, n in Counter(pre.notifiers).items())
     silent = " (no severity notifies in [policy.actions]: nothing is sent)"

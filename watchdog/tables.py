@@ -27,10 +27,14 @@ def check_keys(table: Mapping[str, Any], where: str, known: Collection[str]) -> 
 
 def key_error(where: str, key: str, expected: str, got: object, *, secret: bool = False) -> ConfigError:
     """The one wording of a bad value: `[policy] dry_run: expected true or false, got 'yes'`. A `secret` key's value
-    (a webhook or Apprise URL, a hook's arguments or environment: tokens live there) is named by its type only, since
-    the error goes to a terminal, a log and systemd's journal."""
-    shown = f"a {type(got).__name__} (not shown: it may hold a secret)" if secret else repr(got)
-    return ConfigError(f"{where} {key}: expected {expected}, got {shown}")
+    is named by its type only (`hidden`)."""
+    return ConfigError(f"{where} {key}: expected {expected}, got {hidden(got) if secret else repr(got)}")
+
+
+def hidden(got: object) -> str:
+    """A value that may hold a token (a webhook or Apprise URL, a hook's arguments or environment), as an error names
+    it: by its type only, since the error goes to a terminal, a log and systemd's journal."""
+    return f"a {type(got).__name__} (not shown: it may hold a secret)"
 
 
 class TableReader:

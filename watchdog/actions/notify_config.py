@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..tables import TableReader
+from ..tables import TableReader, hidden
 from ..typing import Clock, Notifier
 from .alertmanager import AlertmanagerNotifier, check_label_names
 from .apprise_notifier import AppriseNotifier, load_apprise
@@ -153,8 +153,8 @@ def _build(
         if isinstance(entries, Mapping):
             entries = [entries]
         if not isinstance(entries, list):
-            # (Often a URL, token and all, written as a plain key: its value is never shown.)
-            raise ConfigError(f"[[notify.{kind}]]: expected an array of tables, got a {type(entries).__name__}")
+            # (Often a URL, token and all, written as a plain key.)
+            raise ConfigError(f"[[notify.{kind}]]: expected an array of tables, got {hidden(entries)}")
         for index, table in enumerate(entries):
             where = f"[[notify.{kind}]] #{index + 1}"
             if kind == "webhook":
@@ -192,7 +192,7 @@ def _webhook(
             secret = Path(path).read_bytes().strip()
         except OSError as exc:
             # A path is shown only where it looks like one: the secret itself is sometimes pasted here.
-            shown = path if "/" in path else "it"
+            shown = path if "/" in path else hidden(path)
             raise ConfigError(f"{reader.where} hmac_secret_file: cannot read {shown}: {exc.strerror}") from None
         if not secret:
             raise ConfigError(f"{reader.where} hmac_secret_file: {path} is empty")

@@ -27,7 +27,7 @@ from typing import Any
 from ..detectors.registry import check_kinds
 from ..errors import ConfigError
 from ..model import Finding, ProcessMeta, Severity
-from ..tables import TableReader
+from ..tables import TableReader, hidden
 from .adapters import ADAPTER_NAMES
 
 ACTIONS = ("log", "notify", "signal", "hook", "kill")
@@ -178,7 +178,7 @@ def _actions(reader: TableReader, key: str, default: frozenset[str]) -> frozense
 
 def _hooks(value: object) -> tuple[HookCommand, ...]:
     if not isinstance(value, list):
-        raise ConfigError(f"[[policy.hooks]]: expected an array of tables, got a {type(value).__name__}")
+        raise ConfigError(f"[[policy.hooks]]: expected an array of tables, got {hidden(value)}")
     hooks = []
     for index, table in enumerate(value):
         reader = TableReader(table, f"[[policy.hooks]] #{index + 1}", ("argv", "timeout_seconds", "on_resolved", "env"))
@@ -268,17 +268,22 @@ def parse_policy(section: Mapping[str, Any] | None) -> Policy:
     return policy
 
 
-def describe_policy(policy: Policy, *, off: str | None = None, pids_hidden: bool = False) -> list[str]:
+def describe_policy(
+    policy: Policy, *, off: str | None = None, pids_hidden: bool = False, waiting: bool = False
+) -> list[str]:
     """What `policy` arms, in words (`vramwatch check`): the actions per severity, then what the intrusive ones
     answer, whom they may touch and how. `off`: why signal, hook and kill cannot act where the daemon reads (a
-    simulated card's pids, no card yet: `app.touches_processes`); `pids_hidden`: the daemon cannot see this host's
-    pids, so signal and kill are refused (hooks still run)."""
+    simulated or replayed card's pids: `app.touches_processes`); `pids_hidden`: the daemon cannot see this host's
+    pids, so signal and kill are refused (hooks still run); `waiting`: no card answered yet, and they are set up
+    when one does (`app._arm_later`)."""
     lines = [f"on a warning: {_listed(policy.warning)}; on a critical: {_listed(policy.critical)}"]
     wanted = (policy.warning | policy.critical) & frozenset(INTRUSIVE)
     if not wanted:
         return [*lines, "no process is signalled or killed, and no hook runs"]
     if off is not None:
         return [*lines, f"signal, hook and kill: {off}"]
+    if waiting:
+        lines.append("signal, hook and kill are set up when a card answers (serve retries until then), as follows")
     if policy.dry_run:
         lines.append("dry run: what a signal, a hook or a kill would do is logged, not done")
     kinds = ", ".join(sorted(policy.act_on_kinds))
