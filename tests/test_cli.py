@@ -500,11 +500,11 @@ def test_check_require_gpu_without_a_driver_exits_1() -> None:
     assert "SIMULATED GPU (no NVIDIA driver found on this machine)" in out
 
 
-def test_serve_refuses_bad_detector_settings_before_opening_a_card(tmp_path: Path) -> None:
+def test_serve_refuses_bad_detector_settings_before_opening_a_card(tmp_path: Path, busy_listen: str) -> None:
     """A bad [detectors] value stops serve before it opens the card: the error is the only line, no banner."""
     cfg = tmp_path / "vw.toml"
     cfg.write_text("[detectors]\nforecast_warning_eta_seconds = -1\n")
-    code, out, err = _invoke("--config", str(cfg), "serve", "--simulate", "leak", "--listen", "127.0.0.1:1")
+    code, out, err = _invoke("--config", str(cfg), "serve", "--simulate", "leak", "--listen", busy_listen)
     assert code == 2
     assert out == ""
     assert f"{cfg}: [detectors]" in err
@@ -531,26 +531,31 @@ def test_serve_refuses_bad_detector_settings_before_opening_a_card(tmp_path: Pat
         ('[[notify.webhook]]\nurl = "https://hooks.example:SECRETTOKEN/x"\n', "got a malformed one"),
     ],
 )
-def test_a_refused_secret_bearing_key_is_named_never_its_value(tmp_path: Path, text: str, key: str) -> None:
+def test_a_refused_secret_bearing_key_is_named_never_its_value(
+    tmp_path: Path, busy_listen: str, text: str, key: str
+) -> None:
     """A bad value of a key that may hold a token (Apprise URLs, a hook's arguments or environment, a webhook URL)
     is refused naming the key and the value's type, never the value: the line goes to a terminal and the journal."""
     cfg = tmp_path / "vw.toml"
     cfg.write_text(text)
     for command in ("check", "serve"):
-        code, out, err = _invoke("--config", str(cfg), command, *(["--simulate", "leak"] if command == "serve" else []))
+        serving = ["--simulate", "leak", "--listen", busy_listen] if command == "serve" else []
+        code, out, err = _invoke("--config", str(cfg), command, *serving)
         assert code == 2
         assert key in err
         assert "SECRETTOKEN" not in err + out
 
 
 @pytest.mark.parametrize("command", ["check", "serve"])
-def test_a_directory_as_the_record_target_is_refused_and_left_where_it_is(tmp_path: Path, command: str) -> None:
+def test_a_directory_as_the_record_target_is_refused_and_left_where_it_is(
+    tmp_path: Path, busy_listen: str, command: str
+) -> None:
     """`[daemon] record` naming a directory is refused by check and by serve's start, which used to set the
     directory aside (renamed) and write a trace in its place."""
     target = tmp_path / "traces"
     target.mkdir()
     cfg = tmp_path / "vw.toml"
-    cfg.write_text(f'[daemon]\nsimulate = "leak"\nrecord = "{target}"\nlisten = "127.0.0.1:1"\n')
+    cfg.write_text(f'[daemon]\nsimulate = "leak"\nrecord = "{target}"\nlisten = "{busy_listen}"\n')
     code, _, err = _invoke("--config", str(cfg), command)
     assert code == 2
     assert f"{target} is not a regular file" in err
