@@ -277,6 +277,16 @@ def _answers(s: Series) -> tuple[object, ...]:
     return tuple(t), tuple(v), s.run_start() - len(s._t) + len(s), tuple(per_point)
 
 
+def _assert_alike(shared: History, reference: History) -> None:
+    """Both histories hold the same tracks, stamped alike, whose series answer alike."""
+    for table, ref in ((shared.processes, reference.processes), (shared.trees, reference.trees)):
+        assert table.keys() == ref.keys()
+        for key, track in table.items():
+            other = ref[key]
+            assert (track.first_seen, track.last_seen, track.meta) == (other.first_seen, other.last_seen, other.meta)
+            assert _answers(track.series) == _answers(other.series)
+
+
 # Per tick, per pid present: (bytes or None, root pid or None, start generation, GPU). Roots 1 and 2 are processes
 # that may be on a GPU themselves (their workers join their tree), 9 a launcher that never is.
 _tick = st.dictionaries(
@@ -292,7 +302,7 @@ _tick = st.dictionaries(
 
 
 @settings(deadline=None, max_examples=150)
-@given(st.lists(_tick, min_size=1, max_size=40), st.integers(2, 12), st.integers(2, 14), st.integers(2, 30))
+@given(st.lists(_tick, min_size=1, max_size=40), st.integers(2, 12), st.integers(2, 40), st.integers(2, 30))
 def test_trees_sharing_their_roots_series_answer_like_trees_of_their_own(
     ticks: list[dict[int, tuple[int | None, int | None, int, str]]], capacity: int, max_tracks: int, retain: int
 ) -> None:
@@ -317,16 +327,35 @@ def test_trees_sharing_their_roots_series_answer_like_trees_of_their_own(
         )
         shared.add(snap)
         reference.add(snap)
-        for table, ref in ((shared.processes, reference.processes), (shared.trees, reference.trees)):
-            assert table.keys() == ref.keys()
-            for key, track in table.items():
-                other = ref[key]
-                assert (track.first_seen, track.last_seen, track.meta) == (
-                    other.first_seen,
-                    other.last_seen,
-                    other.meta,
-                )
-                assert _answers(track.series) == _answers(other.series)
+        _assert_alike(shared, reference)
+
+
+# Per tick, a list of (pid, bytes): few pids that persist from tick to tick, so that most trees are their root alone
+# since their track began, and a pid may be listed twice in one tick. Pids 1-4 are their own roots; 5 is a worker
+# of 1 (which may be on the card too), 6 of a launcher that never is.
+_steady_tick = st.lists(st.tuples(st.integers(1, 6), st.sampled_from([1, 2, 3]).map(lambda k: k * GIB)), max_size=4)
+_ROOTS = {5: 1, 6: 9}
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.lists(_steady_tick, min_size=1, max_size=30), st.integers(2, 40))
+def test_the_lone_roots_shortcut_answers_like_trees_of_their_own(
+    ticks: list[list[tuple[int, int]]], max_tracks: int
+) -> None:
+    """The appends and stamps of the trees that are their root alone (one pass, `_lone_roots`) leave every track as
+    trees of their own would, with workers joining, a pid listed twice and evictions."""
+    shared = History(window_seconds=7, retain_seconds=5, max_tracks=max_tracks)
+    reference = _UnsharedHistory(window_seconds=7, retain_seconds=5, max_tracks=max_tracks)
+    metas = {
+        pid: ProcessMeta(pid=pid, start_time=float(pid), root_pid=_ROOTS.get(pid), root_start_time=_ROOTS.get(pid))
+        for pid in range(1, 7)
+    }
+    for t, entries in enumerate(ticks):
+        processes = tuple(ProcessSample(UUID0, used, metas[pid]) for pid, used in entries)
+        snap = Snapshot(t=float(t), wall_time=1.7e9 + t, gpus=(gpu(used=GIB),), processes=processes)
+        shared.add(snap)
+        reference.add(snap)
+        _assert_alike(shared, reference)
 
 
 def test_a_lone_root_shares_its_series_until_a_worker_joins() -> None:

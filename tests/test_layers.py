@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "watchdog"
 #: from its own part and from lower layers, never from a higher one nor from another part of its own layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # no vramwatch imports but each other's; the in-trainer agent is stdlib only.
-    ("_version", "errors", "redact", "logs", "agent", "agenthost", "environ", "lazy"),
+    ("_version", "errors", "redact", "logs", "agent", "agenthost", "environ", "lazy", "frozen"),
     # the value objects everything passes around, and how their numbers read.
     ("model",),
     ("units", "tables"),

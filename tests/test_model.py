@@ -64,3 +64,17 @@ def test_a_process_key_hashes_and_compares_by_pid_and_start_time_only(pid: int, 
     other = replace(key, pid=pid + 1)
     assert hash(other) == hash((pid + 1, start))
     assert other != key
+
+
+@given(st.lists(st.tuples(st.integers(1, 50), st.sampled_from(["GPU-a", "GPU-b", "GPU-c"])), max_size=30))
+def test_a_cards_processes_are_the_snapshots_on_that_card_in_order(entries: list[tuple[int, str]]) -> None:
+    """processes_on(uuid) is the snapshot's processes on that card, in the snapshot's order, and none elsewhere."""
+    snap = Snapshot(
+        t=0.0,
+        wall_time=0.0,
+        gpus=(gpu(used=GIB),),
+        processes=tuple(ProcessSample(uuid, GIB, ProcessMeta(pid, 1.0)) for pid, uuid in entries),
+    )
+    for uuid in ("GPU-a", "GPU-b", "GPU-c", "GPU-none"):
+        assert snap.processes_on(uuid) == tuple(p for p in snap.processes if p.gpu_uuid == uuid)
+    assert snap == Snapshot(t=0.0, wall_time=0.0, gpus=snap.gpus, processes=snap.processes)

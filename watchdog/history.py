@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import chain
 
-from .model import ProcessExit, ProcessKey, ProcessMeta, Snapshot, TorchStats
+from .model import ProcessExit, ProcessKey, ProcessMeta, ProcessSample, Snapshot, TorchStats
 
 #: Agent samples kept per (pid, device): ten minutes at 1 Hz, what the fragmentation detector looks at.
 TORCH_POINTS = 600
@@ -267,6 +267,64 @@ class History:
             if g.total_bytes is not None:
                 self.gpu_total[g.uuid] = g.total_bytes
         t = snap.t
+        listed = [p for p in snap.processes if p.used_bytes is not None]
+        roots, rest = self._lone_roots(listed)
+        for p, track, tree in roots:
+            # (`_touch`'s work on both tracks, without a call: most processes, every tick)
+            track.last_seen = tree.last_seen = t
+            track.meta = tree.meta = p.meta
+            track.series.append(t, p.used_bytes or 0)
+        self._add_processes(rest, t)
+        for ex in snap.exits:
+            self.exits[ex.key] = (snap.t, ex)
+        for ts in snap.torch:
+            ring = self.torch.get((ts.pid, ts.device))
+            if ring is None:
+                ring = self.torch[(ts.pid, ts.device)] = deque(maxlen=TORCH_POINTS)
+            ring.append((snap.t, ts))
+        self._prune(snap.t)
+
+    def _lone_roots(
+        self, listed: list[ProcessSample]
+    ) -> tuple[list[tuple[ProcessSample, Track, Track]], list[ProcessSample]]:
+        """Split a tick's processes (bytes known) into the trees that were, and still are, their root alone (their
+        tree's track shares the root's series: one append and two timestamps), and the rest, in their order, for
+        `_add_processes`. Nearly every process of a card is the first kind at nearly every tick.
+
+        Whatever `_add_processes` would do to the first kind, this does: the same appends and stamps, in another
+        order. Only an eviction could tell the orders apart (it drops the least recently stamped tracks, and
+        `_add_processes` stamps processes before trees), so nothing is split off when the rest could make enough
+        new tracks to reach `max_tracks`."""
+        processes, trees = self.processes, self.trees
+        roots: dict[tuple[ProcessKey, str], tuple[ProcessSample, Track, Track]] = {}
+        rest: list[ProcessSample] = []
+        twice = False
+        for p in listed:
+            key = p.key
+            if key is p.tree_key:
+                pk = (key, p.gpu_uuid)
+                track = processes.get(pk)
+                if track is not None:
+                    tree = trees.get(pk)
+                    if tree is not None and tree.series is track.series:
+                        twice = twice or pk in roots
+                        roots[pk] = (p, track, tree)
+                        continue
+            rest.append(p)
+        if rest:
+            # A worker's tree, or a process listed again in another's tree, is not its root alone.
+            before = len(roots)
+            for p in rest:
+                roots.pop((p.key, p.gpu_uuid), None)
+                roots.pop((p.tree_key, p.gpu_uuid), None)
+            if len(roots) < before:
+                rest = [p for p in listed if (p.key, p.gpu_uuid) not in roots]
+        if twice or len(processes) + len(trees) + 2 * len(rest) > self.max_tracks:
+            return [], listed
+        return list(roots.values()), rest
+
+    def _add_processes(self, listed: list[ProcessSample], t: float) -> None:
+        """Append a tick's processes (bytes known) to their tracks and their trees' tracks."""
         processes, tracks = self.processes, self.trees
         # Most trees are one process that is its own root (a notebook, a server, a single-process trainer, an MPS
         # client). Such a tree's series is its root's own: one object, appended once. It shares that series only
@@ -275,14 +333,13 @@ class History:
         trees: dict[tuple[ProcessKey, str], tuple[int, ProcessMeta, bool]] = {}  # total, last meta, root alone
         # Processes counted in another's tree: a tree of their own key that shares their series must split from it.
         foreign: list[tuple[ProcessKey, str]] = []
-        for p in snap.processes:
-            if p.used_bytes is not None:
-                key, tree = p.key, p.tree_key
-                tk = (tree, p.gpu_uuid)
-                prev = trees.get(tk)
-                trees[tk] = (prev[0] + p.used_bytes, p.meta, False) if prev else (p.used_bytes, p.meta, key is tree)
-                if key is not tree:
-                    foreign.append((key, p.gpu_uuid))
+        for p in listed:
+            used, key, tree = p.used_bytes or 0, p.key, p.tree_key
+            tk = (tree, p.gpu_uuid)
+            prev = trees.get(tk)
+            trees[tk] = (prev[0] + used, p.meta, False) if prev else (used, p.meta, key is tree)
+            if key is not tree:
+                foreign.append((key, p.gpu_uuid))
         for fk in foreign:  # the same process listed twice, once in another's tree: its own tree is not it alone
             entry = trees.get(fk)
             if entry is not None and entry[2]:
@@ -297,15 +354,14 @@ class History:
                     shared[tk] = (tr.series, tr.series.appended)
                 else:
                     tr.series = tr.series.copy()
-        for p in snap.processes:
-            if p.used_bytes is not None:
-                pk = (p.key, p.gpu_uuid)
-                track = processes.get(pk)
-                if track is None:
-                    track = self._touch(processes, pk, t, p.meta)
-                else:  # (`_touch`'s work when the track exists, without a call: every process, every tick)
-                    track.last_seen, track.meta = t, p.meta
-                track.series.append(t, p.used_bytes)
+        for p in listed:
+            pk = (p.key, p.gpu_uuid)
+            track = processes.get(pk)
+            if track is None:
+                track = self._touch(processes, pk, t, p.meta)
+            else:
+                track.last_seen, track.meta = t, p.meta
+            track.series.append(t, p.used_bytes or 0)
         for tk, (total, meta, alone) in trees.items():
             if alone:
                 tr, was = tracks.get(tk), shared.get(tk)
@@ -318,14 +374,6 @@ class History:
                     self._touch(tracks, tk, t, meta, root.series)
                     continue
             self._touch(tracks, tk, t, meta).series.append(t, total)
-        for ex in snap.exits:
-            self.exits[ex.key] = (snap.t, ex)
-        for ts in snap.torch:
-            ring = self.torch.get((ts.pid, ts.device))
-            if ring is None:
-                ring = self.torch[(ts.pid, ts.device)] = deque(maxlen=TORCH_POINTS)
-            ring.append((snap.t, ts))
-        self._prune(snap.t)
 
     def gpu_window(self, uuid: str, seconds: float | None = None) -> Window:
         s = self.gpu_used.get(uuid)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..frozen import quick_init
 from ..history import History, Track
 from ..model import GpuSample, OomEvent, ProcessKey, ProcessMeta, ProcessSample, Snapshot
 from . import _format as fmt
@@ -19,6 +20,7 @@ from .config import DetectorConfig
 from .growth import Profile, Rate
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Tree:
     """A process tree on one GPU at this tick: its launcher's identity, its processes there and what they hold."""

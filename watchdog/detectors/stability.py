@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..frozen import quick_init
 from . import _format as fmt
 from ._context import GpuContext, Tree
 from ._series import View
@@ -88,6 +89,7 @@ def flat_seconds(series: View, config: DetectorConfig, *, not_before: float, at:
     return good
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Stable(Verdict):
     """`tree`'s floor has held its level for `stable_seconds`; `card`: how the sentence ends (`card_line`)."""

@@ -1,0 +1,104 @@
+"""quick_init: the same frozen dataclass, built through its slots' descriptors."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+
+import pytest
+from vramwatch.detectors._context import Tree
+from vramwatch.detectors.stability import Stable
+from vramwatch.frozen import quick_init
+from vramwatch.model import ProcessKey, ProcessMeta, ProcessSample
+
+
+@dataclass(frozen=True, slots=True)
+class _Base:
+    key: str
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Plain(_Base):
+    size: int | None
+    kinds: frozenset[str] = frozenset({"compute"})
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class _Quick(_Base):
+    size: int | None
+    kinds: frozenset[str] = frozenset({"compute"})
+
+
+def _fields(obj: object) -> tuple[object, ...]:
+    return tuple(getattr(obj, f.name) for f in dataclasses.fields(obj))  # type: ignore[arg-type]
+
+
+def test_quick_init_takes_the_generated_parameters_and_defaults() -> None:
+    """Positional, keyword and defaulted arguments give the fields the dataclass's own __init__ would give."""
+    for args, kwargs in (
+        (("a", 1, 2), {}),
+        (("a", 1, None, frozenset()), {}),
+        ((), {"key": "b", "n": 3, "size": 4}),
+        (("c",), {"n": 5, "size": 6, "kinds": frozenset({"mps"})}),
+    ):
+        assert _fields(_Quick(*args, **kwargs)) == _fields(_Plain(*args, **kwargs))
+    assert list(inspect.signature(_Quick).parameters) == list(inspect.signature(_Plain).parameters)
+    with pytest.raises(TypeError, match="missing"):
+        _Quick("a")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        _Quick("a", 1, 2, colour="red")  # type: ignore[call-arg]
+
+
+def test_a_quick_class_stays_a_frozen_dataclass() -> None:
+    """Equality, hash, repr and replace are the dataclass's, and a field still cannot be assigned."""
+    a, b = _Quick("a", 1, 2), _Quick("a", 1, 2)
+    assert a == b and hash(a) == hash(b) and a != _Quick("a", 1, 3)
+    assert repr(a) == "_Quick(key='a', n=1, size=2, kinds=frozenset({'compute'}))"
+    assert dataclasses.replace(a, size=9) == _Quick("a", 1, 9)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.size = 3  # type: ignore[misc]
+
+
+def test_quick_init_refuses_what_it_cannot_copy() -> None:
+    """A class that is not frozen and slotted, or has a post-init, a factory or keyword-only fields, is refused."""
+
+    @dataclass(slots=True)
+    class Mutable:
+        x: int
+
+    @dataclass(frozen=True)
+    class Unslotted:
+        x: int
+
+    @dataclass(frozen=True, slots=True)
+    class Factory:
+        xs: list[int] = field(default_factory=list)
+
+    @dataclass(frozen=True, slots=True)
+    class Post:
+        x: int
+
+        def __post_init__(self) -> None:
+            pass
+
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class KeywordOnly:
+        x: int
+
+    for cls in (Mutable, Unslotted, Factory, Post, KeywordOnly):
+        with pytest.raises(TypeError, match="quick_init"):
+            quick_init(cls)
+
+
+def test_the_per_tick_classes_are_built_alike() -> None:
+    """A sample, a tree and a verdict built through quick_init equal themselves built by keyword, field by field."""
+    meta = ProcessMeta(pid=7, start_time=1.5, name="python")
+    sample = ProcessSample("GPU-0", 1 << 30, meta)
+    assert sample == ProcessSample(gpu_uuid="GPU-0", used_bytes=1 << 30, meta=meta, kinds=frozenset({"compute"}))
+    tree = Tree(ProcessKey(7, 1.5), (sample,), 1 << 30)
+    assert tree == Tree(key=ProcessKey(7, 1.5), members=(sample,), held_bytes=1 << 30)
+    stable = Stable(tree.key, "GPU-0", tree, 600.0, "GPU 0 at 1.0 of 24.0 GiB, 23.0 GiB headroom")
+    assert _fields(stable) == (tree.key, "GPU-0", tree, 600.0, "GPU 0 at 1.0 of 24.0 GiB, 23.0 GiB headroom")
