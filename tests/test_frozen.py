@@ -55,7 +55,9 @@ def test_quick_init_takes_the_generated_parameters_and_defaults() -> None:
 def test_a_quick_class_stays_a_frozen_dataclass() -> None:
     """Equality, hash, repr and replace are the dataclass's, and a field still cannot be assigned."""
     a, b = _Quick("a", 1, 2), _Quick("a", 1, 2)
-    assert a == b and hash(a) == hash(b) and a != _Quick("a", 1, 3)
+    assert a == b
+    assert hash(a) == hash(b)
+    assert a != _Quick("a", 1, 3)
     assert repr(a) == "_Quick(key='a', n=1, size=2, kinds=frozenset({'compute'}))"
     assert dataclasses.replace(a, size=9) == _Quick("a", 1, 9)
     with pytest.raises(dataclasses.FrozenInstanceError):
