@@ -479,6 +479,23 @@ def test_sdxl_is_told_to_cache_text_encoder_outputs_only_when_it_trains_the_unet
     assert ("cache_text_encoder_outputs" in rules) is cached
 
 
+@pytest.mark.parametrize(
+    ("cmdline", "told"),
+    [
+        ("accelerate launch flux_train_network.py --train_batch_size 4", True),
+        ("accelerate launch sdxl_train_network.py --train_batch_size 4", True),
+        ("accelerate launch flux_train.py --train_batch_size 4", False),
+        ("accelerate launch sdxl_train.py --train_batch_size 4", False),
+        ("accelerate launch sd3_train.py --train_batch_size 4", False),
+    ],
+)
+def test_fp8_base_is_suggested_where_a_frozen_base_is_kept(cmdline: str, told: bool) -> None:
+    """--fp8_base stores the frozen base in 8 bits: a LoRA script is told it, a full fine-tune (which trains the base
+    and parses the flag to no effect) is not."""
+    rules = {s.rule_id for s in advise_cmdline(cmdline, "oom_forecast").suggestions}
+    assert ("fp8_base" in rules) is told
+
+
 @pytest.mark.parametrize(("fmt", "change"), [("json", '"validation_disable": true'), ("cmd", "--validation_disable")])
 def test_simpletuner_sampling_is_turned_off_with_validation_disable_never_a_zero_interval(
     fmt: str, change: str

@@ -51,10 +51,11 @@ class TrainerSettings:
     `mixed_precision` is `no`, `fp16` or `bf16` (`no` is full fp32). `attention` is `sdpa`, `xformers`,
     `flash` or `none` (plain attention). `fp8_base` is True when the frozen base model is stored in 8 bits or
     fewer (kohya `--fp8_base`, ai-toolkit `model.quantize`, SimpleTuner `int8-quanto`, OneTrainer
-    `FLOAT_8`/`NFLOAT_4`). `resumable` is whether a crash loses at most a few steps (kohya: `--save_state`
-    with a save interval). `config_format` is the SimpleTuner config backend (`json`, `toml`, `env`), or, for
-    ai-toolkit, `gradient_accumulation` where the config spells its accumulation so: it decides how a change must be
-    written.
+    `FLOAT_8`/`NFLOAT_4`); `full_finetune` is True when the run trains the base model itself (kohya's
+    `flux_train.py`, `sdxl_train.py`, ...), where there is no frozen base to store so. `resumable` is whether a
+    crash loses at most a few steps (kohya: `--save_state` with a save interval). `config_format` is the
+    SimpleTuner config backend (`json`, `toml`, `env`), or, for ai-toolkit, `gradient_accumulation` where the config
+    spells its accumulation so: it decides how a change must be written.
 
     The run's schedule (for "will this run fit to the end?"): `max_train_steps` is the optimizer step the run
     ends at when the configuration fixes it in steps; `max_train_epochs` when it is given in epochs instead
@@ -71,6 +72,7 @@ class TrainerSettings:
     trainer: str = UNKNOWN
     script: str | None = None
     model_family: str | None = None  # flux, sd3, sdxl, sd, ... when the script or config says so
+    full_finetune: bool | None = None  # the run trains the base model itself: no frozen base to store in 8 bits
     batch_size: int | None = None
     grad_accum: int | None = None
     resolution: tuple[int, int] | None = None  # (width, height); the largest when a run trains several

@@ -55,6 +55,10 @@ def recognizes(inv: Invocation, _argv0: str, _ctx: Context, _flags: Flags) -> bo
     return name in _SCRIPTS or bool(_PATTERN.match(name))
 
 
+# The scripts that train the base model itself (a LoRA, a textual inversion or a ControlNet trains beside a frozen
+# base): `--fp8_base` parses there and changes nothing (flux_train.py loads the model in the training dtype).
+_FULL_FINETUNE = re.compile(r"^(train_db|fine_tune|[a-z0-9]+(_[a-z0-9]+)?_train)\.py$")
+
 _KOHYA_NETWORK_FAMILIES = ("flux", "sd3", "lumina", "hunyuan", "anima")  # DiT scripts with blocks_to_swap
 _KOHYA_TE_CACHE_FAMILIES = ("flux", "sd3", "sdxl", "lumina", "hunyuan", "anima")
 
@@ -76,6 +80,7 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
     script = (inv.script_name or "").lower()
     family = family_of(script) or "sd"
     b.set("model_family", family, s.FROM_FLAG, f"script {inv.script_name}")
+    b.set("full_finetune", bool(_FULL_FINETUNE.match(script)), s.FROM_FLAG, f"script {inv.script_name}")
 
     config: dict[str, Any] = {}
     config_name = None
