@@ -496,6 +496,19 @@ def test_fp8_base_is_suggested_where_a_frozen_base_is_kept(cmdline: str, told: b
     assert ("fp8_base" in rules) is told
 
 
+def test_a_lightning_cli_run_is_told_its_changes_as_flags() -> None:
+    """A run configured with LightningCLI's --trainer.* flags is told --trainer.precision and
+    --trainer.accumulate_grad_batches; one started otherwise, the Trainer's Python arguments."""
+    cli = {
+        s.rule_id: s.change
+        for s in advise_cmdline("python main.py fit --trainer.precision 32 --data.batch_size 8").suggestions
+    }
+    assert cli["mixed_precision_bf16"] == "--trainer.precision bf16-mixed"
+    assert cli["batch_to_accumulation"].startswith("--data.batch_size 1 --trainer.accumulate_grad_batches 8 ")
+    api = {s.rule_id: s.change for s in advise_cmdline("python -m lightning run model train.py").suggestions}
+    assert api["mixed_precision_bf16"] == 'Trainer(precision="bf16-mixed")'
+
+
 @pytest.mark.parametrize(("fmt", "change"), [("json", '"validation_disable": true'), ("cmd", "--validation_disable")])
 def test_simpletuner_sampling_is_turned_off_with_validation_disable_never_a_zero_interval(
     fmt: str, change: str

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import PurePath
 
 from ...model import ProcessMeta
+from .. import settings as s
 from ..argv import Flags, Invocation, parse_flags, to_int
 from ..extract import Builder, Context, precision, read_flag_table
 from ._base import SaveNow, Trainer
@@ -23,9 +24,16 @@ def recognizes(inv: Invocation, argv0: str, _ctx: Context, flags: Flags) -> bool
     return any(k.startswith("trainer.") for k in flags)
 
 
+#: `config_format` of a run configured by LightningCLI's flags: its changes are spelt as flags, not as Python.
+CLI = "cli"
+
+
 def read(inv: Invocation, _ctx: Context, b: Builder) -> None:
     """LightningCLI flags (`--trainer.precision bf16-mixed`, `--trainer.accumulate_grad_batches 4`)."""
     flags, _ = parse_flags(inv.args)
+    given = next((k for k in flags if k.startswith(("trainer.", "data.", "model."))), None)
+    if given is not None:
+        b.set("config_format", CLI, s.FROM_FLAG, f"--{given}")
     read_flag_table(
         flags,
         b,
