@@ -6,7 +6,7 @@ from builders import GIB, UUID0, UUID1, gpu, make_snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from vramwatch.detectors._series import view
-from vramwatch.history import POINT_BYTES, History, Series
+from vramwatch.history import POINT_BYTES, History, Series, Track
 from vramwatch.model import ProcessKey, ProcessMeta, ProcessSample, Snapshot
 
 
@@ -330,32 +330,126 @@ def test_trees_sharing_their_roots_series_answer_like_trees_of_their_own(
         _assert_alike(shared, reference)
 
 
-# Per tick, a list of (pid, bytes): few pids that persist from tick to tick, so that most trees are their root alone
-# since their track began, and a pid may be listed twice in one tick. Pids 1-4 are their own roots; 5 is a worker
-# of 1 (which may be on the card too), 6 of a launcher that never is.
-_steady_tick = st.lists(st.tuples(st.integers(1, 6), st.sampled_from([1, 2, 3]).map(lambda k: k * GIB)), max_size=4)
-_ROOTS = {5: 1, 6: 9}
+class _FourPassHistory(History):
+    """The reference for `_lone_roots`: every process through `_add_processes`, as History.add did before it."""
+
+    def _lone_roots(
+        self, listed: list[ProcessSample]
+    ) -> tuple[list[tuple[ProcessSample, Track, Track]], list[ProcessSample]]:
+        return [], listed
 
 
-@settings(deadline=None, max_examples=150)
-@given(st.lists(_steady_tick, min_size=1, max_size=30), st.integers(2, 40))
-def test_the_lone_roots_shortcut_answers_like_trees_of_their_own(
-    ticks: list[list[tuple[int, int]]], max_tracks: int
+def _assert_same(made: History, reference: History) -> None:
+    """The same tracks in the same order, stamped alike, holding the same points, sharing series alike."""
+    for table, ref in ((made.processes, reference.processes), (made.trees, reference.trees)):
+        assert list(table) == list(ref)
+        for track, other in zip(table.values(), ref.values(), strict=True):
+            assert (track.first_seen, track.last_seen) == (other.first_seen, other.last_seen)
+            assert track.meta is other.meta
+            mine, theirs = track.series, other.series
+            assert (mine.arrays(), mine.appended, mine.run_start()) == (
+                theirs.arrays(),
+                theirs.appended,
+                theirs.run_start(),
+            )
+            assert (mine.suffix_min(mine.run_start()), mine.suffix_max(0)) == (
+                theirs.suffix_min(theirs.run_start()),
+                theirs.suffix_max(0),
+            )
+
+    def sharing(h: History) -> set[tuple[ProcessKey, str]]:
+        return {k for k, tr in h.trees.items() if k in h.processes and h.processes[k].series is tr.series}
+
+    assert sharing(made) == sharing(reference)
+
+
+# Per tick: pids that arrive, pids that leave, a shift of everyone's bytes, which of two equal metas the even pids
+# carry, and now and then one pid listed again. A population that persists from tick to tick is what a card holds:
+# most trees are their root alone since their track began, and near `max_tracks` the arrivals evict tracks that were
+# seen at the last tick, where the order of the stamps tells. Pids 1-16 are their own roots; 17-20 workers of 1
+# (which may be on the card too), 21-24 of a launcher that never is.
+_change = st.tuples(
+    st.sets(st.integers(1, 24), max_size=5),
+    st.sets(st.integers(1, 24), max_size=4),
+    st.integers(0, 2),
+    st.booleans(),
+    st.lists(st.integers(1, 24), max_size=1),
+)
+
+
+def _root_of(pid: int, other: bool) -> int | None:
+    if other and pid % 4 == 2:  # (listed again so: once its own root, once a worker of 1)
+        return 1
+    return 1 if 17 <= pid <= 20 else 99 if pid > 20 else None
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.lists(_change, min_size=1, max_size=30), st.integers(16, 44))
+def test_the_lone_roots_shortcut_leaves_the_history_as_four_passes_would(
+    changes: list[tuple[set[int], set[int], int, bool, list[int]]], max_tracks: int
 ) -> None:
-    """The appends and stamps of the trees that are their root alone (one pass, `_lone_roots`) leave every track as
-    trees of their own would, with workers joining, a pid listed twice and evictions."""
-    shared = History(window_seconds=7, retain_seconds=5, max_tracks=max_tracks)
-    reference = _UnsharedHistory(window_seconds=7, retain_seconds=5, max_tracks=max_tracks)
+    """The one pass over the trees that are their root alone (`_lone_roots`) leaves every track, its order, its stamps,
+    its points and its sharing as History.add's four passes did, with workers joining, a pid listed twice and
+    evictions."""
+    made = History(window_seconds=7, retain_seconds=5, max_tracks=max_tracks)
+    reference = _FourPassHistory(window_seconds=7, retain_seconds=5, max_tracks=max_tracks)
     metas = {
-        pid: ProcessMeta(pid=pid, start_time=float(pid), root_pid=_ROOTS.get(pid), root_start_time=_ROOTS.get(pid))
-        for pid in range(1, 7)
+        (pid, other): ProcessMeta(
+            pid=pid,
+            start_time=float(pid),
+            name="b" if other else "a",
+            root_pid=_root_of(pid, other),
+            root_start_time=_root_of(pid, other),
+        )
+        for pid in range(1, 25)
+        for other in (False, True)
     }
-    for t, entries in enumerate(ticks):
-        processes = tuple(ProcessSample(UUID0, used, metas[pid]) for pid, used in entries)
+    present: list[int] = []
+    for t, (arrive, leave, shift, other, again) in enumerate(changes):
+        present = [pid for pid in present if pid not in leave] + sorted(arrive - set(present))
+        which = {pid: other and pid % 2 == 0 for pid in present}
+        processes = tuple(
+            ProcessSample(UUID0, ((pid + shift) % 3 + 1) * GIB, metas[pid, which[pid]]) for pid in present
+        )
+        processes += tuple(ProcessSample(UUID0, GIB, metas[pid, not which[pid]]) for pid in again if pid in which)
         snap = Snapshot(t=float(t), wall_time=1.7e9 + t, gpus=(gpu(used=GIB),), processes=processes)
-        shared.add(snap)
+        made.add(snap)
         reference.add(snap)
-        _assert_alike(shared, reference)
+        _assert_same(made, reference)
+
+
+def test_near_max_tracks_an_arrival_evicts_what_four_passes_would() -> None:
+    """A worker listed before two lone roots makes a track when the history is full: the eviction must drop the track
+    that four passes would (the least recently stamped: a lone root's tree not yet stamped), so the shortcut is not
+    taken when the arrivals could reach max_tracks."""
+    made = History(window_seconds=7, max_tracks=5)
+    reference = _FourPassHistory(window_seconds=7, max_tracks=5)
+    two, three = (ProcessMeta(pid=pid, start_time=float(pid)) for pid in (2, 3))
+    worker = ProcessMeta(pid=17, start_time=17.0, root_pid=1, root_start_time=1.0)
+    for t, metas in enumerate([(two, three), (worker, two, three), (worker, two, three)]):
+        snap = Snapshot(
+            t=float(t),
+            wall_time=0.0,
+            gpus=(gpu(used=GIB),),
+            processes=tuple(ProcessSample(UUID0, GIB, m) for m in metas),
+        )
+        made.add(snap)
+        reference.add(snap)
+        _assert_same(made, reference)
+
+
+def test_a_lone_root_listed_again_as_a_worker_is_not_taken_as_alone() -> None:
+    """A lone root that a tick also lists as another's worker is no tree of its root alone at that tick: the shortcut
+    leaves it to the four passes, which split its tree's series from its own."""
+    made, reference = History(window_seconds=7), _FourPassHistory(window_seconds=7)
+    alone = ProcessMeta(pid=2, start_time=2.0)
+    as_worker = ProcessMeta(pid=2, start_time=2.0, name="b", root_pid=1, root_start_time=1.0)
+    for t, metas in enumerate([(alone,), (as_worker, alone), (alone,)]):
+        processes = tuple(ProcessSample(UUID0, (1 + (m is as_worker)) * GIB, m) for m in metas)
+        snap = Snapshot(t=float(t), wall_time=0.0, gpus=(gpu(used=GIB),), processes=processes)
+        made.add(snap)
+        reference.add(snap)
+        _assert_same(made, reference)
 
 
 def test_a_lone_root_shares_its_series_until_a_worker_joins() -> None:

@@ -13,33 +13,39 @@ still raises `FrozenInstanceError`.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import sys
 from typing import Any, TypeVar
 
 C = TypeVar("C", bound=type)
 
 
 def quick_init(cls: C) -> C:
-    """`cls` (a frozen, slotted dataclass whose fields are all `__init__` parameters, with no `__post_init__` and no
-    default factory) with an `__init__` that sets its slots directly."""
+    """`cls` (a frozen, slotted dataclass whose `__init__` takes exactly its fields, positional or keyword, with no
+    `__post_init__` and no default factory) with an `__init__` that sets its slots directly."""
     if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen and "__slots__" in cls.__dict__):  # type: ignore[attr-defined]
         raise TypeError(f"{cls.__name__}: quick_init is for frozen, slotted dataclasses")
-    params = dataclasses.fields(cls)
-    if hasattr(cls, "__post_init__") or any(
-        not f.init or f.default_factory is not dataclasses.MISSING or f.kw_only for f in params
+    generated = cls.__init__
+    names = [f.name for f in dataclasses.fields(cls)]
+    params = list(inspect.signature(generated).parameters.values())[1:]  # (after self)
+    if (
+        hasattr(cls, "__post_init__")
+        or [p.name for p in params] != names  # an InitVar, an init=False field
+        or any(p.kind is not p.POSITIONAL_OR_KEYWORD for p in params)  # keyword-only fields
+        or any(f.default_factory is not dataclasses.MISSING for f in dataclasses.fields(cls))
     ):
         raise TypeError(f"{cls.__name__}: quick_init keeps only plain positional fields (no post-init, no factories)")
-    generated = cls.__init__
-    names = [f.name for f in params]
-    # The slots' descriptors, found along the class's bases as attribute lookup finds them.
-    setters = {f"_set_{name}": getattr(cls, name).__set__ for name in names}
-    body = "".join(f"    _set_{name}(self, {name})\n" for name in names) or "    pass\n"
-    source = f"def __init__(self, {', '.join(names)}):\n{body}"
+    # Built in the class's own module, so that its annotations resolve there (typing.get_type_hints, st.builds), and
+    # handed the slots' descriptors (found along the bases, as attribute lookup finds them) as a closure.
+    setters = ", ".join(f"_s{i}" for i in range(len(names)))
+    body = "".join(f"        _s{i}(self, {name})\n" for i, name in enumerate(names)) or "        pass\n"
+    source = f"def _make({setters}):\n    def __init__(self, {', '.join(names)}):\n{body}    return __init__\n"
     scope: dict[str, Any] = {}
-    exec(source, setters, scope)  # noqa: S102 - the text is built from the class's own field names
-    init = scope["__init__"]
-    # The dataclass's own defaults, so that the signature is the one it generated.
+    exec(source, sys.modules[cls.__module__].__dict__, scope)  # noqa: S102 - the text is built from the fields' names
+    init = scope["_make"](*(getattr(cls, name).__set__ for name in names))
     init.__defaults__ = generated.__defaults__
     init.__annotations__ = dict(generated.__annotations__)
+    init.__module__ = cls.__module__
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__doc__ = generated.__doc__
     setattr(cls, "__init__", init)  # noqa: B010 - (mypy refuses assigning a method)
