@@ -12,7 +12,7 @@ import pytest
 from vramwatch.detectors._context import Tree
 from vramwatch.detectors.stability import Stable
 from vramwatch.frozen import quick_init
-from vramwatch.model import ProcessKey, ProcessMeta, ProcessSample
+from vramwatch.model import ProcessKey, ProcessMeta, ProcessSample, ProcessUsage
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +120,9 @@ def test_quick_init_refuses_what_it_cannot_copy() -> None:
 
 
 def test_the_per_tick_classes_hold_what_they_were_given() -> None:
-    """A sample, a tree and a verdict built through quick_init hold each argument in its field, the sample's default
-    included, and their __init__'s annotations still resolve in their own modules."""
+    """NVML's entry, a sample, a tree and a verdict built through quick_init hold each argument in its field, the
+    defaults included, and their __init__'s annotations still resolve in their own modules."""
+    assert _fields(ProcessUsage("GPU-0", 7, 1 << 30)) == ("GPU-0", 7, 1 << 30, frozenset({"compute"}))
     meta = ProcessMeta(pid=7, start_time=1.5, name="python")
     sample = ProcessSample("GPU-0", 1 << 30, meta)
     assert _fields(sample) == ("GPU-0", 1 << 30, meta, frozenset({"compute"}))

@@ -2,8 +2,8 @@
 
 A frozen dataclass's generated `__init__` sets each field through `object.__setattr__(self, "name", value)`, which
 looks the attribute up by name every time: about 0.2 µs a field. The value objects of `model.py` stay frozen and
-slotted; for a class that is built for every process at every tick (a sample, a tree, a verdict), that is several
-microseconds a process at a 1 Hz tick, a tenth of the whole tick on a node with thousands of processes
+slotted; for the classes built for every process at every tick (NVML's entry, a sample, a tree, a verdict), that is
+several microseconds a process at a 1 Hz tick, a tenth of the whole tick on a node with thousands of processes
 (docs/benchmarks.md, 2026-12-07 (h)). `quick_init` gives such a class an `__init__` that stores each field through
 its slot's own descriptor, with the same parameters, the same defaults and the same object at the end: the class
 is still the dataclass it was (fields, equality, hash, repr, `dataclasses.replace`), and assigning to a field

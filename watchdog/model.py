@@ -79,6 +79,7 @@ class GpuSample:
     error: str | None = None  # why `up` is False, for logs and `status`
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ProcessUsage:
     """A raw NVML process entry: a host pid using `used_bytes` of one GPU (None: the driver would not say)."""
