@@ -411,3 +411,17 @@ def test_notification_counts_sum_over_notifiers_and_ticks_reach_them() -> None:
     d.handle([], [])
     assert dict(d.notification_counts()) == {"sent": 5, "failed": 2, "dropped": 0}
     assert (a.ticks, b.ticks) == (2, 2)
+
+
+def test_rearm_widens_what_each_severity_does_and_refuses_another_policy() -> None:
+    """rearm gives the dispatcher its start's policy at full reach (the late card) and the card's inspector; a policy
+    with other hooks or another kill would leave the runners built at the start behind, and is refused."""
+    cut = parse_policy({**SIGNAL_POLICY, "actions": {"critical": ["notify"]}})
+    d = ActionDispatcher(cut, (), inspector=StaticInspector({}), clock=FakeClock(), environ_of=lambda pid: {})
+    card = StaticInspector({})
+    d.rearm(replace(cut, critical=frozenset({"notify", "signal"})), card)
+    assert d.policy.critical == {"notify", "signal"}
+    assert d._inspector is card
+    with pytest.raises(ValueError, match="rearm"):
+        d.rearm(replace(cut, hooks=parse_policy({"hooks": [{"argv": ["true"]}]}).hooks), card)
+    d.close(1)

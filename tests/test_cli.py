@@ -522,6 +522,10 @@ def test_serve_refuses_bad_detector_settings_before_opening_a_card(tmp_path: Pat
         ('[[notify.webhook]]\nurl = ["https://hooks.example/SECRETTOKEN"]\n', "[[notify.webhook]] #1 url"),
         ('[[notify.webhook]]\nurl_env = "https://hooks.example/SECRETTOKEN"\n', "[[notify.webhook]] #1 url_env"),
         ('[notify.apprise]\nurls_env = "tgram://1:SECRETTOKEN/2"\n', "[notify.apprise] urls_env"),
+        (  # a token that is a valid variable name, pasted as the name
+            '[[notify.webhook]]\nurl_env = "ghp_SECRETTOKEN0a1b2c3d"\n',
+            "[[notify.webhook]] #1 url_env: the environment variable a str (not shown",
+        ),
         ('[notify]\nwebhook = "https://hooks.example/SECRETTOKEN"\n', "[[notify.webhook]]: expected an array"),
         ('[policy]\nhooks = "curl -H Bearer_SECRETTOKEN"\n', "[[policy.hooks]]: expected an array"),
         (

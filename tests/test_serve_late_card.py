@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fake_pynvml import FakeNvml, GiB, gpu
 from vramwatch import app
+from vramwatch.attribution import PsutilInspector
 from vramwatch.backends.nvml import NvmlBackend
 from vramwatch.config import load
 from vramwatch.daemon import Daemon
@@ -39,7 +40,10 @@ def _free_port() -> int:
 
 
 def _serve_with_a_late_card(
-    cfg_file: Path, before_the_card: Callable[[], None] = lambda: None, **serve: Any
+    cfg_file: Path,
+    before_the_card: Callable[[], None] = lambda: None,
+    inspector: PsutilInspector | None = None,
+    **serve: Any,
 ) -> tuple[Daemon, dict[str, Any], list[str]]:
     """Run serve over a card that refuses the first open and answers the next (`before_the_card` runs just before
     it does) until the daemon has ticked five times on it; stop it. The daemon, what `ready` saw of it at the start,
@@ -52,7 +56,7 @@ def _serve_with_a_late_card(
         if len(opened) == 1:
             raise BackendUnavailable("NVML: Driver Not Loaded", reason="driver_not_loaded")
         before_the_card()
-        return NvmlBackend(nvml=FakeNvml([gpu(0, total=24 * GiB, used=3 * GiB)])), False
+        return NvmlBackend(nvml=FakeNvml([gpu(0, total=24 * GiB, used=3 * GiB)]), inspector=inspector), False
 
     stop = threading.Event()
     seen: dict[str, Any] = {}
@@ -123,6 +127,18 @@ def test_arming_reads_nothing_again_so_a_key_file_gone_since_the_start_does_not_
     assert daemon.dispatcher is start["dispatcher"]
     assert daemon.dispatcher.notifiers == start["notifiers"]
     assert daemon.dispatcher.policy.critical == {"notify", "signal"}
+
+
+def test_the_late_card_reads_the_processes_the_policy_acts_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Armed at the late card, the dispatcher looks processes up through that card's inspector: a daemon in a pid
+    namespace of its own (host_pids = false) is known as such, and its namespace guard refuses every signal and
+    kill, as at a start that found the card."""
+    monkeypatch.setenv("VRAMWATCH_SOCKET", str(tmp_path / "agent.sock"))
+    cfg_file = tmp_path / "vw.toml"
+    cfg_file.write_text(POLICY.format(port=_free_port(), record=tmp_path / "day.jsonl"))
+    daemon, _, _ = _serve_with_a_late_card(cfg_file, inspector=PsutilInspector(host_pids=False))
+    assert daemon.dispatcher.policy.critical == {"notify", "signal"}
+    assert daemon.dispatcher._inspector.pid_namespace_matches() is False
 
 
 @pytest.mark.parametrize(("from_command_line", "kept"), [(False, True), (True, False)])

@@ -343,11 +343,12 @@ def policy_for(policy: Policy, backend: Backend | None) -> Policy:
     if touches_processes(backend):
         return policy
     safe = frozenset({"log", "notify"})
-    if (policy.warning | policy.critical) - safe and backend is None:
+    reaches = (policy.warning | policy.critical) - safe  # (what would act on processes)
+    if reaches and backend is None:
         log.warning("policy_actions_waiting", reason="no card answered at the start; signal, hook and kill are "
                     "set up when one does")  # fmt: skip
-    elif (policy.warning | policy.critical) - safe:
-        log.warning("policy_actions_disabled", reason=f"backend is {backend.kind if backend else 'not open'}; "
+    elif reaches and backend is not None:
+        log.warning("policy_actions_disabled", reason=f"backend is {backend.kind}; "
                     "signal, hook and kill act on real NVML processes only")  # fmt: skip
     return replace(policy, warning=policy.warning & safe, critical=policy.critical & safe)
 

@@ -99,18 +99,15 @@ class ActionDispatcher:
 
     def rearm(self, policy: Policy, inspector: ProcessInspector) -> None:
         """Act by `policy` from now on, on the processes `inspector` reads: a daemon whose start found no card is armed
-        at the first that answers (`app._arm_later`). The notifiers stay as they are, with their queues and counts;
-        the hooks and the killer follow the policy."""
-        old = self.hooks
+        at the first that answers (`app._arm_later`). `policy` is the one this dispatcher was built with, at its full
+        reach (`app.policy_for` cuts only what each severity does), so the notifiers, the hooks and the killer built
+        from it stay as they are, with their queues and counts."""
+        if (policy.hooks, policy.kill, policy.identity_tolerance_seconds) != (
+            self.policy.hooks, self.policy.kill, self.policy.identity_tolerance_seconds,
+        ):  # fmt: skip
+            raise ValueError("rearm takes the policy the dispatcher was built with, at another reach only")
         self.policy = policy
         self._inspector = inspector
-        self.hooks = HookRunner(policy.hooks) if policy.hooks else None
-        self.killer = Killer(
-            grace_seconds=policy.kill.grace_seconds, start_time_of=self._start_time_of,
-            tolerance_seconds=policy.identity_tolerance_seconds,
-        )  # fmt: skip
-        if old is not None:
-            old.close(0.0)  # no finding reached it without a card: nothing is queued
 
     # --- the per-tick entry point -------------------------------------------------------------------
 

@@ -58,6 +58,9 @@ _AM_KEYS = (
 
 #: What a `*_env` key may name: a shell's variable name. Anything else is not shown in an error (it may be the secret).
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: ... and which of those an error names: a token can be a valid name too (`ghp_...`, `xoxb_...`), an environment
+#: variable as people name them is upper case and short.
+_SHOWN_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 
 
 def _from_env(reader: TableReader, environ: Mapping[str, str], env_key: str) -> str | None:
@@ -69,7 +72,8 @@ def _from_env(reader: TableReader, environ: Mapping[str, str], env_key: str) -> 
         # Often the secret itself, pasted where its variable's name belongs: its value is never shown.
         raise reader.error(env_key, "the name of an environment variable (letters, digits, _)", var, secret=True)
     if not environ.get(var):
-        raise ConfigError(f"{reader.where} {env_key}: the environment variable {var} is not set")
+        shown = var if _SHOWN_ENV_NAME.fullmatch(var) else hidden(var)
+        raise ConfigError(f"{reader.where} {env_key}: the environment variable {shown} is not set")
     return environ[var]
 
 
@@ -191,11 +195,10 @@ def _webhook(
         try:
             secret = Path(path).read_bytes().strip()
         except OSError as exc:
-            # A path is shown only where it looks like one: the secret itself is sometimes pasted here.
-            shown = path if "/" in path else hidden(path)
-            raise ConfigError(f"{reader.where} hmac_secret_file: cannot read {shown}: {exc.strerror}") from None
+            why = f"cannot read {_path_shown(path)}: {exc.strerror}"
+            raise ConfigError(f"{reader.where} hmac_secret_file: {why}") from None
         if not secret:
-            raise ConfigError(f"{reader.where} hmac_secret_file: {path} is empty")
+            raise ConfigError(f"{reader.where} hmac_secret_file: {_path_shown(path)} is empty")
     return WebhookNotifier(
         url, hmac_secret=secret, include_cmdline=reader.boolean("include_cmdline", False),
         timeout=reader.number("timeout_seconds", 5.0, minimum=0.001), host=host, lookup=lookup, clock=clock,
@@ -219,3 +222,9 @@ def _alertmanager(
         timeout=reader.number("timeout_seconds", 5.0, minimum=0.001), host=host, lookup=lookup, clock=clock,
         generator_url=generator, extra_labels=dict(labels), queue=_queue(reader, "alertmanager"),
     )  # fmt: skip
+
+
+def _path_shown(path: str) -> str:
+    """A key file's path as an error names it: only where it looks like one (the secret itself is sometimes pasted
+    there)."""
+    return path if "/" in path else hidden(path)
