@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_pynvml import FakeNvml, GiB, gpu
+from fake_pynvml import NVML_ERROR_DRIVER_NOT_LOADED, FakeNvml, GiB, gpu
 from vramwatch import app
 from vramwatch.attribution import PsutilInspector
 from vramwatch.backends.nvml import NvmlBackend
@@ -160,3 +160,61 @@ def test_a_record_file_that_appeared_while_no_card_answered_is_never_overwritten
     else:
         assert aside == []
         assert record.read_text() == "PRECIOUS\n"
+
+
+def test_a_card_lost_and_found_again_is_not_armed_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Armed at the first card that answered, then the driver goes away and a card answers again: the same agents'
+    socket goes on (not bound a second time), the running trace goes on in its file (not set aside for a new one),
+    and the arming is said once."""
+    monkeypatch.setenv("VRAMWATCH_SOCKET", str(tmp_path / "agent.sock"))
+    record = tmp_path / "day.jsonl"
+    cfg_file = tmp_path / "vw.toml"
+    cfg_file.write_text(POLICY.format(port=_free_port(), record=record))
+    cfg = load(cfg_file, {})
+    cards = [FakeNvml([gpu(0, total=24 * GiB, used=3 * GiB)]), FakeNvml([gpu(0, total=24 * GiB, used=4 * GiB)])]
+    calls: list[bool] = []
+    opened: list[NvmlBackend] = []
+
+    def opener(_cfg: Any, _clock: Any, *, require_gpu: bool, loop: bool = False) -> tuple[Backend, bool]:
+        calls.append(require_gpu)
+        if len(calls) == 1:
+            raise BackendUnavailable("NVML: Driver Not Loaded", reason="driver_not_loaded")
+        opened.append(NvmlBackend(nvml=cards[len(opened)]))
+        return opened[-1], False
+
+    stop = threading.Event()
+    seen: dict[str, Any] = {}
+    lines: list[str] = []
+    runner = threading.Thread(
+        target=app.serve, args=(cfg,),
+        kwargs={"out": lines.append, "require_gpu": True, "stop": stop, "opener": opener,
+                "ready": lambda daemon: seen.update(daemon=daemon)},
+    )  # fmt: skip
+    runner.start()
+    agents: list[object] = []
+    try:
+        pause = threading.Event()
+        for _ in range(200):  # a retry 1 s after each failed open, then a tick every 0.05 s
+            d = seen.get("daemon")
+            ticks = d.pipeline.sampler.stats.ticks if d is not None and d.pipeline is not None else 0
+            if len(opened) == 1 and ticks >= 5:
+                agents.append(d.agents)
+                # The driver unloads: the next read fails as the library's, and the daemon reopens after a backoff.
+                cards[0].errors["nvmlDeviceGetMemoryInfo"] = NVML_ERROR_DRIVER_NOT_LOADED
+            if len(opened) == 2 and ticks >= 5:
+                agents.append(d.agents)
+                break
+            pause.wait(0.05)
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+    assert not runner.is_alive()
+    assert len(opened) == 2, "the card was not found again"
+    assert len(agents) == 2
+    assert agents[0] is not None
+    assert agents[1] is agents[0]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("day.")] == ["day.jsonl"]
+    _, ticks_read = read_trace(record)
+    used = {reading.gpus[0].used_bytes for reading in ticks_read}
+    assert used == {3 * GiB, 4 * GiB}  # both cards' ticks, in the one trace
+    assert sum("(it answered after the start" in line for line in lines) == 1

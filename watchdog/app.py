@@ -136,9 +136,11 @@ def serve(
         # Taken out of the environment so trainers started by hooks do not inherit systemd's socket.
         systemd=SdNotifier.from_env(unset_environment=True),
     )
-    if first and first[0].kind == "nvml":
-        daemon.agents = open_agent_listener(daemon.on_agent_report)
-    daemon.dispatcher = build_dispatcher(cfg, first[0] if first else None, clock, daemon.lookup, daemon.recheck)
+    if first:
+        daemon.agents = open_agent_listener(first[0], daemon.on_agent_report)
+    daemon.dispatcher = build_dispatcher(
+        cfg, pre.policy, first[0] if first else None, clock, lookup=daemon.lookup, recheck=daemon.recheck
+    )
     writers: list[TraceWriter] = []
     if not first:
         # No card answered at the start (a unit started before the driver loaded): what depends on the card is set
@@ -161,16 +163,13 @@ def serve(
     if cfg.daemon.record and first:
         # Only once the port is ours: a serve that cannot start must leave the last recording where it was.
         try:
-            writers.append(
-                _start_recording(Path(cfg.daemon.record), first[0], cfg.daemon.interval, set_aside=set_aside)
-            )
+            _record_into(daemon, writers, Path(cfg.daemon.record), first[0], cfg.daemon.interval, set_aside=set_aside)
         except (VramwatchError, OSError) as exc:
             daemon.close()
             first[0].close()  # not the pipeline's yet, which daemon.close() closes
             if isinstance(exc, OSError):
                 raise VramwatchError(f"{cfg.daemon.record}: cannot write the trace: {exc.strerror or exc}") from exc
             raise
-        daemon.on_tick = _recorder(writers[0], Path(cfg.daemon.record))
     host = cfg.daemon.listen.rpartition(":")[0] or "127.0.0.1"
     pace = f"every {cfg.daemon.interval:g}s" + (f", {speed:g}x real time" if speed != 1.0 else "")
     page = local_address(f"{host}:{port}")  # bound to every address: shown as this machine's loopback
@@ -211,8 +210,7 @@ def _arm_later(
         if armed:
             return
         armed.append(backend)
-        if backend.kind == "nvml":
-            daemon.agents = open_agent_listener(daemon.on_agent_report)
+        daemon.agents = open_agent_listener(backend, daemon.on_agent_report)
         daemon.dispatcher.rearm(policy_for(pre.policy, backend), backend.inspector())
         log.info("armed_at_first_card", backend=backend.kind, policy_reaches_processes=touches_processes(backend))
         out(f"{banner(backend)} (it answered after the start: signal, hook, kill, agents and recording set up now)")
@@ -223,11 +221,9 @@ def _arm_later(
             # Again: the file may have appeared while no card answered (a wait of hours, at boot).
             replay = Path(cfg.daemon.replay) if cfg.daemon.replay else None
             set_aside = _check_record_target(Path(record), replay, force=force, interactive=interactive)
-            writers.append(_start_recording(Path(record), backend, cfg.daemon.interval, set_aside=set_aside))
+            _record_into(daemon, writers, Path(record), backend, cfg.daemon.interval, set_aside=set_aside)
         except (VramwatchError, OSError) as exc:
             log.error("record_failed", file=record, error=str(exc), effect="not recording; serving goes on")
-        else:
-            daemon.on_tick = _recorder(writers[0], Path(record))
 
     return arm
 
@@ -241,7 +237,7 @@ def refuse_overwrite(path: Path, *, force: bool) -> None:
 def _check_record_target(record: Path, replay: Path | None, *, force: bool, interactive: bool) -> bool:
     """`serve --record` (or `[daemon] record`): never the trace being replayed (opening it truncates it); an
     existing file is refused on the command line unless `force`, and kept aside when the config file names it.
-    True when it is to be set aside (`_start_recording` does it, once the port is bound). Changes nothing.
+    True when it is to be set aside (`_record_into` does it, once the port is bound). Changes nothing.
 
     A service that records restarts onto its own last trace (systemd's `Restart=`): refusing would keep the
     watchdog down, overwriting would lose that trace, so it is renamed with the time it was set aside."""
@@ -265,14 +261,19 @@ def _check_record_target(record: Path, replay: Path | None, *, force: bool, inte
     return True
 
 
-def _start_recording(record: Path, backend: Backend, interval: float, *, set_aside: bool) -> TraceWriter:
-    """The trace writer of `serve`, the previous recording set aside first when `_check_record_target` said so."""
+def _record_into(
+    daemon: Daemon, writers: list[TraceWriter], record: Path, backend: Backend, interval: float, *, set_aside: bool
+) -> None:
+    """`serve`'s recording of `backend`, at the start or at the first card that answers after it: the previous
+    recording set aside first when `_check_record_target` said so, then every tick written (`_recorder`). Raises
+    before anything is recorded; the caller decides whether that ends the daemon."""
     # Loaded here, like the replay and simulated backends: a daemon that does not record never holds them.
     from .trace import open_trace_writer
 
     if set_aside and record.exists():
         _set_aside(record)
-    return open_trace_writer(record, backend, interval)
+    writers.append(open_trace_writer(record, backend, interval))
+    daemon.on_tick = _recorder(writers[-1], record)
 
 
 def _set_aside(record: Path) -> None:
@@ -317,15 +318,16 @@ def _recorder(writer: TraceWriter, path: Path) -> Callable[[Snapshot], None]:
 
 def build_dispatcher(
     cfg: Config,
+    policy: Policy,
     backend: Backend | None,
     clock: Clock,
+    *,
     lookup: Callable[[ProcessKey], ProcessMeta | None],
     recheck: Callable[[Finding], bool],
 ) -> ActionDispatcher:
-    """The policy and notifiers of the config; intrusive actions only ever apply to real (NVML) pids: for other
-    backends the policy is cut down to log and notify (`touches_processes`)."""
+    """`policy` (`policy_of(cfg)`, read once) and the config's notifiers; intrusive actions only ever apply to real
+    (NVML) pids: for other backends the policy is cut down to log and notify (`touches_processes`)."""
     with _in_file(cfg):
-        policy = parse_policy(dict(cfg.section("policy")))
         notifiers = build_notifiers(dict(cfg.section("notify")), lookup=lookup, clock=clock)
     return ActionDispatcher(
         policy_for(policy, backend),
@@ -360,13 +362,19 @@ def touches_processes(backend: Backend | None) -> bool:
     return backend is not None and backend.kind == "nvml"
 
 
+def policy_of(cfg: Config) -> Policy:
+    """`[policy]` of `cfg`, or a ConfigError naming the file: the one reading of it, for every command that acts."""
+    with _in_file(cfg):
+        return parse_policy(dict(cfg.section("policy")))
+
+
 def check_actions(cfg: Config, *, environ: Mapping[str, str] | None = None) -> tuple[Policy, list[str]]:
     """`[policy]` and `[notify]` read as the next start reads them: a ConfigError naming the file, else the policy
     and the kinds of its notifiers (`Webhook`, `Alertmanager`, `Apprise`). `environ`: where the variables that
     `*_env` keys name are read (default: this process's environment)."""
     kinds = []
+    policy = policy_of(cfg)
     with _in_file(cfg):
-        policy = parse_policy(dict(cfg.section("policy")))
         for notifier in build_notifiers(dict(cfg.section("notify")), environ=environ):
             kinds.append(type(notifier).__name__.removesuffix("Notifier"))
             close = getattr(notifier, "close", None)
@@ -540,8 +548,11 @@ def status(
     return 0
 
 
-def open_agent_listener(on_report: Callable[[AgentReport], None]) -> AgentListener | None:
-    """Listen for in-process agents (`vramwatch run`); without the socket the daemon runs on, NVML only."""
+def open_agent_listener(backend: Backend, on_report: Callable[[AgentReport], None]) -> AgentListener | None:
+    """Listen for in-process agents (`vramwatch run`) where `backend` is NVML's (None elsewhere: an agent's pid is
+    this host's, a simulated or replayed card's are not); without the socket the daemon runs on, NVML only."""
+    if backend.kind != "nvml":
+        return None
     # Under systemd (INVOCATION_ID is set for every unit) the socket lives in /run/vramwatch, the unit's
     # RuntimeDirectory; for a user's own daemon, in $XDG_RUNTIME_DIR.
     path = default_socket_path(system="INVOCATION_ID" in os.environ)
@@ -613,7 +624,7 @@ def record(
         raise
     # The agents of `vramwatch run` report to this socket when no daemon holds it: their allocator figures
     # (allocated beside reserved) go into the trace, so a replay can tell a cache from a leak as serve did.
-    agents = open_agent_listener(lambda _report: None) if backend.kind == "nvml" else None
+    agents = open_agent_listener(backend, lambda _report: None)
     source = (lambda: tuple(d.stats for d in agents.latest())) if agents is not None else None
     sampler = Sampler(backend, History(window_seconds=60, interval_seconds=cfg.daemon.interval), clock, source)
     started = clock.monotonic()
@@ -825,7 +836,7 @@ def attach(
         out(banner(backend, fallback=fallback))
     history = History(window_seconds=cfg.daemon.history_seconds, interval_seconds=cfg.daemon.interval)
     pipeline = Pipeline(backend, history, clock, detector_config(cfg))
-    dispatcher = build_dispatcher(cfg, backend, clock, lambda _k: None, lambda _f: True)
+    dispatcher = build_dispatcher(cfg, policy_of(cfg), backend, clock, lookup=lambda _k: None, recheck=lambda _f: True)
     stop = threading.Event()
     _stop_on_signals(stop)
 
