@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -292,6 +293,44 @@ def test_onetrainer_settings_from_json() -> None:
 
 
 @pytest.mark.parametrize(
+    ("config", "attention", "fp8_base"),
+    [
+        pytest.param({"attention_mechanism": "DEFAULT"}, "sdpa", None, id="default-is-sdp-since-it-was-dropped"),
+        pytest.param({"attention_mechanism": "SPLIT"}, "sdpa", None, id="split"),
+        pytest.param({"attention_mechanism": "FLASH_SPLIT"}, "flash", None, id="flash-split"),
+        pytest.param({"transformer": {"weight_dtype": "INT_W8A8"}}, None, True, id="w8a8-is-quantised"),
+        pytest.param({"transformer": {"weight_dtype": "GGUF"}}, None, True, id="gguf"),
+        pytest.param({"transformer": {"weight_dtype": "BFLOAT_16"}}, None, False, id="bf16"),
+    ],
+)
+def test_onetrainer_attention_and_base_dtypes_as_current_onetrainer_reads_them(
+    tmp_path: Path, config: dict[str, object], attention: str | None, fp8_base: bool | None
+) -> None:
+    """Every attention OneTrainer has today is memory-efficient, and one it dropped loads as SDP (so no run is told to
+    set "SDP"); a W8A8 or GGUF base is stored quantised (so no run is told FLOAT_8)."""
+    (tmp_path / "cfg.json").write_text(json.dumps({"training_method": "LORA", **config}))
+    settings = recognize(["python", "scripts/train.py", "--config-path", "cfg.json"], cwd=str(tmp_path))
+    assert settings.trainer == "onetrainer"
+    assert settings.attention == attention
+    assert settings.fp8_base is fp8_base
+
+
+@pytest.mark.parametrize(
+    ("precision", "quantised"),
+    [("int8-quanto", True), ("nf4-bnb", True), ("no_change", False), ("int16-sdnq", False), ("fp16-sdnq", False)],
+)
+def test_simpletuner_base_precision_counts_as_quantised_below_16_bits(
+    tmp_path: Path, precision: str, quantised: bool
+) -> None:
+    """A 16-bit `base_model_precision` preset stores the base as large as bf16: the fp8 advice still applies to it."""
+    folder = tmp_path / "config"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"--base_model_precision": precision}))
+    settings = recognize(["python", "train.py"], cwd=str(tmp_path), env={"SIMPLETUNER_CONFIG_BACKEND": "json"})
+    assert settings.fp8_base is quantised
+
+
+@pytest.mark.parametrize(
     ("folder", "env", "expected"),
     [
         pytest.param(
@@ -327,6 +366,78 @@ def test_simpletuner_settings_from_each_config_backend(
     settings = recognize(["python", "train.py"], cwd=str(DATA / folder), env=env)
     assert settings.trainer == "simpletuner"
     assert {key: getattr(settings, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("folder", "backend", "resolution", "detail"),
+    [
+        pytest.param("simpletuner_json", "json", (1024, 1024), "multidatabackend.json: dataset portraits resolution",
+                     id="a-dataset-sets-it"),
+        pytest.param("simpletuner_toml", "toml", (1024, 1024), "multidatabackend.json: dataset wide resolution",
+                     id="the-largest-enabled-training-dataset"),
+        pytest.param("simpletuner_env", "env", (1024, 1024), "config.env: resolution",
+                     id="no-dataset-sets-it-DATALOADER_CONFIG"),
+    ],
+)  # fmt: skip
+def test_simpletuner_resolution_is_its_datasets_where_they_set_one(
+    folder: str, backend: str, resolution: tuple[int, int], detail: str
+) -> None:
+    """A dataset's own `resolution` in the dataloader config wins over the main config's (SimpleTuner image.py): the
+    run trains at the largest of its enabled image datasets' (not a disabled one's, not a conditioning set's), and
+    at the main config's where no dataset sets its own."""
+    settings = recognize(["python", "train.py"], cwd=str(DATA / folder), env={"SIMPLETUNER_CONFIG_BACKEND": backend})
+    assert settings.resolution == resolution
+    source = settings.source_of("resolution")
+    assert source is not None
+    assert source.detail == detail
+
+
+@pytest.mark.parametrize(
+    ("datasets", "main_type", "why"),
+    [
+        pytest.param(None, None, "multidatabackend.json sets it per dataset and could not be read",
+                     id="no-dataloader-config"),
+        pytest.param('[{"id": "x", ', None, "multidatabackend.json sets it per dataset and could not be read",
+                     id="truncated"),
+        pytest.param([{"id": "mp", "resolution": 1.0, "resolution_type": "area"}], None, "does not give it in pixels",
+                     id="megapixels"),
+        pytest.param([{"id": "plain"}], "area", "does not give it in pixels", id="falls-back-to-an-area-main-config"),
+    ],
+)  # fmt: skip
+def test_simpletuner_resolution_is_unknown_when_its_datasets_cannot_say(
+    tmp_path: Path, datasets: object, main_type: str | None, why: str
+) -> None:
+    """No resolution is trusted (so none is advised) when the dataloader config cannot be read or counts megapixels:
+    `--resolution 512` would change nothing where the datasets set their own."""
+    folder = tmp_path / "config"
+    folder.mkdir()
+    main: dict[str, object] = {"resolution": 1024, "train_batch_size": 2}
+    if main_type is not None:
+        main["resolution_type"] = main_type
+    (folder / "config.json").write_text(json.dumps(main))
+    if isinstance(datasets, str):
+        (folder / "multidatabackend.json").write_text(datasets)
+    elif datasets is not None:
+        (folder / "multidatabackend.json").write_text(json.dumps(datasets))
+    settings = recognize(["python", "train.py"], cwd=str(tmp_path), env={"SIMPLETUNER_CONFIG_BACKEND": "json"})
+    assert settings.trainer == "simpletuner"
+    assert settings.batch_size == 2
+    assert settings.resolution is None
+    assert any(why in note for note in settings.notes)
+
+
+def test_simpletuner_reads_the_interval_names_its_ui_writes(tmp_path: Path) -> None:
+    """`checkpoint_step_interval` and `validation_step_interval` (the names newer SimpleTuner writes; the old ones are
+    aliases) give the save and sampling schedule."""
+    folder = tmp_path / "config"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps({"--checkpoint_step_interval": 250, "--validation_step_interval": 100, "--max_train_steps": 3000})
+    )
+    settings = recognize(["python", "train.py"], cwd=str(tmp_path), env={"SIMPLETUNER_CONFIG_BACKEND": "json"})
+    assert settings.save_every_n_steps == 250
+    assert settings.sample_every_n_steps == 100
+    assert settings.resumable is True
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,8 @@ def _simpletuner(fmt: str, env_dir: str = "") -> Setup:
             path.write_text(json.dumps({"--train_batch_size": 4, "gradient_checkpointing": False, "resolution": 1024}))
         else:
             path.write_text("train_batch_size = 4\nresolution = 1024\n", encoding="utf-8")
+        # Its one dataset sets no resolution of its own: the main config's applies, and is the one to change.
+        (folder / "multidatabackend.json").write_text(json.dumps([{"id": "imgs", "instance_data_dir": "imgs"}]))
         env = {"SIMPLETUNER_CONFIG_BACKEND": fmt, **({"SIMPLETUNER_ENVIRONMENT": env_dir} if env_dir else {})}
         return ["python", "train.py"], env, path
 

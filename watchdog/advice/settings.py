@@ -125,8 +125,8 @@ class TrainerSettings:
         return any(tag in name for tag in ("8bit", "4bit", "fp8", "bnb8"))
 
     @property
-    def optimizer_adam_fp32(self) -> bool | None:
-        """True for a plain Adam/AdamW whose two moments are full-size: the case 8-bit Adam halves."""
+    def optimizer_adam_unquantized(self) -> bool | None:
+        """True for a plain Adam/AdamW whose two moments are kept in 32 or 16 bits: the case 8-bit Adam shrinks."""
         if self.optimizer is None:
             return None
         name = self.optimizer.lower()
@@ -135,6 +135,13 @@ class TrainerSettings:
         # Adaptive/schedule-free Adam variants change the learning-rate behaviour; swapping them is not a
         # memory setting, so only a plain Adam/AdamW counts.
         return "adam" in name and not any(tag in name for tag in ("prodigy", "schedule", "dadapt"))
+
+    @property
+    def optimizer_state_bits(self) -> int | None:
+        """The bits of each of Adam's moments: 16 in a bf16 Adam (SimpleTuner's default `adamw_bf16`), else 32."""
+        if self.optimizer is None:
+            return None
+        return 16 if "bf16" in self.optimizer.lower() else 32
 
     @property
     def samples_during_run(self) -> bool | None:

@@ -24,8 +24,21 @@ def recognizes(inv: Invocation, _argv0: str, ctx: Context, flags: Flags) -> bool
     return name in ("train.py", "train.sh") and ("config-path" in flags or path_mentions(inv, ctx.cwd, "onetrainer"))
 
 
-_ONETRAINER_ATTENTION = {"SDP": "sdpa", "XFORMERS": "xformers", "FLASH": "flash", "DEFAULT": "none"}
-_QUANTIZED_DTYPES = frozenset({"FLOAT_8", "NFLOAT_4", "INT_8", "GGUF"})
+# modules/util/enum/AttentionMechanism.py: SDP, FLASH, SPLIT, FLASH_SPLIT, every one memory-efficient. DEFAULT and
+# XFORMERS are gone from it: a config that still says them is read with the SDP default (BaseConfig.from_dict cannot
+# set them), so they are SDP too. Telling such a run to set "SDP" would change nothing.
+_ONETRAINER_ATTENTION = {
+    "SDP": "sdpa",
+    "SPLIT": "sdpa",
+    "DEFAULT": "sdpa",
+    "FLASH": "flash",
+    "FLASH_SPLIT": "flash",
+    "XFORMERS": "xformers",
+}
+# DataType.is_quantized() (FLOAT_8, INT_8, NFLOAT_4), GGUF, and the W8A8 / GGUF_A8 types of newer branches.
+_QUANTIZED_DTYPES = frozenset(
+    {"FLOAT_8", "NFLOAT_4", "INT_8", "GGUF", "FLOAT_W8A8", "INT_W8A8", "GGUF_A8_FLOAT", "GGUF_A8_INT"}
+)
 
 
 def read(inv: Invocation, ctx: Context, b: Builder) -> None:

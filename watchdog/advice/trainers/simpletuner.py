@@ -6,6 +6,7 @@ its signal file: it checkpoints at the next step when `manual_checkpoint` there 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
@@ -14,7 +15,7 @@ from ...model import ProcessMeta
 from .. import settings as s
 from ..argv import Flags, Invocation, parse_flags, to_bool, to_int, to_interval, value_of
 from ..configcopy import ConfigEdit, ConfigTarget, Value
-from ..extract import Builder, Context, family_of, path_mentions, precision, resolution_pair
+from ..extract import Builder, Context, family_of, path_mentions, precision, resolution_pair, resolve_path
 from ._base import ConfigCopy, SaveNow, Trainer
 
 ID = "simpletuner"
@@ -37,6 +38,8 @@ _SIMPLETUNER_ENV = {
     "GRADIENT_ACCUMULATION_STEPS": "gradient_accumulation_steps",
     "USE_GRADIENT_CHECKPOINTING": "gradient_checkpointing",
     "RESOLUTION": "resolution",
+    "RESOLUTION_TYPE": "resolution_type",
+    "DATALOADER_CONFIG": "data_backend_config",
     "MIXED_PRECISION": "mixed_precision",
     "OPTIMIZER": "optimizer",
     "BASE_MODEL_PRECISION": "base_model_precision",
@@ -46,6 +49,7 @@ _SIMPLETUNER_ENV = {
     "MAX_NUM_STEPS": "max_train_steps",
     "NUM_EPOCHS": "num_train_epochs",
     "VALIDATION_STEPS": "validation_steps",
+    "VALIDATION_STEP_INTERVAL": "validation_step_interval",
 }
 _SIMPLETUNER_FILES = (("json", "config.json"), ("toml", "config.toml"), ("env", "config.env"))
 
@@ -102,13 +106,19 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
     put("batch_size", "train_batch_size", to_int)
     put("grad_accum", "gradient_accumulation_steps", to_int)
     put("gradient_checkpointing", "gradient_checkpointing", to_bool)
-    put("resolution", "resolution", resolution_pair)
+    if _counts_pixels(options.get("resolution_type")):
+        put("resolution", "resolution", resolution_pair)
+    _dataset_resolution(options, found[1].parent if found is not None else None, ctx, b)
     put("mixed_precision", "mixed_precision", precision)
     put("optimizer", "optimizer", str)
     put("network_dim", "lora_rank", to_int)
     put("model_family", "model_family", lambda v: family_of(str(v)) or str(v).lower())
-    put("fp8_base", "base_model_precision", lambda v: str(v).lower() not in ("no_change", "none", ""))
-    put("resumable", "checkpointing_steps", lambda v: to_int(v) is not None)
+    put("fp8_base", "base_model_precision", _quantized)
+    # Newer SimpleTuner names the intervals `checkpoint_step_interval` and `validation_step_interval` (the older names
+    # stay as aliases): a config written by its UI carries the new ones.
+    saves = "checkpoint_step_interval" if "checkpoint_step_interval" in options else "checkpointing_steps"
+    samples = "validation_step_interval" if "validation_step_interval" in options else "validation_steps"
+    put("resumable", saves, lambda v: to_int(v) is not None)
     if to_bool(options.get("enable_xformers_memory_efficient_attention")):
         b.set("attention", "xformers", kind, f"{name}: enable_xformers_memory_efficient_attention", file)
     put("attention", "attention_mechanism", lambda v: {"diffusers": "sdpa", "xformers": "xformers"}.get(str(v).lower()))
@@ -122,8 +132,78 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
         put("max_train_steps", "max_train_steps", to_int)
     else:
         put("max_train_epochs", "num_train_epochs", to_int)
-    put("sample_every_n_steps", "validation_steps", to_interval)
-    put("save_every_n_steps", "checkpointing_steps", to_interval)
+    put("sample_every_n_steps", samples, to_interval)
+    put("save_every_n_steps", saves, to_interval)
+
+
+def _quantized(precision: object) -> bool:
+    """`base_model_precision` stores the base in fewer bits than bf16 (`int8-quanto`, `nf4-bnb`, `fp8-torchao`):
+    not `no_change`, nor a 16-bit preset (`int16-sdnq`, `fp16-sdnq`), which saves nothing over bf16."""
+    name = str(precision).lower()
+    return name not in ("no_change", "none", "") and "16" not in name
+
+
+#: The datasets that train on images (helpers/data_backend/config/image.py: `dataset_type` defaults to "image";
+#: conditioning and eval sets follow the training images, text and image embeds are caches).
+_TRAINING_DATASETS = frozenset({"image", "video"})
+
+
+def _counts_pixels(resolution_type: object) -> bool:
+    """A resolution in pixels: "pixel" (the shorter edge), "pixel_area" (the edge of a square of that area), or
+    unset. "area" counts megapixels (1.0), which is no side length."""
+    return resolution_type is None or str(resolution_type).lower() in ("pixel", "pixel_area")
+
+
+def _dataset_resolution(options: Mapping[str, Any], folder: Path | None, ctx: Context, b: Builder) -> None:
+    """The dataloader config (`data_backend_config`, by default `multidatabackend.json` beside the config file): each
+    dataset's own `resolution` and `resolution_type` win over the main config's (image.py `from_dict`:
+    `backend_dict.get("resolution", args.resolution)`), and most set them. The run trains at the largest of its
+    enabled image and video datasets'; unknown when the file cannot be read, when a dataset counts in megapixels,
+    or when one falls back to a main-config resolution that is not known. Telling `--resolution 512` to a run
+    whose datasets say 1024 would change nothing."""
+    named = options.get(_BACKEND_CONFIG)
+    if isinstance(named, str) and named:
+        path = resolve_path(named, ctx.cwd)
+    else:
+        path = None if folder is None else folder / "multidatabackend.json"
+    datasets = None if path is None else _datasets(path, ctx)
+    if path is None or datasets is None:
+        where = path.name if path is not None else "the dataloader config (data_backend_config)"
+        b.forget("resolution", f"resolution unknown: {where} sets it per dataset and could not be read")
+        return
+    b.config_files.append(str(path))
+    main = b.values.get("resolution")
+    largest: tuple[tuple[int, int], str | None] | None = None
+    for ds in datasets:
+        if str(ds.get("dataset_type", "image")).lower() not in _TRAINING_DATASETS:
+            continue
+        if to_bool(ds.get("disabled", ds.get("disable", False))):
+            continue
+        own = "resolution" in ds
+        kind = ds.get("resolution_type", options.get("resolution_type"))
+        value = resolution_pair(ds.get("resolution")) if "resolution" in ds else main
+        if not _counts_pixels(kind) or not isinstance(value, tuple):
+            b.forget("resolution", f"resolution unknown: dataset {ds.get('id', '?')!s:.40} in {path.name} does not "
+                     "give it in pixels")  # fmt: skip
+            return
+        if largest is None or value[0] * value[1] > largest[0][0] * largest[0][1]:
+            largest = (value, str(ds.get("id", "?"))[:40] if own else None)
+    if largest is None or largest[1] is None:
+        return  # no training dataset (the main config's stands), or the largest is the main config's own
+    b.set("resolution", largest[0], s.FROM_DATASET_CONFIG, f"{path.name}: dataset {largest[1]} resolution", str(path))
+
+
+def _datasets(path: Path, ctx: Context) -> list[Mapping[str, Any]] | None:
+    """The datasets of a dataloader config (a JSON list), or None when it cannot be read or is not one. Nothing of
+    its text is quoted: it may hold a bucket's credentials."""
+    text = ctx.read_file(path)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError):
+        return None
+    return [d for d in data if isinstance(d, Mapping)] if isinstance(data, list) else None
 
 
 ENVIRONMENT = "SIMPLETUNER_ENVIRONMENT"  # loader.py: wins over SIMPLETUNER_ENV and ENV
