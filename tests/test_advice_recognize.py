@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vramwatch.advice import TrainerSettings, recognize
+from vramwatch.advice import TrainerSettings, advise, recognize
 from vramwatch.advice.argv import parse_flags, split_invocation, to_bool
 from vramwatch.advice.configfile import MAX_CONFIG_BYTES, parse_env_file, read_text_file
 from vramwatch.environ import filter_env
@@ -313,6 +313,24 @@ def test_onetrainer_attention_and_base_dtypes_as_current_onetrainer_reads_them(
     assert settings.trainer == "onetrainer"
     assert settings.attention == attention
     assert settings.fp8_base is fp8_base
+
+
+def test_onetrainer_per_part_config_is_read_from_its_main_part(tmp_path: Path) -> None:
+    """A config of newer OneTrainer's per-part shape keeps checkpointing and layer offload in each model part (the
+    top-level keys are migrated away): they are read from the trained network's part, and the changes named for it."""
+    part = {"train": True, "weight_dtype": "FLOAT_8", "gradient_checkpointing": False, "offload_fraction": 0.25}
+    (tmp_path / "cfg.json").write_text(
+        json.dumps({"__version": 11, "model_type": "FLUX_DEV_1", "training_method": "LORA", "transformer": part})
+    )
+    settings = recognize(["python", "scripts/train.py", "--config-path", "cfg.json"], cwd=str(tmp_path))
+    assert settings.config_format == "transformer"
+    assert settings.gradient_checkpointing is False
+    assert settings.layer_offload_fraction == 0.25
+    assert settings.offloading is True
+    assert settings.fp8_base is True
+    changes = [s.change for s in advise(settings, "oom_forecast").suggestions]
+    assert '"transformer": {"gradient_checkpointing": true}' in changes
+    assert not any('"gradient_checkpointing": "ON"' in c for c in changes)
 
 
 @pytest.mark.parametrize(

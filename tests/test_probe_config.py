@@ -36,6 +36,13 @@ def _onetrainer(tmp: Path) -> tuple[list[str], dict[str, str], Path]:
     return ["python", "scripts/train.py", "--config-path=cfg.json"], {}, config
 
 
+def _onetrainer_parts(tmp: Path) -> tuple[list[str], dict[str, str], Path]:
+    config = tmp / "cfg.json"
+    part = {"train": True, "weight_dtype": "BFLOAT_16", "gradient_checkpointing": False, "offload_fraction": 0.0}
+    config.write_text(json.dumps({"__version": 11, "batch_size": 2, "transformer": part}), encoding="utf-8")
+    return ["python", "scripts/train.py", "--config-path=cfg.json"], {}, config
+
+
 def _simpletuner(fmt: str, env_dir: str = "") -> Setup:
     def setup(tmp: Path) -> tuple[list[str], dict[str, str], Path]:
         folder = tmp / "config" / env_dir if env_dir else tmp / "config"
@@ -84,6 +91,8 @@ def _kohya(fmt: str) -> Setup:
                      {"gradient_checkpointing": True}, id="onetrainer-json-checkpointing"),
         pytest.param(_onetrainer, "mixed_precision_bf16", {"train_dtype": "BFLOAT_16"}, {"mixed_precision": "bf16"},
                      id="onetrainer-json-precision"),
+        pytest.param(_onetrainer_parts, "gradient_checkpointing", {"transformer.gradient_checkpointing": True},
+                     {"gradient_checkpointing": True}, id="onetrainer-json-per-part-checkpointing"),
         pytest.param(_simpletuner("json"), "batch_to_accumulation",
                      {"--train_batch_size": 1, "gradient_accumulation_steps": 4,
                       "data_backend_config": "config/multidatabackend.json"},

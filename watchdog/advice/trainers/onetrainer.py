@@ -61,23 +61,33 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
 
     put("batch_size", "batch_size", to_int)
     put("grad_accum", "gradient_accumulation_steps", to_int)
-    # A bool in older configs, "ON"/"OFF"/"CPU_OFFLOADED" (GradientCheckpointingMethod) in newer ones.
-    put(
-        "gradient_checkpointing",
-        "gradient_checkpointing",
-        lambda v: to_bool(v) if not isinstance(v, str) or v.lower() in ("true", "false") else v.upper() != "OFF",
-    )
+    part = _main_part(data)
+    if part is not None:
+        # A config of the per-part shape: each model part holds its own checkpointing and offload, and the
+        # top-level keys are gone (they are migrated into the parts). Its changes are said for that part.
+        b.values["config_format"] = part
+        put("gradient_checkpointing", f"{part}.gradient_checkpointing", to_bool)
+    else:
+        # A bool in older configs, "ON"/"OFF"/"CPU_OFFLOADED" (GradientCheckpointingMethod) in newer ones.
+        put(
+            "gradient_checkpointing",
+            "gradient_checkpointing",
+            lambda v: to_bool(v) if not isinstance(v, str) or v.lower() in ("true", "false") else v.upper() != "OFF",
+        )
     put("resolution", "resolution", lambda v: largest_resolution(str(v).split(",")))
     put("mixed_precision", "train_dtype", precision)
+    # (A branch that splits it into `image_caching` and `text_caching` leaves it unknown here: no advice names a key
+    # such a config no longer reads.)
     put("cache_latents", "latent_caching", to_bool)
     put("attention", "attention_mechanism", lambda v: _ONETRAINER_ATTENTION.get(str(v).upper()))
     optimizer = data.get("optimizer")
     optimizer_name = optimizer.get("optimizer") if isinstance(optimizer, Mapping) else optimizer
     if isinstance(optimizer_name, str):
         b.set("optimizer", optimizer_name, s.FROM_CONFIG, f"{name}: optimizer.optimizer", str(path))
-    fraction = lookup(data, "layer_offload_fraction")
+    offload = "layer_offload_fraction" if part is None else f"{part}.offload_fraction"
+    fraction = lookup(data, offload)
     if isinstance(fraction, int | float) and not isinstance(fraction, bool):
-        b.set("layer_offload_fraction", float(fraction), s.FROM_CONFIG, f"{name}: layer_offload_fraction", str(path))
+        b.set("layer_offload_fraction", float(fraction), s.FROM_CONFIG, f"{name}: {offload}", str(path))
     dtypes = [
         lookup(data, k) for k in ("weight_dtype", "transformer.weight_dtype", "unet.weight_dtype", "prior.weight_dtype")
     ]
@@ -102,10 +112,28 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
     b.default("batch_size", 1, "OneTrainer batch_size default")
     b.default("grad_accum", 1, "OneTrainer gradient_accumulation_steps default")
     b.default("gradient_checkpointing", True, "OneTrainer gradient_checkpointing default")
-    b.default("cache_latents", True, "OneTrainer latent_caching default")
+    if "image_caching" not in data:
+        b.default("cache_latents", True, "OneTrainer latent_caching default")
     b.default("optimizer", "ADAMW", "OneTrainer optimizer default")
     b.default("mixed_precision", "fp16", "OneTrainer train_dtype default FLOAT_16")
     b.default("resolution", (512, 512), "OneTrainer resolution default")
+
+
+#: The part that holds the trained network, by model family: a DiT's transformer, a U-Net, Stable Cascade's prior.
+PARTS = ("transformer", "unet", "prior")
+
+
+def _main_part(data: Mapping[str, Any]) -> str | None:
+    """The main model part of a per-part config (newer OneTrainer's TrainModelPartConfig: `gradient_checkpointing`
+    a bool, `offload_fraction`, `activation_offloading` in each part, none at the top level), or None for the
+    older shape, whose top-level `gradient_checkpointing` and `layer_offload_fraction` apply to the whole model."""
+    if "gradient_checkpointing" in data or "layer_offload_fraction" in data:
+        return None
+    for part in PARTS:
+        node = data.get(part)
+        if isinstance(node, Mapping) and ("gradient_checkpointing" in node or "offload_fraction" in node):
+            return part
+    return None
 
 
 def _read_schedule(data: Mapping[str, Any], name: str, file: str, b: Builder) -> None:
@@ -199,5 +227,11 @@ SAVE_NOW = SaveNow(
     stops_run=True, detect=_runs_the_cli, signum=signal.SIGINT,
 )  # fmt: skip
 TRAINER = Trainer(
-    ID, "OneTrainer", 30, recognizes, read, save_now=SAVE_NOW, config_copy=ConfigCopy(frozenset({ID}), config_target)
+    ID,
+    "OneTrainer",
+    30,
+    recognizes,
+    read,
+    save_now=SAVE_NOW,
+    config_copy=ConfigCopy(frozenset({ID, *(f"{ID}@{part}" for part in PARTS)}), config_target),
 )
