@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +43,33 @@ def _serve_with_a_late_card(
     cfg_file: Path,
     before_the_card: Callable[[], None] = lambda: None,
     inspector: PsutilInspector | None = None,
+    *,
+    cards: Sequence[FakeNvml] = (),
+    until: Callable[[Daemon, int], bool] | None = None,
     **serve: Any,
 ) -> tuple[Daemon, dict[str, Any], list[str]]:
-    """Run serve over a card that refuses the first open and answers the next (`before_the_card` runs just before
-    it does) until the daemon has ticked five times on it; stop it. The daemon, what `ready` saw of it at the start,
-    and serve's lines."""
+    """Run serve over a card that refuses the first open and answers the next ones (`before_the_card` runs just
+    before each does, `cards` are the fake libraries they answer with in turn: one 24 GiB card by default) until
+    `until(daemon, cards opened)` (default: five ticks on a card); stop it. The daemon, what `ready` saw of it at
+    the start (and `opened`, the backends), and serve's lines."""
     cfg = load(cfg_file, {})
-    opened: list[bool] = []
+    calls: list[bool] = []
+    opened: list[NvmlBackend] = []
 
     def opener(_cfg: Any, _clock: Any, *, require_gpu: bool, loop: bool = False) -> tuple[Backend, bool]:
-        opened.append(require_gpu)
-        if len(opened) == 1:
+        calls.append(require_gpu)
+        if len(calls) == 1:
             raise BackendUnavailable("NVML: Driver Not Loaded", reason="driver_not_loaded")
         before_the_card()
-        return NvmlBackend(nvml=FakeNvml([gpu(0, total=24 * GiB, used=3 * GiB)]), inspector=inspector), False
+        nvml = cards[len(opened)] if cards else FakeNvml([gpu(0, total=24 * GiB, used=3 * GiB)])
+        opened.append(NvmlBackend(nvml=nvml, inspector=inspector))
+        return opened[-1], False
+
+    def ticked_five(daemon: Daemon, _opened: int) -> bool:
+        return daemon.pipeline is not None and daemon.pipeline.sampler.stats.ticks >= 5
 
     stop = threading.Event()
-    seen: dict[str, Any] = {}
+    seen: dict[str, Any] = {"opened": opened}
 
     def ready(daemon: Daemon) -> None:
         seen.update(daemon=daemon, dispatcher=daemon.dispatcher, policy=daemon.dispatcher.policy.critical,
@@ -73,16 +83,17 @@ def _serve_with_a_late_card(
     runner.start()
     try:
         pause = threading.Event()
-        for _ in range(100):  # the daemon retries 1 s after the failed open, then ticks every 0.05 s
+        for _ in range(200):  # the daemon retries 1 s after a failed open, then ticks every 0.05 s
             d = seen.get("daemon")
-            if d is not None and d.pipeline is not None and d.pipeline.sampler.stats.ticks >= 5:
+            if d is not None and (until or ticked_five)(d, len(opened)):
                 break
             pause.wait(0.05)
     finally:
         stop.set()
         runner.join(timeout=10)
     assert not runner.is_alive()
-    assert opened == [True, True]
+    assert all(calls)  # every open asked for a GPU
+    assert len(calls) == 1 + len(opened) >= 2
     assert seen["daemon"].pipeline is not None, "no card was opened"
     return seen["daemon"], seen, lines
 
@@ -170,46 +181,22 @@ def test_a_card_lost_and_found_again_is_not_armed_twice(tmp_path: Path, monkeypa
     record = tmp_path / "day.jsonl"
     cfg_file = tmp_path / "vw.toml"
     cfg_file.write_text(POLICY.format(port=_free_port(), record=record))
-    cfg = load(cfg_file, {})
     cards = [FakeNvml([gpu(0, total=24 * GiB, used=3 * GiB)]), FakeNvml([gpu(0, total=24 * GiB, used=4 * GiB)])]
-    calls: list[bool] = []
-    opened: list[NvmlBackend] = []
-
-    def opener(_cfg: Any, _clock: Any, *, require_gpu: bool, loop: bool = False) -> tuple[Backend, bool]:
-        calls.append(require_gpu)
-        if len(calls) == 1:
-            raise BackendUnavailable("NVML: Driver Not Loaded", reason="driver_not_loaded")
-        opened.append(NvmlBackend(nvml=cards[len(opened)]))
-        return opened[-1], False
-
-    stop = threading.Event()
-    seen: dict[str, Any] = {}
-    lines: list[str] = []
-    runner = threading.Thread(
-        target=app.serve, args=(cfg,),
-        kwargs={"out": lines.append, "require_gpu": True, "stop": stop, "opener": opener,
-                "ready": lambda daemon: seen.update(daemon=daemon)},
-    )  # fmt: skip
-    runner.start()
     agents: list[object] = []
-    try:
-        pause = threading.Event()
-        for _ in range(200):  # a retry 1 s after each failed open, then a tick every 0.05 s
-            d = seen.get("daemon")
-            ticks = d.pipeline.sampler.stats.ticks if d is not None and d.pipeline is not None else 0
-            if len(opened) == 1 and ticks >= 5:
-                agents.append(d.agents)
-                # The driver unloads: the next read fails as the library's, and the daemon reopens after a backoff.
-                cards[0].errors["nvmlDeviceGetMemoryInfo"] = NVML_ERROR_DRIVER_NOT_LOADED
-            if len(opened) == 2 and ticks >= 5:
-                agents.append(d.agents)
-                break
-            pause.wait(0.05)
-    finally:
-        stop.set()
-        runner.join(timeout=10)
-    assert not runner.is_alive()
-    assert len(opened) == 2, "the card was not found again"
+
+    def until(daemon: Daemon, opened: int) -> bool:
+        ticks = daemon.pipeline.sampler.stats.ticks if daemon.pipeline is not None else 0
+        if opened == 1 and ticks >= 5 and not agents:
+            agents.append(daemon.agents)
+            # The driver unloads: the next read fails as the library's, and the daemon reopens after a backoff.
+            cards[0].errors["nvmlDeviceGetMemoryInfo"] = NVML_ERROR_DRIVER_NOT_LOADED
+        if opened == 2 and ticks >= 5:
+            agents.append(daemon.agents)
+            return True
+        return False
+
+    _, seen, lines = _serve_with_a_late_card(cfg_file, cards=cards, until=until)
+    assert len(seen["opened"]) == 2, "the card was not found again"
     assert len(agents) == 2
     assert agents[0] is not None
     assert agents[1] is agents[0]
