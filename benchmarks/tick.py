@@ -454,7 +454,13 @@ def bench_daemon(seconds: float, simulate: str | None) -> dict[str, Any]:
 
 
 def report(res: dict[str, Any]) -> str:
-    lines = [f"machine: {res['machine']}", f"command: {res['command']}", f"collector: {res.get('collector')}", ""]
+    lines = [f"machine: {res['machine']}", f"command: {res['command']}", f"collector: {res.get('collector')}"]
+    if res.get("python_reference_ms") is not None:
+        # Hosts of one kind differ up to 2x in how fast they run Python, and a tick is Python while nvitop's job is
+        # mostly system calls: this figure says which kind of host a table comes from.
+        lines.append(f"python {res.get('python')}: the reference workload {res['python_reference_ms']:.2f} ms "
+                     "(`python_reference`; lower is a faster host for the tick)")  # fmt: skip
+    lines.append("")
     procs = res.get("procs")
     if procs:
         rows = procs["rows"]
@@ -533,6 +539,26 @@ def _ratio(m: dict[str, float] | None, base: dict[str, float]) -> str:
     return "" if m is None else f" ({m['median_s'] / base['median_s']:.2f}x)"
 
 
+def python_reference(repeat: int = 9) -> float:
+    """Median ms of a fixed pure-Python workload shaped like a tick's (tuple-keyed dicts, small frozen objects,
+    a sort): the host's speed for this code, measured in the same process as the tables it heads."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, slots=True)
+    class Point:
+        pid: int
+        used_bytes: int
+
+    def work() -> None:
+        table: dict[tuple[int, str], Point] = {}
+        for i in range(20_000):
+            table[(i, "GPU-0")] = Point(i, i * 4096)
+        total = sum(p.used_bytes for p in table.values() if p.pid % 3)
+        sorted(table.values(), key=lambda p: (-p.used_bytes, total))
+
+    return float(measure(work, repeat=repeat, warmup=2)["median_s"] * 1e3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--procs", default="1,4,16,64", help="process counts to measure, comma-separated")
@@ -561,6 +587,7 @@ def main() -> None:
         "collector": "as serve tunes it" if tuned else "CPython's defaults",
         "command": " ".join(["python", "benchmarks/tick.py", *sys.argv[1:]]),
         "daemon": [],
+        "python_reference_ms": python_reference(),
     }
     if not args.simulated and not args.host_procs:
         try:
