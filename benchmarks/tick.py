@@ -579,6 +579,7 @@ def main() -> None:
     logs.configure("json", "error")  # findings of the measured scenarios are not what is measured here
     # The collector as `serve` sets it (a tree without `entry.tune_collector`, an older base, keeps CPython's).
     tuned = hasattr(entry, "tune_collector") and not args.default_gc
+    reference = python_reference()  # before the collector is tuned: the host's figure, whatever the run's setting
     if tuned:
         entry.tune_collector()
     res: dict[str, Any] = {
@@ -587,7 +588,7 @@ def main() -> None:
         "collector": "as serve tunes it" if tuned else "CPython's defaults",
         "command": " ".join(["python", "benchmarks/tick.py", *sys.argv[1:]]),
         "daemon": [],
-        "python_reference_ms": python_reference(),
+        "python_reference_ms": reference,
     }
     if not args.simulated and not args.host_procs:
         try:

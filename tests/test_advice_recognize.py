@@ -334,6 +334,29 @@ def test_onetrainer_per_part_config_is_read_from_its_main_part(tmp_path: Path) -
 
 
 @pytest.mark.parametrize(
+    ("model_type", "part"),
+    [("STABLE_DIFFUSION_XL_10_BASE", "unet"), (None, "unet"), ("STABLE_CASCADE_1", "prior"),
+     ("STABLE_DIFFUSION_35", "transformer")],
+)  # fmt: skip
+def test_onetrainer_per_part_config_is_read_from_its_model_types_network(
+    tmp_path: Path, model_type: str | None, part: str
+) -> None:
+    """A saved per-part config holds every part (unet, prior, transformer): the one read and named is the model
+    type's network (TrainConfig's default type is SD 1.5), not the first found."""
+    parts = {name: {"train": True, "gradient_checkpointing": name != part, "offload_fraction": 0.0}
+             for name in ("transformer", "unet", "prior", "text_encoder")}  # fmt: skip
+    config = {"__version": 11, "training_method": "LORA", **parts}
+    if model_type is not None:
+        config["model_type"] = model_type
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    settings = recognize(["python", "scripts/train.py", "--config-path", "cfg.json"], cwd=str(tmp_path))
+    assert settings.config_format == part
+    assert settings.gradient_checkpointing is False
+    changes = [s.change for s in advise(settings, "oom_forecast").suggestions]
+    assert f'"{part}": {{"gradient_checkpointing": true}}' in changes
+
+
+@pytest.mark.parametrize(
     ("precision", "quantised"),
     [("int8-quanto", True), ("nf4-bnb", True), ("no_change", False), ("int16-sdnq", False), ("fp16-sdnq", False)],
 )
@@ -404,6 +427,36 @@ def test_simpletuner_resolution_is_its_datasets_where_they_set_one(
     run trains at the largest of its enabled image datasets' (not a disabled one's, not a conditioning set's), and
     at the main config's where no dataset sets its own."""
     settings = recognize(["python", "train.py"], cwd=str(DATA / folder), env={"SIMPLETUNER_CONFIG_BACKEND": backend})
+    assert settings.resolution == resolution
+    source = settings.source_of("resolution")
+    assert source is not None
+    assert source.detail == detail
+
+
+@pytest.mark.parametrize(
+    ("datasets", "resolution", "detail"),
+    [
+        pytest.param([{"id": "a"}, {"id": "b", "resolution": 1024}], (1024, 1024),
+                     "multidatabackend.json: dataset b resolution", id="a-tie-goes-to-the-dataset"),
+        pytest.param([{"id": "a"}, {"id": "b", "resolution": 768}], (1024, 1024), "config.json: resolution",
+                     id="the-main-configs-alone-is-larger"),
+        pytest.param([{"id": "big", "resolution": 2048, "disabled": "false"}, {"id": "s", "resolution": 640}],
+                     (640, 640), "multidatabackend.json: dataset s resolution", id="any-true-disabled-is-off"),
+        pytest.param([{"id": "f", "resolution": 896.0}], (896, 896), "multidatabackend.json: dataset f resolution",
+                     id="a-whole-float"),
+    ],
+)  # fmt: skip
+def test_simpletuner_resolution_change_goes_where_the_largest_is_set(
+    tmp_path: Path, datasets: list[dict[str, object]], resolution: tuple[int, int], detail: str
+) -> None:
+    """The change is said for the dataloader config unless the main config's resolution alone is the largest: on a
+    tie, lowering the main config's would leave a dataset's own at the peak. A dataset is off as SimpleTuner tests
+    it (any true `disabled`/`disable`, a non-empty string included)."""
+    folder = tmp_path / "config"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"resolution": 1024}))
+    (folder / "multidatabackend.json").write_text(json.dumps(datasets))
+    settings = recognize(["python", "train.py"], cwd=str(tmp_path), env={"SIMPLETUNER_CONFIG_BACKEND": "json"})
     assert settings.resolution == resolution
     source = settings.source_of("resolution")
     assert source is not None

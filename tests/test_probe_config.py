@@ -39,7 +39,8 @@ def _onetrainer(tmp: Path) -> tuple[list[str], dict[str, str], Path]:
 def _onetrainer_parts(tmp: Path) -> tuple[list[str], dict[str, str], Path]:
     config = tmp / "cfg.json"
     part = {"train": True, "weight_dtype": "BFLOAT_16", "gradient_checkpointing": False, "offload_fraction": 0.0}
-    config.write_text(json.dumps({"__version": 11, "batch_size": 2, "transformer": part}), encoding="utf-8")
+    data = {"__version": 11, "model_type": "FLUX_DEV_1", "batch_size": 2, "transformer": part}
+    config.write_text(json.dumps(data), encoding="utf-8")
     return ["python", "scripts/train.py", "--config-path=cfg.json"], {}, config
 
 

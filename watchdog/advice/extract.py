@@ -108,6 +108,8 @@ def resolution_pair(value: object) -> tuple[int, int] | None:
     """kohya/SimpleTuner style: 1024, "1024", "1024,768", "1024x768" or [1024, 768] -> (w, h)."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 1024.0, as a JSON writer may give a whole number
     if isinstance(value, int):
         return (value, value) if value > 0 else None
     if isinstance(value, list | tuple):

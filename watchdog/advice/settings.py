@@ -25,7 +25,9 @@ UNKNOWN = "unknown"
 # Where a value came from.
 FROM_FLAG = "flag"  # the trainer's own command-line flag
 FROM_CONFIG = "config"  # the trainer's main config file (kohya --config_file, ai-toolkit YAML, ...)
-FROM_DATASET_CONFIG = "dataset_config"  # kohya --dataset_config: wins over the command line for resolution/batch
+# kohya --dataset_config (wins over the command line for resolution/batch), SimpleTuner's dataloader config (its
+# datasets' resolution wins over the main config's)
+FROM_DATASET_CONFIG = "dataset_config"
 FROM_LAUNCHER = "launcher"  # accelerate launch / torchrun options
 FROM_ENV = "env"  # an allow-listed environment variable
 FROM_DEFAULT = "default"  # the trainer's documented default, nothing overrode it

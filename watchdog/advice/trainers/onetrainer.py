@@ -123,16 +123,30 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
 PARTS = ("transformer", "unet", "prior")
 
 
+def _network_part(model_type: object) -> str:
+    """The part of a ModelType that holds its denoising network (modules/util/enum/ModelType.py): the U-Net of
+    Stable Diffusion 1.x/2.x/XL, the prior of Würstchen and Stable Cascade, a transformer otherwise (SD3, Flux, ...).
+    A config without `model_type` is TrainConfig's default, STABLE_DIFFUSION_15."""
+    name = str(model_type or "STABLE_DIFFUSION_15").upper()
+    if name.startswith(("WUERSTCHEN", "STABLE_CASCADE")):
+        return "prior"
+    if name.startswith("STABLE_DIFFUSION") and not name.startswith("STABLE_DIFFUSION_3"):
+        return "unet"
+    return "transformer"
+
+
 def _main_part(data: Mapping[str, Any]) -> str | None:
-    """The main model part of a per-part config (newer OneTrainer's TrainModelPartConfig: `gradient_checkpointing`
-    a bool, `offload_fraction`, `activation_offloading` in each part, none at the top level), or None for the
-    older shape, whose top-level `gradient_checkpointing` and `layer_offload_fraction` apply to the whole model."""
+    """The network's part of a per-part config (newer OneTrainer's TrainModelPartConfig: `gradient_checkpointing`
+    a bool, `offload_fraction`, `activation_offloading` in each part, none at the top level), or None for the older
+    shape, whose top-level `gradient_checkpointing` and `layer_offload_fraction` apply to the whole model. A saved
+    config holds every part (unet, prior and transformer alike), so the part is the model type's, not the first
+    found."""
     if "gradient_checkpointing" in data or "layer_offload_fraction" in data:
         return None
-    for part in PARTS:
-        node = data.get(part)
-        if isinstance(node, Mapping) and ("gradient_checkpointing" in node or "offload_fraction" in node):
-            return part
+    part = _network_part(data.get("model_type"))
+    node = data.get(part)
+    if isinstance(node, Mapping) and ("gradient_checkpointing" in node or "offload_fraction" in node):
+        return part
     return None
 
 

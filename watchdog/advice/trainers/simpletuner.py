@@ -50,6 +50,7 @@ _SIMPLETUNER_ENV = {
     "NUM_EPOCHS": "num_train_epochs",
     "VALIDATION_STEPS": "validation_steps",
     "VALIDATION_STEP_INTERVAL": "validation_step_interval",
+    "CHECKPOINT_STEP_INTERVAL": "checkpoint_step_interval",
 }
 _SIMPLETUNER_FILES = (("json", "config.json"), ("toml", "config.toml"), ("env", "config.env"))
 
@@ -173,24 +174,28 @@ def _dataset_resolution(options: Mapping[str, Any], folder: Path | None, ctx: Co
         return
     b.config_files.append(str(path))
     main = b.values.get("resolution")
-    largest: tuple[tuple[int, int], str | None] | None = None
+    own: tuple[int, tuple[int, int], str] | None = None  # (area, resolution, id): the largest a dataset sets itself
+    inherited = 0  # the area of the main config's resolution, where a dataset falls back to it
     for ds in datasets:
         if str(ds.get("dataset_type", "image")).lower() not in _TRAINING_DATASETS:
             continue
-        if to_bool(ds.get("disabled", ds.get("disable", False))):
+        if ds.get("disabled") or ds.get("disable"):  # SimpleTuner's own test (factory.py): any true value
             continue
-        own = "resolution" in ds
         kind = ds.get("resolution_type", options.get("resolution_type"))
         value = resolution_pair(ds.get("resolution")) if "resolution" in ds else main
         if not _counts_pixels(kind) or not isinstance(value, tuple):
             b.forget("resolution", f"resolution unknown: dataset {ds.get('id', '?')!s:.40} in {path.name} does not "
                      "give it in pixels")  # fmt: skip
             return
-        if largest is None or value[0] * value[1] > largest[0][0] * largest[0][1]:
-            largest = (value, str(ds.get("id", "?"))[:40] if own else None)
-    if largest is None or largest[1] is None:
-        return  # no training dataset (the main config's stands), or the largest is the main config's own
-    b.set("resolution", largest[0], s.FROM_DATASET_CONFIG, f"{path.name}: dataset {largest[1]} resolution", str(path))
+        area = value[0] * value[1]
+        if "resolution" not in ds:
+            inherited = max(inherited, area)
+        elif own is None or area > own[0]:
+            own = (area, value, str(ds.get("id", "?"))[:40])
+    # The change goes where the largest resolution is set: in the datasets unless the main config's alone is larger
+    # than all of theirs (on a tie, lowering the main config's would leave a dataset's own at the peak).
+    if own is not None and own[0] >= inherited:
+        b.set("resolution", own[1], s.FROM_DATASET_CONFIG, f"{path.name}: dataset {own[2]} resolution", str(path))
 
 
 def _datasets(path: Path, ctx: Context) -> list[Mapping[str, Any]] | None:
@@ -246,6 +251,7 @@ CONFIG_COPY = ConfigCopy(
     # env_file.py reads config.env's lines itself (`+=` appends, `${...}` values are dropped): not rewritten.
     not_copied=(
         (f"{ID}@env", "config.env is not rewritten (its `+=` and `${...}` lines are SimpleTuner's own shell dialect)"),
+        (f"{ID}@dataset_config", "the dataloader config is not rewritten: set each image dataset's resolution there"),
     ),
 )
 
