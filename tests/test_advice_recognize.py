@@ -356,6 +356,18 @@ def test_onetrainer_per_part_config_is_read_from_its_model_types_network(
     assert f'"{part}": {{"gradient_checkpointing": true}}' in changes
 
 
+@pytest.mark.parametrize(("optimizer", "plain"), [("ADAMW", True), ("ADAM", True), ("ADAMW_ADV", False),
+                                                   ("ADAMW_8BIT", False), ("SCHEDULE_FREE_ADAMW", False)])  # fmt: skip
+def test_onetrainer_advanced_adam_is_not_told_8_bit_adam(tmp_path: Path, optimizer: str, plain: bool) -> None:
+    """OneTrainer's "Advanced" AdamW (adv_optm, which may keep its states factored or in low precision) is no plain
+    Adam for the 8-bit advice; ADAM and ADAMW are."""
+    (tmp_path / "cfg.json").write_text(json.dumps({"optimizer": {"optimizer": optimizer}}))
+    settings = recognize(["python", "scripts/train.py", "--config-path", "cfg.json"], cwd=str(tmp_path))
+    assert settings.optimizer_adam_unquantized is plain
+    told = {s.rule_id for s in advise(settings, "oom_forecast").suggestions}
+    assert ("optimizer_8bit" in told) is plain
+
+
 @pytest.mark.parametrize(
     ("precision", "quantised"),
     [("int8-quanto", True), ("nf4-bnb", True), ("no_change", False), ("int16-sdnq", False), ("fp16-sdnq", False)],

@@ -135,8 +135,10 @@ class TrainerSettings:
         if self.optimizer_8bit or "adafactor" in name or "came" in name:
             return False
         # Adaptive/schedule-free Adam variants change the learning-rate behaviour; swapping them is not a
-        # memory setting, so only a plain Adam/AdamW counts.
-        return "adam" in name and not any(tag in name for tag in ("prodigy", "schedule", "dadapt"))
+        # memory setting, so only a plain Adam/AdamW counts. Nor OneTrainer's "Advanced" ones (ADAMW_ADV,
+        # ADOPT_ADV: adv_optm), whose states it may already keep factored or in low precision (`factored`,
+        # `state_precision`): 8-bit Adam is no known saving over them.
+        return "adam" in name and not any(tag in name for tag in ("prodigy", "schedule", "dadapt", "_adv"))
 
     @property
     def optimizer_state_bits(self) -> int | None:
