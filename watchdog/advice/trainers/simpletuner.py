@@ -200,7 +200,7 @@ def _dataset_resolution(options: Mapping[str, Any], folder: Path | None, ctx: Co
 
 def _datasets(path: Path, ctx: Context) -> list[Mapping[str, Any]] | None:
     """The datasets of a dataloader config (a JSON list), or None when it cannot be read or is not one. Nothing of
-    its text is quoted: it may hold a bucket's credentials."""
+    it but a dataset's id is ever quoted (not even a parse error's text): it may hold a bucket's credentials."""
     text = ctx.read_file(path)
     if text is None:
         return None
