@@ -376,10 +376,7 @@ def test_simpletuner_base_precision_counts_as_quantised_below_16_bits(
     tmp_path: Path, precision: str, quantised: bool
 ) -> None:
     """A 16-bit `base_model_precision` preset stores the base as large as bf16: the fp8 advice still applies to it."""
-    folder = tmp_path / "config"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"--base_model_precision": precision}))
-    settings = recognize(["python", "train.py"], cwd=str(tmp_path), env={"SIMPLETUNER_CONFIG_BACKEND": "json"})
+    settings = _simpletuner_json(tmp_path, {"--base_model_precision": precision}, None)
     assert settings.fp8_base is quantised
 
 
@@ -439,10 +436,7 @@ def test_simpletuner_resolution_is_its_datasets_where_they_set_one(
     run trains at the largest of its enabled image datasets' (not a disabled one's, not a conditioning set's), and
     at the main config's where no dataset sets its own."""
     settings = recognize(["python", "train.py"], cwd=str(DATA / folder), env={"SIMPLETUNER_CONFIG_BACKEND": backend})
-    assert settings.resolution == resolution
-    source = settings.source_of("resolution")
-    assert source is not None
-    assert source.detail == detail
+    _assert_resolution(settings, resolution, detail)
 
 
 @pytest.mark.parametrize(
@@ -464,11 +458,22 @@ def test_simpletuner_resolution_change_goes_where_the_largest_is_set(
     """The change is said for the dataloader config unless the main config's resolution alone is the largest: on a
     tie, lowering the main config's would leave a dataset's own at the peak. A dataset is off as SimpleTuner tests
     it (any true `disabled`/`disable`, a non-empty string included)."""
-    folder = tmp_path / "config"
+    settings = _simpletuner_json(tmp_path, {"resolution": 1024}, json.dumps(datasets))
+    _assert_resolution(settings, resolution, detail)
+
+
+def _simpletuner_json(tmp: Path, main: dict[str, object], datasets: str | None) -> TrainerSettings:
+    """A SimpleTuner run in `tmp` with `config/config.json` holding `main` and, unless None, `datasets` as the text
+    of `config/multidatabackend.json`."""
+    folder = tmp / "config"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"resolution": 1024}))
-    (folder / "multidatabackend.json").write_text(json.dumps(datasets))
-    settings = recognize(["python", "train.py"], cwd=str(tmp_path), env={"SIMPLETUNER_CONFIG_BACKEND": "json"})
+    (folder / "config.json").write_text(json.dumps(main))
+    if datasets is not None:
+        (folder / "multidatabackend.json").write_text(datasets)
+    return recognize(["python", "train.py"], cwd=str(tmp), env={"SIMPLETUNER_CONFIG_BACKEND": "json"})
+
+
+def _assert_resolution(settings: TrainerSettings, resolution: tuple[int, int], detail: str) -> None:
     assert settings.resolution == resolution
     source = settings.source_of("resolution")
     assert source is not None
@@ -492,17 +497,11 @@ def test_simpletuner_resolution_is_unknown_when_its_datasets_cannot_say(
 ) -> None:
     """No resolution is trusted (so none is advised) when the dataloader config cannot be read or counts megapixels:
     `--resolution 512` would change nothing where the datasets set their own."""
-    folder = tmp_path / "config"
-    folder.mkdir()
     main: dict[str, object] = {"resolution": 1024, "train_batch_size": 2}
     if main_type is not None:
         main["resolution_type"] = main_type
-    (folder / "config.json").write_text(json.dumps(main))
-    if isinstance(datasets, str):
-        (folder / "multidatabackend.json").write_text(datasets)
-    elif datasets is not None:
-        (folder / "multidatabackend.json").write_text(json.dumps(datasets))
-    settings = recognize(["python", "train.py"], cwd=str(tmp_path), env={"SIMPLETUNER_CONFIG_BACKEND": "json"})
+    text = datasets if isinstance(datasets, str) or datasets is None else json.dumps(datasets)
+    settings = _simpletuner_json(tmp_path, main, text)
     assert settings.trainer == "simpletuner"
     assert settings.batch_size == 2
     assert settings.resolution is None
@@ -512,12 +511,8 @@ def test_simpletuner_resolution_is_unknown_when_its_datasets_cannot_say(
 def test_simpletuner_reads_the_interval_names_its_ui_writes(tmp_path: Path) -> None:
     """`checkpoint_step_interval` and `validation_step_interval` (the names newer SimpleTuner writes; the old ones are
     aliases) give the save and sampling schedule."""
-    folder = tmp_path / "config"
-    folder.mkdir()
-    (folder / "config.json").write_text(
-        json.dumps({"--checkpoint_step_interval": 250, "--validation_step_interval": 100, "--max_train_steps": 3000})
-    )
-    settings = recognize(["python", "train.py"], cwd=str(tmp_path), env={"SIMPLETUNER_CONFIG_BACKEND": "json"})
+    main = {"--checkpoint_step_interval": 250, "--validation_step_interval": 100, "--max_train_steps": 3000}
+    settings = _simpletuner_json(tmp_path, main, None)
     assert settings.save_every_n_steps == 250
     assert settings.sample_every_n_steps == 100
     assert settings.resumable is True
