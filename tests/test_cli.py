@@ -446,7 +446,7 @@ def test_check_says_what_serve_would_read_and_arm(tmp_path: Path) -> None:
         ('[daemon]\nreplay = "/nonexistent/t.jsonl"\n', "cannot open the trace"),
         ("[detectors]\nforecast_warning_eta_seconds = -1\n", "forecast_warning_eta_seconds"),
         ('[daemon]\nrecord = "/nonexistent/dir/t.jsonl"\n', "no directory /nonexistent/dir"),
-        ('[daemon]\nlisten = "nosuchhost.invalid:9783"\n', "nosuchhost.invalid:9783"),
+        ('[daemon]\nlisten = "nosuchhost.invalid:9783"\n', "cannot listen on nosuchhost.invalid:9783: "),
         (
             "[policy]\nact_on_kinds = []\n[policy.actions]\ncritical = ['signal']\n[policy.targets]\nusers = ['a']\n",
             "act_on_kinds is empty",
@@ -458,7 +458,7 @@ def test_check_refuses_what_serve_refuses(
     tmp_path: Path, busy_listen: str, text: str, message: str, command: str
 ) -> None:
     """check refuses what serve's start would, as serve does: one line naming the key, exit 2; and serve itself
-    refuses it so (at a taken port, where a serve that got past its checks would fail to bind instead)."""
+    refuses it in the same words (at a taken port, where a serve that got past its checks would fail to bind)."""
     cfg = tmp_path / "vw.toml"
     cfg.write_text(text)
     listen = ["--listen", busy_listen] if command == "serve" and "listen" not in text else []

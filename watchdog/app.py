@@ -31,6 +31,7 @@ from .config import Config, local_address, split_listen
 from .daemon import Daemon, Pipeline
 from .detectors import DetectorConfig, config_from_table
 from .errors import BackendUnavailable, ConfigError, VramwatchError
+from .exporter import cannot_listen
 from .history import History
 from .model import Finding, ProcessKey, ProcessMeta, Severity, Snapshot
 from .render import finding_to_json, snapshot_to_json, status_table
@@ -465,7 +466,7 @@ def _check_listen(listen: str) -> None:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.bind((host, 0))
     except OSError as exc:
-        raise ConfigError(f"listen {listen}: serve could not bind {host}: {exc.strerror or exc}") from None
+        raise ConfigError(cannot_listen(listen, exc)) from None
 
 
 def _paced(backend: Backend) -> float | None:

@@ -477,12 +477,7 @@ class MetricsServer:
         try:
             self.server = make_server(host, port, app, server_class=server_cls, handler_class=_QuietHandler)
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise VramwatchError(
-                    f"cannot listen on {host}:{port}: the port is already in use (another vramwatch?); "
-                    "choose another with --listen HOST:PORT"
-                ) from exc
-            raise VramwatchError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            raise VramwatchError(cannot_listen(f"{host}:{port}", exc)) from exc
         self.port = self.server.server_port
         self._thread = threading.Thread(target=self.server.serve_forever, name="vramwatch-http", daemon=True)
 
@@ -492,3 +487,14 @@ class MetricsServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def cannot_listen(address: str, exc: OSError) -> str:
+    """Why `address` (HOST:PORT) cannot be listened on: one wording for serve's start and for `check`, which tries
+    the host before any serve runs."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {address}: the port is already in use (another vramwatch?); "
+            "choose another with --listen HOST:PORT"
+        )
+    return f"cannot listen on {address}: {exc.strerror or exc}"
