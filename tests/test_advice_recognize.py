@@ -508,6 +508,22 @@ def test_simpletuner_resolution_is_unknown_when_its_datasets_cannot_say(
     assert any(why in note for note in settings.notes)
 
 
+def test_a_simpletuner_run_of_flags_alone_reads_the_default_dataloader_config(tmp_path: Path) -> None:
+    """Without `--data_backend_config`, SimpleTuner reads `multidatabackend.json` in its config path (`config/`):
+    so does vramwatch for a run configured by flags alone, and without it the resolution is unknown."""
+    argv, env = (
+        ["python", "train.py", "--resolution", "1024", "--train_batch_size", "2"],
+        {"SIMPLETUNER_LOG_LEVEL": "INFO"},
+    )
+    assert recognize(argv, cwd=str(tmp_path), env=env).resolution is None
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "multidatabackend.json").write_text(json.dumps([{"id": "faces", "resolution": 768}]))
+    settings = recognize(argv, cwd=str(tmp_path), env=env)
+    assert settings.config_format == "cmd"
+    assert settings.batch_size == 2
+    _assert_resolution(settings, (768, 768), "multidatabackend.json: dataset faces resolution")
+
+
 def test_simpletuner_reads_the_interval_names_its_ui_writes(tmp_path: Path) -> None:
     """`checkpoint_step_interval` and `validation_step_interval` (the names newer SimpleTuner writes; the old ones are
     aliases) give the save and sampling schedule."""

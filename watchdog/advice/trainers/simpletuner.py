@@ -55,13 +55,20 @@ _SIMPLETUNER_ENV = {
 _SIMPLETUNER_FILES = (("json", "config.json"), ("toml", "config.toml"), ("env", "config.env"))
 
 
-def _simpletuner_config(ctx: Context, b: Builder) -> tuple[str, Path, dict[str, Any]] | None:
+def _config_folder(ctx: Context) -> Path | None:
+    """`config/[<env>/]` under the working directory: where SimpleTuner looks for its config and, when
+    `data_backend_config` is not given, for `multidatabackend.json` (StateTracker's config path)."""
     if ctx.cwd is None:
         return None
     env_name = ctx.env.get("SIMPLETUNER_ENVIRONMENT") or ctx.env.get("SIMPLETUNER_ENV")
     folder = Path(ctx.cwd) / "config"
-    if env_name and env_name != "default":
-        folder = folder / env_name
+    return folder / env_name if env_name and env_name != "default" else folder
+
+
+def _simpletuner_config(ctx: Context, b: Builder) -> tuple[str, Path, dict[str, Any]] | None:
+    folder = _config_folder(ctx)
+    if folder is None:
+        return None
     backend = (ctx.env.get("SIMPLETUNER_CONFIG_BACKEND") or "").lower()
     choices = [c for c in _SIMPLETUNER_FILES if not backend or c[0] == backend]
     for fmt, filename in choices:
@@ -109,7 +116,7 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
     put("gradient_checkpointing", "gradient_checkpointing", to_bool)
     if _counts_pixels(options.get("resolution_type")):
         put("resolution", "resolution", resolution_pair)
-    _dataset_resolution(options, found[1].parent if found is not None else None, ctx, b)
+    _dataset_resolution(options, found[1].parent if found is not None else _config_folder(ctx), ctx, b)
     put("mixed_precision", "mixed_precision", precision)
     put("optimizer", "optimizer", str)
     put("network_dim", "lora_rank", to_int)
@@ -156,7 +163,8 @@ def _counts_pixels(resolution_type: object) -> bool:
 
 
 def _dataset_resolution(options: Mapping[str, Any], folder: Path | None, ctx: Context, b: Builder) -> None:
-    """The dataloader config (`data_backend_config`, by default `multidatabackend.json` beside the config file): each
+    """The dataloader config (`data_backend_config`; by default `multidatabackend.json` beside the config file, or in
+    `config/` for a run configured by flags alone, as SimpleTuner's `configuration/cmd_args.py` defaults it): each
     dataset's own `resolution` and `resolution_type` win over the main config's (image.py `from_dict`:
     `backend_dict.get("resolution", args.resolution)`), and most set them. The run trains at the largest of its
     enabled image and video datasets'; unknown when the file cannot be read, when a dataset counts in megapixels,
