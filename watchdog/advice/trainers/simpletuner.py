@@ -116,7 +116,7 @@ def read(inv: Invocation, ctx: Context, b: Builder) -> None:
     put("gradient_checkpointing", "gradient_checkpointing", to_bool)
     if _counts_pixels(options.get("resolution_type")):
         put("resolution", "resolution", resolution_pair)
-    _dataset_resolution(options, found[1].parent if found is not None else _config_folder(ctx), ctx, b)
+    _dataset_resolution(options, ctx, b)
     put("mixed_precision", "mixed_precision", precision)
     put("optimizer", "optimizer", str)
     put("network_dim", "lora_rank", to_int)
@@ -162,7 +162,7 @@ def _counts_pixels(resolution_type: object) -> bool:
     return resolution_type is None or str(resolution_type).lower() in ("pixel", "pixel_area")
 
 
-def _dataset_resolution(options: Mapping[str, Any], folder: Path | None, ctx: Context, b: Builder) -> None:
+def _dataset_resolution(options: Mapping[str, Any], ctx: Context, b: Builder) -> None:
     """The dataloader config (`data_backend_config`; by default `multidatabackend.json` beside the config file, or in
     `config/` for a run configured by flags alone, as SimpleTuner's `configuration/cmd_args.py` defaults it): each
     dataset's own `resolution` and `resolution_type` win over the main config's (image.py `from_dict`:
@@ -174,6 +174,7 @@ def _dataset_resolution(options: Mapping[str, Any], folder: Path | None, ctx: Co
     if isinstance(named, str) and named:
         path = resolve_path(named, ctx.cwd)
     else:
+        folder = _config_folder(ctx)  # (where the config file was found, when one was)
         path = None if folder is None else folder / "multidatabackend.json"
     datasets = None if path is None else _datasets(path, ctx)
     if path is None or datasets is None:
